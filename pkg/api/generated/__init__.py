@@ -1,0 +1,1 @@
+"""Generated rune.api protobuf and gRPC modules (see scripts/genproto.py)."""

@@ -1,0 +1,5 @@
+"""`python -m runed`."""
+
+from runed.main import main
+
+main()

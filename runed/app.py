@@ -1,0 +1,46 @@
+"""The per-process application object: configuration, store and the components handlers use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from runed.config import Config
+from runed.store.sqlite import SQLiteStore, open_store
+
+if TYPE_CHECKING:
+    from runed.authn import Authenticator
+    from runed.authz import Authorizer
+    from runed.context import CallContext
+    from runed.pipeline import Pipeline
+
+
+@dataclass
+class App:
+    """Built once per role process by :func:`build_app` and passed down; nothing reads globals."""
+
+    config: Config
+    store: SQLiteStore
+    role: str
+    authenticator: Authenticator = field(init=False)
+    authorizer: Authorizer = field(init=False)
+    pipeline: Pipeline = field(init=False)
+    # Called after every call with (ctx, code name, elapsed ms): metrics hook for adapters.
+    on_call_finished: Callable[[CallContext, str, float], None] | None = None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_app(config: Config, role: str) -> App:
+    from runed.authn import Authenticator
+    from runed.authz import Authorizer
+    from runed.pipeline import Pipeline, load_routes
+
+    store = open_store(config.data_path, changelog_keep=config.history.changelog_entries)
+    app = App(config=config, store=store, role=role)
+    app.authenticator = Authenticator(app)
+    app.authorizer = Authorizer(app)
+    app.pipeline = Pipeline(load_routes())
+    return app

@@ -1,0 +1,204 @@
+"""The gRPC adapter: generic handlers built from the descriptors, feeding the shared pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from runed import errors, methods
+from runed.app import App
+from runed.config import parse_address
+from runed.context import CallContext
+from runed.methods import Method
+
+log = logging.getLogger("runed.grpc")
+
+
+class BindError(Exception):
+    """The listening address cannot be bound (in use, not permitted)."""
+
+
+def peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5555`` / ``ipv6:[::1]:5555`` -> the address; "" for unix sockets."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
+def status_proto(err: errors.RuneError, request_id: str) -> status_pb2.Status:
+    """The google.rpc.Status for a domain error, with structured details."""
+    details: list[any_pb2.Any] = []
+    if err.violations:
+        br = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in err.violations
+            ]
+        )
+        a = any_pb2.Any()
+        a.Pack(br)
+        details.append(a)
+    if err.retry_after is not None:
+        ri = error_details_pb2.RetryInfo()
+        ri.retry_delay.FromNanoseconds(int(err.retry_after * 1e9))
+        a = any_pb2.Any()
+        a.Pack(ri)
+        details.append(a)
+    if request_id:
+        a = any_pb2.Any()
+        a.Pack(error_details_pb2.RequestInfo(request_id=request_id))
+        details.append(a)
+    return status_pb2.Status(code=err.code.value[0], message=err.message, details=details)
+
+
+class _Status(NamedTuple):
+    """A grpc.Status carrying our trailing metadata (request id) next to the rich details."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class _Adapter:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.pipeline = app.pipeline
+
+    def _ctx(self, method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
+        md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        ctx = CallContext(
+            app=self.app,
+            method=method,
+            transport="grpc",
+            metadata=md,
+            peer=peer_host(context.peer() or ""),
+        )
+        remaining = context.time_remaining()
+        if remaining is not None:
+            import time
+
+            ctx.deadline = time.monotonic() + remaining
+        auth = context.auth_context() or {}
+        cn = auth.get("x509_common_name")
+        if cn:
+            ctx.tls_client_cn = cn[0].decode() if isinstance(cn[0], bytes) else str(cn[0])
+        return ctx
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext[Any, Any], ctx: CallContext, err: errors.RuneError) -> None:
+        st = rpc_status.to_status(status_proto(err, ctx.request_id))
+        await context.abort_with_status(
+            _Status(st.code, st.details, (*st.trailing_metadata, ("x-request-id", ctx.request_id)))
+        )
+
+    def handler(self, method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+        kind = method.kind
+        deser = method.request_cls.FromString
+        ser = method.response_cls.SerializeToString
+
+        if kind == "unary":
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                ctx = self._ctx(method, context)
+                try:
+                    response = await self.pipeline.unary(ctx, request)
+                except errors.RuneError as err:
+                    await self._abort(context, ctx, err)
+                context.set_trailing_metadata((("x-request-id", ctx.request_id),))
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=deser, response_serializer=ser)
+
+        if kind == "server_stream":
+
+            async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                ctx = self._ctx(method, context)
+                try:
+                    async for item in self.pipeline.server_stream(ctx, request):
+                        yield item
+                except errors.RuneError as err:
+                    await self._abort(context, ctx, err)
+
+            return grpc.unary_stream_rpc_method_handler(
+                server_stream, request_deserializer=deser, response_serializer=ser
+            )
+
+        async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            ctx = self._ctx(method, context)
+            try:
+                async for item in self.pipeline.bidi(ctx, requests):
+                    yield item
+            except errors.RuneError as err:
+                await self._abort(context, ctx, err)
+
+        return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=deser, response_serializer=ser)
+
+
+def generic_handlers(app: App) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    adapter = _Adapter(app)
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+    for m in methods.all_methods():
+        by_service.setdefault(f"{methods.PACKAGE}.{m.service}", {})[m.name] = adapter.handler(m)
+    return [grpc.method_handlers_generic_handler(svc, handlers) for svc, handlers in by_service.items()]
+
+
+def server_credentials(app: App) -> grpc.ServerCredentials | None:
+    tls = app.config.server.tls
+    if not tls.enabled:
+        return None
+    try:
+        key = open(tls.key_file, "rb").read()
+        cert = open(tls.cert_file, "rb").read()
+        ca = open(tls.client_ca_file, "rb").read() if tls.client_ca_file else None
+    except OSError as e:
+        raise BindError(f"server.tls: cannot read {e.filename}: {e.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=bool(ca and tls.require_client_cert)
+    )
+
+
+async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
+    """Run the gRPC server until ``stop`` is set, then drain within the configured grace."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+    )
+    server.add_generic_rpc_handlers(generic_handlers(app))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*methods.services(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+
+    host, port = parse_address(app.config.server.grpc_address)
+    bind = f"[{host or '::'}]:{port}" if ":" in (host or "::") else f"{host}:{port}"
+    creds = server_credentials(app)
+    try:
+        bound = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise BindError(f"cannot listen on {app.config.server.grpc_address}: address already in use or not permitted")
+    await server.start()
+    for name in ["", *methods.services()]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    shown = host or "0.0.0.0"
+    on_ready(f"{shown}:{bound}")
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(app.config.server.shutdown_grace_seconds)

@@ -1,0 +1,149 @@
+"""The `runed` command: supervisor by default, one role with `serve --role`, and admin tools."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from runed import __version__
+from runed.config import Config, ConfigError, load
+
+
+def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--config", "config_file", default=None, help="runefile.yaml to load."),
+        click.option("--grpc-addr", default=None, help="gRPC listen address [default :7863]."),
+        click.option("--http-addr", default=None, help="REST gateway listen address [default :7861]."),
+        click.option("--data-dir", default=None, help="Data directory [default $XDG_DATA_HOME/rune]."),
+        click.option("--log-level", default=None, help="debug, info, warning or error."),
+        click.option("--log-format", default=None, type=click.Choice(["text", "json"]), help="Log format."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _merge(ctx: click.Context, **kwargs: Any) -> dict[str, Any]:
+    """Options given on the subcommand win over those given before it."""
+    parent = dict(ctx.obj or {})
+    parent.update({k: v for k, v in kwargs.items() if v is not None})
+    return parent
+
+
+def _load(opts: dict[str, Any]) -> Config:
+    flags = {
+        "server.grpc_address": opts.get("grpc_addr"),
+        "server.http_address": opts.get("http_addr"),
+        "data_dir": opts.get("data_dir"),
+        "log.level": opts.get("log_level"),
+        "log.format": opts.get("log_format"),
+    }
+    try:
+        return load(flags, config_file=opts.get("config_file"))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+class _Group(click.Group):
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("runed", "[OPTIONS] [COMMAND]")
+
+
+@click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_server_options
+@click.version_option(__version__, "--version", prog_name="runed")
+@click.pass_context
+def cli(ctx: click.Context, /, **kwargs: Any) -> None:
+    """runed: the rune control plane (gRPC on :7863, REST on :7861).
+
+    Without a command, runs the supervisor and all roles.
+    """
+    ctx.obj = {k: v for k, v in kwargs.items() if v is not None}
+    if ctx.invoked_subcommand is None:
+        ctx.exit(_run_supervisor(_load(ctx.obj)))
+
+
+def _run_supervisor(cfg: Config) -> int:
+    from runed.roles import DEFAULT_ROLES
+    from runed.store.sqlite import StoreError, open_store
+    from runed.supervisor import Supervisor, check_data_dir
+
+    problem = check_data_dir(cfg.data_path)
+    if problem:
+        raise click.ClickException(problem)
+    try:
+        # Migrate once, before any role opens the database.
+        open_store(cfg.data_path).close()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    return Supervisor(cfg, DEFAULT_ROLES).run()
+
+
+@cli.command()
+@click.option("--role", required=True, help="grpc, rest or controller.")
+@_server_options
+@click.pass_context
+def serve(ctx: click.Context, /, role: str, **kwargs: Any) -> None:
+    """Run one role in this process (what the supervisor starts)."""
+    from runed import log
+    from runed.roles import run_role
+    from runed.supervisor import check_data_dir
+
+    cfg = _load(_merge(ctx, **kwargs))
+    problem = check_data_dir(cfg.data_path)
+    if problem:
+        raise click.ClickException(problem)
+    _die_with_supervisor()
+    log.setup(cfg.log.level, cfg.log.format, role)
+    ctx.exit(run_role(cfg, role))
+
+
+def _die_with_supervisor() -> None:
+    """A role started by the supervisor ends when the supervisor dies, even by SIGKILL."""
+    parent = os.environ.get("RUNED_SUPERVISOR_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--config", "config_file", required=True, help="runefile.yaml to check.")
+def validate(config_file: str) -> None:
+    """Check a runefile without starting; prints what is wrong and exits non-zero."""
+    try:
+        cfg = load({}, env={}, config_file=config_file)
+    except ConfigError as e:
+        click.echo(f"invalid: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address})")
+
+
+def main() -> None:
+    cli(prog_name="runed")
+
+
+if __name__ == "__main__":
+    main()

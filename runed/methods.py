@@ -1,0 +1,116 @@
+"""The RPC catalogue, read from the compiled proto descriptors: every adapter and table is built from it."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import descriptor, message
+from google.protobuf import descriptor_pool as _pool
+
+PACKAGE = "rune.api"
+PB2_MODULES = (
+    "admin",
+    "auth",
+    "common",
+    "configmap",
+    "exec",
+    "health",
+    "instance",
+    "logs",
+    "namespace",
+    "secret",
+    "service",
+)
+# Service -> handler module under runed.api (one module per service).
+SERVICE_MODULES: dict[str, str] = {
+    "ServiceService": "service",
+    "InstanceService": "instance",
+    "LogService": "logs",
+    "ExecService": "exec",
+    "HealthService": "health",
+    "SecretService": "secret",
+    "ConfigmapService": "configmap",
+    "NamespaceService": "namespace",
+    "AuthService": "auth",
+    "AdminService": "admin",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC of the contract."""
+
+    service: str  # e.g. "ServiceService"
+    name: str  # e.g. "GetService"
+    request_cls: type[message.Message]
+    response_cls: type[message.Message]
+    client_streaming: bool
+    server_streaming: bool
+    descriptor: descriptor.MethodDescriptor
+
+    @property
+    def full_name(self) -> str:
+        """The gRPC path: ``/rune.api.ServiceService/GetService``."""
+        return f"/{PACKAGE}.{self.service}/{self.name}"
+
+    @property
+    def kind(self) -> str:
+        if self.client_streaming and self.server_streaming:
+            return "bidi"
+        if self.server_streaming:
+            return "server_stream"
+        if self.client_streaming:
+            return "client_stream"
+        return "unary"
+
+
+def _message_class(desc: descriptor.Descriptor) -> type[message.Message]:
+    from google.protobuf import message_factory
+
+    cls: type[message.Message] = message_factory.GetMessageClass(desc)
+    return cls
+
+
+@functools.cache
+def pb2_modules() -> dict[str, Any]:
+    return {name: importlib.import_module(f"rune.api.{name}_pb2") for name in PB2_MODULES}
+
+
+@functools.cache
+def all_methods() -> tuple[Method, ...]:
+    """Every RPC of every rune.api service, in declaration order."""
+    out: list[Method] = []
+    for mod in pb2_modules().values():
+        fd: descriptor.FileDescriptor = mod.DESCRIPTOR
+        for svc in fd.services_by_name.values():
+            for m in svc.methods:
+                out.append(
+                    Method(
+                        service=svc.name,
+                        name=m.name,
+                        request_cls=_message_class(m.input_type),
+                        response_cls=_message_class(m.output_type),
+                        client_streaming=m.client_streaming,
+                        server_streaming=m.server_streaming,
+                        descriptor=m,
+                    )
+                )
+    return tuple(out)
+
+
+@functools.cache
+def by_full_name() -> dict[str, Method]:
+    return {m.full_name: m for m in all_methods()}
+
+
+def services() -> list[str]:
+    """Fully qualified service names (for reflection and health)."""
+    return sorted({f"{PACKAGE}.{m.service}" for m in all_methods()})
+
+
+def pool() -> _pool.DescriptorPool:
+    pb2_modules()
+    return _pool.Default()

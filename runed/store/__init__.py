@@ -1,0 +1,1 @@
+"""runed package."""

@@ -1,0 +1,135 @@
+"""The store interface: what API roles and the controller may rely on (SQLite now, PostgreSQL later)."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored object. ``data`` is a JSON-able dict owned by the kind's module."""
+
+    kind: str
+    namespace: str
+    name: str
+    data: dict[str, Any]
+    revision: int
+    created_revision: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change; ``revision`` is global and strictly increasing."""
+
+    revision: int
+    kind: str
+    namespace: str
+    name: str
+    op: str
+    data: dict[str, Any] | None
+    ts: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    subject: str
+    method: str
+    resource: str
+    verb: str
+    namespace: str
+    name: str
+    outcome: str
+    code: str
+    request_id: str
+    peer: str
+    detail: str = ""
+    ts: float = 0.0
+    id: int = 0
+
+
+@dataclass
+class ListResult:
+    items: list[Record] = field(default_factory=list)
+    # Opaque continuation (the last name returned) or "" when there is no more.
+    next_cursor: str = ""
+    revision: int = 0
+
+
+class Store(Protocol):
+    """Revisioned object store with a durable change log."""
+
+    def get(self, kind: str, namespace: str, name: str) -> Record | None: ...
+
+    def get_by_index(self, kind: str, index_key: str) -> Record | None: ...
+
+    def list(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> ListResult: ...
+
+    def count(self, kind: str, namespace: str | None = None) -> int: ...
+
+    def create(
+        self, kind: str, namespace: str, name: str, data: dict[str, Any], *, index_key: str | None = None
+    ) -> Record: ...
+
+    def put(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        data: dict[str, Any],
+        *,
+        expect_revision: int | None = None,
+        index_key: str | None = None,
+    ) -> Record: ...
+
+    def delete(self, kind: str, namespace: str, name: str, *, expect_revision: int | None = None) -> Record | None: ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def current_revision(self) -> int: ...
+
+    def oldest_revision(self) -> int: ...
+
+    def changes_since(
+        self, revision: int, kinds: Sequence[str] | None = None, limit: int = 1000
+    ) -> builtins.list[Change]: ...
+
+    def watch(self, kinds: Sequence[str], since: int) -> AsyncIterator[Change]: ...
+
+    def audit(self, entry: AuditEntry) -> None: ...
+
+    def list_audit(
+        self, *, since_id: int = 0, limit: int = 100, subject: str | None = None
+    ) -> builtins.list[AuditEntry]: ...
+
+    def meta_get(self, key: str) -> str | None: ...
+
+    def meta_set(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def iter_all(store: Store, kind: str, namespace: str | None = None, page: int = 500) -> Iterator[Record]:
+    """Every object of a kind, in pages, without holding one long read."""
+    after: tuple[str, str] | None = None
+    while True:
+        res = store.list(kind, namespace, after=after, limit=page)
+        yield from res.items
+        if not res.next_cursor or not res.items:
+            return
+        last = res.items[-1]
+        after = (last.namespace, last.name)

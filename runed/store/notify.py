@@ -1,0 +1,102 @@
+"""Cross-process wake-ups: a committed change pings every runed process through unix datagram sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from pathlib import Path
+
+
+class Notifier:
+    """Each process binds one datagram socket in a shared directory; a commit sends one byte to all.
+
+    This is a hint, not the data: watchers always read the change log, so a lost datagram only
+    delays a wake-up until the next safety poll.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._sock.bind(str(self.path))
+        self._send = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._send.setblocking(False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def _attach(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._event is None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sock.fileno())
+            self._loop = loop
+            self._event = asyncio.Event()
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+        return self._event
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while True:
+                self._sock.recv(64)
+        self._wake_local()
+
+    def _wake_local(self) -> None:
+        ev = self._event
+        if ev is not None:
+            self._event = asyncio.Event()
+            ev.set()
+
+    def notify(self) -> None:
+        """Wake local watchers and every other process's watchers."""
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self._loop:
+                self._wake_local()
+            else:
+                self._loop.call_soon_threadsafe(self._wake_local)
+        try:
+            peers = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in peers:
+            if not name.endswith(".sock"):
+                continue
+            target = str(self.directory / name)
+            if target == str(self.path):
+                continue
+            try:
+                self._send.sendto(b"!", target)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # A process that died without cleaning up: remove its socket.
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+            except (BlockingIOError, OSError):
+                # The peer's queue is full: it has a wake-up pending already.
+                pass
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up or the timeout; True when woken."""
+        ev = self._attach()
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._send.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()

@@ -1,0 +1,158 @@
+"""The runed supervisor: starts the role processes, restarts them with backoff, stops them in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runed.config import Config
+from runed.roles import EXIT_FATAL, ready_file
+
+READY_TIMEOUT_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 30.0
+HEALTHY_RESET_SECONDS = 60.0
+
+
+@dataclass
+class Child:
+    role: str
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    next_start: float = 0.0
+    address: str = ""
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    roles: tuple[str, ...]
+    children: dict[str, Child] = field(default_factory=dict)
+    stopping: bool = False
+    _signals: int = 0
+
+    def child_args(self, role: str) -> list[str]:
+        c = self.config
+        args = [sys.executable, "-m", "runed"]
+        if c.source:
+            args += ["--config", c.source]
+        args += [
+            "--data-dir",
+            c.data_dir,
+            "--grpc-addr",
+            c.server.grpc_address,
+            "--http-addr",
+            c.server.http_address,
+            "--log-level",
+            c.log.level,
+            "--log-format",
+            c.log.format,
+            "serve",
+            "--role",
+            role,
+        ]
+        return args
+
+    def _spawn(self, child: Child) -> None:
+        ready_file(self.config, child.role).unlink(missing_ok=True)
+        env = dict(os.environ, RUNED_SUPERVISOR_PID=str(os.getpid()))
+        child.proc = subprocess.Popen(self.child_args(child.role), env=env)
+        child.started = time.monotonic()
+        child.ready = False
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        self.stopping = True
+        if self._signals > 1:
+            # Second signal: no more grace.
+            for ch in self.children.values():
+                if ch.proc and ch.proc.poll() is None:
+                    ch.proc.kill()
+            os._exit(130)
+
+    def _check_ready(self, child: Child) -> None:
+        marker = ready_file(self.config, child.role)
+        if child.ready or not marker.exists():
+            return
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return
+        if child.proc and info.get("pid") == child.proc.pid:
+            child.ready = True
+            child.address = str(info.get("address", ""))
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for role in self.roles:
+            self.children[role] = Child(role)
+            self._spawn(self.children[role])
+        announced = False
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not self.stopping:
+            now = time.monotonic()
+            for ch in self.children.values():
+                if ch.proc is None:
+                    if now >= ch.next_start:
+                        self._spawn(ch)
+                    continue
+                code = ch.proc.poll()
+                if code is None:
+                    self._check_ready(ch)
+                    if ch.ready and now - ch.started > HEALTHY_RESET_SECONDS:
+                        ch.failures = 0
+                    continue
+                if code == EXIT_FATAL or not announced:
+                    # The child printed why; a role that cannot start will not start on retry.
+                    print(f"runed: the {ch.role} role could not start (exit status {code})", file=sys.stderr)
+                    self.stop()
+                    return 1
+                ch.failures += 1
+                delay = min(BACKOFF_MAX_SECONDS, 0.5 * 2 ** (ch.failures - 1))
+                print(f"runed: {ch.role} role exited with status {code}; restarting in {delay:.1f}s", file=sys.stderr)
+                ch.proc = None
+                ch.next_start = now + delay
+            if not announced and all(c.ready for c in self.children.values()):
+                announced = True
+                addrs = " ".join(f"{c.role}={c.address}" for c in self.children.values() if c.address)
+                print(f"runed ready: {addrs} data_dir={self.config.data_dir}", flush=True)
+            if not announced and now > deadline:
+                print("runed: roles did not become ready in time", file=sys.stderr)
+                self.stop()
+                return 1
+            time.sleep(0.05)
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM every role, wait for the grace period, then SIGKILL what is left."""
+        procs = [c.proc for c in self.children.values() if c.proc and c.proc.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.server.shutdown_grace_seconds + 5
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def check_data_dir(path: Path) -> str | None:
+    """None when the data dir is usable, else one line saying why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        return f"data dir {path} is not writable: {e.strerror}"
+    return None

@@ -1,0 +1,31 @@
+"""Shared fixtures: a real runed on free ports with a temporary data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Runed
+
+
+@pytest.fixture
+def runed_factory(tmp_path: Path) -> Iterator[type[Runed]]:
+    """Start runed processes for a test; all are stopped (and their groups killed) afterwards."""
+    started: list[Runed] = []
+
+    class _Runed(Runed):
+        def start(self, timeout: float = 30.0) -> Runed:
+            started.append(self)
+            return super().start(timeout)
+
+    yield _Runed
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture
+def runed(runed_factory: type[Runed], tmp_path: Path) -> Runed:
+    """One running runed (supervisor and all roles) with a fresh data dir."""
+    return runed_factory(data_dir=tmp_path / "data").start()

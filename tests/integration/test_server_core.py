@@ -1,0 +1,140 @@
+"""The server core over real sockets: start-up, reflection, health, errors, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rune.api import health_pb2 as rune_health_pb2
+from rune.api import health_pb2_grpc as rune_health_grpc
+from tests.support import Runed, run_cli
+
+
+def _list_services(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def test_reflection_lists_all_services(runed: Runed) -> None:
+    names = _list_services(runed.channel())
+    expected = {
+        f"rune.api.{s}"
+        for s in (
+            "ServiceService InstanceService LogService ExecService HealthService SecretService "
+            "ConfigmapService NamespaceService AuthService AdminService"
+        ).split()
+    }
+    assert expected <= names
+    assert "grpc.health.v1.Health" in names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+
+
+def test_standard_health_is_serving(runed: Runed) -> None:
+    stub = health_pb2_grpc.HealthStub(runed.channel())
+    resp = stub.Check(health_pb2.HealthCheckRequest(service="rune.api.ServiceService"))
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unauthenticated_call_has_status_details_and_request_id(runed: Runed) -> None:
+    stub = rune_health_grpc.HealthServiceStub(runed.channel())
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.GetHealth(rune_health_pb2.GetHealthRequest(), metadata=[("x-request-id", "req-123")])
+    err = ei.value
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    md = dict(err.trailing_metadata())
+    assert md["x-request-id"] == "req-123"
+    st = status_pb2.Status.FromString(md["grpc-status-details-bin"])
+    infos = [d for d in st.details if d.Is(error_details_pb2.RequestInfo.DESCRIPTOR)]
+    assert infos, "expected a RequestInfo detail"
+    info = error_details_pb2.RequestInfo()
+    infos[0].Unpack(info)
+    assert info.request_id == "req-123"
+
+
+def test_malformed_authorization_is_unauthenticated(runed: Runed) -> None:
+    stub = rune_health_grpc.HealthServiceStub(runed.channel())
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.GetHealth(rune_health_pb2.GetHealthRequest(), metadata=[("authorization", "Basic abc")])
+    assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in (ei.value.details() or "")
+
+
+def test_sigterm_stops_cleanly(runed: Runed) -> None:
+    assert runed.proc is not None
+    runed.signal(signal.SIGTERM)
+    assert runed.proc.wait(20) == 0
+    assert not (runed.data_dir / "run" / "grpc.json").exists()
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli(["--data-dir", str(tmp_path / "d"), "--grpc-addr", f"127.0.0.1:{port}", "--http-addr", "127.0.0.1:0"])
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_unknown_runefile_key_is_one_clear_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text("server:\n  grpc_adress: ':1'\n")
+    r = run_cli(["--config", str(cfg), "--data-dir", str(tmp_path / "d")])
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "unknown key server.grpc_adress" in r.stderr
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("log:\n  level: debug\nserver:\n  grpc_address: 127.0.0.1:9999\n")
+    assert run_cli(["validate", "--config", str(good)]).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("log:\n  format: xml\n")
+    r = run_cli(["validate", "--config", str(bad)])
+    assert r.returncode != 0
+    assert "log.format" in r.stderr
+
+
+def test_unwritable_data_dir_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = run_cli(["--data-dir", str(blocker / "data"), "--grpc-addr", "127.0.0.1:0"])
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "not writable" in r.stderr
+
+
+def test_role_restarted_after_crash(runed: Runed) -> None:
+    import json
+    import os
+
+    info = json.loads((runed.data_dir / "run" / "grpc.json").read_text())
+    os.kill(info["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        marker = runed.data_dir / "run" / "grpc.json"
+        if marker.exists():
+            new = json.loads(marker.read_text())
+            if new["pid"] != info["pid"]:
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail("grpc role was not restarted")
+    ch = grpc.insecure_channel(new["address"])
+    try:
+        stub = health_pb2_grpc.HealthStub(ch)
+        grpc.channel_ready_future(ch).result(timeout=10)
+        assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        ch.close()

@@ -1,0 +1,130 @@
+"""Test support: run a real runed on free ports with its own data dir, and wait for conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``check`` until it returns a truthy value (or stops raising AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except AssertionError as e:
+            last = e
+        if time.monotonic() > deadline:
+            msg = f"condition not met within {timeout}s" + (f": {what}" if what else "")
+            raise AssertionError(msg) from last
+        time.sleep(interval)
+
+
+@dataclass
+class Runed:
+    """A runed supervisor process (or one role) started for a test, in its own process group."""
+
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    roles: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "runed", "--data-dir", str(self.data_dir)]
+        base += ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", *self.args]
+        return base
+
+    def start(self, timeout: float = 30.0) -> Runed:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-runed.log"
+        run_dir = self.data_dir / "run"
+        for f in run_dir.glob("*.json") if run_dir.exists() else []:
+            f.unlink()
+        env = dict(os.environ, **self.env)
+        env.pop("RUNED_SUPERVISOR_PID", None)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"runed exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"runed did not become ready:\n{self.output()}")
+            time.sleep(0.05)
+        return self
+
+    def ready(self) -> bool:
+        return "runed ready:" in self.output()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def address(self, role: str) -> str:
+        return str(json.loads((self.data_dir / "run" / f"{role}.json").read_text())["address"])
+
+    @property
+    def grpc_target(self) -> str:
+        return self.address("grpc")
+
+    @property
+    def http_base(self) -> str:
+        return "http://" + self.address("rest")
+
+    def channel(self) -> grpc.Channel:
+        ch = grpc.insecure_channel(self.grpc_target)
+        self._channels.append(ch)
+        return ch
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        for ch in self._channels:
+            ch.close()
+        self._channels.clear()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left in the group (roles, instances) goes too: no orphans survive a test.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        return self.proc.returncode
+
+
+def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run the runed CLI to completion (for start-up error tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "runed", *args], capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw
+    )

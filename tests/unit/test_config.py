@@ -1,0 +1,52 @@
+"""Configuration precedence and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runed.config import ConfigError, load
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    f = tmp_path / "runefile.yaml"
+    f.write_text("server:\n  grpc_address: 127.0.0.1:1\n  http_address: 127.0.0.1:2\nlog:\n  level: debug\n")
+    env = {"RUNE_SERVER_HTTP_ADDRESS": "127.0.0.1:3", "RUNE_LOG_LEVEL": "warning"}
+    cfg = load({"log.level": "error"}, env=env, config_file=str(f))
+    assert cfg.server.grpc_address == "127.0.0.1:1"  # file
+    assert cfg.server.http_address == "127.0.0.1:3"  # env beats file
+    assert cfg.log.level == "error"  # flag beats env
+    assert cfg.source == str(f)
+
+
+def test_defaults() -> None:
+    cfg = load({}, env={"XDG_DATA_HOME": "/nonexistent-xdg"})
+    assert cfg.server.grpc_address == ":7863"
+    assert cfg.server.http_address == ":7861"
+    assert cfg.log.format == "text"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("bogus: 1\n", "unknown key bogus"),
+        ("auth:\n  allow_remote_admin: perhaps\n", "auth.allow_remote_admin"),
+        ("server:\n  grpc_address: nope\n", "server.grpc_address"),
+        ("auth:\n  rate_limit:\n    burst: lots\n", "auth.rate_limit.burst"),
+        ("server: [1, 2]\n", "server"),
+        ("server:\n  grpc_address: [\n", "invalid YAML at line"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "runefile.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load({}, env={}, config_file=str(f))
+    assert needle in str(ei.value)
+
+
+def test_config_is_frozen() -> None:
+    cfg = load({}, env={})
+    with pytest.raises(AttributeError):
+        cfg.log = None  # type: ignore[misc]
