@@ -29,3 +29,21 @@ def runed_factory(tmp_path: Path) -> Iterator[type[Runed]]:
 def runed(runed_factory: type[Runed], tmp_path: Path) -> Runed:
     """One running runed (supervisor and all roles) with a fresh data dir."""
     return runed_factory(data_dir=tmp_path / "data").start()
+
+
+@pytest.fixture
+def root_token(runed: Runed) -> str:
+    """The root token from AdminBootstrap on the test's runed (loopback, so allowed)."""
+    from rune.api import admin_pb2, admin_pb2_grpc
+
+    stub = admin_pb2_grpc.AdminServiceStub(runed.channel())
+    resp = stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest())
+    token: str = resp.token
+    assert token
+    return token
+
+
+@pytest.fixture
+def auth(root_token: str) -> list[tuple[str, str]]:
+    """gRPC call metadata carrying the root token."""
+    return [("authorization", f"Bearer {root_token}")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,16 @@ class Store(Protocol):
         expect_revision: int | None = None,
         index_key: str | None = None,
     ) -> Record: ...
+
+    def update(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        mutate: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        *,
+        index_key: str | None = None,
+    ) -> Record | None: ...
 
     def delete(self, kind: str, namespace: str, name: str, *, expect_revision: int | None = None) -> Record | None: ...
 

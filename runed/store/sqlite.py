@@ -7,7 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,25 @@ class SQLiteStore:
         except sqlite3.IntegrityError:
             raise errors.AlreadyExists(f"{kind} index key already in use") from None
         return Record(kind, namespace, name, data, rev, created)
+
+    def update(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        mutate: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        *,
+        index_key: str | None = None,
+    ) -> Record | None:
+        """Atomic read-modify-write: ``mutate`` gets the current data (None when absent) and returns
+        the new data, or None to leave the object as it is. Safe across processes (one IMMEDIATE
+        transaction), so two roles may update the same object without losing changes."""
+        with self.transaction():
+            existing = self.get(kind, namespace, name)
+            new = mutate(orjson.loads(orjson.dumps(existing.data)) if existing else None)
+            if new is None:
+                return existing
+            return self._write(kind, namespace, name, new, existing, index_key)
 
     def delete(self, kind: str, namespace: str, name: str, *, expect_revision: int | None = None) -> Record | None:
         with self.transaction():

@@ -80,7 +80,9 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run_cli(["--data-dir", str(tmp_path / "d"), "--grpc-addr", f"127.0.0.1:{port}", "--http-addr", "127.0.0.1:0"])
+        r = run_cli(
+            ["--data-dir", str(tmp_path / "d"), "--grpc-addr", f"127.0.0.1:{port}", "--http-addr", "127.0.0.1:0"]
+        )
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
