@@ -38,7 +38,7 @@ def root_token(runed: Runed) -> str:
 
     stub = admin_pb2_grpc.AdminServiceStub(runed.channel())
     resp = stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest())
-    token: str = resp.token
+    token: str = resp.token_secret
     assert token
     return token
 
