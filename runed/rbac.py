@@ -55,7 +55,8 @@ TABLE: dict[str, Access] = {
     "/rune.api.HealthService/GetHealth": Access("health", "get", "namespace"),
     # Secrets and configmaps
     "/rune.api.SecretService/CreateSecret": Access("secrets", "create", "secret.namespace"),
-    "/rune.api.SecretService/GetSecret": Access("secrets", "get", "namespace"),
+    # Reading secret values is its own verb, so read-only policies can list secrets but not read them.
+    "/rune.api.SecretService/GetSecret": Access("secrets", "read", "namespace"),
     "/rune.api.SecretService/UpdateSecret": Access("secrets", "update", "secret.namespace"),
     "/rune.api.SecretService/DeleteSecret": Access("secrets", "delete", "namespace"),
     "/rune.api.SecretService/ListSecrets": Access("secrets", "list", "namespace"),
