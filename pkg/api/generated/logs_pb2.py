@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/logs.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xef\x01\n\nLogRequest\x12\x17\n\x0fresource_target\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x08 \x01(\t\x12\x18\n\x10parameter_update\x18\t \x01(\x08\x12\x11\n\tshow_logs\x18\n \x01(\x08\x12\x13\n\x0bshow_events\x18\x0b \x01(\x08\x12\x13\n\x0bshow_status\x18\x0c \x01(\x08\"\xb8\x01\n\x0bLogResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\rinstance_name\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12 \n\x06status\x18\x07 \x01(\x0b\x32\x10.rune.api.Status\x12\x11\n\tlog_level\x18\x08 \x01(\t2K\n\nLogService\x12=\n\nStreamLogs\x12\x14.rune.api.LogRequest\x1a\x15.rune.api.LogResponse(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/logs.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\x95\x02\n\nLogRequest\x12\x17\n\x0fresource_target\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x08 \x01(\t\x12\x18\n\x10parameter_update\x18\t \x01(\x08\x12\x11\n\tshow_logs\x18\n \x01(\x08\x12\x13\n\x0bshow_events\x18\x0b \x01(\x08\x12\x13\n\x0bshow_status\x18\x0c \x01(\x08\x12\x0e\n\x06stream\x18\r \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x0e \x01(\t\"\xd5\x01\n\x0bLogResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\rinstance_name\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12 \n\x06status\x18\x07 \x01(\x0b\x32\x10.rune.api.Status\x12\x11\n\tlog_level\x18\x08 \x01(\t\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x03\x32K\n\nLogService\x12=\n\nStreamLogs\x12\x14.rune.api.LogRequest\x1a\x15.rune.api.LogResponse(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z+github.com/runestack/rune/pkg/api/generated'
   _globals['_LOGREQUEST']._serialized_start=67
-  _globals['_LOGREQUEST']._serialized_end=306
-  _globals['_LOGRESPONSE']._serialized_start=309
-  _globals['_LOGRESPONSE']._serialized_end=493
-  _globals['_LOGSERVICE']._serialized_start=495
-  _globals['_LOGSERVICE']._serialized_end=570
+  _globals['_LOGREQUEST']._serialized_end=344
+  _globals['_LOGRESPONSE']._serialized_start=347
+  _globals['_LOGRESPONSE']._serialized_end=560
+  _globals['_LOGSERVICE']._serialized_start=562
+  _globals['_LOGSERVICE']._serialized_end=637
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LogRequest(_message.Message):
-    __slots__ = ("resource_target", "namespace", "follow", "tail", "since", "until", "timestamps", "filter", "parameter_update", "show_logs", "show_events", "show_status")
+    __slots__ = ("resource_target", "namespace", "follow", "tail", "since", "until", "timestamps", "filter", "parameter_update", "show_logs", "show_events", "show_status", "stream", "after_cursor")
     RESOURCE_TARGET_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,8 @@ class LogRequest(_message.Message):
     SHOW_LOGS_FIELD_NUMBER: _ClassVar[int]
     SHOW_EVENTS_FIELD_NUMBER: _ClassVar[int]
     SHOW_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
     resource_target: str
     namespace: str
     follow: bool
@@ -33,10 +35,12 @@ class LogRequest(_message.Message):
     show_logs: bool
     show_events: bool
     show_status: bool
-    def __init__(self, resource_target: _Optional[str] = ..., namespace: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., timestamps: _Optional[bool] = ..., filter: _Optional[str] = ..., parameter_update: _Optional[bool] = ..., show_logs: _Optional[bool] = ..., show_events: _Optional[bool] = ..., show_status: _Optional[bool] = ...) -> None: ...
+    stream: str
+    after_cursor: str
+    def __init__(self, resource_target: _Optional[str] = ..., namespace: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., timestamps: _Optional[bool] = ..., filter: _Optional[str] = ..., parameter_update: _Optional[bool] = ..., show_logs: _Optional[bool] = ..., show_events: _Optional[bool] = ..., show_status: _Optional[bool] = ..., stream: _Optional[str] = ..., after_cursor: _Optional[str] = ...) -> None: ...
 
 class LogResponse(_message.Message):
-    __slots__ = ("service_name", "instance_id", "instance_name", "timestamp", "content", "stream", "status", "log_level")
+    __slots__ = ("service_name", "instance_id", "instance_name", "timestamp", "content", "stream", "status", "log_level", "cursor", "seq")
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +49,8 @@ class LogResponse(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     instance_id: str
     instance_name: str
@@ -53,4 +59,6 @@ class LogResponse(_message.Message):
     stream: str
     status: _common_pb2.Status
     log_level: str
-    def __init__(self, service_name: _Optional[str] = ..., instance_id: _Optional[str] = ..., instance_name: _Optional[str] = ..., timestamp: _Optional[str] = ..., content: _Optional[str] = ..., stream: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., log_level: _Optional[str] = ...) -> None: ...
+    cursor: str
+    seq: int
+    def __init__(self, service_name: _Optional[str] = ..., instance_id: _Optional[str] = ..., instance_name: _Optional[str] = ..., timestamp: _Optional[str] = ..., content: _Optional[str] = ..., stream: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., log_level: _Optional[str] = ..., cursor: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
