@@ -1,0 +1,167 @@
+"""Field validation helpers: each returns every violation it finds, with its field path.
+
+Callers concatenate the lists from several helpers and raise one ``errors.invalid(*violations)``
+so a client learns about every bad field in one round trip (the Kubernetes apiserver habit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from runed.errors import FieldViolation
+
+DNS1123_LABEL_MAX = 63
+DNS1123_SUBDOMAIN_MAX = 253
+LABEL_VALUE_MAX = 63
+LABEL_PREFIX_MAX = 253
+DEFAULT_KEY_MAX = 256
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL_RE = re.compile(rf"^{_LABEL}$")
+_DNS1123_SUBDOMAIN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+# Kubernetes qualified-name part: alphanumeric at both ends, '-', '_' and '.' inside.
+_QUALIFIED_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes ConfigMap/Secret key rule: safe as a file name in a mounted directory.
+_FILE_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+_LABEL_HINT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+def _v(field: str, description: str) -> FieldViolation:
+    return FieldViolation(field, description)
+
+
+def required(value: object, field: str) -> list[FieldViolation]:
+    """The field must be set (non-empty string, non-empty collection, non-zero number)."""
+    return [] if value else [_v(field, "is required")]
+
+
+def max_length(value: str, field: str, limit: int) -> list[FieldViolation]:
+    """``value`` is at most ``limit`` characters."""
+    if len(value) > limit:
+        return [_v(field, f"must be at most {limit} characters (got {len(value)})")]
+    return []
+
+
+def dns1123_label(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
+    """A DNS-1123 label: 1-63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
+    if not value:
+        return [] if allow_empty else [_v(field, "is required")]
+    if len(value) > DNS1123_LABEL_MAX:
+        return [_v(field, f"must be at most {DNS1123_LABEL_MAX} characters (got {len(value)})")]
+    if not _DNS1123_LABEL_RE.match(value):
+        return [_v(field, f"must be a DNS-1123 label ({_LABEL_HINT}), got {value!r}")]
+    return []
+
+
+def dns1123_subdomain(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
+    """A DNS-1123 subdomain: dot-separated labels, at most 253 characters in all."""
+    if not value:
+        return [] if allow_empty else [_v(field, "is required")]
+    if len(value) > DNS1123_SUBDOMAIN_MAX:
+        return [_v(field, f"must be at most {DNS1123_SUBDOMAIN_MAX} characters (got {len(value)})")]
+    if not _DNS1123_SUBDOMAIN_RE.match(value):
+        return [_v(field, f"must be a DNS-1123 subdomain ({_LABEL_HINT}, dot-separated), got {value!r}")]
+    return []
+
+
+def label_key(key: str, field: str) -> list[FieldViolation]:
+    """A Kubernetes label key: optional DNS-1123 subdomain prefix and '/', then a name of <= 63 chars."""
+    if not key:
+        return [_v(field, "label key must not be empty")]
+    prefix, slash, name = key.rpartition("/")
+    out: list[FieldViolation] = []
+    if slash:
+        if not prefix:
+            out.append(_v(field, f"label key {key!r} has an empty prefix before '/'"))
+        elif len(prefix) > LABEL_PREFIX_MAX or not _DNS1123_SUBDOMAIN_RE.match(prefix):
+            out.append(_v(field, f"label key prefix {prefix!r} must be a DNS-1123 subdomain"))
+    if not name:
+        out.append(_v(field, f"label key {key!r} has an empty name"))
+    elif len(name) > LABEL_VALUE_MAX:
+        out.append(_v(field, f"label key name must be at most {LABEL_VALUE_MAX} characters (got {len(name)})"))
+    elif not _QUALIFIED_NAME_RE.match(name):
+        out.append(_v(field, f"label key name {name!r} must be alphanumeric at both ends with '-', '_' or '.' inside"))
+    return out
+
+
+def label_value(value: str, field: str) -> list[FieldViolation]:
+    """A Kubernetes label value: empty, or <= 63 chars, alphanumeric ends, '-', '_' and '.' inside."""
+    if not value:
+        return []
+    if len(value) > LABEL_VALUE_MAX:
+        return [_v(field, f"label value must be at most {LABEL_VALUE_MAX} characters (got {len(value)})")]
+    if not _QUALIFIED_NAME_RE.match(value):
+        return [_v(field, f"label value {value!r} must be alphanumeric at both ends with '-', '_' or '.' inside")]
+    return []
+
+
+def labels(values: Mapping[str, str], field: str) -> list[FieldViolation]:
+    """Every key and value of a label map; paths look like ``namespace.labels[app]``."""
+    out: list[FieldViolation] = []
+    for k, val in values.items():
+        path = f"{field}[{k}]"
+        out += label_key(k, path)
+        out += label_value(val, path)
+    return out
+
+
+def env_var_name(key: str, field: str) -> list[FieldViolation]:
+    """A POSIX-shell-safe environment variable name: ``[A-Za-z_][A-Za-z0-9_]*``."""
+    if not key:
+        return [_v(field, "must not be empty")]
+    if not _ENV_VAR_RE.match(key):
+        return [_v(field, f"{key!r} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")]
+    return []
+
+
+def file_name_key(key: str, field: str, *, max_len: int = DEFAULT_KEY_MAX) -> list[FieldViolation]:
+    """A data key usable as a file name in a mount: ``[-._a-zA-Z0-9]+``, not ``.``/``..``, bounded.
+
+    Every valid environment variable name is also a valid key, so one key can be imported as an
+    env var (``envFrom``) or mounted as a file.
+    """
+    if not key:
+        return [_v(field, "key must not be empty")]
+    if len(key) > max_len:
+        return [_v(field, f"key must be at most {max_len} characters (got {len(key)})")]
+    if key in (".", "..") or key.startswith(".."):
+        return [_v(field, f"key {key!r} must not be '.' or start with '..'")]
+    if not _FILE_KEY_RE.match(key):
+        return [_v(field, "key must consist of letters, digits, '-', '_' or '.' (usable as a file name)")]
+    return []
+
+
+def data_map(
+    data: Mapping[str, str], field: str, *, max_bytes: int, max_key_len: int = DEFAULT_KEY_MAX
+) -> list[FieldViolation]:
+    """Keys valid as file/env names and the total size (keys + values, UTF-8) within ``max_bytes``.
+
+    Messages never quote values: this also validates secret data.
+    """
+    out: list[FieldViolation] = []
+    total = 0
+    for k, val in data.items():
+        # Only a bounded prefix of a bad key goes into the path: keys are not secret, but huge ones
+        # would bloat the error.
+        out += file_name_key(k, f"{field}[{k[:64]}]", max_len=max_key_len)
+        total += len(k.encode()) + len(val.encode())
+    if total > max_bytes:
+        out.append(_v(field, f"total size must be at most {max_bytes} bytes (got {total})"))
+    return out
+
+
+def selector(
+    values: Mapping[str, str], field: str, allowed_fields: tuple[str, ...] | None = None
+) -> list[FieldViolation]:
+    """A label selector (valid label keys) or, with ``allowed_fields``, a field selector."""
+    out: list[FieldViolation] = []
+    for k in values:
+        if allowed_fields is not None:
+            if k not in allowed_fields:
+                out.append(_v(f"{field}[{k}]", f"unsupported field; supported: {', '.join(allowed_fields)}"))
+        else:
+            out += label_key(k, f"{field}[{k}]")
+    return out
