@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpkg/api/proto/configmap.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xbf\x01\n\tConfigmap\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12+\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1d.rune.api.Configmap.DataEntry\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x12\n\nupdated_at\x18\x06 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x16\x43reateConfigmapRequest\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\x12\x18\n\x10\x65nsure_namespace\x18\x02 \x01(\x08\"6\n\x13GetConfigmapRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"@\n\x16UpdateConfigmapRequest\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\"9\n\x16\x44\x65leteConfigmapRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\xd6\x02\n\x15ListConfigmapsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12J\n\x0elabel_selector\x18\x02 \x03(\x0b\x32\x32.rune.api.ListConfigmapsRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x03 \x03(\x0b\x32\x32.rune.api.ListConfigmapsRequest.FieldSelectorEntry\x12&\n\x06paging\x18\x04 \x01(\x0b\x32\x16.rune.api.PagingParams\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x11\x43onfigmapResponse\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"c\n\x16ListConfigmapsResponse\x12\'\n\nconfigmaps\x18\x01 \x03(\x0b\x32\x13.rune.api.Configmap\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status2\x9e\x03\n\x10\x43onfigmapService\x12P\n\x0f\x43reateConfigmap\x12 .rune.api.CreateConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\x12J\n\x0cGetConfigmap\x12\x1d.rune.api.GetConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\x12P\n\x0fUpdateConfigmap\x12 .rune.api.UpdateConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\x12\x45\n\x0f\x44\x65leteConfigmap\x12 .rune.api.DeleteConfigmapRequest\x1a\x10.rune.api.Status\x12S\n\x0eListConfigmaps\x12\x1f.rune.api.ListConfigmapsRequest\x1a .rune.api.ListConfigmapsResponseB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpkg/api/proto/configmap.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xbf\x01\n\tConfigmap\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12+\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1d.rune.api.Configmap.DataEntry\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x12\n\nupdated_at\x18\x06 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x16\x43reateConfigmapRequest\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\x12\x18\n\x10\x65nsure_namespace\x18\x02 \x01(\x08\"6\n\x13GetConfigmapRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"@\n\x16UpdateConfigmapRequest\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\"9\n\x16\x44\x65leteConfigmapRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\xd6\x02\n\x15ListConfigmapsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12J\n\x0elabel_selector\x18\x02 \x03(\x0b\x32\x32.rune.api.ListConfigmapsRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x03 \x03(\x0b\x32\x32.rune.api.ListConfigmapsRequest.FieldSelectorEntry\x12&\n\x06paging\x18\x04 \x01(\x0b\x32\x16.rune.api.PagingParams\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x11\x43onfigmapResponse\x12&\n\tconfigmap\x18\x01 \x01(\x0b\x32\x13.rune.api.Configmap\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"c\n\x16ListConfigmapsResponse\x12\'\n\nconfigmaps\x18\x01 \x03(\x0b\x32\x13.rune.api.Configmap\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status2\xd6\x05\n\x10\x43onfigmapService\x12\x94\x01\n\x0f\x43reateConfigmap\x12 .rune.api.CreateConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\"B\x82\xd3\xe4\x93\x02<\"//v1/namespaces/{configmap.namespace}/configmaps:\tconfigmap\x12\x80\x01\n\x0cGetConfigmap\x12\x1d.rune.api.GetConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/namespaces/{namespace}/configmaps/{name}\x12\xa5\x01\n\x0fUpdateConfigmap\x12 .rune.api.UpdateConfigmapRequest\x1a\x1b.rune.api.ConfigmapResponse\"S\x82\xd3\xe4\x93\x02M\x1a@/v1/namespaces/{configmap.namespace}/configmaps/{configmap.name}:\tconfigmap\x12{\n\x0f\x44\x65leteConfigmap\x12 .rune.api.DeleteConfigmapRequest\x1a\x10.rune.api.Status\"4\x82\xd3\xe4\x93\x02.*,/v1/namespaces/{namespace}/configmaps/{name}\x12\x82\x01\n\x0eListConfigmaps\x12\x1f.rune.api.ListConfigmapsRequest\x1a .rune.api.ListConfigmapsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/namespaces/{namespace}/configmapsB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,28 +41,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONFIGMAPSREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._loaded_options = None
   _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_CONFIGMAP']._serialized_start=72
-  _globals['_CONFIGMAP']._serialized_end=263
-  _globals['_CONFIGMAP_DATAENTRY']._serialized_start=220
-  _globals['_CONFIGMAP_DATAENTRY']._serialized_end=263
-  _globals['_CREATECONFIGMAPREQUEST']._serialized_start=265
-  _globals['_CREATECONFIGMAPREQUEST']._serialized_end=355
-  _globals['_GETCONFIGMAPREQUEST']._serialized_start=357
-  _globals['_GETCONFIGMAPREQUEST']._serialized_end=411
-  _globals['_UPDATECONFIGMAPREQUEST']._serialized_start=413
-  _globals['_UPDATECONFIGMAPREQUEST']._serialized_end=477
-  _globals['_DELETECONFIGMAPREQUEST']._serialized_start=479
-  _globals['_DELETECONFIGMAPREQUEST']._serialized_end=536
-  _globals['_LISTCONFIGMAPSREQUEST']._serialized_start=539
-  _globals['_LISTCONFIGMAPSREQUEST']._serialized_end=881
-  _globals['_LISTCONFIGMAPSREQUEST_LABELSELECTORENTRY']._serialized_start=775
-  _globals['_LISTCONFIGMAPSREQUEST_LABELSELECTORENTRY']._serialized_end=827
-  _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._serialized_start=829
-  _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._serialized_end=881
-  _globals['_CONFIGMAPRESPONSE']._serialized_start=883
-  _globals['_CONFIGMAPRESPONSE']._serialized_end=976
-  _globals['_LISTCONFIGMAPSRESPONSE']._serialized_start=978
-  _globals['_LISTCONFIGMAPSRESPONSE']._serialized_end=1077
-  _globals['_CONFIGMAPSERVICE']._serialized_start=1080
-  _globals['_CONFIGMAPSERVICE']._serialized_end=1494
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['CreateConfigmap']._loaded_options = None
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['CreateConfigmap']._serialized_options = b'\202\323\344\223\002<\"//v1/namespaces/{configmap.namespace}/configmaps:\tconfigmap'
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['GetConfigmap']._loaded_options = None
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['GetConfigmap']._serialized_options = b'\202\323\344\223\002.\022,/v1/namespaces/{namespace}/configmaps/{name}'
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['UpdateConfigmap']._loaded_options = None
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['UpdateConfigmap']._serialized_options = b'\202\323\344\223\002M\032@/v1/namespaces/{configmap.namespace}/configmaps/{configmap.name}:\tconfigmap'
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['DeleteConfigmap']._loaded_options = None
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['DeleteConfigmap']._serialized_options = b'\202\323\344\223\002.*,/v1/namespaces/{namespace}/configmaps/{name}'
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['ListConfigmaps']._loaded_options = None
+  _globals['_CONFIGMAPSERVICE'].methods_by_name['ListConfigmaps']._serialized_options = b'\202\323\344\223\002\'\022%/v1/namespaces/{namespace}/configmaps'
+  _globals['_CONFIGMAP']._serialized_start=102
+  _globals['_CONFIGMAP']._serialized_end=293
+  _globals['_CONFIGMAP_DATAENTRY']._serialized_start=250
+  _globals['_CONFIGMAP_DATAENTRY']._serialized_end=293
+  _globals['_CREATECONFIGMAPREQUEST']._serialized_start=295
+  _globals['_CREATECONFIGMAPREQUEST']._serialized_end=385
+  _globals['_GETCONFIGMAPREQUEST']._serialized_start=387
+  _globals['_GETCONFIGMAPREQUEST']._serialized_end=441
+  _globals['_UPDATECONFIGMAPREQUEST']._serialized_start=443
+  _globals['_UPDATECONFIGMAPREQUEST']._serialized_end=507
+  _globals['_DELETECONFIGMAPREQUEST']._serialized_start=509
+  _globals['_DELETECONFIGMAPREQUEST']._serialized_end=566
+  _globals['_LISTCONFIGMAPSREQUEST']._serialized_start=569
+  _globals['_LISTCONFIGMAPSREQUEST']._serialized_end=911
+  _globals['_LISTCONFIGMAPSREQUEST_LABELSELECTORENTRY']._serialized_start=805
+  _globals['_LISTCONFIGMAPSREQUEST_LABELSELECTORENTRY']._serialized_end=857
+  _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._serialized_start=859
+  _globals['_LISTCONFIGMAPSREQUEST_FIELDSELECTORENTRY']._serialized_end=911
+  _globals['_CONFIGMAPRESPONSE']._serialized_start=913
+  _globals['_CONFIGMAPRESPONSE']._serialized_end=1006
+  _globals['_LISTCONFIGMAPSRESPONSE']._serialized_start=1008
+  _globals['_LISTCONFIGMAPSRESPONSE']._serialized_end=1107
+  _globals['_CONFIGMAPSERVICE']._serialized_start=1110
+  _globals['_CONFIGMAPSERVICE']._serialized_end=1836
 # @@protoc_insertion_point(module_scope)

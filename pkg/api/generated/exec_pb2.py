@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/exec.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xa2\x01\n\x0b\x45xecRequest\x12)\n\x04init\x18\x01 \x01(\x0b\x32\x19.rune.api.ExecInitRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12(\n\x06resize\x18\x03 \x01(\x0b\x32\x16.rune.api.TerminalSizeH\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.rune.api.SignalH\x00\x42\t\n\x07request\"\x9c\x02\n\x0f\x45xecInitRequest\x12\x16\n\x0cservice_name\x18\x01 \x01(\tH\x00\x12\x15\n\x0binstance_id\x18\x02 \x01(\tH\x00\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".rune.api.ExecInitRequest.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12\x0b\n\x03tty\x18\x07 \x01(\x08\x12-\n\rterminal_size\x18\x08 \x01(\x0b\x32\x16.rune.api.TerminalSize\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"-\n\x0cTerminalSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x16\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x86\x01\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.StatusH\x00\x12\"\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x12.rune.api.ExitInfoH\x00\x42\n\n\x08response\":\n\x08\x45xitInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x10\n\x08signaled\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t2N\n\x0b\x45xecService\x12?\n\nStreamExec\x12\x15.rune.api.ExecRequest\x1a\x16.rune.api.ExecResponse(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/exec.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xa2\x01\n\x0b\x45xecRequest\x12)\n\x04init\x18\x01 \x01(\x0b\x32\x19.rune.api.ExecInitRequestH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12(\n\x06resize\x18\x03 \x01(\x0b\x32\x16.rune.api.TerminalSizeH\x00\x12\"\n\x06signal\x18\x04 \x01(\x0b\x32\x10.rune.api.SignalH\x00\x42\t\n\x07request\"\x9c\x02\n\x0f\x45xecInitRequest\x12\x16\n\x0cservice_name\x18\x01 \x01(\tH\x00\x12\x15\n\x0binstance_id\x18\x02 \x01(\tH\x00\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12/\n\x03\x65nv\x18\x05 \x03(\x0b\x32\".rune.api.ExecInitRequest.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12\x0b\n\x03tty\x18\x07 \x01(\x08\x12-\n\rterminal_size\x18\x08 \x01(\x0b\x32\x16.rune.api.TerminalSize\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"-\n\x0cTerminalSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x16\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x86\x01\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.StatusH\x00\x12\"\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x12.rune.api.ExitInfoH\x00\x42\n\n\x08response\":\n\x08\x45xitInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x10\n\x08signaled\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t2\x94\x01\n\x0b\x45xecService\x12\x84\x01\n\nStreamExec\x12\x15.rune.api.ExecRequest\x1a\x16.rune.api.ExecResponse\"C\x82\xd3\xe4\x93\x02=\"8/v1/namespaces/{init.namespace}/exec/{init.service_name}:\x01*(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z+github.com/runestack/rune/pkg/api/generated'
   _globals['_EXECINITREQUEST_ENVENTRY']._loaded_options = None
   _globals['_EXECINITREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_EXECREQUEST']._serialized_start=67
-  _globals['_EXECREQUEST']._serialized_end=229
-  _globals['_EXECINITREQUEST']._serialized_start=232
-  _globals['_EXECINITREQUEST']._serialized_end=516
-  _globals['_EXECINITREQUEST_ENVENTRY']._serialized_start=464
-  _globals['_EXECINITREQUEST_ENVENTRY']._serialized_end=506
-  _globals['_TERMINALSIZE']._serialized_start=518
-  _globals['_TERMINALSIZE']._serialized_end=563
-  _globals['_SIGNAL']._serialized_start=565
-  _globals['_SIGNAL']._serialized_end=587
-  _globals['_EXECRESPONSE']._serialized_start=590
-  _globals['_EXECRESPONSE']._serialized_end=724
-  _globals['_EXITINFO']._serialized_start=726
-  _globals['_EXITINFO']._serialized_end=784
-  _globals['_EXECSERVICE']._serialized_start=786
-  _globals['_EXECSERVICE']._serialized_end=864
+  _globals['_EXECSERVICE'].methods_by_name['StreamExec']._loaded_options = None
+  _globals['_EXECSERVICE'].methods_by_name['StreamExec']._serialized_options = b'\202\323\344\223\002=\"8/v1/namespaces/{init.namespace}/exec/{init.service_name}:\001*'
+  _globals['_EXECREQUEST']._serialized_start=97
+  _globals['_EXECREQUEST']._serialized_end=259
+  _globals['_EXECINITREQUEST']._serialized_start=262
+  _globals['_EXECINITREQUEST']._serialized_end=546
+  _globals['_EXECINITREQUEST_ENVENTRY']._serialized_start=494
+  _globals['_EXECINITREQUEST_ENVENTRY']._serialized_end=536
+  _globals['_TERMINALSIZE']._serialized_start=548
+  _globals['_TERMINALSIZE']._serialized_end=593
+  _globals['_SIGNAL']._serialized_start=595
+  _globals['_SIGNAL']._serialized_end=617
+  _globals['_EXECRESPONSE']._serialized_start=620
+  _globals['_EXECRESPONSE']._serialized_end=754
+  _globals['_EXITINFO']._serialized_start=756
+  _globals['_EXITINFO']._serialized_end=814
+  _globals['_EXECSERVICE']._serialized_start=817
+  _globals['_EXECSERVICE']._serialized_end=965
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpkg/api/proto/instance.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xdf\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nservice_id\x18\x05 \x01(\t\x12\x14\n\x0cservice_name\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.rune.api.InstanceStatus\x12\x16\n\x0estatus_message\x18\n \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\x05\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x12\n\nupdated_at\x18\x0e \x01(\t\x12&\n\tresources\x18\x0f \x01(\x0b\x32\x13.rune.api.Resources\x12\x38\n\x0b\x65nvironment\x18\x10 \x03(\x0b\x32#.rune.api.Instance.EnvironmentEntry\x12,\n\x08metadata\x18\x11 \x01(\x0b\x32\x1a.rune.api.InstanceMetadata\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x10InstanceMetadata\x12\x12\n\ngeneration\x18\x01 \x01(\x05\x12\x1a\n\x12\x64\x65letion_timestamp\x18\x02 \x01(\t\x12\x15\n\rrestart_count\x18\x03 \x01(\x05\x12\x34\n\rsecret_mounts\x18\x04 \x03(\x0b\x32\x1d.rune.api.ResolvedSecretMount\x12\x34\n\rconfig_mounts\x18\x05 \x03(\x0b\x32\x1d.rune.api.ResolvedConfigMount\"\xbf\x01\n\x13ResolvedSecretMount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmount_path\x18\x02 \x01(\t\x12\x35\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\'.rune.api.ResolvedSecretMount.DataEntry\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.rune.api.KeyToPath\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x01\n\x13ResolvedConfigMount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmount_path\x18\x02 \x01(\t\x12\x35\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\'.rune.api.ResolvedConfigMount.DataEntry\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.rune.api.KeyToPath\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\tKeyToPath\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"3\n\x12GetInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Z\n\x10InstanceResponse\x12$\n\x08instance\x18\x01 \x01(\x0b\x32\x12.rune.api.Instance\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\xa4\x03\n\x14ListInstancesRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.rune.api.InstanceStatus\x12&\n\x06paging\x18\x05 \x01(\x0b\x32\x16.rune.api.PagingParams\x12I\n\x0elabel_selector\x18\x06 \x03(\x0b\x32\x31.rune.api.ListInstancesRequest.LabelSelectorEntry\x12I\n\x0e\x66ield_selector\x18\x07 \x03(\x0b\x32\x31.rune.api.ListInstancesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x15ListInstancesResponse\x12%\n\tinstances\x18\x01 \x03(\x0b\x32\x12.rune.api.Instance\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12&\n\x06paging\x18\x03 \x01(\x0b\x32\x16.rune.api.PagingParams\"K\n\x15InstanceActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x05\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\xc2\x02\n\x15WatchInstancesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12J\n\x0elabel_selector\x18\x03 \x03(\x0b\x32\x32.rune.api.WatchInstancesRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x04 \x03(\x0b\x32\x32.rune.api.WatchInstancesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x16WatchInstancesResponse\x12$\n\x08instance\x18\x01 \x01(\x0b\x32\x12.rune.api.Instance\x12\'\n\nevent_type\x18\x02 \x01(\x0e\x32\x13.rune.api.EventType\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.Status*\xb6\x02\n\x0eInstanceStatus\x12\x1f\n\x1bINSTANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_STATUS_PENDING\x10\x01\x12\x1b\n\x17INSTANCE_STATUS_CREATED\x10\x02\x12\x1c\n\x18INSTANCE_STATUS_STARTING\x10\x03\x12\x1b\n\x17INSTANCE_STATUS_RUNNING\x10\x04\x12\x1c\n\x18INSTANCE_STATUS_STOPPING\x10\x05\x12\x1b\n\x17INSTANCE_STATUS_STOPPED\x10\x06\x12\x1a\n\x16INSTANCE_STATUS_FAILED\x10\x07\x12\x1a\n\x16INSTANCE_STATUS_EXITED\x10\x08\x12\x1b\n\x17INSTANCE_STATUS_DELETED\x10\t2\xee\x03\n\x0fInstanceService\x12G\n\x0bGetInstance\x12\x1c.rune.api.GetInstanceRequest\x1a\x1a.rune.api.InstanceResponse\x12P\n\rListInstances\x12\x1e.rune.api.ListInstancesRequest\x1a\x1f.rune.api.ListInstancesResponse\x12L\n\rStartInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\x12K\n\x0cStopInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\x12N\n\x0fRestartInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\x12U\n\x0eWatchInstances\x12\x1f.rune.api.WatchInstancesRequest\x1a .rune.api.WatchInstancesResponse0\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpkg/api/proto/instance.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xdf\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nservice_id\x18\x05 \x01(\t\x12\x14\n\x0cservice_name\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.rune.api.InstanceStatus\x12\x16\n\x0estatus_message\x18\n \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\x05\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x12\n\nupdated_at\x18\x0e \x01(\t\x12&\n\tresources\x18\x0f \x01(\x0b\x32\x13.rune.api.Resources\x12\x38\n\x0b\x65nvironment\x18\x10 \x03(\x0b\x32#.rune.api.Instance.EnvironmentEntry\x12,\n\x08metadata\x18\x11 \x01(\x0b\x32\x1a.rune.api.InstanceMetadata\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x10InstanceMetadata\x12\x12\n\ngeneration\x18\x01 \x01(\x05\x12\x1a\n\x12\x64\x65letion_timestamp\x18\x02 \x01(\t\x12\x15\n\rrestart_count\x18\x03 \x01(\x05\x12\x34\n\rsecret_mounts\x18\x04 \x03(\x0b\x32\x1d.rune.api.ResolvedSecretMount\x12\x34\n\rconfig_mounts\x18\x05 \x03(\x0b\x32\x1d.rune.api.ResolvedConfigMount\"\xbf\x01\n\x13ResolvedSecretMount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmount_path\x18\x02 \x01(\t\x12\x35\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\'.rune.api.ResolvedSecretMount.DataEntry\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.rune.api.KeyToPath\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x01\n\x13ResolvedConfigMount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmount_path\x18\x02 \x01(\t\x12\x35\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\'.rune.api.ResolvedConfigMount.DataEntry\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.rune.api.KeyToPath\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\tKeyToPath\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"3\n\x12GetInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Z\n\x10InstanceResponse\x12$\n\x08instance\x18\x01 \x01(\x0b\x32\x12.rune.api.Instance\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\xa4\x03\n\x14ListInstancesRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.rune.api.InstanceStatus\x12&\n\x06paging\x18\x05 \x01(\x0b\x32\x16.rune.api.PagingParams\x12I\n\x0elabel_selector\x18\x06 \x03(\x0b\x32\x31.rune.api.ListInstancesRequest.LabelSelectorEntry\x12I\n\x0e\x66ield_selector\x18\x07 \x03(\x0b\x32\x31.rune.api.ListInstancesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x15ListInstancesResponse\x12%\n\tinstances\x18\x01 \x03(\x0b\x32\x12.rune.api.Instance\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12&\n\x06paging\x18\x03 \x01(\x0b\x32\x16.rune.api.PagingParams\"^\n\x15InstanceActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x05\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x11\n\tnamespace\x18\x04 \x01(\t\"\xc2\x02\n\x15WatchInstancesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12J\n\x0elabel_selector\x18\x03 \x03(\x0b\x32\x32.rune.api.WatchInstancesRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x04 \x03(\x0b\x32\x32.rune.api.WatchInstancesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x16WatchInstancesResponse\x12$\n\x08instance\x18\x01 \x01(\x0b\x32\x12.rune.api.Instance\x12\'\n\nevent_type\x18\x02 \x01(\x0e\x32\x13.rune.api.EventType\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.Status*\xb6\x02\n\x0eInstanceStatus\x12\x1f\n\x1bINSTANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_STATUS_PENDING\x10\x01\x12\x1b\n\x17INSTANCE_STATUS_CREATED\x10\x02\x12\x1c\n\x18INSTANCE_STATUS_STARTING\x10\x03\x12\x1b\n\x17INSTANCE_STATUS_RUNNING\x10\x04\x12\x1c\n\x18INSTANCE_STATUS_STOPPING\x10\x05\x12\x1b\n\x17INSTANCE_STATUS_STOPPED\x10\x06\x12\x1a\n\x16INSTANCE_STATUS_FAILED\x10\x07\x12\x1a\n\x16INSTANCE_STATUS_EXITED\x10\x08\x12\x1b\n\x17INSTANCE_STATUS_DELETED\x10\t2\xbc\x06\n\x0fInstanceService\x12z\n\x0bGetInstance\x12\x1c.rune.api.GetInstanceRequest\x1a\x1a.rune.api.InstanceResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/namespaces/{namespace}/instances/{id}\x12~\n\rListInstances\x12\x1e.rune.api.ListInstancesRequest\x1a\x1f.rune.api.ListInstancesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/namespaces/{namespace}/instances\x12\x88\x01\n\rStartInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\":\x82\xd3\xe4\x93\x02\x34\"//v1/namespaces/{namespace}/instances/{id}:start:\x01*\x12\x86\x01\n\x0cStopInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\"9\x82\xd3\xe4\x93\x02\x33\"./v1/namespaces/{namespace}/instances/{id}:stop:\x01*\x12\x8c\x01\n\x0fRestartInstance\x12\x1f.rune.api.InstanceActionRequest\x1a\x1a.rune.api.InstanceResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/v1/namespaces/{namespace}/instances/{id}:restart:\x01*\x12\x89\x01\n\x0eWatchInstances\x12\x1f.rune.api.WatchInstancesRequest\x1a .rune.api.WatchInstancesResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/namespaces/{namespace}/instances:watch0\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,46 +49,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._loaded_options = None
   _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_INSTANCESTATUS']._serialized_start=2430
-  _globals['_INSTANCESTATUS']._serialized_end=2740
-  _globals['_INSTANCE']._serialized_start=71
-  _globals['_INSTANCE']._serialized_end=550
-  _globals['_INSTANCE_ENVIRONMENTENTRY']._serialized_start=500
-  _globals['_INSTANCE_ENVIRONMENTENTRY']._serialized_end=550
-  _globals['_INSTANCEMETADATA']._serialized_start=553
-  _globals['_INSTANCEMETADATA']._serialized_end=750
-  _globals['_RESOLVEDSECRETMOUNT']._serialized_start=753
-  _globals['_RESOLVEDSECRETMOUNT']._serialized_end=944
-  _globals['_RESOLVEDSECRETMOUNT_DATAENTRY']._serialized_start=901
-  _globals['_RESOLVEDSECRETMOUNT_DATAENTRY']._serialized_end=944
-  _globals['_RESOLVEDCONFIGMOUNT']._serialized_start=947
-  _globals['_RESOLVEDCONFIGMOUNT']._serialized_end=1138
-  _globals['_RESOLVEDCONFIGMOUNT_DATAENTRY']._serialized_start=901
-  _globals['_RESOLVEDCONFIGMOUNT_DATAENTRY']._serialized_end=944
-  _globals['_KEYTOPATH']._serialized_start=1140
-  _globals['_KEYTOPATH']._serialized_end=1178
-  _globals['_GETINSTANCEREQUEST']._serialized_start=1180
-  _globals['_GETINSTANCEREQUEST']._serialized_end=1231
-  _globals['_INSTANCERESPONSE']._serialized_start=1233
-  _globals['_INSTANCERESPONSE']._serialized_end=1323
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1326
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1746
-  _globals['_LISTINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_start=1640
-  _globals['_LISTINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_end=1692
-  _globals['_LISTINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_start=1694
-  _globals['_LISTINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_end=1746
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1749
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1885
-  _globals['_INSTANCEACTIONREQUEST']._serialized_start=1887
-  _globals['_INSTANCEACTIONREQUEST']._serialized_end=1962
-  _globals['_WATCHINSTANCESREQUEST']._serialized_start=1965
-  _globals['_WATCHINSTANCESREQUEST']._serialized_end=2287
-  _globals['_WATCHINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_start=1640
-  _globals['_WATCHINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_end=1692
-  _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_start=1694
-  _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_end=1746
-  _globals['_WATCHINSTANCESRESPONSE']._serialized_start=2290
-  _globals['_WATCHINSTANCESRESPONSE']._serialized_end=2427
-  _globals['_INSTANCESERVICE']._serialized_start=2743
-  _globals['_INSTANCESERVICE']._serialized_end=3237
+  _globals['_INSTANCESERVICE'].methods_by_name['GetInstance']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['GetInstance']._serialized_options = b'\202\323\344\223\002+\022)/v1/namespaces/{namespace}/instances/{id}'
+  _globals['_INSTANCESERVICE'].methods_by_name['ListInstances']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['ListInstances']._serialized_options = b'\202\323\344\223\002&\022$/v1/namespaces/{namespace}/instances'
+  _globals['_INSTANCESERVICE'].methods_by_name['StartInstance']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['StartInstance']._serialized_options = b'\202\323\344\223\0024\"//v1/namespaces/{namespace}/instances/{id}:start:\001*'
+  _globals['_INSTANCESERVICE'].methods_by_name['StopInstance']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['StopInstance']._serialized_options = b'\202\323\344\223\0023\"./v1/namespaces/{namespace}/instances/{id}:stop:\001*'
+  _globals['_INSTANCESERVICE'].methods_by_name['RestartInstance']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['RestartInstance']._serialized_options = b'\202\323\344\223\0026\"1/v1/namespaces/{namespace}/instances/{id}:restart:\001*'
+  _globals['_INSTANCESERVICE'].methods_by_name['WatchInstances']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['WatchInstances']._serialized_options = b'\202\323\344\223\002,\022*/v1/namespaces/{namespace}/instances:watch'
+  _globals['_INSTANCESTATUS']._serialized_start=2479
+  _globals['_INSTANCESTATUS']._serialized_end=2789
+  _globals['_INSTANCE']._serialized_start=101
+  _globals['_INSTANCE']._serialized_end=580
+  _globals['_INSTANCE_ENVIRONMENTENTRY']._serialized_start=530
+  _globals['_INSTANCE_ENVIRONMENTENTRY']._serialized_end=580
+  _globals['_INSTANCEMETADATA']._serialized_start=583
+  _globals['_INSTANCEMETADATA']._serialized_end=780
+  _globals['_RESOLVEDSECRETMOUNT']._serialized_start=783
+  _globals['_RESOLVEDSECRETMOUNT']._serialized_end=974
+  _globals['_RESOLVEDSECRETMOUNT_DATAENTRY']._serialized_start=931
+  _globals['_RESOLVEDSECRETMOUNT_DATAENTRY']._serialized_end=974
+  _globals['_RESOLVEDCONFIGMOUNT']._serialized_start=977
+  _globals['_RESOLVEDCONFIGMOUNT']._serialized_end=1168
+  _globals['_RESOLVEDCONFIGMOUNT_DATAENTRY']._serialized_start=931
+  _globals['_RESOLVEDCONFIGMOUNT_DATAENTRY']._serialized_end=974
+  _globals['_KEYTOPATH']._serialized_start=1170
+  _globals['_KEYTOPATH']._serialized_end=1208
+  _globals['_GETINSTANCEREQUEST']._serialized_start=1210
+  _globals['_GETINSTANCEREQUEST']._serialized_end=1261
+  _globals['_INSTANCERESPONSE']._serialized_start=1263
+  _globals['_INSTANCERESPONSE']._serialized_end=1353
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1356
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1776
+  _globals['_LISTINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_start=1670
+  _globals['_LISTINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_end=1722
+  _globals['_LISTINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_start=1724
+  _globals['_LISTINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_end=1776
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1779
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1915
+  _globals['_INSTANCEACTIONREQUEST']._serialized_start=1917
+  _globals['_INSTANCEACTIONREQUEST']._serialized_end=2011
+  _globals['_WATCHINSTANCESREQUEST']._serialized_start=2014
+  _globals['_WATCHINSTANCESREQUEST']._serialized_end=2336
+  _globals['_WATCHINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_start=1670
+  _globals['_WATCHINSTANCESREQUEST_LABELSELECTORENTRY']._serialized_end=1722
+  _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_start=1724
+  _globals['_WATCHINSTANCESREQUEST_FIELDSELECTORENTRY']._serialized_end=1776
+  _globals['_WATCHINSTANCESRESPONSE']._serialized_start=2339
+  _globals['_WATCHINSTANCESRESPONSE']._serialized_end=2476
+  _globals['_INSTANCESERVICE']._serialized_start=2792
+  _globals['_INSTANCESERVICE']._serialized_end=3620
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpkg/api/proto/namespace.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xc2\x01\n\tNamespace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.rune.api.Namespace.LabelsEntry\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x16\x43reateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\"#\n\x13GetNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x14GetNamespaceResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"c\n\x17\x43reateNamespaceResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\x9b\x02\n\x15ListNamespacesRequest\x12J\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x32.rune.api.ListNamespacesRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x02 \x03(\x0b\x32\x32.rune.api.ListNamespacesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x01\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12&\n\x06paging\x18\x03 \x01(\x0b\x32\x16.rune.api.PagingParams\"O\n\x16\x44\x65leteNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10ignore_not_found\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\";\n\x17\x44\x65leteNamespaceResponse\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\x9e\x02\n\x16WatchNamespacesRequest\x12K\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x33.rune.api.WatchNamespacesRequest.LabelSelectorEntry\x12K\n\x0e\x66ield_selector\x18\x02 \x03(\x0b\x32\x33.rune.api.WatchNamespacesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x17WatchNamespacesResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12\'\n\nevent_type\x18\x02 \x01(\x0e\x32\x13.rune.api.EventType\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.Status2\xc0\x03\n\x10NamespaceService\x12V\n\x0f\x43reateNamespace\x12 .rune.api.CreateNamespaceRequest\x1a!.rune.api.CreateNamespaceResponse\x12M\n\x0cGetNamespace\x12\x1d.rune.api.GetNamespaceRequest\x1a\x1e.rune.api.GetNamespaceResponse\x12S\n\x0eListNamespaces\x12\x1f.rune.api.ListNamespacesRequest\x1a .rune.api.ListNamespacesResponse\x12V\n\x0f\x44\x65leteNamespace\x12 .rune.api.DeleteNamespaceRequest\x1a!.rune.api.DeleteNamespaceResponse\x12X\n\x0fWatchNamespaces\x12 .rune.api.WatchNamespacesRequest\x1a!.rune.api.WatchNamespacesResponse0\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpkg/api/proto/namespace.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xc2\x01\n\tNamespace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.rune.api.Namespace.LabelsEntry\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x16\x43reateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\"#\n\x13GetNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x14GetNamespaceResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"c\n\x17\x43reateNamespaceResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\x9b\x02\n\x15ListNamespacesRequest\x12J\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x32.rune.api.ListNamespacesRequest.LabelSelectorEntry\x12J\n\x0e\x66ield_selector\x18\x02 \x03(\x0b\x32\x32.rune.api.ListNamespacesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x01\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.rune.api.Namespace\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12&\n\x06paging\x18\x03 \x01(\x0b\x32\x16.rune.api.PagingParams\"O\n\x16\x44\x65leteNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10ignore_not_found\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\";\n\x17\x44\x65leteNamespaceResponse\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\x9e\x02\n\x16WatchNamespacesRequest\x12K\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x33.rune.api.WatchNamespacesRequest.LabelSelectorEntry\x12K\n\x0e\x66ield_selector\x18\x02 \x03(\x0b\x32\x33.rune.api.WatchNamespacesRequest.FieldSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x17WatchNamespacesResponse\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.rune.api.Namespace\x12\'\n\nevent_type\x18\x02 \x01(\x0e\x32\x13.rune.api.EventType\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.Status2\xd7\x04\n\x10NamespaceService\x12y\n\x0f\x43reateNamespace\x12 .rune.api.CreateNamespaceRequest\x1a!.rune.api.CreateNamespaceResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x0e/v1/namespaces:\tnamespace\x12l\n\x0cGetNamespace\x12\x1d.rune.api.GetNamespaceRequest\x1a\x1e.rune.api.GetNamespaceResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/namespaces/{name}\x12k\n\x0eListNamespaces\x12\x1f.rune.api.ListNamespacesRequest\x1a .rune.api.ListNamespacesResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/namespaces\x12u\n\x0f\x44\x65leteNamespace\x12 .rune.api.DeleteNamespaceRequest\x1a!.rune.api.DeleteNamespaceResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/namespaces/{name}\x12v\n\x0fWatchNamespaces\x12 .rune.api.WatchNamespacesRequest\x1a!.rune.api.WatchNamespacesResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/namespaces:watch0\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,38 +45,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._loaded_options = None
   _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_NAMESPACE']._serialized_start=72
-  _globals['_NAMESPACE']._serialized_end=266
-  _globals['_NAMESPACE_LABELSENTRY']._serialized_start=221
-  _globals['_NAMESPACE_LABELSENTRY']._serialized_end=266
-  _globals['_CREATENAMESPACEREQUEST']._serialized_start=268
-  _globals['_CREATENAMESPACEREQUEST']._serialized_end=332
-  _globals['_GETNAMESPACEREQUEST']._serialized_start=334
-  _globals['_GETNAMESPACEREQUEST']._serialized_end=369
-  _globals['_GETNAMESPACERESPONSE']._serialized_start=371
-  _globals['_GETNAMESPACERESPONSE']._serialized_end=467
-  _globals['_CREATENAMESPACERESPONSE']._serialized_start=469
-  _globals['_CREATENAMESPACERESPONSE']._serialized_end=568
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=571
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=854
-  _globals['_LISTNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_start=748
-  _globals['_LISTNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_end=800
-  _globals['_LISTNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_start=802
-  _globals['_LISTNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_end=854
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=857
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=996
-  _globals['_DELETENAMESPACEREQUEST']._serialized_start=998
-  _globals['_DELETENAMESPACEREQUEST']._serialized_end=1077
-  _globals['_DELETENAMESPACERESPONSE']._serialized_start=1079
-  _globals['_DELETENAMESPACERESPONSE']._serialized_end=1138
-  _globals['_WATCHNAMESPACESREQUEST']._serialized_start=1141
-  _globals['_WATCHNAMESPACESREQUEST']._serialized_end=1427
-  _globals['_WATCHNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_start=748
-  _globals['_WATCHNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_end=800
-  _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_start=802
-  _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_end=854
-  _globals['_WATCHNAMESPACESRESPONSE']._serialized_start=1430
-  _globals['_WATCHNAMESPACESRESPONSE']._serialized_end=1570
-  _globals['_NAMESPACESERVICE']._serialized_start=1573
-  _globals['_NAMESPACESERVICE']._serialized_end=2021
+  _globals['_NAMESPACESERVICE'].methods_by_name['CreateNamespace']._loaded_options = None
+  _globals['_NAMESPACESERVICE'].methods_by_name['CreateNamespace']._serialized_options = b'\202\323\344\223\002\033\"\016/v1/namespaces:\tnamespace'
+  _globals['_NAMESPACESERVICE'].methods_by_name['GetNamespace']._loaded_options = None
+  _globals['_NAMESPACESERVICE'].methods_by_name['GetNamespace']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/namespaces/{name}'
+  _globals['_NAMESPACESERVICE'].methods_by_name['ListNamespaces']._loaded_options = None
+  _globals['_NAMESPACESERVICE'].methods_by_name['ListNamespaces']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/namespaces'
+  _globals['_NAMESPACESERVICE'].methods_by_name['DeleteNamespace']._loaded_options = None
+  _globals['_NAMESPACESERVICE'].methods_by_name['DeleteNamespace']._serialized_options = b'\202\323\344\223\002\027*\025/v1/namespaces/{name}'
+  _globals['_NAMESPACESERVICE'].methods_by_name['WatchNamespaces']._loaded_options = None
+  _globals['_NAMESPACESERVICE'].methods_by_name['WatchNamespaces']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/namespaces:watch'
+  _globals['_NAMESPACE']._serialized_start=102
+  _globals['_NAMESPACE']._serialized_end=296
+  _globals['_NAMESPACE_LABELSENTRY']._serialized_start=251
+  _globals['_NAMESPACE_LABELSENTRY']._serialized_end=296
+  _globals['_CREATENAMESPACEREQUEST']._serialized_start=298
+  _globals['_CREATENAMESPACEREQUEST']._serialized_end=362
+  _globals['_GETNAMESPACEREQUEST']._serialized_start=364
+  _globals['_GETNAMESPACEREQUEST']._serialized_end=399
+  _globals['_GETNAMESPACERESPONSE']._serialized_start=401
+  _globals['_GETNAMESPACERESPONSE']._serialized_end=497
+  _globals['_CREATENAMESPACERESPONSE']._serialized_start=499
+  _globals['_CREATENAMESPACERESPONSE']._serialized_end=598
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=601
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=884
+  _globals['_LISTNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_start=778
+  _globals['_LISTNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_end=830
+  _globals['_LISTNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_start=832
+  _globals['_LISTNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_end=884
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=887
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=1026
+  _globals['_DELETENAMESPACEREQUEST']._serialized_start=1028
+  _globals['_DELETENAMESPACEREQUEST']._serialized_end=1107
+  _globals['_DELETENAMESPACERESPONSE']._serialized_start=1109
+  _globals['_DELETENAMESPACERESPONSE']._serialized_end=1168
+  _globals['_WATCHNAMESPACESREQUEST']._serialized_start=1171
+  _globals['_WATCHNAMESPACESREQUEST']._serialized_end=1457
+  _globals['_WATCHNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_start=778
+  _globals['_WATCHNAMESPACESREQUEST_LABELSELECTORENTRY']._serialized_end=830
+  _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_start=832
+  _globals['_WATCHNAMESPACESREQUEST_FIELDSELECTORENTRY']._serialized_end=884
+  _globals['_WATCHNAMESPACESRESPONSE']._serialized_start=1460
+  _globals['_WATCHNAMESPACESRESPONSE']._serialized_end=1600
+  _globals['_NAMESPACESERVICE']._serialized_start=1603
+  _globals['_NAMESPACESERVICE']._serialized_end=2202
 # @@protoc_insertion_point(module_scope)

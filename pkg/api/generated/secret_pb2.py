@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apkg/api/proto/secret.proto\x12\x08rune.api\x1a\x1apkg/api/proto/common.proto\"\xc7\x01\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\x1a.rune.api.Secret.DataEntry\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x13\x43reateSecretRequest\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\x12\x18\n\x10\x65nsure_namespace\x18\x02 \x01(\x08\"3\n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"7\n\x13UpdateSecretRequest\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\"6\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\xcd\x02\n\x12ListSecretsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12G\n\x0elabel_selector\x18\x02 \x03(\x0b\x32/.rune.api.ListSecretsRequest.LabelSelectorEntry\x12G\n\x0e\x66ield_selector\x18\x03 \x03(\x0b\x32/.rune.api.ListSecretsRequest.FieldSelectorEntry\x12&\n\x06paging\x18\x04 \x01(\x0b\x32\x16.rune.api.PagingParams\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13ListSecretsResponse\x12!\n\x07secrets\x18\x01 \x03(\x0b\x32\x10.rune.api.Secret\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"T\n\x0eSecretResponse\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status2\xf1\x02\n\rSecretService\x12G\n\x0c\x43reateSecret\x12\x1d.rune.api.CreateSecretRequest\x1a\x18.rune.api.SecretResponse\x12\x41\n\tGetSecret\x12\x1a.rune.api.GetSecretRequest\x1a\x18.rune.api.SecretResponse\x12G\n\x0cUpdateSecret\x12\x1d.rune.api.UpdateSecretRequest\x1a\x18.rune.api.SecretResponse\x12?\n\x0c\x44\x65leteSecret\x12\x1d.rune.api.DeleteSecretRequest\x1a\x10.rune.api.Status\x12J\n\x0bListSecrets\x12\x1c.rune.api.ListSecretsRequest\x1a\x1d.rune.api.ListSecretsResponseB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apkg/api/proto/secret.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xc7\x01\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\x1a.rune.api.Secret.DataEntry\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x13\x43reateSecretRequest\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\x12\x18\n\x10\x65nsure_namespace\x18\x02 \x01(\x08\"3\n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"7\n\x13UpdateSecretRequest\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\"6\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\xcd\x02\n\x12ListSecretsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12G\n\x0elabel_selector\x18\x02 \x03(\x0b\x32/.rune.api.ListSecretsRequest.LabelSelectorEntry\x12G\n\x0e\x66ield_selector\x18\x03 \x03(\x0b\x32/.rune.api.ListSecretsRequest.FieldSelectorEntry\x12&\n\x06paging\x18\x04 \x01(\x0b\x32\x16.rune.api.PagingParams\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x46ieldSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13ListSecretsResponse\x12!\n\x07secrets\x18\x01 \x03(\x0b\x32\x10.rune.api.Secret\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"T\n\x0eSecretResponse\x12 \n\x06secret\x18\x01 \x01(\x0b\x32\x10.rune.api.Secret\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status2\x89\x05\n\rSecretService\x12\x82\x01\n\x0c\x43reateSecret\x12\x1d.rune.api.CreateSecretRequest\x1a\x18.rune.api.SecretResponse\"9\x82\xd3\xe4\x93\x02\x33\")/v1/namespaces/{secret.namespace}/secrets:\x06secret\x12t\n\tGetSecret\x12\x1a.rune.api.GetSecretRequest\x1a\x18.rune.api.SecretResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/namespaces/{namespace}/secrets/{name}\x12\x90\x01\n\x0cUpdateSecret\x12\x1d.rune.api.UpdateSecretRequest\x1a\x18.rune.api.SecretResponse\"G\x82\xd3\xe4\x93\x02\x41\x1a\x37/v1/namespaces/{secret.namespace}/secrets/{secret.name}:\x06secret\x12r\n\x0c\x44\x65leteSecret\x12\x1d.rune.api.DeleteSecretRequest\x1a\x10.rune.api.Status\"1\x82\xd3\xe4\x93\x02+*)/v1/namespaces/{namespace}/secrets/{name}\x12v\n\x0bListSecrets\x12\x1c.rune.api.ListSecretsRequest\x1a\x1d.rune.api.ListSecretsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/namespaces/{namespace}/secretsB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,28 +41,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSECRETSREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._loaded_options = None
   _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_SECRET']._serialized_start=69
-  _globals['_SECRET']._serialized_end=268
-  _globals['_SECRET_DATAENTRY']._serialized_start=225
-  _globals['_SECRET_DATAENTRY']._serialized_end=268
-  _globals['_CREATESECRETREQUEST']._serialized_start=270
-  _globals['_CREATESECRETREQUEST']._serialized_end=351
-  _globals['_GETSECRETREQUEST']._serialized_start=353
-  _globals['_GETSECRETREQUEST']._serialized_end=404
-  _globals['_UPDATESECRETREQUEST']._serialized_start=406
-  _globals['_UPDATESECRETREQUEST']._serialized_end=461
-  _globals['_DELETESECRETREQUEST']._serialized_start=463
-  _globals['_DELETESECRETREQUEST']._serialized_end=517
-  _globals['_LISTSECRETSREQUEST']._serialized_start=520
-  _globals['_LISTSECRETSREQUEST']._serialized_end=853
-  _globals['_LISTSECRETSREQUEST_LABELSELECTORENTRY']._serialized_start=747
-  _globals['_LISTSECRETSREQUEST_LABELSELECTORENTRY']._serialized_end=799
-  _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._serialized_start=801
-  _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._serialized_end=853
-  _globals['_LISTSECRETSRESPONSE']._serialized_start=855
-  _globals['_LISTSECRETSRESPONSE']._serialized_end=945
-  _globals['_SECRETRESPONSE']._serialized_start=947
-  _globals['_SECRETRESPONSE']._serialized_end=1031
-  _globals['_SECRETSERVICE']._serialized_start=1034
-  _globals['_SECRETSERVICE']._serialized_end=1403
+  _globals['_SECRETSERVICE'].methods_by_name['CreateSecret']._loaded_options = None
+  _globals['_SECRETSERVICE'].methods_by_name['CreateSecret']._serialized_options = b'\202\323\344\223\0023\")/v1/namespaces/{secret.namespace}/secrets:\006secret'
+  _globals['_SECRETSERVICE'].methods_by_name['GetSecret']._loaded_options = None
+  _globals['_SECRETSERVICE'].methods_by_name['GetSecret']._serialized_options = b'\202\323\344\223\002+\022)/v1/namespaces/{namespace}/secrets/{name}'
+  _globals['_SECRETSERVICE'].methods_by_name['UpdateSecret']._loaded_options = None
+  _globals['_SECRETSERVICE'].methods_by_name['UpdateSecret']._serialized_options = b'\202\323\344\223\002A\0327/v1/namespaces/{secret.namespace}/secrets/{secret.name}:\006secret'
+  _globals['_SECRETSERVICE'].methods_by_name['DeleteSecret']._loaded_options = None
+  _globals['_SECRETSERVICE'].methods_by_name['DeleteSecret']._serialized_options = b'\202\323\344\223\002+*)/v1/namespaces/{namespace}/secrets/{name}'
+  _globals['_SECRETSERVICE'].methods_by_name['ListSecrets']._loaded_options = None
+  _globals['_SECRETSERVICE'].methods_by_name['ListSecrets']._serialized_options = b'\202\323\344\223\002$\022\"/v1/namespaces/{namespace}/secrets'
+  _globals['_SECRET']._serialized_start=99
+  _globals['_SECRET']._serialized_end=298
+  _globals['_SECRET_DATAENTRY']._serialized_start=255
+  _globals['_SECRET_DATAENTRY']._serialized_end=298
+  _globals['_CREATESECRETREQUEST']._serialized_start=300
+  _globals['_CREATESECRETREQUEST']._serialized_end=381
+  _globals['_GETSECRETREQUEST']._serialized_start=383
+  _globals['_GETSECRETREQUEST']._serialized_end=434
+  _globals['_UPDATESECRETREQUEST']._serialized_start=436
+  _globals['_UPDATESECRETREQUEST']._serialized_end=491
+  _globals['_DELETESECRETREQUEST']._serialized_start=493
+  _globals['_DELETESECRETREQUEST']._serialized_end=547
+  _globals['_LISTSECRETSREQUEST']._serialized_start=550
+  _globals['_LISTSECRETSREQUEST']._serialized_end=883
+  _globals['_LISTSECRETSREQUEST_LABELSELECTORENTRY']._serialized_start=777
+  _globals['_LISTSECRETSREQUEST_LABELSELECTORENTRY']._serialized_end=829
+  _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._serialized_start=831
+  _globals['_LISTSECRETSREQUEST_FIELDSELECTORENTRY']._serialized_end=883
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=885
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=975
+  _globals['_SECRETRESPONSE']._serialized_start=977
+  _globals['_SECRETRESPONSE']._serialized_end=1061
+  _globals['_SECRETSERVICE']._serialized_start=1064
+  _globals['_SECRETSERVICE']._serialized_end=1713
 # @@protoc_insertion_point(module_scope)
