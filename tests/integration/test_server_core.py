@@ -140,3 +140,55 @@ def test_role_restarted_after_crash(runed: Runed) -> None:
         assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         ch.close()
+
+
+def test_single_role_runs_alone_with_json_logs(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runed",
+            "--data-dir",
+            str(data),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "serve",
+            "--role",
+            "grpc",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        marker = data / "run" / "grpc.json"
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "grpc role did not become ready"
+            time.sleep(0.05)
+        ch = grpc.insecure_channel(json.loads(marker.read_text())["address"])
+        stub = health_pb2_grpc.HealthStub(ch)
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        ch.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+        assert lines, "expected log lines"
+        records = [json.loads(ln) for ln in lines]
+        assert any("ready" in r["msg"] for r in records)
+        assert all({"ts", "level", "msg"} <= r.keys() for r in records)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
