@@ -41,6 +41,8 @@ TABLE: dict[str, Access] = {
     "/rune.api.ServiceService/ScaleService": Access("services", "scale", "namespace"),
     "/rune.api.ServiceService/WatchScaling": Access("services", "watch", "namespace"),
     "/rune.api.ServiceService/ListInstances": Access("instances", "list", "namespace"),
+    "/rune.api.ServiceService/ListServiceRevisions": Access("services", "list", "namespace"),
+    "/rune.api.ServiceService/RollbackService": Access("services", "update", "namespace"),
     # InstanceService
     "/rune.api.InstanceService/GetInstance": Access("instances", "get", "namespace"),
     "/rune.api.InstanceService/ListInstances": Access("instances", "list", "namespace"),

@@ -155,7 +155,7 @@ class InstanceResponse(_message.Message):
     def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ListInstancesRequest(_message.Message):
-    __slots__ = ("service_name", "namespace", "node_id", "status", "paging", "label_selector", "field_selector")
+    __slots__ = ("service_name", "namespace", "node_id", "status", "paging", "label_selector", "field_selector", "label_selector_expr", "field_selector_expr", "page_size", "page_token")
     class LabelSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,10 @@ class ListInstancesRequest(_message.Message):
     PAGING_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     FIELD_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     namespace: str
     node_id: str
@@ -184,17 +188,25 @@ class ListInstancesRequest(_message.Message):
     paging: _common_pb2.PagingParams
     label_selector: _containers.ScalarMap[str, str]
     field_selector: _containers.ScalarMap[str, str]
-    def __init__(self, service_name: _Optional[str] = ..., namespace: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[_Union[InstanceStatus, str]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    label_selector_expr: str
+    field_selector_expr: str
+    page_size: int
+    page_token: str
+    def __init__(self, service_name: _Optional[str] = ..., namespace: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[_Union[InstanceStatus, str]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., label_selector_expr: _Optional[str] = ..., field_selector_expr: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListInstancesResponse(_message.Message):
-    __slots__ = ("instances", "status", "paging")
+    __slots__ = ("instances", "status", "paging", "next_page_token", "revision")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAGING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     status: _common_pb2.Status
     paging: _common_pb2.PagingParams
-    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    revision: int
+    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class InstanceActionRequest(_message.Message):
     __slots__ = ("id", "timeout_seconds", "force", "namespace")
@@ -209,7 +221,7 @@ class InstanceActionRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., force: _Optional[bool] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class WatchInstancesRequest(_message.Message):
-    __slots__ = ("namespace", "service_id", "label_selector", "field_selector")
+    __slots__ = ("namespace", "service_id", "label_selector", "field_selector", "since_revision", "label_selector_expr", "field_selector_expr", "service_name")
     class LabelSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -228,18 +240,28 @@ class WatchInstancesRequest(_message.Message):
     SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     FIELD_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     service_id: str
     label_selector: _containers.ScalarMap[str, str]
     field_selector: _containers.ScalarMap[str, str]
-    def __init__(self, namespace: _Optional[str] = ..., service_id: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    since_revision: int
+    label_selector_expr: str
+    field_selector_expr: str
+    service_name: str
+    def __init__(self, namespace: _Optional[str] = ..., service_id: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., since_revision: _Optional[int] = ..., label_selector_expr: _Optional[str] = ..., field_selector_expr: _Optional[str] = ..., service_name: _Optional[str] = ...) -> None: ...
 
 class WatchInstancesResponse(_message.Message):
-    __slots__ = ("instance", "event_type", "status")
+    __slots__ = ("instance", "event_type", "status", "revision")
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     instance: Instance
     event_type: _common_pb2.EventType
     status: _common_pb2.Status
-    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

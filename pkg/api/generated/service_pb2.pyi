@@ -156,14 +156,16 @@ class ConfigmapMount(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mount_path: _Optional[str] = ..., configmap_name: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_instance_pb2.KeyToPath, _Mapping]]] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
-    __slots__ = ("service", "deployment_tag", "ensure_namespace")
+    __slots__ = ("service", "deployment_tag", "ensure_namespace", "change_cause")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_TAG_FIELD_NUMBER: _ClassVar[int]
     ENSURE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
     service: Service
     deployment_tag: str
     ensure_namespace: bool
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., ensure_namespace: _Optional[bool] = ...) -> None: ...
+    change_cause: str
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., ensure_namespace: _Optional[bool] = ..., change_cause: _Optional[str] = ...) -> None: ...
 
 class ServiceResponse(_message.Message):
     __slots__ = ("service", "status")
@@ -182,7 +184,7 @@ class GetServiceRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ("namespace", "label_selector", "field_selector", "paging")
+    __slots__ = ("namespace", "label_selector", "field_selector", "paging", "label_selector_expr", "field_selector_expr", "page_size", "page_token")
     class LabelSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,24 +203,36 @@ class ListServicesRequest(_message.Message):
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     FIELD_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     PAGING_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     label_selector: _containers.ScalarMap[str, str]
     field_selector: _containers.ScalarMap[str, str]
     paging: _common_pb2.PagingParams
-    def __init__(self, namespace: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ...) -> None: ...
+    label_selector_expr: str
+    field_selector_expr: str
+    page_size: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ..., label_selector_expr: _Optional[str] = ..., field_selector_expr: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
-    __slots__ = ("services", "status", "paging")
+    __slots__ = ("services", "status", "paging", "next_page_token", "revision")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAGING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     status: _common_pb2.Status
     paging: _common_pb2.PagingParams
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    revision: int
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., paging: _Optional[_Union[_common_pb2.PagingParams, _Mapping]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchServicesRequest(_message.Message):
-    __slots__ = ("namespace", "label_selector", "field_selector")
+    __slots__ = ("namespace", "label_selector", "field_selector", "since_revision", "label_selector_expr", "field_selector_expr")
     class LabelSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -236,30 +250,40 @@ class WatchServicesRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     FIELD_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
+    FIELD_SELECTOR_EXPR_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     label_selector: _containers.ScalarMap[str, str]
     field_selector: _containers.ScalarMap[str, str]
-    def __init__(self, namespace: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    since_revision: int
+    label_selector_expr: str
+    field_selector_expr: str
+    def __init__(self, namespace: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., since_revision: _Optional[int] = ..., label_selector_expr: _Optional[str] = ..., field_selector_expr: _Optional[str] = ...) -> None: ...
 
 class WatchServicesResponse(_message.Message):
-    __slots__ = ("service", "event_type", "status")
+    __slots__ = ("service", "event_type", "status", "revision")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     service: Service
     event_type: _common_pb2.EventType
     status: _common_pb2.Status
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UpdateServiceRequest(_message.Message):
-    __slots__ = ("service", "deployment_tag", "force")
+    __slots__ = ("service", "deployment_tag", "force", "change_cause")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_TAG_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
     service: Service
     deployment_tag: str
     force: bool
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    change_cause: str
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., force: _Optional[bool] = ..., change_cause: _Optional[str] = ...) -> None: ...
 
 class DeleteServiceRequest(_message.Message):
     __slots__ = ("name", "namespace", "force", "timeout_seconds", "detach", "dry_run", "grace_period", "now", "ignore_not_found", "finalizers", "no_dependencies")
@@ -438,3 +462,49 @@ class ScalingStatusResponse(_message.Message):
     complete: bool
     status: _common_pb2.Status
     def __init__(self, current_scale: _Optional[int] = ..., target_scale: _Optional[int] = ..., running_instances: _Optional[int] = ..., pending_instances: _Optional[int] = ..., complete: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ServiceRevision(_message.Message):
+    __slots__ = ("revision", "service", "change_cause", "created_by", "created_at", "generation", "spec_hash", "rollback_of")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    service: Service
+    change_cause: str
+    created_by: str
+    created_at: str
+    generation: int
+    spec_hash: str
+    rollback_of: int
+    def __init__(self, revision: _Optional[int] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., change_cause: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class ListServiceRevisionsRequest(_message.Message):
+    __slots__ = ("name", "namespace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ListServiceRevisionsResponse(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[ServiceRevision]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[ServiceRevision, _Mapping]]] = ...) -> None: ...
+
+class RollbackServiceRequest(_message.Message):
+    __slots__ = ("name", "namespace", "to_revision", "change_cause")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    to_revision: int
+    change_cause: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., to_revision: _Optional[int] = ..., change_cause: _Optional[str] = ...) -> None: ...

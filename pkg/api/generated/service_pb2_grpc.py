@@ -91,6 +91,16 @@ class ServiceServiceStub:
                 request_serializer=pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.ListServiceRevisions = channel.unary_unary(
+                '/rune.api.ServiceService/ListServiceRevisions',
+                request_serializer=pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsRequest.SerializeToString,
+                response_deserializer=pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackService = channel.unary_unary(
+                '/rune.api.ServiceService/RollbackService',
+                request_serializer=pkg_dot_api_dot_proto_dot_service__pb2.RollbackServiceRequest.SerializeToString,
+                response_deserializer=pkg_dot_api_dot_proto_dot_service__pb2.ServiceResponse.FromString,
+                _registered_method=True)
 
 
 class ServiceServiceServicer:
@@ -162,6 +172,19 @@ class ServiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServiceRevisions(self, request, context):
+        """Added by runed: spec history and rollback (a rollback is itself a new revision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +242,16 @@ def add_ServiceServiceServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesRequest.FromString,
                     response_serializer=pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'ListServiceRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceRevisions,
+                    request_deserializer=pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsRequest.FromString,
+                    response_serializer=pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsResponse.SerializeToString,
+            ),
+            'RollbackService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackService,
+                    request_deserializer=pkg_dot_api_dot_proto_dot_service__pb2.RollbackServiceRequest.FromString,
+                    response_serializer=pkg_dot_api_dot_proto_dot_service__pb2.ServiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +551,60 @@ class ServiceService:
             '/rune.api.ServiceService/ListInstances',
             pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesRequest.SerializeToString,
             pkg_dot_api_dot_proto_dot_instance__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rune.api.ServiceService/ListServiceRevisions',
+            pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsRequest.SerializeToString,
+            pkg_dot_api_dot_proto_dot_service__pb2.ListServiceRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rune.api.ServiceService/RollbackService',
+            pkg_dot_api_dot_proto_dot_service__pb2.RollbackServiceRequest.SerializeToString,
+            pkg_dot_api_dot_proto_dot_service__pb2.ServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,
