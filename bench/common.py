@@ -59,9 +59,23 @@ def running_runed(*extra: str, log_level: str = "warning") -> Iterator[dict[str,
         data = Path(tmp) / "data"
         log = open(Path(tmp) / "runed.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runed", "--data-dir", str(data), "--grpc-addr", "127.0.0.1:0",
-             "--http-addr", "127.0.0.1:0", "--log-level", log_level, *extra],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "runed",
+                "--data-dir",
+                str(data),
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                log_level,
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + 60
