@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from runed import errors
 from runed.context import CallContext, Principal
+from runed.identity import Identity, load_server_key
+from runed.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from runed.app import App
+    from runed.oidc import OIDCVerifier
+
+# One message for every bad bearer: it must not tell unknown from revoked from expired.
+INVALID = "invalid or expired credentials"
 
 
 def bearer_token(ctx: CallContext) -> str:
@@ -23,13 +30,64 @@ def bearer_token(ctx: CallContext) -> str:
 
 
 class Authenticator:
-    """Resolves bearer tokens (and, when configured, OIDC tokens and mTLS subjects)."""
+    """Resolves bearer tokens, OIDC ID tokens (when configured) and mTLS client certificates."""
 
     def __init__(self, app: App) -> None:
         self.app = app
+        self.identity = Identity(app.store, load_server_key(app.config.data_path))
+        rl = app.config.auth.rate_limit
+        self.limiter = RateLimiter(rl.requests_per_second, rl.burst)
+        self.oidc: OIDCVerifier | None = None
+        if app.config.auth.oidc.enabled:
+            from runed.oidc import OIDCVerifier
+
+            self.oidc = OIDCVerifier(app.config.auth.oidc, app.config.data_path)
 
     async def authenticate(self, ctx: CallContext) -> Principal:
+        principal = await self._resolve(ctx)
+        wait = self.limiter.acquire(principal.key)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise errors.ResourceExhausted(
+                f"rate limit exceeded for this credential; retry in {retry}s", retry_after=wait
+            )
+        return principal
+
+    async def _resolve(self, ctx: CallContext) -> Principal:
         token = bearer_token(ctx)
-        if not token:
-            raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
-        raise errors.Unauthenticated("invalid or expired credentials")
+        if token:
+            return await self._from_bearer(token)
+        if ctx.tls_client_cn:
+            return self._from_client_cert(ctx.tls_client_cn)
+        raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
+
+    async def _from_bearer(self, token: str) -> Principal:
+        tok = self.identity.lookup_token(token)
+        if tok is not None:
+            user = self.identity.get_user_by_id(tok["subject_id"])
+            if user is None:
+                raise errors.Unauthenticated(INVALID)
+            self.identity.touch(tok["id"])
+            return Principal(
+                subject=user["name"],
+                subject_id=user["id"],
+                policies=tuple(user.get("policies", [])),
+                token_id=tok["id"],
+                auth_method="token",
+            )
+        if self.oidc is not None and token.count(".") == 2:
+            claims = await self.oidc.verify(token)
+            return self.oidc.principal(claims, self.identity)
+        raise errors.Unauthenticated(INVALID)
+
+    def _from_client_cert(self, cn: str) -> Principal:
+        # The adapter only sets the CN after the chain verified against server.tls.client_ca_file.
+        user = self.identity.get_user(cn)
+        if user is None:
+            raise errors.Unauthenticated("client certificate subject is not a known user")
+        return Principal(
+            subject=user["name"],
+            subject_id=user["id"],
+            policies=tuple(user.get("policies", [])),
+            auth_method="mtls",
+        )
