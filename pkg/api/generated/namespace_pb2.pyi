@@ -109,7 +109,7 @@ class DeleteNamespaceResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class WatchNamespacesRequest(_message.Message):
-    __slots__ = ("label_selector", "field_selector")
+    __slots__ = ("label_selector", "field_selector", "since_revision")
     class LabelSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,16 +126,20 @@ class WatchNamespacesRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     FIELD_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     label_selector: _containers.ScalarMap[str, str]
     field_selector: _containers.ScalarMap[str, str]
-    def __init__(self, label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    since_revision: int
+    def __init__(self, label_selector: _Optional[_Mapping[str, str]] = ..., field_selector: _Optional[_Mapping[str, str]] = ..., since_revision: _Optional[int] = ...) -> None: ...
 
 class WatchNamespacesResponse(_message.Message):
-    __slots__ = ("namespace", "event_type", "status")
+    __slots__ = ("namespace", "event_type", "status", "revision")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     namespace: Namespace
     event_type: _common_pb2.EventType
     status: _common_pb2.Status
-    def __init__(self, namespace: _Optional[_Union[Namespace, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, namespace: _Optional[_Union[Namespace, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
