@@ -30,8 +30,8 @@ ALL_VERBS = ("*",)
 READWRITE_VERBS = ("get", "list", "watch", "create", "update", "delete", "scale", "exec", "read")
 READONLY_VERBS = ("get", "list", "watch")
 
-# Resources readwrite may touch: every resource except "admin" (rules have no negation, so the
-# built-in lists them). Keep in step with runed.rbac.TABLE (a unit test checks it).
+# Resources readwrite and readonly may touch: every resource except "admin" (rules have no
+# negation, so the built-ins list them). Keep in step with runed.rbac.TABLE (a unit test checks it).
 READWRITE_RESOURCES = (
     "services",
     "instances",
@@ -58,7 +58,7 @@ BUILTIN_POLICIES: dict[str, dict[str, Any]] = {
     },
     "readonly": {
         "description": "Get, list and watch every resource; no secret values, no exec",
-        "rules": [_rule("*", READONLY_VERBS)],
+        "rules": [_rule(r, READONLY_VERBS) for r in READWRITE_RESOURCES],
     },
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from runed import errors, rbac
+from runed import audit, errors, rbac
 from runed.context import CallContext, current_call
 from runed.methods import SERVICE_MODULES, Method, all_methods
 
@@ -113,7 +113,9 @@ class Pipeline:
         )
         return errors.Internal(f"internal error (request id {ctx.request_id})")
 
-    def _finish(self, ctx: CallContext, err: errors.RuneError | None) -> None:
+    def _finish(
+        self, ctx: CallContext, err: errors.RuneError | None, route: Route | None = None, request: Message | None = None
+    ) -> None:
         elapsed_ms = (time.monotonic() - ctx.started) * 1000
         code = "OK" if err is None else err.code.name
         level = logging.DEBUG if err is None else logging.INFO
@@ -130,6 +132,9 @@ class Pipeline:
                 ctx.request_id,
                 f" error={err.message!r}" if err is not None else "",
             )
+        if route is not None:
+            # Mutations and secret reads leave an audit record, whatever their outcome.
+            audit.record(ctx, route.access, request, code, err.message if err is not None else "")
         hook = ctx.app.on_call_finished
         if hook is not None:
             hook(ctx, code, elapsed_ms)
@@ -147,9 +152,9 @@ class Pipeline:
             if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit) or _is_cancel(exc):
                 raise
             err = self._map_error(ctx, exc)
-            self._finish(ctx, err)
+            self._finish(ctx, err, route, request)
             raise err from None
-        self._finish(ctx, None)
+        self._finish(ctx, None, route, request)
         return response
 
     async def server_stream(self, ctx: CallContext, request: Message) -> AsyncIterator[Message]:
@@ -168,13 +173,14 @@ class Pipeline:
             err = self._map_error(ctx, exc)
             raise err from None
         finally:
-            self._finish(ctx, err)
+            self._finish(ctx, err, route, request)
 
     async def bidi(self, ctx: CallContext, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
         """Bidirectional streams are admitted on their first message (it names the target)."""
         self._begin(ctx)
         route = self.route(ctx.method.full_name)
         err: errors.RuneError | None = None
+        first: Message | None = None
         try:
             try:
                 first = await anext(requests)
@@ -191,7 +197,7 @@ class Pipeline:
             err = self._map_error(ctx, exc)
             raise err from None
         finally:
-            self._finish(ctx, err)
+            self._finish(ctx, err, route, first)
 
 
 def _is_cancel(exc: BaseException) -> bool:

@@ -100,6 +100,7 @@ TABLE: dict[str, Access] = {
             "BootstrapAuth": "update",
             "TestRegistry": "get",
             "RegistriesStatus": "get",
+            "ListAuditEvents": "list",
         }.items()
     },
 }

@@ -15,6 +15,7 @@ from runed.identity import BUILTIN_POLICIES, SYSTEM, Identity
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 KNOWN_KINDS = ("", "user")
+DEFAULT_AUDIT_PAGE = 100
 
 
 def _identity(ctx: CallContext) -> Identity:
@@ -261,6 +262,35 @@ async def TokenList(req: admin_pb2.TokenListRequest, ctx: CallContext) -> admin_
     return admin_pb2.TokenListResponse(tokens=[token_info_pb(t) for t in _identity(ctx).list_tokens()])
 
 
+async def ListAuditEvents(req: admin_pb2.ListAuditEventsRequest, ctx: CallContext) -> admin_pb2.ListAuditEventsResponse:
+    limit = req.limit or DEFAULT_AUDIT_PAGE
+    # One extra row tells whether there is more without a second query.
+    rows = ctx.app.store.list_audit(since_id=req.since_id, limit=limit + 1, subject=req.subject or None)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return admin_pb2.ListAuditEventsResponse(
+        events=[
+            admin_pb2.AuditEvent(
+                id=e.id,
+                timestamp_ms=int(e.ts * 1000),
+                subject=e.subject,
+                method=e.method,
+                resource=e.resource,
+                verb=e.verb,
+                namespace=e.namespace,
+                name=e.name,
+                outcome=e.outcome,
+                code=e.code,
+                request_id=e.request_id,
+                peer=e.peer,
+                detail=e.detail,
+            )
+            for e in rows
+        ],
+        next_since_id=rows[-1].id if more and rows else 0,
+    )
+
+
 VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "AdminBootstrap": None,
     "PolicyCreate": _validate_policy_create,
@@ -273,4 +303,5 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "UserCreate": _validate_user_create,
     "UserList": None,
     "TokenList": None,
+    "ListAuditEvents": _validate_audit,
 }

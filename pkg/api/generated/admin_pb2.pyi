@@ -374,3 +374,51 @@ class RegistriesStatusResponse(_message.Message):
     REGISTRIES_FIELD_NUMBER: _ClassVar[int]
     registries: _containers.RepeatedCompositeFieldContainer[RegistryRuntimeStatus]
     def __init__(self, registries: _Optional[_Iterable[_Union[RegistryRuntimeStatus, _Mapping]]] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("id", "timestamp_ms", "subject", "method", "resource", "verb", "namespace", "name", "outcome", "code", "request_id", "peer", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    VERB_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timestamp_ms: int
+    subject: str
+    method: str
+    resource: str
+    verb: str
+    namespace: str
+    name: str
+    outcome: str
+    code: str
+    request_id: str
+    peer: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., verb: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., outcome: _Optional[str] = ..., code: _Optional[str] = ..., request_id: _Optional[str] = ..., peer: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("since_id", "limit", "subject")
+    SINCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    since_id: int
+    limit: int
+    subject: str
+    def __init__(self, since_id: _Optional[int] = ..., limit: _Optional[int] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events", "next_since_id")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SINCE_ID_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_since_id: int
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_since_id: _Optional[int] = ...) -> None: ...

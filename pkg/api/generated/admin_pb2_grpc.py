@@ -130,6 +130,11 @@ class AdminServiceStub:
                 request_serializer=pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusRequest.SerializeToString,
                 response_deserializer=pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/rune.api.AdminService/ListAuditEvents',
+                request_serializer=pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -249,6 +254,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Audit records of mutations and secret reads, oldest first (runed addition).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -346,6 +358,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RegistriesStatus,
                     request_deserializer=pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusRequest.FromString,
                     response_serializer=pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -861,6 +878,33 @@ class AdminService:
             '/rune.api.AdminService/RegistriesStatus',
             pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusRequest.SerializeToString,
             pkg_dot_api_dot_proto_dot_admin__pb2.RegistriesStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rune.api.AdminService/ListAuditEvents',
+            pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            pkg_dot_api_dot_proto_dot_admin__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
