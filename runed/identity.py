@@ -309,3 +309,22 @@ class Identity:
         user = self.upsert_user("root", policies=["root"])
         revoked = self.revoke_tokens_of(user["id"])
         return self.issue_token(user, f"bootstrap-reset-{time.time_ns()}", description="bootstrap-reset"), revoked
+
+
+def local_bootstrap(data_dir: Path, *, reset: bool) -> tuple[IssuedToken, int]:
+    """Bootstrap (or, with ``reset``, re-key root) straight on the data dir, without the API.
+
+    Reaching the data dir is the proof of authority: this is how an operator who lost the root
+    token recovers. Returns the new token and how many root tokens were revoked.
+    """
+    from runed.store.sqlite import open_store
+
+    store = open_store(data_dir)
+    try:
+        ident = Identity(store, load_server_key(data_dir))
+        ident.seed_builtin_policies()
+        if reset:
+            return ident.reset_root()
+        return ident.bootstrap(), 0
+    finally:
+        store.close()

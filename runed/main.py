@@ -141,6 +141,28 @@ def validate(config_file: str) -> None:
     click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address})")
 
 
+@cli.command()
+@click.option("--reset", is_flag=True, help="Revoke every root token and issue a new one.")
+@_server_options
+@click.pass_context
+def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
+    """Print a root token, working on the data dir directly (run it on the server host).
+
+    Without --reset this is AdminBootstrap (once per data dir); --reset recovers a lost token.
+    """
+    from runed import errors
+    from runed.identity import local_bootstrap
+
+    cfg = _load(_merge(ctx, **kwargs))
+    try:
+        issued, revoked = local_bootstrap(cfg.data_path, reset=reset)
+    except errors.RuneError as e:
+        raise click.ClickException(e.message) from None
+    if revoked:
+        click.echo(f"revoked {revoked} root token(s)", err=True)
+    click.echo(issued.secret)
+
+
 def main() -> None:
     cli(prog_name="runed")
 
