@@ -1,0 +1,255 @@
+"""One instance's log files: ``log.jsonl`` plus rotated ``log.jsonl.1`` (newest) ... ``log.jsonl.N``.
+
+Each line is a JSON object ``{"seq", "ts", "stream", "line"}``; ``seq`` strictly increases across
+rotations and restarts, which is what makes reads resumable and rotation races harmless: whatever
+order files are seen in, a reader only accepts lines beyond the last ``seq`` it returned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from runed.logs.timeparse import line_ns
+
+LOG_NAME = "log.jsonl"
+BLOCK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One parsed log line of one instance."""
+
+    seq: int
+    ts: str
+    ns: int
+    stream: str
+    line: str
+
+
+def parse_line(raw: bytes) -> LogLine | None:
+    """A log line, or None for a torn or foreign line (skipped rather than failing the stream)."""
+    try:
+        obj = orjson.loads(raw)
+        ts = str(obj.get("ts", ""))
+        return LogLine(int(obj["seq"]), ts, line_ns(ts), str(obj.get("stream", "stdout")), str(obj.get("line", "")))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def log_files(log_dir: Path) -> list[Path]:
+    """The instance's log files, oldest first (the live ``log.jsonl`` last)."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return []
+    rotated: list[tuple[int, str]] = []
+    for name in names:
+        suffix = name[len(LOG_NAME) + 1 :]
+        if name.startswith(LOG_NAME + ".") and suffix.isdigit():
+            rotated.append((int(suffix), name))
+    out = [log_dir / name for _, name in sorted(rotated, reverse=True)]
+    if LOG_NAME in names:
+        out.append(log_dir / LOG_NAME)
+    return out
+
+
+def _backwards(fh: BinaryIO, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset just past the line, line) for the complete lines before ``end``, last line first."""
+    pos = end
+    carry = b""
+    carry_end = end
+    while pos > 0:
+        start = max(0, pos - BLOCK)
+        fh.seek(start)
+        chunk = fh.read(pos - start) + carry
+        pos = start
+        lines = chunk.split(b"\n")
+        # lines[0] may be cut by the block boundary: keep it for the next round.
+        carry = lines[0]
+        tail_end = carry_end
+        for piece in reversed(lines[1:]):
+            line_end = tail_end
+            tail_end -= len(piece) + 1
+            if piece:
+                yield line_end, piece
+        carry_end = tail_end
+    if carry:
+        yield carry_end, carry
+
+
+def complete_end(fh: BinaryIO) -> int:
+    """Offset just past the last complete line (a line being written has no newline yet)."""
+    size = fh.seek(0, os.SEEK_END)
+    pos = size
+    while pos > 0:
+        start = max(0, pos - BLOCK)
+        fh.seek(start)
+        chunk = fh.read(pos - start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
+
+
+def tail(log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int | None = None) -> list[LogLine]:
+    """The last ``n`` accepted lines (all when ``n`` <= 0), oldest first, reading backwards.
+
+    Never reads more than it needs: it stops after ``n`` matches, or at the first line older than
+    ``since_ns`` (a single instance writes in time order).
+    """
+    out: list[LogLine] = []
+    below: int | None = None  # seq of the oldest line seen: guards against a file rotated mid-read
+    for path in reversed(log_files(log_dir)):
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            continue
+        with fh:
+            for _, raw in _backwards(fh, complete_end(fh)):
+                ln = parse_line(raw)
+                if ln is None or (below is not None and ln.seq >= below):
+                    continue
+                below = ln.seq
+                if since_ns is not None and ln.ns < since_ns:
+                    out.reverse()
+                    return out
+                if accept(ln):
+                    out.append(ln)
+                    if 0 < n <= len(out):
+                        out.reverse()
+                        return out
+    out.reverse()
+    return out
+
+
+def last_seq(log_dir: Path) -> int:
+    """The seq of the newest complete line, or -1 when there is none."""
+    for path in reversed(log_files(log_dir)):
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            continue
+        with fh:
+            for _, raw in _backwards(fh, complete_end(fh)):
+                ln = parse_line(raw)
+                if ln is not None:
+                    return ln.seq
+    return -1
+
+
+def _offset_after(fh: BinaryIO, after_seq: int) -> int:
+    """Where the first line with seq > ``after_seq`` starts, searching back from the end."""
+    end = complete_end(fh)
+    pos = end
+    for line_end, raw in _backwards(fh, end):
+        ln = parse_line(raw)
+        if ln is not None and ln.seq <= after_seq:
+            return line_end + 1 if line_end < end else end
+        pos = line_end - len(raw)
+    return max(0, pos)
+
+
+class Follower:
+    """Reads one instance's new lines as they are written, across rotation and restarts.
+
+    Not thread-safe; ``poll`` never blocks on anything but local file reads.
+    """
+
+    def __init__(self, log_dir: Path, after_seq: int | None = None) -> None:
+        self.log_dir = log_dir
+        # None: start at the current end (only lines written from now on).
+        self.last_seq = last_seq(log_dir) if after_seq is None else after_seq
+        self._fh: BinaryIO | None = None
+        self._ino = -1
+        self._pos = 0
+        self._buf = b""
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def _read_fh(self, out: list[LogLine], limit: int) -> None:
+        assert self._fh is not None
+        while len(out) < limit:
+            self._fh.seek(self._pos)
+            chunk = self._fh.read(BLOCK)
+            if not chunk:
+                return
+            data = self._buf + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                self._buf = data
+                self._pos += len(chunk)
+                continue
+            self._buf = data[cut + 1 :]
+            self._pos += len(chunk)
+            for raw in data[:cut].split(b"\n"):
+                ln = parse_line(raw) if raw else None
+                if ln is not None and ln.seq > self.last_seq:
+                    out.append(ln)
+                    self.last_seq = ln.seq
+
+    def _catch_up_rotated(self, out: list[LogLine], limit: int) -> None:
+        """Lines beyond ``last_seq`` that sit in rotated files (we fell behind a rotation)."""
+        for path in log_files(self.log_dir)[:-1]:
+            try:
+                fh = open(path, "rb")
+            except OSError:
+                continue
+            with fh:
+                start = _offset_after(fh, self.last_seq)
+                end = complete_end(fh)
+                if start >= end:
+                    continue
+                fh.seek(start)
+                for raw in fh.read(end - start).split(b"\n"):
+                    ln = parse_line(raw) if raw else None
+                    if ln is not None and ln.seq > self.last_seq:
+                        out.append(ln)
+                        self.last_seq = ln.seq
+            if len(out) >= limit:
+                return
+
+    def poll(self, limit: int = 10_000) -> list[LogLine]:
+        """New lines since the previous call (at most about ``limit``), in seq order."""
+        out: list[LogLine] = []
+        if self._fh is not None:
+            self._read_fh(out, limit)
+            if len(out) >= limit:
+                return out
+        live = self.log_dir / LOG_NAME
+        try:
+            ino = os.stat(live).st_ino
+        except OSError:
+            ino = -1
+        if ino == self._ino and self._fh is not None:
+            if os.fstat(self._fh.fileno()).st_size < self._pos:
+                # Truncated in place: start over; seq still filters what was already returned.
+                self._pos = 0
+                self._buf = b""
+                self._read_fh(out, limit)
+            return out
+        # First poll, or the live file was rotated/recreated: finish with rotated files, then reopen.
+        self.close()
+        self._buf = b""
+        self._catch_up_rotated(out, limit)
+        if ino < 0 or len(out) >= limit:
+            self._ino = -1
+            return out
+        try:
+            fh = open(live, "rb")
+        except OSError:
+            return out
+        self._fh = fh
+        self._ino = os.fstat(fh.fileno()).st_ino
+        self._pos = _offset_after(fh, self.last_seq)
+        self._read_fh(out, limit)
+        return out

@@ -1,0 +1,175 @@
+"""A log stream over one or more instances: history (tail/since/until/filter) then live following.
+
+Lines of several instances are merged in time order; every emitted line carries a cursor that
+records, for each instance, the last seq the stream has consumed up to that line, so a reader
+resuming from it sees neither gaps nor duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runed.logs import cursor, files
+from runed.logs.files import Follower, LogLine
+
+STREAMS = ("stdout", "stderr")
+# Idle polling backs off between these bounds; any new line resets it to the minimum.
+POLL_MIN = 0.005
+POLL_MAX = 0.05
+
+
+@dataclass(frozen=True)
+class Source:
+    """One instance whose log files feed the stream."""
+
+    instance_id: str
+    instance_name: str
+    service: str
+    log_dir: Path
+
+
+def compile_filter(text: str) -> Callable[[str], bool] | None:
+    """``/re/`` is a regular expression (search), anything else a plain substring.
+
+    Raises ValueError for an invalid regular expression.
+    """
+    if not text:
+        return None
+    if len(text) >= 2 and text.startswith("/") and text.endswith("/"):
+        try:
+            rx = re.compile(text[1:-1])
+        except re.error as e:
+            raise ValueError(f"invalid regular expression: {e}") from None
+        return lambda s: rx.search(s) is not None
+    return lambda s: text in s
+
+
+@dataclass
+class Selection:
+    """Which lines pass; mutable so parameter updates apply to an open stream."""
+
+    stream: str = ""  # "" = both
+    since_ns: int | None = None
+    until_ns: int | None = None
+    match: Callable[[str], bool] | None = None
+
+    def accept(self, ln: LogLine) -> bool:
+        if self.stream and ln.stream != self.stream:
+            return False
+        if self.since_ns is not None and ln.ns < self.since_ns:
+            return False
+        if self.until_ns is not None and ln.ns > self.until_ns:
+            return False
+        return self.match is None or self.match(ln.line)
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    source: Source
+    line: LogLine
+    cursor: str
+
+
+@dataclass
+class LogStream:
+    """History then (optionally) live lines of ``sources``.
+
+    ``positions`` (from a cursor) makes every read start after the recorded seq of each instance;
+    instances missing from it are read from their beginning (they appeared after the cursor).
+    """
+
+    selection: Selection
+    sources: dict[str, Source]
+    positions: dict[str, int] | None = None
+    pos: dict[str, int] = field(default_factory=dict)
+    _followers: dict[str, Follower] = field(default_factory=dict)
+
+    def history(self, tail: int) -> list[Emitted]:
+        """The lines already written that the request asks for, merged, with cursors."""
+        sel = self.selection
+        picked: list[tuple[Source, LogLine]] = []
+        end: dict[str, int] = {}
+        for iid, src in self.sources.items():
+            if self.positions is not None:
+                f = Follower(src.log_dir, self.positions.get(iid, -1))
+                lines: list[LogLine] = []
+                while batch := f.poll():
+                    lines.extend(ln for ln in batch if sel.accept(ln))
+                end[iid] = f.last_seq
+                f.close()
+                if tail > 0:
+                    lines = lines[-tail:]
+            else:
+                recorded = files.last_seq(src.log_dir)
+                lines = files.tail(src.log_dir, tail, sel.accept, sel.since_ns)
+                end[iid] = max(recorded, lines[-1].seq if lines else -1)
+            picked.extend((src, ln) for ln in lines)
+        picked.sort(key=lambda p: (p[1].ns, p[1].seq))
+        if tail > 0:
+            picked = picked[-tail:]
+        # Before the first picked line of each instance, or at its end when none was picked.
+        first: dict[str, int] = {}
+        for src, ln in picked:
+            first.setdefault(src.instance_id, ln.seq - 1)
+        self.pos = {iid: first.get(iid, end[iid]) for iid in self.sources}
+        out = []
+        for src, ln in picked:
+            self.pos[src.instance_id] = ln.seq
+            out.append(Emitted(src, ln, cursor.encode(self.pos)))
+        self.pos = dict(end)
+        return out
+
+    def add_source(self, src: Source) -> None:
+        """An instance that appeared after the stream started: read it from its first line."""
+        if src.instance_id in self.sources:
+            return
+        self.sources[src.instance_id] = src
+        start = -1 if self.positions is None else self.positions.get(src.instance_id, -1)
+        self.pos[src.instance_id] = start
+
+    def poll(self) -> list[Emitted]:
+        """Lines written since the last poll, merged by time; rejected lines still advance cursors."""
+        got: list[tuple[Source, LogLine]] = []
+        for iid, src in self.sources.items():
+            f = self._followers.get(iid)
+            if f is None:
+                f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1))
+            got.extend((src, ln) for ln in f.poll())
+        if not got:
+            return []
+        if len(self.sources) > 1:
+            got.sort(key=lambda p: (p[1].ns, p[1].seq))
+        out = []
+        accept = self.selection.accept
+        for src, ln in got:
+            self.pos[src.instance_id] = ln.seq
+            if accept(ln):
+                out.append(Emitted(src, ln, cursor.encode(self.pos)))
+        return out
+
+    def close(self) -> None:
+        for f in self._followers.values():
+            f.close()
+        self._followers.clear()
+
+    async def follow(self, wake: asyncio.Event, done: Callable[[], bool]) -> AsyncIterator[list[Emitted]]:
+        """Batches of new lines until ``done()``; ``wake`` cuts an idle wait short (new source, new params)."""
+        delay = POLL_MIN
+        try:
+            while not done():
+                batch = self.poll()
+                if batch:
+                    delay = POLL_MIN
+                    yield batch
+                    continue
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), delay)
+                except TimeoutError:
+                    delay = min(POLL_MAX, delay * 2)
+        finally:
+            self.close()

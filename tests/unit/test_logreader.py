@@ -1,0 +1,184 @@
+"""The log file reader: backwards tails, selections, following across rotation, merged cursors."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runed.logs import cursor, files
+from runed.logs.files import LOG_NAME, Follower
+from runed.logs.stream import LogStream, Selection, Source, compile_filter
+from runed.logs.timeparse import format_ns, line_ns, parse_bound, parse_duration
+
+BASE_NS = 1_800_000_000 * 1_000_000_000
+
+
+class Writer:
+    """Writes log files the way the per-instance shim does (seq, ts, stream, line; size rotation)."""
+
+    def __init__(self, log_dir: Path, backups: int = 3) -> None:
+        self.dir = log_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.backups = backups
+        self.seq = 0
+
+    def write(self, line: str, stream: str = "stdout", ns: int | None = None) -> int:
+        self.seq += 1
+        ts = format_ns(ns if ns is not None else BASE_NS + self.seq * 1_000_000)
+        rec = {"seq": self.seq, "ts": ts, "stream": stream, "line": line}
+        with open(self.dir / LOG_NAME, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return self.seq
+
+    def rotate(self) -> None:
+        for i in range(self.backups - 1, 0, -1):
+            src = self.dir / f"{LOG_NAME}.{i}"
+            if src.exists():
+                src.rename(self.dir / f"{LOG_NAME}.{i + 1}")
+        live = self.dir / LOG_NAME
+        if live.exists():
+            live.rename(self.dir / f"{LOG_NAME}.1")
+
+
+def lines(got: list[files.LogLine]) -> list[str]:
+    return [ln.line for ln in got]
+
+
+def test_timestamps_and_durations() -> None:
+    assert parse_duration("1h30m") == 5400.0
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("5") is None
+    assert parse_duration("m5") is None
+    ts = "2027-01-15T08:00:00.123456789Z"
+    assert format_ns(line_ns(ts)) == ts
+    assert parse_bound("2027-01-15T09:00:00.5+01:00") == line_ns("2027-01-15T08:00:00.500000000Z")
+    now = 2_000_000_000.0
+    assert parse_bound("5m", now=now) == int((now - 300) * 1e9)
+    with pytest.raises(ValueError):
+        parse_bound("yesterday")
+
+
+def test_filter_substring_and_regex() -> None:
+    sub = compile_filter("a.c")
+    assert sub is not None and sub("xa.cx") and not sub("abc")
+    rx = compile_filter("/^err(or)?:/")
+    assert rx is not None and rx("error: x") and rx("err: y") and not rx("an error: z")
+    with pytest.raises(ValueError):
+        compile_filter("/([/")
+
+
+def test_tail_reads_backwards_without_reading_the_whole_file(tmp_path: Path) -> None:
+    w = Writer(tmp_path)
+    # A 4 GiB sparse hole in front of the lines: reading it all would take far longer than allowed.
+    with open(tmp_path / LOG_NAME, "wb") as f:
+        f.truncate(4 << 30)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
+    for i in range(1000):
+        w.write(f"line {i}")
+    t0 = time.monotonic()
+    got = files.tail(tmp_path, 5, lambda ln: True)
+    assert time.monotonic() - t0 < 0.5
+    assert lines(got) == [f"line {i}" for i in range(995, 1000)]
+
+
+def test_tail_spans_rotated_files_and_applies_the_selection(tmp_path: Path) -> None:
+    w = Writer(tmp_path)
+    for i in range(10):
+        w.write(f"out {i}")
+        w.write(f"err {i}", stream="stderr")
+        if i % 3 == 2:
+            w.rotate()
+    got = files.tail(tmp_path, 4, Selection(stream="stderr").accept)
+    assert lines(got) == ["err 6", "err 7", "err 8", "err 9"]
+    assert [ln.stream for ln in got] == ["stderr"] * 4
+    # since stops the backwards walk; until and filter only select.
+    since = BASE_NS + 5 * 1_000_000
+    until = BASE_NS + 12 * 1_000_000
+    sel = Selection(since_ns=since, until_ns=until, match=compile_filter("/[02468]$/"))
+    got = files.tail(tmp_path, 0, sel.accept, since)
+    assert lines(got) == ["out 2", "err 2", "out 4", "err 4"]
+    assert files.last_seq(tmp_path) == 20
+
+
+def test_follower_across_rotations_and_partial_lines(tmp_path: Path) -> None:
+    w = Writer(tmp_path, backups=5)
+    w.write("before")
+    f = Follower(tmp_path)  # from the current end
+    assert f.poll() == []
+    w.write("a")
+    assert lines(f.poll()) == ["a"]
+    # A line being written (no newline yet) is not returned until it is complete.
+    with open(tmp_path / LOG_NAME, "a") as fh:
+        fh.write('{"seq": 3, "ts": "2027-01-15T08:00:00.000000000Z", "stream": "stdout", "li')
+    assert f.poll() == []
+    with open(tmp_path / LOG_NAME, "a") as fh:
+        fh.write('ne": "b"}\n')
+    w.seq = 3
+    assert lines(f.poll()) == ["b"]
+    # Several rotations between two polls: nothing lost, nothing repeated.
+    for i in range(3):
+        w.write(f"r{i}")
+        w.rotate()
+    w.write("live")
+    got = f.poll()
+    assert lines(got) == ["r0", "r1", "r2", "live"]
+    assert [ln.seq for ln in got] == [4, 5, 6, 7]
+    # The live file is recreated by a restarted writer: seq keeps increasing.
+    (tmp_path / LOG_NAME).unlink()
+    w.write("after restart")
+    assert lines(f.poll()) == ["after restart"]
+    f.close()
+
+
+def test_follower_resumes_after_a_seq(tmp_path: Path) -> None:
+    w = Writer(tmp_path)
+    for i in range(20):
+        w.write(f"l{i}")
+        if i == 9:
+            w.rotate()
+    f = Follower(tmp_path, after_seq=7)
+    assert lines(f.poll()) == [f"l{i}" for i in range(7, 20)]
+    f.close()
+
+
+def test_merged_stream_orders_by_time_and_resumes_without_gaps(tmp_path: Path) -> None:
+    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    for i in range(6):
+        wa.write(f"a{i}", ns=BASE_NS + (2 * i) * 1000)
+        wb.write(f"b{i}", ns=BASE_NS + (2 * i + 1) * 1000)
+    sources = {
+        "a": Source("a", "web-0", "web", tmp_path / "a"),
+        "b": Source("b", "web-1", "web", tmp_path / "b"),
+    }
+    s = LogStream(Selection(), dict(sources))
+    hist = s.history(4)
+    assert [e.line.line for e in hist] == ["a4", "b4", "a5", "b5"]
+    assert s.poll() == []
+    # Resume from the second line's cursor: the rest of the history, then new lines, exactly once.
+    resumed = LogStream(Selection(), dict(sources), cursor.decode(hist[1].cursor))
+    assert [e.line.line for e in resumed.history(0)] == ["a5", "b5"]
+    wa.write("a6", ns=BASE_NS + 20_000)
+    wb.write("b6", ns=BASE_NS + 19_000)
+    assert [e.line.line for e in s.poll()] == ["b6", "a6"]
+    assert [e.line.line for e in resumed.poll()] == ["b6", "a6"]
+    # A new instance joins and is read from its first line.
+    wc = Writer(tmp_path / "c")
+    wc.write("c0", ns=BASE_NS + 30_000)
+    s.add_source(Source("c", "web-2", "web", tmp_path / "c"))
+    got = s.poll()
+    assert [(e.source.instance_name, e.line.line) for e in got] == [("web-2", "c0")]
+    assert cursor.decode(got[0].cursor) == {"a": 7, "b": 7, "c": 1}
+    s.close()
+    resumed.close()
+
+
+def test_cursor_rejects_garbage() -> None:
+    assert cursor.decode(cursor.encode({"x": 3, "y": -1})) == {"x": 3, "y": -1}
+    for bad in ("", "v2;x=1", "v1;x", "v1;=1", "v1;x=a"):
+        with pytest.raises(ValueError):
+            cursor.decode(bad)
