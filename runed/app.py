@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from runed.authn import Authenticator
     from runed.authz import Authorizer
     from runed.context import CallContext
+    from runed.crypto import SecretCrypto
     from runed.pipeline import Pipeline
 
 
@@ -26,6 +27,8 @@ class App:
     authenticator: Authenticator = field(init=False)
     authorizer: Authorizer = field(init=False)
     pipeline: Pipeline = field(init=False)
+    # Envelope encryption of secret values (KEKs load lazily, on first use).
+    crypto: SecretCrypto = field(init=False)
     # Called after every call with (ctx, code name, elapsed ms): metrics hook for adapters.
     on_call_finished: Callable[[CallContext, str, float], None] | None = None
 
@@ -34,8 +37,10 @@ class App:
 
 
 def build_app(config: Config, role: str) -> App:
+    from runed.api.namespace import seed_namespaces
     from runed.authn import Authenticator
     from runed.authz import Authorizer
+    from runed.crypto import SecretCrypto
     from runed.pipeline import Pipeline, load_routes
 
     store = open_store(config.data_path, changelog_keep=config.history.changelog_entries)
@@ -43,4 +48,6 @@ def build_app(config: Config, role: str) -> App:
     app.authenticator = Authenticator(app)
     app.authorizer = Authorizer(app)
     app.pipeline = Pipeline(load_routes())
+    app.crypto = SecretCrypto(config)
+    seed_namespaces(store)
     return app

@@ -1,0 +1,137 @@
+"""ConfigmapService: the secret lifecycle (upsert, versions, limits), stored in clear."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rune.api import common_pb2, configmap_pb2
+from runed import errors, validation
+from runed.api.namespace import ensure_namespace
+from runed.api.secret import DEFAULT_NAMESPACE, check_limits, list_records, now_rfc3339, v_list
+from runed.config import LimitsConfig
+from runed.context import CallContext
+from runed.errors import FieldViolation
+from runed.secrets_access import CONFIGMAP_KIND
+
+_DEFAULT_LIMITS = LimitsConfig()
+
+
+# -- validation -----------------------------------------------------------------------------------
+def _v_write(req: Any) -> list[FieldViolation]:
+    if not req.HasField("configmap"):
+        return [FieldViolation("configmap", "is required")]
+    c = req.configmap
+    return (
+        validation.dns1123_label(c.name, "configmap.name")
+        + validation.dns1123_label(c.namespace, "configmap.namespace", allow_empty=True)
+        + validation.data_map(
+            c.data,
+            "configmap.data",
+            max_bytes=_DEFAULT_LIMITS.max_object_bytes,
+            max_key_len=_DEFAULT_LIMITS.max_key_name_length,
+        )
+    )
+
+
+def _v_ref(req: Any) -> list[FieldViolation]:
+    return validation.dns1123_label(req.name, "name") + validation.dns1123_label(
+        req.namespace, "namespace", allow_empty=True
+    )
+
+
+VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
+    "CreateConfigmap": _v_write,
+    "GetConfigmap": _v_ref,
+    "UpdateConfigmap": _v_write,
+    "DeleteConfigmap": _v_ref,
+    "ListConfigmaps": lambda req: v_list(req, "configmaps"),
+}
+
+
+# -- conversion -----------------------------------------------------------------------------------
+def to_pb(d: dict[str, Any]) -> configmap_pb2.Configmap:
+    return configmap_pb2.Configmap(
+        name=d["name"],
+        namespace=d["namespace"],
+        data=d.get("data", {}),
+        version=int(d["version"]),
+        created_at=d.get("created_at", ""),
+        updated_at=d.get("updated_at", ""),
+    )
+
+
+def _ok(d: dict[str, Any]) -> configmap_pb2.ConfigmapResponse:
+    return configmap_pb2.ConfigmapResponse(configmap=to_pb(d), status=common_pb2.Status(code=0))
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
+    """Create (upsert, as upstream) or update; the version moves only when the data changes."""
+    app = ctx.app
+    ns = c.namespace or DEFAULT_NAMESPACE
+    check_limits(c.data, "configmap.data", app.config.config.limits)
+    if create:
+        ensure_namespace(app.store, ns, create=ensure_ns)
+    data = dict(c.data)
+    missing = False
+
+    def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
+        nonlocal missing
+        now = now_rfc3339()
+        if cur is None:
+            if not create:
+                missing = True
+                return None
+            version, created = 1, now
+        elif cur.get("data", {}) == data:
+            return None
+        else:
+            version, created = int(cur["version"]) + 1, cur.get("created_at", now)
+        return {
+            "name": c.name,
+            "namespace": ns,
+            "data": data,
+            "version": version,
+            "created_at": created,
+            "updated_at": now,
+        }
+
+    rec = app.store.update(CONFIGMAP_KIND, ns, c.name, mutate)
+    if missing or rec is None:
+        raise errors.not_found("configmap", c.name, ns)
+    return rec.data
+
+
+async def CreateConfigmap(
+    req: configmap_pb2.CreateConfigmapRequest, ctx: CallContext
+) -> configmap_pb2.ConfigmapResponse:
+    return _ok(_write(ctx, req.configmap, create=True, ensure_ns=req.ensure_namespace))
+
+
+async def UpdateConfigmap(
+    req: configmap_pb2.UpdateConfigmapRequest, ctx: CallContext
+) -> configmap_pb2.ConfigmapResponse:
+    return _ok(_write(ctx, req.configmap, create=False, ensure_ns=False))
+
+
+async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
+    ns = req.namespace or DEFAULT_NAMESPACE
+    rec = ctx.app.store.get(CONFIGMAP_KIND, ns, req.name)
+    if rec is None:
+        raise errors.not_found("configmap", req.name, ns)
+    return _ok(rec.data)
+
+
+async def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
+    ns = req.namespace or DEFAULT_NAMESPACE
+    if ctx.app.store.delete(CONFIGMAP_KIND, ns, req.name) is None:
+        raise errors.not_found("configmap", req.name, ns)
+    return common_pb2.Status(code=0, message=f'configmap "{req.name}" deleted')
+
+
+async def ListConfigmaps(
+    req: configmap_pb2.ListConfigmapsRequest, ctx: CallContext
+) -> configmap_pb2.ListConfigmapsResponse:
+    items = [to_pb(d) for d in list_records(ctx, CONFIGMAP_KIND, req)]
+    return configmap_pb2.ListConfigmapsResponse(configmaps=items, status=common_pb2.Status(code=0))
