@@ -25,6 +25,8 @@ EXIT_FATAL = 78
 # role -> "module:function" serving it: async def serve(app, stop: asyncio.Event, on_ready(addr)).
 ROLES: dict[str, str] = {
     "grpc": "runed.grpc_server:serve",
+    "controller": "runed.controller:serve",
+    "rest": "rune.gateway.server:serve",
 }
 DEFAULT_ROLES: tuple[str, ...] = tuple(ROLES)
 
@@ -69,6 +71,9 @@ async def _main(config: Config, role: str) -> int:
     except StoreError as e:
         print(f"runed: {e}", file=sys.stderr)
         return EXIT_FATAL
+    from runed import metrics
+
+    metrics.install(app)
     modname, _, fn = ROLES[role].partition(":")
     serve: Callable[[Any, asyncio.Event, Callable[[str], None]], Awaitable[None]] = getattr(
         importlib.import_module(modname), fn
@@ -95,5 +100,6 @@ async def _main(config: Config, role: str) -> int:
         with contextlib.suppress(OSError):
             if marker.exists() and json.loads(marker.read_text()).get("pid") == os.getpid():
                 marker.unlink()
+        metrics.shutdown()
         app.close()
     return 0

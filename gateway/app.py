@@ -1,0 +1,214 @@
+"""The Starlette application: generated resource routes, RPC-style routes, SSE, and operations endpoints."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from rune.gateway import codec, ops, routes, sse
+from rune.gateway.http import (
+    JSON,
+    call_context,
+    connect_error_response,
+    error_response,
+    request_id_of,
+    sse_response,
+)
+from runed import errors, metrics
+from runed.app import App
+from runed.methods import Method
+
+log = logging.getLogger("runed.gateway")
+
+ALL_VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+PROTO_TYPES = ("application/proto", "application/x-protobuf", "application/octet-stream")
+
+
+class PayloadTooLarge(errors.ResourceExhausted):
+    """The request body is over server.max_body_bytes (HTTP 413; RESOURCE_EXHAUSTED over gRPC)."""
+
+    @property
+    def http_status(self) -> int:
+        return 413
+
+
+class MethodNotAllowed(errors.Unimplemented):
+    """The path exists with other verbs (HTTP 405)."""
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def http_status(self) -> int:
+        return 405
+
+
+class Gateway:
+    """Routes REST requests into the App's pipeline, in-process."""
+
+    def __init__(self, app: App, keepalive: float = 15.0) -> None:
+        self.app = app
+        self.keepalive = keepalive
+        self.max_body = app.config.server.max_body_bytes
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {self.max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"request body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _finish(self, method: str, code: str, started: float) -> None:
+        metrics.record("rest", method, code, time.monotonic() - started)
+
+    async def _call(self, request: Request, method: Method, msg: Message) -> Response:
+        ctx = call_context(self.app, method, request)
+        if method.kind == "server_stream":
+            sse.apply_last_event_id(request, msg)
+            return await sse.stream_response(ctx, msg, self.keepalive)
+        if method.kind == "bidi":
+            # One request message in, the responses out as SSE (enough for non-interactive use; the
+            # interactive forms live under /v1/namespaces/{ns}/logs and /exec).
+            return sse_response(self._bidi_frames(ctx, msg), ctx.request_id, self.keepalive)
+        response = await self.app.pipeline.unary(ctx, msg)
+        return Response(codec.dumps(response), media_type=JSON, headers={"x-request-id": ctx.request_id})
+
+    async def _bidi_frames(self, ctx: Any, msg: Message) -> AsyncIterator[bytes]:
+        async def one() -> AsyncIterator[Message]:
+            yield msg
+
+        metrics.stream_opened("rest")
+        try:
+            async for item in self.app.pipeline.bidi(ctx, one()):
+                yield sse.frame(item)
+        finally:
+            metrics.stream_opened("rest", -1)
+
+    async def resource(self, request: Request) -> Response:
+        """``/v1/...`` routes from the google.api.http options."""
+        started = time.monotonic()
+        rid = request_id_of(request)
+        verb = "GET" if request.method == "HEAD" else request.method
+        path = request.url.path
+        found = routes.resolve(verb, path)
+        label = "unmatched"
+        try:
+            if found is None:
+                allowed = routes.path_allows(path)
+                if allowed:
+                    raise MethodNotAllowed(
+                        f"{request.method} is not allowed on {path} (use {', '.join(allowed)})", allowed
+                    )
+                raise errors.NotFound(f"no route for {request.method} {path}")
+            rule, path_vars = found
+            label = rule.method.full_name
+            body: Any = None
+            if rule.body:
+                body = codec.parse_body(await self._body(request))
+            msg = codec.build_request(
+                rule.method.request_cls,
+                body=body,
+                body_field=rule.body,
+                path=path_vars,
+                query=request.query_params.multi_items(),
+                query_allowed=rule.body != "*",
+            )
+            return await self._call(request, rule.method, msg)
+        except errors.RuneError as err:
+            if not isinstance(err, codec.BadRequest | PayloadTooLarge | MethodNotAllowed) and found is not None:
+                # The pipeline counted it already.
+                return self._error(err, rid)
+            self._finish(label, err.code.name, started)
+            return self._error(err, rid)
+
+    @staticmethod
+    def _error(err: errors.RuneError, rid: str) -> Response:
+        resp = error_response(err, rid)
+        if isinstance(err, MethodNotAllowed):
+            resp.headers["allow"] = ", ".join(err.allowed)
+        return resp
+
+    async def rpc(self, request: Request) -> Response:
+        """``POST /rune.api.<Service>/<Method>``: the body is the whole request (JSON, or Connect proto)."""
+        started = time.monotonic()
+        rid = request_id_of(request)
+        connect = "connect-protocol-version" in request.headers
+        render = connect_error_response if connect else error_response
+        full_name = request.url.path
+        method = routes.rpc_methods().get(full_name)
+        try:
+            if method is None:
+                raise errors.NotFound(f"no such method {full_name.lstrip('/')}")
+            ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+            raw = await self._body(request)
+            if ctype in PROTO_TYPES and method.kind == "unary":
+                try:
+                    msg = method.request_cls.FromString(raw)
+                except DecodeError:
+                    raise codec.BadRequest("malformed protobuf request body") from None
+                ctx = call_context(self.app, method, request)
+                resp = await self.app.pipeline.unary(ctx, msg)
+                return Response(resp.SerializeToString(), media_type=ctype, headers={"x-request-id": rid})
+            if ctype not in (JSON, "text/json", ""):
+                raise codec.BadRequest(f"unsupported content type {ctype!r}: send application/json")
+            msg = codec.build_request(method.request_cls, body=codec.parse_body(raw), body_field="*")
+            return await self._call(request, method, msg)
+        except errors.RuneError as err:
+            if method is None or isinstance(err, codec.BadRequest | PayloadTooLarge):
+                self._finish(method.full_name if method else "unmatched", err.code.name, started)
+            return render(err, rid)
+
+
+def _bidi_routes() -> list[BaseRoute]:
+    # The logs/exec routes land separately; until then the RPC-style routes serve those methods.
+    try:
+        bidi = importlib.import_module("rune.gateway.bidi")
+    except ModuleNotFoundError as e:
+        if e.name != "rune.gateway.bidi":
+            raise
+        return []
+    out: list[BaseRoute] = bidi.routes()
+    return out
+
+
+def build(app: App, keepalive: float = 15.0) -> Starlette:
+    """The ASGI app for one rest role process."""
+    gw = Gateway(app, keepalive)
+    operations = ops.Operations(app)
+    route_list: list[BaseRoute] = [
+        *operations.routes(),
+        *_bidi_routes(),
+        Route("/rune.api.{service}/{method}", gw.rpc, methods=["POST"]),
+        Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
+        Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),
+    ]
+    starlette = Starlette(routes=route_list)
+    starlette.state.runed = app
+    starlette.add_exception_handler(404, _not_found)  # type: ignore[arg-type]
+    starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
+    return starlette
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(errors.NotFound(f"no route for {request.method} {request.url.path}"), request_id_of(request))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}", [])
+    return error_response(err, request_id_of(request))

@@ -1,0 +1,200 @@
+"""JSON <-> protobuf for the gateway: request binding (path, query, body) and protojson responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from runed import errors
+
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+_FLOAT_TYPES = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+class BadRequest(errors.InvalidArgument):
+    """A request the gateway could not turn into a message (malformed JSON, wrong types, unknown fields)."""
+
+
+def _field(desc: Any, name: str) -> Any:
+    """A field by proto name or lowerCamelCase JSON name."""
+    f = desc.fields_by_name.get(name)
+    if f is not None:
+        return f
+    for f in desc.fields:
+        if f.json_name == name:
+            return f
+    return None
+
+
+def _is_map(f: FieldDescriptor) -> bool:
+    return f.message_type is not None and f.message_type.GetOptions().map_entry
+
+
+def _scalar(f: Any, raw: str, where: str) -> Any:
+    """A query/path string as the JSON value ParseDict expects for this field."""
+    t = f.type
+    if t in _INT_TYPES:
+        try:
+            return int(raw)
+        except ValueError:
+            raise _bad(where, f"expected an integer, got {raw!r}") from None
+    if t in _FLOAT_TYPES:
+        try:
+            return float(raw)
+        except ValueError:
+            raise _bad(where, f"expected a number, got {raw!r}") from None
+    if t == FieldDescriptor.TYPE_BOOL:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise _bad(where, f"expected true or false, got {raw!r}")
+    if t == FieldDescriptor.TYPE_ENUM:
+        if raw.lstrip("-").isdigit():
+            return int(raw)
+        if raw not in f.enum_type.values_by_name:
+            # Short names (RUNNING for INSTANCE_STATUS_RUNNING) read naturally in URLs.
+            for v in f.enum_type.values:
+                if v.name.endswith("_" + raw.upper()):
+                    return v.name
+            raise _bad(where, f"unknown value {raw!r} (one of {', '.join(f.enum_type.values_by_name)})")
+        return raw
+    if t == FieldDescriptor.TYPE_MESSAGE:
+        # Well-known wrapper/time types take their JSON string form.
+        return raw
+    return raw
+
+
+def _bad(field: str, why: str) -> BadRequest:
+    return BadRequest(f"invalid request: {field}: {why}", violations=[errors.FieldViolation(field, why)])
+
+
+def _drop_aliases(node: dict[str, Any], f: FieldDescriptor) -> None:
+    node.pop(f.name, None)
+    node.pop(f.json_name, None)
+
+
+def set_path(data: dict[str, Any], desc: Any, dotted: str, raw: str | list[str], where: str) -> None:
+    """Set ``dotted`` (proto or JSON names; ``labels[key]`` for maps) in the JSON tree ``data``."""
+    parts = dotted.split(".")
+    node = data
+    d: Any = desc
+    for i, part in enumerate(parts):
+        key = None
+        if part.endswith("]") and "[" in part:
+            part, _, key = part[:-1].partition("[")
+        f = _field(d, part)
+        if f is None:
+            raise _bad(where, f'unknown field "{part}" in {d.full_name}')
+        last = i == len(parts) - 1
+        if key is not None:
+            if not (_is_map(f) and last):
+                raise _bad(where, f"{part} is not a map")
+            vf: Any = f.message_type.fields_by_name["value"]
+            sub = node.get(f.name) or node.get(f.json_name) or {}
+            _drop_aliases(node, f)
+            value = raw[-1] if isinstance(raw, list) else raw
+            sub[key] = _scalar(vf, value, where)
+            node[f.name] = sub
+            return
+        if last:
+            _drop_aliases(node, f)
+            if f.is_repeated and not _is_map(f):
+                values: Iterable[str] = raw if isinstance(raw, list) else [raw]
+                node[f.name] = [_scalar(f, v, where) for v in values]
+            elif _is_map(f) or (f.message_type is not None and not f.message_type.full_name.startswith("google.")):
+                raise _bad(where, f"{part} is a message; set its fields (e.g. {part}.<field>)")
+            else:
+                node[f.name] = _scalar(f, raw[-1] if isinstance(raw, list) else raw, where)
+            return
+        if f.message_type is None or f.is_repeated:
+            raise _bad(where, f"{part} has no fields")
+        child = node.get(f.name)
+        if child is None:
+            child = node.get(f.json_name)
+        if not isinstance(child, dict):
+            child = {}
+        _drop_aliases(node, f)
+        node[f.name] = child
+        node = child
+        d = f.message_type
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON; malformed JSON is a 400 with the parser's position."""
+    if not raw.strip():
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise _bad("body", f"malformed JSON: {e}") from None
+
+
+def build_request(
+    cls: type[Message],
+    *,
+    body: Any = None,
+    body_field: str = "*",
+    path: Mapping[str, str] | None = None,
+    query: Iterable[tuple[str, str]] = (),
+    query_allowed: bool = True,
+) -> Message:
+    """Assemble a request: the body into ``body_field`` (``*`` = whole message), then query, then path."""
+    desc: Any = cls.DESCRIPTOR
+    data: dict[str, Any] = {}
+    if body is not None and body_field:
+        if body_field == "*":
+            if not isinstance(body, dict):
+                raise _bad("body", f"expected a JSON object for {desc.full_name}")
+            data = body
+        else:
+            f = _field(desc, body_field)
+            if f is None:  # pragma: no cover - the rule names a field of this message
+                raise _bad("body", f"unknown body field {body_field}")
+            data[f.name] = body
+    grouped: dict[str, list[str]] = {}
+    for k, v in query:
+        grouped.setdefault(k, []).append(v)
+    if grouped and not query_allowed:
+        raise _bad(next(iter(grouped)), "query parameters are not accepted here (the body is the whole request)")
+    for k, vs in grouped.items():
+        set_path(data, desc, k, vs, k)
+    for k, v in (path or {}).items():
+        set_path(data, desc, k, v, k)
+    msg = cls()
+    if not data:
+        return msg
+    try:
+        json_format.ParseDict(data, msg, ignore_unknown_fields=False)
+    except json_format.ParseError as e:
+        raise _bad("body", str(e)) from None
+    return msg
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """protojson as grpc-gateway emits it: lowerCamelCase names, unpopulated fields included."""
+    out: dict[str, Any] = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    return out
+
+
+def dumps(msg: Message) -> bytes:
+    return orjson.dumps(to_dict(msg))

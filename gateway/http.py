@@ -1,0 +1,184 @@
+"""Helpers every gateway route uses: a CallContext from a Request, error bodies, SSE framing.
+
+The logs/exec routes (``gateway/bidi.py``) use these too, so errors and streams look the same
+on every REST endpoint:
+
+- :func:`call_context` builds the pipeline's CallContext from a Starlette request (headers as
+  lower-cased metadata, ``X-Request-Id`` honoured, the client address as peer).
+- :func:`error_response` renders a :class:`runed.errors.RuneError` as the HTTP status from
+  ``runed.errors.HTTP_STATUS`` and a protojson ``google.rpc.Status`` body (``Retry-After`` on 429).
+- :func:`sse_event`, :func:`sse_comment` frame Server-Sent Events; :func:`sse_response` wraps an
+  async iterator of frames into a ``text/event-stream`` response with keep-alives and a final
+  ``event: error`` frame when the stream fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from starlette.requests import HTTPConnection
+from starlette.responses import Response, StreamingResponse
+
+from runed import errors
+from runed.app import App
+from runed.context import CallContext
+from runed.grpc_server import status_proto
+from runed.methods import Method
+from runed.pipeline import new_request_id
+
+REQUEST_ID_HEADER = "x-request-id"
+KEEPALIVE_SECONDS = 15.0
+JSON = "application/json"
+
+
+def request_id_of(conn: HTTPConnection) -> str:
+    """The caller's ``X-Request-Id`` (bounded) or a fresh one; stored on the request for logs."""
+    rid = conn.scope.get("state", {}).get("request_id") if isinstance(conn.scope.get("state"), dict) else None
+    if rid:
+        return str(rid)
+    supplied = conn.headers.get(REQUEST_ID_HEADER, "")
+    rid = supplied[:128] if supplied else new_request_id()
+    conn.state.request_id = rid
+    return rid
+
+
+def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
+    """The pipeline's per-call context for an HTTP request: same metadata rules as gRPC."""
+    ctx = CallContext(
+        app=app,
+        method=method,
+        transport="rest",
+        # Starlette lower-cases header names already; repeated headers keep the last value, as gRPC.
+        metadata=dict(conn.headers.items()),
+        peer=conn.client.host if conn.client else "",
+        request_id=request_id_of(conn),
+    )
+    timeout_ms = conn.headers.get("connect-timeout-ms")
+    if timeout_ms and timeout_ms.isdigit():
+        ctx.deadline = time.monotonic() + int(timeout_ms) / 1000
+    return ctx
+
+
+def status_dict(err: errors.RuneError, request_id: str) -> dict[str, Any]:
+    """The protojson ``google.rpc.Status`` (code, message, details with ``@type``)."""
+    out: dict[str, Any] = json_format.MessageToDict(status_proto(err, request_id))
+    out.setdefault("details", [])
+    return out
+
+
+def _headers(err: errors.RuneError, request_id: str) -> dict[str, str]:
+    headers = {"x-request-id": request_id}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    return headers
+
+
+def error_response(err: errors.RuneError, request_id: str) -> Response:
+    """HTTP status from the one table, body = google.rpc.Status as protojson."""
+    return Response(
+        orjson.dumps(status_dict(err, request_id)),
+        status_code=err.http_status,
+        media_type=JSON,
+        headers=_headers(err, request_id),
+    )
+
+
+# Connect spells CANCELLED with one L; every other code is the gRPC name in lower case.
+def _connect_code(err: errors.RuneError) -> str:
+    name = err.code.name.lower()
+    return "canceled" if name == "cancelled" else name
+
+
+def connect_error_response(err: errors.RuneError, request_id: str) -> Response:
+    """An error in the Connect protocol's unary JSON shape (``code`` is a string, details base64)."""
+    st = status_proto(err, request_id)
+    details = [
+        {
+            "type": d.type_url.rpartition("/")[2],
+            "value": base64.b64encode(d.value).decode().rstrip("="),
+        }
+        for d in st.details
+    ]
+    body: dict[str, Any] = {"code": _connect_code(err), "message": err.message}
+    if details:
+        body["details"] = details
+    return Response(orjson.dumps(body), status_code=err.http_status, media_type=JSON, headers=_headers(err, request_id))
+
+
+def sse_event(data: bytes | str, event: str = "", id: str = "") -> bytes:
+    """One SSE frame. ``data`` must not contain raw newlines (JSON from orjson never does)."""
+    out = b""
+    if event:
+        out += b"event: " + event.encode() + b"\n"
+    if id:
+        out += b"id: " + id.encode() + b"\n"
+    payload = data.encode() if isinstance(data, str) else data
+    for line in payload.split(b"\n"):
+        out += b"data: " + line + b"\n"
+    return out + b"\n"
+
+
+def sse_comment(text: str = "keep-alive") -> bytes:
+    return b": " + text.encode() + b"\n\n"
+
+
+async def _with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """Interleave comment frames while ``frames`` is idle, without cancelling its pending step."""
+    it = frames.__aiter__()
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(it.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield sse_comment()
+                continue
+            try:
+                frame = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            yield frame
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(BaseException):
+                await aclose()
+
+
+async def _guarded(frames: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:
+    """A failure mid-stream becomes a final ``event: error`` frame carrying the Status JSON."""
+    try:
+        async for frame in frames:
+            yield frame
+    except errors.RuneError as err:
+        yield sse_event(orjson.dumps(status_dict(err, request_id)), event="error")
+
+
+def sse_response(
+    frames: AsyncIterator[bytes], request_id: str, keepalive: float = KEEPALIVE_SECONDS
+) -> StreamingResponse:
+    """A ``text/event-stream`` response over ``frames`` with keep-alives and error framing.
+
+    When the client goes away Starlette cancels the task iterating ``frames``; the generators
+    above close their source on the way out, so the handler's work stops at once.
+    """
+    return StreamingResponse(
+        _with_keepalive(_guarded(frames, request_id), keepalive),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no", "x-request-id": request_id},
+    )

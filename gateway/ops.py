@@ -1,0 +1,162 @@
+"""Operations endpoints: /healthz, /readyz, /livez, /version, /metrics and /openapi.json."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+from google import protobuf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from runed import __version__
+from runed.app import App
+from runed.roles import ready_file
+from runed.store.base import iter_all
+
+JSON = "application/json"
+GRPC_CHECK_TIMEOUT = 1.0
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The source checkout's commit, when runed runs from one (else "")."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=2
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+class Operations:
+    """Probes and introspection for one rest role process."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.started = time.time()
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_target = ""
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+            Route("/livez", self.livez, methods=["GET", "HEAD"]),
+            Route("/version", self.version, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    def _store_check(self) -> tuple[bool, str]:
+        try:
+            rev = self.app.store.current_revision()
+        except Exception as e:
+            return False, f"store not usable: {e}"
+        return True, f"open (revision {rev})"
+
+    async def _grpc_check(self) -> tuple[bool, str]:
+        marker = ready_file(self.app.config, "grpc")
+        try:
+            address = str(json.loads(marker.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            return False, "grpc role not ready (no ready file)"
+        host, _, port = address.rpartition(":")
+        target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '::') else host}:{port}"
+        if self._channel is None or self._channel_target != target:
+            if self._channel is not None:
+                await self._channel.close()
+            self._channel = grpc.aio.insecure_channel(target)
+            self._channel_target = target
+        if self.app.config.server.tls.enabled:
+            # A plaintext probe cannot speak to a TLS listener; the ready file is what we have.
+            return True, f"ready file present ({address})"
+        try:
+            resp = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=GRPC_CHECK_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as e:
+            return False, f"grpc health check on {target} failed: {e.code().name}"
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            return False, f"grpc on {target} is {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}"
+        return True, f"serving on {target}"
+
+    async def readyz(self, request: Request) -> Response:
+        store_ok, store_msg = self._store_check()
+        grpc_ok, grpc_msg = await self._grpc_check()
+        checks = {"store": {"ok": store_ok, "detail": store_msg}, "grpc": {"ok": grpc_ok, "detail": grpc_msg}}
+        failing = [name for name, c in checks.items() if not c["ok"]]
+        body = {"status": "ok" if not failing else "unavailable", "failing": failing, "checks": checks}
+        return _json(body, 200 if not failing else 503)
+
+    async def livez(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        await asyncio.sleep(0)
+        lag_ms = (time.perf_counter() - t0) * 1000
+        store_ok, store_msg = self._store_check()
+        components: dict[str, dict[str, Any]] = {
+            "process": {"ok": True, "pid": _pid(), "uptime_seconds": round(time.time() - self.started, 3)},
+            "event_loop": {"ok": lag_ms < 1000, "lag_ms": round(lag_ms, 3)},
+            "store": {"ok": store_ok, "detail": store_msg},
+            "pipeline": {"ok": True, "methods": len(self.app.pipeline.routes)},
+        }
+        ok = all(c["ok"] for c in components.values())
+        return _json({"status": "ok" if ok else "failing", "components": components}, 200 if ok else 503)
+
+    async def version(self, request: Request) -> Response:
+        return _json(
+            {
+                "version": __version__,
+                "git_commit": git_commit(),
+                "python": platform.python_version(),
+                "grpc": grpc.__version__,
+                "protobuf": protobuf.__version__,
+            }
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        from rune.gateway.metrics import render
+
+        body, ctype = render(self.app)
+        return Response(body, media_type=ctype)
+
+    async def openapi(self, request: Request) -> Response:
+        from rune.gateway.openapi import document
+
+        return Response(document(), media_type=JSON)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def instance_states(app: App) -> dict[str, int]:
+    """Instances by controller state, read from the store at scrape time."""
+    counts: dict[str, int] = {}
+    for rec in iter_all(app.store, "instance"):
+        state = str(rec.data.get("state") or "UNKNOWN")
+        counts[state] = counts.get(state, 0) + 1
+    return counts

@@ -1,0 +1,107 @@
+"""HTTP routes generated from the ``google.api.http`` options in the proto descriptors."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from google.api import annotations_pb2, http_pb2
+
+from runed import methods
+from runed.methods import Method
+
+# A path variable, optionally with a pattern: ``{name}``, ``{service.namespace}``, ``{name=*}``.
+_VAR_RE = re.compile(r"\{([a-zA-Z_][\w.]*)(?:=([^}]*))?\}")
+HTTP_VERBS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    """One REST binding of an RPC: verb, path template and where the body goes."""
+
+    method: Method
+    verb: str  # upper case: GET, POST, ...
+    template: str  # as written in the proto, e.g. /v1/namespaces/{namespace}/services/{name}
+    regex: re.Pattern[str]
+    path_fields: tuple[str, ...]  # dotted proto field paths bound from the path, in order
+    body: str  # "" (no body), "*" (whole request) or a top-level field name
+
+    def match(self, path: str) -> dict[str, str] | None:
+        m = self.regex.match(path)
+        if m is None:
+            return None
+        return {f: v for f, v in zip(self.path_fields, m.groups(), strict=True)}
+
+    @property
+    def openapi_path(self) -> str:
+        """The template in OpenAPI form: ``{service.namespace}`` stays, patterns are dropped."""
+        return _VAR_RE.sub(lambda m: "{" + m.group(1) + "}", self.template)
+
+
+def _compile(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    fields: list[str] = []
+    out: list[str] = []
+    pos = 0
+    for m in _VAR_RE.finditer(template):
+        out.append(re.escape(template[pos : m.start()]))
+        fields.append(m.group(1))
+        pattern = m.group(2)
+        # `**` spans segments; everything else is one segment. Names never contain ':' so a
+        # trailing custom verb (`{name}:scale`) stays unambiguous.
+        out.append("(.+)" if pattern == "**" else "([^/:]+)")
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(out) + "$"), tuple(fields)
+
+
+def _rules_of(m: Method) -> list[HttpRule]:
+    opts = m.descriptor.GetOptions()
+    if not opts.HasExtension(annotations_pb2.http):
+        return []
+    top: http_pb2.HttpRule = opts.Extensions[annotations_pb2.http]
+    out: list[HttpRule] = []
+    for rule in [top, *top.additional_bindings]:
+        pattern = rule.WhichOneof("pattern")
+        if pattern is None or pattern == "custom":
+            continue
+        template = getattr(rule, pattern)
+        regex, fields = _compile(template)
+        out.append(HttpRule(m, pattern.upper(), template, regex, fields, rule.body))
+    return out
+
+
+@functools.cache
+def http_rules() -> tuple[HttpRule, ...]:
+    """Every resource route, literal-heavy templates first so `/x:watch` wins over `/{name}`."""
+    rules = [r for m in methods.all_methods() for r in _rules_of(m)]
+    rules.sort(key=lambda r: (-r.template.count("/"), r.template.count("{"), -len(r.template)))
+    return tuple(rules)
+
+
+@functools.cache
+def rules_by_verb() -> dict[str, tuple[HttpRule, ...]]:
+    out: dict[str, list[HttpRule]] = {}
+    for r in http_rules():
+        out.setdefault(r.verb, []).append(r)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def resolve(verb: str, path: str) -> tuple[HttpRule, dict[str, str]] | None:
+    """The rule serving ``verb path`` and its path variables, or None."""
+    for rule in rules_by_verb().get(verb, ()):
+        found = rule.match(path)
+        if found is not None:
+            return rule, found
+    return None
+
+
+def path_allows(path: str) -> list[str]:
+    """HTTP verbs that have a rule for ``path`` (for 405 vs 404)."""
+    return sorted({r.verb for r in http_rules() if r.match(path) is not None})
+
+
+@functools.cache
+def rpc_methods() -> dict[str, Method]:
+    """``/rune.api.Service/Method`` -> method, for the RPC-style (and Connect) routes."""
+    return {m.full_name: m for m in methods.all_methods()}

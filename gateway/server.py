@@ -1,0 +1,81 @@
+"""The ``rest`` role: uvicorn (uvloop + httptools) serving the gateway until the role is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable, Generator
+
+import uvicorn
+
+from rune.gateway.app import build
+from runed.app import App
+from runed.config import parse_address
+from runed.grpc_server import BindError
+
+log = logging.getLogger("runed.rest")
+
+
+class _Server(uvicorn.Server):
+    # The role owns SIGTERM/SIGINT (they set `stop`); uvicorn must not install its own handlers.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(address: str) -> socket.socket:
+    """Listen on ``address`` (port 0 = any free port); failure is one clear BindError line."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise BindError(f"cannot listen on {address}: {why}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
+    """Serve REST until ``stop`` is set; in-flight requests get the configured grace, streams end."""
+    sock = bind(app.config.server.http_address)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        build(app),
+        loop="none",  # the role already runs on uvloop
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(app.config.server.shutdown_grace_seconds) or 1,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                return
+            await asyncio.sleep(0.01)
+        shown = "0.0.0.0" if host in ("0.0.0.0", "::") else host
+        on_ready(f"{shown}:{port}")
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        server.should_exit = True
+        await task
+    finally:
+        if not task.done():
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        sock.close()

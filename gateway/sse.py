@@ -1,0 +1,95 @@
+"""Server-streaming RPCs as Server-Sent Events: event names, resumable ids, Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rune.gateway import codec
+from rune.gateway.http import error_response, sse_event, sse_response
+from runed import errors, metrics
+from runed.context import CallContext
+
+# Errors raised this early (admission: 401/403/400/404) still get a real HTTP status; later
+# ones arrive as an `event: error` frame on an already-open stream.
+FIRST_FRAME_WINDOW = 0.25
+RESUME_FIELD = "since_revision"
+POSITION_FIELD = "revision"
+
+
+@functools.cache
+def _event_field(desc: Descriptor) -> Any:
+    for f in desc.fields:
+        if f.type == FieldDescriptor.TYPE_ENUM and f.enum_type is not None and f.enum_type.name == "EventType":
+            return f
+    return None
+
+
+def frame(msg: Message) -> bytes:
+    """``event:`` from the EventType field (ADDED/MODIFIED/DELETED, else ``message``), ``id:`` the revision."""
+    desc = msg.DESCRIPTOR
+    event = "message"
+    ef = _event_field(desc)
+    if ef is not None:
+        value = ef.enum_type.values_by_number.get(getattr(msg, ef.name))
+        if value is not None and value.number != 0:
+            event = value.name.removeprefix("EVENT_TYPE_")
+    position = ""
+    if POSITION_FIELD in desc.fields_by_name:
+        rev = getattr(msg, POSITION_FIELD)
+        if rev:
+            position = str(rev)
+    return sse_event(codec.dumps(msg), event=event, id=position)
+
+
+def apply_last_event_id(request: Request, msg: Message) -> None:
+    """A reconnecting EventSource sends ``Last-Event-ID``: resume right after that revision."""
+    last = request.headers.get("last-event-id", "").strip()
+    if not last or RESUME_FIELD not in msg.DESCRIPTOR.fields_by_name or getattr(msg, RESUME_FIELD):
+        return
+    if not last.isdigit():
+        raise codec.BadRequest(
+            f"invalid Last-Event-ID {last!r}: expected a revision number",
+            violations=[errors.FieldViolation("Last-Event-ID", "expected a revision number")],
+        )
+    setattr(msg, RESUME_FIELD, int(last))
+
+
+async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) -> AsyncIterator[bytes]:
+    metrics.stream_opened("rest")
+    try:
+        try:
+            msg = await first
+        except StopAsyncIteration:
+            return
+        yield frame(msg)
+        async for msg in source:
+            yield frame(msg)
+    finally:
+        metrics.stream_opened("rest", -1)
+        if not first.done():
+            first.cancel()
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(BaseException):
+                await aclose()
+
+
+async def stream_response(ctx: CallContext, request_msg: Message, keepalive: float) -> Response:
+    """Run a server-streaming RPC through the pipeline and serve it as ``text/event-stream``."""
+    source = ctx.app.pipeline.server_stream(ctx, request_msg)
+    first: asyncio.Task[Message] = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
+    done, _ = await asyncio.wait({first}, timeout=FIRST_FRAME_WINDOW)
+    if done and first.exception() is not None:
+        exc = first.exception()
+        if isinstance(exc, errors.RuneError):
+            return error_response(exc, ctx.request_id)
+    return sse_response(_frames(first, source), ctx.request_id, keepalive)

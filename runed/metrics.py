@@ -1,0 +1,102 @@
+"""Prometheus metrics shared by every role process (multiprocess files under <data_dir>/run/metrics).
+
+Each role process records calls through the pipeline's ``App.on_call_finished`` hook into
+prometheus-client's multiprocess files; the REST role's ``/metrics`` aggregates all of them, so
+gRPC and REST counts appear in one scrape. The directory is per supervisor run (its pid), and
+directories of runs whose supervisor is gone are removed at start-up so old counts never leak in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runed.app import App
+    from runed.context import CallContext
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_metrics: dict[str, Any] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def metrics_dir(data_path: Path) -> Path:
+    run = os.environ.get("RUNED_SUPERVISOR_PID") or str(os.getpid())
+    return data_path / "run" / "metrics" / run
+
+
+def _prepare(data_path: Path) -> Path:
+    d = metrics_dir(data_path)
+    parent = d.parent
+    if parent.exists():
+        for old in parent.iterdir():
+            if old != d and old.name.isdigit() and not _alive(int(old.name)):
+                shutil.rmtree(old, ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def install(app: App) -> None:
+    """Point prometheus-client at the shared directory and hook call counting into the pipeline.
+
+    Must run before anything imports ``prometheus_client`` in this process (the value backend
+    is chosen at import time).
+    """
+    if _metrics:
+        return
+    os.environ.setdefault(ENV, str(_prepare(app.config.data_path)))
+    from prometheus_client import Counter, Gauge, Histogram
+
+    _metrics["requests"] = Counter(
+        "rune_requests_total", "API calls by transport, method and status code.", ["transport", "method", "code"]
+    )
+    _metrics["latency"] = Histogram(
+        "rune_request_duration_seconds",
+        "API call latency by transport and method.",
+        ["transport", "method"],
+        buckets=LATENCY_BUCKETS,
+    )
+    _metrics["streams"] = Gauge(
+        "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
+    )
+    app.on_call_finished = _on_call_finished
+
+
+def _on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
+    record(ctx.transport, ctx.method.full_name, code, elapsed_ms / 1000)
+
+
+def record(transport: str, method: str, code: str, seconds: float) -> None:
+    if not _metrics:
+        return
+    _metrics["requests"].labels(transport, method, code).inc()
+    _metrics["latency"].labels(transport, method).observe(seconds)
+
+
+def stream_opened(transport: str, delta: int = 1) -> None:
+    if _metrics:
+        _metrics["streams"].labels(transport).inc(delta)
+
+
+def shutdown() -> None:
+    """Drop this process's live gauges from the shared directory."""
+    if not _metrics or ENV not in os.environ:
+        return
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(Exception):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
