@@ -163,6 +163,37 @@ def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
     click.echo(issued.secret)
 
 
+@cli.group()
+def kek() -> None:
+    """Manage the key-encryption key that protects secret data keys."""
+
+
+@kek.command("rotate")
+@_server_options
+@click.pass_context
+def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
+    """Install a new KEK and re-wrap every secret's data key under it (safe while runed runs)."""
+    from runed.crypto import CryptoError, SecretCrypto
+    from runed.secrets_access import rewrap_all
+    from runed.store.sqlite import StoreError, open_store
+
+    cfg = _load(_merge(ctx, **kwargs))
+    try:
+        store = open_store(cfg.data_path, changelog_keep=cfg.history.changelog_entries)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        result = rewrap_all(store, SecretCrypto(cfg))
+    except CryptoError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+    click.echo(
+        f"kek rotated: {result.old_kid or '-'} -> {result.new_kid}; {result.rewrapped} data keys re-wrapped"
+        f" in {result.passes} pass(es); retired keys removed: {', '.join(result.removed_kids) or 'none'}"
+    )
+
+
 def main() -> None:
     cli(prog_name="runed")
 

@@ -45,6 +45,9 @@ class Runed:
     roles: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # Where this start's output begins in the (appended) log: a restart on the same data dir must
+    # not be taken as ready because of the previous run's lines.
+    _log_start: int = 0
     _channels: list[grpc.Channel] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -61,6 +64,7 @@ class Runed:
         env = dict(os.environ, **self.env)
         env.pop("RUNED_SUPERVISOR_PID", None)
         log = open(self.log_path, "ab")
+        self._log_start = log.tell()
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -76,7 +80,9 @@ class Runed:
         return self
 
     def ready(self) -> bool:
-        return "runed ready:" in self.output()
+        if self.log_path is None or not self.log_path.exists():
+            return False
+        return b"runed ready:" in self.log_path.read_bytes()[self._log_start :]
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -120,7 +126,25 @@ class Runed:
             pass
         if self.proc.poll() is None:
             self.proc.wait(5)
+        kill_instances(self.data_dir)
         return self.proc.returncode
+
+
+def kill_instances(data_dir: Path) -> None:
+    """Kill the instances (and their shims) of a data dir: they run in their own sessions, on purpose
+    outside runed's process group, so killing the group does not reach them."""
+    for pid_file in (data_dir / "instances").glob("*/pid.json"):
+        try:
+            info = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        for pid, group in ((int(info.get("pid") or 0), True), (int(info.get("shim_pid") or 0), False)):
+            if pid <= 0:
+                continue
+            try:
+                os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
