@@ -35,8 +35,10 @@ class ServerConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     # Seconds in-flight calls get to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
-    # Largest REST request body accepted (bytes).
+    # Largest REST request body accepted (bytes); larger ones get 413.
     max_body_bytes: int = 4 * 1024 * 1024
+    # Seconds of silence on a REST event stream before a keep-alive comment is sent.
+    sse_keepalive_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class ControllerConfig:
     resync_seconds: float = 5.0
     restart_backoff_initial_seconds: float = 1.0
     restart_backoff_max_seconds: float = 60.0
+    # A run at least this long ends a crash loop: the next restart delay starts from the initial one.
+    restart_backoff_reset_seconds: float = 10.0
     stop_grace_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
@@ -149,6 +153,8 @@ class HistoryConfig:
     revisions: int = 20
     # Change-log entries kept (watch resume older than that must re-list).
     changelog_entries: int = 100_000
+    # Events a watcher may have pending before it is cut off with "too slow, re-list".
+    watch_queue_events: int = 10_000
 
 
 @dataclass(frozen=True)

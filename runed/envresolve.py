@@ -1,0 +1,170 @@
+"""An instance's computed environment and mount files (reference §2.3), resolved on demand only.
+
+The stored instance keeps secret references unresolved (``{{secret:name/key}}``); values are
+decrypted here, in memory, right before a start and never written to the store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rune.api import service_pb2
+from runed import errors
+from runed.secrets_access import read_configmap_data, read_secret_data
+from runed.store.base import Store
+
+ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+TEMPLATE = re.compile(r"\{\{\s*(secret|configmap)\s*:\s*([^}]*?)\s*\}\}")
+
+
+class ResolveError(Exception):
+    """A referenced secret/configmap (or key) is missing: the instance cannot start yet."""
+
+
+def _secret_ref(name: str, key: str) -> str:
+    """The stored stand-in for a secret value: the template that resolves to it."""
+    return "{{secret:" + name + "/" + key + "}}"
+
+
+def _upper(name: str) -> str:
+    return re.sub(r"[^A-Z0-9_]", "_", name.upper().replace("-", "_"))
+
+
+@dataclass
+class Sources:
+    """Reads secrets and configmaps once per resolution (decrypting each secret at most once)."""
+
+    store: Store
+    crypto: Any
+    namespace: str
+    reveal: bool  # False: secret values stay as their template reference
+    _cache: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+
+    def data(self, kind: str, ns: str, name: str) -> dict[str, str]:
+        key = (kind, ns, name)
+        if key not in self._cache:
+            try:
+                if kind == "secret":
+                    if self.reveal:
+                        self._cache[key] = read_secret_data(self.store, self.crypto, ns, name)
+                    else:
+                        rec = self.store.get("secret", ns, name)
+                        if rec is None:
+                            raise errors.not_found("secret", name, ns)
+                        keys = rec.data.get("keys") or []
+                        self._cache[key] = {str(k): _secret_ref(name, str(k)) for k in keys}
+                else:
+                    self._cache[key] = read_configmap_data(self.store, ns, name)
+            except errors.NotFound:
+                raise ResolveError(f'{kind} "{name}" not found in namespace "{ns}"') from None
+            except errors.RuneError as e:
+                raise ResolveError(e.message) from None
+        return self._cache[key]
+
+    def lookup(self, kind: str, ref: str) -> str:
+        # name/key, or name.ns.rune/key (the FQDN form) to reach another namespace.
+        name, sep, key = ref.partition("/")
+        if not sep or not key:
+            raise ResolveError(f"template {{{{{kind}:{ref}}}}} needs a key (name/key)")
+        ns = self.namespace
+        if name.endswith(".rune") and name.count(".") >= 2:
+            name, ns = name[: -len(".rune")].rsplit(".", 1)
+        if kind == "secret" and not self.reveal:
+            self.data(kind, ns, name)  # still checks that it exists
+            return _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", key)
+        values = self.data(kind, ns, name)
+        if key not in values:
+            raise ResolveError(f'{kind} "{name}" in namespace "{ns}" has no key "{key}"')
+        return values[key]
+
+
+def compute_env(
+    store: Store,
+    crypto: Any,
+    svc: service_pb2.Service,
+    *,
+    instance_id: str,
+    instance_name: str,
+    ports: dict[str, int],
+    reveal: bool,
+) -> dict[str, str]:
+    """envFrom imports, then service env with templates, then the built-ins (later wins).
+
+    ``reveal`` False gives the form that may be stored: secret values as references.
+    """
+    ns = svc.namespace or "default"
+    src = Sources(store, crypto, ns, reveal)
+    env: dict[str, str] = {}
+    for ef in svc.env_from:
+        kind, name = ("secret", ef.secret_name) if ef.secret_name else ("configmap", ef.configmap_name)
+        for k, v in src.data(kind, ef.namespace or ns, name).items():
+            key = ef.prefix + k
+            if ENV_KEY.match(key):
+                env[key] = v
+    for k, v in svc.env.items():
+        env[k] = TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v)
+    svc_up = _upper(svc.name)
+    env["RUNE_SERVICE_NAME"] = svc.name
+    env["RUNE_SERVICE_NAMESPACE"] = ns
+    env["RUNE_INSTANCE_ID"] = instance_id
+    env["RUNE_INSTANCE_NAME"] = instance_name
+    env[f"{svc_up}_SERVICE_HOST"] = f"{svc.name}.{ns}.rune"
+    for i, p in enumerate(svc.ports):
+        host_port = ports.get(p.name or str(p.port))
+        if host_port is None:
+            continue
+        env[f"{svc_up}_SERVICE_PORT_{_upper(p.name or str(p.port))}"] = str(host_port)
+        env[f"RUNE_PORT_{_upper(p.name or str(p.port))}"] = str(host_port)
+        if i == 0:
+            env[f"{svc_up}_SERVICE_PORT"] = str(host_port)
+            env["PORT"] = str(host_port)
+    return env
+
+
+@dataclass
+class MountFile:
+    path: Path
+    content: bytes
+    mode: int
+
+
+def mount_files(store: Store, crypto: Any, svc: service_pb2.Service, workdir: Path) -> list[MountFile]:
+    """Files for secret (0400) and configmap (0444) mounts; relative mount paths are under ``workdir``."""
+    ns = svc.namespace or "default"
+    src = Sources(store, crypto, ns, reveal=True)
+    out: list[MountFile] = []
+    mounts: list[tuple[str, Any, int]] = [("secret", m, 0o400) for m in svc.secret_mounts]
+    mounts += [("configmap", m, 0o444) for m in svc.configmap_mounts]
+    for kind, m, mode in mounts:
+        source = (m.secret_name if kind == "secret" else m.configmap_name) or m.name
+        data = src.data(kind, ns, source)
+        base = Path(m.mount_path)
+        if not base.is_absolute():
+            base = workdir / base
+        items = {it.key: it.path for it in m.items}
+        for key, value in data.items():
+            rel = items.get(key, key)
+            target = (base / rel).resolve()
+            if not str(target).startswith(str(base.resolve())):
+                raise ResolveError(f"mount {m.name}: item path {rel!r} escapes the mount path")
+            out.append(MountFile(target, value.encode(), mode))
+    return out
+
+
+def write_mounts(files: list[MountFile], uid: int | None, gid: int | None) -> None:
+    for f in files:
+        f.path.parent.mkdir(parents=True, exist_ok=True)
+        if f.path.exists():
+            os.chmod(f.path, 0o600)
+        fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f.content)
+        finally:
+            os.close(fd)
+        if uid is not None:
+            os.chown(f.path, uid, gid if gid is not None else -1)
+        os.chmod(f.path, f.mode)

@@ -1,0 +1,153 @@
+"""Liveness and readiness probes (HTTP, TCP, exec) with initial delay, period, timeout and thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from rune.api import common_pb2, service_pb2
+
+DEFAULT_PERIOD = 10
+DEFAULT_TIMEOUT = 1
+DEFAULT_SUCCESS = 1
+DEFAULT_FAILURE = 3
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe with defaults applied and its port already mapped to the instance's host port."""
+
+    kind: str  # "http" | "tcp" | "exec"
+    path: str
+    port: int
+    command: tuple[str, ...]
+    initial_delay: float
+    period: float
+    timeout: float
+    success_threshold: int
+    failure_threshold: int
+
+
+def host_port(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> int:
+    """A probe names the declared port (port or target_port); the instance listens on its host port."""
+    for p in svc.ports:
+        if port in (p.port, p.target_port) or (port == 0 and p is svc.ports[0]):
+            mapped = ports.get(p.name or str(p.port))
+            if mapped:
+                return mapped
+    return port
+
+
+def probe_spec(p: common_pb2.Probe, svc: service_pb2.Service, ports: dict[str, int]) -> ProbeSpec | None:
+    """None when the probe is unset (no type)."""
+    kinds = {
+        common_pb2.PROBE_TYPE_HTTP: "http",
+        common_pb2.PROBE_TYPE_TCP: "tcp",
+        common_pb2.PROBE_TYPE_COMMAND: "exec",
+    }
+    kind = kinds.get(p.type)
+    if kind is None:
+        return None
+    return ProbeSpec(
+        kind=kind,
+        path=p.path or "/",
+        port=host_port(p.port, svc, ports),
+        command=tuple(p.command),
+        initial_delay=max(0, p.initial_delay_seconds),
+        period=p.period_seconds if p.period_seconds > 0 else DEFAULT_PERIOD,
+        timeout=p.timeout_seconds if p.timeout_seconds > 0 else DEFAULT_TIMEOUT,
+        success_threshold=p.success_threshold if p.success_threshold > 0 else DEFAULT_SUCCESS,
+        failure_threshold=p.failure_threshold if p.failure_threshold > 0 else DEFAULT_FAILURE,
+    )
+
+
+async def _http(spec: ProbeSpec) -> tuple[bool, str]:
+    url = f"http://127.0.0.1:{spec.port}{spec.path if spec.path.startswith('/') else '/' + spec.path}"
+    try:
+        async with httpx.AsyncClient(timeout=spec.timeout) as c:
+            r = await c.get(url)
+    except httpx.HTTPError as e:
+        return False, f"GET {url}: {type(e).__name__}"
+    ok = 200 <= r.status_code < 400
+    return ok, f"GET {url}: HTTP {r.status_code}"
+
+
+async def _tcp(spec: ProbeSpec) -> tuple[bool, str]:
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", spec.port), spec.timeout)
+    except (OSError, TimeoutError) as e:
+        return False, f"tcp 127.0.0.1:{spec.port}: {type(e).__name__}"
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return True, f"tcp 127.0.0.1:{spec.port}: connected"
+
+
+async def _exec(spec: ProbeSpec, env: dict[str, str], cwd: str | None) -> tuple[bool, str]:
+    if not spec.command:
+        return False, "exec probe has no command"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *spec.command,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return False, f"exec {spec.command[0]}: {e.strerror}"
+    try:
+        rc = await asyncio.wait_for(proc.wait(), spec.timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return False, f"exec {spec.command[0]}: timed out after {spec.timeout:g}s"
+    return rc == 0, f"exec {spec.command[0]}: exit {rc}"
+
+
+async def check(spec: ProbeSpec, env: dict[str, str], cwd: str | None) -> tuple[bool, str]:
+    """Run one probe attempt; never raises."""
+    if spec.kind == "http":
+        return await _http(spec)
+    if spec.kind == "tcp":
+        return await _tcp(spec)
+    return await _exec(spec, env, cwd)
+
+
+@dataclass
+class ProbeState:
+    """Threshold bookkeeping: the verdict flips only after enough consecutive results."""
+
+    spec: ProbeSpec
+    verdict: bool
+    successes: int = 0
+    failures: int = 0
+    message: str = ""
+    checked_at: float = 0.0
+
+    def record(self, ok: bool, message: str) -> bool:
+        """Count one result; True when the verdict changed."""
+        self.message = message
+        self.checked_at = time.time()
+        if ok:
+            self.successes += 1
+            self.failures = 0
+            if not self.verdict and self.successes >= self.spec.success_threshold:
+                self.verdict = True
+                return True
+        else:
+            self.failures += 1
+            self.successes = 0
+            if self.verdict and self.failures >= self.spec.failure_threshold:
+                self.verdict = False
+                return True
+        return False

@@ -1,0 +1,82 @@
+"""The runner interface: what the controller needs to start, observe and stop one instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class RunnerError(Exception):
+    """An instance cannot be started; ``fatal`` means retrying will not help (e.g. no engine)."""
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fatal = fatal
+
+
+@dataclass
+class LaunchSpec:
+    """Everything a runner needs to start one instance (env already resolved, in memory only)."""
+
+    instance_id: str
+    namespace: str
+    name: str
+    service: str
+    directory: Path  # <data_dir>/instances/<instance_id>
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    image: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    rlimit_as: int | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+
+
+@dataclass
+class Handle:
+    """How to find a started instance again, also after a runed restart (persisted in the record)."""
+
+    pid: int = 0
+    pid_start: int | None = None
+    shim_pid: int = 0
+    container_id: str = ""
+
+
+@dataclass
+class Observation:
+    """What the runner sees now: still starting, running, or gone (with how it ended)."""
+
+    state: str  # "starting" | "running" | "exited"
+    handle: Handle = field(default_factory=Handle)
+    code: int | None = None
+    signal: int | None = None
+    error: str = ""
+
+
+class Runner(Protocol):
+    """A runtime (process, container). Implementations never touch the store."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when the runtime can start instances, else why not (shown to users)."""
+        ...
+
+    def start(self, spec: LaunchSpec) -> Handle:
+        """Start the instance and return at once; :meth:`observe` tells when it is running."""
+        ...
+
+    def observe(self, directory: Path, handle: Handle) -> Observation: ...
+
+    async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
+        """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended."""
+        ...
+
+    def reap(self) -> None:
+        """Collect finished helper processes this runner started (no zombies)."""
+        ...

@@ -1,0 +1,222 @@
+"""Per-instance shim: parent of one instance process, writes its JSON-lines logs and its exit record.
+
+Run as ``python -m runed.runner.shim <instance_dir>`` in its own session, so neither a runed
+restart nor ``kill -9`` of runed's process group touches it or the instance. The launch spec is
+read from ``<instance_dir>/launch.json`` (no environment in it: the instance's environment is
+this process's own environment, so resolved secret values never land on disk). The instance runs
+in its own process group (pgid = pid) so a stop signals the whole tree but not the shim, which
+then records how it ended in ``exit.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+LOG_NAME = "log.jsonl"
+EXIT_NAME = "exit.json"
+PID_NAME = "pid.json"
+LAUNCH_NAME = "launch.json"
+# Variables that tell the shim about itself; the instance never sees them.
+SHIM_ENV_PREFIX = "RUNED_SHIM_"
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone.
+
+    A pid alone can be reused after the process dies; pid plus start time cannot.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if fields and fields[0] == "Z":
+        return None  # a zombie is as good as gone
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def rfc3339_ns(ns: int) -> str:
+    """UTC RFC 3339 with nanoseconds, e.g. ``2026-11-23T18:45:00.123456789Z``."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = _dt.datetime.fromtimestamp(secs, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:09d}Z"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def last_seq(directory: Path) -> int:
+    """The highest seq already written, so numbering continues across restarts and rotations."""
+    for name in (LOG_NAME, LOG_NAME + ".1"):
+        path = directory / name
+        try:
+            with path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 65536))
+                tail = f.read().splitlines()
+        except OSError:
+            continue
+        for raw in reversed(tail):
+            try:
+                return int(json.loads(raw)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return 0
+
+
+class LogWriter:
+    """Appends one JSON object per line and rotates by size: log.jsonl -> log.jsonl.1 -> … ."""
+
+    def __init__(self, directory: Path, max_bytes: int, backups: int) -> None:
+        self.directory = directory
+        self.max_bytes = max(1024, max_bytes)
+        self.backups = max(0, backups)
+        self.seq = last_seq(directory)
+        self.path = directory / LOG_NAME
+        self.f: IO[bytes] = self.path.open("ab")
+        self.size = self.f.tell()
+
+    def _rotate(self) -> None:
+        self.f.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                src = self.directory / f"{LOG_NAME}.{i}"
+                if src.exists():
+                    src.replace(self.directory / f"{LOG_NAME}.{i + 1}")
+            self.path.replace(self.directory / f"{LOG_NAME}.1")
+        self.f = self.path.open("ab")
+        self.size = 0
+
+    def write(self, stream: str, line: bytes) -> None:
+        self.seq += 1
+        rec = {
+            "seq": self.seq,
+            "ts": rfc3339_ns(time.time_ns()),
+            "stream": stream,
+            "line": line.decode("utf-8", errors="replace"),
+        }
+        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+        if self.size and self.size + len(data) > self.max_bytes:
+            self._rotate()
+        self.f.write(data)
+        # Readers (log streaming) follow the file: every line is visible as soon as it is read.
+        self.f.flush()
+        self.size += len(data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _preexec(rlimit_as: int | None) -> Any:
+    def setup() -> None:
+        if rlimit_as:
+            resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return setup
+
+
+def run(directory: Path) -> int:
+    spec = json.loads((directory / LAUNCH_NAME).read_text())
+    (directory / EXIT_NAME).unlink(missing_ok=True)
+    (directory / PID_NAME).unlink(missing_ok=True)
+    writer = LogWriter(directory, int(spec.get("max_bytes", 10 << 20)), int(spec.get("backups", 3)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SHIM_ENV_PREFIX)}
+    try:
+        child = subprocess.Popen(
+            spec["argv"],
+            cwd=spec.get("cwd") or None,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,
+            user=spec.get("uid"),
+            group=spec.get("gid"),
+            extra_groups=[] if spec.get("gid") is not None else None,
+            preexec_fn=_preexec(spec.get("rlimit_as")),
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        writer.write("stderr", f"runed: cannot start {spec['argv'][0]!r}: {e}".encode())
+        writer.close()
+        write_json_atomic(
+            directory / EXIT_NAME, {"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"}
+        )
+        return 0
+    write_json_atomic(
+        directory / PID_NAME,
+        {"pid": child.pid, "pid_start": proc_start_time(child.pid), "shim_pid": os.getpid(), "ts": time.time()},
+    )
+    assert child.stdout is not None and child.stderr is not None
+    sel = selectors.DefaultSelector()
+    partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    for stream, pipe in (("stdout", child.stdout), ("stderr", child.stderr)):
+        os.set_blocking(pipe.fileno(), False)
+        sel.register(pipe, selectors.EVENT_READ, stream)
+    exited_at: float | None = None
+    while sel.get_map():
+        # A grandchild that keeps the pipes open must not keep the shim alive forever.
+        if exited_at is None and child.poll() is not None:
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at > 0.5:
+            break
+        for key, _ in sel.select(timeout=0.2):
+            stream = str(key.data)
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                sel.unregister(key.fileobj)
+                continue
+            lines = (partial[stream] + chunk).split(b"\n")
+            partial[stream] = lines.pop()
+            # A single line without newline is still capped so memory stays bounded.
+            if len(partial[stream]) > 65536:
+                lines.append(partial[stream])
+                partial[stream] = b""
+            for line in lines:
+                writer.write(stream, line.rstrip(b"\r"))
+    for stream, rest in partial.items():
+        if rest:
+            writer.write(stream, rest)
+    rc = child.wait()
+    writer.close()
+    code, sig = (None, -rc) if rc < 0 else (rc, None)
+    write_json_atomic(directory / EXIT_NAME, {"code": code, "signal": sig, "ts": time.time()})
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m runed.runner.shim <instance_dir>", file=sys.stderr)
+        return 2
+    # The shim outlives runed; a terminal hang-up or ^C aimed at runed is not for it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return run(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
