@@ -139,7 +139,8 @@ def _advance_deletion(ctl: Controller, op: Record, services: dict[tuple[str, str
     insts = _instances_of(ctl, ns, name)
     total = int(op.data.get("total_instances") or 0) or len(insts)
     grace = op.data.get("grace_period")
-    grace_s = float(grace) if grace else None
+    # 0 is "now" (SIGKILL without waiting); absent means the configured default.
+    grace_s = float(grace) if grace is not None else None
     for key, data in insts:
         ctl._retire(key, dict(data), "service deleted", grace=grace_s)
     remaining = len(_instances_of(ctl, ns, name))

@@ -30,6 +30,8 @@ from runed.runner.process import ProcessRunner
 from runed.store.base import Record, iter_all
 
 log = logging.getLogger("runed.controller")
+# One line per HTTP probe is noise, not news.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 WATCHED_KINDS = (
     objects.SERVICE,
@@ -314,8 +316,8 @@ class Controller:
 
     # -- stopping -------------------------------------------------------------------------------
     def _grace(self, data: dict[str, Any], override: float | None = None) -> float:
-        if override is not None and override > 0:
-            return override
+        if override is not None:
+            return max(0.0, override)
         g = data.get("grace_seconds")
         return float(g) if g else self.cfg.stop_grace_seconds
 
@@ -342,9 +344,7 @@ class Controller:
         else:
             self.save(key, data)
 
-    def _finish_stop(
-        self, key: tuple[str, str], data: dict[str, Any], lv: Live, observed: bool = True
-    ) -> None:
+    def _finish_stop(self, key: tuple[str, str], data: dict[str, Any], lv: Live, observed: bool = True) -> None:
         obs: Observation | None = None
         if observed is True and lv.stop_task is not None:
             try:
