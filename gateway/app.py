@@ -187,9 +187,9 @@ def _bidi_routes() -> list[BaseRoute]:
     return out
 
 
-def build(app: App, keepalive: float = 15.0) -> Starlette:
+def build(app: App) -> Starlette:
     """The ASGI app for one rest role process."""
-    gw = Gateway(app, keepalive)
+    gw = Gateway(app, app.config.server.sse_keepalive_seconds)
     operations = ops.Operations(app)
     route_list: list[BaseRoute] = [
         *operations.routes(),

@@ -1,0 +1,249 @@
+"""The REST gateway against a real runed: resource routes, RPC-style routes, binding and the error table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import Runed
+
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+
+
+@pytest.fixture
+def client(runed: Runed, root_token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=runed.http_base, headers={"authorization": f"Bearer {root_token}"}, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def anon(runed: Runed) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        yield c
+
+
+def _violations(body: dict[str, object]) -> list[dict[str, str]]:
+    for d in body.get("details", []):  # type: ignore[union-attr]
+        if d["@type"] == BAD_REQUEST:
+            return list(d["fieldViolations"])
+    return []
+
+
+def test_namespace_crud_via_resource_routes(client: httpx.Client) -> None:
+    r = client.post("/v1/namespaces", json={"name": "team-a", "labels": {"tier": "gold"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["namespace"]["name"] == "team-a"
+
+    r = client.get("/v1/namespaces/team-a")
+    assert r.status_code == 200
+    assert r.json()["namespace"]["labels"] == {"tier": "gold"}
+
+    # Map-typed query parameter: label_selector[key]=value.
+    r = client.get("/v1/namespaces", params={"labelSelector[tier]": "gold"})
+    assert r.status_code == 200
+    assert [n["name"] for n in r.json()["namespaces"]] == ["team-a"]
+
+    r = client.post("/v1/namespaces", json={"name": "team-a"})
+    assert r.status_code == 409
+    assert r.json()["code"] == 6  # ALREADY_EXISTS
+
+    r = client.delete("/v1/namespaces/team-a")
+    assert r.status_code == 200
+    assert client.get("/v1/namespaces/team-a").status_code == 404
+
+
+def test_secret_and_configmap_crud_via_resource_routes(client: httpx.Client) -> None:
+    r = client.post(
+        "/v1/namespaces/default/secrets", json={"name": "db", "type": "static", "data": {"password": "s3cr3t"}}
+    )
+    assert r.status_code == 200, r.text
+    r = client.get("/v1/namespaces/default/secrets/db")
+    assert r.status_code == 200
+    assert r.json()["secret"]["data"] == {"password": "s3cr3t"}
+    r = client.put("/v1/namespaces/default/secrets/db", json={"type": "static", "data": {"password": "other"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["secret"]["version"] == 2
+    assert [s["name"] for s in client.get("/v1/namespaces/default/secrets").json()["secrets"]] == ["db"]
+    assert client.delete("/v1/namespaces/default/secrets/db").status_code == 200
+    assert client.get("/v1/namespaces/default/secrets/db").status_code == 404
+
+    r = client.post("/v1/namespaces/default/configmaps", json={"name": "app", "data": {"mode": "fast"}})
+    assert r.status_code == 200, r.text
+    r = client.put("/v1/namespaces/default/configmaps/app", json={"data": {"mode": "slow"}})
+    assert r.status_code == 200
+    assert client.get("/v1/namespaces/default/configmaps/app").json()["configmap"]["data"] == {"mode": "slow"}
+    assert client.delete("/v1/namespaces/default/configmaps/app").status_code == 200
+
+
+def test_configmap_crud_via_rpc_style_routes(client: httpx.Client) -> None:
+    base = "/rune.api.ConfigmapService"
+    r = client.post(f"{base}/CreateConfigmap", json={"configmap": {"name": "c1", "namespace": "default", "data": {}}})
+    assert r.status_code == 200, r.text
+    # Original proto field names are accepted as well as lowerCamelCase.
+    r = client.post(f"{base}/CreateConfigmap", json={"configmap": {"name": "c2"}, "ensure_namespace": True})
+    assert r.status_code == 200, r.text
+    r = client.post(f"{base}/ListConfigmaps", json={"namespace": "default"})
+    assert sorted(c["name"] for c in r.json()["configmaps"]) == ["c1", "c2"]
+    r = client.post(f"{base}/GetConfigmap", json={"name": "c1", "namespace": "default"})
+    assert r.status_code == 200 and r.json()["configmap"]["name"] == "c1"
+    r = client.post(f"{base}/DeleteConfigmap", json={"name": "c1", "namespace": "default"})
+    assert r.status_code == 200
+    r = client.post(f"{base}/GetConfigmap", json={"name": "c1", "namespace": "default"})
+    assert r.status_code == 404
+    assert r.json()["code"] == 5
+
+
+def test_service_crud_via_both_route_styles(client: httpx.Client) -> None:
+    svc = {"name": "web", "runtime": "process", "process": {"command": "sleep", "args": ["30"]}, "scale": 0}
+    r = client.post("/v1/namespaces/default/services", json=svc)
+    if r.status_code == 501:
+        pytest.skip("ServiceService.CreateService is not implemented yet")
+    assert r.status_code == 200, r.text
+    assert r.json()["service"]["name"] == "web"
+    r = client.get("/v1/namespaces/default/services/web")
+    assert r.status_code == 200
+    r = client.post("/rune.api.ServiceService/GetService", json={"name": "web", "namespace": "default"})
+    assert r.status_code == 200
+    assert r.json()["service"]["name"] == "web"
+    assert "web" in [s["name"] for s in client.get("/v1/namespaces/default/services").json()["services"]]
+    r = client.delete("/v1/namespaces/default/services/web")
+    assert r.status_code == 200, r.text
+
+
+def test_unknown_fields_wrong_types_and_malformed_json_are_400(client: httpx.Client) -> None:
+    r = client.post("/v1/namespaces", json={"name": "x", "colour": "blue"})
+    assert r.status_code == 400
+    assert "colour" in r.json()["message"]
+    assert r.json()["code"] == 3
+
+    r = client.post("/rune.api.NamespaceService/GetNamespace", json={"name": 12})
+    assert r.status_code == 400
+
+    r = client.post("/v1/namespaces", content=b'{"name": "x",', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert "malformed JSON" in r.json()["message"]
+
+    r = client.get("/v1/namespaces/default/secrets", params={"nonsense": "1"})
+    assert r.status_code == 400
+    assert "nonsense" in r.json()["message"]
+    assert _violations(r.json())[0]["field"] == "nonsense"
+
+    r = client.get("/v1/namespaces/default/instances", params={"status": "NOT_A_STATE"})
+    assert r.status_code == 400
+    assert "NOT_A_STATE" in r.json()["message"]
+
+
+def test_enum_query_params_by_name_short_name_or_number(client: httpx.Client) -> None:
+    for value in ("INSTANCE_STATUS_RUNNING", "RUNNING", "4"):
+        r = client.get("/v1/namespaces/default/instances", params={"status": value})
+        assert r.status_code in (200, 501), r.text
+
+
+def test_error_table_401_403_404_405(runed: Runed, client: httpx.Client, anon: httpx.Client) -> None:
+    r = anon.get("/v1/namespaces")
+    assert r.status_code == 401
+    assert r.json()["code"] == 16
+
+    r = anon.get("/v1/namespaces", headers={"authorization": "Bearer rune_not_a_real_token"})
+    assert r.status_code == 401
+
+    # A readonly user cannot create.
+    r = client.post("/v1/admin/users", json={"name": "viewer", "policies": ["readonly"]})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/auth/tokens", json={"subjectName": "viewer", "name": "t"})
+    assert r.status_code == 200, r.text
+    viewer = r.json()["secret"]
+    r = anon.post("/v1/namespaces", json={"name": "nope"}, headers={"authorization": f"Bearer {viewer}"})
+    assert r.status_code == 403
+    assert r.json()["code"] == 7
+
+    r = client.get("/v1/namespaces/default/secrets/missing")
+    assert r.status_code == 404
+    r = client.get("/v1/no/such/route")
+    assert r.status_code == 404
+    r = client.patch("/v1/namespaces/default")
+    assert r.status_code == 405
+    assert "GET" in r.headers["allow"]
+
+
+def test_failed_precondition_is_412(client: httpx.Client) -> None:
+    r = client.post("/v1/namespaces/does-not-exist/configmaps", json={"name": "c", "data": {}})
+    assert r.status_code == 412, r.text
+    assert r.json()["code"] == 9
+
+
+def test_rate_limit_is_429_with_retry_after(runed_factory: type[Runed], tmp_path: Path) -> None:
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text("auth:\n  rate_limit:\n    requests_per_second: 1\n    burst: 3\n")
+    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    with httpx.Client(base_url=r.http_base, timeout=10) as c:
+        token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
+        statuses = []
+        for _ in range(10):
+            resp = c.get("/v1/namespaces", headers={"authorization": f"Bearer {token}"})
+            statuses.append(resp.status_code)
+            if resp.status_code == 429:
+                assert int(resp.headers["retry-after"]) >= 1
+                assert resp.json()["code"] == 8
+                break
+    assert 429 in statuses
+
+
+def test_oversized_body_is_413(runed_factory: type[Runed], tmp_path: Path) -> None:
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text("server:\n  max_body_bytes: 1024\n")
+    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    with httpx.Client(base_url=r.http_base, timeout=10) as c:
+        resp = c.post("/v1/namespaces", json={"name": "x", "description": "y" * 4096})
+        assert resp.status_code == 413
+        assert "1024" in resp.json()["message"]
+
+
+def test_request_id_is_echoed_and_logged(runed: Runed, anon: httpx.Client) -> None:
+    r = anon.get("/v1/namespaces/default", headers={"x-request-id": "trace-me-42"})
+    assert r.status_code == 401
+    assert r.headers["x-request-id"] == "trace-me-42"
+    assert any(d.get("requestId") == "trace-me-42" for d in r.json()["details"])
+    generated = anon.get("/v1/namespaces/default").headers["x-request-id"]
+    assert generated and generated != "trace-me-42"
+    from tests.support import eventually
+
+    eventually(lambda: "trace-me-42" in runed.output(), what="request id in the logs")
+
+
+def test_connect_unary_json(client: httpx.Client, anon: httpx.Client) -> None:
+    headers = {"connect-protocol-version": "1", "content-type": "application/json"}
+    r = client.post("/rune.api.NamespaceService/GetNamespace", content=b'{"name": "default"}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["namespace"]["name"] == "default"
+    r = anon.post("/rune.api.NamespaceService/GetNamespace", content=b'{"name": "default"}', headers=headers)
+    assert r.status_code == 401
+    assert r.json()["code"] == "unauthenticated"
+    r = client.post("/rune.api.NamespaceService/GetNamespace", content=b'{"name": "zzz"}', headers=headers)
+    assert r.json()["code"] == "not_found"
+
+
+def test_connect_unary_proto(client: httpx.Client) -> None:
+    from rune.api import namespace_pb2
+
+    req = namespace_pb2.GetNamespaceRequest(name="default").SerializeToString()
+    r = client.post(
+        "/rune.api.NamespaceService/GetNamespace",
+        content=req,
+        headers={"connect-protocol-version": "1", "content-type": "application/proto"},
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/proto")
+    assert namespace_pb2.GetNamespaceResponse.FromString(r.content).namespace.name == "default"
+
+
+def test_admin_bootstrap_sees_the_real_client_address(runed: Runed) -> None:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        r = c.post("/v1/admin:bootstrap", json={})
+        assert r.status_code == 200, r.text
+        assert r.json()["tokenSecret"]
+        # Once bootstrapped, a second call is refused (not a transport error).
+        assert c.post("/v1/admin:bootstrap", json={}).status_code == 412
