@@ -9,6 +9,17 @@ from typing import Any
 
 from rune.api import admin_pb2
 from runed import errors
+from runed.api import registries
+from runed.api.registries import (  # noqa: F401 - registry RPCs are AdminService handlers
+    AddRegistry,
+    BootstrapAuth,
+    GetRegistry,
+    ListRegistries,
+    RegistriesStatus,
+    RemoveRegistry,
+    TestRegistry,
+    UpdateRegistry,
+)
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.identity import BUILTIN_POLICIES, SYSTEM, Identity
@@ -305,3 +316,4 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "TokenList": None,
     "ListAuditEvents": _validate_audit,
 }
+VALIDATORS.update(registries.VALIDATORS)
