@@ -1,0 +1,249 @@
+"""InstanceService: observed instances (written by the controller), lifecycle requests and watches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from rune.api import common_pb2, instance_pb2
+from runed import errors, objects, paging, selectors, validation, watch
+from runed.context import CallContext
+from runed.errors import FieldViolation
+from runed.store.base import Record, Store, iter_all
+
+FIELD_SELECTOR_FIELDS = ("id", "name", "namespace", "service", "status", "node")
+
+EVENT_TYPES = {
+    "ADDED": common_pb2.EVENT_TYPE_ADDED,
+    "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
+    "DELETED": common_pb2.EVENT_TYPE_DELETED,
+}
+
+
+def _ns(value: str) -> str:
+    return value or "default"
+
+
+def _list_ns(value: str) -> str | None:
+    return None if value == "*" else _ns(value)
+
+
+class _ServiceLabels:
+    """Instances carry their service's labels; one lookup per service per call."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache: dict[tuple[str, str], dict[str, str]] = {}
+
+    def __call__(self, ns: str, service: str) -> dict[str, str]:
+        key = (ns, service)
+        if key not in self.cache:
+            rec = self.store.get(objects.SERVICE, ns, service)
+            self.cache[key] = dict(rec.data.get("spec", {}).get("labels", {})) if rec else {}
+        return self.cache[key]
+
+
+def _fields(inst: instance_pb2.Instance) -> dict[str, str]:
+    return {
+        "id": inst.id,
+        "name": inst.name,
+        "namespace": inst.namespace,
+        "service": inst.service_name,
+        "status": objects.INSTANCE_STATUS_NAMES.get(inst.status, "unspecified"),
+        "node": inst.node_id,
+    }
+
+
+def _match(
+    rec: Record,
+    sel: selectors.Selector,
+    labels: _ServiceLabels,
+    *,
+    service: str = "",
+    node: str = "",
+    status: int = 0,
+) -> instance_pb2.Instance | None:
+    inst = objects.instance_to_pb(rec)
+    if service and service not in (inst.service_name, inst.service_id):
+        return None
+    if node and inst.node_id != node:
+        return None
+    if status and inst.status != status:
+        return None
+    if sel.labels and not all(r.matches(labels(rec.namespace, inst.service_name)) for r in sel.labels):
+        return None
+    if sel.fields and not all(r.matches({k: v.lower() for k, v in _fields(inst).items()}) for r in sel.fields):
+        return None
+    return inst
+
+
+def _selector(req: Any) -> selectors.Selector:
+    return selectors.compile_selector(
+        label_map=req.label_selector,
+        label_expr=req.label_selector_expr,
+        field_map=req.field_selector,
+        field_expr=req.field_selector_expr,
+    )
+
+
+def _query_key(req: Any) -> str:
+    q = type(req)()
+    q.CopyFrom(req)
+    for f in ("paging", "page_size", "page_token"):
+        q.ClearField(f)
+    return f"{type(req).__name__}:{q.SerializeToString(deterministic=True).hex()}"
+
+
+def find_instance(store: Store, ns: str, instance_id: str) -> Record:
+    """An instance by id, or by its name (``<service>-<index>``) when no id matches."""
+    rec = store.get(objects.INSTANCE, ns, instance_id)
+    if rec is not None:
+        return rec
+    for r in iter_all(store, objects.INSTANCE, ns):
+        if r.data.get("instance", {}).get("name") == instance_id:
+            return r
+    raise errors.not_found("instance", instance_id, ns)
+
+
+# -- validation -----------------------------------------------------------------------------------
+def _v_get(req: Any) -> list[FieldViolation]:
+    out = validation.required(req.id, "id")
+    if req.namespace:
+        out += validation.dns1123_label(req.namespace, "namespace")
+    return out
+
+
+def _v_action(req: instance_pb2.InstanceActionRequest) -> list[FieldViolation]:
+    out = _v_get(req)
+    if req.timeout_seconds < 0:
+        out.append(FieldViolation("timeout_seconds", "must not be negative"))
+    return out
+
+
+def _v_list(req: instance_pb2.ListInstancesRequest) -> list[FieldViolation]:
+    out = selectors.check(
+        label_map=req.label_selector,
+        label_expr=req.label_selector_expr,
+        field_map=req.field_selector,
+        field_expr=req.field_selector_expr,
+        allowed_fields=FIELD_SELECTOR_FIELDS,
+    ) + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+    if req.status not in instance_pb2.InstanceStatus.values():
+        out.append(FieldViolation("status", "unknown instance status"))
+    return out
+
+
+def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
+    out = selectors.check(
+        label_map=req.label_selector,
+        label_expr=req.label_selector_expr,
+        field_map=req.field_selector,
+        field_expr=req.field_selector_expr,
+        allowed_fields=FIELD_SELECTOR_FIELDS,
+    )
+    if req.since_revision < 0:
+        out.append(FieldViolation("since_revision", "must not be negative"))
+    return out
+
+
+# -- handlers -------------------------------------------------------------------------------------
+async def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+    rec = find_instance(ctx.app.store, _ns(req.namespace), req.id)
+    return instance_pb2.InstanceResponse(instance=objects.instance_to_pb(rec))
+
+
+async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
+    """Instances matching service name, node, status and selectors, one page at a time."""
+    store = ctx.app.store
+    sel = _selector(req)
+    labels = _ServiceLabels(store)
+    query = _query_key(req)
+    pr = paging.page_request(
+        req.page_size, req.page_token, req.paging.limit, req.paging.offset, req.paging.continuation_token, query
+    )
+
+    def convert(batch: list[Record]) -> Iterable[instance_pb2.Instance | None]:
+        return [_match(r, sel, labels, service=req.service_name, node=req.node_id, status=req.status) for r in batch]
+
+    page = paging.paginate(store, objects.INSTANCE, _list_ns(req.namespace), pr, query, convert)
+    resp = instance_pb2.ListInstancesResponse(
+        instances=page.items,
+        next_page_token=page.next_token,
+        revision=page.revision,
+        status=common_pb2.Status(message=f"Found {len(page.items)} instances"),
+    )
+    resp.paging.limit = pr.size or len(page.items)
+    resp.paging.offset = pr.skip
+    resp.paging.continuation_token = page.next_token
+    return resp
+
+
+def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, desired: str, restart: bool) -> Record:
+    """Write the ``instance_action`` the controller carries out; the instance must exist."""
+    store = ctx.app.store
+    ns = _ns(req.namespace)
+    rec = find_instance(store, ns, req.id)
+    timeout = req.timeout_seconds or int(ctx.app.config.controller.stop_grace_seconds)
+
+    def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
+        seq = int((cur or {}).get("restart_seq", 0)) + (1 if restart else 0)
+        data = objects.instance_action_data(desired, restart_seq=seq, timeout_seconds=timeout)
+        data["force"] = req.force
+        data["requested_by"] = ctx.principal.subject
+        return data
+
+    store.update(objects.INSTANCE_ACTION, ns, rec.name, mutate)
+    return rec
+
+
+async def StartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+    rec = _request_action(ctx, req, "running", restart=False)
+    return instance_pb2.InstanceResponse(
+        instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="start requested")
+    )
+
+
+async def StopInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+    rec = _request_action(ctx, req, "stopped", restart=False)
+    return instance_pb2.InstanceResponse(
+        instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="stop requested")
+    )
+
+
+async def RestartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+    rec = _request_action(ctx, req, "running", restart=True)
+    return instance_pb2.InstanceResponse(
+        instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="restart requested")
+    )
+
+
+async def WatchInstances(
+    req: instance_pb2.WatchInstancesRequest, ctx: CallContext
+) -> AsyncIterator[instance_pb2.WatchInstancesResponse]:
+    """Snapshot (or resume from ``since_revision``), then every instance change in order."""
+    store = ctx.app.store
+    sel = _selector(req)
+    labels = _ServiceLabels(store)
+    service = req.service_name or req.service_id
+    async for ev in watch.watch(
+        store,
+        [objects.INSTANCE],
+        namespace=_list_ns(req.namespace),
+        since_revision=req.since_revision,
+        queue_size=ctx.app.config.history.watch_queue_events,
+    ):
+        rec = Record(ev.kind, ev.namespace, ev.name, ev.data, ev.revision, 0)
+        inst = _match(rec, sel, labels, service=service)
+        if inst is None:
+            continue
+        yield instance_pb2.WatchInstancesResponse(instance=inst, event_type=EVENT_TYPES[ev.op], revision=ev.revision)
+
+
+VALIDATORS = {
+    "GetInstance": _v_get,
+    "ListInstances": _v_list,
+    "StartInstance": _v_action,
+    "StopInstance": _v_action,
+    "RestartInstance": _v_action,
+    "WatchInstances": _v_watch,
+}
