@@ -29,7 +29,7 @@ def audited(access: rbac.Access | None) -> tuple[str, str] | None:
     if access is None or access is rbac.AUTHENTICATED:
         return None
     if access is rbac.PUBLIC:
-        return ("admin", "bootstrap")  # the only public method mints a root token
+        return ("admin", "bootstrap")  # the only public method: it mints a root token
     if access.verb in READ_VERBS:
         return None
     return (access.resource, access.verb)
@@ -78,6 +78,9 @@ def record(ctx: CallContext, access: rbac.Access | None, request: Message | None
     """Write the audit record for a finished call, when its method is audited. Never raises."""
     what = audited(access)
     if what is None or access is None or code in UNRECORDED_CODES:
+        return
+    if access is rbac.PUBLIC and code != "OK":
+        # Anyone may call a public method: only what it changed is worth a record.
         return
     namespace = ctx.namespace
     if not namespace and request is not None:

@@ -202,6 +202,8 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_LOG_LEVEL": "log.level",
     "RUNE_LOG_FORMAT": "log.format",
     "RUNE_AUTH_ALLOW_REMOTE_ADMIN": "auth.allow_remote_admin",
+    "RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "auth.rate_limit.requests_per_second",
+    "RUNE_AUTH_RATE_LIMIT_BURST": "auth.rate_limit.burst",
     "RUNE_DOCKER_API_VERSION": "docker.api_version",
     "RUNE_DOCKER_FALLBACK_API_VERSION": "docker.fallback_api_version",
     "RUNE_DOCKER_NEGOTIATION_TIMEOUT": "docker.negotiation_timeout_seconds",
