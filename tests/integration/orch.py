@@ -1,0 +1,153 @@
+"""Helpers for orchestration tests: a runed with fast controller settings, programs to cast, store reads."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from rune.api import admin_pb2, admin_pb2_grpc, common_pb2, service_pb2, service_pb2_grpc
+from runed.store.sqlite import SQLiteStore
+from tests.support import Runed
+
+# Short periods and back-offs keep every test a few seconds long.
+RUNEFILE = """
+controller:
+  resync_seconds: 1
+  restart_backoff_initial_seconds: 0.3
+  restart_backoff_max_seconds: 1.2
+  restart_backoff_reset_seconds: 30
+  stop_grace_seconds: 3
+"""
+
+# A small HTTP server: prints its env, answers /healthz per files in its working directory.
+SERVER = textwrap.dedent(
+    """
+    import http.server, os, sys, json
+    print("env", json.dumps({k: v for k, v in os.environ.items() if k.isupper()}), flush=True)
+    print("started", flush=True)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if os.path.exists("unhealthy") and self.path == "/live":
+                self.send_response(500)
+            elif not os.path.exists(os.environ.get("READY_FILE", "/nonexistent")) and self.path == "/ready" \\
+                    and os.environ.get("READY_FILE"):
+                self.send_response(503)
+            else:
+                self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+        def log_message(self, *a):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+    """
+)
+
+# Exits with the code given in argv[1] after argv[2] seconds.
+EXITER = textwrap.dedent(
+    """
+    import sys, time
+    print("run", flush=True)
+    time.sleep(float(sys.argv[2]))
+    sys.exit(int(sys.argv[1]))
+    """
+)
+
+# Ignores SIGTERM: only SIGKILL ends it.
+STUBBORN = textwrap.dedent(
+    """
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *a: print("got TERM, ignoring", flush=True))
+    print("started", flush=True)
+    while True:
+        time.sleep(0.1)
+    """
+)
+
+
+@dataclass
+class Orch:
+    """A running runed plus an authenticated ServiceService stub and a read-only view of its store."""
+
+    runed: Runed
+    auth: list[tuple[str, str]]
+    tmp: Path
+
+    @property
+    def services(self) -> service_pb2_grpc.ServiceServiceStub:
+        return service_pb2_grpc.ServiceServiceStub(self.runed.channel())
+
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(self.runed.data_dir / "runed.db", notify=False)
+
+    def program(self, name: str, source: str) -> Path:
+        path = self.tmp / f"{name}.py"
+        path.write_text(source)
+        return path
+
+    def cast(self, name: str, script: Path, *args: str, scale: int = 1, namespace: str = "default", **kw: Any) -> None:
+        svc = service_pb2.Service(
+            name=name,
+            namespace=namespace,
+            scale=scale,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script), *args]),
+            **kw,
+        )
+        self.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
+
+    def instances(self, service: str, namespace: str = "default") -> list[dict[str, Any]]:
+        st = self.store()
+        try:
+            recs = st.list("instance", namespace).items
+        finally:
+            st.close()
+        out = [dict(r.data, id=r.name) for r in recs if r.data.get("service") == service]
+        return sorted(out, key=lambda d: (d["index"], d["instance"].get("created_at", "")))
+
+    def running(self, service: str, n: int, namespace: str = "default") -> list[dict[str, Any]]:
+        """Exactly ``n`` instances, all RUNNING and ready (or an AssertionError for eventually())."""
+        insts = self.instances(service, namespace)
+        states = [(d["instance"]["name"], d["state"], d.get("ready")) for d in insts]
+        assert len(insts) == n and all(d["state"] == "RUNNING" and d.get("ready") for d in insts), states
+        return insts
+
+    def log_lines(self, inst: dict[str, Any]) -> list[str]:
+        import json
+
+        path = Path(inst["log_dir"]) / "log.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["line"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def bootstrap(r: Runed) -> list[tuple[str, str]]:
+    resp = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
+    return [("authorization", f"Bearer {resp.token_secret}")]
+
+
+@pytest.fixture
+def orch(runed_factory: type[Runed], tmp_path: Path) -> Iterator[Orch]:
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text(RUNEFILE)
+    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    yield Orch(r, bootstrap(r), tmp_path)
+
+
+def code_of(e: grpc.RpcError) -> grpc.StatusCode:
+    return e.code()  # type: ignore[no-any-return]
