@@ -159,7 +159,7 @@ def _record(
 
 
 # -- validation -----------------------------------------------------------------------------------
-def _v_config(req: Any) -> list[FieldViolation]:
+def _v_config(req: Any, *, adding: bool = True) -> list[FieldViolation]:
     if not req.HasField("registry"):
         return [FieldViolation("registry", "is required")]
     r = req.registry
@@ -179,7 +179,8 @@ def _v_config(req: Any) -> list[FieldViolation]:
         out += validation.dns1123_label(sname, "registry.auth.from_secret")
     creds = _inline_credentials(a)
     out += validation.data_map(a.data, "registry.auth.data", max_bytes=64 * 1024)
-    if not a.from_secret:
+    # An update may omit credentials to keep the stored ones.
+    if not a.from_secret and adding:
         if a.type == "basic" and not (a.username and a.password):
             out.append(FieldViolation("registry.auth", "type basic needs username and password (or from_secret)"))
         if a.type == "token" and not a.token:
@@ -218,7 +219,7 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "ListRegistries": None,
     "GetRegistry": _v_name,
     "AddRegistry": _v_config,
-    "UpdateRegistry": _v_config,
+    "UpdateRegistry": lambda req: _v_config(req, adding=False),
     "RemoveRegistry": _v_name,
     "BootstrapAuth": _v_bootstrap,
     "TestRegistry": _v_test,
