@@ -79,8 +79,9 @@ class Gateway:
 
     async def _call(self, request: Request, method: Method, msg: Message) -> Response:
         ctx = call_context(self.app, method, request)
-        if method.kind == "server_stream":
+        if method.kind in ("server_stream", "bidi"):
             sse.apply_last_event_id(request, msg)
+        if method.kind == "server_stream":
             return await sse.stream_response(ctx, msg, self.keepalive)
         if method.kind == "bidi":
             # One request message in, the responses out as SSE (enough for non-interactive use; the
@@ -94,9 +95,11 @@ class Gateway:
             yield msg
 
         metrics.stream_opened("rest")
+        high = 0
         try:
             async for item in self.app.pipeline.bidi(ctx, one()):
-                yield sse.frame(item)
+                data, high = sse.frame(item, high)
+                yield data
         finally:
             metrics.stream_opened("rest", -1)
 

@@ -23,6 +23,9 @@ from runed.context import CallContext
 FIRST_FRAME_WINDOW = 0.25
 RESUME_FIELD = "since_revision"
 POSITION_FIELD = "revision"
+# Log lines carry an opaque cursor instead of a revision; requests resume with after_cursor.
+CURSOR_FIELD = "cursor"
+CURSOR_RESUME_FIELD = "after_cursor"
 
 
 @functools.cache
@@ -33,8 +36,13 @@ def _event_field(desc: Descriptor) -> Any:
     return None
 
 
-def frame(msg: Message) -> bytes:
-    """``event:`` from the EventType field (ADDED/MODIFIED/DELETED, else ``message``), ``id:`` the revision."""
+def frame(msg: Message, high: int = 0) -> tuple[bytes, int]:
+    """One SSE frame and the stream's new high-water revision.
+
+    ``event:`` comes from the EventType field (ADDED/MODIFIED/DELETED, else ``message``); ``id:`` is
+    the highest store revision the stream has delivered. Snapshot events carry their objects'
+    (unordered) revisions, so the running maximum is what a reconnect may safely resume after.
+    """
     desc = msg.DESCRIPTOR
     event = "message"
     ef = _event_field(desc)
@@ -43,17 +51,23 @@ def frame(msg: Message) -> bytes:
         if value is not None and value.number != 0:
             event = value.name.removeprefix("EVENT_TYPE_")
     position = ""
-    if POSITION_FIELD in desc.fields_by_name:
-        rev = getattr(msg, POSITION_FIELD)
-        if rev:
-            position = str(rev)
-    return sse_event(codec.dumps(msg), event=event, id=position)
+    if CURSOR_FIELD in desc.fields_by_name:
+        position = str(getattr(msg, CURSOR_FIELD))
+    elif POSITION_FIELD in desc.fields_by_name:
+        high = max(high, int(getattr(msg, POSITION_FIELD)))
+        if high:
+            position = str(high)
+    return sse_event(codec.dumps(msg), event=event, id=position), high
 
 
 def apply_last_event_id(request: Request, msg: Message) -> None:
     """A reconnecting EventSource sends ``Last-Event-ID``: resume right after that revision."""
     last = request.headers.get("last-event-id", "").strip()
-    if not last or RESUME_FIELD not in msg.DESCRIPTOR.fields_by_name or getattr(msg, RESUME_FIELD):
+    fields = msg.DESCRIPTOR.fields_by_name
+    if last and CURSOR_RESUME_FIELD in fields and not getattr(msg, CURSOR_RESUME_FIELD):
+        setattr(msg, CURSOR_RESUME_FIELD, last)
+        return
+    if not last or RESUME_FIELD not in fields or getattr(msg, RESUME_FIELD):
         return
     if not last.isdigit():
         raise codec.BadRequest(
@@ -70,9 +84,11 @@ async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) 
             msg = await first
         except StopAsyncIteration:
             return
-        yield frame(msg)
+        data, high = frame(msg)
+        yield data
         async for msg in source:
-            yield frame(msg)
+            data, high = frame(msg, high)
+            yield data
     finally:
         metrics.stream_opened("rest", -1)
         if not first.done():

@@ -1,0 +1,169 @@
+"""Server-streaming RPCs as Server-Sent Events: watch, resume by Last-Event-ID, keep-alives, disconnects."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import Runed, eventually
+
+
+@dataclass
+class Event:
+    event: str = "message"
+    id: str = ""
+    data: dict[str, object] = field(default_factory=dict)
+
+
+def events(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[Event]:
+    """Parse an event stream line by line (only what the gateway emits)."""
+    ev = Event()
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                ev.data = json.loads("\n".join(data))
+                yield ev
+            ev, data = Event(), []
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        else:
+            key, _, value = line.partition(": ")
+            if key == "event":
+                ev.event = value
+            elif key == "id":
+                ev.id = value
+            elif key == "data":
+                data.append(value)
+
+
+def headers(token: str, **extra: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}", **extra}
+
+
+def names(evs: list[Event]) -> list[tuple[str, str]]:
+    return [(e.event, str(e.data["namespace"]["name"])) for e in evs]  # type: ignore[index]
+
+
+def take(evs: Iterator[Event], n: int) -> list[Event]:
+    return [next(evs) for _ in range(n)]
+
+
+def test_watch_namespaces_then_resume_with_last_event_id(runed: Runed, root_token: str) -> None:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(root_token)) as s:
+            assert s.status_code == 200
+            assert s.headers["content-type"].startswith("text/event-stream")
+            evs = events(s.iter_lines())
+            snapshot = take(evs, 2)
+            assert sorted(names(snapshot)) == [("ADDED", "default"), ("ADDED", "system")]
+            assert c.post("/v1/namespaces", json={"name": "one"}, headers=headers(root_token)).status_code == 200
+            (live,) = take(evs, 1)
+            assert names([live]) == [("ADDED", "one")]
+            assert int(live.id) >= max(int(e.id) for e in snapshot)
+            last_id = live.id
+
+        # While nobody watches: one more created, one deleted.
+        assert c.post("/v1/namespaces", json={"name": "two"}, headers=headers(root_token)).status_code == 200
+        assert c.delete("/v1/namespaces/one", headers=headers(root_token)).status_code == 200
+
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(root_token, **{"last-event-id": last_id})) as s:
+            resumed = take(events(s.iter_lines()), 2)
+        # Exactly what happened after last_id: no snapshot again, nothing missed, nothing twice.
+        assert names(resumed) == [("ADDED", "two"), ("DELETED", "one")]
+        assert int(resumed[0].id) > int(last_id) and int(resumed[1].id) > int(resumed[0].id)
+
+
+def test_bad_last_event_id_and_unauthenticated_watch_get_http_errors(runed: Runed, root_token: str) -> None:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        r = c.get("/v1/namespaces:watch", headers=headers(root_token, **{"last-event-id": "abc"}))
+        assert r.status_code == 400
+        r = c.get("/v1/namespaces:watch")
+        assert r.status_code == 401
+        assert r.json()["code"] == 16
+
+
+def _open_streams(c: httpx.Client) -> float:
+    text = c.get("/metrics").text
+    m = re.search(r'^rune_open_streams\{transport="rest"\} ([0-9.e+-]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_disconnect_cancels_the_server_side_stream(runed: Runed, root_token: str) -> None:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        assert _open_streams(c) == 0
+        with httpx.Client(base_url=runed.http_base, timeout=10) as watcher:
+            with watcher.stream("GET", "/v1/namespaces:watch", headers=headers(root_token)) as s:
+                take(events(s.iter_lines()), 2)
+                eventually(lambda: _open_streams(c) == 1, what="one open stream")
+        # The client went away: the gateway notices and the handler's work ends.
+        eventually(lambda: _open_streams(c) == 0, what="stream closed on the server")
+        text = c.get("/metrics").text
+        assert re.search(r'rune_requests_total\{code="\w+",method="/rune.api.NamespaceService/WatchNamespaces"', text)
+
+
+def test_keepalive_comments_on_idle_streams(runed_factory: type[Runed], tmp_path: Path) -> None:
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text("server:\n  sse_keepalive_seconds: 0.2\n")
+    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    with httpx.Client(base_url=r.http_base, timeout=10) as c:
+        token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
+        comments: list[str] = []
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(token)) as s:
+            lines = s.iter_lines()
+            take(events(lines, comments), 2)
+            assert not comments
+            # Nothing changes now: the stream stays open with comment frames only.
+            for line in lines:
+                if line.startswith(":"):
+                    comments.append(line)
+                    break
+        assert comments and comments[0].startswith(": keep-alive")
+
+
+def test_watch_via_rpc_style_route_is_sse_too(runed: Runed, root_token: str) -> None:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        with c.stream("POST", "/rune.api.NamespaceService/WatchNamespaces", json={}, headers=headers(root_token)) as s:
+            assert s.headers["content-type"].startswith("text/event-stream")
+            assert len(take(events(s.iter_lines()), 2)) == 2
+
+
+def test_error_mid_stream_is_a_final_error_event() -> None:
+    """The framing helper turns a domain error raised after the first frame into `event: error`."""
+    import asyncio
+
+    from rune.gateway.http import sse_response
+    from runed import errors
+
+    async def frames() -> Iterator[bytes]:  # type: ignore[misc]
+        yield b"data: {}\n\n"
+        raise errors.Unavailable("store went away")
+
+    async def collect() -> bytes:
+        resp = sse_response(frames(), "rid-1", keepalive=5)  # type: ignore[arg-type]
+        out = b""
+        async for chunk in resp.body_iterator:
+            out += chunk if isinstance(chunk, bytes) else chunk.encode()
+        return out
+
+    body = asyncio.run(collect()).decode()
+    assert body.startswith("data: {}\n\n")
+    tail = body.split("\n\n")[1]
+    assert tail.startswith("event: error\n")
+    status = json.loads(tail.split("data: ", 1)[1])
+    assert status["code"] == 14 and status["message"] == "store went away"
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    before = threading.active_count()
+    yield
+    assert threading.active_count() <= before + 1
