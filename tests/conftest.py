@@ -47,3 +47,24 @@ def root_token(runed: Runed) -> str:
 def auth(root_token: str) -> list[tuple[str, str]]:
     """gRPC call metadata carrying the root token."""
     return [("authorization", f"Bearer {root_token}")]
+
+
+@pytest.fixture
+def api_runed(runed_factory: type[Runed], tmp_path: Path) -> Runed:
+    """The gRPC role alone (no controller): for API behaviour that must not depend on the controller."""
+
+    class _ApiOnly(runed_factory):  # type: ignore[valid-type,misc]
+        def ready(self) -> bool:
+            return (self.data_dir / "run" / "grpc.json").exists()
+
+    runner: Runed = _ApiOnly(data_dir=tmp_path / "api-data", args=["serve", "--role", "grpc"])
+    return runner.start()
+
+
+@pytest.fixture
+def api_auth(api_runed: Runed) -> list[tuple[str, str]]:
+    """Root-token call metadata for ``api_runed``."""
+    from rune.api import admin_pb2, admin_pb2_grpc
+
+    resp = admin_pb2_grpc.AdminServiceStub(api_runed.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
+    return [("authorization", f"Bearer {resp.token_secret}")]
