@@ -1,0 +1,214 @@
+"""ExecService: StreamExec runs a command in an instance's context (env, working dir, user).
+
+Protocol after the ``init`` message: ``stdin`` bytes go to the command; an **empty** ``stdin``
+message closes its input (EOF; on a TTY it sends VEOF, ^D), and so does the client half-closing
+the stream; ``resize`` sets the terminal size (TIOCSWINSZ); ``signal`` (``TERM``, ``SIGINT``,
+``9`` ...) goes to the command's process group. The server sends a ``status`` (connected), then
+``stdout``/``stderr`` chunks (one ``stdout`` stream under a TTY), and always ends with ``exit``:
+the exit code, or ``signaled`` with the signal name and code 128+n. A client that disconnects
+kills the command's process group. A session past ``exec.timeout_seconds`` is killed and ends
+with its ``exit`` followed by RESOURCE_EXHAUSTED; so does a session beyond
+``exec.max_sessions_per_instance``, before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from rune.api import common_pb2, exec_pb2
+from runed import errors
+from runed.context import CallContext
+from runed.errors import FieldViolation
+from runed.execsession import ExecProcess, ExecSpec, Exit, Output, SessionSlots, parse_signal
+from runed.store.base import AuditEntry, Record, iter_all
+
+INSTANCE_KIND = "instance"
+DEFAULT_NAMESPACE = "default"
+RUNNING = "RUNNING"
+
+
+def _validate(req: exec_pb2.ExecRequest) -> list[FieldViolation]:
+    if req.WhichOneof("request") != "init":
+        return [FieldViolation("init", "the first message must be init (target and command)")]
+    init = req.init
+    out: list[FieldViolation] = []
+    which = init.WhichOneof("target")
+    if which is None or not getattr(init, which).strip():
+        out.append(FieldViolation("init.target", "exactly one of service_name or instance_id is required"))
+    if not init.command or not init.command[0]:
+        out.append(FieldViolation("init.command", "required: the program and its arguments"))
+    for k in init.env:
+        if not k or "=" in k or "\x00" in k:
+            out.append(FieldViolation(f"init.env[{k}]", "invalid variable name"))
+    return out
+
+
+VALIDATORS: dict[str, Any] = {"StreamExec": _validate}
+
+
+def _state(rec: Record) -> str:
+    return str(rec.data.get("state") or "")
+
+
+def pick_instance(ctx: CallContext, ns: str, init: exec_pb2.ExecInitRequest) -> Record:
+    """The instance to run in: the given one (must be running), or a running one of the service."""
+    store = ctx.app.store
+    if init.WhichOneof("target") == "instance_id":
+        rec = store.get(INSTANCE_KIND, ns, init.instance_id)
+        if rec is None:
+            raise errors.not_found("instance", init.instance_id, ns)
+        if _state(rec) != RUNNING:
+            raise errors.FailedPrecondition(f"instance is not running, status: {_state(rec) or 'unknown'}")
+        return rec
+    running = [
+        r
+        for r in iter_all(store, INSTANCE_KIND, ns)
+        if r.data.get("service") == init.service_name and _state(r) == RUNNING
+    ]
+    if not running:
+        raise errors.NotFound(f"no running instances found for service: {init.service_name} in namespace: {ns}")
+    return min(running, key=lambda r: (int(r.data.get("index") or 0), r.name))
+
+
+def _resolved_env(ctx: CallContext, ns: str, rec: Record) -> dict[str, str]:
+    """The instance's stored env with secret/configmap references resolved, in memory only."""
+    stored = {str(k): str(v) for k, v in (rec.data.get("env") or {}).items()}
+    try:
+        from runed.envresolve import TEMPLATE, ResolveError, Sources
+    except ImportError:  # pragma: no cover - the process runner's env module ships with runed
+        return stored
+    src = Sources(ctx.app.store, ctx.app.crypto, ns, True)
+    try:
+        return {k: TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v) for k, v in stored.items()}
+    except ResolveError as e:
+        raise errors.FailedPrecondition(f"cannot resolve the instance environment: {e}") from None
+
+
+def _spec(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitRequest) -> ExecSpec:
+    data = rec.data
+    default_dir = ctx.app.config.data_path / "instances" / rec.name / "work"
+    base = Path(str(data.get("workdir") or default_dir))
+    if not data.get("workdir"):
+        base.mkdir(parents=True, exist_ok=True)
+    cwd = base / init.working_dir if init.working_dir else base
+    env = _resolved_env(ctx, ns, rec)
+    env.update(init.env)
+    size = init.terminal_size
+    uid = data.get("uid")
+    gid = data.get("gid")
+    return ExecSpec(
+        command=list(init.command),
+        env=env,
+        cwd=str(cwd),
+        tty=init.tty,
+        rows=size.height or 24,
+        cols=size.width or 80,
+        # Only root can switch users; otherwise the command runs as runed does, like the instance.
+        uid=int(uid) if uid is not None and os.geteuid() == 0 else None,
+        gid=int(gid) if gid is not None and os.geteuid() == 0 else None,
+    )
+
+
+def _audit(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitRequest) -> None:
+    # The command line, never env values (only their names).
+    detail = f"command={shlex.join(init.command)} tty={init.tty}"
+    if init.env:
+        detail += f" env_keys={','.join(sorted(init.env))}"
+    ctx.app.store.audit(
+        AuditEntry(
+            subject=ctx.principal.subject,
+            method=ctx.method.full_name,
+            resource="exec",
+            verb="exec",
+            namespace=ns,
+            name=rec.name,
+            outcome="started",
+            code="OK",
+            request_id=ctx.request_id,
+            peer=ctx.peer,
+            detail=detail[:1000],
+        )
+    )
+
+
+async def _pump_input(requests: AsyncIterator[exec_pb2.ExecRequest], proc: ExecProcess) -> None:
+    async for req in requests:
+        which = req.WhichOneof("request")
+        if which == "stdin":
+            if req.stdin:
+                await proc.write(req.stdin)
+            else:
+                await proc.close_stdin()
+        elif which == "resize":
+            proc.resize(req.resize.height, req.resize.width)
+        elif which == "signal":
+            with contextlib.suppress(ValueError):
+                proc.send_signal(parse_signal(req.signal.name))
+    # The client half-closed: no more input.
+    await proc.close_stdin()
+
+
+def _exit_response(ex: Exit) -> exec_pb2.ExecResponse:
+    return exec_pb2.ExecResponse(
+        exit=exec_pb2.ExitInfo(code=ex.code, signaled=ex.signal is not None, signal=ex.signal_name)
+    )
+
+
+async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallContext) -> AsyncIterator[Any]:
+    first = await anext(requests)
+    init = first.init
+    ns = init.namespace or ctx.namespace or DEFAULT_NAMESPACE
+    rec = pick_instance(ctx, ns, init)
+    runner = str((rec.data.get("instance") or {}).get("runner") or "process")
+    if runner == "docker":
+        raise errors.Unavailable("docker exec needs a reachable container engine; none is configured on this host")
+    cfg = ctx.app.config.exec
+    slots = SessionSlots(ctx.app.config.data_path / "run", cfg.max_sessions_per_instance)
+    slot = slots.acquire(rec.name)
+    if slot is None:
+        raise errors.ResourceExhausted(
+            f"too many exec sessions on instance {rec.name} (limit {cfg.max_sessions_per_instance})", retry_after=1.0
+        )
+    proc: ExecProcess | None = None
+    pump: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out = False
+    try:
+        spec = _spec(ctx, ns, rec, init)
+        _audit(ctx, ns, rec, init)
+        proc = await ExecProcess(spec).start_and_return()
+        yield exec_pb2.ExecResponse(status=common_pb2.Status(code=0, message=f"Connected to instance {rec.name}"))
+
+        def on_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            assert proc is not None
+            proc.send_signal(9)
+
+        timer = asyncio.get_running_loop().call_later(cfg.timeout_seconds, on_timeout)
+        pump = asyncio.create_task(_pump_input(requests, proc))
+        async for ev in proc.events():
+            if isinstance(ev, Output):
+                out = exec_pb2.ExecResponse(stdout=ev.data) if ev.stream == "stdout" else None
+                yield out or exec_pb2.ExecResponse(stderr=ev.data)
+            else:
+                yield _exit_response(ev)
+        if timed_out:
+            raise errors.ResourceExhausted(f"exec session exceeded its time limit of {cfg.timeout_seconds:g}s")
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+        if proc is not None and proc.exit is None:
+            # The client went away (or the server is stopping): the command must not outlive it.
+            await proc.kill()
+        os.close(slot)
