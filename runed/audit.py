@@ -22,6 +22,7 @@ UNRECORDED_CODES = frozenset({"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"})
 # Fields naming the object a request acts on, in order of preference.
 NAME_FIELDS = ("name", "id", "service_name", "instance_id", "policy_name", "subject_name")
 MAX_DETAIL = 300
+PUBLIC_MUTATIONS = frozenset({"AdminBootstrap"})
 
 
 def audited(access: rbac.Access | None) -> tuple[str, str] | None:
@@ -79,7 +80,7 @@ def record(ctx: CallContext, access: rbac.Access | None, request: Message | None
     what = audited(access)
     if what is None or access is None or code in UNRECORDED_CODES:
         return
-    if access is rbac.PUBLIC and code != "OK":
+    if access is rbac.PUBLIC and (code != "OK" or ctx.method.name not in PUBLIC_MUTATIONS):
         # Anyone may call a public method: only what it changed is worth a record.
         return
     namespace = ctx.namespace

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 from runed import errors
 from runed.context import CallContext, Principal
-from runed.identity import Identity, load_server_key
+from runed.identity import POLICY, TOKEN, USER, Identity, hash_secret, load_server_key
 from runed.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from runed.app import App
     from runed.oidc import OIDCVerifier
+
+log = logging.getLogger("runed.authn")
+
+# Bounded so a flood of distinct valid tokens cannot grow memory without limit.
+CACHE_MAX = 10_000
 
 # One message for every bad bearer: it must not tell unknown from revoked from expired.
 INVALID = "invalid or expired credentials"
@@ -42,6 +50,36 @@ class Authenticator:
             from runed.oidc import OIDCVerifier
 
             self.oidc = OIDCVerifier(app.config.auth.oidc, app.config.data_path)
+        # keyed hash -> (principal, expires_at): valid only while the watcher below runs, which
+        # drops it on any token, user or policy change in any process (revocation stays prompt).
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._watching = False
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None:
+            since = self.app.store.current_revision()
+            self._watching = True
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(since))
+
+    async def _watch(self, since: int) -> None:
+        try:
+            async for _ in self.app.store.watch([TOKEN, USER, POLICY], since):
+                self.invalidate()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("identity watch failed: credential caching is off")
+        finally:
+            self._watching = False
+            self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget cached credentials and rules (after an identity change here or elsewhere)."""
+        self._cache.clear()
+        authorizer = getattr(self.app, "authorizer", None)
+        if authorizer is not None:
+            authorizer.invalidate()
 
     async def authenticate(self, ctx: CallContext) -> Principal:
         principal = await self._resolve(ctx)
@@ -62,19 +100,30 @@ class Authenticator:
         raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
 
     async def _from_bearer(self, token: str) -> Principal:
+        self._ensure_watcher()
+        key = hash_secret(self.identity.key, token)
+        hit = self._cache.get(key)
+        if hit is not None and self._watching and (not hit[1] or hit[1] > time.time()):
+            self.identity.touch(hit[0].token_id)
+            return hit[0]
         tok = self.identity.lookup_token(token)
         if tok is not None:
             user = self.identity.get_user_by_id(tok["subject_id"])
             if user is None:
                 raise errors.Unauthenticated(INVALID)
             self.identity.touch(tok["id"])
-            return Principal(
+            principal = Principal(
                 subject=user["name"],
                 subject_id=user["id"],
                 policies=tuple(user.get("policies", [])),
                 token_id=tok["id"],
                 auth_method="token",
             )
+            if self._watching:
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[key] = (principal, float(tok.get("expires_at") or 0))
+            return principal
         if self.oidc is not None and token.count(".") == 2:
             claims = await self.oidc.verify(token)
             return self.oidc.principal(claims, self.identity)

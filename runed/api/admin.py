@@ -35,7 +35,8 @@ def _identity(ctx: CallContext) -> Identity:
 
 
 def _changed(ctx: CallContext) -> None:
-    ctx.app.authorizer.invalidate()
+    # Other processes learn of the change from the store's change log; this one at once.
+    ctx.app.authenticator.invalidate()
 
 
 def is_local(peer: str) -> bool:

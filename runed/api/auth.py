@@ -62,7 +62,7 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
         if missing:
             raise errors.invalid(*(("policies", f'policy "{p}" does not exist') for p in missing))
         user = ident.upsert_user(req.subject_name or req.name, policies=policies)
-        ctx.app.authorizer.invalidate()
+        ctx.app.authenticator.invalidate()
     issued = ident.issue_token(user, req.name, description=req.description, ttl_seconds=int(req.ttl_seconds))
     return auth_pb2.CreateTokenResponse(id=issued.id, name=issued.name, secret=issued.secret)
 
@@ -70,6 +70,7 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
 async def RevokeToken(req: auth_pb2.RevokeTokenRequest, ctx: CallContext) -> auth_pb2.RevokeTokenResponse:
     if not _identity(ctx).revoke_token(req.id):
         raise errors.not_found("token", req.id)
+    ctx.app.authenticator.invalidate()
     return auth_pb2.RevokeTokenResponse(revoked=True)
 
 
