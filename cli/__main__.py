@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m rune.cli``."""
+
+from rune.cli.main import main
+
+main()

@@ -1,0 +1,274 @@
+"""``rune cast`` (alias ``apply``) and ``rune lint``: read cast files and runesets, apply them, wait for readiness."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rune.cli.castfile import Cast, CastErrors, collect_files, dependency_cycles, parse_files, parse_text
+from rune.cli.client import Session, pb2
+from rune.cli.commands.common import list_instances, pass_session, seconds, svc_status
+from rune.cli.errors import EXIT_INVALID, EXIT_TIMEOUT, CliError
+from rune.cli.runeset import is_runeset, render
+
+
+def load_cast(
+    paths: tuple[str, ...], namespace: str | None, recursive: bool, values: tuple[str, ...], sets: tuple[str, ...]
+) -> tuple[Cast, list[tuple[str, str]]]:
+    """Parse files, directories and runesets; also return the rendered texts of runesets."""
+    cast, problems, rendered_texts = Cast(), [], []
+    plain: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if is_runeset(p):
+            manifest, rendered = render(p, list(values), list(sets))
+            ns = namespace or manifest.get("namespace")
+            for r in rendered:
+                rendered_texts.append((str(r.path), r.text))
+                try:
+                    cast.extend(parse_text(r.text, str(r.path), ns))
+                except CastErrors as e:
+                    problems += e.problems
+        else:
+            plain.append(raw)
+    try:
+        cast.extend(parse_files(collect_files(plain, recursive), namespace))
+    except CastErrors as e:
+        problems += e.problems
+    if problems:
+        raise CastErrors(problems)
+    return cast, rendered_texts
+
+
+def _changed_fields(desired: Any, current: Any) -> list[str]:
+    """Top-level fields that ``desired`` sets and ``current`` holds differently."""
+    return [fd.name for fd, value in desired.ListFields() if getattr(current, fd.name) != value]
+
+
+def _existing(s: Session, service: str, method: str, req: Any) -> Any | None:
+    import grpc
+
+    try:
+        return s.call(service, method, req)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def _dry_run(s: Session, cast: Cast) -> None:
+    """Compare against what runed holds now and say what applying would do."""
+    cpb, spb, svpb = pb2("configmap"), pb2("secret"), pb2("service")
+    for cm in cast.configmaps:
+        cur = _existing(
+            s, "ConfigmapService", "GetConfigmap", cpb.GetConfigmapRequest(name=cm.name, namespace=cm.namespace)
+        )
+        _report("configmap", cm, None if cur is None else _changed_fields(cm, cur.configmap))
+    for sec in cast.secrets:
+        # Keys only: ListSecrets needs no permission to read values and never returns them.
+        req = spb.ListSecretsRequest(namespace=sec.namespace, field_selector={"name": sec.name})
+        found = [x for x in s.call("SecretService", "ListSecrets", req).secrets if x.name == sec.name]
+        if not found:
+            _report("secret", sec, None)
+        else:
+            _report("secret", sec, [] if set(found[0].data) == set(sec.data) else ["data"], maybe=True)
+    for svc in cast.services:
+        cur = _existing(
+            s, "ServiceService", "GetService", svpb.GetServiceRequest(name=svc.name, namespace=svc.namespace)
+        )
+        _report("service", svc, None if cur is None else _changed_fields(svc, cur.service))
+
+
+def _report(kind: str, obj: Any, changed: list[str] | None, maybe: bool = False) -> None:
+    ref = f"{kind}/{obj.name} (namespace {obj.namespace})"
+    if changed is None:
+        click.echo(f"{ref} would be created (dry run)")
+    elif changed:
+        click.echo(f"{ref} would be updated: {', '.join(changed)} (dry run)")
+    else:
+        click.echo(f"{ref} {'keys unchanged, values may change' if maybe else 'unchanged'} (dry run)")
+
+
+def _apply(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cause: str) -> None:
+    cpb, spb, svpb = pb2("configmap"), pb2("secret"), pb2("service")
+    for cm in cast.configmaps:
+        s.call(
+            "ConfigmapService", "CreateConfigmap", cpb.CreateConfigmapRequest(configmap=cm, ensure_namespace=create_ns)
+        )
+        click.echo(f"configmap/{cm.name} applied (namespace {cm.namespace})")
+    for sec in cast.secrets:
+        s.call("SecretService", "CreateSecret", spb.CreateSecretRequest(secret=sec, ensure_namespace=create_ns))
+        click.echo(f"secret/{sec.name} applied (namespace {sec.namespace})")
+    for svc in cast.services:
+        if force:
+            cur = _existing(
+                s, "ServiceService", "GetService", svpb.GetServiceRequest(name=svc.name, namespace=svc.namespace)
+            )
+            if cur is not None:
+                req = svpb.UpdateServiceRequest(service=svc, deployment_tag=tag, force=True, change_cause=cause)
+                resp = s.call("ServiceService", "UpdateService", req)
+                click.echo(f"service/{svc.name} updated (namespace {svc.namespace}, forced)")
+                continue
+        req = svpb.CreateServiceRequest(service=svc, deployment_tag=tag, ensure_namespace=create_ns, change_cause=cause)
+        resp = s.call("ServiceService", "CreateService", req)
+        gen = resp.service.metadata.generation
+        click.echo(f"service/{svc.name} applied (namespace {svc.namespace}, generation {gen})")
+
+
+def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float) -> None:
+    """Wait until every ``(namespace, name, scale)`` service is Running with ``scale`` running instances."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    svpb, ipb = pb2("service"), pb2("instance")
+    running_status = ipb.INSTANCE_STATUS_RUNNING
+    console = Console(stderr=True)
+    deadline = time.monotonic() + timeout
+    state: dict[tuple[str, str], tuple[str, int, int, str]] = {}
+
+    def poll() -> bool:
+        done = True
+        by_ns: dict[str, list[Any]] = {}
+        for ns, _, _ in services:
+            if ns not in by_ns:
+                by_ns[ns] = list_instances(s, ns)
+        for ns, name, _ in services:
+            svc = s.call("ServiceService", "GetService", svpb.GetServiceRequest(name=name, namespace=ns)).service
+            insts = [i for i in by_ns[ns] if i.service_name == name]
+            running = sum(1 for i in insts if i.status == running_status)
+            msgs = [i.status_message for i in insts if i.status_message and i.status != running_status]
+            state[(ns, name)] = (svc_status(svc.status), running, svc.scale, msgs[0] if msgs else "")
+            if running < svc.scale or (svc.scale > 0 and svc.status != svpb.SERVICE_STATUS_RUNNING):
+                done = False
+        return done
+
+    def view() -> Table:
+        t = Table(box=None, show_edge=False)
+        for col in ("SERVICE", "NAMESPACE", "STATUS", "READY", "MESSAGE"):
+            t.add_column(col)
+        for (ns, name), (st, running, scale, msg) in state.items():
+            mark = "[green]✓[/]" if running >= scale and st in ("Running", "-") else "[yellow]…[/]"
+            t.add_row(f"{mark} {name}", ns, st, f"{running}/{scale}", msg[:60])
+        return t
+
+    with Live(view(), console=console, refresh_per_second=8, transient=not console.is_terminal) as live:
+        while True:
+            ok = poll()
+            live.update(view())
+            if ok:
+                break
+            if time.monotonic() > deadline:
+                live.stop()
+                raise CliError(
+                    f"timed out after {timeout:g}s waiting for services to be ready; see `rune get instances`",
+                    EXIT_TIMEOUT,
+                )
+            time.sleep(0.25)
+    names = ", ".join(name for _, name, _ in services)
+    click.echo(f"ready: {names}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-n", "--namespace", help="Override the namespace of every object.")
+@click.option("--tag", default="", help="Deployment tag (recorded as the change cause).")
+@click.option("--change-cause", default="", help="Why this is being cast (kept in `rune history`).")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+@click.option("--detach", is_flag=True, help="Return once applied, without waiting for readiness.")
+@click.option("--timeout", default="5m", show_default=True, help="How long to wait for readiness.")
+@click.option("-r", "--recursive", is_flag=True, help="Read directories recursively.")
+@click.option("--force", is_flag=True, help="Force a new generation even if the spec is unchanged.")
+@click.option("--create-namespace", is_flag=True, help="Create missing namespaces.")
+@click.option("-f", "--values", "values", multiple=True, type=click.Path(exists=True), help="Runeset values file.")
+@click.option("--set", "sets", multiple=True, help="Runeset value key.path=value.")
+@click.option("--render", is_flag=True, help="Print the rendered runeset casts and stop.")
+@pass_session
+def cast(
+    s: Session,
+    paths: tuple[str, ...],
+    namespace: str | None,
+    tag: str,
+    change_cause: str,
+    dry_run: bool,
+    detach: bool,
+    timeout: str,
+    recursive: bool,
+    force: bool,
+    create_namespace: bool,
+    values: tuple[str, ...],
+    sets: tuple[str, ...],
+    render: bool,
+) -> None:
+    """Apply cast FILES, DIRS or runesets: configmaps, then secrets, then services; then wait until ready."""
+    wait_for = seconds(timeout, "--timeout")
+    c, rendered = load_cast(paths, namespace, recursive, values, sets)
+    if render:
+        for path, text in rendered:
+            sys.stdout.write(f"# Source: {path}\n{text}\n---\n")
+        return
+    for w in c.warnings:
+        sys.stderr.write(f"warning: {w}\n")
+    if not (c.services or c.secrets or c.configmaps):
+        raise CliError("nothing to cast: no service, secret or configmap found", EXIT_INVALID)
+    if dry_run:
+        _dry_run(s, c)
+        return
+    _apply(s, c, create_namespace, tag, force, change_cause or tag)
+    if detach or not c.services:
+        return
+    wait_ready(s, [(x.namespace, x.name, x.scale) for x in c.services], wait_for)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True)
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.option("--quiet", is_flag=True, help="Print only problems.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("-f", "--values", "values", multiple=True, type=click.Path(exists=True))
+@click.option("--set", "sets", multiple=True)
+def lint(
+    paths: tuple[str, ...],
+    recursive: bool,
+    strict: bool,
+    quiet: bool,
+    fmt: str,
+    values: tuple[str, ...],
+    sets: tuple[str, ...],
+) -> None:
+    """Check cast files offline: structure, unknown keys (with lines), references and dependency cycles."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    count = 0
+    try:
+        c, _ = load_cast(paths, None, recursive, values, sets)
+        count = len(c.services) + len(c.secrets) + len(c.configmaps)
+        warnings += c.warnings
+        errors += ["dependency cycle: " + " -> ".join(cyc) for cyc in dependency_cycles(c.services)]
+        declared = {(x.namespace, x.name) for x in c.secrets}, {(x.namespace, x.name) for x in c.configmaps}
+        for svc in c.services:
+            for ef in svc.env_from:
+                kind, name = ("secret", ef.secret_name) if ef.secret_name else ("configmap", ef.configmap_name)
+                pool = declared[0] if kind == "secret" else declared[1]
+                if (ef.namespace or svc.namespace, name) not in pool:
+                    warnings.append(f"service {svc.name}: envFrom {kind} '{name}' is not declared in these files")
+    except CastErrors as e:
+        errors += e.problems
+    failed = bool(errors) or (strict and bool(warnings))
+    if fmt == "json":
+        click.echo(json.dumps({"ok": not failed, "objects": count, "errors": errors, "warnings": warnings}, indent=2))
+    else:
+        for e in errors:
+            click.echo(f"error: {e}", err=True)
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        if not quiet and not failed:
+            click.echo(f"ok: {count} objects in {len(paths)} path(s)")
+    if failed:
+        sys.exit(EXIT_INVALID)
