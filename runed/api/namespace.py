@@ -12,6 +12,7 @@ from runed import errors, objects, validation
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.store.base import ADDED, DELETED, MODIFIED, Store
+from runed.watch import watch
 
 KIND = objects.NAMESPACE
 # Namespaces are cluster-scoped: stored under the empty store namespace.
@@ -207,20 +208,9 @@ async def DeleteNamespace(
 async def WatchNamespaces(
     req: namespace_pb2.WatchNamespacesRequest, ctx: CallContext
 ) -> AsyncIterator[namespace_pb2.WatchNamespacesResponse]:
-    store = ctx.app.store
     labels, fields = dict(req.label_selector), dict(req.field_selector)
-    since = req.since_revision
-    if since == 0:
-        snapshot = store.list(KIND, SCOPE)
-        since = snapshot.revision
-        for r in snapshot.items:
-            if _matches(r.data, labels, fields):
-                yield namespace_pb2.WatchNamespacesResponse(
-                    namespace=to_pb(r.data), event_type=common_pb2.EVENT_TYPE_ADDED, revision=r.revision
-                )
-    async for change in store.watch([KIND], since):
-        if change.namespace != SCOPE or change.data is None or not _matches(change.data, labels, fields):
-            continue
-        yield namespace_pb2.WatchNamespacesResponse(
-            namespace=to_pb(change.data), event_type=EVENT_TYPES[change.op], revision=change.revision
-        )
+    async for ev in watch(ctx.app.store, [KIND], namespace=SCOPE, since_revision=req.since_revision):
+        if _matches(ev.data, labels, fields):
+            yield namespace_pb2.WatchNamespacesResponse(
+                namespace=to_pb(ev.data), event_type=EVENT_TYPES[ev.op], revision=ev.revision
+            )
