@@ -20,7 +20,12 @@ from rune.api import (
     secret_pb2,
     secret_pb2_grpc,
 )
-from tests.support import Runed
+from tests.integration import orch as orch_helpers
+from tests.integration.orch import EXITER, Orch, alive
+from tests.support import Runed, eventually
+
+# The orchestration fixture (a runed with fast controller settings), used by name.
+orch = orch_helpers.orch
 
 Metadata = list[tuple[str, str]]
 
@@ -214,3 +219,24 @@ def test_auto_created_namespace_and_missing_namespace(runed: Runed, auth: Metada
     )
     ns = _ns(runed).GetNamespace(namespace_pb2.GetNamespaceRequest(name="nowhere"), metadata=auth).namespace
     assert ns.labels["rune/auto-created"] == "true"
+
+
+def test_forced_delete_stops_what_runs_in_the_namespace(orch: Orch) -> None:
+    ns_stub = namespace_pb2_grpc.NamespaceServiceStub(orch.runed.channel())
+    ns_stub.CreateNamespace(
+        namespace_pb2.CreateNamespaceRequest(namespace=namespace_pb2.Namespace(name="apps")), metadata=orch.auth
+    )
+    orch.cast("sleeper", orch.program("sleeper", EXITER), "0", "120", namespace="apps")
+    insts = eventually(lambda: orch.running("sleeper", 1, "apps"), timeout=20, what="instance running")
+    pid = insts[0]["pid"]
+    assert alive(pid)
+
+    with pytest.raises(grpc.RpcError) as e:
+        ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps"), metadata=orch.auth)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "1 service" in (e.value.details() or "") and "1 instance" in (e.value.details() or "")
+    assert alive(pid)
+
+    ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps", force=True), metadata=orch.auth)
+    eventually(lambda: not alive(pid), timeout=20, what="instance process stopped")
+    eventually(lambda: orch.instances("sleeper", "apps") == [], timeout=20, what="instance records removed")
