@@ -581,10 +581,14 @@ class Controller:
             data = self.inst.get(key)
             if data is None or data.get("state") != RUNNING:
                 return
-            if changed or (st.checked_at and not data.get("probes", {}).get(which)):
+            last = data.get("probes", {}).get(which) or {}
+            # Written when the verdict or the latest result flips, not on every probe: each write
+            # wakes every watcher.
+            if changed or last.get("last_ok") is not ok:
                 data = _copy(data)
                 data.setdefault("probes", {})[which] = {
                     "ok": st.verdict,
+                    "last_ok": ok,
                     "successes": st.successes,
                     "failures": st.failures,
                     "message": st.message,
