@@ -120,11 +120,14 @@ def _target_of(ctx_obj: Any) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one clear error line and a meaningful exit code, never a traceback."""
+    if os.environ.get("_RUNE_COMPLETE"):
+        # Shell completion requests are answered by click itself.
+        cli.main(prog_name="rune", complete_var="_RUNE_COMPLETE")
     verbose = os.environ.get("RUNE_DEBUG") == "1" or "-v" in (argv or sys.argv[1:]) or "--verbose" in sys.argv
     session: list[Any] = []
     try:
         with cli.make_context("rune", list(argv if argv is not None else sys.argv[1:])) as ctx:
-            session.append(ctx.obj)
+            session.append(ctx)
             cli.invoke(ctx)
         sys.exit(0)
     except click.exceptions.Exit as e:
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         if grpc_mod is not None and isinstance(e, grpc_mod.RpcError) and hasattr(e, "code"):
             from rune.cli.errors import render_rpc_error
 
-            line, code = render_rpc_error(e, _target_of(session[0] if session else None))
+            line, code = render_rpc_error(e, _target_of(session[0].obj if session else None))
             sys.stderr.write(f"error: {line}\n")
             sys.exit(code)
         if verbose:

@@ -34,7 +34,7 @@ def _keys(m: Any) -> str:
 
 def _what(svc: Any) -> str:
     if svc.runtime == "process":
-        return " ".join([svc.process.command, *svc.process.args])[:50]
+        return " ".join(" ".join([svc.process.command, *svc.process.args]).split())[:50]
     return svc.image or "-"
 
 
@@ -327,7 +327,8 @@ def get(
             render([obj], fmt, kind.columns, kind.wide, no_headers)
         return
     items, rev = list_objects(s, kind_name, ns, labels, fields, page_size, service)
-    items = _sort(items, kind, sort_by)
+    # Instances come in id order; by name reads better (web-0, web-1, ...).
+    items = _sort(items, kind, sort_by or ("name" if kind_name == "instances" else None))
     if kind_name == "secrets" and show_values:
         items = [get_object(s, "secrets", x.name, x.namespace, True) for x in items]
     columns = list(kind.columns)

@@ -1,0 +1,178 @@
+"""``rune delete`` (aliases ``remove``, ``rm``): delete services (waiting for their cleanup) and other objects."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from rune.cli.client import Session, pb2
+from rune.cli.commands.common import pass_session
+from rune.cli.errors import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, CliError
+from rune.cli.output import age, dump, table, to_dict
+
+_KINDS = {
+    "service": "service", "services": "service", "svc": "service",
+    "secret": "secret", "secrets": "secret",
+    "configmap": "configmap", "configmaps": "configmap", "config": "configmap", "cm": "configmap",
+    "namespace": "namespace", "namespaces": "namespace", "ns": "namespace",
+}  # fmt: skip
+_FINAL = ("completed", "failed")
+
+
+def _op_row(op: Any) -> list[str]:
+    end = age(op.end_time) if op.end_time else "-"
+    return [op.id, op.namespace, op.service_name, op.status, f"{op.deleted_instances}/{op.total_instances}", end]
+
+
+def _wait_deletion(s: Session, ns: str, op_id: str, timeout: float) -> Any:
+    svpb = pb2("service")
+    deadline = time.monotonic() + timeout
+    while True:
+        op = s.call(
+            "ServiceService", "GetDeletionStatus", svpb.GetDeletionStatusRequest(namespace=ns, name=op_id)
+        ).operation
+        if op.status in _FINAL:
+            return op
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"timed out waiting for deletion {op_id} (status {op.status}); see `rune delete status {op_id}`",
+                EXIT_TIMEOUT,
+            )
+        time.sleep(0.2)
+
+
+class _DeleteGroup(click.Group):
+    """``delete NAME`` / ``delete TYPE NAME`` as well as the ``list`` and ``status`` subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = next((a for a in args if not a.startswith("-")), None)
+        if first is not None and first not in self.commands and not {"-h", "--help"} & set(args):
+            args = ["object", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DeleteGroup)
+def delete() -> None:
+    """Delete [TYPE] NAME (TYPE: service (default), secret, configmap, namespace); `delete list`, `delete status ID`."""
+
+
+@delete.command("object", hidden=True)
+@click.argument("args", nargs=-1, required=True)
+@click.option("-n", "--namespace")
+@click.option("-f", "--force", is_flag=True, help="Delete even if other services depend on it.")
+@click.option("--no-dependencies", is_flag=True, help="Same as --force.")
+@click.option("-t", "--timeout", default=60, show_default=True, type=int, help="Seconds to wait for cleanup.")
+@click.option("--detach", is_flag=True, help="Return once deletion has started.")
+@click.option("--dry-run", is_flag=True, help="Say what would happen without deleting.")
+@click.option("--grace-period", type=int, default=0, help="Seconds instances get to stop.")
+@click.option("--now", is_flag=True, help="No grace period.")
+@click.option("--ignore-not-found", is_flag=True)
+@click.option("--finalizers", multiple=True, hidden=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@pass_session
+def delete_object(
+    s: Session, args: tuple[str, ...], namespace: str | None, force: bool, no_dependencies: bool, timeout: int,
+    detach: bool, dry_run: bool, grace_period: int, now: bool, ignore_not_found: bool, finalizers: tuple[str, ...],
+    fmt: str,
+) -> None:  # fmt: skip
+    if len(args) == 1:
+        kind, name = "service", args[0]
+    elif len(args) == 2 and args[0].lower() in _KINDS:
+        kind, name = _KINDS[args[0].lower()], args[1]
+    else:
+        raise CliError("usage: rune delete [service|secret|configmap|namespace] NAME", EXIT_USAGE)
+    ns = s.namespace(namespace)
+    if kind != "service":
+        _delete_other(s, kind, name, ns, ignore_not_found, force)
+        return
+    req = pb2("service").DeleteServiceRequest(
+        name=name, namespace=ns, force=force or no_dependencies, timeout_seconds=timeout, detach=detach,
+        dry_run=dry_run, grace_period=grace_period, now=now, ignore_not_found=ignore_not_found,
+        finalizers=list(finalizers), no_dependencies=no_dependencies,
+    )  # fmt: skip
+    resp = s.call("ServiceService", "DeleteService", req)
+    for w in resp.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if fmt != "text":
+        dump(to_dict(resp), fmt)
+    if resp.errors:
+        raise CliError("; ".join(resp.errors), EXIT_ERROR)
+    if dry_run:
+        if fmt == "text":
+            click.echo(f"service/{name} would be deleted (dry run)")
+        return
+    if not resp.deletion_id:
+        if fmt == "text":
+            click.echo(f"service/{name} not found (ignored)")
+        return
+    if detach:
+        if fmt == "text":
+            click.echo(
+                f"service/{name} deletion started: {resp.deletion_id} (see `rune delete status {resp.deletion_id}`)"
+            )
+        return
+    op = _wait_deletion(s, ns, resp.deletion_id, float(timeout))
+    if op.status == "failed":
+        raise CliError(f"deletion of service/{name} failed: {op.failure_reason}")
+    if fmt == "text":
+        click.echo(f"service/{name} deleted ({op.deleted_instances} instance(s) removed)")
+
+
+def _delete_other(s: Session, kind: str, name: str, ns: str, ignore_not_found: bool, force: bool) -> None:
+    import grpc
+
+    try:
+        if kind == "secret":
+            s.call("SecretService", "DeleteSecret", pb2("secret").DeleteSecretRequest(name=name, namespace=ns))
+        elif kind == "configmap":
+            s.call(
+                "ConfigmapService", "DeleteConfigmap", pb2("configmap").DeleteConfigmapRequest(name=name, namespace=ns)
+            )
+        else:
+            req = pb2("namespace").DeleteNamespaceRequest(name=name, ignore_not_found=ignore_not_found, force=force)
+            s.call("NamespaceService", "DeleteNamespace", req)
+    except grpc.RpcError as e:
+        if ignore_not_found and e.code() == grpc.StatusCode.NOT_FOUND:
+            click.echo(f"{kind}/{name} not found (ignored)")
+            return
+        raise
+    click.echo(f"{kind}/{name} deleted")
+
+
+@delete.command("list")
+@click.option("-n", "--namespace", default=None)
+@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-s", "--status", default="", help="Only operations in this status.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
+@pass_session
+def delete_list(s: Session, namespace: str | None, all_namespaces: bool, status: str, fmt: str) -> None:
+    """List deletion operations."""
+    ns = "*" if all_namespaces else (namespace or "")
+    req = pb2("service").ListDeletionOperationsRequest(namespace=ns, status=status)
+    ops = s.call("ServiceService", "ListDeletionOperations", req).operations
+    if fmt != "table":
+        dump({"operations": [to_dict(o) for o in ops]}, fmt)
+        return
+    table([_op_row(o) for o in ops], ["ID", "NAMESPACE", "SERVICE", "STATUS", "DELETED", "ENDED"])
+
+
+@delete.command("status")
+@click.argument("deletion_id")
+@click.option("-n", "--namespace")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@pass_session
+def delete_status(s: Session, deletion_id: str, namespace: str | None, fmt: str) -> None:
+    """Show one deletion operation and its finalizers."""
+    req = pb2("service").GetDeletionStatusRequest(namespace=namespace or "", name=deletion_id)
+    op = s.call("ServiceService", "GetDeletionStatus", req).operation
+    if fmt != "text":
+        dump(to_dict(op), fmt)
+        return
+    click.echo(f"Deletion:   {op.id}\nService:    {op.namespace}/{op.service_name}\nStatus:     {op.status}")
+    click.echo(f"Instances:  {op.deleted_instances}/{op.total_instances} deleted, {op.failed_instances} failed")
+    if op.failure_reason:
+        click.echo(f"Failure:    {op.failure_reason}")
+    for f in op.finalizers:
+        click.echo(f"  finalizer {f.type or f.name or f.id}: {f.status}{' - ' + f.error if f.error else ''}")
