@@ -179,7 +179,15 @@ class SQLiteStore:
         if namespace is not None:
             sql += " AND namespace = ?"
             args.append(namespace)
-        if after is not None:
+        if after is not None and namespace is not None:
+            # Within one namespace compare the name alone: with "namespace = ?" plus a row-value
+            # comparison SQLite picks the (kind, name) index and scans the whole kind per page.
+            if after[0] > namespace:
+                sql += " AND 0"
+            elif after[0] == namespace:
+                sql += " AND name > ?"
+                args.append(after[1])
+        elif after is not None:
             sql += " AND (namespace, name) > (?, ?)"
             args.extend(after)
         sql += " ORDER BY namespace, name"

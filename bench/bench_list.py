@@ -1,0 +1,133 @@
+"""ListServices latency with 10,000 services: one page vs everything vs a cheap RPC, same run, same server."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from bench.common import bootstrap_token, with_suppress_kill
+from rune.api import auth_pb2, auth_pb2_grpc, service_pb2, service_pb2_grpc
+
+SERVICES = int(os.environ.get("BENCH_LIST_SERVICES", "10000"))
+PAGE = 100
+
+
+def _populate(data_dir: Path, n: int) -> None:
+    """Write ``n`` service records (and their first revisions) straight into the store, as CreateService would."""
+    from runed import history, objects
+    from runed.api.namespace import seed_namespaces
+    from runed.store.sqlite import open_store
+
+    store = open_store(data_dir)
+    try:
+        seed_namespaces(store)
+        with store.transaction():
+            for i in range(n):
+                svc = service_pb2.Service(
+                    name=f"svc-{i:05d}",
+                    namespace="default",
+                    runtime="process",
+                    labels={"app": f"app-{i % 100}", "tier": "front" if i % 2 else "back"},
+                    scale=0,
+                )
+                svc.process.command = "true"
+                svc.metadata.generation = 1
+                data = objects.service_record_data(svc, generation=1)
+                data["revision"] = 1
+                store.put(objects.SERVICE, "default", svc.name, data)
+                history.record(store, svc, number=1, generation=1, change_cause="", created_by="bench", keep=0)
+    finally:
+        store.close()
+
+
+def _start_api(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The gRPC role alone: no controller reconciling 10,000 services while we measure."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "runed", "--data-dir", str(data_dir), "--grpc-addr", "127.0.0.1:0"),
+                *("--log-level", "warning", "serve", "--role", "grpc"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    marker = data_dir / "run" / "grpc.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with_suppress_kill(proc)
+            raise RuntimeError(log.read_text(errors="replace"))
+        time.sleep(0.05)
+    return proc, str(json.loads(marker.read_text())["address"])
+
+
+def _time(call: Callable[[], object], repeat: int) -> float:
+    """Median seconds per call after one warm-up."""
+    call()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def list_latency(n: int = SERVICES) -> dict[str, float]:
+    """Median latency (ms) of WhoAmI, a 100-service page, a filtered page and the full list of ``n``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        _populate(data, n)
+        proc, target = _start_api(data, Path(tmp) / "runed.log")
+        try:
+            md = (("authorization", f"Bearer {bootstrap_token(target)}"),)
+            opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+            with grpc.insecure_channel(target, options=opts) as ch:
+                svc = service_pb2_grpc.ServiceServiceStub(ch)
+                who = auth_pb2_grpc.AuthServiceStub(ch)
+                page_req = service_pb2.ListServicesRequest(page_size=PAGE)
+                last_page = svc.ListServices(page_req, metadata=md)
+                for _ in range(3):  # a page from the middle of the keyspace, not only the first one
+                    last_page = svc.ListServices(
+                        service_pb2.ListServicesRequest(page_size=PAGE, page_token=last_page.next_page_token),
+                        metadata=md,
+                    )
+                mid_req = service_pb2.ListServicesRequest(page_size=PAGE, page_token=last_page.next_page_token)
+                filt_req = service_pb2.ListServicesRequest(page_size=PAGE, label_selector_expr="tier=front")
+                all_req = service_pb2.ListServicesRequest()
+                total = len(svc.ListServices(all_req, metadata=md).services)
+                assert total == n, total
+                return {
+                    "whoami_ms": _time(lambda: who.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=md), 200) * 1000,
+                    "page_ms": _time(lambda: svc.ListServices(page_req, metadata=md), 50) * 1000,
+                    "mid_page_ms": _time(lambda: svc.ListServices(mid_req, metadata=md), 50) * 1000,
+                    "filtered_page_ms": _time(lambda: svc.ListServices(filt_req, metadata=md), 50) * 1000,
+                    "all_ms": _time(lambda: svc.ListServices(all_req, metadata=md), 3) * 1000,
+                }
+        finally:
+            with_suppress_kill(proc)
+
+
+def run() -> None:
+    r = list_latency()
+    base = r["whoami_ms"]
+    rows = [
+        ("WhoAmI (baseline RPC)", r["whoami_ms"]),
+        (f"ListServices first page of {PAGE}", r["page_ms"]),
+        ("ListServices page from the middle", r["mid_page_ms"]),
+        ("ListServices filtered page (50% match)", r["filtered_page_ms"]),
+        (f"ListServices all {SERVICES}", r["all_ms"]),
+    ]
+    for label, ms in rows:
+        print(f"{label:<42} {ms:9.2f} ms   x{ms / base:7.1f} baseline")
+    print(f"ratio all/page: {r['all_ms'] / r['page_ms']:.0f}")
