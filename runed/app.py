@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from runed.authn import Authenticator
     from runed.authz import Authorizer
     from runed.context import CallContext
-    from runed.crypto import SecretCrypto
+    from runed.crypto import CryptoError, SecretCrypto
     from runed.pipeline import Pipeline
 
 
@@ -49,5 +50,10 @@ def build_app(config: Config, role: str) -> App:
     app.authorizer = Authorizer(app)
     app.pipeline = Pipeline(load_routes())
     app.crypto = SecretCrypto(config)
+    try:
+        # Creates the KEK on first boot, so secrets are encrypted from the very first write.
+        app.crypto.load()
+    except CryptoError as e:
+        logging.getLogger("runed.crypto").error("secret encryption key unavailable: %s", e)
     seed_namespaces(store)
     return app

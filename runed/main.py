@@ -173,8 +173,11 @@ def kek() -> None:
 @click.pass_context
 def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     """Install a new KEK and re-wrap every secret's data key under it (safe while runed runs)."""
+    import getpass
+
     from runed.crypto import CryptoError, SecretCrypto
     from runed.secrets_access import rewrap_all
+    from runed.store.base import AuditEntry
     from runed.store.sqlite import StoreError, open_store
 
     cfg = _load(_merge(ctx, **kwargs))
@@ -184,6 +187,22 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
         raise click.ClickException(str(e)) from None
     try:
         result = rewrap_all(store, SecretCrypto(cfg))
+        # Key ids only: they name keys without revealing them.
+        store.audit(
+            AuditEntry(
+                subject=f"local:{getpass.getuser()}",
+                method="runed kek rotate",
+                resource="secrets",
+                verb="rotate-kek",
+                namespace="",
+                name="",
+                outcome="success",
+                code="OK",
+                request_id="",
+                peer="local",
+                detail=f"{result.old_kid or '-'} -> {result.new_kid}, {result.rewrapped} data keys re-wrapped",
+            )
+        )
     except CryptoError as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -33,7 +33,12 @@ def secret_record(
     updated_at: str,
 ) -> dict[str, Any]:
     """The JSON stored for one secret version: values sealed, everything else in clear."""
-    env = crypto.encrypt(namespace, name, version, data)
+    try:
+        env = crypto.encrypt(namespace, name, version, data)
+    except CryptoError as e:
+        # The operator needs the reason (file mode, missing env var); the client only the fact.
+        log.error("cannot encrypt secret data: %s", e)
+        raise errors.Unavailable("the secret encryption key is not available; see the server log") from None
     return {
         "name": name,
         "namespace": namespace,

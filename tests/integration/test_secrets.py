@@ -194,6 +194,12 @@ def test_readable_after_restart_and_after_kek_rotation(runed_factory: type[Runed
     assert new_kid != first_kid
     assert _kids_in_db(data_dir) == {new_kid}
     assert not list(data_dir.glob("kek.b64.*.retired")), "old KEK dropped once nothing uses it"
+    conn = sqlite3.connect(data_dir / "runed.db")
+    try:
+        audited = conn.execute("SELECT detail FROM audit WHERE method = 'runed kek rotate'").fetchall()
+    finally:
+        conn.close()
+    assert audited == [(f"{first_kid} -> {new_kid}, 5 data keys re-wrapped",)]
     for i in range(5):
         got = stub.GetSecret(secret_pb2.GetSecretRequest(name=f"s{i}"), metadata=auth).secret
         assert dict(got.data) == {"v": f"{VALUE}-{i}"}
