@@ -357,3 +357,35 @@ def test_rate_limit_per_token_with_retry_info(runed_factory: type[Runed], tmp_pa
         assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 2.0
     else:
         pytest.fail("fourth call within the burst window was not limited")
+
+
+def _non_loopback_ipv4() -> str | None:
+    import socket
+
+    for probe in ("10.255.255.255", "192.0.2.255", "198.51.100.1"):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((probe, 9))  # no packet is sent: this only picks the outgoing address
+            except OSError:
+                continue
+            addr: str = s.getsockname()[0]
+        if not addr.startswith("127.") and addr != "0.0.0.0":
+            return addr
+    return None
+
+
+@pytest.mark.parametrize("allow_remote", [False, True])
+def test_bootstrap_from_a_remote_peer_needs_allow_remote_admin(
+    runed_factory: type[Runed], tmp_path: Path, allow_remote: bool
+) -> None:
+    ip = _non_loopback_ipv4()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 address on this host")
+    env = {"RUNE_AUTH_ALLOW_REMOTE_ADMIN": "true"} if allow_remote else {}
+    r = runed_factory(data_dir=tmp_path / "data", args=["--grpc-addr", f"{ip}:0"], env=env).start()
+    with grpc.insecure_channel(r.grpc_target) as ch:
+        code, details = code_of(admin_pb2_grpc.AdminServiceStub(ch).AdminBootstrap, admin_pb2.AdminBootstrapRequest())
+    if allow_remote:
+        assert code == grpc.StatusCode.OK
+    else:
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "allow_remote_admin" in details
