@@ -26,6 +26,8 @@ PROTOCOLS = ("", "tcp", "udp", "http", "grpc")
 FINALIZERS = ("instance-cleanup", "service-deregister")
 DELETION_DONE = ("completed", "failed")
 SCALING_DONE = ("completed", "failed", "cancelled")
+# Finished scaling operations kept per service (older ones are pruned on the next request).
+SCALING_OPS_KEPT = 10
 # Instance runner states counted as running / on the way (WatchScaling progress).
 RUNNING_STATES = ("RUNNING",)
 PENDING_STATES = ("PENDING", "CREATED", "STARTING", "BACKOFF")
@@ -791,6 +793,9 @@ async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -
                 op.name,
                 dict(op.data, status="cancelled", ended_at=now, message="superseded by a newer request"),
             )
+        finished = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") in SCALING_DONE]
+        for op in finished[: max(0, len(finished) - SCALING_OPS_KEPT)]:
+            store.delete(objects.SCALING_OPERATION, ns, op.name)
         gradual = req.mode == service_pb2.SCALING_MODE_GRADUAL
         op_id = f"scale-{req.name}-{time.time_ns()}"
         store.create(

@@ -387,3 +387,44 @@ def test_list_pages_with_opaque_tokens(api_runed: Runed, api_auth: Auth) -> None
         lambda: stub.ListServices(service_pb2.ListServicesRequest(page_size=5000), metadata=api_auth),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Runed, api_auth: Auth) -> None:
+    from runed import objects
+    from runed.store.sqlite import open_store
+
+    stub = _stub(api_runed)
+    _create(stub, api_auth, _svc("web", scale=1))
+    stub.ScaleService(service_pb2.ScaleServiceRequest(name="web", scale=2), metadata=api_auth)
+    call = stub.WatchScaling(
+        service_pb2.WatchScalingRequest(service_name="web", target_scale=2), metadata=api_auth, timeout=30
+    )
+    first = next(call)
+    assert (first.current_scale, first.target_scale, first.running_instances, first.complete) == (1, 2, 0, False)
+    # Play the controller's part through the shared store: scale applied, instances come up.
+    store = open_store(api_runed.data_dir)
+    try:
+
+        def apply_scale(cur: dict[str, object] | None) -> dict[str, object] | None:
+            assert cur is not None
+            cur["spec"]["scale"] = 2  # type: ignore[index]
+            return cur
+
+        store.update(objects.SERVICE, "default", "web", apply_scale)
+        for i, state in ((0, "RUNNING"), (1, "STARTING")):
+            store.put(objects.INSTANCE, "default", f"web-{i}", {"service": "web", "index": i, "state": state})
+        progress = next(call)
+        while progress.pending_instances != 1:
+            progress = next(call)
+        assert (progress.current_scale, progress.running_instances, progress.complete) == (2, 1, False)
+        store.put(objects.INSTANCE, "default", "web-1", {"service": "web", "index": 1, "state": "RUNNING"})
+        rest = list(call)  # the stream ends by itself once complete
+    finally:
+        store.close()
+    assert rest[-1].complete and rest[-1].running_instances == 2 and rest[-1].pending_instances == 0
+    _fails(
+        lambda: next(
+            stub.WatchScaling(service_pb2.WatchScalingRequest(service_name="nope", target_scale=1), metadata=api_auth)
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
