@@ -114,6 +114,23 @@ def _error_responses() -> dict[str, Any]:
     }
 
 
+def _sse_event_schema(out_name: str) -> dict[str, Any]:
+    """One event of the stream (the OpenAPI 3.2 way of modelling SSE, as tools read it)."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_ref(out_name), {"$ref": STATUS_REF}]},
+            },
+        },
+    }
+
+
 def _success(m: Method) -> dict[str, Any]:
     out_name = m.descriptor.output_type.full_name
     if m.server_streaming:
@@ -121,7 +138,7 @@ def _success(m: Method) -> dict[str, Any]:
             "description": f"Server-Sent Events: `data:` is a {out_name} as protojson; `event:` is ADDED, "
             "MODIFIED or DELETED for watches (else `message`), `error` for a final google.rpc.Status; `id:` is "
             "the store revision (send it back as Last-Event-ID to resume).",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "x-sse-data": _ref(out_name)}},
+            "content": {"text/event-stream": {"schema": _sse_event_schema(out_name)}},
         }
     return {"description": out_name, "content": {"application/json": {"schema": _ref(out_name)}}}
 
@@ -152,7 +169,13 @@ def _rest_operation(rule: HttpRule, index: int) -> dict[str, Any]:
     m = rule.method
     req = m.descriptor.input_type
     path_params = [
-        {"name": f, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/:]+$"}}
+        {
+            "name": routes.openapi_param(f),
+            "in": "path",
+            "required": True,
+            "description": f"Sets the request field `{f}`.",
+            "schema": {"type": "string", "pattern": "^[^/:]+$"},
+        }
         for f in rule.path_fields
     ]
     params = list(path_params)

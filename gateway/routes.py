@@ -35,8 +35,13 @@ class HttpRule:
 
     @property
     def openapi_path(self) -> str:
-        """The template in OpenAPI form: ``{service.namespace}`` stays, patterns are dropped."""
-        return _VAR_RE.sub(lambda m: "{" + m.group(1) + "}", self.template)
+        """The template in OpenAPI form: ``{service.namespace}`` -> ``{service_namespace}`` (tools
+        choke on dots in parameter names), patterns dropped."""
+        return _VAR_RE.sub(lambda m: "{" + openapi_param(m.group(1)) + "}", self.template)
+
+
+def openapi_param(field_path: str) -> str:
+    return field_path.replace(".", "_")
 
 
 def _compile(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:

@@ -73,6 +73,8 @@ def install(app: App) -> None:
     _metrics["streams"] = Gauge(
         "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
     )
+    # Present (at 0) from the start, so dashboards and tests see the series before any stream.
+    _metrics["streams"].labels(app.role if app.role in ("grpc", "rest") else "rest").inc(0)
     app.on_call_finished = _on_call_finished
 
 

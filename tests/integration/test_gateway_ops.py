@@ -1,0 +1,190 @@
+"""Gateway operations: probes, version, metrics from both transports, OpenAPI validity and schemathesis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from runed import methods
+from tests.support import Runed, eventually
+
+# Streams never end on their own, services and exec start real processes from random input, and
+# a revoked root token would turn the rest of the run into 401s.
+SKIPPED_OPERATIONS = r"(Watch|Stream)\w*$|^ServiceService_(Create|Update|Scale|Rollback)Service|RevokeToken"
+
+
+@pytest.fixture
+def http(runed: Runed) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        yield c
+
+
+def test_healthz_readyz_livez_version(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["grpc"]["ok"] and ready.json()["checks"]["store"]["ok"]
+    live = http.get("/livez").json()
+    assert live["status"] == "ok"
+    assert {"process", "event_loop", "store", "pipeline"} <= live["components"].keys()
+    v = http.get("/version").json()
+    assert v["version"] and v["python"].count(".") == 2
+    assert v["grpc"] == grpc.__version__
+    assert "protobuf" in v and "git_commit" in v
+
+
+def _rest_alone(data: Path, http_addr: str = "127.0.0.1:0") -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runed", "--data-dir", str(data), "--http-addr", http_addr, "serve", "--role", "rest"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate(timeout=10)
+
+
+def test_readyz_names_the_failing_check_when_grpc_is_down(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = _rest_alone(data)
+    try:
+        marker = data / "run" / "rest.json"
+        eventually(lambda: marker.exists() or proc.poll() is not None, timeout=20, what="rest role ready")
+        assert proc.poll() is None
+        base = "http://" + json.loads(marker.read_text())["address"]
+        r = httpx.get(base + "/readyz", timeout=10)
+        assert r.status_code == 503
+        assert r.json()["failing"] == ["grpc"]
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        _kill(proc)
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    proc = _rest_alone(tmp_path / "data", f"127.0.0.1:{port}")
+    try:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 78
+        lines = [ln for ln in err.decode().splitlines() if "runed:" in ln]
+        assert lines == [f"runed: cannot listen on 127.0.0.1:{port}: address already in use"]
+    finally:
+        busy.close()
+        _kill(proc)
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_both_transports(runed: Runed, http: httpx.Client, root_token: str) -> None:
+    from rune.api import namespace_pb2, namespace_pb2_grpc
+
+    method = "/rune.api.NamespaceService/GetNamespace"
+    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
+    for _ in range(3):
+        stub.GetNamespace(
+            namespace_pb2.GetNamespaceRequest(name="default"), metadata=[("authorization", f"Bearer {root_token}")]
+        )
+    for _ in range(2):
+        r = http.get("/v1/namespaces/default", headers={"authorization": f"Bearer {root_token}"})
+        assert r.status_code == 200
+    http.get("/v1/namespaces/nope", headers={"authorization": f"Bearer {root_token}"})
+
+    def counted() -> bool:
+        text = http.get("/metrics").text
+        return (
+            _sample(text, "rune_requests_total", transport="grpc", method=method, code="OK") == 3
+            and _sample(text, "rune_requests_total", transport="rest", method=method, code="OK") == 2
+            and _sample(text, "rune_requests_total", transport="rest", method=method, code="NOT_FOUND") == 1
+        )
+
+    eventually(counted, what="per-transport request counters")
+    text = http.get("/metrics").text
+    assert _sample(text, "rune_request_duration_seconds_count", transport="grpc", method=method) == 3
+    assert "# TYPE rune_instances gauge" in text
+    assert "# TYPE rune_open_streams gauge" in text
+
+
+def test_every_rpc_has_a_route_and_openapi_is_valid(http: httpx.Client) -> None:
+    from openapi_spec_validator import validate
+
+    doc = http.get("/openapi.json").json()
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    ops = {(path, verb): op for path, item in doc["paths"].items() for verb, op in item.items()}
+    for m in methods.all_methods():
+        assert (m.full_name, "post") in ops, f"{m.full_name} has no RPC-style route"
+        resource = [op for op in ops.values() if op.get("summary") == f"{m.service}.{m.name}"]
+        assert resource, f"{m.full_name} has no google.api.http route"
+    watch = ops[("/v1/namespaces:watch", "get")]
+    assert "text/event-stream" in watch["responses"]["200"]["content"]
+    assert doc["components"]["schemas"]["google.rpc.Status"]["properties"]["code"]["type"] == "integer"
+    assert ops[("/v1/namespaces/{namespace}/services/{name}", "get")]["responses"]["default"]
+
+
+@pytest.mark.slow
+def test_schemathesis_against_the_live_gateway(runed: Runed, root_token: str, tmp_path: Path) -> None:
+    st = Path(sys.executable).parent / "st"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            str(st),
+            "run",
+            runed.http_base + "/openapi.json",
+            "-H",
+            f"Authorization: Bearer {root_token}",
+            "--max-examples",
+            "3",
+            "--phases",
+            "examples,fuzzing",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+            "--exclude-operation-id-regex",
+            SKIPPED_OPERATIONS,
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "--seed",
+            "1",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert re.search(r"\d+ generated, \d+ passed", out), out[-3000:]
+    assert time.monotonic() - started < 120
