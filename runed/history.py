@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from google.protobuf import json_format
-
 from rune.api import service_pb2
 from runed import objects
 from runed.store.base import Record, Store
@@ -79,8 +77,7 @@ def record(
 
 def to_pb(rec: Record) -> service_pb2.ServiceRevision:
     d = rec.data
-    svc = service_pb2.Service()
-    json_format.ParseDict(d.get("spec", {}), svc, ignore_unknown_fields=True)
+    svc = objects.from_dict(service_pb2.Service, d.get("spec", {}))
     return service_pb2.ServiceRevision(
         revision=int(d["revision"]),
         service=svc,
@@ -94,6 +91,4 @@ def to_pb(rec: Record) -> service_pb2.ServiceRevision:
 
 
 def spec_of(rec: Record) -> service_pb2.Service:
-    svc = service_pb2.Service()
-    json_format.ParseDict(rec.data.get("spec", {}), svc, ignore_unknown_fields=True)
-    return svc
+    return objects.from_dict(service_pb2.Service, rec.data.get("spec", {}))
