@@ -265,6 +265,10 @@ class Identity:
 
         self.store.update(TOKEN, SYSTEM, token_id, mutate)
 
+    def get_token(self, token_id: str) -> dict[str, Any] | None:
+        rec = self.store.get(TOKEN, SYSTEM, token_id)
+        return rec.data if rec else None
+
     def revoke_token(self, token_id: str) -> bool:
         """Mark a token revoked (kept for TokenList); False when it does not exist."""
         found = False

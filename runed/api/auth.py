@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import auth_pb2
-from runed import errors
+from runed import errors, rbac
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.identity import Identity
@@ -50,13 +50,28 @@ async def WhoAmI(req: auth_pb2.WhoAmIRequest, ctx: CallContext) -> auth_pb2.WhoA
     )
 
 
+def _require_admin(ctx: CallContext, verb: str, why: str) -> None:
+    """Acting on another subject's credentials is administration, whatever ``tokens:*`` allows."""
+    rules = ctx.app.authorizer.rules(ctx.principal.policies)
+    if not rbac.allows(rules, "admin", verb, rbac.CLUSTER):
+        raise errors.PermissionDenied(f"permission denied: {why} needs {rbac.describe('admin', verb, rbac.CLUSTER)}")
+
+
 async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> auth_pb2.CreateTokenResponse:
-    """Mint a token for an existing user, or create the user (requested policies, else readonly)."""
+    """Mint a token for an existing user, or create the user (requested policies, else readonly).
+
+    Anyone allowed ``tokens:create`` may mint tokens for themselves; minting for someone else or
+    creating a user (which picks its policies) needs ``admin:create``, or a ``readwrite`` caller
+    could mint a root token.
+    """
     ident = _identity(ctx)
     user = ident.find_user(req.subject_id, req.subject_name or req.name)
+    if user is not None and user["id"] != ctx.principal.subject_id:
+        _require_admin(ctx, "create", f'a token for user "{user["name"]}"')
     if user is None:
         if req.subject_id and not req.subject_name:
             raise errors.not_found("user", req.subject_id)
+        _require_admin(ctx, "create", "creating a user")
         policies = list(req.policies) or ["readonly"]
         missing = [p for p in policies if ident.get_policy(p) is None]
         if missing:
@@ -68,8 +83,13 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
 
 
 async def RevokeToken(req: auth_pb2.RevokeTokenRequest, ctx: CallContext) -> auth_pb2.RevokeTokenResponse:
-    if not _identity(ctx).revoke_token(req.id):
+    ident = _identity(ctx)
+    tok = ident.get_token(req.id)
+    if tok is None:
         raise errors.not_found("token", req.id)
+    if tok.get("subject_id") != ctx.principal.subject_id:
+        _require_admin(ctx, "delete", "revoking another user's token")
+    ident.revoke_token(req.id)
     ctx.app.authenticator.invalidate()
     return auth_pb2.RevokeTokenResponse(revoked=True)
 

@@ -389,3 +389,22 @@ def test_bootstrap_from_a_remote_peer_needs_allow_remote_admin(
         assert code == grpc.StatusCode.OK
     else:
         assert code == grpc.StatusCode.PERMISSION_DENIED and "allow_remote_admin" in details
+
+
+def test_tokens_for_others_need_admin(runed: Runed, auth: Metadata) -> None:
+    """tokens:create/delete cover one's own tokens; readwrite must not mint or revoke anyone else's."""
+    stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
+    rw = bearer(make_token(runed, auth, "ivan", ["readwrite"]))
+    root_tok = stub.CreateToken(auth_pb2.CreateTokenRequest(name="spare", subject_name="root"), metadata=auth)
+    for req in (
+        auth_pb2.CreateTokenRequest(name="mine-now", subject_name="root"),
+        auth_pb2.CreateTokenRequest(name="x", subject_name="judy", policies=["root"]),
+    ):
+        code, details = code_of(stub.CreateToken, req, metadata=rw)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "admin:create@cluster" in details
+    code, details = code_of(stub.RevokeToken, auth_pb2.RevokeTokenRequest(id=root_tok.id), metadata=rw)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "admin:delete@cluster" in details
+    own = stub.CreateToken(auth_pb2.CreateTokenRequest(name="second", subject_name="ivan"), metadata=rw)
+    assert stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(own.secret)).subject_name == "ivan"
+    assert stub.RevokeToken(auth_pb2.RevokeTokenRequest(id=own.id), metadata=rw).revoked
+    assert stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(root_tok.secret)).subject_name == "root"
