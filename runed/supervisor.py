@@ -150,7 +150,8 @@ def check_data_dir(path: Path) -> str | None:
     """None when the data dir is usable, else one line saying why not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        # Per-process name: the roles start together and must not unlink each other's probe.
+        probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
