@@ -42,6 +42,7 @@ WATCHED_KINDS = (
     objects.CONFIGMAP,
 )
 TICK_SECONDS = 0.1
+FAST_TICK_SECONDS = 0.02
 # Variables of runed's own environment an instance inherits; everything else comes from the spec.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
 _MEM = re.compile(r"^([0-9.]+)([KMGTPE]i?)?$")
@@ -163,7 +164,7 @@ class Controller:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
+                    await asyncio.wait_for(self.wake.wait(), self._tick_interval())
                 woke = self.wake.is_set()
                 self.wake.clear()
                 now = time.time()
@@ -191,6 +192,11 @@ class Controller:
             pending = [lv.stop_task for lv in self.live.values() if lv.stop_task and not lv.stop_task.done()]
             if pending:
                 await asyncio.wait(pending, timeout=5)
+
+    def _tick_interval(self) -> float:
+        # Poll fast while something is starting or stopping: that is when a user is waiting.
+        busy = any(d.get("state") in (STARTING, STOPPING) for d in self.inst.values())
+        return FAST_TICK_SECONDS if busy else TICK_SECONDS
 
     async def _watch(self, since: int) -> None:
         async for _ in self.store.watch(WATCHED_KINDS, since):
