@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rune.api import namespace_pb2, namespace_pb2_grpc, service_pb2, service_pb2_grpc
-from tests.support import Runed
+from tests.support import Runed, eventually
 
 Auth = list[tuple[str, str]]
 
@@ -428,3 +428,29 @@ def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Run
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+def test_delete_without_detach_waits_for_the_operation_result(api_runed: Runed, api_auth: Auth) -> None:
+    import threading
+
+    from runed import objects
+    from runed.store.sqlite import open_store
+
+    stub = _stub(api_runed)
+    _create(stub, api_auth, _svc("web"))
+    result: list[service_pb2.DeleteServiceResponse] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            stub.DeleteService(service_pb2.DeleteServiceRequest(name="web", timeout_seconds=20), metadata=api_auth)
+        )
+    )
+    t.start()
+    store = open_store(api_runed.data_dir)
+    try:
+        # The controller's part: finish the operation it was handed.
+        op = eventually(lambda: store.list(objects.DELETION_OPERATION, "default").items, what="deletion operation")[0]
+        store.put(objects.DELETION_OPERATION, "default", op.name, dict(op.data, status="completed"))
+    finally:
+        store.close()
+    t.join(20)
+    assert result and result[0].deletion_id == op.name and result[0].status.message == "completed"
