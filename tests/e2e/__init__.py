@@ -1,0 +1,1 @@
+"""End-to-end tests: the real `rune` CLI against a real runed."""
