@@ -10,6 +10,10 @@ PREFIX = "v1"
 
 
 def encode(positions: dict[str, int]) -> str:
+    if len(positions) == 1:
+        # One instance is the common case and is encoded per line: skip the generic join.
+        for iid, seq in positions.items():
+            return f"{PREFIX};{iid}={seq}"
     return PREFIX + "".join(f";{iid}={seq}" for iid, seq in positions.items())
 
 

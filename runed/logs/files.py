@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import orjson
 
@@ -21,23 +20,27 @@ LOG_NAME = "log.jsonl"
 BLOCK = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """One parsed log line of one instance."""
+class LogLine(NamedTuple):
+    """One parsed log line of one instance (a tuple: thousands are parsed per second)."""
 
     seq: int
     ts: str
-    ns: int
     stream: str
     line: str
+
+    @property
+    def ns(self) -> int:
+        """The timestamp as epoch nanoseconds, computed only where order or bounds need it."""
+        return line_ns(self.ts)
 
 
 def parse_line(raw: bytes) -> LogLine | None:
     """A log line, or None for a torn or foreign line (skipped rather than failing the stream)."""
     try:
         obj = orjson.loads(raw)
-        ts = str(obj.get("ts", ""))
-        return LogLine(int(obj["seq"]), ts, line_ns(ts), str(obj.get("stream", "stdout")), str(obj.get("line", "")))
+        return LogLine(
+            int(obj["seq"]), str(obj.get("ts", "")), str(obj.get("stream", "stdout")), str(obj.get("line", ""))
+        )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -146,6 +149,11 @@ def last_seq(log_dir: Path) -> int:
 
 def _offset_after(fh: BinaryIO, after_seq: int) -> int:
     """Where the first line with seq > ``after_seq`` starts, searching back from the end."""
+    fh.seek(0)
+    head = parse_line(fh.readline().rstrip(b"\n"))
+    if head is None or head.seq > after_seq:
+        # The whole file is new to the reader (the common case after a rotation): no search.
+        return 0
     end = complete_end(fh)
     pos = end
     for line_end, raw in _backwards(fh, end):

@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from runed.logs import cursor, files
 from runed.logs.files import Follower, LogLine
@@ -67,8 +68,7 @@ class Selection:
         return self.match is None or self.match(ln.line)
 
 
-@dataclass(frozen=True, slots=True)
-class Emitted:
+class Emitted(NamedTuple):
     source: Source
     line: LogLine
     cursor: str

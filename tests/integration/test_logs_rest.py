@@ -116,3 +116,15 @@ def test_follow_as_sse_and_resume_with_last_event_id(client: httpx.Client, web: 
     with client.stream("GET", url, params={"follow": "true"}, headers={"last-event-id": last_id}) as r:
         events = sse_events(r.iter_lines())
         assert [json.loads(next(events)["data"])["content"] for _ in range(3)] == ["live 1", "live 2", "live 3"]
+
+
+def test_fast_log_json_matches_the_codec() -> None:
+    from rune.api import common_pb2, logs_pb2
+    from rune.gateway import codec
+    from rune.gateway.bidi import log_json
+
+    for msg in (
+        logs_pb2.LogResponse(service_name="s", instance_id="i", content='a "q" \u00e9', seq=2**40, cursor="v1;i=3"),
+        logs_pb2.LogResponse(status=common_pb2.Status(code=3, message="m")),
+    ):
+        assert json.loads(log_json(msg)) == json.loads(codec.dumps(msg))

@@ -1,0 +1,188 @@
+"""Log lines/s from a chatty cast process to gRPC and SSE followers, and write-to-receive latency, vs a file tail."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+
+from bench.common import bootstrap_token, running_runed
+from rune.api import common_pb2, logs_pb2, logs_pb2_grpc, service_pb2, service_pb2_grpc
+from runed.store.sqlite import SQLiteStore
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+
+# Each line carries the time it was written, so receivers can measure latency.
+CHATTY = textwrap.dedent(
+    """
+    import sys, time
+    pause = float(sys.argv[1])
+    i = 0
+    while True:
+        print(time.time_ns(), i, "payload" * 4, flush=True)
+        i += 1
+        if pause:
+            time.sleep(pause)
+    """
+)
+
+# (lines received, latencies in seconds) after running for SECONDS
+Result = tuple[int, list[float]]
+
+
+def _latency(content: str, now_ns: int, out: list[float]) -> None:
+    head = content.split(" ", 1)[0]
+    if head.isdigit():
+        out.append((now_ns - int(head)) / 1e9)
+
+
+def _until(deadline: float, lines: Iterator[str]) -> Result:
+    """Count lines and latencies until ``deadline``; the first (history) line of a follower is skipped."""
+    n = 0
+    lat: list[float] = []
+    next(lines)
+    for content in lines:
+        n += 1
+        _latency(content, time.time_ns(), lat)
+        if time.monotonic() >= deadline:
+            break
+    return n, lat
+
+
+def follow_file(log_dir: Path, seconds: float) -> Result:
+    """The bare baseline: tail log.jsonl directly (1 ms polling), parsing each JSON line."""
+
+    def lines() -> Iterator[str]:
+        path = log_dir / "log.jsonl"
+        f = open(path, "rb")
+        f.seek(0, os.SEEK_END)
+        ino = os.fstat(f.fileno()).st_ino
+        buf = b""
+        yield ""  # stands for the followers' one history line
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    if raw:
+                        yield json.loads(raw)["line"]
+                continue
+            try:
+                if os.stat(path).st_ino != ino:
+                    f.close()
+                    f = open(path, "rb")
+                    ino = os.fstat(f.fileno()).st_ino
+                    continue
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+
+    return _until(time.monotonic() + seconds, lines())
+
+
+def follow_grpc(target: str, token: str, seconds: float) -> Result:
+    with grpc.insecure_channel(target) as ch:
+        stub = logs_pb2_grpc.LogServiceStub(ch)
+        stop = threading.Event()
+
+        def requests() -> Iterator[logs_pb2.LogRequest]:
+            yield logs_pb2.LogRequest(resource_target="service/chatty", follow=True, tail=1)
+            stop.wait()
+
+        call = stub.StreamLogs(requests(), metadata=[("authorization", f"Bearer {token}")])
+        try:
+            return _until(time.monotonic() + seconds, (r.content for r in call))
+        finally:
+            stop.set()
+            call.cancel()
+
+
+def follow_sse(base: str, token: str, seconds: float) -> Result:
+    def lines(r: httpx.Response) -> Iterator[str]:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                yield json.loads(line[6:])["content"]
+
+    with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=30) as c:
+        with c.stream("GET", "/v1/namespaces/default/logs/chatty", params={"follow": "true", "tail": "1"}) as r:
+            return _until(time.monotonic() + seconds, lines(r))
+
+
+def _cast(addrs: dict[str, str], token: str, script: Path, pause: float) -> Path:
+    md = [("authorization", f"Bearer {token}")]
+    with grpc.insecure_channel(addrs["grpc"]) as ch:
+        stub = service_pb2_grpc.ServiceServiceStub(ch)
+        svc = service_pb2.Service(
+            name="chatty",
+            namespace="default",
+            scale=1,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script), str(pause)]),
+        )
+        stub.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=md)
+    store = SQLiteStore(Path(addrs["data_dir"]) / "runed.db", notify=False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            recs = [r for r in store.list("instance", "default").items if r.data.get("state") == "RUNNING"]
+            if recs and (Path(recs[0].data["log_dir"]) / "log.jsonl").exists():
+                return Path(recs[0].data["log_dir"])
+            time.sleep(0.05)
+    finally:
+        store.close()
+    raise RuntimeError("chatty did not start")
+
+
+def _delete(addrs: dict[str, str], token: str) -> None:
+    md = [("authorization", f"Bearer {token}")]
+    with grpc.insecure_channel(addrs["grpc"]) as ch:
+        stub = service_pb2_grpc.ServiceServiceStub(ch)
+        stub.DeleteService(service_pb2.DeleteServiceRequest(name="chatty", namespace="default", now=True), metadata=md)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                stub.GetService(service_pb2.GetServiceRequest(name="chatty", namespace="default"), metadata=md)
+            except grpc.RpcError:
+                return
+            time.sleep(0.1)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, int(p / 100 * len(ys)))] * 1000 if ys else float("nan")
+
+
+def run() -> None:
+    script = Path(tempfile.mkdtemp()) / "chatty.py"
+    script.write_text(CHATTY)
+    with running_runed() as addrs:
+        token = bootstrap_token(addrs["grpc"])
+        base = "http://" + addrs["rest"]
+        followers: list[tuple[str, Callable[[Path], Result]]] = [
+            ("bare: tail log.jsonl", lambda d: follow_file(d, SECONDS)),
+            ("gRPC StreamLogs follower", lambda d: follow_grpc(addrs["grpc"], token, SECONDS)),
+            ("SSE /logs?follow follower", lambda d: follow_sse(base, token, SECONDS)),
+        ]
+        for title, pause in (("unthrottled writer: throughput", 0.0), ("paced writer (200 lines/s): latency", 0.005)):
+            log_dir = _cast(addrs, token, script, pause)
+            print(f"   {title}")
+            baseline = 0.0
+            for label, fn in followers:
+                n, lat = fn(log_dir)
+                rate = n / SECONDS
+                baseline = baseline or rate
+                print(
+                    f"   {label:<28} {rate:9.0f} lines/s (x{rate / baseline:4.2f})"
+                    f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
+                )
+            _delete(addrs, token)
