@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_status import rpc_status
 
@@ -160,6 +161,15 @@ def test_values_never_stored_logged_or_echoed(runed_factory: type[Runed], tmp_pa
             secret_pb2.UpdateSecretRequest(secret=secret_pb2.Secret(name="ghost", data={"k": VALUE})), metadata=auth
         )
     assert VALUE not in (e.value.details() or "")
+
+    # The REST gateway (its own role process, same debug logging) handles values as carefully.
+    with httpx.Client(base_url=r.http_base, headers={"authorization": f"Bearer {token}"}, timeout=10) as http:
+        created = http.post("/v1/namespaces/default/secrets", json={"name": "web", "data": {"key": VALUE}})
+        assert created.status_code == 200, created.text
+        assert VALUE not in created.text
+        assert http.get("/v1/namespaces/default/secrets/web").json()["secret"]["data"] == {"key": VALUE}
+        bad = http.post("/v1/namespaces/default/secrets", json={"name": "Bad!", "data": {"bad key": VALUE}})
+        assert bad.status_code == 400 and VALUE not in bad.text
 
     disk = _on_disk(data_dir)
     assert b"password" in disk, "sanity: key names are stored, so the scan does see the records"
