@@ -841,8 +841,10 @@ def _scaling_progress(store: Store, ns: str, name: str, target: int) -> service_
     if rec is None and target > 0:
         return None
     scale = int(rec.data.get("spec", {}).get("scale", 0)) if rec else 0
-    states = [str(r.data.get("state", "")).upper() for r in _instances_of(store, ns, name)]
-    running = sum(s in RUNNING_STATES for s in states)
+    insts = _instances_of(store, ns, name)
+    states = [str(r.data.get("state", "")).upper() for r in insts]
+    # Instances the controller is retiring (scale down, replacement) no longer count as running.
+    running = sum(s in RUNNING_STATES and not r.data.get("retire") for s, r in zip(states, insts, strict=True))
     pending = sum(s in PENDING_STATES for s in states)
     alive = sum(s not in GONE_STATES for s in states)
     complete = alive == 0 if target == 0 else (scale == target and running == target and alive == target)
