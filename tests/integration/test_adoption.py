@@ -52,7 +52,9 @@ def test_kill9_restart_readopts_without_duplicates(orch: Orch, runed_factory: ty
     log = Path(str(victim["log_dir"])) / "log.jsonl"
     seqs = [json.loads(line)["seq"] for line in log.read_text().splitlines()]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert sum(1 for line in log.read_text().splitlines() if json.loads(line)["line"] == "started") == 2
+    eventually(lambda: sum(1 for line in log.read_text().splitlines() if json.loads(line)["line"] == "started") == 2)
+    seqs = [json.loads(line)["seq"] for line in log.read_text().splitlines()]
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 def _cmdline(p: Path) -> str:
