@@ -112,3 +112,33 @@ def test_rotation_keeps_old_key_readable_until_dropped(tmp_path: Path) -> None:
     assert SecretCrypto(_cfg(tmp_path)).decrypt("default", "db", 3, new_env) == {"k": "v"}
     with pytest.raises(CryptoError, match="not available"):
         SecretCrypto(_cfg(tmp_path)).decrypt("default", "db", 3, env)
+
+
+def test_rewrap_all_with_env_keys_over_a_real_store(tmp_path: Path) -> None:
+    from runed.secrets_access import SECRET_KIND, read_secret_data, rewrap_all, secret_record
+    from runed.store.sqlite import SQLiteStore
+
+    b64 = base64.b64encode
+    old, new = os.urandom(32), os.urandom(32)
+    store = SQLiteStore(tmp_path / "runed.db", notify=False)
+    try:
+        c_old = SecretCrypto(_cfg(tmp_path, "env"), env={"RUNE_MASTER_KEY": b64(old).decode()})
+        for i in range(3):
+            rec = secret_record(
+                c_old, "default", f"s{i}", type_="static", data={"v": str(i)}, version=1, created_at="", updated_at=""
+            )
+            store.put(SECRET_KIND, "default", f"s{i}", rec)
+        c_both = SecretCrypto(
+            _cfg(tmp_path, "env"), env={"RUNE_MASTER_KEY": f"{b64(new).decode()},{b64(old).decode()}"}
+        )
+        result = rewrap_all(store, c_both)
+        assert (result.new_kid, result.rewrapped, result.removed_kids) == (key_id(new), 3, [])
+        c_new = SecretCrypto(_cfg(tmp_path, "env"), env={"RUNE_MASTER_KEY": b64(new).decode()})
+        assert [read_secret_data(store, c_new, "default", f"s{i}") for i in range(3)] == [
+            {"v": "0"},
+            {"v": "1"},
+            {"v": "2"},
+        ]
+        assert rewrap_all(store, c_both).rewrapped == 0
+    finally:
+        store.close()
