@@ -390,7 +390,11 @@ def _mounts(c: _Ctx, raw: Any, kind: str, line: int) -> list[Any]:
         ]
         ref = str(m.get(f"{kind}Name") or m.get("configMapName" if kind == "configmap" else "") or "")
         cls = service_pb2.SecretMount if kind == "secret" else service_pb2.ConfigmapMount
-        kwargs = {"name": str(m.get("name") or ""), "mount_path": str(m.get("mountPath") or ""), "items": items}
+        kwargs: dict[str, Any] = {
+            "name": str(m.get("name") or ""),
+            "mount_path": str(m.get("mountPath") or ""),
+            "items": items,
+        }
         kwargs[f"{kind}_name"] = ref
         out.append(cls(**kwargs))
     return out
@@ -494,7 +498,7 @@ def _service(c: _Ctx, spec: Any, ns_override: str | None) -> Any | None:
             c.err(c.line(exp, "port"), f"service '{name}': expose.port '{port_ref}' is not a declared TCP port")
         host_port = _int(c, exp["hostPort"], "hostPort", c.line(exp, "hostPort"), 1, 65535) if "hostPort" in exp else 0
         svc.expose.CopyFrom(
-            service_pb2.ServiceExpose(
+            common_pb2.ServiceExpose(
                 port=port_ref, host=str(exp.get("host") or ""), host_port=host_port, path=str(exp.get("path") or "")
             )
         )
@@ -505,7 +509,6 @@ def _service(c: _Ctx, spec: Any, ns_override: str | None) -> Any | None:
             svc.configmap_mounts.extend(_mounts(c, spec[key], "configmap", c.line(spec, key)))
     if "dependencies" in spec:
         svc.dependencies.extend(_dependencies(c, spec["dependencies"], ns, c.line(spec, "dependencies")))
-    del common_pb2  # imported for its side effect of registering common types
     return svc
 
 

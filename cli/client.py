@@ -80,7 +80,7 @@ class Session:
 
             ctx = self.context
             use_tls = self.tls_flag if self.tls_flag is not None else bool(ctx.get("tls"))
-            opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+            opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
             if ctx.get("serverName"):
                 opts.append(("grpc.ssl_target_name_override", str(ctx["serverName"])))
             if use_tls:

@@ -339,7 +339,7 @@ def _reg_options(f: Any) -> Any:
 @registries.command("add")
 @_reg_options
 @pass_session
-def reg_add(s: Session, **kw: Any) -> None:
+def reg_add(s: Session, /, **kw: Any) -> None:
     """Add a registry."""
     r = s.call("AdminService", "AddRegistry", pb2("admin").AddRegistryRequest(registry=_registry(**kw))).registry
     click.echo(f"registry {r.name} added")
@@ -348,7 +348,7 @@ def reg_add(s: Session, **kw: Any) -> None:
 @registries.command("update")
 @_reg_options
 @pass_session
-def reg_update(s: Session, **kw: Any) -> None:
+def reg_update(s: Session, /, **kw: Any) -> None:
     """Update a registry."""
     r = s.call("AdminService", "UpdateRegistry", pb2("admin").UpdateRegistryRequest(registry=_registry(**kw))).registry
     click.echo(f"registry {r.name} updated")

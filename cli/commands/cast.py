@@ -264,8 +264,8 @@ def lint(
     if fmt == "json":
         click.echo(json.dumps({"ok": not failed, "objects": count, "errors": errors, "warnings": warnings}, indent=2))
     else:
-        for e in errors:
-            click.echo(f"error: {e}", err=True)
+        for problem in errors:
+            click.echo(f"error: {problem}", err=True)
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
         if not quiet and not failed:

@@ -268,7 +268,7 @@ def _watch(s: Session, kind_name: str, ns: str, labels: str | None, fields: str 
 
     kind = KINDS[kind_name]
     etype = pb2("common").EventType
-    cols = [("EVENT", lambda e: "")] + list(kind.columns) + (list(kind.wide) if fmt == "wide" else [])
+    cols: list[Column] = list(kind.columns) + (list(kind.wide) if fmt == "wide" else [])
     attr = kind_name[:-1]
     for ev in _watch_stream(s, kind_name, ns, labels, fields, since):
         obj = getattr(ev, attr)
@@ -278,7 +278,7 @@ def _watch(s: Session, kind_name: str, ns: str, labels: str | None, fields: str 
             if fmt == "yaml":
                 sys.stdout.write("---\n")
         else:
-            table([[event] + [fn(obj) for _, fn in cols[1:]]], None)
+            table([[event] + [fn(obj) for _, fn in cols]], None)
         sys.stdout.flush()
 
 

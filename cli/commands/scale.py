@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -78,8 +79,11 @@ wait_options = [
 ]
 
 
-def _with(opts: list[Any]) -> Any:
-    def deco(f: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with(opts: list[Any]) -> Callable[[F], F]:
+    def deco(f: F) -> F:
         for o in reversed(opts):
             f = o(f)
         return f
