@@ -59,6 +59,18 @@ def write_runefile(path: Path, tree: dict[str, object]) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, Metadata]]:
+    """One runed for the tests that only add objects of their own (each uses distinct names)."""
+    r = Runed(data_dir=tmp_path_factory.mktemp("auth-shared") / "data")
+    try:
+        r.start()
+        stub = admin_pb2_grpc.AdminServiceStub(r.channel())
+        yield r, bearer(stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret)
+    finally:
+        r.stop()
+
+
 # -- bootstrap ----------------------------------------------------------------------------------
 def test_bootstrap_once_then_failed_precondition(runed: Runed) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
@@ -91,7 +103,8 @@ def test_bootstrap_reset_on_the_server_host_replaces_root_tokens(runed: Runed, r
 
 
 # -- credentials --------------------------------------------------------------------------------
-def test_bad_credentials_are_refused_without_saying_which(runed: Runed, auth: Metadata) -> None:
+def test_bad_credentials_are_refused_without_saying_which(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
     auth_stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
     revoked = auth_stub.CreateToken(auth_pb2.CreateTokenRequest(name="gone", subject_name="carol"), metadata=auth)
     assert auth_stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(revoked.secret)).subject_name == "carol"
@@ -115,7 +128,9 @@ def test_bad_credentials_are_refused_without_saying_which(runed: Runed, auth: Me
     assert code == grpc.StatusCode.UNAUTHENTICATED and "missing" in details
 
 
-def test_token_list_never_shows_secrets(runed: Runed, auth: Metadata, root_token: str) -> None:
+def test_token_list_never_shows_secrets(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
+    root_token = auth[0][1].removeprefix("Bearer ")
     secret = make_token(runed, auth, "erin", ["readonly"], ttl=3600)
     resp = admin_pb2_grpc.AdminServiceStub(runed.channel()).TokenList(admin_pb2.TokenListRequest(), metadata=auth)
     raw = resp.SerializeToString()
@@ -126,7 +141,8 @@ def test_token_list_never_shows_secrets(runed: Runed, auth: Metadata, root_token
     assert not mine[0].revoked
 
 
-def test_create_token_validation_lists_every_violation(runed: Runed, auth: Metadata) -> None:
+def test_create_token_validation_lists_every_violation(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
     stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
     try:
         stub.CreateToken(auth_pb2.CreateTokenRequest(subject_type="service", ttl_seconds=-1), metadata=auth)
@@ -142,7 +158,8 @@ def test_create_token_validation_lists_every_violation(runed: Runed, auth: Metad
 
 
 # -- policies and users -------------------------------------------------------------------------
-def test_policy_lifecycle_and_builtins_are_protected(runed: Runed, auth: Metadata) -> None:
+def test_policy_lifecycle_and_builtins_are_protected(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
     admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
     names = {p.name: p for p in admin.PolicyList(admin_pb2.PolicyListRequest(), metadata=auth).policies}
     assert {"root", "admin", "readwrite", "readonly"} <= set(names)
@@ -190,7 +207,8 @@ def test_policy_lifecycle_and_builtins_are_protected(runed: Runed, auth: Metadat
         assert path in details
 
 
-def test_attach_and_detach_change_access(runed: Runed, auth: Metadata) -> None:
+def test_attach_and_detach_change_access(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
     admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
     user = admin.UserCreate(admin_pb2.UserCreateRequest(name="frank", email="frank@example.com"), metadata=auth).user
     assert user.id and list(user.policies) == []
@@ -239,7 +257,8 @@ def _first_message_code(call: object, first: object, metadata: Metadata) -> tupl
     return grpc.StatusCode.OK, ""
 
 
-def test_namespace_scoped_rules_on_nested_and_streaming_requests(runed: Runed, auth: Metadata) -> None:
+def test_namespace_scoped_rules_on_nested_and_streaming_requests(shared: tuple[Runed, Metadata]) -> None:
+    runed, auth = shared
     admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
     rules = [
         admin_pb2.PolicyRule(resource=r, verbs=v, namespace="team-a")
@@ -391,8 +410,9 @@ def test_bootstrap_from_a_remote_peer_needs_allow_remote_admin(
         assert code == grpc.StatusCode.PERMISSION_DENIED and "allow_remote_admin" in details
 
 
-def test_tokens_for_others_need_admin(runed: Runed, auth: Metadata) -> None:
+def test_tokens_for_others_need_admin(shared: tuple[Runed, Metadata]) -> None:
     """tokens:create/delete cover one's own tokens; readwrite must not mint or revoke anyone else's."""
+    runed, auth = shared
     stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
     rw = bearer(make_token(runed, auth, "ivan", ["readwrite"]))
     root_tok = stub.CreateToken(auth_pb2.CreateTokenRequest(name="spare", subject_name="root"), metadata=auth)

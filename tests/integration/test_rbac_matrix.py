@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from rune.api import auth_pb2, auth_pb2_grpc
+from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from runed import rbac
 from runed.methods import Method, all_methods
 from tests.support import Runed
@@ -75,8 +75,22 @@ def token_for(runed: Runed, auth: list[tuple[str, str]], policy: str) -> list[tu
     return [("authorization", f"Bearer {resp.secret}")]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, list[tuple[str, str]]]]:
+    """One runed for the whole matrix: each policy gets its own user and token."""
+    r = Runed(data_dir=tmp_path_factory.mktemp("rbac-matrix") / "data")
+    try:
+        r.start()
+        stub = admin_pb2_grpc.AdminServiceStub(r.channel())
+        token = stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
+        yield r, [("authorization", f"Bearer {token}")]
+    finally:
+        r.stop()
+
+
 @pytest.mark.parametrize("policy", ["root", "admin", "readwrite", "readonly"])
-def test_builtin_policy_against_every_rpc(runed: Runed, auth: list[tuple[str, str]], policy: str) -> None:
+def test_builtin_policy_against_every_rpc(shared: tuple[Runed, list[tuple[str, str]]], policy: str) -> None:
+    runed, auth = shared
     metadata = token_for(runed, auth, policy)
     channel = runed.channel()
     wrong: list[str] = []
@@ -94,7 +108,10 @@ def test_builtin_policy_against_every_rpc(runed: Runed, auth: list[tuple[str, st
     assert not wrong, "\n".join(wrong)
 
 
-def test_no_credentials_is_unauthenticated_everywhere_but_bootstrap(runed: Runed) -> None:
+def test_no_credentials_is_unauthenticated_everywhere_but_bootstrap(
+    shared: tuple[Runed, list[tuple[str, str]]],
+) -> None:
+    runed, _ = shared
     channel = runed.channel()
     wrong = []
     for m in all_methods():
