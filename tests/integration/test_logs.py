@@ -14,6 +14,7 @@ import pytest
 from rune.api import admin_pb2, admin_pb2_grpc, logs_pb2, logs_pb2_grpc
 from runed.logs.timeparse import format_ns
 from tests.integration.instance_fixtures import Instances, RoleProcess
+from tests.support import eventually
 
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed past instant: history lines get exact timestamps
 
@@ -201,3 +202,29 @@ def test_parameter_update_changes_filter_and_ends_follow(stub, md, web: Instance
     t.join(10)
     assert not t.is_alive()
     c.q.put(None)
+
+
+def test_cancel_ends_the_server_side_stream(tmp_path: Path) -> None:
+    p = RoleProcess(data_dir=tmp_path / "dbg", role="grpc", args=["--log-level", "debug"])
+    try:
+        p.start()
+        md = [
+            (
+                "authorization",
+                "Bearer "
+                + admin_pb2_grpc.AdminServiceStub(p.channel())
+                .AdminBootstrap(admin_pb2.AdminBootstrapRequest())
+                .token_secret,
+            )
+        ]
+        insts = Instances(p.data_dir)
+        iid = insts.add("web", 0)
+        insts.writers[iid].write("one")
+        c = Call(logs_pb2_grpc.LogServiceStub(p.channel()), md, resource_target="web", follow=True)
+        assert contents(c.take(1)) == ["one"]
+        assert "LogService/StreamLogs OK" not in p.output()
+        c.cancel()
+        # The handler, its store watch and its file followers are gone as soon as the client is.
+        eventually(lambda: "LogService/StreamLogs OK" in p.output(), timeout=5, what="the stream finishes")
+    finally:
+        p.stop()
