@@ -177,3 +177,25 @@ def test_too_slow_watcher_gets_an_explicit_error_after_what_was_queued(
         assert received == list(range(len(received))) and len(received) < 300
     finally:
         ch.close()
+
+
+def test_status_changes_are_modifications_of_the_service(api_runed: Runed, api_auth: Auth) -> None:
+    stub = service_pb2_grpc.ServiceServiceStub(api_runed.channel())
+    stub.CreateService(service_pb2.CreateServiceRequest(service=_svc("web")), metadata=api_auth)
+    start = stub.ListServices(service_pb2.ListServicesRequest(), metadata=api_auth).revision
+    call = stub.WatchServices(
+        service_pb2.WatchServicesRequest(since_revision=start, field_selector_expr="status=running"),
+        metadata=api_auth,
+        timeout=30,
+    )
+    store = open_store(api_runed.data_dir)
+    try:
+        # The controller reports status in its own record; watchers see the merged service.
+        store.put(objects.SERVICE_STATUS, "default", "web", {"status": "Pending", "observed_generation": 1})
+        store.put(objects.SERVICE_STATUS, "default", "web", {"status": "Running", "observed_generation": 1})
+    finally:
+        store.close()
+    ev = next(call)
+    call.cancel()
+    assert ev.event_type == MODIFIED and ev.service.status == service_pb2.SERVICE_STATUS_RUNNING
+    assert ev.revision > start + 1  # the Pending change was filtered out by the field selector
