@@ -173,6 +173,7 @@ def _advance_deletion(ctl: Controller, op: Record, services: dict[tuple[str, str
             changes["status"] = "running-finalizers"
             ctl.store.delete(objects.SERVICE, ns, name)
             ctl.store.delete(objects.SERVICE_STATUS, ns, name)
+            ctl.status_cache.pop((ns, name), None)
             _complete(f, now)
         else:
             # Custom finalizers carry no executable behaviour here: they are acknowledged in order.

@@ -98,6 +98,8 @@ class Controller:
         # The controller is the only writer of instance records: this cache is authoritative.
         self.inst: dict[tuple[str, str], dict[str, Any]] = {}
         self.live: dict[tuple[str, str], Live] = {}
+        # The controller is also the only writer of service status: compare here, not in the store.
+        self.status_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.wake = asyncio.Event()
         self.next_due = 0.0
         self.last_full = 0.0
@@ -156,6 +158,8 @@ class Controller:
     async def run(self, stop: asyncio.Event, on_ready: Any) -> None:
         for rec in iter_all(self.store, objects.INSTANCE):
             self.inst[(rec.namespace, rec.name)] = _copy(rec.data)
+        for rec in iter_all(self.store, objects.SERVICE_STATUS):
+            self.status_cache[(rec.namespace, rec.name)] = rec.data
         self.adopt()
         since = self.store.current_revision()
         watcher = asyncio.create_task(self._watch(since))
@@ -168,7 +172,11 @@ class Controller:
                 woke = self.wake.is_set()
                 self.wake.clear()
                 now = time.time()
-                changed = self.tick()
+                try:
+                    changed = self.tick()
+                except Exception:
+                    log.exception("observing instances failed")
+                    changed = True
                 due = self.next_due and now >= self.next_due
                 if woke or changed or due or now - self.last_full >= self.cfg.resync_seconds:
                     self.next_due = 0.0
@@ -650,6 +658,9 @@ class Controller:
             if skey not in services and skey not in deleting:
                 for key, data in items:
                     self._retire(key, _copy(data), "service deleted")
+        for skey in [k for k in self.status_cache if k not in services and k not in deleting]:
+            self.store.delete(objects.SERVICE_STATUS, *skey)
+            del self.status_cache[skey]
         for key, act in actions.items():
             if key in self.inst:
                 self._apply_action(key, act)
@@ -822,9 +833,9 @@ class Controller:
             "ready": ready,
             "message": message,
         }
-        cur = self.store.get(objects.SERVICE_STATUS, ns, name)
-        if cur is None or cur.data != data:
+        if self.status_cache.get((ns, name)) != data:
             self.store.put(objects.SERVICE_STATUS, ns, name, data)
+            self.status_cache[(ns, name)] = data
 
 
 def _copy(d: dict[str, Any]) -> dict[str, Any]:
