@@ -120,7 +120,6 @@ def exec_(
         outbox.put(epb.ExecRequest(stdin=b""))
         outbox.close()
     deadline = seconds(timeout, "--timeout") or None
-    call = s.stub("ExecService").StreamExec(iter(outbox), metadata=s.metadata(), timeout=deadline)
     restore: Any = None
     if tty and sys.stdin.isatty():
         import termios
@@ -138,6 +137,8 @@ def exec_(
             outbox.put(epb.ExecRequest(resize=epb.TerminalSize(width=cw, height=ch)))
 
         signal.signal(signal.SIGWINCH, on_winch)
+    # Opened after the terminal is set up, so a resize in between is not lost.
+    call = s.stub("ExecService").StreamExec(iter(outbox), metadata=s.metadata(), timeout=deadline)
     code = 0
     try:
         for resp in call:

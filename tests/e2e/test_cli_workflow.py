@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
+import select
+import signal
+import struct
 import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import Rune
+from tests.e2e.conftest import Rune, rune_command
 from tests.support import Runed, eventually
 
 PY = sys.executable
@@ -205,6 +213,41 @@ def test_exec_passes_exit_code_and_stdin(rune: Rune, cast_app: Path) -> None:
     assert env.stdout.strip() == "bar /"
     missing = rune("exec", "nope", "--", "true")
     assert missing.returncode in (3, 7) and "Traceback" not in missing.stderr
+
+
+# Prints its terminal size, then waits until a resize reaches it and exits 3.
+WAIT_FOR_RESIZE = 'stty size; while [ "$(stty size)" = "30 100" ]; do sleep 0.05; done; stty size; exit 3'
+
+
+def test_exec_tty_raw_terminal_follows_resizes(rune: Rune, cast_app: Path) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child becomes `rune` on the pty's slave side
+        try:
+            os.environ.clear()
+            os.environ.update(rune.env())
+            cmd = rune_command()
+            os.execv(cmd[0], [*cmd, "exec", "-t", "web", "--", "sh", "-c", WAIT_FOR_RESIZE])
+        finally:
+            os._exit(127)
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        out = bytearray()
+
+        def read_until(marker: bytes) -> bool:
+            if select.select([fd], [], [], 0.1)[0]:
+                out.extend(os.read(fd, 1024))
+            return marker in out
+
+        eventually(lambda: read_until(b"30 100"), timeout=20)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        eventually(lambda: read_until(b"40 120"), timeout=20)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
 
 
 def test_scale_shows_progress_and_converges(rune: Rune, cast_app: Path) -> None:
