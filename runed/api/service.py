@@ -536,14 +536,57 @@ def _service_fields(rec: Record, status: Record | None) -> dict[str, str]:
     }
 
 
-def _match_service(store: Store, sel: selectors.Selector, rec: Record) -> service_pb2.Service | None:
-    labels = rec.data.get("spec", {}).get("labels", {})
-    if sel.labels and not all(r.matches(labels) for r in sel.labels):
-        return None
-    status = store.get(objects.SERVICE_STATUS, rec.namespace, rec.name)
-    if sel.fields and not all(r.matches(_service_fields(rec, status)) for r in sel.fields):
-        return None
-    return objects.service_from_record(rec, status)
+def _statuses(store: Store, batch: list[Record]) -> dict[tuple[str, str], Record]:
+    """The ``service_status`` records of a key-ordered batch of services, read as one key range
+    (one query instead of one per service); keys the range does not reach are fetched one by one."""
+    out: dict[tuple[str, str], Record] = {}
+    if not batch:
+        return out
+    first, last = batch[0], batch[-1]
+    head = store.get(objects.SERVICE_STATUS, first.namespace, first.name)
+    if head is not None:
+        out[(first.namespace, first.name)] = head
+    if len(batch) == 1:
+        return out
+    wanted = {(r.namespace, r.name) for r in batch}
+    res = store.list(objects.SERVICE_STATUS, None, after=(first.namespace, first.name), limit=len(batch) + 32)
+    reached = (first.namespace, first.name)
+    for rec in res.items:
+        key = (rec.namespace, rec.name)
+        if key > (last.namespace, last.name):
+            reached = key
+            break
+        if key in wanted:
+            out[key] = rec
+        reached = key
+    if res.next_cursor and reached < (last.namespace, last.name):
+        # Stray status records filled the range: fetch what it did not cover.
+        for r in batch:
+            if (r.namespace, r.name) > reached:
+                st = store.get(objects.SERVICE_STATUS, r.namespace, r.name)
+                if st is not None:
+                    out[(r.namespace, r.name)] = st
+    return out
+
+
+def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) -> list[service_pb2.Service | None]:
+    if sel.labels:
+        batch_labels = [r.data.get("spec", {}).get("labels", {}) for r in batch]
+        keep = [all(q.matches(lb) for q in sel.labels) for lb in batch_labels]
+    else:
+        keep = [True] * len(batch)
+    statuses = _statuses(store, [r for r, k in zip(batch, keep, strict=True) if k])
+    out: list[service_pb2.Service | None] = []
+    for rec, k in zip(batch, keep, strict=True):
+        if not k:
+            out.append(None)
+            continue
+        status = statuses.get((rec.namespace, rec.name))
+        if sel.fields and not all(r.matches(_service_fields(rec, status)) for r in sel.fields):
+            out.append(None)
+            continue
+        out.append(objects.service_from_record(rec, status))
+    return out
 
 
 async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
@@ -565,7 +608,7 @@ async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -
         _list_ns(req.namespace),
         pr,
         query,
-        lambda batch: [_match_service(store, sel, r) for r in batch],
+        lambda batch: _match_services(store, sel, batch),
     )
     resp = service_pb2.ListServicesResponse(
         services=page.items,

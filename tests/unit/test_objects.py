@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 from rune.api import common_pb2, instance_pb2, service_pb2
 from runed import objects
 from runed.store.base import Record
@@ -83,3 +86,32 @@ def test_instance_to_pb_maps_runner_state_and_keeps_secret_references_unresolved
     assert objects.instance_to_pb(Record(objects.INSTANCE, "prod", "web-0", running, 4, 1)).status == (
         instance_pb2.INSTANCE_STATUS_RUNNING
     )
+
+
+def test_status_range_read_matches_one_get_per_service(tmp_path: Path) -> None:
+    from runed.api.service import _statuses
+    from runed.store.sqlite import open_store
+
+    store = open_store(tmp_path)
+    try:
+        rng = random.Random(7)
+        for ns in ("a", "b"):
+            for i in range(300):
+                name = f"s{i:03d}"
+                store.put(objects.SERVICE, ns, name, {"spec": {}})
+                if rng.random() < 0.6:
+                    store.put(objects.SERVICE_STATUS, ns, name, {"status": "Running"})
+                if rng.random() < 0.3:  # statuses left behind by deleted services interleave
+                    store.put(objects.SERVICE_STATUS, ns, name + "-gone", {"status": "Failed"})
+        services = store.list(objects.SERVICE).items
+        for lo, hi in ((0, 1), (0, 100), (250, 400), (0, 600), (599, 600)):
+            batch = services[lo:hi]
+            expected = {
+                (r.namespace, r.name): st
+                for r in batch
+                if (st := store.get(objects.SERVICE_STATUS, r.namespace, r.name)) is not None
+            }
+            got = _statuses(store, batch)
+            assert {k: v.data for k, v in got.items()} == {k: v.data for k, v in expected.items()}
+    finally:
+        store.close()
