@@ -358,9 +358,28 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("server.tls: cert_file and key_file are required when tls is enabled")
     if cfg.auth.rate_limit.requests_per_second < 0 or cfg.auth.rate_limit.burst < 0:
         raise ConfigError("auth.rate_limit: values must not be negative")
+    oidc = cfg.auth.oidc
+    if oidc.enabled:
+        if not oidc.issuer:
+            raise ConfigError("auth.oidc.issuer: required when oidc is enabled")
+        if bool(oidc.jwks_url) == bool(oidc.jwks_file):
+            raise ConfigError("auth.oidc: set exactly one of jwks_url and jwks_file")
+        if oidc.jwks_url and not _is_safe_key_url(oidc.jwks_url):
+            raise ConfigError("auth.oidc.jwks_url: must be https (plain http only to localhost)")
+        bad = [a for a in oidc.algorithms if a not in ("RS256", "ES256")]
+        if bad:
+            raise ConfigError(f"auth.oidc.algorithms: only RS256 and ES256 are accepted, got {bad[0]!r}")
     data_dir = cfg.data_dir or default_data_dir()
     data_dir = str(Path(data_dir).expanduser().resolve())
     return dataclasses.replace(cfg, data_dir=data_dir)
+
+
+def _is_safe_key_url(url: str) -> bool:
+    """Signing keys fetched over plain http could be swapped in transit: https, or the local host."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.scheme == "https" or (u.scheme == "http" and u.hostname in ("localhost", "127.0.0.1", "::1"))
 
 
 def parse_address(addr: str) -> tuple[str, int]:

@@ -79,6 +79,7 @@ def token_info_pb(t: dict[str, Any]) -> admin_pb2.TokenInfo:
         issued_at=int(t.get("issued_at") or 0),
         expires_at=int(t.get("expires_at") or 0),
         revoked=bool(t.get("revoked")),
+        last_used_at=int(t.get("last_used_at") or 0),
     )
 
 

@@ -132,6 +132,7 @@ def test_token_list_never_shows_secrets(shared: tuple[Runed, Metadata]) -> None:
     runed, auth = shared
     root_token = auth[0][1].removeprefix("Bearer ")
     secret = make_token(runed, auth, "erin", ["readonly"], ttl=3600)
+    auth_pb2_grpc.AuthServiceStub(runed.channel()).WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(secret))
     resp = admin_pb2_grpc.AdminServiceStub(runed.channel()).TokenList(admin_pb2.TokenListRequest(), metadata=auth)
     raw = resp.SerializeToString()
     assert secret.encode() not in raw and root_token.encode() not in raw
@@ -139,6 +140,7 @@ def test_token_list_never_shows_secrets(shared: tuple[Runed, Metadata]) -> None:
     assert len(mine) == 1
     assert 3590 <= mine[0].expires_at - mine[0].issued_at <= 3610
     assert not mine[0].revoked
+    assert mine[0].last_used_at >= mine[0].issued_at
 
 
 def test_create_token_validation_lists_every_violation(shared: tuple[Runed, Metadata]) -> None:

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from rune.api import auth_pb2, auth_pb2_grpc, namespace_pb2, namespace_pb2_grpc
+from runed import config
 from tests.support import Runed
 
 ISSUER = "https://idp.example.test"
@@ -34,19 +38,20 @@ def keys() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def oidc_runed(runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any]) -> Runed:
+def jwks_of(keys: dict[str, Any]) -> dict[str, Any]:
     rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys["rsa"].public_key()))
     ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(keys["ec"].public_key()))
-    jwks = {"keys": [{**rsa_jwk, "kid": "rsa1", "use": "sig"}, {**ec_jwk, "kid": "ec1", "use": "sig"}]}
-    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    return {"keys": [{**rsa_jwk, "kid": "rsa1", "use": "sig"}, {**ec_jwk, "kid": "ec1", "use": "sig"}]}
+
+
+def start_oidc(runed_factory: type[Runed], tmp_path: Path, keys_at: dict[str, str]) -> Runed:
     cfg = {
         "auth": {
             "oidc": {
                 "enabled": True,
                 "issuer": ISSUER,
                 "audience": AUDIENCE,
-                "jwks_file": str(tmp_path / "jwks.json"),
+                **keys_at,
                 "user_claim": "preferred_username",
                 "policies_claim": "groups",
                 "clock_skew_seconds": SKEW,
@@ -55,6 +60,68 @@ def oidc_runed(runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any])
     }
     (tmp_path / "runefile.yaml").write_text(yaml.safe_dump(cfg))
     return runed_factory(data_dir=tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")]).start()
+
+
+@pytest.fixture
+def oidc_runed(runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any]) -> Runed:
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys)))
+    return start_oidc(runed_factory, tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})
+
+
+@pytest.fixture
+def jwks_server(keys: dict[str, Any]) -> Iterator[str]:
+    """The issuer's JWKS endpoint, served over HTTP on the loopback by the test."""
+    body = json.dumps(jwks_of(keys)).encode()
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_keys_from_the_issuers_jwks_url(
+    runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any], jwks_server: str
+) -> None:
+    r = start_oidc(runed_factory, tmp_path, {"jwks_url": jwks_server})
+    me = whoami(r, id_token(keys["ec"], "ec1", alg="ES256"))
+    assert isinstance(me, auth_pb2.WhoAmIResponse), me
+    assert me.subject_name == "alice"
+    err = whoami(r, id_token(keys["stranger"], "rsa1"))
+    assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("oidc", "message"),
+    [
+        ({"enabled": True, "jwks_file": "k.json"}, "auth.oidc.issuer"),
+        ({"enabled": True, "issuer": ISSUER}, "exactly one of jwks_url and jwks_file"),
+        ({"enabled": True, "issuer": ISSUER, "jwks_url": "http://idp.example.test/jwks"}, "must be https"),
+        ({"enabled": True, "issuer": ISSUER, "jwks_file": "k.json", "algorithms": ["HS256"]}, "RS256 and ES256"),
+    ],
+)
+def test_bad_oidc_config_is_refused_naming_the_key(tmp_path: Path, oidc: dict[str, Any], message: str) -> None:
+    path = tmp_path / "runefile.yaml"
+    path.write_text(yaml.safe_dump({"auth": {"oidc": oidc}}))
+    with pytest.raises(config.ConfigError, match=message):
+        config.load({"data_dir": str(tmp_path)}, env={}, config_file=str(path))
 
 
 def id_token(key: Any, kid: str, alg: str = "RS256", **overrides: Any) -> str:
