@@ -71,8 +71,6 @@ def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure
     app = ctx.app
     ns = c.namespace or DEFAULT_NAMESPACE
     check_limits(c.data, "configmap.data", app.config.config.limits)
-    if create:
-        ensure_namespace(app.store, ns, create=ensure_ns)
     data = dict(c.data)
     missing = False
 
@@ -97,7 +95,12 @@ def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure
             "updated_at": now,
         }
 
-    rec = app.store.update(CONFIGMAP_KIND, ns, c.name, mutate)
+    # The namespace check and the write share one transaction: a concurrent namespace delete
+    # cannot leave this object orphaned.
+    with app.store.transaction():
+        if create:
+            ensure_namespace(app.store, ns, create=ensure_ns)
+        rec = app.store.update(CONFIGMAP_KIND, ns, c.name, mutate)
     if missing or rec is None:
         raise errors.not_found("configmap", c.name, ns)
     return rec.data

@@ -189,13 +189,15 @@ async def DeleteNamespace(
         if req.ignore_not_found:
             return namespace_pb2.DeleteNamespaceResponse(status=common_pb2.Status(code=0))
         raise errors.not_found("namespace", req.name)
-    inside = _contents(store, req.name)
-    if inside and not req.force:
-        raise errors.FailedPrecondition(
-            f'namespace "{req.name}" is not empty: it contains {", ".join(inside)}; '
-            "delete them first or delete with force"
-        )
+    # One write transaction: nothing can be created in the namespace between the count and the
+    # delete (writers in other processes wait for the lock).
     with store.transaction():
+        inside = _contents(store, req.name)
+        if inside and not req.force:
+            raise errors.FailedPrecondition(
+                f'namespace "{req.name}" is not empty: it contains {", ".join(inside)}; '
+                "delete them first or delete with force"
+            )
         if req.force:
             for kind in FORCE_DELETED_KINDS:
                 for rec in list(store.list(kind, req.name).items):

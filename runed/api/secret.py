@@ -104,8 +104,6 @@ def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: b
     app = ctx.app
     ns = s.namespace or DEFAULT_NAMESPACE
     check_limits(s.data, "secret.data", app.config.secret.limits)
-    if create:
-        ensure_namespace(app.store, ns, create=ensure_ns)
     type_ = s.type or DEFAULT_TYPE
     data = dict(s.data)
     missing = False
@@ -133,7 +131,12 @@ def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: b
             updated_at=now,
         )
 
-    rec = app.store.update(SECRET_KIND, ns, s.name, mutate)
+    # The namespace check and the write share one transaction: a concurrent namespace delete
+    # cannot leave this object orphaned.
+    with app.store.transaction():
+        if create:
+            ensure_namespace(app.store, ns, create=ensure_ns)
+        rec = app.store.update(SECRET_KIND, ns, s.name, mutate)
     if missing or rec is None:
         raise errors.not_found("secret", s.name, ns)
     return rec.data
