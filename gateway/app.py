@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +12,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
-from rune.gateway import codec, ops, routes, sse
+from rune.gateway import bidi, codec, ops, routes, sse
 from rune.gateway.http import (
     JSON,
     call_context,
@@ -103,13 +103,14 @@ class Gateway:
         finally:
             metrics.stream_opened("rest", -1)
 
-    async def resource(self, request: Request) -> Response:
+    async def resource(self, request: Request, found: tuple[routes.HttpRule, dict[str, str]] | None = None) -> Response:
         """``/v1/...`` routes from the google.api.http options."""
         started = time.monotonic()
         rid = request_id_of(request)
         verb = "GET" if request.method == "HEAD" else request.method
-        path = request.url.path
-        found = routes.resolve(verb, path)
+        path = request.scope["path"]
+        if found is None:
+            found = routes.resolve(verb, path)
         label = "unmatched"
         try:
             if found is None:
@@ -129,7 +130,7 @@ class Gateway:
                 body=body,
                 body_field=rule.body,
                 path=path_vars,
-                query=request.query_params.multi_items(),
+                query=request.query_params.multi_items() if request.scope["query_string"] else (),
                 query_allowed=rule.body != "*",
             )
             return await self._call(request, rule.method, msg)
@@ -178,25 +179,39 @@ class Gateway:
             return render(err, rid)
 
 
-def _bidi_routes() -> list[BaseRoute]:
-    # The logs/exec routes land separately; until then the RPC-style routes serve those methods.
-    try:
-        bidi = importlib.import_module("rune.gateway.bidi")
-    except ModuleNotFoundError as e:
-        if e.name != "rune.gateway.bidi":
-            raise
-        return []
-    out: list[BaseRoute] = bidi.routes()
-    return out
+class FastPath:
+    """ASGI entry: generated unary/stream routes go straight to the gateway; everything else
+    (operations, logs/exec, RPC-style, errors) through Starlette's router. Routing a hot GET
+    through a dozen Starlette routes and two middlewares cost more than the handler."""
+
+    def __init__(self, gw: Gateway, fallback: Starlette) -> None:
+        self.gw = gw
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            method = scope["method"]
+            found = routes.resolve("GET" if method == "HEAD" else method, scope["path"])
+            if found is not None and found[0].method.kind != "bidi":
+                request = Request(scope, receive)
+                try:
+                    response = await self.gw.resource(request, found)
+                except Exception:
+                    rid = request_id_of(request)
+                    log.exception("gateway error on %s %s (request %s)", method, scope["path"], rid)
+                    response = error_response(errors.Internal(f"internal error (request id {rid})"), rid)
+                await response(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
 
 
-def build(app: App) -> Starlette:
+def build(app: App) -> FastPath:
     """The ASGI app for one rest role process."""
     gw = Gateway(app, app.config.server.sse_keepalive_seconds)
     operations = ops.Operations(app)
     route_list: list[BaseRoute] = [
         *operations.routes(),
-        *_bidi_routes(),
+        *bidi.routes(),
         Route("/rune.api.{service}/{method}", gw.rpc, methods=["POST"]),
         Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
         Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),
@@ -205,7 +220,7 @@ def build(app: App) -> Starlette:
     starlette.state.runed = app
     starlette.add_exception_handler(404, _not_found)  # type: ignore[arg-type]
     starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
-    return starlette
+    return FastPath(gw, starlette)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -131,8 +131,30 @@ def _sse_event_schema(out_name: str) -> dict[str, Any]:
     }
 
 
-def _success(m: Method) -> dict[str, Any]:
+def _success(m: Method, rpc_style: bool = False) -> dict[str, Any]:
     out_name = m.descriptor.output_type.full_name
+    if m.kind == "bidi" and rpc_style:
+        return {
+            "description": f"The body is the first (and only) request message; every {out_name} comes back "
+            "as a Server-Sent Event.",
+            "content": {"text/event-stream": {"schema": _sse_event_schema(out_name)}},
+        }
+    if m.kind == "bidi" and m.name == "StreamExec":
+        return {
+            "description": "Starts an exec session: 201 with {sessionId}; its output streams from "
+            "GET .../exec/sessions/{id}/output (SSE), input goes to POST .../exec/sessions/{id}/input, "
+            "and .../exec/{target}/ws is the interactive WebSocket form.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    if m.kind == "bidi":
+        return {
+            "description": f"Without follow: JSON lines (one {out_name} per line). With follow=true: Server-Sent "
+            "Events whose id: is the line's cursor (resume with Last-Event-ID).",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": _sse_event_schema(out_name)},
+            },
+        }
     if m.server_streaming:
         return {
             "description": f"Server-Sent Events: `data:` is a {out_name} as protojson; `event:` is ADDED, "
@@ -187,9 +209,9 @@ def _rest_operation(rule: HttpRule, index: int) -> dict[str, Any]:
         "tags": [m.service],
         "summary": f"{m.service}.{m.name}",
         "parameters": params,
-        "responses": {"200": _success(m), **_error_responses()},
+        "responses": {"201" if m.name == "StreamExec" else "200": _success(m), **_error_responses()},
     }
-    if m.server_streaming:
+    if m.server_streaming and m.kind != "bidi":
         op["parameters"].append(
             {
                 "name": "Last-Event-ID",
@@ -216,7 +238,7 @@ def _rpc_operation(m: Method) -> dict[str, Any]:
             "required": False,
             "content": {"application/json": {"schema": _ref(m.descriptor.input_type.full_name)}},
         },
-        "responses": {"200": _success(m), **_error_responses()},
+        "responses": {"200": _success(m, rpc_style=True), **_error_responses()},
     }
 
 

@@ -85,19 +85,23 @@ def http_rules() -> tuple[HttpRule, ...]:
 
 
 @functools.cache
-def rules_by_verb() -> dict[str, tuple[HttpRule, ...]]:
-    out: dict[str, list[HttpRule]] = {}
+def _buckets() -> dict[tuple[str, int], tuple[HttpRule, ...]]:
+    # Variables never span '/', so a rule can only match paths with its own number of slashes.
+    out: dict[tuple[str, int], list[HttpRule]] = {}
     for r in http_rules():
-        out.setdefault(r.verb, []).append(r)
+        # `**` spans segments: such rules are tried for every path (bucket -1).
+        out.setdefault((r.verb, -1 if "**" in r.template else r.template.count("/")), []).append(r)
     return {k: tuple(v) for k, v in out.items()}
 
 
 def resolve(verb: str, path: str) -> tuple[HttpRule, dict[str, str]] | None:
     """The rule serving ``verb path`` and its path variables, or None."""
-    for rule in rules_by_verb().get(verb, ()):
-        found = rule.match(path)
-        if found is not None:
-            return rule, found
+    buckets = _buckets()
+    for key in ((verb, path.count("/")), (verb, -1)):
+        for rule in buckets.get(key, ()):
+            found = rule.match(path)
+            if found is not None:
+                return rule, found
     return None
 
 

@@ -82,16 +82,28 @@ def _on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
     record(ctx.transport, ctx.method.full_name, code, elapsed_ms / 1000)
 
 
+_children: dict[tuple[str, ...], Any] = {}
+
+
+def _child(metric: str, *labels: str) -> Any:
+    # prometheus-client's .labels() takes a lock and validates on every call; cache the children.
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = _metrics[metric].labels(*labels)
+    return child
+
+
 def record(transport: str, method: str, code: str, seconds: float) -> None:
     if not _metrics:
         return
-    _metrics["requests"].labels(transport, method, code).inc()
-    _metrics["latency"].labels(transport, method).observe(seconds)
+    _child("requests", transport, method, code).inc()
+    _child("latency", transport, method).observe(seconds)
 
 
 def stream_opened(transport: str, delta: int = 1) -> None:
     if _metrics:
-        _metrics["streams"].labels(transport).inc(delta)
+        _child("streams", transport).inc(delta)
 
 
 def shutdown() -> None:
