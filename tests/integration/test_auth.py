@@ -317,15 +317,20 @@ def test_audit_records_mutations_and_secret_reads_for_admins_only(runed: Runed, 
         metadata=ro,
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    code_of(
-        secret_pb2_grpc.SecretServiceStub(ch).GetSecret,
-        secret_pb2.GetSecretRequest(name="db", namespace="default"),
+    value = "s3cr3t-audit-probe-value"
+    secrets = secret_pb2_grpc.SecretServiceStub(ch)
+    secrets.CreateSecret(
+        secret_pb2.CreateSecretRequest(secret=secret_pb2.Secret(name="db", namespace="default", data={"pw": value})),
         metadata=auth,
     )
+    got = secrets.GetSecret(secret_pb2.GetSecretRequest(name="db", namespace="default"), metadata=auth)
+    assert got.secret.data["pw"] == value
     # Reads other than secret values leave no record.
     admin = admin_pb2_grpc.AdminServiceStub(ch)
     admin.PolicyList(admin_pb2.PolicyListRequest(), metadata=auth)
-    events = admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=auth).events
+    listing = admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=auth)
+    assert value.encode() not in listing.SerializeToString()
+    events = listing.events
     by_method = {e.method: e for e in events}
     assert "/rune.api.AdminService/PolicyList" not in by_method
     boot = by_method["/rune.api.AdminService/AdminBootstrap"]
