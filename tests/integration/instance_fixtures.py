@@ -11,6 +11,7 @@ from typing import Any
 
 from runed.logs.files import LOG_NAME
 from runed.logs.timeparse import format_ns
+from runed.store.base import iter_all
 from runed.store.sqlite import open_store
 from tests.support import Runed
 
@@ -92,6 +93,16 @@ class Instances:
 
     data_dir: Path
     writers: dict[str, LogWriter] = field(default_factory=dict)
+
+    def reset(self) -> Instances:
+        """Remove every instance record, so one API process can serve several tests."""
+        store = open_store(self.data_dir)
+        try:
+            for rec in list(iter_all(store, "instance")):
+                store.delete("instance", rec.namespace, rec.name)
+        finally:
+            store.close()
+        return self
 
     def add(self, service: str, index: int, namespace: str = "default", state: str = "RUNNING", **extra: Any) -> str:
         iid = str(uuid.uuid4())

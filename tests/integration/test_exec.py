@@ -16,8 +16,9 @@ from tests.integration.instance_fixtures import Instances, RoleProcess
 from tests.support import eventually
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[RoleProcess]:
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+    tmp_path = tmp_path_factory.mktemp("api")
     data = tmp_path / "data"
     data.mkdir()
     (data / "runefile.yaml").write_text("exec:\n  max_sessions_per_instance: 2\n  timeout_seconds: 3\n")
@@ -28,12 +29,12 @@ def api(tmp_path: Path) -> Iterator[RoleProcess]:
         p.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stub(api: RoleProcess) -> exec_pb2_grpc.ExecServiceStub:
     return exec_pb2_grpc.ExecServiceStub(api.channel())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def md(api: RoleProcess) -> list[tuple[str, str]]:
     token = (
         admin_pb2_grpc.AdminServiceStub(api.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
@@ -43,7 +44,7 @@ def md(api: RoleProcess) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def inst(api: RoleProcess) -> tuple[Instances, str]:
-    insts = Instances(api.data_dir)
+    insts = Instances(api.data_dir).reset()
     insts.add("web", 1, env={"GREETING": "from-instance"})
     iid = insts.add("web", 0, env={"GREETING": "from-instance"})
     insts.add("web", 2, state="STOPPED")

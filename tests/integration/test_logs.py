@@ -19,8 +19,9 @@ from tests.support import eventually
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed past instant: history lines get exact timestamps
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[RoleProcess]:
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+    tmp_path = tmp_path_factory.mktemp("api")
     p = RoleProcess(data_dir=tmp_path / "data", role="grpc")
     try:
         yield p.start()
@@ -28,12 +29,12 @@ def api(tmp_path: Path) -> Iterator[RoleProcess]:
         p.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stub(api: RoleProcess) -> logs_pb2_grpc.LogServiceStub:
     return logs_pb2_grpc.LogServiceStub(api.channel())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def md(api: RoleProcess) -> list[tuple[str, str]]:
     token = (
         admin_pb2_grpc.AdminServiceStub(api.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
@@ -44,7 +45,7 @@ def md(api: RoleProcess) -> list[tuple[str, str]]:
 @pytest.fixture
 def web(api: RoleProcess) -> Instances:
     """Service "web" with three instances whose lines interleave in time (i*10 + k ms)."""
-    insts = Instances(api.data_dir)
+    insts = Instances(api.data_dir).reset()
     for k in range(3):
         iid = insts.add("web", k)
         w = insts.writers[iid]
