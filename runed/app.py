@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from runed.authz import Authorizer
     from runed.context import CallContext
     from runed.crypto import CryptoError, SecretCrypto
+    from runed.errors import RuneError
     from runed.pipeline import Pipeline
 
 
@@ -39,6 +40,7 @@ class App:
 
 def build_app(config: Config, role: str) -> App:
     from runed.api.namespace import seed_namespaces
+    from runed.api.registries import import_configured as import_configured_registries
     from runed.authn import Authenticator
     from runed.authz import Authorizer
     from runed.crypto import SecretCrypto
@@ -56,4 +58,8 @@ def build_app(config: Config, role: str) -> App:
     except CryptoError as e:
         logging.getLogger("runed.crypto").error("secret encryption key unavailable: %s", e)
     seed_namespaces(store)
+    try:
+        import_configured_registries(app)
+    except RuneError as e:
+        logging.getLogger("runed.registries").error("docker.registries: %s", e.message)
     return app

@@ -8,9 +8,10 @@ passwords, tokens or data values.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -18,11 +19,13 @@ from rune.api import admin_pb2
 from runed import errors, validation
 from runed.api.namespace import ensure_namespace
 from runed.api.secret import now_rfc3339
-from runed.config import RegistryEntry
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.secrets_access import SECRET_KIND, decrypt_record, secret_record
 from runed.store.base import Store, iter_all
+
+if TYPE_CHECKING:
+    from runed.app import App
 
 KIND = "registry"
 SCOPE = ""
@@ -73,13 +76,10 @@ def infer_type(declared: str, keys: Mapping[str, str] | list[str], region: str =
     return ""
 
 
-def _store_credentials(
-    ctx: CallContext, ns: str, sname: str, data: dict[str, str], *, manage: str, immutable: bool
-) -> None:
+def _store_credentials(app: App, ns: str, sname: str, data: dict[str, str], *, manage: str, immutable: bool) -> None:
     """Write credentials into their secret per ``manage`` (create | update | ignore)."""
     if manage == "ignore":
         return
-    app = ctx.app
     ensure_namespace(app.store, ns, create=True)
 
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -243,8 +243,8 @@ async def GetRegistry(req: admin_pb2.GetRegistryRequest, ctx: CallContext) -> ad
     return admin_pb2.GetRegistryResponse(registry=to_pb(_get(ctx.app.store, req.name)))
 
 
-def _save(ctx: CallContext, cfg: admin_pb2.RegistryConfig, *, create: bool) -> dict[str, Any]:
-    store = ctx.app.store
+def _save(app: App, cfg: admin_pb2.RegistryConfig, *, create: bool) -> dict[str, Any]:
+    store = app.store
     creds = _inline_credentials(cfg.auth)
     with store.transaction():
         prev = store.get(KIND, SCOPE, cfg.name)
@@ -257,7 +257,7 @@ def _save(ctx: CallContext, cfg: admin_pb2.RegistryConfig, *, create: bool) -> d
             # Credentials given inline always land in the registry's secret (manage governs only
             # secrets that already exist).
             _store_credentials(
-                ctx,
+                app,
                 ns,
                 sname,
                 creds,
@@ -270,11 +270,11 @@ def _save(ctx: CallContext, cfg: admin_pb2.RegistryConfig, *, create: bool) -> d
 
 
 async def AddRegistry(req: admin_pb2.AddRegistryRequest, ctx: CallContext) -> admin_pb2.AddRegistryResponse:
-    return admin_pb2.AddRegistryResponse(registry=to_pb(_save(ctx, req.registry, create=True)))
+    return admin_pb2.AddRegistryResponse(registry=to_pb(_save(ctx.app, req.registry, create=True)))
 
 
 async def UpdateRegistry(req: admin_pb2.UpdateRegistryRequest, ctx: CallContext) -> admin_pb2.UpdateRegistryResponse:
-    return admin_pb2.UpdateRegistryResponse(registry=to_pb(_save(ctx, req.registry, create=False)))
+    return admin_pb2.UpdateRegistryResponse(registry=to_pb(_save(ctx.app, req.registry, create=False)))
 
 
 async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext) -> admin_pb2.RemoveRegistryResponse:
@@ -288,10 +288,13 @@ async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext)
     return admin_pb2.RemoveRegistryResponse(deleted=True)
 
 
-def _import_configured(ctx: CallContext, entries: tuple[RegistryEntry, ...]) -> None:
-    """Registries declared in the runefile (docker.registries) join the store on first bootstrap."""
-    store = ctx.app.store
-    for e in entries:
+def import_configured(app: App) -> None:
+    """Registries declared in the runefile (docker.registries) join the store if missing.
+
+    Called at start (every role; losing a race to another role is fine) and by BootstrapAuth.
+    """
+    store = app.store
+    for e in app.config.docker.registries:
         if not e.name or store.get(KIND, SCOPE, e.name) is not None:
             continue
         a = e.auth
@@ -317,13 +320,14 @@ def _import_configured(ctx: CallContext, entries: tuple[RegistryEntry, ...]) -> 
                 f'docker.registries entry "{e.name}" is invalid: '
                 + "; ".join(f"{v.field}: {v.description}" for v in vs)
             )
-        _save(ctx, cfg, create=True)
+        with contextlib.suppress(errors.AlreadyExists):
+            _save(app, cfg, create=True)
 
 
 async def BootstrapAuth(req: admin_pb2.BootstrapAuthRequest, ctx: CallContext) -> admin_pb2.BootstrapAuthResponse:
     """Resolve credentials of the selected registries from their secrets and record the outcome."""
     app = ctx.app
-    _import_configured(ctx, app.config.docker.registries)
+    import_configured(app)
     selected = [
         r.data
         for r in iter_all(app.store, KIND, SCOPE)

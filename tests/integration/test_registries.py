@@ -174,7 +174,7 @@ def test_bootstrap_auth_resolves_from_secrets(runed: Runed, auth: Metadata) -> N
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_registries_from_the_runefile_join_on_bootstrap(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_registries_from_the_runefile_join_at_start(runed_factory: type[Runed], tmp_path: Path) -> None:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text(
         "docker:\n  registries:\n"
@@ -185,9 +185,14 @@ def test_registries_from_the_runefile_join_on_bootstrap(runed_factory: type[Rune
     admin = _admin(r)
     token = admin.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
     md = [("authorization", f"Bearer {token}")]
-    assert admin.BootstrapAuth(admin_pb2.BootstrapAuthRequest(all=True), metadata=md).updated == 1
+    # Imported at start, credentials into system/registry-corp.
     reg = admin.GetRegistry(admin_pb2.GetRegistryRequest(name="corp"), metadata=md).registry
     assert reg.registry == "registry.corp.example:5000" and reg.auth.type == "basic" and not reg.auth.password
+    sec = secret_pb2_grpc.SecretServiceStub(r.channel()).GetSecret(
+        secret_pb2.GetSecretRequest(name="registry-corp", namespace="system"), metadata=md
+    )
+    assert sec.secret.data["password"] == PASSWORD
+    assert admin.BootstrapAuth(admin_pb2.BootstrapAuthRequest(all=True), metadata=md).updated == 1
     assert PASSWORD not in r.output()
 
 
