@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,23 +16,23 @@ from tests.integration.test_logs_rest import sse_events
 from tests.support import eventually
 
 
-@pytest.fixture
-def rest(tmp_path: Path) -> Iterator[RoleProcess]:
-    p = RoleProcess(data_dir=tmp_path / "data", role="rest")
+@pytest.fixture(scope="module")
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+    p = RoleProcess(data_dir=tmp_path_factory.mktemp("rest") / "data", role="rest")
     try:
         yield p.start()
     finally:
         p.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def token(rest: RoleProcess) -> str:
     r = httpx.post("http://" + rest.address("rest") + "/rune.api.AdminService/AdminBootstrap", json={})
     assert r.status_code == 200, r.text
     return str(r.json()["tokenSecret"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(rest: RoleProcess, token: str) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url="http://" + rest.address("rest"), timeout=20, headers={"authorization": f"Bearer {token}"}
@@ -43,7 +42,7 @@ def client(rest: RoleProcess, token: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def iid(rest: RoleProcess) -> str:
-    insts = Instances(rest.data_dir)
+    insts = Instances(rest.data_dir).reset()
     return insts.add("web", 0, env={"GREETING": "hi"})
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,16 +14,16 @@ from tests.integration.instance_fixtures import Instances, RoleProcess
 T0 = 1_700_000_000 * 1_000_000_000
 
 
-@pytest.fixture
-def rest(tmp_path: Path) -> Iterator[RoleProcess]:
-    p = RoleProcess(data_dir=tmp_path / "data", role="rest")
+@pytest.fixture(scope="module")
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+    p = RoleProcess(data_dir=tmp_path_factory.mktemp("rest") / "data", role="rest")
     try:
         yield p.start()
     finally:
         p.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(rest: RoleProcess) -> Iterator[httpx.Client]:
     base = "http://" + rest.address("rest")
     with httpx.Client(base_url=base, timeout=20) as c:
@@ -36,7 +35,7 @@ def client(rest: RoleProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def web(rest: RoleProcess) -> Instances:
-    insts = Instances(rest.data_dir)
+    insts = Instances(rest.data_dir).reset()
     for k in range(2):
         iid = insts.add("web", k)
         for i in range(4):
