@@ -291,13 +291,23 @@ async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext)
 def import_configured(app: App) -> None:
     """Registries declared in the runefile (docker.registries) join the store if missing.
 
-    Called at start (every role; losing a race to another role is fine) and by BootstrapAuth.
+    A registry already stored keeps its settings; with ``manage: update`` (and not ``immutable``)
+    its credentials secret is refreshed from the runefile. Called at start (every role; losing a
+    race to another role is fine) and by BootstrapAuth.
     """
     store = app.store
     for e in app.config.docker.registries:
-        if not e.name or store.get(KIND, SCOPE, e.name) is not None:
+        if not e.name:
             continue
         a = e.auth
+        if store.get(KIND, SCOPE, e.name) is not None:
+            creds = {
+                **a.data,
+                **{k: v for k, v in (("username", a.username), ("password", a.password), ("token", a.token)) if v},
+            }
+            if creds and a.manage == "update" and not a.immutable:
+                _store_credentials(app, *secret_ref(a.from_secret, e.name), creds, manage="update", immutable=False)
+            continue
         cfg = admin_pb2.RegistryConfig(
             name=e.name,
             registry=e.registry,

@@ -194,6 +194,19 @@ def test_registries_from_the_runefile_join_at_start(runed_factory: type[Runed], 
     assert sec.secret.data["password"] == PASSWORD
     assert admin.BootstrapAuth(admin_pb2.BootstrapAuthRequest(all=True), metadata=md).updated == 1
     assert PASSWORD not in r.output()
+    r.stop()
+
+    # With manage: update, a restart refreshes the stored credentials from the runefile.
+    cfg.write_text(
+        "docker:\n  registries:\n"
+        "    - name: corp\n      registry: registry.corp.example:5000\n"
+        f"      auth:\n        manage: update\n        username: robot\n        password: {TOKEN}\n"
+    )
+    r2 = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    sec = secret_pb2_grpc.SecretServiceStub(r2.channel()).GetSecret(
+        secret_pb2.GetSecretRequest(name="registry-corp", namespace="system"), metadata=md
+    )
+    assert sec.secret.data["password"] == TOKEN and sec.secret.version == 2
 
 
 def test_invalid_requests_list_every_field(runed: Runed, auth: Metadata) -> None:
