@@ -165,8 +165,14 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
                 break
             if time.monotonic() > deadline:
                 live.stop()
+                waiting = [
+                    f"{name} {running}/{scale} {st}" + (f" ({msg})" if msg else "")
+                    for (_, name), (st, running, scale, msg) in state.items()
+                    if running < scale or (scale > 0 and st != "Running")
+                ]
                 raise CliError(
-                    f"timed out after {timeout:g}s waiting for services to be ready; see `rune get instances`",
+                    f"timed out after {timeout:g}s waiting for services to be ready: {'; '.join(waiting)}; "
+                    "see `rune get instances -o wide` and `rune logs SERVICE`",
                     EXIT_TIMEOUT,
                 )
             time.sleep(0.25)

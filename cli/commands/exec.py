@@ -57,9 +57,8 @@ def _pump_stdin(outbox: _Outbox, epb: Any) -> None:
         except OSError:
             chunk = b""
         if not chunk:
-            # An empty stdin message is the protocol's EOF; then half-close.
+            # An empty stdin message is the protocol's EOF; the stream stays open for signals.
             outbox.put(epb.ExecRequest(stdin=b""))
-            outbox.close()
             return
         outbox.put(epb.ExecRequest(stdin=chunk))
 
@@ -117,8 +116,8 @@ def exec_(
     if interactive:
         threading.Thread(target=_pump_stdin, args=(outbox, epb), daemon=True).start()
     else:
+        # EOF on stdin, but the request stream stays open so signals and resizes can still be sent.
         outbox.put(epb.ExecRequest(stdin=b""))
-        outbox.close()
     deadline = seconds(timeout, "--timeout") or None
     restore: Any = None
     if tty and sys.stdin.isatty():
@@ -137,6 +136,17 @@ def exec_(
             outbox.put(epb.ExecRequest(resize=epb.TerminalSize(width=cw, height=ch)))
 
         signal.signal(signal.SIGWINCH, on_winch)
+    else:
+        interrupts = [0]
+
+        def on_interrupt(_sig: int, _frame: Any) -> None:
+            # First Ctrl-C goes to the remote command (its exit status still comes back); a second one gives up.
+            interrupts[0] += 1
+            if interrupts[0] > 1:
+                raise KeyboardInterrupt
+            outbox.put(epb.ExecRequest(signal=epb.Signal(name="SIGINT")))
+
+        signal.signal(signal.SIGINT, on_interrupt)
     # Opened after the terminal is set up, so a resize in between is not lost.
     call = s.stub("ExecService").StreamExec(iter(outbox), metadata=s.metadata(), timeout=deadline)
     code = 0

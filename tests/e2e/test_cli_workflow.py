@@ -250,6 +250,25 @@ def test_exec_tty_raw_terminal_follows_resizes(rune: Rune, cast_app: Path) -> No
         os.close(fd)
 
 
+def test_exec_forwards_ctrl_c_to_the_remote_command(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exec.txt"
+    script = "trap 'echo got-int; exit 42' INT; echo armed; while true; do sleep 0.05; done"
+    p = rune.popen("exec", "web", "--", "sh", "-c", script, out=out)
+    eventually(lambda: "armed" in out.read_text(), timeout=20)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(20) == 42
+    assert "got-int" in out.read_text()
+
+
+def test_cast_timeout_names_what_is_not_ready(rune: Rune, tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text("service:\n  name: broken\n  runtime: process\n  process: {command: /nonexistent/binary}\n")
+    r = rune("cast", str(f), "--timeout", "3s")
+    assert r.returncode == 10
+    assert "timed out after 3s" in r.stderr and "broken 0/1" in r.stderr
+    assert rune("delete", "broken", "--timeout", "30").returncode == 0
+
+
 def test_scale_shows_progress_and_converges(rune: Rune, cast_app: Path) -> None:
     r = rune("scale", "web", "3", "--timeout", "60s", timeout=90)
     assert r.returncode == 0, r.stderr
