@@ -459,7 +459,9 @@ def _write_spec(
             new.metadata.last_non_zero_scale = new.scale
         number = int(cur.data.get("revision", 0)) or history.latest_number(store, ns, name)
         number += 1
-        data = objects.service_record_data(new, generation=generation, change_cause=cause)
+        # Keys other roles keep in the record survive a spec change.
+        data = dict(cur.data)
+        data.update(objects.service_record_data(new, generation=generation, change_cause=cause))
         data["revision"] = number
         rec = store.put(objects.SERVICE, ns, name, data, expect_revision=cur.revision)
         history.record(
