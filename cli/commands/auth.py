@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,14 @@ def login(
     """Save a context (server + token) and make it current; the token is verified with WhoAmI."""
     secret = _read_token(token, token_file)
     if not secret:
-        import os
-
         secret = os.environ.get("RUNE_TOKEN")
     if not secret:
         raise CliError("a token is required: --token, --token-file or RUNE_TOKEN", EXIT_USAGE)
-    address = normalise_server(server or s.server_flag or __import__("os").environ.get("RUNE_SERVER") or "")
+    previous = dict(s.config.contexts.get(context_name) or {})
+    if previous:
+        # Re-logging into a context keeps its TLS settings and namespace unless given again.
+        s.context_flag = context_name
+    address = normalise_server(server or s.server_flag or os.environ.get("RUNE_SERVER") or previous.get("server", ""))
     s.server_flag, s.token_flag = address, secret
     if tls is not None:
         s.tls_flag = tls
@@ -62,7 +65,7 @@ def login(
     who = None
     if not no_verify:
         who = s.call("AuthService", "WhoAmI", pb2("auth").WhoAmIRequest())
-    ctx: dict[str, Any] = {"server": address, "token": secret}
+    ctx: dict[str, Any] = previous | {"server": address, "token": secret}
     if namespace:
         ctx["defaultNamespace"] = namespace
     if s.tls_flag:
