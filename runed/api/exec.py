@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rune.api import common_pb2, exec_pb2
 from runed import errors
 from runed.context import CallContext
 from runed.errors import FieldViolation
+from runed.execdocker import DockerError, DockerExec
 from runed.execsession import ExecProcess, ExecSpec, Exit, Output, SessionSlots, parse_signal
 from runed.store.base import AuditEntry, Record, iter_all
 
@@ -137,7 +139,7 @@ def _audit(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitReques
     )
 
 
-async def _pump_input(requests: AsyncIterator[exec_pb2.ExecRequest], proc: ExecProcess) -> None:
+async def _pump_input(requests: AsyncIterator[exec_pb2.ExecRequest], proc: ExecProcess | DockerExec) -> None:
     async for req in requests:
         which = req.WhichOneof("request")
         if which == "stdin":
@@ -154,6 +156,39 @@ async def _pump_input(requests: AsyncIterator[exec_pb2.ExecRequest], proc: ExecP
     await proc.close_stdin()
 
 
+def _is_container(rec: Record) -> bool:
+    runner = rec.data.get("runner") or (rec.data.get("instance") or {}).get("runner") or "process"
+    return str(runner) in ("container", "docker")
+
+
+async def _start_container_exec(ctx: CallContext, rec: Record, init: exec_pb2.ExecInitRequest) -> DockerExec:
+    """``docker exec`` in the instance's container: its own env and user, plus the request's env."""
+    cid = str(rec.data.get("container_id") or (rec.data.get("instance") or {}).get("container_id") or "")
+    if not cid:
+        raise errors.FailedPrecondition(f"instance {rec.name} has no container yet")
+    size = init.terminal_size
+    spec = ExecSpec(
+        command=list(init.command),
+        env=dict(init.env),
+        cwd=init.working_dir,
+        tty=init.tty,
+        rows=size.height or 24,
+        cols=size.width or 80,
+    )
+    docker = ctx.app.config.docker
+    proc = DockerExec(spec, cid, docker.socket, docker.api_version or docker.fallback_api_version)
+    _audit(ctx, rec.namespace, rec, init)
+    try:
+        await proc.start()
+    except DockerError as e:
+        if e.status == 404:
+            raise errors.NotFound(f"container of instance {rec.name}: {e.message}") from None
+        if e.status == 409:
+            raise errors.FailedPrecondition(f"container of instance {rec.name} is not running: {e.message}") from None
+        raise errors.Unavailable(f"docker exec: {e.message}") from None
+    return proc
+
+
 def _exit_response(ex: Exit) -> exec_pb2.ExecResponse:
     return exec_pb2.ExecResponse(
         exit=exec_pb2.ExitInfo(code=ex.code, signaled=ex.signal is not None, signal=ex.signal_name)
@@ -165,9 +200,6 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     init = first.init
     ns = init.namespace or ctx.namespace or DEFAULT_NAMESPACE
     rec = pick_instance(ctx, ns, init)
-    runner = str((rec.data.get("instance") or {}).get("runner") or "process")
-    if runner == "docker":
-        raise errors.Unavailable("docker exec needs a reachable container engine; none is configured on this host")
     cfg = ctx.app.config.exec
     slots = SessionSlots(ctx.app.config.data_path / "run", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)
@@ -175,28 +207,33 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
         raise errors.ResourceExhausted(
             f"too many exec sessions on instance {rec.name} (limit {cfg.max_sessions_per_instance})", retry_after=1.0
         )
-    proc: ExecProcess | None = None
+    proc: ExecProcess | DockerExec | None = None
     pump: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out = False
     try:
-        spec = _spec(ctx, ns, rec, init)
-        _audit(ctx, ns, rec, init)
-        proc = await ExecProcess(spec).start_and_return()
+        if _is_container(rec):
+            proc = await _start_container_exec(ctx, rec, init)
+        else:
+            spec = _spec(ctx, ns, rec, init)
+            _audit(ctx, ns, rec, init)
+            proc = await ExecProcess(spec).start_and_return()
         yield exec_pb2.ExecResponse(status=common_pb2.Status(code=0, message=f"Connected to instance {rec.name}"))
 
         def on_timeout() -> None:
             nonlocal timed_out
             timed_out = True
             assert proc is not None
-            proc.send_signal(9)
+            proc.send_signal(signal.SIGKILL)
 
         timer = asyncio.get_running_loop().call_later(cfg.timeout_seconds, on_timeout)
         pump = asyncio.create_task(_pump_input(requests, proc))
         async for ev in proc.events():
             if isinstance(ev, Output):
-                out = exec_pb2.ExecResponse(stdout=ev.data) if ev.stream == "stdout" else None
-                yield out or exec_pb2.ExecResponse(stderr=ev.data)
+                if ev.stream == "stdout":
+                    yield exec_pb2.ExecResponse(stdout=ev.data)
+                else:
+                    yield exec_pb2.ExecResponse(stderr=ev.data)
             else:
                 yield _exit_response(ev)
         if timed_out:
