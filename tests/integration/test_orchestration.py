@@ -135,12 +135,20 @@ def test_gradual_scaling_reports_progress(orch: Orch) -> None:
     seen: set[int] = set()
 
     def progressed() -> bool:
-        seen.add(len(orch.instances("grad")))
+        seen.add(sum(1 for i in orch.instances("grad") if i["state"] == "RUNNING"))
         orch.running("grad", 3)
         return True
 
-    eventually(progressed, timeout=20)
-    assert 2 in seen, f"gradual scaling passed through 2 instances (saw {sorted(seen)})"
+    eventually(progressed, timeout=20, interval=0.02)
+    assert 2 in seen, f"gradual scaling passed through 2 running instances (saw {sorted(seen)})"
+    # Once there, WatchScaling reports completion and ends by itself.
+    stream = orch.services.WatchScaling(
+        service_pb2.WatchScalingRequest(service_name="grad", namespace="default", target_scale=3),
+        metadata=orch.auth,
+        timeout=15,
+    )
+    updates = [(u.running_instances, u.complete) for u in stream]
+    assert updates[-1] == (3, True)
     st = orch.store()
     try:
         ops = [r.data for r in st.list("scaling_operation").items]
