@@ -263,6 +263,28 @@ def _watch_stream(s: Session, kind: str, ns: str, labels: str | None, fields: st
     raise CliError(f"runed has no watch for {kind}", EXIT_UNIMPLEMENTED)
 
 
+def _resuming(s: Session, kind: str, ns: str, labels: str | None, fields: str | None, since: int) -> Iterator[Any]:
+    """Watch events; when runed goes away the watch resumes after the last revision seen (no gaps, no repeats)."""
+    import time
+
+    import grpc
+
+    attempts = 0
+    while True:
+        try:
+            for ev in _watch_stream(s, kind, ns, labels, fields, since):
+                attempts = 0
+                since = getattr(ev, "revision", 0) or since
+                yield ev
+            return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or not since or attempts >= 30:
+                raise
+            attempts += 1
+            sys.stderr.write(f"watch interrupted ({e.code().name}); resuming after revision {since}\n")
+            time.sleep(min(2.0, 0.1 * 2**attempts))
+
+
 def _watch(s: Session, kind_name: str, ns: str, labels: str | None, fields: str | None, since: int, fmt: str) -> None:
     from rune.cli.output import enum_name
 
@@ -270,7 +292,7 @@ def _watch(s: Session, kind_name: str, ns: str, labels: str | None, fields: str 
     etype = pb2("common").EventType
     cols: list[Column] = list(kind.columns) + (list(kind.wide) if fmt == "wide" else [])
     attr = kind_name[:-1]
-    for ev in _watch_stream(s, kind_name, ns, labels, fields, since):
+    for ev in _resuming(s, kind_name, ns, labels, fields, since):
         obj = getattr(ev, attr)
         event = enum_name(etype, ev.event_type, "EVENT_TYPE_")
         if fmt in ("json", "yaml"):

@@ -115,3 +115,10 @@ def test_help_does_not_import_grpc_or_rich() -> None:
 
     res = CliRunner().invoke(cli, ["--help"])
     assert res.exit_code == 0
+
+
+def test_shell_completion(offline_rune: Rune) -> None:
+    script = offline_rune("completion", "bash")
+    assert script.returncode == 0 and "_RUNE_COMPLETE" in script.stdout
+    words = offline_rune("get", env={"_RUNE_COMPLETE": "bash_complete", "COMP_WORDS": "rune ro", "COMP_CWORD": "1"})
+    assert "rollback" in words.stdout

@@ -190,6 +190,40 @@ def test_logs_prefixed_per_instance_and_stream_filter(rune: Rune, cast_app: Path
     assert 1 <= len(tail) <= 2 and all("T" in ln.split()[1] for ln in tail)
 
 
+def test_logs_colour_each_instance_on_a_terminal(rune: Rune, cast_app: Path) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.environ.clear()
+            os.environ.update(rune.env())
+            cmd = rune_command()
+            os.execv(cmd[0], [*cmd, "logs", "web", "--filter", "greeting"])
+        finally:
+            os._exit(127)
+    out = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO once the child has exited and the pty is drained
+                break
+            if not chunk:
+                break
+            out.extend(chunk)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode()
+    colours = {text[i : text.index("m", i)] for i in range(len(text)) if text.startswith("\x1b[3", i)}
+    assert "[web-0]" in text and "[web-1]" in text and len(colours) == 2, text
+    plain = rune("logs", "web", "--filter", "greeting")
+    assert "\x1b[" not in plain.stdout
+
+
 def test_logs_follow_streams_new_lines(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
     out = tmp_path / "follow.txt"
     p = rune.popen("logs", "-f", "web", "--since", "1s", out=out)
