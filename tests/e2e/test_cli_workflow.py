@@ -374,6 +374,8 @@ def test_create_and_status_and_health(rune: Rune) -> None:
     assert rune("get", "ns", "-l", "team=a", "-o", "name").stdout.split() == ["team-a"]
     dup = rune("create", "namespace", "team-a")
     assert dup.returncode == 6
+    bad = rune("create", "secret", "BAD_NAME", "--data", "a=b")
+    assert bad.returncode == 8 and "secret.name: must be a DNS-1123 label" in bad.stderr
     assert rune("status").returncode == 0
     h = rune("health")
     assert h.returncode == 0 and "api-server" in h.stdout and "Healthy" in h.stdout
