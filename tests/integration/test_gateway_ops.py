@@ -25,9 +25,23 @@ from tests.support import Runed, eventually
 SKIPPED_OPERATIONS = r"(Watch|Stream)\w*$|^ServiceService_(Create|Update|Scale|Rollback)Service|RevokeToken"
 
 
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
+    """One runed for the module, bootstrapped over REST."""
+    tmp = tmp_path_factory.mktemp("gateway-ops")
+    r = Runed(data_dir=tmp / "data")
+    try:
+        r.start()
+        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        yield r, resp.json()["tokenSecret"]
+    finally:
+        r.stop()
+
+
 @pytest.fixture
-def http(runed: Runed) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+def http(gw: tuple[Runed, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw[0].http_base, timeout=10) as c:
         yield c
 
 
@@ -106,31 +120,34 @@ def _sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_metrics_count_both_transports(runed: Runed, http: httpx.Client, root_token: str) -> None:
+def test_metrics_count_both_transports(gw: tuple[Runed, str], http: httpx.Client) -> None:
     from rune.api import namespace_pb2, namespace_pb2_grpc
 
+    runed, root_token = gw
     method = "/rune.api.NamespaceService/GetNamespace"
-    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
-    for _ in range(3):
-        stub.GetNamespace(
-            namespace_pb2.GetNamespaceRequest(name="default"), metadata=[("authorization", f"Bearer {root_token}")]
+
+    def counts() -> tuple[float, float, float, float]:
+        text = http.get("/metrics").text
+        return (
+            _sample(text, "rune_requests_total", transport="grpc", method=method, code="OK"),
+            _sample(text, "rune_requests_total", transport="rest", method=method, code="OK"),
+            _sample(text, "rune_requests_total", transport="rest", method=method, code="NOT_FOUND"),
+            _sample(text, "rune_request_duration_seconds_count", transport="grpc", method=method),
         )
+
+    before = counts()
+    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
+    md = [("authorization", f"Bearer {root_token}")]
+    for _ in range(3):
+        stub.GetNamespace(namespace_pb2.GetNamespaceRequest(name="default"), metadata=md)
     for _ in range(2):
         r = http.get("/v1/namespaces/default", headers={"authorization": f"Bearer {root_token}"})
         assert r.status_code == 200
     http.get("/v1/namespaces/nope", headers={"authorization": f"Bearer {root_token}"})
 
-    def counted() -> bool:
-        text = http.get("/metrics").text
-        return (
-            _sample(text, "rune_requests_total", transport="grpc", method=method, code="OK") == 3
-            and _sample(text, "rune_requests_total", transport="rest", method=method, code="OK") == 2
-            and _sample(text, "rune_requests_total", transport="rest", method=method, code="NOT_FOUND") == 1
-        )
-
-    eventually(counted, what="per-transport request counters")
+    want = (before[0] + 3, before[1] + 2, before[2] + 1, before[3] + 3)
+    eventually(lambda: counts() == want, what="per-transport request counters")
     text = http.get("/metrics").text
-    assert _sample(text, "rune_request_duration_seconds_count", transport="grpc", method=method) == 3
     assert "# TYPE rune_instances gauge" in text
     assert "# TYPE rune_open_streams gauge" in text
 
@@ -153,7 +170,8 @@ def test_every_rpc_has_a_route_and_openapi_is_valid(http: httpx.Client) -> None:
 
 
 @pytest.mark.slow
-def test_schemathesis_against_the_live_gateway(runed: Runed, root_token: str, tmp_path: Path) -> None:
+def test_schemathesis_against_the_live_gateway(gw: tuple[Runed, str], tmp_path: Path) -> None:
+    runed, root_token = gw
     st = Path(sys.executable).parent / "st"
     started = time.monotonic()
     proc = subprocess.run(

@@ -7,7 +7,6 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -45,6 +44,26 @@ def events(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[
                 data.append(value)
 
 
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
+    """One runed for the module with fast keep-alives; tests use their own namespace names."""
+    tmp = tmp_path_factory.mktemp("gateway-sse")
+    cfg = tmp / "runefile.yaml"
+    cfg.write_text("server:\n  sse_keepalive_seconds: 0.3\n")
+    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
+    try:
+        r.start()
+        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        yield r, resp.json()["tokenSecret"]
+    finally:
+        r.stop()
+
+
+def _namespace_count(c: httpx.Client, token: str) -> int:
+    return len(c.get("/v1/namespaces", headers=headers(token)).json()["namespaces"])
+
+
 def headers(token: str, **extra: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}", **extra}
 
@@ -57,32 +76,36 @@ def take(evs: Iterator[Event], n: int) -> list[Event]:
     return [next(evs) for _ in range(n)]
 
 
-def test_watch_namespaces_then_resume_with_last_event_id(runed: Runed, root_token: str) -> None:
+def test_watch_namespaces_then_resume_with_last_event_id(gw: tuple[Runed, str]) -> None:
+    runed, token = gw
     with httpx.Client(base_url=runed.http_base, timeout=10) as c:
-        with c.stream("GET", "/v1/namespaces:watch", headers=headers(root_token)) as s:
+        existing = _namespace_count(c, token)
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(token)) as s:
             assert s.status_code == 200
             assert s.headers["content-type"].startswith("text/event-stream")
             evs = events(s.iter_lines())
-            snapshot = take(evs, 2)
-            assert sorted(names(snapshot)) == [("ADDED", "default"), ("ADDED", "system")]
-            assert c.post("/v1/namespaces", json={"name": "one"}, headers=headers(root_token)).status_code == 200
+            snapshot = take(evs, existing)
+            assert {"default", "system"} <= {name for _, name in names(snapshot)}
+            assert {e.event for e in snapshot} == {"ADDED"}
+            assert c.post("/v1/namespaces", json={"name": "one"}, headers=headers(token)).status_code == 200
             (live,) = take(evs, 1)
             assert names([live]) == [("ADDED", "one")]
             assert int(live.id) >= max(int(e.id) for e in snapshot)
             last_id = live.id
 
         # While nobody watches: one more created, one deleted.
-        assert c.post("/v1/namespaces", json={"name": "two"}, headers=headers(root_token)).status_code == 200
-        assert c.delete("/v1/namespaces/one", headers=headers(root_token)).status_code == 200
+        assert c.post("/v1/namespaces", json={"name": "two"}, headers=headers(token)).status_code == 200
+        assert c.delete("/v1/namespaces/one", headers=headers(token)).status_code == 200
 
-        with c.stream("GET", "/v1/namespaces:watch", headers=headers(root_token, **{"last-event-id": last_id})) as s:
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(token, **{"last-event-id": last_id})) as s:
             resumed = take(events(s.iter_lines()), 2)
         # Exactly what happened after last_id: no snapshot again, nothing missed, nothing twice.
         assert names(resumed) == [("ADDED", "two"), ("DELETED", "one")]
         assert int(resumed[0].id) > int(last_id) and int(resumed[1].id) > int(resumed[0].id)
 
 
-def test_bad_last_event_id_and_unauthenticated_watch_get_http_errors(runed: Runed, root_token: str) -> None:
+def test_bad_last_event_id_and_unauthenticated_watch_get_http_errors(gw: tuple[Runed, str]) -> None:
+    runed, root_token = gw
     with httpx.Client(base_url=runed.http_base, timeout=10) as c:
         r = c.get("/v1/namespaces:watch", headers=headers(root_token, **{"last-event-id": "abc"}))
         assert r.status_code == 400
@@ -97,12 +120,16 @@ def _open_streams(c: httpx.Client) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_disconnect_cancels_the_server_side_stream(runed: Runed, root_token: str) -> None:
+def test_disconnect_cancels_the_server_side_stream(gw: tuple[Runed, str]) -> None:
+    runed, root_token = gw
     with httpx.Client(base_url=runed.http_base, timeout=10) as c:
-        assert _open_streams(c) == 0
+        eventually(lambda: _open_streams(c) == 0, what="no stream open before")
+        existing = _namespace_count(c, root_token)
         with httpx.Client(base_url=runed.http_base, timeout=10) as watcher:
             with watcher.stream("GET", "/v1/namespaces:watch", headers=headers(root_token)) as s:
-                take(events(s.iter_lines()), 2)
+                # Keep the parser (and so the response stream) referenced while we look.
+                evs = events(s.iter_lines())
+                take(evs, existing)
                 eventually(lambda: _open_streams(c) == 1, what="one open stream")
         # The client went away: the gateway notices and the handler's work ends.
         eventually(lambda: _open_streams(c) == 0, what="stream closed on the server")
@@ -110,17 +137,14 @@ def test_disconnect_cancels_the_server_side_stream(runed: Runed, root_token: str
         assert re.search(r'rune_requests_total\{code="\w+",method="/rune.api.NamespaceService/WatchNamespaces"', text)
 
 
-def test_keepalive_comments_on_idle_streams(runed_factory: type[Runed], tmp_path: Path) -> None:
-    cfg = tmp_path / "runefile.yaml"
-    cfg.write_text("server:\n  sse_keepalive_seconds: 0.2\n")
-    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
-    with httpx.Client(base_url=r.http_base, timeout=10) as c:
-        token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
+def test_keepalive_comments_on_idle_streams(gw: tuple[Runed, str]) -> None:
+    runed, token = gw
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        existing = _namespace_count(c, token)
         comments: list[str] = []
         with c.stream("GET", "/v1/namespaces:watch", headers=headers(token)) as s:
             lines = s.iter_lines()
-            take(events(lines, comments), 2)
-            assert not comments
+            take(events(lines, comments), existing)
             # Nothing changes now: the stream stays open with comment frames only.
             for line in lines:
                 if line.startswith(":"):
@@ -129,7 +153,8 @@ def test_keepalive_comments_on_idle_streams(runed_factory: type[Runed], tmp_path
         assert comments and comments[0].startswith(": keep-alive")
 
 
-def test_watch_via_rpc_style_route_is_sse_too(runed: Runed, root_token: str) -> None:
+def test_watch_via_rpc_style_route_is_sse_too(gw: tuple[Runed, str]) -> None:
+    runed, root_token = gw
     with httpx.Client(base_url=runed.http_base, timeout=10) as c:
         with c.stream("POST", "/rune.api.NamespaceService/WatchNamespaces", json={}, headers=headers(root_token)) as s:
             assert s.headers["content-type"].startswith("text/event-stream")
