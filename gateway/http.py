@@ -132,18 +132,42 @@ def sse_comment(text: str = "keep-alive") -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
+_shutdown: asyncio.Event | None = None
+
+
+def _shutdown_event() -> asyncio.Event:
+    global _shutdown
+    if _shutdown is None:
+        _shutdown = asyncio.Event()
+    return _shutdown
+
+
+def begin_shutdown() -> None:
+    """End every open event stream now (the role is stopping); clients reconnect elsewhere or later."""
+    _shutdown_event().set()
+
+
 async def _with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    """Interleave comment frames while ``frames`` is idle, without cancelling its pending step."""
+    """Interleave comment frames while ``frames`` is idle, without cancelling its pending step.
+
+    Ends with an ``event: error`` (UNAVAILABLE) frame when the role shuts down, so a server stop
+    does not wait out its grace period on streams that never end by themselves.
+    """
     it = frames.__aiter__()
     pending: asyncio.Task[bytes] | None = None
+    stopping = asyncio.ensure_future(_shutdown_event().wait())
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
+            done, _ = await asyncio.wait({pending, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 yield sse_comment()
                 continue
+            if pending not in done:
+                err = errors.Unavailable("the server is shutting down: reconnect with Last-Event-ID to resume")
+                yield sse_event(orjson.dumps(status_dict(err, "")), event="error")
+                return
             try:
                 frame = pending.result()
             except StopAsyncIteration:
@@ -152,6 +176,7 @@ async def _with_keepalive(frames: AsyncIterator[bytes], interval: float) -> Asyn
                 pending = None
             yield frame
     finally:
+        stopping.cancel()
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):

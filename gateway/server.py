@@ -12,6 +12,7 @@ from collections.abc import Callable, Generator
 import uvicorn
 
 from rune.gateway.app import build
+from rune.gateway.http import begin_shutdown
 from runed.app import App
 from runed.config import parse_address
 from runed.grpc_server import BindError
@@ -70,6 +71,7 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        begin_shutdown()
         server.should_exit = True
         await task
     finally:

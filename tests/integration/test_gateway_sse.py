@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -159,6 +160,27 @@ def test_watch_via_rpc_style_route_is_sse_too(gw: tuple[Runed, str]) -> None:
         with c.stream("POST", "/rune.api.NamespaceService/WatchNamespaces", json={}, headers=headers(root_token)) as s:
             assert s.headers["content-type"].startswith("text/event-stream")
             assert len(take(events(s.iter_lines()), 2)) == 2
+
+
+def test_stopping_runed_ends_open_streams_promptly(runed_factory: type[Runed], tmp_path: Path) -> None:
+    import signal
+    import time
+
+    r = runed_factory(data_dir=tmp_path / "data").start()
+    with httpx.Client(base_url=r.http_base, timeout=10) as c:
+        token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
+        with c.stream("GET", "/v1/namespaces:watch", headers=headers(token)) as s:
+            evs = events(s.iter_lines())
+            take(evs, 2)
+            started = time.monotonic()
+            r.signal(signal.SIGTERM)
+            last = next(evs)
+            assert last.event == "error"
+            assert last.data["code"] == 14  # UNAVAILABLE: reconnect
+    assert r.proc is not None
+    assert r.proc.wait(15) == 0
+    # Well inside the 10 s grace: the stream did not hold the shutdown.
+    assert time.monotonic() - started < 8
 
 
 def test_error_mid_stream_is_a_final_error_event() -> None:
