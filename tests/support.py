@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,13 +139,22 @@ def kill_instances(data_dir: Path) -> None:
             info = json.loads(pid_file.read_text())
         except (OSError, ValueError):
             continue
-        for pid, group in ((int(info.get("pid") or 0), True), (int(info.get("shim_pid") or 0), False)):
-            if pid <= 0:
-                continue
-            try:
-                os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        from runed.runner.shim import proc_start_time
+
+        # Pids are recycled (pid_max may be 32768): only a process whose start time still matches
+        # is the instance; the shim is recognised by its command line.
+        pid = int(info.get("pid") or 0)
+        if pid > 0 and proc_start_time(pid) == info.get("pid_start"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        shim = int(info.get("shim_pid") or 0)
+        try:
+            cmdline = Path(f"/proc/{shim}/cmdline").read_bytes() if shim > 0 else b""
+        except OSError:
+            cmdline = b""
+        if b"shim" in cmdline and str(pid_file.parent).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(shim, signal.SIGKILL)
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
