@@ -132,6 +132,21 @@ def tail(log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int
     return out
 
 
+def seq_before(log_dir: Path, since_ns: int) -> int:
+    """The seq of the newest line older than ``since_ns`` (-1 when none), reading backwards."""
+    for path in reversed(log_files(log_dir)):
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            continue
+        with fh:
+            for _, raw in _backwards(fh, complete_end(fh)):
+                ln = parse_line(raw)
+                if ln is not None and ln.ns < since_ns:
+                    return ln.seq
+    return -1
+
+
 def last_seq(log_dir: Path) -> int:
     """The seq of the newest complete line, or -1 when there is none."""
     for path in reversed(log_files(log_dir)):
@@ -207,7 +222,9 @@ class Follower:
 
     def _catch_up_rotated(self, out: list[LogLine], limit: int) -> None:
         """Lines beyond ``last_seq`` that sit in rotated files (we fell behind a rotation)."""
-        for path in log_files(self.log_dir)[:-1]:
+        for path in log_files(self.log_dir):
+            if path.name == LOG_NAME:
+                continue
             try:
                 fh = open(path, "rb")
             except OSError:

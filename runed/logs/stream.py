@@ -8,8 +8,9 @@ resuming from it sees neither gaps nor duplicates.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -88,8 +89,53 @@ class LogStream:
     pos: dict[str, int] = field(default_factory=dict)
     _followers: dict[str, Follower] = field(default_factory=dict)
 
-    def history(self, tail: int) -> list[Emitted]:
-        """The lines already written that the request asks for, merged, with cursors."""
+    def history(self, tail: int) -> Iterator[Emitted]:
+        """The lines already written that the request asks for, merged, with cursors.
+
+        ``tail`` > 0 holds at most ``tail`` lines per instance; ``tail`` 0 streams every line
+        through a lazy merge, so a large history never sits in memory.
+        """
+        if tail <= 0:
+            return self._stream_all()
+        return iter(self._tail(tail))
+
+    def _stream_all(self) -> Iterator[Emitted]:
+        sel = self.selection
+        followers: dict[str, Follower] = {}
+        for iid, src in self.sources.items():
+            if self.positions is not None:
+                start = self.positions.get(iid, -1)
+            elif sel.since_ns is not None:
+                start = files.seq_before(src.log_dir, sel.since_ns)
+            else:
+                start = -1
+            followers[iid] = Follower(src.log_dir, start)
+            self.pos[iid] = start
+
+        def lines(src: Source, f: Follower) -> Iterator[tuple[Source, LogLine]]:
+            while batch := f.poll(1000):
+                for ln in batch:
+                    yield src, ln
+
+        merged = heapq.merge(
+            *(lines(self.sources[iid], f) for iid, f in followers.items()), key=lambda p: (p[1].ns, p[1].seq)
+        )
+        completed = False
+        try:
+            for src, ln in merged:
+                self.pos[src.instance_id] = ln.seq
+                if sel.accept(ln):
+                    yield Emitted(src, ln, cursor.encode(self.pos))
+            completed = True
+        finally:
+            if completed:
+                # The followers are at the end of every file now: following continues from there.
+                self._followers.update(followers)
+            else:
+                for f in followers.values():
+                    f.close()
+
+    def _tail(self, tail: int) -> list[Emitted]:
         sel = self.selection
         picked: list[tuple[Source, LogLine]] = []
         end: dict[str, int] = {}

@@ -156,7 +156,7 @@ def test_merged_stream_orders_by_time_and_resumes_without_gaps(tmp_path: Path) -
         "b": Source("b", "web-1", "web", tmp_path / "b"),
     }
     s = LogStream(Selection(), dict(sources))
-    hist = s.history(4)
+    hist = list(s.history(4))
     assert [e.line.line for e in hist] == ["a4", "b4", "a5", "b5"]
     assert s.poll() == []
     # Resume from the second line's cursor: the rest of the history, then new lines, exactly once.
@@ -182,3 +182,36 @@ def test_cursor_rejects_garbage() -> None:
     for bad in ("", "v2;x=1", "v1;x", "v1;=1", "v1;x=a"):
         with pytest.raises(ValueError):
             cursor.decode(bad)
+
+
+def test_full_history_is_merged_lazily_and_since_starts_late(tmp_path: Path) -> None:
+    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    for i in range(3000):
+        wa.write(f"a{i}", ns=BASE_NS + 2 * i)
+        wb.write(f"b{i}", ns=BASE_NS + 2 * i + 1)
+        if i % 1000 == 999:
+            wa.rotate()
+    sources = {
+        "a": Source("a", "x-0", "x", tmp_path / "a"),
+        "b": Source("b", "x-1", "x", tmp_path / "b"),
+    }
+    s = LogStream(Selection(), dict(sources))
+    it = s.history(0)
+    first = [next(it) for _ in range(4)]
+    assert [e.line.line for e in first] == ["a0", "b0", "a1", "b1"]
+    rest = list(it)
+    assert len(rest) == 5996 and [e.line.line for e in rest[-2:]] == ["a2999", "b2999"]
+    ts = [e.line.ns for e in first + rest]
+    assert ts == sorted(ts)
+    # Following continues after the history, from the followers it used.
+    wb.write("b-new", ns=BASE_NS + 10**9)
+    assert [e.line.line for e in s.poll()] == ["b-new"]
+    s.close()
+    since = Selection(since_ns=BASE_NS + 2 * 2990)
+    late = LogStream(since, dict(sources))
+    assert [e.line.line for e in late.history(0)][:3] == ["a2990", "b2990", "a2991"]
+    late.close()
+    # An abandoned history closes its files.
+    gen = LogStream(Selection(), dict(sources)).history(0)
+    next(gen)
+    gen.close()
