@@ -398,6 +398,16 @@ def test_admin_tokens_users_policies_audit(rune: Rune, tmp_path: Path) -> None:
     assert as_alice.returncode == 0, as_alice.stderr
     denied = rune("--context", "nope", "get", "svc")
     assert denied.returncode == 3
+    add = rune(
+        "admin", "registries", "add", "--name", "hub", "--registry", "docker.io", "--username", "u", "--password", "p"
+    )
+    assert add.returncode == 0, add.stderr
+    assert "docker.io" in rune("admin", "registries", "list").stdout
+    shown = rune("admin", "registries", "show", "hub").stdout
+    assert "registry: docker.io" in shown and "password: p\n" not in shown
+    assert "hub" in rune("admin", "registries", "status").stdout
+    assert rune("admin", "registries", "remove", "hub").returncode == 0
+    assert rune("admin", "registries", "show", "hub").returncode == 3
     audit = rune("admin", "audit", "--limit", "1000")
     assert audit.returncode == 0 and "PolicyCreate" in audit.stdout
 
