@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,28 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
     stream = LogStream(params.selection, {s.instance_id: s for s in sources}, positions)
 
-    for e in stream.history(first.tail):
+    lines = _serve(stream, params, requests, store, ns, service, start_rev, data_dir, first.tail)
+    try:
+        async for item in lines:
+            yield item
+    finally:
+        # Close explicitly: a cancelled client must stop the watch and file followers now, not at GC.
+        await lines.aclose()
+        stream.close()
+
+
+async def _serve(
+    stream: LogStream,
+    params: _Params,
+    requests: AsyncIterator[logs_pb2.LogRequest],
+    store: Store,
+    ns: str,
+    service: str | None,
+    start_rev: int,
+    data_dir: Path,
+    tail: int,
+) -> AsyncGenerator[logs_pb2.LogResponse, None]:
+    for e in stream.history(tail):
         yield _response(e, params.timestamps)
     if not params.follow:
         return
