@@ -10,6 +10,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import socket
 import time
 import uuid
@@ -136,7 +137,11 @@ class Controller:
         self.inst[key] = _copy(data)
 
     def delete_instance(self, key: tuple[str, str]) -> None:
+        """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
         self._cancel_probes(key)
+        d = self.instance_dir(key[1])
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
         self.store.delete(objects.INSTANCE, key[0], key[1])
         self.store.delete(objects.INSTANCE_ACTION, key[0], key[1])
         self.inst.pop(key, None)
