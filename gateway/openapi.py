@@ -265,6 +265,20 @@ def _ops_paths() -> dict[str, Any]:
         "/livez": plain("livez: component detail", obj, ("200", "503")),
         "/version": plain("version: build, git commit, python, grpc and protobuf versions", obj),
         "/openapi.json": plain("openapi: this document", obj),
+        "/descriptor.binpb": {
+            "get": {
+                "operationId": "descriptors",
+                "tags": ["operations"],
+                "summary": "The rune.api FileDescriptorSet (for buf curl --schema and other dynamic clients)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "binary google.protobuf.FileDescriptorSet",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    }
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",

@@ -14,12 +14,13 @@ from typing import Any
 import grpc
 import orjson
 from google import protobuf
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from runed import __version__
+from runed import __version__, methods
 from runed.app import App
 from runed.roles import ready_file
 from runed.store.base import iter_all
@@ -64,6 +65,7 @@ class Operations:
             Route("/version", self.version, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/descriptor.binpb", self.descriptors, methods=["GET"]),
         ]
 
     async def healthz(self, request: Request) -> Response:
@@ -141,10 +143,33 @@ class Operations:
         body, ctype = render(self.app)
         return Response(body, media_type=ctype)
 
+    async def descriptors(self, request: Request) -> Response:
+        return Response(descriptor_set(), media_type="application/octet-stream")
+
     async def openapi(self, request: Request) -> Response:
         from rune.gateway.openapi import document
 
         return Response(document(), media_type=JSON)
+
+
+@functools.cache
+def descriptor_set() -> bytes:
+    """Every rune.api file and its imports as a FileDescriptorSet (``buf curl --schema`` reads it)."""
+    fds = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(fd: Any) -> None:
+        if fd.name in seen:
+            return
+        for dep in fd.dependencies:
+            add(dep)
+        seen.add(fd.name)
+        proto = fds.file.add()
+        fd.CopyToProto(proto)
+
+    for mod in methods.pb2_modules().values():
+        add(mod.DESCRIPTOR)
+    return fds.SerializeToString()
 
 
 def _pid() -> int:

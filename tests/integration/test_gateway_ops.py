@@ -152,6 +152,19 @@ def test_metrics_count_both_transports(gw: tuple[Runed, str], http: httpx.Client
     assert "# TYPE rune_open_streams gauge" in text
 
 
+def test_descriptor_set_for_dynamic_clients(http: httpx.Client) -> None:
+    from google.protobuf import descriptor_pb2
+
+    r = http.get("/descriptor.binpb")
+    assert r.status_code == 200
+    fds = descriptor_pb2.FileDescriptorSet.FromString(r.content)
+    names = [f.name for f in fds.file]
+    assert "google/api/annotations.proto" in names
+    assert {f"pkg/api/proto/{m}.proto" for m in methods.PB2_MODULES} <= set(names)
+    # Dependencies come before the files that import them.
+    assert names.index("pkg/api/proto/common.proto") < names.index("pkg/api/proto/service.proto")
+
+
 def test_every_rpc_has_a_route_and_openapi_is_valid(http: httpx.Client) -> None:
     from openapi_spec_validator import validate
 
