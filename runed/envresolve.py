@@ -56,7 +56,10 @@ class Sources:
                         if rec is None:
                             raise errors.not_found("secret", name, ns)
                         keys = rec.data.get("keys") or []
-                        self._cache[key] = {str(k): _secret_ref(name, str(k)) for k in keys}
+                        self._cache[key] = {
+                            str(k): _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", str(k))
+                            for k in keys
+                        }
                 else:
                     self._cache[key] = read_configmap_data(self.store, ns, name)
             except errors.NotFound:

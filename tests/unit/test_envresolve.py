@@ -1,0 +1,68 @@
+"""Computed instance environment: precedence, templates, cross-namespace refs, and what may be stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rune.api import common_pb2, service_pb2
+from runed import config, envresolve
+from runed.crypto import SecretCrypto
+from runed.secrets_access import secret_record
+from runed.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "runed.db", notify=False)
+
+
+def test_env_precedence_templates_and_stored_form(tmp_path: Path, store: SQLiteStore) -> None:
+    cfg = config.load({"data_dir": str(tmp_path)}, env={})
+    crypto = SecretCrypto(cfg, env={})
+    store.put(
+        "secret",
+        "other",
+        "db",
+        secret_record(
+            crypto, "other", "db", type_="static", data={"PASSWORD": "pw"}, version=1, created_at="", updated_at=""
+        ),
+    )
+    store.put("configmap", "default", "cm", {"data": {"MODE": "fast", "lower": "x"}})
+    svc = service_pb2.Service(
+        name="my-app",
+        namespace="default",
+        env={"MODE": "override", "PW": "pre-{{ secret : db.other.rune/PASSWORD }}-post", "C": "{{configmap:cm/MODE}}"},
+        env_from=[
+            service_pb2.EnvFromSource(configmap_name="cm", prefix="CM_"),
+            service_pb2.EnvFromSource(secret_name="db", namespace="other", prefix="S_"),
+            service_pb2.EnvFromSource(configmap_name="cm"),
+        ],
+        ports=[common_pb2.ServicePort(name="web-ui", port=80), common_pb2.ServicePort(name="admin", port=81)],
+    )
+    kw = {"instance_id": "iid", "instance_name": "my-app-0", "ports": {"web-ui": 4000, "admin": 4001}}
+    env = envresolve.compute_env(store, crypto, svc, reveal=True, **kw)  # type: ignore[arg-type]
+    assert env["CM_MODE"] == "fast" and "CM_lower" not in env and "lower" not in env
+    assert env["S_PASSWORD"] == "pw"
+    assert env["MODE"] == "override", "service env wins over envFrom"
+    assert env["PW"] == "pre-pw-post" and env["C"] == "fast"
+    assert env["MY_APP_SERVICE_HOST"] == "my-app.default.rune"
+    assert env["MY_APP_SERVICE_PORT"] == "4000" == env["PORT"] == env["RUNE_PORT_WEB_UI"]
+    assert env["MY_APP_SERVICE_PORT_ADMIN"] == "4001"
+    stored = envresolve.compute_env(store, crypto, svc, reveal=False, **kw)  # type: ignore[arg-type]
+    assert "pw" not in stored.values() and stored["PW"] == "pre-{{secret:db.other.rune/PASSWORD}}-post"
+    assert stored["S_PASSWORD"] == "{{secret:db.other.rune/PASSWORD}}"
+    # The stored form resolves back to the real one (what exec does).
+    src = envresolve.Sources(store, crypto, "default", True)
+    back = {k: envresolve.TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v) for k, v in stored.items()}
+    assert back == env
+
+
+def test_missing_reference_is_a_resolve_error(tmp_path: Path, store: SQLiteStore) -> None:
+    svc = service_pb2.Service(name="a", namespace="default", env={"X": "{{secret:nope/key}}"})
+    with pytest.raises(envresolve.ResolveError, match='secret "nope" not found'):
+        envresolve.compute_env(store, None, svc, instance_id="i", instance_name="a-0", ports={}, reveal=False)
+    svc = service_pb2.Service(name="a", namespace="default", env={"X": "{{configmap:cm}}"})
+    with pytest.raises(envresolve.ResolveError, match="needs a key"):
+        envresolve.compute_env(store, None, svc, instance_id="i", instance_name="a-0", ports={}, reveal=True)
