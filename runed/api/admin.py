@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -176,20 +177,25 @@ def _find_policy(ident: Identity, name: str, pid: str) -> dict[str, Any]:
 
 
 async def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> admin_pb2.PolicyCreateResponse:
-    import uuid
+    """Create, or replace the rules of an existing custom policy (upsert, as the reference does)."""
+    name = req.policy.name
+    if name in BUILTIN_POLICIES:
+        raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed')
+    new_id = str(uuid.uuid4())
 
-    if req.policy.name in BUILTIN_POLICIES:
-        raise errors.already_exists("policy", req.policy.name)
-    data = {
-        "id": str(uuid.uuid4()),
-        "name": req.policy.name,
-        "description": req.policy.description,
-        "rules": _rules_of(req.policy),
-        "builtin": False,
-    }
-    ctx.app.store.create("policy", SYSTEM, req.policy.name, data)
+    def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "id": (cur or {}).get("id") or new_id,
+            "name": name,
+            "description": req.policy.description,
+            "rules": _rules_of(req.policy),
+            "builtin": False,
+        }
+
+    rec = ctx.app.store.update("policy", SYSTEM, name, mutate)
+    assert rec is not None
     _changed(ctx)
-    return admin_pb2.PolicyCreateResponse(policy=policy_pb(data))
+    return admin_pb2.PolicyCreateResponse(policy=policy_pb(rec.data))
 
 
 async def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> admin_pb2.PolicyUpdateResponse:

@@ -171,12 +171,12 @@ def test_policy_lifecycle_and_builtins_are_protected(shared: tuple[Runed, Metada
         admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name="viewer", rules=[rule])), metadata=auth
     ).policy
     assert created.id and not created.builtin
-    code, _ = code_of(
-        admin.PolicyCreate,
-        admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name="viewer", rules=[rule])),
+    # Create is an upsert (as upstream): same id, new rules.
+    again = admin.PolicyCreate(
+        admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name="viewer", description="v2", rules=[rule])),
         metadata=auth,
-    )
-    assert code == grpc.StatusCode.ALREADY_EXISTS
+    ).policy
+    assert again.id == created.id and again.description == "v2"
     rule2 = admin_pb2.PolicyRule(resource="services", verbs=["get"], namespace="*")
     updated = admin.PolicyUpdate(
         admin_pb2.PolicyUpdateRequest(policy=admin_pb2.Policy(name="viewer", description="d", rules=[rule2])),
@@ -187,6 +187,12 @@ def test_policy_lifecycle_and_builtins_are_protected(shared: tuple[Runed, Metada
     assert got == updated
     for builtin in ("root", "readonly"):
         code, _ = code_of(admin.PolicyDelete, admin_pb2.PolicyDeleteRequest(name=builtin), metadata=auth)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        code, _ = code_of(
+            admin.PolicyCreate,
+            admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name=builtin, rules=[rule2])),
+            metadata=auth,
+        )
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         code, _ = code_of(
             admin.PolicyUpdate,
