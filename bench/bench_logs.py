@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, with_suppress_kill
 from rune.api import common_pb2, logs_pb2, logs_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore
 
@@ -32,6 +33,32 @@ CHATTY = textwrap.dedent(
         i += 1
         if pause:
             time.sleep(pause)
+    """
+)
+
+# A bare grpc.aio server streaming one prebuilt LogResponse forever: the transport's own ceiling.
+BARE_STREAM = textwrap.dedent(
+    """
+    import asyncio, sys, grpc, uvloop
+    from rune.api import logs_pb2
+    M = logs_pb2.LogResponse(service_name="chatty", instance_id="x" * 36, instance_name="chatty-0",
+        timestamp="2026-01-01T00:00:00.000000000Z", content="0 0 " + "payload" * 4, stream="stdout",
+        log_level="info", cursor="v1;" + "x" * 36 + "=1", seq=1)
+    async def handler(reqs, ctx):
+        await anext(reqs)
+        while True:
+            yield M
+    async def main():
+        server = grpc.aio.server()
+        h = grpc.stream_stream_rpc_method_handler(handler, request_deserializer=logs_pb2.LogRequest.FromString,
+            response_serializer=logs_pb2.LogResponse.SerializeToString)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Logs", {"S": h})])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+    uvloop.install()
+    asyncio.run(main())
     """
 )
 
@@ -126,6 +153,35 @@ def follow_sse(base: str, token: str, seconds: float) -> Result:
             return _until(time.monotonic() + seconds, lines(r))
 
 
+def bare_grpc_stream(seconds: float) -> float:
+    """Messages/s a grpc.aio client receives from a server that does nothing but yield."""
+    proc = subprocess.Popen([sys.executable, "-c", BARE_STREAM], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+
+        async def main() -> float:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = ch.stream_stream(
+                    "/bench.Logs/S",
+                    request_serializer=logs_pb2.LogRequest.SerializeToString,
+                    response_deserializer=logs_pb2.LogResponse.FromString,
+                )()
+                await call.write(logs_pb2.LogRequest())
+                n = 0
+                t0 = time.monotonic()
+                async for _ in call:
+                    n += 1
+                    if time.monotonic() - t0 >= seconds:
+                        break
+                call.cancel()
+                return n / (time.monotonic() - t0)
+
+        return asyncio.run(main())
+    finally:
+        with_suppress_kill(proc)
+
+
 def _cast(addrs: dict[str, str], token: str, script: Path, pause: float) -> Path:
     md = [("authorization", f"Bearer {token}")]
     with grpc.insecure_channel(addrs["grpc"]) as ch:
@@ -194,3 +250,5 @@ def run() -> None:
                     f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
                 )
             _delete(addrs, token)
+    ceiling = bare_grpc_stream(SECONDS)
+    print(f"   context: a bare grpc.aio stream (server only yields) delivers {ceiling:9.0f} messages/s here")
