@@ -122,3 +122,19 @@ def test_shell_completion(offline_rune: Rune) -> None:
     assert script.returncode == 0 and "_RUNE_COMPLETE" in script.stdout
     words = offline_rune("get", env={"_RUNE_COMPLETE": "bash_complete", "COMP_WORDS": "rune ro", "COMP_CWORD": "1"})
     assert "rollback" in words.stdout
+
+
+def test_get_services_imports_no_display_or_json_machinery(offline_rune: Rune) -> None:
+    code = (
+        "import atexit, sys\n"
+        "sys.argv = ['rune', 'get', 'services']\n"
+        "atexit.register(lambda: print('LOADED', sorted(sys.modules), file=sys.stderr))\n"
+        "from rune.cli.main import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline_rune.env(), timeout=60)
+    assert r.returncode == 9  # nothing listens: the call was made, so grpc was loaded
+    loaded = r.stderr.split("LOADED", 1)[1]
+    assert "'grpc'" in loaded and "'rune.api.service_pb2'" in loaded
+    for unwanted in ("rich", "google.protobuf.json_format", "rune.api.admin_pb2", "rune.cli.commands.cast"):
+        assert f"'{unwanted}'" not in loaded, unwanted

@@ -350,6 +350,26 @@ def test_watch_prints_changes(rune: Rune, cast_app: Path, tmp_path: Path) -> Non
     assert rune("delete", "late", "--timeout", "30").returncode == 0
 
 
+def test_deps_validate_graph_dependents(rune: Rune, cast_app: Path) -> None:
+    ok = rune("deps", "validate")
+    assert ok.returncode == 0, ok.stderr
+    dot = rune("deps", "graph", "--format", "dot").stdout
+    assert '"default/worker" -> "default/web";' in dot
+    assert rune("deps", "dependents", "web").stdout.split() == ["default/worker"]
+    assert rune("deps", "check", "worker").returncode == 0
+
+
+def test_cast_runeset_into_its_namespace(rune: Rune, tmp_path: Path) -> None:
+    rs = tmp_path / "tools"
+    (rs / "casts").mkdir(parents=True)
+    (rs / "runeset.yaml").write_text("name: tools\nnamespace: tools\ndefaults: {message: hi}\n")
+    (rs / "casts" / "cm.yaml").write_text("configmap:\n  name: motd\n  data: {text: '{{ .Values.message }}'}\n")
+    r = rune("cast", str(rs), "--set", "message=hello", "--create-namespace")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(rune("get", "cm", "motd", "-n", "tools", "-o", "json").stdout)
+    assert got["data"] == {"text": "hello"}
+
+
 def test_delete_refuses_dependents_then_forces(rune: Rune, cast_app: Path) -> None:
     refused = rune("delete", "web")
     assert refused.returncode == 7 and "dependents" in refused.stderr
