@@ -207,11 +207,18 @@ async def _serve(
                 params.update(req)
                 wake.set()
 
+    retired: list[str] = []
+
     async def watch_instances() -> None:
         async for change in store.watch([INSTANCE_KIND], start_rev):
-            if change.namespace != ns or change.op == DELETED or change.data is None:
+            if change.namespace != ns:
                 continue
-            if service is None or change.data.get("service") != service:
+            if change.op == DELETED:
+                if change.name in stream.sources:
+                    retired.append(change.name)
+                    wake.set()
+                continue
+            if change.data is None or change.data.get("service") != service:
                 continue
             rec = Record(change.kind, change.namespace, change.name, change.data, change.revision, change.revision)
             stream.add_source(_source(data_dir, rec))
@@ -228,6 +235,10 @@ async def _serve(
         async for batch in stream.follow(wake, done):
             for e in batch:
                 yield _response(e, params.timestamps)
+            # Replaced or deleted instances leave once drained, so long follows do not accumulate them.
+            while retired:
+                for e in stream.retire(retired.pop()):
+                    yield _response(e, params.timestamps)
     finally:
         for t in tasks:
             t.cancel()

@@ -177,6 +177,18 @@ class LogStream:
         start = -1 if self.positions is None else self.positions.get(src.instance_id, -1)
         self.pos[src.instance_id] = start
 
+    def retire(self, instance_id: str) -> list[Emitted]:
+        """An instance is gone: its last lines, then it leaves the stream (and future cursors)."""
+        if instance_id not in self.sources:
+            return []
+        out = self.poll()
+        f = self._followers.pop(instance_id, None)
+        if f is not None:
+            f.close()
+        del self.sources[instance_id]
+        self.pos.pop(instance_id, None)
+        return out
+
     def poll(self) -> list[Emitted]:
         """Lines written since the last poll, merged by time; rejected lines still advance cursors."""
         got: list[tuple[Source, LogLine]] = []

@@ -215,3 +215,20 @@ def test_full_history_is_merged_lazily_and_since_starts_late(tmp_path: Path) -> 
     gen = LogStream(Selection(), dict(sources)).history(0)
     next(gen)
     gen.close()
+
+
+def test_retired_instance_is_drained_then_dropped(tmp_path: Path) -> None:
+    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    wa.write("a0")
+    wb.write("b0")
+    s = LogStream(
+        Selection(), {"a": Source("a", "x-0", "x", tmp_path / "a"), "b": Source("b", "x-1", "x", tmp_path / "b")}
+    )
+    assert len(list(s.history(1))) == 1
+    wa.write("a last words")
+    assert [e.line.line for e in s.retire("a")] == ["a last words"]
+    assert s.retire("a") == []
+    wb.write("b1")
+    got = s.poll()
+    assert [e.line.line for e in got] == ["b1"] and cursor.decode(got[0].cursor) == {"b": 2}
+    s.close()
