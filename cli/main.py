@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "use-context": ("auth", "use_context", "Select the current context."),
     "cast": ("cast", "cast", "Apply cast files, directories or runesets (alias: apply)."),
     "lint": ("cast", "lint", "Check cast files without contacting runed."),
+    "pack": ("cast", "pack", "Pack a runeset directory into a .runeset.tgz archive."),
     "get": ("get", "get", "List or show services, instances, namespaces, secrets, configmaps."),
     "describe": ("get", "describe", "Show one object in full, with its instances and recent events."),
     "logs": ("logs", "logs", "Print (and follow) the logs of a service or instance (alias: log)."),

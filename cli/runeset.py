@@ -122,3 +122,47 @@ def render(root: Path, values_files: list[str], sets: list[str]) -> tuple[dict[s
     if not files:
         raise CliError(f"{root}: runeset has no casts/*.yaml", EXIT_INVALID)
     return manifest, [Rendered(p, render_text(p.read_text(), values, str(p))) for p in files]
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith((".runeset.tgz", ".tgz", ".tar.gz"))
+
+
+def extract(archive: Path) -> Path:
+    """Unpack a runeset archive into a temporary directory (removed at exit) and return its root.
+
+    The ``data`` extraction filter refuses absolute paths, ``..`` escapes, links out of the tree
+    and device files, so an archive cannot write outside its directory.
+    """
+    import atexit
+    import shutil
+    import tarfile
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="runeset-"))
+    atexit.register(shutil.rmtree, dest, True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise CliError(f"{archive}: cannot unpack runeset: {e}", EXIT_INVALID) from e
+    if is_runeset(dest):
+        return dest
+    subdirs = [d for d in dest.iterdir() if is_runeset(d)]
+    if len(subdirs) != 1:
+        raise CliError(f"{archive}: no runeset.yaml at the top of the archive", EXIT_INVALID)
+    return subdirs[0]
+
+
+def pack(root: Path, out: Path) -> str:
+    """Write ``root`` as a gzipped tar with one top directory; returns the archive's sha256."""
+    import hashlib
+    import tarfile
+
+    if not is_runeset(root):
+        raise CliError(f"{root}: not a runeset (no runeset.yaml)", EXIT_INVALID)
+    with tarfile.open(out, "w:gz") as tar:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                tar.add(p, arcname=f"{root.name}/{p.relative_to(root)}")
+    return hashlib.sha256(out.read_bytes()).hexdigest()

@@ -14,7 +14,7 @@ from rune.cli.castfile import Cast, CastErrors, collect_files, dependency_cycles
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import list_instances, pass_session, seconds, svc_status
 from rune.cli.errors import EXIT_INVALID, EXIT_TIMEOUT, CliError
-from rune.cli.runeset import is_runeset, render
+from rune.cli.runeset import extract, is_archive, is_runeset, render
 
 
 def load_cast(
@@ -25,6 +25,8 @@ def load_cast(
     plain: list[str] = []
     for raw in paths:
         p = Path(raw)
+        if is_archive(p):
+            p = extract(p)
         if is_runeset(p):
             manifest, rendered = render(p, list(values), list(sets))
             ns = namespace or manifest.get("namespace")
@@ -278,3 +280,17 @@ def lint(
             click.echo(f"ok: {count} objects in {len(paths)} path(s)")
     if failed:
         sys.exit(EXIT_INVALID)
+
+
+@click.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Archive path (default DIR.runeset.tgz).")
+@click.option("--sha256", "show_sha", is_flag=True, help="Print the archive's sha256.")
+def pack(directory: str, out: str | None, show_sha: bool) -> None:
+    """Pack a runeset directory into DIR.runeset.tgz (castable with `rune cast`)."""
+    from rune.cli.runeset import pack as pack_runeset
+
+    root = Path(directory).resolve()
+    target = Path(out) if out else root.parent / f"{root.name}.runeset.tgz"
+    digest = pack_runeset(root, target)
+    click.echo(f"packed {root.name} into {target}" + (f" (sha256 {digest})" if show_sha else ""))

@@ -84,6 +84,26 @@ def test_runeset_render_with_values_and_set(offline_rune: Rune, tmp_path: Path) 
     assert "image: caddy" in r.stdout and "scale: 4" in r.stdout
     missing = offline_rune("cast", str(rs), "--set", "web=null", "--render")
     assert missing.returncode == 8 and "no value for web.image" in missing.stderr
+    packed = offline_rune("pack", str(rs), "--sha256")
+    assert packed.returncode == 0 and "sha256" in packed.stdout
+    archive = tmp_path / "shop.runeset.tgz"
+    from_archive = offline_rune("cast", str(archive), "--set", "web.image=caddy", "--render")
+    assert from_archive.returncode == 0 and "image: caddy" in from_archive.stdout and "scale: 1" in from_archive.stdout
+
+
+def test_runeset_archive_cannot_escape(offline_rune: Rune, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.runeset.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, body in (("runeset.yaml", b"name: evil\n"), ("../escaped.yaml", b"x: 1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    r = offline_rune("cast", str(archive), "--render")
+    assert r.returncode == 8 and "cannot unpack runeset" in r.stderr
+    assert not (tmp_path.parent / "escaped.yaml").exists()
 
 
 def test_contexts_file_is_private(offline_rune: Rune) -> None:
