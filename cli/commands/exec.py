@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -108,6 +109,13 @@ def exec_(
         init.service_name = name
     else:
         init.service_name = target
+        if re.search(r"-\d+$", target):
+            # `web-0` reads as an instance name: exec into that instance when one exists.
+            from rune.cli.commands.common import list_instances
+
+            named = [i for i in list_instances(s, init.namespace) if i.name == target]
+            if named:
+                init.instance_id = named[0].id
     if tty:
         w, h = _terminal_size()
         init.terminal_size.width, init.terminal_size.height = w, h

@@ -245,6 +245,8 @@ def test_exec_passes_exit_code_and_stdin(rune: Rune, cast_app: Path) -> None:
     assert cat.returncode == 0 and cat.stdout == "piped input\n"
     env = rune("exec", "--env", "FOO=bar", "--workdir", "/", "web", "--", "sh", "-c", "echo $FOO $(pwd)")
     assert env.stdout.strip() == "bar /"
+    by_name = rune("exec", "web-1", "--", "sh", "-c", "echo $RUNE_INSTANCE_NAME")
+    assert by_name.returncode == 0 and by_name.stdout.strip() == "web-1"
     missing = rune("exec", "nope", "--", "true")
     assert missing.returncode in (3, 7) and "Traceback" not in missing.stderr
 
