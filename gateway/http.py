@@ -58,8 +58,8 @@ def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
         app=app,
         method=method,
         transport="rest",
-        # Starlette lower-cases header names already; repeated headers keep the last value, as gRPC.
-        metadata=dict(conn.headers.items()),
+        # ASGI header names are lower-case already; a repeated header keeps its last value.
+        metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in conn.scope["headers"]},
         peer=conn.client.host if conn.client else "",
         request_id=request_id_of(conn),
     )

@@ -94,8 +94,12 @@ def _buckets() -> dict[tuple[str, int], tuple[HttpRule, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=4096)
 def resolve(verb: str, path: str) -> tuple[HttpRule, dict[str, str]] | None:
-    """The rule serving ``verb path`` and its path variables, or None."""
+    """The rule serving ``verb path`` and its path variables, or None (cached: hot paths repeat).
+
+    The returned dict is shared between callers: read it, never change it.
+    """
     buckets = _buckets()
     for key in ((verb, path.count("/")), (verb, -1)):
         for rule in buckets.get(key, ()):

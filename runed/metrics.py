@@ -8,6 +8,7 @@ directories of runs whose supervisor is gone are removed at start-up so old coun
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -94,11 +95,46 @@ def _child(metric: str, *labels: str) -> Any:
     return child
 
 
+# Calls are tallied in plain dicts and written to the shared files at most every FLUSH_SECONDS:
+# each write to a multiprocess value takes a lock and an mmap store, which showed on the hot path.
+FLUSH_SECONDS = 0.25
+_pending_counts: dict[tuple[str, str, str], int] = {}
+_pending_latency: dict[tuple[str, str], list[float]] = {}
+_flush_scheduled = False
+
+
 def record(transport: str, method: str, code: str, seconds: float) -> None:
+    global _flush_scheduled
     if not _metrics:
         return
-    _child("requests", transport, method, code).inc()
-    _child("latency", transport, method).observe(seconds)
+    key = (transport, method, code)
+    _pending_counts[key] = _pending_counts.get(key, 0) + 1
+    _pending_latency.setdefault((transport, method), []).append(seconds)
+    if _flush_scheduled:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        flush()
+        return
+    _flush_scheduled = True
+    loop.call_later(FLUSH_SECONDS, flush)
+
+
+def flush() -> None:
+    """Write the tallied calls to the shared metric files."""
+    global _flush_scheduled
+    _flush_scheduled = False
+    counts = list(_pending_counts.items())
+    latencies = list(_pending_latency.items())
+    _pending_counts.clear()
+    _pending_latency.clear()
+    for labels, n in counts:
+        _child("requests", *labels).inc(n)
+    for labels2, values in latencies:
+        hist = _child("latency", *labels2)
+        for v in values:
+            hist.observe(v)
 
 
 def stream_opened(transport: str, delta: int = 1) -> None:
@@ -110,6 +146,7 @@ def shutdown() -> None:
     """Drop this process's live gauges from the shared directory."""
     if not _metrics or ENV not in os.environ:
         return
+    flush()
     from prometheus_client import multiprocess
 
     with contextlib.suppress(Exception):
