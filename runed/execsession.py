@@ -33,6 +33,8 @@ VEOF = b"\x04"
 
 @dataclass(frozen=True)
 class ExecSpec:
+    """What to run and how: argv, full environment, working directory, terminal, credentials."""
+
     command: list[str]
     env: dict[str, str]
     cwd: str
@@ -45,12 +47,16 @@ class ExecSpec:
 
 @dataclass(frozen=True)
 class Output:
+    """A chunk of the command's output."""
+
     stream: str  # "stdout" | "stderr" (everything is "stdout" under a TTY)
     data: bytes
 
 
 @dataclass(frozen=True)
 class Exit:
+    """How the command ended: ``code`` (128+n when killed by signal n) and the signal, if any."""
+
     code: int
     signal: int | None = None
 
@@ -113,10 +119,6 @@ class ExecProcess:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _reaper: asyncio.Task[None] | None = None
     _stdin_closed: bool = False
-
-    async def start_and_return(self) -> ExecProcess:
-        await self.start()
-        return self
 
     async def start(self) -> None:
         """Spawn the command; failures to start become an error message and an Exit event."""

@@ -217,7 +217,8 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
         else:
             spec = _spec(ctx, ns, rec, init)
             _audit(ctx, ns, rec, init)
-            proc = await ExecProcess(spec).start_and_return()
+            proc = ExecProcess(spec)
+            await proc.start()
         yield exec_pb2.ExecResponse(status=common_pb2.Status(code=0, message=f"Connected to instance {rec.name}"))
 
         def on_timeout() -> None:

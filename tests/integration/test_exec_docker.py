@@ -22,6 +22,7 @@ class FakeEngine:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.execs: dict[str, dict] = {}
+        self.conns: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -35,11 +36,21 @@ class FakeEngine:
         self.loop.run_forever()
 
     def close(self) -> None:
-        for e in self.execs.values():
-            if e.get("proc") is not None and e["proc"].returncode is None:
-                e["proc"].kill()
+        async def shutdown() -> None:
+            for e in self.execs.values():
+                p = e.get("proc")
+                if p is not None and p.returncode is None:
+                    p.kill()
+                    await p.wait()
+            for w in list(self.conns):
+                w.close()
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
     @staticmethod
     def _reply(w: asyncio.StreamWriter, status: int, body: object) -> None:
@@ -51,6 +62,7 @@ class FakeEngine:
         )
 
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.conns.add(w)
         head = (await r.readuntil(b"\r\n\r\n")).decode()
         method, target = head.split(" ")[:2]
         length = 0
