@@ -48,8 +48,18 @@ def load_cast(
 
 
 def _changed_fields(desired: Any, current: Any) -> list[str]:
-    """Top-level fields that ``desired`` sets and ``current`` holds differently."""
-    return [fd.name for fd, value in desired.ListFields() if getattr(current, fd.name) != value]
+    """Top-level fields that ``desired`` sets and ``current`` holds differently (scalars with old -> new)."""
+    out = []
+    for fd, value in desired.ListFields():
+        old = getattr(current, fd.name)
+        if old == value:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if not repeated and fd.message_type is None:
+            out.append(f"{fd.name} {old!r} -> {value!r}")
+        else:
+            out.append(fd.name)
+    return out
 
 
 def _existing(s: Session, service: str, method: str, req: Any) -> Any | None:

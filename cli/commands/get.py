@@ -315,6 +315,7 @@ def _watch(s: Session, kind_name: str, ns: str, labels: str | None, fields: str 
 @click.option("-w", "--watch", is_flag=True, help="After listing, print changes as they happen.")
 @click.option("--sort-by", type=click.Choice(["name", "creationTime", "status"]))
 @click.option("--no-headers", is_flag=True)
+@click.option("--show-labels", is_flag=True, help="Add a LABELS column.")
 @click.option("--show-values", is_flag=True, help="Secrets: print values (needs secrets:read).")
 @click.option("--limit", "page_size", type=int, default=0, help="Page size used when fetching (all pages are read).")
 @click.option("--service-name", "--service", "service", default="", help="Instances: only this service's.")
@@ -331,6 +332,7 @@ def get(
     watch: bool,
     sort_by: str | None,
     no_headers: bool,
+    show_labels: bool,
     show_values: bool,
     page_size: int,
     service: str,
@@ -356,6 +358,8 @@ def get(
     columns = list(kind.columns)
     if all_namespaces and kind.all_ns_column:
         columns.insert(1, ("NAMESPACE", lambda o: o.namespace))
+    if show_labels and kind_name in ("services", "namespaces") and not (fmt == "wide" and kind_name == "services"):
+        columns.append(("LABELS", _labels))
     if show_values and kind_name == "secrets" and fmt in ("table", "wide"):
         columns.append(("DATA", lambda o: ",".join(f"{k}={v}" for k, v in sorted(o.data.items()))))
     if not items and fmt in ("table", "wide") and not watch:

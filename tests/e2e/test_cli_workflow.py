@@ -133,6 +133,15 @@ def test_cast_applies_configmap_secret_services_and_waits(rune: Rune, cast_app: 
     assert again.returncode == 0 and "ready: web, worker" in again.stdout
 
 
+def test_dry_run_shows_what_would_change(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
+    r = rune("cast", "--dry-run", str(cast_file(tmp_path, scale=4)))
+    assert r.returncode == 0, r.stderr
+    assert "service/web (namespace default) would be updated: scale 2 -> 4 (dry run)" in r.stdout
+    assert "service/worker (namespace default) unchanged (dry run)" in r.stdout
+    assert "configmap/web-config (namespace default) unchanged (dry run)" in r.stdout
+    assert json.loads(rune("get", "svc", "web", "-o", "json").stdout)["scale"] == 2
+
+
 def test_get_every_output_format(rune: Rune, cast_app: Path) -> None:
     table = rune("get", "svc")
     assert table.returncode == 0
