@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, common_pb2, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore
-from tests.support import Runed
+from tests.support import Runed, eventually
 
 # Short periods and back-offs keep every test a few seconds long.
 RUNEFILE = """
@@ -119,6 +120,29 @@ class Orch:
         assert len(insts) == n and all(d["state"] == "RUNNING" and d.get("ready") for d in insts), states
         return insts
 
+    def clear(self) -> None:
+        """Delete every service at once (no grace) and wait until no instance is left."""
+        st = self.store()
+        try:
+            names = [(r.namespace, r.name) for r in st.list("service").items]
+        finally:
+            st.close()
+        for ns, name in names:
+            with contextlib.suppress(grpc.RpcError):
+                self.services.DeleteService(
+                    service_pb2.DeleteServiceRequest(name=name, namespace=ns, force=True, now=True), metadata=self.auth
+                )
+
+        def empty() -> bool:
+            st = self.store()
+            try:
+                assert st.count("instance") == 0 and st.count("service") == 0
+            finally:
+                st.close()
+            return True
+
+        eventually(empty, timeout=20, what="every service deleted")
+
     def log_lines(self, inst: dict[str, Any]) -> list[str]:
         import json
 
@@ -141,8 +165,31 @@ def bootstrap(r: Runed) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {resp.token_secret}")]
 
 
+@pytest.fixture(scope="module")
+def shared_orch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orch]:
+    """One runed per test module: starting runed dominates a test's time, services are per test."""
+    tmp = tmp_path_factory.mktemp("orch")
+    cfg = tmp / "runefile.yaml"
+    cfg.write_text(RUNEFILE)
+    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
+    try:
+        r.start()
+        yield Orch(r, bootstrap(r), tmp)
+    finally:
+        r.stop()
+
+
+@pytest.fixture(name="orch")
+def orch_per_module(shared_orch: Orch) -> Iterator[Orch]:
+    """``orch`` on the module's runed (import with ``shared_orch``); every service a test cast is
+    deleted (instances killed) afterwards."""
+    yield shared_orch
+    shared_orch.clear()
+
+
 @pytest.fixture
 def orch(runed_factory: type[Runed], tmp_path: Path) -> Iterator[Orch]:
+    """A runed of the test's own, for tests that kill or restart it."""
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text(RUNEFILE)
     r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()

@@ -14,10 +14,10 @@ import pytest
 
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
 from runed import objects
-from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch, alive, orch
+from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch, alive, orch_per_module, shared_orch
 from tests.support import eventually
 
-__all__ = ["orch"]
+__all__ = ["orch_per_module", "shared_orch"]
 
 
 def _one(o: Orch, name: str) -> dict[str, object]:
