@@ -325,13 +325,14 @@ class SessionSlots:
     frees its slots at once.
     """
 
-    def __init__(self, run_dir: Path, limit: int) -> None:
-        self.run_dir = run_dir
+    def __init__(self, instances_dir: Path, limit: int) -> None:
+        # Next to each instance's own files, so they go when the instance's directory does.
+        self.instances_dir = instances_dir
         self.limit = limit
 
     def acquire(self, instance_id: str) -> int | None:
         """An open descriptor holding a slot (close it to release), or None when all are taken."""
-        d = self.run_dir / "exec" / instance_id
+        d = self.instances_dir / instance_id / "exec-slots"
         d.mkdir(parents=True, exist_ok=True)
         for i in range(self.limit):
             fd = os.open(d / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

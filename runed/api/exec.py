@@ -201,7 +201,7 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     ns = init.namespace or ctx.namespace or DEFAULT_NAMESPACE
     rec = pick_instance(ctx, ns, init)
     cfg = ctx.app.config.exec
-    slots = SessionSlots(ctx.app.config.data_path / "run", cfg.max_sessions_per_instance)
+    slots = SessionSlots(ctx.app.config.data_path / "instances", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)
     if slot is None:
         raise errors.ResourceExhausted(
