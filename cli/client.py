@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class Session:
                 )
                 self._channel = grpc.secure_channel(self.target, creds, options=opts)
             else:
+                host = self.target.rsplit(":", 1)[0].strip("[]")
+                if self.token and host not in ("localhost", "::1") and not host.startswith("127."):
+                    # A bearer token over plaintext to another host can be read on the way.
+                    sys.stderr.write(f"warning: sending a token to {self.target} without TLS (use --tls)\n")
                 self._channel = grpc.insecure_channel(self.target, options=opts)
         return self._channel
 
