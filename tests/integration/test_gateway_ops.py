@@ -152,6 +152,32 @@ def test_metrics_count_both_transports(gw: tuple[Runed, str], http: httpx.Client
     assert "# TYPE rune_open_streams gauge" in text
 
 
+def test_instances_by_state_come_from_the_store(gw: tuple[Runed, str], http: httpx.Client) -> None:
+    _, token = gw
+    auth = {"authorization": f"Bearer {token}"}
+    svc = {
+        "name": "sleeper",
+        "runtime": "process",
+        "scale": 2,
+        "process": {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"]},
+    }
+    r = http.post("/v1/namespaces/default/services", json=svc, headers=auth)
+    assert r.status_code == 200, r.text
+    try:
+        eventually(
+            lambda: _sample(http.get("/metrics").text, "rune_instances", state="RUNNING") >= 2,
+            timeout=30,
+            what="two RUNNING instances in /metrics",
+        )
+    finally:
+        assert http.delete("/v1/namespaces/default/services/sleeper", headers=auth).status_code == 200
+    eventually(
+        lambda: _sample(http.get("/metrics").text, "rune_instances", state="RUNNING") == 0,
+        timeout=30,
+        what="instances gone from /metrics",
+    )
+
+
 def test_descriptor_set_for_dynamic_clients(http: httpx.Client) -> None:
     from google.protobuf import descriptor_pb2
 
