@@ -64,8 +64,8 @@ def test_follow_a_real_service_across_rotation_and_restarts(cast: Orch) -> None:
             assert r.service_name == "chatty" and r.content.startswith(r.instance_name)
             seqs.setdefault(r.instance_id, []).append(r.seq)
             streams.add(r.stream)
-            insts = {i["id"]: i for i in cast.instances("chatty")}
             if len(seqs) == 2 and all(len(v) > 150 for v in seqs.values()):
+                insts = {i["id"]: i for i in cast.instances("chatty")}
                 if all(insts[i]["restart_count"] >= 1 for i in seqs if i in insts):
                     break
     finally:
