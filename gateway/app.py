@@ -184,6 +184,10 @@ class Gateway:
                 ctx = call_context(self.app, method, request)
                 resp = await self.app.pipeline.unary(ctx, msg)
                 return Response(resp.SerializeToString(), media_type=ctype, headers={"x-request-id": rid})
+            if ctype.startswith("application/connect+"):
+                raise errors.Unimplemented(
+                    "Connect streaming is not served here: streams are Server-Sent Events (see /openapi.json)"
+                )
             # Anything else is read as JSON: `curl -d` labels JSON as form data.
             msg = codec.build_request(method.request_cls, body=codec.parse_body(raw), body_field="*")
             return await self._call(request, method, msg)
@@ -242,5 +246,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}", [])
-    return error_response(err, request_id_of(request))
+    path = request.url.path
+    allowed = ["POST"] if path in routes.rpc_methods() else routes.path_allows(path)
+    err = MethodNotAllowed(f"{request.method} is not allowed on {path}", allowed)
+    resp = error_response(err, request_id_of(request))
+    if allowed:
+        resp.headers["allow"] = ", ".join(allowed)
+    return resp
