@@ -15,9 +15,11 @@ in base64). ``POST .../exec/sessions/{id}/input`` takes one ExecRequest JSON (``
 reads for ``SESSION_IDLE_SECONDS`` is ended, which kills its command. Only the principal that
 created a session can read or feed it.
 
-``/v1/namespaces/{ns}/exec/{target}/ws`` is the interactive form: the first text message is the
-ExecInitRequest JSON; then text messages are ExecRequest JSON and binary messages raw stdin (an
-empty one closes input); the server sends every ExecResponse as a JSON text message.
+``/v1/namespaces/{ns}/exec/{target}/ws`` is the interactive form (credentials in the
+``Authorization`` header, or for browsers as the subprotocols ``rune.exec.v1`` and
+``bearer.<token>``): the first text message is the ExecInitRequest JSON; then text messages are
+ExecRequest JSON and binary messages raw stdin (an empty one closes input); the server sends every
+ExecResponse as a JSON text message.
 """
 
 from __future__ import annotations
@@ -439,10 +441,19 @@ async def exec_input(request: Request) -> Response:
     return Response(status_code=204, headers={"x-request-id": ctx.request_id})
 
 
+WS_SUBPROTOCOL = "rune.exec.v1"
+WS_BEARER_PREFIX = "bearer."
+
+
 async def exec_ws(ws: WebSocket) -> None:
     app = _app(ws)
     ctx = call_context(app, _method(EXEC_METHOD), ws)
-    await ws.accept()
+    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    # Browsers cannot set headers on a WebSocket: they may pass the token as a subprotocol instead.
+    bearer = next((p[len(WS_BEARER_PREFIX) :] for p in offered if p.startswith(WS_BEARER_PREFIX)), "")
+    if bearer and "authorization" not in ctx.metadata:
+        ctx.metadata["authorization"] = f"Bearer {bearer}"
+    await ws.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
     try:
         init = _init_from((await ws.receive_text()).encode(), ws.path_params["target"], ws.path_params["ns"])
     except errors.RuneError as err:

@@ -125,3 +125,18 @@ def test_websocket_tty_resize_and_disconnect(rest: RoleProcess, token: str, iid:
         pid = int(out.split()[0])
         assert not _gone(pid)
     eventually(lambda: _gone(pid), timeout=5, what="the command dies with its WebSocket")
+
+
+def test_websocket_token_as_subprotocol(rest: RoleProcess, token: str, iid: str) -> None:
+    url = f"ws://{rest.address('rest')}/v1/namespaces/default/exec/web/ws"
+    with connect(url, subprotocols=["rune.exec.v1", f"bearer.{token}"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "rune.exec.v1"
+        ws.send(json.dumps({"command": ["sh", "-c", "exit 4"]}))
+        ex = None
+        while ex is None:
+            ex = json.loads(ws.recv(timeout=10)).get("exit")
+        assert ex["code"] == 4
+    with connect(url) as ws:
+        ws.send(json.dumps({"command": ["true"]}))
+        msg = json.loads(ws.recv(timeout=10))
+        assert msg["error"]["code"] == 16  # UNAUTHENTICATED
