@@ -105,6 +105,30 @@ def test_watch_namespaces_then_resume_with_last_event_id(gw: tuple[Runed, str]) 
         assert int(resumed[0].id) > int(last_id) and int(resumed[1].id) > int(resumed[0].id)
 
 
+def test_watch_services_resumes_after_last_event_id(gw: tuple[Runed, str]) -> None:
+    runed, token = gw
+    svc = {"name": "web", "runtime": "process", "scale": 0, "process": {"command": "true"}}
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        ns = c.post("/v1/namespaces", json={"name": "watch-svc"}, headers=headers(token))
+        assert ns.status_code == 200, ns.text
+        url = "/v1/namespaces/watch-svc/services:watch"
+        with c.stream("GET", url, headers=headers(token)) as s:
+            evs = events(s.iter_lines())
+            r = c.post("/v1/namespaces/watch-svc/services", json=svc, headers=headers(token))
+            assert r.status_code == 200, r.text
+            added = next(evs)
+            assert added.event == "ADDED" and added.data["service"]["name"] == "web"  # type: ignore[index]
+        assert c.delete("/v1/namespaces/watch-svc/services/web", headers=headers(token)).status_code == 200
+        with c.stream("GET", url, headers=headers(token, **{"last-event-id": added.id})) as s:
+            ids = [int(added.id)]
+            for ev in events(s.iter_lines()):
+                assert ev.event in ("MODIFIED", "DELETED"), ev
+                ids.append(int(ev.id))
+                if ev.event == "DELETED":
+                    break
+        assert ids == sorted(set(ids)), "resumed events must be new and in order"
+
+
 def test_bad_last_event_id_and_unauthenticated_watch_get_http_errors(gw: tuple[Runed, str]) -> None:
     runed, root_token = gw
     with httpx.Client(base_url=runed.http_base, timeout=10) as c:
