@@ -238,11 +238,19 @@ def build(app: App) -> FastPath:
     starlette.state.runed = app
     starlette.add_exception_handler(404, _not_found)  # type: ignore[arg-type]
     starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
+    starlette.add_exception_handler(Exception, _internal)
     return FastPath(gw, starlette)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(errors.NotFound(f"no route for {request.method} {request.url.path}"), request_id_of(request))
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    # Handlers' errors are mapped by the pipeline; this only catches a fault in the gateway itself.
+    rid = request_id_of(request)
+    log.error("gateway error on %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
+    return error_response(errors.Internal(f"internal error (request id {rid})"), rid)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
