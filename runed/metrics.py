@@ -74,8 +74,10 @@ def install(app: App) -> None:
     _metrics["streams"] = Gauge(
         "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
     )
-    # Present (at 0) from the start, so dashboards and tests see the series before any stream.
-    _metrics["streams"].labels(app.role if app.role in ("grpc", "rest") else "rest").inc(0)
+    if app.role == "rest":
+        # Present (at 0) from the start, so dashboards see the series before the first stream.
+        # Only the REST adapter counts open streams; gRPC calls show up when they finish.
+        _metrics["streams"].labels("rest").inc(0)
     app.on_call_finished = _on_call_finished
 
 
