@@ -113,6 +113,26 @@ def test_configmap_crud_via_rpc_style_routes(client: httpx.Client) -> None:
     assert r.json()["code"] == 5
 
 
+def test_namespace_and_secret_crud_via_rpc_style_routes(client: httpx.Client) -> None:
+    ns, sec = "/rune.api.NamespaceService", "/rune.api.SecretService"
+    assert client.post(f"{ns}/CreateNamespace", json={"namespace": {"name": "rpc-ns"}}).status_code == 200
+    assert client.post(f"{ns}/GetNamespace", json={"name": "rpc-ns"}).json()["namespace"]["name"] == "rpc-ns"
+    assert "rpc-ns" in [n["name"] for n in client.post(f"{ns}/ListNamespaces", json={}).json()["namespaces"]]
+
+    secret = {"name": "tok", "namespace": "rpc-ns", "type": "static", "data": {"k": "v1"}}
+    assert client.post(f"{sec}/CreateSecret", json={"secret": secret}).status_code == 200
+    r = client.post(f"{sec}/UpdateSecret", json={"secret": {**secret, "data": {"k": "v2"}}})
+    assert r.status_code == 200 and r.json()["secret"]["version"] == 2
+    r = client.post(f"{sec}/GetSecret", json={"name": "tok", "namespace": "rpc-ns"})
+    assert r.json()["secret"]["data"] == {"k": "v2"}
+    assert [s["name"] for s in client.post(f"{sec}/ListSecrets", json={"namespace": "rpc-ns"}).json()["secrets"]] == [
+        "tok"
+    ]
+    assert client.post(f"{sec}/DeleteSecret", json={"name": "tok", "namespace": "rpc-ns"}).status_code == 200
+    assert client.post(f"{ns}/DeleteNamespace", json={"name": "rpc-ns"}).status_code == 200
+    assert client.post(f"{ns}/GetNamespace", json={"name": "rpc-ns"}).status_code == 404
+
+
 def test_service_crud_via_both_route_styles(client: httpx.Client) -> None:
     svc = {"name": "web", "runtime": "process", "process": {"command": "sleep", "args": ["30"]}, "scale": 0}
     r = client.post("/v1/namespaces/default/services", json=svc)
