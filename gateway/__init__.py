@@ -1,1 +1,1 @@
-"""runed package."""
+"""The REST gateway (the `rest` role): HTTP/JSON and SSE routes generated from the protos."""
