@@ -369,6 +369,21 @@ def validate(cfg: Config) -> Config:
         bad = [a for a in oidc.algorithms if a not in ("RS256", "ES256")]
         if bad:
             raise ConfigError(f"auth.oidc.algorithms: only RS256 and ES256 are accepted, got {bad[0]!r}")
+    ctl = cfg.controller
+    for key, value in (
+        ("resync_seconds", ctl.resync_seconds),
+        ("restart_backoff_initial_seconds", ctl.restart_backoff_initial_seconds),
+        ("restart_backoff_max_seconds", ctl.restart_backoff_max_seconds),
+        ("log_max_bytes", ctl.log_max_bytes),
+    ):
+        if value <= 0:
+            raise ConfigError(f"controller.{key}: must be positive, got {value!r}")
+    if ctl.restart_backoff_max_seconds < ctl.restart_backoff_initial_seconds:
+        raise ConfigError("controller.restart_backoff_max_seconds: must not be below restart_backoff_initial_seconds")
+    if ctl.stop_grace_seconds < 0 or ctl.log_backups < 0 or ctl.restart_backoff_reset_seconds < 0:
+        raise ConfigError(
+            "controller: stop_grace_seconds, log_backups and restart_backoff_reset_seconds must not be negative"
+        )
     data_dir = cfg.data_dir or default_data_dir()
     data_dir = str(Path(data_dir).expanduser().resolve())
     return dataclasses.replace(cfg, data_dir=data_dir)
