@@ -697,8 +697,10 @@ class Controller:
         timeout = float(act.get("timeout_seconds") or 0) or None
         state = data.get("state")
         lv = self._live(key)
+        stamp = act.get("requested_at")
         if seq > int(data.get("restart_seq_seen", 0)):
             data["restart_seq_seen"] = seq
+            data["action_applied_at"] = stamp
             data["consecutive_failures"] = 0
             if state in ACTIVE and state != STOPPING:
                 self._begin_stop(key, data, after="restart", reason="Restarting on request", grace=timeout)
@@ -710,12 +712,19 @@ class Controller:
                     self.set_state(key, data, STOPPED, "Restarting on request")
                 self._start(key, data, reason="Restarted on request")
             return
+        # A request is carried out once: a later exit is the restart policy's business again (a
+        # Never instance started by hand does not come back after it exits).
+        if stamp == data.get("action_applied_at") or state == STOPPING:
+            return
+        data["action_applied_at"] = stamp
         desired = act.get("desired", "running")
         if desired == "stopped" and state in (STARTING, RUNNING, BACKOFF, EXITED, FATAL):
             self._begin_stop(key, data, after="stopped", reason="Stopped on request", grace=timeout)
         elif desired == "running" and state in (STOPPED, EXITED, FATAL) and lv.stop_task is None:
             data["consecutive_failures"] = 0
             self._start(key, data, reason="Started on request")
+        else:
+            self.save(key, data)
 
     def _deps_ready(self, svc: service_pb2.Service, ns: str, services: dict[tuple[str, str], Record]) -> str:
         """ "" when every dependency is there and ready, else what is awaited."""

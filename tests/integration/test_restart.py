@@ -142,3 +142,24 @@ def test_container_runtime_without_engine(orch: Orch) -> None:
     assert "container runtime unavailable" in str(inst["reason"])
     orch.cast("proc", orch.program("server", SERVER), ports=[common_pb2.ServicePort(name="http", port=80)])
     eventually(lambda: orch.running("proc", 1), timeout=15)
+
+
+def test_start_request_runs_a_never_instance_once(orch: Orch) -> None:
+    script = orch.program("exiter", EXITER)
+    orch.cast("once", script, "4", "0.2", restart_policy=common_pb2.RESTART_POLICY_NEVER)
+    first = eventually(lambda: _one(orch, "once")["state"] == "EXITED" and _one(orch, "once"), timeout=15)
+    stub = instance_pb2_grpc.InstanceServiceStub(orch.runed.channel())
+    stub.StartInstance(instance_pb2.InstanceActionRequest(id=str(first["id"]), namespace="default"), metadata=orch.auth)
+
+    def ran_again() -> dict[str, object]:
+        inst = _one(orch, "once")
+        assert inst["restart_count"] == 1 and inst["state"] == "EXITED", (inst["state"], inst["restart_count"])
+        return inst
+
+    eventually(ran_again, timeout=15)
+    # The request was carried out once: after this exit the Never policy holds again. Reconcile
+    # passes (every pass handles every action) have run once another service has come up.
+    orch.cast("marker", orch.program("server", SERVER), ports=[common_pb2.ServicePort(name="http", port=80)])
+    eventually(lambda: orch.running("marker", 1), timeout=15)
+    again = ran_again()
+    assert len(_starts(orch, again)) == 2
