@@ -202,6 +202,13 @@ def run(directory: Path) -> int:
         if rest:
             writer.write(stream, rest)
     rc = child.wait()
+    # Children the instance left behind in its group end with it, as in a container.
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.stdout.close()
+    child.stderr.close()
     writer.close()
     code, sig = (None, -rc) if rc < 0 else (rc, None)
     write_json_atomic(directory / EXIT_NAME, {"code": code, "signal": sig, "ts": time.time()})

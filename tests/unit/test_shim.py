@@ -78,3 +78,15 @@ def test_proc_start_time_identifies_a_process() -> None:
 
     assert shim.proc_start_time(os.getpid()) is not None
     assert shim.proc_start_time(2**22 + 12345) is None
+
+
+def test_children_left_behind_end_with_the_instance(tmp_path: Path) -> None:
+    prog = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(p.pid, flush=True)"
+    )
+    ex = _run_shim(tmp_path, [sys.executable, "-c", prog])
+    assert ex["code"] == 0
+    orphan = int(str(_records(tmp_path)[0]["line"]))
+    assert shim.proc_start_time(orphan) is None, "the grandchild was killed with its group"
