@@ -441,3 +441,23 @@ def test_tokens_for_others_need_admin(shared: tuple[Runed, Metadata]) -> None:
     assert stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(own.secret)).subject_name == "ivan"
     assert stub.RevokeToken(auth_pb2.RevokeTokenRequest(id=own.id), metadata=rw).revoked
     assert stub.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(root_tok.secret)).subject_name == "root"
+
+
+def test_revocation_reaches_the_other_api_process(shared: tuple[Runed, Metadata]) -> None:
+    """The REST role caches the credential; a revocation made through gRPC still ends it promptly."""
+    import httpx
+
+    runed, auth = shared
+    stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
+    tok = stub.CreateToken(auth_pb2.CreateTokenRequest(name="kate-tok", subject_name="kate"), metadata=auth)
+    headers = {"authorization": f"Bearer {tok.secret}"}
+    with httpx.Client(base_url=runed.http_base, timeout=5) as http:
+        for _ in range(3):
+            r = http.get("/v1/auth/whoami", headers=headers)
+            assert r.status_code == 200 and r.json()["subjectName"] == "kate"
+        assert stub.RevokeToken(auth_pb2.RevokeTokenRequest(id=tok.id), metadata=auth).revoked
+        eventually(
+            lambda: http.get("/v1/auth/whoami", headers=headers).status_code == 401,
+            timeout=3,
+            what="revoked token refused by the REST role",
+        )
