@@ -42,10 +42,14 @@ class FakeEngine:
                 if p is not None and p.returncode is None:
                     p.kill()
                     await p.wait()
-            for w in list(self.conns):
+            conns = list(self.conns)
+            for w in conns:
                 w.close()
+            # Wait for the transports to really close their sockets before the loop goes away.
+            await asyncio.gather(*(w.wait_closed() for w in conns), return_exceptions=True)
             self.server.close()
             await self.server.wait_closed()
+            await asyncio.sleep(0.05)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
