@@ -80,7 +80,10 @@ async def _http(spec: ProbeSpec) -> tuple[bool, str]:
 
 async def _tcp(spec: ProbeSpec) -> tuple[bool, str]:
     try:
-        _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", spec.port), spec.timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation of a probe
+        # task that is being stopped, leaving a stray probe loop behind.
+        async with asyncio.timeout(spec.timeout):
+            _, w = await asyncio.open_connection("127.0.0.1", spec.port)
     except (OSError, TimeoutError) as e:
         return False, f"tcp 127.0.0.1:{spec.port}: {type(e).__name__}"
     w.close()
@@ -105,7 +108,8 @@ async def _exec(spec: ProbeSpec, env: dict[str, str], cwd: str | None) -> tuple[
     except OSError as e:
         return False, f"exec {spec.command[0]}: {e.strerror}"
     try:
-        rc = await asyncio.wait_for(proc.wait(), spec.timeout)
+        async with asyncio.timeout(spec.timeout):
+            rc = await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

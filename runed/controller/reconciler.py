@@ -173,7 +173,10 @@ class Controller:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._tick_interval())
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
+                    # arrives as the awaited event fires.
+                    async with asyncio.timeout(self._tick_interval()):
+                        await self.wake.wait()
                 woke = self.wake.is_set()
                 self.wake.clear()
                 now = time.time()
@@ -196,8 +199,8 @@ class Controller:
                     watcher = asyncio.create_task(self._watch(self.store.current_revision()))
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
+            # Bounded: the store's wake-up wait may swallow a cancellation (3.11 wait_for).
+            await asyncio.wait({watcher}, timeout=1.0)
             for key in list(self.live):
                 self._cancel_probes(key)
             # Instances are left running on purpose: a controller restart re-adopts them. Stops in
