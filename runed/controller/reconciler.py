@@ -65,6 +65,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_available(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers bind: a port left in TIME_WAIT by the previous run is still usable.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def now_iso() -> str:
     return objects.now_rfc3339()
 
@@ -503,7 +514,8 @@ class Controller:
             self.set_state(key, data, BACKOFF, f"{msg}; retrying in {delay:g}s")
 
     def _launch_spec(self, key: tuple[str, str], data: dict[str, Any], svc: service_pb2.Service, d: Path) -> LaunchSpec:
-        ports: dict[str, int] = dict(data.get("ports") or {})
+        # A restart keeps its host ports (clients keep their address) unless someone else took one.
+        ports = {k: v for k, v in dict(data.get("ports") or {}).items() if port_available(int(v))}
         for p in svc.ports:
             ports.setdefault(p.name or str(p.port), free_port())
         data["ports"] = ports

@@ -95,6 +95,7 @@ def test_killed_process_is_restarted(orch: Orch) -> None:
 
     new = eventually(restarted, timeout=15)
     assert new["id"] == inst["id"] and new["last_signal"] == signal.SIGKILL
+    assert new["ports"] == inst["ports"], "a restart keeps the instance's host port"
 
 
 def test_instance_stop_start_restart(orch: Orch) -> None:
