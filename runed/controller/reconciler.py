@@ -113,6 +113,8 @@ class Controller:
         # The controller is also the only writer of service status: compare here, not in the store.
         self.status_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.wake = asyncio.Event()
+        # A secret or configmap changed: instances waiting on a missing reference retry at once.
+        self.refs_changed = False
         self.next_due = 0.0
         self.last_full = 0.0
 
@@ -226,8 +228,9 @@ class Controller:
         return FAST_TICK_SECONDS if busy else TICK_SECONDS
 
     async def _watch(self, since: int) -> None:
-        async for _ in self.store.watch(WATCHED_KINDS, since):
-            # Let a burst of changes land before one pass handles them all.
+        async for change in self.store.watch(WATCHED_KINDS, since):
+            if change.kind in (objects.SECRET, objects.CONFIGMAP):
+                self.refs_changed = True
             self.wake.set()
 
     # -- adoption -------------------------------------------------------------------------------
@@ -667,6 +670,7 @@ class Controller:
         from runed.controller import operations
 
         self.last_full = time.time()
+        refs_changed, self.refs_changed = self.refs_changed, False
         services = {(r.namespace, r.name): r for r in iter_all(self.store, objects.SERVICE)}
         actions = {(r.namespace, r.name): r.data for r in iter_all(self.store, objects.INSTANCE_ACTION)}
         deleting = operations.run_deletions(self, services)
@@ -690,7 +694,7 @@ class Controller:
             if skey in deleting or rec.data.get("deletion"):
                 continue
             try:
-                self.reconcile_service(rec, by_service.get(skey, []), services)
+                self.reconcile_service(rec, by_service.get(skey, []), services, refs_changed=refs_changed)
             except Exception:
                 log.exception("reconcile of service %s/%s failed", *skey)
         operations.run_scaling(self, services)
@@ -764,6 +768,8 @@ class Controller:
         rec: Record,
         items: list[tuple[tuple[str, str], dict[str, Any]]],
         services: dict[tuple[str, str], Record],
+        *,
+        refs_changed: bool = False,
     ) -> None:
         svc = objects.service_from_record(rec)
         ns = rec.namespace
@@ -775,7 +781,8 @@ class Controller:
         # Restart instances whose back-off elapsed.
         now = time.time()
         for key, data in current:
-            if data.get("state") == BACKOFF and float(data.get("next_restart_at") or 0) <= now:
+            waiting_on_ref = refs_changed and str(data.get("reason", "")).startswith("CreateConfigError")
+            if data.get("state") == BACKOFF and (float(data.get("next_restart_at") or 0) <= now or waiting_on_ref):
                 act = self.store.get(objects.INSTANCE_ACTION, key[0], key[1])
                 if act is None or act.data.get("desired", "running") == "running":
                     self._start(key, _copy(self.inst[key]), reason="Restarting after back-off")
