@@ -212,7 +212,7 @@ class Controller:
                     watcher = asyncio.create_task(self._watch(self.store.current_revision()))
         finally:
             watcher.cancel()
-            # Bounded: the store's wake-up wait may swallow a cancellation (3.11 wait_for).
+            # Bounded, so a stuck watcher can never hold up shutdown.
             await asyncio.wait({watcher}, timeout=1.0)
             for key in list(self.live):
                 self._cancel_probes(key)

@@ -226,7 +226,9 @@ class LogStream:
                     continue
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), delay)
+                    # asyncio.timeout: 3.11's wait_for can swallow the follower's cancellation.
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
                 except TimeoutError:
                     delay = min(POLL_MAX, delay * 2)
         finally:

@@ -86,8 +86,11 @@ class Notifier:
     async def wait(self, timeout: float) -> bool:
         """Wait for a wake-up or the timeout; True when woken."""
         ev = self._attach()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+        # as the event fires, leaving a cancelled watcher looping forever.
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await ev.wait()
             return True
         except TimeoutError:
             return False
