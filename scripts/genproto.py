@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,16 +39,24 @@ def main() -> int:
             print("protoc failed", file=sys.stderr)
             return 1
         generated = Path(tmp) / "pkg" / "api" / "proto"
-        if OUT_DIR.exists():
-            shutil.rmtree(OUT_DIR)
-        OUT_DIR.mkdir(parents=True)
-        for src in sorted(generated.iterdir()):
-            text = IMPORT_RE.sub(r"from rune.api import \1", src.read_text())
-            (OUT_DIR / src.name).write_text(HEADER + text)
-        (OUT_DIR / "__init__.py").write_text(
-            '"""Generated rune.api protobuf and gRPC modules (see scripts/genproto.py)."""\n'
-        )
-        (OUT_DIR / "py.typed").write_text("")
+        wanted: dict[str, str] = {
+            src.name: HEADER + IMPORT_RE.sub(r"from rune.api import \1", src.read_text())
+            for src in sorted(generated.iterdir())
+        }
+        wanted["__init__.py"] = '"""Generated rune.api protobuf and gRPC modules (see scripts/genproto.py)."""\n'
+        wanted["py.typed"] = ""
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        # Rewrite only what changed and never empty the package: processes importing it meanwhile
+        # (a running runed, a test run) must not see it half-written.
+        for name, text in wanted.items():
+            target = OUT_DIR / name
+            if not target.exists() or target.read_text() != text:
+                tmp_target = target.with_suffix(target.suffix + ".tmp")
+                tmp_target.write_text(text)
+                tmp_target.replace(target)
+        for stale in OUT_DIR.iterdir():
+            if stale.is_file() and stale.name not in wanted:
+                stale.unlink()
     return 0
 
 
