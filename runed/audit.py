@@ -75,6 +75,11 @@ def object_name(access: rbac.Access, request: Message | None) -> str:
     return ""
 
 
+def is_dry_run(request: Message | None) -> bool:
+    """Whether a request asks for a dry run (its ``dry_run`` field is set)."""
+    return request is not None and "dry_run" in request.DESCRIPTOR.fields_by_name and bool(request.dry_run)  # type: ignore[attr-defined]
+
+
 def record(ctx: CallContext, access: rbac.Access | None, request: Message | None, code: str, message: str = "") -> None:
     """Write the audit record for a finished call, when its method is audited. Never raises."""
     what = audited(access)
@@ -86,6 +91,9 @@ def record(ctx: CallContext, access: rbac.Access | None, request: Message | None
     namespace = ctx.namespace
     if not namespace and request is not None:
         namespace = rbac.namespace_of(access, request)
+    if is_dry_run(request):
+        # Still recorded (who probed what, denials included), but marked: nothing was changed.
+        message = f"dry run: {message}" if message else "dry run"
     try:
         entry = AuditEntry(
             subject=ctx.principal.subject,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import runed
 from rune.api import common_pb2, health_pb2
 from runed import errors, objects
 from runed.context import CallContext
@@ -264,5 +265,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
                 )
             )
     return health_pb2.GetHealthResponse(
-        components=comps, status=common_pb2.Status(code=0, message=f"{len(comps)} component(s)")
+        components=comps,
+        status=common_pb2.Status(code=0, message=f"{len(comps)} component(s)"),
+        server_version=runed.__version__,
     )

@@ -411,11 +411,13 @@ def _write_spec(
     force: bool,
     create: bool,
     rollback_of: int = 0,
+    dry_run: bool = False,
 ) -> tuple[Record, bool, bool]:
     """Create or update the ``service`` record and its history in one transaction.
 
     Returns (record, created, changed). An update whose spec equals the stored one changes nothing
-    (no generation, no revision) unless ``force``.
+    (no generation, no revision) unless ``force``. With ``dry_run`` the record that would be written
+    is returned unstored (its ``revision`` is the current one, 0 for a new service).
     """
     store = ctx.app.store
     ns, name = new.namespace, new.name
@@ -433,6 +435,8 @@ def _write_spec(
             number = history.latest_number(store, ns, name) + 1
             data = objects.service_record_data(new, generation=1, change_cause=cause)
             data["revision"] = number
+            if dry_run:
+                return Record(objects.SERVICE, ns, name, data, 0, 0), True, True
             rec = store.create(objects.SERVICE, ns, name, data)
             history.record(
                 store,
@@ -463,6 +467,8 @@ def _write_spec(
         data = dict(cur.data)
         data.update(objects.service_record_data(new, generation=generation, change_cause=cause))
         data["revision"] = number
+        if dry_run:
+            return Record(objects.SERVICE, ns, name, data, cur.revision, cur.created_revision), False, True
         rec = store.put(objects.SERVICE, ns, name, data, expect_revision=cur.revision)
         history.record(
             store,
@@ -477,23 +483,37 @@ def _write_spec(
         return rec, False, True
 
 
-async def _prepare(ctx: CallContext, svc: service_pb2.Service, *, ensure_ns: bool) -> service_pb2.Service:
+async def _prepare(
+    ctx: CallContext, svc: service_pb2.Service, *, ensure_ns: bool, dry_run: bool = False
+) -> service_pb2.Service:
     new = _normalise(svc)
-    if new.namespace not in BUILTIN:
+    # A dry run with ensure_namespace would create a missing namespace: nothing to check, nothing to write.
+    if new.namespace not in BUILTIN and not (dry_run and ensure_ns):
         ensure_namespace(ctx.app.store, new.namespace, create=ensure_ns)
     _check_references(ctx.app.store, new)
     await _check_runtime(ctx, new)
     return new
 
 
+def _dry_run_message(created: bool, changed: bool) -> str:
+    # Clients (``rune cast --dry-run``) read the outcome from this message; keep the words stable.
+    what = "would be created" if created else ("would be updated" if changed else "unchanged")
+    return f"dry run: {what}"
+
+
 # -- handlers -------------------------------------------------------------------------------------
 async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Create a service, or update it when it exists (upsert, as upstream)."""
-    new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace)
+    new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace, dry_run=req.dry_run)
     rec, created, changed = _write_spec(
-        ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True
+        ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True, dry_run=req.dry_run
     )
-    msg = "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
+    if req.dry_run:
+        msg = _dry_run_message(created, changed)
+    else:
+        msg = (
+            "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
+        )
     return service_pb2.ServiceResponse(service=_with_status(ctx.app.store, rec), status=_status(0, msg))
 
 
@@ -505,9 +525,14 @@ async def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> se
 async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Replace the spec: a changed spec bumps the generation and records a revision; same spec is a no-op."""
     _get_service(ctx.app.store, _ns(req.service.namespace), req.service.name)
-    new = await _prepare(ctx, req.service, ensure_ns=False)
-    rec, _, changed = _write_spec(ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False)
-    msg = "Service updated successfully" if changed else "unchanged"
+    new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
+    rec, _, changed = _write_spec(
+        ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False, dry_run=req.dry_run
+    )
+    if req.dry_run:
+        msg = _dry_run_message(False, changed)
+    else:
+        msg = "Service updated successfully" if changed else "unchanged"
     return service_pb2.ServiceResponse(service=_with_status(ctx.app.store, rec), status=_status(0, msg))
 
 

@@ -83,9 +83,11 @@ class GetHealthRequest(_message.Message):
     def __init__(self, component_type: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., include_checks: _Optional[bool] = ...) -> None: ...
 
 class GetHealthResponse(_message.Message):
-    __slots__ = ("components", "status")
+    __slots__ = ("components", "status", "server_version")
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     status: _common_pb2.Status
-    def __init__(self, components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...

@@ -156,16 +156,18 @@ class ConfigmapMount(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mount_path: _Optional[str] = ..., configmap_name: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_instance_pb2.KeyToPath, _Mapping]]] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
-    __slots__ = ("service", "deployment_tag", "ensure_namespace", "change_cause")
+    __slots__ = ("service", "deployment_tag", "ensure_namespace", "change_cause", "dry_run")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_TAG_FIELD_NUMBER: _ClassVar[int]
     ENSURE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     service: Service
     deployment_tag: str
     ensure_namespace: bool
     change_cause: str
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., ensure_namespace: _Optional[bool] = ..., change_cause: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., ensure_namespace: _Optional[bool] = ..., change_cause: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ServiceResponse(_message.Message):
     __slots__ = ("service", "status")
@@ -274,16 +276,18 @@ class WatchServicesResponse(_message.Message):
     def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UpdateServiceRequest(_message.Message):
-    __slots__ = ("service", "deployment_tag", "force", "change_cause")
+    __slots__ = ("service", "deployment_tag", "force", "change_cause", "dry_run")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_TAG_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     CHANGE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     service: Service
     deployment_tag: str
     force: bool
     change_cause: str
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., force: _Optional[bool] = ..., change_cause: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., deployment_tag: _Optional[str] = ..., force: _Optional[bool] = ..., change_cause: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class DeleteServiceRequest(_message.Message):
     __slots__ = ("name", "namespace", "force", "timeout_seconds", "detach", "dry_run", "grace_period", "now", "ignore_not_found", "finalizers", "no_dependencies")
