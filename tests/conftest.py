@@ -68,3 +68,35 @@ def api_auth(api_runed: Runed) -> list[tuple[str, str]]:
 
     resp = admin_pb2_grpc.AdminServiceStub(api_runed.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
     return [("authorization", f"Bearer {resp.token_secret}")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans_survive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run, no process started from this run's temp dirs may be left alive.
+
+    Everything a test starts (runed roles, shims, instances, exec children) lives under the
+    session's base temp dir (data dirs, scripts, working directories); whatever still refers to
+    it at the end is an orphan: it is killed and the run fails, naming it.
+    """
+    yield
+    import os
+    import signal
+
+    base = str(tmp_path_factory.getbasetemp())
+    me = os.getpid()
+    orphans: list[str] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if base in cmdline or cwd.startswith(base):
+            orphans.append(f"{entry.name}: {cmdline.strip()[:160]}")
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not orphans, "processes outlived the test run:\n" + "\n".join(orphans)
