@@ -76,7 +76,11 @@ def exit_code_for(code_name: str) -> int:
 
 
 def _violations(err: Any) -> list[str]:
-    """Field violations from google.rpc.BadRequest details, if the status carries them."""
+    return [f"{field}: {why}" for field, why in field_violations(err)]
+
+
+def field_violations(err: Any) -> list[tuple[str, str]]:
+    """(field, description) pairs from google.rpc.BadRequest details, if the status carries them."""
     try:
         from google.rpc import error_details_pb2
         from grpc_status import rpc_status
@@ -86,12 +90,12 @@ def _violations(err: Any) -> list[str]:
         return []
     if status is None:
         return []
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             br = error_details_pb2.BadRequest()
             detail.Unpack(br)
-            out += [f"{v.field}: {v.description}" for v in br.field_violations]
+            out += [(v.field, v.description) for v in br.field_violations]
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 from rune.cli.castfile import Cast, CastErrors, collect_files, dependency_cycles, parse_files, parse_text
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import list_instances, pass_session, seconds, svc_status
-from rune.cli.errors import EXIT_INVALID, EXIT_TIMEOUT, CliError
+from rune.cli.errors import EXIT_INVALID, EXIT_TIMEOUT, CliError, field_violations
 from rune.cli.runeset import extract, is_archive, is_runeset, render
 
 
@@ -73,8 +74,53 @@ def _existing(s: Session, service: str, method: str, req: Any) -> Any | None:
         raise
 
 
-def _dry_run(s: Session, cast: Cast) -> None:
-    """Compare against what runed holds now and say what applying would do."""
+# How runed names a missing reference in a field violation.
+_MISSING_REF = re.compile(r'^(secret|configmap|service) "([^"]+)" not found in namespace "([^"]+)"$')
+
+
+def _declared(cast: Cast) -> set[tuple[str, str, str]]:
+    return (
+        {("secret", x.namespace, x.name) for x in cast.secrets}
+        | {("configmap", x.namespace, x.name) for x in cast.configmaps}
+        | {("service", x.namespace, x.name) for x in cast.services}
+    )
+
+
+def _server_dry_run(s: Session, cast: Cast, svc: Any, create_ns: bool, tag: str, force: bool, cause: str) -> str:
+    """What runed says applying ``svc`` would do: "would be created", "would be updated" or "unchanged".
+
+    runed runs every check of a real call. A reference to an object this same cast creates earlier
+    cannot exist yet; only when every violation is such a reference is the server's verdict replaced
+    by the client-side comparison.
+    """
+    import grpc
+
+    svpb = pb2("service")
+    try:
+        if force and _existing(
+            s, "ServiceService", "GetService", svpb.GetServiceRequest(name=svc.name, namespace=svc.namespace)
+        ):
+            req: Any = svpb.UpdateServiceRequest(
+                service=svc, deployment_tag=tag, force=True, change_cause=cause, dry_run=True
+            )
+            resp = s.call("ServiceService", "UpdateService", req)
+        else:
+            req = svpb.CreateServiceRequest(
+                service=svc, deployment_tag=tag, ensure_namespace=create_ns, change_cause=cause, dry_run=True
+            )
+            resp = s.call("ServiceService", "CreateService", req)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        refs = [_MISSING_REF.match(why) for _, why in field_violations(e)]
+        if not refs or not all(m and (m[1], m[3], m[2]) in _declared(cast) for m in refs):
+            raise
+        return ""
+    return str(resp.status.message).removeprefix("dry run: ")
+
+
+def _dry_run(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cause: str) -> None:
+    """Ask runed what applying would do (services: a server-side dry run) and show the differences."""
     cpb, spb, svpb = pb2("configmap"), pb2("secret"), pb2("service")
     for cm in cast.configmaps:
         cur = _existing(
@@ -90,10 +136,20 @@ def _dry_run(s: Session, cast: Cast) -> None:
         else:
             _report("secret", sec, [] if set(found[0].data) == set(sec.data) else ["data"], maybe=True)
     for svc in cast.services:
+        verdict = _server_dry_run(s, cast, svc, create_ns, tag, force, cause)
+        if verdict == "would be created":
+            _report("service", svc, None)
+            continue
         cur = _existing(
             s, "ServiceService", "GetService", svpb.GetServiceRequest(name=svc.name, namespace=svc.namespace)
         )
-        _report("service", svc, None if cur is None else _changed_fields(svc, cur.service))
+        if cur is None:
+            _report("service", svc, None)
+        elif verdict == "unchanged":
+            _report("service", svc, [])
+        else:
+            # Server-side defaults can make a spec differ where no field the file sets does.
+            _report("service", svc, _changed_fields(svc, cur.service) or (["spec"] if verdict else []))
 
 
 def _report(kind: str, obj: Any, changed: list[str] | None, maybe: bool = False) -> None:
@@ -235,7 +291,7 @@ def cast(
     if not (c.services or c.secrets or c.configmaps):
         raise CliError("nothing to cast: no service, secret or configmap found", EXIT_INVALID)
     if dry_run:
-        _dry_run(s, c)
+        _dry_run(s, c, create_namespace, tag, force, change_cause or tag)
         return
     _apply(s, c, create_namespace, tag, force, change_cause or tag)
     if detach or not c.services:

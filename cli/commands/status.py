@@ -94,12 +94,9 @@ def version(s: Session, client_only: bool, fmt: str) -> None:
     data: dict[str, str] = {"client": client, "python": platform.python_version()}
     if not client_only:
         hpb = pb2("health")
-        resp, call = s.stub("HealthService").GetHealth.with_call(
-            hpb.GetHealthRequest(), metadata=s.metadata(), timeout=s.timeout
-        )
-        md = dict(call.initial_metadata() or ()) | dict(call.trailing_metadata() or ())
-        # The server version travels in a response field or header when runed provides one.
-        server = getattr(resp, "server_version", "") or str(md.get("x-runed-version", "")) or "unknown (not reported)"
+        resp = s.call("HealthService", "GetHealth", hpb.GetHealthRequest())
+        # Servers older than GetHealthResponse.server_version leave it empty.
+        server = resp.server_version or "unknown (not reported)"
         data |= {"server": server, "serverAddress": s.target}
     if fmt != "text":
         dump(data, fmt)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import runed
 from tests.e2e.conftest import Rune, rune_command
 from tests.support import Runed, eventually
 
@@ -114,6 +115,26 @@ def test_cast_dry_run_changes_nothing(rune: Rune, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "service/dry (namespace default) would be created (dry run)" in r.stdout
     assert rune("get", "svc", "dry").returncode == 3
+
+
+def test_cast_dry_run_is_checked_by_the_server(rune: Rune, tmp_path: Path) -> None:
+    # References to objects the same cast creates are fine, in a namespace it would create.
+    whole = rune("cast", "--dry-run", "-n", "dry-ns", "--create-namespace", str(cast_file(tmp_path)))
+    assert whole.returncode == 0, whole.stderr
+    for ref in ("configmap/web-config", "secret/db-pass", "service/web", "service/worker"):
+        assert f"{ref} (namespace dry-ns) would be created (dry run)" in whole.stdout
+    assert "dry-ns" not in rune("get", "ns", "-o", "name").stdout.split()
+    # What only runed knows is checked too: a secret that neither exists nor is cast here.
+    f = tmp_path / "dangling.yaml"
+    f.write_text(
+        f"service:\n  name: dangling\n  runtime: process\n  process: {{command: {PY}}}\n"
+        "  env:\n    PW: '{{secret:nowhere/pw}}'\n"
+    )
+    bad = rune("cast", "--dry-run", str(f))
+    assert bad.returncode == 8, bad.stdout + bad.stderr
+    assert 'secret "nowhere" not found in namespace "default"' in bad.stderr
+    missing_ns = rune("cast", "--dry-run", "-n", "no-such-ns", str(f))
+    assert missing_ns.returncode == 7 and "no-such-ns" in missing_ns.stderr
 
 
 def test_cast_applies_configmap_secret_services_and_waits(rune: Rune, cast_app: Path) -> None:
@@ -412,6 +433,8 @@ def test_create_and_status_and_health(rune: Rune) -> None:
     assert h.returncode == 0 and "api-server" in h.stdout and "Healthy" in h.stdout
     v = rune("version")
     assert v.returncode == 0 and "Client: rune" in v.stdout
+    assert f"Server: runed {runed.__version__} at " in v.stdout
+    assert json.loads(rune("version", "-o", "json").stdout)["server"] == runed.__version__
 
 
 def test_admin_tokens_users_policies_audit(rune: Rune, tmp_path: Path) -> None:
