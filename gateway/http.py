@@ -28,6 +28,7 @@ from google.protobuf import json_format
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
+from rune.gateway.tls import CN_KEY
 from runed import errors
 from runed.app import App
 from runed.context import CallContext
@@ -62,6 +63,8 @@ def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
         metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in conn.scope["headers"]},
         peer=conn.client.host if conn.client else "",
         request_id=request_id_of(conn),
+        # Present only when the TLS handshake verified a client certificate (gateway/tls.py).
+        tls_client_cn=conn.scope.get(CN_KEY, ""),
     )
     timeout_ms = conn.headers.get("connect-timeout-ms")
     if timeout_ms and timeout_ms.isdigit():

@@ -7,12 +7,14 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Generator
 
 import uvicorn
 
 from rune.gateway.app import build
 from rune.gateway.http import begin_shutdown
+from rune.gateway.tls import uvicorn_options
 from runed.app import App
 from runed.config import parse_address
 from runed.grpc_server import BindError
@@ -51,13 +53,19 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
     config = uvicorn.Config(
         build(app),
         loop="none",  # the role already runs on uvloop
-        http="httptools",
         lifespan="off",
         access_log=False,
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=int(app.config.server.shutdown_grace_seconds) or 1,
+        **uvicorn_options(app.config.server.tls),
     )
+    try:
+        config.load()
+    except (OSError, ssl.SSLError) as e:
+        sock.close()
+        what = f"cannot read {e.filename}: {e.strerror}" if getattr(e, "filename", None) else str(e)
+        raise BindError(f"server.tls: {what}") from None
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

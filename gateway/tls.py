@@ -1,0 +1,89 @@
+"""TLS on the REST port: uvicorn settings from ``server.tls`` and the verified client certificate's CN.
+
+uvicorn (httptools) puts nothing about the TLS session in the ASGI scope, so the protocol classes
+below read the peer certificate from the transport once per connection and put its subject CN in
+the scope under :data:`CN_KEY`; :func:`rune.gateway.http.call_context` copies it to
+``CallContext.tls_client_cn``, which the authenticator maps to a user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from runed.config import TLSConfig
+
+CN_KEY = "rune.tls_client_cn"
+
+
+def verified_cn(transport: asyncio.BaseTransport) -> str:
+    """The subject CN of the peer's certificate, or "" unless the handshake verified it.
+
+    ``getpeercert()`` returns a non-empty dict only for a certificate that was validated against
+    the configured CA (with CERT_NONE it is always empty), so nothing unverified gets through.
+    """
+    sslobj: ssl.SSLObject | ssl.SSLSocket | None = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return ""
+    cert = sslobj.getpeercert()
+    if not cert:
+        return ""
+    for rdn in cert.get("subject", ()):
+        for attr in rdn:
+            if attr[0] == "commonName":
+                return str(attr[1])
+    return ""
+
+
+class TLSHttpToolsProtocol(HttpToolsProtocol):
+    """httptools' protocol, with the client certificate's CN in every request's scope."""
+
+    tls_client_cn = ""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # For TLS connections asyncio calls this after the handshake, so the certificate is known.
+        self.tls_client_cn = verified_cn(transport)
+        super().connection_made(transport)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.tls_client_cn:
+            self.scope[CN_KEY] = self.tls_client_cn  # type: ignore[literal-required]
+
+
+class TLSWebSocketProtocol(WebSocketsSansIOProtocol):
+    """The WebSocket protocol a TLS connection upgrades to, with the same scope key."""
+
+    tls_client_cn = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tls_client_cn = verified_cn(transport)
+        super().connection_made(transport)
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # The ASGI task was only scheduled, so it sees the key.
+        if self.tls_client_cn and hasattr(self, "scope"):
+            self.scope[CN_KEY] = self.tls_client_cn  # type: ignore[literal-required]
+
+
+def uvicorn_options(tls: TLSConfig) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.Config``: plain HTTP, or TLS with optional/required client certs."""
+    if not tls.enabled:
+        return {"http": "httptools"}
+    if tls.client_ca_file:
+        reqs = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    else:
+        reqs = ssl.CERT_NONE
+    return {
+        "http": TLSHttpToolsProtocol,
+        "ws": TLSWebSocketProtocol,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_ca_certs": tls.client_ca_file or None,
+        "ssl_cert_reqs": reqs,
+    }
