@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from runed import audit, errors, rbac
+from runed import audit, errors, rbac, validation
 from runed.context import CallContext, current_call
 from runed.methods import SERVICE_MODULES, Method, all_methods
 
@@ -93,7 +93,7 @@ class Pipeline:
         if route.validator is not None:
             violations = route.validator(request)
             if violations:
-                raise errors.invalid(*violations)
+                raise errors.invalid(*validation.bounded(violations))
 
     def _begin(self, ctx: CallContext) -> None:
         if not ctx.request_id:

@@ -28,9 +28,30 @@ _FILE_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 _LABEL_HINT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 
+# An error travels in gRPC trailers twice (message and BadRequest details), and clients drop
+# trailers over 16 KiB: a hostile request with hundreds of bad map keys would lose its error.
+MAX_VIOLATIONS = 12
+MAX_FIELD_CHARS = 100
+MAX_DESCRIPTION_CHARS = 200
+
 
 def _v(field: str, description: str) -> FieldViolation:
     return FieldViolation(field, description)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """At most ``MAX_VIOLATIONS`` violations with clipped paths and descriptions, plus a count of the rest."""
+    out = [
+        _v(_clip(v.field, MAX_FIELD_CHARS), _clip(v.description, MAX_DESCRIPTION_CHARS))
+        for v in violations[:MAX_VIOLATIONS]
+    ]
+    if len(violations) > MAX_VIOLATIONS:
+        out.append(_v("", f"and {len(violations) - MAX_VIOLATIONS} more violations not shown"))
+    return out
 
 
 def required(value: object, field: str) -> list[FieldViolation]:
@@ -42,6 +63,20 @@ def max_length(value: str, field: str, limit: int) -> list[FieldViolation]:
     """``value`` is at most ``limit`` characters."""
     if len(value) > limit:
         return [_v(field, f"must be at most {limit} characters (got {len(value)})")]
+    return []
+
+
+REF_MAX = 253
+
+
+def reference(value: str, field: str, *, allow_empty: bool = True) -> list[FieldViolation]:
+    """A name or id that refers to a stored object: bounded and printable (it is echoed in NOT_FOUND)."""
+    if not value:
+        return [] if allow_empty else [_v(field, "is required")]
+    if len(value) > REF_MAX:
+        return [_v(field, f"must be at most {REF_MAX} characters (got {len(value)})")]
+    if not value.isprintable():
+        return [_v(field, "must not contain control characters")]
     return []
 
 

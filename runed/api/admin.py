@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import admin_pb2
-from runed import errors
+from runed import errors, validation
 from runed.api import registries
 from runed.api.registries import (  # noqa: F401 - registry RPCs are AdminService handlers
     AddRegistry,
@@ -121,7 +121,7 @@ def _validate_policy_create(req: admin_pb2.PolicyCreateRequest) -> list[FieldVio
 def _validate_policy_ref(req: Any) -> list[FieldViolation]:
     if not (req.name or req.id):
         return [FieldViolation("name", "name or id is required")]
-    return []
+    return validation.reference(req.name, "name") + validation.reference(req.id, "id")
 
 
 def _validate_attach(req: Any) -> list[FieldViolation]:
@@ -132,6 +132,8 @@ def _validate_attach(req: Any) -> list[FieldViolation]:
         out.append(FieldViolation("subject_name", "subject_name or subject_id is required"))
     if req.subject_kind not in KNOWN_KINDS:
         out.append(FieldViolation("subject_kind", "only subject kind 'user' is supported"))
+    for field in ("policy_name", "policy_id", "subject_name", "subject_id"):
+        out += validation.reference(getattr(req, field), field)
     return out
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import auth_pb2
-from runed import errors, rbac
+from runed import errors, rbac, validation
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.identity import Identity
@@ -32,11 +32,13 @@ def _validate_create(req: auth_pb2.CreateTokenRequest) -> list[FieldViolation]:
         out.append(FieldViolation("name", "must be at most 253 characters"))
     if len(req.description) > 1024:
         out.append(FieldViolation("description", "must be at most 1024 characters"))
+    out += validation.reference(req.subject_id, "subject_id")
+    out += validation.reference(req.subject_name, "subject_name")
     return out
 
 
 def _validate_revoke(req: auth_pb2.RevokeTokenRequest) -> list[FieldViolation]:
-    return [] if req.id else [FieldViolation("id", "is required")]
+    return validation.reference(req.id, "id", allow_empty=False)
 
 
 async def WhoAmI(req: auth_pb2.WhoAmIRequest, ctx: CallContext) -> auth_pb2.WhoAmIResponse:

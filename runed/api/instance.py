@@ -107,7 +107,7 @@ def find_instance(store: Store, ns: str, instance_id: str) -> Record:
 
 # -- validation -----------------------------------------------------------------------------------
 def _v_get(req: Any) -> list[FieldViolation]:
-    out = validation.required(req.id, "id")
+    out = validation.reference(req.id, "id", allow_empty=False)
     if req.namespace:
         out += validation.dns1123_label(req.namespace, "namespace")
     return out
