@@ -3,17 +3,22 @@
 Filters: ``filter`` is a substring, or a regular expression when written ``/re/``. ``since`` and
 ``until`` take RFC 3339 or a duration meaning "that long ago" (``90s``, ``5m``, ``1h30m``).
 ``timestamps`` prefixes each content with its RFC 3339 timestamp (``timestamp`` is always set).
-``stream`` limits to ``stdout`` or ``stderr``. Every response carries a ``cursor``; a request with
+``stream`` limits to ``stdout`` or ``stderr``. ``show_events`` interleaves the instances' lifecycle
+events (started, exited, restarting, probe failures, liveness kills), written by the controller to
+``events.jsonl``, as lines whose ``stream`` is ``event`` (their ``seq`` counts events only).
+``show_logs`` and ``show_status`` are accepted and ignored: output is always shown.
+Every response carries a ``cursor``; a request with
 ``after_cursor`` continues right after it. A non-follow stream ends once its lines are sent; a
 follow stream ends when the client cancels, when a ``parameter_update`` turns ``follow`` off, or
-once ``until`` has passed. ``parameter_update`` messages may change follow, filter, stream and
-timestamps of the open stream.
+once ``until`` has passed. ``parameter_update`` messages may change follow, filter, stream,
+timestamps and (when the stream started with them) show_events of the open stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from runed import errors
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.logs import cursor
+from runed.logs.events import EVENTS_NAME
 from runed.logs.stream import STREAMS, Emitted, LogStream, Selection, Source, compile_filter
 from runed.logs.timeparse import parse_bound
 from runed.store.base import DELETED, Record, Store, iter_all
@@ -76,6 +82,12 @@ def _source(app_data_dir: Path, rec: Record) -> Source:
     name = str(inst.get("name") or (f"{service}-{data['index']}" if "index" in data else rec.name))
     log_dir = Path(data["log_dir"]) if data.get("log_dir") else app_data_dir / "instances" / rec.name
     return Source(rec.name, name, service, log_dir)
+
+
+def _with_events(sources: list[Source], events: bool) -> list[Source]:
+    if not events:
+        return sources
+    return [x for src in sources for x in (src, dataclasses.replace(src, file=EVENTS_NAME))]
 
 
 def _instances_of(store: Store, data_dir: Path, ns: str, service: str) -> list[Source]:
@@ -149,6 +161,7 @@ class _Params:
             since_ns=parse_bound(req.since),
             until_ns=parse_bound(req.until),
             match=compile_filter(req.filter),
+            events=req.show_events,
         )
 
     def update(self, req: logs_pb2.LogRequest) -> None:
@@ -159,6 +172,7 @@ class _Params:
         self.timestamps = req.timestamps
         self.selection.stream = req.stream
         self.selection.match = compile_filter(req.filter)
+        self.selection.events = req.show_events
 
 
 async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallContext) -> AsyncIterator[Any]:
@@ -169,11 +183,12 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     # Take the revision before listing so an instance created in between is seen by the watch.
     start_rev = store.current_revision()
     service, sources = resolve_target(store, data_dir, ns, first.resource_target)
+    sources = _with_events(sources, first.show_events)
     params = _Params(first)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
-    stream = LogStream(params.selection, {s.instance_id: s for s in sources}, positions)
+    stream = LogStream(params.selection, {s.key: s for s in sources}, positions)
 
-    lines = _serve(stream, params, requests, store, ns, service, start_rev, data_dir, first.tail)
+    lines = _serve(stream, params, requests, store, ns, service, start_rev, data_dir, first.tail, first.show_events)
     try:
         async for item in lines:
             yield item
@@ -193,6 +208,7 @@ async def _serve(
     start_rev: int,
     data_dir: Path,
     tail: int,
+    events: bool,
 ) -> AsyncGenerator[logs_pb2.LogResponse, None]:
     for e in stream.history(tail):
         yield _response(e, params.timestamps)
@@ -214,14 +230,15 @@ async def _serve(
             if change.namespace != ns:
                 continue
             if change.op == DELETED:
-                if change.name in stream.sources:
+                if any(src.instance_id == change.name for src in stream.sources.values()):
                     retired.append(change.name)
                     wake.set()
                 continue
             if change.data is None or change.data.get("service") != service:
                 continue
             rec = Record(change.kind, change.namespace, change.name, change.data, change.revision, change.revision)
-            stream.add_source(_source(data_dir, rec))
+            for src in _with_events([_source(data_dir, rec)], events):
+                stream.add_source(src)
             wake.set()
 
     def done() -> bool:

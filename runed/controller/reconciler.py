@@ -25,6 +25,7 @@ from runed import envresolve, objects, probes
 from runed.app import App
 from runed.controller import states
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
+from runed.logs.events import EventWriter
 from runed.runner.base import Handle, LaunchSpec, Observation, Runner, RunnerError
 from runed.runner.container import ContainerRunner
 from runed.runner.process import ProcessRunner
@@ -117,6 +118,8 @@ class Controller:
         self.refs_changed = False
         self.next_due = 0.0
         self.last_full = 0.0
+        # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
+        self.events = EventWriter()
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -132,6 +135,10 @@ class Controller:
 
     def instance_dir(self, iid: str) -> Path:
         return self.data_dir / "instances" / iid
+
+    def event(self, key: tuple[str, str], data: dict[str, Any], text: str) -> None:
+        """Record a lifecycle event of an instance (shown by ``StreamLogs`` with ``show_events``)."""
+        self.events.append(Path(data.get("log_dir") or self.instance_dir(key[1])), text)
 
     def save(self, key: tuple[str, str], data: dict[str, Any]) -> None:
         """Write an instance record when it changed (every write wakes every watcher)."""
@@ -153,6 +160,7 @@ class Controller:
         """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
         self._cancel_probes(key)
         d = self.instance_dir(key[1])
+        self.events.forget(d)
         if d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
         self.store.delete(objects.INSTANCE, key[0], key[1])
@@ -279,6 +287,8 @@ class Controller:
                 data = _copy(cached)
                 if lv is not None and lv.liveness_failed:
                     lv.liveness_failed = False
+                    probe = (data.get("probes") or {}).get("liveness") or {}
+                    self.event(key, data, f"Liveness probe failed: {probe.get('message') or 'failing'}; killing")
                     data["restart_count"] = int(data.get("restart_count", 0))
                     self._begin_stop(key, data, after="backoff", reason="LivenessProbeFailed: restarting")
                     changed = True
@@ -288,6 +298,7 @@ class Controller:
                 if obs.state == "running" and state == STARTING:
                     self._apply_handle(data, obs.handle)
                     self.set_state(key, data, RUNNING, "Running")
+                    self.event(key, data, f"Started: pid {data.get('pid') or '?'}")
                     self._live(key).running_since = now
                     self._start_probes(key, data)
                     changed = True
@@ -331,6 +342,7 @@ class Controller:
         )
         if obs.error and obs.code not in (None, 0):
             how += f": {obs.error}"
+        self.event(key, data, f"Exited: {how}")
         restart = policy in ("RESTART_POLICY_ALWAYS", "RESTART_POLICY_UNSPECIFIED", "") or (
             policy == "RESTART_POLICY_ON_FAILURE" and failed
         )
@@ -345,7 +357,9 @@ class Controller:
             self._due(data["next_restart_at"])
             reason = f"CrashLoopBackOff: {how}; restarting in {delay:g}s" if n >= 1 else f"Restarting: {how}"
             self.set_state(key, data, BACKOFF, reason)
+            self.event(key, data, f"Back-off: restarting in {delay:g}s (restart policy {_policy_word(policy)}, {how})")
         else:
+            self.event(key, data, f"Not restarted (restart policy {_policy_word(policy)})")
             data["next_restart_at"] = None
             self.set_state(key, data, EXITED, ("Completed" if not failed else "Error") + f": {how}")
         lv.running_since = 0.0
@@ -377,6 +391,7 @@ class Controller:
         data["after_stop"] = after
         if state != STOPPING:
             self.set_state(key, data, STOPPING, reason or "Stopping")
+            self.event(key, data, f"Stopping: {reason or 'on request'}")
         else:
             self.save(key, data)
 
@@ -391,6 +406,8 @@ class Controller:
         if obs is not None:
             data["last_exit_code"] = obs.code
             data["last_signal"] = obs.signal
+            how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
+            self.event(key, data, f"Stopped: {how}")
         data["pid"] = 0
         data.pop("after_stop", None)
         after = lv.after_stop
@@ -496,8 +513,11 @@ class Controller:
         self._apply_handle(data, handle)
         data["next_restart_at"] = None
         self.set_state(key, data, STARTING, reason)
+        restarts = int(data.get("restart_count", 0))
+        self.event(key, data, f"{reason} (restart {restarts})" if frm else reason)
 
     def _fail_start(self, key: tuple[str, str], data: dict[str, Any], msg: str, *, fatal: bool) -> None:
+        self.event(key, data, f"Failed to start: {msg}")
         if fatal:
             self.set_state(key, data, FATAL, msg)
             return
@@ -619,6 +639,11 @@ class Controller:
             if data is None or data.get("state") != RUNNING:
                 return
             last = data.get("probes", {}).get(which) or {}
+            if not ok and last.get("last_ok") is not False:
+                # The first failure of a run of failures, not every one: a failing probe repeats each period.
+                self.event(key, data, f"{which.capitalize()} probe failed: {msg}")
+            if which == "readiness" and changed:
+                self.event(key, data, "Ready" if st.verdict else f"Not ready: {st.message}")
             # Written when the verdict or the latest result flips, not on every probe: each write
             # wakes every watcher.
             if changed or last.get("last_ok") is not ok:
@@ -872,6 +897,11 @@ class Controller:
         if self.status_cache.get((ns, name)) != data:
             self.store.put(objects.SERVICE_STATUS, ns, name, data)
             self.status_cache[(ns, name)] = data
+
+
+def _policy_word(policy: str) -> str:
+    """The restart policy as cast files spell it (the unset policy is Always)."""
+    return {"RESTART_POLICY_ON_FAILURE": "OnFailure", "RESTART_POLICY_NEVER": "Never"}.get(policy, "Always")
 
 
 def _copy(d: dict[str, Any]) -> dict[str, Any]:

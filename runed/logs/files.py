@@ -45,20 +45,20 @@ def parse_line(raw: bytes) -> LogLine | None:
         return None
 
 
-def log_files(log_dir: Path) -> list[Path]:
-    """The instance's log files, oldest first (the live ``log.jsonl`` last)."""
+def log_files(log_dir: Path, name: str = LOG_NAME) -> list[Path]:
+    """The instance's log files, oldest first (the live ``log.jsonl`` last); ``name`` picks another series."""
     try:
         names = os.listdir(log_dir)
     except OSError:
         return []
     rotated: list[tuple[int, str]] = []
-    for name in names:
-        suffix = name[len(LOG_NAME) + 1 :]
-        if name.startswith(LOG_NAME + ".") and suffix.isdigit():
-            rotated.append((int(suffix), name))
-    out = [log_dir / name for _, name in sorted(rotated, reverse=True)]
-    if LOG_NAME in names:
-        out.append(log_dir / LOG_NAME)
+    for entry in names:
+        suffix = entry[len(name) + 1 :]
+        if entry.startswith(name + ".") and suffix.isdigit():
+            rotated.append((int(suffix), entry))
+    out = [log_dir / entry for _, entry in sorted(rotated, reverse=True)]
+    if name in names:
+        out.append(log_dir / name)
     return out
 
 
@@ -101,7 +101,9 @@ def complete_end(fh: BinaryIO) -> int:
     return 0
 
 
-def tail(log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int | None = None) -> list[LogLine]:
+def tail(
+    log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int | None = None, name: str = LOG_NAME
+) -> list[LogLine]:
     """The last ``n`` accepted lines (all when ``n`` <= 0), oldest first, reading backwards.
 
     Never reads more than it needs: it stops after ``n`` matches, or at the first line older than
@@ -109,7 +111,7 @@ def tail(log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int
     """
     out: list[LogLine] = []
     below: int | None = None  # seq of the oldest line seen: guards against a file rotated mid-read
-    for path in reversed(log_files(log_dir)):
+    for path in reversed(log_files(log_dir, name)):
         try:
             fh = open(path, "rb")
         except OSError:
@@ -132,9 +134,9 @@ def tail(log_dir: Path, n: int, accept: Callable[[LogLine], bool], since_ns: int
     return out
 
 
-def seq_before(log_dir: Path, since_ns: int) -> int:
+def seq_before(log_dir: Path, since_ns: int, name: str = LOG_NAME) -> int:
     """The seq of the newest line older than ``since_ns`` (-1 when none), reading backwards."""
-    for path in reversed(log_files(log_dir)):
+    for path in reversed(log_files(log_dir, name)):
         try:
             fh = open(path, "rb")
         except OSError:
@@ -147,9 +149,9 @@ def seq_before(log_dir: Path, since_ns: int) -> int:
     return -1
 
 
-def last_seq(log_dir: Path) -> int:
+def last_seq(log_dir: Path, name: str = LOG_NAME) -> int:
     """The seq of the newest complete line, or -1 when there is none."""
-    for path in reversed(log_files(log_dir)):
+    for path in reversed(log_files(log_dir, name)):
         try:
             fh = open(path, "rb")
         except OSError:
@@ -185,10 +187,11 @@ class Follower:
     Not thread-safe; ``poll`` never blocks on anything but local file reads.
     """
 
-    def __init__(self, log_dir: Path, after_seq: int | None = None) -> None:
+    def __init__(self, log_dir: Path, after_seq: int | None = None, name: str = LOG_NAME) -> None:
         self.log_dir = log_dir
+        self.name = name
         # None: start at the current end (only lines written from now on).
-        self.last_seq = last_seq(log_dir) if after_seq is None else after_seq
+        self.last_seq = last_seq(log_dir, name) if after_seq is None else after_seq
         self._fh: BinaryIO | None = None
         self._ino = -1
         self._pos = 0
@@ -222,8 +225,8 @@ class Follower:
 
     def _catch_up_rotated(self, out: list[LogLine], limit: int) -> None:
         """Lines beyond ``last_seq`` that sit in rotated files (we fell behind a rotation)."""
-        for path in log_files(self.log_dir):
-            if path.name == LOG_NAME:
+        for path in log_files(self.log_dir, self.name):
+            if path.name == self.name:
                 continue
             try:
                 fh = open(path, "rb")
@@ -250,7 +253,7 @@ class Follower:
             self._read_fh(out, limit)
             if len(out) >= limit:
                 return out
-        live = self.log_dir / LOG_NAME
+        live = self.log_dir / self.name
         try:
             ino = os.stat(live).st_ino
         except OSError:

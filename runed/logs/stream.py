@@ -19,6 +19,8 @@ from runed.logs import cursor, files
 from runed.logs.files import Follower, LogLine
 
 STREAMS = ("stdout", "stderr")
+EVENT_STREAM = "event"
+EVENTS_KEY_SUFFIX = "~events"
 # Idle polling backs off between these bounds; any new line resets it to the minimum.
 POLL_MIN = 0.005
 POLL_MAX = 0.05
@@ -26,12 +28,18 @@ POLL_MAX = 0.05
 
 @dataclass(frozen=True)
 class Source:
-    """One instance whose log files feed the stream."""
+    """One series of files feeding the stream: an instance's output, or its lifecycle events."""
 
     instance_id: str
     instance_name: str
     service: str
     log_dir: Path
+    file: str = files.LOG_NAME
+
+    @property
+    def key(self) -> str:
+        """The series' name in the stream and its cursors (the instance id for its output)."""
+        return self.instance_id if self.file == files.LOG_NAME else f"{self.instance_id}{EVENTS_KEY_SUFFIX}"
 
 
 def compile_filter(text: str) -> Callable[[str], bool] | None:
@@ -58,9 +66,14 @@ class Selection:
     since_ns: int | None = None
     until_ns: int | None = None
     match: Callable[[str], bool] | None = None
+    events: bool = False
 
     def accept(self, ln: LogLine) -> bool:
-        if self.stream and ln.stream != self.stream:
+        if ln.stream == EVENT_STREAM:
+            # Events are not output: the stdout/stderr choice does not hide them, show_events does.
+            if not self.events:
+                return False
+        elif self.stream and ln.stream != self.stream:
             return False
         if self.since_ns is not None and ln.ns < self.since_ns:
             return False
@@ -106,10 +119,10 @@ class LogStream:
             if self.positions is not None:
                 start = self.positions.get(iid, -1)
             elif sel.since_ns is not None:
-                start = files.seq_before(src.log_dir, sel.since_ns)
+                start = files.seq_before(src.log_dir, sel.since_ns, src.file)
             else:
                 start = -1
-            followers[iid] = Follower(src.log_dir, start)
+            followers[iid] = Follower(src.log_dir, start, src.file)
             self.pos[iid] = start
 
         def lines(src: Source, f: Follower) -> Iterator[tuple[Source, LogLine]]:
@@ -123,7 +136,7 @@ class LogStream:
         completed = False
         try:
             for src, ln in merged:
-                self.pos[src.instance_id] = ln.seq
+                self.pos[src.key] = ln.seq
                 if sel.accept(ln):
                     yield Emitted(src, ln, cursor.encode(self.pos))
             completed = True
@@ -141,7 +154,7 @@ class LogStream:
         end: dict[str, int] = {}
         for iid, src in self.sources.items():
             if self.positions is not None:
-                f = Follower(src.log_dir, self.positions.get(iid, -1))
+                f = Follower(src.log_dir, self.positions.get(iid, -1), src.file)
                 lines: list[LogLine] = []
                 while batch := f.poll():
                     lines.extend(ln for ln in batch if sel.accept(ln))
@@ -150,8 +163,8 @@ class LogStream:
                 if tail > 0:
                     lines = lines[-tail:]
             else:
-                recorded = files.last_seq(src.log_dir)
-                lines = files.tail(src.log_dir, tail, sel.accept, sel.since_ns)
+                recorded = files.last_seq(src.log_dir, src.file)
+                lines = files.tail(src.log_dir, tail, sel.accept, sel.since_ns, src.file)
                 end[iid] = max(recorded, lines[-1].seq if lines else -1)
             picked.extend((src, ln) for ln in lines)
         picked.sort(key=lambda p: (p[1].ns, p[1].seq))
@@ -160,33 +173,35 @@ class LogStream:
         # Before the first picked line of each instance, or at its end when none was picked.
         first: dict[str, int] = {}
         for src, ln in picked:
-            first.setdefault(src.instance_id, ln.seq - 1)
+            first.setdefault(src.key, ln.seq - 1)
         self.pos = {iid: first.get(iid, end[iid]) for iid in self.sources}
         out = []
         for src, ln in picked:
-            self.pos[src.instance_id] = ln.seq
+            self.pos[src.key] = ln.seq
             out.append(Emitted(src, ln, cursor.encode(self.pos)))
         self.pos = dict(end)
         return out
 
     def add_source(self, src: Source) -> None:
-        """An instance that appeared after the stream started: read it from its first line."""
-        if src.instance_id in self.sources:
+        """A series that appeared after the stream started: read it from its first line."""
+        if src.key in self.sources:
             return
-        self.sources[src.instance_id] = src
-        start = -1 if self.positions is None else self.positions.get(src.instance_id, -1)
-        self.pos[src.instance_id] = start
+        self.sources[src.key] = src
+        start = -1 if self.positions is None else self.positions.get(src.key, -1)
+        self.pos[src.key] = start
 
     def retire(self, instance_id: str) -> list[Emitted]:
-        """An instance is gone: its last lines, then it leaves the stream (and future cursors)."""
-        if instance_id not in self.sources:
+        """An instance is gone: its last lines, then its series leave the stream (and future cursors)."""
+        keys = [k for k, src in self.sources.items() if src.instance_id == instance_id]
+        if not keys:
             return []
         out = self.poll()
-        f = self._followers.pop(instance_id, None)
-        if f is not None:
-            f.close()
-        del self.sources[instance_id]
-        self.pos.pop(instance_id, None)
+        for key in keys:
+            f = self._followers.pop(key, None)
+            if f is not None:
+                f.close()
+            del self.sources[key]
+            self.pos.pop(key, None)
         return out
 
     def poll(self) -> list[Emitted]:
@@ -195,7 +210,7 @@ class LogStream:
         for iid, src in self.sources.items():
             f = self._followers.get(iid)
             if f is None:
-                f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1))
+                f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1), src.file)
             got.extend((src, ln) for ln in f.poll())
         if not got:
             return []
@@ -204,7 +219,7 @@ class LogStream:
         out = []
         accept = self.selection.accept
         for src, ln in got:
-            self.pos[src.instance_id] = ln.seq
+            self.pos[src.key] = ln.seq
             if accept(ln):
                 out.append(Emitted(src, ln, cursor.encode(self.pos)))
         return out

@@ -1,0 +1,181 @@
+"""StreamLogs(show_events): instance lifecycle events from the controller, interleaved with real output."""
+
+from __future__ import annotations
+
+import queue
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from rune.api import common_pb2, logs_pb2, logs_pb2_grpc
+from tests.integration.orch import EXITER, SERVER, Orch, orch_per_module, shared_orch
+from tests.support import eventually
+
+__all__ = ["orch_per_module", "shared_orch"]
+
+# Kills itself with SIGKILL: an exit by signal, not by code.
+SELF_KILLER = textwrap.dedent(
+    """
+    import os, signal
+    print("about to die", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _stub(o: Orch) -> logs_pb2_grpc.LogServiceStub:
+    return logs_pb2_grpc.LogServiceStub(o.runed.channel())
+
+
+def _history(o: Orch, target: str, **kw: object) -> list[logs_pb2.LogResponse]:
+    req = logs_pb2.LogRequest(resource_target=target, **kw)  # type: ignore[arg-type]
+    return list(_stub(o).StreamLogs(iter([req]), metadata=o.auth, timeout=20))
+
+
+def _events(lines: list[logs_pb2.LogResponse]) -> list[str]:
+    return [x.content for x in lines if x.stream == "event"]
+
+
+def _restarts(o: Orch, name: str, n: int) -> dict[str, object]:
+    insts = o.instances(name)
+    assert len(insts) == 1, insts
+    inst = insts[0]
+    assert int(inst["restart_count"]) >= n, (inst["state"], inst["reason"])
+    return inst
+
+
+def test_crash_loop_events_interleave_with_output(orch: Orch) -> None:
+    o = orch
+    o.cast("crash", o.program("exiter", EXITER), "3", "0.1")
+    eventually(lambda: _restarts(o, "crash", 2), timeout=20)
+
+    plain = _history(o, "crash")
+    assert plain and {x.stream for x in plain} == {"stdout"}, "events are shown only when asked for"
+
+    mixed = _history(o, "crash", show_events=True)
+    events = _events(mixed)
+    assert events[0] == "Starting"
+    assert any(e.startswith("Started: pid ") for e in events), events
+    assert "Exited: exit code 3" in events
+    assert any(e.startswith("Back-off: restarting in 0.3s (restart policy Always, exit code 3)") for e in events), (
+        events
+    )
+    assert "Restarting after back-off (restart 1)" in events
+    # One timeline: every "run" line sits between a "Started" event and the "Exited" event that follows it.
+    timeline = [x.content if x.stream == "event" else f"out:{x.content}" for x in mixed]
+    first_run = timeline.index("out:run")
+    assert timeline[first_run - 1].startswith("Started: pid ")
+    assert timeline[first_run + 1] == "Exited: exit code 3"
+    assert [x.timestamp for x in mixed] == sorted(x.timestamp for x in mixed)
+    # Event lines name their instance and carry their own seq, independent of the output's.
+    ev = [x for x in mixed if x.stream == "event"]
+    assert {x.service_name for x in ev} == {"crash"} and {x.instance_name for x in ev} == {"crash-0"}
+    seqs = [x.seq for x in ev]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # The stdout/stderr choice limits output, not events.
+    only_err = _history(o, "crash", show_events=True, stream="stderr")
+    assert only_err and {x.stream for x in only_err} == {"event"}
+
+
+def test_exit_by_signal_and_never_restarted(orch: Orch) -> None:
+    o = orch
+    o.cast("killer", o.program("killer", SELF_KILLER), restart_policy=common_pb2.RESTART_POLICY_NEVER)
+
+    def exited() -> list[str]:
+        events = _events(_history(o, "killer", show_events=True))
+        assert "Not restarted (restart policy Never)" in events, events
+        return events
+
+    events = eventually(exited, timeout=15)
+    assert "Exited: killed by signal 9" in events
+    assert events.index("Exited: killed by signal 9") < events.index("Not restarted (restart policy Never)")
+
+
+class _Follow:
+    """A follow stream read on a thread, so the test can wait on it with a deadline."""
+
+    def __init__(self, o: Orch, **req: object) -> None:
+        self.got: queue.Queue[logs_pb2.LogResponse] = queue.Queue()
+        self.stop = threading.Event()
+        first = logs_pb2.LogRequest(follow=True, **req)  # type: ignore[arg-type]
+        self.call = _stub(o).StreamLogs(self._requests(first), metadata=o.auth, timeout=30)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _requests(self, first: logs_pb2.LogRequest) -> Iterator[logs_pb2.LogRequest]:
+        yield first
+        self.stop.wait()
+
+    def _read(self) -> None:
+        try:
+            for x in self.call:
+                self.got.put(x)
+        except grpc.RpcError:
+            pass
+
+    def until(
+        self, pred: Callable[[list[logs_pb2.LogResponse]], bool], timeout: float = 20
+    ) -> list[logs_pb2.LogResponse]:
+        out: list[logs_pb2.LogResponse] = []
+
+        def seen() -> bool:
+            while not self.got.empty():
+                out.append(self.got.get_nowait())
+            assert pred(out), [x.content for x in out]
+            return True
+
+        eventually(seen, timeout=timeout)
+        return out
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_liveness_kill_is_followed_live_and_resumes_from_a_cursor(orch: Orch) -> None:
+    o = orch
+    live = common_pb2.Probe(
+        type=common_pb2.PROBE_TYPE_HTTP, path="/live", port=8080, period_seconds=1, failure_threshold=2
+    )
+    o.cast(
+        "lively",
+        o.program("server", SERVER),
+        ports=[common_pb2.ServicePort(name="http", port=8080)],
+        health=common_pb2.HealthCheck(liveness=live),
+    )
+    (inst,) = eventually(lambda: o.running("lively", 1), timeout=15)
+    history = _history(o, "lively", show_events=True)
+    assert any(x.content.startswith("Started: pid ") for x in history)
+    resume_at = history[-1].cursor
+
+    follow = _Follow(o, resource_target="lively", show_events=True)
+    try:
+        (Path(str(inst["workdir"])) / "unhealthy").write_text("x")
+        # The history first (tail 0: all of it), then live lines until the restarted server is up.
+        got = follow.until(lambda out: sum(e.startswith("Started: pid ") for e in _events(out)) >= 2)
+    finally:
+        follow.close()
+    before = _events(history)
+    assert _events(got)[: len(before)] == before
+    events = _events(got)[len(before) :]
+    assert any(e.startswith("Liveness probe failed: ") and not e.endswith("; killing") for e in events), events
+    kill = next(e for e in events if e.endswith("; killing"))
+    assert kill.startswith("Liveness probe failed: ")
+    order = [
+        events.index(kill),
+        events.index("Stopping: LivenessProbeFailed: restarting"),
+        next(i for i, e in enumerate(events) if e.startswith("Stopped: ")),
+        next(i for i, e in enumerate(events) if e.startswith("Back-off: ") or e.endswith("(restart 1)")),
+    ]
+    assert order == sorted(order), events
+
+    # The cursor covers output and events: resuming returns exactly what came after it, once each.
+    resumed = _history(o, "lively", show_events=True, after_cursor=resume_at)
+    assert _events(resumed)[: len(events)] == events
+    keys = [(x.stream == "event", x.seq) for x in resumed]
+    assert len(keys) == len(set(keys))
+    assert not {(x.stream == "event", x.seq) for x in history} & set(keys)
