@@ -18,6 +18,8 @@ from rune.cli.errors import EXIT_USAGE, CliError
 _COLOURS = (36, 33, 35, 32, 34, 91, 96, 93, 95, 92)
 # Reconnect a follow stream this many times (resuming at the last cursor) before giving up.
 _RECONNECTS = 5
+# The stream name of lifecycle events (``--events``).
+_EVENT = "event"
 
 
 class _Requests:
@@ -44,6 +46,7 @@ class _Requests:
 @click.option("--filter", "-p", "--pattern", "pattern", help="Substring, or /regex/.")
 @click.option("--stderr", "stream", flag_value="stderr", help="Only standard error.")
 @click.option("--stdout", "stream", flag_value="stdout", help="Only standard output.")
+@click.option("--events", is_flag=True, help="Interleave lifecycle events (started, exited, restarting, probes).")
 @click.option("--prefix/--no-prefix", default=None, help="Prefix lines with the instance name (default: for services).")
 @click.option("--no-color", is_flag=True, help="No colours even on a terminal.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "raw"]), default="text")
@@ -59,6 +62,7 @@ def logs(
     timestamps: bool,
     pattern: str | None,
     stream: str | None,
+    events: bool,
     prefix: bool | None,
     no_color: bool,
     fmt: str,
@@ -84,6 +88,7 @@ def logs(
         timestamps=timestamps,
         filter=pattern or "",
         stream=stream or "",
+        show_events=events,
     )
     last_cursor = ""
     attempts = 0
@@ -99,7 +104,7 @@ def logs(
             for resp in call:
                 attempts = 0
                 last_cursor = resp.cursor or last_cursor
-                if stream and resp.stream and resp.stream != stream:
+                if stream and resp.stream not in ("", stream, _EVENT):
                     continue
                 if fmt == "json":
                     from google.protobuf import json_format
@@ -109,6 +114,8 @@ def logs(
                     out.write(resp.content if resp.content.endswith("\n") else resp.content + "\n")
                 else:
                     line = resp.content.rstrip("\n")
+                    if resp.stream == _EVENT:
+                        line = f"[event] {line}"
                     if show_prefix and resp.instance_name:
                         label = f"[{resp.instance_name}]"
                         if colour:

@@ -218,6 +218,10 @@ def test_logs_prefixed_per_instance_and_stream_filter(rune: Rune, cast_app: Path
     assert filtered.stdout.splitlines() and all(ln.startswith("greeting") for ln in filtered.stdout.splitlines())
     tail = rune("logs", "web", "--tail", "1", "--timestamps").stdout.splitlines()
     assert 1 <= len(tail) <= 2 and all("T" in ln.split()[1] for ln in tail)
+    events = rune("logs", "web", "--events", "--stderr").stdout.splitlines()
+    assert "[web-0] [event] Starting" in events and "[web-0] to-stderr" in events
+    assert any(ln.startswith("[web-1] [event] Started: pid ") for ln in events), events
+    assert "[event]" not in rune("logs", "web", "--stderr").stdout
 
 
 def test_logs_colour_each_instance_on_a_terminal(rune: Rune, cast_app: Path) -> None:
