@@ -173,3 +173,17 @@ def test_dry_run_update_of_a_missing_service_is_not_found(
         )
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_dry_run_over_rest_is_a_query_parameter(runed: Runed, auth: Auth) -> None:
+    import httpx
+
+    headers = {"authorization": auth[0][1]}
+    body = {"name": "web", "runtime": "process", "process": {"command": sys.executable}}
+    url = f"{runed.http_base}/v1/namespaces/default/services"
+    r = httpx.post(url, params={"dry_run": "true"}, json=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"]["message"] == "dry run: would be created"
+    assert httpx.get(f"{url}/web", headers=headers, timeout=10).status_code == 404
+    bad = httpx.post(url, params={"dry_run": "true"}, json={**body, "name": "Bad_Name"}, headers=headers, timeout=10)
+    assert bad.status_code == 400 and "service.name" in bad.text
