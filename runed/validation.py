@@ -7,7 +7,7 @@ so a client learns about every bad field in one round trip (the Kubernetes apise
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from runed.errors import FieldViolation
 
@@ -28,9 +28,10 @@ _FILE_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 _LABEL_HINT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 
-# An error travels in gRPC trailers twice (message and BadRequest details), and clients drop
-# trailers over 16 KiB: a hostile request with hundreds of bad map keys would lose its error.
-MAX_VIOLATIONS = 12
+# An error travels in gRPC trailers twice (percent-encoded message, base64 BadRequest details), and
+# clients may drop trailers over 8 KiB: a hostile request with hundreds of bad map keys would lose
+# its error. Every violation of an ordinary request fits; only a flood is cut short.
+MAX_VIOLATION_COST = 1800
 MAX_FIELD_CHARS = 100
 MAX_DESCRIPTION_CHARS = 200
 
@@ -43,14 +44,22 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _trailer_cost(text: str) -> int:
+    """Bytes ``text`` takes in a grpc-message trailer: printable ASCII as is, the rest percent-encoded."""
+    return sum(1 if " " <= c <= "~" else 3 * len(c.encode()) for c in text)
+
+
 def bounded(violations: list[FieldViolation]) -> list[FieldViolation]:
-    """At most ``MAX_VIOLATIONS`` violations with clipped paths and descriptions, plus a count of the rest."""
-    out = [
-        _v(_clip(v.field, MAX_FIELD_CHARS), _clip(v.description, MAX_DESCRIPTION_CHARS))
-        for v in violations[:MAX_VIOLATIONS]
-    ]
-    if len(violations) > MAX_VIOLATIONS:
-        out.append(_v("", f"and {len(violations) - MAX_VIOLATIONS} more violations not shown"))
+    """Violations with clipped paths and descriptions, as many as fit in the budget, plus a count of the rest."""
+    out: list[FieldViolation] = []
+    used = 0
+    for i, v in enumerate(violations):
+        clipped = _v(_clip(v.field, MAX_FIELD_CHARS), _clip(v.description, MAX_DESCRIPTION_CHARS))
+        used += _trailer_cost(clipped.field) + _trailer_cost(clipped.description)
+        if used > MAX_VIOLATION_COST:
+            out.append(_v("", f"and {len(violations) - i} more violations not shown"))
+            break
+        out.append(clipped)
     return out
 
 
@@ -78,6 +87,34 @@ def reference(value: str, field: str, *, allow_empty: bool = True) -> list[Field
     if not value.isprintable():
         return [_v(field, "must not contain control characters")]
     return []
+
+
+# Linux limits a single argv/envp string to 32 pages (MAX_ARG_STRLEN) and a path to PATH_MAX.
+EXEC_STRING_MAX = 128 * 1024
+EXEC_PATH_MAX = 4096
+EXEC_ARGS_MAX = 4096
+
+
+def exec_string(value: str, field: str, *, limit: int = EXEC_STRING_MAX) -> list[FieldViolation]:
+    """A string handed to exec (command, argument, env value, path): no NUL byte, within the kernel's limits.
+
+    Caught here because otherwise the spec is stored and only fails later, when the runner starts it.
+    """
+    if "\x00" in value:
+        return [_v(field, "must not contain a NUL character")]
+    if len(value.encode()) > limit:
+        return [_v(field, f"must be at most {limit} bytes (got {len(value.encode())})")]
+    return []
+
+
+def exec_strings(values: Sequence[str], field: str) -> list[FieldViolation]:
+    """An argument list: bounded in length, every item an ``exec_string``."""
+    if len(values) > EXEC_ARGS_MAX:
+        return [_v(field, f"must have at most {EXEC_ARGS_MAX} items (got {len(values)})")]
+    out: list[FieldViolation] = []
+    for i, value in enumerate(values):
+        out += exec_string(value, f"{field}[{i}]")
+    return out
 
 
 def dns1123_label(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:

@@ -161,6 +161,15 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
         out.append(FieldViolation(f"{path}.image", "is required for the container runtime"))
     if svc.process.working_dir and not svc.process.working_dir.startswith("/"):
         out.append(FieldViolation(f"{path}.process.working_dir", "must be an absolute path"))
+    out += validation.exec_string(svc.command, f"{path}.command", limit=validation.EXEC_PATH_MAX)
+    out += validation.exec_string(svc.process.command, f"{path}.process.command", limit=validation.EXEC_PATH_MAX)
+    out += validation.exec_string(
+        svc.process.working_dir, f"{path}.process.working_dir", limit=validation.EXEC_PATH_MAX
+    )
+    out += validation.exec_string(svc.image, f"{path}.image", limit=validation.EXEC_PATH_MAX)
+    out += validation.exec_strings(svc.args, f"{path}.args")
+    out += validation.exec_strings(svc.process.args, f"{path}.process.args")
+    out += [v for k, val in svc.env.items() for v in validation.exec_string(val, f"{path}.env[{k}]")]
     if svc.restart_policy not in common_pb2.RestartPolicy.values():
         out.append(FieldViolation(f"{path}.restart_policy", "unknown restart policy"))
     for k in svc.env:
@@ -270,7 +279,12 @@ def _v_delete(req: service_pb2.DeleteServiceRequest) -> list[FieldViolation]:
 
 
 def _v_deletion_status(req: service_pb2.GetDeletionStatusRequest) -> list[FieldViolation]:
-    return [FieldViolation("name", "deletion_id is required")] if not req.name else []
+    out = [FieldViolation("name", "deletion_id is required")] if not req.name else []
+    return (
+        out
+        + validation.reference(req.name, "name")
+        + validation.dns1123_label(req.namespace, "namespace", allow_empty=True)
+    )
 
 
 def _v_scale(req: service_pb2.ScaleServiceRequest) -> list[FieldViolation]:

@@ -16,12 +16,15 @@ from google.protobuf import descriptor, message
 from rune.api import (
     admin_pb2,
     admin_pb2_grpc,
+    common_pb2,
     configmap_pb2,
     configmap_pb2_grpc,
     namespace_pb2,
     namespace_pb2_grpc,
     secret_pb2,
     secret_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
 )
 from runed import methods
 from tests.support import Runed
@@ -136,13 +139,75 @@ def _fill_map(rng: random.Random, target: Any, entry: descriptor.Descriptor, dep
             target[key] = _scalar(rng, value_fd, short=True)
 
 
+def _plausible(msg: message.Message, depth: int = 0) -> None:
+    """Set only the identifying fields (names, namespaces, ids) to ordinary values.
+
+    Other fields stay empty, so the one poisoned field is what a validator or handler has to face.
+    """
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.message_type is not None:
+            if not fd.is_repeated and depth < 2:
+                _plausible(getattr(msg, fd.name), depth + 1)
+        elif fd.type == FD.TYPE_STRING and not fd.is_repeated:
+            if fd.name == "namespace":
+                setattr(msg, fd.name, "default")
+            elif fd.name in ("name", "id") or fd.name.endswith(("_name", "_id")):
+                setattr(msg, fd.name, "fuzz-a")
+            elif fd.name == "command":
+                # A service spec needs something to run; ``true`` exits at once and harms nothing.
+                setattr(msg, fd.name, "true")
+            elif fd.name == "runtime":
+                setattr(msg, fd.name, "process")
+
+
+def _poison(rng: random.Random, msg: message.Message, depth: int = 0) -> None:
+    """Replace one field, somewhere down the tree, with a hostile value."""
+    fields = list(msg.DESCRIPTOR.fields)
+    nested = [f for f in fields if f.message_type is not None and not f.message_type.GetOptions().map_entry]
+    # Specs live in nested messages: aim there more often than at the flat options beside them.
+    fd = rng.choice(nested if nested and rng.random() < 0.7 else fields)
+    is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
+    if fd.message_type is not None and not is_map and depth < MAX_DEPTH and rng.random() < 0.7:
+        child = getattr(msg, fd.name)
+        if fd.is_repeated:
+            child = child[0] if len(child) else child.add()
+        if child.DESCRIPTOR.fields:
+            _poison(rng, child, depth + 1)
+            return
+    msg.ClearField(fd.name)
+    # A random fill of the same message type until it happens to set this field.
+    for _ in range(50):
+        shell = type(msg)()
+        _fill(rng, shell, depth)
+        if _set_in(shell, fd):
+            break
+    if fd.is_repeated or is_map:
+        getattr(msg, fd.name).MergeFrom(getattr(shell, fd.name))
+    elif fd.message_type is not None:
+        getattr(msg, fd.name).CopyFrom(getattr(shell, fd.name))
+    else:
+        setattr(msg, fd.name, getattr(shell, fd.name))
+
+
+def _set_in(msg: message.Message, fd: descriptor.FieldDescriptor) -> bool:
+    return any(f is fd for f, _ in msg.ListFields())
+
+
 def hostile_requests(method: methods.Method, count: int) -> Iterator[message.Message]:
-    """The empty message, then ``count - 1`` seeded random hostile ones (same seed, same requests)."""
+    """The empty message, then ``count - 1`` seeded hostile ones (same seed, same requests).
+
+    Half are garbage throughout; half are ordinary but for one poisoned field, which reaches
+    deeper into the handlers than a request every check rejects at its first field.
+    """
     rng = random.Random(f"bad-input:{method.full_name}")
     yield method.request_cls()
-    for _ in range(count - 1):
+    for i in range(count - 1):
         req = method.request_cls()
-        _fill(rng, req)
+        if i % 2 and req.DESCRIPTOR.fields:
+            _plausible(req)
+            _poison(rng, req)
+        else:
+            _fill(rng, req)
         yield req
 
 
@@ -185,7 +250,14 @@ def _snapshot(ch: grpc.Channel, auth: list[tuple[str, str]]) -> dict[str, Any]:
     cm = configmap_pb2_grpc.ConfigmapServiceStub(ch).GetConfigmap(
         configmap_pb2.GetConfigmapRequest(name="keep-config", namespace="keep"), metadata=auth
     )
-    return {"namespace": str(ns), "secret": str(sec), "configmap": str(cm)}
+    svc = (
+        service_pb2_grpc.ServiceServiceStub(ch)
+        .GetService(service_pb2.GetServiceRequest(name="keep-svc", namespace="keep"), metadata=auth)
+        .service
+    )
+    # The controller updates a service's status; its spec is what the barrage must not touch.
+    spec = (svc.name, svc.namespace, dict(svc.labels), svc.command, list(svc.args), dict(svc.env), svc.scale)
+    return {"namespace": str(ns), "secret": str(sec), "configmap": str(cm), "service": spec}
 
 
 def _seed(ch: grpc.Channel, auth: list[tuple[str, str]]) -> None:
@@ -202,6 +274,21 @@ def _seed(ch: grpc.Channel, auth: list[tuple[str, str]]) -> None:
     configmap_pb2_grpc.ConfigmapServiceStub(ch).CreateConfigmap(
         configmap_pb2.CreateConfigmapRequest(
             configmap=configmap_pb2.Configmap(name="keep-config", namespace="keep", data={"mode": "fast"})
+        ),
+        metadata=auth,
+    )
+    service_pb2_grpc.ServiceServiceStub(ch).CreateService(
+        service_pb2.CreateServiceRequest(
+            service=service_pb2.Service(
+                name="keep-svc",
+                namespace="keep",
+                runtime="process",
+                command="true",
+                args=["--flag"],
+                env={"MODE": "fast"},
+                labels={"app": "keep"},
+                scale=0,
+            )
         ),
         metadata=auth,
     )
@@ -297,3 +384,29 @@ def test_rest_body_of_the_wrong_shape_is_400(target: tuple[Runed, list[tuple[str
     resp = httpx.post(r.http_base + path, content=json.dumps(body), headers=headers, timeout=10)
     assert resp.status_code == 400, resp.text
     assert "Traceback" not in resp.text
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"command": "tr\x00ue"}, "service.command"),
+        ({"command": "true", "args": ["ok", "a\x00b"]}, "service.args[1]"),
+        ({"command": "true", "env": {"MODE": "x\x00"}}, "service.env[MODE]"),
+        ({"process": common_pb2.ProcessSpec(command="true", working_dir="/tmp/\x00")}, "service.process.working_dir"),
+        ({"command": "/" + "x" * 5000}, "service.command"),
+        ({"command": "true", "args": ["a"] * 5000}, "service.args"),
+    ],
+)
+def test_specs_that_cannot_be_executed_are_refused_up_front(
+    target: tuple[Runed, list[tuple[str, str]]], spec: dict[str, Any], field: str
+) -> None:
+    """A NUL byte or an oversized argv would be stored and fail only in the runner: refuse it with its field."""
+    r, auth = target
+    stub = service_pb2_grpc.ServiceServiceStub(r.channel())
+    req = service_pb2.CreateServiceRequest(
+        service=service_pb2.Service(name="unrunnable", namespace="default", runtime="process", **spec)
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.CreateService(req, metadata=auth, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert field in (exc.value.details() or "")
