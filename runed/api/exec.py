@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, exec_pb2
-from runed import errors
+from runed import errors, validation
 from runed.context import CallContext
 from runed.errors import FieldViolation
 from runed.execdocker import DockerError, DockerExec
@@ -43,11 +43,21 @@ def _validate(req: exec_pb2.ExecRequest) -> list[FieldViolation]:
     which = init.WhichOneof("target")
     if which is None or not getattr(init, which).strip():
         out.append(FieldViolation("init.target", "exactly one of service_name or instance_id is required"))
+    elif which == "service_name":
+        out += validation.dns1123_label(init.service_name, "init.service_name")
+    else:
+        out += validation.reference(init.instance_id, "init.instance_id")
     if not init.command or not init.command[0]:
         out.append(FieldViolation("init.command", "required: the program and its arguments"))
-    for k in init.env:
+    for k, value in init.env.items():
         if not k or "=" in k or "\x00" in k:
             out.append(FieldViolation(f"init.env[{k}]", "invalid variable name"))
+        out += validation.exec_string(value, f"init.env[{k}]")
+    # Caught here, or the spawn fails inside the session with a bare ValueError.
+    out += validation.exec_strings(init.command, "init.command")
+    out += validation.exec_string(init.working_dir, "init.working_dir", limit=validation.EXEC_PATH_MAX)
+    if init.namespace:
+        out += validation.dns1123_label(init.namespace, "init.namespace")
     return out
 
 

@@ -19,6 +19,8 @@ from rune.api import (
     common_pb2,
     configmap_pb2,
     configmap_pb2_grpc,
+    exec_pb2,
+    exec_pb2_grpc,
     namespace_pb2,
     namespace_pb2_grpc,
     secret_pb2,
@@ -348,6 +350,7 @@ def test_no_method_answers_hostile_input_with_internal(target: tuple[Runed, list
             _call_stream(ch, method, auth, failures)
     elapsed = time.monotonic() - started
     assert not failures, f"{len(failures)} hostile requests got INTERNAL/UNKNOWN:\n" + "\n".join(failures[:40])
+    assert "Traceback" not in r.output(), r.output()[-4000:]
     # The barrage neither lost nor changed what was stored before it, and the root token still works.
     assert _snapshot(ch, auth) == before
     assert elapsed < 120, f"the barrage took {elapsed:.0f}s"
@@ -408,5 +411,30 @@ def test_specs_that_cannot_be_executed_are_refused_up_front(
     )
     with pytest.raises(grpc.RpcError) as exc:
         stub.CreateService(req, metadata=auth, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert field in (exc.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("init", "field"),
+    [
+        (
+            exec_pb2.ExecInitRequest(service_name="keep-svc", namespace="keep", command=["sh", "-c\x00"]),
+            "init.command[1]",
+        ),
+        (exec_pb2.ExecInitRequest(service_name="keep-svc", command=["env"], env={"A": "\x00"}), "init.env[A]"),
+        (exec_pb2.ExecInitRequest(service_name="keep-svc", command=["pwd"], working_dir="/\x00"), "init.working_dir"),
+        (exec_pb2.ExecInitRequest(service_name="Keep Svc", command=["pwd"]), "init.service_name"),
+    ],
+)
+def test_exec_that_cannot_be_spawned_is_refused_up_front(
+    target: tuple[Runed, list[tuple[str, str]]], init: exec_pb2.ExecInitRequest, field: str
+) -> None:
+    r, auth = target
+    stream = exec_pb2_grpc.ExecServiceStub(r.channel()).StreamExec(
+        iter([exec_pb2.ExecRequest(init=init)]), metadata=auth, timeout=10
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stream)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     assert field in (exc.value.details() or "")
