@@ -108,6 +108,10 @@ def _probe_violations(p: common_pb2.Probe, path: str) -> list[FieldViolation]:
         out.append(FieldViolation(f"{path}.port", "must be between 1 and 65535 for HTTP and TCP probes"))
     if p.type == common_pb2.PROBE_TYPE_HTTP and p.path and not p.path.startswith("/"):
         out.append(FieldViolation(f"{path}.path", "must start with '/'"))
+    # The prober builds a URL from it: spaces, control and non-ASCII characters must come percent-encoded.
+    if p.path and (len(p.path) > 2048 or not all("!" <= c <= "~" for c in p.path)):
+        out.append(FieldViolation(f"{path}.path", "must be at most 2048 printable ASCII characters without spaces"))
+    out += validation.exec_strings(p.command, f"{path}.command")
     if p.type == common_pb2.PROBE_TYPE_COMMAND and not p.command:
         out.append(FieldViolation(f"{path}.command", "is required for COMMAND probes"))
     for name in (

@@ -389,6 +389,10 @@ def test_rest_body_of_the_wrong_shape_is_400(target: tuple[Runed, list[tuple[str
     assert "Traceback" not in resp.text
 
 
+def _probe(which: str, **fields: Any) -> common_pb2.HealthCheck:
+    return common_pb2.HealthCheck(**{which: common_pb2.Probe(**fields)})
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
@@ -398,6 +402,14 @@ def test_rest_body_of_the_wrong_shape_is_400(target: tuple[Runed, list[tuple[str
         ({"process": common_pb2.ProcessSpec(command="true", working_dir="/tmp/\x00")}, "service.process.working_dir"),
         ({"command": "/" + "x" * 5000}, "service.command"),
         ({"command": "true", "args": ["a"] * 5000}, "service.args"),
+        (
+            {"command": "true", "health": _probe("liveness", type=common_pb2.PROBE_TYPE_HTTP, port=80, path="/a b")},
+            "service.health.liveness.path",
+        ),
+        (
+            {"command": "true", "health": _probe("readiness", type=common_pb2.PROBE_TYPE_COMMAND, command=["x\x00"])},
+            "service.health.readiness.command[0]",
+        ),
     ],
 )
 def test_specs_that_cannot_be_executed_are_refused_up_front(
