@@ -140,11 +140,13 @@ def _mount_violations(mounts: Any, path: str, ref_field: str) -> list[FieldViola
         elif m.mount_path in seen:
             out.append(FieldViolation(f"{p}.mount_path", f"duplicate mount path {m.mount_path!r}"))
         seen.add(m.mount_path)
+        out += validation.exec_string(m.mount_path, f"{p}.mount_path", limit=validation.EXEC_PATH_MAX)
         for j, item in enumerate(m.items):
             if not item.key:
                 out.append(FieldViolation(f"{p}.items[{j}].key", "is required"))
             if not item.path or item.path.startswith("/") or ".." in item.path.split("/"):
                 out.append(FieldViolation(f"{p}.items[{j}].path", "must be a relative path without '..'"))
+            out += validation.exec_string(item.path, f"{p}.items[{j}].path", limit=validation.EXEC_PATH_MAX)
     return out
 
 

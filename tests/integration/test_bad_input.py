@@ -403,6 +403,13 @@ def _probe(which: str, **fields: Any) -> common_pb2.HealthCheck:
         ({"command": "/" + "x" * 5000}, "service.command"),
         ({"command": "true", "args": ["a"] * 5000}, "service.args"),
         (
+            {
+                "command": "true",
+                "secret_mounts": [service_pb2.SecretMount(name="m", secret_name="s", mount_path="/x\x00")],
+            },
+            "service.secret_mounts[0].mount_path",
+        ),
+        (
             {"command": "true", "health": _probe("liveness", type=common_pb2.PROBE_TYPE_HTTP, port=80, path="/a b")},
             "service.health.liveness.path",
         ),
