@@ -209,7 +209,7 @@ def file_name_key(key: str, field: str, *, max_len: int = DEFAULT_KEY_MAX) -> li
 def data_map(
     data: Mapping[str, str], field: str, *, max_bytes: int, max_key_len: int = DEFAULT_KEY_MAX
 ) -> list[FieldViolation]:
-    """Keys valid as file/env names and the total size (keys + values, UTF-8) within ``max_bytes``.
+    """Keys valid as file/env names, values without NUL, the total size (keys + values, UTF-8) within ``max_bytes``.
 
     Messages never quote values: this also validates secret data.
     """
@@ -219,6 +219,10 @@ def data_map(
         # Only a bounded prefix of a bad key goes into the path: keys are not secret, but huge ones
         # would bloat the error.
         out += file_name_key(k, f"{field}[{k[:64]}]", max_len=max_key_len)
+        # A value may become an environment variable (envFrom), and exec refuses a NUL there: the
+        # instance would fail at start, far from the request that stored it.
+        if "\x00" in val:
+            out.append(_v(f"{field}[{k[:64]}]", "value must not contain a NUL character"))
         total += len(k.encode()) + len(val.encode())
     if total > max_bytes:
         out.append(_v(field, f"total size must be at most {max_bytes} bytes (got {total})"))

@@ -77,7 +77,7 @@ def check_limits(data: Any, path: str, limits: LimitsConfig) -> None:
     if limits != _DEFAULT_LIMITS:
         vs = validation.data_map(data, path, max_bytes=limits.max_object_bytes, max_key_len=limits.max_key_name_length)
         if vs:
-            raise errors.invalid(*vs)
+            raise errors.invalid(*validation.bounded(vs))
 
 
 # -- conversion -----------------------------------------------------------------------------------

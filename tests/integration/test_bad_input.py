@@ -457,3 +457,15 @@ def test_exec_that_cannot_be_spawned_is_refused_up_front(
         list(stream)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     assert field in (exc.value.details() or "")
+
+
+def test_secret_values_that_cannot_become_env_vars_are_refused(target: tuple[Runed, list[tuple[str, str]]]) -> None:
+    """A NUL in a value would be stored, then fail every instance that imports it with envFrom."""
+    r, auth = target
+    stub = secret_pb2_grpc.SecretServiceStub(r.channel())
+    bad = secret_pb2.Secret(name="nul-value", namespace="keep", type="static", data={"A": "x\x00y", "B": "fine"})
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.CreateSecret(secret_pb2.CreateSecretRequest(secret=bad), metadata=auth, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    details = exc.value.details() or ""
+    assert "secret.data[A]" in details and "x\x00y" not in details
