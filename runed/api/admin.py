@@ -269,7 +269,9 @@ async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admi
     ident = _identity(ctx)
     missing = [p for p in req.policies if ident.get_policy(p) is None]
     if missing:
-        raise errors.invalid(*(("policies", f'policy "{p}" does not exist') for p in missing))
+        raise errors.invalid(
+            *validation.bounded([FieldViolation("policies", f'policy "{p}" does not exist') for p in missing])
+        )
     user = ident.upsert_user(req.name, req.email, list(req.policies))
     _changed(ctx)
     return admin_pb2.UserCreateResponse(user=subject_pb(user))

@@ -77,7 +77,9 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
         policies = list(req.policies) or ["readonly"]
         missing = [p for p in policies if ident.get_policy(p) is None]
         if missing:
-            raise errors.invalid(*(("policies", f'policy "{p}" does not exist') for p in missing))
+            raise errors.invalid(
+                *validation.bounded([FieldViolation("policies", f'policy "{p}" does not exist') for p in missing])
+            )
         user = ident.upsert_user(req.subject_name or req.name, policies=policies)
         ctx.app.authenticator.invalidate()
     issued = ident.issue_token(user, req.name, description=req.description, ttl_seconds=int(req.ttl_seconds))
