@@ -36,6 +36,7 @@ from runed.grpc_server import status_proto
 from runed.methods import Method
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.encode()
 KEEPALIVE_SECONDS = 15.0
 JSON = "application/json"
 
@@ -46,7 +47,12 @@ def request_id_of(conn: HTTPConnection) -> str:
     rid = scope.get("rune.request_id")
     if rid:
         return str(rid)
-    supplied = conn.headers.get(REQUEST_ID_HEADER, "")
+    # The raw ASGI list, not conn.headers: building Starlette's Headers showed in the GET profile.
+    supplied = ""
+    for k, v in scope["headers"]:
+        if k == _REQUEST_ID_RAW:
+            supplied = v.decode("latin-1")
+            break
     # Same shape as the pipeline's ids (16 hex digits), without uuid4's overhead on the hot path.
     rid = supplied[:128] if supplied else os.urandom(8).hex()
     scope["rune.request_id"] = rid
@@ -55,18 +61,21 @@ def request_id_of(conn: HTTPConnection) -> str:
 
 def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
     """The pipeline's per-call context for an HTTP request: same metadata rules as gRPC."""
+    scope = conn.scope
+    # ASGI header names are lower-case already; a repeated header keeps its last value.
+    metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    client = scope.get("client")
     ctx = CallContext(
         app=app,
         method=method,
         transport="rest",
-        # ASGI header names are lower-case already; a repeated header keeps its last value.
-        metadata={k.decode("latin-1"): v.decode("latin-1") for k, v in conn.scope["headers"]},
-        peer=conn.client.host if conn.client else "",
+        metadata=metadata,
+        peer=client[0] if client else "",
         request_id=request_id_of(conn),
         # Present only when the TLS handshake verified a client certificate (gateway/tls.py).
-        tls_client_cn=conn.scope.get(CN_KEY, ""),
+        tls_client_cn=scope.get(CN_KEY, ""),
     )
-    timeout_ms = conn.headers.get("connect-timeout-ms")
+    timeout_ms = metadata.get("connect-timeout-ms")
     if timeout_ms and timeout_ms.isdigit():
         ctx.deadline = time.monotonic() + int(timeout_ms) / 1000
     return ctx

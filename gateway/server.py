@@ -57,6 +57,9 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
         access_log=False,
         log_config=None,
         server_header=False,
+        # The peer is the TCP client (README); trusting X-Forwarded-For from loopback would let a
+        # local process pose as another address, and the middleware ran on every request.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(app.config.server.shutdown_grace_seconds) or 1,
         **uvicorn_options(app.config.server.tls),
     )

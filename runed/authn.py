@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from runed import errors
 from runed.context import CallContext, Principal
-from runed.identity import POLICY, TOKEN, USER, Identity, hash_secret, load_server_key
+from runed.identity import POLICY, TOKEN, USER, Identity, load_server_key
 from runed.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class Authenticator:
             self.oidc = OIDCVerifier(app.config.auth.oidc, app.config.data_path)
         # keyed hash -> (principal, expires_at): valid only while the watcher below runs, which
         # drops it on any token, user or policy change in any process (revocation stays prompt).
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
+        self._cache_key = hashlib.sha256(self.identity.key).digest()  # BLAKE2b keys are at most 64 bytes
         self._watcher: asyncio.Task[None] | None = None
         self._watching = False
 
@@ -101,7 +103,9 @@ class Authenticator:
 
     async def _from_bearer(self, token: str) -> Principal:
         self._ensure_watcher()
-        key = hash_secret(self.identity.key, token)
+        # Keyed BLAKE2b (server key) names cache entries: ~4x cheaper than the HMAC-SHA256 the store
+        # indexes by, which only a cache miss computes (inside lookup_token).
+        key = hashlib.blake2b(token.encode(), key=self._cache_key, digest_size=32).digest()
         hit = self._cache.get(key)
         if hit is not None and self._watching and (not hit[1] or hit[1] > time.time()):
             self.identity.touch(hit[0].token_id)
