@@ -155,6 +155,21 @@ def kill_instances(data_dir: Path) -> None:
         if b"shim" in cmdline and str(pid_file.parent).encode() in cmdline:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(shim, signal.SIGKILL)
+    # A runed stopped between starting a shim and recording its pids leaves no pid.json behind:
+    # catch those by what they refer to (the shim names its instance dir; instances and exec
+    # children work inside the data dir).
+    root = str(data_dir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if f"{root}/instances/" in cmd or cwd.startswith(f"{root}/"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
