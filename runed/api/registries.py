@@ -38,6 +38,8 @@ TEST_TIMEOUT_SECONDS = 5.0
 _HOST_RE = re.compile(
     r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](:[0-9]{1,5})?$"
 )
+# Docker's own bound on a repository name (255) plus the longest tag or digest suffix.
+IMAGE_REF_MAX = 255 + 72
 _IMAGE_REF_RE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})?$")
 _LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
@@ -210,7 +212,11 @@ def _v_bootstrap(req: admin_pb2.BootstrapAuthRequest) -> list[FieldViolation]:
 
 def _v_test(req: admin_pb2.TestRegistryRequest) -> list[FieldViolation]:
     out = validation.dns1123_label(req.name, "name")
-    if req.image_ref and not _IMAGE_REF_RE.match(req.image_ref):
+    if len(req.image_ref) > IMAGE_REF_MAX:
+        out.append(
+            FieldViolation("image_ref", f"must be at most {IMAGE_REF_MAX} characters (got {len(req.image_ref)})")
+        )
+    elif req.image_ref and not _IMAGE_REF_RE.match(req.image_ref):
         out.append(FieldViolation("image_ref", "must be repository[:tag] or repository@sha256:digest"))
     return out
 
@@ -439,7 +445,7 @@ async def TestRegistry(req: admin_pb2.TestRegistryRequest, ctx: CallContext) -> 
         path = f"/v2/{repo}/manifests/{tag}"
     try:
         ok, message = await _probe(_base_url(reg["registry"]), path, creds)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
         # httpx messages name the URL (which never carries credentials) and the failure.
         return admin_pb2.TestRegistryResponse(ok=False, message=f"{reg['registry']}: {type(e).__name__}: {e}")
     return admin_pb2.TestRegistryResponse(ok=ok, message=f"{reg['registry']}: {message}")

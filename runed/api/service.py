@@ -184,6 +184,8 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
         p = f"{path}.env_from[{i}]"
         if bool(ef.secret_name) == bool(ef.configmap_name):
             out.append(FieldViolation(p, "exactly one of secret_name and configmap_name is required"))
+        for ref in ("secret_name", "configmap_name"):
+            out += validation.dns1123_subdomain(getattr(ef, ref), f"{p}.{ref}", allow_empty=True)
         if ef.prefix and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", ef.prefix):
             out.append(FieldViolation(f"{p}.prefix", "must be a valid environment variable prefix"))
         if ef.namespace:
@@ -225,6 +227,9 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
             out.append(FieldViolation(p, "exactly one of service, secret and configmap is required"))
         elif dep.service:
             out += validation.dns1123_label(dep.service, f"{p}.service")
+        else:
+            ref = "secret" if dep.secret else "configmap"
+            out += validation.dns1123_subdomain(getattr(dep, ref), f"{p}.{ref}")
         if dep.namespace:
             out += validation.dns1123_label(dep.namespace, f"{p}.namespace")
     if svc.HasField("expose"):

@@ -403,6 +403,14 @@ def _probe(which: str, **fields: Any) -> common_pb2.HealthCheck:
         ({"command": "/" + "x" * 5000}, "service.command"),
         ({"command": "true", "args": ["a"] * 5000}, "service.args"),
         (
+            {"command": "true", "dependencies": [service_pb2.DependencyRef(configmap="c" * 100_000)]},
+            "service.dependencies[0].configmap",
+        ),
+        (
+            {"command": "true", "env_from": [service_pb2.EnvFromSource(secret_name="../../etc")]},
+            "service.env_from[0].secret_name",
+        ),
+        (
             {
                 "command": "true",
                 "secret_mounts": [service_pb2.SecretMount(name="m", secret_name="s", mount_path="/x\x00")],
@@ -469,3 +477,13 @@ def test_secret_values_that_cannot_become_env_vars_are_refused(target: tuple[Run
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     details = exc.value.details() or ""
     assert "secret.data[A]" in details and "x\x00y" not in details
+
+
+def test_registry_probe_of_an_oversized_image_ref_is_refused(target: tuple[Runed, list[tuple[str, str]]]) -> None:
+    """The prober would build a URL too long to request: refuse the reference itself."""
+    r, auth = target
+    stub = admin_pb2_grpc.AdminServiceStub(r.channel())
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.TestRegistry(admin_pb2.TestRegistryRequest(name="hub", image_ref="x" * 100_000), metadata=auth, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert "image_ref" in (exc.value.details() or "")
