@@ -147,13 +147,19 @@ def _plausible(msg: message.Message, depth: int = 0) -> None:
     Other fields stay empty, so the one poisoned field is what a validator or handler has to face.
     """
     for fd in msg.DESCRIPTOR.fields:
+        # Only the first member of a oneof: setting the others would replace it.
+        if fd.containing_oneof is not None and fd.containing_oneof.fields[0] is not fd:
+            continue
         if fd.message_type is not None:
             if not fd.is_repeated and depth < 2:
                 _plausible(getattr(msg, fd.name), depth + 1)
-        elif fd.type == FD.TYPE_STRING and not fd.is_repeated:
+        elif fd.type == FD.TYPE_STRING and fd.is_repeated:
+            if fd.name == "command":
+                getattr(msg, fd.name).append("true")
+        elif fd.type == FD.TYPE_STRING:
             if fd.name == "namespace":
                 setattr(msg, fd.name, "default")
-            elif fd.name in ("name", "id") or fd.name.endswith(("_name", "_id")):
+            elif fd.name in ("name", "id", "resource_target") or fd.name.endswith(("_name", "_id")):
                 setattr(msg, fd.name, "fuzz-a")
             elif fd.name == "command":
                 # A service spec needs something to run; ``true`` exits at once and harms nothing.
