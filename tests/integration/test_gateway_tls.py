@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,24 @@ def test_without_a_client_ca_a_presented_certificate_is_not_an_identity(
     t = start(runed_factory, tmp_path, client_ca=False)
     with t.client(cert=t.pki.issue("alice")) as c:
         assert c.get("/v1/auth/whoami").status_code == 401
+
+
+def test_client_certificate_identifies_websocket_callers(optional_ca: TLSRuned) -> None:
+    from websockets.sync.client import connect
+
+    url = f"wss://{optional_ca.runed.address('rest')}/v1/namespaces/default/exec/web/ws"
+
+    def first_error(cert: tuple[bytes, bytes] | None) -> int:
+        ctx = ssl.create_default_context(cadata=optional_ca.pki.ca_pem.decode())
+        if cert is not None:
+            (optional_ca.tmp / "ws.key").write_bytes(cert[0])
+            (optional_ca.tmp / "ws.crt").write_bytes(cert[1])
+            ctx.load_cert_chain(optional_ca.tmp / "ws.crt", optional_ca.tmp / "ws.key")
+        with connect(url, ssl=ctx) as ws:
+            ws.send(json.dumps({"command": ["true"]}))
+            return int(json.loads(ws.recv(timeout=10))["error"]["code"])
+
+    assert first_error(None) == 16  # UNAUTHENTICATED
+    assert first_error(optional_ca.pki.issue("nobody")) == 16
+    # alice is known (readonly): authenticated by her certificate, then denied exec.
+    assert first_error(optional_ca.pki.issue("alice")) == 7  # PERMISSION_DENIED
