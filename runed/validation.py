@@ -117,6 +117,11 @@ def exec_strings(values: Sequence[str], field: str) -> list[FieldViolation]:
     return out
 
 
+def namespace_scope(value: str, field: str) -> list[FieldViolation]:
+    """A namespace to list or watch in: empty (the default one), ``*`` (all of them) or a DNS-1123 label."""
+    return [] if value == "*" else dns1123_label(value, field, allow_empty=True)
+
+
 def dns1123_label(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
     """A DNS-1123 label: 1-63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
     if not value:

@@ -121,20 +121,24 @@ def _v_action(req: instance_pb2.InstanceActionRequest) -> list[FieldViolation]:
 
 
 def _v_list(req: instance_pb2.ListInstancesRequest) -> list[FieldViolation]:
-    out = selectors.check(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-        allowed_fields=FIELD_SELECTOR_FIELDS,
-    ) + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+    out = (
+        validation.namespace_scope(req.namespace, "namespace")
+        + selectors.check(
+            label_map=req.label_selector,
+            label_expr=req.label_selector_expr,
+            field_map=req.field_selector,
+            field_expr=req.field_selector_expr,
+            allowed_fields=FIELD_SELECTOR_FIELDS,
+        )
+        + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+    )
     if req.status not in instance_pb2.InstanceStatus.values():
         out.append(FieldViolation("status", "unknown instance status"))
     return out
 
 
 def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
-    out = selectors.check(
+    out = validation.namespace_scope(req.namespace, "namespace") + selectors.check(
         label_map=req.label_selector,
         label_expr=req.label_selector_expr,
         field_map=req.field_selector,

@@ -255,17 +255,21 @@ def _v_name(req: Any) -> list[FieldViolation]:
 
 
 def _v_list(req: service_pb2.ListServicesRequest) -> list[FieldViolation]:
-    return selectors.check(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-        allowed_fields=FIELD_SELECTOR_FIELDS,
-    ) + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+    return (
+        selectors.check(
+            label_map=req.label_selector,
+            label_expr=req.label_selector_expr,
+            field_map=req.field_selector,
+            field_expr=req.field_selector_expr,
+            allowed_fields=FIELD_SELECTOR_FIELDS,
+        )
+        + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+        + validation.namespace_scope(req.namespace, "namespace")
+    )
 
 
 def _v_watch(req: service_pb2.WatchServicesRequest) -> list[FieldViolation]:
-    out = selectors.check(
+    out = validation.namespace_scope(req.namespace, "namespace") + selectors.check(
         label_map=req.label_selector,
         label_expr=req.label_selector_expr,
         field_map=req.field_selector,
@@ -1045,7 +1049,7 @@ VALIDATORS = {
     "UpdateService": _v_create,
     "DeleteService": _v_delete,
     "GetDeletionStatus": _v_deletion_status,
-    "ListDeletionOperations": None,
+    "ListDeletionOperations": lambda req: validation.namespace_scope(req.namespace, "namespace"),
     "ScaleService": _v_scale,
     "WatchScaling": _v_watch_scaling,
     "ListInstances": instance_api.VALIDATORS["ListInstances"],

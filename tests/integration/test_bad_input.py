@@ -21,6 +21,8 @@ from rune.api import (
     configmap_pb2_grpc,
     exec_pb2,
     exec_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
     namespace_pb2,
     namespace_pb2_grpc,
     secret_pb2,
@@ -493,3 +495,36 @@ def test_registry_probe_of_an_oversized_image_ref_is_refused(target: tuple[Runed
         stub.TestRegistry(admin_pb2.TestRegistryRequest(name="hub", image_ref="x" * 100_000), metadata=auth, timeout=10)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     assert "image_ref" in (exc.value.details() or "")
+
+
+@pytest.mark.parametrize("namespace", ["x" * 60_000, "Not A Namespace", "../../etc"])
+def test_listing_in_an_impossible_namespace_is_invalid_not_empty(
+    target: tuple[Runed, list[tuple[str, str]]], namespace: str
+) -> None:
+    """An empty list would hide the typo; a name no namespace can have is the caller's mistake."""
+    r, auth = target
+    ch = r.channel()
+    calls = [
+        lambda: service_pb2_grpc.ServiceServiceStub(ch).ListServices(
+            service_pb2.ListServicesRequest(namespace=namespace), metadata=auth, timeout=10
+        ),
+        lambda: instance_pb2_grpc.InstanceServiceStub(ch).ListInstances(
+            instance_pb2.ListInstancesRequest(namespace=namespace), metadata=auth, timeout=10
+        ),
+        lambda: service_pb2_grpc.ServiceServiceStub(ch).ListDeletionOperations(
+            service_pb2.ListDeletionOperationsRequest(namespace=namespace), metadata=auth, timeout=10
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+        assert "namespace" in (exc.value.details() or "")
+    # "*" (every namespace) and "" (the default one) stay valid scopes: these raise if refused.
+    for scope in ("*", ""):
+        service_pb2_grpc.ServiceServiceStub(ch).ListServices(
+            service_pb2.ListServicesRequest(namespace=scope), metadata=auth, timeout=10
+        )
+        instance_pb2_grpc.InstanceServiceStub(ch).ListInstances(
+            instance_pb2.ListInstancesRequest(namespace=scope), metadata=auth, timeout=10
+        )
