@@ -149,6 +149,7 @@ def log_request(request: Request) -> logs_pb2.LogRequest:
         since=q.get("since", ""),
         until=q.get("until", ""),
         timestamps=_flag(q, "timestamps", bad),
+        show_events=_flag(q, "show_events", bad) or _flag(q, "showEvents", bad),
         filter=q.get("filter", ""),
         stream=q.get("stream", ""),
         after_cursor=q.get("after_cursor", "") or q.get("afterCursor", ""),

@@ -51,9 +51,9 @@ class Method:
     server_streaming: bool
     descriptor: descriptor.MethodDescriptor
 
-    @property
+    @functools.cached_property
     def full_name(self) -> str:
-        """The gRPC path: ``/rune.api.ServiceService/GetService``."""
+        """The gRPC path: ``/rune.api.ServiceService/GetService`` (cached: it is read on every call)."""
         return f"/{PACKAGE}.{self.service}/{self.name}"
 
     @property

@@ -179,3 +179,22 @@ def test_liveness_kill_is_followed_live_and_resumes_from_a_cursor(orch: Orch) ->
     keys = [(x.stream == "event", x.seq) for x in resumed]
     assert len(keys) == len(set(keys))
     assert not {(x.stream == "event", x.seq) for x in history} & set(keys)
+
+
+def test_events_over_rest_when_asked_for(orch: Orch) -> None:
+    import httpx
+    import orjson
+
+    o = orch
+    o.cast("crashrest", o.program("exiter", EXITER), "3", "0.1")
+    eventually(lambda: _restarts(o, "crashrest", 1), timeout=20)
+    headers = {"Authorization": o.auth[0][1]}
+    url = f"{o.runed.http_base}/v1/namespaces/default/logs/crashrest"
+    with httpx.Client(timeout=20) as http:
+        plain = http.get(url, headers=headers)
+        mixed = http.get(url, params={"show_events": "true"}, headers=headers)
+    assert plain.status_code == 200 and mixed.status_code == 200, (plain.text, mixed.text)
+    plain_streams = {orjson.loads(line)["stream"] for line in plain.text.splitlines() if line.strip()}
+    mixed_lines = [orjson.loads(line) for line in mixed.text.splitlines() if line.strip()]
+    assert plain_streams == {"stdout"}
+    assert "Exited: exit code 3" in [x["content"] for x in mixed_lines if x["stream"] == "event"]
