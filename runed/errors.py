@@ -121,6 +121,12 @@ class DeadlineExceeded(RuneError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Cancelled(RuneError):
+    """The client cancelled or went away before the call finished (recorded, never sent)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class Internal(RuneError):
     """Something unexpected; the message is generic, the traceback is in the log."""
 

@@ -149,7 +149,10 @@ class Pipeline:
                 raise _unimplemented(route.method)
             response: Message = await route.handler(request, ctx)
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit) or _is_cancel(exc):
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            if _is_cancel(exc):
+                self._finish(ctx, CANCELLED, route, request)
                 raise
             err = self._map_error(ctx, exc)
             self._finish(ctx, err, route, request)
@@ -168,7 +171,11 @@ class Pipeline:
             async for item in route.handler(request, ctx):
                 yield item
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit) or _is_cancel(exc):
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, GeneratorExit) or _is_cancel(exc):
+                # The client went away: logged, counted and audited as CANCELLED, not OK.
+                err = CANCELLED
                 raise
             err = self._map_error(ctx, exc)
             raise err from None
@@ -192,12 +199,19 @@ class Pipeline:
             async for item in route.handler(_prepend(first, requests), ctx):
                 yield item
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit) or _is_cancel(exc):
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, GeneratorExit) or _is_cancel(exc):
+                # The client went away: logged, counted and audited as CANCELLED, not OK.
+                err = CANCELLED
                 raise
             err = self._map_error(ctx, exc)
             raise err from None
         finally:
             self._finish(ctx, err, route, first)
+
+
+CANCELLED = errors.Cancelled("cancelled by the client")
 
 
 def _is_cancel(exc: BaseException) -> bool:

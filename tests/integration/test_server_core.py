@@ -192,3 +192,18 @@ def test_single_role_runs_alone_with_json_logs(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_stream_the_client_cancels_is_recorded_as_cancelled(runed: Runed, auth: list[tuple[str, str]]) -> None:
+    from rune.api import namespace_pb2, namespace_pb2_grpc
+    from tests.support import eventually
+
+    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
+    stream = stub.WatchNamespaces(namespace_pb2.WatchNamespacesRequest(), metadata=auth)
+    next(stream)  # the snapshot has started: the server is inside the handler
+    stream.cancel()
+    eventually(
+        lambda: "/rune.api.NamespaceService/WatchNamespaces CANCELLED" in runed.output(),
+        what="the cancelled watch logged as CANCELLED",
+    )
+    assert "/rune.api.NamespaceService/WatchNamespaces OK" not in runed.output()
