@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.conftest import Rune
-from tests.integration.test_mtls import PKI, start_tls
+from tests.pki import PKI, start_tls
 from tests.support import Runed
 
 

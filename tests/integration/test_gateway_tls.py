@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.test_mtls import PKI
+from tests.pki import PKI
 from tests.support import Runed
 
 

@@ -2,84 +2,20 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tests.pki import PKI, start_tls
 from tests.support import Runed
-
-
-def _pem_key(key: Any) -> bytes:
-    return bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def _cert(
-    cn: str, key: Any, issuer: tuple[x509.Name, Any] | None, *, ca: bool = False, server: bool = False
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_name, issuer_key = issuer if issuer else (name, key)
-    now = datetime.datetime.now(datetime.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-class PKI:
-    """A CA, a server certificate for 127.0.0.1 and client certificates, as PEM bytes."""
-
-    def __init__(self) -> None:
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _cert("test-ca", self.ca_key, None, ca=True)
-        self.ca_pem = self.ca.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, cn: str, server: bool = False) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(cn, key, (self.ca.subject, self.ca_key), server=server)
-        return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.fixture
 def pki() -> PKI:
     return PKI()
-
-
-def start_tls(runed_factory: type[Runed], tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
-    key, cert = pki.issue("runed", server=True)
-    (tmp_path / "server.key").write_bytes(key)
-    (tmp_path / "server.crt").write_bytes(cert)
-    (tmp_path / "clients-ca.crt").write_bytes(pki.ca_pem)
-    tls = {
-        "enabled": True,
-        "cert_file": str(tmp_path / "server.crt"),
-        "key_file": str(tmp_path / "server.key"),
-    }
-    if client_ca:
-        # grpcio can only require-and-verify client certificates or not ask for them at all.
-        tls.update(client_ca_file=str(tmp_path / "clients-ca.crt"), require_client_cert=True)
-    (tmp_path / "runefile.yaml").write_text(yaml.safe_dump({"server": {"tls": tls}}))
-    return runed_factory(data_dir=tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")]).start()
 
 
 def secure_channel(r: Runed, pki: PKI, client: tuple[bytes, bytes] | None = None) -> grpc.Channel:
