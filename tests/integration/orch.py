@@ -157,7 +157,12 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    except OSError:
+        # Gone between the two checks (reading a vanished /proc entry raises ESRCH).
+        return False
+    return "Z" not in state
 
 
 def bootstrap(r: Runed) -> list[tuple[str, str]]:

@@ -223,9 +223,9 @@ def test_cancel_ends_the_server_side_stream(tmp_path: Path) -> None:
         insts.writers[iid].write("one")
         c = Call(logs_pb2_grpc.LogServiceStub(p.channel()), md, resource_target="web", follow=True)
         assert contents(c.take(1)) == ["one"]
-        assert "LogService/StreamLogs OK" not in p.output()
+        assert "LogService/StreamLogs CANCELLED" not in p.output()
         c.cancel()
         # The handler, its store watch and its file followers are gone as soon as the client is.
-        eventually(lambda: "LogService/StreamLogs OK" in p.output(), timeout=5, what="the stream finishes")
+        eventually(lambda: "LogService/StreamLogs CANCELLED" in p.output(), timeout=5, what="the stream finishes")
     finally:
         p.stop()
