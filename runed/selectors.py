@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from runed import validation
 from runed.errors import FieldViolation
@@ -144,6 +145,26 @@ def compile_selector(
         for r in from_map(field_map) + parse_fields(field_expr)
     ]
     return Selector(tuple(labels), tuple(fields))
+
+
+def check_scope(req: Any, allowed_fields: tuple[str, ...]) -> list[FieldViolation]:
+    """Namespace scope and selectors of a List/Watch request: the same fields on every kind that
+    has them (``namespace``, ``label_selector[_expr]``, ``field_selector[_expr]``)."""
+    return validation.namespace_scope(req.namespace, "namespace") + check(
+        label_map=req.label_selector,
+        label_expr=req.label_selector_expr,
+        field_map=req.field_selector,
+        field_expr=req.field_selector_expr,
+        allowed_fields=allowed_fields,
+    )
+
+
+def check_watch(req: Any, allowed_fields: tuple[str, ...]) -> list[FieldViolation]:
+    """A watch request: its scope and selectors, and a non-negative starting revision."""
+    out = check_scope(req, allowed_fields)
+    if req.since_revision < 0:
+        out.append(FieldViolation("since_revision", "must not be negative"))
+    return out
 
 
 def check(

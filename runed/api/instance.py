@@ -121,16 +121,8 @@ def _v_action(req: instance_pb2.InstanceActionRequest) -> list[FieldViolation]:
 
 
 def _v_list(req: instance_pb2.ListInstancesRequest) -> list[FieldViolation]:
-    out = (
-        validation.namespace_scope(req.namespace, "namespace")
-        + selectors.check(
-            label_map=req.label_selector,
-            label_expr=req.label_selector_expr,
-            field_map=req.field_selector,
-            field_expr=req.field_selector_expr,
-            allowed_fields=FIELD_SELECTOR_FIELDS,
-        )
-        + paging.check(req.page_size, req.paging.limit, req.paging.offset)
+    out = selectors.check_scope(req, FIELD_SELECTOR_FIELDS) + paging.check(
+        req.page_size, req.paging.limit, req.paging.offset
     )
     if req.status not in instance_pb2.InstanceStatus.values():
         out.append(FieldViolation("status", "unknown instance status"))
@@ -138,16 +130,7 @@ def _v_list(req: instance_pb2.ListInstancesRequest) -> list[FieldViolation]:
 
 
 def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
-    out = validation.namespace_scope(req.namespace, "namespace") + selectors.check(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-        allowed_fields=FIELD_SELECTOR_FIELDS,
-    )
-    if req.since_revision < 0:
-        out.append(FieldViolation("since_revision", "must not be negative"))
-    return out
+    return selectors.check_watch(req, FIELD_SELECTOR_FIELDS)
 
 
 # -- handlers -------------------------------------------------------------------------------------

@@ -255,30 +255,13 @@ def _v_name(req: Any) -> list[FieldViolation]:
 
 
 def _v_list(req: service_pb2.ListServicesRequest) -> list[FieldViolation]:
-    return (
-        selectors.check(
-            label_map=req.label_selector,
-            label_expr=req.label_selector_expr,
-            field_map=req.field_selector,
-            field_expr=req.field_selector_expr,
-            allowed_fields=FIELD_SELECTOR_FIELDS,
-        )
-        + paging.check(req.page_size, req.paging.limit, req.paging.offset)
-        + validation.namespace_scope(req.namespace, "namespace")
+    return selectors.check_scope(req, FIELD_SELECTOR_FIELDS) + paging.check(
+        req.page_size, req.paging.limit, req.paging.offset
     )
 
 
 def _v_watch(req: service_pb2.WatchServicesRequest) -> list[FieldViolation]:
-    out = validation.namespace_scope(req.namespace, "namespace") + selectors.check(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-        allowed_fields=FIELD_SELECTOR_FIELDS,
-    )
-    if req.since_revision < 0:
-        out.append(FieldViolation("since_revision", "must not be negative"))
-    return out
+    return selectors.check_watch(req, FIELD_SELECTOR_FIELDS)
 
 
 def _v_delete(req: service_pb2.DeleteServiceRequest) -> list[FieldViolation]:
