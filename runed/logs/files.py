@@ -110,6 +110,24 @@ def tail(
     ``since_ns`` (a single instance writes in time order).
     """
     out: list[LogLine] = []
+    for ln in _lines_backwards(log_dir, name):
+        if since_ns is not None and ln.ns < since_ns:
+            break
+        if accept(ln):
+            out.append(ln)
+            if 0 < n <= len(out):
+                break
+    out.reverse()
+    return out
+
+
+def seq_before(log_dir: Path, since_ns: int, name: str = LOG_NAME) -> int:
+    """The seq of the newest line older than ``since_ns`` (-1 when none), reading backwards."""
+    return next((ln.seq for ln in _lines_backwards(log_dir, name) if ln.ns < since_ns), -1)
+
+
+def _lines_backwards(log_dir: Path, name: str) -> Iterator[LogLine]:
+    """Every parsed line of a series, newest first, across rotated files, read from the end."""
     below: int | None = None  # seq of the oldest line seen: guards against a file rotated mid-read
     for path in reversed(log_files(log_dir, name)):
         try:
@@ -122,31 +140,7 @@ def tail(
                 if ln is None or (below is not None and ln.seq >= below):
                     continue
                 below = ln.seq
-                if since_ns is not None and ln.ns < since_ns:
-                    out.reverse()
-                    return out
-                if accept(ln):
-                    out.append(ln)
-                    if 0 < n <= len(out):
-                        out.reverse()
-                        return out
-    out.reverse()
-    return out
-
-
-def seq_before(log_dir: Path, since_ns: int, name: str = LOG_NAME) -> int:
-    """The seq of the newest line older than ``since_ns`` (-1 when none), reading backwards."""
-    for path in reversed(log_files(log_dir, name)):
-        try:
-            fh = open(path, "rb")
-        except OSError:
-            continue
-        with fh:
-            for _, raw in _backwards(fh, complete_end(fh)):
-                ln = parse_line(raw)
-                if ln is not None and ln.ns < since_ns:
-                    return ln.seq
-    return -1
+                yield ln
 
 
 def last_seq(log_dir: Path, name: str = LOG_NAME) -> int:
