@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,3 +177,28 @@ def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "runed", *args], capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw
     )
+
+
+def bootstrap_metadata(channel: grpc.Channel) -> list[tuple[str, str]]:
+    """AdminBootstrap over ``channel`` (loopback) and the root token as gRPC call metadata."""
+    from rune.api import admin_pb2, admin_pb2_grpc
+
+    token = admin_pb2_grpc.AdminServiceStub(channel).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
+    return [("authorization", f"Bearer {token}")]
+
+
+@contextlib.contextmanager
+def rest_bootstrapped_runed(tmp: Path, runefile: str) -> Iterator[tuple[Runed, str]]:
+    """A runed configured by ``runefile``, bootstrapped over REST from loopback: (runed, root token)."""
+    import httpx
+
+    cfg = tmp / "runefile.yaml"
+    cfg.write_text(runefile)
+    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
+    try:
+        r.start()
+        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        yield r, resp.json()["tokenSecret"]
+    finally:
+        r.stop()

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rune.api import admin_pb2, admin_pb2_grpc, exec_pb2, exec_pb2_grpc
+from rune.api import exec_pb2, exec_pb2_grpc
 from runed.store.sqlite import open_store
 from tests.integration.instance_fixtures import Instances, RoleProcess
-from tests.support import eventually
+from tests.support import bootstrap_metadata, eventually
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,7 @@ def stub(api: RoleProcess) -> exec_pb2_grpc.ExecServiceStub:
 
 @pytest.fixture(scope="module")
 def md(api: RoleProcess) -> list[tuple[str, str]]:
-    token = (
-        admin_pb2_grpc.AdminServiceStub(api.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
-    )
-    return [("authorization", f"Bearer {token}")]
+    return bootstrap_metadata(api.channel())
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Runed
+from tests.support import Runed, rest_bootstrapped_runed
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 
@@ -16,17 +16,8 @@ BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
     """One runed for the module (tests use distinct names); bootstrapped over REST from loopback."""
-    tmp = tmp_path_factory.mktemp("gateway-rest")
-    cfg = tmp / "runefile.yaml"
-    cfg.write_text("server:\n  max_body_bytes: 4096\n")
-    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
-    try:
-        r.start()
-        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
-        assert resp.status_code == 200, resp.text
-        yield r, resp.json()["tokenSecret"]
-    finally:
-        r.stop()
+    with rest_bootstrapped_runed(tmp_path_factory.mktemp("gateway-rest"), "server:\n  max_body_bytes: 4096\n") as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Runed, eventually
+from tests.support import Runed, eventually, rest_bootstrapped_runed
 
 
 @dataclass
@@ -48,17 +48,10 @@ def events(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
     """One runed for the module with fast keep-alives; tests use their own namespace names."""
-    tmp = tmp_path_factory.mktemp("gateway-sse")
-    cfg = tmp / "runefile.yaml"
-    cfg.write_text("server:\n  sse_keepalive_seconds: 0.3\n")
-    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
-    try:
-        r.start()
-        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
-        assert resp.status_code == 200, resp.text
-        yield r, resp.json()["tokenSecret"]
-    finally:
-        r.stop()
+    with rest_bootstrapped_runed(
+        tmp_path_factory.mktemp("gateway-sse"), "server:\n  sse_keepalive_seconds: 0.3\n"
+    ) as pair:
+        yield pair
 
 
 def _namespace_count(c: httpx.Client, token: str) -> int:

@@ -14,7 +14,7 @@ import pytest
 from rune.api import admin_pb2, admin_pb2_grpc, logs_pb2, logs_pb2_grpc
 from runed.logs.timeparse import format_ns
 from tests.integration.instance_fixtures import Instances, RoleProcess
-from tests.support import eventually
+from tests.support import bootstrap_metadata, eventually
 
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed past instant: history lines get exact timestamps
 
@@ -36,10 +36,7 @@ def stub(api: RoleProcess) -> logs_pb2_grpc.LogServiceStub:
 
 @pytest.fixture(scope="module")
 def md(api: RoleProcess) -> list[tuple[str, str]]:
-    token = (
-        admin_pb2_grpc.AdminServiceStub(api.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
-    )
-    return [("authorization", f"Bearer {token}")]
+    return bootstrap_metadata(api.channel())
 
 
 @pytest.fixture
