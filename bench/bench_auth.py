@@ -21,10 +21,11 @@ import uvloop
 
 from bench.common import Load, bootstrap_token, drive, running_runed
 from rune.api import auth_pb2, auth_pb2_grpc
-from runed import config, rbac
-from runed.app import build_app
-from runed.context import CallContext
-from runed.methods import all_methods
+from runed.auth import rbac
+from runed.core import config
+from runed.pipeline.context import CallContext
+from runed.pipeline.methods import all_methods
+from runed.server.app import build_app
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WHOAMI = "/rune.api.AuthService/WhoAmI"

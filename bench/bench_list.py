@@ -23,8 +23,8 @@ PAGE = 100
 
 def _populate(data_dir: Path, n: int) -> None:
     """Write ``n`` service records (and their first revisions) straight into the store, as CreateService would."""
-    from runed import history, objects
     from runed.api.namespace import seed_namespaces
+    from runed.model import history, objects
     from runed.store.sqlite import open_store
 
     store = open_store(data_dir)
@@ -88,7 +88,7 @@ def list_latency(n: int = SERVICES) -> dict[str, float]:
         data = Path(tmp) / "data"
         data.mkdir()
         _populate(data, n)
-        proc, target = _start_api(data, Path(tmp) / "runed.log")
+        proc, target = _start_api(data, Path(tmp) / "runed.server.logging")
         try:
             md = (("authorization", f"Bearer {bootstrap_token(target)}"),)
             opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]

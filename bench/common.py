@@ -57,7 +57,7 @@ def running_runed(*extra: str, log_level: str = "warning") -> Iterator[dict[str,
     """A real runed (all default roles) on free ports with a temporary data dir."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        log = open(Path(tmp) / "runed.log", "wb")
+        log = open(Path(tmp) / "runed.server.logging", "wb")
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -81,9 +81,9 @@ def running_runed(*extra: str, log_level: str = "warning") -> Iterator[dict[str,
         )
         try:
             deadline = time.monotonic() + 60
-            while "runed ready:" not in (Path(tmp) / "runed.log").read_text(errors="replace"):
+            while "runed ready:" not in (Path(tmp) / "runed.server.logging").read_text(errors="replace"):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "runed.log").read_text(errors="replace"))
+                    raise RuntimeError((Path(tmp) / "runed.server.logging").read_text(errors="replace"))
                 time.sleep(0.05)
             addrs = {p.stem: json.loads(p.read_text())["address"] for p in (data / "run").glob("*.json")}
             addrs["data_dir"] = str(data)

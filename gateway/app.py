@@ -23,9 +23,10 @@ from rune.gateway.http import (
     request_id_of,
     sse_response,
 )
-from runed import errors, metrics
-from runed.app import App
-from runed.methods import Method
+from runed.core import errors
+from runed.pipeline.methods import Method
+from runed.server.app import App
+from runed.transport import metrics
 
 log = logging.getLogger("runed.gateway")
 

@@ -43,10 +43,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from rune.api import exec_pb2, logs_pb2
 from rune.gateway import codec, sse
 from rune.gateway.http import call_context, error_response, sse_event, sse_response, status_dict
-from runed import errors
-from runed.app import App
-from runed.context import CallContext
-from runed.methods import Method, by_full_name
+from runed.core import errors
+from runed.pipeline.context import CallContext
+from runed.pipeline.methods import Method, by_full_name
+from runed.server.app import App
 
 LOGS_METHOD = "/rune.api.LogService/StreamLogs"
 EXEC_METHOD = "/rune.api.ExecService/StreamExec"

@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
-from runed import errors
+from runed.core import errors
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT32,

@@ -5,8 +5,8 @@ on every REST endpoint:
 
 - :func:`call_context` builds the pipeline's CallContext from a Starlette request (headers as
   lower-cased metadata, ``X-Request-Id`` honoured, the client address as peer).
-- :func:`error_response` renders a :class:`runed.errors.RuneError` as the HTTP status from
-  ``runed.errors.HTTP_STATUS`` and a protojson ``google.rpc.Status`` body (``Retry-After`` on 429).
+- :func:`error_response` renders a :class:`runed.core.errors.RuneError` as the HTTP status from
+  ``runed.core.errors.HTTP_STATUS`` and a protojson ``google.rpc.Status`` body (``Retry-After`` on 429).
 - :func:`sse_event`, :func:`sse_comment` frame Server-Sent Events; :func:`sse_response` wraps an
   async iterator of frames into a ``text/event-stream`` response with keep-alives and a final
   ``event: error`` frame when the stream fails.
@@ -29,11 +29,11 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
 from rune.gateway.tls import CN_KEY
-from runed import errors
-from runed.app import App
-from runed.context import CallContext
-from runed.grpc_server import status_proto
-from runed.methods import Method
+from runed.core import errors
+from runed.pipeline.context import CallContext
+from runed.pipeline.methods import Method
+from runed.server.app import App
+from runed.transport.grpc import status_proto
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RAW = REQUEST_ID_HEADER.encode()

@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from runed import metrics as runed_metrics
-from runed.app import App
+from runed.server.app import App
+from runed.transport import metrics as runed_metrics
 
 
 class _InstanceCollector:

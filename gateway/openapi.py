@@ -10,8 +10,9 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from rune.gateway import routes
 from rune.gateway.routes import HttpRule
-from runed import __version__, methods
-from runed.methods import Method
+from runed import __version__
+from runed.pipeline import methods
+from runed.pipeline.methods import Method
 
 STATUS_REF = "#/components/schemas/google.rpc.Status"
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}

@@ -20,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from runed import __version__, methods
-from runed.app import App
-from runed.roles import ready_file
+from runed import __version__
+from runed.pipeline import methods
+from runed.server.app import App
+from runed.server.roles import ready_file
 from runed.store.base import iter_all
 
 JSON = "application/json"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from google.api import annotations_pb2, http_pb2
 
-from runed import methods
-from runed.methods import Method
+from runed.pipeline import methods
+from runed.pipeline.methods import Method
 
 # A path variable, optionally with a pattern: ``{name}``, ``{service.namespace}``, ``{name=*}``.
 _VAR_RE = re.compile(r"\{([a-zA-Z_][\w.]*)(?:=([^}]*))?\}")

@@ -15,9 +15,9 @@ import uvicorn
 from rune.gateway.app import build
 from rune.gateway.http import begin_shutdown
 from rune.gateway.tls import uvicorn_options
-from runed.app import App
-from runed.config import parse_address
-from runed.grpc_server import BindError
+from runed.core.config import parse_address
+from runed.server.app import App
+from runed.transport.grpc import BindError
 
 log = logging.getLogger("runed.rest")
 

@@ -15,8 +15,9 @@ from starlette.responses import Response
 
 from rune.gateway import codec
 from rune.gateway.http import error_response, sse_event, sse_response
-from runed import errors, metrics
-from runed.context import CallContext
+from runed.core import errors
+from runed.pipeline.context import CallContext
+from runed.transport import metrics
 
 # Errors raised this early (admission: 401/403/400/404) still get a real HTTP status; later
 # ones arrive as an `event: error` frame on an already-open stream.

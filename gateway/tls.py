@@ -15,7 +15,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from runed.config import TLSConfig
+from runed.core.config import TLSConfig
 
 CN_KEY = "rune.tls_client_cn"
 

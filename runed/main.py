@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from runed import __version__
-from runed.config import Config, ConfigError, load
+from runed.core.config import Config, ConfigError, load
 
 
 def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,9 +80,9 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 
 
 def _run_supervisor(cfg: Config) -> int:
-    from runed.roles import DEFAULT_ROLES
+    from runed.server.roles import DEFAULT_ROLES
+    from runed.server.supervisor import Supervisor, check_data_dir
     from runed.store.sqlite import StoreError, open_store
-    from runed.supervisor import Supervisor, check_data_dir
 
     problem = check_data_dir(cfg.data_path)
     if problem:
@@ -101,9 +101,9 @@ def _run_supervisor(cfg: Config) -> int:
 @click.pass_context
 def serve(ctx: click.Context, /, role: str, **kwargs: Any) -> None:
     """Run one role in this process (what the supervisor starts)."""
-    from runed import log
-    from runed.roles import run_role
-    from runed.supervisor import check_data_dir
+    from runed.server import logging as log
+    from runed.server.roles import run_role
+    from runed.server.supervisor import check_data_dir
 
     cfg = _load(_merge(ctx, **kwargs))
     problem = check_data_dir(cfg.data_path)
@@ -150,8 +150,8 @@ def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
 
     Without --reset this is AdminBootstrap (once per data dir); --reset recovers a lost token.
     """
-    from runed import errors
-    from runed.identity import local_bootstrap
+    from runed.auth.identity import local_bootstrap
+    from runed.core import errors
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
@@ -175,8 +175,8 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     """Install a new KEK and re-wrap every secret's data key under it (safe while runed runs)."""
     import getpass
 
-    from runed.crypto import CryptoError, SecretCrypto
-    from runed.secrets_access import rewrap_all
+    from runed.secrets.access import rewrap_all
+    from runed.secrets.crypto import CryptoError, SecretCrypto
     from runed.store.base import AuditEntry
     from runed.store.sqlite import StoreError, open_store
 

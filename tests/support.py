@@ -58,7 +58,7 @@ class Runed:
 
     def start(self, timeout: float = 30.0) -> Runed:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-runed.log"
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-runed.server.logging"
         run_dir = self.data_dir / "run"
         for f in run_dir.glob("*.json") if run_dir.exists() else []:
             f.unlink()

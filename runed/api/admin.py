@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import admin_pb2
-from runed import errors, validation
 from runed.api import registries
 from runed.api.registries import (  # noqa: F401 - registry RPCs are AdminService handlers
     AddRegistry,
@@ -21,9 +20,10 @@ from runed.api.registries import (  # noqa: F401 - registry RPCs are AdminServic
     TestRegistry,
     UpdateRegistry,
 )
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.identity import BUILTIN_POLICIES, SYSTEM, Identity
+from runed.auth.identity import BUILTIN_POLICIES, SYSTEM, Identity
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.pipeline.context import CallContext
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 KNOWN_KINDS = ("", "user")

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import auth_pb2
-from runed import errors, rbac, validation
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.identity import Identity
+from runed.auth import rbac
+from runed.auth.identity import Identity
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.pipeline.context import CallContext
 
 # Ten years at most; 0 means no expiry.
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import common_pb2, configmap_pb2
-from runed import errors, validation
 from runed.api.namespace import ensure_namespace
 from runed.api.secret import DEFAULT_NAMESPACE, check_limits, list_records, now_rfc3339, v_list
-from runed.config import LimitsConfig
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.secrets_access import CONFIGMAP_KIND
+from runed.core import errors, validation
+from runed.core.config import LimitsConfig
+from runed.core.errors import FieldViolation
+from runed.pipeline.context import CallContext
+from runed.secrets.access import CONFIGMAP_KIND
 
 _DEFAULT_LIMITS = LimitsConfig()
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, exec_pb2
-from runed import errors, validation
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.execdocker import DockerError, DockerExec
-from runed.execsession import ExecProcess, ExecSpec, Exit, Output, SessionSlots, parse_signal
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.exec.docker import DockerError, DockerExec
+from runed.exec.session import ExecProcess, ExecSpec, Exit, Output, SessionSlots, parse_signal
+from runed.pipeline.context import CallContext
 from runed.store.base import AuditEntry, Record, iter_all
 
 INSTANCE_KIND = "instance"
@@ -92,7 +92,7 @@ def _resolved_env(ctx: CallContext, ns: str, rec: Record) -> dict[str, str]:
     """The instance's stored env with secret/configmap references resolved, in memory only."""
     stored = {str(k): str(v) for k, v in (rec.data.get("env") or {}).items()}
     try:
-        from runed.envresolve import TEMPLATE, ResolveError, Sources
+        from runed.secrets.envresolve import TEMPLATE, ResolveError, Sources
     except ImportError:  # pragma: no cover - the process runner's env module ships with runed
         return stored
     src = Sources(ctx.app.store, ctx.app.crypto, ns, True)

@@ -10,9 +10,10 @@ from typing import Any
 
 import runed
 from rune.api import common_pb2, health_pb2
-from runed import errors, objects
-from runed.context import CallContext
-from runed.errors import FieldViolation
+from runed.core import errors
+from runed.core.errors import FieldViolation
+from runed.model import objects
+from runed.pipeline.context import CallContext
 from runed.store.base import Record, iter_all
 
 HEALTHY = health_pb2.HEALTH_STATUS_HEALTHY

@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from rune.api import common_pb2, instance_pb2
-from runed import errors, objects, paging, selectors, validation, watch
-from runed.context import CallContext
-from runed.errors import FieldViolation
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.model import objects, selectors
+from runed.pipeline.context import CallContext
+from runed.store import paging, watch
 from runed.store.base import Record, Store, iter_all
 
 FIELD_SELECTOR_FIELDS = ("id", "name", "namespace", "service", "status", "node")

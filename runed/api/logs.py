@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import logs_pb2
-from runed import errors
-from runed.context import CallContext
-from runed.errors import FieldViolation
+from runed.core import errors
+from runed.core.errors import FieldViolation
 from runed.logs import cursor
 from runed.logs.events import EVENTS_NAME
 from runed.logs.stream import STREAMS, Emitted, LogStream, Selection, Source, compile_filter
 from runed.logs.timeparse import parse_bound
+from runed.pipeline.context import CallContext
 from runed.store.base import DELETED, Record, Store, iter_all
 
 INSTANCE_KIND = "instance"

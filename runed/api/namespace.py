@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from rune.api import common_pb2, namespace_pb2
-from runed import errors, objects, validation
-from runed.context import CallContext
-from runed.errors import FieldViolation
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.model import objects
+from runed.pipeline.context import CallContext
 from runed.store.base import ADDED, DELETED, MODIFIED, Store
-from runed.watch import watch
+from runed.store.watch import watch
 
 KIND = objects.NAMESPACE
 # Namespaces are cluster-scoped: stored under the empty store namespace.

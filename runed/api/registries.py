@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from rune.api import admin_pb2
-from runed import errors, validation
 from runed.api.namespace import ensure_namespace
 from runed.api.secret import now_rfc3339
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.secrets_access import SECRET_KIND, decrypt_record, secret_record
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.pipeline.context import CallContext
+from runed.secrets.access import SECRET_KIND, decrypt_record, secret_record
 from runed.store.base import Store, iter_all
 
 if TYPE_CHECKING:
-    from runed.app import App
+    from runed.server.app import App
 
 KIND = "registry"
 SCOPE = ""

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rune.api import common_pb2, secret_pb2
-from runed import errors, validation
 from runed.api.namespace import ensure_namespace
-from runed.config import LimitsConfig
-from runed.context import CallContext
-from runed.errors import FieldViolation
-from runed.secrets_access import SECRET_KIND, decrypt_record, secret_record
+from runed.core import errors, validation
+from runed.core.config import LimitsConfig
+from runed.core.errors import FieldViolation
+from runed.pipeline.context import CallContext
+from runed.secrets.access import SECRET_KIND, decrypt_record, secret_record
 from runed.store.base import iter_all
 
 DEFAULT_NAMESPACE = "default"

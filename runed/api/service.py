@@ -13,11 +13,13 @@ from typing import Any
 from google.protobuf import json_format
 
 from rune.api import common_pb2, instance_pb2, service_pb2
-from runed import errors, history, objects, paging, selectors, validation, watch
 from runed.api import instance as instance_api
 from runed.api.namespace import BUILTIN, ensure_namespace
-from runed.context import CallContext
-from runed.errors import FieldViolation
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.model import history, objects, selectors
+from runed.pipeline.context import CallContext
+from runed.store import paging, watch
 from runed.store.base import DELETED, MODIFIED, Record, Store, iter_all
 
 FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")

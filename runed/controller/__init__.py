@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from runed.app import App
+from runed.server.app import App
 
 
 async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:

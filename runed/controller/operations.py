@@ -6,8 +6,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from runed import objects
 from runed.controller.states import RUNNING
+from runed.model import objects
 from runed.store.base import Record, iter_all
 
 if TYPE_CHECKING:

@@ -21,14 +21,15 @@ from typing import Any
 from google.protobuf import json_format
 
 from rune.api import common_pb2, instance_pb2, service_pb2
-from runed import envresolve, objects, probes
-from runed.app import App
-from runed.controller import states
+from runed.controller import probes, states
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
 from runed.logs.events import EventWriter
+from runed.model import objects
 from runed.runner.base import Handle, LaunchSpec, Observation, Runner, RunnerError
 from runed.runner.container import ContainerRunner
 from runed.runner.process import ProcessRunner
+from runed.secrets import envresolve
+from runed.server.app import App
 from runed.store.base import Record, iter_all
 
 log = logging.getLogger("runed.controller")

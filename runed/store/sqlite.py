@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from runed import errors
+from runed.core import errors
 from runed.store.base import ADDED, DELETED, MODIFIED, AuditEntry, Change, ListResult, Record
 from runed.store.notify import Notifier
 

@@ -30,7 +30,7 @@ from rune.api import (
     service_pb2,
     service_pb2_grpc,
 )
-from runed import methods
+from runed.pipeline import methods
 from tests.support import Runed
 
 REQUESTS_PER_METHOD = 24

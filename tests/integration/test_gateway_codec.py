@@ -10,7 +10,7 @@ from google.protobuf.descriptor import FieldDescriptor as F
 from google.protobuf.message import Message
 
 from rune.gateway import codec, routes
-from runed import methods
+from runed.pipeline import methods
 
 INT64 = (F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64)
 

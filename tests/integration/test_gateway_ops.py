@@ -17,7 +17,7 @@ import grpc
 import httpx
 import pytest
 
-from runed import methods
+from runed.pipeline import methods
 from tests.support import Runed, eventually
 
 # Streams never end on their own, services and exec start real processes from random input, and

@@ -205,7 +205,7 @@ def test_error_mid_stream_is_a_final_error_event() -> None:
     import asyncio
 
     from rune.gateway.http import sse_response
-    from runed import errors
+    from runed.core import errors
 
     async def frames() -> Iterator[bytes]:  # type: ignore[misc]
         yield b"data: {}\n\n"

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
-from runed import objects
+from runed.model import objects
 from runed.store.sqlite import SQLiteStore, open_store
 from tests.support import Runed
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from rune.api import auth_pb2, auth_pb2_grpc, namespace_pb2, namespace_pb2_grpc
-from runed import config
+from runed.core import config
 from tests.support import Runed
 
 ISSUER = "https://idp.example.test"

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from runed import rbac
-from runed.methods import Method, all_methods
+from runed.auth import rbac
+from runed.pipeline.methods import Method, all_methods
 from tests.support import Runed
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
-from runed import objects
+from runed.model import objects
 from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch, alive, orch_per_module, shared_orch
 from tests.support import eventually
 

@@ -13,7 +13,7 @@ import pytest
 from grpc_status import rpc_status
 
 from rune.api import secret_pb2, secret_pb2_grpc
-from runed.crypto import key_id
+from runed.secrets.crypto import key_id
 from tests.integration.test_namespaces import bad_request_fields
 from tests.support import Runed, run_cli
 

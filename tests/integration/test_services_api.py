@@ -262,7 +262,7 @@ def test_delete_honours_dependents_dry_run_and_records_an_operation(api_runed: R
 
 
 def test_scale_records_an_operation_and_scale_zero_keeps_last_non_zero(api_runed: Runed, api_auth: Auth) -> None:
-    from runed import objects
+    from runed.model import objects
     from runed.store.sqlite import open_store
 
     stub = _stub(api_runed)
@@ -390,7 +390,7 @@ def test_list_pages_with_opaque_tokens(api_runed: Runed, api_auth: Auth) -> None
 
 
 def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Runed, api_auth: Auth) -> None:
-    from runed import objects
+    from runed.model import objects
     from runed.store.sqlite import open_store
 
     stub = _stub(api_runed)
@@ -433,7 +433,7 @@ def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Run
 def test_delete_without_detach_waits_for_the_operation_result(api_runed: Runed, api_auth: Auth) -> None:
     import threading
 
-    from runed import objects
+    from runed.model import objects
     from runed.store.sqlite import open_store
 
     stub = _stub(api_runed)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rune.api import admin_pb2, exec_pb2, secret_pb2, service_pb2
-from runed import audit, rbac
+from runed.auth import rbac
+from runed.pipeline import audit
 
 
 def test_reads_are_not_audited_but_secret_reads_and_mutations_are() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runed.config import ConfigError, load
+from runed.core.config import ConfigError, load
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:

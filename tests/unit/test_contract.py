@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import descriptor
 from google.protobuf.descriptor import FieldDescriptor
 
-from runed import methods
+from runed.pipeline import methods
 
 FACTS = json.loads((Path(__file__).parent.parent / "data" / "rune-api-facts.json").read_text())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runed import config
+from runed.core import config
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runed.config import Config, EncryptionConfig, KEKConfig, SecretConfig
-from runed.crypto import CryptoError, Envelope, SecretCrypto, key_id
+from runed.core.config import Config, EncryptionConfig, KEKConfig, SecretConfig
+from runed.secrets.crypto import CryptoError, Envelope, SecretCrypto, key_id
 
 
 def _cfg(tmp_path: Path, source: str = "file") -> Config:
@@ -115,7 +115,7 @@ def test_rotation_keeps_old_key_readable_until_dropped(tmp_path: Path) -> None:
 
 
 def test_rewrap_all_with_env_keys_over_a_real_store(tmp_path: Path) -> None:
-    from runed.secrets_access import SECRET_KIND, read_secret_data, rewrap_all, secret_record
+    from runed.secrets.access import SECRET_KIND, read_secret_data, rewrap_all, secret_record
     from runed.store.sqlite import SQLiteStore
 
     b64 = base64.b64encode

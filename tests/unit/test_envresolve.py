@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from rune.api import common_pb2, service_pb2
-from runed import config, envresolve
-from runed.crypto import SecretCrypto
-from runed.secrets_access import secret_record
+from runed.core import config
+from runed.secrets import envresolve
+from runed.secrets.access import secret_record
+from runed.secrets.crypto import SecretCrypto
 from runed.store.sqlite import SQLiteStore
 
 

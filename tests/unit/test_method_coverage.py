@@ -6,9 +6,9 @@ import importlib
 
 import pytest
 
-from runed import rbac
-from runed.methods import SERVICE_MODULES, all_methods
-from runed.pipeline import load_routes
+from runed.auth import rbac
+from runed.pipeline.methods import SERVICE_MODULES, all_methods
+from runed.pipeline.stages import load_routes
 
 METHODS = [m.full_name for m in all_methods()]
 

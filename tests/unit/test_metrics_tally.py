@@ -12,7 +12,7 @@ SCRIPT = r"""
 import json, os, sys
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
 from prometheus_client import CollectorRegistry, Histogram, multiprocess
-from runed import metrics
+from runed.transport import metrics
 
 values = [0.0, 0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.01, 0.0101, 0.4, 2.5, 9.99, 10.0, 11.0, 120.0]
 metrics._metrics["latency"] = Histogram(

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from rune.api import common_pb2, instance_pb2, service_pb2
-from runed import objects
+from runed.model import objects
 from runed.store.base import Record
 
 

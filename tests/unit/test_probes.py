@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rune.api import common_pb2, service_pb2
-from runed import probes
+from runed.controller import probes
 
 
 def _spec(kind: str, **kw: object) -> probes.ProbeSpec:

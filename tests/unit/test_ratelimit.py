@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runed.ratelimit import RateLimiter
+from runed.auth.ratelimit import RateLimiter
 
 
 def test_burst_then_refusal_with_retry_hint() -> None:

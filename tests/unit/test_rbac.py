@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rune.api import exec_pb2, logs_pb2, secret_pb2, service_pb2
-from runed import rbac
-from runed.identity import BUILTIN_POLICIES
-from runed.methods import all_methods
+from runed.auth import rbac
+from runed.auth.identity import BUILTIN_POLICIES
+from runed.pipeline.methods import all_methods
 
 
 def _rules(policy: str) -> list[rbac.Rule]:

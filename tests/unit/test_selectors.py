@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runed import errors, paging, selectors
+from runed.core import errors
+from runed.model import selectors
+from runed.store import paging
 
 LABELS = {"app": "web", "tier": "front", "env": "prod"}
 

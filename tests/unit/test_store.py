@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runed import errors
+from runed.core import errors
 from runed.store.base import ADDED, DELETED, MODIFIED, iter_all
 from runed.store.sqlite import SQLiteStore, open_store
 

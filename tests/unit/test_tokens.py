@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runed import errors
-from runed.identity import KEY_FILE, TOKEN, TOKEN_PREFIX, Identity, hash_secret, load_server_key
+from runed.auth.identity import KEY_FILE, TOKEN, TOKEN_PREFIX, Identity, hash_secret, load_server_key
+from runed.core import errors
 from runed.store.sqlite import SQLiteStore, open_store
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runed import validation as v
-from runed.errors import FieldViolation
+from runed.core import validation as v
+from runed.core.errors import FieldViolation
 
 
 @pytest.mark.parametrize("name", ["a", "web", "web-1", "0abc", "a" * 63])

@@ -14,11 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from runed import errors, methods
-from runed.app import App
-from runed.config import parse_address
-from runed.context import CallContext
-from runed.methods import Method
+from runed.core import errors
+from runed.core.config import parse_address
+from runed.pipeline import methods
+from runed.pipeline.context import CallContext
+from runed.pipeline.methods import Method
+from runed.server.app import App
 
 log = logging.getLogger("runed.grpc")
 

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
-from runed import errors, rbac
-from runed.context import CallContext
-from runed.identity import Identity
+from runed.auth import rbac
+from runed.auth.identity import Identity
+from runed.core import errors
+from runed.pipeline.context import CallContext
 
 if TYPE_CHECKING:
-    from runed.app import App
+    from runed.server.app import App
 
 # Policies change rarely and every call needs them: cache briefly per process.
 _POLICY_TTL_SECONDS = 1.0

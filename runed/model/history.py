@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from rune.api import service_pb2
-from runed import objects
+from runed.model import objects
 from runed.store.base import Record, Store
 
 KIND = objects.SERVICE_REVISION

@@ -9,14 +9,14 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from runed import errors
-from runed.context import CallContext, Principal
-from runed.identity import POLICY, TOKEN, USER, Identity, load_server_key
-from runed.ratelimit import RateLimiter
+from runed.auth.identity import POLICY, TOKEN, USER, Identity, load_server_key
+from runed.auth.ratelimit import RateLimiter
+from runed.core import errors
+from runed.pipeline.context import CallContext, Principal
 
 if TYPE_CHECKING:
-    from runed.app import App
-    from runed.oidc import OIDCVerifier
+    from runed.auth.oidc import OIDCVerifier
+    from runed.server.app import App
 
 log = logging.getLogger("runed.authn")
 
@@ -48,7 +48,7 @@ class Authenticator:
         self.limiter = RateLimiter(rl.requests_per_second, rl.burst)
         self.oidc: OIDCVerifier | None = None
         if app.config.auth.oidc.enabled:
-            from runed.oidc import OIDCVerifier
+            from runed.auth.oidc import OIDCVerifier
 
             self.oidc = OIDCVerifier(app.config.auth.oidc, app.config.data_path)
         # keyed hash -> (principal, expires_at): valid only while the watcher below runs, which

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runed import errors
+from runed.core import errors
 from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
 
 __all__ = ["ADDED", "DELETED", "MODIFIED", "Event", "watch"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runed import errors
+from runed.core import errors
 from runed.store.base import Store, iter_all
 
 # Identity objects are cluster-scoped; they live in one pseudo-namespace.
@@ -31,7 +31,7 @@ READWRITE_VERBS = ("get", "list", "watch", "create", "update", "delete", "scale"
 READONLY_VERBS = ("get", "list", "watch")
 
 # Resources readwrite and readonly may touch: every resource except "admin" (rules have no
-# negation, so the built-ins list them). Keep in step with runed.rbac.TABLE (a unit test checks it).
+# negation, so the built-ins list them). Keep in step with runed.auth.rbac.TABLE (a unit test checks it).
 READWRITE_RESOURCES = (
     "services",
     "instances",

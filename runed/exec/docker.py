@@ -1,6 +1,6 @@
 """Exec in a container instance through the Docker Engine API (``docker exec``), best effort.
 
-Same interface as :class:`runed.execsession.ExecProcess`: events end with exactly one Exit. The
+Same interface as :class:`runed.exec.session.ExecProcess`: events end with exactly one Exit. The
 engine does not kill an exec'd process when its stream closes, nor deliver signals to it, so both
 go to the exec's host pid (the engine is local).
 """
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from runed.execsession import CHUNK, Event, ExecSpec, Exit, Output
+from runed.exec.session import CHUNK, Event, ExecSpec, Exit, Output
 
 # Output frames of a non-TTY exec: 1 byte stream (1 stdout, 2 stderr), 3 zero bytes, 4-byte size.
 _HEADER = struct.Struct(">BxxxI")

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runed.app import App
-    from runed.methods import Method
+    from runed.pipeline.methods import Method
+    from runed.server.app import App
 
 
 @dataclass(frozen=True)

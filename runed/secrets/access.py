@@ -1,7 +1,7 @@
 """Stored form of secrets and configmaps, and the read helpers the controller and exec use.
 
 A secret record holds metadata and key names in clear and its values only inside an envelope
-(see :mod:`runed.crypto`); a configmap record holds its data in clear.
+(see :mod:`runed.secrets.crypto`); a configmap record holds its data in clear.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runed import errors
-from runed.crypto import CryptoError, Envelope, SecretCrypto
+from runed.core import errors
+from runed.secrets.crypto import CryptoError, Envelope, SecretCrypto
 from runed.store.base import Record, Store, iter_all
 
 log = logging.getLogger("runed.secrets")

@@ -3,7 +3,7 @@
 Stages, outermost first: error mapping -> request id and logging -> authentication ->
 authorization -> validation -> handler. Adapters (gRPC, REST) build a CallContext and call
 :meth:`Pipeline.unary`, :meth:`Pipeline.server_stream` or :meth:`Pipeline.bidi`; whatever goes
-wrong comes out as a :class:`runed.errors.RuneError` for the adapter to render.
+wrong comes out as a :class:`runed.core.errors.RuneError` for the adapter to render.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from runed import audit, errors, rbac, validation
-from runed.context import CallContext, current_call
-from runed.methods import SERVICE_MODULES, Method, all_methods
+from runed.auth import rbac
+from runed.core import errors, validation
+from runed.pipeline import audit
+from runed.pipeline.context import CallContext, current_call
+from runed.pipeline.methods import SERVICE_MODULES, Method, all_methods
 
 log = logging.getLogger("runed.pipeline")
 

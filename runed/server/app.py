@@ -7,16 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runed.config import Config
+from runed.core.config import Config
 from runed.store.sqlite import SQLiteStore, open_store
 
 if TYPE_CHECKING:
-    from runed.authn import Authenticator
-    from runed.authz import Authorizer
-    from runed.context import CallContext
-    from runed.crypto import CryptoError, SecretCrypto
-    from runed.errors import RuneError
-    from runed.pipeline import Pipeline
+    from runed.auth.authn import Authenticator
+    from runed.auth.authz import Authorizer
+    from runed.core.errors import RuneError
+    from runed.pipeline.context import CallContext
+    from runed.pipeline.stages import Pipeline
+    from runed.secrets.crypto import CryptoError, SecretCrypto
 
 
 @dataclass
@@ -41,10 +41,10 @@ class App:
 def build_app(config: Config, role: str) -> App:
     from runed.api.namespace import seed_namespaces
     from runed.api.registries import import_configured as import_configured_registries
-    from runed.authn import Authenticator
-    from runed.authz import Authorizer
-    from runed.crypto import SecretCrypto
-    from runed.pipeline import Pipeline, load_routes
+    from runed.auth.authn import Authenticator
+    from runed.auth.authz import Authorizer
+    from runed.pipeline.stages import Pipeline, load_routes
+    from runed.secrets.crypto import SecretCrypto
 
     store = open_store(config.data_path, changelog_keep=config.history.changelog_entries)
     app = App(config=config, store=store, role=role)

@@ -25,7 +25,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from runed.config import Config
+from runed.core.config import Config
 
 log = logging.getLogger("runed.crypto")
 

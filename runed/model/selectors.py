@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runed import validation
-from runed.errors import FieldViolation
+from runed.core import validation
+from runed.core.errors import FieldViolation
 
 # Operators of a label requirement.
 EQ = "="

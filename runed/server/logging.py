@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from runed.context import current_call
+from runed.pipeline.context import current_call
 
 
 class JSONFormatter(logging.Formatter):

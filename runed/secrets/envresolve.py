@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import service_pb2
-from runed import errors
-from runed.secrets_access import read_configmap_data, read_secret_data
+from runed.core import errors
+from runed.secrets.access import read_configmap_data, read_secret_data
 from runed.store.base import Store
 
 ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")

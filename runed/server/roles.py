@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runed.config import Config
+from runed.core.config import Config
 
 log = logging.getLogger("runed.role")
 
@@ -24,7 +24,7 @@ EXIT_FATAL = 78
 
 # role -> "module:function" serving it: async def serve(app, stop: asyncio.Event, on_ready(addr)).
 ROLES: dict[str, str] = {
-    "grpc": "runed.grpc_server:serve",
+    "grpc": "runed.transport.grpc:serve",
     "controller": "runed.controller:serve",
     "rest": "rune.gateway.server:serve",
 }
@@ -61,7 +61,7 @@ def run_role(config: Config, role: str) -> int:
 
 
 async def _main(config: Config, role: str) -> int:
-    from runed.app import build_app
+    from runed.server.app import build_app
     from runed.store.sqlite import StoreError
 
     stop = asyncio.Event()
@@ -71,7 +71,7 @@ async def _main(config: Config, role: str) -> int:
     except StoreError as e:
         print(f"runed: {e}", file=sys.stderr)
         return EXIT_FATAL
-    from runed import metrics
+    from runed.transport import metrics
 
     metrics.install(app)
     modname, _, fn = ROLES[role].partition(":")

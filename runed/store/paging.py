@@ -10,8 +10,8 @@ from typing import Generic, TypeVar
 
 import orjson
 
-from runed import errors
-from runed.errors import FieldViolation
+from runed.core import errors
+from runed.core.errors import FieldViolation
 from runed.store.base import Record, Store
 
 T = TypeVar("T")

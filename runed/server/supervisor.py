@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runed.config import Config
-from runed.roles import EXIT_FATAL, ready_file
+from runed.core.config import Config
+from runed.server.roles import EXIT_FATAL, ready_file
 
 READY_TIMEOUT_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 30.0

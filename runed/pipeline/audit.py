@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
-from runed import rbac
+from runed.auth import rbac
 from runed.store.base import AuditEntry
 
 if TYPE_CHECKING:
-    from runed.context import CallContext
+    from runed.pipeline.context import CallContext
 
 log = logging.getLogger("runed.audit")
 

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import jwt
 
-from runed import errors
-from runed.config import OIDCConfig
-from runed.context import Principal
-from runed.identity import Identity
+from runed.auth.identity import Identity
+from runed.core import errors
+from runed.core.config import OIDCConfig
+from runed.pipeline.context import Principal
 
 # Skew beyond this is a misconfiguration, not clock drift.
 MAX_SKEW_SECONDS = 300
