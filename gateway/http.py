@@ -66,7 +66,7 @@ def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
     metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     client = scope.get("client")
     ctx = CallContext(
-        app=app,
+        deps=app,
         method=method,
         transport="rest",
         metadata=metadata,

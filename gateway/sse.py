@@ -102,7 +102,7 @@ async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) 
 
 async def stream_response(ctx: CallContext, request_msg: Message, keepalive: float) -> Response:
     """Run a server-streaming RPC through the pipeline and serve it as ``text/event-stream``."""
-    source = ctx.app.pipeline.server_stream(ctx, request_msg)
+    source = ctx.deps.pipeline.server_stream(ctx, request_msg)
     first: asyncio.Task[Message] = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
     done, _ = await asyncio.wait({first}, timeout=FIRST_FRAME_WINDOW)
     if done and first.exception() is not None:

@@ -31,13 +31,13 @@ DEFAULT_AUDIT_PAGE = 100
 
 
 def _identity(ctx: CallContext) -> Identity:
-    ident: Identity = ctx.app.authenticator.identity
+    ident: Identity = ctx.deps.authenticator.identity
     return ident
 
 
 def _changed(ctx: CallContext) -> None:
     # Other processes learn of the change from the store's change log; this one at once.
-    ctx.app.authenticator.invalidate()
+    ctx.deps.authenticator.invalidate()
 
 
 def is_local(peer: str) -> bool:
@@ -157,7 +157,7 @@ def _validate_audit(req: Any) -> list[FieldViolation]:
 
 # -- handlers -----------------------------------------------------------------------------------
 async def AdminBootstrap(req: admin_pb2.AdminBootstrapRequest, ctx: CallContext) -> admin_pb2.AdminBootstrapResponse:
-    if not ctx.app.config.auth.allow_remote_admin and not is_local(ctx.peer):
+    if not ctx.deps.config.auth.allow_remote_admin and not is_local(ctx.peer):
         raise errors.PermissionDenied(
             "bootstrap is allowed only from the server host unless auth.allow_remote_admin is true"
         )
@@ -194,7 +194,7 @@ async def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> 
             "builtin": False,
         }
 
-    rec = ctx.app.store.update("policy", SYSTEM, name, mutate)
+    rec = ctx.deps.store.update("policy", SYSTEM, name, mutate)
     assert rec is not None
     _changed(ctx)
     return admin_pb2.PolicyCreateResponse(policy=policy_pb(rec.data))
@@ -211,7 +211,7 @@ async def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> 
         cur.update(description=req.policy.description, rules=_rules_of(req.policy), builtin=False)
         return cur
 
-    rec = ctx.app.store.update("policy", SYSTEM, name, mutate)
+    rec = ctx.deps.store.update("policy", SYSTEM, name, mutate)
     assert rec is not None
     _changed(ctx)
     return admin_pb2.PolicyUpdateResponse(policy=policy_pb(rec.data))
@@ -222,7 +222,7 @@ async def PolicyDelete(req: admin_pb2.PolicyDeleteRequest, ctx: CallContext) -> 
     p = _find_policy(ident, req.name, req.id)
     if p.get("builtin") or p["name"] in BUILTIN_POLICIES:
         raise errors.FailedPrecondition(f'policy "{p["name"]}" is built in and cannot be deleted')
-    deleted = ctx.app.store.delete("policy", SYSTEM, p["name"]) is not None
+    deleted = ctx.deps.store.delete("policy", SYSTEM, p["name"]) is not None
     _changed(ctx)
     return admin_pb2.PolicyDeleteResponse(deleted=deleted)
 
@@ -288,7 +288,7 @@ async def TokenList(req: admin_pb2.TokenListRequest, ctx: CallContext) -> admin_
 async def ListAuditEvents(req: admin_pb2.ListAuditEventsRequest, ctx: CallContext) -> admin_pb2.ListAuditEventsResponse:
     limit = req.limit or DEFAULT_AUDIT_PAGE
     # One extra row tells whether there is more without a second query.
-    rows = ctx.app.store.list_audit(since_id=req.since_id, limit=limit + 1, subject=req.subject or None)
+    rows = ctx.deps.store.list_audit(since_id=req.since_id, limit=limit + 1, subject=req.subject or None)
     more = len(rows) > limit
     rows = rows[:limit]
     return admin_pb2.ListAuditEventsResponse(

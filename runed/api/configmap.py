@@ -68,7 +68,7 @@ def _ok(d: dict[str, Any]) -> configmap_pb2.ConfigmapResponse:
 # -- handlers -------------------------------------------------------------------------------------
 def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
     """Create (upsert, as upstream) or update; the version moves only when the data changes."""
-    app = ctx.app
+    app = ctx.deps
     ns = c.namespace or DEFAULT_NAMESPACE
     check_limits(c.data, "configmap.data", app.config.config.limits)
     data = dict(c.data)
@@ -120,7 +120,7 @@ async def UpdateConfigmap(
 
 async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
     ns = req.namespace or DEFAULT_NAMESPACE
-    rec = ctx.app.store.get(CONFIGMAP_KIND, ns, req.name)
+    rec = ctx.deps.store.get(CONFIGMAP_KIND, ns, req.name)
     if rec is None:
         raise errors.not_found("configmap", req.name, ns)
     return _ok(rec.data)
@@ -128,7 +128,7 @@ async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext)
 
 async def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
     ns = req.namespace or DEFAULT_NAMESPACE
-    if ctx.app.store.delete(CONFIGMAP_KIND, ns, req.name) is None:
+    if ctx.deps.store.delete(CONFIGMAP_KIND, ns, req.name) is None:
         raise errors.not_found("configmap", req.name, ns)
     return common_pb2.Status(code=0, message=f'configmap "{req.name}" deleted')
 

@@ -70,7 +70,7 @@ def _state(rec: Record) -> str:
 
 def pick_instance(ctx: CallContext, ns: str, init: exec_pb2.ExecInitRequest) -> Record:
     """The instance to run in: the given one (must be running), or a running one of the service."""
-    store = ctx.app.store
+    store = ctx.deps.store
     if init.WhichOneof("target") == "instance_id":
         rec = store.get(INSTANCE_KIND, ns, init.instance_id)
         if rec is None:
@@ -95,7 +95,7 @@ def _resolved_env(ctx: CallContext, ns: str, rec: Record) -> dict[str, str]:
         from runed.secrets.envresolve import TEMPLATE, ResolveError, Sources
     except ImportError:  # pragma: no cover - the process runner's env module ships with runed
         return stored
-    src = Sources(ctx.app.store, ctx.app.crypto, ns, True)
+    src = Sources(ctx.deps.store, ctx.deps.crypto, ns, True)
     try:
         return {k: TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v) for k, v in stored.items()}
     except ResolveError as e:
@@ -104,7 +104,7 @@ def _resolved_env(ctx: CallContext, ns: str, rec: Record) -> dict[str, str]:
 
 def _spec(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitRequest) -> ExecSpec:
     data = rec.data
-    default_dir = ctx.app.config.data_path / "instances" / rec.name / "work"
+    default_dir = ctx.deps.config.data_path / "instances" / rec.name / "work"
     base = Path(str(data.get("workdir") or default_dir))
     if not data.get("workdir"):
         base.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def _audit(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitReques
     detail = f"command={shlex.join(init.command)} tty={init.tty}"
     if init.env:
         detail += f" env_keys={','.join(sorted(init.env))}"
-    ctx.app.store.audit(
+    ctx.deps.store.audit(
         AuditEntry(
             subject=ctx.principal.subject,
             method=ctx.method.full_name,
@@ -185,7 +185,7 @@ async def _start_container_exec(ctx: CallContext, rec: Record, init: exec_pb2.Ex
         rows=size.height or 24,
         cols=size.width or 80,
     )
-    docker = ctx.app.config.docker
+    docker = ctx.deps.config.docker
     proc = DockerExec(spec, cid, docker.socket, docker.api_version or docker.fallback_api_version)
     _audit(ctx, rec.namespace, rec, init)
     try:
@@ -210,8 +210,8 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     init = first.init
     ns = init.namespace or ctx.namespace or DEFAULT_NAMESPACE
     rec = pick_instance(ctx, ns, init)
-    cfg = ctx.app.config.exec
-    slots = SessionSlots(ctx.app.config.data_path / "instances", cfg.max_sessions_per_instance)
+    cfg = ctx.deps.config.exec
+    slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)
     if slot is None:
         raise errors.ResourceExhausted(

@@ -182,7 +182,7 @@ def _service_component(
 
 async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.GetHealthResponse:
     """Health of one component type (default: the API server)."""
-    store = ctx.app.store
+    store = ctx.deps.store
     kind = req.component_type or "api-server"
     comps: list[health_pb2.ComponentHealth] = []
     if kind == "api-server":
@@ -195,7 +195,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
             timestamp=_now(),
         )
         if req.include_checks:
-            cap = node_capacity(ctx.app.config.data_path)
+            cap = node_capacity(ctx.deps.config.data_path)
             c.check_results.append(
                 health_pb2.HealthCheckResult(
                     type=health_pb2.HEALTH_CHECK_TYPE_STARTUP,
@@ -210,7 +210,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
         name = req.name or "local"
         if name != "local":
             raise errors.not_found("node", name)
-        cap = node_capacity(ctx.app.config.data_path)
+        cap = node_capacity(ctx.deps.config.data_path)
         busy = cap["load1"] > 2 * cap["cpu_cores"] or (cap["disk_free_bytes"] < 0.02 * cap["disk_total_bytes"])
         c = health_pb2.ComponentHealth(
             component_type="node",

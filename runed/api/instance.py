@@ -137,13 +137,13 @@ def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
 
 # -- handlers -------------------------------------------------------------------------------------
 async def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
-    rec = find_instance(ctx.app.store, _ns(req.namespace), req.id)
+    rec = find_instance(ctx.deps.store, _ns(req.namespace), req.id)
     return instance_pb2.InstanceResponse(instance=objects.instance_to_pb(rec))
 
 
 async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
     """Instances matching service name, node, status and selectors, one page at a time."""
-    store = ctx.app.store
+    store = ctx.deps.store
     sel = _selector(req)
     labels = _ServiceLabels(store)
     query = _query_key(req)
@@ -169,10 +169,10 @@ async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext
 
 def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, desired: str, restart: bool) -> Record:
     """Write the ``instance_action`` the controller carries out; the instance must exist."""
-    store = ctx.app.store
+    store = ctx.deps.store
     ns = _ns(req.namespace)
     rec = find_instance(store, ns, req.id)
-    timeout = req.timeout_seconds or int(ctx.app.config.controller.stop_grace_seconds)
+    timeout = req.timeout_seconds or int(ctx.deps.config.controller.stop_grace_seconds)
 
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
         seq = int((cur or {}).get("restart_seq", 0)) + (1 if restart else 0)
@@ -210,7 +210,7 @@ async def WatchInstances(
     req: instance_pb2.WatchInstancesRequest, ctx: CallContext
 ) -> AsyncIterator[instance_pb2.WatchInstancesResponse]:
     """Snapshot (or resume from ``since_revision``), then every instance change in order."""
-    store = ctx.app.store
+    store = ctx.deps.store
     sel = _selector(req)
     labels = _ServiceLabels(store)
     service = req.service_name or req.service_id
@@ -219,7 +219,7 @@ async def WatchInstances(
         [objects.INSTANCE],
         namespace=_list_ns(req.namespace),
         since_revision=req.since_revision,
-        queue_size=ctx.app.config.history.watch_queue_events,
+        queue_size=ctx.deps.config.history.watch_queue_events,
     ):
         rec = Record(ev.kind, ev.namespace, ev.name, ev.data, ev.revision, 0)
         inst = _match(rec, sel, labels, service=service)

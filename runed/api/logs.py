@@ -177,8 +177,8 @@ class _Params:
 
 async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallContext) -> AsyncIterator[Any]:
     first = await anext(requests)
-    store = ctx.app.store
-    data_dir = ctx.app.config.data_path
+    store = ctx.deps.store
+    data_dir = ctx.deps.config.data_path
     ns = first.namespace or ctx.namespace or DEFAULT_NAMESPACE
     # Take the revision before listing so an instance created in between is seen by the watch.
     start_rev = store.current_revision()

@@ -145,12 +145,12 @@ async def CreateNamespace(
     req: namespace_pb2.CreateNamespaceRequest, ctx: CallContext
 ) -> namespace_pb2.CreateNamespaceResponse:
     ns = req.namespace
-    rec = ctx.app.store.create(KIND, SCOPE, ns.name, _record(ns.name, ns.description, ns.labels))
+    rec = ctx.deps.store.create(KIND, SCOPE, ns.name, _record(ns.name, ns.description, ns.labels))
     return namespace_pb2.CreateNamespaceResponse(namespace=to_pb(rec.data), status=common_pb2.Status(code=0))
 
 
 async def GetNamespace(req: namespace_pb2.GetNamespaceRequest, ctx: CallContext) -> namespace_pb2.GetNamespaceResponse:
-    rec = ctx.app.store.get(KIND, SCOPE, req.name)
+    rec = ctx.deps.store.get(KIND, SCOPE, req.name)
     if rec is None:
         raise errors.not_found("namespace", req.name)
     return namespace_pb2.GetNamespaceResponse(namespace=to_pb(rec.data), status=common_pb2.Status(code=0))
@@ -163,7 +163,7 @@ async def ListNamespaces(
 
     items = [
         to_pb(r.data)
-        for r in iter_all(ctx.app.store, KIND, SCOPE)
+        for r in iter_all(ctx.deps.store, KIND, SCOPE)
         if _matches(r.data, req.label_selector, req.field_selector)
     ]
     return namespace_pb2.ListNamespacesResponse(
@@ -183,7 +183,7 @@ def _contents(store: Store, namespace: str) -> list[str]:
 async def DeleteNamespace(
     req: namespace_pb2.DeleteNamespaceRequest, ctx: CallContext
 ) -> namespace_pb2.DeleteNamespaceResponse:
-    store = ctx.app.store
+    store = ctx.deps.store
     if req.name in BUILTIN:
         raise errors.FailedPrecondition(f'namespace "{req.name}" is built in and cannot be deleted')
     if store.get(KIND, SCOPE, req.name) is None:
@@ -212,7 +212,7 @@ async def WatchNamespaces(
     req: namespace_pb2.WatchNamespacesRequest, ctx: CallContext
 ) -> AsyncIterator[namespace_pb2.WatchNamespacesResponse]:
     labels, fields = dict(req.label_selector), dict(req.field_selector)
-    async for ev in watch(ctx.app.store, [KIND], namespace=SCOPE, since_revision=req.since_revision):
+    async for ev in watch(ctx.deps.store, [KIND], namespace=SCOPE, since_revision=req.since_revision):
         if _matches(ev.data, labels, fields):
             yield namespace_pb2.WatchNamespacesResponse(
                 namespace=to_pb(ev.data), event_type=EVENT_TYPES[ev.op], revision=ev.revision

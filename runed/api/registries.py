@@ -242,11 +242,11 @@ def _get(store: Store, name: str) -> dict[str, Any]:
 
 
 async def ListRegistries(req: admin_pb2.ListRegistriesRequest, ctx: CallContext) -> admin_pb2.ListRegistriesResponse:
-    return admin_pb2.ListRegistriesResponse(registries=[to_pb(r.data) for r in iter_all(ctx.app.store, KIND, SCOPE)])
+    return admin_pb2.ListRegistriesResponse(registries=[to_pb(r.data) for r in iter_all(ctx.deps.store, KIND, SCOPE)])
 
 
 async def GetRegistry(req: admin_pb2.GetRegistryRequest, ctx: CallContext) -> admin_pb2.GetRegistryResponse:
-    return admin_pb2.GetRegistryResponse(registry=to_pb(_get(ctx.app.store, req.name)))
+    return admin_pb2.GetRegistryResponse(registry=to_pb(_get(ctx.deps.store, req.name)))
 
 
 def _save(app: App, cfg: admin_pb2.RegistryConfig, *, create: bool) -> dict[str, Any]:
@@ -276,15 +276,15 @@ def _save(app: App, cfg: admin_pb2.RegistryConfig, *, create: bool) -> dict[str,
 
 
 async def AddRegistry(req: admin_pb2.AddRegistryRequest, ctx: CallContext) -> admin_pb2.AddRegistryResponse:
-    return admin_pb2.AddRegistryResponse(registry=to_pb(_save(ctx.app, req.registry, create=True)))
+    return admin_pb2.AddRegistryResponse(registry=to_pb(_save(ctx.deps, req.registry, create=True)))
 
 
 async def UpdateRegistry(req: admin_pb2.UpdateRegistryRequest, ctx: CallContext) -> admin_pb2.UpdateRegistryResponse:
-    return admin_pb2.UpdateRegistryResponse(registry=to_pb(_save(ctx.app, req.registry, create=False)))
+    return admin_pb2.UpdateRegistryResponse(registry=to_pb(_save(ctx.deps, req.registry, create=False)))
 
 
 async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext) -> admin_pb2.RemoveRegistryResponse:
-    store = ctx.app.store
+    store = ctx.deps.store
     with store.transaction():
         reg = _get(store, req.name)
         if not reg["auth"].get("from_secret"):
@@ -342,7 +342,7 @@ def import_configured(app: App) -> None:
 
 async def BootstrapAuth(req: admin_pb2.BootstrapAuthRequest, ctx: CallContext) -> admin_pb2.BootstrapAuthResponse:
     """Resolve credentials of the selected registries from their secrets and record the outcome."""
-    app = ctx.app
+    app = ctx.deps
     import_configured(app)
     selected = [
         r.data
@@ -427,7 +427,7 @@ async def _probe(base: str, path: str, creds: Mapping[str, str]) -> tuple[bool, 
 
 async def TestRegistry(req: admin_pb2.TestRegistryRequest, ctx: CallContext) -> admin_pb2.TestRegistryResponse:
     """Reach the registry's /v2/ API (or the image's manifest) with its stored credentials."""
-    app = ctx.app
+    app = ctx.deps
     reg = _get(app.store, req.name)
     creds: dict[str, str] = {}
     if reg["auth"].get("keys") or reg["auth"].get("from_secret"):
@@ -455,10 +455,10 @@ async def RegistriesStatus(
     req: admin_pb2.RegistriesStatusRequest, ctx: CallContext
 ) -> admin_pb2.RegistriesStatusResponse:
     out = []
-    for r in iter_all(ctx.app.store, KIND, SCOPE):
+    for r in iter_all(ctx.deps.store, KIND, SCOPE):
         a = r.data.get("auth", {})
         ns, sname = secret_ref(a.get("from_secret", ""), r.name)
-        configured = bool(a.get("region")) or ctx.app.store.get(SECRET_KIND, ns, sname) is not None
+        configured = bool(a.get("region")) or ctx.deps.store.get(SECRET_KIND, ns, sname) is not None
         out.append(
             admin_pb2.RegistryRuntimeStatus(
                 name=r.name,

@@ -101,7 +101,7 @@ def _ok(d: dict[str, Any], data: dict[str, str] | None = None) -> secret_pb2.Sec
 # -- handlers -------------------------------------------------------------------------------------
 def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
     """Create (upsert, as upstream) or update; the version moves only when type or data change."""
-    app = ctx.app
+    app = ctx.deps
     ns = s.namespace or DEFAULT_NAMESPACE
     check_limits(s.data, "secret.data", app.config.secret.limits)
     type_ = s.type or DEFAULT_TYPE
@@ -152,15 +152,15 @@ async def UpdateSecret(req: secret_pb2.UpdateSecretRequest, ctx: CallContext) ->
 
 async def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
     ns = req.namespace or DEFAULT_NAMESPACE
-    rec = ctx.app.store.get(SECRET_KIND, ns, req.name)
+    rec = ctx.deps.store.get(SECRET_KIND, ns, req.name)
     if rec is None:
         raise errors.not_found("secret", req.name, ns)
-    return _ok(rec.data, decrypt_record(ctx.app.crypto, rec.data))
+    return _ok(rec.data, decrypt_record(ctx.deps.crypto, rec.data))
 
 
 async def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) -> common_pb2.Status:
     ns = req.namespace or DEFAULT_NAMESPACE
-    if ctx.app.store.delete(SECRET_KIND, ns, req.name) is None:
+    if ctx.deps.store.delete(SECRET_KIND, ns, req.name) is None:
         raise errors.not_found("secret", req.name, ns)
     return common_pb2.Status(code=0, message=f'secret "{req.name}" deleted')
 
@@ -171,7 +171,7 @@ def list_records(ctx: CallContext, kind: str, req: Any) -> list[dict[str, Any]]:
     fields = dict(req.field_selector)
     out = [
         r.data
-        for r in iter_all(ctx.app.store, kind, ns)
+        for r in iter_all(ctx.deps.store, kind, ns)
         if all(str(r.data.get(k, DEFAULT_TYPE if k == "type" else "")) == v for k, v in fields.items())
     ]
     start = req.paging.offset

@@ -7,7 +7,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import json_format
@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from rune.api import common_pb2, instance_pb2, service_pb2
 from runed.api import instance as instance_api
 from runed.api.namespace import BUILTIN, ensure_namespace
-from runed.core import errors, validation
+from runed.core import errors, quantity, validation
 from runed.core.errors import FieldViolation
 from runed.model import history, objects, selectors
 from runed.pipeline.context import CallContext
@@ -41,24 +41,6 @@ EVENT_TYPES = {
     "DELETED": common_pb2.EVENT_TYPE_DELETED,
 }
 
-_CPU_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)m?$")
-_MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$")
-_MEMORY_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
 _TEMPLATE_RE = re.compile(r"\{\{\s*(secret|configmap)\s*:\s*([^/}\s]+)\s*/\s*([^}\s]*)\s*\}\}")
 
 
@@ -70,16 +52,6 @@ def _ns(value: str) -> str:
 def _list_ns(value: str) -> str | None:
     """``*`` lists every namespace; exact match otherwise (no prefix collisions)."""
     return None if value == "*" else _ns(value)
-
-
-def _cpu(q: str) -> float:
-    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
-def _memory(q: str) -> float:
-    m = _MEMORY_RE.match(q)
-    assert m is not None
-    return float(m.group(1)) * _MEMORY_UNITS[m.group(3) or ""]
 
 
 def _status(code: int = 0, message: str = "") -> common_pb2.Status:
@@ -206,15 +178,21 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
         if port.protocol.lower() not in PROTOCOLS:
             out.append(FieldViolation(f"{p}.protocol", "must be TCP, UDP, HTTP or GRPC"))
     if svc.HasField("resources"):
-        for res, regex, parse in (("cpu", _CPU_RE, _cpu), ("memory", _MEMORY_RE, _memory)):
+        parsers: tuple[tuple[str, Callable[[str], float]], ...] = (
+            ("cpu", quantity.parse_cpu),
+            ("memory", quantity.parse_memory),
+        )
+        for res, parse in parsers:
             rl = getattr(svc.resources, res)
-            ok = True
+            parsed: dict[str, float] = {}
             for which in ("request", "limit"):
                 q = getattr(rl, which)
-                if q and not regex.match(q):
-                    ok = False
-                    out.append(FieldViolation(f"{path}.resources.{res}.{which}", f"invalid {res} quantity {q!r}"))
-            if ok and rl.request and rl.limit and parse(rl.request) > parse(rl.limit):
+                if q:
+                    try:
+                        parsed[which] = parse(q)
+                    except quantity.QuantityError as bad:
+                        out.append(FieldViolation(f"{path}.resources.{res}.{which}", str(bad)))
+            if len(parsed) == 2 and parsed["request"] > parsed["limit"]:
                 out.append(FieldViolation(f"{path}.resources.{res}.request", "must not exceed the limit"))
     if svc.HasField("health"):
         for which in ("liveness", "readiness"):
@@ -401,8 +379,8 @@ async def docker_ping(socket_path: str, timeout: float = 1.0) -> bool:
 
 async def _check_runtime(ctx: CallContext, svc: service_pb2.Service) -> None:
     if svc.runtime in ("", "container"):
-        sock = ctx.app.config.docker.socket
-        if not await docker_ping(sock, min(ctx.app.config.docker.negotiation_timeout_seconds, 2.0)):
+        sock = ctx.deps.config.docker.socket
+        if not await docker_ping(sock, min(ctx.deps.config.docker.negotiation_timeout_seconds, 2.0)):
             raise errors.FailedPrecondition(
                 f'docker is not available: no Docker engine answers on {sock}; use runtime "process" or start Docker'
             )
@@ -433,7 +411,7 @@ def _write_spec(
     (no generation, no revision) unless ``force``. With ``dry_run`` the record that would be written
     is returned unstored (its ``revision`` is the current one, 0 for a new service).
     """
-    store = ctx.app.store
+    store = ctx.deps.store
     ns, name = new.namespace, new.name
     with store.transaction():
         cur = store.get(objects.SERVICE, ns, name)
@@ -459,7 +437,7 @@ def _write_spec(
                 generation=1,
                 change_cause=cause,
                 created_by=ctx.principal.subject,
-                keep=ctx.app.config.history.revisions,
+                keep=ctx.deps.config.history.revisions,
                 rollback_of=rollback_of,
             )
             return rec, True, True
@@ -491,7 +469,7 @@ def _write_spec(
             generation=generation,
             change_cause=cause,
             created_by=ctx.principal.subject,
-            keep=ctx.app.config.history.revisions,
+            keep=ctx.deps.config.history.revisions,
             rollback_of=rollback_of,
         )
         return rec, False, True
@@ -503,8 +481,8 @@ async def _prepare(
     new = _normalise(svc)
     # A dry run with ensure_namespace would create a missing namespace: nothing to check, nothing to write.
     if new.namespace not in BUILTIN and not (dry_run and ensure_ns):
-        ensure_namespace(ctx.app.store, new.namespace, create=ensure_ns)
-    _check_references(ctx.app.store, new)
+        ensure_namespace(ctx.deps.store, new.namespace, create=ensure_ns)
+    _check_references(ctx.deps.store, new)
     await _check_runtime(ctx, new)
     return new
 
@@ -528,17 +506,17 @@ async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext)
         msg = (
             "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
         )
-    return service_pb2.ServiceResponse(service=_with_status(ctx.app.store, rec), status=_status(0, msg))
+    return service_pb2.ServiceResponse(service=_with_status(ctx.deps.store, rec), status=_status(0, msg))
 
 
 async def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
-    rec = _get_service(ctx.app.store, _ns(req.namespace), req.name)
-    return service_pb2.ServiceResponse(service=_with_status(ctx.app.store, rec))
+    rec = _get_service(ctx.deps.store, _ns(req.namespace), req.name)
+    return service_pb2.ServiceResponse(service=_with_status(ctx.deps.store, rec))
 
 
 async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Replace the spec: a changed spec bumps the generation and records a revision; same spec is a no-op."""
-    _get_service(ctx.app.store, _ns(req.service.namespace), req.service.name)
+    _get_service(ctx.deps.store, _ns(req.service.namespace), req.service.name)
     new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
     rec, _, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False, dry_run=req.dry_run
@@ -547,7 +525,7 @@ async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext)
         msg = _dry_run_message(False, changed)
     else:
         msg = "Service updated successfully" if changed else "unchanged"
-    return service_pb2.ServiceResponse(service=_with_status(ctx.app.store, rec), status=_status(0, msg))
+    return service_pb2.ServiceResponse(service=_with_status(ctx.deps.store, rec), status=_status(0, msg))
 
 
 def _query_key(req: Any) -> str:
@@ -632,7 +610,7 @@ def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) 
 
 async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
     """Services matching the selectors, one page at a time (keyset pagination, opaque tokens)."""
-    store = ctx.app.store
+    store = ctx.deps.store
     sel = _selector(req)
     query = _query_key(req)
     pr = paging.page_request(
@@ -667,7 +645,7 @@ async def WatchServices(
     req: service_pb2.WatchServicesRequest, ctx: CallContext
 ) -> AsyncIterator[service_pb2.WatchServicesResponse]:
     """Snapshot (or resume from ``since_revision``), then every change in order; see runed/watch.py."""
-    store = ctx.app.store
+    store = ctx.deps.store
     sel = _selector(req)
     async for ev in watch.watch(
         store,
@@ -675,7 +653,7 @@ async def WatchServices(
         namespace=_list_ns(req.namespace),
         since_revision=req.since_revision,
         snapshot_kinds=[objects.SERVICE],
-        queue_size=ctx.app.config.history.watch_queue_events,
+        queue_size=ctx.deps.config.history.watch_queue_events,
     ):
         op = ev.op
         if ev.kind == objects.SERVICE_STATUS:
@@ -718,7 +696,7 @@ def _deletion_pb(d: dict[str, Any]) -> service_pb2.DeletionOperation:
 
 async def DeleteService(req: service_pb2.DeleteServiceRequest, ctx: CallContext) -> service_pb2.DeleteServiceResponse:
     """Request deletion: the controller stops instances (grace period) and runs the finalizers."""
-    store = ctx.app.store
+    store = ctx.deps.store
     ns = _ns(req.namespace)
     rec = store.get(objects.SERVICE, ns, req.name)
     if rec is None:
@@ -750,7 +728,7 @@ async def DeleteService(req: service_pb2.DeleteServiceRequest, ctx: CallContext)
             warnings=[*warnings, f"would stop {len(instances)} instance(s)"],
             finalizers=[_finalizer_pb(f) for f in finalizers],
         )
-    grace = 0 if req.now else (req.grace_period or int(ctx.app.config.controller.stop_grace_seconds))
+    grace = 0 if req.now else (req.grace_period or int(ctx.deps.config.controller.stop_grace_seconds))
     existing = rec.data.get("deletion") or {}
     if existing.get("id"):
         op_rec = store.get(objects.DELETION_OPERATION, ns, existing["id"])
@@ -833,7 +811,7 @@ async def GetDeletionStatus(
     req: service_pb2.GetDeletionStatusRequest, ctx: CallContext
 ) -> service_pb2.GetDeletionStatusResponse:
     ns = _ns(req.namespace)
-    rec = ctx.app.store.get(objects.DELETION_OPERATION, ns, req.name)
+    rec = ctx.deps.store.get(objects.DELETION_OPERATION, ns, req.name)
     if rec is None:
         raise errors.not_found("deletion operation", req.name, ns)
     return service_pb2.GetDeletionStatusResponse(operation=_deletion_pb(rec.data))
@@ -844,7 +822,7 @@ async def ListDeletionOperations(
 ) -> service_pb2.ListDeletionOperationsResponse:
     ops = [
         _deletion_pb(r.data)
-        for r in iter_all(ctx.app.store, objects.DELETION_OPERATION, _list_ns(req.namespace))
+        for r in iter_all(ctx.deps.store, objects.DELETION_OPERATION, _list_ns(req.namespace))
         if not req.status or r.data.get("status") == req.status
     ]
     return service_pb2.ListDeletionOperationsResponse(operations=ops)
@@ -857,7 +835,7 @@ def _scaling_ops(store: Store, ns: str, service: str) -> list[Record]:
 
 async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Record a scaling operation for the controller; a new request cancels one still running."""
-    store = ctx.app.store
+    store = ctx.deps.store
     ns = _ns(req.namespace)
     with store.transaction():
         rec = _get_service(store, ns, req.name)
@@ -952,7 +930,7 @@ async def WatchScaling(
     req: service_pb2.WatchScalingRequest, ctx: CallContext
 ) -> AsyncIterator[service_pb2.ScalingStatusResponse]:
     """Real progress from the service, its instances and its scaling operation; ends when done."""
-    store = ctx.app.store
+    store = ctx.deps.store
     ns = _ns(req.namespace)
     _get_service(store, ns, req.service_name) if req.target_scale > 0 else None
     kinds = [objects.SERVICE, objects.INSTANCE, objects.SCALING_OPERATION]
@@ -993,15 +971,15 @@ async def ListServiceRevisions(
     req: service_pb2.ListServiceRevisionsRequest, ctx: CallContext
 ) -> service_pb2.ListServiceRevisionsResponse:
     ns = _ns(req.namespace)
-    revs = history.list_revisions(ctx.app.store, ns, req.name)
+    revs = history.list_revisions(ctx.deps.store, ns, req.name)
     if not revs:
-        _get_service(ctx.app.store, ns, req.name)
+        _get_service(ctx.deps.store, ns, req.name)
     return service_pb2.ListServiceRevisionsResponse(revisions=[history.to_pb(r) for r in reversed(revs)])
 
 
 async def RollbackService(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Restore a stored spec (the previous one by default) as a new revision; the scale is kept."""
-    store = ctx.app.store
+    store = ctx.deps.store
     ns = _ns(req.namespace)
     cur = _get_service(store, ns, req.name)
     current_number = int(cur.data.get("revision", 0))

@@ -8,7 +8,6 @@ import grp
 import logging
 import os
 import pwd
-import re
 import shlex
 import shutil
 import socket
@@ -23,6 +22,7 @@ from google.protobuf import json_format
 from rune.api import common_pb2, instance_pb2, service_pb2
 from runed.controller import probes, states
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
+from runed.core import quantity
 from runed.logs.events import EventWriter
 from runed.model import objects
 from runed.runner.base import Handle, LaunchSpec, Observation, Runner, RunnerError
@@ -48,17 +48,6 @@ TICK_SECONDS = 0.1
 FAST_TICK_SECONDS = 0.02
 # Variables of runed's own environment an instance inherits; everything else comes from the spec.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
-_MEM = re.compile(r"^([0-9.]+)([KMGTPE]i?)?$")
-_MEM_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_MEM_UNITS.update({k + "i": 1024 ** (i + 1) for i, k in enumerate("KMGTPE")})
-
-
-def parse_memory(q: str) -> int | None:
-    """Kubernetes memory quantity (``512Mi``, ``1G``, ``1048576``) -> bytes; None when unset/invalid."""
-    m = _MEM.match(q.strip()) if q else None
-    if not m:
-        return None
-    return int(float(m.group(1)) * _MEM_UNITS[m.group(2) or ""])
 
 
 def free_port() -> int:
@@ -589,7 +578,7 @@ class Controller:
             image=svc.image,
             uid=uid,
             gid=gid,
-            rlimit_as=parse_memory(svc.resources.memory.limit),
+            rlimit_as=quantity.memory_limit(svc.resources.memory.limit),
             ports=ports,
             log_max_bytes=self.cfg.log_max_bytes,
             log_backups=self.cfg.log_backups,

@@ -108,7 +108,7 @@ def record(ctx: CallContext, access: rbac.Access | None, request: Message | None
             peer=ctx.peer,
             detail=message[:MAX_DETAIL],
         )
-        ctx.app.store.audit(entry)
+        ctx.deps.store.audit(entry)
     except Exception:
         # Losing an audit record must be visible, but must not turn a done change into an error.
         log.exception("cannot write audit record for %s (request %s)", ctx.method.full_name, ctx.request_id)

@@ -36,7 +36,7 @@ ANONYMOUS = Principal(subject="anonymous", auth_method="none")
 class CallContext:
     """Everything a stage or handler may know about the call; transports fill it in."""
 
-    app: App
+    deps: App  # what handlers may use; narrowed to a protocol by the composition work
     method: Method
     transport: str  # "grpc" | "rest"
     metadata: dict[str, str]  # lower-cased header/metadata names

@@ -84,7 +84,7 @@ class Pipeline:
     # -- stages ---------------------------------------------------------------------------------
     async def _admit(self, ctx: CallContext, route: Route, request: Message) -> None:
         """Authentication, authorization, validation: the same for every transport."""
-        app = ctx.app
+        app = ctx.deps
         access = route.access
         if access is None:
             # Deny by default: a method without a table entry is never served.
@@ -137,7 +137,7 @@ class Pipeline:
         if route is not None:
             # Mutations and secret reads leave an audit record, whatever their outcome.
             audit.record(ctx, route.access, request, code, err.message if err is not None else "")
-        hook = ctx.app.on_call_finished
+        hook = ctx.deps.on_call_finished
         if hook is not None:
             hook(ctx, code, elapsed_ms)
 

@@ -80,7 +80,7 @@ class _Adapter:
     def _ctx(self, method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
         md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         ctx = CallContext(
-            app=self.app,
+            deps=self.app,
             method=method,
             transport="grpc",
             metadata=md,
