@@ -34,12 +34,15 @@ fmt: ## Format and auto-fix
 typecheck: ## mypy (strict) over runed, gateway and cli
 	$(VENV_BIN)mypy -p runed -p rune.gateway -p rune.cli
 
+imports: ## Import contract (pyproject [tool.importlinter]): layers point down, no forbidden imports, no cycles
+	$(VENV_BIN)lint-imports --no-cache --no-logo
+
 test: ## Run the test suite
 	$(PY) -m pytest -q
 
-check: lint typecheck proto-check test ## The one gate: lint, types, generated code, tests
+check: lint typecheck imports proto-check test ## The one gate: lint, types, import contract, generated code, tests
 
 bench: ## Run the benchmarks (numbers as ratios against a baseline measured in the same run)
 	$(PY) -m bench
 
-.PHONY: help venv run proto proto-check lint fmt typecheck test check bench
+.PHONY: help venv run proto proto-check lint fmt typecheck imports test check bench
