@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from rune.gateway import bidi, codec, ops, routes, sse
+from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, ops, routes, sse
 from rune.gateway.http import (
     JSON,
     call_context,
@@ -230,7 +230,10 @@ def build(app: App) -> FastPath:
     operations = ops.Operations(app)
     route_list: list[BaseRoute] = [
         *operations.routes(),
-        *bidi.routes(),
+        *logs_http.routes(app.pipeline),
+        # REST exec sessions live in this process, in a registry of this app (not a module global).
+        *exec_http.routes(app.pipeline, app.authenticator, exec_sessions.Sessions()),
+        *exec_ws.routes(app.pipeline),
         Route("/rune.api.{service}/{method}", gw.rpc, methods=["POST"]),
         Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
         Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),

@@ -120,7 +120,7 @@ def test_follow_as_sse_and_resume_with_last_event_id(client: httpx.Client, web: 
 def test_fast_log_json_matches_the_codec() -> None:
     from rune.api import common_pb2, logs_pb2
     from rune.gateway import codec
-    from rune.gateway.bidi import log_json
+    from rune.gateway.logs_http import log_json
 
     for msg in (
         logs_pb2.LogResponse(service_name="s", instance_id="i", content='a "q" \u00e9', seq=2**40, cursor="v1;i=3"),

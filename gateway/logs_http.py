@@ -1,0 +1,184 @@
+"""StreamLogs over HTTP: ``GET /v1/namespaces/{ns}/logs/{target}`` as SSE (follow) or JSON lines.
+
+The LogRequest fields travel as query parameters (``follow``, ``tail``, ``since``, ``until``,
+``timestamps``, ``filter``, ``stream``, ``after_cursor``). Following streams Server-Sent Events
+whose ``id:`` is the line's cursor, so a reconnecting EventSource resumes with ``Last-Event-ID``;
+otherwise the response is JSON lines (``application/x-ndjson``, one LogResponse per line) and ends
+with the last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from rune.api import logs_pb2
+from rune.gateway import codec, sse
+from rune.gateway.bidi import Feed, context, drain, start
+from rune.gateway.http import error_response, sse_event, sse_response, status_dict
+from runed.core import errors
+from runed.pipeline.stages import Pipeline
+
+LOGS_METHOD = "/rune.api.LogService/StreamLogs"
+KEEPALIVE_SECONDS = 15.0
+BATCH_MAX = 4096
+NDJSON = "application/x-ndjson"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(q: Any, name: str, bad: list[errors.FieldViolation]) -> bool:
+    raw = str(q.get(name, "")).lower()
+    if raw in _TRUE:
+        return True
+    if raw not in _FALSE:
+        bad.append(errors.FieldViolation(name, "expected true or false"))
+    return False
+
+
+def log_request(request: Request) -> logs_pb2.LogRequest:
+    """The LogRequest of a logs URL: path target and namespace, the rest from the query (every bad field at once)."""
+    q = request.query_params
+    bad: list[errors.FieldViolation] = []
+    tail_raw = q.get("tail", "0")
+    if not tail_raw.isdigit():
+        bad.append(errors.FieldViolation("tail", "expected a non-negative integer"))
+    msg = logs_pb2.LogRequest(
+        resource_target=request.path_params["target"],
+        namespace=request.path_params["ns"],
+        follow=_flag(q, "follow", bad),
+        tail=int(tail_raw) if tail_raw.isdigit() else 0,
+        since=q.get("since", ""),
+        until=q.get("until", ""),
+        timestamps=_flag(q, "timestamps", bad),
+        show_events=_flag(q, "show_events", bad) or _flag(q, "showEvents", bad),
+        filter=q.get("filter", ""),
+        stream=q.get("stream", ""),
+        after_cursor=q.get("after_cursor", "") or q.get("afterCursor", ""),
+    )
+    if bad:
+        raise errors.invalid(*bad)
+    sse.apply_last_event_id(request, msg)
+    return msg
+
+
+def log_json(msg: logs_pb2.LogResponse) -> bytes:
+    """LogResponse as protojson (same bytes as the codec), built directly: this runs once per line."""
+    out: dict[str, Any] = {
+        "serviceName": msg.service_name,
+        "instanceId": msg.instance_id,
+        "instanceName": msg.instance_name,
+        "timestamp": msg.timestamp,
+        "content": msg.content,
+        "stream": msg.stream,
+    }
+    if msg.HasField("status"):
+        out["status"] = codec.to_dict(msg.status)
+    out["logLevel"] = msg.log_level
+    out["cursor"] = msg.cursor
+    out["seq"] = str(msg.seq)  # protojson writes int64 as a string
+    return orjson.dumps(out)
+
+
+def _ndjson_line(msg: Message) -> bytes:
+    assert isinstance(msg, logs_pb2.LogResponse)
+    return log_json(msg) + b"\n"
+
+
+def _sse_line(msg: Message) -> bytes:
+    assert isinstance(msg, logs_pb2.LogResponse)
+    return sse_event(log_json(msg), event="message", id=msg.cursor)
+
+
+async def _batched(items: AsyncIterator[Message], encode: Callable[[Message], bytes]) -> AsyncIterator[bytes]:
+    """Encoded items, joined into one chunk per write: a fast writer costs one send per batch, not per line.
+
+    Bounded: past BATCH_MAX pending items the reader waits for the client to take them.
+    """
+    buf: list[bytes] = []
+    ready = asyncio.Event()
+    drained = asyncio.Event()
+    failure: list[BaseException] = []
+    finished = False
+
+    async def pump() -> None:
+        nonlocal finished
+        try:
+            async for m in items:
+                buf.append(encode(m))
+                ready.set()
+                while len(buf) >= BATCH_MAX:
+                    drained.clear()
+                    await drained.wait()
+        except Exception as e:  # the pipeline already turned anything unexpected into a RuneError
+            failure.append(e)
+        finally:
+            finished = True
+            ready.set()
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            if buf:
+                chunk = b"".join(buf)
+                buf.clear()
+                drained.set()
+                yield chunk
+            if finished and not buf:
+                if failure:
+                    raise failure[0]
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _ndjson(items: AsyncIterator[Message], request_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _batched(items, _ndjson_line):
+            yield chunk
+    except errors.RuneError as err:
+        yield orjson.dumps({"error": status_dict(err, request_id)}) + b"\n"
+
+
+class Logs:
+    """The logs endpoint, calling StreamLogs through ``pipeline``."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def get(self, request: Request) -> Response:
+        ctx = context(request, LOGS_METHOD)
+        try:
+            msg = log_request(request)
+        except errors.RuneError as err:
+            return error_response(err, ctx.request_id)
+        feed = Feed(msg)
+        source = self.pipeline.bidi(ctx, feed)
+        started = await start(ctx, source, sse.FIRST_FRAME_WINDOW)
+        if isinstance(started, Response):
+            return started
+        items = drain(started, source)
+        if msg.follow:
+            return sse_response(_batched(items, _sse_line), ctx.request_id, KEEPALIVE_SECONDS)
+        feed.close()
+        return StreamingResponse(
+            _ndjson(items, ctx.request_id), media_type=NDJSON, headers={"x-request-id": ctx.request_id}
+        )
+
+
+def routes(pipeline: Pipeline) -> list[BaseRoute]:
+    """Mounted by the gateway app ahead of its generated ``/v1`` routes."""
+    return [Route("/v1/namespaces/{ns}/logs/{target:path}", Logs(pipeline).get, methods=["GET"])]
