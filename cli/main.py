@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lint": ("cast", "lint", "Check cast files without contacting runed."),
     "pack": ("cast", "pack", "Pack a runeset directory into a .runeset.tgz archive."),
     "get": ("get", "get", "List or show services, instances, namespaces, secrets, configmaps."),
-    "describe": ("get", "describe", "Show one object in full, with its instances and recent events."),
+    "describe": ("describe", "describe", "Show one object in full, with its instances and recent events."),
     "logs": ("logs", "logs", "Print (and follow) the logs of a service or instance (alias: log)."),
     "exec": ("exec", "exec_", "Run a command in a running instance (alias: e)."),
     "scale": ("scale", "scale", "Change a service's scale and watch it converge."),

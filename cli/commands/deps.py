@@ -14,7 +14,7 @@ from rune.cli.errors import EXIT_INVALID
 
 
 def _all(s: Session) -> tuple[list[Any], set[tuple[str, str]], set[tuple[str, str]]]:
-    from rune.cli.commands.get import list_objects
+    from rune.cli.commands.objects import list_objects
 
     services, _ = list_objects(s, "services", "*", None, None, 0)
     secrets, _ = list_objects(s, "secrets", "*", None, None, 0)

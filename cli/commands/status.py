@@ -18,7 +18,7 @@ from rune.cli.output import dump, enum_name, table, to_dict
 @pass_session
 def status(s: Session, namespace: str | None, all_namespaces: bool) -> None:
     """Per-namespace summary: services by status and instances running/total."""
-    from rune.cli.commands.get import list_objects
+    from rune.cli.commands.objects import list_objects
 
     ns = "*" if all_namespaces or not (namespace or s.context.get("defaultNamespace")) else s.namespace(namespace)
     services, _ = list_objects(s, "services", ns, None, None, 0)

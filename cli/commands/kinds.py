@@ -1,0 +1,128 @@
+"""The resource types ``rune get`` knows: their names and aliases, and the columns each one prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rune.cli.commands.common import inst_status, svc_status
+from rune.cli.errors import EXIT_USAGE, CliError
+from rune.cli.output import Column, age
+
+TYPES = {
+    "services": "services", "service": "services", "svc": "services",
+    "instances": "instances", "instance": "instances", "inst": "instances",
+    "namespaces": "namespaces", "namespace": "namespaces", "ns": "namespaces",
+    "secrets": "secrets", "secret": "secrets",
+    "configmaps": "configmaps", "configmap": "configmaps", "config": "configmaps", "configs": "configmaps",
+    "cfg": "configmaps", "cm": "configmaps",
+}  # fmt: skip
+
+
+def labels(m: Any) -> str:
+    """An object's labels as ``k=v,...`` (``-`` when none)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-"
+
+
+def _keys(m: Any) -> str:
+    return ",".join(sorted(m.data)) or "-"
+
+
+def _what(svc: Any) -> str:
+    if svc.runtime == "process":
+        return " ".join(" ".join([svc.process.command, *svc.process.args]).split())[:50]
+    return svc.image or "-"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to list, show and print one resource type."""
+
+    columns: list[Column]
+    wide: list[Column]
+    all_ns_column: bool
+    created: Callable[[Any], Any]
+    status: Callable[[Any], str]
+
+
+KINDS: dict[str, Kind] = {
+    "services": Kind(
+        columns=[
+            ("NAME", lambda s: s.name),
+            ("STATUS", lambda s: svc_status(s.status)),
+            ("SCALE", lambda s: str(s.scale)),
+            ("RUNTIME", lambda s: s.runtime or "container"),
+            ("IMAGE/COMMAND", _what),
+            ("GEN", lambda s: str(s.metadata.generation)),
+            ("AGE", lambda s: age(s.metadata.created_at)),
+        ],
+        wide=[
+            ("PORTS", lambda s: ",".join(f"{p.name}:{p.port}" for p in s.ports) or "-"),
+            ("LABELS", labels),
+            ("DEPENDS", lambda s: ",".join(d.service or d.secret or d.configmap for d in s.dependencies) or "-"),
+        ],
+        all_ns_column=True,
+        created=lambda s: s.metadata.created_at,
+        status=lambda s: svc_status(s.status),
+    ),
+    "instances": Kind(
+        columns=[
+            ("NAME", lambda i: i.name),
+            ("SERVICE", lambda i: i.service_name),
+            ("STATUS", lambda i: inst_status(i.status)),
+            ("PID", lambda i: str(i.pid) if i.pid else "-"),
+            ("RESTARTS", lambda i: str(i.metadata.restart_count)),
+            ("AGE", lambda i: age(i.created_at)),
+        ],
+        wide=[
+            ("ID", lambda i: i.id),
+            ("NODE", lambda i: i.node_id or "-"),
+            ("RUNNER", lambda i: i.runner or "-"),
+            ("MESSAGE", lambda i: i.status_message[:60] or "-"),
+        ],
+        all_ns_column=True,
+        created=lambda i: i.created_at,
+        status=lambda i: inst_status(i.status),
+    ),
+    "namespaces": Kind(
+        columns=[("NAME", lambda n: n.name), ("LABELS", labels), ("AGE", lambda n: age(int(n.created_at)))],
+        wide=[("DESCRIPTION", lambda n: n.description or "-")],
+        all_ns_column=False,
+        created=lambda n: n.created_at,
+        status=lambda n: "",
+    ),
+    "secrets": Kind(
+        columns=[
+            ("NAME", lambda s: s.name),
+            ("TYPE", lambda s: s.type or "static"),
+            ("KEYS", _keys),
+            ("VERSION", lambda s: str(s.version)),
+            ("AGE", lambda s: age(s.created_at)),
+        ],
+        wide=[("UPDATED", lambda s: age(s.updated_at))],
+        all_ns_column=True,
+        created=lambda s: s.created_at,
+        status=lambda s: "",
+    ),
+    "configmaps": Kind(
+        columns=[
+            ("NAME", lambda c: c.name),
+            ("KEYS", _keys),
+            ("VERSION", lambda c: str(c.version)),
+            ("AGE", lambda c: age(c.created_at)),
+        ],
+        wide=[("UPDATED", lambda c: age(c.updated_at))],
+        all_ns_column=True,
+        created=lambda c: c.created_at,
+        status=lambda c: "",
+    ),
+}
+
+
+def resolve(type_name: str) -> str:
+    """The canonical plural of a type name or alias (``svc`` -> ``services``)."""
+    name = TYPES.get(type_name.lower())
+    if name is None:
+        raise CliError(f"unknown type {type_name!r} (expected one of: {', '.join(KINDS)})", EXIT_USAGE)
+    return name
