@@ -25,7 +25,7 @@ from runed.auth import rbac
 from runed.core import config
 from runed.pipeline.context import CallContext
 from runed.pipeline.methods import all_methods
-from runed.server.app import build_app
+from runed.server.components import build
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WHOAMI = "/rune.api.AuthService/WhoAmI"
@@ -34,34 +34,35 @@ ROUNDS = 5
 
 async def _in_process(data_dir: Path) -> tuple[Load, Load]:
     cfg = config.load({"data_dir": str(data_dir)}, env={"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"})
-    app = build_app(cfg, "bench")
+    components = build(cfg)
+    pipeline = components.pipeline
     try:
-        token = app.authenticator.identity.bootstrap().secret
+        token = components.deps.identity.bootstrap().secret
         method = next(m for m in all_methods() if m.full_name == WHOAMI)
-        route = app.pipeline.routes[WHOAMI]
+        route = pipeline.routes[WHOAMI]
         public = dataclasses.replace(route, access=rbac.PUBLIC)
         req = auth_pb2.WhoAmIRequest()
         md = {"authorization": f"Bearer {token}"}
 
         async def authed() -> object:
-            return await app.pipeline.unary(CallContext(app, method, "bench", md, "127.0.0.1"), req)
+            return await pipeline.unary(CallContext(components.deps, method, "bench", md, "127.0.0.1"), req)
 
         async def anonymous() -> object:
-            return await app.pipeline.unary(CallContext(app, method, "bench", {}, "127.0.0.1"), req)
+            return await pipeline.unary(CallContext(components.deps, method, "bench", {}, "127.0.0.1"), req)
 
         # Alternate short rounds and keep each side's best: other load on the box hits both alike.
         rounds: dict[str, list[Load]] = {"authed": [], "anonymous": []}
         for _ in range(ROUNDS):
-            app.pipeline.routes[WHOAMI] = route
+            pipeline.routes[WHOAMI] = route
             rounds["authed"].append(await drive(authed, SECONDS / ROUNDS, concurrency=1))
-            app.pipeline.routes[WHOAMI] = public
+            pipeline.routes[WHOAMI] = public
             rounds["anonymous"].append(await drive(anonymous, SECONDS / ROUNDS, concurrency=1))
-        app.pipeline.routes[WHOAMI] = route
+        pipeline.routes[WHOAMI] = route
         with_auth = max(rounds["authed"], key=lambda x: x.rate)
         without = max(rounds["anonymous"], key=lambda x: x.rate)
         return with_auth, without
     finally:
-        app.close()
+        components.close()
 
 
 async def _wire(target: str, token: str) -> Load:

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, ops, routes, sse
+from rune.gateway.backend import Backend
 from rune.gateway.http import (
     JSON,
     call_context,
@@ -25,7 +26,6 @@ from rune.gateway.http import (
 )
 from runed.core import errors
 from runed.pipeline.methods import Method
-from runed.server.app import App
 from runed.transport import metrics
 
 log = logging.getLogger("runed.gateway")
@@ -70,12 +70,13 @@ class JSONBytes(Response):
 
 
 class Gateway:
-    """Routes REST requests into the App's pipeline, in-process."""
+    """Routes REST requests into the shared pipeline, in-process."""
 
-    def __init__(self, app: App, keepalive: float = 15.0) -> None:
-        self.app = app
+    def __init__(self, backend: Backend, keepalive: float = 15.0) -> None:
+        self.backend = backend
+        self.pipeline = backend.pipeline
         self.keepalive = keepalive
-        self.max_body = app.config.server.max_body_bytes
+        self.max_body = backend.config.server.max_body_bytes
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -94,16 +95,16 @@ class Gateway:
         metrics.record("rest", method, code, time.monotonic() - started)
 
     async def _call(self, request: Request, method: Method, msg: Message) -> Response:
-        ctx = call_context(self.app, method, request)
+        ctx = call_context(self.backend, method, request)
         if method.kind in ("server_stream", "bidi"):
             sse.apply_last_event_id(request, msg)
         if method.kind == "server_stream":
-            return await sse.stream_response(ctx, msg, self.keepalive)
+            return await sse.stream_response(self.pipeline, ctx, msg, self.keepalive)
         if method.kind == "bidi":
             # One request message in, the responses out as SSE (enough for non-interactive use; the
             # interactive forms live under /v1/namespaces/{ns}/logs and /exec).
             return sse_response(self._bidi_frames(ctx, msg), ctx.request_id, self.keepalive)
-        response = await self.app.pipeline.unary(ctx, msg)
+        response = await self.pipeline.unary(ctx, msg)
         return JSONBytes(codec.dumps(response), ctx.request_id)
 
     async def _bidi_frames(self, ctx: Any, msg: Message) -> AsyncIterator[bytes]:
@@ -113,7 +114,7 @@ class Gateway:
         metrics.stream_opened("rest")
         high = 0
         try:
-            async for item in self.app.pipeline.bidi(ctx, one()):
+            async for item in self.pipeline.bidi(ctx, one()):
                 data, high = sse.frame(item, high)
                 yield data
         finally:
@@ -182,8 +183,8 @@ class Gateway:
                     msg = method.request_cls.FromString(raw)
                 except DecodeError:
                     raise codec.BadRequest("malformed protobuf request body") from None
-                ctx = call_context(self.app, method, request)
-                resp = await self.app.pipeline.unary(ctx, msg)
+                ctx = call_context(self.backend, method, request)
+                resp = await self.pipeline.unary(ctx, msg)
                 return Response(resp.SerializeToString(), media_type=ctype, headers={"x-request-id": rid})
             if ctype.startswith("application/connect+"):
                 raise errors.Unimplemented(
@@ -224,22 +225,24 @@ class FastPath:
         await self.fallback(scope, receive, send)
 
 
-def build(app: App) -> FastPath:
+def build(backend: Backend) -> FastPath:
     """The ASGI app for one rest role process."""
-    gw = Gateway(app, app.config.server.sse_keepalive_seconds)
-    operations = ops.Operations(app)
+    pipeline = backend.pipeline
+    gw = Gateway(backend, backend.config.server.sse_keepalive_seconds)
+    operations = ops.Operations(backend.config, backend.store, pipeline)
     route_list: list[BaseRoute] = [
         *operations.routes(),
-        *logs_http.routes(app.pipeline),
+        *logs_http.routes(pipeline),
         # REST exec sessions live in this process, in a registry of this app (not a module global).
-        *exec_http.routes(app.pipeline, app.authenticator, exec_sessions.Sessions()),
-        *exec_ws.routes(app.pipeline),
+        *exec_http.routes(pipeline, pipeline.authenticator, exec_sessions.Sessions()),
+        *exec_ws.routes(pipeline),
         Route("/rune.api.{service}/{method}", gw.rpc, methods=["POST"]),
         Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
         Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),
     ]
     starlette = Starlette(routes=route_list)
-    starlette.state.runed = app
+    # Read by rune.gateway.bidi.context: the call contexts of the logs and exec routes.
+    starlette.state.runed = backend
     starlette.add_exception_handler(404, _not_found)  # type: ignore[arg-type]
     starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
     starlette.add_exception_handler(Exception, _internal)

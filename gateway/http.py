@@ -28,12 +28,12 @@ from google.protobuf import json_format
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
+from rune.gateway.backend import Backend
 from rune.gateway.tls import CN_KEY
 from runed.core import errors
 from runed.pipeline.context import CallContext
 from runed.pipeline.methods import Method
-from runed.server.app import App
-from runed.transport.grpc import status_proto
+from runed.pipeline.status import status_proto
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RAW = REQUEST_ID_HEADER.encode()
@@ -59,14 +59,14 @@ def request_id_of(conn: HTTPConnection) -> str:
     return rid
 
 
-def call_context(app: App, method: Method, conn: HTTPConnection) -> CallContext:
+def call_context(backend: Backend, method: Method, conn: HTTPConnection) -> CallContext:
     """The pipeline's per-call context for an HTTP request: same metadata rules as gRPC."""
     scope = conn.scope
     # ASGI header names are lower-case already; a repeated header keeps its last value.
     metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     client = scope.get("client")
     ctx = CallContext(
-        deps=app,
+        deps=backend.deps,
         method=method,
         transport="rest",
         metadata=metadata,

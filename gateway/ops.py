@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import platform
 import subprocess
 import time
@@ -20,11 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from rune.gateway.metrics import render
+from rune.gateway.openapi import document
 from runed import __version__
+from runed.core.config import Config
+from runed.core.readiness import ready_file
 from runed.pipeline import methods
-from runed.server.app import App
-from runed.server.roles import ready_file
-from runed.store.base import iter_all
+from runed.pipeline.stages import Pipeline
+from runed.store.base import Store
 
 JSON = "application/json"
 GRPC_CHECK_TIMEOUT = 1.0
@@ -52,8 +56,10 @@ def git_commit() -> str:
 class Operations:
     """Probes and introspection for one rest role process."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, config: Config, store: Store, pipeline: Pipeline) -> None:
+        self.config = config
+        self.store = store
+        self.pipeline = pipeline
         self.started = time.time()
         self._channel: grpc.aio.Channel | None = None
         self._channel_target = ""
@@ -74,13 +80,13 @@ class Operations:
 
     def _store_check(self) -> tuple[bool, str]:
         try:
-            rev = self.app.store.current_revision()
+            rev = self.store.current_revision()
         except Exception as e:
             return False, f"store not usable: {e}"
         return True, f"open (revision {rev})"
 
     async def _grpc_check(self) -> tuple[bool, str]:
-        marker = ready_file(self.app.config, "grpc")
+        marker = ready_file(self.config, "grpc")
         try:
             address = str(json.loads(marker.read_text())["address"])
         except (OSError, ValueError, KeyError):
@@ -92,7 +98,7 @@ class Operations:
                 await self._channel.close()
             self._channel = grpc.aio.insecure_channel(target)
             self._channel_target = target
-        if self.app.config.server.tls.enabled:
+        if self.config.server.tls.enabled:
             # A plaintext probe cannot speak to a TLS listener; the ready file is what we have.
             return True, f"ready file present ({address})"
         try:
@@ -119,10 +125,10 @@ class Operations:
         lag_ms = (time.perf_counter() - t0) * 1000
         store_ok, store_msg = self._store_check()
         components: dict[str, dict[str, Any]] = {
-            "process": {"ok": True, "pid": _pid(), "uptime_seconds": round(time.time() - self.started, 3)},
+            "process": {"ok": True, "pid": os.getpid(), "uptime_seconds": round(time.time() - self.started, 3)},
             "event_loop": {"ok": lag_ms < 1000, "lag_ms": round(lag_ms, 3)},
             "store": {"ok": store_ok, "detail": store_msg},
-            "pipeline": {"ok": True, "methods": len(self.app.pipeline.routes)},
+            "pipeline": {"ok": True, "methods": len(self.pipeline.routes)},
         }
         ok = all(c["ok"] for c in components.values())
         return _json({"status": "ok" if ok else "failing", "components": components}, 200 if ok else 503)
@@ -139,17 +145,13 @@ class Operations:
         )
 
     async def metrics(self, request: Request) -> Response:
-        from rune.gateway.metrics import render
-
-        body, ctype = render(self.app)
+        body, ctype = render(self.store)
         return Response(body, media_type=ctype)
 
     async def descriptors(self, request: Request) -> Response:
         return Response(descriptor_set(), media_type="application/octet-stream")
 
     async def openapi(self, request: Request) -> Response:
-        from rune.gateway.openapi import document
-
         return Response(document(), media_type=JSON)
 
 
@@ -171,18 +173,3 @@ def descriptor_set() -> bytes:
     for mod in methods.pb2_modules().values():
         add(mod.DESCRIPTOR)
     return fds.SerializeToString()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def instance_states(app: App) -> dict[str, int]:
-    """Instances by controller state, read from the store at scrape time."""
-    counts: dict[str, int] = {}
-    for rec in iter_all(app.store, "instance"):
-        state = str(rec.data.get("state") or "UNKNOWN")
-        counts[state] = counts.get(state, 0) + 1
-    return counts

@@ -13,11 +13,14 @@ from collections.abc import Callable, Generator
 import uvicorn
 
 from rune.gateway.app import build
+from rune.gateway.backend import Backend
 from rune.gateway.http import begin_shutdown
 from rune.gateway.tls import uvicorn_options
-from runed.core.config import parse_address
-from runed.server.app import App
-from runed.transport.grpc import BindError
+from runed.core.config import Config, parse_address
+from runed.core.errors import BindError
+from runed.pipeline.context import Deps
+from runed.pipeline.stages import Pipeline
+from runed.store.base import Store
 
 log = logging.getLogger("runed.rest")
 
@@ -46,12 +49,23 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
-    """Serve REST until ``stop`` is set; in-flight requests get the configured grace, streams end."""
-    sock = bind(app.config.server.http_address)
+async def serve(
+    config: Config, store: Store, pipeline: Pipeline, deps: Deps, stop: asyncio.Event, on_ready: Callable[[str], None]
+) -> None:
+    """Serve REST until ``stop`` is set; in-flight requests get the configured grace, streams end.
+
+    Args:
+        config: server settings (address, TLS, limits, grace) and the data dir (readiness markers).
+        store: what /readyz and /metrics read.
+        pipeline: every API call goes through it, as over gRPC.
+        deps: what handlers get in their call context.
+        stop: set when the role should stop.
+        on_ready: called with the bound address once uvicorn serves.
+    """
+    sock = bind(config.server.http_address)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(
-        build(app),
+    uv_config = uvicorn.Config(
+        build(Backend(config, store, pipeline, deps)),
         loop="none",  # the role already runs on uvloop
         lifespan="off",
         access_log=False,
@@ -60,16 +74,16 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
         # The peer is the TCP client (README); trusting X-Forwarded-For from loopback would let a
         # local process pose as another address, and the middleware ran on every request.
         proxy_headers=False,
-        timeout_graceful_shutdown=int(app.config.server.shutdown_grace_seconds) or 1,
-        **uvicorn_options(app.config.server.tls),
+        timeout_graceful_shutdown=int(config.server.shutdown_grace_seconds) or 1,
+        **uvicorn_options(config.server.tls),
     )
     try:
-        config.load()
+        uv_config.load()
     except (OSError, ssl.SSLError) as e:
         sock.close()
         what = f"cannot read {e.filename}: {e.strerror}" if getattr(e, "filename", None) else str(e)
         raise BindError(f"server.tls: {what}") from None
-    server = _Server(config)
+    server = _Server(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

@@ -17,6 +17,7 @@ from rune.gateway import codec
 from rune.gateway.http import error_response, sse_event, sse_response
 from runed.core import errors
 from runed.pipeline.context import CallContext
+from runed.pipeline.stages import Pipeline
 from runed.transport import metrics
 
 # Errors raised this early (admission: 401/403/400/404) still get a real HTTP status; later
@@ -100,9 +101,9 @@ async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) 
                 await aclose()
 
 
-async def stream_response(ctx: CallContext, request_msg: Message, keepalive: float) -> Response:
+async def stream_response(pipeline: Pipeline, ctx: CallContext, request_msg: Message, keepalive: float) -> Response:
     """Run a server-streaming RPC through the pipeline and serve it as ``text/event-stream``."""
-    source = ctx.deps.pipeline.server_stream(ctx, request_msg)
+    source = pipeline.server_stream(ctx, request_msg)
     first: asyncio.Task[Message] = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
     done, _ = await asyncio.wait({first}, timeout=FIRST_FRAME_WINDOW)
     if done and first.exception() is not None:

@@ -80,8 +80,7 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 
 
 def _run_supervisor(cfg: Config) -> int:
-    from runed.server.roles import DEFAULT_ROLES
-    from runed.server.supervisor import Supervisor, check_data_dir
+    from runed.server.supervisor import DEFAULT_ROLES, Supervisor, check_data_dir
     from runed.store.sqlite import StoreError, open_store
 
     problem = check_data_dir(cfg.data_path)

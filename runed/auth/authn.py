@@ -7,16 +7,14 @@ import hashlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from runed.auth.identity import POLICY, TOKEN, USER, Identity, load_server_key
+from runed.auth.identity import POLICY, TOKEN, USER, Identity
+from runed.auth.principal import Principal
 from runed.auth.ratelimit import RateLimiter
 from runed.core import errors
-from runed.pipeline.context import CallContext, Principal
-
-if TYPE_CHECKING:
-    from runed.auth.oidc import OIDCVerifier
-    from runed.server.app import App
+from runed.store.base import Store
 
 log = logging.getLogger("runed.authn")
 
@@ -27,9 +25,9 @@ CACHE_MAX = 10_000
 INVALID = "invalid or expired credentials"
 
 
-def bearer_token(ctx: CallContext) -> str:
+def bearer_token(metadata: Mapping[str, str]) -> str:
     """The bearer credential from ``authorization`` (scheme case-insensitive), or ""."""
-    raw = ctx.metadata.get("authorization", "").strip()
+    raw = metadata.get("authorization", "").strip()
     if not raw:
         return ""
     scheme, _, value = raw.partition(" ")
@@ -38,19 +36,37 @@ def bearer_token(ctx: CallContext) -> str:
     return value.strip()
 
 
+class IDTokenVerifier(Protocol):
+    """ID tokens of an external issuer (:class:`runed.auth.oidc.OIDCVerifier`, built only when configured)."""
+
+    async def verify(self, token: str) -> dict[str, Any]: ...
+
+    def principal(self, claims: dict[str, Any], identity: Identity) -> Principal: ...
+
+
 class Authenticator:
     """Resolves bearer tokens, OIDC ID tokens (when configured) and mTLS client certificates."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.identity = Identity(app.store, load_server_key(app.config.data_path))
-        rl = app.config.auth.rate_limit
-        self.limiter = RateLimiter(rl.requests_per_second, rl.burst)
-        self.oidc: OIDCVerifier | None = None
-        if app.config.auth.oidc.enabled:
-            from runed.auth.oidc import OIDCVerifier
-
-            self.oidc = OIDCVerifier(app.config.auth.oidc, app.config.data_path)
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        limiter: RateLimiter,
+        oidc: IDTokenVerifier | None = None,
+        on_invalidate: Callable[[], None] | None = None,
+    ) -> None:
+        """Args:
+        identity: users, tokens and policies (bound to the server key).
+        store: watched for identity changes made by any process, to keep the cache honest.
+        limiter: per-credential rate limit applied after a credential resolves.
+        oidc: verifier of OIDC ID tokens, when an issuer is configured.
+        on_invalidate: called whenever cached credentials are dropped (the authorizer's rule cache).
+        """
+        self.identity = identity
+        self.store = store
+        self.limiter = limiter
+        self.oidc = oidc
+        self._on_invalidate = on_invalidate
         # keyed hash -> (principal, expires_at): valid only while the watcher below runs, which
         # drops it on any token, user or policy change in any process (revocation stays prompt).
         self._cache: dict[bytes, tuple[Principal, float]] = {}
@@ -60,13 +76,13 @@ class Authenticator:
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None:
-            since = self.app.store.current_revision()
+            since = self.store.current_revision()
             self._watching = True
             self._watcher = asyncio.get_running_loop().create_task(self._watch(since))
 
     async def _watch(self, since: int) -> None:
         try:
-            async for _ in self.app.store.watch([TOKEN, USER, POLICY], since):
+            async for _ in self.store.watch([TOKEN, USER, POLICY], since):
                 self.invalidate()
         except asyncio.CancelledError:
             raise
@@ -79,12 +95,17 @@ class Authenticator:
     def invalidate(self) -> None:
         """Forget cached credentials and rules (after an identity change here or elsewhere)."""
         self._cache.clear()
-        authorizer = getattr(self.app, "authorizer", None)
-        if authorizer is not None:
-            authorizer.invalidate()
+        if self._on_invalidate is not None:
+            self._on_invalidate()
 
-    async def authenticate(self, ctx: CallContext) -> Principal:
-        principal = await self._resolve(ctx)
+    async def authenticate(self, metadata: Mapping[str, str], tls_client_cn: str = "") -> Principal:
+        """The caller, from its bearer token, else its verified client certificate's CN; rate limited.
+
+        Args:
+            metadata: the call's headers/metadata, names lower-cased.
+            tls_client_cn: the subject CN of a client certificate the adapter verified ("" if none).
+        """
+        principal = await self._resolve(metadata, tls_client_cn)
         wait = self.limiter.acquire(principal.key)
         if wait > 0:
             retry = max(1, math.ceil(wait))
@@ -93,12 +114,12 @@ class Authenticator:
             )
         return principal
 
-    async def _resolve(self, ctx: CallContext) -> Principal:
-        token = bearer_token(ctx)
+    async def _resolve(self, metadata: Mapping[str, str], tls_client_cn: str) -> Principal:
+        token = bearer_token(metadata)
         if token:
             return await self._from_bearer(token)
-        if ctx.tls_client_cn:
-            return self._from_client_cert(ctx.tls_client_cn)
+        if tls_client_cn:
+            return self._from_client_cert(tls_client_cn)
         raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
 
     async def _from_bearer(self, token: str) -> Principal:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
 from runed.auth import rbac
 from runed.auth.identity import Identity
+from runed.auth.principal import Principal
 from runed.core import errors
-from runed.pipeline.context import CallContext
-
-if TYPE_CHECKING:
-    from runed.server.app import App
 
 # Policies change rarely and every call needs them: cache briefly per process.
 _POLICY_TTL_SECONDS = 1.0
@@ -22,11 +18,8 @@ _POLICY_TTL_SECONDS = 1.0
 class Authorizer:
     """Evaluates rbac.TABLE entries against the rules of the principal's policies (deny by default)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.identity: Identity = app.authenticator.identity
-        # Built-ins are defined in code and written to the store at every start (idempotent).
-        self.identity.seed_builtin_policies()
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
         self._cache: dict[tuple[str, ...], tuple[float, tuple[rbac.Rule, ...]]] = {}
 
     def invalidate(self) -> None:
@@ -51,12 +44,13 @@ class Authorizer:
         self._cache[policies] = (now, rules)
         return rules
 
-    async def authorize(self, ctx: CallContext, access: rbac.Access, request: Message) -> None:
+    def authorize(self, principal: Principal, access: rbac.Access, request: Message) -> str:
+        """The namespace the call is authorized for, or PERMISSION_DENIED naming what is missing."""
         ns = rbac.namespace_of(access, request)
-        ctx.namespace = ns
         if access is rbac.AUTHENTICATED:
-            return
-        if not rbac.allows(self.rules(ctx.principal.policies), access.resource, access.verb, ns):
+            return ns
+        if not rbac.allows(self.rules(principal.policies), access.resource, access.verb, ns):
             raise errors.PermissionDenied(
-                f"permission denied: {ctx.principal.subject} lacks {rbac.describe(access.resource, access.verb, ns)}"
+                f"permission denied: {principal.subject} lacks {rbac.describe(access.resource, access.verb, ns)}"
             )
+        return ns

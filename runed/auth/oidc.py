@@ -12,9 +12,9 @@ import httpx
 import jwt
 
 from runed.auth.identity import Identity
+from runed.auth.principal import Principal
 from runed.core import errors
 from runed.core.config import OIDCConfig
-from runed.pipeline.context import Principal
 
 # Skew beyond this is a misconfiguration, not clock drift.
 MAX_SKEW_SECONDS = 300

@@ -149,3 +149,15 @@ def invalid(*violations: FieldViolation | tuple[str, str]) -> InvalidArgument:
     vs = [v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in violations]
     msg = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in vs)
     return InvalidArgument(msg, violations=vs)
+
+
+class FatalStartError(Exception):
+    """A role cannot start because of its configuration or environment: restarting it cannot help.
+
+    Not a :class:`RuneError`: it never reaches a client. The role exits with EX_CONFIG and the
+    supervisor stops instead of restarting it. Subclasses name the cause.
+    """
+
+
+class BindError(FatalStartError):
+    """A listening address cannot be bound (in use, not permitted) or its TLS files cannot be read."""

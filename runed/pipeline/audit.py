@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from google.protobuf.message import Message
 
 from runed.auth import rbac
+from runed.pipeline.context import CallContext
 from runed.store.base import AuditEntry
-
-if TYPE_CHECKING:
-    from runed.pipeline.context import CallContext
 
 log = logging.getLogger("runed.audit")
 
@@ -80,8 +78,18 @@ def is_dry_run(request: Message | None) -> bool:
     return request is not None and "dry_run" in request.DESCRIPTOR.fields_by_name and bool(request.dry_run)  # type: ignore[attr-defined]
 
 
-def record(ctx: CallContext, access: rbac.Access | None, request: Message | None, code: str, message: str = "") -> None:
-    """Write the audit record for a finished call, when its method is audited. Never raises."""
+def record(
+    write: Callable[[AuditEntry], None],
+    ctx: CallContext,
+    access: rbac.Access | None,
+    request: Message | None,
+    code: str,
+    message: str = "",
+) -> None:
+    """Write the audit record for a finished call with ``write`` (the store's), when its method is audited.
+
+    Never raises.
+    """
     what = audited(access)
     if what is None or access is None or code in UNRECORDED_CODES:
         return
@@ -108,7 +116,7 @@ def record(ctx: CallContext, access: rbac.Access | None, request: Message | None
             peer=ctx.peer,
             detail=message[:MAX_DETAIL],
         )
-        ctx.deps.store.audit(entry)
+        write(entry)
     except Exception:
         # Losing an audit record must be visible, but must not turn a done change into an error.
         log.exception("cannot write audit record for %s (request %s)", ctx.method.full_name, ctx.request_id)

@@ -1,42 +1,57 @@
-"""Per-call context handed to every handler, whatever the transport."""
+"""Per-call context handed to every handler, whatever the transport, and the dependencies it carries."""
 
 from __future__ import annotations
 
 import contextvars
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from runed.pipeline.methods import Method
-    from runed.server.app import App
+from runed.auth import rbac
+from runed.auth.identity import Identity
+from runed.auth.principal import ANONYMOUS, Principal
+from runed.core.config import Config
+from runed.pipeline.methods import Method
+from runed.secrets.crypto import SecretCrypto
+from runed.store.base import Store
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a user with policies, resolved by authentication."""
+class Deps(Protocol):
+    """What handlers may use of their process: exactly this, built once by the composition root.
 
-    subject: str  # user name, e.g. "root"
-    subject_id: str = ""
-    subject_type: str = "user"
-    policies: tuple[str, ...] = ()
-    token_id: str = ""
-    auth_method: str = "token"  # token | oidc | mtls | none
+    Handlers never see the pipeline, the adapters or the authenticator itself; the two identity
+    hooks below are what the auth and admin handlers need after changing users, tokens or policies.
+    """
 
     @property
-    def key(self) -> str:
-        """Rate-limit bucket key: one bucket per credential."""
-        return self.token_id or f"{self.auth_method}:{self.subject}"
+    def config(self) -> Config: ...
 
+    @property
+    def store(self) -> Store: ...
 
-ANONYMOUS = Principal(subject="anonymous", auth_method="none")
+    @property
+    def crypto(self) -> SecretCrypto:
+        """Envelope encryption of secret values (KEKs load lazily, on first use)."""
+        ...
+
+    @property
+    def identity(self) -> Identity:
+        """Users, tokens and policies, bound to the server key."""
+        ...
+
+    def credentials_changed(self) -> None:
+        """Drop this process's cached credentials and rules after an identity change made here."""
+
+    def rules(self, policies: tuple[str, ...]) -> tuple[rbac.Rule, ...]:
+        """The RBAC rules the named policies grant (as the authorization stage evaluates them)."""
+        ...
 
 
 @dataclass
 class CallContext:
     """Everything a stage or handler may know about the call; transports fill it in."""
 
-    deps: App  # what handlers may use; narrowed to a protocol by the composition work
+    deps: Deps
     method: Method
     transport: str  # "grpc" | "rest"
     metadata: dict[str, str]  # lower-cased header/metadata names

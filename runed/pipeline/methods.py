@@ -3,39 +3,40 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
 
-from google.protobuf import descriptor, message
+from google.protobuf import descriptor, message, message_factory
 from google.protobuf import descriptor_pool as _pool
 
-PACKAGE = "rune.api"
-PB2_MODULES = (
-    "admin",
-    "auth",
-    "common",
-    "configmap",
-    "exec",
-    "health",
-    "instance",
-    "logs",
-    "namespace",
-    "secret",
-    "service",
+from rune.api import (
+    admin_pb2,
+    auth_pb2,
+    common_pb2,
+    configmap_pb2,
+    exec_pb2,
+    health_pb2,
+    instance_pb2,
+    logs_pb2,
+    namespace_pb2,
+    secret_pb2,
+    service_pb2,
 )
-# Service -> handler module under runed.api (one module per service).
-SERVICE_MODULES: dict[str, str] = {
-    "ServiceService": "service",
-    "InstanceService": "instance",
-    "LogService": "logs",
-    "ExecService": "exec",
-    "HealthService": "health",
-    "SecretService": "secret",
-    "ConfigmapService": "configmap",
-    "NamespaceService": "namespace",
-    "AuthService": "auth",
-    "AdminService": "admin",
+
+PACKAGE = "rune.api"
+# Every compiled rune.api file: the services (and the messages they use) come from these.
+PB2_MODULES: dict[str, ModuleType] = {
+    "admin": admin_pb2,
+    "auth": auth_pb2,
+    "common": common_pb2,
+    "configmap": configmap_pb2,
+    "exec": exec_pb2,
+    "health": health_pb2,
+    "instance": instance_pb2,
+    "logs": logs_pb2,
+    "namespace": namespace_pb2,
+    "secret": secret_pb2,
+    "service": service_pb2,
 }
 
 
@@ -68,15 +69,12 @@ class Method:
 
 
 def _message_class(desc: descriptor.Descriptor) -> type[message.Message]:
-    from google.protobuf import message_factory
-
     cls: type[message.Message] = message_factory.GetMessageClass(desc)
     return cls
 
 
-@functools.cache
-def pb2_modules() -> dict[str, Any]:
-    return {name: importlib.import_module(f"rune.api.{name}_pb2") for name in PB2_MODULES}
+def pb2_modules() -> dict[str, ModuleType]:
+    return PB2_MODULES
 
 
 @functools.cache

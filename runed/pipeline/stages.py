@@ -1,34 +1,41 @@
 """The transport-neutral request pipeline every RPC goes through, on every transport.
 
-Stages, outermost first: error mapping -> request id and logging -> authentication ->
-authorization -> validation -> handler. Adapters (gRPC, REST) build a CallContext and call
+Stages, outermost first: error mapping -> request id and logging -> defaults (namespace) ->
+authentication -> authorization -> validation -> handler. Adapters (gRPC, REST) build a CallContext and call
 :meth:`Pipeline.unary`, :meth:`Pipeline.server_stream` or :meth:`Pipeline.bidi`; whatever goes
 wrong comes out as a :class:`runed.core.errors.RuneError` for the adapter to render.
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
 
 from runed.auth import rbac
+from runed.auth.authn import Authenticator
+from runed.auth.authz import Authorizer
 from runed.core import errors, validation
-from runed.pipeline import audit
+from runed.pipeline import audit, defaults
 from runed.pipeline.context import CallContext, current_call
-from runed.pipeline.methods import SERVICE_MODULES, Method, all_methods
+from runed.pipeline.methods import Method, all_methods
+from runed.store.base import AuditEntry
 
 log = logging.getLogger("runed.pipeline")
 
 Validator = Callable[[Any], list[errors.FieldViolation]]
 UnaryHandler = Callable[[Any, CallContext], Awaitable[Message]]
 StreamHandler = Callable[[Any, CallContext], AsyncIterator[Message]]
+# A handler of any call shape: ``async def`` for unary calls, an async generator for streams.
+Handler = Callable[..., Any]
+# Called after every call with (ctx, code name, elapsed ms): the metrics hook of a role process.
+CallHook = Callable[[CallContext, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -45,24 +52,20 @@ def _unimplemented(method: Method) -> errors.Unimplemented:
     return errors.Unimplemented(f"{method.full_name} is not implemented by this server")
 
 
-def load_routes() -> dict[str, Route]:
-    """Bind every method to its handler (``runed.api.<module>.<Method>``), validator and RBAC entry."""
-    routes: dict[str, Route] = {}
-    modules: dict[str, Any] = {}
-    for m in all_methods():
-        modname = SERVICE_MODULES[m.service]
-        if modname not in modules:
-            try:
-                modules[modname] = importlib.import_module(f"runed.api.{modname}")
-            except ModuleNotFoundError as e:
-                if e.name != f"runed.api.{modname}":
-                    raise
-                modules[modname] = None
-        mod = modules[modname]
-        handler = getattr(mod, m.name, None) if mod is not None else None
-        validators: dict[str, Validator | None] = getattr(mod, "VALIDATORS", {}) if mod is not None else {}
-        routes[m.full_name] = Route(m, rbac.TABLE.get(m.full_name), handler, validators.get(m.name))
-    return routes
+def build_routes(handlers: Mapping[str, Handler], validators: Mapping[str, Validator | None]) -> dict[str, Route]:
+    """Join every method of the descriptors with its handler, validator and RBAC entry.
+
+    Args:
+        handlers: gRPC path -> handler (the API layer's table, handed over by the composition root).
+        validators: gRPC path -> validator, or None for "nothing to validate".
+
+    A method missing from ``handlers`` is served as UNIMPLEMENTED; one missing from the RBAC
+    table is never served (deny by default).
+    """
+    return {
+        m.full_name: Route(m, rbac.TABLE.get(m.full_name), handlers.get(m.full_name), validators.get(m.full_name))
+        for m in all_methods()
+    }
 
 
 def new_request_id() -> str:
@@ -72,8 +75,26 @@ def new_request_id() -> str:
 class Pipeline:
     """Runs one call through the stages. Shared by all adapters of a role process."""
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(
+        self,
+        routes: dict[str, Route],
+        authenticator: Authenticator,
+        authorizer: Authorizer,
+        audit_write: Callable[[AuditEntry], None],
+        on_call_finished: CallHook | None = None,
+    ) -> None:
+        """Args:
+        routes: every method with its handler, validator and RBAC entry (:func:`build_routes`).
+        authenticator: the authentication stage.
+        authorizer: the authorization stage.
+        audit_write: where audit records go (the store's ``audit``).
+        on_call_finished: called after every call (metrics), if set.
+        """
         self.routes = routes
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.audit_write = audit_write
+        self.on_call_finished = on_call_finished
 
     def route(self, full_name: str) -> Route:
         r = self.routes.get(full_name)
@@ -84,14 +105,15 @@ class Pipeline:
     # -- stages ---------------------------------------------------------------------------------
     async def _admit(self, ctx: CallContext, route: Route, request: Message) -> None:
         """Authentication, authorization, validation: the same for every transport."""
-        app = ctx.deps
         access = route.access
         if access is None:
             # Deny by default: a method without a table entry is never served.
             raise errors.PermissionDenied(f"{route.method.full_name} has no authorization entry")
+        # Normalise and default once (the namespace): authorization, validation and the handler read final values.
+        defaults.apply(access, request)
         if access is not rbac.PUBLIC:
-            ctx.principal = await app.authenticator.authenticate(ctx)
-            await app.authorizer.authorize(ctx, access, request)
+            ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn)
+            ctx.namespace = self.authorizer.authorize(ctx.principal, access, request)
         if route.validator is not None:
             violations = route.validator(request)
             if violations:
@@ -136,8 +158,8 @@ class Pipeline:
             )
         if route is not None:
             # Mutations and secret reads leave an audit record, whatever their outcome.
-            audit.record(ctx, route.access, request, code, err.message if err is not None else "")
-        hook = ctx.deps.on_call_finished
+            audit.record(self.audit_write, ctx, route.access, request, code, err.message if err is not None else "")
+        hook = self.on_call_finished
         if hook is not None:
             hook(ctx, code, elapsed_ms)
 
@@ -217,8 +239,6 @@ CANCELLED = errors.Cancelled("cancelled by the client")
 
 
 def _is_cancel(exc: BaseException) -> bool:
-    import asyncio
-
     return isinstance(exc, asyncio.CancelledError)
 
 

@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runed.core.config import Config
-from runed.server.roles import EXIT_FATAL, ready_file
+from runed.core.readiness import ready_file
 
+# The roles ``runed`` runs, in start order (``runed serve --role <name>`` serves one; roles.py).
+DEFAULT_ROLES: tuple[str, ...] = ("grpc", "controller", "rest")
+# Exit status of a role that cannot start because of its configuration or environment
+# (EX_CONFIG, for a FatalStartError): the supervisor does not restart it and exits itself.
+EXIT_FATAL = 78
 READY_TIMEOUT_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 30.0
 HEALTHY_RESET_SECONDS = 60.0

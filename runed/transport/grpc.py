@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from runed.core import errors
-from runed.core.config import parse_address
+from runed.core.config import ServerConfig, TLSConfig, parse_address
+from runed.core.errors import BindError
 from runed.pipeline import methods
-from runed.pipeline.context import CallContext
+from runed.pipeline.context import CallContext, Deps
 from runed.pipeline.methods import Method
-from runed.server.app import App
+from runed.pipeline.stages import Pipeline
+from runed.pipeline.status import status_proto
 
 log = logging.getLogger("runed.grpc")
-
-
-class BindError(Exception):
-    """The listening address cannot be bound (in use, not permitted)."""
 
 
 def peer_host(peer: str) -> str:
@@ -38,32 +35,6 @@ def peer_host(peer: str) -> str:
     return ""
 
 
-def status_proto(err: errors.RuneError, request_id: str) -> status_pb2.Status:
-    """The google.rpc.Status for a domain error, with structured details."""
-    details: list[any_pb2.Any] = []
-    if err.violations:
-        br = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in err.violations
-            ]
-        )
-        a = any_pb2.Any()
-        a.Pack(br)
-        details.append(a)
-    if err.retry_after is not None:
-        ri = error_details_pb2.RetryInfo()
-        ri.retry_delay.FromNanoseconds(int(err.retry_after * 1e9))
-        a = any_pb2.Any()
-        a.Pack(ri)
-        details.append(a)
-    if request_id:
-        a = any_pb2.Any()
-        a.Pack(error_details_pb2.RequestInfo(request_id=request_id))
-        details.append(a)
-    return status_pb2.Status(code=err.code.value[0], message=err.message, details=details)
-
-
 class _Status(NamedTuple):
     """A grpc.Status carrying our trailing metadata (request id) next to the rich details."""
 
@@ -73,14 +44,14 @@ class _Status(NamedTuple):
 
 
 class _Adapter:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.pipeline = app.pipeline
+    def __init__(self, pipeline: Pipeline, deps: Deps) -> None:
+        self.pipeline = pipeline
+        self.deps = deps
 
     def _ctx(self, method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
         md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         ctx = CallContext(
-            deps=self.app,
+            deps=self.deps,
             method=method,
             transport="grpc",
             metadata=md,
@@ -88,8 +59,6 @@ class _Adapter:
         )
         remaining = context.time_remaining()
         if remaining is not None:
-            import time
-
             ctx.deadline = time.monotonic() + remaining
         auth = context.auth_context() or {}
         cn = auth.get("x509_common_name")
@@ -147,16 +116,15 @@ class _Adapter:
         return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=deser, response_serializer=ser)
 
 
-def generic_handlers(app: App) -> list[grpc.GenericRpcHandler[Any, Any]]:
-    adapter = _Adapter(app)
+def generic_handlers(pipeline: Pipeline, deps: Deps) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    adapter = _Adapter(pipeline, deps)
     by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
     for m in methods.all_methods():
         by_service.setdefault(f"{methods.PACKAGE}.{m.service}", {})[m.name] = adapter.handler(m)
     return [grpc.method_handlers_generic_handler(svc, handlers) for svc, handlers in by_service.items()]
 
 
-def server_credentials(app: App) -> grpc.ServerCredentials | None:
-    tls = app.config.server.tls
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
     if not tls.enabled:
         return None
     try:
@@ -170,8 +138,18 @@ def server_credentials(app: App) -> grpc.ServerCredentials | None:
     )
 
 
-async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
-    """Run the gRPC server until ``stop`` is set, then drain within the configured grace."""
+async def serve(
+    server_config: ServerConfig, pipeline: Pipeline, deps: Deps, stop: asyncio.Event, on_ready: Callable[[str], None]
+) -> None:
+    """Run the gRPC server until ``stop`` is set, then drain within the configured grace.
+
+    Args:
+        server_config: addresses, TLS and the shutdown grace.
+        pipeline: every call goes through it.
+        deps: what the handlers get in their call context.
+        stop: set when the role should stop.
+        on_ready: called with the bound address once the server accepts calls.
+    """
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
@@ -180,21 +158,21 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    server.add_generic_rpc_handlers(generic_handlers(app))
+    server.add_generic_rpc_handlers(generic_handlers(pipeline, deps))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*methods.services(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
 
-    host, port = parse_address(app.config.server.grpc_address)
+    host, port = parse_address(server_config.grpc_address)
     bind = f"[{host or '::'}]:{port}" if ":" in (host or "::") else f"{host}:{port}"
-    creds = server_credentials(app)
+    creds = server_credentials(server_config.tls)
     try:
         bound = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
     except RuntimeError:
         bound = 0
     if not bound:
-        raise BindError(f"cannot listen on {app.config.server.grpc_address}: address already in use or not permitted")
+        raise BindError(f"cannot listen on {server_config.grpc_address}: address already in use or not permitted")
     await server.start()
     for name in ["", *methods.services()]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -202,4 +180,4 @@ async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) 
     on_ready(f"{shown}:{bound}")
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(app.config.server.shutdown_grace_seconds)
+    await server.stop(server_config.shutdown_grace_seconds)

@@ -1,6 +1,6 @@
 """Prometheus metrics shared by every role process (multiprocess files under <data_dir>/run/metrics).
 
-Each role process records calls through the pipeline's ``App.on_call_finished`` hook into
+Each role process records calls through the pipeline's ``on_call_finished`` hook (from :func:`install`) into
 prometheus-client's multiprocess files; the REST role's ``/metrics`` aggregates all of them, so
 gRPC and REST counts appear in one scrape. The directory is per supervisor run (its pid), and
 directories of runs whose supervisor is gone are removed at start-up so old counts never leak in.
@@ -14,11 +14,9 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from runed.pipeline.context import CallContext
-    from runed.server.app import App
+from runed.pipeline.context import CallContext
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -52,15 +50,16 @@ def _prepare(data_path: Path) -> Path:
     return d
 
 
-def install(app: App) -> None:
-    """Point prometheus-client at the shared directory and hook call counting into the pipeline.
+def install(data_path: Path, role: str) -> None:
+    """Point prometheus-client at the shared directory under ``data_path`` and create the metrics.
 
     Must run before anything imports ``prometheus_client`` in this process (the value backend
-    is chosen at import time).
+    is chosen at import time). Calls are then counted by handing :func:`on_call_finished` to the
+    pipeline.
     """
     if _metrics:
         return
-    os.environ.setdefault(ENV, str(_prepare(app.config.data_path)))
+    os.environ.setdefault(ENV, str(_prepare(data_path)))
     from prometheus_client import Counter, Gauge, Histogram
 
     _metrics["requests"] = Counter(
@@ -75,14 +74,14 @@ def install(app: App) -> None:
     _metrics["streams"] = Gauge(
         "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
     )
-    if app.role == "rest":
+    if role == "rest":
         # Present (at 0) from the start, so dashboards see the series before the first stream.
         # Only the REST adapter counts open streams; gRPC calls show up when they finish.
         _metrics["streams"].labels("rest").inc(0)
-    app.on_call_finished = _on_call_finished
 
 
-def _on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
+def on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
+    """The pipeline's hook: one finished call (a no-op until :func:`install` ran)."""
     record(ctx.transport, ctx.method.full_name, code, elapsed_ms / 1000)
 
 
