@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from runed.server.app import App
+from runed.core.config import Config
+from runed.secrets.crypto import SecretCrypto
+from runed.store.sqlite import SQLiteStore
 
 
-async def serve(app: App, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
+async def serve(
+    config: Config, store: SQLiteStore, crypto: SecretCrypto, stop: asyncio.Event, on_ready: Callable[[str], None]
+) -> None:
     """Run the reconciler until ``stop``; instances keep running (a restart re-adopts them)."""
     from runed.controller.reconciler import Controller
+    from runed.runner.base import Runner
+    from runed.runner.container import ContainerRunner
+    from runed.runner.process import ProcessRunner
 
-    await Controller(app).run(stop, on_ready)
+    docker = config.docker
+    runners: dict[str, Runner] = {
+        "process": ProcessRunner(),
+        "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
+    }
+    await Controller(config.controller, store, crypto, config.data_path, runners).run(stop, on_ready)

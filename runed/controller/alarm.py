@@ -1,0 +1,25 @@
+"""When the controller's loop runs its next pass: at once, at a due time, or at the next resync."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Alarm:
+    """Shared by the controller's collaborators to ask the loop for another reconcile pass."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        # The earliest time a pass is due (0: none scheduled), e.g. the end of a back-off.
+        self.next_due = 0.0
+        # A secret or configmap changed: instances waiting on a missing reference retry at once.
+        self.refs_changed = False
+
+    def wake(self) -> None:
+        """Run a pass as soon as the loop is free."""
+        self.event.set()
+
+    def due(self, at: float) -> None:
+        """Run a pass no later than ``at`` (epoch seconds)."""
+        if self.next_due == 0.0 or at < self.next_due:
+            self.next_due = at

@@ -1,0 +1,118 @@
+"""The controller's copy of its instance records and their in-memory companions (stop and probe tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runed.controller.instance import AfterStop, Instance, Key
+from runed.logs.events import EventWriter
+from runed.model import objects
+from runed.runner.base import Observation
+from runed.store.base import Store, iter_all
+
+log = logging.getLogger("runed.controller")
+
+
+@dataclass
+class Live:
+    """What an instance has beside its record while this controller runs: tasks and resolved env."""
+
+    stop_task: asyncio.Task[Observation] | None = None
+    # What to do once the stop finishes (the record's ``after_stop`` is what a restarted controller resumes).
+    after_stop: AfterStop = AfterStop.STOPPED
+    stop_reason: str = ""
+    probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The instance's environment with secrets revealed: exec probes run with it (never stored).
+    env: dict[str, str] | None = None
+    liveness_failed: bool = False
+    running_since: float = 0.0
+
+    def cancel_probes(self) -> None:
+        for t in self.probe_tasks:
+            t.cancel()
+        self.probe_tasks.clear()
+
+
+class Book:
+    """The instance records, cached: the controller is their only writer, so this copy is authoritative.
+
+    Callers change an instance on a :meth:`Instance.copy` and :meth:`save` it; the cached object is
+    never changed in place, so a save can tell whether anything changed.
+    """
+
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self._cache: dict[Key, Instance] = {}
+        self._live: dict[Key, Live] = {}
+        # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
+        self.events = EventWriter()
+
+    def load(self) -> None:
+        """Read every instance record (once, at start-up)."""
+        for rec in iter_all(self.store, objects.INSTANCE):
+            try:
+                inst = Instance.from_record(rec)
+            except ValueError as e:
+                log.warning("ignoring instance record %s/%s: %s", rec.namespace, rec.name, e)
+                continue
+            if not inst.log_dir:
+                inst.log_dir = str(self.directory(inst.id))
+            self._cache[inst.key] = inst
+
+    def directory(self, iid: str) -> Path:
+        """Where an instance's logs, events and default working directory live."""
+        return self.data_dir / "instances" / iid
+
+    def get(self, key: Key) -> Instance | None:
+        """The cached instance (read it; change a copy)."""
+        return self._cache.get(key)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._cache
+
+    def all(self) -> list[Instance]:
+        """Every instance, as a list: callers may save or forget while they walk it."""
+        return list(self._cache.values())
+
+    def of_service(self, namespace: str, service: str) -> list[Instance]:
+        return [i for i in self._cache.values() if i.namespace == namespace and i.service == service]
+
+    def live(self, key: Key) -> Live:
+        """The in-memory companion of an instance, made on first use."""
+        return self._live.setdefault(key, Live())
+
+    def peek_live(self, key: Key) -> Live | None:
+        return self._live.get(key)
+
+    def lives(self) -> list[Live]:
+        return list(self._live.values())
+
+    def event(self, inst: Instance, text: str) -> None:
+        """Record a lifecycle event of an instance (shown by ``StreamLogs`` with ``show_events``)."""
+        self.events.append(Path(inst.log_dir or self.directory(inst.id)), text)
+
+    def save(self, inst: Instance) -> None:
+        """Write an instance record when it changed (every write wakes every watcher)."""
+        if self._cache.get(inst.key) == inst:
+            return
+        inst.updated_at = objects.now_rfc3339()
+        self.store.put(objects.INSTANCE, inst.namespace, inst.id, inst.to_record())
+        self._cache[inst.key] = inst.copy()
+
+    def forget(self, key: Key) -> None:
+        """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
+        lv = self._live.pop(key, None)
+        if lv is not None:
+            lv.cancel_probes()
+        d = self.directory(key[1])
+        self.events.forget(d)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        self.store.delete(objects.INSTANCE, key[0], key[1])
+        self.store.delete(objects.INSTANCE_ACTION, key[0], key[1])
+        self._cache.pop(key, None)

@@ -1,0 +1,294 @@
+"""Instance supervision: start, observe, stop, and the restart policy with its back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from rune.api import common_pb2, service_pb2
+from runed.controller.alarm import Alarm
+from runed.controller.book import Book, Live
+from runed.controller.instance import AfterStop, Instance, RestartPolicy
+from runed.controller.launch import Launcher
+from runed.controller.probing import LIVENESS, Prober
+from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, NEW, RUNNING, STARTING, STOPPED, STOPPING, State
+from runed.core.config import ControllerConfig
+from runed.model import objects
+from runed.runner.base import Observation, Runner, RunnerError
+from runed.secrets import envresolve
+
+log = logging.getLogger("runed.controller")
+
+# Policies under which an instance that exited on its own comes back (the unset policy is Always).
+ALWAYS = (common_pb2.RESTART_POLICY_ALWAYS, common_pb2.RESTART_POLICY_UNSPECIFIED)
+
+
+def policy_word(policy: RestartPolicy) -> str:
+    """The restart policy as cast files spell it (the unset policy is Always)."""
+    return {common_pb2.RESTART_POLICY_ON_FAILURE: "OnFailure", common_pb2.RESTART_POLICY_NEVER: "Never"}.get(
+        policy, "Always"
+    )
+
+
+class Supervisor:
+    """Drives single instances through the state table; each change is saved and logged as an event."""
+
+    def __init__(
+        self,
+        book: Book,
+        runners: Mapping[str, Runner],
+        launcher: Launcher,
+        prober: Prober,
+        alarm: Alarm,
+        cfg: ControllerConfig,
+    ) -> None:
+        self.book = book
+        self.runners = runners
+        self.launcher = launcher
+        self.prober = prober
+        self.alarm = alarm
+        self.cfg = cfg
+
+    def runner(self, inst: Instance) -> Runner:
+        return self.runners.get(inst.runner, self.runners["process"])
+
+    def runner_for(self, svc: service_pb2.Service) -> Runner:
+        return self.runners["container" if svc.runtime == "container" else "process"]
+
+    def set_state(self, inst: Instance, to: State, reason: str, *, config_error: bool = False) -> None:
+        """Apply one transition of the table to a working copy and save it."""
+        inst.transition(to, reason, config_error=config_error)
+        self.book.save(inst)
+
+    def _schedule_restart(self, inst: Instance) -> float:
+        """The next back-off: doubles with each consecutive failure, up to the maximum. Returns the delay."""
+        n = inst.consecutive_failures
+        delay = min(self.cfg.restart_backoff_max_seconds, self.cfg.restart_backoff_initial_seconds * float(2**n))
+        inst.consecutive_failures = n + 1
+        inst.next_restart_at = time.time() + delay
+        self.alarm.due(inst.next_restart_at)
+        return delay
+
+    # -- adoption -------------------------------------------------------------------------------
+    def adopt(self) -> None:
+        """After a (re)start: re-attach to live instances, apply the restart policy to the dead."""
+        for cached in self.book.all():
+            state = cached.state
+            if state not in ACTIVE:
+                continue
+            inst = cached.copy()
+            obs = self.runner(inst).observe(Path(inst.log_dir), inst.handle)
+            if obs.state in ("running", "starting") and state is not STOPPING:
+                log.info("re-adopted instance %s/%s (pid %s)", inst.namespace, inst.name, obs.handle.pid)
+                inst.apply_handle(obs.handle)
+                if obs.state == "running" and state is STARTING:
+                    self.set_state(inst, RUNNING, "Running")
+                else:
+                    self.book.save(inst)
+                if obs.state == "running":
+                    self.book.live(inst.key).running_since = time.time()
+                    self.prober.start(inst)
+            elif state is STOPPING:
+                self.begin_stop(inst, after=inst.after_stop or AfterStop.STOPPED, reason=inst.reason)
+            else:
+                self.on_exit(inst, obs)
+
+    # -- per-tick observation -------------------------------------------------------------------
+    def observe(self) -> bool:
+        """Observe active instances and run due timers; True when something changed."""
+        changed = False
+        now = time.time()
+        for r in self.runners.values():
+            r.reap()
+        for cached in self.book.all():
+            state = cached.state
+            lv = self.book.peek_live(cached.key)
+            if state is STOPPING:
+                if lv is not None and lv.stop_task is not None and lv.stop_task.done():
+                    self.finish_stop(cached.copy(), lv)
+                    changed = True
+                elif lv is None or lv.stop_task is None:
+                    self.begin_stop(cached.copy(), after=cached.after_stop or AfterStop.STOPPED, reason="")
+                continue
+            if state in (STARTING, RUNNING):
+                if lv is not None and lv.liveness_failed:
+                    lv.liveness_failed = False
+                    inst = cached.copy()
+                    probe = (inst.probes or {}).get(LIVENESS)
+                    why = (probe.message if probe is not None else "") or "failing"
+                    self.book.event(inst, f"Liveness probe failed: {why}; killing")
+                    self.begin_stop(inst, after=AfterStop.BACKOFF, reason="LivenessProbeFailed: restarting")
+                    changed = True
+                    continue
+                obs = self.runner(cached).observe(Path(cached.log_dir), cached.handle)
+                if obs.state == "running" and state is STARTING:
+                    inst = cached.copy()
+                    inst.apply_handle(obs.handle)
+                    self.set_state(inst, RUNNING, "Running")
+                    self.book.event(inst, f"Started: pid {inst.pid or '?'}")
+                    self.book.live(inst.key).running_since = now
+                    self.prober.start(inst)
+                    changed = True
+                elif obs.state == "exited":
+                    inst = cached.copy()
+                    inst.apply_handle(obs.handle)
+                    self.on_exit(inst, obs)
+                    changed = True
+            elif state is BACKOFF:
+                at = cached.next_restart_at or 0.0
+                if at <= now:
+                    changed = True  # the reconcile pass restarts it
+                else:
+                    self.alarm.due(at)
+        return changed
+
+    def on_exit(self, inst: Instance, obs: Observation) -> None:
+        """The process is gone on its own: record how, then apply the restart policy."""
+        self.prober.cancel(inst.key)
+        lv = self.book.live(inst.key)
+        inst.last_exit_code = obs.code
+        inst.last_signal = obs.signal
+        inst.pid = 0
+        inst.ready = False
+        inst.live = False
+        if inst.retire:
+            self.book.forget(inst.key)
+            return
+        policy = inst.restart_policy
+        failed = obs.code != 0 or obs.signal is not None
+        how = (
+            f"killed by signal {obs.signal}"
+            if obs.signal is not None
+            else (f"exit code {obs.code}" if obs.code is not None else obs.error or "vanished")
+        )
+        if obs.error and obs.code not in (None, 0):
+            how += f": {obs.error}"
+        self.book.event(inst, f"Exited: {how}")
+        if policy in ALWAYS or (policy == common_pb2.RESTART_POLICY_ON_FAILURE and failed):
+            # A run that lasted long enough proves the crash loop is over: the delay starts afresh.
+            if lv.running_since and time.time() - lv.running_since >= self.cfg.restart_backoff_reset_seconds:
+                inst.consecutive_failures = 0
+            looping = inst.consecutive_failures >= 1
+            delay = self._schedule_restart(inst)
+            reason = f"CrashLoopBackOff: {how}; restarting in {delay:g}s" if looping else f"Restarting: {how}"
+            self.set_state(inst, BACKOFF, reason)
+            self.book.event(inst, f"Back-off: restarting in {delay:g}s (restart policy {policy_word(policy)}, {how})")
+        else:
+            self.book.event(inst, f"Not restarted (restart policy {policy_word(policy)})")
+            inst.next_restart_at = None
+            self.set_state(inst, EXITED, ("Completed" if not failed else "Error") + f": {how}")
+        lv.running_since = 0.0
+
+    # -- stopping -------------------------------------------------------------------------------
+    def _grace(self, inst: Instance, override: float | None = None) -> float:
+        if override is not None:
+            return max(0.0, override)
+        return float(inst.grace_seconds) if inst.grace_seconds else self.cfg.stop_grace_seconds
+
+    def retire(self, inst: Instance, reason: str, *, grace: float | None = None) -> None:
+        """Stop for good and delete the record once stopped."""
+        inst = inst.copy()
+        lv = self.book.live(inst.key)
+        if inst.retire and (lv.stop_task is not None or inst.state is STOPPING):
+            return
+        inst.retire = True
+        self.begin_stop(inst, after=AfterStop.DELETE, reason=f"Terminating: {reason}", grace=grace)
+
+    def begin_stop(self, inst: Instance, *, after: AfterStop, reason: str, grace: float | None = None) -> None:
+        """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done."""
+        lv = self.book.live(inst.key)
+        lv.cancel_probes()
+        lv.after_stop = after
+        lv.stop_reason = reason
+        state = inst.state
+        if state not in ACTIVE:
+            # Nothing runs: finish at once.
+            lv.stop_task = None
+            self.finish_stop(inst, lv, observed=False)
+            return
+        if lv.stop_task is not None and not lv.stop_task.done():
+            return
+        stopping = self.runner(inst).stop(Path(inst.log_dir), inst.handle, self._grace(inst, grace))
+        lv.stop_task = asyncio.create_task(stopping)
+        inst.after_stop = after
+        if state is not STOPPING:
+            self.set_state(inst, STOPPING, reason or "Stopping")
+            self.book.event(inst, f"Stopping: {reason or 'on request'}")
+        else:
+            self.book.save(inst)
+
+    def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
+        obs: Observation | None = None
+        if observed and lv.stop_task is not None:
+            try:
+                obs = lv.stop_task.result()
+            except Exception as e:  # pragma: no cover - runner bug
+                log.warning("stop of %s failed: %s", inst.key, e)
+        lv.stop_task = None
+        if obs is not None:
+            inst.last_exit_code = obs.code
+            inst.last_signal = obs.signal
+            how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
+            self.book.event(inst, f"Stopped: {how}")
+        inst.pid = 0
+        inst.after_stop = None
+        after = lv.after_stop
+        if after is AfterStop.DELETE or inst.retire:
+            self.book.forget(inst.key)
+            return
+        if inst.state is not STOPPED:
+            self.set_state(inst, STOPPED, lv.stop_reason or "Stopped")
+        if after is AfterStop.RESTART:
+            self.start(inst, reason="Restarted on request")
+        elif after is AfterStop.BACKOFF:
+            delay = self._schedule_restart(inst)
+            self.set_state(inst, BACKOFF, f"{lv.stop_reason}; restarting in {delay:g}s")
+
+    # -- starting -------------------------------------------------------------------------------
+    def start(self, inst: Instance, *, reason: str) -> None:
+        """Resolve env and mounts, spawn, and move to STARTING (or BACKOFF/FATAL with the reason)."""
+        svc_rec = self.book.store.get(objects.SERVICE, inst.namespace, inst.service)
+        if svc_rec is None:
+            self.book.forget(inst.key)
+            return
+        svc = objects.service_from_record(svc_rec)
+        runner = self.runner_for(svc)
+        frm = inst.state
+        if frm is not NEW:
+            inst.restart_count += 1
+        inst.restart_policy = svc.restart_policy
+        unavailable = runner.unavailable_reason()
+        if unavailable:
+            self.set_state(inst, FATAL, unavailable)
+            return
+        try:
+            spec = self.launcher.spec(inst, svc)
+        except (envresolve.ResolveError, RunnerError, KeyError, OSError) as e:
+            msg = getattr(e, "message", None) or str(e)
+            fatal = isinstance(e, RunnerError) and e.fatal
+            self._fail_start(inst, f"CreateConfigError: {msg}", fatal=fatal, config_error=True)
+            return
+        try:
+            handle = runner.start(spec)
+        except RunnerError as e:
+            self._fail_start(inst, e.message, fatal=e.fatal)
+            return
+        self.book.live(inst.key).env = spec.env
+        inst.apply_handle(handle)
+        inst.next_restart_at = None
+        self.set_state(inst, STARTING, reason)
+        self.book.event(inst, f"{reason} (restart {inst.restart_count})" if frm is not NEW else reason)
+
+    def _fail_start(self, inst: Instance, msg: str, *, fatal: bool, config_error: bool = False) -> None:
+        self.book.event(inst, f"Failed to start: {msg}")
+        if fatal:
+            self.set_state(inst, FATAL, msg, config_error=config_error)
+            return
+        delay = self._schedule_restart(inst)
+        if inst.state is NEW:
+            # A brand-new record is recorded as attempted before it waits to retry.
+            self.set_state(inst, STARTING, msg, config_error=config_error)
+        self.set_state(inst, BACKOFF, f"{msg}; retrying in {delay:g}s", config_error=config_error)
