@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from runed.controller import probes
@@ -13,6 +14,9 @@ from runed.controller.launch import Launcher, inherited_env
 from runed.controller.states import State
 from runed.model import objects
 from runed.secrets import envresolve
+
+# One line per HTTP probe is noise, not news.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 LIVENESS = "liveness"
 READINESS = "readiness"
