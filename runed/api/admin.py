@@ -1,4 +1,4 @@
-"""AdminService: bootstrap, policies, users, tokens and the audit log (registry RPCs live in registries.py)."""
+"""AdminService: bootstrap, policies, users, tokens and the audit log (registry RPCs live in runed/api/registries/)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import admin_pb2
-from runed.api import registries
-from runed.api.registries import (  # noqa: F401 - registry RPCs are AdminService handlers
-    AddRegistry,
-    BootstrapAuth,
-    GetRegistry,
-    ListRegistries,
-    RegistriesStatus,
-    RemoveRegistry,
-    TestRegistry,
-    UpdateRegistry,
-)
 from runed.auth.identity import BUILTIN_POLICIES, SYSTEM, Identity
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
@@ -31,13 +20,13 @@ DEFAULT_AUDIT_PAGE = 100
 
 
 def _identity(ctx: CallContext) -> Identity:
-    ident: Identity = ctx.deps.authenticator.identity
+    ident: Identity = ctx.deps.identity
     return ident
 
 
 def _changed(ctx: CallContext) -> None:
     # Other processes learn of the change from the store's change log; this one at once.
-    ctx.deps.authenticator.invalidate()
+    ctx.deps.credentials_changed()
 
 
 def is_local(peer: str) -> bool:
@@ -328,4 +317,3 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "TokenList": None,
     "ListAuditEvents": _validate_audit,
 }
-VALIDATORS.update(registries.VALIDATORS)

@@ -17,7 +17,7 @@ MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 
 def _identity(ctx: CallContext) -> Identity:
-    ident: Identity = ctx.deps.authenticator.identity
+    ident: Identity = ctx.deps.identity
     return ident
 
 
@@ -55,7 +55,7 @@ async def WhoAmI(req: auth_pb2.WhoAmIRequest, ctx: CallContext) -> auth_pb2.WhoA
 
 def _require_admin(ctx: CallContext, verb: str, why: str) -> None:
     """Acting on another subject's credentials is administration, whatever ``tokens:*`` allows."""
-    rules = ctx.deps.authorizer.rules(ctx.principal.policies)
+    rules = ctx.deps.rules(ctx.principal.policies)
     if not rbac.allows(rules, "admin", verb, rbac.CLUSTER):
         raise errors.PermissionDenied(f"permission denied: {why} needs {rbac.describe('admin', verb, rbac.CLUSTER)}")
 
@@ -82,7 +82,7 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
                 *validation.bounded([FieldViolation("policies", f'policy "{p}" does not exist') for p in missing])
             )
         user = ident.upsert_user(req.subject_name or req.name, policies=policies)
-        ctx.deps.authenticator.invalidate()
+        ctx.deps.credentials_changed()
     issued = ident.issue_token(user, req.name, description=req.description, ttl_seconds=int(req.ttl_seconds))
     return auth_pb2.CreateTokenResponse(id=issued.id, name=issued.name, secret=issued.secret)
 
@@ -95,7 +95,7 @@ async def RevokeToken(req: auth_pb2.RevokeTokenRequest, ctx: CallContext) -> aut
     if tok.get("subject_id") != ctx.principal.subject_id:
         _require_admin(ctx, "delete", "revoking another user's token")
     ident.revoke_token(req.id)
-    ctx.deps.authenticator.invalidate()
+    ctx.deps.credentials_changed()
     return auth_pb2.RevokeTokenResponse(revoked=True)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rune.api import common_pb2, configmap_pb2
 from runed.api.namespace import ensure_namespace
-from runed.api.secret import DEFAULT_NAMESPACE, check_limits, list_records, now_rfc3339, v_list
+from runed.api.secret import check_limits, list_records, now_rfc3339, v_list
 from runed.core import errors, validation
 from runed.core.config import LimitsConfig
 from runed.core.errors import FieldViolation
@@ -69,7 +69,7 @@ def _ok(d: dict[str, Any]) -> configmap_pb2.ConfigmapResponse:
 def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
     """Create (upsert, as upstream) or update; the version moves only when the data changes."""
     app = ctx.deps
-    ns = c.namespace or DEFAULT_NAMESPACE
+    ns = c.namespace
     check_limits(c.data, "configmap.data", app.config.config.limits)
     data = dict(c.data)
     missing = False
@@ -119,7 +119,7 @@ async def UpdateConfigmap(
 
 
 async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
-    ns = req.namespace or DEFAULT_NAMESPACE
+    ns = req.namespace
     rec = ctx.deps.store.get(CONFIGMAP_KIND, ns, req.name)
     if rec is None:
         raise errors.not_found("configmap", req.name, ns)
@@ -127,7 +127,7 @@ async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext)
 
 
 async def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
-    ns = req.namespace or DEFAULT_NAMESPACE
+    ns = req.namespace
     if ctx.deps.store.delete(CONFIGMAP_KIND, ns, req.name) is None:
         raise errors.not_found("configmap", req.name, ns)
     return common_pb2.Status(code=0, message=f'configmap "{req.name}" deleted')

@@ -31,7 +31,6 @@ from runed.pipeline.context import CallContext
 from runed.store.base import AuditEntry, Record, iter_all
 
 INSTANCE_KIND = "instance"
-DEFAULT_NAMESPACE = "default"
 RUNNING = "RUNNING"
 
 
@@ -208,7 +207,7 @@ def _exit_response(ex: Exit) -> exec_pb2.ExecResponse:
 async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallContext) -> AsyncIterator[Any]:
     first = await anext(requests)
     init = first.init
-    ns = init.namespace or ctx.namespace or DEFAULT_NAMESPACE
+    ns = init.namespace
     rec = pick_instance(ctx, ns, init)
     cfg = ctx.deps.config.exec
     slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)

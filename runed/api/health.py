@@ -12,6 +12,7 @@ import runed
 from rune.api import common_pb2, health_pb2
 from runed.core import errors
 from runed.core.errors import FieldViolation
+from runed.core.names import DEFAULT_NAMESPACE, list_scope
 from runed.model import objects
 from runed.pipeline.context import CallContext
 from runed.store.base import Record, iter_all
@@ -38,11 +39,6 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {"GetHealt
 
 def _now() -> str:
     return objects.now_rfc3339()
-
-
-def _ns(value: str) -> str | None:
-    """None means every namespace."""
-    return None if value == "*" else (value or "default")
 
 
 # -- node capacity ----------------------------------------------------------------------------------
@@ -232,7 +228,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
             )
         comps.append(c)
     elif kind == "instance":
-        ns = _ns(req.namespace)
+        ns = list_scope(req.namespace)
         if req.name:
             found = [
                 r
@@ -245,11 +241,11 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
             found = list(iter_all(store, objects.INSTANCE, ns))
         comps.extend(_instance_component(r, req.include_checks) for r in found)
     else:  # service
-        ns = _ns(req.namespace)
+        ns = list_scope(req.namespace)
         if req.name:
-            one = store.get(objects.SERVICE, ns or "default", req.name)
+            one = store.get(objects.SERVICE, ns or DEFAULT_NAMESPACE, req.name)
             if one is None:
-                raise errors.not_found("service", req.name, ns or "default")
+                raise errors.not_found("service", req.name, ns or DEFAULT_NAMESPACE)
             services = [one]
         else:
             services = list(iter_all(store, objects.SERVICE, ns))

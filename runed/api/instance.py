@@ -8,6 +8,7 @@ from typing import Any
 from rune.api import common_pb2, instance_pb2
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
+from runed.core.names import list_scope
 from runed.model import objects, selectors
 from runed.pipeline.context import CallContext
 from runed.store import paging, watch
@@ -20,14 +21,6 @@ EVENT_TYPES = {
     "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
     "DELETED": common_pb2.EVENT_TYPE_DELETED,
 }
-
-
-def _ns(value: str) -> str:
-    return value or "default"
-
-
-def _list_ns(value: str) -> str | None:
-    return None if value == "*" else _ns(value)
 
 
 class _ServiceLabels:
@@ -137,7 +130,7 @@ def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
 
 # -- handlers -------------------------------------------------------------------------------------
 async def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
-    rec = find_instance(ctx.deps.store, _ns(req.namespace), req.id)
+    rec = find_instance(ctx.deps.store, req.namespace, req.id)
     return instance_pb2.InstanceResponse(instance=objects.instance_to_pb(rec))
 
 
@@ -154,7 +147,7 @@ async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext
     def convert(batch: list[Record]) -> Iterable[instance_pb2.Instance | None]:
         return [_match(r, sel, labels, service=req.service_name, node=req.node_id, status=req.status) for r in batch]
 
-    page = paging.paginate(store, objects.INSTANCE, _list_ns(req.namespace), pr, query, convert)
+    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert)
     resp = instance_pb2.ListInstancesResponse(
         instances=page.items,
         next_page_token=page.next_token,
@@ -170,7 +163,7 @@ async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext
 def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, desired: str, restart: bool) -> Record:
     """Write the ``instance_action`` the controller carries out; the instance must exist."""
     store = ctx.deps.store
-    ns = _ns(req.namespace)
+    ns = req.namespace
     rec = find_instance(store, ns, req.id)
     timeout = req.timeout_seconds or int(ctx.deps.config.controller.stop_grace_seconds)
 
@@ -217,7 +210,7 @@ async def WatchInstances(
     async for ev in watch.watch(
         store,
         [objects.INSTANCE],
-        namespace=_list_ns(req.namespace),
+        namespace=list_scope(req.namespace),
         since_revision=req.since_revision,
         queue_size=ctx.deps.config.history.watch_queue_events,
     ):

@@ -36,7 +36,6 @@ from runed.store.base import DELETED, Record, Store, iter_all
 
 INSTANCE_KIND = "instance"
 SERVICE_KIND = "service"
-DEFAULT_NAMESPACE = "default"
 # Lines may reach the file a little after their timestamp: keep following that long past ``until``.
 UNTIL_GRACE_NS = 500_000_000
 
@@ -179,7 +178,7 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     first = await anext(requests)
     store = ctx.deps.store
     data_dir = ctx.deps.config.data_path
-    ns = first.namespace or ctx.namespace or DEFAULT_NAMESPACE
+    ns = first.namespace
     # Take the revision before listing so an instance created in between is seen by the watch.
     start_rev = store.current_revision()
     service, sources = resolve_target(store, data_dir, ns, first.resource_target)

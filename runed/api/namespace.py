@@ -10,6 +10,7 @@ from typing import Any
 from rune.api import common_pb2, namespace_pb2
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
+from runed.core.names import DEFAULT_NAMESPACE, SYSTEM_NAMESPACE
 from runed.model import objects
 from runed.pipeline.context import CallContext
 from runed.store.base import ADDED, DELETED, MODIFIED, Store
@@ -18,7 +19,7 @@ from runed.store.watch import watch
 KIND = objects.NAMESPACE
 # Namespaces are cluster-scoped: stored under the empty store namespace.
 SCOPE = ""
-BUILTIN = ("default", "system")
+BUILTIN = (DEFAULT_NAMESPACE, SYSTEM_NAMESPACE)
 AUTO_CREATED_LABEL = "rune/auto-created"
 DESCRIPTION_MAX = 1024
 FIELD_SELECTOR_FIELDS = ("name",)

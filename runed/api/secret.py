@@ -11,14 +11,13 @@ from runed.api.namespace import ensure_namespace
 from runed.core import errors, validation
 from runed.core.config import LimitsConfig
 from runed.core.errors import FieldViolation
+from runed.core.names import ALL_NAMESPACES, list_scope
 from runed.pipeline.context import CallContext
 from runed.secrets.access import SECRET_KIND, decrypt_record, secret_record
 from runed.store.base import iter_all
 
-DEFAULT_NAMESPACE = "default"
 DEFAULT_TYPE = "static"
 TYPE_MAX = 128
-ALL_NAMESPACES = "*"
 FIELD_SELECTOR_FIELDS = ("name", "namespace", "type")
 _DEFAULT_LIMITS = LimitsConfig()
 
@@ -102,7 +101,7 @@ def _ok(d: dict[str, Any], data: dict[str, str] | None = None) -> secret_pb2.Sec
 def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
     """Create (upsert, as upstream) or update; the version moves only when type or data change."""
     app = ctx.deps
-    ns = s.namespace or DEFAULT_NAMESPACE
+    ns = s.namespace
     check_limits(s.data, "secret.data", app.config.secret.limits)
     type_ = s.type or DEFAULT_TYPE
     data = dict(s.data)
@@ -151,7 +150,7 @@ async def UpdateSecret(req: secret_pb2.UpdateSecretRequest, ctx: CallContext) ->
 
 
 async def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
-    ns = req.namespace or DEFAULT_NAMESPACE
+    ns = req.namespace
     rec = ctx.deps.store.get(SECRET_KIND, ns, req.name)
     if rec is None:
         raise errors.not_found("secret", req.name, ns)
@@ -159,7 +158,7 @@ async def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secre
 
 
 async def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) -> common_pb2.Status:
-    ns = req.namespace or DEFAULT_NAMESPACE
+    ns = req.namespace
     if ctx.deps.store.delete(SECRET_KIND, ns, req.name) is None:
         raise errors.not_found("secret", req.name, ns)
     return common_pb2.Status(code=0, message=f'secret "{req.name}" deleted')
@@ -167,7 +166,7 @@ async def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) ->
 
 def list_records(ctx: CallContext, kind: str, req: Any) -> list[dict[str, Any]]:
     """Records of ``kind`` matching the request's namespace, field selector and paging."""
-    ns = None if req.namespace == ALL_NAMESPACES else (req.namespace or DEFAULT_NAMESPACE)
+    ns = list_scope(req.namespace)
     fields = dict(req.field_selector)
     out = [
         r.data

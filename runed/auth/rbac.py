@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from runed.core import names
+
 # Namespace used for cluster-scoped calls: only rules whose namespace is "*" cover it.
 CLUSTER = ""
-ALL_NAMESPACES = "*"
+ALL_NAMESPACES = names.ALL_NAMESPACES
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class Access:
     resource: str
     verb: str
     namespace_field: str | None = None
-    default_namespace: str = "default"
+    default_namespace: str = names.DEFAULT_NAMESPACE
 
 
 PUBLIC = Access("", "")  # no authentication (AdminBootstrap: guarded by its own loopback check)

@@ -14,6 +14,7 @@ from typing import Any
 
 from rune.api import service_pb2
 from runed.core import errors
+from runed.core.names import DEFAULT_NAMESPACE
 from runed.secrets.access import read_configmap_data, read_secret_data
 from runed.store.base import Store
 
@@ -99,7 +100,7 @@ def compute_env(
 
     ``reveal`` False gives the form that may be stored: secret values as references.
     """
-    ns = svc.namespace or "default"
+    ns = svc.namespace or DEFAULT_NAMESPACE
     src = Sources(store, crypto, ns, reveal)
     env: dict[str, str] = {}
     for ef in svc.env_from:
@@ -137,7 +138,7 @@ class MountFile:
 
 def mount_files(store: Store, crypto: Any, svc: service_pb2.Service, workdir: Path) -> list[MountFile]:
     """Files for secret (0400) and configmap (0444) mounts; relative mount paths are under ``workdir``."""
-    ns = svc.namespace or "default"
+    ns = svc.namespace or DEFAULT_NAMESPACE
     src = Sources(store, crypto, ns, reveal=True)
     out: list[MountFile] = []
     mounts: list[tuple[str, Any, int]] = [("secret", m, 0o400) for m in svc.secret_mounts]

@@ -89,7 +89,7 @@ def test_instance_to_pb_maps_runner_state_and_keeps_secret_references_unresolved
 
 
 def test_status_range_read_matches_one_get_per_service(tmp_path: Path) -> None:
-    from runed.api.service import _statuses
+    from runed.api.service.reads import _statuses
     from runed.store.sqlite import open_store
 
     store = open_store(tmp_path)

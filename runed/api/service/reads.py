@@ -1,0 +1,190 @@
+"""Reads of services: one by name, pages of a list (selectors, keyset pagination) and the watch stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rune.api import common_pb2, service_pb2
+from runed.api.service.common import get_service, status_pb, with_status
+from runed.core.errors import FieldViolation
+from runed.core.names import list_scope
+from runed.model import objects, selectors
+from runed.pipeline.context import CallContext
+from runed.store import paging, watch
+from runed.store.base import DELETED, MODIFIED, Record, Store
+
+FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")
+
+EVENT_TYPES = {
+    "ADDED": common_pb2.EVENT_TYPE_ADDED,
+    "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
+    "DELETED": common_pb2.EVENT_TYPE_DELETED,
+}
+
+
+def v_list(req: service_pb2.ListServicesRequest) -> list[FieldViolation]:
+    """Validator of ListServices."""
+    return selectors.check_scope(req, FIELD_SELECTOR_FIELDS) + paging.check(
+        req.page_size, req.paging.limit, req.paging.offset
+    )
+
+
+def v_watch(req: service_pb2.WatchServicesRequest) -> list[FieldViolation]:
+    """Validator of WatchServices."""
+    return selectors.check_watch(req, FIELD_SELECTOR_FIELDS)
+
+
+async def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+    rec = get_service(ctx.deps.store, req.namespace, req.name)
+    return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec))
+
+
+def _query_key(req: Any) -> str:
+    """What a page token is bound to: the request without its paging fields."""
+    q = type(req)()
+    q.CopyFrom(req)
+    for f in ("paging", "page_size", "page_token"):
+        q.ClearField(f)
+    return f"{type(req).__name__}:{q.SerializeToString(deterministic=True).hex()}"
+
+
+def _selector(req: Any) -> selectors.Selector:
+    return selectors.compile_selector(
+        label_map=req.label_selector,
+        label_expr=req.label_selector_expr,
+        field_map=req.field_selector,
+        field_expr=req.field_selector_expr,
+    )
+
+
+def _service_fields(rec: Record, status: Record | None) -> dict[str, str]:
+    return {
+        "name": rec.name,
+        "namespace": rec.namespace,
+        "status": objects.status_word(status).lower(),
+        "runtime": str(rec.data.get("spec", {}).get("runtime", "") or "container").lower(),
+    }
+
+
+def _statuses(store: Store, batch: list[Record]) -> dict[tuple[str, str], Record]:
+    """The ``service_status`` records of a key-ordered batch of services, read as one key range
+    (one query instead of one per service); keys the range does not reach are fetched one by one."""
+    out: dict[tuple[str, str], Record] = {}
+    if not batch:
+        return out
+    first, last = batch[0], batch[-1]
+    head = store.get(objects.SERVICE_STATUS, first.namespace, first.name)
+    if head is not None:
+        out[(first.namespace, first.name)] = head
+    if len(batch) == 1:
+        return out
+    wanted = {(r.namespace, r.name) for r in batch}
+    res = store.list(objects.SERVICE_STATUS, None, after=(first.namespace, first.name), limit=len(batch) + 32)
+    reached = (first.namespace, first.name)
+    for rec in res.items:
+        key = (rec.namespace, rec.name)
+        if key > (last.namespace, last.name):
+            reached = key
+            break
+        if key in wanted:
+            out[key] = rec
+        reached = key
+    if res.next_cursor and reached < (last.namespace, last.name):
+        # Stray status records filled the range: fetch what it did not cover.
+        for r in batch:
+            if (r.namespace, r.name) > reached:
+                st = store.get(objects.SERVICE_STATUS, r.namespace, r.name)
+                if st is not None:
+                    out[(r.namespace, r.name)] = st
+    return out
+
+
+def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) -> list[service_pb2.Service | None]:
+    if sel.labels:
+        batch_labels = [r.data.get("spec", {}).get("labels", {}) for r in batch]
+        keep = [all(q.matches(lb) for q in sel.labels) for lb in batch_labels]
+    else:
+        keep = [True] * len(batch)
+    statuses = _statuses(store, [r for r, k in zip(batch, keep, strict=True) if k])
+    out: list[service_pb2.Service | None] = []
+    for rec, k in zip(batch, keep, strict=True):
+        if not k:
+            out.append(None)
+            continue
+        status = statuses.get((rec.namespace, rec.name))
+        if sel.fields and not all(r.matches(_service_fields(rec, status)) for r in sel.fields):
+            out.append(None)
+            continue
+        out.append(objects.service_from_record(rec, status))
+    return out
+
+
+async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
+    """Services matching the selectors, one page at a time (keyset pagination, opaque tokens)."""
+    store = ctx.deps.store
+    sel = _selector(req)
+    query = _query_key(req)
+    pr = paging.page_request(
+        req.page_size,
+        req.page_token,
+        req.paging.limit,
+        req.paging.offset,
+        req.paging.continuation_token,
+        query,
+    )
+    page = paging.paginate(
+        store,
+        objects.SERVICE,
+        list_scope(req.namespace),
+        pr,
+        query,
+        lambda batch: _match_services(store, sel, batch),
+    )
+    resp = service_pb2.ListServicesResponse(
+        services=page.items,
+        next_page_token=page.next_token,
+        revision=page.revision,
+        status=status_pb(0, f"Found {len(page.items)} services"),
+    )
+    resp.paging.limit = pr.size or len(page.items)
+    resp.paging.offset = pr.skip
+    resp.paging.continuation_token = page.next_token
+    return resp
+
+
+async def WatchServices(
+    req: service_pb2.WatchServicesRequest, ctx: CallContext
+) -> AsyncIterator[service_pb2.WatchServicesResponse]:
+    """Snapshot (or resume from ``since_revision``), then every change in order; see runed/store/watch.py."""
+    store = ctx.deps.store
+    sel = _selector(req)
+    async for ev in watch.watch(
+        store,
+        [objects.SERVICE, objects.SERVICE_STATUS],
+        namespace=list_scope(req.namespace),
+        since_revision=req.since_revision,
+        snapshot_kinds=[objects.SERVICE],
+        queue_size=ctx.deps.config.history.watch_queue_events,
+    ):
+        op = ev.op
+        if ev.kind == objects.SERVICE_STATUS:
+            # A status change is a modification of the service as clients see it.
+            if op == DELETED:
+                continue
+            svc_rec = store.get(objects.SERVICE, ev.namespace, ev.name)
+            if svc_rec is None:
+                continue
+            status: Record | None = Record(objects.SERVICE_STATUS, ev.namespace, ev.name, ev.data, ev.revision, 0)
+            op = MODIFIED
+        else:
+            svc_rec = Record(objects.SERVICE, ev.namespace, ev.name, ev.data, ev.revision, 0)
+            status = None if op == DELETED else store.get(objects.SERVICE_STATUS, ev.namespace, ev.name)
+        labels = svc_rec.data.get("spec", {}).get("labels", {})
+        if not sel.matches(labels, _service_fields(svc_rec, status) if sel.fields else {}):
+            continue
+        yield service_pb2.WatchServicesResponse(
+            service=objects.service_from_record(svc_rec, status),
+            event_type=EVENT_TYPES[op],
+            revision=ev.revision,
+        )

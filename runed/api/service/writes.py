@@ -1,0 +1,202 @@
+"""Spec writes: create, update and rollback, each stored with its revision in the history in one transaction.
+
+A spec is checked in three steps before it is written: statically (spec.py), against the store
+(refs.py) and against the container runtime (runtime.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from rune.api import service_pb2
+from runed.api.namespace import BUILTIN, ensure_namespace
+from runed.api.service.common import get_service, status_pb, v_name, with_status
+from runed.api.service.refs import check_references
+from runed.api.service.runtime import check_runtime
+from runed.core import errors
+from runed.core.errors import FieldViolation
+from runed.model import history, objects
+from runed.pipeline.context import CallContext
+from runed.store.base import Record
+
+
+def _normalise(svc: service_pb2.Service) -> service_pb2.Service:
+    """A copy without the status (the controller's to write); the pipeline defaulted the namespace."""
+    out = service_pb2.Service()
+    out.CopyFrom(svc)
+    out.ClearField("status")
+    return out
+
+
+def _write_spec(
+    ctx: CallContext,
+    new: service_pb2.Service,
+    *,
+    cause: str,
+    force: bool,
+    create: bool,
+    rollback_of: int = 0,
+    dry_run: bool = False,
+) -> tuple[Record, bool, bool]:
+    """Create or update the ``service`` record and its history in one transaction.
+
+    Returns (record, created, changed). An update whose spec equals the stored one changes nothing
+    (no generation, no revision) unless ``force``. With ``dry_run`` the record that would be written
+    is returned unstored (its ``revision`` is the current one, 0 for a new service).
+    """
+    store = ctx.deps.store
+    ns, name = new.namespace, new.name
+    with store.transaction():
+        cur = store.get(objects.SERVICE, ns, name)
+        now = objects.now_rfc3339()
+        if cur is None:
+            if not create:
+                raise errors.not_found("service", name, ns)
+            new.id = new.id or str(uuid.uuid4())
+            new.metadata.generation = 1
+            new.metadata.created_at = now
+            new.metadata.updated_at = now
+            new.metadata.last_non_zero_scale = max(new.scale, 1)
+            number = history.latest_number(store, ns, name) + 1
+            data = objects.service_record_data(new, generation=1, change_cause=cause)
+            data["revision"] = number
+            if dry_run:
+                return Record(objects.SERVICE, ns, name, data, 0, 0), True, True
+            rec = store.create(objects.SERVICE, ns, name, data)
+            history.record(
+                store,
+                new,
+                number=number,
+                generation=1,
+                change_cause=cause,
+                created_by=ctx.principal.subject,
+                keep=ctx.deps.config.history.revisions,
+                rollback_of=rollback_of,
+            )
+            return rec, True, True
+        if cur.data.get("deletion"):
+            raise errors.FailedPrecondition(f'service "{name}" in namespace "{ns}" is being deleted')
+        old = objects.service_from_record(cur)
+        new.id = old.id
+        new.metadata.CopyFrom(old.metadata)
+        if not force and objects.spec_fingerprint(new) == objects.spec_fingerprint(old):
+            return cur, False, False
+        generation = int(cur.data.get("generation", 1)) + 1
+        new.metadata.generation = generation
+        new.metadata.updated_at = now
+        if new.scale > 0:
+            new.metadata.last_non_zero_scale = new.scale
+        number = int(cur.data.get("revision", 0)) or history.latest_number(store, ns, name)
+        number += 1
+        # Keys other roles keep in the record survive a spec change.
+        data = dict(cur.data)
+        data.update(objects.service_record_data(new, generation=generation, change_cause=cause))
+        data["revision"] = number
+        if dry_run:
+            return Record(objects.SERVICE, ns, name, data, cur.revision, cur.created_revision), False, True
+        rec = store.put(objects.SERVICE, ns, name, data, expect_revision=cur.revision)
+        history.record(
+            store,
+            new,
+            number=number,
+            generation=generation,
+            change_cause=cause,
+            created_by=ctx.principal.subject,
+            keep=ctx.deps.config.history.revisions,
+            rollback_of=rollback_of,
+        )
+        return rec, False, True
+
+
+async def _prepare(
+    ctx: CallContext, svc: service_pb2.Service, *, ensure_ns: bool, dry_run: bool = False
+) -> service_pb2.Service:
+    """The spec to write, checked: its namespace exists (or is created), its references resolve, its runtime answers."""
+    new = _normalise(svc)
+    # A dry run with ensure_namespace would create a missing namespace: nothing to check, nothing to write.
+    if new.namespace not in BUILTIN and not (dry_run and ensure_ns):
+        ensure_namespace(ctx.deps.store, new.namespace, create=ensure_ns)
+    check_references(ctx.deps.store, new)
+    await check_runtime(ctx, new)
+    return new
+
+
+def _dry_run_message(created: bool, changed: bool) -> str:
+    # Clients (``rune cast --dry-run``) read the outcome from this message; keep the words stable.
+    what = "would be created" if created else ("would be updated" if changed else "unchanged")
+    return f"dry run: {what}"
+
+
+async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+    """Create a service, or update it when it exists (upsert, as upstream)."""
+    new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace, dry_run=req.dry_run)
+    rec, created, changed = _write_spec(
+        ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True, dry_run=req.dry_run
+    )
+    if req.dry_run:
+        msg = _dry_run_message(created, changed)
+    else:
+        msg = (
+            "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
+        )
+    return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status_pb(0, msg))
+
+
+async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+    """Replace the spec: a changed spec bumps the generation and records a revision; same spec is a no-op."""
+    get_service(ctx.deps.store, req.service.namespace, req.service.name)
+    new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
+    rec, _, changed = _write_spec(
+        ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False, dry_run=req.dry_run
+    )
+    if req.dry_run:
+        msg = _dry_run_message(False, changed)
+    else:
+        msg = "Service updated successfully" if changed else "unchanged"
+    return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status_pb(0, msg))
+
+
+async def ListServiceRevisions(
+    req: service_pb2.ListServiceRevisionsRequest, ctx: CallContext
+) -> service_pb2.ListServiceRevisionsResponse:
+    """The retained revisions of a service, newest first."""
+    ns = req.namespace
+    revs = history.list_revisions(ctx.deps.store, ns, req.name)
+    if not revs:
+        get_service(ctx.deps.store, ns, req.name)
+    return service_pb2.ListServiceRevisionsResponse(revisions=[history.to_pb(r) for r in reversed(revs)])
+
+
+async def RollbackService(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+    """Restore a stored spec (the previous one by default) as a new revision; the scale is kept."""
+    store = ctx.deps.store
+    ns = req.namespace
+    cur = get_service(store, ns, req.name)
+    current_number = int(cur.data.get("revision", 0))
+    target_number = req.to_revision
+    if not target_number:
+        older = [r for r in history.list_revisions(store, ns, req.name) if int(r.data["revision"]) < current_number]
+        if not older:
+            raise errors.FailedPrecondition(f'service "{req.name}" has no earlier revision to roll back to')
+        target_number = int(older[-1].data["revision"])
+    target = history.get_revision(store, ns, req.name, target_number)
+    if target is None:
+        raise errors.invalid(("to_revision", f"revision {target_number} of service {req.name!r} is not retained"))
+    spec = history.spec_of(target)
+    live = objects.service_from_record(cur)
+    # A rollback restores what runs, not how many: scaling stays with ScaleService.
+    spec.scale = live.scale
+    spec.namespace, spec.name = ns, req.name
+    new = await _prepare(ctx, spec, ensure_ns=False)
+    cause = req.change_cause or f"rollback to revision {target_number}"
+    rec, _, changed = _write_spec(ctx, new, cause=cause, force=False, create=False, rollback_of=target_number)
+    msg = f"Rolled back to revision {target_number}" if changed else f"already at the spec of revision {target_number}"
+    return service_pb2.ServiceResponse(service=with_status(store, rec), status=status_pb(0, msg))
+
+
+def v_rollback(req: service_pb2.RollbackServiceRequest) -> list[FieldViolation]:
+    """Validator of RollbackService."""
+    out = v_name(req)
+    if req.to_revision < 0:
+        out.append(FieldViolation("to_revision", "must not be negative"))
+    return out
