@@ -15,6 +15,7 @@ from typing import Any
 
 from runed.core import errors
 from runed.store.base import Store, iter_all
+from runed.store.sqlite import open_store
 
 # Identity objects are cluster-scoped; they live in one pseudo-namespace.
 SYSTEM = "system"
@@ -321,8 +322,6 @@ def local_bootstrap(data_dir: Path, *, reset: bool) -> tuple[IssuedToken, int]:
     Reaching the data dir is the proof of authority: this is how an operator who lost the root
     token recovers. Returns the new token and how many root tokens were revoked.
     """
-    from runed.store.sqlite import open_store
-
     store = open_store(data_dir)
     try:
         ident = Identity(store, load_server_key(data_dir))
