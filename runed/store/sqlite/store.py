@@ -1,146 +1,32 @@
-"""SQLite store (WAL, numbered migrations, short IMMEDIATE transactions) shared by all runed roles."""
+"""The SQLite implementation of :class:`runed.store.base.Store`: objects by (kind, namespace, name), audit, meta."""
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from importlib import resources
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlite_utils
 
 from runed.core import errors
-from runed.store.base import ADDED, DELETED, MODIFIED, AuditEntry, Change, ListResult, Record
-from runed.store.notify import Notifier
-
-SAFETY_POLL_SECONDS = 1.0
-
-
-class StoreError(Exception):
-    """The database cannot be opened or migrated (start-up failure with a clear message)."""
+from runed.store.base import ADDED, DELETED, MODIFIED, AuditEntry, ListResult, Record
+from runed.store.sqlite.changelog import ChangeLog
 
 
 def _dumps(data: dict[str, Any]) -> str:
     return orjson.dumps(data).decode()
 
 
-def _loads(raw: str | None) -> dict[str, Any] | None:
-    return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every packaged migration file, in order."""
-    out = []
-    for entry in resources.files("runed.store.migrations").iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            out.append((version, entry.name, entry.read_text()))
-    return sorted(out)
-
-
-class SQLiteStore:
+class SQLiteStore(ChangeLog):
     """Implements :class:`runed.store.base.Store` over one SQLite file.
 
     Every write runs in ``BEGIN IMMEDIATE`` so concurrent processes serialize on the write lock
     (with a busy timeout) instead of failing on lock upgrades; each committed write appends to the
     change log and pings the other processes.
     """
-
-    def __init__(self, path: Path, *, changelog_keep: int = 100_000, notify: bool = True) -> None:
-        self.path = path
-        self.changelog_keep = changelog_keep
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot open database {path}: {e}") from None
-        self.conn = conn
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._pending_notify = False
-        self._writes_since_prune = 0
-        self.notifier: Notifier | None = Notifier(path.parent / "run" / "notify") if notify else None
-        self._migrate()
-
-    # -- schema ---------------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-                )
-                done = {r[0] for r in self.conn.execute("SELECT version FROM schema_migrations")}
-                for version, name, sql in _migrations():
-                    if version in done:
-                        continue
-                    for stmt in _split_sql(sql):
-                        self.conn.execute(stmt)
-                    self.conn.execute(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                        (version, name, time.time()),
-                    )
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                self.conn.execute("ROLLBACK")
-                raise StoreError(f"cannot migrate database {self.path}: {e}") from None
-
-    def schema_version(self) -> int:
-        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
-
-    # -- transactions ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes atomically; nested calls join the outer transaction."""
-        with self._lock:
-            outer = self._depth == 0
-            if outer:
-                self.conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if outer:
-                    self.conn.execute("ROLLBACK")
-                    self._pending_notify = False
-                raise
-            self._depth -= 1
-            if outer:
-                self.conn.execute("COMMIT")
-                if self._pending_notify:
-                    self._pending_notify = False
-                    self._after_commit()
-
-    def _after_commit(self) -> None:
-        if self.notifier is not None:
-            self.notifier.notify()
-        self._writes_since_prune += 1
-        if self._writes_since_prune >= 1000:
-            self._writes_since_prune = 0
-            self.prune_changelog()
-
-    def _log_change(self, kind: str, namespace: str, name: str, op: str, data: str | None) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO changes (kind, namespace, name, op, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
-            (kind, namespace, name, op, data, time.time()),
-        )
-        self._pending_notify = True
-        assert cur.lastrowid is not None
-        return cur.lastrowid
 
     # -- reads ----------------------------------------------------------------------------------
     @staticmethod
@@ -300,81 +186,6 @@ class SQLiteStore:
             )
             return Record(kind, namespace, name, existing.data, rev, existing.created_revision)
 
-    # -- change log -----------------------------------------------------------------------------
-    def _current_revision(self) -> int:
-        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
-        return int(row[0]) if row else 0
-
-    def current_revision(self) -> int:
-        with self._lock:
-            return self._current_revision()
-
-    def oldest_revision(self) -> int:
-        """The oldest revision still in the change log (0 when nothing was ever pruned)."""
-        with self._lock:
-            row = self.conn.execute("SELECT MIN(revision) FROM changes").fetchone()
-            pruned = self.conn.execute("SELECT value FROM meta WHERE key = 'changelog_pruned_to'").fetchone()
-        if pruned is None:
-            return 0
-        return int(row[0]) if row[0] is not None else int(pruned[0]) + 1
-
-    def changes_since(
-        self, revision: int, kinds: Sequence[str] | None = None, limit: int = 1000
-    ) -> builtins.list[Change]:
-        sql = "SELECT revision, kind, namespace, name, op, data, ts FROM changes WHERE revision > ?"
-        args: list[Any] = [revision]
-        if kinds:
-            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            args.extend(kinds)
-        sql += " ORDER BY revision LIMIT ?"
-        args.append(limit)
-        with self._lock:
-            rows = self.conn.execute(sql, args).fetchall()
-        return [Change(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), r[6]) for r in rows]
-
-    def prune_changelog(self) -> None:
-        with self.transaction():
-            cutoff = self._current_revision() - self.changelog_keep
-            if cutoff <= 0:
-                return
-            self.conn.execute("DELETE FROM changes WHERE revision <= ?", (cutoff,))
-            self.conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('changelog_pruned_to', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(cutoff),),
-            )
-
-    async def watch(self, kinds: Sequence[str], since: int) -> AsyncIterator[Change]:
-        """Every change to ``kinds`` after revision ``since``, in order, forever.
-
-        Raises FailedPrecondition when ``since`` is older than the retained change log: the
-        caller must re-list rather than silently miss changes.
-        """
-        rev = since
-        while True:
-            oldest = self.oldest_revision()
-            if oldest and rev + 1 < oldest:
-                raise errors.FailedPrecondition(
-                    f"revision {rev} is older than the retained change log (oldest {oldest}); re-list and watch again"
-                )
-            batch = self.changes_since(rev, kinds)
-            for change in batch:
-                rev = change.revision
-                yield change
-            if len(batch) == 1000:
-                continue
-            if batch:
-                # Drain anything committed meanwhile before sleeping.
-                continue
-            if self.notifier is not None:
-                await self.notifier.wait(SAFETY_POLL_SECONDS)
-            else:
-                import asyncio
-
-                await asyncio.sleep(0.05)
-            # Catch up even without a wake-up: wake-ups are hints.
-            rev = max(rev, since)
-
     # -- audit and meta -------------------------------------------------------------------------
     def audit(self, entry: AuditEntry) -> None:
         with self.transaction():
@@ -442,19 +253,6 @@ class SQLiteStore:
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
-
-    def close(self) -> None:
-        if self.notifier is not None:
-            self.notifier.close()
-            self.notifier = None
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.close()
-
-
-def _split_sql(sql: str) -> list[str]:
-    """Split a migration into statements (migrations hold no semicolons inside literals)."""
-    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def open_store(data_dir: Path, *, changelog_keep: int = 100_000) -> SQLiteStore:

@@ -1,0 +1,63 @@
+"""One typed, frozen configuration, loaded once: flags > RUNE_* env > runefile.yaml > defaults.
+
+``schema`` holds the settings tree (dataclasses and defaults), ``loading`` reads and merges the
+sources, ``checks`` validates values and fills derived defaults.
+"""
+
+from __future__ import annotations
+
+from runed.core.config.checks import LOG_FORMATS, LOG_LEVELS, default_data_dir, parse_address, validate
+from runed.core.config.loading import ENV_KEYS, load, read_file
+from runed.core.config.schema import (
+    AuthConfig,
+    ClientConfig,
+    Config,
+    ConfigError,
+    ConfigmapConfig,
+    ControllerConfig,
+    DockerConfig,
+    EncryptionConfig,
+    ExecConfig,
+    HistoryConfig,
+    KEKConfig,
+    LimitsConfig,
+    LogConfig,
+    OIDCConfig,
+    RateLimitConfig,
+    RegistryAuth,
+    RegistryEntry,
+    SecretConfig,
+    ServerConfig,
+    TLSConfig,
+)
+
+__all__ = [
+    "ENV_KEYS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "AuthConfig",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "ConfigmapConfig",
+    "ControllerConfig",
+    "DockerConfig",
+    "EncryptionConfig",
+    "ExecConfig",
+    "HistoryConfig",
+    "KEKConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "OIDCConfig",
+    "RateLimitConfig",
+    "RegistryAuth",
+    "RegistryEntry",
+    "SecretConfig",
+    "ServerConfig",
+    "TLSConfig",
+    "default_data_dir",
+    "load",
+    "parse_address",
+    "read_file",
+    "validate",
+]

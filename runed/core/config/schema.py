@@ -1,0 +1,191 @@
+"""The settings tree: one frozen dataclass per section, with its defaults (a table of settings, kept whole).
+
+Each field's name is its key in runefile.yaml; comments say what a value means. Loading and
+checking live beside it (``loading``, ``checks``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runed.core.errors import FatalStartError
+from runed.core.names import DEFAULT_NAMESPACE
+
+
+class ConfigError(FatalStartError):
+    """A configuration problem, always naming the key at fault."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    # CA that signs client certificates: when set, clients may authenticate with mTLS
+    # (the certificate's subject CN names the user).
+    client_ca_file: str = ""
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    grpc_address: str = ":7863"
+    http_address: str = ":7861"
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    # Seconds in-flight calls get to finish on SIGTERM before they are cancelled.
+    shutdown_grace_seconds: float = 10.0
+    # Largest REST request body accepted (bytes); larger ones get 413.
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Seconds of silence on a REST event stream before a keep-alive comment is sent.
+    sse_keepalive_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    # Token bucket per credential: sustained requests per second and burst size. 0 disables.
+    requests_per_second: float = 200.0
+    burst: int = 400
+
+
+@dataclass(frozen=True)
+class OIDCConfig:
+    enabled: bool = False
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    jwks_file: str = ""
+    user_claim: str = "sub"
+    policies_claim: str = ""
+    default_policies: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    clock_skew_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    allow_remote_admin: bool = False
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    oidc: OIDCConfig = field(default_factory=OIDCConfig)
+
+
+@dataclass(frozen=True)
+class KEKConfig:
+    source: str = "file"  # file | env
+    file: str = ""  # default <data_dir>/kek.b64
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    enabled: bool = True
+    kek: KEKConfig = field(default_factory=KEKConfig)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_object_bytes: int = 1024 * 1024
+    max_key_name_length: int = 256
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+@dataclass(frozen=True)
+class ConfigmapConfig:
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    type: str = ""
+    username: str = ""
+    password: str = ""
+    token: str = ""
+    region: str = ""
+    from_secret: str = ""
+    bootstrap: bool = False
+    manage: str = "create"
+    immutable: bool = False
+    data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str = ""
+    registry: str = ""
+    auth: RegistryAuth = field(default_factory=RegistryAuth)
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    socket: str = "/var/run/docker.sock"
+    api_version: str = ""
+    fallback_api_version: str = "1.43"
+    negotiation_timeout_seconds: float = 3.0
+    registries: tuple[RegistryEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    # Safety-net resync period; changes themselves wake the reconciler at once.
+    resync_seconds: float = 5.0
+    restart_backoff_initial_seconds: float = 1.0
+    restart_backoff_max_seconds: float = 60.0
+    # A run at least this long ends a crash loop: the next restart delay starts from the initial one.
+    restart_backoff_reset_seconds: float = 10.0
+    stop_grace_seconds: float = 10.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    # Spec revisions kept per service (older ones are pruned).
+    revisions: int = 20
+    # Change-log entries kept (watch resume older than that must re-list).
+    changelog_entries: int = 100_000
+    # Events a watcher may have pending before it is cut off with "too slow, re-list".
+    watch_queue_events: int = 10_000
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    max_sessions_per_instance: int = 8
+    timeout_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    timeout: str = "30s"
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    data_dir: str = ""
+    log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    secret: SecretConfig = field(default_factory=SecretConfig)
+    config: ConfigmapConfig = field(default_factory=ConfigmapConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    namespace: str = DEFAULT_NAMESPACE
+    # Where the config was loaded from ("" when only defaults/env/flags applied).
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
