@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import bootstrap_token, with_suppress_kill
+from bench.common import bootstrap_token, running_runed
 from rune.api import auth_pb2, auth_pb2_grpc, service_pb2, service_pb2_grpc
 
 SERVICES = int(os.environ.get("BENCH_LIST_SERVICES", "10000"))
@@ -49,28 +46,6 @@ def _populate(data_dir: Path, n: int) -> None:
         store.close()
 
 
-def _start_api(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The gRPC role alone: no controller reconciling 10,000 services while we measure."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "runed", "--data-dir", str(data_dir), "--grpc-addr", "127.0.0.1:0"),
-                *("--log-level", "warning", "serve", "--role", "grpc"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    marker = data_dir / "run" / "grpc.json"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with_suppress_kill(proc)
-            raise RuntimeError(log.read_text(errors="replace"))
-        time.sleep(0.05)
-    return proc, str(json.loads(marker.read_text())["address"])
-
-
 def _time(call: Callable[[], object], repeat: int) -> float:
     """Median seconds per call after one warm-up."""
     call()
@@ -88,8 +63,9 @@ def list_latency(n: int = SERVICES) -> dict[str, float]:
         data = Path(tmp) / "data"
         data.mkdir()
         _populate(data, n)
-        proc, target = _start_api(data, Path(tmp) / "runed.server.logging")
-        try:
+        # The gRPC role alone: no controller reconciling 10,000 services while we measure.
+        with running_runed(role="grpc", data_dir=data) as addrs:
+            target = addrs["grpc"]
             md = (("authorization", f"Bearer {bootstrap_token(target)}"),)
             opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
             with grpc.insecure_channel(target, options=opts) as ch:
@@ -114,8 +90,6 @@ def list_latency(n: int = SERVICES) -> dict[str, float]:
                     "filtered_page_ms": _time(lambda: svc.ListServices(filt_req, metadata=md), 50) * 1000,
                     "all_ms": _time(lambda: svc.ListServices(all_req, metadata=md), 3) * 1000,
                 }
-        finally:
-            with_suppress_kill(proc)
 
 
 def run() -> None:

@@ -1,19 +1,23 @@
-"""Shared bench helpers: start a real runed, drive gRPC load, report percentiles."""
+"""Shared bench helpers: start a real runed (through tests.harness), drive gRPC load, report percentiles.
+
+The bench runs from a checkout (``python -m bench`` from the repository root), so ``tests.harness``
+imports here as it does in the tests: one way to start and reap a runed for both.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.harness import run_runed
 
 
 @dataclass
@@ -53,44 +57,21 @@ async def drive(call: Callable[[], Awaitable[object]], seconds: float, concurren
 
 
 @contextmanager
-def running_runed(*extra: str, log_level: str = "warning") -> Iterator[dict[str, str]]:
-    """A real runed (all default roles) on free ports with a temporary data dir."""
+def running_runed(
+    *extra: str, log_level: str = "warning", role: str | None = None, data_dir: Path | None = None
+) -> Iterator[dict[str, str]]:
+    """A real runed on free ports (all roles, or ``role`` alone) with a temporary (or the given) data dir.
+
+    Started and reaped by ``tests.harness.run_runed``, the one way tests start a runed too; yields
+    each ready role's address by role name, plus ``data_dir``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        log = open(Path(tmp) / "runed.server.logging", "wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runed",
-                "--data-dir",
-                str(data),
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-level",
-                log_level,
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # Benchmarks measure throughput, not the per-token rate limit.
-            env={**os.environ, "RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"},
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while "runed ready:" not in (Path(tmp) / "runed.server.logging").read_text(errors="replace"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "runed.server.logging").read_text(errors="replace"))
-                time.sleep(0.05)
-            addrs = {p.stem: json.loads(p.read_text())["address"] for p in (data / "run").glob("*.json")}
-            addrs["data_dir"] = str(data)
-            yield addrs
-        finally:
-            with_suppress_kill(proc)
-            log.close()
+        data = data_dir or Path(tmp) / "data"
+        # Benchmarks measure throughput, not the per-token rate limit.
+        env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"}
+        args = ["--log-level", log_level, *extra]
+        with run_runed(data, args=args, env=env, role=role, timeout=60) as r:
+            yield {**r.addresses(), "data_dir": str(data)}
 
 
 def with_suppress_kill(proc: subprocess.Popen[bytes]) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support import Runed
+from tests.harness import Runed, RunedFactory
 
 
 def _pem_key(key: Any) -> bytes:
@@ -57,7 +57,8 @@ class PKI:
         return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
-def start_tls(runed_factory: type[Runed], tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
+def start_tls(runed_factory: RunedFactory, tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
+    """A runed serving TLS with a certificate from ``pki`` (and requiring client certificates if ``client_ca``)."""
     key, cert = pki.issue("runed", server=True)
     (tmp_path / "server.key").write_bytes(key)
     (tmp_path / "server.crt").write_bytes(cert)
@@ -71,4 +72,4 @@ def start_tls(runed_factory: type[Runed], tmp_path: Path, pki: PKI, *, client_ca
         # grpcio can only require-and-verify client certificates or not ask for them at all.
         tls.update(client_ca_file=str(tmp_path / "clients-ca.crt"), require_client_cert=True)
     (tmp_path / "runefile.yaml").write_text(yaml.safe_dump({"server": {"tls": tls}}))
-    return runed_factory(data_dir=tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")]).start()
+    return runed_factory(tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import Rune
+from tests.e2e.rune import Rune
 
 BAD_YAML = "service:\n  name: web\n  image: [unclosed\n"
 UNKNOWN_KEY = "service:\n  name: web\n  image: nginx\n  replicas: 3\n"

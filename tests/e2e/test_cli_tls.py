@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import Rune
+from tests.e2e.rune import Rune
+from tests.harness import RunedFactory
 from tests.pki import PKI, start_tls
-from tests.support import Runed
 
 
 def test_login_and_use_over_mutual_tls(
-    runed_factory: type[Runed], rune_factory: Callable[[str], Rune], tmp_path: Path
+    runed_factory: RunedFactory, rune_factory: Callable[[str], Rune], tmp_path: Path
 ) -> None:
     pki = PKI()
     server = start_tls(runed_factory, tmp_path, pki, client_ca=True)

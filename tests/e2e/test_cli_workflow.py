@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 import runed
-from tests.e2e.conftest import Rune, rune_command
-from tests.support import Runed, eventually
+from tests.e2e.rune import Rune, rune_command
+from tests.harness import Runed
+from tests.support import eventually
 
 PY = sys.executable
 # A service that logs its config and secret-derived env, then a counter line every 0.2 s.

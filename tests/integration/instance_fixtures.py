@@ -1,9 +1,8 @@
-"""Helpers for logs/exec tests: API roles alone, instance records, and log files in the shim's format."""
+"""Helpers for logs/exec tests (with an API role alone, no controller): instance records and shim-format log files."""
 
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,46 +12,6 @@ from runed.logs.files import LOG_NAME
 from runed.logs.timeparse import format_ns
 from runed.store.base import iter_all
 from runed.store.sqlite import open_store
-from tests.support import Runed
-
-
-@dataclass
-class RoleProcess(Runed):
-    """One runed role (``runed serve --role X``) without the controller, so the test owns instances."""
-
-    role: str = "grpc"
-    _address: str = ""
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "runed",
-            "serve",
-            "--role",
-            self.role,
-            "--data-dir",
-            str(self.data_dir),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            *self.args,
-        ]
-
-    def ready(self) -> bool:
-        marker = self.data_dir / "run" / f"{self.role}.json"
-        if not marker.exists():
-            return False
-        try:
-            self._address = str(json.loads(marker.read_text())["address"])
-        except (ValueError, KeyError):
-            return False
-        return True
-
-    def address(self, role: str) -> str:
-        assert role == self.role, f"this process serves {self.role}, not {role}"
-        return self._address
 
 
 class LogWriter:

@@ -1,22 +1,24 @@
-"""Helpers for orchestration tests: a runed with fast controller settings, programs to cast, store reads."""
+"""Helpers for orchestration tests: a runed with fast controller settings, programs to cast, store reads.
+
+The fixtures built on them (``shared_orch``, ``orch``, ``own_orch``) live in ``tests/integration/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
+import json
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
-from rune.api import admin_pb2, admin_pb2_grpc, common_pb2, service_pb2, service_pb2_grpc
+from rune.api import common_pb2, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore
-from tests.support import Runed, eventually
+from tests.harness import Runed
+from tests.support import Metadata, bootstrap_metadata, eventually
 
 # Short periods and back-offs keep every test a few seconds long.
 RUNEFILE = """
@@ -73,13 +75,25 @@ STUBBORN = textwrap.dedent(
 )
 
 
+def runefile_args(tmp: Path, extra: str = "") -> list[str]:
+    """Write RUNEFILE (plus ``extra`` lines under ``controller:``) into ``tmp``: the runed flags that load it."""
+    cfg = tmp / "runefile.yaml"
+    cfg.write_text(RUNEFILE + extra)
+    return ["--config", str(cfg)]
+
+
 @dataclass
 class Orch:
     """A running runed plus an authenticated ServiceService stub and a read-only view of its store."""
 
     runed: Runed
-    auth: list[tuple[str, str]]
+    auth: Metadata
     tmp: Path
+
+    @classmethod
+    def on(cls, runed: Runed, tmp: Path) -> Orch:
+        """Orchestration helpers over a started ``runed``, with a root token bootstrapped over gRPC."""
+        return cls(runed, bootstrap_metadata(runed.channel()), tmp)
 
     @property
     def services(self) -> service_pb2_grpc.ServiceServiceStub:
@@ -144,62 +158,7 @@ class Orch:
         eventually(empty, timeout=20, what="every service deleted")
 
     def log_lines(self, inst: dict[str, Any]) -> list[str]:
-        import json
-
         path = Path(inst["log_dir"]) / "log.jsonl"
         if not path.exists():
             return []
         return [json.loads(line)["line"] for line in path.read_text().splitlines() if line.strip()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
-    except OSError:
-        # Gone between the two checks (reading a vanished /proc entry raises ESRCH).
-        return False
-    return "Z" not in state
-
-
-def bootstrap(r: Runed) -> list[tuple[str, str]]:
-    resp = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
-    return [("authorization", f"Bearer {resp.token_secret}")]
-
-
-@pytest.fixture(scope="module")
-def shared_orch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orch]:
-    """One runed per test module: starting runed dominates a test's time, services are per test."""
-    tmp = tmp_path_factory.mktemp("orch")
-    cfg = tmp / "runefile.yaml"
-    cfg.write_text(RUNEFILE)
-    r = Runed(data_dir=tmp / "data", args=["--config", str(cfg)])
-    try:
-        r.start()
-        yield Orch(r, bootstrap(r), tmp)
-    finally:
-        r.stop()
-
-
-@pytest.fixture(name="orch")
-def orch_per_module(shared_orch: Orch) -> Iterator[Orch]:
-    """``orch`` on the module's runed (import with ``shared_orch``); every service a test cast is
-    deleted (instances killed) afterwards."""
-    yield shared_orch
-    shared_orch.clear()
-
-
-@pytest.fixture
-def orch(runed_factory: type[Runed], tmp_path: Path) -> Iterator[Orch]:
-    """A runed of the test's own, for tests that kill or restart it."""
-    cfg = tmp_path / "runefile.yaml"
-    cfg.write_text(RUNEFILE)
-    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
-    yield Orch(r, bootstrap(r), tmp_path)
-
-
-def code_of(e: grpc.RpcError) -> grpc.StatusCode:
-    return e.code()  # type: ignore[no-any-return]

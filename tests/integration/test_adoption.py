@@ -8,17 +8,18 @@ import signal
 from pathlib import Path
 
 from rune.api import common_pb2
-from tests.integration.orch import SERVER, Orch, alive, orch
-from tests.support import Runed, eventually
+from tests.harness import RunedFactory
+from tests.integration.orch import SERVER, Orch
+from tests.support import alive, eventually
 
-__all__ = ["orch"]
 
-
-def test_kill9_restart_readopts_without_duplicates(orch: Orch, runed_factory: type[Runed]) -> None:
-    orch.cast("keep", orch.program("server", SERVER), ports=[common_pb2.ServicePort(name="http", port=80)], scale=3)
-    before = eventually(lambda: orch.running("keep", 3), timeout=20)
-    eventually(lambda: all("started" in orch.log_lines(i) for i in before), what="programs printed their start")
-    first = orch.runed
+def test_kill9_restart_readopts_without_duplicates(own_orch: Orch, runed_factory: RunedFactory) -> None:
+    own_orch.cast(
+        "keep", own_orch.program("server", SERVER), ports=[common_pb2.ServicePort(name="http", port=80)], scale=3
+    )
+    before = eventually(lambda: own_orch.running("keep", 3), timeout=20)
+    eventually(lambda: all("started" in own_orch.log_lines(i) for i in before), what="programs printed their start")
+    first = own_orch.runed
     assert first.proc is not None
     # kill -9 of runed's whole process group: supervisor and every role at once.
     os.killpg(first.proc.pid, signal.SIGKILL)
@@ -28,11 +29,11 @@ def test_kill9_restart_readopts_without_duplicates(orch: Orch, runed_factory: ty
     victim = before[1]
     os.killpg(victim["pid"], signal.SIGKILL)
     eventually(lambda: not alive(victim["pid"]))
-    second = runed_factory(data_dir=first.data_dir, args=first.args).start()
-    orch.runed = second
+    second = runed_factory(first.data_dir, args=first.args)
+    own_orch.runed = second
 
     def converged() -> list[dict[str, object]]:
-        insts = orch.running("keep", 3)
+        insts = own_orch.running("keep", 3)
         by_id = {i["id"]: i for i in insts}
         assert set(by_id) == {i["id"] for i in before}, "same instance records, none added"
         assert by_id[victim["id"]]["restart_count"] == 1 and by_id[victim["id"]]["pid"] != victim["pid"]
@@ -45,7 +46,7 @@ def test_kill9_restart_readopts_without_duplicates(orch: Orch, runed_factory: ty
             assert a["pid"] == b["pid"] and a["restart_count"] == 0, "re-adopted, not restarted"
     # Exactly one process per instance: no duplicates started behind the records' backs.
     programs = [
-        p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(str(orch.tmp / "server.py"))
+        p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(str(own_orch.tmp / "server.py"))
     ]
     assert len(programs) == 3, [_cmdline(p) for p in programs]
     # The restarted instance's log keeps counting: seq never goes back.

@@ -28,7 +28,8 @@ from rune.api import (
     service_pb2,
     service_pb2_grpc,
 )
-from tests.support import Runed, eventually, run_cli
+from tests.harness import Runed, RunedFactory, run_cli, run_runed
+from tests.support import eventually
 
 Metadata = list[tuple[str, str]]
 
@@ -62,13 +63,9 @@ def write_runefile(path: Path, tree: dict[str, object]) -> Path:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, Metadata]]:
     """One runed for the tests that only add objects of their own (each uses distinct names)."""
-    r = Runed(data_dir=tmp_path_factory.mktemp("auth-shared") / "data")
-    try:
-        r.start()
+    with run_runed(tmp_path_factory.mktemp("auth-shared") / "data") as r:
         stub = admin_pb2_grpc.AdminServiceStub(r.channel())
         yield r, bearer(stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret)
-    finally:
-        r.stop()
 
 
 # -- bootstrap ----------------------------------------------------------------------------------
@@ -370,9 +367,9 @@ def test_audit_records_mutations_and_secret_reads_for_admins_only(runed: Runed, 
 
 
 # -- rate limits --------------------------------------------------------------------------------
-def test_rate_limit_per_token_with_retry_info(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_rate_limit_per_token_with_retry_info(runed_factory: RunedFactory, tmp_path: Path) -> None:
     cfg = write_runefile(tmp_path / "runefile.yaml", {"auth": {"rate_limit": {"requests_per_second": 0.5, "burst": 3}}})
-    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    r = runed_factory(tmp_path / "data", args=["--config", str(cfg)])
     admin = admin_pb2_grpc.AdminServiceStub(r.channel())
     root = bearer(admin.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret)
     who = auth_pb2_grpc.AuthServiceStub(r.channel()).WhoAmI
@@ -408,13 +405,13 @@ def _non_loopback_ipv4() -> str | None:
 
 @pytest.mark.parametrize("allow_remote", [False, True])
 def test_bootstrap_from_a_remote_peer_needs_allow_remote_admin(
-    runed_factory: type[Runed], tmp_path: Path, allow_remote: bool
+    runed_factory: RunedFactory, tmp_path: Path, allow_remote: bool
 ) -> None:
     ip = _non_loopback_ipv4()
     if ip is None:
         pytest.skip("no non-loopback IPv4 address on this host")
     env = {"RUNE_AUTH_ALLOW_REMOTE_ADMIN": "true"} if allow_remote else {}
-    r = runed_factory(data_dir=tmp_path / "data", args=["--grpc-addr", f"{ip}:0"], env=env).start()
+    r = runed_factory(tmp_path / "data", args=["--grpc-addr", f"{ip}:0"], env=env)
     with grpc.insecure_channel(r.grpc_target) as ch:
         code, details = code_of(admin_pb2_grpc.AdminServiceStub(ch).AdminBootstrap, admin_pb2.AdminBootstrapRequest())
     if allow_remote:

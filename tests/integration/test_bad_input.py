@@ -31,7 +31,7 @@ from rune.api import (
     service_pb2_grpc,
 )
 from runed.pipeline import methods
-from tests.support import Runed
+from tests.harness import Runed, run_runed
 
 REQUESTS_PER_METHOD = 24
 STREAM_REQUESTS_PER_METHOD = 6
@@ -225,13 +225,9 @@ def hostile_requests(method: methods.Method, count: int) -> Iterator[message.Mes
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, list[tuple[str, str]]]]:
     """One runed for the module, without the per-token rate limit so every request reaches its handler."""
     tmp = tmp_path_factory.mktemp("bad-input")
-    r = Runed(data_dir=tmp / "data", env={"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"})
-    try:
-        r.start()
+    with run_runed(tmp / "data", env={"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"}) as r:
         resp = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
         yield r, [("authorization", f"Bearer {resp.token_secret}")]
-    finally:
-        r.stop()
 
 
 def _describe(method: methods.Method, req: message.Message) -> str:

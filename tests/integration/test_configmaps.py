@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from rune.api import configmap_pb2, configmap_pb2_grpc
-from tests.integration.test_namespaces import bad_request_fields
-from tests.support import Runed
+from tests.harness import Runed
+from tests.support import bad_request_fields
 
 Metadata = list[tuple[str, str]]
 

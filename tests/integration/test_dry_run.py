@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from rune.api import admin_pb2, admin_pb2_grpc, namespace_pb2, namespace_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore, open_store
-from tests.support import Runed
+from tests.harness import Runed
 
 Auth = list[tuple[str, str]]
 

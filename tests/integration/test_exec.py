@@ -5,42 +5,39 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from rune.api import exec_pb2, exec_pb2_grpc
 from runed.store.sqlite import open_store
-from tests.integration.instance_fixtures import Instances, RoleProcess
-from tests.support import bootstrap_metadata, eventually
+from tests.harness import Runed, run_runed
+from tests.integration.instance_fixtures import Instances
+from tests.support import alive, bootstrap_metadata, eventually
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runed]:
     tmp_path = tmp_path_factory.mktemp("api")
     data = tmp_path / "data"
     data.mkdir()
     (data / "runefile.yaml").write_text("exec:\n  max_sessions_per_instance: 2\n  timeout_seconds: 3\n")
-    p = RoleProcess(data_dir=data, role="grpc")
-    try:
-        yield p.start()
-    finally:
-        p.stop()
+    with run_runed(data, role="grpc") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def stub(api: RoleProcess) -> exec_pb2_grpc.ExecServiceStub:
+def stub(api: Runed) -> exec_pb2_grpc.ExecServiceStub:
     return exec_pb2_grpc.ExecServiceStub(api.channel())
 
 
 @pytest.fixture(scope="module")
-def md(api: RoleProcess) -> list[tuple[str, str]]:
+def md(api: Runed) -> list[tuple[str, str]]:
     return bootstrap_metadata(api.channel())
 
 
 @pytest.fixture
-def inst(api: RoleProcess) -> tuple[Instances, str]:
+def inst(api: Runed) -> tuple[Instances, str]:
     insts = Instances(api.data_dir).reset()
     insts.add("web", 1, env={"GREETING": "from-instance"})
     iid = insts.add("web", 0, env={"GREETING": "from-instance"})
@@ -102,7 +99,7 @@ def test_echo_through_stdin_and_close(stub: exec_pb2_grpc.ExecServiceStub, md: l
     assert any(iid in m for m in s.statuses)
 
 
-def test_env_working_dir_and_separate_streams(stub, md, inst, api: RoleProcess) -> None:
+def test_env_working_dir_and_separate_streams(stub, md, inst, api: Runed) -> None:
     _, iid = inst
     (api.data_dir / "instances" / iid / "work" / "sub").mkdir()
     s = Session(
@@ -133,7 +130,7 @@ def test_exit_codes(stub, md, inst, command: list[str], code: int) -> None:
         assert b"not found" in s.stderr
 
 
-def test_not_executable_is_126(stub, md, inst, api: RoleProcess) -> None:
+def test_not_executable_is_126(stub, md, inst, api: Runed) -> None:
     _, iid = inst
     script = api.data_dir / "instances" / iid / "work" / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
@@ -172,25 +169,17 @@ def test_tty_with_resize(stub, md, inst) -> None:
     assert s.stderr == b""  # one merged stream under a TTY
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
 def test_disconnect_kills_the_command(stub, md, inst) -> None:
     s = Session(stub, md, service_name="web", command=["sh", "-c", "sleep 60 & echo $!; wait"])
     s.read_until(lambda s: s.stdout.endswith(b"\n"))
     pid = int(s.stdout.split()[0])
-    assert not _gone(pid)
+    assert alive(pid)
     s.call.cancel()
     s.q.put(None)
-    eventually(lambda: _gone(pid), timeout=5, what="the exec child is killed with its session")
+    eventually(lambda: not alive(pid), timeout=5, what="the exec child is killed with its session")
 
 
-def test_session_limit_timeout_and_audit(stub, md, inst, api: RoleProcess) -> None:
+def test_session_limit_timeout_and_audit(stub, md, inst, api: Runed) -> None:
     _, iid = inst
     a = Session(stub, md, instance_id=iid, command=["sleep", "30"], env={"SECRET_TOKEN": "hunter2"})
     b = Session(stub, md, instance_id=iid, command=["sleep", "30"])

@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, exec_pb2, exec_pb2_grpc
-from tests.integration.instance_fixtures import Instances, RoleProcess
+from tests.harness import Runed, RunedFactory, run_runed
+from tests.integration.instance_fixtures import Instances
 
 
 class FakeEngine:
@@ -131,26 +132,23 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeEngine]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, engine: FakeEngine) -> Iterator[RoleProcess]:
+def api(tmp_path_factory: pytest.TempPathFactory, engine: FakeEngine) -> Iterator[Runed]:
     data = tmp_path_factory.mktemp("api") / "data"
     data.mkdir()
     (data / "runefile.yaml").write_text(f"docker:\n  socket: {engine.path}\n  api_version: '1.43'\n")
-    p = RoleProcess(data_dir=data, role="grpc")
-    try:
-        yield p.start()
-    finally:
-        p.stop()
+    with run_runed(data, role="grpc") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def token(api: RoleProcess) -> str:
+def token(api: Runed) -> str:
     return str(
         admin_pb2_grpc.AdminServiceStub(api.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
     )
 
 
 def _run(
-    api: RoleProcess, token: str, init: exec_pb2.ExecInitRequest, *more: exec_pb2.ExecRequest
+    api: Runed, token: str, init: exec_pb2.ExecInitRequest, *more: exec_pb2.ExecRequest
 ) -> tuple[bytes, bytes, int]:
     stub = exec_pb2_grpc.ExecServiceStub(api.channel())
     out, err, code = b"", b"", -1
@@ -163,7 +161,7 @@ def _run(
     return out, err, code
 
 
-def test_docker_exec_streams_stdin_stdout_stderr_and_exit(api: RoleProcess, token: str, engine: FakeEngine) -> None:
+def test_docker_exec_streams_stdin_stdout_stderr_and_exit(api: Runed, token: str, engine: FakeEngine) -> None:
     insts = Instances(api.data_dir).reset()
     insts.add("box", 0, runner="container", container_id="c1")
     init = exec_pb2.ExecInitRequest(
@@ -174,7 +172,7 @@ def test_docker_exec_streams_stdin_stdout_stderr_and_exit(api: RoleProcess, toke
     assert engine.execs["e0"]["spec"]["Cmd"][0] == "sh"
 
 
-def test_docker_exec_errors(api: RoleProcess, token: str, engine: FakeEngine) -> None:
+def test_docker_exec_errors(api: Runed, token: str, engine: FakeEngine) -> None:
     insts = Instances(api.data_dir).reset()
     insts.add("gone", 0, runner="container", container_id="nope")
     insts.add("new", 0, runner="container")
@@ -184,19 +182,13 @@ def test_docker_exec_errors(api: RoleProcess, token: str, engine: FakeEngine) ->
         assert e.value.code() == code, service
 
 
-def test_docker_exec_without_an_engine_is_unavailable(tmp_path: Path) -> None:
+def test_docker_exec_without_an_engine_is_unavailable(tmp_path: Path, runed_factory: RunedFactory) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "runefile.yaml").write_text(f"docker:\n  socket: {tmp_path / 'missing.sock'}\n")
-    p = RoleProcess(data_dir=data, role="grpc")
-    try:
-        p.start()
-        Instances(data).add("box", 0, runner="container", container_id="c1")
-        tok = (
-            admin_pb2_grpc.AdminServiceStub(p.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
-        )
-        with pytest.raises(grpc.RpcError) as e:
-            _run(p, tok, exec_pb2.ExecInitRequest(service_name="box", command=["true"]))
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        p.stop()
+    p = runed_factory(data, role="grpc")
+    Instances(data).add("box", 0, runner="container", container_id="c1")
+    tok = admin_pb2_grpc.AdminServiceStub(p.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
+    with pytest.raises(grpc.RpcError) as e:
+        _run(p, tok, exec_pb2.ExecInitRequest(service_name="box", command=["true"]))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -10,30 +10,26 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.integration.instance_fixtures import Instances, RoleProcess
-from tests.integration.test_exec import _gone
-from tests.integration.test_logs_rest import sse_events
-from tests.support import eventually
+from tests.harness import Runed, run_runed
+from tests.integration.instance_fixtures import Instances
+from tests.support import alive, eventually, sse_events
 
 
 @pytest.fixture(scope="module")
-def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
-    p = RoleProcess(data_dir=tmp_path_factory.mktemp("rest") / "data", role="rest")
-    try:
-        yield p.start()
-    finally:
-        p.stop()
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runed]:
+    with run_runed(tmp_path_factory.mktemp("rest") / "data", role="rest") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def token(rest: RoleProcess) -> str:
+def token(rest: Runed) -> str:
     r = httpx.post("http://" + rest.address("rest") + "/rune.api.AdminService/AdminBootstrap", json={})
     assert r.status_code == 200, r.text
     return str(r.json()["tokenSecret"])
 
 
 @pytest.fixture(scope="module")
-def client(rest: RoleProcess, token: str) -> Iterator[httpx.Client]:
+def client(rest: Runed, token: str) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url="http://" + rest.address("rest"), timeout=20, headers={"authorization": f"Bearer {token}"}
     ) as c:
@@ -41,7 +37,7 @@ def client(rest: RoleProcess, token: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def iid(rest: RoleProcess) -> str:
+def iid(rest: Runed) -> str:
     insts = Instances(rest.data_dir).reset()
     return insts.add("web", 0, env={"GREETING": "hi"})
 
@@ -92,7 +88,7 @@ def test_session_errors(client: httpx.Client, iid: str) -> None:
     assert anon.status_code == 401
 
 
-def test_websocket_tty_resize_and_disconnect(rest: RoleProcess, token: str, iid: str) -> None:
+def test_websocket_tty_resize_and_disconnect(rest: Runed, token: str, iid: str) -> None:
     url = f"ws://{rest.address('rest')}/v1/namespaces/default/exec/web/ws"
     with connect(url, additional_headers={"authorization": f"Bearer {token}"}) as ws:
         ws.send(
@@ -123,11 +119,11 @@ def test_websocket_tty_resize_and_disconnect(rest: RoleProcess, token: str, iid:
         while not out.endswith(b"\n"):
             out += base64.b64decode(json.loads(ws.recv(timeout=10)).get("stdout", ""))
         pid = int(out.split()[0])
-        assert not _gone(pid)
-    eventually(lambda: _gone(pid), timeout=5, what="the command dies with its WebSocket")
+        assert alive(pid)
+    eventually(lambda: not alive(pid), timeout=5, what="the command dies with its WebSocket")
 
 
-def test_websocket_token_as_subprotocol(rest: RoleProcess, token: str, iid: str) -> None:
+def test_websocket_token_as_subprotocol(rest: Runed, token: str, iid: str) -> None:
     url = f"ws://{rest.address('rest')}/v1/namespaces/default/exec/web/ws"
     with connect(url, subprotocols=["rune.exec.v1", f"bearer.{token}"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "rune.exec.v1"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import socket
@@ -18,7 +16,8 @@ import httpx
 import pytest
 
 from runed.pipeline import methods
-from tests.support import Runed, eventually
+from tests.harness import Runed, RunedFactory
+from tests.support import eventually, rest_bootstrapped_runed
 
 # Streams never end on their own, services and exec start real processes from random input, and
 # a revoked root token would turn the rest of the run into 401s.
@@ -28,15 +27,8 @@ SKIPPED_OPERATIONS = r"(Watch|Stream)\w*$|^ServiceService_(Create|Update|Scale|R
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
     """One runed for the module, bootstrapped over REST."""
-    tmp = tmp_path_factory.mktemp("gateway-ops")
-    r = Runed(data_dir=tmp / "data")
-    try:
-        r.start()
-        resp = httpx.post(r.http_base + "/v1/admin:bootstrap", json={}, timeout=10)
-        assert resp.status_code == 200, resp.text
-        yield r, resp.json()["tokenSecret"]
-    finally:
-        r.stop()
+    with rest_bootstrapped_runed(tmp_path_factory.mktemp("gateway-ops")) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -59,55 +51,25 @@ def test_healthz_readyz_livez_version(http: httpx.Client) -> None:
     assert "protobuf" in v and "git_commit" in v
 
 
-def _rest_alone(data: Path, http_addr: str = "127.0.0.1:0") -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runed", "--data-dir", str(data), "--http-addr", http_addr, "serve", "--role", "rest"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+def test_readyz_names_the_failing_check_when_grpc_is_down(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    rest = runed_factory(tmp_path / "data", role="rest", timeout=20)
+    r = httpx.get(rest.http_base + "/readyz", timeout=10)
+    assert r.status_code == 503
+    assert r.json()["failing"] == ["grpc"]
+    assert httpx.get(rest.http_base + "/healthz", timeout=10).status_code == 200
+    rest.signal(signal.SIGTERM)
+    assert rest.wait(20) == 0
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate(timeout=10)
-
-
-def test_readyz_names_the_failing_check_when_grpc_is_down(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    proc = _rest_alone(data)
-    try:
-        marker = data / "run" / "rest.json"
-        eventually(lambda: marker.exists() or proc.poll() is not None, timeout=20, what="rest role ready")
-        assert proc.poll() is None
-        base = "http://" + json.loads(marker.read_text())["address"]
-        r = httpx.get(base + "/readyz", timeout=10)
-        assert r.status_code == 503
-        assert r.json()["failing"] == ["grpc"]
-        assert httpx.get(base + "/healthz", timeout=10).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        _kill(proc)
-
-
-def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen(1)
-    port = busy.getsockname()[1]
-    proc = _rest_alone(tmp_path / "data", f"127.0.0.1:{port}")
-    try:
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 78
-        lines = [ln for ln in err.decode().splitlines() if "runed:" in ln]
-        assert lines == [f"runed: cannot listen on 127.0.0.1:{port}: address already in use"]
-    finally:
-        busy.close()
-        _kill(proc)
+def test_port_in_use_is_one_clear_line(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        rest = runed_factory(tmp_path / "data", role="rest", args=["--http-addr", f"127.0.0.1:{port}"], ready=False)
+        assert rest.wait(30) == 78
+    lines = [ln for ln in rest.output().splitlines() if "runed:" in ln]
+    assert lines == [f"runed: cannot listen on 127.0.0.1:{port}: address already in use"]
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

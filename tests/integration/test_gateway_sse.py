@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Runed, eventually, rest_bootstrapped_runed
+from tests.harness import Runed, RunedFactory
+from tests.support import eventually, rest_bootstrapped_runed
 
 
 @dataclass
@@ -179,11 +180,11 @@ def test_watch_via_rpc_style_route_is_sse_too(gw: tuple[Runed, str]) -> None:
             assert len(take(events(s.iter_lines()), 2)) == 2
 
 
-def test_stopping_runed_ends_open_streams_promptly(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_stopping_runed_ends_open_streams_promptly(runed_factory: RunedFactory, tmp_path: Path) -> None:
     import signal
     import time
 
-    r = runed_factory(data_dir=tmp_path / "data").start()
+    r = runed_factory(tmp_path / "data")
     with httpx.Client(base_url=r.http_base, timeout=10) as c:
         token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
         with c.stream("GET", "/v1/namespaces:watch", headers=headers(token)) as s:
@@ -194,8 +195,7 @@ def test_stopping_runed_ends_open_streams_promptly(runed_factory: type[Runed], t
             last = next(evs)
             assert last.event == "error"
             assert last.data["code"] == 14  # UNAVAILABLE: reconnect
-    assert r.proc is not None
-    assert r.proc.wait(15) == 0
+    assert r.wait(15) == 0
     # Well inside the 10 s grace: the stream did not hold the shutdown.
     assert time.monotonic() - started < 8
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.harness import Runed, RunedFactory
 from tests.pki import PKI
-from tests.support import Runed
 
 
 class TLSRuned:
@@ -36,7 +36,7 @@ class TLSRuned:
         return httpx.Client(base_url=self.base, verify=ctx, headers=headers, timeout=5)
 
 
-def start(runed_factory: type[Runed], tmp: Path, *, client_ca: bool, require: bool = False) -> TLSRuned:
+def start(runed_factory: RunedFactory, tmp: Path, *, client_ca: bool, require: bool = False) -> TLSRuned:
     pki = PKI()
     key, cert = pki.issue("runed", server=True)
     (tmp / "server.key").write_bytes(key)
@@ -50,7 +50,7 @@ def start(runed_factory: type[Runed], tmp: Path, *, client_ca: bool, require: bo
     if client_ca:
         tls.update(client_ca_file=str(tmp / "clients-ca.crt"), require_client_cert=require)
     (tmp / "runefile.yaml").write_text(yaml.safe_dump({"server": {"tls": tls}}))
-    r = runed_factory(data_dir=tmp / "data", args=["--config", str(tmp / "runefile.yaml")]).start()
+    r = runed_factory(tmp / "data", args=["--config", str(tmp / "runefile.yaml")])
     t = TLSRuned(r, pki, tmp)
     with t.client() as c:
         resp = c.post("/v1/admin:bootstrap", json={})
@@ -63,7 +63,7 @@ def start(runed_factory: type[Runed], tmp: Path, *, client_ca: bool, require: bo
 
 
 @pytest.fixture
-def optional_ca(runed_factory: type[Runed], tmp_path: Path) -> Iterator[TLSRuned]:
+def optional_ca(runed_factory: RunedFactory, tmp_path: Path) -> Iterator[TLSRuned]:
     yield start(runed_factory, tmp_path, client_ca=True)
 
 
@@ -107,7 +107,7 @@ def test_without_a_client_certificate_a_bearer_token_still_works(optional_ca: TL
         assert c.get("/v1/auth/whoami").json()["subjectName"] == "root"
 
 
-def test_required_client_certificate(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_required_client_certificate(runed_factory: RunedFactory, tmp_path: Path) -> None:
     t = start_required(runed_factory, tmp_path)
     with pytest.raises(httpx.TransportError), t.client(token=t.root) as c:
         c.get("/v1/auth/whoami")
@@ -115,19 +115,19 @@ def test_required_client_certificate(runed_factory: type[Runed], tmp_path: Path)
         assert c.get("/v1/auth/whoami").json()["subjectName"] == "alice"
 
 
-def start_required(runed_factory: type[Runed], tmp: Path) -> TLSRuned:
+def start_required(runed_factory: RunedFactory, tmp: Path) -> TLSRuned:
     """Bootstrap needs a connection, so the server is first started with the CA optional, then required."""
     t = start(runed_factory, tmp, client_ca=True)
     t.runed.stop()
     cfg = yaml.safe_load((tmp / "runefile.yaml").read_text())
     cfg["server"]["tls"]["require_client_cert"] = True
     (tmp / "runefile.yaml").write_text(yaml.safe_dump(cfg))
-    r = runed_factory(data_dir=tmp / "data", args=["--config", str(tmp / "runefile.yaml")]).start()
+    r = runed_factory(tmp / "data", args=["--config", str(tmp / "runefile.yaml")])
     return TLSRuned(r, t.pki, tmp)
 
 
 def test_without_a_client_ca_a_presented_certificate_is_not_an_identity(
-    runed_factory: type[Runed], tmp_path: Path
+    runed_factory: RunedFactory, tmp_path: Path
 ) -> None:
     t = start(runed_factory, tmp_path, client_ca=False)
     with t.client(cert=t.pki.issue("alice")) as c:

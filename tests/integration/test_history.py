@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
-from tests.support import Runed
+from tests.harness import Runed, RunedFactory
 
 Auth = list[tuple[str, str]]
 
@@ -71,15 +71,11 @@ def test_rollback_restores_a_spec_as_a_new_revision_and_keeps_scale(api_runed: R
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_retention_keeps_the_configured_number_of_revisions(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_retention_keeps_the_configured_number_of_revisions(runed_factory: RunedFactory, tmp_path: Path) -> None:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text("history:\n  revisions: 3\n")
 
-    class _ApiOnly(runed_factory):  # type: ignore[valid-type,misc]
-        def ready(self) -> bool:
-            return (self.data_dir / "run" / "grpc.json").exists()
-
-    r = _ApiOnly(data_dir=tmp_path / "d", args=["--config", str(cfg), "serve", "--role", "grpc"]).start()
+    r = runed_factory(tmp_path / "d", args=["--config", str(cfg)], role="grpc")
     token = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
     auth = [("authorization", f"Bearer {token.token_secret}")]
     stub = service_pb2_grpc.ServiceServiceStub(r.channel())

@@ -13,7 +13,7 @@ import pytest
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.model import objects
 from runed.store.sqlite import SQLiteStore, open_store
-from tests.support import Runed
+from tests.harness import Runed
 
 Auth = list[tuple[str, str]]
 

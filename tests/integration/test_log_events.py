@@ -11,10 +11,8 @@ from pathlib import Path
 import grpc
 
 from rune.api import common_pb2, logs_pb2, logs_pb2_grpc
-from tests.integration.orch import EXITER, SERVER, Orch, orch_per_module, shared_orch
+from tests.integration.orch import EXITER, SERVER, Orch
 from tests.support import eventually
-
-__all__ = ["orch_per_module", "shared_orch"]
 
 # Kills itself with SIGKILL: an exit by signal, not by code.
 SELF_KILLER = textwrap.dedent(

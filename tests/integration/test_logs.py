@@ -11,36 +11,34 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rune.api import admin_pb2, admin_pb2_grpc, logs_pb2, logs_pb2_grpc
+from rune.api import logs_pb2, logs_pb2_grpc
 from runed.logs.timeparse import format_ns
-from tests.integration.instance_fixtures import Instances, RoleProcess
+from tests.harness import Runed, RunedFactory, run_runed
+from tests.integration.instance_fixtures import Instances
 from tests.support import bootstrap_metadata, eventually
 
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed past instant: history lines get exact timestamps
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runed]:
     tmp_path = tmp_path_factory.mktemp("api")
-    p = RoleProcess(data_dir=tmp_path / "data", role="grpc")
-    try:
-        yield p.start()
-    finally:
-        p.stop()
+    with run_runed(tmp_path / "data", role="grpc") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def stub(api: RoleProcess) -> logs_pb2_grpc.LogServiceStub:
+def stub(api: Runed) -> logs_pb2_grpc.LogServiceStub:
     return logs_pb2_grpc.LogServiceStub(api.channel())
 
 
 @pytest.fixture(scope="module")
-def md(api: RoleProcess) -> list[tuple[str, str]]:
+def md(api: Runed) -> list[tuple[str, str]]:
     return bootstrap_metadata(api.channel())
 
 
 @pytest.fixture
-def web(api: RoleProcess) -> Instances:
+def web(api: Runed) -> Instances:
     """Service "web" with three instances whose lines interleave in time (i*10 + k ms)."""
     insts = Instances(api.data_dir).reset()
     for k in range(3):
@@ -202,27 +200,15 @@ def test_parameter_update_changes_filter_and_ends_follow(stub, md, web: Instance
     c.q.put(None)
 
 
-def test_cancel_ends_the_server_side_stream(tmp_path: Path) -> None:
-    p = RoleProcess(data_dir=tmp_path / "dbg", role="grpc", args=["--log-level", "debug"])
-    try:
-        p.start()
-        md = [
-            (
-                "authorization",
-                "Bearer "
-                + admin_pb2_grpc.AdminServiceStub(p.channel())
-                .AdminBootstrap(admin_pb2.AdminBootstrapRequest())
-                .token_secret,
-            )
-        ]
-        insts = Instances(p.data_dir)
-        iid = insts.add("web", 0)
-        insts.writers[iid].write("one")
-        c = Call(logs_pb2_grpc.LogServiceStub(p.channel()), md, resource_target="web", follow=True)
-        assert contents(c.take(1)) == ["one"]
-        assert "LogService/StreamLogs CANCELLED" not in p.output()
-        c.cancel()
-        # The handler, its store watch and its file followers are gone as soon as the client is.
-        eventually(lambda: "LogService/StreamLogs CANCELLED" in p.output(), timeout=5, what="the stream finishes")
-    finally:
-        p.stop()
+def test_cancel_ends_the_server_side_stream(tmp_path: Path, runed_factory: RunedFactory) -> None:
+    p = runed_factory(tmp_path / "dbg", role="grpc", args=["--log-level", "debug"])
+    md = bootstrap_metadata(p.channel())
+    insts = Instances(p.data_dir)
+    iid = insts.add("web", 0)
+    insts.writers[iid].write("one")
+    c = Call(logs_pb2_grpc.LogServiceStub(p.channel()), md, resource_target="web", follow=True)
+    assert contents(c.take(1)) == ["one"]
+    assert "LogService/StreamLogs CANCELLED" not in p.output()
+    c.cancel()
+    # The handler, its store watch and its file followers are gone as soon as the client is.
+    eventually(lambda: "LogService/StreamLogs CANCELLED" in p.output(), timeout=5, what="the stream finishes")

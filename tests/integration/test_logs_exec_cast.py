@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from rune.api import common_pb2, exec_pb2, exec_pb2_grpc, logs_pb2, logs_pb2_grpc, service_pb2
-from tests.integration.orch import RUNEFILE, Orch, bootstrap
-from tests.support import Runed, eventually
+from tests.harness import RunedFactory
+from tests.integration.orch import Orch, runefile_args
+from tests.support import eventually
 
 # Prints numbered lines (every 4th to stderr), then exits so the controller restarts it.
 CHATTY = textwrap.dedent(
@@ -29,12 +30,10 @@ CHATTY = textwrap.dedent(
 
 
 @pytest.fixture
-def cast(runed_factory: type[Runed], tmp_path: Path) -> Iterator[Orch]:
-    cfg = tmp_path / "runefile.yaml"
+def cast(runed_factory: RunedFactory, tmp_path: Path) -> Iterator[Orch]:
     # Small log files so the shim rotates several times within the test.
-    cfg.write_text(RUNEFILE + "  log_max_bytes: 2048\n  log_backups: 5\n")
-    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
-    o = Orch(r, bootstrap(r), tmp_path)
+    args = runefile_args(tmp_path, "  log_max_bytes: 2048\n  log_backups: 5\n")
+    o = Orch.on(runed_factory(tmp_path / "data", args=args), tmp_path)
     script = o.program("chatty", CHATTY)
     svc = service_pb2.Service(
         name="chatty",

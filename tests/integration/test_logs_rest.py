@@ -9,22 +9,21 @@ import httpx
 import pytest
 
 from runed.logs.timeparse import format_ns
-from tests.integration.instance_fixtures import Instances, RoleProcess
+from tests.harness import Runed, run_runed
+from tests.integration.instance_fixtures import Instances
+from tests.support import sse_events
 
 T0 = 1_700_000_000 * 1_000_000_000
 
 
 @pytest.fixture(scope="module")
-def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleProcess]:
-    p = RoleProcess(data_dir=tmp_path_factory.mktemp("rest") / "data", role="rest")
-    try:
-        yield p.start()
-    finally:
-        p.stop()
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runed]:
+    with run_runed(tmp_path_factory.mktemp("rest") / "data", role="rest") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def client(rest: RoleProcess) -> Iterator[httpx.Client]:
+def client(rest: Runed) -> Iterator[httpx.Client]:
     base = "http://" + rest.address("rest")
     with httpx.Client(base_url=base, timeout=20) as c:
         r = c.post("/rune.api.AdminService/AdminBootstrap", json={})
@@ -34,7 +33,7 @@ def client(rest: RoleProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def web(rest: RoleProcess) -> Instances:
+def web(rest: Runed) -> Instances:
     insts = Instances(rest.data_dir).reset()
     for k in range(2):
         iid = insts.add("web", k)
@@ -49,18 +48,6 @@ def json_lines(r: httpx.Response) -> list[dict]:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/x-ndjson")
     return [json.loads(line) for line in r.text.splitlines() if line]
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    ev: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if "data" in ev:
-                yield ev
-            ev = {}
-        elif not line.startswith(":"):
-            k, _, v = line.partition(": ")
-            ev[k] = v
 
 
 def test_history_as_json_lines(client: httpx.Client, web: Instances) -> None:

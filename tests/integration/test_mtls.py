@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tests.harness import Runed, RunedFactory
 from tests.pki import PKI, start_tls
-from tests.support import Runed
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def code(fn: Any, *args: Any, **kw: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_tls_serves_and_plaintext_is_refused(runed_factory: type[Runed], tmp_path: Path, pki: PKI) -> None:
+def test_tls_serves_and_plaintext_is_refused(runed_factory: RunedFactory, tmp_path: Path, pki: PKI) -> None:
     tls_runed = start_tls(runed_factory, tmp_path, pki, client_ca=False)
     with secure_channel(tls_runed, pki) as ch:
         resp = admin_pb2_grpc.AdminServiceStub(ch).AdminBootstrap(admin_pb2.AdminBootstrapRequest(), timeout=5)
@@ -46,7 +46,7 @@ def test_tls_serves_and_plaintext_is_refused(runed_factory: type[Runed], tmp_pat
 
 
 def test_client_certificate_authenticates_as_the_user_in_its_subject(
-    runed_factory: type[Runed], tmp_path: Path, pki: PKI
+    runed_factory: RunedFactory, tmp_path: Path, pki: PKI
 ) -> None:
     tls_runed = start_tls(runed_factory, tmp_path, pki, client_ca=True)
     # Without a client certificate the handshake fails.

@@ -8,8 +8,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from rune.api import (
     common_pb2,
@@ -20,31 +18,15 @@ from rune.api import (
     secret_pb2,
     secret_pb2_grpc,
 )
-from tests.integration import orch as orch_helpers
-from tests.integration.orch import EXITER, Orch, alive
-from tests.support import Runed, eventually
-
-# The orchestration fixture (a runed with fast controller settings), used by name.
-orch = orch_helpers.orch
+from tests.harness import Runed
+from tests.integration.orch import EXITER, Orch
+from tests.support import alive, bad_request_fields, eventually
 
 Metadata = list[tuple[str, str]]
 
 
 def _ns(runed: Runed) -> namespace_pb2_grpc.NamespaceServiceStub:
     return namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
-
-
-def bad_request_fields(err: grpc.RpcError) -> list[str]:
-    """Field paths from the google.rpc.BadRequest details of an INVALID_ARGUMENT error."""
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    fields: list[str] = []
-    for detail in status.details:
-        br = error_details_pb2.BadRequest()
-        if detail.Unpack(br):
-            fields += [v.field for v in br.field_violations]
-    return fields
 
 
 def test_builtins_exist_and_cannot_be_deleted(runed: Runed, auth: Metadata) -> None:
@@ -221,22 +203,22 @@ def test_auto_created_namespace_and_missing_namespace(runed: Runed, auth: Metada
     assert ns.labels["rune/auto-created"] == "true"
 
 
-def test_forced_delete_stops_what_runs_in_the_namespace(orch: Orch) -> None:
-    ns_stub = namespace_pb2_grpc.NamespaceServiceStub(orch.runed.channel())
+def test_forced_delete_stops_what_runs_in_the_namespace(own_orch: Orch) -> None:
+    ns_stub = namespace_pb2_grpc.NamespaceServiceStub(own_orch.runed.channel())
     ns_stub.CreateNamespace(
-        namespace_pb2.CreateNamespaceRequest(namespace=namespace_pb2.Namespace(name="apps")), metadata=orch.auth
+        namespace_pb2.CreateNamespaceRequest(namespace=namespace_pb2.Namespace(name="apps")), metadata=own_orch.auth
     )
-    orch.cast("sleeper", orch.program("sleeper", EXITER), "0", "120", namespace="apps")
-    insts = eventually(lambda: orch.running("sleeper", 1, "apps"), timeout=20, what="instance running")
+    own_orch.cast("sleeper", own_orch.program("sleeper", EXITER), "0", "120", namespace="apps")
+    insts = eventually(lambda: own_orch.running("sleeper", 1, "apps"), timeout=20, what="instance running")
     pid = insts[0]["pid"]
     assert alive(pid)
 
     with pytest.raises(grpc.RpcError) as e:
-        ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps"), metadata=orch.auth)
+        ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps"), metadata=own_orch.auth)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "1 service" in (e.value.details() or "") and "1 instance" in (e.value.details() or "")
     assert alive(pid)
 
-    ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps", force=True), metadata=orch.auth)
+    ns_stub.DeleteNamespace(namespace_pb2.DeleteNamespaceRequest(name="apps", force=True), metadata=own_orch.auth)
     eventually(lambda: not alive(pid), timeout=20, what="instance process stopped")
-    eventually(lambda: orch.instances("sleeper", "apps") == [], timeout=20, what="instance records removed")
+    eventually(lambda: own_orch.instances("sleeper", "apps") == [], timeout=20, what="instance records removed")

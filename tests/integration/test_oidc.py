@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from rune.api import auth_pb2, auth_pb2_grpc, namespace_pb2, namespace_pb2_grpc
 from runed.core import config
-from tests.support import Runed
+from tests.harness import Runed, RunedFactory
 
 ISSUER = "https://idp.example.test"
 AUDIENCE = "runed"
@@ -44,7 +44,7 @@ def jwks_of(keys: dict[str, Any]) -> dict[str, Any]:
     return {"keys": [{**rsa_jwk, "kid": "rsa1", "use": "sig"}, {**ec_jwk, "kid": "ec1", "use": "sig"}]}
 
 
-def start_oidc(runed_factory: type[Runed], tmp_path: Path, keys_at: dict[str, str]) -> Runed:
+def start_oidc(runed_factory: RunedFactory, tmp_path: Path, keys_at: dict[str, str]) -> Runed:
     cfg = {
         "auth": {
             "oidc": {
@@ -59,11 +59,11 @@ def start_oidc(runed_factory: type[Runed], tmp_path: Path, keys_at: dict[str, st
         }
     }
     (tmp_path / "runefile.yaml").write_text(yaml.safe_dump(cfg))
-    return runed_factory(data_dir=tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")]).start()
+    return runed_factory(tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")])
 
 
 @pytest.fixture
-def oidc_runed(runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any]) -> Runed:
+def oidc_runed(runed_factory: RunedFactory, tmp_path: Path, keys: dict[str, Any]) -> Runed:
     (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys)))
     return start_oidc(runed_factory, tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})
 
@@ -98,7 +98,7 @@ def jwks_server(keys: dict[str, Any]) -> Iterator[str]:
 
 
 def test_keys_from_the_issuers_jwks_url(
-    runed_factory: type[Runed], tmp_path: Path, keys: dict[str, Any], jwks_server: str
+    runed_factory: RunedFactory, tmp_path: Path, keys: dict[str, Any], jwks_server: str
 ) -> None:
     r = start_oidc(runed_factory, tmp_path, {"jwks_url": jwks_server})
     me = whoami(r, id_token(keys["ec"], "ec1", alg="ES256"))

@@ -21,10 +21,8 @@ from rune.api import (
     secret_pb2_grpc,
     service_pb2,
 )
-from tests.integration.orch import SERVER, STUBBORN, Orch, alive, orch_per_module, shared_orch
-from tests.support import eventually
-
-__all__ = ["orch_per_module", "shared_orch"]
+from tests.integration.orch import SERVER, STUBBORN, Orch
+from tests.support import alive, eventually
 
 HTTP_PORT = [common_pb2.ServicePort(name="http", port=8080)]
 

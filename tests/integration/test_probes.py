@@ -6,10 +6,8 @@ import sys
 from pathlib import Path
 
 from rune.api import common_pb2, health_pb2, health_pb2_grpc, service_pb2
-from tests.integration.orch import SERVER, Orch, orch_per_module, shared_orch
+from tests.integration.orch import SERVER, Orch
 from tests.support import eventually
-
-__all__ = ["orch_per_module", "shared_orch"]
 
 HTTP_PORT = [common_pb2.ServicePort(name="http", port=8080)]
 

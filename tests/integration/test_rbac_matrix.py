@@ -11,7 +11,7 @@ import pytest
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from runed.auth import rbac
 from runed.pipeline.methods import Method, all_methods
-from tests.support import Runed
+from tests.harness import Runed, run_runed
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 # Streams that were admitted may legitimately keep running: the short deadline ends them.
@@ -78,14 +78,10 @@ def token_for(runed: Runed, auth: list[tuple[str, str]], policy: str) -> list[tu
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, list[tuple[str, str]]]]:
     """One runed for the whole matrix: each policy gets its own user and token."""
-    r = Runed(data_dir=tmp_path_factory.mktemp("rbac-matrix") / "data")
-    try:
-        r.start()
+    with run_runed(tmp_path_factory.mktemp("rbac-matrix") / "data") as r:
         stub = admin_pb2_grpc.AdminServiceStub(r.channel())
         token = stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
         yield r, [("authorization", f"Bearer {token}")]
-    finally:
-        r.stop()
 
 
 @pytest.mark.parametrize("policy", ["root", "admin", "readwrite", "readonly"])

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, secret_pb2, secret_pb2_grpc
-from tests.integration.test_namespaces import bad_request_fields
-from tests.support import Runed
+from tests.harness import Runed, RunedFactory
+from tests.support import bad_request_fields
 
 Metadata = list[tuple[str, str]]
 PASSWORD = "zq-REGISTRY-PASSWORD-93d1"
@@ -174,14 +174,14 @@ def test_bootstrap_auth_resolves_from_secrets(runed: Runed, auth: Metadata) -> N
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_registries_from_the_runefile_join_at_start(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_registries_from_the_runefile_join_at_start(runed_factory: RunedFactory, tmp_path: Path) -> None:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text(
         "docker:\n  registries:\n"
         "    - name: corp\n      registry: registry.corp.example:5000\n"
         f"      auth:\n        type: basic\n        username: robot\n        password: {PASSWORD}\n"
     )
-    r = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    r = runed_factory(tmp_path / "data", args=["--config", str(cfg)])
     admin = _admin(r)
     token = admin.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
     md = [("authorization", f"Bearer {token}")]
@@ -202,7 +202,7 @@ def test_registries_from_the_runefile_join_at_start(runed_factory: type[Runed], 
         "    - name: corp\n      registry: registry.corp.example:5000\n"
         f"      auth:\n        manage: update\n        username: robot\n        password: {TOKEN}\n"
     )
-    r2 = runed_factory(data_dir=tmp_path / "data", args=["--config", str(cfg)]).start()
+    r2 = runed_factory(tmp_path / "data", args=["--config", str(cfg)])
     sec = secret_pb2_grpc.SecretServiceStub(r2.channel()).GetSecret(
         secret_pb2.GetSecretRequest(name="registry-corp", namespace="system"), metadata=md
     )

@@ -14,10 +14,8 @@ import pytest
 
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
 from runed.model import objects
-from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch, alive, orch_per_module, shared_orch
-from tests.support import eventually
-
-__all__ = ["orch_per_module", "shared_orch"]
+from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch
+from tests.support import alive, eventually
 
 
 def _one(o: Orch, name: str) -> dict[str, object]:

@@ -14,8 +14,8 @@ from grpc_status import rpc_status
 
 from rune.api import secret_pb2, secret_pb2_grpc
 from runed.secrets.crypto import key_id
-from tests.integration.test_namespaces import bad_request_fields
-from tests.support import Runed, run_cli
+from tests.harness import Runed, RunedFactory, run_cli
+from tests.support import bad_request_fields
 
 Metadata = list[tuple[str, str]]
 
@@ -134,9 +134,9 @@ def test_invalid_requests_report_every_field_without_values(runed: Runed, auth: 
     assert bad_request_fields(e.value) == ["secret"]
 
 
-def test_values_never_stored_logged_or_echoed(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_values_never_stored_logged_or_echoed(runed_factory: RunedFactory, tmp_path: Path) -> None:
     data_dir = tmp_path / "leak"
-    r = runed_factory(data_dir=data_dir, args=["--log-level", "debug"]).start()
+    r = runed_factory(data_dir, args=["--log-level", "debug"])
     from rune.api import admin_pb2, admin_pb2_grpc
 
     token = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
@@ -182,9 +182,9 @@ def test_values_never_stored_logged_or_echoed(runed_factory: type[Runed], tmp_pa
     assert VALUE.encode() not in _on_disk(data_dir) and VALUE not in r.output()
 
 
-def test_readable_after_restart_and_after_kek_rotation(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_readable_after_restart_and_after_kek_rotation(runed_factory: RunedFactory, tmp_path: Path) -> None:
     data_dir = tmp_path / "rot"
-    r1 = runed_factory(data_dir=data_dir).start()
+    r1 = runed_factory(data_dir)
     from rune.api import admin_pb2, admin_pb2_grpc
 
     token = admin_pb2_grpc.AdminServiceStub(r1.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
@@ -218,7 +218,7 @@ def test_readable_after_restart_and_after_kek_rotation(runed_factory: type[Runed
     assert _kids_in_db(data_dir) == {new_kid}
 
     r1.stop()
-    r2 = runed_factory(data_dir=data_dir).start()
+    r2 = runed_factory(data_dir)
     stub2 = _stub(r2)
     for i in range(5):
         got = stub2.GetSecret(secret_pb2.GetSecretRequest(name=f"s{i}"), metadata=auth).secret
@@ -226,13 +226,13 @@ def test_readable_after_restart_and_after_kek_rotation(runed_factory: type[Runed
     assert dict(stub2.GetSecret(secret_pb2.GetSecretRequest(name="after"), metadata=auth).secret.data) == {"v": VALUE}
 
 
-def test_env_master_key(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_env_master_key(runed_factory: RunedFactory, tmp_path: Path) -> None:
     key = base64.b64encode(b"k" * 32).decode()
     data_dir = tmp_path / "envkek"
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text("secret:\n  encryption:\n    kek:\n      source: env\n")
     env = {"RUNE_MASTER_KEY": key}
-    r = runed_factory(data_dir=data_dir, args=["--config", str(cfg)], env=env).start()
+    r = runed_factory(data_dir, args=["--config", str(cfg)], env=env)
     from rune.api import admin_pb2, admin_pb2_grpc
 
     token = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret

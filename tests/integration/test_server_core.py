@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rune.api import health_pb2 as rune_health_pb2
 from rune.api import health_pb2_grpc as rune_health_grpc
-from tests.support import Runed, run_cli
+from tests.harness import Runed, RunedFactory, run_cli
+from tests.support import eventually
 
 
 def _list_services(channel: grpc.Channel) -> set[str]:
@@ -69,23 +70,21 @@ def test_malformed_authorization_is_unauthenticated(runed: Runed) -> None:
 
 
 def test_sigterm_stops_cleanly(runed: Runed) -> None:
-    assert runed.proc is not None
     runed.signal(signal.SIGTERM)
-    assert runed.proc.wait(20) == 0
+    assert runed.wait(20) == 0
     assert not (runed.data_dir / "run" / "grpc.json").exists()
 
 
-def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+def test_port_in_use_is_one_clear_line(runed_factory: RunedFactory, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run_cli(
-            ["--data-dir", str(tmp_path / "d"), "--grpc-addr", f"127.0.0.1:{port}", "--http-addr", "127.0.0.1:0"]
-        )
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+        r = runed_factory(tmp_path / "d", args=["--grpc-addr", f"127.0.0.1:{port}"], ready=False)
+        code = r.wait(60)
+    assert code != 0
+    assert "Traceback" not in r.output()
+    assert f"cannot listen on 127.0.0.1:{port}" in r.output()
 
 
 def test_unknown_runefile_key_is_one_clear_line(tmp_path: Path) -> None:
@@ -142,61 +141,24 @@ def test_role_restarted_after_crash(runed: Runed) -> None:
         ch.close()
 
 
-def test_single_role_runs_alone_with_json_logs(tmp_path: Path) -> None:
+def test_single_role_runs_alone_with_json_logs(runed_factory: RunedFactory, tmp_path: Path) -> None:
     import json
-    import os
-    import subprocess
-    import sys
 
-    data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runed",
-            "--data-dir",
-            str(data),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "serve",
-            "--role",
-            "grpc",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        marker = data / "run" / "grpc.json"
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "grpc role did not become ready"
-            time.sleep(0.05)
-        ch = grpc.insecure_channel(json.loads(marker.read_text())["address"])
-        stub = health_pb2_grpc.HealthStub(ch)
-        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
-        ch.close()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0
-        lines = [ln for ln in err.decode().splitlines() if ln.strip()]
-        assert lines, "expected log lines"
-        records = [json.loads(ln) for ln in lines]
-        assert any("ready" in r["msg"] for r in records)
-        assert all({"ts", "level", "msg"} <= r.keys() for r in records)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    r = runed_factory(tmp_path / "data", role="grpc", args=["--log-format", "json"], timeout=20)
+    stub = health_pb2_grpc.HealthStub(r.channel())
+    assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    r.signal(signal.SIGTERM)
+    assert r.wait(20) == 0
+    # Everything the role wrote (stdout and stderr alike) is one JSON record per line.
+    lines = [ln for ln in r.output().splitlines() if ln.strip()]
+    assert lines, "expected log lines"
+    records = [json.loads(ln) for ln in lines]
+    assert any("ready" in r["msg"] for r in records)
+    assert all({"ts", "level", "msg"} <= r.keys() for r in records)
 
 
 def test_a_stream_the_client_cancels_is_recorded_as_cancelled(runed: Runed, auth: list[tuple[str, str]]) -> None:
     from rune.api import namespace_pb2, namespace_pb2_grpc
-    from tests.support import eventually
 
     stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
     stream = stub.WatchNamespaces(namespace_pb2.WatchNamespacesRequest(), metadata=auth)

@@ -6,7 +6,7 @@ import httpx
 
 import runed as runed_pkg
 from rune.api import health_pb2, health_pb2_grpc
-from tests.support import Runed
+from tests.harness import Runed
 
 
 def test_get_health_reports_the_server_version(runed: Runed, auth: list[tuple[str, str]]) -> None:

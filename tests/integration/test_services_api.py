@@ -11,7 +11,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rune.api import namespace_pb2, namespace_pb2_grpc, service_pb2, service_pb2_grpc
-from tests.support import Runed, eventually
+from tests.harness import Runed, RunedFactory
+from tests.support import eventually
 
 Auth = list[tuple[str, str]]
 
@@ -89,15 +90,11 @@ def test_create_reports_every_invalid_field_with_its_path(api_runed: Runed, api_
     )
 
 
-def test_container_runtime_without_docker_is_a_failed_precondition(runed_factory: type[Runed], tmp_path: Path) -> None:
+def test_container_runtime_without_docker_is_a_failed_precondition(runed_factory: RunedFactory, tmp_path: Path) -> None:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text(f"docker:\n  socket: {tmp_path / 'no-docker.sock'}\n")
 
-    class _ApiOnly(runed_factory):  # type: ignore[valid-type,misc]
-        def ready(self) -> bool:
-            return (self.data_dir / "run" / "grpc.json").exists()
-
-    r = _ApiOnly(data_dir=tmp_path / "d", args=["--config", str(cfg), "serve", "--role", "grpc"]).start()
+    r = runed_factory(tmp_path / "d", args=["--config", str(cfg)], role="grpc")
     from rune.api import admin_pb2, admin_pb2_grpc
 
     token = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())

@@ -13,7 +13,7 @@ import pytest
 from rune.api import admin_pb2, admin_pb2_grpc, common_pb2, service_pb2, service_pb2_grpc
 from runed.model import objects
 from runed.store.sqlite import open_store
-from tests.support import Runed
+from tests.harness import Runed, RunedFactory
 
 Auth = list[tuple[str, str]]
 ADDED, MODIFIED, DELETED = common_pb2.EVENT_TYPE_ADDED, common_pb2.EVENT_TYPE_MODIFIED, common_pb2.EVENT_TYPE_DELETED
@@ -36,15 +36,11 @@ def _take(call: Iterator[service_pb2.WatchServicesResponse], n: int) -> list[ser
     return out
 
 
-def _api_only(runed_factory: type[Runed], tmp_path: Path, config: str) -> tuple[Runed, Auth]:
+def _api_only(runed_factory: RunedFactory, tmp_path: Path, config: str) -> tuple[Runed, Auth]:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text(config)
 
-    class _ApiOnly(runed_factory):  # type: ignore[valid-type,misc]
-        def ready(self) -> bool:
-            return (self.data_dir / "run" / "grpc.json").exists()
-
-    r = _ApiOnly(data_dir=tmp_path / "d", args=["--config", str(cfg), "serve", "--role", "grpc"]).start()
+    r = runed_factory(tmp_path / "d", args=["--config", str(cfg)], role="grpc")
     token = admin_pb2_grpc.AdminServiceStub(r.channel()).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
     return r, [("authorization", f"Bearer {token.token_secret}")]
 
@@ -150,7 +146,7 @@ def test_too_far_behind_is_told_to_relist(api_runed: Runed, api_auth: Auth) -> N
 
 
 def test_too_slow_watcher_gets_an_explicit_error_after_what_was_queued(
-    runed_factory: type[Runed], tmp_path: Path
+    runed_factory: RunedFactory, tmp_path: Path
 ) -> None:
     r, auth = _api_only(runed_factory, tmp_path, "history:\n  watch_queue_events: 20\n")
     # A small receive window, so the server's writes block while this client does not read.
