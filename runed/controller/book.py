@@ -29,7 +29,6 @@ class Live:
     # The instance's environment with secrets revealed: exec probes run with it (never stored).
     env: dict[str, str] | None = None
     liveness_failed: bool = False
-    running_since: float = 0.0
 
     def cancel_probes(self) -> None:
         for t in self.probe_tasks:

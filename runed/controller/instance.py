@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -93,6 +94,10 @@ class Instance:
     pid: int = 0
     pid_start: int | None = None
     shim_pid: int = 0
+    shim_start: int | None = None
+    # When the current run began (wall clock), kept while RUNNING: a run that lasted long enough
+    # resets the back-off, also when it ended while no controller was watching.
+    running_since: float | None = None
     # Environment with secret references unresolved (what the API may show).
     env: dict[str, str] = field(default_factory=dict)
     user: str = ""
@@ -121,24 +126,35 @@ class Instance:
     @property
     def handle(self) -> Handle:
         """How the runner finds the process again."""
-        return Handle(pid=self.pid, pid_start=self.pid_start, shim_pid=self.shim_pid, container_id=self.container_id)
+        return Handle(
+            pid=self.pid,
+            pid_start=self.pid_start,
+            shim_pid=self.shim_pid,
+            shim_start=self.shim_start,
+            container_id=self.container_id,
+        )
 
     def apply_handle(self, h: Handle) -> None:
         self.pid = h.pid
         self.pid_start = h.pid_start
         self.shim_pid = h.shim_pid
+        self.shim_start = h.shim_start
         if h.container_id:
             self.container_id = h.container_id
 
     def transition(self, to: State, reason: str, *, config_error: bool = False) -> str:
         """The one place an instance changes state: checked against the table, returns the edge's why."""
-        why = states.check(self.state, to)
+        frm = self.state
+        why = states.check(frm, to)
         log.debug("instance %s/%s: %s -> %s (%s)", self.namespace, self.name, self.state.value, to.value, reason)
         self.state = to
         self.reason = reason
         self.config_error = config_error
         if to is not State.RUNNING:
             self.ready = False
+            self.running_since = None
+        elif frm is not State.RUNNING or self.running_since is None:
+            self.running_since = time.time()
         return why
 
     def copy(self) -> Instance:
@@ -231,6 +247,10 @@ class Instance:
             data["config_error"] = True
         if self.action_applied_at is not None:
             data["action_applied_at"] = self.action_applied_at
+        if self.shim_start is not None:
+            data["shim_start"] = self.shim_start
+        if self.running_since is not None:
+            data["running_since"] = self.running_since
         if self.after_stop is not None:
             data["after_stop"] = self.after_stop.value
         if self.retire:
@@ -271,6 +291,8 @@ class Instance:
             pid=int(data.get("pid") or 0),
             pid_start=_opt_int(data.get("pid_start")),
             shim_pid=int(data.get("shim_pid") or 0),
+            shim_start=_opt_int(data.get("shim_start")),
+            running_since=_opt_float(data.get("running_since")),
             env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
             user=str(data.get("user") or ""),
             uid=_opt_int(data.get("uid")),

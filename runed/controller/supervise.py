@@ -81,15 +81,18 @@ class Supervisor:
                 continue
             inst = cached.copy()
             obs = self.runner(inst).observe(Path(inst.log_dir), inst.handle)
-            if obs.state in ("running", "starting") and state is not STOPPING:
+            # "exiting": the process is gone and its shim still writes; observe() sees the end.
+            if obs.state in ("running", "starting", "exiting") and state is not STOPPING:
                 log.info("re-adopted instance %s/%s (pid %s)", inst.namespace, inst.name, obs.handle.pid)
                 inst.apply_handle(obs.handle)
                 if obs.state == "running" and state is STARTING:
                     self.set_state(inst, RUNNING, "Running")
                 else:
+                    if state is RUNNING and inst.running_since is None:
+                        # A record from a controller that kept the run's start in memory only.
+                        inst.running_since = time.time()
                     self.book.save(inst)
                 if obs.state == "running":
-                    self.book.live(inst.key).running_since = time.time()
                     self.prober.start(inst)
             elif state is STOPPING:
                 self.begin_stop(inst, after=inst.after_stop or AfterStop.STOPPED, reason=inst.reason)
@@ -129,7 +132,6 @@ class Supervisor:
                     inst.apply_handle(obs.handle)
                     self.set_state(inst, RUNNING, "Running")
                     self.book.event(inst, f"Started: pid {inst.pid or '?'}")
-                    self.book.live(inst.key).running_since = now
                     self.prober.start(inst)
                     changed = True
                 elif obs.state == "exited":
@@ -148,7 +150,6 @@ class Supervisor:
     def on_exit(self, inst: Instance, obs: Observation) -> None:
         """The process is gone on its own: record how, then apply the restart policy."""
         self.prober.cancel(inst.key)
-        lv = self.book.live(inst.key)
         inst.last_exit_code = obs.code
         inst.last_signal = obs.signal
         inst.pid = 0
@@ -166,10 +167,15 @@ class Supervisor:
         )
         if obs.error and obs.code not in (None, 0):
             how += f": {obs.error}"
+        if obs.code is None and obs.signal is None:
+            # Nobody saw how it ended (its shim died, or it vanished): worth an operator's look.
+            log.warning("instance %s/%s ended without an exit record: %s", inst.namespace, inst.name, how)
         self.book.event(inst, f"Exited: {how}")
         if policy in ALWAYS or (policy == common_pb2.RESTART_POLICY_ON_FAILURE and failed):
             # A run that lasted long enough proves the crash loop is over: the delay starts afresh.
-            if lv.running_since and time.time() - lv.running_since >= self.cfg.restart_backoff_reset_seconds:
+            # The run's start is in the record, so this holds when it ended while no controller ran.
+            since = inst.running_since
+            if since is not None and time.time() - since >= self.cfg.restart_backoff_reset_seconds:
                 inst.consecutive_failures = 0
             looping = inst.consecutive_failures >= 1
             delay = self._schedule_restart(inst)
@@ -180,7 +186,6 @@ class Supervisor:
             self.book.event(inst, f"Not restarted (restart policy {policy_word(policy)})")
             inst.next_restart_at = None
             self.set_state(inst, EXITED, ("Completed" if not failed else "Error") + f": {how}")
-        lv.running_since = 0.0
 
     # -- stopping -------------------------------------------------------------------------------
     def _grace(self, inst: Instance, override: float | None = None) -> float:

@@ -44,14 +44,20 @@ class Handle:
     pid: int = 0
     pid_start: int | None = None
     shim_pid: int = 0
+    # With the pid, what tells the shim from a later process that got its pid (None: not known).
+    shim_start: int | None = None
     container_id: str = ""
 
 
 @dataclass
 class Observation:
-    """What the runner sees now: still starting, running, or gone (with how it ended)."""
+    """What the runner sees now: still starting, running, ending, or gone (with how it ended).
 
-    state: str  # "starting" | "running" | "exited"
+    ``"exiting"``: the process is gone but its supervisor (the shim) has not finished yet (it is
+    still writing the process's last output); how it ended is known only once ``"exited"``.
+    """
+
+    state: str  # "starting" | "running" | "exiting" | "exited"
     handle: Handle = field(default_factory=Handle)
     code: int | None = None
     signal: int | None = None

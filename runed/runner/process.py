@@ -19,6 +19,8 @@ from runed.runner.shim import EXIT_NAME, LAUNCH_NAME, PID_NAME, SHIM_ENV_PREFIX,
 SHIM_PATH = str(Path(__file__).with_name("shim.py"))
 # How long a shim may take to report its child's pid before the start counts as failed.
 SPAWN_TIMEOUT_SECONDS = 15.0
+# How long a shim may take, once its process is gone, to write the rest of the output and the exit record.
+EXIT_RECORD_TIMEOUT_SECONDS = 10.0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -46,6 +48,8 @@ class ProcessRunner:
         # Shims this process started: polled so they never linger as zombies.
         self._shims: dict[int, subprocess.Popen[bytes]] = {}
         self._spawned_at: dict[int, float] = {}
+        # Shims (by pid) whose process is gone and whose exit record is still to come: since when.
+        self._exiting_since: dict[int, float] = {}
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -89,7 +93,7 @@ class ProcessRunner:
                 raise RunnerError(f"cannot start shim: {e}") from None
         self._shims[p.pid] = p
         self._spawned_at[p.pid] = time.monotonic()
-        return Handle(shim_pid=p.pid)
+        return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid))
 
     def reap(self) -> None:
         for pid, p in list(self._shims.items()):
@@ -98,6 +102,13 @@ class ProcessRunner:
                 self._spawned_at.pop(pid, None)
 
     def observe(self, directory: Path, handle: Handle) -> Observation:
+        """How the instance is doing; an end is decided only once its shim has finished.
+
+        The shim writes the instance's last output and then its exit record: a process that is
+        gone while the shim still runs is ``exiting``, not ended. A shim that is gone without an
+        exit record died (e.g. ``kill -9``): a process it left behind has lost its stdout and
+        stderr and nobody would record its end, so its group is killed here and the end says so.
+        """
         ex = _read_json(directory / EXIT_NAME)
         if handle.pid == 0:
             info = _read_json(directory / PID_NAME)
@@ -106,21 +117,34 @@ class ProcessRunner:
                     pid=int(info["pid"]),
                     pid_start=info.get("pid_start"),
                     shim_pid=int(info.get("shim_pid") or handle.shim_pid),
+                    shim_start=info.get("shim_start", handle.shim_start),
                 )
         if ex is not None:
-            return Observation("exited", handle, ex.get("code"), ex.get("signal"), str(ex.get("error") or ""))
+            return self._ended(handle, ex)
         if handle.pid:
-            if alive(handle.pid, handle.pid_start):
-                return Observation("running", handle)
-            # Gone without an exit record: the shim itself was killed (e.g. kill -9 of everything).
+            running = alive(handle.pid, handle.pid_start)
+            if not handle.shim_pid:
+                # No shim known (a record from before shims were recorded): the process decides.
+                return Observation("running", handle) if running else self._vanished(directory, handle)
+            if self._shim_alive(directory, handle):
+                return Observation("running", handle) if running else self._exiting(handle)
+            # The shim is gone: it may have written its exit record just before it ended.
             ex = _read_json(directory / EXIT_NAME)
             if ex is not None:
-                return Observation("exited", handle, ex.get("code"), ex.get("signal"), str(ex.get("error") or ""))
-            return Observation("exited", handle, None, None, "process vanished without an exit record")
+                return self._ended(handle, ex)
+            self._exiting_since.pop(handle.shim_pid, None)
+            if running:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(handle.pid, signal.SIGKILL)
+                why = f"shim died (pid {handle.shim_pid}) while its process ran; the orphaned process group was killed"
+            else:
+                why = f"shim died (pid {handle.shim_pid}) without recording how its process ended"
+            return Observation("exited", handle, None, None, why)
         # No pid yet: the shim is still starting, unless it died or took too long.
-        shim = self._shims.get(handle.shim_pid)
-        shim_gone = shim.poll() is not None if shim is not None else not alive(handle.shim_pid, None)
-        if shim_gone:
+        if not self._shim_alive(directory, handle):
+            ex = _read_json(directory / EXIT_NAME)
+            if ex is not None:
+                return self._ended(handle, ex)
             err = (
                 (directory / "shim.err").read_text(errors="replace")[-500:] if (directory / "shim.err").exists() else ""
             )
@@ -130,33 +154,69 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, "instance did not start in time")
         return Observation("starting", handle)
 
+    def _ended(self, handle: Handle, ex: dict[str, Any]) -> Observation:
+        self._exiting_since.pop(handle.shim_pid, None)
+        return Observation("exited", handle, ex.get("code"), ex.get("signal"), str(ex.get("error") or ""))
+
+    def _vanished(self, directory: Path, handle: Handle) -> Observation:
+        ex = _read_json(directory / EXIT_NAME)
+        if ex is not None:
+            return self._ended(handle, ex)
+        return Observation("exited", handle, None, None, "process vanished without an exit record")
+
+    def _exiting(self, handle: Handle) -> Observation:
+        """The process is gone, its shim still writes; a shim that never finishes is ended after a while."""
+        since = self._exiting_since.setdefault(handle.shim_pid, time.monotonic())
+        if time.monotonic() - since <= EXIT_RECORD_TIMEOUT_SECONDS:
+            return Observation("exiting", handle)
+        self._exiting_since.pop(handle.shim_pid, None)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(handle.shim_pid, signal.SIGKILL)
+        why = f"shim (pid {handle.shim_pid}) did not record the exit within {EXIT_RECORD_TIMEOUT_SECONDS:g}s; killed"
+        return Observation("exited", handle, None, None, why)
+
+    def _shim_alive(self, directory: Path, handle: Handle) -> bool:
+        """Whether the shim of ``handle`` still runs (never mistaking a process that reused its pid)."""
+        own = self._shims.get(handle.shim_pid)
+        if own is not None:
+            return own.poll() is None  # our child: poll() also reaps it
+        if handle.shim_start is not None:
+            return alive(handle.shim_pid, handle.shim_start)
+        # Adopted from a record without the shim's start time: its command line names the directory.
+        if not alive(handle.shim_pid, None):
+            return False
+        try:
+            argv = Path(f"/proc/{handle.shim_pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return str(directory).encode() in argv
+
     async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
         obs = self.observe(directory, handle)
         deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
         while obs.state == "starting" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
             obs = self.observe(directory, obs.handle)
-        if obs.state != "running":
+        if obs.state not in ("running", "exiting"):
             return obs
         pgid = obs.handle.pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + max(0.0, grace)
-        while time.monotonic() < deadline:
-            obs = self.observe(directory, obs.handle)
-            if obs.state == "exited":
-                break
-            await asyncio.sleep(0.02)
-        else:
+        if obs.state == "running":
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        # Give the shim a moment to write how it ended.
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            obs = self.observe(directory, obs.handle)
-            if obs.state == "exited" and (directory / EXIT_NAME).exists():
-                break
+                os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + max(0.0, grace)
+            while time.monotonic() < deadline:
+                obs = self.observe(directory, obs.handle)
+                if obs.state != "running":
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+        # How it ended is known once the shim has written its last output and the exit record.
+        deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
+        while obs.state != "exited" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            obs = self.observe(directory, obs.handle)
         # Stragglers in the group (children that ignored SIGTERM) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)

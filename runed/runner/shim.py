@@ -26,6 +26,10 @@ LOG_NAME = "log.jsonl"
 EXIT_NAME = "exit.json"
 PID_NAME = "pid.json"
 LAUNCH_NAME = "launch.json"
+# After the instance exits, the shim reads what is left in its pipes until they are quiet this
+# long (a grandchild may keep them open), and for no longer than the second bound in all.
+DRAIN_QUIET_SECONDS = 0.5
+DRAIN_MAX_SECONDS = 5.0
 # Variables that tell the shim about itself; the instance never sees them.
 SHIM_ENV_PREFIX = "RUNED_SHIM_"
 
@@ -166,7 +170,13 @@ def run(directory: Path) -> int:
         return 0
     write_json_atomic(
         directory / PID_NAME,
-        {"pid": child.pid, "pid_start": proc_start_time(child.pid), "shim_pid": os.getpid(), "ts": time.time()},
+        {
+            "pid": child.pid,
+            "pid_start": proc_start_time(child.pid),
+            "shim_pid": os.getpid(),
+            "shim_start": proc_start_time(os.getpid()),
+            "ts": time.time(),
+        },
     )
     assert child.stdout is not None and child.stderr is not None
     sel = selectors.DefaultSelector()
@@ -175,13 +185,20 @@ def run(directory: Path) -> int:
         os.set_blocking(pipe.fileno(), False)
         sel.register(pipe, selectors.EVENT_READ, stream)
     exited_at: float | None = None
+    heard_at = time.monotonic()
     while sel.get_map():
-        # A grandchild that keeps the pipes open must not keep the shim alive forever.
+        # Once the child is gone, what it left in the pipes is read to the end (the exit record
+        # comes after its last line); but a grandchild that keeps the pipes open must not keep
+        # the shim alive forever: quiet for a moment, or a bounded drain, ends it.
+        now = time.monotonic()
         if exited_at is None and child.poll() is not None:
-            exited_at = time.monotonic()
-        if exited_at is not None and time.monotonic() - exited_at > 0.5:
-            break
+            exited_at = now
+        if exited_at is not None:
+            quiet = now - max(heard_at, exited_at)
+            if quiet > DRAIN_QUIET_SECONDS or now - exited_at > DRAIN_MAX_SECONDS:
+                break
         for key, _ in sel.select(timeout=0.2):
+            heard_at = time.monotonic()
             stream = str(key.data)
             try:
                 chunk = os.read(key.fd, 65536)

@@ -174,3 +174,21 @@ def test_a_record_of_an_unknown_state_is_refused(tmp_path: Path) -> None:
     data["state"] = "DANCING"
     with pytest.raises(ValueError):
         Instance.from_record(Record("instance", "prod", "iid-1", data, 1, 1))
+
+
+def test_the_run_start_is_kept_in_the_record_while_running(tmp_path: Path) -> None:
+    inst = _new(tmp_path)
+    inst.transition(State.STARTING, "Starting")
+    assert inst.running_since is None and "running_since" not in inst.to_record()
+    inst.transition(State.RUNNING, "Running")
+    since = inst.running_since
+    assert since is not None
+    inst.apply_handle(Handle(pid=42, pid_start=7, shim_pid=41, shim_start=5))
+    # A restarted controller reads when the run began (and how to recognise the shim).
+    back = Instance.from_record(_record(inst))
+    assert back.running_since == since and back.handle == Handle(pid=42, pid_start=7, shim_pid=41, shim_start=5)
+    # Re-adoption keeps the run's start; the run ends with any other state.
+    back.transition(State.RUNNING, "Running")
+    assert back.running_since == since
+    back.transition(State.BACKOFF, "Restarting: exit code 1")
+    assert back.running_since is None and "running_since" not in back.to_record()
