@@ -18,7 +18,7 @@ import httpx
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from rune.api import admin_pb2, admin_pb2_grpc
+from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from tests.harness import Runed, run_runed
 
 T = TypeVar("T")
@@ -46,6 +46,30 @@ def bootstrap_metadata(channel: grpc.Channel) -> Metadata:
     """AdminBootstrap over ``channel`` (loopback) and the root token as gRPC call metadata."""
     token = admin_pb2_grpc.AdminServiceStub(channel).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
     return [("authorization", f"Bearer {token}")]
+
+
+def bearer(secret: str) -> Metadata:
+    """gRPC call metadata carrying ``secret`` as a bearer token."""
+    return [("authorization", f"Bearer {secret}")]
+
+
+def code_of(fn: object, *args: object, **kw: object) -> tuple[grpc.StatusCode, str]:
+    """Call ``fn`` and return its status code and details (``OK`` and "" when it succeeds)."""
+    try:
+        fn(*args, **kw)  # type: ignore[operator]
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def make_token(runed: Runed, auth: Metadata, user: str, policies: list[str], ttl: int = 0) -> str:
+    """A token (``<user>-tok``) for ``user`` with ``policies``, created with ``auth``; its secret."""
+    stub = auth_pb2_grpc.AuthServiceStub(runed.channel())
+    resp = stub.CreateToken(
+        auth_pb2.CreateTokenRequest(name=f"{user}-tok", subject_name=user, policies=policies, ttl_seconds=ttl),
+        metadata=auth,
+    )
+    return str(resp.secret)
 
 
 def rest_bootstrap(base_url: str) -> str:
@@ -78,6 +102,18 @@ def bad_request_fields(err: grpc.RpcError) -> list[str]:
         if detail.Unpack(br):
             fields += [v.field for v in br.field_violations]
     return fields
+
+
+def bad_request_violations(err: grpc.RpcError) -> dict[str, str]:
+    """Field path -> description from the google.rpc.BadRequest details of an error."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    out: dict[str, str] = {}
+    for detail in status.details:
+        br = error_details_pb2.BadRequest()
+        if detail.Unpack(br):
+            out.update({v.field: v.description for v in br.field_violations})
+    return out
 
 
 def alive(pid: int) -> bool:

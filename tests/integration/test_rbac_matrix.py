@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from rune.api import auth_pb2, auth_pb2_grpc
 from runed.auth import rbac
 from runed.pipeline.methods import Method, all_methods
-from tests.harness import Runed, run_runed
+from tests.harness import Runed
+from tests.support import Metadata
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 # Streams that were admitted may legitimately keep running: the short deadline ends them.
@@ -75,18 +76,9 @@ def token_for(runed: Runed, auth: list[tuple[str, str]], policy: str) -> list[tu
     return [("authorization", f"Bearer {resp.secret}")]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, list[tuple[str, str]]]]:
-    """One runed for the whole matrix: each policy gets its own user and token."""
-    with run_runed(tmp_path_factory.mktemp("rbac-matrix") / "data") as r:
-        stub = admin_pb2_grpc.AdminServiceStub(r.channel())
-        token = stub.AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret
-        yield r, [("authorization", f"Bearer {token}")]
-
-
 @pytest.mark.parametrize("policy", ["root", "admin", "readwrite", "readonly"])
-def test_builtin_policy_against_every_rpc(shared: tuple[Runed, list[tuple[str, str]]], policy: str) -> None:
-    runed, auth = shared
+def test_builtin_policy_against_every_rpc(module_runed: tuple[Runed, Metadata], policy: str) -> None:
+    runed, auth = module_runed
     metadata = token_for(runed, auth, policy)
     channel = runed.channel()
     wrong: list[str] = []
@@ -105,9 +97,9 @@ def test_builtin_policy_against_every_rpc(shared: tuple[Runed, list[tuple[str, s
 
 
 def test_no_credentials_is_unauthenticated_everywhere_but_bootstrap(
-    shared: tuple[Runed, list[tuple[str, str]]],
+    module_runed: tuple[Runed, Metadata],
 ) -> None:
-    runed, _ = shared
+    runed, _ = module_runed
     channel = runed.channel()
     wrong = []
     for m in all_methods():
