@@ -31,8 +31,8 @@ fmt: ## Format and auto-fix
 	$(VENV_BIN)ruff format .
 	$(VENV_BIN)ruff check --fix .
 
-typecheck: ## mypy (strict) over runed, gateway and cli
-	$(VENV_BIN)mypy -p runed -p rune.gateway -p rune.cli
+typecheck: ## mypy (strict) over runed, gateway, cli, the tests and the benchmarks
+	$(VENV_BIN)mypy -p runed -p rune.gateway -p rune.cli -p tests -p bench
 
 imports: ## Import contract (pyproject [tool.importlinter]): layers point down, no forbidden imports, no cycles
 	$(VENV_BIN)lint-imports --no-cache --no-logo

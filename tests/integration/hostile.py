@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor, message
 
@@ -56,6 +56,11 @@ FLOATS = (float("nan"), float("inf"), float("-inf"), -1.0, 1e308, -0.0)
 MAX_DEPTH = 4
 
 
+def _fields(msg: message.Message) -> list[descriptor.FieldDescriptor]:
+    """The message's field descriptors (the stubs type DESCRIPTOR as a union with upb's own class)."""
+    return list(cast(descriptor.Descriptor, msg.DESCRIPTOR).fields)
+
+
 def _scalar(rng: random.Random, fd: descriptor.FieldDescriptor, short: bool) -> Any:
     t = fd.type
     if t == FD.TYPE_STRING:
@@ -69,6 +74,7 @@ def _scalar(rng: random.Random, fd: descriptor.FieldDescriptor, short: bool) -> 
         return rng.choice(FLOATS)
     if t == FD.TYPE_ENUM:
         # Numbers the enum does not define (proto3 enums are open, so they reach the server).
+        assert fd.enum_type is not None
         return rng.choice((-1, 999, 2**31 - 1, len(fd.enum_type.values)))
     return rng.choice(INT_LIMITS[t])
 
@@ -79,13 +85,12 @@ def _fill(rng: random.Random, msg: message.Message, depth: int = 0, short: bool 
     Inside repeated fields and maps strings stay short, so a request stays under the server's
     receive limit and reaches the handler (the oversized case has its own test).
     """
-    fields = list(msg.DESCRIPTOR.fields)
+    fields = _fields(msg)
     everything = rng.random() < 0.4
     for fd in fields:
         if not everything and rng.random() < 0.4:
             continue
-        is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
-        if is_map:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             _fill_map(rng, getattr(msg, fd.name), fd.message_type, depth)
         elif fd.is_repeated:
             items = rng.choice((1, 3, 200))
@@ -145,7 +150,7 @@ def _plausible(msg: message.Message, depth: int = 0) -> None:
 
 def _poison(rng: random.Random, msg: message.Message, depth: int = 0) -> None:
     """Replace one field, somewhere down the tree, with a hostile value."""
-    fields = list(msg.DESCRIPTOR.fields)
+    fields = _fields(msg)
     nested = [f for f in fields if f.message_type is not None and not f.message_type.GetOptions().map_entry]
     # Specs live in nested messages: aim there more often than at the flat options beside them.
     fd = rng.choice(nested if nested and rng.random() < 0.7 else fields)

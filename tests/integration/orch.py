@@ -127,6 +127,12 @@ class Orch:
         out = [dict(r.data, id=r.name) for r in recs if r.data.get("service") == service]
         return sorted(out, key=lambda d: (d["index"], d["instance"].get("created_at", "")))
 
+    def one(self, service: str, namespace: str = "default") -> dict[str, Any]:
+        """The service's only instance (or an AssertionError for eventually())."""
+        insts = self.instances(service, namespace)
+        assert len(insts) == 1, insts
+        return insts[0]
+
     def running(self, service: str, n: int, namespace: str = "default") -> list[dict[str, Any]]:
         """Exactly ``n`` instances, all RUNNING and ready (or an AssertionError for eventually())."""
         insts = self.instances(service, namespace)

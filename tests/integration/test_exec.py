@@ -13,7 +13,7 @@ from rune.api import exec_pb2, exec_pb2_grpc
 from runed.store.sqlite import open_store
 from tests.harness import Runed, run_runed
 from tests.integration.instance_fixtures import Instances
-from tests.support import alive, bootstrap_metadata, eventually
+from tests.support import Metadata, alive, bootstrap_metadata, eventually
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,10 @@ def inst(api: Runed) -> tuple[Instances, str]:
     iid = insts.add("web", 0, env={"GREETING": "from-instance"})
     insts.add("web", 2, state="STOPPED")
     return insts, iid
+
+
+ExecStub = exec_pb2_grpc.ExecServiceStub
+Inst = tuple[Instances, str]
 
 
 class Session:
@@ -86,7 +90,7 @@ class Session:
         return self.exit
 
 
-def test_echo_through_stdin_and_close(stub: exec_pb2_grpc.ExecServiceStub, md: list[tuple[str, str]], inst) -> None:
+def test_echo_through_stdin_and_close(stub: ExecStub, md: Metadata, inst: Inst) -> None:
     _, iid = inst
     s = Session(stub, md, service_name="web", command=["cat"])
     s.send(stdin=b"hello ")
@@ -99,7 +103,7 @@ def test_echo_through_stdin_and_close(stub: exec_pb2_grpc.ExecServiceStub, md: l
     assert any(iid in m for m in s.statuses)
 
 
-def test_env_working_dir_and_separate_streams(stub, md, inst, api: Runed) -> None:
+def test_env_working_dir_and_separate_streams(stub: ExecStub, md: Metadata, inst: Inst, api: Runed) -> None:
     _, iid = inst
     (api.data_dir / "instances" / iid / "work" / "sub").mkdir()
     s = Session(
@@ -122,7 +126,7 @@ def test_env_working_dir_and_separate_streams(stub, md, inst, api: Runed) -> Non
     ("command", "code"),
     [(["sh", "-c", "exit 3"], 3), (["true"], 0), (["no-such-command-xyz"], 127)],
 )
-def test_exit_codes(stub, md, inst, command: list[str], code: int) -> None:
+def test_exit_codes(stub: ExecStub, md: Metadata, inst: Inst, command: list[str], code: int) -> None:
     s = Session(stub, md, service_name="web", command=command)
     ex = s.finish()
     assert (ex.code, ex.signaled) == (code, False)
@@ -130,7 +134,7 @@ def test_exit_codes(stub, md, inst, command: list[str], code: int) -> None:
         assert b"not found" in s.stderr
 
 
-def test_not_executable_is_126(stub, md, inst, api: Runed) -> None:
+def test_not_executable_is_126(stub: ExecStub, md: Metadata, inst: Inst, api: Runed) -> None:
     _, iid = inst
     script = api.data_dir / "instances" / iid / "work" / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
@@ -140,7 +144,7 @@ def test_not_executable_is_126(stub, md, inst, api: Runed) -> None:
     assert ex.code == 126 and not ex.signaled
 
 
-def test_signals_in_band_and_by_the_command(stub, md, inst) -> None:
+def test_signals_in_band_and_by_the_command(stub: ExecStub, md: Metadata, inst: Inst) -> None:
     s = Session(stub, md, service_name="web", command=["sh", "-c", "echo started; exec sleep 30"])
     s.read_until(lambda s: b"started" in s.stdout)
     s.send(signal=exec_pb2.Signal(name="INT"))
@@ -151,7 +155,7 @@ def test_signals_in_band_and_by_the_command(stub, md, inst) -> None:
     assert ex.signaled and ex.signal == "SIGTERM" and ex.code == 143
 
 
-def test_tty_with_resize(stub, md, inst) -> None:
+def test_tty_with_resize(stub: ExecStub, md: Metadata, inst: Inst) -> None:
     s = Session(
         stub,
         md,
@@ -169,7 +173,7 @@ def test_tty_with_resize(stub, md, inst) -> None:
     assert s.stderr == b""  # one merged stream under a TTY
 
 
-def test_disconnect_kills_the_command(stub, md, inst) -> None:
+def test_disconnect_kills_the_command(stub: ExecStub, md: Metadata, inst: Inst) -> None:
     s = Session(stub, md, service_name="web", command=["sh", "-c", "sleep 60 & echo $!; wait"])
     s.read_until(lambda s: s.stdout.endswith(b"\n"))
     pid = int(s.stdout.split()[0])
@@ -179,7 +183,7 @@ def test_disconnect_kills_the_command(stub, md, inst) -> None:
     eventually(lambda: not alive(pid), timeout=5, what="the exec child is killed with its session")
 
 
-def test_session_limit_timeout_and_audit(stub, md, inst, api: Runed) -> None:
+def test_session_limit_timeout_and_audit(stub: ExecStub, md: Metadata, inst: Inst, api: Runed) -> None:
     _, iid = inst
     a = Session(stub, md, instance_id=iid, command=["sleep", "30"], env={"SECRET_TOKEN": "hunter2"})
     b = Session(stub, md, instance_id=iid, command=["sleep", "30"])
@@ -210,7 +214,7 @@ def test_session_limit_timeout_and_audit(stub, md, inst, api: Runed) -> None:
     assert "SECRET_TOKEN" in details and "hunter2" not in details
 
 
-def test_targets_must_exist_and_run(stub, md, inst) -> None:
+def test_targets_must_exist_and_run(stub: ExecStub, md: Metadata, inst: Inst) -> None:
     insts, _ = inst
     stopped = list(insts.writers)[-1]
     for init, code in [

@@ -8,6 +8,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ class FakeEngine:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.execs: dict[str, dict] = {}
+        self.execs: dict[str, dict[str, Any]] = {}
         self.conns: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
@@ -97,7 +98,7 @@ class FakeEngine:
         await w.drain()
         w.close()
 
-    async def _start(self, e: dict, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _start(self, e: dict[str, Any], r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         spec = e["spec"]
         w.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
         env = dict(x.split("=", 1) for x in spec.get("Env", []))
@@ -105,12 +106,14 @@ class FakeEngine:
         p = e["proc"] = await asyncio.create_subprocess_exec(
             *spec["Cmd"], stdin=-1, stdout=-1, stderr=-1, env=env, start_new_session=True
         )
+        assert p.stdin is not None and p.stdout is not None and p.stderr is not None
+        stdin = p.stdin
 
         async def feed() -> None:
             while chunk := await r.read(4096):
-                p.stdin.write(chunk)
-                await p.stdin.drain()
-            p.stdin.close()
+                stdin.write(chunk)
+                await stdin.drain()
+            stdin.close()
 
         async def out(stream: asyncio.StreamReader, kind: int) -> None:
             while chunk := await stream.read(4096):

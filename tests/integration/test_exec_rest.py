@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,9 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def run_session(client: httpx.Client, body: dict, inputs: list[dict]) -> tuple[bytes, bytes, dict]:
+def run_session(
+    client: httpx.Client, body: dict[str, Any], inputs: list[dict[str, Any]]
+) -> tuple[bytes, bytes, dict[str, Any]]:
     r = client.post("/v1/namespaces/default/exec/web", json=body)
     assert r.status_code == 201, r.text
     sid = r.json()["sessionId"]

@@ -76,6 +76,7 @@ def test_binding_path_query_and_body() -> None:
     from rune.api import namespace_pb2, secret_pb2, service_pb2
 
     req = codec.build_request(service_pb2.GetServiceRequest, path={"namespace": "ns", "name": "web"})
+    assert isinstance(req, service_pb2.GetServiceRequest)
     assert (req.namespace, req.name) == ("ns", "web")
 
     req = codec.build_request(
@@ -83,6 +84,7 @@ def test_binding_path_query_and_body() -> None:
         path={"namespace": "ns"},
         query=[("labelSelector[app]", "web"), ("paging.limit", "5"), ("field_selector[status]", "running")],
     )
+    assert isinstance(req, service_pb2.ListServicesRequest)
     assert dict(req.label_selector) == {"app": "web"} and req.paging.limit == 5
     assert dict(req.field_selector) == {"status": "running"}
 
@@ -93,12 +95,14 @@ def test_binding_path_query_and_body() -> None:
         path={"secret.namespace": "prod"},
         query=[("ensureNamespace", "true")],
     )
+    assert isinstance(req, secret_pb2.CreateSecretRequest)
     assert (req.secret.name, req.secret.namespace, req.ensure_namespace) == ("db", "prod", True)
 
     # The path wins over the body for the same field.
     req = codec.build_request(
         namespace_pb2.GetNamespaceRequest, body={"name": "body"}, body_field="*", path={"name": "path"}
     )
+    assert isinstance(req, namespace_pb2.GetNamespaceRequest)
     assert req.name == "path"
 
     with pytest.raises(codec.BadRequest, match="query parameters are not accepted"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,8 +35,8 @@ def anon(gw: tuple[Runed, str]) -> Iterator[httpx.Client]:
         yield c
 
 
-def _violations(body: dict[str, object]) -> list[dict[str, str]]:
-    for d in body.get("details", []):  # type: ignore[union-attr]
+def _violations(body: dict[str, Any]) -> list[dict[str, str]]:
+    for d in body.get("details", []):
         if d["@type"] == BAD_REQUEST:
             return list(d["fieldViolations"])
     return []

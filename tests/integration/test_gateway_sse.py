@@ -215,7 +215,7 @@ def test_error_mid_stream_is_a_final_error_event() -> None:
         resp = sse_response(frames(), "rid-1", keepalive=5)  # type: ignore[arg-type]
         out = b""
         async for chunk in resp.body_iterator:
-            out += chunk if isinstance(chunk, bytes) else chunk.encode()
+            out += chunk.encode() if isinstance(chunk, str) else bytes(chunk)
         return out
 
     body = asyncio.run(collect()).decode()

@@ -15,7 +15,7 @@ from rune.api import logs_pb2, logs_pb2_grpc
 from runed.logs.timeparse import format_ns
 from tests.harness import Runed, RunedFactory, run_runed
 from tests.integration.instance_fixtures import Instances
-from tests.support import bootstrap_metadata, eventually
+from tests.support import Metadata, bootstrap_metadata, eventually
 
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed past instant: history lines get exact timestamps
 
@@ -77,11 +77,14 @@ class Call:
         self.q.put(None)
 
 
+LogStub = logs_pb2_grpc.LogServiceStub
+
+
 def contents(rs: list[logs_pb2.LogResponse]) -> list[str]:
     return [r.content for r in rs]
 
 
-def test_tail_merges_instances_in_time_order_and_ends(stub, md, web: Instances) -> None:
+def test_tail_merges_instances_in_time_order_and_ends(stub: LogStub, md: Metadata, web: Instances) -> None:
     # A non-follow request ends by itself once the lines are sent.
     rs = Call(stub, md, resource_target="web", tail=4).rest()
     assert contents(rs) == ["web-2 line 3", "web-0 line 4", "web-1 line 4", "web-2 line 4"]
@@ -94,7 +97,7 @@ def test_tail_merges_instances_in_time_order_and_ends(stub, md, web: Instances) 
     assert [r.timestamp for r in everything] == sorted(r.timestamp for r in everything)
 
 
-def test_since_until_filter_stream_and_timestamps(stub, md, web: Instances) -> None:
+def test_since_until_filter_stream_and_timestamps(stub: LogStub, md: Metadata, web: Instances) -> None:
     since, until = format_ns(T0 + 10_000_000), format_ns(T0 + 21_000_000)
     rs = Call(stub, md, resource_target="service/web", since=since, until=until).rest()
     assert contents(rs) == [f"web-{k} line {i}" for i in (1, 2) for k in range(3)][:5]
@@ -110,7 +113,7 @@ def test_since_until_filter_stream_and_timestamps(stub, md, web: Instances) -> N
     assert Call(stub, md, resource_target="web", since="1h").rest() == []
 
 
-def test_targets(stub, md, web: Instances) -> None:
+def test_targets(stub: LogStub, md: Metadata, web: Instances) -> None:
     iid = next(iter(web.writers))
     for target in (f"instance/{iid}", f"inst/{iid}", iid, "inst/web-0"):
         rs = Call(stub, md, resource_target=target, tail=2).rest()
@@ -127,7 +130,7 @@ def test_targets(stub, md, web: Instances) -> None:
     assert "since" in (e.value.details() or "") and "stream" in (e.value.details() or "")
 
 
-def test_follow_across_rotation_restart_and_new_instances(stub, md, web: Instances) -> None:
+def test_follow_across_rotation_restart_and_new_instances(stub: LogStub, md: Metadata, web: Instances) -> None:
     c = Call(stub, md, resource_target="web", tail=1, follow=True)
     assert contents(c.take(1)) == ["web-2 line 4"]
     ids = list(web.writers)
@@ -153,7 +156,7 @@ def test_follow_across_rotation_restart_and_new_instances(stub, md, web: Instanc
     c.cancel()
 
 
-def test_resume_by_cursor_without_gaps_or_duplicates(stub, md, web: Instances) -> None:
+def test_resume_by_cursor_without_gaps_or_duplicates(stub: LogStub, md: Metadata, web: Instances) -> None:
     w = web.writers[list(web.writers)[1]]
     c = Call(stub, md, resource_target="web", tail=2, follow=True)
     first = c.take(2)
@@ -171,7 +174,7 @@ def test_resume_by_cursor_without_gaps_or_duplicates(stub, md, web: Instances) -
     assert contents(rs) == ["web-2 line 4"] + [f"batch1 {i}" for i in range(8)]
 
 
-def test_parameter_update_changes_filter_and_ends_follow(stub, md, web: Instances) -> None:
+def test_parameter_update_changes_filter_and_ends_follow(stub: LogStub, md: Metadata, web: Instances) -> None:
     w = web.writers[next(iter(web.writers))]
     c = Call(stub, md, resource_target="web", follow=True, filter="keep")
     w.write("keep 1")

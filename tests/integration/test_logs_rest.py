@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -44,7 +45,7 @@ def web(rest: Runed) -> Instances:
     return insts
 
 
-def json_lines(r: httpx.Response) -> list[dict]:
+def json_lines(r: httpx.Response) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/x-ndjson")
     return [json.loads(line) for line in r.text.splitlines() if line]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -65,7 +66,7 @@ def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
     ports = {i["ports"]["http"] for i in insts}
     assert len(ports) == 2, "each instance gets its own host port"
     for inst in insts:
-        env = eventually(lambda inst=inst: _env_of(orch, inst))
+        env = eventually(functools.partial(_env_of, orch, inst))
         assert env["GREETING"] == "hi"
         assert env["DB_PASS"] == "s3cret"
         assert env["MODE"] == "fast"
@@ -200,7 +201,7 @@ def test_delete_with_finalizers_and_grace(orch: Orch) -> None:
     assert resp.deletion_id
 
     def done() -> service_pb2.DeletionOperation:
-        op = orch.services.GetDeletionStatus(
+        op: service_pb2.DeletionOperation = orch.services.GetDeletionStatus(
             service_pb2.GetDeletionStatusRequest(name=resp.deletion_id, namespace="default"), metadata=orch.auth
         ).operation
         assert op.status == "completed", op

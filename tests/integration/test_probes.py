@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from rune.api import common_pb2, health_pb2, health_pb2_grpc, service_pb2
 from tests.integration.orch import SERVER, Orch
 from tests.support import eventually
 
 HTTP_PORT = [common_pb2.ServicePort(name="http", port=8080)]
-
-
-def _one(o: Orch, name: str) -> dict[str, object]:
-    insts = o.instances(name)
-    assert len(insts) == 1, insts
-    return insts[0]
 
 
 def test_failing_liveness_probe_restarts(orch: Orch) -> None:
@@ -28,8 +23,8 @@ def test_failing_liveness_probe_restarts(orch: Orch) -> None:
     marker = Path(str(inst["workdir"])) / "unhealthy"
     marker.write_text("x")
 
-    def restarted() -> dict[str, object]:
-        cur = _one(orch, "lively")
+    def restarted() -> dict[str, Any]:
+        cur = orch.one("lively")
         assert cur["restart_count"] >= 1 and cur["pid"] != inst["pid"], (cur["state"], cur["reason"])
         return cur
 
@@ -41,7 +36,7 @@ def test_failing_liveness_probe_restarts(orch: Orch) -> None:
     health = health_pb2_grpc.HealthServiceStub(orch.runed.channel())
 
     def healthy() -> health_pb2.ComponentHealth:
-        resp = health.GetHealth(
+        resp: health_pb2.GetHealthResponse = health.GetHealth(
             health_pb2.GetHealthRequest(component_type="instance", name=str(after["id"]), include_checks=True),
             metadata=orch.auth,
         )
@@ -53,7 +48,7 @@ def test_failing_liveness_probe_restarts(orch: Orch) -> None:
         return c
 
     eventually(healthy, timeout=10)
-    assert _one(orch, "lively")["restart_count"] == count
+    assert orch.one("lively")["restart_count"] == count
 
 
 def test_readiness_gates_ready_and_dependents(orch: Orch) -> None:
@@ -72,7 +67,7 @@ def test_readiness_gates_ready_and_dependents(orch: Orch) -> None:
     )
 
     def db_running_not_ready() -> bool:
-        inst = _one(orch, "db")
+        inst = orch.one("db")
         assert inst["state"] == "RUNNING" and not inst["ready"]
         return True
 
@@ -111,8 +106,8 @@ def test_tcp_and_exec_probes(orch: Orch) -> None:
     orch.cast("exe", script, ports=HTTP_PORT, health=common_pb2.HealthCheck(readiness=exe))
     eventually(lambda: orch.running("tcp", 1), timeout=15)
 
-    def exe_not_ready() -> dict[str, object]:
-        inst = _one(orch, "exe")
+    def exe_not_ready() -> dict[str, Any]:
+        inst = orch.one("exe")
         assert inst["state"] == "RUNNING" and not inst["ready"]
         return inst
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,12 +17,6 @@ from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
 from runed.model import objects
 from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch
 from tests.support import alive, eventually
-
-
-def _one(o: Orch, name: str) -> dict[str, object]:
-    insts = o.instances(name)
-    assert len(insts) == 1, insts
-    return insts[0]
 
 
 def _starts(o: Orch, inst: dict[str, object]) -> list[float]:
@@ -39,8 +34,8 @@ def test_always_restarts_with_growing_capped_backoff(orch: Orch) -> None:
     script = orch.program("exiter", EXITER)
     orch.cast("crash", script, "3", "0")
 
-    def looping() -> dict[str, object]:
-        inst = _one(orch, "crash")
+    def looping() -> dict[str, Any]:
+        inst = orch.one("crash")
         assert inst["restart_count"] >= 4, inst["restart_count"]
         return inst
 
@@ -64,8 +59,8 @@ def test_on_failure_and_never(orch: Orch) -> None:
     orch.cast("bad", script, "5", "0.2", restart_policy=common_pb2.RESTART_POLICY_ON_FAILURE)
     orch.cast("never", script, "5", "0.2", restart_policy=common_pb2.RESTART_POLICY_NEVER)
 
-    def settled(name: str, state: str) -> dict[str, object]:
-        inst = _one(orch, name)
+    def settled(name: str, state: str) -> dict[str, Any]:
+        inst = orch.one(name)
         assert inst["state"] == state, inst["state"]
         return inst
 
@@ -86,7 +81,7 @@ def test_killed_process_is_restarted(orch: Orch) -> None:
     (inst,) = eventually(lambda: orch.running("victim", 1), timeout=15)
     os.kill(inst["pid"], signal.SIGKILL)
 
-    def restarted() -> dict[str, object]:
+    def restarted() -> dict[str, Any]:
         (new,) = orch.running("victim", 1)
         assert new["restart_count"] == 1 and new["pid"] != inst["pid"]
         return new
@@ -132,8 +127,8 @@ def test_container_runtime_without_engine(orch: Orch) -> None:
     finally:
         st.close()
 
-    def fatal() -> dict[str, object]:
-        inst = _one(orch, "box")
+    def fatal() -> dict[str, Any]:
+        inst = orch.one("box")
         assert inst["state"] == "FATAL", inst["state"]
         return inst
 
@@ -146,12 +141,18 @@ def test_container_runtime_without_engine(orch: Orch) -> None:
 def test_start_request_runs_a_never_instance_once(orch: Orch) -> None:
     script = orch.program("exiter", EXITER)
     orch.cast("once", script, "4", "0.2", restart_policy=common_pb2.RESTART_POLICY_NEVER)
-    first = eventually(lambda: _one(orch, "once")["state"] == "EXITED" and _one(orch, "once"), timeout=15)
+
+    def exited() -> dict[str, Any]:
+        inst = orch.one("once")
+        assert inst["state"] == "EXITED", inst["state"]
+        return inst
+
+    first = eventually(exited, timeout=15)
     stub = instance_pb2_grpc.InstanceServiceStub(orch.runed.channel())
     stub.StartInstance(instance_pb2.InstanceActionRequest(id=str(first["id"]), namespace="default"), metadata=orch.auth)
 
-    def ran_again() -> dict[str, object]:
-        inst = _one(orch, "once")
+    def ran_again() -> dict[str, Any]:
+        inst = orch.one("once")
         assert inst["restart_count"] == 1 and inst["state"] == "EXITED", (inst["state"], inst["restart_count"])
         return inst
 

@@ -32,7 +32,8 @@ def _create(
     stub: secret_pb2_grpc.SecretServiceStub, auth: Metadata, name: str, data: dict[str, str], ns: str = ""
 ) -> secret_pb2.Secret:
     req = secret_pb2.CreateSecretRequest(secret=secret_pb2.Secret(name=name, namespace=ns, data=data))
-    return stub.CreateSecret(req, metadata=auth).secret
+    resp: secret_pb2.SecretResponse = stub.CreateSecret(req, metadata=auth)
+    return resp.secret
 
 
 def _on_disk(data_dir: Path) -> bytes:

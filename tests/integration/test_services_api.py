@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from rune.api import namespace_pb2, namespace_pb2_grpc, service_pb2
+from rune.api import common_pb2, namespace_pb2, namespace_pb2_grpc, service_pb2
 from tests.harness import Runed, RunedFactory
 from tests.integration.services import create, fails, sleeper, stub_of
 from tests.support import Metadata as Auth
@@ -22,8 +22,8 @@ def test_create_reports_every_invalid_field_with_its_path(api_runed: Runed, api_
     bad.resources.cpu.request = "2"
     bad.resources.cpu.limit = "500m"
     bad.resources.memory.limit = "lots"
-    bad.health.liveness.type = 1  # HTTP without a port
-    bad.health.readiness.type = 3  # COMMAND without a command
+    bad.health.liveness.type = common_pb2.PROBE_TYPE_HTTP  # without a port
+    bad.health.readiness.type = common_pb2.PROBE_TYPE_COMMAND  # without a command
     bad.dependencies.add(service="db", secret="s")
     bad.secret_mounts.add(name="creds", mount_path="relative")
     bad.expose.port = "grpc"
@@ -79,7 +79,7 @@ def test_fields_upstream_dropped_survive_the_api(api_runed: Runed, api_auth: Aut
     svc = sleeper("web", labels={"app": "web"}, restart_policy=2, scale=0)
     svc.process.working_dir = "/tmp"
     svc.process.security_context.user = "nobody"
-    svc.health.liveness.type = 2
+    svc.health.liveness.type = common_pb2.PROBE_TYPE_TCP
     svc.health.liveness.port = 8080
     svc.health.liveness.success_threshold = 2
     svc.health.liveness.failure_threshold = 7

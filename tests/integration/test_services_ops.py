@@ -78,7 +78,10 @@ def test_scale_records_an_operation_and_scale_zero_keeps_last_non_zero(api_runed
     assert resp.status.message == "Scaling operation initiated to 0"
     assert resp.service.metadata.last_non_zero_scale == 3
     gradual = stub.ScaleService(
-        service_pb2.ScaleServiceRequest(name="web", scale=5, mode=2, step_size=2, interval_seconds=1), metadata=api_auth
+        service_pb2.ScaleServiceRequest(
+            name="web", scale=5, mode=service_pb2.SCALING_MODE_GRADUAL, step_size=2, interval_seconds=1
+        ),
+        metadata=api_auth,
     )
     assert gradual.service.metadata.last_non_zero_scale == 5
     store = open_store(api_runed.data_dir)

@@ -49,4 +49,4 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, needle: str) -> None
 def test_config_is_frozen() -> None:
     cfg = load({}, env={})
     with pytest.raises(AttributeError):
-        cfg.log = None  # type: ignore[misc]
+        cfg.log = None  # type: ignore[misc,assignment]

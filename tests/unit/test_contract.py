@@ -32,15 +32,16 @@ def _files() -> dict[str, descriptor.FileDescriptor]:
 
 def _type_name(f: FieldDescriptor) -> str:
     if f.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+        assert f.message_type is not None
         return f.message_type.name
     if f.type == FieldDescriptor.TYPE_ENUM:
+        assert f.enum_type is not None
         return f.enum_type.name
     return SCALAR_NAMES[f.type]
 
 
 def _describe_field(f: FieldDescriptor) -> dict[str, Any]:
-    is_map = f.message_type is not None and f.message_type.GetOptions().map_entry
-    if is_map:
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
         k, v = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
         return {
             "type": f"map<{_type_name(k)},{_type_name(v)}>",
@@ -70,19 +71,19 @@ def contract_differences() -> list[str]:
         all_services.update(fd.services_by_name)
 
     for path, info in FACTS["files"].items():
-        fd = files.get(path)
-        if fd is None:
+        found = files.get(path)
+        if found is None:
             diffs.append(f"file {path}: missing")
             continue
         for kind, have in (
-            ("messages", fd.message_types_by_name),
-            ("enums", fd.enum_types_by_name),
-            ("services", fd.services_by_name),
+            ("messages", found.message_types_by_name),
+            ("enums", found.enum_types_by_name),
+            ("services", found.services_by_name),
         ):
             for name in info[kind]:
                 if name not in have:
                     diffs.append(f"{path}: {kind[:-1]} {name} is not defined in this file")
-        deps = sorted(d.name for d in fd.dependencies if d.name.startswith("pkg/api/proto/"))
+        deps = sorted(d.name for d in found.dependencies if d.name.startswith("pkg/api/proto/"))
         for imp in info["imports"]:
             if imp not in deps:
                 diffs.append(f"{path}: missing import {imp}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,7 @@ def test_full_history_is_merged_lazily_and_since_starts_late(tmp_path: Path) -> 
     late.close()
     # An abandoned history closes its files.
     gen = LogStream(Selection(), dict(sources)).history(0)
+    assert isinstance(gen, types.GeneratorType)
     next(gen)
     gen.close()
 
