@@ -34,10 +34,11 @@ def _describe_service(s: Session, svc: Any) -> None:
     if insts:
         rows = [
             [i.name, inst_status(i.status), str(i.pid or "-"), str(i.metadata.restart_count), age(i.created_at),
-             i.status_message or "-"]
+             kinds.ports_text(i), i.status_message or "-"]
             for i in sorted(insts, key=lambda i: i.name)
         ]  # fmt: skip
-        table([["  " + r[0], *r[1:]] for r in rows], ["  NAME", "STATUS", "PID", "RESTARTS", "AGE", "MESSAGE"])
+        headers = ["  NAME", "STATUS", "PID", "RESTARTS", "AGE", "PORTS", "MESSAGE"]
+        table([["  " + r[0], *r[1:]] for r in rows], headers)
     else:
         click.echo("  <none>")
     if s.has_rpc("ServiceService", "ListServiceRevisions"):
@@ -95,6 +96,7 @@ def describe(s: Session, type_name: str, name: str, namespace: str | None, show_
         d["data"] = {k: "<hidden: use --show-values>" for k in obj.data}
     if kind_name == "instances":
         d["status"] = inst_status(obj.status)
+        d["hostPorts"] = kinds.host_ports(obj)
         d.pop("environment", None)
     click.echo(yaml.safe_dump(d, sort_keys=False).rstrip())
     if kind_name in ("instances", "secrets", "configmaps"):

@@ -29,6 +29,22 @@ def _keys(m: Any) -> str:
     return ",".join(sorted(m.data)) or "-"
 
 
+def host_ports(inst: Any) -> dict[str, int]:
+    """An instance's host ports by port name, read from the ``RUNE_PORT_<NAME>`` of its environment."""
+    out: dict[str, int] = {}
+    for key, value in inst.environment.items():
+        if key.startswith("RUNE_PORT_") and value.isdigit():
+            # Port names are DNS labels: RUNE_PORT_ADMIN_UI is the port "admin-ui".
+            out[key.removeprefix("RUNE_PORT_").lower().replace("_", "-")] = int(value)
+    return dict(sorted(out.items()))
+
+
+def ports_text(inst: Any) -> str:
+    """``127.0.0.1:41234->http,...``: where each declared port of an instance is reachable (``-`` when none)."""
+    host = inst.ip or "127.0.0.1"
+    return ",".join(f"{host}:{port}->{name}" for name, port in host_ports(inst).items()) or "-"
+
+
 def _what(svc: Any) -> str:
     if svc.runtime == "process":
         return " ".join(" ".join([svc.process.command, *svc.process.args]).split())[:50]
@@ -78,6 +94,7 @@ KINDS: dict[str, Kind] = {
         wide=[
             ("ID", lambda i: i.id),
             ("NODE", lambda i: i.node_id or "-"),
+            ("PORTS", ports_text),
             ("RUNNER", lambda i: i.runner or "-"),
             ("MESSAGE", lambda i: i.status_message[:60] or "-"),
         ],

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import json
 import os
 import pwd
 import shlex
+import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from rune.api import common_pb2, service_pb2
 from runed.controller.instance import Instance
+from runed.controller.states import ACTIVE, RUNNING
 from runed.core import quantity
 from runed.core.config import ControllerConfig
+from runed.model import objects
 from runed.runner.base import LaunchSpec, RunnerError
 from runed.secrets import envresolve
 from runed.secrets.crypto import SecretCrypto
@@ -20,6 +26,13 @@ from runed.store.base import Store
 
 # Variables of runed's own environment an instance inherits; everything else comes from the spec.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
+# In an instance's directory: its secret and configmap mounts, and the list of the ones it wrote
+# at shared host paths (controller.host_mount_paths), so a restarted controller can remove them.
+MOUNTS_NAME = "mounts"
+HOST_MOUNTS_NAME = "host-mounts.json"
+
+# The instances of a service (namespace, name), as the controller's book holds them.
+Peers = Callable[[str, str], list[Instance]]
 
 
 def free_port() -> int:
@@ -43,9 +56,28 @@ def inherited_env() -> dict[str, str]:
     return {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
 
 
+def port_key(p: common_pb2.ServicePort) -> str:
+    """How an instance's ports (and ``RUNE_PORT_<NAME>``) name a declared port: its name, else its number."""
+    return p.name or str(p.port)
+
+
+def fixed_port(svc: service_pb2.Service) -> tuple[str, int] | None:
+    """The declared port ``expose.host_port`` binds (``expose.port``, else the first) and that host port."""
+    if not svc.expose.host_port:
+        return None
+    for p in svc.ports:
+        if not svc.expose.port or svc.expose.port in (p.name, str(p.port)):
+            return port_key(p), int(svc.expose.host_port)
+    return None
+
+
 def new_ports(svc: service_pb2.Service) -> dict[str, int]:
-    """A free host port for every declared port, named by the port's name (or number)."""
-    return {(p.name or str(p.port)): free_port() for p in svc.ports}
+    """A host port for every declared port, named by :func:`port_key`: ``expose.host_port`` or a free one."""
+    fixed = fixed_port(svc)
+    ports = {port_key(p): free_port() for p in svc.ports}
+    if fixed is not None:
+        ports[fixed[0]] = fixed[1]
+    return ports
 
 
 def argv(svc: service_pb2.Service) -> list[str]:
@@ -75,20 +107,17 @@ def user_ids(sc: common_pb2.ProcessSecurityContext) -> tuple[int | None, int | N
 class Launcher:
     """Turns a service spec and an instance into a :class:`LaunchSpec`, resolving secrets and configmaps."""
 
-    def __init__(self, store: Store, crypto: SecretCrypto | None, cfg: ControllerConfig) -> None:
+    def __init__(self, store: Store, crypto: SecretCrypto | None, cfg: ControllerConfig, peers: Peers) -> None:
         self.store = store
         self.crypto = crypto
         self.cfg = cfg
+        self.peers = peers
 
     def spec(self, inst: Instance, svc: service_pb2.Service) -> LaunchSpec:
         """The launch of ``inst``; records on it what its record shows (ports, env with references
         unresolved, uid/gid, working directory). Raises ResolveError, RunnerError or OSError."""
         d = Path(inst.log_dir)
-        # A restart keeps its host ports (clients keep their address) unless someone else took one.
-        ports = {k: v for k, v in inst.ports.items() if port_available(int(v))}
-        for p in svc.ports:
-            ports.setdefault(p.name or str(p.port), free_port())
-        inst.ports = ports
+        inst.ports = ports = self.ports(inst, svc)
         stored = self.env(inst, svc, ports, reveal=False)
         env = self.env(inst, svc, ports, reveal=True)
         inst.env = stored
@@ -99,7 +128,7 @@ class Launcher:
         if uid is not None:
             os.chown(workdir, uid, gid if gid is not None else -1)
         inst.workdir = str(workdir)
-        envresolve.write_mounts(envresolve.mount_files(self.store, self.crypto, svc, workdir), uid, gid)
+        self.mount(inst, svc, uid, gid)
         return LaunchSpec(
             instance_id=inst.id,
             namespace=inst.namespace,
@@ -118,8 +147,115 @@ class Launcher:
             log_backups=self.cfg.log_backups,
         )
 
+    def ports(self, inst: Instance, svc: service_pb2.Service) -> dict[str, int]:
+        """Host ports for this start: ``expose.host_port`` for the port it exposes, else the ports of
+        the last start (clients keep their address) unless someone else took one, else free ones."""
+        fixed = fixed_port(svc)
+        if fixed is not None and not port_available(fixed[1]):
+            raise RunnerError(f"host port {fixed[1]} (service.expose.host_port) is in use on this node")
+        ports: dict[str, int] = {}
+        for p in svc.ports:
+            key = port_key(p)
+            if fixed is not None and key == fixed[0]:
+                ports[key] = fixed[1]
+            else:
+                old = inst.ports.get(key)
+                ports[key] = old if old and port_available(old) else free_port()
+        return ports
+
     def env(self, inst: Instance, svc: service_pb2.Service, ports: dict[str, int], *, reveal: bool) -> dict[str, str]:
         """The spec's environment for ``inst``; ``reveal`` resolves secret references (never stored)."""
+        has_mounts = bool(svc.secret_mounts or svc.configmap_mounts)
         return envresolve.compute_env(
-            self.store, self.crypto, svc, instance_id=inst.id, instance_name=inst.name, ports=ports, reveal=reveal
+            self.store,
+            self.crypto,
+            svc,
+            instance_id=inst.id,
+            instance_name=inst.name,
+            ports=ports,
+            reveal=reveal,
+            dependencies=self.dependencies(svc),
+            mounts_dir=str(mounts_root(inst)) if has_mounts else "",
         )
+
+    def dependencies(self, svc: service_pb2.Service) -> list[envresolve.Endpoint]:
+        """Where each dependency service answers: the node's address and the host ports of one of its
+        instances (a ready one first, the lowest index first; ``expose.host_port`` is the same for all)."""
+        out: list[envresolve.Endpoint] = []
+        for dep in svc.dependencies:
+            if not dep.service:
+                continue
+            dns = dep.namespace or svc.namespace
+            rec = self.store.get(objects.SERVICE, dns, dep.service)
+            if rec is None:
+                continue
+            dsvc = objects.service_from_record(rec)
+            candidates = [i for i in self.peers(dns, dep.service) if not i.retire and i.ports]
+            best = min(
+                candidates,
+                key=lambda i: (not (i.state is RUNNING and i.ready), i.state not in ACTIVE, i.index, i.created_at),
+                default=None,
+            )
+            ports = dict(best.ports) if best is not None else {}
+            fixed = fixed_port(dsvc)
+            if fixed is not None:
+                ports[fixed[0]] = fixed[1]
+            ordered = [(port_key(p), ports[port_key(p)]) for p in dsvc.ports if port_key(p) in ports]
+            out.append(envresolve.Endpoint(dep.service, envresolve.NODE_ADDRESS, ordered))
+        return out
+
+    # -- mounts -----------------------------------------------------------------------------------
+    def mount(self, inst: Instance, svc: service_pb2.Service, uid: int | None, gid: int | None) -> None:
+        """Write the instance's secret and configmap mounts afresh (what a previous start left goes first)."""
+        self.release(inst, shared=False)
+        if not (svc.secret_mounts or svc.configmap_mounts):
+            return
+        root = mounts_root(inst)
+        files = envresolve.mount_files(self.store, self.crypto, svc, root, self.cfg.host_mount_paths)
+        # Only the instance's user may even list its mounts.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if uid is not None:
+            os.chown(root, uid, gid if gid is not None else -1)
+        # Recorded before they are written, with what earlier starts wrote, so every one is removed.
+        shared = {str(f.path) for f in files if f.shared}
+        if shared:
+            record = Path(inst.log_dir) / HOST_MOUNTS_NAME
+            record.write_text(json.dumps(sorted(shared | set(_recorded(record)))))
+        try:
+            envresolve.write_mounts(files, uid, gid)
+        except OSError:
+            self.release(inst)
+            raise
+
+    def release(self, inst: Instance, *, shared: bool = True) -> None:
+        """Remove the instance's mount files: it no longer runs, so its secrets leave the disk.
+
+        Files at shared host paths go too (``shared``) unless another instance of the service still
+        runs and may read them; the last one to stop removes them.
+        """
+        root = mounts_root(inst)
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        record = Path(inst.log_dir) / HOST_MOUNTS_NAME
+        if not shared or not record.exists():
+            return
+        others = [i for i in self.peers(inst.namespace, inst.service) if i.key != inst.key and i.state in ACTIVE]
+        if others:
+            return
+        for path in _recorded(record):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        record.unlink(missing_ok=True)
+
+
+def mounts_root(inst: Instance) -> Path:
+    """The directory an instance's mounts are placed under (``RUNE_MOUNTS_DIR``)."""
+    return Path(inst.log_dir) / MOUNTS_NAME
+
+
+def _recorded(record: Path) -> list[str]:
+    """The shared host-path mount files an instance wrote (none when the record is absent or unreadable)."""
+    try:
+        return [str(p) for p in json.loads(record.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []

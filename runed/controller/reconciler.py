@@ -77,7 +77,7 @@ class Controller:
         self.store = store
         self.alarm = Alarm()
         self.book = Book(store, data_dir)
-        launcher = Launcher(store, crypto, cfg)
+        launcher = Launcher(store, crypto, cfg, self.book.of_service)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
         self.status = StatusWriter(store)
@@ -267,12 +267,16 @@ class Controller:
         for inst in current:
             by_index.setdefault(inst.index, []).append(inst)
         deps = self._deps_ready(svc, rec.namespace, services)
-        has_readiness = svc.HasField("health") and svc.health.readiness.type != common_pb2.PROBE_TYPE_UNSPECIFIED
+        surge = svc.HasField("health") and svc.health.readiness.type != common_pb2.PROBE_TYPE_UNSPECIFIED
+        # Two instances cannot bind one expose.host_port: the old one goes before its replacement starts.
+        surge = surge and not svc.expose.host_port
         if deps:
             message = deps
         else:
+            # A replacement waits until the instance it replaces has let go of the host port.
+            holding = {x.index for x in items if x.retire} if svc.expose.host_port else set()
             for i in range(scale):
-                if i not in by_index:
+                if i not in by_index and i not in holding:
                     sup.start(self._new_instance(svc, rec, i), reason="Starting")
             # Rolling update: one index at a time; a surge instance must be ready before its old one goes.
             for i in sorted(by_index):
@@ -285,7 +289,7 @@ class Controller:
                         sup.retire(x, "duplicate")
                     continue
                 rolling = True
-                if has_readiness:
+                if surge:
                     if not new:
                         sup.start(self._new_instance(svc, rec, i), reason="Starting (rolling update)")
                         break

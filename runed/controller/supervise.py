@@ -150,6 +150,7 @@ class Supervisor:
     def on_exit(self, inst: Instance, obs: Observation) -> None:
         """The process is gone on its own: record how, then apply the restart policy."""
         self.prober.cancel(inst.key)
+        self.launcher.release(inst)
         inst.last_exit_code = obs.code
         inst.last_signal = obs.signal
         inst.pid = 0
@@ -226,6 +227,7 @@ class Supervisor:
             self.book.save(inst)
 
     def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
+        self.launcher.release(inst)
         obs: Observation | None = None
         if observed and lv.stop_task is not None:
             try:
@@ -279,6 +281,7 @@ class Supervisor:
         try:
             handle = runner.start(spec)
         except RunnerError as e:
+            self.launcher.release(inst)
             self._fail_start(inst, e.message, fatal=e.fatal)
             return
         self.book.live(inst.key).env = spec.env

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ from runed.store.base import Store
 
 ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 TEMPLATE = re.compile(r"\{\{\s*(secret|configmap)\s*:\s*([^}]*?)\s*\}\}")
+# Where process instances reach each other: they listen on the node's own addresses, and the
+# loopback one is reachable from every process instance on the node (``Instance.ip`` says the same).
+NODE_ADDRESS = "127.0.0.1"
+# The instance's environment variable naming the directory its mounts are placed under.
+MOUNTS_DIR_ENV = "RUNE_MOUNTS_DIR"
 
 
 class ResolveError(Exception):
@@ -86,6 +92,26 @@ class Sources:
         return values[key]
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a service answers: a reachable host and its host ports, in the order the spec declares them."""
+
+    service: str
+    host: str
+    ports: Sequence[tuple[str, int]]  # (port name, or its number when unnamed; host port)
+
+
+def endpoint_env(ep: Endpoint) -> dict[str, str]:
+    """Kubernetes-style ``<SVC>_SERVICE_HOST``, ``<SVC>_SERVICE_PORT`` (first port), ``<SVC>_SERVICE_PORT_<NAME>``."""
+    up = _upper(ep.service)
+    env = {f"{up}_SERVICE_HOST": ep.host}
+    for i, (name, port) in enumerate(ep.ports):
+        if i == 0:
+            env[f"{up}_SERVICE_PORT"] = str(port)
+        env[f"{up}_SERVICE_PORT_{_upper(name)}"] = str(port)
+    return env
+
+
 def compute_env(
     store: Store,
     crypto: Any,
@@ -95,9 +121,13 @@ def compute_env(
     instance_name: str,
     ports: dict[str, int],
     reveal: bool,
+    dependencies: Sequence[Endpoint] = (),
+    mounts_dir: str = "",
 ) -> dict[str, str]:
     """envFrom imports, then service env with templates, then the built-ins (later wins).
 
+    The built-ins name the instance, its own service's endpoint and those of the services it
+    depends on (``dependencies``), and ``mounts_dir`` when the instance has mounts there.
     ``reveal`` False gives the form that may be stored: secret values as references.
     """
     ns = svc.namespace or DEFAULT_NAMESPACE
@@ -111,33 +141,56 @@ def compute_env(
                 env[key] = v
     for k, v in svc.env.items():
         env[k] = TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v)
-    svc_up = _upper(svc.name)
     env["RUNE_SERVICE_NAME"] = svc.name
     env["RUNE_SERVICE_NAMESPACE"] = ns
     env["RUNE_INSTANCE_ID"] = instance_id
     env["RUNE_INSTANCE_NAME"] = instance_name
-    env[f"{svc_up}_SERVICE_HOST"] = f"{svc.name}.{ns}.rune"
-    for i, p in enumerate(svc.ports):
-        host_port = ports.get(p.name or str(p.port))
-        if host_port is None:
-            continue
-        env[f"{svc_up}_SERVICE_PORT_{_upper(p.name or str(p.port))}"] = str(host_port)
-        env[f"RUNE_PORT_{_upper(p.name or str(p.port))}"] = str(host_port)
-        if i == 0:
-            env[f"{svc_up}_SERVICE_PORT"] = str(host_port)
-            env["PORT"] = str(host_port)
+    if mounts_dir:
+        env[MOUNTS_DIR_ENV] = mounts_dir
+    # Dependencies first: the instance's own service wins a clash of names (same name, other namespace).
+    for dep in dependencies:
+        env.update(endpoint_env(dep))
+    own: list[tuple[str, int]] = []
+    for p in svc.ports:
+        key = p.name or str(p.port)
+        if key in ports:
+            own.append((key, ports[key]))
+            env[f"RUNE_PORT_{_upper(key)}"] = str(ports[key])
+    if own:
+        env["PORT"] = str(own[0][1])
+    env.update(endpoint_env(Endpoint(svc.name, NODE_ADDRESS, own)))
     return env
 
 
 @dataclass
 class MountFile:
+    """One file of a secret or configmap mount; ``shared`` when it is at a host path (not the instance's)."""
+
     path: Path
     content: bytes
     mode: int
+    shared: bool = False
 
 
-def mount_files(store: Store, crypto: Any, svc: service_pb2.Service, workdir: Path) -> list[MountFile]:
-    """Files for secret (0400) and configmap (0444) mounts; relative mount paths are under ``workdir``."""
+def mount_dir(mount_path: str, root: Path, host_paths: Sequence[str] = ()) -> tuple[Path, bool]:
+    """Where a mount's files go, and whether that is a shared host path.
+
+    A mount path is the path the instance sees, as in a container: a process instance has no
+    filesystem of its own, so the path is placed under ``root`` (the instance's own directory).
+    Only a path under one of ``host_paths`` (the operator's ``controller.host_mount_paths``) is
+    written on the host as it is, shared by every instance that mounts it.
+    """
+    rel = os.path.normpath("/" + mount_path.lstrip("/")).lstrip("/")
+    host = Path("/", rel)
+    if any(host.is_relative_to(os.path.normpath(allowed)) for allowed in host_paths if allowed.startswith("/")):
+        return host, True
+    return root / rel, False
+
+
+def mount_files(
+    store: Store, crypto: Any, svc: service_pb2.Service, root: Path, host_paths: Sequence[str] = ()
+) -> list[MountFile]:
+    """Files for secret (0400) and configmap (0444) mounts, placed by :func:`mount_dir`."""
     ns = svc.namespace or DEFAULT_NAMESPACE
     src = Sources(store, crypto, ns, reveal=True)
     out: list[MountFile] = []
@@ -146,25 +199,24 @@ def mount_files(store: Store, crypto: Any, svc: service_pb2.Service, workdir: Pa
     for kind, m, mode in mounts:
         source = (m.secret_name if kind == "secret" else m.configmap_name) or m.name
         data = src.data(kind, ns, source)
-        base = Path(m.mount_path)
-        if not base.is_absolute():
-            base = workdir / base
+        base, shared = mount_dir(m.mount_path, root, host_paths)
         items = {it.key: it.path for it in m.items}
         for key, value in data.items():
             rel = items.get(key, key)
-            target = (base / rel).resolve()
-            if not str(target).startswith(str(base.resolve())):
+            target = Path(os.path.normpath(base / rel))
+            if not target.is_relative_to(base) or target == base:
                 raise ResolveError(f"mount {m.name}: item path {rel!r} escapes the mount path")
-            out.append(MountFile(target, value.encode(), mode))
+            out.append(MountFile(target, value.encode(), mode, shared))
     return out
 
 
 def write_mounts(files: list[MountFile], uid: int | None, gid: int | None) -> None:
+    """Write mount files (owned by the instance's user); a file that exists is replaced."""
     for f in files:
         f.path.parent.mkdir(parents=True, exist_ok=True)
         if f.path.exists():
             os.chmod(f.path, 0o600)
-        fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, f.content)
         finally:

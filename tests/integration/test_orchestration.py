@@ -76,7 +76,7 @@ def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
         assert env["RUNE_SERVICE_NAMESPACE"] == "default"
         assert env["RUNE_INSTANCE_ID"] == inst["id"]
         assert env["PORT"] == str(inst["ports"]["http"]) == env["RUNE_PORT_HTTP"] == env["WEB_SERVICE_PORT"]
-        assert env["WEB_SERVICE_HOST"] == "web.default.rune"
+        assert env["WEB_SERVICE_HOST"] == "127.0.0.1"
         # The stored env never holds the secret's value.
         assert inst["env"]["DB_PASS"] == "{{secret:db/password}}"
         assert "s3cret" not in json.dumps(inst)
@@ -84,10 +84,12 @@ def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{inst['ports']['http']}/", timeout=5) as r:
             assert r.status == 200
         assert Path(inst["workdir"]).is_dir()
-        secret_file = orch.tmp / "secrets" / "password"
+        # Mount paths are placed under the instance's own RUNE_MOUNTS_DIR (tests/integration/test_mounts.py).
+        mounts = Path(env["RUNE_MOUNTS_DIR"])
+        secret_file = mounts / str(orch.tmp / "secrets").lstrip("/") / "password"
         assert secret_file.read_text() == "s3cret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o400
-        assert (orch.tmp / "conf" / "mode").read_text() == "fast"
+        assert (mounts / str(orch.tmp / "conf").lstrip("/") / "mode").read_text() == "fast"
         # Own process group, and not runed's.
         assert os.getpgid(inst["pid"]) == inst["pid"]
         assert os.getsid(inst["pid"]) != os.getsid(orch.runed.proc.pid)  # type: ignore[union-attr]

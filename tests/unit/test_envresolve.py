@@ -48,7 +48,7 @@ def test_env_precedence_templates_and_stored_form(tmp_path: Path, store: SQLiteS
     assert env["S_PASSWORD"] == "pw"
     assert env["MODE"] == "override", "service env wins over envFrom"
     assert env["PW"] == "pre-pw-post" and env["C"] == "fast"
-    assert env["MY_APP_SERVICE_HOST"] == "my-app.default.rune"
+    assert env["MY_APP_SERVICE_HOST"] == "127.0.0.1", "a reachable address, not a name nothing resolves"
     assert env["MY_APP_SERVICE_PORT"] == "4000" == env["PORT"] == env["RUNE_PORT_WEB_UI"]
     assert env["MY_APP_SERVICE_PORT_ADMIN"] == "4001"
     stored = envresolve.compute_env(store, crypto, svc, reveal=False, **kw)  # type: ignore[arg-type]
@@ -67,3 +67,23 @@ def test_missing_reference_is_a_resolve_error(tmp_path: Path, store: SQLiteStore
     svc = service_pb2.Service(name="a", namespace="default", env={"X": "{{configmap:cm}}"})
     with pytest.raises(envresolve.ResolveError, match="needs a key"):
         envresolve.compute_env(store, None, svc, instance_id="i", instance_name="a-0", ports={}, reveal=True)
+
+
+def test_mount_paths_stay_under_the_instance_root_unless_the_operator_allows_the_host_path(tmp_path: Path) -> None:
+    root = tmp_path / "inst" / "mounts"
+    assert envresolve.mount_dir("/etc/app", root) == (root / "etc/app", False)
+    assert envresolve.mount_dir("/x/../../../etc", root) == (root / "etc", False), "'..' cannot climb out"
+    allowed = ["/srv/rune-mounts"]
+    assert envresolve.mount_dir("/srv/rune-mounts/app", root, allowed) == (Path("/srv/rune-mounts/app"), True)
+    assert envresolve.mount_dir("/srv/rune-mounts-other", root, allowed) == (root / "srv/rune-mounts-other", False)
+    assert envresolve.mount_dir("/srv/rune-mounts/../etc", root, allowed) == (root / "srv/etc", False)
+
+
+def test_dependency_endpoints_are_reachable_host_and_ports() -> None:
+    ep = envresolve.Endpoint("my-db", "127.0.0.1", [("wire", 41000), ("5433", 41001)])
+    assert envresolve.endpoint_env(ep) == {
+        "MY_DB_SERVICE_HOST": "127.0.0.1",
+        "MY_DB_SERVICE_PORT": "41000",
+        "MY_DB_SERVICE_PORT_WIRE": "41000",
+        "MY_DB_SERVICE_PORT_5433": "41001",
+    }

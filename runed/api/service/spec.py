@@ -161,6 +161,9 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
             out.append(FieldViolation(f"{path}.expose.port", f"must name or number a declared port, got {e.port!r}"))
         if e.host_port and not 1 <= e.host_port <= 65535:
             out.append(FieldViolation(f"{path}.expose.host_port", "must be between 1 and 65535"))
+        elif e.host_port and not svc.ports:
+            # The host port is where the exposed declared port listens: without one there is nothing to bind.
+            out.append(FieldViolation(f"{path}.expose.host_port", "needs a declared port to expose (service.ports)"))
     return out
 
 

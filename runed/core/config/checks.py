@@ -67,6 +67,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "controller: stop_grace_seconds, log_backups and restart_backoff_reset_seconds must not be negative"
         )
+    for path in ctl.host_mount_paths:
+        if not path.startswith("/"):
+            raise ConfigError(f"controller.host_mount_paths: must be absolute paths, got {path!r}")
     data_dir = cfg.data_dir or default_data_dir()
     data_dir = str(Path(data_dir).expanduser().resolve())
     return dataclasses.replace(cfg, data_dir=data_dir)

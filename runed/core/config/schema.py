@@ -145,6 +145,9 @@ class ControllerConfig:
     stop_grace_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # Host directories where secret/configmap mounts may be written as they are (shared, opt-in);
+    # every other mount path is placed under the instance's own directory.
+    host_mount_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
