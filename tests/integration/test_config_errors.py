@@ -33,7 +33,7 @@ def test_a_missing_secret_key_retries_when_the_secret_changes(runed_factory: Run
         assert str(inst["reason"]).startswith("CreateConfigError: "), inst["reason"]
         return inst
 
-    eventually(waiting, timeout=10)
+    eventually(waiting, timeout=30)
     secret.data["password"] = "s3cret"
     secrets.UpdateSecret(secret_pb2.UpdateSecretRequest(secret=secret), metadata=orch.auth)
     (inst,) = eventually(
