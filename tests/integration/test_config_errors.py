@@ -37,6 +37,6 @@ def test_a_missing_secret_key_retries_when_the_secret_changes(runed_factory: Run
     secret.data["password"] = "s3cret"
     secrets.UpdateSecret(secret_pb2.UpdateSecretRequest(secret=secret), metadata=orch.auth)
     (inst,) = eventually(
-        lambda: orch.running("needy", 1), timeout=10, what="restarted without waiting out the back-off"
+        lambda: orch.running("needy", 1), timeout=30, what="restarted without waiting out the back-off"
     )
     assert inst["restart_count"] == 1
