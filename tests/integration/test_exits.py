@@ -155,6 +155,7 @@ def test_backoff_is_reset_after_a_healthy_run_across_a_runed_restart(
     first.proc.wait(10)
     (workdir / "die").touch()
     eventually(lambda: not alive(int(inst["pid"])), what="the instance exited")
+    (workdir / "die").unlink()  # its next run is healthy again
     o.runed = runed_factory(first.data_dir, args=first.args)
 
     def running_again() -> dict[str, Any]:
