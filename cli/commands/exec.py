@@ -171,7 +171,10 @@ def exec_(
                 code = resp.exit.code if not resp.exit.signaled or resp.exit.code else 128 + 9
                 break
             elif which == "status" and resp.status.code != 0:
-                raise CliError(resp.status.message or "exec failed")
+                # The server ends the session (its instance is stopping or deleted): say why; the exit follows.
+                sys.stderr.write(f"rune exec: {resp.status.message or 'session ended by the server'}\n")
+                sys.stderr.flush()
+                code = 1
     except KeyboardInterrupt:
         outbox.put(epb.ExecRequest(signal=epb.Signal(name="SIGINT")))
         code = 130

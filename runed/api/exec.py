@@ -8,7 +8,9 @@ the stream; ``resize`` sets the terminal size (TIOCSWINSZ); ``signal`` (``TERM``
 the exit code, or ``signaled`` with the signal name and code 128+n. A client that disconnects
 kills the command's process group. A session past ``exec.timeout_seconds`` is killed and ends
 with its ``exit`` followed by RESOURCE_EXHAUSTED; so does a session beyond
-``exec.max_sessions_per_instance``, before it starts.
+``exec.max_sessions_per_instance``, before it starts. A session whose instance is deleted or
+stopped (learned from the store's change log) has its process group killed, and ends with a
+``status`` saying why (code ABORTED) and the ``exit`` (SIGKILL, 137).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from google.rpc import code_pb2
+
 from rune.api import common_pb2, exec_pb2
+from runed.api import lifetime
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.exec.docker import DockerError, DockerExec
@@ -204,10 +209,18 @@ def _exit_response(ex: Exit) -> exec_pb2.ExecResponse:
     )
 
 
+def _ended_response(reason: str) -> exec_pb2.ExecResponse:
+    return exec_pb2.ExecResponse(
+        status=common_pb2.Status(code=code_pb2.ABORTED, message=f"{reason}: the exec session ends")
+    )
+
+
 async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallContext) -> AsyncIterator[Any]:
     first = await anext(requests)
     init = first.init
     ns = init.namespace
+    # Taken before the instance is picked: a stop or deletion from then on reaches the watch below.
+    since = ctx.deps.store.current_revision()
     rec = pick_instance(ctx, ns, init)
     cfg = ctx.deps.config.exec
     slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)
@@ -218,8 +231,10 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
         )
     proc: ExecProcess | DockerExec | None = None
     pump: asyncio.Task[None] | None = None
+    ender: asyncio.Task[str] | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out = False
+    ended = ""
     try:
         if _is_container(rec):
             proc = await _start_container_exec(ctx, rec, init)
@@ -236,8 +251,20 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
             assert proc is not None
             proc.send_signal(signal.SIGKILL)
 
+        def on_end(task: asyncio.Task[str]) -> None:
+            # The instance is going away: so does the command, and the session ends with its exit.
+            nonlocal ended
+            if task.cancelled() or task.exception() is not None:
+                return
+            ended = task.result()
+            assert proc is not None
+            proc.send_signal(signal.SIGKILL)
+
         timer = asyncio.get_running_loop().call_later(cfg.timeout_seconds, on_timeout)
         pump = asyncio.create_task(_pump_input(requests, proc))
+        followed = lifetime.Followed.instance(rec, until_stopping=True)
+        ender = asyncio.create_task(lifetime.wait_end(ctx.deps.store, followed, since))
+        ender.add_done_callback(on_end)
         async for ev in proc.events():
             if isinstance(ev, Output):
                 if ev.stream == "stdout":
@@ -245,12 +272,18 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
                 else:
                     yield exec_pb2.ExecResponse(stderr=ev.data)
             else:
+                if ended:
+                    yield _ended_response(ended)
                 yield _exit_response(ev)
         if timed_out:
             raise errors.ResourceExhausted(f"exec session exceeded its time limit of {cfg.timeout_seconds:g}s")
     finally:
         if timer is not None:
             timer.cancel()
+        if ender is not None:
+            ender.cancel()
+            with contextlib.suppress(BaseException):
+                await ender
         if pump is not None:
             pump.cancel()
             with contextlib.suppress(BaseException):

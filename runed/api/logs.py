@@ -12,6 +12,16 @@ Every response carries a ``cursor``; a request with
 follow stream ends when the client cancels, when a ``parameter_update`` turns ``follow`` off, or
 once ``until`` has passed. ``parameter_update`` messages may change follow, filter, stream,
 timestamps and (when the stream started with them) show_events of the open stream.
+
+A follow stream also ends when what it follows is gone: a service once it is deleted, an instance
+once it is deleted or has stopped for good (stopped, exited, failed; already so when the stream
+starts counts too). Its last lines come first, then a last ``event`` line saying why, with
+``status`` {code 0, message: the reason, details: ["end_of_stream"]}.
+
+Lines that log rotation removed before the stream read them (a cursor older than the retained
+files, or a follower that fell behind) are not skipped silently: one ``event`` line stands in their
+place, with ``status`` {code DATA_LOSS, details: ["missing_lines=<n>", "first_seq=<a>",
+"last_seq=<b>"]}; its ``seq`` is the last missing one and its cursor resumes after them.
 """
 
 from __future__ import annotations
@@ -24,20 +34,26 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from rune.api import logs_pb2
+from google.rpc import code_pb2
+
+from rune.api import common_pb2, logs_pb2
+from runed.api import lifetime
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.logs import cursor
-from runed.logs.events import EVENTS_NAME
+from runed.logs.events import EVENT_STREAM, EVENTS_NAME
+from runed.logs.files import GAP_STREAM, LOG_NAME
 from runed.logs.stream import STREAMS, Emitted, LogStream, Selection, Source, compile_filter
-from runed.logs.timeparse import parse_bound
+from runed.logs.timeparse import format_ns, parse_bound
 from runed.pipeline.context import CallContext
-from runed.store.base import DELETED, Record, Store, iter_all
+from runed.store.base import DELETED, Change, Record, Store, iter_all
 
 INSTANCE_KIND = "instance"
 SERVICE_KIND = "service"
 # Lines may reach the file a little after their timestamp: keep following that long past ``until``.
 UNTIL_GRACE_NS = 500_000_000
+# The detail that marks the last event of a follow whose service or instance is gone.
+END_OF_STREAM = "end_of_stream"
 
 
 def _validate(req: logs_pb2.LogRequest) -> list[FieldViolation]:
@@ -134,8 +150,54 @@ def _level(content: str) -> str:
     return "info"
 
 
+def _gap_response(e: Emitted, timestamps: bool) -> logs_pb2.LogResponse:
+    ln, src = e.line, e.source
+    first = ln.seq - ln.missing + 1
+    what = "lines" if src.file == LOG_NAME else "events"
+    text = (
+        f"{ln.missing} {what} of {src.instance_name} (seq {first}-{ln.seq})"
+        " were removed by log rotation before they were read"
+    )
+    return logs_pb2.LogResponse(
+        service_name=src.service,
+        instance_id=src.instance_id,
+        instance_name=src.instance_name,
+        timestamp=ln.ts,
+        content=f"{ln.ts} {text}" if timestamps else text,
+        stream=EVENT_STREAM,
+        status=common_pb2.Status(
+            code=code_pb2.DATA_LOSS,
+            message=text,
+            details=[f"missing_lines={ln.missing}", f"first_seq={first}", f"last_seq={ln.seq}"],
+        ),
+        log_level="warning",
+        cursor=e.cursor,
+        seq=ln.seq,
+    )
+
+
+def _end_response(
+    reason: str, src: Source | None, service: str, position: str, timestamps: bool
+) -> logs_pb2.LogResponse:
+    ts = format_ns(time.time_ns())
+    text = f"{reason}: end of the log stream"
+    return logs_pb2.LogResponse(
+        service_name=service,
+        instance_id=src.instance_id if src is not None else "",
+        instance_name=src.instance_name if src is not None else "",
+        timestamp=ts,
+        content=f"{ts} {text}" if timestamps else text,
+        stream=EVENT_STREAM,
+        status=common_pb2.Status(code=code_pb2.OK, message=reason, details=[END_OF_STREAM]),
+        log_level="info",
+        cursor=position,
+    )
+
+
 def _response(e: Emitted, timestamps: bool) -> logs_pb2.LogResponse:
     ln = e.line
+    if ln.stream == GAP_STREAM:
+        return _gap_response(e, timestamps)
     return logs_pb2.LogResponse(
         service_name=e.source.service,
         instance_id=e.source.instance_id,
@@ -182,12 +244,13 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     # Take the revision before listing so an instance created in between is seen by the watch.
     start_rev = store.current_revision()
     service, sources = resolve_target(store, data_dir, ns, first.resource_target)
+    target = _Target.of(store, ns, service, sources)
     sources = _with_events(sources, first.show_events)
     params = _Params(first)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
     stream = LogStream(params.selection, {s.key: s for s in sources}, positions)
 
-    lines = _serve(stream, params, requests, store, ns, service, start_rev, data_dir, first.tail, first.show_events)
+    lines = _serve(stream, params, requests, store, target, start_rev, data_dir, first.tail, first.show_events)
     try:
         async for item in lines:
             yield item
@@ -197,13 +260,36 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
         stream.close()
 
 
+@dataclasses.dataclass
+class _Target:
+    """What a stream follows: a service (``service``), or one instance (``instance``); what may end it."""
+
+    namespace: str
+    service: str | None
+    instance: Source | None
+    followed: lifetime.Followed | None = None
+
+    @classmethod
+    def of(cls, store: Store, ns: str, service: str | None, sources: list[Source]) -> _Target:
+        if service is None:
+            inst = sources[0]
+            return cls(ns, None, inst, lifetime.Followed(INSTANCE_KIND, ns, inst.instance_id, inst.instance_name))
+        if store.get(SERVICE_KIND, ns, service) is None:
+            # Leftover instances of a service already gone: followed as they come and go, nothing to end.
+            return cls(ns, service, None)
+        return cls(ns, service, None, lifetime.Followed.service(ns, service))
+
+    def end(self, reason: str, stream: LogStream, timestamps: bool) -> logs_pb2.LogResponse:
+        service = self.service or (self.instance.service if self.instance is not None else "")
+        return _end_response(reason, self.instance, service, cursor.encode(stream.pos), timestamps)
+
+
 async def _serve(
     stream: LogStream,
     params: _Params,
     requests: AsyncIterator[logs_pb2.LogRequest],
     store: Store,
-    ns: str,
-    service: str | None,
+    target: _Target,
     start_rev: int,
     data_dir: Path,
     tail: int,
@@ -213,6 +299,13 @@ async def _serve(
         yield _response(e, params.timestamps)
     if not params.follow:
         return
+    ns, service, followed = target.namespace, target.service, target.followed
+    if service is None and followed is not None:
+        # An instance that has already stopped for good: its history was all there is to follow.
+        reason = followed.current(store)
+        if reason is not None:
+            yield target.end(reason, stream, params.timestamps)
+            return
 
     wake = asyncio.Event()
 
@@ -223,30 +316,57 @@ async def _serve(
                 wake.set()
 
     retired: list[str] = []
+    ended: list[str] = []
 
-    async def watch_instances() -> None:
-        async for change in store.watch([INSTANCE_KIND], start_rev):
-            if change.namespace != ns:
-                continue
-            if change.op == DELETED:
-                if any(src.instance_id == change.name for src in stream.sources.values()):
-                    retired.append(change.name)
-                    wake.set()
-                continue
-            if change.data is None or change.data.get("service") != service:
-                continue
-            rec = Record(change.kind, change.namespace, change.name, change.data, change.revision, change.revision)
-            for src in _with_events([_source(data_dir, rec)], events):
-                stream.add_source(src)
-            wake.set()
+    def join(rec: Record) -> None:
+        for src in _with_events([_source(data_dir, rec)], events):
+            stream.add_source(src)
+
+    def track(change: Change) -> None:
+        """A service's instances come and go: new ones join the stream, deleted ones leave it once drained."""
+        if change.kind != INSTANCE_KIND or change.namespace != ns:
+            return
+        if change.op == DELETED:
+            if any(src.instance_id == change.name for src in stream.sources.values()):
+                retired.append(change.name)
+                wake.set()
+            return
+        if change.data is None or change.data.get("service") != service:
+            return
+        join(Record(change.kind, change.namespace, change.name, change.data, change.revision, change.revision))
+        wake.set()
+
+    def resync() -> None:
+        """After a gap in the change log: the service's instances as they are now."""
+        assert service is not None
+        current = {r.name: r for r in iter_all(store, INSTANCE_KIND, ns) if r.data.get("service") == service}
+        for rec in current.values():
+            join(rec)
+        retired.extend({src.instance_id for src in stream.sources.values()} - set(current))
+        wake.set()
+
+    async def watch_changes() -> None:
+        async for change in lifetime.changes(store, [INSTANCE_KIND, SERVICE_KIND], start_rev):
+            if change is None:
+                if service is not None:
+                    resync()
+                reason = followed.current(store) if followed is not None else None
+            else:
+                if service is not None:
+                    track(change)
+                reason = followed.see(change) if followed is not None else None
+            if reason is not None:
+                ended.append(reason)
+                wake.set()
+                return
 
     def done() -> bool:
         until = params.selection.until_ns
-        return not params.follow or (until is not None and time.time_ns() > until + UNTIL_GRACE_NS)
+        return bool(ended) or not params.follow or (until is not None and time.time_ns() > until + UNTIL_GRACE_NS)
 
     tasks = [asyncio.create_task(read_updates())]
-    if service is not None:
-        tasks.append(asyncio.create_task(watch_instances()))
+    if service is not None or followed is not None:
+        tasks.append(asyncio.create_task(watch_changes()))
     try:
         async for batch in stream.follow(wake, done):
             for e in batch:
@@ -255,6 +375,15 @@ async def _serve(
             while retired:
                 for e in stream.retire(retired.pop()):
                     yield _response(e, params.timestamps)
+        if ended:
+            # What it follows is gone: its last lines, then the reason, and the stream ends.
+            while retired:
+                for e in stream.retire(retired.pop()):
+                    yield _response(e, params.timestamps)
+            for e in stream.poll():
+                yield _response(e, params.timestamps)
+            stream.close()
+            yield target.end(ended[0], stream, params.timestamps)
     finally:
         for t in tasks:
             t.cancel()

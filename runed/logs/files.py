@@ -2,7 +2,9 @@
 
 Each line is a JSON object ``{"seq", "ts", "stream", "line"}``; ``seq`` strictly increases across
 rotations and restarts, which is what makes reads resumable and rotation races harmless: whatever
-order files are seen in, a reader only accepts lines beyond the last ``seq`` it returned.
+order files are seen in, a reader only accepts lines beyond the last ``seq`` it returned. Because
+``seq`` counts up by one, a reader that finds the next line further on than ``last + 1`` knows how
+many lines rotation removed before it got to them, and says so with a gap line (:data:`GAP_STREAM`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,22 @@ from runed.logs.timeparse import line_ns
 
 LOG_NAME = "log.jsonl"
 BLOCK = 64 * 1024
+# The stream of a gap line: not output, but the report that lines were removed before being read.
+GAP_STREAM = "gap"
 
 
 class LogLine(NamedTuple):
-    """One parsed log line of one instance (a tuple: thousands are parsed per second)."""
+    """One parsed log line of one instance (a tuple: thousands are parsed per second).
+
+    A gap line (``stream`` :data:`GAP_STREAM`) stands for ``missing`` lines a reader will never
+    see: its ``seq`` is the last of them, its ``ts`` that of the line after them.
+    """
 
     seq: int
     ts: str
     stream: str
     line: str
+    missing: int = 0
 
     @property
     def ns(self) -> int:
@@ -175,8 +184,17 @@ def _offset_after(fh: BinaryIO, after_seq: int) -> int:
     return max(0, pos)
 
 
+def gap(last_read: int, next_line: LogLine) -> LogLine:
+    """The gap line for the lines between seq ``last_read`` and ``next_line`` (both exclusive)."""
+    return LogLine(next_line.seq - 1, next_line.ts, GAP_STREAM, "", next_line.seq - 1 - last_read)
+
+
 class Follower:
     """Reads one instance's new lines as they are written, across rotation and restarts.
+
+    Lines rotation removed before they were read are reported by a gap line in their place, once
+    the follower has a position (``after_seq`` >= 0, or after its first line): a reader that starts
+    from nothing has no lines it expected to see.
 
     Not thread-safe; ``poll`` never blocks on anything but local file reads.
     """
@@ -214,6 +232,8 @@ class Follower:
             for raw in data[:cut].split(b"\n"):
                 ln = parse_line(raw) if raw else None
                 if ln is not None and ln.seq > self.last_seq:
+                    if ln.seq > self.last_seq + 1 and self.last_seq >= 0:
+                        out.append(gap(self.last_seq, ln))
                     out.append(ln)
                     self.last_seq = ln.seq
 
@@ -235,6 +255,8 @@ class Follower:
                 for raw in fh.read(end - start).split(b"\n"):
                     ln = parse_line(raw) if raw else None
                     if ln is not None and ln.seq > self.last_seq:
+                        if ln.seq > self.last_seq + 1 and self.last_seq >= 0:
+                            out.append(gap(self.last_seq, ln))
                         out.append(ln)
                         self.last_seq = ln.seq
             if len(out) >= limit:

@@ -2,7 +2,9 @@
 
 Lines of several instances are merged in time order; every emitted line carries a cursor that
 records, for each instance, the last seq the stream has consumed up to that line, so a reader
-resuming from it sees neither gaps nor duplicates.
+resuming from it sees no duplicates, and no gap it is not told about: lines that rotation removed
+before the stream read them come out as one gap line (stream :data:`GAP_STREAM`, ``missing`` lines)
+in their place, which every selection lets through.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from runed.logs import cursor, files
-from runed.logs.files import Follower, LogLine
+from runed.logs.files import GAP_STREAM, Follower, LogLine
 
 STREAMS = ("stdout", "stderr")
 EVENT_STREAM = "event"
@@ -73,6 +75,9 @@ class Selection:
             # Events are not output: the stdout/stderr choice does not hide them, show_events does.
             if not self.events:
                 return False
+        elif ln.stream == GAP_STREAM:
+            # Missing lines are reported whatever the selection: nobody can tell whether they matched.
+            return True
         elif self.stream and ln.stream != self.stream:
             return False
         if self.since_ns is not None and ln.ns < self.since_ns:

@@ -234,3 +234,39 @@ def test_retired_instance_is_drained_then_dropped(tmp_path: Path) -> None:
     got = s.poll()
     assert [e.line.line for e in got] == ["b1"] and cursor.decode(got[0].cursor) == {"b": 2}
     s.close()
+
+
+def test_lines_rotated_away_before_they_were_read_are_reported_as_a_gap(tmp_path: Path) -> None:
+    w = Writer(tmp_path, backups=1)
+    for i in range(1, 10):
+        w.write(f"l{i}")
+        if i % 3 == 0 and i < 9:
+            w.rotate()  # one backup: l1-l3 are gone once l4-l6 are rotated
+    # Resuming after l1: l2 and l3 are reported missing, in their place, then the rest follows.
+    f = Follower(tmp_path, after_seq=1)
+    got = f.poll()
+    assert [(ln.stream, ln.seq, ln.missing) for ln in got[:2]] == [(files.GAP_STREAM, 3, 2), ("stdout", 4, 0)]
+    assert got[0].ts == got[1].ts
+    assert lines(got[1:]) == [f"l{i}" for i in range(4, 10)]
+    # A follower that falls behind by more than the backups reports what it missed too (the file it
+    # has open still gives it l10-l12; l13-l15 are gone).
+    for i in range(10, 23):
+        w.write(f"l{i}")
+        if i in (12, 15, 18):
+            w.rotate()
+    got = f.poll()
+    assert lines(got[:3]) == ["l10", "l11", "l12"]
+    assert (got[3].stream, got[3].seq, got[3].missing) == (files.GAP_STREAM, 15, 3)
+    assert lines(got[4:]) == [f"l{i}" for i in range(16, 23)]
+    f.close()
+    # Reading from the start (no position) expects nothing in particular: no gap for what rotated before.
+    fresh = Follower(tmp_path, after_seq=-1)
+    assert all(ln.stream != files.GAP_STREAM for ln in fresh.poll())
+    fresh.close()
+    # In a stream the gap passes any selection, and its cursor resumes after the missing lines.
+    s = LogStream(Selection(stream="stderr", match=compile_filter("nothing")), {"a": Source("a", "x-0", "x", tmp_path)})
+    s.positions = {"a": 2}
+    got_s = list(s.history(0))
+    assert [(e.line.stream, e.line.missing) for e in got_s] == [(files.GAP_STREAM, 13)]
+    assert cursor.decode(got_s[0].cursor) == {"a": 15}
+    s.close()
