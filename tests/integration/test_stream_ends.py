@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
-from rune.api import exec_pb2, exec_pb2_grpc, logs_pb2, logs_pb2_grpc, service_pb2
+from rune.api import exec_pb2, exec_pb2_grpc, instance_pb2, instance_pb2_grpc, logs_pb2, logs_pb2_grpc, service_pb2
 from tests.harness import run_runed
 from tests.integration.orch import Orch, runefile_args
 from tests.support import alive, eventually, sse_events
@@ -253,6 +253,46 @@ def test_logs_follow_over_sse_ends_when_the_service_is_deleted(o: Orch) -> None:
     last = events[-1]
     assert last["stream"] == "event" and last["status"]["details"] == ["end_of_stream"], last
     assert last["status"]["message"] == "service ticker was deleted"
+
+
+def test_a_restart_keeps_an_instance_follow_and_a_stop_ends_it_and_its_exec(o: Orch) -> None:
+    inst = cast_running(o, "ticker", TICKER)
+    instances = instance_pb2_grpc.InstanceServiceStub(o.runed.channel())
+    action = instance_pb2.InstanceActionRequest(id=inst["id"], namespace="default")
+    f = Follow(o, resource_target=f"instance/{inst['id']}")
+    try:
+        eventually(lambda: len(f.got) >= 3, timeout=TIMEOUT, what="lines followed")
+        # A restart stops the process too, but the instance goes on: so does its follow.
+        instances.RestartInstance(action, metadata=o.auth)
+
+        def restarted() -> bool:
+            ticks = [r.content for r in f.got if r.stream == "stdout"]
+            assert "tick 0" in ticks[1:], ticks[-5:]
+            return True
+
+        eventually(restarted, timeout=TIMEOUT, what="lines of the restarted process on the same follow")
+        assert not f.ended.is_set() and f.error is None
+        eventually(lambda: o.running("ticker", 1), timeout=TIMEOUT)
+        stub = exec_pb2_grpc.ExecServiceStub(o.runed.channel())
+        init = exec_pb2.ExecInitRequest(instance_id=inst["id"], command=SLEEPER)
+        call = stub.StreamExec(iter([exec_pb2.ExecRequest(init=init)]), metadata=o.auth, timeout=TIMEOUT)
+        out = b""
+        while not out.endswith(b"\n"):
+            out += next(call).stdout
+        pid = int(out.split()[0])
+        # A stop for good ends both.
+        instances.StopInstance(action, metadata=o.auth)
+        frames = [{str(r.WhichOneof("response")): _plain(r)} for r in call]
+        assert f.ended.wait(TIMEOUT), "the follow did not end with the stopped instance"
+    finally:
+        f.close()
+    assert frames[0]["status"]["code"] == 10 and "instance ticker-0 is stopping" in frames[0]["status"]["message"]
+    assert frames[-1]["exit"]["code"] == 137
+    sleep_gone(pid)
+    last = f.got[-1]
+    assert list(last.status.details) == ["end_of_stream"] and last.status.message.startswith(
+        "instance ticker-0 was stopped"
+    )
 
 
 # -- a resumed stream reports what rotation removed ---------------------------------------------------
