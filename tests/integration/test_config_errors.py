@@ -28,7 +28,9 @@ def test_a_missing_secret_key_retries_when_the_secret_changes(runed_factory: Run
     orch.cast("needy", orch.program("sleeper", EXITER), "0", "600", env={"DB_PASS": "{{secret:db/password}}"})
 
     def waiting() -> dict[str, object]:
-        (inst,) = orch.instances("needy")
+        found = orch.instances("needy")
+        assert len(found) == 1, found
+        (inst,) = found
         assert inst["state"] == "BACKOFF", (inst["state"], inst["reason"])
         assert str(inst["reason"]).startswith("CreateConfigError: "), inst["reason"]
         return inst
