@@ -306,7 +306,12 @@ def test_resume_from_a_rotated_away_cursor_reports_the_missing_lines(o: Orch) ->
     def history(**req: Any) -> list[logs_pb2.LogResponse]:
         return list(stub.StreamLogs(iter([logs_pb2.LogRequest(**req)]), metadata=o.auth, timeout=TIMEOUT))
 
-    early = eventually(lambda: len(got := history(resource_target="counter")) == 5 and got, timeout=TIMEOUT)
+    def first_five() -> list[logs_pb2.LogResponse]:
+        got = history(resource_target="counter")
+        assert len(got) == 5, [r.content for r in got]
+        return got
+
+    early = eventually(first_five, timeout=TIMEOUT)
     assert [r.content for r in early] == [f"n {i}" for i in range(1, 6)]
     cursor = early[2].cursor  # after "n 3"
     (Path(inst["workdir"]) / "go").touch()
