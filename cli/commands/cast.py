@@ -14,7 +14,7 @@ import click
 from rune.cli.castfile import Cast, CastErrors, collect_files, dependency_cycles, parse_files, parse_text
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import list_instances, pass_session, seconds, svc_status
-from rune.cli.errors import EXIT_INVALID, EXIT_TIMEOUT, CliError, field_violations
+from rune.cli.errors import EXIT_INVALID, EXIT_PRECONDITION, EXIT_TIMEOUT, CliError, field_violations
 from rune.cli.runeset import extract, is_archive, is_runeset, render
 
 
@@ -189,7 +189,11 @@ def _apply(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cause
 
 
 def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float) -> None:
-    """Wait until every ``(namespace, name, scale)`` service is Running with ``scale`` running instances."""
+    """Wait until every ``(namespace, name, scale)`` service is Running with ``scale`` running instances.
+
+    A service whose status is final ends the wait for it at once: Completed (a job that ran to
+    completion) counts as ready, Failed (an instance that is not restarted) fails the command.
+    """
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -199,6 +203,7 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
     console = Console(stderr=True)
     deadline = time.monotonic() + timeout
     state: dict[tuple[str, str], tuple[str, int, int, str]] = {}
+    failed: dict[str, str] = {}
 
     def poll() -> bool:
         done = True
@@ -212,6 +217,11 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
             running = sum(1 for i in insts if i.status == running_status)
             msgs = [i.status_message for i in insts if i.status_message and i.status != running_status]
             state[(ns, name)] = (svc_status(svc.status), running, svc.scale, msgs[0] if msgs else "")
+            if svc.status_final:
+                # Nothing will start again by itself: waiting longer cannot change the outcome.
+                if svc.status != svpb.SERVICE_STATUS_COMPLETED:
+                    failed[name] = svc.status_message or svc_status(svc.status)
+                continue
             if running < svc.scale or (svc.scale > 0 and svc.status != svpb.SERVICE_STATUS_RUNNING):
                 done = False
         return done
@@ -221,7 +231,8 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
         for col in ("SERVICE", "NAMESPACE", "STATUS", "READY", "MESSAGE"):
             t.add_column(col)
         for (ns, name), (st, running, scale, msg) in state.items():
-            mark = "[green]✓[/]" if running >= scale and st in ("Running", "-") else "[yellow]…[/]"
+            ok = (running >= scale and st in ("Running", "-")) or st == "Completed"
+            mark = "[red]✗[/]" if name in failed else ("[green]✓[/]" if ok else "[yellow]…[/]")
             t.add_row(f"{mark} {name}", ns, st, f"{running}/{scale}", msg[:60])
         return t
 
@@ -229,6 +240,10 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
         while True:
             ok = poll()
             live.update(view())
+            if failed:
+                live.stop()
+                reasons = "; ".join(f"service {name} failed: {why}" for name, why in failed.items())
+                raise CliError(f"{reasons}; see `rune logs SERVICE`", EXIT_PRECONDITION)
             if ok:
                 break
             if time.monotonic() > deadline:
@@ -244,7 +259,9 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
                     EXIT_TIMEOUT,
                 )
             time.sleep(0.25)
-    names = ", ".join(name for _, name, _ in services)
+    names = ", ".join(
+        name + (" (completed)" if state[(ns, name)][0] == "Completed" else "") for ns, name, _ in services
+    )
     click.echo(f"ready: {names}")
 
 

@@ -10,7 +10,7 @@ import click
 
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import inst_status, list_instances, pass_session, seconds
-from rune.cli.errors import EXIT_TIMEOUT, CliError
+from rune.cli.errors import EXIT_TIMEOUT, CliError, exit_code_for
 from rune.cli.output import age, dump, table, to_dict
 
 
@@ -46,7 +46,9 @@ def watch_scaling(s: Session, name: str, ns: str, target: int, timeout: float) -
                     progress.update(task, completed=total)
                     break
                 if st.status.code:
-                    raise CliError(f"scaling {name} failed: {st.status.message}")
+                    # The server ends the stream when the target cannot be reached (an instance failed
+                    # for good, the operation was cancelled): say why, with the status code's exit code.
+                    raise CliError(f"scaling {name} failed: {st.status.message}", _exit_code(st.status.code))
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CliError(
@@ -56,7 +58,19 @@ def watch_scaling(s: Session, name: str, ns: str, target: int, timeout: float) -
         finally:
             call.cancel()
     running = last.running_instances if last is not None else 0
+    if last is not None and last.complete and running < target:
+        # A job: its instances ran to completion and stay stopped.
+        click.echo(f"service/{name} scaled to {target}: {last.status.message}")
+        return
     click.echo(f"service/{name} scaled to {target} ({running} running)")
+
+
+def _exit_code(code: int) -> int:
+    """The CLI's exit code for a google.rpc status code number (a stream's own status, not an RPC error)."""
+    import grpc
+
+    names = {c.value[0]: c.name for c in grpc.StatusCode}
+    return exit_code_for(names.get(code, "UNKNOWN"))
 
 
 def _scale(s: Session, name: str, ns: str, n: int, mode: str, step: int, interval: float) -> Any:

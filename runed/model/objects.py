@@ -34,13 +34,17 @@ SERVICE_STATUS_TO_PB: dict[str, service_pb2.ServiceStatus] = {
     "Updating": service_pb2.SERVICE_STATUS_UPDATING,
     "Deploying": service_pb2.SERVICE_STATUS_UPDATING,
     "Failed": service_pb2.SERVICE_STATUS_FAILED,
+    "Completed": service_pb2.SERVICE_STATUS_COMPLETED,
 }
 SERVICE_STATUS_FROM_PB: dict[int, str] = {
     service_pb2.SERVICE_STATUS_PENDING: "Pending",
     service_pb2.SERVICE_STATUS_RUNNING: "Running",
     service_pb2.SERVICE_STATUS_UPDATING: "Updating",
     service_pb2.SERVICE_STATUS_FAILED: "Failed",
+    service_pb2.SERVICE_STATUS_COMPLETED: "Completed",
 }
+# Service fields the controller reports and a client never sets: not part of the stored spec.
+OUTPUT_ONLY = ("status", "status_message", "status_final")
 
 # Runner states (instance.state, the supervisor state table) -> proto enum. BACKOFF and FATAL are
 # failures the caller must see; the reason (e.g. CrashLoopBackOff) travels in status_message.
@@ -63,7 +67,22 @@ INSTANCE_STATUS_NAMES: dict[int, str] = {
 
 # Fields of a Service that do not change what an instance runs: identity, bookkeeping, the number
 # of instances and labels. Everything else is in the spec hash, so changing it rolls instances.
-_NOT_HASHED = ("id", "status", "metadata", "scale", "labels")
+_NOT_HASHED = ("id", *OUTPUT_ONLY, "metadata", "scale", "labels")
+
+
+def instance_outcome(state: str, exit_code: int | None, signal: int | None) -> str:
+    """How an instance that will not start again by itself ended: "completed", "failed" or "" (not final).
+
+    EXITED is final by the state table (its restart policy keeps it stopped): a clean exit 0
+    completed it, anything else (a code, a signal, an unobserved end) failed it. FATAL could not
+    be started at all and is not retried. Every other state still runs or will be restarted.
+    """
+    state = state.upper()
+    if state == "EXITED":
+        return "completed" if exit_code == 0 and signal is None else "failed"
+    if state == "FATAL":
+        return "failed"
+    return ""
 
 
 def now_rfc3339() -> str:
@@ -98,7 +117,8 @@ def spec_dict(svc: service_pb2.Service) -> dict[str, Any]:
     """The stored spec: the whole Service except its observed status."""
     clean = service_pb2.Service()
     clean.CopyFrom(svc)
-    clean.ClearField("status")
+    for f in OUTPUT_ONLY:
+        clean.ClearField(f)  # type: ignore[arg-type]
     return to_dict(clean)
 
 
@@ -116,7 +136,7 @@ def spec_fingerprint(svc: service_pb2.Service) -> str:
     """Hash of the whole desired spec (including scale and labels): equal means "no change"."""
     clean = service_pb2.Service()
     clean.CopyFrom(svc)
-    for f in ("id", "status", "metadata"):
+    for f in ("id", *OUTPUT_ONLY, "metadata"):
         clean.ClearField(f)  # type: ignore[arg-type]
     raw = orjson.dumps(to_dict(clean), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -146,7 +166,23 @@ def service_from_record(rec: Record, status: Record | None = None) -> service_pb
     svc.status = service_pb2.SERVICE_STATUS_PENDING
     if status is not None:
         svc.status = SERVICE_STATUS_TO_PB.get(str(status.data.get("status", "")), service_pb2.SERVICE_STATUS_PENDING)
+        svc.status_message = str(status.data.get("message", ""))
+        svc.status_final = status_is_final(rec, status)
     return svc
+
+
+def status_is_final(rec: Record, status: Record) -> bool:
+    """The controller called the status final for this very spec and scale (not for an earlier one).
+
+    A spec change bumps the generation and a scale change the desired count: until the controller
+    has seen them, its last verdict is about instances that are being replaced or joined.
+    """
+    data = status.data
+    return (
+        bool(data.get("final"))
+        and int(data.get("observed_generation", 0)) == int(rec.data.get("generation", 1))
+        and int(data.get("desired", -1)) == int(rec.data.get("spec", {}).get("scale", 0))
+    )
 
 
 def status_word(status: Record | None) -> str:

@@ -68,6 +68,10 @@ class Store(Protocol):
 
     def get(self, kind: str, namespace: str, name: str) -> Record | None: ...
 
+    def get_at(self, kind: str, namespace: str, name: str, revision: int) -> Record | None:
+        """The object as it was at ``revision`` (None when it did not exist then)."""
+        ...
+
     def get_by_index(self, kind: str, index_key: str) -> Record | None: ...
 
     def list(

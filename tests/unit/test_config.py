@@ -36,6 +36,8 @@ def test_defaults() -> None:
         ("auth:\n  rate_limit:\n    burst: lots\n", "auth.rate_limit.burst"),
         ("server: [1, 2]\n", "server"),
         ("server:\n  grpc_address: [\n", "invalid YAML at line"),
+        ("limits:\n  max_scale: 0\n", "limits.max_scale: must be between 1 and"),
+        ("limits:\n  max_scale: lots\n", "limits.max_scale"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -44,6 +46,14 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, needle: str) -> None
     with pytest.raises(ConfigError) as ei:
         load({}, env={}, config_file=str(f))
     assert needle in str(ei.value)
+
+
+def test_max_scale_defaults_to_1000_and_is_a_setting(tmp_path: Path) -> None:
+    assert load({}, env={}).limits.max_scale == 1000
+    assert load({}, env={"RUNE_LIMITS_MAX_SCALE": "50"}).limits.max_scale == 50
+    f = tmp_path / "runefile.yaml"
+    f.write_text("limits:\n  max_scale: 5\n")
+    assert load({}, env={}, config_file=str(f)).limits.max_scale == 5
 
 
 def test_config_is_frozen() -> None:

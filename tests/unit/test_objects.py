@@ -115,3 +115,17 @@ def test_status_range_read_matches_one_get_per_service(tmp_path: Path) -> None:
             assert {k: v.data for k, v in got.items()} == {k: v.data for k, v in expected.items()}
     finally:
         store.close()
+
+
+def test_a_final_status_is_final_only_for_the_spec_and_scale_it_was_decided_for() -> None:
+    svc = Record(objects.SERVICE, "default", "job", {"spec": {"scale": 2}, "generation": 3}, 10, 1)
+    verdict = {"status": "Completed", "final": True, "observed_generation": 3, "desired": 2, "message": "done"}
+    status = Record(objects.SERVICE_STATUS, "default", "job", verdict, 11, 1)
+    pb = objects.service_from_record(svc, status)
+    assert (pb.status, pb.status_final, pb.status_message) == (service_pb2.SERVICE_STATUS_COMPLETED, True, "done")
+    for stale in ({"observed_generation": 2}, {"desired": 1}, {"final": False}):
+        old = Record(objects.SERVICE_STATUS, "default", "job", dict(verdict, **stale), 11, 1)
+        assert not objects.service_from_record(svc, old).status_final, stale
+    # Reported fields are never part of the stored spec.
+    pb.status_message, pb.status_final = "x", True
+    assert set(objects.spec_dict(pb)).isdisjoint(objects.OUTPUT_ONLY)

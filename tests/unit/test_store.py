@@ -173,3 +173,18 @@ def test_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot"):
         SQLiteStore(bad)
     assert sqlite3.sqlite_version
+
+
+def test_get_at_is_the_object_as_it_was_at_a_revision(store: SQLiteStore) -> None:
+    before = store.create("secret", "default", "other", {"v": 0}).revision
+    a1 = store.create("service", "default", "a", {"scale": 1})
+    store.create("service", "default", "b", {"scale": 9})
+    a3 = store.put("service", "default", "a", {"scale": 3})
+    gone = store.delete("service", "default", "a")
+    assert gone is not None
+    a2 = store.create("service", "default", "a", {"scale": 2})
+    at = [store.get_at("service", "default", "a", rev) for rev in (before, a1.revision, a3.revision - 1)]
+    assert [None if r is None else r.data["scale"] for r in at] == [None, 1, 1]
+    assert store.get_at("service", "default", "a", a3.revision).data == {"scale": 3}  # type: ignore[union-attr]
+    assert store.get_at("service", "default", "a", gone.revision) is None
+    assert store.get_at("service", "default", "a", a2.revision + 5) == a2

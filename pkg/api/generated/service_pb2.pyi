@@ -18,6 +18,7 @@ class ServiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SERVICE_STATUS_RUNNING: _ClassVar[ServiceStatus]
     SERVICE_STATUS_UPDATING: _ClassVar[ServiceStatus]
     SERVICE_STATUS_FAILED: _ClassVar[ServiceStatus]
+    SERVICE_STATUS_COMPLETED: _ClassVar[ServiceStatus]
 
 class ScalingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,12 +30,13 @@ SERVICE_STATUS_PENDING: ServiceStatus
 SERVICE_STATUS_RUNNING: ServiceStatus
 SERVICE_STATUS_UPDATING: ServiceStatus
 SERVICE_STATUS_FAILED: ServiceStatus
+SERVICE_STATUS_COMPLETED: ServiceStatus
 SCALING_MODE_UNSPECIFIED: ScalingMode
 SCALING_MODE_IMMEDIATE: ScalingMode
 SCALING_MODE_GRADUAL: ScalingMode
 
 class Service(_message.Message):
-    __slots__ = ("id", "name", "namespace", "labels", "image", "command", "args", "env", "env_from", "scale", "ports", "resources", "health", "status", "runtime", "process", "restart_policy", "secret_mounts", "configmap_mounts", "metadata", "dependencies", "expose")
+    __slots__ = ("id", "name", "namespace", "labels", "image", "command", "args", "env", "env_from", "scale", "ports", "resources", "health", "status", "runtime", "process", "restart_policy", "secret_mounts", "configmap_mounts", "metadata", "dependencies", "expose", "status_message", "status_final")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +73,8 @@ class Service(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     EXPOSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FINAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     namespace: str
@@ -93,7 +97,9 @@ class Service(_message.Message):
     metadata: ServiceMetadata
     dependencies: _containers.RepeatedCompositeFieldContainer[DependencyRef]
     expose: _common_pb2.ServiceExpose
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., env_from: _Optional[_Iterable[_Union[EnvFromSource, _Mapping]]] = ..., scale: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_common_pb2.ServicePort, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., health: _Optional[_Union[_common_pb2.HealthCheck, _Mapping]] = ..., status: _Optional[_Union[ServiceStatus, str]] = ..., runtime: _Optional[str] = ..., process: _Optional[_Union[_common_pb2.ProcessSpec, _Mapping]] = ..., restart_policy: _Optional[_Union[_common_pb2.RestartPolicy, str]] = ..., secret_mounts: _Optional[_Iterable[_Union[SecretMount, _Mapping]]] = ..., configmap_mounts: _Optional[_Iterable[_Union[ConfigmapMount, _Mapping]]] = ..., metadata: _Optional[_Union[ServiceMetadata, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[DependencyRef, _Mapping]]] = ..., expose: _Optional[_Union[_common_pb2.ServiceExpose, _Mapping]] = ...) -> None: ...
+    status_message: str
+    status_final: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., env_from: _Optional[_Iterable[_Union[EnvFromSource, _Mapping]]] = ..., scale: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_common_pb2.ServicePort, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., health: _Optional[_Union[_common_pb2.HealthCheck, _Mapping]] = ..., status: _Optional[_Union[ServiceStatus, str]] = ..., runtime: _Optional[str] = ..., process: _Optional[_Union[_common_pb2.ProcessSpec, _Mapping]] = ..., restart_policy: _Optional[_Union[_common_pb2.RestartPolicy, str]] = ..., secret_mounts: _Optional[_Iterable[_Union[SecretMount, _Mapping]]] = ..., configmap_mounts: _Optional[_Iterable[_Union[ConfigmapMount, _Mapping]]] = ..., metadata: _Optional[_Union[ServiceMetadata, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[DependencyRef, _Mapping]]] = ..., expose: _Optional[_Union[_common_pb2.ServiceExpose, _Mapping]] = ..., status_message: _Optional[str] = ..., status_final: _Optional[bool] = ...) -> None: ...
 
 class EnvFromSource(_message.Message):
     __slots__ = ("secret_name", "configmap_name", "namespace", "prefix")

@@ -8,6 +8,7 @@ from rune.api import common_pb2, service_pb2
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.model import objects
+from runed.pipeline.context import CallContext
 from runed.store.base import Record, Store, iter_all
 
 
@@ -26,6 +27,13 @@ def get_service(store: Store, ns: str, name: str) -> Record:
 def with_status(store: Store, rec: Record) -> service_pb2.Service:
     """The wire form of a service, with the status the controller last wrote."""
     return objects.service_from_record(rec, store.get(objects.SERVICE_STATUS, rec.namespace, rec.name))
+
+
+def check_scale(ctx: CallContext, scale: int, field: str) -> None:
+    """Refuse a scale above ``limits.max_scale`` (a setting, so checked here: validators see only the request)."""
+    cap = ctx.deps.config.limits.max_scale
+    if scale > cap:
+        raise errors.invalid((field, f"must be at most {cap} (limits.max_scale), got {scale}"))
 
 
 def instances_of(store: Store, ns: str, service: str) -> list[Record]:

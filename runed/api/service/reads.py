@@ -153,12 +153,44 @@ async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -
     return resp
 
 
+class _AsOf:
+    """Both halves of each service (spec and status) as they were at the event being sent.
+
+    A status change is joined with the spec as it was at that change's revision, and a spec change
+    with the status as it was then, never with what is current: a watch resumed from an old
+    revision then replays exactly the states a live watch showed. Each half is looked up in the
+    change log once (:meth:`Store.get_at`) and then followed along the stream, which carries every
+    change of both kinds in order.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.known: dict[tuple[str, str, str], Record | None] = {}
+
+    def get(self, kind: str, ns: str, name: str, revision: int) -> Record | None:
+        key = (kind, ns, name)
+        if key not in self.known:
+            self.known[key] = self.store.get_at(kind, ns, name, revision)
+        return self.known[key]
+
+    def follow(self, kind: str, ns: str, name: str, rec: Record | None) -> None:
+        """The stream's latest state of one half; a deleted object is forgotten (the log knows it is gone)."""
+        if rec is None:
+            self.known.pop((kind, ns, name), None)
+        else:
+            self.known[(kind, ns, name)] = rec
+
+
 async def WatchServices(
     req: service_pb2.WatchServicesRequest, ctx: CallContext
 ) -> AsyncIterator[service_pb2.WatchServicesResponse]:
-    """Snapshot (or resume from ``since_revision``), then every change in order; see runed/store/watch.py."""
+    """Snapshot (or resume from ``since_revision``), then every change in order; see runed/store/watch.py.
+
+    Every event shows the service as it was at its revision (see :class:`_AsOf`).
+    """
     store = ctx.deps.store
     sel = _selector(req)
+    as_of = _AsOf(store)
     async for ev in watch.watch(
         store,
         [objects.SERVICE, objects.SERVICE_STATUS],
@@ -168,18 +200,20 @@ async def WatchServices(
         queue_size=ctx.deps.config.history.watch_queue_events,
     ):
         op = ev.op
+        rec = None if op == DELETED else Record(ev.kind, ev.namespace, ev.name, ev.data, ev.revision, 0)
+        as_of.follow(ev.kind, ev.namespace, ev.name, rec)
         if ev.kind == objects.SERVICE_STATUS:
             # A status change is a modification of the service as clients see it.
-            if op == DELETED:
+            if rec is None:
                 continue
-            svc_rec = store.get(objects.SERVICE, ev.namespace, ev.name)
+            status: Record | None = rec
+            svc_rec = as_of.get(objects.SERVICE, ev.namespace, ev.name, ev.revision)
             if svc_rec is None:
                 continue
-            status: Record | None = Record(objects.SERVICE_STATUS, ev.namespace, ev.name, ev.data, ev.revision, 0)
             op = MODIFIED
         else:
             svc_rec = Record(objects.SERVICE, ev.namespace, ev.name, ev.data, ev.revision, 0)
-            status = None if op == DELETED else store.get(objects.SERVICE_STATUS, ev.namespace, ev.name)
+            status = None if op == DELETED else as_of.get(objects.SERVICE_STATUS, ev.namespace, ev.name, ev.revision)
         labels = svc_rec.data.get("spec", {}).get("labels", {})
         if not sel.matches(labels, _service_fields(svc_rec, status) if sel.fields else {}):
             continue

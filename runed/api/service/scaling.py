@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rune.api import service_pb2
-from runed.api.service.common import get_service, instances_of, status_pb, v_name, with_status
+from runed.api.service.common import check_scale, get_service, instances_of, status_pb, v_name, with_status
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.model import objects
@@ -55,6 +55,7 @@ def _scaling_ops(store: Store, ns: str, service: str) -> list[Record]:
 
 async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Record a scaling operation for the controller; a new request cancels one still running."""
+    check_scale(ctx, req.scale, "scale")
     store = ctx.deps.store
     ns = req.namespace
     with store.transaction():
@@ -136,6 +137,18 @@ def _scaling_progress(store: Store, ns: str, name: str, target: int) -> service_
     if ops and ops[-1].data.get("status") in ("failed", "cancelled") and not complete:
         code = 9  # FAILED_PRECONDITION: the operation ended without reaching the target
         msg = f"scaling operation {ops[-1].data.get('status')}: {ops[-1].data.get('message', '')}".rstrip(": ")
+    elif rec is not None and not complete and target > 0 and scale == target:
+        # The controller's final verdict for this spec and scale: no instance will start again by
+        # itself, so waiting longer cannot reach the target.
+        status = store.get(objects.SERVICE_STATUS, ns, name)
+        if status is not None and objects.status_is_final(rec, status):
+            why = str(status.data.get("message", ""))
+            if status.data.get("status") == "Completed":
+                complete = True
+                msg = f"Service '{name}' completed: {why}"
+            else:
+                code = 9  # FAILED_PRECONDITION: an instance failed for good
+                msg = f"Service '{name}' failed: {why}"
     return service_pb2.ScalingStatusResponse(
         current_scale=scale,
         target_scale=target,

@@ -10,7 +10,7 @@ import uuid
 
 from rune.api import service_pb2
 from runed.api.namespace import BUILTIN, ensure_namespace
-from runed.api.service.common import get_service, status_pb, v_name, with_status
+from runed.api.service.common import check_scale, get_service, status_pb, v_name, with_status
 from runed.api.service.refs import check_references
 from runed.api.service.runtime import check_runtime
 from runed.core import errors
@@ -21,10 +21,11 @@ from runed.store.base import Record
 
 
 def _normalise(svc: service_pb2.Service) -> service_pb2.Service:
-    """A copy without the status (the controller's to write); the pipeline defaulted the namespace."""
+    """A copy without the status fields (the controller's to write); the pipeline defaulted the namespace."""
     out = service_pb2.Service()
     out.CopyFrom(svc)
-    out.ClearField("status")
+    for f in objects.OUTPUT_ONLY:
+        out.ClearField(f)  # type: ignore[arg-type]
     return out
 
 
@@ -129,6 +130,7 @@ def _dry_run_message(created: bool, changed: bool) -> str:
 
 async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Create a service, or update it when it exists (upsert, as upstream)."""
+    check_scale(ctx, req.service.scale, "service.scale")
     new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace, dry_run=req.dry_run)
     rec, created, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True, dry_run=req.dry_run
@@ -144,6 +146,7 @@ async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext)
 
 async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Replace the spec: a changed spec bumps the generation and records a revision; same spec is a no-op."""
+    check_scale(ctx, req.service.scale, "service.scale")
     get_service(ctx.deps.store, req.service.namespace, req.service.name)
     new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
     rec, _, changed = _write_spec(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from runed.core.config.checks import LOG_FORMATS, LOG_LEVELS, default_data_dir, parse_address, validate
 from runed.core.config.loading import ENV_KEYS, load, read_file
 from runed.core.config.schema import (
+    ApiLimitsConfig,
     AuthConfig,
     ClientConfig,
     Config,
@@ -35,6 +36,7 @@ __all__ = [
     "ENV_KEYS",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "ApiLimitsConfig",
     "AuthConfig",
     "ClientConfig",
     "Config",

@@ -10,6 +10,8 @@ from runed.core.config.schema import Config, ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error")
 LOG_FORMATS = ("text", "json")
+# Scales travel as int32 on the wire.
+INT32_MAX = 2**31 - 1
 
 
 def default_data_dir() -> str:
@@ -70,6 +72,8 @@ def validate(cfg: Config) -> Config:
     for path in ctl.host_mount_paths:
         if not path.startswith("/"):
             raise ConfigError(f"controller.host_mount_paths: must be absolute paths, got {path!r}")
+    if not 1 <= cfg.limits.max_scale <= INT32_MAX:
+        raise ConfigError(f"limits.max_scale: must be between 1 and {INT32_MAX}, got {cfg.limits.max_scale!r}")
     data_dir = cfg.data_dir or default_data_dir()
     data_dir = str(Path(data_dir).expanduser().resolve())
     return dataclasses.replace(cfg, data_dir=data_dir)

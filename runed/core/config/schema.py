@@ -100,6 +100,13 @@ class SecretConfig:
 
 
 @dataclass(frozen=True)
+class ApiLimitsConfig:
+    # Largest scale a service may ask for (CreateService, UpdateService, ScaleService): every
+    # instance is a supervised process, so a slip such as 2000000 is refused, not attempted.
+    max_scale: int = 1000
+
+
+@dataclass(frozen=True)
 class ConfigmapConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -185,6 +192,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    limits: ApiLimitsConfig = field(default_factory=ApiLimitsConfig)
     namespace: str = DEFAULT_NAMESPACE
     # Where the config was loaded from ("" when only defaults/env/flags applied).
     source: str = ""

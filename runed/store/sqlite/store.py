@@ -42,6 +42,32 @@ class SQLiteStore(ChangeLog):
             ).fetchone()
         return None if row is None else self._record(kind, row)
 
+    def get_at(self, kind: str, namespace: str, name: str, revision: int) -> Record | None:
+        """The object as it was at ``revision`` (None when it did not exist then), from the change log.
+
+        The current object answers when it was last written at or before ``revision``; otherwise the
+        key's last change up to ``revision`` does. If pruning removed that change, the current object
+        is the best that is known and is returned (when it existed by then).
+        """
+        current = self.get(kind, namespace, name)
+        if current is not None and current.revision <= revision:
+            return current
+        with self._lock:
+            # The (kind, revision) index walked backwards from ``revision``: a short walk for the
+            # recent revisions watchers resume from.
+            row = self.conn.execute(
+                "SELECT revision, op, data FROM changes WHERE kind = ? AND revision <= ? AND namespace = ? "
+                "AND name = ? ORDER BY revision DESC LIMIT 1",
+                (kind, revision, namespace, name),
+            ).fetchone()
+        if row is None:
+            existed = current is not None and current.created_revision <= revision
+            return current if existed else None
+        if row[1] == DELETED or row[2] is None:
+            return None
+        created = current.created_revision if current is not None and current.created_revision <= row[0] else 0
+        return Record(kind, namespace, name, orjson.loads(row[2]), row[0], created)
+
     def get_by_index(self, kind: str, index_key: str) -> Record | None:
         with self._lock:
             row = self.conn.execute(
