@@ -149,12 +149,15 @@ def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
 
     Without --reset this is AdminBootstrap (once per data dir); --reset recovers a lost token.
     """
+    import getpass
+
     from runed.auth.identity import local_bootstrap
     from runed.core import errors
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
-        issued, revoked = local_bootstrap(cfg.data_path, reset=reset)
+        # Audited as the local account that ran it: reaching the data dir is its authority.
+        issued, revoked = local_bootstrap(cfg.data_path, reset=reset, actor=f"local:{getpass.getuser()}")
     except errors.RuneError as e:
         raise click.ClickException(e.message) from None
     if revoked:

@@ -84,13 +84,16 @@ def login(
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
 @pass_session
 def whoami(s: Session, fmt: str) -> None:
-    """Show the subject behind the current token and its policies."""
+    """Show the subject behind the current token, its policies and the token's own scope."""
     resp = s.call("AuthService", "WhoAmI", pb2("auth").WhoAmIRequest())
     data = {
         "subjectId": resp.subject_id,
         "subjectName": resp.subject_name,
         "subjectEmail": resp.subject_email,
         "policies": list(resp.policies),
+        # The token's own scope: calls need it as well as the user's policies ("all" = unscoped).
+        "tokenPolicies": list(resp.token_policies),
+        "authMethod": resp.auth_method,
         "server": s.target,
     }
     if fmt != "table":
@@ -99,7 +102,8 @@ def whoami(s: Session, fmt: str) -> None:
     if not resp.subject_id and not resp.subject_name:
         click.echo(f"anonymous at {s.target} (no valid token)")
         return
-    table([[k, ", ".join(v) if isinstance(v, list) else str(v)] for k, v in data.items()], None)
+    rows = {**data, "tokenPolicies": ", ".join(resp.token_policies) or "all of the user's"}
+    table([[k, ", ".join(v) if isinstance(v, list) else str(v)] for k, v in rows.items()], None)
 
 
 @click.group()

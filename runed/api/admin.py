@@ -70,6 +70,7 @@ def token_info_pb(t: dict[str, Any]) -> admin_pb2.TokenInfo:
         expires_at=int(t.get("expires_at") or 0),
         revoked=bool(t.get("revoked")),
         last_used_at=int(t.get("last_used_at") or 0),
+        policies=t.get("policies") or [],
     )
 
 
@@ -256,11 +257,13 @@ async def PolicyDetachFromSubject(
 
 async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admin_pb2.UserCreateResponse:
     ident = _identity(ctx)
-    missing = [p for p in req.policies if ident.get_policy(p) is None]
+    missing = [
+        FieldViolation(f"policies[{i}]", f'policy "{p}" does not exist')
+        for i, p in enumerate(req.policies)
+        if ident.get_policy(p) is None
+    ]
     if missing:
-        raise errors.invalid(
-            *validation.bounded([FieldViolation("policies", f'policy "{p}" does not exist') for p in missing])
-        )
+        raise errors.invalid(*validation.bounded(missing))
     user = ident.upsert_user(req.name, req.email, list(req.policies))
     _changed(ctx)
     return admin_pb2.UserCreateResponse(user=subject_pb(user))

@@ -16,7 +16,7 @@ _POLICY_TTL_SECONDS = 1.0
 
 
 class Authorizer:
-    """Evaluates rbac.TABLE entries against the rules of the principal's policies (deny by default)."""
+    """Evaluates rbac.TABLE entries against the rules of the principal's policies and scope (deny by default)."""
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
@@ -44,13 +44,25 @@ class Authorizer:
         self._cache[policies] = (now, rules)
         return rules
 
+    def check(self, principal: Principal, resource: str, verb: str, namespace: str) -> None:
+        """PERMISSION_DENIED unless the user's rules, and the token's scope if it has one, both allow it.
+
+        The effective rights of a scoped token are the intersection of the two: a scope never adds
+        to what the user may do, and a user's lost policy is lost to every token at once.
+        """
+        what = rbac.describe(resource, verb, namespace)
+        if not rbac.allows(self.rules(principal.policies), resource, verb, namespace):
+            raise errors.PermissionDenied(f"permission denied: {principal.subject} lacks {what}")
+        if principal.scope and not rbac.allows(self.rules(principal.scope), resource, verb, namespace):
+            raise errors.PermissionDenied(
+                f"permission denied: this token of {principal.subject} is limited to {', '.join(principal.scope)}"
+                f" and lacks {what}"
+            )
+
     def authorize(self, principal: Principal, access: rbac.Access, request: Message) -> str:
         """The namespace the call is authorized for, or PERMISSION_DENIED naming what is missing."""
         ns = rbac.namespace_of(access, request)
         if access is rbac.AUTHENTICATED:
             return ns
-        if not rbac.allows(self.rules(principal.policies), access.resource, access.verb, ns):
-            raise errors.PermissionDenied(
-                f"permission denied: {principal.subject} lacks {rbac.describe(access.resource, access.verb, ns)}"
-            )
+        self.check(principal, access.resource, access.verb, ns)
         return ns

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from runed.core import errors
-from runed.store.base import Store, iter_all
+from runed.store.base import AuditEntry, Store, iter_all
 from runed.store.sqlite import open_store
+
+log = logging.getLogger("runed.identity")
 
 # Identity objects are cluster-scoped; they live in one pseudo-namespace.
 SYSTEM = "system"
@@ -213,8 +216,15 @@ class Identity:
 
     # -- tokens ---------------------------------------------------------------------------------
     def issue_token(
-        self, user: dict[str, Any], name: str, *, description: str = "", ttl_seconds: int = 0
+        self,
+        user: dict[str, Any],
+        name: str,
+        *,
+        description: str = "",
+        ttl_seconds: int = 0,
+        policies: list[str] | None = None,
     ) -> IssuedToken:
+        """Mint a token for ``user``; ``policies`` scope it (checked by the caller against the user's rights)."""
         secret = new_secret()
         tid = str(uuid.uuid4())
         now = time.time()
@@ -229,6 +239,8 @@ class Identity:
             "expires_at": now + ttl_seconds if ttl_seconds > 0 else 0,
             "revoked": False,
             "last_used_at": 0,
+            # The token's scope: authorization needs these policies' rules as well as the user's.
+            "policies": list(dict.fromkeys(policies or [])),
         }
         # Only the keyed hash is stored, and it is the index: lookups never scan.
         self.store.create(TOKEN, SYSTEM, tid, data, index_key=hash_secret(self.key, secret))
@@ -248,6 +260,22 @@ class Identity:
         if exp and exp <= time.time():
             return None
         return tok
+
+    def refusal(self, secret: str) -> tuple[str, dict[str, Any] | None]:
+        """Why ``secret`` is not a valid token, and its record when it names one (for the audit log only:
+        clients get one message for every bad token)."""
+        if not secret.startswith(TOKEN_PREFIX):
+            return "not a rune token", None
+        rec = self.store.get_by_index(TOKEN, hash_secret(self.key, secret))
+        if rec is None:
+            return "unknown token", None
+        tok = rec.data
+        if tok.get("revoked"):
+            return f"revoked token {tok.get('id', '')}", tok
+        exp = float(tok.get("expires_at") or 0)
+        if exp and exp <= time.time():
+            return f"expired token {tok.get('id', '')}", tok
+        return f"token {tok.get('id', '')} of a user that no longer exists", tok
 
     def touch(self, token_id: str, every_seconds: float = 60.0) -> None:
         """Record use, at most once per ``every_seconds`` per token and process (writes are costly)."""
@@ -316,18 +344,44 @@ class Identity:
         return self.issue_token(user, f"bootstrap-reset-{time.time_ns()}", description="bootstrap-reset"), revoked
 
 
-def local_bootstrap(data_dir: Path, *, reset: bool) -> tuple[IssuedToken, int]:
+def local_bootstrap(data_dir: Path, *, reset: bool, actor: str = "local") -> tuple[IssuedToken, int]:
     """Bootstrap (or, with ``reset``, re-key root) straight on the data dir, without the API.
 
     Reaching the data dir is the proof of authority: this is how an operator who lost the root
-    token recovers. Returns the new token and how many root tokens were revoked.
+    token recovers. Either way the audit log records it (``actor`` names who ran it), failures too.
+    Returns the new token and how many root tokens were revoked.
     """
     store = open_store(data_dir)
+    command = "runed bootstrap --reset" if reset else "runed bootstrap"
     try:
         ident = Identity(store, load_server_key(data_dir))
         ident.seed_builtin_policies()
-        if reset:
-            return ident.reset_root()
-        return ident.bootstrap(), 0
+        try:
+            issued, revoked = ident.reset_root() if reset else (ident.bootstrap(), 0)
+        except errors.RuneError as e:
+            _audit_local(store, actor, command, e.code.name, e.message)
+            raise
+        _audit_local(store, actor, command, "OK", f"issued root token {issued.id}; revoked {revoked} root token(s)")
+        return issued, revoked
     finally:
         store.close()
+
+
+def _audit_local(store: Store, actor: str, command: str, code: str, detail: str) -> None:
+    entry = AuditEntry(
+        subject=actor,
+        method=command,
+        resource="admin",
+        verb="bootstrap",
+        namespace="",
+        name="root",
+        outcome="success" if code == "OK" else "failure",
+        code=code,
+        request_id="",
+        peer="local",
+        detail=detail[:300],
+    )
+    try:
+        store.audit(entry)
+    except Exception as e:  # the token exists by now: the operator still gets it, and is told
+        log.error("cannot write the audit record of %s: %s", command, e)

@@ -12,7 +12,9 @@ class Principal:
     subject: str  # user name, e.g. "root"
     subject_id: str = ""
     subject_type: str = "user"
-    policies: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()  # the user's policies
+    # The token's own policies: a call needs the user's rules and these (empty: no further limit).
+    scope: tuple[str, ...] = ()
     token_id: str = ""
     auth_method: str = "token"  # token | oidc | mtls | none
 

@@ -141,6 +141,24 @@ def allows(rules: Iterable[Rule], resource: str, verb: str, namespace: str) -> b
     return False
 
 
+def covers(rules: Iterable[Rule], rule: Rule) -> bool:
+    """True when ``rules`` allow everything ``rule`` allows (a wildcard in ``rule`` needs one in ``rules``).
+
+    Each verb is checked on its own, so several narrower rules may cover one rule together. Used to
+    cap a token's scope by its user's rights.
+    """
+    have = tuple(rules)
+    return all(
+        any(
+            r.resource in ("*", rule.resource)
+            and ("*" in r.verbs or verb in r.verbs)
+            and r.namespace in (ALL_NAMESPACES, rule.namespace)
+            for r in have
+        )
+        for verb in rule.verbs
+    )
+
+
 def describe(resource: str, verb: str, namespace: str) -> str:
     where = namespace if namespace not in (CLUSTER,) else "cluster"
     return f"{resource}:{verb}@{where}"

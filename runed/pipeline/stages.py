@@ -23,6 +23,7 @@ from runed.auth.authn import Authenticator
 from runed.auth.authz import Authorizer
 from runed.core import errors, validation
 from runed.pipeline import audit, defaults
+from runed.pipeline.authfail import AuthFailureLog
 from runed.pipeline.context import CallContext, current_call
 from runed.pipeline.methods import Method, all_methods
 from runed.store.base import AuditEntry
@@ -94,6 +95,8 @@ class Pipeline:
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.audit_write = audit_write
+        # Failed authentications are audited too, aggregated past a budget per minute (see authfail).
+        self.auth_failures = AuthFailureLog(audit_write)
         self.on_call_finished = on_call_finished
 
     def route(self, full_name: str) -> Route:
@@ -159,6 +162,8 @@ class Pipeline:
         if route is not None:
             # Mutations and secret reads leave an audit record, whatever their outcome.
             audit.record(self.audit_write, ctx, route.access, request, code, err.message if err is not None else "")
+        if isinstance(err, errors.Unauthenticated):
+            self.auth_failures.record(ctx, err)
         hook = self.on_call_finished
         if hook is not None:
             hook(ctx, code, elapsed_ms)

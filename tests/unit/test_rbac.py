@@ -86,3 +86,19 @@ def test_readonly_allows_only_reads_outside_admin() -> None:
 def test_describe_names_resource_verb_and_namespace() -> None:
     assert rbac.describe("secrets", "read", "prod") == "secrets:read@prod"
     assert rbac.describe("namespaces", "create", rbac.CLUSTER) == "namespaces:create@cluster"
+
+
+def test_covers_caps_a_scope_by_the_users_rules() -> None:
+    def all_covered(outer: str, inner: str) -> bool:
+        return all(rbac.covers(_rules(outer), r) for r in _rules(inner))
+
+    assert all_covered("root", "readwrite") and all_covered("readwrite", "readonly")
+    assert not all_covered("readonly", "readwrite") and not all_covered("readwrite", "root")
+    lister = rbac.Rule("services", ("list",), "team-a")
+    assert rbac.covers(_rules("readonly"), lister)
+    # Wildcards in the scope need wildcards in the user's rules; verbs may be covered by several rules.
+    assert not rbac.covers([lister], rbac.Rule("services", ("list",), "*"))
+    assert not rbac.covers(_rules("readwrite"), rbac.Rule("*", ("get",), "*"))
+    split = [rbac.Rule("services", ("get",), "a"), rbac.Rule("*", ("list",), "a")]
+    assert rbac.covers(split, rbac.Rule("services", ("get", "list"), "a"))
+    assert not rbac.covers(split, rbac.Rule("services", ("get", "list", "delete"), "a"))

@@ -37,10 +37,15 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--name", required=True)
-@click.option("--subject-id", default="")
+@click.option("--subject-id", default="", help="The subject's id or name.")
 @click.option("--subject-name", default="")
 @click.option("--subject-type", default="user", show_default=True)
-@click.option("--policy", "policies", multiple=True, help="Policy for a new subject (repeatable).")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    help="Scope the token to this policy (repeatable; within the subject's rights). A new subject gets them.",
+)
 @click.option("--description", default="")
 @click.option("--ttl", default="0", help="Lifetime, e.g. 24h (0 = no expiry).")
 @click.option("--out-file", type=click.Path(dir_okay=False))
@@ -93,10 +98,19 @@ def token_list(s: Session, fmt: str, as_json: bool) -> None:
     if emit([to_dict(t) for t in tokens], "json" if as_json else fmt):
         return
     rows = [
-        [t.id, t.name, t.subject_id, unix(t.issued_at), unix(t.expires_at), "yes" if t.revoked else "no"]
+        [
+            t.id,
+            t.name,
+            t.subject_id,
+            ",".join(t.policies) or "*",
+            unix(t.issued_at),
+            unix(t.expires_at),
+            "yes" if t.revoked else "no",
+        ]
         for t in tokens
     ]
-    table(rows, ["ID", "NAME", "SUBJECT", "ISSUED", "EXPIRES", "REVOKED"])
+    # SCOPE "*": the token carries all of its user's rights.
+    table(rows, ["ID", "NAME", "SUBJECT", "SCOPE", "ISSUED", "EXPIRES", "REVOKED"])
 
 
 @click.group()

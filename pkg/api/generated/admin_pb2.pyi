@@ -189,7 +189,7 @@ class UserListResponse(_message.Message):
     def __init__(self, users: _Optional[_Iterable[_Union[Subject, _Mapping]]] = ...) -> None: ...
 
 class TokenInfo(_message.Message):
-    __slots__ = ("id", "name", "subject_id", "subject_type", "description", "issued_at", "expires_at", "revoked", "last_used_at")
+    __slots__ = ("id", "name", "subject_id", "subject_type", "description", "issued_at", "expires_at", "revoked", "last_used_at", "policies")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class TokenInfo(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     subject_id: str
@@ -208,7 +209,8 @@ class TokenInfo(_message.Message):
     expires_at: int
     revoked: bool
     last_used_at: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., subject_id: _Optional[str] = ..., subject_type: _Optional[str] = ..., description: _Optional[str] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., last_used_at: _Optional[int] = ...) -> None: ...
+    policies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., subject_id: _Optional[str] = ..., subject_type: _Optional[str] = ..., description: _Optional[str] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., last_used_at: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TokenListRequest(_message.Message):
     __slots__ = ()

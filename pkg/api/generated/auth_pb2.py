@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/auth.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\"\x0f\n\rWhoAmIRequest\"c\n\x0eWhoAmIResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x14\n\x0csubject_name\x18\x02 \x01(\t\x12\x15\n\rsubject_email\x18\x03 \x01(\t\x12\x10\n\x08policies\x18\x04 \x03(\t\"\x9e\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x14\n\x0csubject_name\x18\x03 \x01(\t\x12\x14\n\x0csubject_type\x18\x04 \x01(\t\x12\x10\n\x08policies\x18\x05 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"?\n\x13\x43reateTokenResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"&\n\x13RevokeTokenResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x32\xbf\x02\n\x0b\x41uthService\x12T\n\x06WhoAmI\x12\x17.rune.api.WhoAmIRequest\x1a\x18.rune.api.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami\x12\x66\n\x0b\x43reateToken\x12\x1c.rune.api.CreateTokenRequest\x1a\x1d.rune.api.CreateTokenResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/tokens:\x01*\x12r\n\x0bRevokeToken\x12\x1c.rune.api.RevokeTokenRequest\x1a\x1d.rune.api.RevokeTokenResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/auth/tokens/{id}:revoke:\x01*B-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/auth.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\"\x0f\n\rWhoAmIRequest\"\x90\x01\n\x0eWhoAmIResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x14\n\x0csubject_name\x18\x02 \x01(\t\x12\x15\n\rsubject_email\x18\x03 \x01(\t\x12\x10\n\x08policies\x18\x04 \x03(\t\x12\x16\n\x0etoken_policies\x18\x05 \x03(\t\x12\x13\n\x0b\x61uth_method\x18\x06 \x01(\t\"\x9e\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x14\n\x0csubject_name\x18\x03 \x01(\t\x12\x14\n\x0csubject_type\x18\x04 \x01(\t\x12\x10\n\x08policies\x18\x05 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"?\n\x13\x43reateTokenResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"&\n\x13RevokeTokenResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x32\xbf\x02\n\x0b\x41uthService\x12T\n\x06WhoAmI\x12\x17.rune.api.WhoAmIRequest\x1a\x18.rune.api.WhoAmIResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auth/whoami\x12\x66\n\x0b\x43reateToken\x12\x1c.rune.api.CreateTokenRequest\x1a\x1d.rune.api.CreateTokenResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/tokens:\x01*\x12r\n\x0bRevokeToken\x12\x1c.rune.api.RevokeTokenRequest\x1a\x1d.rune.api.RevokeTokenResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/auth/tokens/{id}:revoke:\x01*B-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,16 +42,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['RevokeToken']._serialized_options = b'\202\323\344\223\002 \"\033/v1/auth/tokens/{id}:revoke:\001*'
   _globals['_WHOAMIREQUEST']._serialized_start=68
   _globals['_WHOAMIREQUEST']._serialized_end=83
-  _globals['_WHOAMIRESPONSE']._serialized_start=85
-  _globals['_WHOAMIRESPONSE']._serialized_end=184
-  _globals['_CREATETOKENREQUEST']._serialized_start=187
-  _globals['_CREATETOKENREQUEST']._serialized_end=345
-  _globals['_CREATETOKENRESPONSE']._serialized_start=347
-  _globals['_CREATETOKENRESPONSE']._serialized_end=410
-  _globals['_REVOKETOKENREQUEST']._serialized_start=412
-  _globals['_REVOKETOKENREQUEST']._serialized_end=444
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=446
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=484
-  _globals['_AUTHSERVICE']._serialized_start=487
-  _globals['_AUTHSERVICE']._serialized_end=806
+  _globals['_WHOAMIRESPONSE']._serialized_start=86
+  _globals['_WHOAMIRESPONSE']._serialized_end=230
+  _globals['_CREATETOKENREQUEST']._serialized_start=233
+  _globals['_CREATETOKENREQUEST']._serialized_end=391
+  _globals['_CREATETOKENRESPONSE']._serialized_start=393
+  _globals['_CREATETOKENRESPONSE']._serialized_end=456
+  _globals['_REVOKETOKENREQUEST']._serialized_start=458
+  _globals['_REVOKETOKENREQUEST']._serialized_end=490
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=492
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=530
+  _globals['_AUTHSERVICE']._serialized_start=533
+  _globals['_AUTHSERVICE']._serialized_end=852
 # @@protoc_insertion_point(module_scope)

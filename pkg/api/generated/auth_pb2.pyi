@@ -13,16 +13,20 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("subject_id", "subject_name", "subject_email", "policies")
+    __slots__ = ("subject_id", "subject_name", "subject_email", "policies", "token_policies", "auth_method")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_EMAIL_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_METHOD_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     subject_name: str
     subject_email: str
     policies: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, subject_id: _Optional[str] = ..., subject_name: _Optional[str] = ..., subject_email: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ...) -> None: ...
+    token_policies: _containers.RepeatedScalarFieldContainer[str]
+    auth_method: str
+    def __init__(self, subject_id: _Optional[str] = ..., subject_name: _Optional[str] = ..., subject_email: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., token_policies: _Optional[_Iterable[str]] = ..., auth_method: _Optional[str] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "subject_id", "subject_name", "subject_type", "policies", "ttl_seconds", "description")
