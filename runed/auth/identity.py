@@ -292,7 +292,11 @@ class Identity:
             cur["last_used_at"] = now
             return cur
 
-        self.store.update(TOKEN, SYSTEM, token_id, mutate)
+        try:
+            self.store.update(TOKEN, SYSTEM, token_id, mutate)
+        except errors.StorageFull:
+            # A bookkeeping write inside a read: a full disk must not refuse the read (tried again later).
+            pass
 
     def get_token(self, token_id: str) -> dict[str, Any] | None:
         rec = self.store.get(TOKEN, SYSTEM, token_id)

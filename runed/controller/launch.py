@@ -145,6 +145,7 @@ class Launcher:
             ports=ports,
             log_max_bytes=self.cfg.log_max_bytes,
             log_backups=self.cfg.log_backups,
+            log_min_free_bytes=self.cfg.log_min_free_bytes,
         )
 
     def ports(self, inst: Instance, svc: service_pb2.Service) -> dict[str, int]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 
 from runed.auth import rbac
+from runed.core import errors
 from runed.pipeline.context import CallContext
 from runed.store.base import AuditEntry
 
@@ -117,6 +118,9 @@ def record(
             detail=message[:MAX_DETAIL],
         )
         write(entry)
+    except errors.StorageFull as e:
+        # Expected while the disk is full (reads of secrets are audited too): one line, no traceback.
+        log.warning("cannot write audit record for %s (request %s): %s", ctx.method.full_name, ctx.request_id, e)
     except Exception:
         # Losing an audit record must be visible, but must not turn a done change into an error.
         log.exception("cannot write audit record for %s (request %s)", ctx.method.full_name, ctx.request_id)

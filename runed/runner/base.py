@@ -35,6 +35,7 @@ class LaunchSpec:
     ports: dict[str, int] = field(default_factory=dict)
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    log_min_free_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass

@@ -71,6 +71,7 @@ class ProcessRunner:
                 "rlimit_as": spec.rlimit_as,
                 "max_bytes": spec.log_max_bytes,
                 "backups": spec.log_backups,
+                "min_free_bytes": spec.log_min_free_bytes,
             },
         )
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}

@@ -85,17 +85,41 @@ def last_seq(directory: Path) -> int:
     return 0
 
 
-class LogWriter:
-    """Appends one JSON object per line and rotates by size: log.jsonl -> log.jsonl.1 -> … ."""
+# Below this many free bytes on the log's filesystem lines are dropped instead of written, so the
+# store and everything else on the data disk keep room (controller.log_min_free_bytes; 0: no floor).
+DEFAULT_MIN_FREE_BYTES = 32 << 20
+# Writing resumes only with this much more than the floor free, so it does not flap at the edge.
+RESUME_SLACK_BYTES = 1 << 20
+# The free space is looked at (one fstatvfs) at least this often while writing, and after at most
+# half the room above the floor has been written: rarely when the disk is roomy, often near the floor.
+SPACE_CHECK_SECONDS = 1.0
+MIN_CHECK_BYTES = 64 << 10
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
 
-    def __init__(self, directory: Path, max_bytes: int, backups: int) -> None:
+
+class LogWriter:
+    """Appends one JSON object per line and rotates by size: log.jsonl -> log.jsonl.1 -> … .
+
+    Keeps ``min_free_bytes`` free on the log's filesystem: below it (or when a write fails for lack
+    of space) lines are counted and dropped, never written in part. Once there is room again the
+    next line is preceded by a marker line saying how many were dropped. Dropped lines take no
+    ``seq``: the marker is the record of them.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int, backups: int, min_free_bytes: int = 0) -> None:
         self.directory = directory
         self.max_bytes = max(1024, max_bytes)
         self.backups = max(0, backups)
+        self.min_free = max(0, min_free_bytes)
         self.seq = last_seq(directory)
         self.path = directory / LOG_NAME
-        self.f: IO[bytes] = self.path.open("ab")
+        # Unbuffered: each line is one write(2), visible to followers at once, never half-buffered.
+        self.f: IO[bytes] = self.path.open("ab", buffering=0)
         self.size = self.f.tell()
+        self.dropped = 0  # lines dropped since the last line written
+        self._checked = -SPACE_CHECK_SECONDS  # monotonic time of the last look at the free space
+        self._budget = 0  # bytes that may be written before looking again
+        self._torn = False  # a write stopped mid-line: the next one starts on a fresh line
 
     def _rotate(self) -> None:
         self.f.close()
@@ -107,26 +131,83 @@ class LogWriter:
                 if src.exists():
                     src.replace(self.directory / f"{LOG_NAME}.{i + 1}")
             self.path.replace(self.directory / f"{LOG_NAME}.1")
-        self.f = self.path.open("ab")
+        self.f = self.path.open("ab", buffering=0)
         self.size = 0
+        self._torn = False
+
+    def _room(self, n: int) -> bool:
+        """Whether ``n`` more bytes keep the filesystem above the floor (a syscall only now and then)."""
+        now = time.monotonic()
+        recent = now - self._checked < SPACE_CHECK_SECONDS
+        if self.dropped and recent:
+            return False  # dropping: look again after a second, not per line
+        if not self.min_free:
+            return True  # no floor: only a failed write stops lines
+        if recent and n <= self._budget:
+            self._budget -= n
+            return True
+        self._checked = now
+        try:
+            st = os.fstatvfs(self.f.fileno())
+        except (OSError, ValueError):
+            return True  # cannot tell: the write itself will say
+        room = st.f_bavail * st.f_frsize - self.min_free
+        if self.dropped:
+            room -= RESUME_SLACK_BYTES
+        if room < n:
+            return False
+        self._budget = max(MIN_CHECK_BYTES, room // 2) - n
+        return True
+
+    def _record(self, stream: str, text: str) -> bytes:
+        rec = {"seq": self.seq + 1, "ts": rfc3339_ns(time.time_ns()), "stream": stream, "line": text}
+        return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+
+    def _append(self, data: bytes) -> bool:
+        """Write one record (rotating first when due); False when the disk had no room for it."""
+        if self._torn:
+            data = b"\n" + data
+        try:
+            if self.f.closed or (self.size and self.size + len(data) > self.max_bytes):
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                n = self.f.write(view) or 0
+                self.size += n
+                self._torn = True
+                view = view[n:]
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            self._checked = time.monotonic()  # look again in a second, not at the next line
+            return False
+        self._torn = False
+        self.seq += 1
+        return True
+
+    def _flush_marker(self) -> bool:
+        """Write the dropped-lines marker, if any is due; False when the disk still has no room."""
+        if not self.dropped:
+            return True
+        short = f"had less than {self.min_free} bytes free" if self.min_free else "was full"
+        text = f"runed: {self.dropped} lines dropped: the disk holding this log {short}"
+        if not self._append(self._record("stderr", text)):
+            return False
+        self.dropped = 0
+        return True
 
     def write(self, stream: str, line: bytes) -> None:
-        self.seq += 1
-        rec = {
-            "seq": self.seq,
-            "ts": rfc3339_ns(time.time_ns()),
-            "stream": stream,
-            "line": line.decode("utf-8", errors="replace"),
-        }
-        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
-        if self.size and self.size + len(data) > self.max_bytes:
-            self._rotate()
-        self.f.write(data)
-        # Readers (log streaming) follow the file: every line is visible as soon as it is read.
-        self.f.flush()
-        self.size += len(data)
+        # Estimate before encoding, so a line that is dropped costs no JSON work.
+        if not self._room(len(line) + 128 + (256 if self.dropped else 0)):
+            self.dropped += 1
+            return
+        text = line.decode("utf-8", errors="replace")
+        if not (self._flush_marker() and self._append(self._record(stream, text))):
+            self.dropped += 1
 
     def close(self) -> None:
+        # The last word on lines dropped at the end, when the disk takes it (the floor no longer matters).
+        self._flush_marker()
         self.f.close()
 
 
@@ -144,7 +225,12 @@ def run(directory: Path) -> int:
     spec = json.loads((directory / LAUNCH_NAME).read_text())
     (directory / EXIT_NAME).unlink(missing_ok=True)
     (directory / PID_NAME).unlink(missing_ok=True)
-    writer = LogWriter(directory, int(spec.get("max_bytes", 10 << 20)), int(spec.get("backups", 3)))
+    writer = LogWriter(
+        directory,
+        int(spec.get("max_bytes", 10 << 20)),
+        int(spec.get("backups", 3)),
+        int(spec.get("min_free_bytes", DEFAULT_MIN_FREE_BYTES)),
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(SHIM_ENV_PREFIX)}
     try:
         child = subprocess.Popen(

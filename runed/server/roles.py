@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -92,10 +93,20 @@ async def _main(config: Config, role: str) -> int:
     marker = ready_file(config, role)
 
     def on_ready(address: str) -> None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"role": role, "pid": os.getpid(), "address": address}))
-        tmp.replace(marker)
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"role": role, "pid": os.getpid(), "address": address}))
+            tmp.replace(marker)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk (the ballast already spent) must not take down a role that can serve:
+            # it serves without its marker (what reads the marker does not see it ready).
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("%s role serves on %s but cannot write %s: %s", role, address, marker, e.strerror)
+            return
         log.info("%s role ready on %s", role, address)
 
     try:

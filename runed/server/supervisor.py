@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from runed.core.config import Config
 from runed.core.readiness import ready_file
+from runed.server import ballast
 
 # The roles ``runed`` runs, in start order (``runed serve --role <name>`` serves one; roles.py).
 DEFAULT_ROLES: tuple[str, ...] = ("grpc", "controller", "rest")
@@ -22,6 +25,8 @@ EXIT_FATAL = 78
 READY_TIMEOUT_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 30.0
 HEALTHY_RESET_SECONDS = 60.0
+# How often the supervisor looks whether the emergency ballast can be put back (one statvfs).
+BALLAST_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Supervisor:
     children: dict[str, Child] = field(default_factory=dict)
     stopping: bool = False
     _signals: int = 0
+    _ballast_checked: float = 0.0
 
     def child_args(self, role: str) -> list[str]:
         c = self.config
@@ -94,9 +100,23 @@ class Supervisor:
             child.ready = True
             child.address = str(info.get("address", ""))
 
+    def _keep_ballast(self) -> None:
+        """Put the emergency ballast back (a start on a full disk released it) once space has returned."""
+        self._ballast_checked = time.monotonic()
+        if ballast.restore(self.config.data_path, self.config.controller.log_min_free_bytes):
+            print(f"runed: emergency ballast in place in {self.config.data_dir}", file=sys.stderr)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._keep_ballast()
+        free = ballast.free_bytes(self.config.data_path)
+        if free is not None and free < self.config.controller.log_min_free_bytes:
+            print(
+                f"runed: data dir {self.config.data_dir} is short of space ({free} bytes free): reads are served, "
+                "instance logs are dropped and writes refused once it is full, until space is freed",
+                file=sys.stderr,
+            )
         for role in self.roles:
             self.children[role] = Child(role)
             self._spawn(self.children[role])
@@ -133,6 +153,8 @@ class Supervisor:
                 print("runed: roles did not become ready in time", file=sys.stderr)
                 self.stop()
                 return 1
+            if now - self._ballast_checked > BALLAST_CHECK_SECONDS:
+                self._keep_ballast()
             time.sleep(0.05)
         self.stop()
         return 0
@@ -152,13 +174,24 @@ class Supervisor:
 
 
 def check_data_dir(path: Path) -> str | None:
-    """None when the data dir is usable, else one line saying why not."""
+    """None when the data dir is usable, else one line saying why not.
+
+    A full filesystem is usable: runed serves reads and refuses writes with RESOURCE_EXHAUSTED until
+    space returns, so only a directory that cannot be written for another reason (permissions, a
+    read-only mount) refuses the start. On a disk that is short of space the emergency ballast is
+    released first, so that the start has room for what it must write (see ``ballast``).
+    """
+    # Per-process name: the roles start together and must not unlink each other's probe.
+    probe = path / f".write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        # Per-process name: the roles start together and must not unlink each other's probe.
-        probe = path / f".write-test-{os.getpid()}"
+        ballast.release_if_short(path)
         probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return None
         return f"data dir {path} is not writable: {e.strerror}"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
     return None

@@ -4,6 +4,16 @@ Each role process records calls through the pipeline's ``on_call_finished`` hook
 prometheus-client's multiprocess files; the REST role's ``/metrics`` aggregates all of them, so
 gRPC and REST counts appear in one scrape. The directory is per supervisor run (its pid), and
 directories of runs whose supervisor is gone are removed at start-up so old counts never leak in.
+
+A full data disk. prometheus-client keeps each value in a memory-mapped file that it creates and
+grows with ``truncate`` (a sparse file) and then writes through the mapping; storing to a page of a
+hole when the filesystem has no block left for it raises SIGBUS, which kills the process. That, not
+SQLite, is what took the REST and gRPC roles down with a full data dir: every call records a
+metric, and a call with a new method or status code adds a key to a new page. So this module adds
+a key (creates a labelled child, which may create or grow a file) only while the filesystem has
+:data:`MIN_FREE_BYTES` free, and then allocates the files' blocks for real (``posix_fallocate``),
+so later stores to keys that exist never need a new block. Counts that cannot be stored yet wait
+in memory and are written when space returns.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +29,12 @@ from typing import Any
 
 from runed.pipeline.context import CallContext
 
+log = logging.getLogger("runed.metrics")
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+# New keys are added only with this much free space on the metrics filesystem: a file grows by
+# doubling, and the files stay far below this size.
+MIN_FREE_BYTES = 2 * 1024 * 1024
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _metrics: dict[str, Any] = {}
@@ -59,7 +75,13 @@ def install(data_path: Path, role: str) -> None:
     """
     if _metrics:
         return
-    os.environ.setdefault(ENV, str(_prepare(data_path)))
+    if ENV not in os.environ:
+        try:
+            os.environ[ENV] = str(_prepare(data_path))
+        except OSError as e:
+            # No directory (a full disk can refuse one): this process serves without metrics.
+            log.warning("metrics disabled in this process: cannot prepare %s: %s", metrics_dir(data_path), e)
+            return
     from prometheus_client import Counter, Gauge, Histogram
 
     _metrics["requests"] = Counter(
@@ -74,10 +96,10 @@ def install(data_path: Path, role: str) -> None:
     _metrics["streams"] = Gauge(
         "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
     )
-    if role == "rest":
+    if role in ("rest", "grpc"):
         # Present (at 0) from the start, so dashboards see the series before the first stream.
-        # Only the REST adapter counts open streams; gRPC calls show up when they finish.
-        _metrics["streams"].labels("rest").inc(0)
+        # Each API adapter counts its own open streams (SSE and WebSocket; gRPC server and bidi streams).
+        stream_opened(role, 0)
 
 
 def on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
@@ -88,12 +110,45 @@ def on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:
 _children: dict[tuple[str, ...], Any] = {}
 
 
+def _room() -> bool:
+    """Whether a key may be added: the metrics filesystem has room for a file to be created or to grow."""
+    try:
+        st = os.statvfs(os.environ[ENV])
+    except (KeyError, OSError):
+        return False
+    return st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+
+
+def _reserve() -> None:
+    """Allocate every block of this process's metric files, so no store through their mappings faults.
+
+    The names are prometheus-client's (``<type>_<pid>.db``); a filesystem without fallocate leaves
+    the files sparse and only the free-space check guards them.
+    """
+    for path in Path(os.environ[ENV]).glob(f"*_{os.getpid()}.db"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def _child(metric: str, *labels: str) -> Any:
+    """The cached labelled child (None while there is no room to add it: see the module docstring)."""
     # prometheus-client's .labels() takes a lock and validates on every call; cache the children.
     key = (metric, *labels)
     child = _children.get(key)
     if child is None:
+        # Rare (once per label set and process), so the free space is looked at right before.
+        if not _room():
+            return None
         child = _children[key] = _metrics[metric].labels(*labels)
+        _reserve()
     return child
 
 
@@ -106,6 +161,8 @@ _BOUNDS = (*LATENCY_BUCKETS, float("inf"))  # prometheus-client appends +Inf the
 _pending_counts: dict[tuple[str, str, str], int] = {}
 # (transport, method) -> [sum of seconds, count in bucket 0, count in bucket 1, ...]
 _pending_latency: dict[tuple[str, str], list[float]] = {}
+# Open-stream deltas by transport whose gauge could not be added yet (no room).
+_pending_streams: dict[str, int] = {}
 _flush_scheduled = False
 
 
@@ -141,20 +198,35 @@ def flush() -> None:
     _pending_counts.clear()
     _pending_latency.clear()
     for labels, n in counts:
-        _child("requests", *labels).inc(n)
+        child = _child("requests", *labels)
+        if child is None:
+            _pending_counts[labels] = _pending_counts.get(labels, 0) + n  # kept until there is room
+            continue
+        child.inc(n)
     for labels2, tally in latencies:
         hist = _child("latency", *labels2)
+        if hist is None:
+            _pending_latency[labels2] = tally
+            continue
         # Histogram.observe, for many values at once: its sum and per-bucket values (non-cumulative
         # in prometheus-client's storage; the exposition accumulates them).
         hist._sum.inc(tally[0])
         for i, in_bucket in enumerate(tally[1:]):
             if in_bucket:
                 hist._buckets[i].inc(in_bucket)
+    for transport, delta in list(_pending_streams.items()):
+        del _pending_streams[transport]
+        stream_opened(transport, delta)
 
 
 def stream_opened(transport: str, delta: int = 1) -> None:
-    if _metrics:
-        _child("streams", transport).inc(delta)
+    if not _metrics:
+        return
+    child = _child("streams", transport)
+    if child is None:
+        _pending_streams[transport] = _pending_streams.get(transport, 0) + delta
+        return
+    child.inc(delta)
 
 
 def shutdown() -> None:

@@ -69,6 +69,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "controller: stop_grace_seconds, log_backups and restart_backoff_reset_seconds must not be negative"
         )
+    if ctl.log_min_free_bytes < 0:
+        raise ConfigError(f"controller.log_min_free_bytes: must not be negative, got {ctl.log_min_free_bytes!r}")
     for path in ctl.host_mount_paths:
         if not path.startswith("/"):
             raise ConfigError(f"controller.host_mount_paths: must be absolute paths, got {path!r}")

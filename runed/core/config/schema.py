@@ -152,6 +152,9 @@ class ControllerConfig:
     stop_grace_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # Instance logs stop (lines are dropped, then a marker line says how many) while the data dir's
+    # filesystem has less than this free, so the store keeps room to write. 0: no floor.
+    log_min_free_bytes: int = 32 * 1024 * 1024
     # Host directories where secret/configmap mounts may be written as they are (shared, opt-in);
     # every other mount path is placed under the instance's own directory.
     host_mount_paths: tuple[str, ...] = ()

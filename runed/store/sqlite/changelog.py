@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ import orjson
 from runed.core import errors
 from runed.store.base import Change
 from runed.store.sqlite.connection import Database
+
+log = logging.getLogger("runed.store")
 
 SAFETY_POLL_SECONDS = 1.0
 # Committed writes between two prunes of the change log.
@@ -36,7 +39,12 @@ class ChangeLog(Database):
         self._writes_since_prune += 1
         if self._writes_since_prune >= _PRUNE_EVERY:
             self._writes_since_prune = 0
-            self.prune_changelog()
+            try:
+                self.prune_changelog()
+            except errors.StorageFull as e:
+                # The write that got here is committed: a full disk must not turn it into an error.
+                # The next prune (after as many writes) catches up.
+                log.warning("cannot prune the change log: %s", e)
 
     def _log_change(self, kind: str, namespace: str, name: str, op: str, data: str | None) -> int:
         """Append one change inside the current transaction; its id is the write's revision."""

@@ -1,8 +1,25 @@
-"""One SQLite connection per process: pragmas (WAL, busy timeout), a lock, nested IMMEDIATE transactions, wake-ups."""
+"""One SQLite connection per process: pragmas (WAL, busy timeout), a lock, nested IMMEDIATE transactions, wake-ups.
+
+A full disk. SQLite itself never faults on one: ``mmap_size`` is pinned to 0 (pages are read with
+read(2), never mapped, so a short filesystem cannot raise SIGBUS on a mapped page whatever a build's
+default), and the WAL index (``-shm``), the one file SQLite does map, is grown with write(2) of a
+byte per page before it is mapped, so growing it fails with an error instead of faulting. (The
+SIGBUS seen with a full data dir came from prometheus-client's sparse mmap files: see
+``runed/transport/metrics.py``.) SQLite deletes the ``-shm`` when the last connection closes, and
+creating it again needs space: a start on a full disk gets it from the emergency ballast
+(``runed/server/ballast.py``). What a full disk does to SQLite is fail a write with SQLITE_FULL, at
+an INSERT or at COMMIT, after which SQLite may or may not have rolled the transaction back.
+:meth:`Database.transaction` handles that in one place: it rolls back whatever is left (so the
+connection never keeps a half-written transaction and the write lock) and raises
+:class:`runed.core.errors.StorageFull` (RESOURCE_EXHAUSTED naming the data dir). The stored data is
+untouched: a failed commit never reaches the database. Reads need no space and keep working.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,9 +31,22 @@ from runed.core import errors
 from runed.store.notify import Notifier
 from runed.store.sqlite.schema import apply_migrations, schema_version
 
+log = logging.getLogger("runed.store")
+
+# errno values that mean "no room on the filesystem" (a full disk, a user's quota).
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class StoreError(errors.FatalStartError):
     """The database cannot be opened or migrated (start-up failure with a clear message)."""
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the filesystem is full: SQLITE_FULL from SQLite, ENOSPC or EDQUOT from the OS."""
+    if isinstance(exc, sqlite3.Error):
+        # The primary code is the low byte of the extended one.
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS
 
 
 class Database:
@@ -36,6 +66,7 @@ class Database:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA mmap_size=0")  # see the module docstring
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
         self.conn = conn
@@ -53,7 +84,7 @@ class Database:
                 apply_migrations(self.conn)
                 self.conn.execute("COMMIT")
             except sqlite3.Error as e:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"cannot migrate database {self.path}: {e}") from None
 
     def schema_version(self) -> int:
@@ -61,7 +92,11 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes atomically; nested calls join the outer transaction."""
+        """Group writes atomically; nested calls join the outer transaction.
+
+        Raises:
+            StorageFull: the disk is full (the transaction is rolled back, nothing was written).
+        """
         with self._lock:
             outer = self._depth == 0
             if outer:
@@ -69,18 +104,35 @@ class Database:
             self._depth += 1
             try:
                 yield
-            except BaseException:
+            except BaseException as exc:
                 self._depth -= 1
                 if outer:
-                    self.conn.execute("ROLLBACK")
-                    self._pending_notify = False
+                    self._rollback()
+                    if out_of_space(exc):
+                        raise errors.storage_full(self.path.parent) from exc
                 raise
             self._depth -= 1
             if outer:
-                self.conn.execute("COMMIT")
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    # SQLite may have rolled back already (SQLITE_FULL can do that) or may not.
+                    self._rollback()
+                    if out_of_space(exc):
+                        raise errors.storage_full(self.path.parent) from exc
+                    raise
                 if self._pending_notify:
                     self._pending_notify = False
                     self._after_commit()
+
+    def _rollback(self) -> None:
+        """End the open transaction, if SQLite has not ended it already, and forget its wake-up."""
+        self._pending_notify = False
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.warning("rollback failed on %s: %s", self.path, e)
 
     def _after_commit(self) -> None:
         """Runs after each commit that logged a change (subclasses add housekeeping)."""

@@ -1,0 +1,60 @@
+"""The shim's log writer on a disk short of space: a free-space floor, dropped lines counted, a marker on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from runed.runner import shim
+
+
+def _lines(d: Path) -> list[dict[str, object]]:
+    return [json.loads(raw) for raw in (d / "log.jsonl").read_text().splitlines() if raw.strip()]
+
+
+def _free(d: Path) -> int:
+    st = os.statvfs(d)
+    return st.f_bavail * st.f_frsize
+
+
+def test_below_the_floor_lines_are_dropped_then_a_marker_counts_them(tmp_path: Path) -> None:
+    w = shim.LogWriter(tmp_path, max_bytes=1 << 20, backups=1, min_free_bytes=1024)
+    w.write("stdout", b"before")
+    # The floor now lies above what the filesystem has free: nothing more is written.
+    w.min_free = _free(tmp_path) + (1 << 30)
+    w._checked = -shim.SPACE_CHECK_SECONDS  # look at the free space at the next line, not in a second
+    for i in range(500):
+        w.write("stdout", f"dropped {i}".encode())
+    assert [r["line"] for r in _lines(tmp_path)] == ["before"]
+    assert w.dropped == 500
+    # Room again: within a second of looking the writer resumes, the marker first.
+    w.min_free = 1024
+    deadline = time.monotonic() + 2 * shim.SPACE_CHECK_SECONDS + 5
+    n = 0
+    while w.dropped and time.monotonic() < deadline:
+        w.write("stdout", f"after {n}".encode())
+        n += 1
+    w.close()
+    recs = _lines(tmp_path)
+    assert recs[0]["line"] == "before"
+    marker = recs[1]
+    assert marker["stream"] == "stderr" and str(marker["line"]).startswith(f"runed: {500 + n - 1} lines dropped")
+    assert recs[2]["line"] == f"after {n - 1}"
+    # Dropped lines take no seq: the numbers stay consecutive.
+    assert [r["seq"] for r in recs] == [1, 2, 3]
+
+
+def test_a_write_the_disk_refuses_is_dropped_not_fatal(tmp_path: Path) -> None:
+    w = shim.LogWriter(tmp_path, max_bytes=1 << 20, backups=1, min_free_bytes=0)
+    w.write("stdout", b"before")
+    # /dev/full refuses every write with ENOSPC, as a full filesystem does.
+    w.f.close()
+    w.f = open("/dev/full", "ab", buffering=0)
+    for i in range(100):
+        w.write("stdout", f"line {i}".encode())
+    assert w.dropped == 100
+    assert w.seq == 1
+    w.close()  # the marker is tried once more, and refused quietly too
+    assert [r["line"] for r in _lines(tmp_path)] == ["before"]
