@@ -1,8 +1,13 @@
-"""Run every benchmark module (bench/bench_*.py): `python -m bench [name ...]`."""
+"""Run every benchmark module (bench/bench_*.py): `python -m bench [name ...] [--option ...]`.
+
+Options (from the first argument starting with ``-``) go to the selected benchmarks whose ``run``
+takes an argument list, e.g. ``python -m bench scale --n 100``.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -11,13 +16,21 @@ import bench
 
 
 def main(argv: list[str]) -> int:
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    wanted_names, options = argv[:split], argv[split:]
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
-    wanted = [n for n in names if not argv or any(a in n for a in argv)]
+    wanted = [n for n in names if not wanted_names or any(a in n for a in wanted_names)]
     for name in wanted:
         mod = importlib.import_module(f"bench.{name}")
         print(f"== {name}: {(mod.__doc__ or '').strip().splitlines()[0]}", flush=True)
         t0 = time.perf_counter()
-        mod.run()
+        if inspect.signature(mod.run).parameters:
+            mod.run(options)
+        elif options:
+            print(f"   (takes no options: {' '.join(options)} ignored)")
+            mod.run()
+        else:
+            mod.run()
         print(f"   ({time.perf_counter() - t0:.1f}s)\n", flush=True)
     return 0
 

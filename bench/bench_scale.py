@@ -1,0 +1,312 @@
+"""Scale: N instances of a tiny program (cast, idle CPU, memory, API p99, delete) against the same N bare processes.
+
+For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size), on a fresh runed:
+
+1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (page of 100) with 10 running.
+2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap.
+3. cast: CreateService of scale N until the service reports Running (every instance running).
+4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
+5. memory: RSS/PSS of the runed processes and of the shims (/proc/<pid>/smaps_rollup), per instance.
+6. API: the same two calls with N running, p99 against step 1.
+7. delete: DeleteService until the deletion completed and every instance process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from bench.common import Load, bootstrap_token, drive
+from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+from runed.runner.shim import proc_start_time
+from tests.harness import Runed, run_runed
+
+SIZES = (100, 1000)
+IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE_SECONDS", "30"))
+API_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+REF_SCALE = 10
+PAGE = 100
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WAIT_SECONDS = 900.0
+
+
+def _program(kind: str) -> list[str]:
+    if kind == "sleep":
+        return [shutil.which("sleep") or "/bin/sleep", "3600"]
+    # A tiny shell loop: a shell that forks a sleep now and then.
+    return [shutil.which("sh") or "/bin/sh", "-c", "while :; do sleep 3600; done"]
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 when gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def mem_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of ``pid`` in kB from /proc/<pid>/smaps_rollup ((0, 0) when gone)."""
+    rss = pss = 0
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    for line in text.splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    now = proc_start_time(pid)
+    return now is not None and now == start
+
+
+def runed_pids(r: Runed) -> dict[str, int]:
+    assert r.proc is not None
+    pids = {"supervisor": r.proc.pid}
+    for marker in sorted((r.data_dir / "run").glob("*.json")):
+        pids[marker.stem] = int(json.loads(marker.read_text())["pid"])
+    return pids
+
+
+def instance_pids(data_dir: Path) -> tuple[list[tuple[int, int | None]], list[tuple[int, int | None]]]:
+    """(shims, instances) as (pid, start time) from every pid.json under the data dir."""
+    shims, insts = [], []
+    for pid_file in (data_dir / "instances").glob("*/pid.json"):
+        try:
+            info = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        shims.append((int(info["shim_pid"]), info.get("shim_start")))
+        insts.append((int(info["pid"]), info.get("pid_start")))
+    return shims, insts
+
+
+# -- bare baseline -------------------------------------------------------------------------------
+def bare(argv: list[str], n: int) -> tuple[float, float]:
+    """Seconds to spawn ``n`` programs directly (Popen returns once each exec succeeded), and to end them."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(n)
+    ]
+    spawn = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.wait()
+    return spawn, time.perf_counter() - t0
+
+
+# -- runed ---------------------------------------------------------------------------------------
+@dataclass
+class Api:
+    channel: grpc.Channel
+    md: list[tuple[str, str]]
+
+    @property
+    def services(self) -> service_pb2_grpc.ServiceServiceStub:
+        return service_pb2_grpc.ServiceServiceStub(self.channel)
+
+    def cast(self, name: str, argv: list[str], scale: int) -> None:
+        svc = service_pb2.Service(
+            name=name,
+            namespace="default",
+            scale=scale,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=argv[0], args=argv[1:]),
+        )
+        self.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.md)
+
+    def status(self, name: str) -> int:
+        req = service_pb2.GetServiceRequest(name=name, namespace="default")
+        return int(self.services.GetService(req, metadata=self.md).service.status)
+
+    def delete(self, name: str) -> None:
+        req = service_pb2.DeleteServiceRequest(name=name, namespace="default", grace_period=5)
+        self.services.DeleteService(req, metadata=self.md)
+
+    def gone(self, name: str) -> bool:
+        try:
+            self.status(name)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return True
+            raise
+        return False
+
+
+def _until(check: Callable[[], bool], what: str, interval: float = 0.05) -> float:
+    """Seconds until ``check()`` holds (polled every ``interval``)."""
+    t0 = time.perf_counter()
+    while not check():
+        if time.perf_counter() - t0 > WAIT_SECONDS:
+            raise RuntimeError(f"{what}: not reached within {WAIT_SECONDS:g}s")
+        time.sleep(interval)
+    return time.perf_counter() - t0
+
+
+def cast_running(api: Api, name: str, argv: list[str], scale: int) -> float:
+    t0 = time.perf_counter()
+    api.cast(name, argv, scale)
+    _until(lambda: api.status(name) == service_pb2.SERVICE_STATUS_RUNNING, f"{name} Running")
+    return time.perf_counter() - t0
+
+
+def delete_gone(api: Api, name: str, data_dir: Path) -> float:
+    """DeleteService until the service is gone and no shim or instance process of the data dir runs."""
+    shims, insts = instance_pids(data_dir)
+    t0 = time.perf_counter()
+    api.delete(name)
+    _until(lambda: api.gone(name), f"{name} deleted")
+    _until(lambda: not any(_alive(p, s) for p, s in insts + shims), f"{name} processes gone", 0.01)
+    return time.perf_counter() - t0
+
+
+async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> tuple[Load, Load]:
+    """Load of GetService(name) and of ListInstances (page of 100), one after the other."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        svc = service_pb2_grpc.ServiceServiceStub(ch)
+        inst = instance_pb2_grpc.InstanceServiceStub(ch)
+        get_req = service_pb2.GetServiceRequest(name=name, namespace="default")
+        list_req = instance_pb2.ListInstancesRequest(namespace="default", page_size=PAGE)
+
+        async def get() -> object:
+            return await svc.GetService(get_req, metadata=md)
+
+        async def lst() -> object:
+            return await inst.ListInstances(list_req, metadata=md)
+
+        return await drive(get, API_SECONDS, concurrency=4), await drive(lst, API_SECONDS, concurrency=4)
+
+
+def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds: float) -> dict[str, float]:
+    """Percent of one core used over ``seconds`` by each runed process and by all shims together."""
+    shim_pids = [p for p, _ in shims]
+    before = {k: cpu_ticks(p) for k, p in pids.items()}
+    shims_before = sum(cpu_ticks(p) for p in shim_pids)
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - t0
+    out = {k: 100.0 * (cpu_ticks(p) - before[k]) / CLK_TCK / wall for k, p in pids.items()}
+    out["shims"] = 100.0 * (sum(cpu_ticks(p) for p in shim_pids) - shims_before) / CLK_TCK / wall
+    return out
+
+
+@dataclass
+class Result:
+    n: int
+    bare_spawn: float = 0.0
+    bare_kill: float = 0.0
+    cast: float = 0.0
+    delete: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    runed_mem: dict[str, tuple[int, int]] = field(default_factory=dict)
+    shim_rss: float = 0.0
+    shim_pss: float = 0.0
+    ref: dict[str, Load] = field(default_factory=dict)
+    loaded: dict[str, Load] = field(default_factory=dict)
+
+
+def measure(n: int, argv: list[str]) -> Result:
+    """Every figure for ``n`` instances, on a runed of its own."""
+    res = Result(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0", "RUNE_LIMITS_MAX_SCALE": str(max(n, 1000))}
+        with run_runed(data, args=["--log-level", "warning"], env=env, timeout=60) as r:
+            target = r.grpc_target
+            md = [("authorization", f"Bearer {bootstrap_token(target)}")]
+            api = Api(r.channel(), md)
+            # 1. The reference: the same calls with 10 instances running.
+            cast_running(api, "ref", argv, REF_SCALE)
+            time.sleep(2)
+            get, lst = asyncio.run(api_latency(target, md, "ref"))
+            res.ref = {"GetService": get, "ListInstances": lst}
+            delete_gone(api, "ref", data)
+            # 2. Bare processes, while runed supervises nothing.
+            res.bare_spawn, res.bare_kill = bare(argv, n)
+            # 3. Cast.
+            res.cast = cast_running(api, "scale", argv, n)
+            # 4. Idle, once the last status writes and the start-up bursts are over.
+            time.sleep(5)
+            shims, _ = instance_pids(data)
+            pids = runed_pids(r)
+            res.cpu = idle_cpu(pids, shims, IDLE_SECONDS)
+            # 5. Memory.
+            res.runed_mem = {k: mem_kb(p) for k, p in pids.items()}
+            mems = [mem_kb(p) for p, _ in shims]
+            res.shim_rss = sum(m[0] for m in mems) / max(1, len(mems))
+            res.shim_pss = sum(m[1] for m in mems) / max(1, len(mems))
+            # 6. The API with N running.
+            get, lst = asyncio.run(api_latency(target, md, "scale"))
+            res.loaded = {"GetService": get, "ListInstances": lst}
+            # 7. Delete.
+            res.delete = delete_gone(api, "scale", data)
+    return res
+
+
+def report(res: Result) -> Iterator[str]:
+    n = res.n
+    yield f"   N = {n}"
+    yield (
+        f"     cast -> all Running   {res.cast:7.2f} s   bare spawn {res.bare_spawn:6.2f} s   "
+        f"ratio {res.cast / res.bare_spawn:6.1f}x"
+    )
+    yield (
+        f"     delete -> all gone    {res.delete:7.2f} s   bare kill  {res.bare_kill:6.2f} s   "
+        f"ratio {res.delete / res.bare_kill:6.1f}x"
+    )
+    cpu = res.cpu
+    others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
+    yield (
+        f"     idle CPU ({IDLE_SECONDS:g} s)      controller {cpu.get('controller', 0):.2f}% of a core; "
+        f"all {n} shims {cpu.get('shims', 0):.2f}%; {others}"
+    )
+    total_pss = sum(p for _, p in res.runed_mem.values())
+    roles = ", ".join(f"{k} {p / 1024:.0f}" for k, (_, p) in res.runed_mem.items())
+    yield f"     runed PSS              {total_pss / 1024:7.1f} MB ({roles} MB)"
+    per = res.shim_pss + total_pss / n
+    yield (
+        f"     per instance           shim PSS {res.shim_pss / 1024:.2f} MB (RSS {res.shim_rss / 1024:.2f} MB); "
+        f"with runed's share {per / 1024:.2f} MB"
+    )
+    for call in ("GetService", "ListInstances"):
+        ref, loaded = res.ref[call], res.loaded[call]
+        yield (
+            f"     {call:<14} p99      {loaded.pct(99):7.2f} ms with {n} running, {ref.pct(99):6.2f} ms with "
+            f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
+            f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
+        )
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench scale")
+    parser.add_argument("--n", type=int, action="append", help="instances (repeatable; default 100 and 1000)")
+    parser.add_argument("--program", choices=("sleep", "sh"), default="sleep", help="the tiny program")
+    args = parser.parse_args(argv or [])
+    program = _program(args.program)
+    print(f"   program: {' '.join(program)}; idle window {IDLE_SECONDS:g} s; API load {API_SECONDS:g} s per call")
+    for n in args.n or SIZES:
+        for line in report(measure(n, program)):
+            print(line, flush=True)
