@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from runed.core import errors
@@ -21,6 +20,7 @@ from runed.pipeline.context import CallContext, Deps
 from runed.pipeline.methods import Method
 from runed.pipeline.stages import Pipeline
 from runed.pipeline.status import status_proto
+from runed.transport import reflection
 
 log = logging.getLogger("runed.grpc")
 
@@ -161,8 +161,8 @@ async def serve(
     server.add_generic_rpc_handlers(generic_handlers(pipeline, deps))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [*methods.services(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
+    # Reflection v1 and v1alpha (runed/transport/reflection.py).
+    reflection.enable([*methods.services(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
 
     host, port = parse_address(server_config.grpc_address)
     bind = f"[{host or '::'}]:{port}" if ":" in (host or "::") else f"{host}:{port}"
