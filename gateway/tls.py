@@ -9,34 +9,20 @@ the scope under :data:`CN_KEY`; :func:`rune.gateway.http.call_context` copies it
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from runed.core.config import TLSConfig
+from runed.transport import tls as shared
 
 CN_KEY = "rune.tls_client_cn"
 
 
 def verified_cn(transport: asyncio.BaseTransport) -> str:
-    """The subject CN of the peer's certificate, or "" unless the handshake verified it.
-
-    ``getpeercert()`` returns a non-empty dict only for a certificate that was validated against
-    the configured CA (with CERT_NONE it is always empty), so nothing unverified gets through.
-    """
-    sslobj: ssl.SSLObject | ssl.SSLSocket | None = transport.get_extra_info("ssl_object")
-    if sslobj is None:
-        return ""
-    cert = sslobj.getpeercert()
-    if not cert:
-        return ""
-    for rdn in cert.get("subject", ()):
-        for attr in rdn:
-            if attr[0] == "commonName":
-                return str(attr[1])
-    return ""
+    """The subject CN of the peer's certificate, or "" unless the handshake verified it (as on the gRPC port)."""
+    return shared.verified_cn(transport.get_extra_info("ssl_object"))
 
 
 class TLSHttpToolsProtocol(HttpToolsProtocol):
@@ -75,15 +61,12 @@ def uvicorn_options(tls: TLSConfig) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``: plain HTTP, or TLS with optional/required client certs."""
     if not tls.enabled:
         return {"http": "httptools"}
-    if tls.client_ca_file:
-        reqs = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    else:
-        reqs = ssl.CERT_NONE
     return {
         "http": TLSHttpToolsProtocol,
         "ws": TLSWebSocketProtocol,
         "ssl_certfile": tls.cert_file,
         "ssl_keyfile": tls.key_file,
         "ssl_ca_certs": tls.client_ca_file or None,
-        "ssl_cert_reqs": reqs,
+        # The gRPC port asks the same (runed/transport/tls.py): a presented certificate is always verified.
+        "ssl_cert_reqs": shared.client_cert_mode(tls),
     }

@@ -57,8 +57,12 @@ class PKI:
         return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
-def start_tls(runed_factory: RunedFactory, tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
-    """A runed serving TLS with a certificate from ``pki`` (and requiring client certificates if ``client_ca``)."""
+def tls_args(tmp_path: Path, pki: PKI, *, client_ca: bool, require: bool = True) -> list[str]:
+    """Write a server certificate from ``pki`` and a runefile serving TLS with it; runed's arguments.
+
+    With ``client_ca`` the runefile names the PKI's CA for client certificates, required or (``require=False``)
+    optional.
+    """
     key, cert = pki.issue("runed", server=True)
     (tmp_path / "server.key").write_bytes(key)
     (tmp_path / "server.crt").write_bytes(cert)
@@ -69,7 +73,11 @@ def start_tls(runed_factory: RunedFactory, tmp_path: Path, pki: PKI, *, client_c
         "key_file": str(tmp_path / "server.key"),
     }
     if client_ca:
-        # grpcio can only require-and-verify client certificates or not ask for them at all.
-        tls.update(client_ca_file=str(tmp_path / "clients-ca.crt"), require_client_cert=True)
+        tls.update(client_ca_file=str(tmp_path / "clients-ca.crt"), require_client_cert=require)
     (tmp_path / "runefile.yaml").write_text(yaml.safe_dump({"server": {"tls": tls}}))
-    return runed_factory(tmp_path / "data", args=["--config", str(tmp_path / "runefile.yaml")])
+    return ["--config", str(tmp_path / "runefile.yaml")]
+
+
+def start_tls(runed_factory: RunedFactory, tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
+    """A runed serving TLS with a certificate from ``pki`` (and requiring client certificates if ``client_ca``)."""
+    return runed_factory(tmp_path / "data", args=tls_args(tmp_path, pki, client_ca=client_ca))

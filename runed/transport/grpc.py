@@ -21,6 +21,7 @@ from runed.pipeline.methods import Method
 from runed.pipeline.stages import Pipeline
 from runed.pipeline.status import status_proto
 from runed.transport import reflection
+from runed.transport.tls import TLSFront, needs_front
 
 log = logging.getLogger("runed.grpc")
 
@@ -44,9 +45,10 @@ class _Status(NamedTuple):
 
 
 class _Adapter:
-    def __init__(self, pipeline: Pipeline, deps: Deps) -> None:
+    def __init__(self, pipeline: Pipeline, deps: Deps, front: TLSFront | None = None) -> None:
         self.pipeline = pipeline
         self.deps = deps
+        self.front = front
 
     def _ctx(self, method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
         md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -60,10 +62,17 @@ class _Adapter:
         remaining = context.time_remaining()
         if remaining is not None:
             ctx.deadline = time.monotonic() + remaining
+        # grpcio only fills x509 fields for a certificate it verified: it either requires and verifies
+        # one or never asks (runed/transport/tls.py), so a CN here is always a verified one.
         auth = context.auth_context() or {}
         cn = auth.get("x509_common_name")
         if cn:
             ctx.tls_client_cn = cn[0].decode() if isinstance(cn[0], bytes) else str(cn[0])
+        if self.front is not None:
+            # Optional client certificates: the TLS front verified it and knows the real client.
+            down = self.front.lookup(context.peer() or "")
+            if down is not None:
+                ctx.peer, ctx.tls_client_cn = down.peer, down.cn
         return ctx
 
     @staticmethod
@@ -116,8 +125,10 @@ class _Adapter:
         return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=deser, response_serializer=ser)
 
 
-def generic_handlers(pipeline: Pipeline, deps: Deps) -> list[grpc.GenericRpcHandler[Any, Any]]:
-    adapter = _Adapter(pipeline, deps)
+def generic_handlers(
+    pipeline: Pipeline, deps: Deps, front: TLSFront | None = None
+) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    adapter = _Adapter(pipeline, deps, front)
     by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
     for m in methods.all_methods():
         by_service.setdefault(f"{methods.PACKAGE}.{m.service}", {})[m.name] = adapter.handler(m)
@@ -125,7 +136,8 @@ def generic_handlers(pipeline: Pipeline, deps: Deps) -> list[grpc.GenericRpcHand
 
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
-    if not tls.enabled:
+    """grpcio's own TLS: no client certificates, or required and verified ones (optional ones need the front)."""
+    if not tls.enabled or needs_front(tls):
         return None
     try:
         key = open(tls.key_file, "rb").read()
@@ -158,7 +170,9 @@ async def serve(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    server.add_generic_rpc_handlers(generic_handlers(pipeline, deps))
+    # Optional client certificates: TLS is terminated by the front, gRPC listens on loopback behind it.
+    front = TLSFront(server_config.tls) if needs_front(server_config.tls) else None
+    server.add_generic_rpc_handlers(generic_handlers(pipeline, deps, front))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection v1 and v1alpha (runed/transport/reflection.py).
@@ -167,6 +181,8 @@ async def serve(
     host, port = parse_address(server_config.grpc_address)
     bind = f"[{host or '::'}]:{port}" if ":" in (host or "::") else f"{host}:{port}"
     creds = server_credentials(server_config.tls)
+    if front is not None:
+        bind = "127.0.0.1:0"
     try:
         bound = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
     except RuntimeError:
@@ -174,10 +190,19 @@ async def serve(
     if not bound:
         raise BindError(f"cannot listen on {server_config.grpc_address}: address already in use or not permitted")
     await server.start()
-    for name in ["", *methods.services()]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    shown = host or "0.0.0.0"
-    on_ready(f"{shown}:{bound}")
-    await stop.wait()
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(server_config.shutdown_grace_seconds)
+    try:
+        if front is not None:
+            front.upstream_port = bound
+            bound = await front.start(server_config.grpc_address)
+        for name in ["", *methods.services()]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        shown = host or "0.0.0.0"
+        on_ready(f"{shown}:{bound}")
+        await stop.wait()
+        await health_servicer.enter_graceful_shutdown()
+        if front is not None:
+            front.close()  # no new connections; open ones carry the drain
+        await server.stop(server_config.shutdown_grace_seconds)
+    finally:
+        if front is not None:
+            await front.aclose()
