@@ -20,7 +20,7 @@ Cert = tuple[bytes, bytes]
 
 
 @dataclass
-class Optional:
+class OptionalMTLS:
     """A runed with optional client certificates, the PKI behind it and its root token."""
 
     runed: Runed
@@ -28,7 +28,7 @@ class Optional:
     tmp: Path
     root: str = ""
 
-    def grpc(self, cert: Cert | None = None) -> grpc.Channel:
+    def grpc_channel(self, cert: Cert | None = None) -> grpc.Channel:
         creds = grpc.ssl_channel_credentials(
             root_certificates=self.pki.ca_pem,
             private_key=cert[0] if cert else None,
@@ -36,7 +36,7 @@ class Optional:
         )
         return grpc.secure_channel(self.runed.grpc_target, creds)
 
-    def rest(self, cert: Cert | None = None, token: str = "") -> httpx.Client:
+    def rest_client(self, cert: Cert | None = None, token: str = "") -> httpx.Client:
         ctx = ssl.create_default_context(cadata=self.pki.ca_pem.decode())
         if cert is not None:
             (self.tmp / "client.key").write_bytes(cert[0])
@@ -46,7 +46,7 @@ class Optional:
         return httpx.Client(base_url="https://" + self.runed.address("rest"), verify=ctx, headers=headers, timeout=10)
 
     def grpc_whoami(self, cert: Cert | None = None, token: str = "") -> tuple[grpc.StatusCode, str]:
-        with self.grpc(cert) as ch:
+        with self.grpc_channel(cert) as ch:
             who = auth_pb2_grpc.AuthServiceStub(ch).WhoAmI
             try:
                 me = who(auth_pb2.WhoAmIRequest(), metadata=bearer(token) if token else None, timeout=10)
@@ -56,7 +56,7 @@ class Optional:
 
     def rest_whoami(self, cert: Cert | None = None, token: str = "") -> tuple[int, str]:
         try:
-            with self.rest(cert, token) as c:
+            with self.rest_client(cert, token) as c:
                 resp = c.get("/v1/auth/whoami")
         except httpx.TransportError:
             return 0, "handshake failed"
@@ -66,13 +66,13 @@ class Optional:
 
 
 @pytest.fixture(scope="module")
-def optional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optional]:
+def optional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OptionalMTLS]:
     tmp = tmp_path_factory.mktemp("mtls-optional")
     pki = PKI()
     with run_runed(tmp / "data", args=tls_args(tmp, pki, client_ca=True, require=False)) as r:
-        o = Optional(r, pki, tmp)
+        o = OptionalMTLS(r, pki, tmp)
         # Over gRPC without a certificate: AdminBootstrap's local-only check sees the client's own address.
-        with o.grpc() as ch:
+        with o.grpc_channel() as ch:
             admin = admin_pb2_grpc.AdminServiceStub(ch)
             o.root = admin.AdminBootstrap(admin_pb2.AdminBootstrapRequest(), timeout=10).token_secret
             admin.UserCreate(
@@ -81,12 +81,12 @@ def optional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optional]:
         yield o
 
 
-def test_a_verified_client_certificate_authenticates_on_both_ports(optional: Optional) -> None:
+def test_a_verified_client_certificate_authenticates_on_both_ports(optional: OptionalMTLS) -> None:
     alice = optional.pki.issue("alice")
     assert optional.grpc_whoami(alice) == (grpc.StatusCode.OK, "alice/mtls")
     assert optional.rest_whoami(alice) == (200, "alice/mtls")
     # Authenticated as alice (readonly), then authorized as alice.
-    with optional.grpc(alice) as ch:
+    with optional.grpc_channel(alice) as ch:
         code, _ = code_of(admin_pb2_grpc.AdminServiceStub(ch).PolicyList, admin_pb2.PolicyListRequest(), timeout=10)
         assert code == grpc.StatusCode.PERMISSION_DENIED
     # A bearer token wins over the certificate on both.
@@ -97,14 +97,14 @@ def test_a_verified_client_certificate_authenticates_on_both_ports(optional: Opt
     assert optional.grpc_whoami(nobody) == (grpc.StatusCode.UNAUTHENTICATED, "")
     assert optional.rest_whoami(nobody) == (401, "")
     # The gRPC role still sees the client's own address (AdminBootstrap's local check, the audit log).
-    with optional.grpc(alice) as ch:
+    with optional.grpc_channel(alice) as ch:
         admin = admin_pb2_grpc.AdminServiceStub(ch)
         events = admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(), metadata=bearer(optional.root), timeout=10)
     boot = next(e for e in events.events if e.method == "/rune.api.AdminService/AdminBootstrap")
     assert boot.peer == "127.0.0.1"
 
 
-def test_a_certificate_from_an_unknown_ca_fails_the_handshake_on_both_ports(optional: Optional) -> None:
+def test_a_certificate_from_an_unknown_ca_fails_the_handshake_on_both_ports(optional: OptionalMTLS) -> None:
     stranger = PKI().issue("alice")
     assert optional.grpc_whoami(stranger)[0] == grpc.StatusCode.UNAVAILABLE
     assert optional.grpc_whoami(stranger, optional.root)[0] == grpc.StatusCode.UNAVAILABLE

@@ -22,7 +22,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, st
 
 
 def _mint(r: Runed, md: Metadata, **kw: Any) -> auth_pb2.CreateTokenResponse:
-    return auth_pb2_grpc.AuthServiceStub(r.channel()).CreateToken(auth_pb2.CreateTokenRequest(**kw), metadata=md)
+    stub = auth_pb2_grpc.AuthServiceStub(r.channel())
+    resp: auth_pb2.CreateTokenResponse = stub.CreateToken(auth_pb2.CreateTokenRequest(**kw), metadata=md)
+    return resp
 
 
 def _rest(r: Runed, token: str) -> httpx.Client:
