@@ -11,6 +11,7 @@ from pathlib import Path
 from rune.api import common_pb2, service_pb2
 from runed.controller.alarm import Alarm
 from runed.controller.book import Book, Live
+from runed.controller.exitwatch import ExitWatch
 from runed.controller.instance import AfterStop, Instance, RestartPolicy
 from runed.controller.launch import Launcher
 from runed.controller.probing import LIVENESS, Prober
@@ -51,12 +52,19 @@ class Supervisor:
         self.prober = prober
         self.alarm = alarm
         self.cfg = cfg
+        # Running instances whose end the event loop reports: not polled every tick.
+        self.exits = ExitWatch(alarm)
+        self._last_sweep = 0.0
 
     def runner(self, inst: Instance) -> Runner:
         return self.runners.get(inst.runner, self.runners["process"])
 
     def runner_for(self, svc: service_pb2.Service) -> Runner:
         return self.runners["container" if svc.runtime == "container" else "process"]
+
+    def _watch(self, inst: Instance) -> None:
+        """Be told when the running ``inst`` ends instead of polling it (if its runner can tell)."""
+        self.exits.add(inst.key, self.runner(inst).exit_fd(Path(inst.log_dir), inst.handle))
 
     def set_state(self, inst: Instance, to: State, reason: str, *, config_error: bool = False) -> None:
         """Apply one transition of the table to a working copy and save it."""
@@ -94,6 +102,7 @@ class Supervisor:
                     self.book.save(inst)
                 if obs.state == "running":
                     self.prober.start(inst)
+                    self._watch(inst)
             elif state is STOPPING:
                 self.begin_stop(inst, after=inst.after_stop or AfterStop.STOPPED, reason=inst.reason)
             else:
@@ -101,11 +110,21 @@ class Supervisor:
 
     # -- per-tick observation -------------------------------------------------------------------
     def observe(self) -> bool:
-        """Observe active instances and run due timers; True when something changed."""
+        """Observe active instances and run due timers; True when something changed.
+
+        A running instance whose end is watched (:class:`ExitWatch`) is looked at only once its
+        watch fires, and in the sweep every ``resync_seconds`` (the safety net); the others (still
+        starting, or of a runner that cannot tell) are looked at on every pass.
+        """
         changed = False
         now = time.time()
-        for r in self.runners.values():
-            r.reap()
+        sweep = now - self._last_sweep >= self.cfg.resync_seconds
+        if sweep:
+            self._last_sweep = now
+        if sweep or self.exits.fired:
+            self.exits.fired = False
+            for r in self.runners.values():
+                r.reap()
         for cached in self.book.all():
             state = cached.state
             lv = self.book.peek_live(cached.key)
@@ -126,6 +145,8 @@ class Supervisor:
                     self.begin_stop(inst, after=AfterStop.BACKOFF, reason="LivenessProbeFailed: restarting")
                     changed = True
                     continue
+                if state is RUNNING and not sweep and cached.key in self.exits:
+                    continue
                 obs = self.runner(cached).observe(Path(cached.log_dir), cached.handle)
                 if obs.state == "running" and state is STARTING:
                     inst = cached.copy()
@@ -133,6 +154,7 @@ class Supervisor:
                     self.set_state(inst, RUNNING, "Running")
                     self.book.event(inst, f"Started: pid {inst.pid or '?'}")
                     self.prober.start(inst)
+                    self._watch(inst)
                     changed = True
                 elif obs.state == "exited":
                     inst = cached.copy()
@@ -150,6 +172,7 @@ class Supervisor:
     def on_exit(self, inst: Instance, obs: Observation) -> None:
         """The process is gone on its own: record how, then apply the restart policy."""
         self.prober.cancel(inst.key)
+        self.exits.discard(inst.key)
         self.launcher.release(inst)
         inst.last_exit_code = obs.code
         inst.last_signal = obs.signal
@@ -207,6 +230,8 @@ class Supervisor:
         """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done."""
         lv = self.book.live(inst.key)
         lv.cancel_probes()
+        # The stop task follows the end itself.
+        self.exits.discard(inst.key)
         lv.after_stop = after
         lv.stop_reason = reason
         state = inst.state

@@ -80,6 +80,13 @@ class Runner(Protocol):
 
     def observe(self, directory: Path, handle: Handle) -> Observation: ...
 
+    def exit_fd(self, directory: Path, handle: Handle) -> int | None:
+        """A descriptor that becomes readable once the instance's end is decided, or None (then poll).
+
+        The caller owns it (closes it). Lets the controller wait for exits instead of polling.
+        """
+        ...
+
     async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
         """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended."""
         ...

@@ -90,6 +90,9 @@ class ContainerRunner:
             return Observation("running", handle)
         return Observation("exited", handle, int(st.get("ExitCode", 0)), None, str(st.get("Error") or ""))
 
+    def exit_fd(self, directory: Path, handle: Handle) -> int | None:
+        return None  # the engine's event stream is not followed: container instances are polled
+
     async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
         def _stop() -> None:
             try:

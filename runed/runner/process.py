@@ -155,6 +155,23 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, "instance did not start in time")
         return Observation("starting", handle)
 
+    def exit_fd(self, directory: Path, handle: Handle) -> int | None:
+        """A pidfd of the shim: it becomes readable when the shim ends, i.e. once the exit is recorded.
+
+        None when the shim is already gone (observe at once) or pidfds are not available (poll).
+        """
+        if not handle.shim_pid or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            fd = os.pidfd_open(handle.shim_pid)
+        except OSError:
+            return None
+        # Checked after opening: the descriptor names this shim, not a process that reused its pid.
+        if not self._shim_alive(directory, handle):
+            os.close(fd)
+            return None
+        return fd
+
     def _ended(self, handle: Handle, ex: dict[str, Any]) -> Observation:
         self._exiting_since.pop(handle.shim_pid, None)
         return Observation("exited", handle, ex.get("code"), ex.get("signal"), str(ex.get("error") or ""))

@@ -1,0 +1,60 @@
+"""Exit notification: the event loop tells the controller when a running instance's end is decided."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from runed.controller.alarm import Alarm
+from runed.controller.instance import Key
+
+
+class ExitWatch:
+    """Descriptors (a shim's pidfd) that become readable once an instance's end is decided.
+
+    A watched instance is not observed every tick: when its descriptor fires the instance is
+    marked, the loop is woken and the next pass observes it. Runners that offer no descriptor
+    (or none could be opened: the shim already gone, too many open files) are polled as before.
+    """
+
+    def __init__(self, alarm: Alarm) -> None:
+        self.alarm = alarm
+        self._fds: dict[Key, int] = {}
+        # Something ended since the last pass (finished helper processes are worth reaping).
+        self.fired = False
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._fds
+
+    def add(self, key: Key, fd: int | None) -> bool:
+        """Watch ``fd`` (owned from now on) for ``key``, replacing an earlier one; False when not watched."""
+        self.discard(key)
+        if fd is None:
+            return False
+        try:
+            asyncio.get_running_loop().add_reader(fd, self._fire, key)
+        except (RuntimeError, OSError, ValueError):
+            os.close(fd)
+            return False
+        self._fds[key] = fd
+        return True
+
+    def discard(self, key: Key) -> None:
+        """Stop watching ``key`` (its descriptor is closed; a pending notification is dropped)."""
+        fd = self._fds.pop(key, None)
+        if fd is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+
+    def _fire(self, key: Key) -> None:
+        self.discard(key)
+        self.fired = True
+        self.alarm.wake()
+
+    def close(self) -> None:
+        """Stop watching everything (the controller is shutting down; instances keep running)."""
+        for key in list(self._fds):
+            self.discard(key)

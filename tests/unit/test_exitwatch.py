@@ -1,0 +1,127 @@
+"""Exit notification with real shims: the watch fires once the exit is recorded, and when the shim is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runed.controller.alarm import Alarm
+from runed.controller.exitwatch import ExitWatch
+from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.process import ProcessRunner, alive
+from tests.support import eventually
+
+KEY = ("default", "iid-1")
+# Waits for the file "go", then writes far more than a pipe holds and exits 3 at once.
+CHATTY = textwrap.dedent(
+    """
+    import os, sys, time
+    print("started", flush=True)
+    while not os.path.exists("go"):
+        time.sleep(0.02)
+    sys.stdout.write("x\\n" * 100000)
+    sys.exit(3)
+    """
+)
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[ProcessRunner]:
+    r = ProcessRunner()
+    yield r
+    # Whatever a test left running goes: the instance's group, then the shims.
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        info = json.loads((tmp_path / "iid-1" / "pid.json").read_text())
+        os.killpg(int(info["pid"]), signal.SIGKILL)
+    for shim in r._shims.values():
+        shim.kill()
+        shim.wait(5)
+
+
+def _start(r: ProcessRunner, tmp_path: Path, source: str) -> tuple[Path, Observation]:
+    d = tmp_path / "iid-1"
+    prog = tmp_path / "prog.py"
+    prog.write_text(source)
+    spec = LaunchSpec(
+        instance_id="iid-1",
+        namespace="default",
+        name="svc-0",
+        service="svc",
+        directory=d,
+        argv=[sys.executable, str(prog)],
+        env={"PATH": os.environ.get("PATH", "")},
+        cwd=str(tmp_path),
+    )
+    handle = r.start(spec)
+    assert handle.shim_start is not None
+
+    def running() -> Observation:
+        obs = r.observe(d, handle)
+        assert obs.state == "running", obs
+        assert (d / "log.jsonl").exists() and b"started" in (d / "log.jsonl").read_bytes()
+        return obs
+
+    return d, eventually(running, timeout=30, what="the instance runs")
+
+
+async def _fired(watch: ExitWatch, alarm: Alarm) -> None:
+    async with asyncio.timeout(30):
+        await alarm.event.wait()
+    assert watch.fired and KEY not in watch
+
+
+def test_the_watch_fires_once_the_exit_is_recorded(runner: ProcessRunner, tmp_path: Path) -> None:
+    d, obs = _start(runner, tmp_path, CHATTY)
+
+    async def scenario() -> None:
+        alarm = Alarm()
+        watch = ExitWatch(alarm)
+        assert watch.add(KEY, runner.exit_fd(d, obs.handle)) and KEY in watch
+        await asyncio.sleep(0)
+        assert not alarm.event.is_set(), "nothing ended yet"
+        (tmp_path / "go").touch()
+        await _fired(watch, alarm)
+
+    asyncio.run(scenario())
+    # When the watch fires, the shim has written the last line and then the exit record.
+    end = runner.observe(d, obs.handle)
+    assert (end.state, end.code, end.signal) == ("exited", 3, None)
+    last = json.loads((d / "log.jsonl").read_text().splitlines()[-1])
+    assert last["line"] == "x" and last["seq"] == 100001
+
+
+def test_a_killed_shim_fires_the_watch_and_its_process_group_is_killed(runner: ProcessRunner, tmp_path: Path) -> None:
+    d, obs = _start(runner, tmp_path, CHATTY)
+    assert alive(obs.handle.shim_pid, obs.handle.shim_start)
+
+    async def scenario() -> None:
+        alarm = Alarm()
+        watch = ExitWatch(alarm)
+        assert watch.add(KEY, runner.exit_fd(d, obs.handle))
+        os.kill(obs.handle.shim_pid, signal.SIGKILL)
+        await _fired(watch, alarm)
+
+    asyncio.run(scenario())
+    end = runner.observe(d, obs.handle)
+    assert end.state == "exited" and end.code is None and end.signal is None
+    assert end.error.startswith(f"shim died (pid {obs.handle.shim_pid}) while its process ran"), end.error
+    eventually(lambda: not alive(obs.handle.pid, obs.handle.pid_start), what="the orphaned process is killed")
+
+
+def test_no_watch_for_a_shim_that_is_gone(runner: ProcessRunner, tmp_path: Path) -> None:
+    d, obs = _start(runner, tmp_path, CHATTY)
+    os.kill(obs.handle.shim_pid, signal.SIGKILL)
+    runner._shims[obs.handle.shim_pid].wait(10)
+    assert runner.exit_fd(d, obs.handle) is None
+    # A pid reused by another process is not taken for the shim.
+    other = Handle(pid=obs.handle.pid, pid_start=obs.handle.pid_start, shim_pid=os.getpid(), shim_start=1)
+    assert runner.exit_fd(d, other) is None
