@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -17,10 +17,15 @@ from starlette.types import Receive, Scope, Send
 from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, ops, routes, sse
 from rune.gateway.backend import Backend
 from rune.gateway.http import (
-    JSON,
+    ClientDisconnected,
+    PayloadTooLarge,
+    UnsupportedMediaType,
     call_context,
+    check_json_type,
     connect_error_response,
     error_response,
+    log_disconnect,
+    read_body,
     request_id_of,
     sse_response,
 )
@@ -32,14 +37,6 @@ log = logging.getLogger("runed.gateway")
 
 ALL_VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 PROTO_TYPES = ("application/proto", "application/x-protobuf", "application/octet-stream")
-
-
-class PayloadTooLarge(errors.ResourceExhausted):
-    """The request body is over server.max_body_bytes (HTTP 413; RESOURCE_EXHAUSTED over gRPC)."""
-
-    @property
-    def http_status(self) -> int:
-        return 413
 
 
 class MethodNotAllowed(errors.Unimplemented):
@@ -79,17 +76,7 @@ class Gateway:
         self.max_body = backend.config.server.max_body_bytes
 
     async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {self.max_body} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body is over the limit of {self.max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, self.max_body)
 
     def _finish(self, method: str, code: str, started: float) -> None:
         metrics.record("rest", method, code, time.monotonic() - started)
@@ -141,6 +128,7 @@ class Gateway:
             label = rule.method.full_name
             body: Any = None
             if rule.body:
+                check_json_type(request)
                 body = codec.parse_body(await self._body(request))
             msg = codec.build_request(
                 rule.method.request_cls,
@@ -152,7 +140,7 @@ class Gateway:
             )
             return await self._call(request, rule.method, msg)
         except errors.RuneError as err:
-            if not isinstance(err, codec.BadRequest | PayloadTooLarge | MethodNotAllowed) and found is not None:
+            if not isinstance(err, _GATEWAY_ERRORS) and found is not None:
                 # The pipeline counted it already.
                 return self._error(err, rid)
             self._finish(label, err.code.name, started)
@@ -176,7 +164,13 @@ class Gateway:
         try:
             if method is None:
                 raise errors.NotFound(f"no such method {full_name.lstrip('/')}")
-            ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype.startswith("application/connect+"):
+                raise errors.Unimplemented(
+                    "Connect streaming is not served here: streams are Server-Sent Events (see /openapi.json)"
+                )
+            if not (ctype in PROTO_TYPES and method.kind == "unary"):
+                check_json_type(request)
             raw = await self._body(request)
             if ctype in PROTO_TYPES and method.kind == "unary":
                 try:
@@ -186,17 +180,16 @@ class Gateway:
                 ctx = call_context(self.backend, method, request)
                 resp = await self.pipeline.unary(ctx, msg)
                 return Response(resp.SerializeToString(), media_type=ctype, headers={"x-request-id": rid})
-            if ctype.startswith("application/connect+"):
-                raise errors.Unimplemented(
-                    "Connect streaming is not served here: streams are Server-Sent Events (see /openapi.json)"
-                )
-            # Anything else is read as JSON: `curl -d` labels JSON as form data.
             msg = codec.build_request(method.request_cls, body=codec.parse_body(raw), body_field="*")
             return await self._call(request, method, msg)
         except errors.RuneError as err:
-            if method is None or isinstance(err, codec.BadRequest | PayloadTooLarge):
+            if method is None or isinstance(err, _GATEWAY_ERRORS):
                 self._finish(method.full_name if method else "unmatched", err.code.name, started)
             return render(err, rid)
+
+
+# Errors the gateway raises before the pipeline sees the call (so the pipeline did not count them).
+_GATEWAY_ERRORS = (codec.BadRequest, PayloadTooLarge, UnsupportedMediaType, ClientDisconnected, MethodNotAllowed)
 
 
 class FastPath:
@@ -222,7 +215,11 @@ class FastPath:
                     response = error_response(errors.Internal(f"internal error (request id {rid})"), rid)
                 await response(scope, receive, send)
                 return
-        await self.fallback(scope, receive, send)
+        try:
+            await self.fallback(scope, receive, send)
+        except ClientDisconnect:
+            # A route that read the body itself; Starlette re-raises after its handler answered.
+            log_disconnect(Request(scope))
 
 
 def build(backend: Backend) -> FastPath:
@@ -256,6 +253,9 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 async def _internal(request: Request, exc: Exception) -> Response:
     # Handlers' errors are mapped by the pipeline; this only catches a fault in the gateway itself.
     rid = request_id_of(request)
+    if isinstance(exc, ClientDisconnect):
+        # Not a fault: FastPath logs it once, without a traceback (Starlette re-raises it there).
+        return error_response(ClientDisconnected("the client disconnected mid-request"), rid)
     log.error("gateway error on %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
     return error_response(errors.Internal(f"internal error (request id {rid})"), rid)
 

@@ -182,6 +182,11 @@ def parse_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        try:
+            raw.decode()
+        except UnicodeDecodeError as u:
+            # orjson words this as "surrogates not allowed"; what the client needs is the encoding.
+            raise _bad("body", f"is not valid UTF-8 (invalid byte at offset {u.start})") from None
         raise _bad("body", f"malformed JSON: {e}") from None
 
 

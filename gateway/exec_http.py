@@ -29,7 +29,7 @@ from rune.api import exec_pb2
 from rune.gateway import codec
 from rune.gateway.bidi import Feed, context
 from rune.gateway.exec_sessions import ErrorFrame, ExecSession, Sessions, pump
-from rune.gateway.http import error_response, sse_event, sse_response, status_dict
+from rune.gateway.http import error_response, json_body, sse_event, sse_response, status_dict
 from runed.auth.authn import Authenticator
 from runed.core import errors
 from runed.pipeline.context import CallContext
@@ -45,8 +45,12 @@ def init_from(body: bytes, target: str, ns: str) -> exec_pb2.ExecInitRequest:
     """The ExecInitRequest of a JSON body, with the target and namespace of the URL."""
     init = exec_pb2.ExecInitRequest()
     if body.strip():
+        # Through the codec: bytes that are not UTF-8 JSON are a 400 naming the body, not a crash.
+        data = codec.parse_body(body)
+        if not isinstance(data, dict):
+            raise errors.invalid(("body", "expected a JSON object"))
         try:
-            json_format.Parse(body, init, ignore_unknown_fields=False)
+            json_format.ParseDict(data, init, ignore_unknown_fields=False)
         except json_format.ParseError as e:
             raise errors.invalid(("body", str(e))) from None
     kind, sep, name = target.partition("/")
@@ -97,7 +101,7 @@ class ExecSessionRoutes:
     async def create(self, request: Request) -> Response:
         ctx = context(request, EXEC_METHOD)
         try:
-            init = init_from(await request.body(), request.path_params["target"], request.path_params["ns"])
+            init = init_from(await json_body(request), request.path_params["target"], request.path_params["ns"])
         except errors.RuneError as err:
             return error_response(err, ctx.request_id)
         feed = Feed(exec_pb2.ExecRequest(init=init))
@@ -155,7 +159,7 @@ class ExecSessionRoutes:
     async def input(self, request: Request) -> Response:
         try:
             s, ctx = await self._session_for(request)
-            msg = input_from(await request.body())
+            msg = input_from(await json_body(request))
         except errors.RuneError as err:
             return error_response(err, request.headers.get("x-request-id", ""))
         s.feed.put(msg)

@@ -10,6 +10,9 @@ on every REST endpoint:
 - :func:`sse_event`, :func:`sse_comment` frame Server-Sent Events; :func:`sse_response` wraps an
   async iterator of frames into a ``text/event-stream`` response with keep-alives and a final
   ``event: error`` frame when the stream fails.
+- :func:`read_body` reads a request body within ``server.max_body_bytes`` (413 beyond it) and turns a
+  client that hangs up mid-body into :class:`ClientDisconnected`; :func:`check_json_type` answers 415
+  for a body that does not say it is JSON; :func:`json_body` does both for the JSON routes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
 import os
 import time
@@ -25,7 +29,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 
 from rune.gateway.backend import Backend
@@ -35,10 +39,102 @@ from runed.pipeline.context import CallContext
 from runed.pipeline.methods import Method
 from runed.pipeline.status import status_proto
 
+log = logging.getLogger("runed.gateway")
+
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RAW = REQUEST_ID_HEADER.encode()
 KEEPALIVE_SECONDS = 15.0
 JSON = "application/json"
+
+
+class PayloadTooLarge(errors.ResourceExhausted):
+    """The request body is over server.max_body_bytes (HTTP 413; RESOURCE_EXHAUSTED over gRPC)."""
+
+    @property
+    def http_status(self) -> int:
+        return 413
+
+
+class UnsupportedMediaType(errors.InvalidArgument):
+    """A body whose Content-Type this route does not read (HTTP 415)."""
+
+    @property
+    def http_status(self) -> int:
+        return 415
+
+
+class ClientDisconnected(errors.Cancelled):
+    """The client hung up before its request body was complete: nobody is left to answer.
+
+    Logged once at INFO (it says something about the client, nothing about the server) and
+    counted as CANCELLED; the response rendered for it is never delivered.
+    """
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a Content-Type is JSON: ``application/json`` or ``application/<anything>+json``."""
+    essence = _media_type(content_type)
+    return essence == JSON or (essence.startswith("application/") and essence.endswith("+json"))
+
+
+def check_json_type(conn: HTTPConnection) -> None:
+    """Refuse (415) a body labelled as anything but JSON; no Content-Type at all reads as JSON.
+
+    ``text/plain`` and form encodings are what a browser may send cross-site without asking
+    first, and a body in them was never meant for a JSON API.
+    """
+    ctype = conn.headers.get("content-type", "")
+    if ctype and not is_json_type(ctype):
+        raise UnsupportedMediaType(
+            f"unsupported media type {_media_type(ctype)!r}: send the body as JSON (Content-Type: {JSON})"
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond); a client gone mid-body is ClientDisconnected."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log_disconnect(request, size)
+        raise ClientDisconnected(f"the client disconnected after {size} bytes of its request body") from None
+    return b"".join(chunks)
+
+
+async def json_body(request: Request) -> bytes:
+    """A JSON route's body: labelled JSON (or unlabelled) and within ``server.max_body_bytes``."""
+    check_json_type(request)
+    return await read_body(request, request.app.state.runed.config.server.max_body_bytes)
+
+
+def log_disconnect(conn: HTTPConnection, received: int | None = None) -> None:
+    """One INFO line, no traceback: a client that hangs up mid-request is not a server fault."""
+    got = "" if received is None else f" after {received} bytes of its body"
+    log.info(
+        "client %s disconnected mid-request%s: %s %s (request %s)",
+        _peer(conn),
+        got,
+        conn.scope.get("method", ""),
+        conn.scope.get("path", ""),
+        request_id_of(conn),
+    )
+
+
+def _peer(conn: HTTPConnection) -> str:
+    client = conn.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 def request_id_of(conn: HTTPConnection) -> str:

@@ -15,6 +15,7 @@ import uvicorn
 from rune.gateway.app import build
 from rune.gateway.backend import Backend
 from rune.gateway.http import begin_shutdown
+from rune.gateway.protocol import bounded
 from rune.gateway.tls import uvicorn_options
 from runed.core.config import Config, parse_address
 from runed.core.errors import BindError
@@ -64,6 +65,9 @@ async def serve(
     """
     sock = bind(config.server.http_address)
     host, port = sock.getsockname()[:2]
+    options = uvicorn_options(config.server.tls)
+    # Every connection's request heads are bounded in time and size (gateway/protocol.py).
+    options["http"] = bounded(options["http"], config.server.header_timeout_seconds, config.server.max_header_bytes)
     uv_config = uvicorn.Config(
         build(Backend(config, store, pipeline, deps)),
         loop="none",  # the role already runs on uvloop
@@ -75,7 +79,7 @@ async def serve(
         # local process pose as another address, and the middleware ran on every request.
         proxy_headers=False,
         timeout_graceful_shutdown=int(config.server.shutdown_grace_seconds) or 1,
-        **uvicorn_options(config.server.tls),
+        **options,
     )
     try:
         uv_config.load()

@@ -16,7 +16,7 @@ from pathlib import Path
 from rune.api import common_pb2, service_pb2
 from runed.controller.instance import Instance
 from runed.controller.states import ACTIVE, RUNNING
-from runed.core import quantity
+from runed.core import filemodes, quantity
 from runed.core.config import ControllerConfig
 from runed.model import objects
 from runed.runner.base import LaunchSpec, RunnerError
@@ -124,9 +124,14 @@ class Launcher:
         uid, gid = user_ids(svc.process.security_context)
         inst.uid, inst.gid = uid, gid
         workdir = Path(svc.process.working_dir or d / "work")
-        workdir.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)  # runed's own: private
+        filemodes.instance_dirs(workdir)
         if uid is not None:
             os.chown(workdir, uid, gid if gid is not None else -1)
+            if uid != os.geteuid():
+                # runed's directories are private: the instance's user may pass through the instance
+                # dir, instances/ and the data dir to its working dir and mounts (search only).
+                filemodes.allow_search(d, parents=2)
         inst.workdir = str(workdir)
         self.mount(inst, svc, uid, gid)
         return LaunchSpec(

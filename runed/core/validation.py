@@ -16,6 +16,9 @@ DNS1123_SUBDOMAIN_MAX = 253
 LABEL_VALUE_MAX = 63
 LABEL_PREFIX_MAX = 253
 DEFAULT_KEY_MAX = 256
+# Labels are for selecting, not for storage: a few dozen per object (each key and value is bounded,
+# so this bounds their total size too). Kubernetes caps annotations at 256 KiB in all.
+LABELS_MAX = 64
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_LABEL_RE = re.compile(rf"^{_LABEL}$")
@@ -176,7 +179,10 @@ def label_value(value: str, field: str) -> list[FieldViolation]:
 
 
 def labels(values: Mapping[str, str], field: str) -> list[FieldViolation]:
-    """Every key and value of a label map; paths look like ``namespace.labels[app]``."""
+    """At most :data:`LABELS_MAX` labels, every key and value valid; paths look like ``namespace.labels[app]``."""
+    if len(values) > LABELS_MAX:
+        # One violation for the map: checking ten thousand keys would only bury it.
+        return [_v(field, f"must have at most {LABELS_MAX} labels (got {len(values)})")]
     out: list[FieldViolation] = []
     for k, val in values.items():
         path = f"{field}[{k}]"

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runed.core import filemodes
+
 CHUNK = 32 * 1024
 # After the command exits, output still in flight (or held by a background child) gets this long.
 DRAIN_SECONDS = 0.5
@@ -132,6 +134,8 @@ class ExecProcess:
             return
         user = spec.uid if spec.uid is not None and spec.uid != os.geteuid() else None
         group = spec.gid if spec.gid is not None and spec.gid != os.getegid() else None
+        # Commands run as the instance would, with the umask runed inherited (not runed's private one).
+        umask = filemodes.inherited_umask()
         master = slave = -1
         try:
             if spec.tty:
@@ -148,6 +152,7 @@ class ExecProcess:
                     start_new_session=True,
                     user=user,
                     group=group,
+                    umask=umask,
                 )
                 self._in_fd = master
                 self._out = [(master, "stdout")]
@@ -162,6 +167,7 @@ class ExecProcess:
                     start_new_session=True,
                     user=user,
                     group=group,
+                    umask=umask,
                 )
                 p = self._popen
                 assert p.stdin is not None and p.stdout is not None and p.stderr is not None

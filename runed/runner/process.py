@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runed.core import filemodes
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
 from runed.runner.shim import EXIT_NAME, LAUNCH_NAME, PID_NAME, SHIM_ENV_PREFIX, proc_start_time, write_json_atomic
 
@@ -71,6 +72,8 @@ class ProcessRunner:
                 "rlimit_as": spec.rlimit_as,
                 "max_bytes": spec.log_max_bytes,
                 "backups": spec.log_backups,
+                # The shim runs with runed's private umask; the instance gets the one runed inherited.
+                "umask": filemodes.inherited_umask(),
                 "min_free_bytes": spec.log_min_free_bytes,
             },
         )

@@ -245,6 +245,7 @@ def run(directory: Path) -> int:
             group=spec.get("gid"),
             extra_groups=[] if spec.get("gid") is not None else None,
             preexec_fn=_preexec(spec.get("rlimit_as")),
+            umask=int(spec.get("umask", -1)),
             close_fds=True,
         )
     except (OSError, subprocess.SubprocessError, ValueError) as e:

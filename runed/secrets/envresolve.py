@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import service_pb2
-from runed.core import errors
+from runed.core import errors, filemodes
 from runed.core.names import DEFAULT_NAMESPACE
 from runed.secrets.access import read_configmap_data, read_secret_data
 from runed.store.base import Store
@@ -213,7 +213,7 @@ def mount_files(
 def write_mounts(files: list[MountFile], uid: int | None, gid: int | None) -> None:
     """Write mount files (owned by the instance's user); a file that exists is replaced."""
     for f in files:
-        f.path.parent.mkdir(parents=True, exist_ok=True)
+        filemodes.instance_dirs(f.path.parent)
         if f.path.exists():
             os.chmod(f.path, 0o600)
         fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runed.core import filemodes
 from runed.core.config import Config
 from runed.core.readiness import ready_file
 from runed.server import ballast
@@ -179,12 +180,13 @@ def check_data_dir(path: Path) -> str | None:
     A full filesystem is usable: runed serves reads and refuses writes with RESOURCE_EXHAUSTED until
     space returns, so only a directory that cannot be written for another reason (permissions, a
     read-only mount) refuses the start. On a disk that is short of space the emergency ballast is
-    released first, so that the start has room for what it must write (see ``ballast``).
+    released first, so that the start has room for what it must write (see ``ballast``). The data
+    dir is made private first: 0700, and the umask 0o077 for what this process and its children write.
     """
     # Per-process name: the roles start together and must not unlink each other's probe.
     probe = path / f".write-test-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        filemodes.make_private(path)
         ballast.release_if_short(path)
         probe.write_text("ok")
     except OSError as e:

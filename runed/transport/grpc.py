@@ -18,9 +18,9 @@ from runed.core.errors import BindError
 from runed.pipeline import methods
 from runed.pipeline.context import CallContext, Deps
 from runed.pipeline.methods import Method
-from runed.pipeline.stages import Pipeline
+from runed.pipeline.stages import Pipeline, new_request_id
 from runed.pipeline.status import status_proto
-from runed.transport import reflection
+from runed.transport import metrics, reflection
 from runed.transport.tls import TLSFront, needs_front
 
 log = logging.getLogger("runed.grpc")
@@ -42,6 +42,42 @@ class _Status(NamedTuple):
     code: grpc.StatusCode
     details: str
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class _Malformed(NamedTuple):
+    """What the deserializer hands on for bytes that are not the request message (see :func:`_deserializer`)."""
+
+    type_name: str
+
+
+def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+    """``cls.FromString`` that never raises: undecodable bytes become a :class:`_Malformed`.
+
+    grpc.aio calls the deserializer before the handler; an exception there ends the call as
+    UNKNOWN and logs a traceback per call. The handler answers INVALID_ARGUMENT instead.
+    """
+    parse = cls.FromString
+    type_name = cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # whatever the parser raises, the bytes came from the client
+            return _Malformed(type_name)
+
+    return deserialize
+
+
+def _malformed_error(bad: _Malformed) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"malformed request: the message is not a valid {bad.type_name}")
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream in which a malformed message ends the call with INVALID_ARGUMENT."""
+    async for item in requests:
+        if isinstance(item, _Malformed):
+            raise _malformed_error(item)
+        yield item
 
 
 class _Adapter:
@@ -82,14 +118,38 @@ class _Adapter:
             _Status(st.code, st.details, (*st.trailing_metadata, ("x-request-id", ctx.request_id)))
         )
 
+    async def _reject(self, method: Method, context: grpc.aio.ServicerContext[Any, Any], bad: _Malformed) -> None:
+        """Refuse a request whose bytes did not decode: one log line, counted, before any pipeline stage.
+
+        Like a REST body that does not parse, it never reaches authentication: the answer is the
+        same with or without credentials.
+        """
+        started = time.monotonic()
+        ctx = self._ctx(method, context)
+        supplied = ctx.metadata.get("x-request-id", "")
+        ctx.request_id = supplied[:128] if supplied else new_request_id()
+        err = _malformed_error(bad)
+        log.info(
+            "grpc %s %s peer=%s request_id=%s error=%r",
+            method.full_name,
+            err.code.name,
+            ctx.peer,
+            ctx.request_id,
+            err.message,
+        )
+        metrics.record("grpc", method.full_name, err.code.name, time.monotonic() - started)
+        await self._abort(context, ctx, err)
+
     def handler(self, method: Method) -> grpc.RpcMethodHandler[Any, Any]:
         kind = method.kind
-        deser = method.request_cls.FromString
+        deser = _deserializer(method.request_cls)
         ser = method.response_cls.SerializeToString
 
         if kind == "unary":
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if isinstance(request, _Malformed):
+                    await self._reject(method, context, request)
                 ctx = self._ctx(method, context)
                 try:
                     response = await self.pipeline.unary(ctx, request)
@@ -103,6 +163,8 @@ class _Adapter:
         if kind == "server_stream":
 
             async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if isinstance(request, _Malformed):
+                    await self._reject(method, context, request)
                 ctx = self._ctx(method, context)
                 try:
                     async for item in self.pipeline.server_stream(ctx, request):
@@ -117,7 +179,7 @@ class _Adapter:
         async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             ctx = self._ctx(method, context)
             try:
-                async for item in self.pipeline.bidi(ctx, requests):
+                async for item in self.pipeline.bidi(ctx, _checked(requests)):
                     yield item
             except errors.RuneError as err:
                 await self._abort(context, ctx, err)

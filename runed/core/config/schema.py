@@ -37,6 +37,10 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     # Largest REST request body accepted (bytes); larger ones get 413.
     max_body_bytes: int = 4 * 1024 * 1024
+    # A REST request's line and headers must arrive within this many seconds (else 408, closed)
+    # and take at most max_header_bytes (else 431, closed): slow or huge heads hold no connection.
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 64 * 1024
     # Seconds of silence on a REST event stream before a keep-alive comment is sent.
     sse_keepalive_seconds: float = 15.0
 

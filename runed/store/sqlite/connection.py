@@ -27,7 +27,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from runed.core import errors
+from runed.core import errors, filemodes
 from runed.store.notify import Notifier
 from runed.store.sqlite.schema import apply_migrations, schema_version
 
@@ -62,6 +62,9 @@ class Database:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+            # Names and audit records: 0600 before WAL mode, as SQLite gives -wal and -shm the file's mode.
+            for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                filemodes.private_path(f)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
