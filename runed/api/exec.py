@@ -36,6 +36,7 @@ from runed.pipeline.context import CallContext
 from runed.store.base import AuditEntry, Record, iter_all
 
 INSTANCE_KIND = "instance"
+SERVICE_KIND = "service"
 RUNNING = "RUNNING"
 
 
@@ -88,7 +89,10 @@ def pick_instance(ctx: CallContext, ns: str, init: exec_pb2.ExecInitRequest) -> 
         if r.data.get("service") == init.service_name and _state(r) == RUNNING
     ]
     if not running:
-        raise errors.NotFound(f"no running instances found for service: {init.service_name} in namespace: {ns}")
+        if store.get(SERVICE_KIND, ns, init.service_name) is None:
+            # The same answer as logs of a target that does not exist.
+            raise errors.not_found("service", init.service_name, ns)
+        raise errors.no_running_instance(init.service_name, ns)
     return min(running, key=lambda r: (int(r.data.get("index") or 0), r.name))
 
 

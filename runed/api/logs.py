@@ -121,7 +121,10 @@ def _find_instance(store: Store, ns: str, ident: str) -> Record | None:
 
 
 def resolve_target(store: Store, data_dir: Path, ns: str, target: str) -> tuple[str | None, list[Source]]:
-    """(service name or None for a single instance, its sources); INVALID_ARGUMENT when unresolvable."""
+    """(service name or None for a single instance, its sources).
+
+    INVALID_ARGUMENT for a target of the wrong form, NOT_FOUND (as exec says) when nothing has that name.
+    """
     kind, sep, name = target.strip().partition("/")
     if not sep:
         kind, name = "", kind
@@ -136,9 +139,7 @@ def resolve_target(store: Store, data_dir: Path, ns: str, target: str) -> tuple[
         rec = _find_instance(store, ns, name)
         if rec is not None:
             return None, [_source(data_dir, rec)]
-    raise errors.invalid(
-        ("resource_target", f"invalid resource target: {target!r}: no such service or instance in namespace {ns!r}")
-    )
+    raise errors.not_found(kind or "service or instance", name, ns)
 
 
 def _level(content: str) -> str:

@@ -52,11 +52,16 @@ class Authorizer:
         """
         what = rbac.describe(resource, verb, namespace)
         if not rbac.allows(self.rules(principal.policies), resource, verb, namespace):
-            raise errors.PermissionDenied(f"permission denied: {principal.subject} lacks {what}")
+            raise errors.permission_denied(
+                f"permission denied: {principal.subject} lacks {what}", resource, verb, namespace
+            )
         if principal.scope and not rbac.allows(self.rules(principal.scope), resource, verb, namespace):
-            raise errors.PermissionDenied(
+            raise errors.permission_denied(
                 f"permission denied: this token of {principal.subject} is limited to {', '.join(principal.scope)}"
-                f" and lacks {what}"
+                f" and lacks {what}",
+                resource,
+                verb,
+                namespace,
             )
 
     def authorize(self, principal: Principal, access: rbac.Access, request: Message) -> str:

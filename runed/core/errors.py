@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 
-# gRPC code -> HTTP status. The only place this mapping lives (REST renders with it, the CLI
-# uses the gRPC code for its exit status).
+# The google.rpc.ErrorInfo domain of every reason below.
+DOMAIN = "rune.api"
+
+# gRPC code -> HTTP status on the REST resource routes (and the RPC-style routes outside Connect).
+# The only place this mapping lives (REST renders with it, the CLI uses the gRPC code for its exit status).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -28,6 +34,34 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
+# gRPC code -> HTTP status on the Connect routes: the Connect protocol's own table
+# (connectrpc.com/docs/protocol#error-codes), which differs from ours for failed_precondition (400,
+# not 412) and has no HTTP-only statuses (413, 405): Connect clients read the code from the body.
+CONNECT_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def connect_code(code: grpc.StatusCode) -> str:
+    """The Connect protocol's name of a code: the gRPC name in lower case, CANCELLED spelled ``canceled``."""
+    name = code.name.lower()
+    return "canceled" if name == "cancelled" else name
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -38,73 +72,120 @@ class FieldViolation:
 
 
 class RuneError(Exception):
-    """Base domain error. Handlers raise these; only the pipeline turns them into a status."""
+    """Base domain error. Handlers raise these; only the pipeline turns them into a status.
+
+    Besides its code and message an error has a ``reason``: a stable UPPER_SNAKE name of its cause
+    that clients may branch on (the message is for people and may change), sent as
+    ``google.rpc.ErrorInfo`` (domain :data:`DOMAIN`) with ``metadata`` naming what it is about
+    (kind, name, namespace, field, ...). Each error class has a default reason; the constructors
+    below (:func:`not_found`, :func:`invalid`, ...) refine it. The README lists them all.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = "UNKNOWN"
 
     def __init__(
-        self, message: str, violations: list[FieldViolation] | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        violations: list[FieldViolation] | None = None,
+        retry_after: float | None = None,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.violations = violations or []
         self.retry_after = retry_after
+        if reason:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
 
     @property
     def http_status(self) -> int:
+        """The status on the REST routes (subclasses for HTTP-only cases such as 413 override it)."""
         return HTTP_STATUS.get(self.code, 500)
+
+    @property
+    def connect_status(self) -> int:
+        """The status on the Connect routes: the Connect protocol's table, whatever the subclass."""
+        return CONNECT_HTTP_STATUS.get(self.code, 500)
 
 
 class InvalidArgument(RuneError):
-    """Bad input: carries every field violation at once."""
+    """Bad input: carries every field violation at once (reason INVALID_FIELD when it names fields)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: list[FieldViolation] | None = None,
+        retry_after: float | None = None,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if violations and not reason:
+            reason = "INVALID_FIELD"
+            metadata = {"fields": ",".join(dict.fromkeys(v.field for v in violations)), **(metadata or {})}
+        super().__init__(message, violations, retry_after, reason=reason, metadata=metadata)
 
 
 class Unauthenticated(RuneError):
     """Missing or bad credentials; never says which tokens exist."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(RuneError):
     """The caller is known but lacks ``resource:verb@namespace``."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class NotFound(RuneError):
-    """The named object does not exist."""
+    """The named object does not exist (reason ``<KIND>_NOT_FOUND`` from :func:`not_found`)."""
 
     code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
 
 
 class AlreadyExists(RuneError):
-    """An object with that name exists."""
+    """An object with that name exists (reason ``<KIND>_ALREADY_EXISTS`` from :func:`already_exists`)."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
 
 
 class Conflict(RuneError):
     """A concurrent change won (optimistic concurrency)."""
 
     code = grpc.StatusCode.ABORTED
+    reason = "CONFLICT"
 
 
 class FailedPrecondition(RuneError):
     """The system is not in a state where the request can run."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(RuneError):
     """A rate or size limit was hit; ``retry_after`` says when to come back."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
 
 
 class StorageFull(ResourceExhausted):
     """The data dir's filesystem is full: writes are refused, reads still work, until space is freed."""
+
+    reason = "STORAGE_FULL"
 
 
 def storage_full(data_dir: object) -> StorageFull:
@@ -118,48 +199,107 @@ class Unavailable(RuneError):
     """A dependency (store, engine, role) is not reachable right now."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
 
 
 class Unimplemented(RuneError):
     """The method exists in the contract but this server does not serve it."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
 
 
 class DeadlineExceeded(RuneError):
     """The operation did not finish in time."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(RuneError):
     """The client cancelled or went away before the call finished (recorded, never sent)."""
 
     code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
 
 
 class Internal(RuneError):
     """Something unexpected; the message is generic, the traceback is in the log."""
 
     code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+def kind_reason(kind: str, what: str) -> str:
+    """``service``, ``NOT_FOUND`` -> ``SERVICE_NOT_FOUND``; ``exec session`` -> ``EXEC_SESSION_...``."""
+    return re.sub(r"[^A-Z0-9]+", "_", kind.upper()).strip("_") + "_" + what
+
+
+def _about(kind: str, name: str, namespace: str | None) -> dict[str, str]:
+    out = {"kind": kind, "name": name}
+    if namespace:
+        out["namespace"] = namespace
+    return out
 
 
 def not_found(kind: str, name: str, namespace: str | None = None) -> NotFound:
-    """Kubernetes-style message: ``service "web" not found in namespace "default"``."""
+    """Kubernetes-style message: ``service "web" not found in namespace "default"``; reason SERVICE_NOT_FOUND."""
     where = f' in namespace "{namespace}"' if namespace else ""
-    return NotFound(f'{kind} "{name}" not found{where}')
+    return NotFound(
+        f'{kind} "{name}" not found{where}',
+        reason=kind_reason(kind, "NOT_FOUND"),
+        metadata=_about(kind, name, namespace),
+    )
 
 
 def already_exists(kind: str, name: str, namespace: str | None = None) -> AlreadyExists:
+    """``service "web" already exists in namespace "default"``; reason SERVICE_ALREADY_EXISTS."""
     where = f' in namespace "{namespace}"' if namespace else ""
-    return AlreadyExists(f'{kind} "{name}" already exists{where}')
+    return AlreadyExists(
+        f'{kind} "{name}" already exists{where}',
+        reason=kind_reason(kind, "ALREADY_EXISTS"),
+        metadata=_about(kind, name, namespace),
+    )
+
+
+def permission_denied(message: str, resource: str, verb: str, namespace: str) -> PermissionDenied:
+    """The caller lacks ``resource:verb@namespace``; reason PERMISSION_DENIED with those three as metadata."""
+    return PermissionDenied(message, metadata={"resource": resource, "verb": verb, "namespace": namespace})
+
+
+def no_running_instance(service: str, namespace: str) -> NotFound:
+    """A service with no running instance to exec into; reason NO_RUNNING_INSTANCE."""
+    return NotFound(
+        f'service "{service}" has no running instance in namespace "{namespace}"',
+        reason="NO_RUNNING_INSTANCE",
+        metadata=_about("service", service, namespace),
+    )
 
 
 def invalid(*violations: FieldViolation | tuple[str, str]) -> InvalidArgument:
-    """Build an InvalidArgument whose message lists every violation with its field path."""
+    """Build an InvalidArgument whose message lists every violation with its field path (reason INVALID_FIELD)."""
     vs = [v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in violations]
     msg = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in vs)
     return InvalidArgument(msg, violations=vs)
+
+
+def scale_limit(field: str, cap: int, got: int) -> InvalidArgument:
+    """A scale over ``limits.max_scale``: the field and the cap; reason SCALE_LIMIT."""
+    why = f"must be at most {cap} (limits.max_scale), got {got}"
+    return InvalidArgument(
+        f"invalid request: {field}: {why}",
+        violations=[FieldViolation(field, why)],
+        reason="SCALE_LIMIT",
+        metadata={"field": field, "limit": "limits.max_scale", "max": str(cap)},
+    )
+
+
+def rate_limited(retry_after: float) -> ResourceExhausted:
+    """The per-credential request rate was exceeded; reason RATE_LIMITED, ``retry_after`` seconds."""
+    retry = max(1, math.ceil(retry_after))
+    return ResourceExhausted(
+        f"rate limit exceeded for this credential; retry in {retry}s", retry_after=retry_after, reason="RATE_LIMITED"
+    )
 
 
 class FatalStartError(Exception):

@@ -141,7 +141,7 @@ class AuthFailureLog:
 
     @staticmethod
     def _entry(ctx: CallContext, err: errors.RuneError) -> AuditEntry:
-        reason = str(getattr(err, "reason", "") or err.message)
+        reason = str(getattr(err, "cause", "") or err.message)
         subject = str(getattr(err, "subject", "") or "anonymous")
         detail = f"authentication failed over {ctx.transport}: {reason}; presented: "
         detail += presented(ctx.metadata, ctx.tls_client_cn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,6 +65,9 @@ class CallContext:
     deadline: float | None = None  # monotonic seconds
     # Set by the authorization stage: the namespace the call was authorized for.
     namespace: str = ""
+    # Called by the pipeline once the call is admitted (authenticated, authorized, valid): the REST
+    # adapters hold a stream's HTTP status until then, so admission errors get their own status.
+    on_admitted: Callable[[], None] | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())

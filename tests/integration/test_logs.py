@@ -119,11 +119,17 @@ def test_targets(stub: LogStub, md: Metadata, web: Instances) -> None:
         rs = Call(stub, md, resource_target=target, tail=2).rest()
         assert contents(rs) == ["web-0 line 3", "web-0 line 4"], target
         assert rs[0].instance_id == iid and rs[0].service_name == "web"
-    for target, field in (("nope", "resource_target"), ("pod/web", "resource_target"), ("", "resource_target")):
+    for target, field in (("pod/web", "resource_target"), ("", "resource_target")):
         with pytest.raises(grpc.RpcError) as e:
             Call(stub, md, resource_target=target).rest()
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (e.value.details() or "")
+    # A well-formed target that names nothing is NOT_FOUND, as exec says.
+    for target in ("nope", "service/nope", "instance/nope"):
+        with pytest.raises(grpc.RpcError) as e:
+            Call(stub, md, resource_target=target).rest()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, target
+        assert '"nope" not found in namespace "default"' in (e.value.details() or "")
     with pytest.raises(grpc.RpcError) as e:
         Call(stub, md, resource_target="web", since="yesterday", stream="both").rest()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -77,6 +77,8 @@ def test_history_as_json_lines(client: httpx.Client, web: Instances) -> None:
 
 def test_errors_have_http_statuses(client: httpx.Client, web: Instances) -> None:
     r = client.get("/v1/namespaces/default/logs/nope")
+    assert r.status_code == 404 and '"nope" not found' in r.json()["message"]
+    r = client.get("/v1/namespaces/default/logs/pod/web")
     assert r.status_code == 400 and "resource_target" in r.text
     r = client.get("/v1/namespaces/default/logs/web", params={"tail": "x", "follow": "maybe"})
     assert r.status_code == 400 and "tail" in r.text and "follow" in r.text

@@ -33,7 +33,7 @@ def check_scale(ctx: CallContext, scale: int, field: str) -> None:
     """Refuse a scale above ``limits.max_scale`` (a setting, so checked here: validators see only the request)."""
     cap = ctx.deps.config.limits.max_scale
     if scale > cap:
-        raise errors.invalid((field, f"must be at most {cap} (limits.max_scale), got {scale}"))
+        raise errors.scale_limit(field, cap, scale)
 
 
 def instances_of(store: Store, ns: str, service: str) -> list[Record]:

@@ -118,11 +118,28 @@ async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -
     )
 
 
+def _goal(rec: Record | None, ops: list[Record], requested: int) -> int:
+    """The scale a watch waits for: the one asked for; without one (0), where the service is going.
+
+    0 is both "scale to zero" and "not given" on the wire. Read as: the target of the scaling
+    operation in progress (0 after ``rune scale web 0``), else the service's own scale, so a watch
+    of a service already at its scale ends at once instead of waiting for zero instances.
+    """
+    if requested > 0 or rec is None:
+        return requested
+    active = [op for op in ops if op.data.get("status") not in SCALING_DONE]
+    if active:
+        return int(active[-1].data.get("target", 0))
+    return int(rec.data.get("spec", {}).get("scale", 0))
+
+
 def _scaling_progress(store: Store, ns: str, name: str, target: int) -> service_pb2.ScalingStatusResponse | None:
     """Progress as the store shows it now; None when the service is gone (and the target was not 0)."""
     rec = store.get(objects.SERVICE, ns, name)
     if rec is None and target > 0:
         return None
+    ops = _scaling_ops(store, ns, name)
+    target = _goal(rec, ops, target)
     scale = int(rec.data.get("spec", {}).get("scale", 0)) if rec else 0
     insts = instances_of(store, ns, name)
     states = [str(r.data.get("state", "")).upper() for r in insts]
@@ -131,7 +148,6 @@ def _scaling_progress(store: Store, ns: str, name: str, target: int) -> service_
     pending = sum(s in PENDING_STATES for s in states)
     alive = sum(s not in GONE_STATES for s in states)
     complete = alive == 0 if target == 0 else (scale == target and running == target and alive == target)
-    ops = _scaling_ops(store, ns, name)
     msg = f"Service '{name}' scaling progress"
     code = 0
     if ops and ops[-1].data.get("status") in ("failed", "cancelled") and not complete:
@@ -162,7 +178,10 @@ def _scaling_progress(store: Store, ns: str, name: str, target: int) -> service_
 async def WatchScaling(
     req: service_pb2.WatchScalingRequest, ctx: CallContext
 ) -> AsyncIterator[service_pb2.ScalingStatusResponse]:
-    """Real progress from the service, its instances and its scaling operation; ends when done."""
+    """Real progress from the service, its instances and its scaling operation; ends when done.
+
+    Without ``target_scale`` (0) it waits for the scale the service is going to (see :func:`_goal`).
+    """
     store = ctx.deps.store
     ns = req.namespace
     get_service(store, ns, req.service_name) if req.target_scale > 0 else None
