@@ -12,9 +12,9 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, ops, routes, sse
+from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse
 from rune.gateway.backend import Backend
 from rune.gateway.http import (
     ClientDisconnected,
@@ -222,8 +222,8 @@ class FastPath:
             log_disconnect(Request(scope))
 
 
-def build(backend: Backend) -> FastPath:
-    """The ASGI app for one rest role process."""
+def build(backend: Backend) -> ASGIApp:
+    """The ASGI app for one rest role process (behind the layers of rune.gateway.middleware)."""
     pipeline = backend.pipeline
     gw = Gateway(backend, backend.config.server.sse_keepalive_seconds)
     operations = ops.Operations(backend.config, backend.store, pipeline)
@@ -243,7 +243,7 @@ def build(backend: Backend) -> FastPath:
     starlette.add_exception_handler(404, _not_found)  # type: ignore[arg-type]
     starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
     starlette.add_exception_handler(Exception, _internal)
-    return FastPath(gw, starlette)
+    return middleware.wrap(FastPath(gw, starlette), backend.config)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -42,6 +42,8 @@ from runed.pipeline.status import status_proto
 log = logging.getLogger("runed.gateway")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Where call_context leaves the request's CallContext in the ASGI scope.
+CALL_KEY = "rune.call"
 _REQUEST_ID_RAW = REQUEST_ID_HEADER.encode()
 KEEPALIVE_SECONDS = 15.0
 JSON = "application/json"
@@ -174,6 +176,8 @@ def call_context(backend: Backend, method: Method, conn: HTTPConnection) -> Call
     timeout_ms = metadata.get("connect-timeout-ms")
     if timeout_ms and timeout_ms.isdigit():
         ctx.deadline = time.monotonic() + int(timeout_ms) / 1000
+    # The request's call, for what answers after the pipeline (rune.gateway.middleware's RateLimit headers).
+    scope[CALL_KEY] = ctx
     return ctx
 
 

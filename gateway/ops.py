@@ -1,4 +1,9 @@
-"""Operations endpoints: /healthz, /readyz, /livez, /version, /metrics and /openapi.json."""
+"""Operations endpoints: /healthz, /readyz, /livez, /version, /info, /config, /metrics and /openapi.json.
+
+All are public except ``/config``, which shows the running configuration (credentials redacted) to
+callers allowed ``admin:get``: the same authentication (and rate limit) and the same RBAC check
+as the API's admin methods.
+"""
 
 from __future__ import annotations
 
@@ -21,36 +26,89 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+import runed
+from rune.gateway.http import error_response, request_id_of
 from rune.gateway.metrics import render
+from rune.gateway.middleware import QUOTA_KEY
 from rune.gateway.openapi import document
+from rune.gateway.tls import CN_KEY
 from runed import __version__
+from runed.auth import rbac
+from runed.core import errors
 from runed.core.config import Config
+from runed.core.config.redact import redacted
 from runed.core.readiness import ready_file
 from runed.pipeline import methods
 from runed.pipeline.stages import Pipeline
 from runed.store.base import Store
+from runed.transport import metrics as runed_metrics
 
 JSON = "application/json"
 GRPC_CHECK_TIMEOUT = 1.0
+# What /config needs: the admin methods' reading right.
+CONFIG_ACCESS = rbac.Access("admin", "get")
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON)
 
 
-@functools.cache
-def git_commit() -> str:
-    """The source checkout's commit, when runed runs from one (else "")."""
+def _git(*args: str) -> str:
+    """``git args`` in the source checkout runed runs from ("" when it is not one, or git fails)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return ""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=2
-        )
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=2)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@functools.cache
+def git_commit() -> str:
+    """The source checkout's commit, when runed runs from one (else "")."""
+    return _git("rev-parse", "--short=12", "HEAD")
+
+
+@functools.cache
+def build_info() -> dict[str, str]:
+    """Commit and build date: from ``runed/BUILD_INFO.json`` when a packaging step wrote one, else the
+    checkout's commit and its commit date (``source`` says which; empty strings when neither exists)."""
+    stamped = Path(runed.__file__).resolve().parent / "BUILD_INFO.json"
+    try:
+        raw = json.loads(stamped.read_text())
+        return {"commit": str(raw.get("commit", "")), "buildDate": str(raw.get("buildDate", "")), "source": "stamp"}
+    except (OSError, ValueError, AttributeError):
+        pass
+    commit = git_commit()
+    if commit:
+        return {"commit": commit, "buildDate": _git("log", "-1", "--format=%cI", "HEAD"), "source": "git"}
+    return {"commit": "", "buildDate": "", "source": ""}
+
+
+def features(config: Config) -> dict[str, bool]:
+    """What this runed offers, as configured: what a dashboard or client may rely on."""
+    tls = config.server.tls
+    return {
+        "grpc": True,
+        "grpcReflection": True,
+        "rest": True,
+        "connectUnary": True,
+        "serverSentEvents": True,
+        "websocket": True,
+        "openapi": True,
+        "metrics": runed_metrics.ENV in os.environ,
+        "tls": tls.enabled,
+        "mtls": tls.enabled and bool(tls.client_ca_file),
+        "mtlsRequired": tls.enabled and bool(tls.client_ca_file) and tls.require_client_cert,
+        "oidc": config.auth.oidc.enabled,
+        "rateLimit": config.auth.rate_limit.requests_per_second > 0,
+        "cors": bool(config.server.cors.allowed_origins),
+        "secretEncryption": True,
+        "processRuntime": True,
+        "dockerRuntime": Path(config.docker.socket).exists(),
+    }
 
 
 class Operations:
@@ -70,6 +128,8 @@ class Operations:
             Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
             Route("/livez", self.livez, methods=["GET", "HEAD"]),
             Route("/version", self.version, methods=["GET"]),
+            Route("/info", self.info, methods=["GET"]),
+            Route("/config", self.config_view, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/descriptor.binpb", self.descriptors, methods=["GET"]),
@@ -143,6 +203,36 @@ class Operations:
                 "protobuf": protobuf.__version__,
             }
         )
+
+    async def info(self, request: Request) -> Response:
+        """Version, commit, build date and features (public, like /version)."""
+        return _json(
+            {
+                "name": "runed",
+                "version": __version__,
+                **build_info(),
+                "python": platform.python_version(),
+                "grpc": grpc.__version__,
+                "protobuf": protobuf.__version__,
+                "features": features(self.config),
+            }
+        )
+
+    async def config_view(self, request: Request) -> Response:
+        """The running configuration, credentials redacted; ``admin:get`` only."""
+        rid = request_id_of(request)
+        metadata = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        try:
+            principal = await self.pipeline.authenticator.authenticate(
+                metadata,
+                request.scope.get(CN_KEY, ""),
+                lambda quota: request.scope.__setitem__(QUOTA_KEY, quota),
+            )
+            self.pipeline.authorizer.check(principal, CONFIG_ACCESS.resource, CONFIG_ACCESS.verb, rbac.CLUSTER)
+        except errors.RuneError as err:
+            return error_response(err, rid)
+        body = {"source": self.config.source, "config": redacted(self.config)}
+        return Response(orjson.dumps(body), media_type=JSON, headers={"x-request-id": rid})
 
     async def metrics(self, request: Request) -> Response:
         body, ctype = render(self.store)

@@ -131,11 +131,15 @@ def _die_with_supervisor() -> None:
 @cli.command()
 @click.option("--config", "config_file", required=True, help="runefile.yaml to check.")
 def validate(config_file: str) -> None:
-    """Check a runefile without starting; prints what is wrong and exits non-zero."""
+    """Check a runefile without starting: every value, every key; prints every problem and exits 1."""
     try:
         cfg = load({}, env={}, config_file=config_file)
     except ConfigError as e:
-        click.echo(f"invalid: {e}", err=True)
+        # One line per problem, each naming its key path, so a fix-and-retry loop ends in one round.
+        n = len(e.problems)
+        click.echo(f"{config_file}: invalid ({n} problem{'s' if n != 1 else ''})", err=True)
+        for problem in e.problems:
+            click.echo(f"  {problem}", err=True)
         sys.exit(1)
     click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address})")
 

@@ -124,6 +124,9 @@ def _checks(data: dict[str, Any]) -> list[health_pb2.HealthCheckResult]:
                 timestamp=objects.rfc3339(ts) if ts else "",
                 consecutive_successes=int(result.get("successes", 0)),
                 consecutive_failures=int(result.get("failures", 0)),
+                # The controller refreshes stored results (runed/controller/probing.py): a time
+                # older than max(period, 5 s) says nobody is probing any more.
+                observed_at=objects.rfc3339(ts) if ts else "",
             )
         )
     return out
@@ -199,6 +202,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
                     message=_capacity_text(cap),
                     timestamp=_now(),
                     consecutive_successes=1,
+                    observed_at=_now(),
                 )
             )
         comps.append(c)
@@ -224,6 +228,7 @@ async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> healt
                     message=_capacity_text(cap),
                     timestamp=_now(),
                     consecutive_successes=1,
+                    observed_at=_now(),
                 )
             )
         comps.append(c)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from runed.auth.identity import POLICY, TOKEN, USER, Identity
 from runed.auth.principal import Principal
-from runed.auth.ratelimit import RateLimiter
+from runed.auth.ratelimit import Quota, RateLimiter
 from runed.core import errors
 from runed.store.base import Store
 
@@ -25,14 +26,11 @@ INVALID = "invalid or expired credentials"
 
 
 class Refused(errors.Unauthenticated):
-    """A refused credential, with why and whose it was for the audit log (the client sees only the message).
+    """A refused credential, with why and whose it was for the audit log (the client sees only the message)."""
 
-    ``cause`` is for the audit record; the client's ErrorInfo reason stays UNAUTHENTICATED whatever it is.
-    """
-
-    def __init__(self, message: str, cause: str, subject: str = "") -> None:
+    def __init__(self, message: str, reason: str, subject: str = "") -> None:
         super().__init__(message)
-        self.cause = cause
+        self.reason = reason
         self.subject = subject
 
 
@@ -109,17 +107,28 @@ class Authenticator:
         if self._on_invalidate is not None:
             self._on_invalidate()
 
-    async def authenticate(self, metadata: Mapping[str, str], tls_client_cn: str = "") -> Principal:
+    async def authenticate(
+        self, metadata: Mapping[str, str], tls_client_cn: str = "", on_quota: Callable[[Quota], None] | None = None
+    ) -> Principal:
         """The caller, from its bearer token, else its verified client certificate's CN; rate limited.
 
         Args:
             metadata: the call's headers/metadata, names lower-cased.
             tls_client_cn: the subject CN of a client certificate the adapter verified ("" if none).
+            on_quota: told the caller's rate-limit standing once the call is counted (refused or not),
+                when the limiter is on (the REST adapter's ``RateLimit`` headers).
         """
         principal = await self._resolve(metadata, tls_client_cn)
         wait = self.limiter.acquire(principal.key)
+        if on_quota is not None:
+            quota = self.limiter.quota(principal.key)
+            if quota is not None:
+                on_quota(quota)
         if wait > 0:
-            raise errors.rate_limited(wait)
+            retry = max(1, math.ceil(wait))
+            raise errors.ResourceExhausted(
+                f"rate limit exceeded for this credential; retry in {retry}s", retry_after=wait
+            )
         return principal
 
     async def _resolve(self, metadata: Mapping[str, str], tls_client_cn: str) -> Principal:

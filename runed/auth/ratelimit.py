@@ -16,6 +16,21 @@ class _Bucket:
     stamp: float
 
 
+@dataclass(frozen=True)
+class Quota:
+    """One credential's standing right after a call was counted: what the REST ``RateLimit`` headers say.
+
+    The bucket holds ``limit`` requests and refills at ``limit / window`` per second, so a full
+    quota takes ``window`` seconds to come back; ``remaining`` may be spent at once, and the
+    bucket is full again after ``reset`` seconds.
+    """
+
+    limit: int
+    window: float
+    remaining: int
+    reset: float
+
+
 class RateLimiter:
     """In-process limiter keyed by credential. ``rate`` 0 disables it.
 
@@ -47,6 +62,20 @@ class RateLimiter:
             b.tokens -= 1.0
             return 0.0
         return (1.0 - b.tokens) / self.rate
+
+    def quota(self, key: str, now: float | None = None) -> Quota | None:
+        """``key``'s standing (see :class:`Quota`); None when the limiter is off."""
+        if self.rate <= 0:
+            return None
+        now = time.monotonic() if now is None else now
+        b = self._buckets.get(key)
+        tokens = self.burst if b is None else min(self.burst, b.tokens + (now - b.stamp) * self.rate)
+        return Quota(
+            limit=int(self.burst),
+            window=self.burst / self.rate,
+            remaining=int(tokens),
+            reset=(self.burst - tokens) / self.rate,
+        )
 
     def _sweep(self, now: float) -> None:
         for k in [k for k, b in self._buckets.items() if now - b.stamp > _IDLE_SECONDS]:

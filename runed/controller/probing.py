@@ -20,6 +20,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+# A probe's stored result is rewritten at least this often (or every period, if longer) while its
+# verdict holds, so its counts and observed time are never older than that.
+REFRESH_SECONDS = 5.0
 
 
 class Prober:
@@ -82,9 +85,12 @@ class Prober:
                 self.book.event(inst, f"{which.capitalize()} probe failed: {msg}")
             if which == READINESS and changed:
                 self.book.event(inst, "Ready" if st.verdict else f"Not ready: {st.message}")
-            # Written when the verdict or the latest result flips, not on every probe: each write
-            # wakes every watcher.
-            if changed or last_ok is not ok:
+            # Written when the verdict or the latest result flips, and otherwise once the stored
+            # result is older than the refresh interval: counts and times stay fresh (GetHealth's
+            # observedAt) while a probe keeps failing or passing, without a write per probe (each
+            # write wakes every watcher).
+            stale = last is None or st.checked_at - last.ts >= max(spec.period, REFRESH_SECONDS)
+            if changed or last_ok is not ok or stale:
                 inst = inst.copy()
                 result = ProbeResult(
                     ok=st.verdict,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from runed.auth import rbac
 from runed.auth.identity import Identity
 from runed.auth.principal import ANONYMOUS, Principal
+from runed.auth.ratelimit import Quota
 from runed.core.config import Config
 from runed.pipeline.methods import Method
 from runed.secrets.crypto import SecretCrypto
@@ -65,9 +65,12 @@ class CallContext:
     deadline: float | None = None  # monotonic seconds
     # Set by the authorization stage: the namespace the call was authorized for.
     namespace: str = ""
-    # Called by the pipeline once the call is admitted (authenticated, authorized, valid): the REST
-    # adapters hold a stream's HTTP status until then, so admission errors get their own status.
-    on_admitted: Callable[[], None] | None = None
+    # Set by the authentication stage when the rate limiter is on: the caller's standing once this
+    # call was counted (the REST adapter reports it as RateLimit headers).
+    quota: Quota | None = None
+
+    def set_quota(self, quota: Quota) -> None:
+        self.quota = quota
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())

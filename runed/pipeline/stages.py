@@ -115,14 +115,12 @@ class Pipeline:
         # Normalise and default once (the namespace): authorization, validation and the handler read final values.
         defaults.apply(access, request)
         if access is not rbac.PUBLIC:
-            ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn)
+            ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn, ctx.set_quota)
             ctx.namespace = self.authorizer.authorize(ctx.principal, access, request)
         if route.validator is not None:
             violations = route.validator(request)
             if violations:
                 raise errors.invalid(*validation.bounded(violations))
-        if ctx.on_admitted is not None:
-            ctx.on_admitted()
 
     def _begin(self, ctx: CallContext) -> None:
         if not ctx.request_id:

@@ -166,11 +166,14 @@ class _Adapter:
                 if isinstance(request, _Malformed):
                     await self._reject(method, context, request)
                 ctx = self._ctx(method, context)
+                metrics.stream_opened("grpc")
                 try:
                     async for item in self.pipeline.server_stream(ctx, request):
                         yield item
                 except errors.RuneError as err:
                     await self._abort(context, ctx, err)
+                finally:
+                    metrics.stream_opened("grpc", -1)
 
             return grpc.unary_stream_rpc_method_handler(
                 server_stream, request_deserializer=deser, response_serializer=ser
@@ -178,11 +181,14 @@ class _Adapter:
 
         async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             ctx = self._ctx(method, context)
+            metrics.stream_opened("grpc")
             try:
                 async for item in self.pipeline.bidi(ctx, _checked(requests)):
                     yield item
             except errors.RuneError as err:
                 await self._abort(context, ctx, err)
+            finally:
+                metrics.stream_opened("grpc", -1)
 
         return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=deser, response_serializer=ser)
 

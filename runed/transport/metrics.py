@@ -96,10 +96,10 @@ def install(data_path: Path, role: str) -> None:
     _metrics["streams"] = Gauge(
         "rune_open_streams", "Streams open right now, by transport.", ["transport"], multiprocess_mode="livesum"
     )
-    if role == "rest":
+    if role in ("rest", "grpc"):
         # Present (at 0) from the start, so dashboards see the series before the first stream.
-        # Only the REST adapter counts open streams; gRPC calls show up when they finish.
-        stream_opened("rest", 0)
+        # Each API adapter counts its own open streams (SSE and WebSocket; gRPC server and bidi streams).
+        stream_opened(role, 0)
 
 
 def on_call_finished(ctx: CallContext, code: str, elapsed_ms: float) -> None:

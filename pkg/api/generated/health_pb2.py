@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apkg/api/proto/health.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xc5\x01\n\x11HealthCheckResult\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.rune.api.HealthCheckType\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.rune.api.HealthStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x1d\n\x15\x63onsecutive_successes\x18\x05 \x01(\x05\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\"\xd6\x01\n\x0f\x43omponentHealth\x12\x16\n\x0e\x63omponent_type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.rune.api.HealthStatus\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\ttimestamp\x18\x07 \x01(\t\x12\x32\n\rcheck_results\x18\x08 \x03(\x0b\x32\x1b.rune.api.HealthCheckResult\"c\n\x10GetHealthRequest\x12\x16\n\x0e\x63omponent_type\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x16\n\x0einclude_checks\x18\x04 \x01(\x08\"|\n\x11GetHealthResponse\x12-\n\ncomponents\x18\x01 \x03(\x0b\x32\x19.rune.api.ComponentHealth\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12\x16\n\x0eserver_version\x18\x03 \x01(\t*\x9c\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x01\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x02\x12\x1b\n\x17HEALTH_STATUS_UNHEALTHY\x10\x03\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x04*\x94\x01\n\x0fHealthCheckType\x12!\n\x1dHEALTH_CHECK_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHEALTH_CHECK_TYPE_LIVENESS\x10\x01\x12\x1f\n\x1bHEALTH_CHECK_TYPE_READINESS\x10\x02\x12\x1d\n\x19HEALTH_CHECK_TYPE_STARTUP\x10\x03\x32\x80\x01\n\rHealthService\x12o\n\tGetHealth\x12\x1a.rune.api.GetHealthRequest\x1a\x1b.rune.api.GetHealthResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/namespaces/{namespace}/healthB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apkg/api/proto/health.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xda\x01\n\x11HealthCheckResult\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.rune.api.HealthCheckType\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.rune.api.HealthStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x1d\n\x15\x63onsecutive_successes\x18\x05 \x01(\x05\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x13\n\x0bobserved_at\x18\x07 \x01(\t\"\xd6\x01\n\x0f\x43omponentHealth\x12\x16\n\x0e\x63omponent_type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.rune.api.HealthStatus\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\ttimestamp\x18\x07 \x01(\t\x12\x32\n\rcheck_results\x18\x08 \x03(\x0b\x32\x1b.rune.api.HealthCheckResult\"c\n\x10GetHealthRequest\x12\x16\n\x0e\x63omponent_type\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x16\n\x0einclude_checks\x18\x04 \x01(\x08\"|\n\x11GetHealthResponse\x12-\n\ncomponents\x18\x01 \x03(\x0b\x32\x19.rune.api.ComponentHealth\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12\x16\n\x0eserver_version\x18\x03 \x01(\t*\x9c\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x01\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x02\x12\x1b\n\x17HEALTH_STATUS_UNHEALTHY\x10\x03\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x04*\x94\x01\n\x0fHealthCheckType\x12!\n\x1dHEALTH_CHECK_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHEALTH_CHECK_TYPE_LIVENESS\x10\x01\x12\x1f\n\x1bHEALTH_CHECK_TYPE_READINESS\x10\x02\x12\x1d\n\x19HEALTH_CHECK_TYPE_STARTUP\x10\x03\x32\x80\x01\n\rHealthService\x12o\n\tGetHealth\x12\x1a.rune.api.GetHealthRequest\x1a\x1b.rune.api.GetHealthResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/namespaces/{namespace}/healthB-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z+github.com/runestack/rune/pkg/api/generated'
   _globals['_HEALTHSERVICE'].methods_by_name['GetHealth']._loaded_options = None
   _globals['_HEALTHSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\202\323\344\223\002#\022!/v1/namespaces/{namespace}/health'
-  _globals['_HEALTHSTATUS']._serialized_start=743
-  _globals['_HEALTHSTATUS']._serialized_end=899
-  _globals['_HEALTHCHECKTYPE']._serialized_start=902
-  _globals['_HEALTHCHECKTYPE']._serialized_end=1050
+  _globals['_HEALTHSTATUS']._serialized_start=764
+  _globals['_HEALTHSTATUS']._serialized_end=920
+  _globals['_HEALTHCHECKTYPE']._serialized_start=923
+  _globals['_HEALTHCHECKTYPE']._serialized_end=1071
   _globals['_HEALTHCHECKRESULT']._serialized_start=99
-  _globals['_HEALTHCHECKRESULT']._serialized_end=296
-  _globals['_COMPONENTHEALTH']._serialized_start=299
-  _globals['_COMPONENTHEALTH']._serialized_end=513
-  _globals['_GETHEALTHREQUEST']._serialized_start=515
-  _globals['_GETHEALTHREQUEST']._serialized_end=614
-  _globals['_GETHEALTHRESPONSE']._serialized_start=616
-  _globals['_GETHEALTHRESPONSE']._serialized_end=740
-  _globals['_HEALTHSERVICE']._serialized_start=1053
-  _globals['_HEALTHSERVICE']._serialized_end=1181
+  _globals['_HEALTHCHECKRESULT']._serialized_end=317
+  _globals['_COMPONENTHEALTH']._serialized_start=320
+  _globals['_COMPONENTHEALTH']._serialized_end=534
+  _globals['_GETHEALTHREQUEST']._serialized_start=536
+  _globals['_GETHEALTHREQUEST']._serialized_end=635
+  _globals['_GETHEALTHRESPONSE']._serialized_start=637
+  _globals['_GETHEALTHRESPONSE']._serialized_end=761
+  _globals['_HEALTHSERVICE']._serialized_start=1074
+  _globals['_HEALTHSERVICE']._serialized_end=1202
 # @@protoc_insertion_point(module_scope)

@@ -35,20 +35,22 @@ HEALTH_CHECK_TYPE_READINESS: HealthCheckType
 HEALTH_CHECK_TYPE_STARTUP: HealthCheckType
 
 class HealthCheckResult(_message.Message):
-    __slots__ = ("type", "status", "message", "timestamp", "consecutive_successes", "consecutive_failures")
+    __slots__ = ("type", "status", "message", "timestamp", "consecutive_successes", "consecutive_failures", "observed_at")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_SUCCESSES_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
     type: HealthCheckType
     status: HealthStatus
     message: str
     timestamp: str
     consecutive_successes: int
     consecutive_failures: int
-    def __init__(self, type: _Optional[_Union[HealthCheckType, str]] = ..., status: _Optional[_Union[HealthStatus, str]] = ..., message: _Optional[str] = ..., timestamp: _Optional[str] = ..., consecutive_successes: _Optional[int] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
+    observed_at: str
+    def __init__(self, type: _Optional[_Union[HealthCheckType, str]] = ..., status: _Optional[_Union[HealthStatus, str]] = ..., message: _Optional[str] = ..., timestamp: _Optional[str] = ..., consecutive_successes: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., observed_at: _Optional[str] = ...) -> None: ...
 
 class ComponentHealth(_message.Message):
     __slots__ = ("component_type", "id", "name", "namespace", "status", "message", "timestamp", "check_results")

@@ -6,16 +6,24 @@ sources, ``checks`` validates values and fills derived defaults.
 
 from __future__ import annotations
 
-from runed.core.config.checks import LOG_FORMATS, LOG_LEVELS, default_data_dir, parse_address, validate
+from runed.core.config.checks import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    default_data_dir,
+    origin_problem,
+    parse_address,
+    problems,
+    validate,
+)
 from runed.core.config.loading import ENV_KEYS, load, read_file
 from runed.core.config.schema import (
     ApiLimitsConfig,
     AuthConfig,
-    ClientConfig,
     Config,
     ConfigError,
     ConfigmapConfig,
     ControllerConfig,
+    CORSConfig,
     DockerConfig,
     EncryptionConfig,
     ExecConfig,
@@ -38,7 +46,7 @@ __all__ = [
     "LOG_LEVELS",
     "ApiLimitsConfig",
     "AuthConfig",
-    "ClientConfig",
+    "CORSConfig",
     "Config",
     "ConfigError",
     "ConfigmapConfig",
@@ -59,7 +67,9 @@ __all__ = [
     "TLSConfig",
     "default_data_dir",
     "load",
+    "origin_problem",
     "parse_address",
+    "problems",
     "read_file",
     "validate",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -11,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from runed.core.config.checks import validate
+from runed.core.config.checks import derive, problems
 from runed.core.config.schema import Config, ConfigError
 
 # RUNE_* environment variables and the dotted keys they set.
@@ -31,26 +32,47 @@ ENV_KEYS: dict[str, str] = {
 }
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Coerce a YAML/env/flag value to the annotated type, or fail naming the key."""
+# Top-level keys of upstream's runefile that runed does not read: refused with the reason, not
+# accepted and ignored.
+UNREAD_KEYS: dict[str, str] = {
+    "client": "client settings belong to the rune CLI's ~/.rune/config.yaml",
+    "namespace": "requests name their namespace; an empty one means default",
+    "plugins": "runed has no plugins",
+    "resources": "there are no server-wide default resources; set them per service",
+}
+
+
+class _Problems(list[str]):
+    """Problems found while reading the tree (every one, not the first)."""
+
+
+def _convert(value: Any, tp: Any, key: str, found: _Problems) -> Any:
+    """Coerce a YAML/env/flag value to the annotated type; a problem is noted (naming the key) and
+    the value comes back as ``_BAD`` so the field keeps its default while reading goes on."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
+            return _bad(found, key, f"expected a mapping, got {_kind(value)}")
+        return _build(tp, value, key + ".", found)
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if value is None:
+            value = []
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+            return _bad(found, key, f"expected a list, got {_kind(value)}")
+        items = [_convert(v, item_tp, f"{key}[{i}]", found) for i, v in enumerate(value)]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return {str(k): str(v) for k, v in value.items()}
+            return _bad(found, key, f"expected a mapping, got {_kind(value)}")
+        bad = [k for k, v in value.items() if isinstance(v, dict | list)]
+        for k in bad:
+            found.append(f"{key}.{k}: expected a string, got {_kind(value[k])}")
+        return _BAD if bad else {str(k): "" if v is None else str(v) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if tp is bool:
@@ -58,28 +80,81 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return _bad(found, key, f"expected true or false, got {value!r}")
+    if tp is int:
+        # Whole numbers only: 1.5 bytes or 2.7 sessions is a typo, not something to round.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        return _bad(found, key, f"expected a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        return _bad(found, key, f"expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, dict | list):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+            return _bad(found, key, f"expected a string, got {_kind(value)}")
         return "" if value is None else str(value)
     return value
 
 
-def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
+class _Bad:
+    """Marks a value that could not be read (its problem is noted); the field keeps its default."""
+
+
+_BAD = _Bad()
+
+
+def _bad(found: _Problems, key: str, message: str) -> _Bad:
+    found.append(f"{key}: {message}")
+    return _BAD
+
+
+def _key_path(problem: str) -> str:
+    """The key a problem line names (what the lines are sorted by, so a section's problems stay together)."""
+    if problem.startswith("unknown key "):
+        return problem.removeprefix("unknown key ").split(" ", 1)[0]
+    return problem.split(": ", 1)[0]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, found: _Problems) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names - {"source"})
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}")
-    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items() if k in names}
+    if cls is Config:
+        names.discard("source")  # where the config came from: set by load, not a key
+    for k in sorted(set(data) - names, key=str):
+        why = UNREAD_KEYS.get(str(k)) if not prefix else None
+        if why:
+            found.append(f"{k}: not read by runed: {why}")
+        else:
+            near = difflib.get_close_matches(str(k), sorted(names), n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (known here: {', '.join(sorted(names))})"
+            found.append(f"unknown key {prefix}{k!s}{hint}")
+    kwargs = {}
+    for k, v in data.items():
+        if k in names:
+            converted = _convert(v, hints[k], prefix + k, found)
+            if converted is not _BAD:
+                kwargs[k] = converted
     return cls(**kwargs)
 
 
@@ -142,9 +217,10 @@ def load(
         _set_dotted(tree, dotted, value)
     for dotted, value in flags.items():
         _set_dotted(tree, dotted, value)
-    try:
-        cfg: Config = _build(Config, tree)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-    cfg = validate(cfg)
-    return dataclasses.replace(cfg, source=str(path) if path else "")
+    # Every problem at once: those reading the tree, then those of the values that could be read.
+    found = _Problems()
+    cfg: Config = _build(Config, tree, "", found)
+    found.extend(problems(cfg))
+    if found:
+        raise ConfigError.of(sorted(found, key=_key_path), str(path) if path else "")
+    return dataclasses.replace(derive(cfg), source=str(path) if path else "")

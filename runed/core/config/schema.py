@@ -10,11 +10,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runed.core.errors import FatalStartError
-from runed.core.names import DEFAULT_NAMESPACE
 
 
 class ConfigError(FatalStartError):
-    """A configuration problem, always naming the key at fault."""
+    """A configuration that cannot be used: every problem found, each naming its key.
+
+    ``problems`` holds one ``"<key path>: <what is wrong>"`` line per problem; the message is that
+    line when there is one, else a count followed by the lines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, problems: list[str], where: str = "") -> ConfigError:
+        """One error carrying ``problems`` (at least one), prefixed with ``where`` (the file) when given."""
+        prefix = f"{where}: " if where else ""
+        if len(problems) == 1:
+            return cls(prefix + problems[0], problems)
+        lines = "\n".join(f"  {p}" for p in problems)
+        return cls(f"{prefix}{len(problems)} problems:\n{lines}", problems)
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,30 @@ class TLSConfig:
     # (the certificate's subject CN names the user).
     client_ca_file: str = ""
     require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class CORSConfig:
+    """Cross-origin REST calls from browsers (a dashboard served from another origin). Off by default."""
+
+    # Origins (scheme://host[:port]) whose pages may call the REST port, or "*" for any. Empty: CORS off.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "PUT", "DELETE", "PATCH")
+    # Request headers a page may send (beyond the CORS-safelisted ones).
+    allowed_headers: tuple[str, ...] = (
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "last-event-id",
+        "connect-protocol-version",
+        "connect-timeout-ms",
+    )
+    # Response headers a page may read (beyond the CORS-safelisted ones).
+    exposed_headers: tuple[str, ...] = ("x-request-id", "retry-after", "ratelimit", "ratelimit-policy")
+    # Cookies and client certificates on cross-origin calls; not with "*" (browsers refuse that).
+    allow_credentials: bool = False
+    # How long a browser may cache a preflight answer.
+    max_age_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -43,6 +83,7 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     # Seconds of silence on a REST event stream before a keep-alive comment is sent.
     sse_keepalive_seconds: float = 15.0
+    cors: CORSConfig = field(default_factory=CORSConfig)
 
 
 @dataclass(frozen=True)
@@ -98,16 +139,16 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
-class SecretConfig:
-    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-
-
-@dataclass(frozen=True)
 class ApiLimitsConfig:
     # Largest scale a service may ask for (CreateService, UpdateService, ScaleService): every
     # instance is a supervised process, so a slip such as 2000000 is refused, not attempted.
     max_scale: int = 1000
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -181,12 +222,6 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
-class ClientConfig:
-    timeout: str = "30s"
-    retries: int = 3
-
-
-@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_dir: str = ""
@@ -198,9 +233,7 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
     limits: ApiLimitsConfig = field(default_factory=ApiLimitsConfig)
-    namespace: str = DEFAULT_NAMESPACE
     # Where the config was loaded from ("" when only defaults/env/flags applied).
     source: str = ""
 
