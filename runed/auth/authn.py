@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -26,11 +25,14 @@ INVALID = "invalid or expired credentials"
 
 
 class Refused(errors.Unauthenticated):
-    """A refused credential, with why and whose it was for the audit log (the client sees only the message)."""
+    """A refused credential, with why and whose it was for the audit log (the client sees only the message).
 
-    def __init__(self, message: str, reason: str, subject: str = "") -> None:
+    ``cause`` is for the audit record; the client's ErrorInfo reason stays UNAUTHENTICATED whatever it is.
+    """
+
+    def __init__(self, message: str, cause: str, subject: str = "") -> None:
         super().__init__(message)
-        self.reason = reason
+        self.cause = cause
         self.subject = subject
 
 
@@ -125,10 +127,7 @@ class Authenticator:
             if quota is not None:
                 on_quota(quota)
         if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise errors.ResourceExhausted(
-                f"rate limit exceeded for this credential; retry in {retry}s", retry_after=wait
-            )
+            raise errors.rate_limited(wait)
         return principal
 
     async def _resolve(self, metadata: Mapping[str, str], tls_client_cn: str) -> Principal:

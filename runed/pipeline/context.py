@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +69,9 @@ class CallContext:
     # Set by the authentication stage when the rate limiter is on: the caller's standing once this
     # call was counted (the REST adapter reports it as RateLimit headers).
     quota: Quota | None = None
+    # Called by the pipeline once the call is admitted (authenticated, authorized, valid): the REST
+    # adapters hold a stream's HTTP status until then, so admission errors get their own status.
+    on_admitted: Callable[[], None] | None = None
 
     def set_quota(self, quota: Quota) -> None:
         self.quota = quota

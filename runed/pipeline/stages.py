@@ -121,6 +121,8 @@ class Pipeline:
             violations = route.validator(request)
             if violations:
                 raise errors.invalid(*validation.bounded(violations))
+        if ctx.on_admitted is not None:
+            ctx.on_admitted()
 
     def _begin(self, ctx: CallContext) -> None:
         if not ctx.request_id:
