@@ -27,7 +27,6 @@ from rune.gateway.http import (
     log_disconnect,
     read_body,
     request_id_of,
-    sse_response,
 )
 from runed.core import errors
 from runed.pipeline.methods import Method
@@ -46,9 +45,26 @@ class MethodNotAllowed(errors.Unimplemented):
         super().__init__(message)
         self.allowed = allowed
 
+    reason = "METHOD_NOT_ALLOWED"
+
     @property
     def http_status(self) -> int:
         return 405
+
+
+class NoSuchProcedure(errors.Unimplemented):
+    """An RPC-style path that names no method: UNIMPLEMENTED as over gRPC, HTTP 404 on both route kinds
+    (what the Connect protocol answers for an unknown procedure)."""
+
+    reason = "METHOD_NOT_FOUND"
+
+    @property
+    def http_status(self) -> int:
+        return 404
+
+    @property
+    def connect_status(self) -> int:
+        return 404
 
 
 class JSONBytes(Response):
@@ -86,26 +102,13 @@ class Gateway:
         if method.kind in ("server_stream", "bidi"):
             sse.apply_last_event_id(request, msg)
         if method.kind == "server_stream":
-            return await sse.stream_response(self.pipeline, ctx, msg, self.keepalive)
+            return await sse.stream_response(ctx, self.pipeline.server_stream(ctx, msg), self.keepalive)
         if method.kind == "bidi":
             # One request message in, the responses out as SSE (enough for non-interactive use; the
             # interactive forms live under /v1/namespaces/{ns}/logs and /exec).
-            return sse_response(self._bidi_frames(ctx, msg), ctx.request_id, self.keepalive)
+            return await sse.stream_response(ctx, self.pipeline.bidi(ctx, _one(msg)), self.keepalive)
         response = await self.pipeline.unary(ctx, msg)
         return JSONBytes(codec.dumps(response), ctx.request_id)
-
-    async def _bidi_frames(self, ctx: Any, msg: Message) -> AsyncIterator[bytes]:
-        async def one() -> AsyncIterator[Message]:
-            yield msg
-
-        metrics.stream_opened("rest")
-        high = 0
-        try:
-            async for item in self.pipeline.bidi(ctx, one()):
-                data, high = sse.frame(item, high)
-                yield data
-        finally:
-            metrics.stream_opened("rest", -1)
 
     async def resource(self, request: Request, found: tuple[routes.HttpRule, dict[str, str]] | None = None) -> Response:
         """``/v1/...`` routes from the google.api.http options."""
@@ -163,7 +166,7 @@ class Gateway:
         method = routes.rpc_methods().get(full_name)
         try:
             if method is None:
-                raise errors.NotFound(f"no such method {full_name.lstrip('/')}")
+                raise NoSuchProcedure(f"no such method {full_name.lstrip('/')}")
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype.startswith("application/connect+"):
                 raise errors.Unimplemented(
@@ -186,6 +189,11 @@ class Gateway:
             if method is None or isinstance(err, _GATEWAY_ERRORS):
                 self._finish(method.full_name if method else "unmatched", err.code.name, started)
             return render(err, rid)
+
+
+async def _one(msg: Message) -> AsyncIterator[Message]:
+    """The request side of a bidi call made over plain HTTP: one message, then end of input."""
+    yield msg
 
 
 # Errors the gateway raises before the pipeline sees the call (so the pipeline did not count them).

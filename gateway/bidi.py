@@ -2,8 +2,9 @@
 
 The REST forms of StreamLogs (``logs_http``) and StreamExec (``exec_http``, ``exec_ws``) call the
 same pipeline as gRPC; this module holds what they share: :class:`Feed` (the request stream),
-:func:`start` (admission errors inside a short window still become a real HTTP status) and
-:func:`drain` (the responses, with the call closed however the reader stops).
+:func:`start` (errors known before the first frame become a real HTTP status; every stream route
+uses it, server streams included) and :func:`drain` (the responses, with the call closed however
+the reader stops).
 """
 
 from __future__ import annotations
@@ -53,10 +54,31 @@ class Feed:
 
 
 async def start(ctx: CallContext, source: AsyncIterator[Message], wait: float) -> asyncio.Task[Message] | Response:
-    """Start the call; admission errors seen within ``wait`` become a real HTTP error response."""
+    """Start the call (``source``, a pipeline stream on ``ctx``) and hold the HTTP status until its outcome is known.
+
+    Errors before the call is admitted (authentication, authorization, validation) always become
+    a real HTTP error response, however long admission takes; so do errors the handler raises
+    within ``wait`` after admission (a target that does not exist). The stream starts (200) with
+    the first message, or after ``wait`` when the handler has nothing to send yet; later errors are
+    its last frame.
+    """
+    admitted = asyncio.Event()
+    ctx.on_admitted = admitted.set
     first: asyncio.Task[Message] = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
-    done, _ = await asyncio.wait({first}, timeout=wait)
-    if done and not first.cancelled() and isinstance(first.exception(), errors.RuneError):
+    gate = asyncio.ensure_future(admitted.wait())
+    try:
+        await asyncio.wait({first, gate}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            await asyncio.wait({first}, timeout=wait)
+    except BaseException:
+        # The request itself was cancelled: the call must not outlive it.
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await source.aclose()  # type: ignore[attr-defined]
+        raise
+    finally:
+        gate.cancel()
+    if first.done() and not first.cancelled() and isinstance(first.exception(), errors.RuneError):
         exc = first.exception()
         assert isinstance(exc, errors.RuneError)
         return error_response(exc, ctx.request_id)

@@ -15,6 +15,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
+from rune.gateway import fromjson
+from rune.gateway.fromjson import BadRequest as BadRequest  # re-exported: the gateway's decoding error
 from runed.core import errors
 
 _INT_TYPES = {
@@ -41,10 +43,6 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
-class BadRequest(errors.InvalidArgument):
-    """A request the gateway could not turn into a message (malformed JSON, wrong types, unknown fields)."""
-
-
 def _field(desc: Any, name: str) -> Any:
     """A field by proto name or lowerCamelCase JSON name."""
     f = desc.fields_by_name.get(name)
@@ -61,39 +59,26 @@ def _is_map(f: FieldDescriptor) -> bool:
 
 
 def _scalar(f: Any, raw: str, where: str) -> Any:
-    """A query/path string as the JSON value ParseDict expects for this field."""
+    """A query/path string as the JSON value ParseDict expects for this field (same rules and words as bodies)."""
     t = f.type
+    why = ""
+    value: Any = raw
     if t in _INT_TYPES:
-        try:
-            return int(raw)
-        except ValueError:
-            raise _bad(where, f"expected an integer, got {raw!r}") from None
-    if t in _FLOAT_TYPES:
-        try:
-            return float(raw)
-        except ValueError:
-            raise _bad(where, f"expected a number, got {raw!r}") from None
-    if t == FieldDescriptor.TYPE_BOOL:
+        value, why = fromjson.integer(f, raw)
+    elif t in _FLOAT_TYPES:
+        value, why = fromjson.number(f, raw)
+    elif t == FieldDescriptor.TYPE_BOOL:
         low = raw.lower()
         if low in _TRUE:
             return True
         if low in _FALSE:
             return False
-        raise _bad(where, f"expected true or false, got {raw!r}")
-    if t == FieldDescriptor.TYPE_ENUM:
-        if raw.lstrip("-").isdigit():
-            return int(raw)
-        if raw not in f.enum_type.values_by_name:
-            # Short names (RUNNING for INSTANCE_STATUS_RUNNING) read naturally in URLs.
-            for v in f.enum_type.values:
-                if v.name.endswith("_" + raw.upper()):
-                    return v.name
-            raise _bad(where, f"unknown value {raw!r} (one of {', '.join(f.enum_type.values_by_name)})")
-        return raw
-    if t == FieldDescriptor.TYPE_MESSAGE:
-        # Well-known wrapper/time types take their JSON string form.
-        return raw
-    return raw
+        why = f"expected true or false, got {fromjson.show(raw)}"
+    elif t == FieldDescriptor.TYPE_ENUM:
+        value, why = fromjson.enum_value(f, raw)
+    if why:
+        raise _bad(where, why)
+    return value
 
 
 def _bad(field: str, why: str) -> BadRequest:
@@ -240,11 +225,8 @@ def build_request(
     msg = cls()
     if not data:
         return msg
-    try:
-        json_format.ParseDict(data, msg, ignore_unknown_fields=False)
-    except json_format.ParseError as e:
-        raise _bad("body", str(e)) from None
-    return msg
+    # Every problem at once, each named by its path (``service.scale``), in the one JSON decoder.
+    return fromjson.parse(data, msg)
 
 
 # -- responses ---------------------------------------------------------------------------------

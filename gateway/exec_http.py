@@ -19,14 +19,13 @@ import time
 from collections.abc import AsyncIterator
 
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from rune.api import exec_pb2
-from rune.gateway import codec
+from rune.gateway import codec, fromjson
 from rune.gateway.bidi import Feed, context
 from rune.gateway.exec_sessions import ErrorFrame, ExecSession, Sessions, pump
 from rune.gateway.http import error_response, json_body, sse_event, sse_response, status_dict
@@ -49,10 +48,7 @@ def init_from(body: bytes, target: str, ns: str) -> exec_pb2.ExecInitRequest:
         data = codec.parse_body(body)
         if not isinstance(data, dict):
             raise errors.invalid(("body", "expected a JSON object"))
-        try:
-            json_format.ParseDict(data, init, ignore_unknown_fields=False)
-        except json_format.ParseError as e:
-            raise errors.invalid(("body", str(e))) from None
+        fromjson.parse(data, init)
     kind, sep, name = target.partition("/")
     if not sep:
         kind, name = "service", kind
@@ -76,11 +72,7 @@ def input_from(body: bytes) -> exec_pb2.ExecRequest:
         raise errors.invalid(("body", "expected a JSON object"))
     if data.pop("close", False) is True:
         return exec_pb2.ExecRequest(stdin=b"")
-    req = exec_pb2.ExecRequest()
-    try:
-        json_format.ParseDict(data, req, ignore_unknown_fields=False)
-    except json_format.ParseError as e:
-        raise errors.invalid(("body", str(e))) from None
+    req = fromjson.parse(data, exec_pb2.ExecRequest())
     if req.WhichOneof("request") in (None, "init"):
         raise errors.invalid(("body", "expected one of stdin, resize, signal or close"))
     return req

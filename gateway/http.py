@@ -52,6 +52,8 @@ JSON = "application/json"
 class PayloadTooLarge(errors.ResourceExhausted):
     """The request body is over server.max_body_bytes (HTTP 413; RESOURCE_EXHAUSTED over gRPC)."""
 
+    reason = "PAYLOAD_TOO_LARGE"
+
     @property
     def http_status(self) -> int:
         return 413
@@ -60,8 +62,15 @@ class PayloadTooLarge(errors.ResourceExhausted):
 class UnsupportedMediaType(errors.InvalidArgument):
     """A body whose Content-Type this route does not read (HTTP 415)."""
 
+    reason = "UNSUPPORTED_MEDIA_TYPE"
+
     @property
     def http_status(self) -> int:
+        return 415
+
+    @property
+    def connect_status(self) -> int:
+        # The Connect protocol answers a Content-Type it does not serve with 415 as well.
         return 415
 
 
@@ -205,26 +214,30 @@ def error_response(err: errors.RuneError, request_id: str) -> Response:
     )
 
 
-# Connect spells CANCELLED with one L; every other code is the gRPC name in lower case.
-def _connect_code(err: errors.RuneError) -> str:
-    name = err.code.name.lower()
-    return "canceled" if name == "cancelled" else name
-
-
-def connect_error_response(err: errors.RuneError, request_id: str) -> Response:
-    """An error in the Connect protocol's unary JSON shape (``code`` is a string, details base64)."""
+def connect_error_dict(err: errors.RuneError, request_id: str) -> dict[str, Any]:
+    """An error in the Connect protocol's JSON shape: ``code`` by name, each detail as ``type``, ``value``
+    (base64 without padding) and ``debug`` (its protojson, for people; clients decode ``value``)."""
     st = status_proto(err, request_id)
-    details = [
+    body: dict[str, Any] = {"code": errors.connect_code(err.code), "message": err.message}
+    body["details"] = [
         {
             "type": d.type_url.rpartition("/")[2],
             "value": base64.b64encode(d.value).decode().rstrip("="),
+            "debug": {k: v for k, v in json_format.MessageToDict(d).items() if k != "@type"},
         }
         for d in st.details
     ]
-    body: dict[str, Any] = {"code": _connect_code(err), "message": err.message}
-    if details:
-        body["details"] = details
-    return Response(orjson.dumps(body), status_code=err.http_status, media_type=JSON, headers=_headers(err, request_id))
+    return body
+
+
+def connect_error_response(err: errors.RuneError, request_id: str) -> Response:
+    """A unary Connect error: the HTTP status from the Connect protocol's table, the Connect JSON body."""
+    return Response(
+        orjson.dumps(connect_error_dict(err, request_id)),
+        status_code=err.connect_status,
+        media_type=JSON,
+        headers=_headers(err, request_id),
+    )
 
 
 def sse_event(data: bytes | str, event: str = "", id: str = "") -> bytes:

@@ -14,14 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rune.gateway import codec
-from rune.gateway.http import error_response, sse_event, sse_response
+from rune.gateway.bidi import start
+from rune.gateway.http import sse_event, sse_response
 from runed.core import errors
 from runed.pipeline.context import CallContext
-from runed.pipeline.stages import Pipeline
 from runed.transport import metrics
 
-# Errors raised this early (admission: 401/403/400/404) still get a real HTTP status; later
-# ones arrive as an `event: error` frame on an already-open stream.
+# Admission errors (401/403/400) always get a real HTTP status, and so do errors the handler raises
+# this soon after admission (404 for a missing target); later ones arrive as an `event: error` frame
+# on an already-open stream (see rune.gateway.bidi.start).
 FIRST_FRAME_WINDOW = 0.25
 RESUME_FIELD = "since_revision"
 POSITION_FIELD = "revision"
@@ -101,13 +102,12 @@ async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) 
                 await aclose()
 
 
-async def stream_response(pipeline: Pipeline, ctx: CallContext, request_msg: Message, keepalive: float) -> Response:
-    """Run a server-streaming RPC through the pipeline and serve it as ``text/event-stream``."""
-    source = pipeline.server_stream(ctx, request_msg)
-    first: asyncio.Task[Message] = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
-    done, _ = await asyncio.wait({first}, timeout=FIRST_FRAME_WINDOW)
-    if done and first.exception() is not None:
-        exc = first.exception()
-        if isinstance(exc, errors.RuneError):
-            return error_response(exc, ctx.request_id)
-    return sse_response(_frames(first, source), ctx.request_id, keepalive)
+async def stream_response(ctx: CallContext, source: AsyncIterator[Message], keepalive: float) -> Response:
+    """Serve a pipeline stream on ``ctx`` (a server stream, or a bidi call fed one message) as ``text/event-stream``.
+
+    Errors known before the first frame are a real HTTP status (:func:`rune.gateway.bidi.start`).
+    """
+    started = await start(ctx, source, FIRST_FRAME_WINDOW)
+    if isinstance(started, Response):
+        return started
+    return sse_response(_frames(started, source), ctx.request_id, keepalive)
