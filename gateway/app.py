@@ -7,14 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rune.gateway import codec, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse
+from rune.gateway import codec, connect, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse
 from rune.gateway.backend import Backend
 from rune.gateway.http import (
     ClientDisconnected,
@@ -35,7 +35,6 @@ from runed.transport import metrics
 log = logging.getLogger("runed.gateway")
 
 ALL_VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-PROTO_TYPES = ("application/proto", "application/x-protobuf", "application/octet-stream")
 
 
 class MethodNotAllowed(errors.Unimplemented):
@@ -90,6 +89,7 @@ class Gateway:
         self.pipeline = backend.pipeline
         self.keepalive = keepalive
         self.max_body = backend.config.server.max_body_bytes
+        self.connect = connect.Connect(backend, self._body)
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.max_body)
@@ -157,32 +157,21 @@ class Gateway:
         return resp
 
     async def rpc(self, request: Request) -> Response:
-        """``POST /rune.api.<Service>/<Method>``: the body is the whole request (JSON, or Connect proto)."""
+        """``/rune.api.<Service>/<Method>``: the Connect protocol (rune.gateway.connect), or plain JSON in
+        and out (server streams as Server-Sent Events) for a POST that is not a Connect call."""
         started = time.monotonic()
         rid = request_id_of(request)
-        connect = "connect-protocol-version" in request.headers
-        render = connect_error_response if connect else error_response
+        is_connect = connect.is_connect(request)
+        render = connect_error_response if is_connect else error_response
         full_name = request.url.path
         method = routes.rpc_methods().get(full_name)
         try:
             if method is None:
                 raise NoSuchProcedure(f"no such method {full_name.lstrip('/')}")
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype.startswith("application/connect+"):
-                raise errors.Unimplemented(
-                    "Connect streaming is not served here: streams are Server-Sent Events (see /openapi.json)"
-                )
-            if not (ctype in PROTO_TYPES and method.kind == "unary"):
-                check_json_type(request)
+            if is_connect:
+                return await self.connect(request, method)
+            check_json_type(request)
             raw = await self._body(request)
-            if ctype in PROTO_TYPES and method.kind == "unary":
-                try:
-                    msg = method.request_cls.FromString(raw)
-                except DecodeError:
-                    raise codec.BadRequest("malformed protobuf request body") from None
-                ctx = call_context(self.backend, method, request)
-                resp = await self.pipeline.unary(ctx, msg)
-                return Response(resp.SerializeToString(), media_type=ctype, headers={"x-request-id": rid})
             msg = codec.build_request(method.request_cls, body=codec.parse_body(raw), body_field="*")
             return await self._call(request, method, msg)
         except errors.RuneError as err:
@@ -241,7 +230,8 @@ def build(backend: Backend) -> ASGIApp:
         # REST exec sessions live in this process, in a registry of this app (not a module global).
         *exec_http.routes(pipeline, pipeline.authenticator, exec_sessions.Sessions()),
         *exec_ws.routes(pipeline),
-        Route("/rune.api.{service}/{method}", gw.rpc, methods=["POST"]),
+        Route("/v1/namespaces/{ns}/exec/{target:path}/ws", _upgrade_required, methods=["GET"]),
+        Route("/rune.api.{service}/{method}", gw.rpc, methods=["GET", "POST"]),
         Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
         Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),
     ]
@@ -252,6 +242,15 @@ def build(backend: Backend) -> ASGIApp:
     starlette.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
     starlette.add_exception_handler(Exception, _internal)
     return middleware.wrap(FastPath(gw, starlette), backend.config)
+
+
+async def _upgrade_required(request: Request) -> Response:
+    """A plain GET on the exec WebSocket path: 426, naming the upgrade it needs."""
+    err = errors.FailedPrecondition("this path speaks WebSocket only: send the GET with Upgrade: websocket")
+    resp = error_response(err, request_id_of(request))
+    resp.status_code = 426
+    resp.headers["upgrade"] = "websocket"
+    return resp
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -270,7 +269,8 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     path = request.url.path
-    allowed = ["POST"] if path in routes.rpc_methods() else routes.path_allows(path)
+    method = routes.rpc_methods().get(path)
+    allowed = connect.allowed_verbs(method) if method is not None else routes.path_allows(path)
     err = MethodNotAllowed(f"{request.method} is not allowed on {path}", allowed)
     resp = error_response(err, request_id_of(request))
     if allowed:

@@ -267,6 +267,11 @@ def _shutdown_event() -> asyncio.Event:
     return _shutdown
 
 
+def shutdown_event() -> asyncio.Event:
+    """Set once the role is stopping: open streams (SSE here, Connect in rune.gateway.connect) end then."""
+    return _shutdown_event()
+
+
 def begin_shutdown() -> None:
     """End every open event stream now (the role is stopping); clients reconnect elsewhere or later."""
     _shutdown_event().set()

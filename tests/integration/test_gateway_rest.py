@@ -253,16 +253,13 @@ def test_connect_unary_json(client: httpx.Client, anon: httpx.Client) -> None:
 
 
 def test_rpc_style_route_shapes(client: httpx.Client) -> None:
-    r = client.get("/rune.api.NamespaceService/GetNamespace")
+    # GET serves only side-effect-free methods (Connect's GET form: tests/integration/test_connect.py).
+    r = client.get("/rune.api.NamespaceService/CreateNamespace")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = client.put("/rune.api.NamespaceService/GetNamespace")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
     r = client.post("/rune.api.NamespaceService/NoSuchMethod", json={})
     assert r.status_code == 404
-    r = client.post(
-        "/rune.api.NamespaceService/WatchNamespaces",
-        content=b"\x00\x00\x00\x00\x02{}",
-        headers={"content-type": "application/connect+json", "connect-protocol-version": "1"},
-    )
-    assert r.status_code == 501 and r.json()["code"] == "unimplemented"
 
 
 def test_connect_unary_proto(client: httpx.Client) -> None:
