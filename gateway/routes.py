@@ -34,13 +34,15 @@ class HttpRule:
         return {f: v for f, v in zip(self.path_fields, m.groups(), strict=True)}
 
     @property
-    def openapi_path(self) -> str:
-        """The template in OpenAPI form: ``{service.namespace}`` -> ``{service_namespace}`` (tools
-        choke on dots in parameter names), patterns dropped."""
-        return _VAR_RE.sub(lambda m: "{" + openapi_param(m.group(1)) + "}", self.template)
+    def shape(self) -> str:
+        """The template with its variables left blank (``/v1/namespaces/{}/services``): rules of one
+        shape match the same paths, whatever their variables are called."""
+        return _VAR_RE.sub("{}", self.template)
 
 
 def openapi_param(field_path: str) -> str:
+    """A field path as an OpenAPI parameter name: ``service.namespace`` -> ``service_namespace`` (tools
+    choke on dots in parameter names)."""
     return field_path.replace(".", "_")
 
 
