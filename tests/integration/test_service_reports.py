@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ def o(capped: Orch) -> Iterator[Orch]:
 
 
 def _get(o: Orch, name: str) -> service_pb2.Service:
-    return o.services.GetService(service_pb2.GetServiceRequest(name=name), metadata=o.auth).service
+    svc: service_pb2.Service = o.services.GetService(service_pb2.GetServiceRequest(name=name), metadata=o.auth).service
+    return svc
 
 
 def _converged(o: Orch, name: str, scale: int) -> bool:
@@ -86,7 +88,7 @@ def test_a_resumed_watch_replays_exactly_what_the_live_watch_showed(o: Orch) -> 
         for scale in (3, 2):
             o.services.ScaleService(service_pb2.ScaleServiceRequest(name="w", scale=scale), metadata=o.auth)
             # Status changes interleave with the spec changes: each scale is reached before the next.
-            eventually(lambda scale=scale: _converged(o, "w", scale), timeout=30)
+            eventually(functools.partial(_converged, o, "w", scale), timeout=30)
         st = o.store()
         try:
             last = max(c.revision for c in st.changes_since(start, ["service", "service_status"]) if c.name == "w")
@@ -218,7 +220,9 @@ def test_scale_is_capped_over_rest(o: Orch) -> None:
 
 
 def _violations(body: dict[str, object]) -> list[dict[str, str]]:
-    for d in body.get("details", []):  # type: ignore[union-attr]
+    details = body.get("details", [])
+    assert isinstance(details, list), body
+    for d in details:
         if d["@type"] == BAD_REQUEST:
             return list(d["fieldViolations"])
     return []
