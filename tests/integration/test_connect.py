@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import signal
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from rune.api import namespace_pb2
-from tests.harness import Runed
+from tests.harness import Runed, RunedFactory
 from tests.integration.bufcli import buf, buf_path, fetch_schema
 from tests.support import eventually, rest_bootstrapped_runed
 
@@ -142,15 +143,22 @@ def test_buf_curl_stream_error_arrives_in_the_end_stream_message(gw: tuple[Runed
 # -- streams on the wire ------------------------------------------------------------------------
 
 
-def _frames_until(r: httpx.Response, done: Any) -> list[tuple[int, bytes]]:
-    """Envelopes of a streaming response as they arrive, until ``done(frames)`` holds (or the stream ends)."""
-    data, frames = b"", []
-    for chunk in r.iter_bytes():
+def _frame_stream(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(flags, payload) of each envelope of a streaming response, as it completes."""
+    data = b""
+    for chunk in chunks:
         data += chunk
         while len(data) >= 5 and len(data) >= 5 + struct.unpack_from(">I", data, 1)[0]:
             flags, size = struct.unpack_from(">BI", data)
-            frames.append((flags, data[5 : 5 + size]))
+            yield flags, data[5 : 5 + size]
             data = data[5 + size :]
+
+
+def _frames_until(r: httpx.Response, done: Any) -> list[tuple[int, bytes]]:
+    """Envelopes of a streaming response as they arrive, until ``done(frames)`` holds (or the stream ends)."""
+    frames: list[tuple[int, bytes]] = []
+    for frame in _frame_stream(r.iter_bytes()):
+        frames.append(frame)
         if done(frames):
             break
     return frames
@@ -300,3 +308,19 @@ def test_protocol_version_and_media_types(client: httpx.Client) -> None:
     assert r.status_code == 415
     r = client.post(f"{NS}/WatchNamespaces", content=b"{}", headers=UNARY_JSON)
     assert r.status_code == 415
+
+
+def test_stopping_runed_ends_open_connect_streams(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    r = runed_factory(tmp_path / "data")
+    with httpx.Client(base_url=r.http_base, timeout=20) as c:
+        token = c.post("/v1/admin:bootstrap", json={}).json()["tokenSecret"]
+        auth = {**STREAM_JSON, "authorization": f"Bearer {token}"}
+        with c.stream("POST", f"{NS}/WatchNamespaces", content=_envelope(b"{}"), headers=auth) as s:
+            frames: list[tuple[int, bytes]] = []
+            for frame in _frame_stream(s.iter_bytes()):
+                frames.append(frame)
+                if len(frames) == 2:  # default and system: the watch is live
+                    r.signal(signal.SIGTERM)
+    assert frames[-1][0] == 0x02
+    assert json.loads(frames[-1][1])["error"]["code"] == "unavailable"  # call again to resume
+    assert r.wait(15) == 0
