@@ -1,26 +1,37 @@
 """Per-instance shim: parent of one instance process, writes its JSON-lines logs and its exit record.
 
-Run as ``python -m runed.runner.shim <instance_dir>`` in its own session, so neither a runed
-restart nor ``kill -9`` of runed's process group touches it or the instance. The launch spec is
-read from ``<instance_dir>/launch.json`` (no environment in it: the instance's environment is
+Started by the process runner (:func:`runed.runner.process.shim_argv`) in its own session, so neither
+a runed restart nor ``kill -9`` of runed's process group touches it or the instance. The launch spec
+is read from ``<instance_dir>/launch.json`` (no environment in it: the instance's environment is
 this process's own environment, so resolved secret values never land on disk). The instance runs
 in its own process group (pgid = pid) so a stop signals the whole tree but not the shim, which
 then records how it ended in ``exit.json``.
+
+One shim runs per instance, so its size is the per-instance cost of supervision. It runs as
+``python -I -S`` and imports only what the interpreter has built in or loads as small C modules
+(``os``, ``select``, ``_json``, ``_signal``): no ``site``, ``json`` (``re``), ``signal`` (``enum``),
+``subprocess`` (``threading``), ``selectors``, ``pathlib`` or ``datetime``. That keeps a shim at
+≈2.9 MB PSS instead of ≈6.6 MB (bench/README.md). It sleeps in ``poll`` until the instance writes
+or ends (a pidfd), so an idle shim costs no CPU.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import resource
-import selectors
-import signal
-import subprocess
+import select
 import sys
 import time
-from pathlib import Path
-from typing import IO, Any
+from _json import encode_basestring, encode_basestring_ascii, make_scanner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any
+
+    StrPath = str | os.PathLike[str]
+else:
+    # The C half of `signal`: the module itself builds its enums at import (≈0.9 MB per shim).
+    import _signal
 
 LOG_NAME = "log.jsonl"
 EXIT_NAME = "exit.json"
@@ -30,17 +41,81 @@ LAUNCH_NAME = "launch.json"
 # long (a grandchild may keep them open), and for no longer than the second bound in all.
 DRAIN_QUIET_SECONDS = 0.5
 DRAIN_MAX_SECONDS = 5.0
+# Without a pidfd (an old kernel) the end of the instance is polled this often.
+POLL_SECONDS = 0.2
 # Variables that tell the shim about itself; the instance never sees them.
 SHIM_ENV_PREFIX = "RUNED_SHIM_"
+READ_SIZE = 65536
 
 
+# -- JSON without the json package (its import pulls in re) -------------------------------------
+class _Context:
+    """What the C scanner of ``_json`` reads from a decoder: plain JSON, as ``json.loads`` decodes it."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+
+_scan = make_scanner(_Context())  # type: ignore[arg-type]  # the stub wants a scanner; C reads the attributes
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` for one JSON document (ValueError when it is not one)."""
+    text = text.strip()
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("extra data after JSON")
+    return value
+
+
+def dumps(value: Any) -> str:
+    """``json.dumps`` (default separators, ASCII) of None, bools, numbers, strings, lists and dicts."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{encode_basestring_ascii(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_json(path: StrPath) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return loads(f.read())
+
+
+def write_json_atomic(path: StrPath, data: dict[str, Any]) -> None:
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(data))
+    os.replace(tmp, path)
+
+
+# -- processes -----------------------------------------------------------------------------------
 def proc_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone.
 
     A pid alone can be reused after the process dies; pid plus start time cannot.
     """
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            raw = f.read()
     except OSError:
         return None
     fields = raw[raw.rfind(")") + 2 :].split()
@@ -52,39 +127,38 @@ def proc_start_time(pid: int) -> int | None:
         return None
 
 
+_ts_second = -1
+_ts_base = ""
+
+
 def rfc3339_ns(ns: int) -> str:
     """UTC RFC 3339 with nanoseconds, e.g. ``2026-11-23T18:45:00.123456789Z``."""
+    global _ts_second, _ts_base
     secs, frac = divmod(ns, 1_000_000_000)
-    base = _dt.datetime.fromtimestamp(secs, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{frac:09d}Z"
+    if secs != _ts_second:  # one strftime per second of output, not per line
+        _ts_second, _ts_base = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{_ts_base}.{frac:09d}Z"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def last_seq(directory: Path) -> int:
+def last_seq(directory: StrPath) -> int:
     """The highest seq already written, so numbering continues across restarts and rotations."""
     for name in (LOG_NAME, LOG_NAME + ".1"):
-        path = directory / name
         try:
-            with path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
+            with open(os.path.join(directory, name), "rb") as f:
+                size = f.seek(0, os.SEEK_END)
                 f.seek(max(0, size - 65536))
                 tail = f.read().splitlines()
         except OSError:
             continue
         for raw in reversed(tail):
             try:
-                return int(json.loads(raw)["seq"])
+                return int(loads(raw.decode("utf-8", errors="replace"))["seq"])
             except (ValueError, KeyError, TypeError):
                 continue
     return 0
 
 
+# -- the log ---------------------------------------------------------------------------------------
 # Below this many free bytes on the log's filesystem lines are dropped instead of written, so the
 # store and everything else on the data disk keep room (controller.log_min_free_bytes; 0: no floor).
 DEFAULT_MIN_FREE_BYTES = 32 << 20
@@ -106,15 +180,15 @@ class LogWriter:
     ``seq``: the marker is the record of them.
     """
 
-    def __init__(self, directory: Path, max_bytes: int, backups: int, min_free_bytes: int = 0) -> None:
-        self.directory = directory
+    def __init__(self, directory: StrPath, max_bytes: int, backups: int, min_free_bytes: int = 0) -> None:
+        self.directory = os.fspath(directory)
         self.max_bytes = max(1024, max_bytes)
         self.backups = max(0, backups)
         self.min_free = max(0, min_free_bytes)
         self.seq = last_seq(directory)
-        self.path = directory / LOG_NAME
+        self.path = os.path.join(self.directory, LOG_NAME)
         # Unbuffered: each line is one write(2), visible to followers at once, never half-buffered.
-        self.f: IO[bytes] = self.path.open("ab", buffering=0)
+        self.f = open(self.path, "ab", buffering=0)
         self.size = self.f.tell()
         self.dropped = 0  # lines dropped since the last line written
         self._checked = -SPACE_CHECK_SECONDS  # monotonic time of the last look at the free space
@@ -124,14 +198,15 @@ class LogWriter:
     def _rotate(self) -> None:
         self.f.close()
         if self.backups == 0:
-            self.path.unlink(missing_ok=True)
+            if os.path.exists(self.path):
+                os.unlink(self.path)
         else:
             for i in range(self.backups - 1, 0, -1):
-                src = self.directory / f"{LOG_NAME}.{i}"
-                if src.exists():
-                    src.replace(self.directory / f"{LOG_NAME}.{i + 1}")
-            self.path.replace(self.directory / f"{LOG_NAME}.1")
-        self.f = self.path.open("ab", buffering=0)
+                src = os.path.join(self.directory, f"{LOG_NAME}.{i}")
+                if os.path.exists(src):
+                    os.replace(src, os.path.join(self.directory, f"{LOG_NAME}.{i + 1}"))
+            os.replace(self.path, os.path.join(self.directory, f"{LOG_NAME}.1"))
+        self.f = open(self.path, "ab", buffering=0)
         self.size = 0
         self._torn = False
 
@@ -160,8 +235,10 @@ class LogWriter:
         return True
 
     def _record(self, stream: str, text: str) -> bytes:
-        rec = {"seq": self.seq + 1, "ts": rfc3339_ns(time.time_ns()), "stream": stream, "line": text}
-        return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+        # What json.dumps(rec, ensure_ascii=False) writes, without the json package.
+        ts = rfc3339_ns(time.time_ns())
+        line = encode_basestring(text)
+        return f'{{"seq": {self.seq + 1}, "ts": "{ts}", "stream": "{stream}", "line": {line}}}\n'.encode()
 
     def _append(self, data: bytes) -> bool:
         """Write one record (rotating first when due); False when the disk had no room for it."""
@@ -211,20 +288,95 @@ class LogWriter:
         self.f.close()
 
 
-def _preexec(rlimit_as: int | None) -> Any:
-    def setup() -> None:
-        if rlimit_as:
-            resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+# -- the instance ----------------------------------------------------------------------------------
+def _exec_child(spec: dict[str, Any], env: dict[str, str], out_w: int, err_w: int, report: int) -> None:
+    """In the forked child: become the instance (what subprocess.Popen did for the shim), never return.
 
-    return setup
+    A failure before exec is written to ``report`` (close-on-exec: an exec that succeeds closes it
+    empty) and ends the child with 127.
+    """
+    try:
+        # Ignored by the shim, default for the instance; Python also ignores SIGPIPE and SIGXFSZ.
+        for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
+            _signal.signal(sig, _signal.SIG_DFL)
+        os.setpgid(0, 0)
+        if spec.get("rlimit_as"):
+            import resource  # only here (the child execs right after), and while still privileged to read it
+
+            limit = int(spec["rlimit_as"])
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if spec.get("cwd"):
+            os.chdir(spec["cwd"])
+        # The shim runs with runed's private umask; the instance gets the one runed inherited.
+        umask = int(spec.get("umask", -1))
+        if umask >= 0:
+            os.umask(umask)
+        # In the order subprocess uses: groups, then the group, then the user (last: it drops the right).
+        uid, gid = spec.get("uid"), spec.get("gid")
+        if gid is not None:
+            os.setgroups([])
+            os.setregid(gid, gid)
+        if uid is not None:
+            os.setreuid(uid, uid)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        # Nothing else of the shim's reaches the instance.
+        os.closerange(3, report)
+        os.closerange(report + 1, os.sysconf("SC_OPEN_MAX"))
+        argv = [str(a) for a in spec["argv"]]
+        os.execvpe(argv[0], argv, env)
+    except BaseException as e:
+        try:
+            os.write(report, str(e).encode("utf-8", errors="replace")[:4000] or b"failed")
+        finally:
+            os._exit(127)
+    os._exit(127)
 
 
-def run(directory: Path) -> int:
-    spec = json.loads((directory / LAUNCH_NAME).read_text())
-    (directory / EXIT_NAME).unlink(missing_ok=True)
-    (directory / PID_NAME).unlink(missing_ok=True)
+def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
+    """Fork and exec the instance in its own process group: (pid, stdout read end, stderr read end).
+
+    Raises OSError with the child's reason when it cannot be started (no such program, bad cwd, …).
+    """
+    if not spec.get("argv") or not spec["argv"][0]:
+        raise OSError("no command")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(spec, env, out_w, err_w, report_w)
+    for fd in (out_w, err_w, report_w):
+        os.close(fd)
+    failure = b""
+    while chunk := os.read(report_r, 4096):
+        failure += chunk
+    os.close(report_r)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(out_r)
+        os.close(err_r)
+        raise OSError(failure.decode("utf-8", errors="replace"))
+    return pid, out_r, err_r
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` ends (Linux 5.3+), or None: then poll."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def run(directory: StrPath) -> int:
+    directory = os.fspath(directory)
+    exit_path, pid_path = os.path.join(directory, EXIT_NAME), os.path.join(directory, PID_NAME)
+    spec = read_json(os.path.join(directory, LAUNCH_NAME))
+    for stale in (exit_path, pid_path):
+        if os.path.exists(stale):
+            os.unlink(stale)
     writer = LogWriter(
         directory,
         int(spec.get("max_bytes", 10 << 20)),
@@ -233,100 +385,109 @@ def run(directory: Path) -> int:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(SHIM_ENV_PREFIX)}
     try:
-        child = subprocess.Popen(
-            spec["argv"],
-            cwd=spec.get("cwd") or None,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            process_group=0,
-            user=spec.get("uid"),
-            group=spec.get("gid"),
-            extra_groups=[] if spec.get("gid") is not None else None,
-            preexec_fn=_preexec(spec.get("rlimit_as")),
-            umask=int(spec.get("umask", -1)),
-            close_fds=True,
-        )
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        writer.write("stderr", f"runed: cannot start {spec['argv'][0]!r}: {e}".encode())
+        pid, out_r, err_r = spawn(spec, env)
+    except (OSError, ValueError, TypeError) as e:
+        argv0 = (spec.get("argv") or [""])[0]
+        writer.write("stderr", f"runed: cannot start {argv0!r}: {e}".encode())
         writer.close()
-        write_json_atomic(
-            directory / EXIT_NAME, {"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"}
-        )
+        write_json_atomic(exit_path, {"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"})
         return 0
+    me = os.getpid()
     write_json_atomic(
-        directory / PID_NAME,
+        pid_path,
         {
-            "pid": child.pid,
-            "pid_start": proc_start_time(child.pid),
-            "shim_pid": os.getpid(),
-            "shim_start": proc_start_time(os.getpid()),
+            "pid": pid,
+            "pid_start": proc_start_time(pid),
+            "shim_pid": me,
+            "shim_start": proc_start_time(me),
             "ts": time.time(),
         },
     )
-    assert child.stdout is not None and child.stderr is not None
-    sel = selectors.DefaultSelector()
-    partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
-    for stream, pipe in (("stdout", child.stdout), ("stderr", child.stderr)):
-        os.set_blocking(pipe.fileno(), False)
-        sel.register(pipe, selectors.EVENT_READ, stream)
-    exited_at: float | None = None
-    heard_at = time.monotonic()
-    while sel.get_map():
+    names = {out_r: "stdout", err_r: "stderr"}
+    partial = {out_r: b"", err_r: b""}
+    streams = {out_r, err_r}  # still open
+    poller = select.poll()
+    for fd in streams:
+        os.set_blocking(fd, False)
+        poller.register(fd, select.POLLIN)
+    pidfd = _pidfd(pid)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    status: int | None = None
+    exited_at = heard_at = 0.0
+
+    def reap(block: bool) -> None:
+        nonlocal status, exited_at
+        done, st = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if done:
+            status, exited_at = st, time.monotonic()
+
+    while streams:
         # Once the child is gone, what it left in the pipes is read to the end (the exit record
         # comes after its last line); but a grandchild that keeps the pipes open must not keep
         # the shim alive forever: quiet for a moment, or a bounded drain, ends it.
-        now = time.monotonic()
-        if exited_at is None and child.poll() is not None:
-            exited_at = now
-        if exited_at is not None:
-            quiet = now - max(heard_at, exited_at)
-            if quiet > DRAIN_QUIET_SECONDS or now - exited_at > DRAIN_MAX_SECONDS:
+        if status is None and pidfd is None:
+            reap(block=False)
+        timeout: float | None = None if pidfd is not None else POLL_SECONDS
+        if status is not None:
+            now = time.monotonic()
+            timeout = min(DRAIN_QUIET_SECONDS - (now - max(heard_at, exited_at)), DRAIN_MAX_SECONDS - (now - exited_at))
+            if timeout <= 0:
                 break
-        for key, _ in sel.select(timeout=0.2):
+        for fd, _ in poller.poll(None if timeout is None else int(timeout * 1000) + 1):
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                os.close(pidfd)
+                pidfd = -1  # the end is known; from here on the drain bounds the waits
+                reap(block=True)
+                continue
             heard_at = time.monotonic()
-            stream = str(key.data)
             try:
-                chunk = os.read(key.fd, 65536)
+                chunk = os.read(fd, READ_SIZE)
             except BlockingIOError:
                 continue
             if not chunk:
-                sel.unregister(key.fileobj)
+                poller.unregister(fd)
+                streams.discard(fd)
                 continue
-            lines = (partial[stream] + chunk).split(b"\n")
-            partial[stream] = lines.pop()
+            lines = (partial[fd] + chunk).split(b"\n")
+            partial[fd] = lines.pop()
             # A single line without newline is still capped so memory stays bounded.
-            if len(partial[stream]) > 65536:
-                lines.append(partial[stream])
-                partial[stream] = b""
+            if len(partial[fd]) > READ_SIZE:
+                lines.append(partial[fd])
+                partial[fd] = b""
             for line in lines:
-                writer.write(stream, line.rstrip(b"\r"))
-    for stream, rest in partial.items():
+                writer.write(names[fd], line.rstrip(b"\r"))
+    for fd, rest in partial.items():
         if rest:
-            writer.write(stream, rest)
-    rc = child.wait()
+            writer.write(names[fd], rest)
+    if status is None:
+        reap(block=True)
+    if pidfd is not None and pidfd >= 0:
+        os.close(pidfd)
     # Children the instance left behind in its group end with it, as in a container.
     try:
-        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(pid, _signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    child.stdout.close()
-    child.stderr.close()
+    os.close(out_r)
+    os.close(err_r)
     writer.close()
+    assert status is not None
+    rc = os.waitstatus_to_exitcode(status)
     code, sig = (None, -rc) if rc < 0 else (rc, None)
-    write_json_atomic(directory / EXIT_NAME, {"code": code, "signal": sig, "ts": time.time()})
+    write_json_atomic(exit_path, {"code": code, "signal": sig, "ts": time.time()})
     return 0
 
 
 def main() -> int:
     if len(sys.argv) != 2:
-        print("usage: python -m runed.runner.shim <instance_dir>", file=sys.stderr)
+        print("usage: shim <instance_dir>", file=sys.stderr)
         return 2
     # The shim outlives runed; a terminal hang-up or ^C aimed at runed is not for it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return run(Path(sys.argv[1]))
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    return run(sys.argv[1])
 
 
 if __name__ == "__main__":

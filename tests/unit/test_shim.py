@@ -1,14 +1,25 @@
-"""The instance shim: JSON-lines logs with strictly increasing seq across rotations and restarts, exit records."""
+"""The instance shim: JSON-lines logs with strictly increasing seq across rotations and restarts, exit records.
+
+Shims run as the process runner starts them (:func:`runed.runner.process.shim_argv`): ``python -I -S``
+importing the shim module, so what is tested here is what every instance runs under.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from runed.runner import shim
-from runed.runner.process import SHIM_PATH
+from runed.runner.process import SHIM_ROOT, shim_argv
+from tests.support import eventually
 
 
 def _records(d: Path) -> list[dict[str, object]]:
@@ -45,7 +56,7 @@ def test_rfc3339_nanoseconds() -> None:
 
 def _run_shim(tmp_path: Path, argv: list[str]) -> dict[str, object]:
     (tmp_path / "launch.json").write_text(json.dumps({"argv": argv, "cwd": str(tmp_path)}))
-    subprocess.run([sys.executable, "-S", "-E", SHIM_PATH, str(tmp_path)], check=True, timeout=30, env={"X": "1"})
+    subprocess.run(shim_argv(tmp_path), check=True, timeout=30, env={"X": "1"})
     data: dict[str, object] = json.loads((tmp_path / "exit.json").read_text())
     return data
 
@@ -90,3 +101,92 @@ def test_children_left_behind_end_with_the_instance(tmp_path: Path) -> None:
     assert ex["code"] == 0
     orphan = int(str(_records(tmp_path)[0]["line"]))
     assert shim.proc_start_time(orphan) is None, "the grandchild was killed with its group"
+
+
+def test_json_without_the_json_package_round_trips() -> None:
+    value = {"argv": ["sh", "-c", 'echo "é\\n\x01"'], "cwd": None, "uid": 0, "ok": True, "ts": 1.5, "n": [1, -2]}
+    assert json.loads(shim.dumps(value)) == value
+    assert shim.dumps(value) == json.dumps(value)
+    assert shim.loads(json.dumps(value)) == value
+    with pytest.raises(ValueError):
+        shim.loads('{"a": 1} trailing')
+
+
+def test_log_records_are_what_json_dumps_writes(tmp_path: Path) -> None:
+    w = shim.LogWriter(tmp_path, max_bytes=1 << 20, backups=1)
+    w.write("stdout", 'quote " backslash \\ tab \t é \x7f'.encode())
+    w.close()
+    raw = (tmp_path / "log.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    rec = json.loads(raw)
+    assert raw == json.dumps(rec, ensure_ascii=False)
+    assert rec["line"] == 'quote " backslash \\ tab \t é \x7f'
+
+
+def test_the_shim_imports_only_small_builtin_modules(tmp_path: Path) -> None:
+    """Each instance pays for what its shim imports: no site, json (re), signal (enum), subprocess, pathlib."""
+    (tmp_path / "launch.json").write_text(json.dumps({"argv": ["true"]}))
+    # The runner's command, with the module list printed after the shim's work is done.
+    argv = shim_argv(tmp_path)
+    code = (
+        f"import sys; sys.path.append({SHIM_ROOT!r}); from runed.runner.shim import main; main(); "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    flags = argv[1 : argv.index("-c")]
+    out = subprocess.run(
+        [sys.executable, *flags, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "exit.json").read_text())["code"] == 0
+    loaded = set(out.stdout.split())
+    heavy = {"site", "json", "re", "enum", "signal", "subprocess", "threading", "selectors", "pathlib", "datetime"}
+    assert "runed.runner.shim" in loaded
+    assert not loaded & (heavy | {"typing", "collections", "functools", "contextlib"}), sorted(loaded & heavy)
+
+
+@pytest.fixture
+def sleeping_shim(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A shim (as the runner starts it) whose instance sleeps: (shim pid, instance pid); both killed after."""
+    (tmp_path / "launch.json").write_text(json.dumps({"argv": ["sleep", "60"], "cwd": str(tmp_path)}))
+    proc = subprocess.Popen(shim_argv(tmp_path), start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        pid_file = tmp_path / "pid.json"
+
+        def started() -> dict[str, int]:
+            assert pid_file.exists(), "no pid.json yet"
+            info: dict[str, int] = json.loads(pid_file.read_text())
+            return info
+
+        info = eventually(started, what="the instance started")
+        yield proc.pid, int(info["pid"])
+    finally:
+        if (tmp_path / "pid.json").exists():
+            try:
+                os.killpg(int(json.loads((tmp_path / "pid.json").read_text())["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(10)
+
+
+def _switches(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
+
+
+def test_an_idle_shim_does_not_wake_up(sleeping_shim: tuple[int, int]) -> None:
+    """A shim waits in poll() for output or the instance's end (a pidfd), not on a timer: idle costs no CPU."""
+    shim_pid, _ = sleeping_shim
+    before = _switches(shim_pid)
+    time.sleep(1.5)  # a measuring window, not a wait for something to happen
+    assert _switches(shim_pid) - before <= 1
+
+
+def test_the_instance_runs_in_its_own_group_with_default_signals(sleeping_shim: tuple[int, int]) -> None:
+    """What subprocess did for the shim before: own process group, no signal left ignored, no stray fds."""
+    shim_pid, pid = sleeping_shim
+    assert os.getpgid(pid) == pid and os.getsid(pid) == os.getsid(shim_pid) != pid
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+    )
+    assert int(status["SigIgn"], 16) == 0, status["SigIgn"]
+    assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
