@@ -105,6 +105,12 @@ def _unreachable(details: str) -> bool:
     return any(m in low for m in markers)
 
 
+def _dropped(details: str) -> bool:
+    markers = ("cancelling all calls", "socket closed", "connection reset", "goaway", "broken pipe", "stream removed")
+    low = details.lower()
+    return any(m in low for m in markers)
+
+
 def render_rpc_error(err: Any, target: str) -> tuple[str, int]:
     """One line and an exit code for a ``grpc.RpcError``."""
     code = err.code()
@@ -116,6 +122,9 @@ def render_rpc_error(err: Any, target: str) -> tuple[str, int]:
             f"--server / RUNE_SERVER / `rune login --server HOST:PORT`)",
             EXIT_UNAVAILABLE,
         )
+    if name == "UNAVAILABLE" and _dropped(details):
+        # runed went away during a call or stream (killed, restarted): say where it was, port included.
+        return f"lost the connection to runed at {target} ({details}); is it still running?", EXIT_UNAVAILABLE
     if name == "DEADLINE_EXCEEDED" and "connect" in details.lower():
         return f"cannot reach runed at {target} (start it with `runed`)", EXIT_UNAVAILABLE
     msg = details or name.lower().replace("_", " ")

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from rune.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, exit_table_text
+from rune.cli.persistent import install
 
 # name -> (module under rune.cli.commands, attribute, one-line help). Aliases point at the same entry.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "get": ("get", "get", "List or show services, instances, namespaces, secrets, configmaps."),
     "describe": ("describe", "describe", "Show one object in full, with its instances and recent events."),
     "logs": ("logs", "logs", "Print (and follow) the logs of a service or instance (alias: log)."),
+    "events": ("events", "events", "Lifecycle events of services and instances (follow with -f)."),
     "exec": ("exec", "exec_", "Run a command in a running instance (alias: e)."),
     "scale": ("scale", "scale", "Change a service's scale and watch it converge."),
     "stop": ("scale", "stop", "Scale a service to zero."),
@@ -64,7 +66,8 @@ class LazyGroup(click.Group):
             return None
         module, attr, _ = COMMANDS[name]
         cmd: click.Command = getattr(importlib.import_module(f"rune.cli.commands.{module}"), attr)
-        return cmd
+        # --api-server, -n, --config, ... are accepted after the command's name as well as before it.
+        return install(cmd)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Listing help from the table avoids importing every command module for `rune --help`.
@@ -77,6 +80,7 @@ class LazyGroup(click.Group):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="CLI contexts file.")
 @click.option("--server", "--api-server", "server", help="runed gRPC address host:port (env RUNE_SERVER).")
 @click.option("--context", "context_name", help="Use this context instead of the current one.")
+@click.option("-n", "--namespace", "namespace", help="Namespace (default: the context's, else default).")
 @click.option("--tls/--no-tls", default=None, help="Use TLS (default: the context's setting).")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle for TLS.")
 @click.option("--timeout", "call_timeout", type=float, default=30.0, show_default=True, help="Per-call timeout (s).")
@@ -89,6 +93,7 @@ def cli(
     config_path: str | None,
     server: str | None,
     context_name: str | None,
+    namespace: str | None,
     tls: bool | None,
     ca_file: str | None,
     call_timeout: float,
@@ -104,6 +109,7 @@ def cli(
         config_path=Path(config_path).expanduser() if config_path else None,
         server_flag=server,
         context_flag=context_name,
+        namespace_flag=namespace,
         tls_flag=tls,
         ca_file_flag=ca_file,
         timeout=call_timeout,

@@ -52,6 +52,18 @@ class _DeleteGroup(click.Group):
             args = ["object", *args]
         return super().parse_args(ctx, args)
 
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [TYPE] NAME")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The flags that matter are the hidden ``object`` command's: list them as delete's own.
+        target = self.commands["object"]
+        params = [p for p in target.get_params(ctx) if isinstance(p, click.Option)]
+        rows = [r for p in params if (r := p.get_help_record(ctx)) is not None]
+        with formatter.section("Options"):
+            formatter.write_dl(rows)
+        self.format_commands(ctx, formatter)
+
 
 @click.group(cls=_DeleteGroup)
 def delete() -> None:
@@ -60,7 +72,7 @@ def delete() -> None:
 
 @delete.command("object", hidden=True)
 @click.argument("args", nargs=-1, required=True)
-@click.option("-n", "--namespace")
+@click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")
 @click.option("-f", "--force", is_flag=True, help="Delete even if other services depend on it.")
 @click.option("--no-dependencies", is_flag=True, help="Same as --force.")
 @click.option("-t", "--timeout", default=60, show_default=True, type=int, help="Seconds to wait for cleanup.")
@@ -68,9 +80,9 @@ def delete() -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would happen without deleting.")
 @click.option("--grace-period", type=int, default=0, help="Seconds instances get to stop.")
 @click.option("--now", is_flag=True, help="No grace period.")
-@click.option("--ignore-not-found", is_flag=True)
+@click.option("--ignore-not-found", is_flag=True, help="A missing object is not an error.")
 @click.option("--finalizers", multiple=True, hidden=True)
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", help="Output.")
 @pass_session
 def delete_object(
     s: Session, args: tuple[str, ...], namespace: str | None, force: bool, no_dependencies: bool, timeout: int,

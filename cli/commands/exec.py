@@ -64,7 +64,40 @@ def _pump_stdin(outbox: _Outbox, epb: Any) -> None:
         outbox.put(epb.ExecRequest(stdin=chunk))
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+def _resolve_target(s: Session, init: Any, target: str) -> None:
+    """The forms ``rune logs`` accepts: a service, ``service/NAME``, ``instance/ID`` or ``instance/NAME``, a name."""
+    from rune.cli.commands.common import list_instances
+
+    kind, sep, name = target.partition("/")
+    if not sep:
+        kind, name = "", kind
+    kind = {"svc": "service", "inst": "instance"}.get(kind, kind)
+    if kind not in ("", "service", "instance") or not name:
+        raise CliError(f"invalid target {target!r}: a service, service/NAME, instance/ID or instance/NAME", EXIT_USAGE)
+    if kind == "service":
+        init.service_name = name
+        return
+    if kind == "instance" or re.search(r"-\d+$", name):
+        # An instance by id, or by the name people see (web-0): exec into that instance when one exists.
+        found = [i for i in list_instances(s, init.namespace) if name in (i.id, i.name)]
+        if found:
+            init.instance_id = found[0].id
+            return
+        if kind == "instance":
+            init.instance_id = name  # runed says it is not found
+            return
+    init.service_name = name
+
+
+class _ExecCommand(click.Command):
+    """Flags may follow TARGET when ``--`` separates the remote command (``rune exec web -n prod -- ls -l``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.allow_interspersed_args = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_ExecCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("target")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("-n", "--namespace")
@@ -102,26 +135,14 @@ def exec_(
         working_dir=workdir,
         tty=tty,
     )
-    kind, _, name = target.partition("/")
-    if name and kind in ("instance", "inst"):
-        init.instance_id = name
-    elif name and kind in ("service", "svc"):
-        init.service_name = name
-    else:
-        init.service_name = target
-        if re.search(r"-\d+$", target):
-            # `web-0` reads as an instance name: exec into that instance when one exists.
-            from rune.cli.commands.common import list_instances
-
-            named = [i for i in list_instances(s, init.namespace) if i.name == target]
-            if named:
-                init.instance_id = named[0].id
+    _resolve_target(s, init, target)
     if tty:
         w, h = _terminal_size()
         init.terminal_size.width, init.terminal_size.height = w, h
     outbox = _Outbox()
     outbox.put(epb.ExecRequest(init=init))
-    if interactive:
+    if interactive or not sys.stdin.isatty():
+        # Piped or redirected input goes to the command (as upstream did); a terminal only with -i or -t.
         threading.Thread(target=_pump_stdin, args=(outbox, epb), daemon=True).start()
     else:
         # EOF on stdin, but the request stream stays open so signals and resizes can still be sent.

@@ -64,11 +64,18 @@ def get(
     kind = KINDS[kind_name]
     ns = "*" if all_namespaces else s.namespace(namespace)
     if name:
-        obj = get_object(s, kind_name, name, s.namespace(namespace), show_values)
+        one_ns = s.namespace(namespace)
+        # With -w, that one object's changes after the revision it was read at (read before it, so none is lost).
+        rev = list_objects(s, kind_name, one_ns, labels, fields, page_size, service)[1] if watch else 0
+        obj = get_object(s, kind_name, name, one_ns, show_values)
         if fmt in ("json", "yaml"):
             dump(to_dict(obj), fmt)
         else:
-            render([obj], fmt, kind.columns, kind.wide, no_headers)
+            render([obj], fmt, kinds.with_ready(s, kind_name, one_ns, list(kind.columns), [obj]), kind.wide, no_headers)
+        if watch:
+            one = ",".join(x for x in (fields, f"name={getattr(obj, 'name', '') or name}") if x)
+            sys.stdout.flush()
+            print_changes(s, kind_name, one_ns, labels, one, rev, fmt)
         return
     items, rev = list_objects(s, kind_name, ns, labels, fields, page_size, service)
     # Instances come in id order; by name reads better (web-0, web-1, ...).
@@ -86,6 +93,8 @@ def get(
         where = "any namespace" if ns == "*" else f'namespace "{ns}"'
         sys.stderr.write(f"No {kind_name} found in {where}.\n")
     else:
+        if fmt in ("table", "wide") and items:
+            columns = kinds.with_ready(s, kind_name, ns, columns, items)
         render(items, fmt, columns, kind.wide, no_headers, list_key=kind_name)
     if watch:
         sys.stdout.flush()

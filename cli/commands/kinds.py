@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rune.cli.commands.common import inst_status, svc_status
+from rune.cli.client import Session, pb2
+from rune.cli.commands.common import inst_status, list_instances, svc_status
 from rune.cli.errors import EXIT_USAGE, CliError
 from rune.cli.output import Column, age
 
@@ -51,6 +52,45 @@ def _what(svc: Any) -> str:
     return svc.image or "-"
 
 
+def _unknown(_obj: Any) -> str:
+    return "-"
+
+
+def ready_instances(s: Session, ns: str, name: str = "") -> set[str] | None:
+    """Ids of the instances in ``ns`` that run and pass their readiness probe (runed's health says so).
+
+    None when runed does not tell (no health access, an older server): READY then prints ``-``.
+    """
+    import grpc
+
+    hpb = pb2("health")
+    req = hpb.GetHealthRequest(component_type="instance", namespace=ns, name=name)
+    try:
+        resp = s.call("HealthService", "GetHealth", req)
+    except grpc.RpcError:
+        return None
+    return {c.id for c in resp.components if c.status == hpb.HEALTH_STATUS_HEALTHY}
+
+
+def with_ready(s: Session, kind_name: str, ns: str, columns: list[Column], items: list[Any]) -> list[Column]:
+    """``columns`` with READY filled in: ``ready/scale`` for a service, ``1/1`` or ``0/1`` for an instance."""
+    if kind_name not in ("services", "instances") or not any(h == "READY" for h, _ in columns):
+        return columns
+    one = items[0].id if kind_name == "instances" and len(items) == 1 else ""
+    ready = ready_instances(s, ns, one)
+    if ready is None:
+        return columns
+    if kind_name == "instances":
+        fn: Callable[[Any], str] = lambda i: "1/1" if i.id in ready else "0/1"  # noqa: E731
+    else:
+        counts: dict[tuple[str, str], int] = {}
+        for i in list_instances(s, ns):
+            if i.id in ready:
+                counts[(i.namespace, i.service_name)] = counts.get((i.namespace, i.service_name), 0) + 1
+        fn = lambda v: f"{counts.get((v.namespace, v.name), 0)}/{v.scale}"  # noqa: E731
+    return [(h, fn if h == "READY" else f) for h, f in columns]
+
+
 @dataclass(frozen=True)
 class Kind:
     """How to list, show and print one resource type."""
@@ -68,13 +108,14 @@ KINDS: dict[str, Kind] = {
             ("NAME", lambda s: s.name),
             ("STATUS", lambda s: svc_status(s.status)),
             ("SCALE", lambda s: str(s.scale)),
+            ("READY", _unknown),
+            ("PORTS", lambda s: ",".join(f"{p.name}:{p.port}" for p in s.ports) or "-"),
             ("RUNTIME", lambda s: s.runtime or "container"),
             ("IMAGE/COMMAND", _what),
             ("GEN", lambda s: str(s.metadata.generation)),
             ("AGE", lambda s: age(s.metadata.created_at)),
         ],
         wide=[
-            ("PORTS", lambda s: ",".join(f"{p.name}:{p.port}" for p in s.ports) or "-"),
             ("LABELS", labels),
             ("DEPENDS", lambda s: ",".join(d.service or d.secret or d.configmap for d in s.dependencies) or "-"),
         ],
@@ -86,15 +127,16 @@ KINDS: dict[str, Kind] = {
         columns=[
             ("NAME", lambda i: i.name),
             ("SERVICE", lambda i: i.service_name),
+            ("READY", _unknown),
             ("STATUS", lambda i: inst_status(i.status)),
             ("PID", lambda i: str(i.pid) if i.pid else "-"),
             ("RESTARTS", lambda i: str(i.metadata.restart_count)),
+            ("PORTS", ports_text),
             ("AGE", lambda i: age(i.created_at)),
         ],
         wide=[
             ("ID", lambda i: i.id),
             ("NODE", lambda i: i.node_id or "-"),
-            ("PORTS", ports_text),
             ("RUNNER", lambda i: i.runner or "-"),
             ("MESSAGE", lambda i: i.status_message[:60] or "-"),
         ],

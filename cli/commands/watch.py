@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rune.cli.client import Session, pb2
-from rune.cli.commands.kinds import KINDS
+from rune.cli.commands.kinds import KINDS, with_ready
 from rune.cli.commands.objects import selector_map
 from rune.cli.errors import EXIT_UNIMPLEMENTED, CliError
 from rune.cli.output import Column, dump, table, to_dict
@@ -74,5 +74,7 @@ def print_changes(
             if fmt == "yaml":
                 sys.stdout.write("---\n")
         else:
-            table([[event] + [fn(obj) for _, fn in cols]], None)
+            # Readiness as of this event (an instance's readiness change is an event of its own).
+            row_cols = with_ready(s, kind_name, getattr(obj, "namespace", "") or ns, cols, [obj])
+            table([[event] + [fn(obj) for _, fn in row_cols]], None)
         sys.stdout.flush()

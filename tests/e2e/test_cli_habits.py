@@ -1,0 +1,161 @@
+"""The upstream CLI's habits, driven through the real `rune` against a real runed (issue 12).
+
+Persistent flags after the command, `delete --help`, piped stdin for exec, `get svc NAME -w`, exec's target forms,
+the newest audit records, the address in a lost-connection error, READY/PORTS columns and `rune events`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.e2e.rune import Rune
+from tests.harness import run_runed
+from tests.support import eventually
+
+SLEEPER = f"""
+services:
+  - name: {{name}}
+    runtime: process
+    process:
+      command: {sys.executable}
+      args: ["-c", "import time; time.sleep(3600)"]
+"""
+
+
+def _cast_sleeper(rune: Rune, tmp: Path, name: str) -> None:
+    f = tmp / f"{name}.yaml"
+    f.write_text(SLEEPER.format(name=name))
+    r = rune("cast", str(f), "--timeout", "60s", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_persistent_flags_work_after_the_command(rune: Rune, cast_app: Path) -> None:
+    nowhere = {"RUNE_SERVER": "127.0.0.1:1"}
+    assert rune("get", "services", env=nowhere).returncode == 9
+    after = rune("get", "services", "-o", "name", "--api-server", rune.server, env=nowhere)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.split() == ["web", "worker"]
+    server = rune("get", "svc", "-o", "name", "--server", rune.server, "-n", "default", env=nowhere)
+    assert server.stdout.split() == ["web", "worker"], server.stderr
+    # Subcommands of groups take them too, as does a command whose own flags do not include them.
+    audit = rune("admin", "audit", "--limit", "1", "--api-server", rune.server, env=nowhere)
+    assert audit.returncode == 0, audit.stderr
+    deletions = rune("delete", "list", "--api-server", rune.server, env=nowhere)
+    assert deletions.returncode == 0, deletions.stderr
+    # -n before the command (the root's) reaches the command.
+    elsewhere = rune("-n", "nowhere", "get", "svc")
+    assert elsewhere.returncode == 0 and 'No services found in namespace "nowhere"' in elsewhere.stderr
+
+
+def test_delete_help_lists_its_flags(rune: Rune) -> None:
+    for args in (("delete", "--help"), ("rm", "-h")):
+        out = rune(*args).stdout
+        for flag in ("--namespace", "--force", "--dry-run", "--detach", "--grace-period", "--ignore-not-found"):
+            assert flag in out, (flag, out)
+
+
+def test_exec_forwards_piped_stdin_and_accepts_instance_names(rune: Rune, cast_app: Path) -> None:
+    piped = rune("exec", "web", "--", "cat", input="hello from a pipe\n")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == "hello from a pipe\n"
+    # The target forms `rune logs` accepts: instance/NAME as well as instance/ID, flags after TARGET before `--`.
+    by_name = rune("exec", "instance/web-1", "--", "sh", "-c", "echo $RUNE_INSTANCE_NAME-$HOSTNAME-ok")
+    assert by_name.returncode == 0, by_name.stderr
+    assert by_name.stdout.strip().endswith("-ok")
+    flags_after = rune("exec", "inst/web-0", "-n", "default", "--", "echo", "hi")
+    assert (flags_after.returncode, flags_after.stdout) == (0, "hi\n"), flags_after.stderr
+    missing = rune("exec", "instance/web-9", "--", "true")
+    assert missing.returncode != 0 and "not found" in missing.stderr
+
+
+def test_get_one_service_watches_it(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
+    _cast_sleeper(rune, tmp_path, "solo")
+    out = tmp_path / "watch.txt"
+    watcher = rune.popen("get", "svc", "solo", "-w", out=out)
+    eventually(lambda: "solo" in out.read_text(), timeout=20, what="the service printed")
+    scaled = rune("scale", "solo", "2", timeout=90)
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    rows = eventually(
+        lambda: [ln for ln in out.read_text().splitlines() if ln.startswith("Modified")], timeout=20, what="a change"
+    )
+    assert watcher.poll() is None
+    assert all(ln.split()[1] == "solo" for ln in rows), rows
+    # Only that service: a change to another one is not printed.
+    assert rune("scale", "worker", "1", timeout=90).returncode == 0
+    assert not [ln for ln in out.read_text().splitlines() if " worker " in ln]
+    assert rune("delete", "solo", timeout=90).returncode == 0
+
+
+def test_admin_audit_shows_the_newest_records(rune: Rune, cast_app: Path) -> None:
+    for i in range(3):
+        made = rune("create", "configmap", f"audit-mark-{i}", "--data", "k=v")
+        assert made.returncode == 0, made.stderr
+    newest = json.loads(rune("admin", "audit", "--limit", "2", "-o", "json").stdout)["events"]
+    assert [e.get("name") for e in newest] == ["audit-mark-1", "audit-mark-2"], newest
+    everything = json.loads(rune("admin", "audit", "--limit", "1000", "-o", "json").stdout)["events"]
+    assert len(everything) > 2 and everything[-2:] == newest
+    oldest = json.loads(rune("admin", "audit", "--since-id", "1", "--limit", "1", "-o", "json").stdout)["events"]
+    assert int(oldest[0]["id"]) == 2
+
+
+def test_ready_and_ports_columns(rune: Rune, cast_app: Path) -> None:
+    def ready_web() -> list[str]:
+        head, *rows = rune("get", "services").stdout.splitlines()
+        cols = head.split()
+        assert "READY" in cols and "PORTS" in cols, cols
+        web = next(r.split() for r in rows if r.startswith("web "))
+        assert web[cols.index("READY")] == "2/2", web
+        return cols
+
+    eventually(ready_web, timeout=20, what="web 2/2 ready")
+    head, *rows = rune("get", "instances", "--service", "web").stdout.splitlines()
+    cols = head.split()
+    assert "READY" in cols and "PORTS" in cols, cols
+    assert {r.split()[cols.index("READY")] for r in rows} == {"1/1"}, rows
+    one = rune("get", "inst", "web-0").stdout.splitlines()
+    assert one[1].split()[one[0].split().index("READY")] == "1/1"
+
+
+def test_events_lists_and_follows_lifecycle_events(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
+    listed = rune("events", "--service", "web")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any("  web-0  Started: pid " in ln for ln in lines), lines
+    assert not any("tick" in ln or "greeting" in ln for ln in lines)
+    assert all(" web-" in ln for ln in lines)
+    everything = rune("events").stdout
+    assert "  worker-0  " in everything and "  web-1  " in everything
+    only = rune("events", "--service", "web", "--instance", "web-1").stdout.splitlines()
+    assert only and all("  web-1  " in ln for ln in only)
+    assert len(rune("events", "web", "--tail", "1").stdout.splitlines()) == 1
+    _cast_sleeper(rune, tmp_path, "brief")
+    out = tmp_path / "events.txt"
+    follower = rune.popen("events", "-f", "brief", out=out)
+    eventually(lambda: "  brief-0  Started" in out.read_text(), timeout=20, what="the start event")
+    assert rune("delete", "brief", timeout=90).returncode == 0
+    # The follow ends with the service, its last event saying so.
+    assert follower.wait(60) == 0
+    assert "service brief was deleted" in out.read_text().splitlines()[-1]
+
+
+def test_lost_connection_error_names_the_full_address(
+    rune_factory: Callable[[str], Rune], tmp_path: Path
+) -> None:
+    with run_runed(tmp_path / "data") as runed:
+        target = runed.grpc_target
+        r = rune_factory(target)
+        token = tmp_path / "root.token"
+        assert r("admin", "bootstrap", "--out-file", str(token)).returncode == 0
+        assert r("login", "--token-file", str(token)).returncode == 0
+        _cast_sleeper(r, tmp_path, "held")
+        out = tmp_path / "exec.txt"
+        exe = r.popen("exec", "held", "--", "sh", "-c", "echo up; exec sleep 300", out=out)
+        eventually(lambda: "up" in out.read_text(), timeout=20, what="the exec session")
+        runed.signal(signal.SIGKILL)
+        assert exe.wait(60) == 9
+        text = out.read_text()
+        assert f"runed at {target} " in text, text
