@@ -344,7 +344,23 @@ def _kill_all(found: dict[int, str]) -> list[str]:
         cmd = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()
         report.append(f"{pid} ({why}): {cmd[:160]}")
         _kill(pid, group=why.startswith("instance"))
+    # A killed process keeps its cwd until it has finished exiting: wait, or a later check finds it again.
+    deadline = time.monotonic() + 5
+    pending = [pid for pid in found if pid not in own]
+    while pending and time.monotonic() < deadline:
+        pending = [pid for pid in pending if _exiting(pid)]
+        if pending:
+            time.sleep(0.02)
     return report
+
+
+def _exiting(pid: int) -> bool:
+    """Whether ``pid`` still exists and is not yet a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _cmdline(pid: int) -> bytes:
