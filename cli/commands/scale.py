@@ -158,16 +158,33 @@ def restart(s: Session, service: str, wait: bool, timeout: str, namespace: str |
     deadline = time.monotonic() + seconds(timeout, "--timeout")
     for inst in sorted(list_instances(s, ns, service), key=lambda i: i.name):
         s.call("InstanceService", "RestartInstance", ipb.InstanceActionRequest(id=inst.id, namespace=ns))
+        if not wait:
+            click.echo(f"instance/{inst.name} restart requested")
+            continue
+        # Rolling: the next instance restarts once this one runs again (a new process) and is ready.
+        while not _restarted_and_ready(s, ns, service, inst):
+            if time.monotonic() > deadline:
+                cur = [i for i in list_instances(s, ns, service) if i.id == inst.id]
+                state = inst_status(cur[0].status) if cur else "missing"
+                raise CliError(
+                    f"timed out waiting for {inst.name} to run again and be ready (now {state})", EXIT_TIMEOUT
+                )
+            time.sleep(0.2)
         click.echo(f"instance/{inst.name} restarted")
-        if wait:
-            while True:
-                cur = [i for i in list_instances(s, ns, service) if i.name == inst.name]
-                if cur and cur[0].status == ipb.INSTANCE_STATUS_RUNNING:
-                    break
-                if time.monotonic() > deadline:
-                    state = inst_status(cur[0].status) if cur else "missing"
-                    raise CliError(f"timed out waiting for {inst.name} to run again (now {state})", EXIT_TIMEOUT)
-                time.sleep(0.2)
+
+
+def _restarted_and_ready(s: Session, ns: str, service: str, before: Any) -> bool:
+    from rune.cli.commands.kinds import ready_instances
+
+    ipb = pb2("instance")
+    cur = [i for i in list_instances(s, ns, service) if i.id == before.id]
+    if not cur or cur[0].status != ipb.INSTANCE_STATUS_RUNNING:
+        return False
+    now = cur[0]
+    if not (now.pid and now.pid != before.pid) and now.metadata.restart_count <= before.metadata.restart_count:
+        return False  # the restart has not happened yet: still the old process
+    ready = ready_instances(s, ns, before.id)
+    return ready is None or before.id in ready
 
 
 @click.command()

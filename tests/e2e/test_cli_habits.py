@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from rune.api import health_pb2, health_pb2_grpc
 from tests.e2e.rune import Rune
-from tests.harness import run_runed
+from tests.harness import Runed, run_runed
 from tests.support import eventually
 
 SLEEPER = f"""
@@ -159,3 +163,68 @@ def test_lost_connection_error_names_the_full_address(rune_factory: Callable[[st
         assert exe.wait(60) == 9
         text = out.read_text()
         assert f"runed at {target} " in text, text
+
+
+# Ready 1.5 s after each start: the file the readiness probe looks for is made anew by every process.
+SLOW_START = (
+    "import pathlib, time\\np = pathlib.Path('ready')\\np.unlink(missing_ok=True)\\n"
+    "time.sleep(1.5)\\np.touch()\\ntime.sleep(3600)"
+)
+SLOW_READY = f"""
+services:
+  - name: rolling
+    runtime: process
+    process:
+      command: {sys.executable}
+      args: ["-c", "{SLOW_START}"]
+    scale: 2
+    health:
+      readiness: {{type: exec, command: [test, -f, ready], periodSeconds: 1}}
+"""
+
+
+def test_restart_is_rolling_and_waits_for_readiness(rune: Rune, shared_runed: Runed, tmp_path: Path) -> None:
+    f = tmp_path / "rolling.yaml"
+    f.write_text(SLOW_READY)
+    cast = rune("cast", str(f), "--timeout", "60s", timeout=90)
+    assert cast.returncode == 0, cast.stdout + cast.stderr
+    token = yaml.safe_load(rune.config_path.read_text())["contexts"]["default"]["token"]
+    health = health_pb2_grpc.HealthServiceStub(shared_runed.channel())
+    req = health_pb2.GetHealthRequest(component_type="instance", namespace="default")
+
+    def ready_states() -> dict[str, int]:
+        comps = health.GetHealth(req, metadata=[("authorization", f"Bearer {token}")]).components
+        return {c.name: c.status for c in comps if c.name.startswith("rolling-")}
+
+    eventually(
+        lambda: list(ready_states().values()) == [health_pb2.HEALTH_STATUS_HEALTHY] * 2, timeout=30, what="both ready"
+    )
+    pids = {
+        i["name"]: i["pid"]
+        for i in json.loads(rune("get", "inst", "--service", "rolling", "-o", "json").stdout)["instances"]
+    }
+    fewest: list[int] = []
+    stop = threading.Event()
+
+    def observe() -> None:
+        while not stop.is_set():
+            fewest.append(sum(1 for v in ready_states().values() if v == health_pb2.HEALTH_STATUS_HEALTHY))
+            stop.wait(0.05)  # a sample every 50 ms, well inside the credential's rate limit
+
+    watcher = threading.Thread(target=observe)
+    watcher.start()
+    try:
+        restarted = rune("restart", "rolling", "--timeout", "60s", timeout=90)
+    finally:
+        stop.set()
+        watcher.join()
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert restarted.stdout.splitlines() == ["instance/rolling-0 restarted", "instance/rolling-1 restarted"]
+    after = {
+        i["name"]: i["pid"]
+        for i in json.loads(rune("get", "inst", "--service", "rolling", "-o", "json").stdout)["instances"]
+    }
+    assert after.keys() == pids.keys() and all(after[n] != pids[n] for n in pids), (pids, after)
+    # One instance at a time, the next only once the last is ready again: one was always ready.
+    assert fewest and min(fewest) >= 1, fewest
+    assert rune("delete", "rolling", timeout=90).returncode == 0
