@@ -111,19 +111,37 @@ def _with(opts: list[Any]) -> Callable[[F], F]:
 @click.option("--mode", type=click.Choice(["immediate", "gradual"]), default="immediate")
 @click.option("--step", type=int, default=1, help="Gradual mode: instances per step.")
 @click.option("--interval", default="30s", help="Gradual mode: time between steps.")
+@click.option("--rollback-on-fail", is_flag=True, help="If the new scale fails or times out, go back to the old one.")
 @_with(wait_options)
 @pass_session
 def scale(
-    s: Session, service: str, replicas: int, mode: str, step: int, interval: str, wait: bool, timeout: str,
-    namespace: str | None,
+    s: Session, service: str, replicas: int, mode: str, step: int, interval: str, rollback_on_fail: bool, wait: bool,
+    timeout: str, namespace: str | None,
 ) -> None:  # fmt: skip
     """Set SERVICE's scale to REPLICAS and show progress until it is reached."""
     ns = s.namespace(namespace)
+    before = 0
+    if rollback_on_fail:
+        svpb = pb2("service")
+        before = s.call(
+            "ServiceService", "GetService", svpb.GetServiceRequest(name=service, namespace=ns)
+        ).service.scale
     resp = _scale(s, service, ns, replicas, mode, step, seconds(interval, "--interval"))
     if resp.status.message:
         click.echo(resp.status.message)
-    if wait:
+    if not wait and not rollback_on_fail:
+        return
+    try:
         watch_scaling(s, service, ns, replicas, seconds(timeout, "--timeout"))
+    except CliError as e:
+        if not rollback_on_fail or before == replicas:
+            raise
+        # Back to the scale that worked; the error still decides the exit status.
+        _scale(s, service, ns, before, "immediate", 1, 0)
+        click.echo(f"error: {e.message}", err=True)
+        click.echo(f"service/{service} rolled back to scale {before}", err=True)
+        watch_scaling(s, service, ns, before, seconds(timeout, "--timeout"))
+        raise CliError(f"scaling {service} to {replicas} failed; rolled back to {before}", e.code) from e
 
 
 @click.command()

@@ -228,3 +228,31 @@ def test_restart_is_rolling_and_waits_for_readiness(rune: Rune, shared_runed: Ru
     # One instance at a time, the next only once the last is ready again: one was always ready.
     assert fewest and min(fewest) >= 1, fewest
     assert rune("delete", "rolling", timeout=90).returncode == 0
+
+
+def test_scale_rollback_on_fail(rune: Rune, tmp_path: Path) -> None:
+    gate = tmp_path / "fail-from-now-on"
+    f = tmp_path / "gated.yaml"
+    f.write_text(
+        f"""
+services:
+  - name: gated
+    runtime: process
+    process:
+      command: {sys.executable}
+      args: ["-c", "import os, sys, time; sys.exit(3) if os.path.exists('{gate}') else time.sleep(3600)"]
+    restartPolicy: Never
+"""
+    )
+    cast = rune("cast", str(f), "--timeout", "60s", timeout=90)
+    assert cast.returncode == 0, cast.stdout + cast.stderr
+    gate.touch()  # instances started from now on exit 3 at once
+    r = rune("scale", "gated", "3", "--rollback-on-fail", "--timeout", "60s", timeout=120)
+    assert r.returncode == 7, r.stdout + r.stderr
+    assert "service/gated rolled back to scale 1" in r.stderr
+    assert "scaling gated to 3 failed; rolled back to 1" in r.stderr
+    svc = json.loads(rune("get", "svc", "gated", "-o", "json").stdout)
+    assert svc["scale"] == 1
+    names = [i["name"] for i in json.loads(rune("get", "inst", "--service", "gated", "-o", "json").stdout)["instances"]]
+    assert names == ["gated-0"]
+    assert rune("delete", "gated", timeout=90).returncode == 0
