@@ -86,8 +86,11 @@ def _declared(cast: Cast) -> set[tuple[str, str, str]]:
     )
 
 
-def _server_dry_run(s: Session, cast: Cast, svc: Any, create_ns: bool, tag: str, force: bool, cause: str) -> str:
-    """What runed says applying ``svc`` would do: "would be created", "would be updated" or "unchanged".
+def _server_dry_run(
+    s: Session, cast: Cast, svc: Any, create_ns: bool, tag: str, force: bool, cause: str
+) -> tuple[str, list[str]]:
+    """What runed says applying ``svc`` would do ("would be created", "would be updated" or "unchanged"), and
+    for an update its diff against the stored spec (``path old -> new`` lines).
 
     runed runs every check of a real call. A reference to an object this same cast creates earlier
     cannot exist yet; only when every violation is such a reference is the server's verdict replaced
@@ -115,8 +118,8 @@ def _server_dry_run(s: Session, cast: Cast, svc: Any, create_ns: bool, tag: str,
         refs = [_MISSING_REF.match(why) for _, why in field_violations(e)]
         if not refs or not all(m and (m[1], m[3], m[2]) in _declared(cast) for m in refs):
             raise
-        return ""
-    return str(resp.status.message).removeprefix("dry run: ")
+        return "", []
+    return str(resp.status.message).removeprefix("dry run: "), list(resp.status.details)
 
 
 def _dry_run(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cause: str) -> None:
@@ -136,7 +139,7 @@ def _dry_run(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cau
         else:
             _report("secret", sec, [] if set(found[0].data) == set(sec.data) else ["data"], maybe=True)
     for svc in cast.services:
-        verdict = _server_dry_run(s, cast, svc, create_ns, tag, force, cause)
+        verdict, diff = _server_dry_run(s, cast, svc, create_ns, tag, force, cause)
         if verdict == "would be created":
             _report("service", svc, None)
             continue
@@ -147,6 +150,9 @@ def _dry_run(s: Session, cast: Cast, create_ns: bool, tag: str, force: bool, cau
             _report("service", svc, None)
         elif verdict == "unchanged":
             _report("service", svc, [])
+        elif diff:
+            # runed's own diff: every value that would change, old -> new, defaults included.
+            _report("service", svc, diff)
         else:
             # Server-side defaults can make a spec differ where no field the file sets does.
             _report("service", svc, _changed_fields(svc, cur.service) or (["spec"] if verdict else []))

@@ -17,6 +17,7 @@ import yaml
 
 from rune.api import health_pb2, health_pb2_grpc
 from tests.e2e.rune import Rune
+from tests.e2e.shop import cast_file
 from tests.harness import Runed, run_runed
 from tests.support import eventually
 
@@ -256,3 +257,15 @@ services:
     names = [i["name"] for i in json.loads(rune("get", "inst", "--service", "gated", "-o", "json").stdout)["instances"]]
     assert names == ["gated-0"]
     assert rune("delete", "gated", timeout=90).returncode == 0
+
+
+def test_cast_dry_run_shows_the_servers_diff(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
+    r = rune("cast", "--dry-run", str(cast_file(tmp_path, greeting="bonjour", scale=3)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    web = next(ln for ln in r.stdout.splitlines() if ln.startswith("service/web "))
+    # Values, old -> new, as runed compares them with what it holds; nothing else of the spec.
+    assert (
+        web
+        == 'service/web (namespace default) would be updated: env.LANG_TAG "hello" -> "bonjour", scale 2 -> 3 (dry run)'
+    )
+    assert json.loads(rune("get", "svc", "web", "-o", "json").stdout)["env"]["LANG_TAG"] == "hello"

@@ -6,7 +6,11 @@ A spec is checked in three steps before it is written: statically (spec.py), aga
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
+
+from google.protobuf import json_format
 
 from rune.api import service_pb2
 from runed.api.namespace import BUILTIN, ensure_namespace
@@ -122,6 +126,38 @@ async def _prepare(
     return new
 
 
+# Service fields that are not its spec: a dry run's diff leaves them out.
+_NOT_SPEC = frozenset({"id", "metadata", *objects.OUTPUT_ONLY})
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and (value or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: value}
+
+
+def spec_diff(old: service_pb2.Service, new: service_pb2.Service) -> list[str]:
+    """``path old -> new`` (JSON values, ``null`` when unset) for each spec value a write would change."""
+    a = _flat(json_format.MessageToDict(old, preserving_proto_field_name=True))
+    b = _flat(json_format.MessageToDict(new, preserving_proto_field_name=True))
+    return [
+        f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
+        for k in sorted(set(a) | set(b))
+        if k.split(".", 1)[0] not in _NOT_SPEC and a.get(k) != b.get(k)
+    ]
+
+
+def _dry_run_status(before: Record | None, new: service_pb2.Service, created: bool, changed: bool) -> Any:
+    """The dry run's verdict, and for an update the diff (old -> new) against the stored spec in ``details``."""
+    status = status_pb(0, _dry_run_message(created, changed))
+    if before is not None and changed:
+        status.details.extend(spec_diff(objects.service_from_record(before), new))
+    return status
+
+
 def _dry_run_message(created: bool, changed: bool) -> str:
     # Clients (``rune cast --dry-run``) read the outcome from this message; keep the words stable.
     what = "would be created" if created else ("would be updated" if changed else "unchanged")
@@ -132,15 +168,14 @@ async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext)
     """Create a service, or update it when it exists (upsert, as upstream)."""
     check_scale(ctx, req.service.scale, "service.scale")
     new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace, dry_run=req.dry_run)
+    before = ctx.deps.store.get(objects.SERVICE, new.namespace, new.name) if req.dry_run else None
     rec, created, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True, dry_run=req.dry_run
     )
     if req.dry_run:
-        msg = _dry_run_message(created, changed)
-    else:
-        msg = (
-            "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
-        )
+        status = _dry_run_status(before, new, created, changed)
+        return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status)
+    msg = "Service created successfully" if created else ("Service updated successfully" if changed else "unchanged")
     return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status_pb(0, msg))
 
 
@@ -149,13 +184,14 @@ async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext)
     check_scale(ctx, req.service.scale, "service.scale")
     get_service(ctx.deps.store, req.service.namespace, req.service.name)
     new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
+    before = ctx.deps.store.get(objects.SERVICE, new.namespace, new.name) if req.dry_run else None
     rec, _, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False, dry_run=req.dry_run
     )
     if req.dry_run:
-        msg = _dry_run_message(False, changed)
-    else:
-        msg = "Service updated successfully" if changed else "unchanged"
+        status = _dry_run_status(before, new, False, changed)
+        return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status)
+    msg = "Service updated successfully" if changed else "unchanged"
     return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status_pb(0, msg))
 
 
