@@ -1,8 +1,10 @@
-"""When the controller's loop runs its next pass: at once, at a due time, or at the next resync."""
+"""When the controller's loop runs its next pass (at once, at a due time, at the resync) and over which services."""
 
 from __future__ import annotations
 
 import asyncio
+
+from runed.controller.instance import Key
 
 
 class Alarm:
@@ -14,9 +16,21 @@ class Alarm:
         self.next_due = 0.0
         # A secret or configmap changed: instances waiting on a missing reference retry at once.
         self.refs_changed = False
+        # Services (namespace, name) whose stored inputs changed since the last pass, and whether
+        # something changed that may concern any service (then the next pass looks at all of them).
+        self.services: set[Key] = set()
+        self.everything = False
 
     def wake(self) -> None:
         """Run a pass as soon as the loop is free."""
+        self.event.set()
+
+    def touch(self, service: Key | None) -> None:
+        """Run a pass soon over ``service`` (None: over every service)."""
+        if service is None:
+            self.everything = True
+        else:
+            self.services.add(service)
         self.event.set()
 
     def due(self, at: float) -> None:

@@ -48,6 +48,9 @@ class Book:
         self.data_dir = data_dir
         self._cache: dict[Key, Instance] = {}
         self._live: dict[Key, Live] = {}
+        # Services (namespace, name) one of whose instances changed since the reconciler last took
+        # this set: the next pass looks at them (and not at every service).
+        self.touched: set[Key] = set()
         # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
         self.events = EventWriter()
 
@@ -102,6 +105,7 @@ class Book:
         inst.updated_at = objects.now_rfc3339()
         self.store.put(objects.INSTANCE, inst.namespace, inst.id, inst.to_record())
         self._cache[inst.key] = inst.copy()
+        self.touched.add((inst.namespace, inst.service))
 
     def forget(self, key: Key) -> None:
         """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
@@ -114,4 +118,6 @@ class Book:
             shutil.rmtree(d, ignore_errors=True)
         self.store.delete(objects.INSTANCE, key[0], key[1])
         self.store.delete(objects.INSTANCE_ACTION, key[0], key[1])
-        self._cache.pop(key, None)
+        gone = self._cache.pop(key, None)
+        if gone is not None:
+            self.touched.add((gone.namespace, gone.service))

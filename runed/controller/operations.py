@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from runed.controller.alarm import Alarm
@@ -53,8 +54,11 @@ class Operations:
 
         self.store.update(objects.SERVICE, ns, name, mutate)
 
-    def run_scaling(self, services: dict[Key, Record]) -> None:
-        """Advance every open scaling operation; the newest one per service wins, older ones are cancelled."""
+    def run_scaling(self, services: dict[Key, Record], lookup: Callable[[Key], Record | None] | None = None) -> None:
+        """Advance every open scaling operation; the newest one per service wins, older ones are cancelled.
+
+        ``services`` are the service records at hand; ``lookup`` reads one that is not among them.
+        """
         ops = [
             r for r in iter_all(self.store, objects.SCALING_OPERATION) if r.data.get("status", "pending") not in DONE
         ]
@@ -71,6 +75,8 @@ class Operations:
         now = time.time()
         for skey, op in newest.items():
             rec = services.get(skey)
+            if rec is None and lookup is not None:
+                rec = lookup(skey)
             if rec is None or rec.data.get("deletion"):
                 self._update_op(op, status="failed", ended_at=now, message=f'service "{skey[1]}" not found')
                 continue

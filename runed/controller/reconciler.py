@@ -38,8 +38,6 @@ WATCHED_KINDS = (
     objects.SECRET,
     objects.CONFIGMAP,
 )
-TICK_SECONDS = 0.1
-FAST_TICK_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -83,9 +81,20 @@ class Controller:
         self.status = StatusWriter(store)
         self.operations = Operations(store, self.book, self.supervisor.retire, self.status, self.alarm)
         self.last_full = 0.0
+        # Instance actions (namespace, instance id) changed since the last pass.
+        self.actions_changed: set[Key] = set()
+        # Service -> the services that depend on it (learnt as services are reconciled).
+        self.dependents: dict[Key, set[Key]] = {}
 
     # -- main loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
+        """Passes on events, not on a clock: idle, the loop sleeps until something is reported.
+
+        What wakes it: a store change (the change log), a shim's exit (its pidfd), a probe verdict,
+        a finished stop, a due timer (back-off, gradual scaling); and, while an instance is starting
+        or its runner cannot report its end, a short tick. A pass reconciles the services whose
+        inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
+        """
         self.book.load()
         self.status.load()
         self.supervisor.adopt()
@@ -97,32 +106,39 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
                     # arrives as the awaited event fires.
-                    async with asyncio.timeout(self._tick_interval()):
+                    async with asyncio.timeout(self._wait_seconds()):
                         await self.alarm.event.wait()
                 woke = self.alarm.event.is_set()
                 self.alarm.event.clear()
                 now = time.time()
+                due = self.alarm.next_due and now >= self.alarm.next_due
+                if due:
+                    # Fired. Timers still pending register again: back-offs in observe(), gradual
+                    # scaling in the pass.
+                    self.alarm.next_due = 0.0
                 try:
                     changed = self.supervisor.observe()
                 except Exception:
                     log.exception("observing instances failed")
                     changed = True
-                due = self.alarm.next_due and now >= self.alarm.next_due
-                if woke or changed or due or now - self.last_full >= self.cfg.resync_seconds:
-                    self.alarm.next_due = 0.0
+                full = now - self.last_full >= self.cfg.resync_seconds
+                if woke or changed or due or full:
                     try:
-                        self.reconcile_all()
+                        self.reconcile_all() if full else self.reconcile_changed()
                     except Exception:
                         log.exception("reconcile pass failed")
                 if watcher.done() and not stop.is_set():
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:
                         log.warning("store watch ended (%s); resuming from the current revision", exc)
+                    # Changes may have been missed meanwhile: the next pass looks at everything.
+                    self.alarm.touch(None)
                     watcher = asyncio.create_task(self._watch(self.store.current_revision()))
         finally:
             watcher.cancel()
             # Bounded, so a stuck watcher can never hold up shutdown.
             await asyncio.wait({watcher}, timeout=1.0)
+            self.supervisor.exits.close()
             for lv in self.book.lives():
                 lv.cancel_probes()
             # Instances are left running on purpose: a controller restart re-adopts them. Stops in
@@ -131,35 +147,82 @@ class Controller:
             if pending:
                 await asyncio.wait(pending, timeout=5)
 
-    def _tick_interval(self) -> float:
-        # Poll fast while something is starting or stopping: that is when a user is waiting.
-        busy = any(i.state in (STARTING, STOPPING) for i in self.book.all())
-        return FAST_TICK_SECONDS if busy else TICK_SECONDS
+    def _wait_seconds(self) -> float:
+        """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
+        now = time.time()
+        wait = self.last_full + self.cfg.resync_seconds - now
+        if self.alarm.next_due:
+            wait = min(wait, self.alarm.next_due - now)
+        if self.supervisor.tick is not None:
+            wait = min(wait, self.supervisor.tick)
+        return max(0.0, wait)
 
     async def _watch(self, since: int) -> None:
         async for change in self.store.watch(WATCHED_KINDS, since):
             if change.kind in (objects.SECRET, objects.CONFIGMAP):
+                # Any service may refer to it (env, mounts, dependencies).
                 self.alarm.refs_changed = True
-            self.alarm.wake()
+                self.alarm.touch(None)
+            elif change.kind == objects.SERVICE:
+                self.alarm.touch((change.namespace, change.name))
+            elif change.kind == objects.INSTANCE_ACTION:
+                inst = self.book.get((change.namespace, change.name))
+                self.actions_changed.add((change.namespace, change.name))
+                self.alarm.touch(None if inst is None else (inst.namespace, inst.service))
+            else:
+                # Scaling and deletion operations are advanced on every pass.
+                self.alarm.wake()
 
     # -- reconciliation -------------------------------------------------------------------------
     def reconcile_all(self) -> None:
+        """A pass over every service, every instance action and every instance (the safety net)."""
         self.last_full = time.time()
+        self._reconcile(None)
+
+    def reconcile_changed(self) -> None:
+        """A pass over the services whose inputs changed since the last pass (a full one when any may have)."""
+        if self.alarm.everything:
+            self.reconcile_all()
+            return
+        self._reconcile(self.alarm.services | self.book.touched)
+
+    def _reconcile(self, only: set[Key] | None) -> None:
+        """One pass: deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
+        self.alarm.services, self.alarm.everything, self.book.touched = set(), False, set()
         refs_changed, self.alarm.refs_changed = self.alarm.refs_changed, False
-        services = {(r.namespace, r.name): r for r in iter_all(self.store, objects.SERVICE)}
-        actions = {
-            (r.namespace, r.name): Action.from_record(r.data) for r in iter_all(self.store, objects.INSTANCE_ACTION)
-        }
+        if only is None:
+            self.actions_changed.clear()
+            services = {(r.namespace, r.name): r for r in iter_all(self.store, objects.SERVICE)}
+            acts = iter_all(self.store, objects.INSTANCE_ACTION)
+            actions = {(r.namespace, r.name): Action.from_record(r.data) for r in acts}
+        else:
+            # Dependents follow what they depend on (its readiness decides whether they start).
+            only = only | {d for k in only for d in self.dependents.get(k, ())}
+            found = {k: self.store.get(objects.SERVICE, *k) for k in only}
+            services = {k: r for k, r in found.items() if r is not None}
+            changed_actions, self.actions_changed = self.actions_changed, set()
+            actions = {}
+            for key in changed_actions:
+                rec = self.store.get(objects.INSTANCE_ACTION, *key)
+                if rec is not None:
+                    actions[key] = Action.from_record(rec.data)
         deleting = self.operations.run_deletions()
         by_service: dict[Key, list[Instance]] = {}
         for inst in self.book.all():
-            by_service.setdefault((inst.namespace, inst.service), []).append(inst)
+            skey = (inst.namespace, inst.service)
+            if only is None or skey in only:
+                by_service.setdefault(skey, []).append(inst)
         # Instances whose service is gone (deleted without an operation) are stopped and removed.
         for skey, items in by_service.items():
             if skey not in services and skey not in deleting:
                 for inst in items:
                     self.supervisor.retire(inst, "service deleted")
-        self.status.prune(lambda k: k in services or k in deleting)
+        if only is None:
+            self.status.prune(lambda k: k in services or k in deleting)
+        else:
+            gone = only - services.keys() - deleting
+            if gone:
+                self.status.prune(lambda k: k not in gone)
         for key, act in actions.items():
             if key in self.book:
                 self._apply_action(key, act)
@@ -172,7 +235,7 @@ class Controller:
                 self.reconcile_service(rec, by_service.get(skey, []), services, refs_changed=refs_changed)
             except Exception:
                 log.exception("reconcile of service %s/%s failed", *skey)
-        self.operations.run_scaling(services)
+        self.operations.run_scaling(services, lambda k: self.store.get(objects.SERVICE, *k))
 
     def _apply_action(self, key: Key, act: Action) -> None:
         cached = self.book.get(key)
@@ -214,7 +277,9 @@ class Controller:
         for dep in svc.dependencies:
             dns = dep.namespace or ns
             if dep.service:
-                if (dns, dep.service) not in services:
+                # ``services`` holds only this pass's services: a dependency may be in the store only.
+                known = (dns, dep.service) in services or self.store.get(objects.SERVICE, dns, dep.service) is not None
+                if not known:
                     return f"waiting for dependency service {dns}/{dep.service}"
                 if not any(i.state is RUNNING and i.ready for i in self.book.of_service(dns, dep.service)):
                     return f"waiting for dependency service {dns}/{dep.service} to be ready"
@@ -243,6 +308,12 @@ class Controller:
         """One service: restarts after back-off, scale up and down, rolling update, then its status."""
         sup = self.supervisor
         svc = objects.service_from_record(rec)
+        skey = (rec.namespace, rec.name)
+        for waiting in self.dependents.values():
+            waiting.discard(skey)
+        for dep in svc.dependencies:
+            if dep.service:
+                self.dependents.setdefault((dep.namespace or rec.namespace, dep.service), set()).add(skey)
         want_hash = objects.spec_hash(svc)
         scale = max(0, svc.scale)
         gen = int(rec.data.get("generation", 1))

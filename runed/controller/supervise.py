@@ -23,6 +23,14 @@ from runed.secrets import envresolve
 
 log = logging.getLogger("runed.controller")
 
+# How often the loop looks at instances nothing reports on: fast while one is starting (a user is
+# waiting), slower for a running one whose runner offers no exit descriptor.
+FAST_TICK_SECONDS = 0.02
+TICK_SECONDS = 0.1
+# Running instances whose end is watched are looked at anyway this often (or every resync, if
+# slower): the safety net for an end the watch missed. Each look reads /proc and the instance dir.
+SWEEP_SECONDS = 30.0
+
 # Policies under which an instance that exited on its own comes back (the unset policy is Always).
 ALWAYS = (common_pb2.RESTART_POLICY_ALWAYS, common_pb2.RESTART_POLICY_UNSPECIFIED)
 
@@ -55,6 +63,9 @@ class Supervisor:
         # Running instances whose end the event loop reports: not polled every tick.
         self.exits = ExitWatch(alarm)
         self._last_sweep = 0.0
+        # Seconds until the next pass must look at instances again (None: nothing needs polling;
+        # exits, probes, stops and timers wake the loop). Set by each :meth:`observe` and by a start.
+        self.tick: float | None = FAST_TICK_SECONDS
 
     def runner(self, inst: Instance) -> Runner:
         return self.runners.get(inst.runner, self.runners["process"])
@@ -118,7 +129,8 @@ class Supervisor:
         """
         changed = False
         now = time.time()
-        sweep = now - self._last_sweep >= self.cfg.resync_seconds
+        tick: float | None = None
+        sweep = now - self._last_sweep >= max(self.cfg.resync_seconds, SWEEP_SECONDS)
         if sweep:
             self._last_sweep = now
         if sweep or self.exits.fired:
@@ -145,8 +157,11 @@ class Supervisor:
                     self.begin_stop(inst, after=AfterStop.BACKOFF, reason="LivenessProbeFailed: restarting")
                     changed = True
                     continue
-                if state is RUNNING and not sweep and cached.key in self.exits:
-                    continue
+                if state is RUNNING and cached.key in self.exits:
+                    if not sweep:
+                        continue
+                else:
+                    tick = min(tick or TICK_SECONDS, FAST_TICK_SECONDS if state is STARTING else TICK_SECONDS)
                 obs = self.runner(cached).observe(Path(cached.log_dir), cached.handle)
                 if obs.state == "running" and state is STARTING:
                     inst = cached.copy()
@@ -164,9 +179,11 @@ class Supervisor:
             elif state is BACKOFF:
                 at = cached.next_restart_at or 0.0
                 if at <= now:
-                    changed = True  # the reconcile pass restarts it
+                    changed = True  # the reconcile pass over its service restarts it
+                    self.book.touched.add((cached.namespace, cached.service))
                 else:
                     self.alarm.due(at)
+        self.tick = tick
         return changed
 
     def on_exit(self, inst: Instance, obs: Observation) -> None:
@@ -244,6 +261,8 @@ class Supervisor:
             return
         stopping = self.runner(inst).stop(Path(inst.log_dir), inst.handle, self._grace(inst, grace))
         lv.stop_task = asyncio.create_task(stopping)
+        # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
+        lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
         inst.after_stop = after
         if state is not STOPPING:
             self.set_state(inst, STOPPING, reason or "Stopping")
@@ -313,6 +332,8 @@ class Supervisor:
         inst.apply_handle(handle)
         inst.next_restart_at = None
         self.set_state(inst, STARTING, reason)
+        # Look again soon: a starting instance is polled until its shim reports the process.
+        self.tick = FAST_TICK_SECONDS
         self.book.event(inst, f"{reason} (restart {inst.restart_count})" if frm is not NEW else reason)
 
     def _fail_start(self, inst: Instance, msg: str, *, fatal: bool, config_error: bool = False) -> None:
