@@ -19,7 +19,12 @@ from rune.cli.runeset import extract, is_archive, is_runeset, render
 
 
 def load_cast(
-    paths: tuple[str, ...], namespace: str | None, recursive: bool, values: tuple[str, ...], sets: tuple[str, ...]
+    paths: tuple[str, ...],
+    namespace: str | None,
+    recursive: bool,
+    values: tuple[str, ...],
+    sets: tuple[str, ...],
+    release: str = "",
 ) -> tuple[Cast, list[tuple[str, str]]]:
     """Parse files, directories and runesets; also return the rendered texts of runesets."""
     cast, problems, rendered_texts = Cast(), [], []
@@ -29,7 +34,7 @@ def load_cast(
         if is_archive(p):
             p = extract(p)
         if is_runeset(p):
-            manifest, rendered = render(p, list(values), list(sets))
+            manifest, rendered = render(p, list(values), list(sets), release, namespace or "")
             ns = namespace or manifest.get("namespace")
             for r in rendered:
                 rendered_texts.append((str(r.path), r.text))
@@ -285,6 +290,11 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
 @click.option("-f", "--values", "values", multiple=True, type=click.Path(exists=True), help="Runeset values file.")
 @click.option("--set", "sets", multiple=True, help="Runeset value key.path=value.")
 @click.option("--render", is_flag=True, help="Print the rendered runeset casts and stop.")
+@click.option(
+    "--release",
+    default="",
+    help="Release name: {{ .Release.Name }} in runesets, a release=NAME label on each service, the change cause.",
+)
 @pass_session
 def cast(
     s: Session,
@@ -301,10 +311,16 @@ def cast(
     values: tuple[str, ...],
     sets: tuple[str, ...],
     render: bool,
+    release: str,
 ) -> None:
     """Apply cast FILES, DIRS or runesets: configmaps, then secrets, then services; then wait until ready."""
     wait_for = seconds(timeout, "--timeout")
-    c, rendered = load_cast(paths, namespace, recursive, values, sets)
+    c, rendered = load_cast(paths, namespace, recursive, values, sets, release)
+    if release:
+        # The release's services can be found again: rune get svc -l release=NAME.
+        for svc in c.services:
+            svc.labels["release"] = release
+        change_cause = change_cause or f"release {release}"
     if render:
         for path, text in rendered:
             sys.stdout.write(f"# Source: {path}\n{text}\n---\n")

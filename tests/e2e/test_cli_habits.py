@@ -269,3 +269,18 @@ def test_cast_dry_run_shows_the_servers_diff(rune: Rune, cast_app: Path, tmp_pat
         == 'service/web (namespace default) would be updated: env.LANG_TAG "hello" -> "bonjour", scale 2 -> 3 (dry run)'
     )
     assert json.loads(rune("get", "svc", "web", "-o", "json").stdout)["env"]["LANG_TAG"] == "hello"
+
+
+def test_cast_release(rune: Rune, tmp_path: Path) -> None:
+    rs = tmp_path / "shopset"
+    (rs / "casts").mkdir(parents=True)
+    (rs / "runeset.yaml").write_text("name: shopset\nversion: 0.1.0\n")
+    (rs / "casts" / "api.yaml").write_text(SLEEPER.format(name="{{ .Release.Name }}-api"))
+    rendered = rune("cast", str(rs), "--render")
+    assert "name: shopset-api" in rendered.stdout, rendered.stdout + rendered.stderr
+    r = rune("cast", str(rs), "--release", "blue", "--timeout", "60s", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert rune("get", "svc", "-l", "release=blue", "-o", "name").stdout.split() == ["blue-api"]
+    history = rune("history", "blue-api").stdout
+    assert "release blue" in history, history
+    assert rune("delete", "blue-api", timeout=90).returncode == 0

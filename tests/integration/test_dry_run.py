@@ -187,3 +187,19 @@ def test_dry_run_over_rest_is_a_query_parameter(runed: Runed, auth: Auth) -> Non
     assert httpx.get(f"{url}/web", headers=headers, timeout=10).status_code == 404
     bad = httpx.post(url, params={"dry_run": "true"}, json={**body, "name": "Bad_Name"}, headers=headers, timeout=10)
     assert bad.status_code == 400 and "service.name" in bad.text
+
+
+def test_dry_run_update_carries_the_diff_old_to_new(api_auth: Auth, stub: service_pb2_grpc.ServiceServiceStub) -> None:
+    stub.CreateService(service_pb2.CreateServiceRequest(service=_svc("web", scale=2)), metadata=api_auth)
+    changed = _svc("web", scale=4)
+    changed.env["MODE"] = "fast"
+    resp = stub.UpdateService(service_pb2.UpdateServiceRequest(service=changed, dry_run=True), metadata=api_auth)
+    assert resp.status.message == "dry run: would be updated"
+    # One line per changed spec value, ``path old -> new`` (JSON values; null when unset); no metadata.
+    assert list(resp.status.details) == ['env.MODE null -> "fast"', "scale 2 -> 4"]
+    upsert = stub.CreateService(service_pb2.CreateServiceRequest(service=changed, dry_run=True), metadata=api_auth)
+    assert list(upsert.status.details) == list(resp.status.details)
+    same = stub.UpdateService(
+        service_pb2.UpdateServiceRequest(service=_svc("web", scale=2), dry_run=True), metadata=api_auth
+    )
+    assert list(same.status.details) == []
