@@ -18,6 +18,7 @@ import yaml
 from rune.cli.errors import EXIT_INVALID, CliError
 
 _REF = re.compile(r"\{\{\s*\.?[Vv]alues\.([A-Za-z0-9_.-]+)\s*(?:\|\s*default\s+(\"[^\"]*\"|'[^']*'|\S+)\s*)?\}\}")
+_RELEASE = re.compile(r"\{\{\s*\.?[Rr]elease\.([Nn]ame|[Nn]amespace)\s*\}\}")
 MANIFEST_KEYS = {"name", "version", "description", "namespace", "defaults"}
 
 
@@ -114,14 +115,23 @@ def render_text(text: str, values: dict[str, Any], where: str) -> str:
     return out
 
 
-def render(root: Path, values_files: list[str], sets: list[str]) -> tuple[dict[str, Any], list[Rendered]]:
-    """Render every cast of the runeset at ``root``."""
+def render_release(text: str, name: str, namespace: str) -> str:
+    """``{{ .Release.Name }}`` and ``{{ .Release.Namespace }}``: the release being cast (``--release``)."""
+    return _RELEASE.sub(lambda m: name if m.group(1).lower() == "name" else namespace, text)
+
+
+def render(
+    root: Path, values_files: list[str], sets: list[str], release: str = "", namespace: str = ""
+) -> tuple[dict[str, Any], list[Rendered]]:
+    """Render every cast of the runeset at ``root`` (as release ``release``, default the runeset's name)."""
     manifest, values = values_for(root, values_files, sets)
+    name = release or str(manifest.get("name") or root.name)
+    ns = namespace or str(manifest.get("namespace") or "default")
     casts = root / "casts"
     files = sorted(p for p in casts.rglob("*") if p.suffix in (".yaml", ".yml")) if casts.is_dir() else []
     if not files:
         raise CliError(f"{root}: runeset has no casts/*.yaml", EXIT_INVALID)
-    return manifest, [Rendered(p, render_text(p.read_text(), values, str(p))) for p in files]
+    return manifest, [Rendered(p, render_text(render_release(p.read_text(), name, ns), values, str(p))) for p in files]
 
 
 def is_archive(path: Path) -> bool:
