@@ -161,7 +161,7 @@ def _delete_other(s: Session, kind: str, name: str, ns: str, ignore_not_found: b
 @pass_session
 def delete_list(s: Session, namespace: str | None, all_namespaces: bool, status: str, fmt: str) -> None:
     """List deletion operations."""
-    ns = "*" if all_namespaces else (namespace or "")
+    ns = "*" if all_namespaces else (namespace or s.namespace_flag or "")
     req = pb2("service").ListDeletionOperationsRequest(namespace=ns, status=status)
     ops = s.call("ServiceService", "ListDeletionOperations", req).operations
     if fmt != "table":
