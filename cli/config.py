@@ -34,6 +34,9 @@ def normalise_server(server: str) -> str:
     s = s.rstrip("/")
     if not s:
         return DEFAULT_SERVER
+    if s.endswith(":") and not s.endswith("::"):
+        # ``host:`` (an empty port, e.g. a variable that was not set): the default port, never a bare colon.
+        s = s[:-1]
     if s.startswith("["):  # [v6]:port
         return s if "]:" in s else f"{s}:{DEFAULT_PORT}"
     if s.startswith(":"):
