@@ -125,6 +125,9 @@ def test_ready_and_ports_columns(rune: Rune, cast_app: Path) -> None:
     assert {r.split()[cols.index("READY")] for r in rows} == {"1/1"}, rows
     one = rune("get", "inst", "web-0").stdout.splitlines()
     assert one[1].split()[one[0].split().index("READY")] == "1/1"
+    head, *rows = rune("get", "svc", "-A").stdout.splitlines()
+    web = next(r.split() for r in rows if r.startswith("web "))
+    assert web[head.split().index("READY")] == "2/2"
 
 
 def test_events_lists_and_follows_lifecycle_events(rune: Rune, cast_app: Path, tmp_path: Path) -> None:
