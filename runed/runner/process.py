@@ -234,25 +234,60 @@ class ProcessRunner:
         if obs.state not in ("running", "exiting"):
             return obs
         pgid = obs.handle.pid
-        if obs.state == "running":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + max(0.0, grace)
-            while time.monotonic() < deadline:
-                obs = self.observe(directory, obs.handle)
-                if obs.state != "running":
-                    break
-                await asyncio.sleep(0.02)
-            else:
+        # Waiting on the shim's pidfd instead of polling: a thousand stops in flight would
+        # otherwise look at /proc and the instance dirs fifty thousand times a second.
+        shim_end = self.exit_fd(directory, obs.handle)
+        try:
+            if obs.state == "running":
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, signal.SIGKILL)
-        # How it ended is known once the shim has written its last output and the exit record.
-        deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
-        while obs.state != "exited" and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+                    os.killpg(pgid, signal.SIGTERM)
+                if shim_end is not None:
+                    if not await _readable(shim_end, max(0.0, grace)):
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(pgid, signal.SIGKILL)
+                else:
+                    deadline = time.monotonic() + max(0.0, grace)
+                    while time.monotonic() < deadline:
+                        obs = self.observe(directory, obs.handle)
+                        if obs.state != "running":
+                            break
+                        await asyncio.sleep(0.02)
+                    else:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(pgid, signal.SIGKILL)
+            # How it ended is known once the shim has written its last output and the exit record.
+            if shim_end is not None:
+                await _readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
             obs = self.observe(directory, obs.handle)
+            deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
+            while obs.state != "exited" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                obs = self.observe(directory, obs.handle)
+        finally:
+            if shim_end is not None:
+                os.close(shim_end)
         # Stragglers in the group (children that ignored SIGTERM) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
         self.reap()
         return obs
+
+
+async def _readable(fd: int, timeout: float) -> bool:
+    """Wait until ``fd`` (a pidfd) is readable, i.e. its process has ended; False after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    def fire() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, fire)
+    try:
+        async with asyncio.timeout(timeout):
+            await ended
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
