@@ -9,6 +9,7 @@ import click
 
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import pass_session
+from rune.cli.complete import delete_args
 from rune.cli.errors import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, CliError
 from rune.cli.output import age, dump, table, to_dict
 
@@ -52,6 +53,10 @@ class _DeleteGroup(click.Group):
             args = ["object", *args]
         return super().parse_args(ctx, args)
 
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        # ``delete <TAB>``: the service names (NAME alone is a service) beside the subcommands.
+        return [*super().shell_complete(ctx, incomplete), *delete_args(ctx, self, incomplete)]
+
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "[OPTIONS] [TYPE] NAME")
 
@@ -71,7 +76,7 @@ def delete() -> None:
 
 
 @delete.command("object", hidden=True)
-@click.argument("args", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, shell_complete=delete_args)
 @click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")
 @click.option("-f", "--force", is_flag=True, help="Delete even if other services depend on it.")
 @click.option("--no-dependencies", is_flag=True, help="Same as --force.")

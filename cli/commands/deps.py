@@ -10,6 +10,7 @@ import click
 from rune.cli.castfile import dependency_cycles
 from rune.cli.client import Session
 from rune.cli.commands.common import pass_session
+from rune.cli.complete import names_of
 from rune.cli.errors import EXIT_INVALID
 
 
@@ -66,7 +67,7 @@ def validate(s: Session, namespace: str | None) -> None:
 
 
 @deps.command("check")
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @click.option("-n", "--namespace")
 @pass_session
 def check(s: Session, service: str, namespace: str | None) -> None:
@@ -86,7 +87,7 @@ def check(s: Session, service: str, namespace: str | None) -> None:
 
 
 @deps.command("dependents")
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @click.option("-n", "--namespace")
 @pass_session
 def dependents(s: Session, service: str, namespace: str | None) -> None:

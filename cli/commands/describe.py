@@ -10,6 +10,7 @@ from rune.cli.client import Session, pb2
 from rune.cli.commands import kinds
 from rune.cli.commands.common import inst_status, list_instances, pass_session, svc_status
 from rune.cli.commands.objects import get_object
+from rune.cli.complete import name_by_type
 from rune.cli.output import age, table, to_dict
 
 
@@ -77,7 +78,7 @@ def _events(s: Session, ns: str, name: str) -> None:
 
 @click.command()
 @click.argument("type_name", metavar="TYPE")
-@click.argument("name")
+@click.argument("name", shell_complete=name_by_type("type_name"))
 @click.option("-n", "--namespace")
 @click.option("--show-values", is_flag=True, help="Secrets: print values (needs secrets:read).")
 @pass_session

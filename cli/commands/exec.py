@@ -15,6 +15,7 @@ import click
 
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import kv_pairs, pass_session, seconds
+from rune.cli.complete import names_of
 from rune.cli.errors import EXIT_USAGE, CliError
 
 _END = object()
@@ -98,7 +99,7 @@ class _ExecCommand(click.Command):
 
 
 @click.command(cls=_ExecCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("target")
+@click.argument("target", shell_complete=names_of("services", "instances"))
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("-n", "--namespace")
 @click.option("-i", "--stdin", "interactive", is_flag=True, help="Pass standard input to the command.")

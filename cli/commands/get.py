@@ -13,6 +13,7 @@ from rune.cli.commands.common import pass_session
 from rune.cli.commands.kinds import KINDS, Kind
 from rune.cli.commands.objects import get_object, list_objects
 from rune.cli.commands.watch import print_changes
+from rune.cli.complete import name_by_type
 from rune.cli.output import FORMATS, dump, render, to_dict
 
 
@@ -28,7 +29,7 @@ def _sort(items: list[Any], kind: Kind, sort_by: str | None) -> list[Any]:
 
 @click.command()
 @click.argument("type_name", metavar="TYPE")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=name_by_type("type_name"))
 @click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.option("-l", "--selector", "labels", help="Label selector, e.g. app=web,tier!=db.")

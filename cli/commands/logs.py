@@ -12,6 +12,7 @@ import click
 
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import pass_session, timestamp
+from rune.cli.complete import names_of
 from rune.cli.errors import EXIT_USAGE, CliError
 
 # 256-colour-safe ANSI foregrounds cycled per instance on a terminal.
@@ -36,7 +37,7 @@ class _Requests:
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=names_of("services", "instances"))
 @click.option("-n", "--namespace")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", "-t", type=int, default=-1, help="Only the last N lines per instance (default: all).")

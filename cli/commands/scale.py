@@ -10,6 +10,7 @@ import click
 
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import inst_status, list_instances, pass_session, seconds
+from rune.cli.complete import names_of
 from rune.cli.errors import EXIT_TIMEOUT, CliError, exit_code_for
 from rune.cli.output import age, dump, table, to_dict
 
@@ -106,7 +107,7 @@ def _with(opts: list[Any]) -> Callable[[F], F]:
 
 
 @click.command()
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @click.argument("replicas", type=click.IntRange(min=0))
 @click.option("--mode", type=click.Choice(["immediate", "gradual"]), default="immediate")
 @click.option("--step", type=int, default=1, help="Gradual mode: instances per step.")
@@ -145,7 +146,7 @@ def scale(
 
 
 @click.command()
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @_with(wait_options)
 @pass_session
 def stop(s: Session, service: str, wait: bool, timeout: str, namespace: str | None) -> None:
@@ -159,7 +160,7 @@ def stop(s: Session, service: str, wait: bool, timeout: str, namespace: str | No
 
 
 @click.command()
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @_with(wait_options)
 @pass_session
 def restart(s: Session, service: str, wait: bool, timeout: str, namespace: str | None) -> None:
@@ -206,7 +207,7 @@ def _restarted_and_ready(s: Session, ns: str, service: str, before: Any) -> bool
 
 
 @click.command()
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @click.option("--to-revision", type=int, default=0, help="Revision to restore (default: the previous one).")
 @click.option("--change-cause", default="", help="Recorded in the history.")
 @_with(wait_options)
@@ -228,7 +229,7 @@ def rollback(
 
 
 @click.command()
-@click.argument("service")
+@click.argument("service", shell_complete=names_of("services"))
 @click.option("-n", "--namespace")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
 @click.option("--revision", type=int, default=0, help="Show this revision's full spec.")
