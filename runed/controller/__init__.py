@@ -17,11 +17,11 @@ async def serve(
     from runed.controller.reconciler import Controller
     from runed.runner.base import Runner
     from runed.runner.container import ContainerRunner
-    from runed.runner.process import ProcessRunner
+    from runed.runner.process import ProcessRunner, raise_open_files_limit
 
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(),
+        "process": ProcessRunner(nofile=raise_open_files_limit()),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
     await Controller(config.controller, store, crypto, config.data_path, runners).run(stop, on_ready)

@@ -47,6 +47,26 @@ def shim_argv(directory: Path) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", SHIM_BOOT, str(directory)]
 
 
+def raise_open_files_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit; returns the soft limit it had.
+
+    The controller holds a descriptor per running instance (its shim's pidfd): a thousand instances
+    would exhaust the common default of 1024. Instances get the original limit back (their shim
+    sets it before exec), as a program may rely on it. None when it could not be read or changed.
+    """
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            # An unlimited hard limit is capped where the kernel caps it (nr_open).
+            want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError):
+        return None
+    return soft
+
+
 def alive(pid: int, start: int | None) -> bool:
     """True when ``pid`` still names the process that was started (pid reuse is ruled out)."""
     if pid <= 0:
@@ -60,7 +80,9 @@ class ProcessRunner:
 
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, nofile: int | None = None) -> None:
+        # The soft limit on open files instances start with (None: this process's own).
+        self.nofile = nofile
         # Shims this process started: polled so they never linger as zombies.
         self._shims: dict[int, subprocess.Popen[bytes]] = {}
         self._spawned_at: dict[int, float] = {}
@@ -85,6 +107,7 @@ class ProcessRunner:
                 "uid": spec.uid,
                 "gid": spec.gid,
                 "rlimit_as": spec.rlimit_as,
+                "nofile": self.nofile,
                 "max_bytes": spec.log_max_bytes,
                 "backups": spec.log_backups,
                 # The shim runs with runed's private umask; the instance gets the one runed inherited.

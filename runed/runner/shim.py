@@ -300,11 +300,16 @@ def _exec_child(spec: dict[str, Any], env: dict[str, str], out_w: int, err_w: in
         for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)
         os.setpgid(0, 0)
-        if spec.get("rlimit_as"):
+        if spec.get("rlimit_as") or spec.get("nofile"):
             import resource  # only here (the child execs right after), and while still privileged to read it
 
-            limit = int(spec["rlimit_as"])
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            if spec.get("rlimit_as"):
+                limit = int(spec["rlimit_as"])
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            if spec.get("nofile"):
+                # The limit runed was started with (the controller raised its own for its pidfds).
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(spec["nofile"]), hard), hard))
         if spec.get("cwd"):
             os.chdir(spec["cwd"])
         # The shim runs with runed's private umask; the instance gets the one runed inherited.

@@ -1,12 +1,16 @@
-"""An idle controller sleeps: with instances running and nothing changing it wakes on events, not on a tick."""
+"""The controller at scale: idle it wakes on events, not on a tick; it can hold a descriptor per instance."""
 
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 
-from tests.integration.orch import Orch
+import pytest
+
+from tests.harness import RunedFactory
+from tests.integration.orch import Orch, runefile_args
 from tests.support import eventually
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(3600)\n"
@@ -40,3 +44,37 @@ def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
         time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
         counts.append(_wakeups(pid) - before)
     assert min(counts) <= 5 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
+
+
+LIMITS = (
+    "import resource, time\n"
+    "print('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def _soft_open_files(pid: int) -> int:
+    line = next(ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines() if ln.startswith("Max open files"))
+    return int(line.split()[3])
+
+
+def test_the_controller_raises_its_open_files_limit_and_instances_keep_runeds(
+    runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """One pidfd per running instance must not run into the usual 1024 soft limit; instances get runed's own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 512)
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip("the hard limit leaves nothing to raise")
+    # runed inherits a low soft limit from whoever starts it (a shell, a service manager).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        orch = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path)), tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    orch.cast("limits", orch.program("limits", LIMITS))
+    (inst,) = eventually(lambda: orch.running("limits", 1), timeout=30)
+    line = eventually(lambda: next((ln for ln in orch.log_lines(inst) if ln.startswith("nofile")), None))
+    assert line == f"nofile {low}", "the instance starts with the limit runed was given"
+    pid = int(json.loads((orch.runed.data_dir / "run" / "controller.json").read_text())["pid"])
+    assert _soft_open_files(pid) > low, "the controller raised its own"
