@@ -340,22 +340,92 @@ def cast(
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("-r", "--recursive", is_flag=True)
+@click.option("-r", "--recursive", is_flag=True, help="Read directories recursively.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("--quiet", is_flag=True, help="Print only problems.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@click.option("-f", "--values", "values", multiple=True, type=click.Path(exists=True))
-@click.option("--set", "sets", multiple=True)
+@click.option("--exit-on-fail", is_flag=True, help="Stop at the first path with an error (the rest are not checked).")
+@click.option("--fix", is_flag=True, help="Repair what keeps a file's meaning (CRLF, tabs, trailing blanks) in place.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--context", "context", type=click.IntRange(min=0), default=1, show_default=True, help="Lines around each error."
+)
+@click.option("--expand-context", is_flag=True, help="Show each error's whole enclosing YAML block.")
+@click.option("-f", "--values", "values", multiple=True, type=click.Path(exists=True), help="Runeset values file.")
+@click.option("--set", "sets", multiple=True, help="Runeset value key.path=value.")
 def lint(
     paths: tuple[str, ...],
     recursive: bool,
     strict: bool,
     quiet: bool,
+    exit_on_fail: bool,
+    fix: bool,
     fmt: str,
+    context: int,
+    expand_context: bool,
     values: tuple[str, ...],
     sets: tuple[str, ...],
 ) -> None:
-    """Check cast files offline: structure, unknown keys (with lines), references and dependency cycles."""
+    """Check cast files offline: structure, unknown keys (with lines), references and dependency cycles.
+
+    Exit 0 when clean, 8 on an error (or, with --strict, a warning).
+    """
+    from rune.cli.lint import excerpt, fix_file, split_problem
+
+    fixed: list[tuple[str, list[str]]] = []
+    if fix:
+        plain = [p for p in paths if not is_archive(Path(p)) and not is_runeset(Path(p))]
+        for cf in collect_files(plain, recursive):
+            if repaired := fix_file(cf):
+                fixed.append((str(cf), repaired))
+    errors: list[str] = []
+    warnings: list[str] = []
+    count = 0
+    # Each path alone with --exit-on-fail (to stop at the first bad one), else all together (cross-file checks).
+    groups = [(p,) for p in paths] if exit_on_fail else [paths]
+    skipped = 0
+    for n, group in enumerate(groups):
+        e, w, c = _lint_paths(group, recursive, values, sets)
+        errors, warnings, count = errors + e, warnings + w, count + c
+        if exit_on_fail and (e or (strict and w)):
+            skipped = len(groups) - n - 1
+            break
+    failed = bool(errors) or (strict and bool(warnings))
+    if fmt == "json":
+        problems = []
+        for p in errors:
+            where = split_problem(p)
+            problems.append(
+                {
+                    "file": where[0] if where else "",
+                    "line": where[1] if where else 0,
+                    "message": where[2] if where else p,
+                }
+                | ({"context": lines} if (lines := excerpt(p, context, expand_context)) else {})
+            )
+        doc = {"ok": not failed, "objects": count, "errors": errors, "warnings": warnings, "problems": problems}
+        doc |= {"fixed": [{"file": name, "fixes": fixes} for name, fixes in fixed], "skipped_paths": skipped}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        for name, fixes in fixed:
+            click.echo(f"fixed: {name}: {', '.join(fixes)}")
+        for problem in errors:
+            click.echo(f"error: {problem}", err=True)
+            for line in excerpt(problem, context, expand_context):
+                click.echo(line, err=True)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if skipped:
+            click.echo(f"stopped at the first failing path: {skipped} path(s) not checked", err=True)
+        if not quiet and not failed:
+            click.echo(f"ok: {count} objects in {len(paths)} path(s)")
+    if failed:
+        sys.exit(EXIT_INVALID)
+
+
+def _lint_paths(
+    paths: tuple[str, ...], recursive: bool, values: tuple[str, ...], sets: tuple[str, ...]
+) -> tuple[list[str], list[str], int]:
+    """(errors, warnings, objects) of the casts at ``paths`` read together."""
     errors: list[str] = []
     warnings: list[str] = []
     count = 0
@@ -373,18 +443,7 @@ def lint(
                     warnings.append(f"service {svc.name}: envFrom {kind} '{name}' is not declared in these files")
     except CastErrors as e:
         errors += e.problems
-    failed = bool(errors) or (strict and bool(warnings))
-    if fmt == "json":
-        click.echo(json.dumps({"ok": not failed, "objects": count, "errors": errors, "warnings": warnings}, indent=2))
-    else:
-        for problem in errors:
-            click.echo(f"error: {problem}", err=True)
-        for w in warnings:
-            click.echo(f"warning: {w}", err=True)
-        if not quiet and not failed:
-            click.echo(f"ok: {count} objects in {len(paths)} path(s)")
-    if failed:
-        sys.exit(EXIT_INVALID)
+    return errors, warnings, count
 
 
 @click.command()
