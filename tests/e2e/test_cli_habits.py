@@ -235,7 +235,9 @@ def test_restart_is_rolling_and_waits_for_readiness(rune: Rune, shared_runed: Ru
 
 
 def test_scale_rollback_on_fail(rune: Rune, tmp_path: Path) -> None:
-    gate = tmp_path / "fail-from-now-on"
+    program = tmp_path / "gated.sh"
+    program.write_text("#!/bin/sh\nexec sleep 3600\n")
+    program.chmod(0o755)
     f = tmp_path / "gated.yaml"
     f.write_text(
         f"""
@@ -243,14 +245,14 @@ services:
   - name: gated
     runtime: process
     process:
-      command: {sys.executable}
-      args: ["-c", "import os, sys, time; sys.exit(3) if os.path.exists('{gate}') else time.sleep(3600)"]
+      command: {program}
     restartPolicy: Never
 """
     )
     cast = rune("cast", str(f), "--timeout", "60s", timeout=90)
     assert cast.returncode == 0, cast.stdout + cast.stderr
-    gate.touch()  # instances started from now on exit 3 at once
+    # Instances started from now on cannot start at all (never Running, not even for a moment).
+    program.unlink()
     r = rune("scale", "gated", "3", "--rollback-on-fail", "--timeout", "60s", timeout=120)
     assert r.returncode == 7, r.stdout + r.stderr
     assert "service/gated rolled back to scale 1" in r.stderr
