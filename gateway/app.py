@@ -37,33 +37,21 @@ log = logging.getLogger("runed.gateway")
 ALL_VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 
-class MethodNotAllowed(errors.Unimplemented):
+class MethodNotAllowed(errors.Unimplemented, http=405):
     """The path exists with other verbs (HTTP 405)."""
+
+    reason = "METHOD_NOT_ALLOWED"
 
     def __init__(self, message: str, allowed: list[str]) -> None:
         super().__init__(message)
         self.allowed = allowed
 
-    reason = "METHOD_NOT_ALLOWED"
 
-    @property
-    def http_status(self) -> int:
-        return 405
-
-
-class NoSuchProcedure(errors.Unimplemented):
+class NoSuchProcedure(errors.Unimplemented, http=404, connect_http=404):
     """An RPC-style path that names no method: UNIMPLEMENTED as over gRPC, HTTP 404 on both route kinds
     (what the Connect protocol answers for an unknown procedure)."""
 
     reason = "METHOD_NOT_FOUND"
-
-    @property
-    def http_status(self) -> int:
-        return 404
-
-    @property
-    def connect_status(self) -> int:
-        return 404
 
 
 class JSONBytes(Response):

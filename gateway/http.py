@@ -49,29 +49,17 @@ KEEPALIVE_SECONDS = 15.0
 JSON = "application/json"
 
 
-class PayloadTooLarge(errors.ResourceExhausted):
+class PayloadTooLarge(errors.ResourceExhausted, http=413):
     """The request body is over server.max_body_bytes (HTTP 413; RESOURCE_EXHAUSTED over gRPC)."""
 
     reason = "PAYLOAD_TOO_LARGE"
 
-    @property
-    def http_status(self) -> int:
-        return 413
 
-
-class UnsupportedMediaType(errors.InvalidArgument):
+# The Connect protocol answers a Content-Type it does not serve with 415 as well.
+class UnsupportedMediaType(errors.InvalidArgument, http=415, connect_http=415):
     """A body whose Content-Type this route does not read (HTTP 415)."""
 
     reason = "UNSUPPORTED_MEDIA_TYPE"
-
-    @property
-    def http_status(self) -> int:
-        return 415
-
-    @property
-    def connect_status(self) -> int:
-        # The Connect protocol answers a Content-Type it does not serve with 415 as well.
-        return 415
 
 
 class ClientDisconnected(errors.Cancelled):

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import grpc
 
@@ -83,6 +84,28 @@ class RuneError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     reason: str = "UNKNOWN"
+    # An HTTP-only status (413, 415, 405, ...) that replaces the tables' one on the REST / Connect routes.
+    _http: ClassVar[int | None] = None
+    _connect_http: ClassVar[int | None] = None
+
+    def __init_subclass__(
+        cls,
+        code: grpc.StatusCode | None = None,
+        http: int | None = None,
+        connect_http: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        """``class NotFound(RuneError, code=NOT_FOUND)``: sets the code, and the default reason to its name;
+        ``http=413`` (REST routes) and ``connect_http=415`` (Connect routes) set an HTTP-only status."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            if "reason" not in cls.__dict__:
+                cls.reason = code.name
+        if http is not None:
+            cls._http = http
+        if connect_http is not None:
+            cls._connect_http = connect_http
 
     def __init__(
         self,
@@ -103,20 +126,17 @@ class RuneError(Exception):
 
     @property
     def http_status(self) -> int:
-        """The status on the REST routes (subclasses for HTTP-only cases such as 413 override it)."""
-        return HTTP_STATUS.get(self.code, 500)
+        """The status on the REST routes (a subclass's ``http=`` for HTTP-only cases such as 413)."""
+        return self._http or HTTP_STATUS.get(self.code, 500)
 
     @property
     def connect_status(self) -> int:
-        """The status on the Connect routes: the Connect protocol's table, whatever the subclass."""
-        return CONNECT_HTTP_STATUS.get(self.code, 500)
+        """The status on the Connect routes: the Connect protocol's table unless the subclass set ``connect_http=``."""
+        return self._connect_http or CONNECT_HTTP_STATUS.get(self.code, 500)
 
 
-class InvalidArgument(RuneError):
+class InvalidArgument(RuneError, code=grpc.StatusCode.INVALID_ARGUMENT):
     """Bad input: carries every field violation at once (reason INVALID_FIELD when it names fields)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
 
     def __init__(
         self,
@@ -133,53 +153,34 @@ class InvalidArgument(RuneError):
         super().__init__(message, violations, retry_after, reason=reason, metadata=metadata)
 
 
-class Unauthenticated(RuneError):
+class Unauthenticated(RuneError, code=grpc.StatusCode.UNAUTHENTICATED):
     """Missing or bad credentials; never says which tokens exist."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
 
-
-class PermissionDenied(RuneError):
+class PermissionDenied(RuneError, code=grpc.StatusCode.PERMISSION_DENIED):
     """The caller is known but lacks ``resource:verb@namespace``."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
 
-
-class NotFound(RuneError):
+class NotFound(RuneError, code=grpc.StatusCode.NOT_FOUND):
     """The named object does not exist (reason ``<KIND>_NOT_FOUND`` from :func:`not_found`)."""
 
-    code = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
 
-
-class AlreadyExists(RuneError):
+class AlreadyExists(RuneError, code=grpc.StatusCode.ALREADY_EXISTS):
     """An object with that name exists (reason ``<KIND>_ALREADY_EXISTS`` from :func:`already_exists`)."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "ALREADY_EXISTS"
 
-
-class Conflict(RuneError):
+class Conflict(RuneError, code=grpc.StatusCode.ABORTED):
     """A concurrent change won (optimistic concurrency)."""
 
-    code = grpc.StatusCode.ABORTED
     reason = "CONFLICT"
 
 
-class FailedPrecondition(RuneError):
+class FailedPrecondition(RuneError, code=grpc.StatusCode.FAILED_PRECONDITION):
     """The system is not in a state where the request can run."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
 
-
-class ResourceExhausted(RuneError):
+class ResourceExhausted(RuneError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """A rate or size limit was hit; ``retry_after`` says when to come back."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_EXHAUSTED"
 
 
 class StorageFull(ResourceExhausted):
@@ -195,39 +196,27 @@ def storage_full(data_dir: object) -> StorageFull:
     )
 
 
-class Unavailable(RuneError):
+class Unavailable(RuneError, code=grpc.StatusCode.UNAVAILABLE):
     """A dependency (store, engine, role) is not reachable right now."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-    reason = "UNAVAILABLE"
 
-
-class Unimplemented(RuneError):
+class Unimplemented(RuneError, code=grpc.StatusCode.UNIMPLEMENTED):
     """The method exists in the contract but this server does not serve it."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "UNIMPLEMENTED"
 
-
-class DeadlineExceeded(RuneError):
+class DeadlineExceeded(RuneError, code=grpc.StatusCode.DEADLINE_EXCEEDED):
     """The operation did not finish in time."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
 
-
-class Cancelled(RuneError):
+class Cancelled(RuneError, code=grpc.StatusCode.CANCELLED):
     """The client cancelled or went away before the call finished (recorded, never sent)."""
 
-    code = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
 
-
-class Internal(RuneError):
+class Internal(RuneError, code=grpc.StatusCode.INTERNAL):
     """Something unexpected; the message is generic, the traceback is in the log."""
 
-    code = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
+
+_E = TypeVar("_E", bound=RuneError)
 
 
 def kind_reason(kind: str, what: str) -> str:
@@ -242,24 +231,24 @@ def _about(kind: str, name: str, namespace: str | None) -> dict[str, str]:
     return out
 
 
-def not_found(kind: str, name: str, namespace: str | None = None) -> NotFound:
-    """Kubernetes-style message: ``service "web" not found in namespace "default"``; reason SERVICE_NOT_FOUND."""
+def _about_object(cls: type[_E], what: str, kind: str, name: str, namespace: str | None) -> _E:
+    """``<kind> "<name>" <what, in words>[ in namespace "<ns>"]`` with reason ``<KIND>_<WHAT>``."""
     where = f' in namespace "{namespace}"' if namespace else ""
-    return NotFound(
-        f'{kind} "{name}" not found{where}',
-        reason=kind_reason(kind, "NOT_FOUND"),
+    return cls(
+        f'{kind} "{name}" {what.lower().replace("_", " ")}{where}',
+        reason=kind_reason(kind, what),
         metadata=_about(kind, name, namespace),
     )
+
+
+def not_found(kind: str, name: str, namespace: str | None = None) -> NotFound:
+    """Kubernetes-style message: ``service "web" not found in namespace "default"``; reason SERVICE_NOT_FOUND."""
+    return _about_object(NotFound, "NOT_FOUND", kind, name, namespace)
 
 
 def already_exists(kind: str, name: str, namespace: str | None = None) -> AlreadyExists:
     """``service "web" already exists in namespace "default"``; reason SERVICE_ALREADY_EXISTS."""
-    where = f' in namespace "{namespace}"' if namespace else ""
-    return AlreadyExists(
-        f'{kind} "{name}" already exists{where}',
-        reason=kind_reason(kind, "ALREADY_EXISTS"),
-        metadata=_about(kind, name, namespace),
-    )
+    return _about_object(AlreadyExists, "ALREADY_EXISTS", kind, name, namespace)
 
 
 def permission_denied(message: str, resource: str, verb: str, namespace: str) -> PermissionDenied:
