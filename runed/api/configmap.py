@@ -6,9 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import common_pb2, configmap_pb2
-from runed.api.namespace import ensure_namespace
-from runed.api.secret import check_limits, list_records, now_rfc3339, v_list
-from runed.core import errors, validation
+from runed.api.secret import check_limits, delete_record, get_record, list_records, v_list, write_record
+from runed.core import validation
 from runed.core.config import LimitsConfig
 from runed.core.errors import FieldViolation
 from runed.pipeline.context import CallContext
@@ -67,43 +66,26 @@ def _ok(d: dict[str, Any]) -> configmap_pb2.ConfigmapResponse:
 
 # -- handlers -------------------------------------------------------------------------------------
 def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
-    """Create (upsert, as upstream) or update; the version moves only when the data changes."""
-    app = ctx.deps
-    ns = c.namespace
-    check_limits(c.data, "configmap.data", app.config.config.limits)
+    """Create or update; the version moves only when the data changes."""
+    check_limits(c.data, "configmap.data", ctx.deps.config.config.limits)
     data = dict(c.data)
-    missing = False
-
-    def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
-        nonlocal missing
-        now = now_rfc3339()
-        if cur is None:
-            if not create:
-                missing = True
-                return None
-            version, created = 1, now
-        elif cur.get("data", {}) == data:
-            return None
-        else:
-            version, created = int(cur["version"]) + 1, cur.get("created_at", now)
-        return {
+    return write_record(
+        ctx,
+        CONFIGMAP_KIND,
+        c.namespace,
+        c.name,
+        create=create,
+        ensure_ns=ensure_ns,
+        unchanged=lambda cur: cur.get("data", {}) == data,
+        record=lambda version, created, now: {
             "name": c.name,
-            "namespace": ns,
+            "namespace": c.namespace,
             "data": data,
             "version": version,
             "created_at": created,
             "updated_at": now,
-        }
-
-    # The namespace check and the write share one transaction: a concurrent namespace delete
-    # cannot leave this object orphaned.
-    with app.store.transaction():
-        if create:
-            ensure_namespace(app.store, ns, create=ensure_ns)
-        rec = app.store.update(CONFIGMAP_KIND, ns, c.name, mutate)
-    if missing or rec is None:
-        raise errors.not_found("configmap", c.name, ns)
-    return rec.data
+        },
+    )
 
 
 async def CreateConfigmap(
@@ -119,18 +101,11 @@ async def UpdateConfigmap(
 
 
 async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
-    ns = req.namespace
-    rec = ctx.deps.store.get(CONFIGMAP_KIND, ns, req.name)
-    if rec is None:
-        raise errors.not_found("configmap", req.name, ns)
-    return _ok(rec.data)
+    return _ok(get_record(ctx, CONFIGMAP_KIND, req.namespace, req.name))
 
 
 async def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
-    ns = req.namespace
-    if ctx.deps.store.delete(CONFIGMAP_KIND, ns, req.name) is None:
-        raise errors.not_found("configmap", req.name, ns)
-    return common_pb2.Status(code=0, message=f'configmap "{req.name}" deleted')
+    return delete_record(ctx, CONFIGMAP_KIND, req.namespace, req.name)
 
 
 async def ListConfigmaps(

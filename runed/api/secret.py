@@ -98,13 +98,20 @@ def _ok(d: dict[str, Any], data: dict[str, str] | None = None) -> secret_pb2.Sec
 
 
 # -- handlers -------------------------------------------------------------------------------------
-def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
-    """Create (upsert, as upstream) or update; the version moves only when type or data change."""
+def write_record(
+    ctx: CallContext,
+    kind: str,
+    ns: str,
+    name: str,
+    *,
+    create: bool,
+    ensure_ns: bool,
+    unchanged: Callable[[dict[str, Any]], bool],
+    record: Callable[[int, str, str], dict[str, Any]],
+) -> dict[str, Any]:
+    """Create (upsert, as upstream) or update a secret or configmap: ``record(version, created_at, now)``
+    builds it; the version moves only when the stored one is not ``unchanged``."""
     app = ctx.deps
-    ns = s.namespace
-    check_limits(s.data, "secret.data", app.config.secret.limits)
-    type_ = s.type or DEFAULT_TYPE
-    data = dict(s.data)
     missing = False
 
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -114,31 +121,62 @@ def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: b
             if not create:
                 missing = True
                 return None
-            return secret_record(
-                app.crypto, ns, s.name, type_=type_, data=data, version=1, created_at=now, updated_at=now
-            )
-        if cur.get("type", DEFAULT_TYPE) == type_ and decrypt_record(app.crypto, cur) == data:
+            return record(1, now, now)
+        if unchanged(cur):
             return None
-        return secret_record(
-            app.crypto,
-            ns,
-            s.name,
-            type_=type_,
-            data=data,
-            version=int(cur["version"]) + 1,
-            created_at=cur.get("created_at", now),
-            updated_at=now,
-        )
+        return record(int(cur["version"]) + 1, cur.get("created_at", now), now)
 
     # The namespace check and the write share one transaction: a concurrent namespace delete
     # cannot leave this object orphaned.
     with app.store.transaction():
         if create:
             ensure_namespace(app.store, ns, create=ensure_ns)
-        rec = app.store.update(SECRET_KIND, ns, s.name, mutate)
+        rec = app.store.update(kind, ns, name, mutate)
     if missing or rec is None:
-        raise errors.not_found("secret", s.name, ns)
+        raise errors.not_found(kind, name, ns)
     return rec.data
+
+
+def get_record(ctx: CallContext, kind: str, ns: str, name: str) -> dict[str, Any]:
+    """The stored record, or NOT_FOUND."""
+    rec = ctx.deps.store.get(kind, ns, name)
+    if rec is None:
+        raise errors.not_found(kind, name, ns)
+    return rec.data
+
+
+def delete_record(ctx: CallContext, kind: str, ns: str, name: str) -> common_pb2.Status:
+    """Delete the record, or NOT_FOUND."""
+    if ctx.deps.store.delete(kind, ns, name) is None:
+        raise errors.not_found(kind, name, ns)
+    return common_pb2.Status(code=0, message=f'{kind} "{name}" deleted')
+
+
+def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: bool) -> dict[str, Any]:
+    """Create or update; the version moves only when type or data change."""
+    app = ctx.deps
+    check_limits(s.data, "secret.data", app.config.secret.limits)
+    type_ = s.type or DEFAULT_TYPE
+    data = dict(s.data)
+    return write_record(
+        ctx,
+        SECRET_KIND,
+        s.namespace,
+        s.name,
+        create=create,
+        ensure_ns=ensure_ns,
+        unchanged=lambda cur: cur.get("type", DEFAULT_TYPE) == type_ and decrypt_record(app.crypto, cur) == data,
+        record=lambda version, created, now: secret_record(
+            app.crypto,
+            s.namespace,
+            s.name,
+            type_=type_,
+            data=data,
+            version=version,
+            created_at=created,
+            updated_at=now,
+        ),
+    )
 
 
 async def CreateSecret(req: secret_pb2.CreateSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
@@ -150,18 +188,12 @@ async def UpdateSecret(req: secret_pb2.UpdateSecretRequest, ctx: CallContext) ->
 
 
 async def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
-    ns = req.namespace
-    rec = ctx.deps.store.get(SECRET_KIND, ns, req.name)
-    if rec is None:
-        raise errors.not_found("secret", req.name, ns)
-    return _ok(rec.data, decrypt_record(ctx.deps.crypto, rec.data))
+    d = get_record(ctx, SECRET_KIND, req.namespace, req.name)
+    return _ok(d, decrypt_record(ctx.deps.crypto, d))
 
 
 async def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) -> common_pb2.Status:
-    ns = req.namespace
-    if ctx.deps.store.delete(SECRET_KIND, ns, req.name) is None:
-        raise errors.not_found("secret", req.name, ns)
-    return common_pb2.Status(code=0, message=f'secret "{req.name}" deleted')
+    return delete_record(ctx, SECRET_KIND, req.namespace, req.name)
 
 
 def list_records(ctx: CallContext, kind: str, req: Any) -> list[dict[str, Any]]:
