@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -17,11 +16,12 @@ from rune.gateway.backend import Backend
 from rune.gateway.http import begin_shutdown
 from rune.gateway.protocol import bounded
 from rune.gateway.tls import uvicorn_options
-from runed.core.config import Config, parse_address
+from runed.core.config import Config
 from runed.core.errors import BindError
 from runed.pipeline.context import Deps
 from runed.pipeline.stages import Pipeline
 from runed.store.base import Store
+from runed.transport.tls import listen
 
 log = logging.getLogger("runed.rest")
 
@@ -34,20 +34,8 @@ class _Server(uvicorn.Server):
 
 
 def bind(address: str) -> socket.socket:
-    """Listen on ``address`` (port 0 = any free port); failure is one clear BindError line."""
-    host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-        sock.listen(2048)
-    except OSError as e:
-        sock.close()
-        why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        raise BindError(f"cannot listen on {address}: {why}") from None
-    sock.setblocking(False)
-    return sock
+    """Listen on ``address`` (port 0 = any free port; an empty host is every IPv4 interface)."""
+    return listen(address, dual_stack=False)
 
 
 async def serve(

@@ -99,13 +99,19 @@ def _client_host(peername: Any) -> str:
     return str(mapped) if mapped is not None else str(ip)
 
 
-def _listen(address: str) -> socket.socket:
-    """Listen on ``address`` as the gRPC server would: an empty host is every interface, IPv6 and IPv4."""
+def listen(address: str, *, dual_stack: bool = True) -> socket.socket:
+    """Listen on ``address`` (port 0 = any free port); failure is one clear BindError line.
+
+    An empty host is every interface: IPv6 and IPv4 as the gRPC server binds it (``dual_stack``), or
+    IPv4 only (``0.0.0.0``).
+    """
     host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host or not host else socket.AF_INET
+    family = socket.AF_INET6 if ":" in host or (dual_stack and not host) else socket.AF_INET
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError:
+        if family != socket.AF_INET6:
+            raise
         if host:
             raise BindError(f"cannot listen on {address}: IPv6 is not available") from None
         family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -155,7 +161,7 @@ class TLSFront:
 
     async def start(self, address: str) -> int:
         """Listen on ``address`` (the configured gRPC address); the bound port."""
-        sock = _listen(address)
+        sock = listen(address)
         self._server = await asyncio.start_server(
             self._serve, sock=sock, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS, limit=CHUNK
         )
