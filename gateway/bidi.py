@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from rune.gateway.http import call_context, error_response
+from rune.gateway.http import call_context, close_stream, error_response
 from runed.core import errors
 from runed.pipeline.context import CallContext
 from runed.pipeline.methods import by_full_name
@@ -95,9 +95,4 @@ async def drain(first: asyncio.Task[Message], source: AsyncIterator[Message]) ->
         async for msg in source:
             yield msg
     finally:
-        if not first.done():
-            first.cancel()
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
+        await close_stream(source, first)

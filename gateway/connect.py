@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import struct
 import time
 import urllib.parse
@@ -42,6 +41,7 @@ from rune.gateway.http import (
     PayloadTooLarge,
     UnsupportedMediaType,
     call_context,
+    close_stream,
     connect_error_dict,
     connect_error_response,
     request_id_of,
@@ -393,14 +393,7 @@ async def _frames(source: AsyncIterator[Message], codec_name: str, compression: 
     finally:
         metrics.stream_opened("rest", -1)
         stopping.cancel()
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
+        await close_stream(it, pending)
     yield end_stream(failure, rid)
 
 

@@ -265,6 +265,21 @@ def begin_shutdown() -> None:
     _shutdown_event().set()
 
 
+async def close_stream(source: object, pending: asyncio.Future[Any] | None = None) -> None:
+    """Cancel the step of ``source`` in flight (and wait for it), then close ``source``: the call ends with it.
+
+    The step must be finished first: an async generator cannot be closed while a step of it runs.
+    """
+    if pending is not None:
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(BaseException):
+            await aclose()
+
+
 async def _with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Interleave comment frames while ``frames`` is idle, without cancelling its pending step.
 
@@ -295,14 +310,7 @@ async def _with_keepalive(frames: AsyncIterator[bytes], interval: float) -> Asyn
             yield frame
     finally:
         stopping.cancel()
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
+        await close_stream(it, pending)
 
 
 async def _guarded(frames: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:

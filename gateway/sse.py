@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +14,7 @@ from starlette.responses import Response
 
 from rune.gateway import codec
 from rune.gateway.bidi import start
-from rune.gateway.http import sse_event, sse_response
+from rune.gateway.http import close_stream, sse_event, sse_response
 from runed.core import errors
 from runed.pipeline.context import CallContext
 from runed.transport import metrics
@@ -94,12 +93,7 @@ async def _frames(first: asyncio.Task[Message], source: AsyncIterator[Message]) 
             yield data
     finally:
         metrics.stream_opened("rest", -1)
-        if not first.done():
-            first.cancel()
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(BaseException):
-                await aclose()
+        await close_stream(source, first)
 
 
 async def stream_response(ctx: CallContext, source: AsyncIterator[Message], keepalive: float) -> Response:
