@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from rune.api import common_pb2, instance_pb2
+from runed.api import listing
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
@@ -72,23 +73,6 @@ def _match(
     return inst
 
 
-def _selector(req: Any) -> selectors.Selector:
-    return selectors.compile_selector(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-    )
-
-
-def _query_key(req: Any) -> str:
-    q = type(req)()
-    q.CopyFrom(req)
-    for f in ("paging", "page_size", "page_token"):
-        q.ClearField(f)
-    return f"{type(req).__name__}:{q.SerializeToString(deterministic=True).hex()}"
-
-
 def find_instance(store: Store, ns: str, instance_id: str) -> Record:
     """An instance by id, or by its name (``<service>-<index>``) when no id matches."""
     rec = store.get(objects.INSTANCE, ns, instance_id)
@@ -137,9 +121,9 @@ async def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) ->
 async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
     """Instances matching service name, node, status and selectors, one page at a time."""
     store = ctx.deps.store
-    sel = _selector(req)
+    sel = listing.selector(req)
     labels = _ServiceLabels(store)
-    query = _query_key(req)
+    query = listing.query_key(req)
     pr = paging.page_request(
         req.page_size, req.page_token, req.paging.limit, req.paging.offset, req.paging.continuation_token, query
     )
@@ -204,7 +188,7 @@ async def WatchInstances(
 ) -> AsyncIterator[instance_pb2.WatchInstancesResponse]:
     """Snapshot (or resume from ``since_revision``), then every instance change in order."""
     store = ctx.deps.store
-    sel = _selector(req)
+    sel = listing.selector(req)
     labels = _ServiceLabels(store)
     service = req.service_name or req.service_id
     async for ev in watch.watch(

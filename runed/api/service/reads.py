@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from rune.api import common_pb2, service_pb2
+from runed.api import listing
 from runed.api.service.common import get_service, status_pb, with_status
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
@@ -38,24 +38,6 @@ def v_watch(req: service_pb2.WatchServicesRequest) -> list[FieldViolation]:
 async def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     rec = get_service(ctx.deps.store, req.namespace, req.name)
     return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec))
-
-
-def _query_key(req: Any) -> str:
-    """What a page token is bound to: the request without its paging fields."""
-    q = type(req)()
-    q.CopyFrom(req)
-    for f in ("paging", "page_size", "page_token"):
-        q.ClearField(f)
-    return f"{type(req).__name__}:{q.SerializeToString(deterministic=True).hex()}"
-
-
-def _selector(req: Any) -> selectors.Selector:
-    return selectors.compile_selector(
-        label_map=req.label_selector,
-        label_expr=req.label_selector_expr,
-        field_map=req.field_selector,
-        field_expr=req.field_selector_expr,
-    )
 
 
 def _service_fields(rec: Record, status: Record | None) -> dict[str, str]:
@@ -123,8 +105,8 @@ def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) 
 async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
     """Services matching the selectors, one page at a time (keyset pagination, opaque tokens)."""
     store = ctx.deps.store
-    sel = _selector(req)
-    query = _query_key(req)
+    sel = listing.selector(req)
+    query = listing.query_key(req)
     pr = paging.page_request(
         req.page_size,
         req.page_token,
@@ -189,7 +171,7 @@ async def WatchServices(
     Every event shows the service as it was at its revision (see :class:`_AsOf`).
     """
     store = ctx.deps.store
-    sel = _selector(req)
+    sel = listing.selector(req)
     as_of = _AsOf(store)
     async for ev in watch.watch(
         store,
