@@ -20,6 +20,11 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--grpc-addr", default=None, help="gRPC listen address [default :7863]."),
         click.option("--http-addr", default=None, help="REST gateway listen address [default :7861]."),
         click.option("--data-dir", default=None, help="Data directory [default $XDG_DATA_HOME/rune]."),
+        click.option(
+            "--store-url",
+            default=None,
+            help="sqlite:///path or postgresql://user@host:port/db [default <data dir>/runed.db].",
+        ),
         click.option("--log-level", default=None, help="debug, info, warning or error."),
         click.option("--log-format", default=None, type=click.Choice(["text", "json"]), help="Log format."),
     ]
@@ -40,6 +45,7 @@ def _load(opts: dict[str, Any]) -> Config:
         "server.grpc_address": opts.get("grpc_addr"),
         "server.http_address": opts.get("http_addr"),
         "data_dir": opts.get("data_dir"),
+        "store.url": opts.get("store_url"),
         "log.level": opts.get("log_level"),
         "log.format": opts.get("log_format"),
     }
@@ -81,14 +87,15 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 
 def _run_supervisor(cfg: Config) -> int:
     from runed.server.supervisor import DEFAULT_ROLES, Supervisor, check_data_dir
-    from runed.store.sqlite import StoreError, open_store
+    from runed.store.open import open_url
+    from runed.store.sqlite import StoreError
 
     problem = check_data_dir(cfg.data_path)
     if problem:
         raise click.ClickException(problem)
     try:
         # Migrate once, before any role opens the database.
-        open_store(cfg.data_path).close()
+        open_url(cfg.store.url).close()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     return Supervisor(cfg, DEFAULT_ROLES).run()
@@ -161,7 +168,9 @@ def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
     cfg = _load(_merge(ctx, **kwargs))
     try:
         # Audited as the local account that ran it: reaching the data dir is its authority.
-        issued, revoked = local_bootstrap(cfg.data_path, reset=reset, actor=f"local:{getpass.getuser()}")
+        issued, revoked = local_bootstrap(
+            cfg.data_path, reset=reset, actor=f"local:{getpass.getuser()}", store_url=cfg.store.url
+        )
     except errors.RuneError as e:
         raise click.ClickException(e.message) from None
     if revoked:
@@ -184,11 +193,12 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     from runed.secrets.access import rewrap_all
     from runed.secrets.crypto import CryptoError, SecretCrypto
     from runed.store.base import AuditEntry
-    from runed.store.sqlite import StoreError, open_store
+    from runed.store.open import open_url
+    from runed.store.sqlite import StoreError
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
-        store = open_store(cfg.data_path, changelog_keep=cfg.history.changelog_entries)
+        store = open_url(cfg.store.url, changelog_keep=cfg.history.changelog_entries)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     try:

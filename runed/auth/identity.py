@@ -16,6 +16,7 @@ from typing import Any
 
 from runed.core import errors
 from runed.store.base import AuditEntry, Store, iter_all
+from runed.store.open import open_url
 from runed.store.sqlite import open_store
 
 log = logging.getLogger("runed.identity")
@@ -348,14 +349,16 @@ class Identity:
         return self.issue_token(user, f"bootstrap-reset-{time.time_ns()}", description="bootstrap-reset"), revoked
 
 
-def local_bootstrap(data_dir: Path, *, reset: bool, actor: str = "local") -> tuple[IssuedToken, int]:
+def local_bootstrap(
+    data_dir: Path, *, reset: bool, actor: str = "local", store_url: str = ""
+) -> tuple[IssuedToken, int]:
     """Bootstrap (or, with ``reset``, re-key root) straight on the data dir, without the API.
 
     Reaching the data dir is the proof of authority: this is how an operator who lost the root
     token recovers. Either way the audit log records it (``actor`` names who ran it), failures too.
     Returns the new token and how many root tokens were revoked.
     """
-    store = open_store(data_dir)
+    store = open_url(store_url) if store_url else open_store(data_dir)
     command = "runed bootstrap --reset" if reset else "runed bootstrap"
     try:
         ident = Identity(store, load_server_key(data_dir))

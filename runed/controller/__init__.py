@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from runed.core.config import Config
 from runed.secrets.crypto import SecretCrypto
-from runed.store.sqlite import SQLiteStore
+from runed.store.base import Store
 
 
 async def serve(
-    config: Config, store: SQLiteStore, crypto: SecretCrypto, stop: asyncio.Event, on_ready: Callable[[str], None]
+    config: Config, store: Store, crypto: SecretCrypto, stop: asyncio.Event, on_ready: Callable[[str], None]
 ) -> None:
     """Run the reconciler until ``stop``; instances keep running (a restart re-adopts them)."""
     from runed.controller.reconciler import Controller

@@ -23,7 +23,8 @@ from runed.core.config import Config
 from runed.core.errors import RuneError
 from runed.pipeline.stages import Pipeline, build_routes
 from runed.secrets.crypto import CryptoError, SecretCrypto
-from runed.store.sqlite import SQLiteStore, open_store
+from runed.store.base import Store
+from runed.store.open import open_url
 from runed.transport import metrics
 
 
@@ -32,7 +33,7 @@ class HandlerDeps:
     """What handlers get in every call context (satisfies :class:`runed.pipeline.context.Deps`)."""
 
     config: Config
-    store: SQLiteStore
+    store: Store
     crypto: SecretCrypto
     identity: Identity
     # After an identity change made here: the authenticator drops its cache (and the authorizer's).
@@ -45,7 +46,7 @@ class Components:
     """One role process's parts, held by the composition root alone; each role takes what it serves with."""
 
     config: Config
-    store: SQLiteStore
+    store: Store
     crypto: SecretCrypto
     pipeline: Pipeline
     deps: HandlerDeps
@@ -69,7 +70,7 @@ def build(config: Config) -> Components:
     Raises:
         StoreError: the database cannot be opened or migrated (a fatal start error).
     """
-    store = open_store(config.data_path, changelog_keep=config.history.changelog_entries)
+    store = open_url(config.store.url, changelog_keep=config.history.changelog_entries)
     identity = Identity(store, load_server_key(config.data_path))
     authorizer = Authorizer(identity)
     rl = config.auth.rate_limit

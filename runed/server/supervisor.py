@@ -74,7 +74,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         ready_file(self.config, child.role).unlink(missing_ok=True)
-        env = dict(os.environ, RUNED_SUPERVISOR_PID=str(os.getpid()))
+        # The store URL through the environment, not argv: a password in it stays out of ps.
+        env = dict(os.environ, RUNED_SUPERVISOR_PID=str(os.getpid()), RUNE_STORE_URL=self.config.store.url)
         child.proc = subprocess.Popen(self.child_args(child.role), env=env)
         child.started = time.monotonic()
         child.ready = False

@@ -37,6 +37,7 @@ from runed.core.config.schema import (
     RegistryEntry,
     SecretConfig,
     ServerConfig,
+    StoreConfig,
     TLSConfig,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "RegistryEntry",
     "SecretConfig",
     "ServerConfig",
+    "StoreConfig",
     "TLSConfig",
     "default_data_dir",
     "load",

@@ -53,7 +53,10 @@ def derive(cfg: Config) -> Config:
     """Fill the defaults that depend on other values or the environment (the data dir)."""
     data_dir = cfg.data_dir or default_data_dir()
     data_dir = str(Path(data_dir).expanduser().resolve())
-    return dataclasses.replace(cfg, data_dir=data_dir)
+    store = cfg.store
+    if not store.url:
+        store = dataclasses.replace(store, url=f"sqlite://{Path(data_dir) / 'runed.db'}")
+    return dataclasses.replace(cfg, data_dir=data_dir, store=store)
 
 
 class _Found:
@@ -105,6 +108,7 @@ def problems(cfg: Config) -> list[str]:
     _docker(f, cfg)
     _controller(f, cfg)
     h = cfg.history
+    _store(f, cfg)
     f.positive("history.revisions", h.revisions)
     f.positive("history.changelog_entries", h.changelog_entries)
     f.positive("history.watch_queue_events", h.watch_queue_events)
@@ -116,6 +120,17 @@ def problems(cfg: Config) -> list[str]:
         if d.exists() and not d.is_dir():
             f.add("data_dir", f"{cfg.data_dir} exists and is not a directory")
     return f.lines
+
+
+def _store(f: _Found, cfg: Config) -> None:
+    url = cfg.store.url
+    if not url:
+        return
+    if url.startswith("sqlite://"):
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            f.add("store.url", f"a SQLite URL names an absolute file (sqlite:///path/runed.db), got {url!r}")
+    elif not url.startswith(("postgresql://", "postgres://")):
+        f.add("store.url", f"must be sqlite:///path or postgresql://user@host:port/database, got {url!r}")
 
 
 def _log(f: _Found, cfg: Config) -> None:

@@ -206,6 +206,12 @@ class ControllerConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    # sqlite:///<path> or postgresql://user@host:port/db; "" is the data dir's runed.db (SQLite).
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class HistoryConfig:
     # Spec revisions kept per service (older ones are pruned).
     revisions: int = 20
@@ -225,6 +231,7 @@ class ExecConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_dir: str = ""
+    store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     secret: SecretConfig = field(default_factory=SecretConfig)

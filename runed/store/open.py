@@ -1,0 +1,26 @@
+"""Opening the configured store from its URL: ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runed.store.base import Store
+
+
+def open_url(url: str, *, changelog_keep: int = 100_000) -> Store:
+    """Open (creating and migrating) the store ``url`` names.
+
+    Raises:
+        StoreError: the database cannot be opened or migrated.
+        ValueError: the URL names no store runed knows (config validation refuses those first).
+    """
+    if url.startswith("sqlite:///"):
+        from runed.store.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(url[len("sqlite://") :]), changelog_keep=changelog_keep)
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported only when configured: psycopg costs SQLite users nothing.
+        from runed.store.postgres import PostgresStore
+
+        return PostgresStore(url, changelog_keep=changelog_keep)
+    raise ValueError(f"store.url: must be sqlite:///path or postgresql://user@host:port/database, got {url!r}")
