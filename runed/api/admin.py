@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rune.api import admin_pb2
@@ -255,15 +255,20 @@ async def PolicyDetachFromSubject(
     return admin_pb2.PolicyDetachFromSubjectResponse(detached=was)
 
 
-async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admin_pb2.UserCreateResponse:
-    ident = _identity(ctx)
+def require_policies(ident: Identity, policies: Iterable[str]) -> None:
+    """INVALID_ARGUMENT naming each of ``policies`` (field ``policies[i]``) that does not exist."""
     missing = [
         FieldViolation(f"policies[{i}]", f'policy "{p}" does not exist')
-        for i, p in enumerate(req.policies)
+        for i, p in enumerate(policies)
         if ident.get_policy(p) is None
     ]
     if missing:
         raise errors.invalid(*validation.bounded(missing))
+
+
+async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admin_pb2.UserCreateResponse:
+    ident = _identity(ctx)
+    require_policies(ident, req.policies)
     user = ident.upsert_user(req.name, req.email, list(req.policies))
     _changed(ctx)
     return admin_pb2.UserCreateResponse(user=subject_pb(user))

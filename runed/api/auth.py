@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import auth_pb2
+from runed.api.admin import require_policies
 from runed.auth import rbac
 from runed.auth.identity import Identity
 from runed.core import errors, validation
@@ -158,13 +159,7 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
             raise errors.not_found("user", req.subject_id)
         _require_admin(ctx, "create", "creating a user")
         policies = list(req.policies) or ["readonly"]
-        missing = [
-            FieldViolation(f"policies[{i}]", f'policy "{p}" does not exist')
-            for i, p in enumerate(req.policies)
-            if ident.get_policy(p) is None
-        ]
-        if missing:
-            raise errors.invalid(*validation.bounded(missing))
+        require_policies(ident, req.policies)
         # The token of a user created here carries the user's policies: it needs no scope of its own.
         user = ident.upsert_user(req.subject_name or req.name, policies=policies)
         ctx.deps.credentials_changed()
