@@ -19,7 +19,7 @@ from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
 from runed.store.open import open_url
 from runed.store.postgres import PostgresStore
 from runed.store.sqlite import SQLiteStore, open_store
-from tests.pgsupport import pg_database  # noqa: F401  (a fixture)
+from tests.pgsupport import pg_database, pg_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -292,3 +292,23 @@ def test_get_at_is_the_object_as_it_was_at_a_revision(store: Store) -> None:
     assert store.get_at("service", "default", "a", a3.revision).data == {"scale": 3}  # type: ignore[union-attr]
     assert store.get_at("service", "default", "a", gone.revision) is None
     assert store.get_at("service", "default", "a", a2.revision + 5) == a2
+
+
+def test_postgresql_commit_wakes_another_stores_watchers(pg_url: str) -> None:  # noqa: F811
+    """A commit NOTIFYs: a listener on another connection is woken, not left to its safety poll."""
+    from runed.store.postgres.notify import PgNotifier
+
+    writer = PostgresStore(pg_url, notify=False)
+    listener = PgNotifier(pg_url)
+
+    async def scenario() -> tuple[bool, bool]:
+        quiet = await listener.wait(0.2)  # nothing committed yet
+        waiting = asyncio.create_task(listener.wait(30))
+        writer.put("service", "default", "a", {})
+        return quiet, await waiting
+
+    try:
+        assert asyncio.run(scenario()) == (False, True)
+    finally:
+        listener.close()
+        writer.close()
