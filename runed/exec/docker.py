@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from runed.exec.session import CHUNK, Event, ExecSpec, Exit, Output
+from runed.exec.session import CHUNK, Event, ExecSpec, Exit, Output, until_exit
 
 # Output frames of a non-TTY exec: 1 byte stream (1 stdout, 2 stderr), 3 zero bytes, 4-byte size.
 _HEADER = struct.Struct(">BxxxI")
@@ -140,12 +140,8 @@ class DockerExec:
             await asyncio.sleep(0.05)
         return Exit(1)
 
-    async def events(self) -> AsyncIterator[Event]:
-        while True:
-            ev = await self._queue.get()
-            yield ev
-            if isinstance(ev, Exit):
-                return
+    def events(self) -> AsyncIterator[Event]:
+        return until_exit(self._queue)
 
     async def write(self, data: bytes) -> None:
         if self._writer is None or self._stdin_closed:

@@ -107,6 +107,15 @@ except OSError as e:
 """
 
 
+async def until_exit(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+    """A session's events as they are queued, ending with (and including) its Exit."""
+    while True:
+        ev = await queue.get()
+        yield ev
+        if isinstance(ev, Exit):
+            return
+
+
 @dataclass
 class ExecProcess:
     """A started (or failed-to-start) command; feed it input, read its events, kill it."""
@@ -269,13 +278,9 @@ class ExecProcess:
         self._out = []
         self._in_fd = -1
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncIterator[Event]:
         """Output chunks in order, then the Exit."""
-        while True:
-            ev = await self._queue.get()
-            yield ev
-            if isinstance(ev, Exit):
-                return
+        return until_exit(self._queue)
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
