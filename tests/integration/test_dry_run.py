@@ -7,12 +7,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from rune.api import admin_pb2, admin_pb2_grpc, namespace_pb2, namespace_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore, open_store
 from tests.harness import Runed
+from tests.support import bad_request_violations
 
 Auth = list[tuple[str, str]]
 
@@ -22,17 +21,6 @@ def _svc(name: str, ns: str = "", scale: int = 1) -> service_pb2.Service:
     svc.process.command = sys.executable
     svc.process.args.extend(["-c", "import time; time.sleep(60)"])
     return svc
-
-
-def _violations(err: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        br = error_details_pb2.BadRequest()
-        if detail.Unpack(br):
-            out.update({v.field: v.description for v in br.field_violations})
-    return out
 
 
 def _error(fn: object) -> grpc.RpcError:
@@ -105,9 +93,9 @@ def test_dry_run_reports_the_same_validation_errors_as_a_real_call(
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         if dry:
-            dry_violations, dry_details = _violations(err), err.details()
+            dry_violations, dry_details = bad_request_violations(err), err.details()
         else:
-            assert _violations(err) == dry_violations
+            assert bad_request_violations(err) == dry_violations
             assert err.details() == dry_details
     assert {"service.name", "service.scale", "service.ports[0].port"} <= set(dry_violations)
     # Reference and namespace checks run too, with the same outcome as a real call.
