@@ -7,6 +7,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.logs.events import EventWriter
@@ -53,6 +54,14 @@ class Book:
         self.touched: set[Key] = set()
         # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
         self.events = EventWriter()
+        # Record writes not yet in the store, by (kind, namespace, name): the data, or None for a
+        # delete. A pass saves many instances at once (a cast of a thousand, a delete of a
+        # thousand); they go to the store together in one transaction (one commit, one fsync)
+        # once the pass yields to the event loop, not in a transaction each.
+        self._pending: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+        self._flush_scheduled = False
+        # Directory removals in flight (off the event loop).
+        self._removing: set[asyncio.Future[None]] = set()
 
     def load(self) -> None:
         """Read every instance record (once, at start-up)."""
@@ -103,7 +112,7 @@ class Book:
         if self._cache.get(inst.key) == inst:
             return
         inst.updated_at = objects.now_rfc3339()
-        self.store.put(objects.INSTANCE, inst.namespace, inst.id, inst.to_record())
+        self._write((objects.INSTANCE, inst.namespace, inst.id), inst.to_record())
         self._cache[inst.key] = inst.copy()
         self.touched.add((inst.namespace, inst.service))
 
@@ -114,10 +123,60 @@ class Book:
             lv.cancel_probes()
         d = self.directory(key[1])
         self.events.forget(d)
-        if d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
-        self.store.delete(objects.INSTANCE, key[0], key[1])
-        self.store.delete(objects.INSTANCE_ACTION, key[0], key[1])
+        self._remove_dir(d)
+        self._write((objects.INSTANCE, key[0], key[1]), None)
+        self._write((objects.INSTANCE_ACTION, key[0], key[1]), None)
         gone = self._cache.pop(key, None)
         if gone is not None:
             self.touched.add((gone.namespace, gone.service))
+
+    def _remove_dir(self, d: Path) -> None:
+        """Remove an instance directory: in a worker thread when a loop runs (a thousand at once
+        would otherwise hold the loop for seconds), else here."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        fut = loop.run_in_executor(None, shutil.rmtree, d, True)
+        self._removing.add(fut)
+        fut.add_done_callback(self._removing.discard)
+
+    async def removals_done(self) -> None:
+        """Wait for the directory removals in flight (at shutdown)."""
+        if self._removing:
+            await asyncio.wait(set(self._removing), timeout=5)
+
+    def _write(self, key: tuple[str, str, str], data: dict[str, Any] | None) -> None:
+        """Queue a record write (None: delete) for :meth:`flush`, scheduled once per burst."""
+        self._pending.pop(key, None)  # keep the order of the latest writes
+        self._pending[key] = data
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the queued records in one transaction. On failure (e.g. a full disk) they stay
+        queued and the next write or pass tries again; the cache is already what they say."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        pending = self._pending
+        self._pending = {}
+        try:
+            with self.store.transaction():
+                for (kind, ns, name), data in pending.items():
+                    if data is None:
+                        self.store.delete(kind, ns, name)
+                    else:
+                        self.store.put(kind, ns, name, data)
+        except Exception:
+            log.exception("cannot write %d instance records; retrying on the next pass", len(pending))
+            pending.update(self._pending)
+            self._pending = pending

@@ -127,6 +127,8 @@ class Controller:
                         self.reconcile_all() if full else self.reconcile_changed()
                     except Exception:
                         log.exception("reconcile pass failed")
+                # The pass's record writes, in one transaction (also retries a failed one).
+                self.book.flush()
                 if watcher.done() and not stop.is_set():
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:
@@ -146,6 +148,8 @@ class Controller:
             pending = [lv.stop_task for lv in self.book.lives() if lv.stop_task and not lv.stop_task.done()]
             if pending:
                 await asyncio.wait(pending, timeout=5)
+            self.book.flush()
+            await self.book.removals_done()
 
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""

@@ -236,10 +236,11 @@ class Supervisor:
 
     def retire(self, inst: Instance, reason: str, *, grace: float | None = None) -> None:
         """Stop for good and delete the record once stopped."""
-        inst = inst.copy()
         lv = self.book.live(inst.key)
+        # Checked before copying: a deletion asks again on every pass, for every instance.
         if inst.retire and (lv.stop_task is not None or inst.state is STOPPING):
             return
+        inst = inst.copy()
         inst.retire = True
         self.begin_stop(inst, after=AfterStop.DELETE, reason=f"Terminating: {reason}", grace=grace)
 

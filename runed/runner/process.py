@@ -292,7 +292,11 @@ class ProcessRunner:
         # Stragglers in the group (children that ignored SIGTERM) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        self.reap()
+        # Only this stop's shim: reaping them all here would cost N polls per stop, N² per delete.
+        own = self._shims.get(obs.handle.shim_pid)
+        if own is not None and own.poll() is not None:
+            del self._shims[obs.handle.shim_pid]
+            self._spawned_at.pop(obs.handle.shim_pid, None)
         return obs
 
 
