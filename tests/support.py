@@ -7,6 +7,7 @@ in the conftest modules. No test module imports another one: what two modules sh
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from runed.logs.files import LOG_NAME
+from runed.logs.timeparse import format_ns
 from tests.harness import Runed, run_runed
 
 T = TypeVar("T")
@@ -141,3 +144,37 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
         elif not line.startswith(":"):
             k, _, v = line.partition(": ")
             ev[k] = v
+
+
+class LogWriter:
+    """Writes an instance's log files the way the per-instance shim does (seq, ts, stream, line; size rotation).
+
+    A line without ``ns`` is stamped now, or ``base_ns`` + 1 ms per line when a test wants fixed times.
+    """
+
+    def __init__(self, log_dir: Path, backups: int = 3, base_ns: int | None = None) -> None:
+        self.dir = log_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.backups = backups
+        self.base_ns = base_ns
+        self.seq = 0
+
+    def write(self, line: str, stream: str = "stdout", ns: int | None = None) -> int:
+        """Append one line; returns its seq."""
+        self.seq += 1
+        if ns is None:
+            ns = time.time_ns() if self.base_ns is None else self.base_ns + self.seq * 1_000_000
+        rec = {"seq": self.seq, "ts": format_ns(ns), "stream": stream, "line": line}
+        with open(self.dir / LOG_NAME, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return self.seq
+
+    def rotate(self) -> None:
+        """Shift ``log.N`` to ``log.N+1`` and the live file to ``log.1``, as size rotation does."""
+        for i in range(self.backups - 1, 0, -1):
+            src = self.dir / f"{LOG_NAME}.{i}"
+            if src.exists():
+                src.rename(self.dir / f"{LOG_NAME}.{i + 1}")
+        live = self.dir / LOG_NAME
+        if live.exists():
+            live.rename(self.dir / f"{LOG_NAME}.1")

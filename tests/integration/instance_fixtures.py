@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runed.logs.files import LOG_NAME
-from runed.logs.timeparse import format_ns
 from runed.store.base import iter_all
 from runed.store.sqlite import open_store
-
-
-class LogWriter:
-    """Appends lines the way the per-instance shim does, with size-style rotation on demand."""
-
-    def __init__(self, log_dir: Path, backups: int = 3) -> None:
-        self.dir = log_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.backups = backups
-        self.seq = 0
-
-    def write(self, line: str, stream: str = "stdout", ns: int | None = None) -> None:
-        import time
-
-        self.seq += 1
-        rec = {
-            "seq": self.seq,
-            "ts": format_ns(ns if ns is not None else time.time_ns()),
-            "stream": stream,
-            "line": line,
-        }
-        with open(self.dir / LOG_NAME, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def rotate(self) -> None:
-        for i in range(self.backups - 1, 0, -1):
-            src = self.dir / f"{LOG_NAME}.{i}"
-            if src.exists():
-                src.rename(self.dir / f"{LOG_NAME}.{i + 1}")
-        live = self.dir / LOG_NAME
-        if live.exists():
-            live.rename(self.dir / f"{LOG_NAME}.1")
+from tests.support import LogWriter
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import types
@@ -14,35 +13,9 @@ from runed.logs import cursor, files
 from runed.logs.files import LOG_NAME, Follower
 from runed.logs.stream import LogStream, Selection, Source, compile_filter
 from runed.logs.timeparse import format_ns, line_ns, parse_bound, parse_duration
+from tests.support import LogWriter
 
 BASE_NS = 1_800_000_000 * 1_000_000_000
-
-
-class Writer:
-    """Writes log files the way the per-instance shim does (seq, ts, stream, line; size rotation)."""
-
-    def __init__(self, log_dir: Path, backups: int = 3) -> None:
-        self.dir = log_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.backups = backups
-        self.seq = 0
-
-    def write(self, line: str, stream: str = "stdout", ns: int | None = None) -> int:
-        self.seq += 1
-        ts = format_ns(ns if ns is not None else BASE_NS + self.seq * 1_000_000)
-        rec = {"seq": self.seq, "ts": ts, "stream": stream, "line": line}
-        with open(self.dir / LOG_NAME, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        return self.seq
-
-    def rotate(self) -> None:
-        for i in range(self.backups - 1, 0, -1):
-            src = self.dir / f"{LOG_NAME}.{i}"
-            if src.exists():
-                src.rename(self.dir / f"{LOG_NAME}.{i + 1}")
-        live = self.dir / LOG_NAME
-        if live.exists():
-            live.rename(self.dir / f"{LOG_NAME}.1")
 
 
 def lines(got: list[files.LogLine]) -> list[str]:
@@ -73,7 +46,7 @@ def test_filter_substring_and_regex() -> None:
 
 
 def test_tail_reads_backwards_without_reading_the_whole_file(tmp_path: Path) -> None:
-    w = Writer(tmp_path)
+    w = LogWriter(tmp_path, base_ns=BASE_NS)
     # A 4 GiB sparse hole in front of the lines: reading it all would take far longer than allowed.
     with open(tmp_path / LOG_NAME, "wb") as f:
         f.truncate(4 << 30)
@@ -88,7 +61,7 @@ def test_tail_reads_backwards_without_reading_the_whole_file(tmp_path: Path) -> 
 
 
 def test_tail_spans_rotated_files_and_applies_the_selection(tmp_path: Path) -> None:
-    w = Writer(tmp_path)
+    w = LogWriter(tmp_path, base_ns=BASE_NS)
     for i in range(10):
         w.write(f"out {i}")
         w.write(f"err {i}", stream="stderr")
@@ -107,7 +80,7 @@ def test_tail_spans_rotated_files_and_applies_the_selection(tmp_path: Path) -> N
 
 
 def test_follower_across_rotations_and_partial_lines(tmp_path: Path) -> None:
-    w = Writer(tmp_path, backups=5)
+    w = LogWriter(tmp_path, backups=5, base_ns=BASE_NS)
     w.write("before")
     f = Follower(tmp_path)  # from the current end
     assert f.poll() == []
@@ -137,7 +110,7 @@ def test_follower_across_rotations_and_partial_lines(tmp_path: Path) -> None:
 
 
 def test_follower_resumes_after_a_seq(tmp_path: Path) -> None:
-    w = Writer(tmp_path)
+    w = LogWriter(tmp_path, base_ns=BASE_NS)
     for i in range(20):
         w.write(f"l{i}")
         if i == 9:
@@ -148,7 +121,7 @@ def test_follower_resumes_after_a_seq(tmp_path: Path) -> None:
 
 
 def test_merged_stream_orders_by_time_and_resumes_without_gaps(tmp_path: Path) -> None:
-    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    wa, wb = LogWriter(tmp_path / "a", base_ns=BASE_NS), LogWriter(tmp_path / "b", base_ns=BASE_NS)
     for i in range(6):
         wa.write(f"a{i}", ns=BASE_NS + (2 * i) * 1000)
         wb.write(f"b{i}", ns=BASE_NS + (2 * i + 1) * 1000)
@@ -168,7 +141,7 @@ def test_merged_stream_orders_by_time_and_resumes_without_gaps(tmp_path: Path) -
     assert [e.line.line for e in s.poll()] == ["b6", "a6"]
     assert [e.line.line for e in resumed.poll()] == ["b6", "a6"]
     # A new instance joins and is read from its first line.
-    wc = Writer(tmp_path / "c")
+    wc = LogWriter(tmp_path / "c", base_ns=BASE_NS)
     wc.write("c0", ns=BASE_NS + 30_000)
     s.add_source(Source("c", "web-2", "web", tmp_path / "c"))
     got = s.poll()
@@ -186,7 +159,7 @@ def test_cursor_rejects_garbage() -> None:
 
 
 def test_full_history_is_merged_lazily_and_since_starts_late(tmp_path: Path) -> None:
-    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    wa, wb = LogWriter(tmp_path / "a", base_ns=BASE_NS), LogWriter(tmp_path / "b", base_ns=BASE_NS)
     for i in range(3000):
         wa.write(f"a{i}", ns=BASE_NS + 2 * i)
         wb.write(f"b{i}", ns=BASE_NS + 2 * i + 1)
@@ -220,7 +193,7 @@ def test_full_history_is_merged_lazily_and_since_starts_late(tmp_path: Path) -> 
 
 
 def test_retired_instance_is_drained_then_dropped(tmp_path: Path) -> None:
-    wa, wb = Writer(tmp_path / "a"), Writer(tmp_path / "b")
+    wa, wb = LogWriter(tmp_path / "a", base_ns=BASE_NS), LogWriter(tmp_path / "b", base_ns=BASE_NS)
     wa.write("a0")
     wb.write("b0")
     s = LogStream(
@@ -237,7 +210,7 @@ def test_retired_instance_is_drained_then_dropped(tmp_path: Path) -> None:
 
 
 def test_lines_rotated_away_before_they_were_read_are_reported_as_a_gap(tmp_path: Path) -> None:
-    w = Writer(tmp_path, backups=1)
+    w = LogWriter(tmp_path, backups=1, base_ns=BASE_NS)
     for i in range(1, 10):
         w.write(f"l{i}")
         if i % 3 == 0 and i < 9:
