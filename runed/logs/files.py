@@ -154,17 +154,7 @@ def _lines_backwards(log_dir: Path, name: str) -> Iterator[LogLine]:
 
 def last_seq(log_dir: Path, name: str = LOG_NAME) -> int:
     """The seq of the newest complete line, or -1 when there is none."""
-    for path in reversed(log_files(log_dir, name)):
-        try:
-            fh = open(path, "rb")
-        except OSError:
-            continue
-        with fh:
-            for _, raw in _backwards(fh, complete_end(fh)):
-                ln = parse_line(raw)
-                if ln is not None:
-                    return ln.seq
-    return -1
+    return next((ln.seq for ln in _lines_backwards(log_dir, name)), -1)
 
 
 def _offset_after(fh: BinaryIO, after_seq: int) -> int:
