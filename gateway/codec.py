@@ -43,17 +43,6 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
-def _field(desc: Any, name: str) -> Any:
-    """A field by proto name or lowerCamelCase JSON name."""
-    f = desc.fields_by_name.get(name)
-    if f is not None:
-        return f
-    for f in desc.fields:
-        if f.json_name == name:
-            return f
-    return None
-
-
 def _is_map(f: FieldDescriptor) -> bool:
     return f.message_type is not None and f.message_type.GetOptions().map_entry
 
@@ -99,7 +88,7 @@ def set_path(data: dict[str, Any], desc: Any, dotted: str, raw: str | list[str],
         key = None
         if part.endswith("]") and "[" in part:
             part, _, key = part[:-1].partition("[")
-        f = _field(d, part)
+        f = fromjson.field_named(d, part)
         if f is None:
             raise _bad(where, f'unknown field "{part}" in {d.full_name}')
         last = i == len(parts) - 1
@@ -209,7 +198,7 @@ def build_request(
                 raise _bad("body", f"expected a JSON object for {desc.full_name}")
             data = body
         else:
-            f = _field(desc, body_field)
+            f = fromjson.field_named(desc, body_field)
             if f is None:  # pragma: no cover - the rule names a field of this message
                 raise _bad("body", f"unknown body field {body_field}")
             data[f.name] = body

@@ -149,7 +149,7 @@ class _Walk:
         oneofs: dict[str, str] = {}  # oneof name -> the key that set it
         for key, v in value.items():
             where = join(path, key)
-            f = _field(desc, key)
+            f = field_named(desc, key)
             if f is None:
                 self.bad(where, _unknown(desc, key))
                 continue
@@ -254,7 +254,8 @@ _WELL_KNOWN = {
 }
 
 
-def _field(desc: Descriptor, key: str) -> Any:
+def field_named(desc: Descriptor, key: str) -> Any:
+    """A field by proto name or lowerCamelCase JSON name; None when there is no such field."""
     f = desc.fields_by_name.get(key)
     if f is not None:
         return f
