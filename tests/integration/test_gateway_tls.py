@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.harness import Runed, RunedFactory
-from tests.pki import PKI
+from tests.pki import PKI, tls_args
 
 
 class TLSRuned:
@@ -38,19 +38,7 @@ class TLSRuned:
 
 def start(runed_factory: RunedFactory, tmp: Path, *, client_ca: bool, require: bool = False) -> TLSRuned:
     pki = PKI()
-    key, cert = pki.issue("runed", server=True)
-    (tmp / "server.key").write_bytes(key)
-    (tmp / "server.crt").write_bytes(cert)
-    (tmp / "clients-ca.crt").write_bytes(pki.ca_pem)
-    tls: dict[str, object] = {
-        "enabled": True,
-        "cert_file": str(tmp / "server.crt"),
-        "key_file": str(tmp / "server.key"),
-    }
-    if client_ca:
-        tls.update(client_ca_file=str(tmp / "clients-ca.crt"), require_client_cert=require)
-    (tmp / "runefile.yaml").write_text(yaml.safe_dump({"server": {"tls": tls}}))
-    r = runed_factory(tmp / "data", args=["--config", str(tmp / "runefile.yaml")])
+    r = runed_factory(tmp / "data", args=tls_args(tmp, pki, client_ca=client_ca, require=require))
     t = TLSRuned(r, pki, tmp)
     with t.client() as c:
         resp = c.post("/v1/admin:bootstrap", json={})
