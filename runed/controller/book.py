@@ -176,7 +176,8 @@ class Book:
                         self.store.delete(kind, ns, name)
                     else:
                         self.store.put(kind, ns, name, data)
-        except Exception:
-            log.exception("cannot write %d instance records; retrying on the next pass", len(pending))
+        except Exception as e:
+            # Once per pass while it lasts (e.g. a full disk): a warning, not a traceback each time.
+            log.warning("cannot write %d instance records (%s); retrying on the next pass", len(pending), e)
             pending.update(self._pending)
             self._pending = pending
