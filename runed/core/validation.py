@@ -125,26 +125,33 @@ def namespace_scope(value: str, field: str) -> list[FieldViolation]:
     return [] if value == "*" else dns1123_label(value, field, allow_empty=True)
 
 
-def dns1123_label(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
-    """A DNS-1123 label: 1-63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
+def _dns1123(
+    value: str, field: str, allow_empty: bool, max_len: int, pattern: re.Pattern[str], what: str
+) -> list[FieldViolation]:
     if not value:
         return [] if allow_empty else [_v(field, "is required")]
-    if len(value) > DNS1123_LABEL_MAX:
-        return [_v(field, f"must be at most {DNS1123_LABEL_MAX} characters (got {len(value)})")]
-    if not _DNS1123_LABEL_RE.match(value):
-        return [_v(field, f"must be a DNS-1123 label ({_LABEL_HINT}), got {value!r}")]
+    if len(value) > max_len:
+        return [_v(field, f"must be at most {max_len} characters (got {len(value)})")]
+    if not pattern.match(value):
+        return [_v(field, f"must be a DNS-1123 {what}, got {value!r}")]
     return []
+
+
+def dns1123_label(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
+    """A DNS-1123 label: 1-63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
+    return _dns1123(value, field, allow_empty, DNS1123_LABEL_MAX, _DNS1123_LABEL_RE, f"label ({_LABEL_HINT})")
 
 
 def dns1123_subdomain(value: str, field: str, *, allow_empty: bool = False) -> list[FieldViolation]:
     """A DNS-1123 subdomain: dot-separated labels, at most 253 characters in all."""
-    if not value:
-        return [] if allow_empty else [_v(field, "is required")]
-    if len(value) > DNS1123_SUBDOMAIN_MAX:
-        return [_v(field, f"must be at most {DNS1123_SUBDOMAIN_MAX} characters (got {len(value)})")]
-    if not _DNS1123_SUBDOMAIN_RE.match(value):
-        return [_v(field, f"must be a DNS-1123 subdomain ({_LABEL_HINT}, dot-separated), got {value!r}")]
-    return []
+    return _dns1123(
+        value,
+        field,
+        allow_empty,
+        DNS1123_SUBDOMAIN_MAX,
+        _DNS1123_SUBDOMAIN_RE,
+        f"subdomain ({_LABEL_HINT}, dot-separated)",
+    )
 
 
 def label_key(key: str, field: str) -> list[FieldViolation]:
