@@ -107,6 +107,61 @@ def write_json_atomic(path: StrPath, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# The exit and pid records are reserved at start: a placeholder of this size is written (and
+# synced) while there is room, then overwritten in place (pwrite needs no new blocks) and renamed,
+# so a disk filled by the instance cannot cost its exit code.
+RESERVE_BYTES = 4096
+RESERVE_SUFFIX = ".reserve"
+
+
+class Reserved:
+    """A record file whose blocks are taken at start; :meth:`commit` writes it without new space."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        tmp = path + RESERVE_SUFFIX
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            return  # no room even now: commit falls back to an ordinary write
+        try:
+            view = memoryview(b" " * RESERVE_BYTES)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def commit(self, data: dict[str, Any]) -> None:
+        """Write ``data`` as the record (padded with blanks to the reserved size), then put it in place."""
+        raw = dumps(data).encode()
+        fd, self.fd = self.fd, None
+        if fd is None or len(raw) > RESERVE_BYTES:
+            if fd is not None:
+                os.close(fd)
+            write_json_atomic(self.path, data)
+            return
+        try:
+            os.pwrite(fd, raw + b" " * (RESERVE_BYTES - len(raw)), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.path + RESERVE_SUFFIX, self.path)
+
+    def discard(self) -> None:
+        """Give the reserved space back (the record will not be written)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            os.unlink(self.path + RESERVE_SUFFIX)
+        except FileNotFoundError:
+            pass
+
+
 # -- processes -----------------------------------------------------------------------------------
 def proc_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone.
@@ -382,6 +437,7 @@ def run(directory: StrPath) -> int:
     for stale in (exit_path, pid_path):
         if os.path.exists(stale):
             os.unlink(stale)
+    exit_record, pid_record = Reserved(exit_path), Reserved(pid_path)
     writer = LogWriter(
         directory,
         int(spec.get("max_bytes", 10 << 20)),
@@ -395,11 +451,11 @@ def run(directory: StrPath) -> int:
         argv0 = (spec.get("argv") or [""])[0]
         writer.write("stderr", f"runed: cannot start {argv0!r}: {e}".encode())
         writer.close()
-        write_json_atomic(exit_path, {"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"})
+        pid_record.discard()
+        exit_record.commit({"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"[:1024]})
         return 0
     me = os.getpid()
-    write_json_atomic(
-        pid_path,
+    pid_record.commit(
         {
             "pid": pid,
             "pid_start": proc_start_time(pid),
@@ -481,7 +537,7 @@ def run(directory: StrPath) -> int:
     assert status is not None
     rc = os.waitstatus_to_exitcode(status)
     code, sig = (None, -rc) if rc < 0 else (rc, None)
-    write_json_atomic(exit_path, {"code": code, "signal": sig, "ts": time.time()})
+    exit_record.commit({"code": code, "signal": sig, "ts": time.time()})
     return 0
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from runed.runner import shim
+from runed.runner.process import shim_argv
 
 
 def _lines(d: Path) -> list[dict[str, object]]:
@@ -58,3 +62,21 @@ def test_a_write_the_disk_refuses_is_dropped_not_fatal(tmp_path: Path) -> None:
     assert w.seq == 1
     w.close()  # the marker is tried once more, and refused quietly too
     assert [r["line"] for r in _lines(tmp_path)] == ["before"]
+
+
+def test_the_exit_code_survives_a_disk_the_instance_filled(tmp_path: Path) -> None:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        # The instance fills the disk to the last block, then exits 7.
+        script = f"cat /dev/zero > {d}/fill 2>/dev/null; exit 7"
+        shim.write_json_atomic(d / shim.LAUNCH_NAME, {"argv": ["/bin/sh", "-c", script], "min_free_bytes": 0})
+        subprocess.run(shim_argv(d), check=True, timeout=60)
+        assert _free(d) == 0
+        assert shim.read_json(d / shim.EXIT_NAME)["code"] == 7
+        assert shim.read_json(d / shim.PID_NAME)["pid"] > 0
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
