@@ -44,7 +44,7 @@ class Book:
     never changed in place, so a save can tell whether anything changed.
     """
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, log_min_free_bytes: int = 0) -> None:
         self.store = store
         self.data_dir = data_dir
         self._cache: dict[Key, Instance] = {}
@@ -53,7 +53,7 @@ class Book:
         # this set: the next pass looks at them (and not at every service).
         self.touched: set[Key] = set()
         # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
-        self.events = EventWriter()
+        self.events = EventWriter(log_min_free_bytes)
         # Record writes not yet in the store, by (kind, namespace, name): the data, or None for a
         # delete. A pass saves many instances at once (a cast of a thousand, a delete of a
         # thousand); they go to the store together in one transaction (one commit, one fsync)

@@ -74,7 +74,7 @@ class Controller:
         self.cfg = cfg
         self.store = store
         self.alarm = Alarm()
-        self.book = Book(store, data_dir)
+        self.book = Book(store, data_dir, cfg.log_min_free_bytes)
         launcher = Launcher(store, crypto, cfg, self.book.of_service)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)

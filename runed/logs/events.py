@@ -22,6 +22,11 @@ EVENT_STREAM = "event"
 # Events are a few lines per lifecycle step; past this size the file is rotated once (``.1``).
 MAX_BYTES = 1 << 20
 
+# Writing resumes only with this much more than the floor free, so it does not flap at the edge
+# (as the shim does for ``log.jsonl``).
+RESUME_SLACK_BYTES = 1 << 20
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+
 log = logging.getLogger("runed.logs.events")
 
 
@@ -30,40 +35,82 @@ class EventWriter:
 
     The next seq is read from the files once per instance directory, then kept in memory, so a
     controller restart continues the numbering instead of repeating it.
+
+    Keeps ``min_free_bytes`` free on the data disk, as the shim does for the instance's own log
+    (``controller.log_min_free_bytes``; 0: no floor): below it, or when a write fails for lack of
+    space, events are counted and dropped; the next event written is preceded by a marker event
+    saying how many were dropped. Dropped events take no seq.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_free_bytes: int = 0) -> None:
+        self.min_free = max(0, min_free_bytes)
         self._seq: dict[Path, int] = {}
+        self.dropped: dict[Path, int] = {}  # events dropped since the last one written, by directory
 
     def append(self, log_dir: Path, text: str) -> None:
         """Record one event; a failure is logged, never raised (events must not stop the controller)."""
         try:
-            self._append(log_dir, text)
+            if not log_dir.is_dir():
+                return  # deleted with its instance: nothing left to read it
+            dropped = self.dropped.get(log_dir, 0)
+            texts = [text]
+            if dropped:
+                short = f"had less than {self.min_free} bytes free" if self.min_free else "was full"
+                texts.insert(0, f"runed: {dropped} events dropped: the disk holding this log {short}")
+            if self._room(log_dir, dropped) and self._append(log_dir, texts):
+                self.dropped.pop(log_dir, None)
+            else:
+                self.dropped[log_dir] = dropped + 1
         except OSError as e:
             log.warning("cannot record event for %s: %s", log_dir.name, e)
 
-    def _append(self, log_dir: Path, text: str) -> None:
-        if not log_dir.is_dir():
-            return  # deleted with its instance: nothing left to read it
+    def _room(self, log_dir: Path, dropped: int) -> bool:
+        if not self.min_free:
+            return True
+        try:
+            st = os.statvfs(log_dir)
+        except OSError:
+            return True  # cannot tell: the write itself will say
+        room = st.f_bavail * st.f_frsize - self.min_free
+        if dropped:
+            room -= RESUME_SLACK_BYTES
+        return room > 4096
+
+    def _append(self, log_dir: Path, texts: list[str]) -> bool:
+        """Write event lines in one write; False (and nothing written) when the disk had no room."""
         seq = self._seq.get(log_dir)
         if seq is None:
             seq = files.last_seq(log_dir, EVENTS_NAME)
-        seq += 1
         path = log_dir / EVENTS_NAME
         try:
             if path.stat().st_size > MAX_BYTES:
                 os.replace(path, log_dir / f"{EVENTS_NAME}.1")
         except FileNotFoundError:
             pass
-        line = orjson.dumps({"seq": seq, "ts": format_ns(time.time_ns()), "stream": EVENT_STREAM, "line": text})
-        # One write of a whole line to an O_APPEND file: a concurrent reader sees it whole or not at all.
+        ts = format_ns(time.time_ns())
+        data = b"".join(
+            orjson.dumps({"seq": seq + i, "ts": ts, "stream": EVENT_STREAM, "line": text}) + b"\n"
+            for i, text in enumerate(texts, 1)
+        )
+        seq += len(texts)
+        # One write of whole lines to an O_APPEND file: a concurrent reader sees them whole or not at all.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line + b"\n")
+            n = os.write(fd, data)
+            if n != len(data):
+                # Short of space mid-line: take the part back, the lines are dropped whole.
+                os.ftruncate(fd, os.fstat(fd).st_size - n)
+                return False
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            return False
         finally:
             os.close(fd)
         self._seq[log_dir] = seq
+        return True
 
     def forget(self, log_dir: Path) -> None:
         """Drop the cached seq of a deleted instance directory."""
         self._seq.pop(log_dir, None)
+        self.dropped.pop(log_dir, None)

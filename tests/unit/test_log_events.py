@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,48 @@ def test_stream_merges_events_and_output_and_resumes_both(tmp_path: Path) -> Non
     # Tails count events as lines when they are shown.
     tail = _read(Selection(events=True), [out, ev], tail=2)
     assert [e.line.line for e in tail] == ["Exited", "run"]
+
+
+def _lines(d: Path) -> list[str]:
+    return [json.loads(line)["line"] for line in (d / events.EVENTS_NAME).read_text().splitlines()]
+
+
+def test_below_the_floor_events_are_dropped_then_a_marker_counts_them(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    w = events.EventWriter(min_free_bytes=1024)
+    w.append(tmp_path, "Starting")
+    # The floor now lies above what the filesystem has free: nothing more is written.
+    w.min_free = free + (1 << 30)
+    for i in range(5):
+        w.append(tmp_path, f"dropped {i}")
+    assert _lines(tmp_path) == ["Starting"]
+    # Room again: the marker comes first, and dropped events took no seq.
+    w.min_free = 1024
+    w.append(tmp_path, "Started")
+    lines = _lines(tmp_path)
+    assert lines[0] == "Starting" and lines[2] == "Started"
+    assert lines[1].startswith("runed: 5 events dropped: the disk holding this log had less than")
+    assert _seqs(tmp_path) == [0, 1, 2]
+
+
+def test_on_a_full_disk_events_are_dropped_whole_then_counted(tmp_path: Path) -> None:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        w = events.EventWriter(min_free_bytes=0)
+        w.append(d, "Starting")
+        subprocess.run(["sh", "-c", f"cat /dev/zero > {d}/fill 2>/dev/null"], check=False)
+        for i in range(3):
+            w.append(d, f"dropped {i} " + "x" * 5000)
+        assert w.dropped[d] == 3
+        (d / "fill").unlink()
+        w.append(d, "Started")
+        lines = _lines(d)
+        assert lines[0] == "Starting" and lines[2] == "Started"
+        assert lines[1].startswith("runed: 3 events dropped: the disk holding this log was full")
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
