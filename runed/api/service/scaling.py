@@ -10,6 +10,7 @@ from typing import Any
 
 from rune.api import service_pb2
 from runed.api.service.common import check_scale, get_service, instances_of, status_pb, v_name, with_status
+from runed.api.service.spec import host_port_scale_why
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.model import objects
@@ -63,6 +64,13 @@ async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -
         if rec.data.get("deletion"):
             raise errors.FailedPrecondition(f'service "{req.name}" in namespace "{ns}" is being deleted')
         current = int(rec.data.get("spec", {}).get("scale", 0))
+        if req.scale > 1:
+            svc = objects.service_from_record(rec)
+            if svc.runtime == "process" and svc.expose.host_port:
+                why = host_port_scale_why(req.scale)
+                raise errors.InvalidArgument(
+                    f"invalid request: scale: {why}", violations=[FieldViolation("scale", why)]
+                )
         active = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") not in SCALING_DONE]
         if current == req.scale and not active:
             return service_pb2.ServiceResponse(

@@ -164,7 +164,17 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
         elif e.host_port and not svc.ports:
             # The host port is where the exposed declared port listens: without one there is nothing to bind.
             out.append(FieldViolation(f"{path}.expose.host_port", "needs a declared port to expose (service.ports)"))
+        elif e.host_port and svc.runtime == "process" and svc.scale > 1:
+            out.append(FieldViolation(f"{path}.expose.host_port", host_port_scale_why(svc.scale)))
     return out
+
+
+def host_port_scale_why(scale: int) -> str:
+    """Why a process service with ``expose.host_port`` cannot run ``scale`` instances."""
+    return (
+        f"a process service binds its host port on this host, so only one instance can run; "
+        f"scale must be at most 1 with expose.host_port set, got {scale}"
+    )
 
 
 def v_create(req: service_pb2.CreateServiceRequest) -> list[FieldViolation]:
