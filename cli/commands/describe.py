@@ -18,12 +18,14 @@ def _describe_service(s: Session, svc: Any) -> None:
     import grpc
 
     d = to_dict(svc)
-    for key in ("id", "status", "metadata"):
+    for key in ("id", "status", "statusMessage", "metadata"):
         d.pop(key, None)
     click.echo(f"Name:        {svc.name}")
     click.echo(f"Namespace:   {svc.namespace}")
     click.echo(f"ID:          {svc.id}")
     click.echo(f"Status:      {svc_status(svc.status)}")
+    if svc.status_message:
+        click.echo(f"Message:     {svc.status_message}")
     created = svc.metadata.created_at
     click.echo(f"Generation:  {svc.metadata.generation}   Created: {created} ({age(created)} ago)")
     click.echo("Spec:")

@@ -118,6 +118,7 @@ KINDS: dict[str, Kind] = {
         wide=[
             ("LABELS", labels),
             ("DEPENDS", lambda s: ",".join(d.service or d.secret or d.configmap for d in s.dependencies) or "-"),
+            ("MESSAGE", lambda s: s.status_message[:60] or "-"),
         ],
         all_ns_column=True,
         created=lambda s: s.metadata.created_at,
