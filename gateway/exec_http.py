@@ -116,7 +116,12 @@ class ExecSessionRoutes:
     async def _session_for(self, request: Request) -> tuple[ExecSession, CallContext]:
         """The caller's session; authentication is the pipeline's own stage, and only the owner matches."""
         ctx = context(request, EXEC_METHOD)
-        ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn)
+        try:
+            ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn)
+        except errors.Unauthenticated as err:
+            # Not through a pipeline entry point: its failed-authentication audit is applied here.
+            self.pipeline.auth_failures.record(ctx, err)
+            raise
         s = self.sessions.by_id.get(request.path_params["id"])
         if s is None or s.owner != _owner(ctx):
             raise errors.not_found("exec session", request.path_params["id"], request.path_params["ns"])
