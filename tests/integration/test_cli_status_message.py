@@ -30,7 +30,9 @@ def test_get_wide_and_describe_show_why_a_service_completed(orch: Orch, rune: Ru
     orch.cast("job", orch.program("exiter", EXITER), "0", "0.2", restart_policy=common_pb2.RESTART_POLICY_ON_FAILURE)
 
     def completed() -> str:
-        svc = orch.services.GetService(service_pb2.GetServiceRequest(name="job"), metadata=orch.auth).service
+        svc: service_pb2.Service = orch.services.GetService(
+            service_pb2.GetServiceRequest(name="job"), metadata=orch.auth
+        ).service
         assert svc.status == service_pb2.SERVICE_STATUS_COMPLETED and svc.status_message, svc
         return svc.status_message
 
