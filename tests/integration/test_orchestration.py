@@ -35,6 +35,14 @@ def _env_of(o: Orch, inst: dict[str, object]) -> dict[str, str]:
     return env
 
 
+def _http_status(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            return int(r.status)
+    except OSError as e:  # URLError: not listening yet
+        raise AssertionError(f"port {port}: {e}") from e
+
+
 def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
     secrets = secret_pb2_grpc.SecretServiceStub(orch.runed.channel())
     secrets.CreateSecret(
@@ -80,9 +88,8 @@ def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
         # The stored env never holds the secret's value.
         assert inst["env"]["DB_PASS"] == "{{secret:db/password}}"
         assert "s3cret" not in json.dumps(inst)
-        # It really listens on its port.
-        with urllib.request.urlopen(f"http://127.0.0.1:{inst['ports']['http']}/", timeout=5) as r:
-            assert r.status == 200
+        # It really listens on its port (Running means started: the program may still be binding).
+        assert eventually(functools.partial(_http_status, inst["ports"]["http"]), timeout=15) == 200
         assert Path(inst["workdir"]).is_dir()
         # Mount paths are placed under the instance's own RUNE_MOUNTS_DIR (tests/integration/test_mounts.py).
         mounts = Path(env["RUNE_MOUNTS_DIR"])
