@@ -200,6 +200,25 @@ class Unavailable(RuneError, code=grpc.StatusCode.UNAVAILABLE):
     """A dependency (store, engine, role) is not reachable right now."""
 
 
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached (restarting, down, unreachable): nothing was acknowledged, retry."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+# How long a client is told to wait before retrying a call the store could not serve.
+STORE_RETRY_SECONDS = 1.0
+
+
+def store_unavailable() -> StoreUnavailable:
+    """The one error for a call the store could not serve; the cause goes to the log, not the client."""
+    return StoreUnavailable(
+        f"the store is unavailable; retry in {math.ceil(STORE_RETRY_SECONDS)}s",
+        retry_after=STORE_RETRY_SECONDS,
+        metadata={"dependency": "store"},
+    )
+
+
 class Unimplemented(RuneError, code=grpc.StatusCode.UNIMPLEMENTED):
     """The method exists in the contract but this server does not serve it."""
 
