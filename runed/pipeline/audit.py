@@ -118,8 +118,9 @@ def record(
             detail=message[:MAX_DETAIL],
         )
         write(entry)
-    except errors.StorageFull as e:
-        # Expected while the disk is full (reads of secrets are audited too): one line, no traceback.
+    except (errors.StorageFull, errors.StoreUnavailable) as e:
+        # Expected while the disk is full or the database is down (reads of secrets are audited too):
+        # one line, no traceback.
         log.warning("cannot write audit record for %s (request %s): %s", ctx.method.full_name, ctx.request_id, e)
     except Exception:
         # Losing an audit record must be visible, but must not turn a done change into an error.

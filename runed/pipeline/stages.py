@@ -26,6 +26,7 @@ from runed.pipeline import audit, defaults
 from runed.pipeline.authfail import AuthFailureLog
 from runed.pipeline.context import CallContext, current_call
 from runed.pipeline.methods import Method, all_methods
+from runed.store import faults
 from runed.store.base import AuditEntry
 
 log = logging.getLogger("runed.pipeline")
@@ -134,6 +135,9 @@ class Pipeline:
         """Outermost stage: domain errors pass through, anything else becomes a generic INTERNAL."""
         if isinstance(exc, errors.RuneError):
             return exc
+        if faults.is_unavailable(exc):
+            # The database is down or restarting: UNAVAILABLE with retry information, never INTERNAL.
+            return faults.unavailable(exc)
         log.error(
             "internal error in %s (request %s)",
             ctx.method.full_name,
