@@ -1,27 +1,86 @@
-"""The controller role: reconciler, runners and probes; the only role that starts or stops instances."""
+"""The controller role: reconciler, runners and probes; the only role that starts or stops instances.
+
+Several hosts may run it on one shared store: they elect one leader through the ``controller``
+lease (``leader.py``) and only the leader reconciles. The others report ready as standbys (their
+readiness marker's address is ``standby``) and take over when the leader stops renewing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
+from runed.controller.leader import Lease, holder_id
 from runed.core.config import Config
 from runed.secrets.crypto import SecretCrypto
 from runed.store.base import Store
+
+log = logging.getLogger("runed.controller")
+
+LEASE = "controller"
+# What a standby reports as its address (in its readiness marker and the supervisor's ready line).
+STANDBY = "standby"
 
 
 async def serve(
     config: Config, store: Store, crypto: SecretCrypto, stop: asyncio.Event, on_ready: Callable[[str], None]
 ) -> None:
-    """Run the reconciler until ``stop``; instances keep running (a restart re-adopts them)."""
+    """Stand by until this process leads, reconcile while it does; again after a lost lease, until ``stop``."""
+    from runed.runner.process import raise_open_files_limit
+
+    # Once per process: a second call would take the raised limit for the one instances inherit.
+    nofile = raise_open_files_limit()
+    lease = Lease(
+        store,
+        LEASE,
+        holder_id(config.data_path),
+        config.controller.lease_seconds,
+        # A SQLite store has no other host: a start takes the lease of its own dead predecessor at once.
+        claim_at_start=config.store.url.startswith("sqlite:"),
+    )
+    if not await asyncio.to_thread(lease.claim):
+        current = await asyncio.to_thread(lease.current)
+        log.info("controller standing by: %s holds the lease", current.holder if current else "another host")
+        on_ready(STANDBY)
+    while not stop.is_set():
+        async with lease.held(stop) as ended:
+            if ended.is_set():
+                break
+            await _lead(config, store, crypto, nofile, ended, on_ready)
+        if not stop.is_set():
+            log.warning("controller lost the lease: standing by (instances keep running)")
+            on_ready(STANDBY)
+
+
+async def _lead(
+    config: Config,
+    store: Store,
+    crypto: SecretCrypto,
+    nofile: int | None,
+    ended: asyncio.Event,
+    on_ready: Callable[[str], None],
+) -> None:
+    """Run the reconciler until ``ended``; instances keep running (the next leader on this host re-adopts them)."""
     from runed.controller.reconciler import Controller
     from runed.runner.base import Runner
     from runed.runner.container import ContainerRunner
-    from runed.runner.process import ProcessRunner, raise_open_files_limit
+    from runed.runner.process import ProcessRunner
 
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(nofile=raise_open_files_limit()),
+        "process": ProcessRunner(nofile=nofile),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
-    await Controller(config.controller, store, crypto, config.data_path, runners).run(stop, on_ready)
+    ctl = Controller(config.controller, store, crypto, config.data_path, runners)
+
+    async def wake_on_end() -> None:
+        # The loop sleeps until a wake-up: stepping down must not wait for the next resync.
+        await ended.wait()
+        ctl.alarm.wake()
+
+    waker = asyncio.create_task(wake_on_end())
+    try:
+        await ctl.run(ended, on_ready)
+    finally:
+        waker.cancel()

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from runed.core.config.schema import Config, ConfigError, CORSConfig, OIDCConfig, TLSConfig
+from runed.core.quantity import QuantityError, parse_cpu, parse_memory
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error")
 LOG_FORMATS = ("text", "json")
@@ -115,11 +116,27 @@ def problems(cfg: Config) -> list[str]:
     f.positive("exec.max_sessions_per_instance", cfg.exec.max_sessions_per_instance)
     f.positive("exec.timeout_seconds", cfg.exec.timeout_seconds)
     f.between("limits.max_scale", cfg.limits.max_scale, 1, INT32_MAX)
+    _node(f, cfg)
     if cfg.data_dir:
         d = Path(cfg.data_dir).expanduser()
         if d.exists() and not d.is_dir():
             f.add("data_dir", f"{cfg.data_dir} exists and is not a directory")
     return f.lines
+
+
+def _node(f: _Found, cfg: Config) -> None:
+    n = cfg.node
+    for name in ("heartbeat_seconds", "not_ready_seconds", "lost_after_seconds"):
+        f.positive(f"node.{name}", getattr(n, name))
+    if n.not_ready_seconds <= n.heartbeat_seconds:
+        f.add("node.not_ready_seconds", "must be above node.heartbeat_seconds")
+    if n.id and not _HOSTNAME.match(n.id):
+        f.add("node.id", f"must be a hostname-like name, got {n.id!r}")
+    try:
+        if parse_cpu(n.reserve_cpu) < 0 or parse_memory(n.reserve_memory) < 0:
+            raise QuantityError("negative")
+    except QuantityError as e:
+        f.add("node.reserve_cpu" if "cpu" in str(e) else "node.reserve_memory", str(e))
 
 
 def _store(f: _Found, cfg: Config) -> None:
@@ -303,6 +320,7 @@ def _controller(f: _Found, cfg: Config) -> None:
         f.add("controller.restart_backoff_max_seconds", "must not be below restart_backoff_initial_seconds")
     for name in ("stop_grace_seconds", "log_backups", "restart_backoff_reset_seconds", "log_min_free_bytes"):
         f.not_negative(f"controller.{name}", getattr(ctl, name))
+    f.between("controller.lease_seconds", ctl.lease_seconds, 1, 3600)
     for i, path in enumerate(ctl.host_mount_paths):
         if not path.startswith("/"):
             f.add(f"controller.host_mount_paths[{i}]", f"must be an absolute path, got {path!r}")

@@ -30,6 +30,7 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_DOCKER_FALLBACK_API_VERSION": "docker.fallback_api_version",
     "RUNE_DOCKER_NEGOTIATION_TIMEOUT": "docker.negotiation_timeout_seconds",
     "RUNE_LIMITS_MAX_SCALE": "limits.max_scale",
+    "RUNE_CONTROLLER_LEASE_SECONDS": "controller.lease_seconds",
 }
 
 

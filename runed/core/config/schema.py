@@ -203,6 +203,9 @@ class ControllerConfig:
     # Host directories where secret/configmap mounts may be written as they are (shared, opt-in);
     # every other mount path is placed under the instance's own directory.
     host_mount_paths: tuple[str, ...] = ()
+    # Controllers sharing a store elect one leader: it renews within a third of this, steps down
+    # after three quarters of it without a renewal, and a standby takes over after all of it.
+    lease_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,27 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    """This host as a node (it runs the instances the scheduler places on it) and the node timings."""
+
+    # The node's id; "" is the hostname.
+    id: str = ""
+    # The address other hosts reach this node's instances at.
+    address: str = "127.0.0.1"
+    labels: dict[str, str] = field(default_factory=dict)
+    # Kept back from the OS's CPU cores and memory for runed and the host itself.
+    reserve_cpu: str = "0"
+    reserve_memory: str = "0"
+    # False: the controller role only schedules (a control-plane host that runs no instances).
+    enabled: bool = True
+    heartbeat_seconds: float = 5.0
+    # No heartbeat for this long: the scheduler marks the node NotReady (and places nothing there).
+    not_ready_seconds: float = 20.0
+    # NotReady for this long: its instances are lost and placed on other nodes.
+    lost_after_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_dir: str = ""
@@ -241,6 +265,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
     limits: ApiLimitsConfig = field(default_factory=ApiLimitsConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
     # Where the config was loaded from ("" when only defaults/env/flags applied).
     source: str = ""
 
