@@ -41,6 +41,7 @@ from runed.core.readiness import ready_file
 from runed.pipeline import methods
 from runed.pipeline.stages import Pipeline
 from runed.store.base import Store
+from runed.store.check import schema_state
 from runed.transport import metrics as runed_metrics
 
 JSON = "application/json"
@@ -145,6 +146,14 @@ class Operations:
             return False, f"store not usable: {e}"
         return True, f"open (revision {rev})"
 
+    def _store_ready(self) -> tuple[bool, str]:
+        """Ready to serve from the store: its connections work, and the database is reachable and migrated."""
+        db_ok, db_detail = schema_state(self.config.store.url).ready()
+        if not db_ok:
+            return db_ok, db_detail
+        ok, detail = self._store_check()
+        return ok, db_detail if ok else detail
+
     async def _grpc_check(self) -> tuple[bool, str]:
         marker = ready_file(self.config, "grpc")
         try:
@@ -172,7 +181,8 @@ class Operations:
         return True, f"serving on {target}"
 
     async def readyz(self, request: Request) -> Response:
-        store_ok, store_msg = self._store_check()
+        # In a thread: a database that does not answer must not hold up the event loop.
+        store_ok, store_msg = await asyncio.to_thread(self._store_ready)
         grpc_ok, grpc_msg = await self._grpc_check()
         checks = {"store": {"ok": store_ok, "detail": store_msg}, "grpc": {"ok": grpc_ok, "detail": grpc_msg}}
         failing = [name for name, c in checks.items() if not c["ok"]]

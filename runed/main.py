@@ -137,10 +137,17 @@ def _die_with_supervisor() -> None:
 
 @cli.command()
 @click.option("--config", "config_file", required=True, help="runefile.yaml to check.")
-def validate(config_file: str) -> None:
-    """Check a runefile without starting: every value, every key; prints every problem and exits 1."""
+@click.option("--store-url", default=None, help="Check this store instead of the file's store.url.")
+def validate(config_file: str, store_url: str | None) -> None:
+    """Check a runefile without starting: every value, every key, then its store; prints every problem and exits 1.
+
+    The store must be reachable and at a schema version this runed can start on (none yet or
+    older is fine: the start migrates it). Nothing is written to it.
+    """
+    from runed.store.check import schema_state
+
     try:
-        cfg = load({}, env={}, config_file=config_file)
+        cfg = load({"store.url": store_url}, env={}, config_file=config_file)
     except ConfigError as e:
         # One line per problem, each naming its key path, so a fix-and-retry loop ends in one round.
         n = len(e.problems)
@@ -148,7 +155,11 @@ def validate(config_file: str) -> None:
         for problem in e.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
-    click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address})")
+    store_ok, store_detail = schema_state(cfg.store.url).startable()
+    if not store_ok:
+        click.echo(f"{config_file}: {store_detail}", err=True)
+        sys.exit(1)
+    click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address}; {store_detail})")
 
 
 @cli.command()
