@@ -201,6 +201,7 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     """Install a new KEK and re-wrap every secret's data key under it (safe while runed runs)."""
     import getpass
 
+    from runed.auth import keycheck
     from runed.secrets.access import rewrap_all
     from runed.secrets.crypto import CryptoError, SecretCrypto
     from runed.store.base import AuditEntry
@@ -214,6 +215,8 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
         raise click.ClickException(str(e)) from None
     try:
         result = rewrap_all(store, SecretCrypto(cfg))
+        # Hosts sharing the store must now hold the new KEK (keycheck refuses a start without it).
+        keycheck.record_kek(store, result.new_kid)
         # Key ids only: they name keys without revealing them.
         store.audit(
             AuditEntry(

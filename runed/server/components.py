@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from runed.api.namespace import seed_namespaces
 from runed.api.registries import import_configured
 from runed.api.routes import HANDLERS, VALIDATORS
-from runed.auth import rbac
+from runed.auth import keycheck, rbac
 from runed.auth.authn import Authenticator, IDTokenVerifier
 from runed.auth.authz import Authorizer
 from runed.auth.identity import Identity, load_server_key
@@ -22,7 +22,7 @@ from runed.auth.ratelimit import RateLimiter
 from runed.core.config import Config
 from runed.core.errors import RuneError
 from runed.pipeline.stages import Pipeline, build_routes
-from runed.secrets.crypto import CryptoError, SecretCrypto
+from runed.secrets.crypto import ENV_MASTER_KEY, CryptoError, SecretCrypto
 from runed.store.base import Store
 from runed.store.open import open_url
 from runed.transport import metrics
@@ -92,11 +92,15 @@ def build(config: Config) -> Components:
     )
     # Envelope encryption of secret values (KEKs load lazily, on first use).
     crypto = SecretCrypto(config)
+    kid: str | None = None
     try:
         # Creates the KEK on first boot, so secrets are encrypted from the very first write.
-        crypto.load()
+        kid = crypto.load()
     except CryptoError as e:
         logging.getLogger("runed.crypto").error("secret encryption key unavailable: %s", e)
+    # Hosts sharing a store must hold the same keys: a host whose keys differ refuses to start.
+    kek_where = str(crypto.path) if crypto.source == "file" else ENV_MASTER_KEY
+    keycheck.verify(store, keycheck.HostKeys(identity.key, kid, config.data_path, kek_where))
     deps = HandlerDeps(config, store, crypto, identity, authenticator.invalidate, authorizer.rules)
     # Start-up steps every role runs (idempotent; losing a race to another role is fine).
     seed_namespaces(store)
