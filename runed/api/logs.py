@@ -7,6 +7,8 @@ Filters: ``filter`` is a substring, or a regular expression when written ``/re/`
 events (started, exited, restarting, probe failures, liveness kills), written by the controller to
 ``events.jsonl``, as lines whose ``stream`` is ``event`` (their ``seq`` counts events only).
 ``show_logs`` and ``show_status`` are accepted and ignored: output is always shown.
+``max_batch`` > 1 (fixed for the stream's life) sends up to that many lines per response in
+``lines``; 0 or 1 keeps one line per response (see :mod:`runed.api.logs_wire`).
 Every response carries a ``cursor``; a request with
 ``after_cursor`` continues right after it. A non-follow stream ends once its lines are sent; a
 follow stream ends when the client cancels, when a ``parameter_update`` turns ``follow`` off, or
@@ -34,17 +36,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from google.rpc import code_pb2
-
-from rune.api import common_pb2, logs_pb2
+from rune.api import logs_pb2
 from runed.api import lifetime
+from runed.api.logs_wire import MAX_BATCH, end_response, pack, wrap
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.logs import cursor
-from runed.logs.events import EVENT_STREAM, EVENTS_NAME
-from runed.logs.files import GAP_STREAM, LOG_NAME
-from runed.logs.stream import STREAMS, Emitted, LogStream, Selection, Source, compile_filter
-from runed.logs.timeparse import format_ns, parse_bound
+from runed.logs.events import EVENTS_NAME
+from runed.logs.stream import STREAMS, LogStream, Selection, Source, compile_filter
+from runed.logs.timeparse import parse_bound
 from runed.pipeline.context import CallContext
 from runed.store.base import DELETED, Change, Record, Store, iter_all
 
@@ -52,8 +52,6 @@ INSTANCE_KIND = "instance"
 SERVICE_KIND = "service"
 # Lines may reach the file a little after their timestamp: keep following that long past ``until``.
 UNTIL_GRACE_NS = 500_000_000
-# The detail that marks the last event of a follow whose service or instance is gone.
-END_OF_STREAM = "end_of_stream"
 
 
 def _validate(req: logs_pb2.LogRequest) -> list[FieldViolation]:
@@ -63,6 +61,8 @@ def _validate(req: logs_pb2.LogRequest) -> list[FieldViolation]:
     out.extend(_param_violations(req))
     if req.tail < 0:
         out.append(FieldViolation("tail", "must be >= 0 (0 means all lines)"))
+    if not 0 <= req.max_batch <= MAX_BATCH:
+        out.append(FieldViolation("max_batch", f"must be between 0 and {MAX_BATCH} (0 or 1: one line per response)"))
     for name in ("since", "until"):
         try:
             parse_bound(getattr(req, name))
@@ -142,82 +142,14 @@ def resolve_target(store: Store, data_dir: Path, ns: str, target: str) -> tuple[
     raise errors.not_found(kind or "service or instance", name, ns)
 
 
-def _level(content: str) -> str:
-    low = content.lower()
-    if "error" in low or "exception" in low or "failed" in low:
-        return "error"
-    if "warn" in low:
-        return "warning"
-    return "info"
-
-
-def _gap_response(e: Emitted, timestamps: bool) -> logs_pb2.LogResponse:
-    ln, src = e.line, e.source
-    first = ln.seq - ln.missing + 1
-    what = "lines" if src.file == LOG_NAME else "events"
-    text = (
-        f"{ln.missing} {what} of {src.instance_name} (seq {first}-{ln.seq})"
-        " were removed by log rotation before they were read"
-    )
-    return logs_pb2.LogResponse(
-        service_name=src.service,
-        instance_id=src.instance_id,
-        instance_name=src.instance_name,
-        timestamp=ln.ts,
-        content=f"{ln.ts} {text}" if timestamps else text,
-        stream=EVENT_STREAM,
-        status=common_pb2.Status(
-            code=code_pb2.DATA_LOSS,
-            message=text,
-            details=[f"missing_lines={ln.missing}", f"first_seq={first}", f"last_seq={ln.seq}"],
-        ),
-        log_level="warning",
-        cursor=e.cursor,
-        seq=ln.seq,
-    )
-
-
-def _end_response(
-    reason: str, src: Source | None, service: str, position: str, timestamps: bool
-) -> logs_pb2.LogResponse:
-    ts = format_ns(time.time_ns())
-    text = f"{reason}: end of the log stream"
-    return logs_pb2.LogResponse(
-        service_name=service,
-        instance_id=src.instance_id if src is not None else "",
-        instance_name=src.instance_name if src is not None else "",
-        timestamp=ts,
-        content=f"{ts} {text}" if timestamps else text,
-        stream=EVENT_STREAM,
-        status=common_pb2.Status(code=code_pb2.OK, message=reason, details=[END_OF_STREAM]),
-        log_level="info",
-        cursor=position,
-    )
-
-
-def _response(e: Emitted, timestamps: bool) -> logs_pb2.LogResponse:
-    ln = e.line
-    if ln.stream == GAP_STREAM:
-        return _gap_response(e, timestamps)
-    return logs_pb2.LogResponse(
-        service_name=e.source.service,
-        instance_id=e.source.instance_id,
-        instance_name=e.source.instance_name,
-        timestamp=ln.ts,
-        content=f"{ln.ts} {ln.line}" if timestamps else ln.line,
-        stream=ln.stream,
-        log_level=_level(ln.line),
-        cursor=e.cursor,
-        seq=ln.seq,
-    )
-
-
 class _Params:
     """The open stream's adjustable parameters."""
 
     def __init__(self, req: logs_pb2.LogRequest) -> None:
         self.follow = req.follow
         self.timestamps = req.timestamps
+        # Fixed for the stream's life: a parameter update cannot change the message form.
+        self.max_batch = req.max_batch
         self.selection = Selection(
             stream=req.stream,
             since_ns=parse_bound(req.since),
@@ -282,7 +214,7 @@ class _Target:
 
     def end(self, reason: str, stream: LogStream, timestamps: bool) -> logs_pb2.LogResponse:
         service = self.service or (self.instance.service if self.instance is not None else "")
-        return _end_response(reason, self.instance, service, cursor.encode(stream.pos), timestamps)
+        return end_response(reason, self.instance, service, cursor.encode(stream.pos), timestamps)
 
 
 async def _serve(
@@ -296,8 +228,8 @@ async def _serve(
     tail: int,
     events: bool,
 ) -> AsyncGenerator[logs_pb2.LogResponse, None]:
-    for e in stream.history(tail):
-        yield _response(e, params.timestamps)
+    for r in pack(stream.history(tail), params.timestamps, params.max_batch):
+        yield r
     if not params.follow:
         return
     ns, service, followed = target.namespace, target.service, target.followed
@@ -305,7 +237,7 @@ async def _serve(
         # An instance that has already stopped for good: its history was all there is to follow.
         reason = followed.current(store)
         if reason is not None:
-            yield target.end(reason, stream, params.timestamps)
+            yield wrap(target.end(reason, stream, params.timestamps), params.max_batch)
             return
 
     wake = asyncio.Event()
@@ -370,21 +302,21 @@ async def _serve(
         tasks.append(asyncio.create_task(watch_changes()))
     try:
         async for batch in stream.follow(wake, done):
-            for e in batch:
-                yield _response(e, params.timestamps)
+            for r in pack(batch, params.timestamps, params.max_batch):
+                yield r
             # Replaced or deleted instances leave once drained, so long follows do not accumulate them.
             while retired:
-                for e in stream.retire(retired.pop()):
-                    yield _response(e, params.timestamps)
+                for r in pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
+                    yield r
         if ended:
             # What it follows is gone: its last lines, then the reason, and the stream ends.
             while retired:
-                for e in stream.retire(retired.pop()):
-                    yield _response(e, params.timestamps)
-            for e in stream.poll():
-                yield _response(e, params.timestamps)
+                for r in pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
+                    yield r
+            for r in pack(stream.poll(), params.timestamps, params.max_batch):
+                yield r
             stream.close()
-            yield target.end(ended[0], stream, params.timestamps)
+            yield wrap(target.end(ended[0], stream, params.timestamps), params.max_batch)
     finally:
         for t in tasks:
             t.cancel()

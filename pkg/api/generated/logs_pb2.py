@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/logs.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\x95\x02\n\nLogRequest\x12\x17\n\x0fresource_target\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x08 \x01(\t\x12\x18\n\x10parameter_update\x18\t \x01(\x08\x12\x11\n\tshow_logs\x18\n \x01(\x08\x12\x13\n\x0bshow_events\x18\x0b \x01(\x08\x12\x13\n\x0bshow_status\x18\x0c \x01(\x08\x12\x0e\n\x06stream\x18\r \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x0e \x01(\t\"\xd5\x01\n\x0bLogResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\rinstance_name\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12 \n\x06status\x18\x07 \x01(\x0b\x32\x10.rune.api.Status\x12\x11\n\tlog_level\x18\x08 \x01(\t\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x03\x32\x86\x01\n\nLogService\x12x\n\nStreamLogs\x12\x14.rune.api.LogRequest\x1a\x15.rune.api.LogResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/namespaces/{namespace}/logs/{resource_target}(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/logs.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"\xa8\x02\n\nLogRequest\x12\x17\n\x0fresource_target\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x08 \x01(\t\x12\x18\n\x10parameter_update\x18\t \x01(\x08\x12\x11\n\tshow_logs\x18\n \x01(\x08\x12\x13\n\x0bshow_events\x18\x0b \x01(\x08\x12\x13\n\x0bshow_status\x18\x0c \x01(\x08\x12\x0e\n\x06stream\x18\r \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x0e \x01(\t\x12\x11\n\tmax_batch\x18\x0f \x01(\x05\"\xfb\x01\n\x0bLogResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\rinstance_name\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12 \n\x06status\x18\x07 \x01(\x0b\x32\x10.rune.api.Status\x12\x11\n\tlog_level\x18\x08 \x01(\t\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x03\x12$\n\x05lines\x18\x0b \x03(\x0b\x32\x15.rune.api.LogResponse2\x86\x01\n\nLogService\x12x\n\nStreamLogs\x12\x14.rune.api.LogRequest\x1a\x15.rune.api.LogResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/namespaces/{namespace}/logs/{resource_target}(\x01\x30\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGSERVICE'].methods_by_name['StreamLogs']._loaded_options = None
   _globals['_LOGSERVICE'].methods_by_name['StreamLogs']._serialized_options = b'\202\323\344\223\0023\0221/v1/namespaces/{namespace}/logs/{resource_target}'
   _globals['_LOGREQUEST']._serialized_start=97
-  _globals['_LOGREQUEST']._serialized_end=374
-  _globals['_LOGRESPONSE']._serialized_start=377
-  _globals['_LOGRESPONSE']._serialized_end=590
-  _globals['_LOGSERVICE']._serialized_start=593
-  _globals['_LOGSERVICE']._serialized_end=727
+  _globals['_LOGREQUEST']._serialized_end=393
+  _globals['_LOGRESPONSE']._serialized_start=396
+  _globals['_LOGRESPONSE']._serialized_end=647
+  _globals['_LOGSERVICE']._serialized_start=650
+  _globals['_LOGSERVICE']._serialized_end=784
 # @@protoc_insertion_point(module_scope)
