@@ -6,9 +6,11 @@ What psycopg_pool does by default does not fit a control plane whose calls wait 
   statement run on it. ``check`` finds it at checkout instead: one non-blocking poll of its socket,
   and a round trip only when something arrived there (the server's goodbye), so a healthy
   checkout costs no extra round trip. The pool then drops it and hands out (or makes) another.
-* Waiting for a connection: 30 s by default. Once a call has found the database unavailable,
-  later calls wait only :data:`DOWN_WAIT_SECONDS`, so they fail fast with UNAVAILABLE (and retry
-  information) instead of stalling; the first call that gets through ends that.
+* Waiting for a connection: 30 s by default. A call waits :data:`DOWN_WAIT_SECONDS`, and longer
+  (up to :data:`POOL_WAIT_SECONDS`) only while the pool's connection attempts are not failing: all
+  connections busy is worth waiting for, a database that refuses them is not. Once a call has found
+  the database unavailable, later calls wait only the short time, so they fail fast with
+  UNAVAILABLE (and retry information) instead of stalling; the first call that gets through ends that.
 * Reconnecting backs off up to minutes by default; a short ``reconnect_timeout`` ends each attempt
   soon, and the next call starts a fresh one at once, so runed is back within a second or two of
   the database.
@@ -24,7 +26,7 @@ import select
 from collections.abc import Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runed.store import faults
 
@@ -61,6 +63,7 @@ class Pool:
 
     def __init__(self, url: str, size: int) -> None:
         self.down = False
+        self._errors_seen = 0
         self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
             url,
             min_size=1,
@@ -77,14 +80,33 @@ class Pool:
     def connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection for the body; a database failure in it (or in getting it) is StoreUnavailable."""
         try:
-            with self._pool.connection(timeout=DOWN_WAIT_SECONDS if self.down else POOL_WAIT_SECONDS) as conn:
-                yield conn
+            conn = self._getconn()
+            try:
+                with conn:
+                    yield conn
+            finally:
+                self._pool.putconn(conn)
         except Exception as e:
             if not faults.is_unavailable(e):
                 raise
             self.down = True
             raise faults.unavailable(e) from None
         self.down = False
+        self._errors_seen = self._connect_errors()
+
+    def _connect_errors(self) -> int:
+        return self._pool.get_stats().get("connections_errors", 0)
+
+    def _getconn(self) -> psycopg.Connection:
+        """Wait briefly; wait longer only if the pool's connection attempts are not failing (all busy, not down)."""
+        if self.down:
+            return self._pool.getconn(timeout=DOWN_WAIT_SECONDS)
+        try:
+            return self._pool.getconn(timeout=DOWN_WAIT_SECONDS)
+        except PoolTimeout:
+            if self._connect_errors() > self._errors_seen:
+                raise
+        return self._pool.getconn(timeout=POOL_WAIT_SECONDS - DOWN_WAIT_SECONDS)
 
     def close(self) -> None:
         self._pool.close()
