@@ -21,6 +21,9 @@ _COLOURS = (36, 33, 35, 32, 34, 91, 96, 93, 95, 92)
 _RECONNECTS = 5
 # The stream name of lifecycle events (``--events``).
 _EVENT = "event"
+# Lines per message asked of the server: one message per line caps a follower at the transport's
+# few thousand messages/s, far below what a chatty service writes.
+_MAX_BATCH = 500
 
 
 class _Requests:
@@ -90,6 +93,7 @@ def logs(
         filter=pattern or "",
         stream=stream or "",
         show_events=events,
+        max_batch=_MAX_BATCH,
     )
     last_cursor = ""
     attempts = 0
@@ -102,28 +106,29 @@ def logs(
         requests = _Requests(req)
         call = s.stub("LogService").StreamLogs(iter(requests), metadata=s.metadata())
         try:
-            for resp in call:
+            for msg in call:
                 attempts = 0
-                last_cursor = resp.cursor or last_cursor
-                if stream and resp.stream not in ("", stream, _EVENT):
-                    continue
-                if fmt == "json":
-                    from google.protobuf import json_format
+                last_cursor = msg.cursor or last_cursor
+                for resp in msg.lines or (msg,):
+                    if stream and resp.stream not in ("", stream, _EVENT):
+                        continue
+                    if fmt == "json":
+                        from google.protobuf import json_format
 
-                    out.write(json_format.MessageToJson(resp, indent=None) + "\n")
-                elif fmt == "raw":
-                    out.write(resp.content if resp.content.endswith("\n") else resp.content + "\n")
-                else:
-                    line = resp.content.rstrip("\n")
-                    if resp.stream == _EVENT:
-                        line = f"[event] {line}"
-                    if show_prefix and resp.instance_name:
-                        label = f"[{resp.instance_name}]"
-                        if colour:
-                            c = colours.setdefault(resp.instance_name, _COLOURS[len(colours) % len(_COLOURS)])
-                            label = f"\x1b[{c}m{label}\x1b[0m"
-                        line = f"{label} {line}"
-                    out.write(line + "\n")
+                        out.write(json_format.MessageToJson(resp, indent=None) + "\n")
+                    elif fmt == "raw":
+                        out.write(resp.content if resp.content.endswith("\n") else resp.content + "\n")
+                    else:
+                        line = resp.content.rstrip("\n")
+                        if resp.stream == _EVENT:
+                            line = f"[event] {line}"
+                        if show_prefix and resp.instance_name:
+                            label = f"[{resp.instance_name}]"
+                            if colour:
+                                c = colours.setdefault(resp.instance_name, _COLOURS[len(colours) % len(_COLOURS)])
+                                label = f"\x1b[{c}m{label}\x1b[0m"
+                            line = f"{label} {line}"
+                        out.write(line + "\n")
                 if follow:
                     out.flush()
             return
