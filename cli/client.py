@@ -23,6 +23,7 @@ _STUB_MODULES = {
     "NamespaceService": "namespace",
     "AuthService": "auth",
     "AdminService": "admin",
+    "NodeService": "node",
 }
 
 

@@ -18,6 +18,7 @@ TYPES = {
     "secrets": "secrets", "secret": "secrets",
     "configmaps": "configmaps", "configmap": "configmaps", "config": "configmaps", "configs": "configmaps",
     "cfg": "configmaps", "cm": "configmaps",
+    "nodes": "nodes", "node": "nodes", "no": "nodes",
 }  # fmt: skip
 
 
@@ -50,6 +51,16 @@ def _what(svc: Any) -> str:
     if svc.runtime == "process":
         return " ".join(" ".join([svc.process.command, *svc.process.args]).split())[:50]
     return svc.image or "-"
+
+
+def _node_status(n: Any) -> str:
+    """``Ready``, ``NotReady``, with ``SchedulingDisabled`` when cordoned and ``Draining`` while drained."""
+    extra = ",Draining" if n.draining else (",SchedulingDisabled" if n.cordoned else "")
+    return f"{n.status or 'Unknown'}{extra}"
+
+
+def _share(used: int, total: int, unit: int, suffix: str) -> str:
+    return f"{used / unit:g}/{total / unit:g}{suffix}"
 
 
 def _unknown(_obj: Any) -> str:
@@ -164,6 +175,21 @@ KINDS: dict[str, Kind] = {
         all_ns_column=True,
         created=lambda s: s.created_at,
         status=lambda s: "",
+    ),
+    "nodes": Kind(
+        columns=[
+            ("NAME", lambda n: n.id),
+            ("STATUS", _node_status),
+            ("ADDRESS", lambda n: n.address or "-"),
+            ("INSTANCES", lambda n: str(n.instances)),
+            ("CPU", lambda n: _share(n.allocated.cpu_millis, n.allocatable.cpu_millis, 1000, "")),
+            ("MEMORY", lambda n: _share(n.allocated.memory_bytes >> 20, n.allocatable.memory_bytes >> 20, 1, "Mi")),
+            ("AGE", lambda n: age(n.registered_at)),
+        ],
+        wide=[("LABELS", labels), ("VERSION", lambda n: n.version or "-"), ("HEARTBEAT", lambda n: n.last_heartbeat)],
+        all_ns_column=False,
+        created=lambda n: n.registered_at,
+        status=_node_status,
     ),
     "configmaps": Kind(
         columns=[

@@ -78,6 +78,9 @@ def list_objects(
             label_selector=selector_map(labels, "-l"), field_selector=selector_map(fields, "--field-selector")
         )
         return list(s.call("NamespaceService", "ListNamespaces", req).namespaces), 0
+    if kind == "nodes":
+        req = pb2("node").ListNodesRequest(label_selector=selector_map(labels, "-l"))
+        return list(s.call("NodeService", "ListNodes", req).nodes), 0
     if labels:
         raise CliError(f"{kind} carry no labels; use --field-selector", EXIT_USAGE)
     fsel = selector_map(fields, "--field-selector")
@@ -107,6 +110,8 @@ def get_object(s: Session, kind: str, name: str, ns: str, show_values: bool = Fa
         return found[0]
     if kind == "namespaces":
         return s.call("NamespaceService", "GetNamespace", pb2("namespace").GetNamespaceRequest(name=name)).namespace
+    if kind == "nodes":
+        return s.call("NodeService", "GetNode", pb2("node").GetNodeRequest(id=name)).node
     if kind == "secrets":
         if show_values:
             req = pb2("secret").GetSecretRequest(name=name, namespace=ns)

@@ -18,6 +18,7 @@ from runed.api import (
     instance,
     logs,
     namespace,
+    node,
     registries,
     secret,
     service,
@@ -76,6 +77,12 @@ HANDLERS: dict[str, Handler] = {
     "/rune.api.NamespaceService/ListNamespaces": namespace.ListNamespaces,
     "/rune.api.NamespaceService/DeleteNamespace": namespace.DeleteNamespace,
     "/rune.api.NamespaceService/WatchNamespaces": namespace.WatchNamespaces,
+    # NodeService
+    "/rune.api.NodeService/ListNodes": node.ListNodes,
+    "/rune.api.NodeService/GetNode": node.GetNode,
+    "/rune.api.NodeService/CordonNode": node.CordonNode,
+    "/rune.api.NodeService/UncordonNode": node.UncordonNode,
+    "/rune.api.NodeService/DrainNode": node.DrainNode,
     # SecretService
     "/rune.api.SecretService/CreateSecret": secret.CreateSecret,
     "/rune.api.SecretService/GetSecret": secret.GetSecret,
@@ -115,6 +122,7 @@ VALIDATORS: dict[str, Validator | None] = {
     **_by_path("InstanceService", instance.VALIDATORS),
     **_by_path("LogService", logs.VALIDATORS),
     **_by_path("NamespaceService", namespace.VALIDATORS),
+    **_by_path("NodeService", node.VALIDATORS),
     **_by_path("SecretService", secret.VALIDATORS),
     **_by_path("ServiceService", service.VALIDATORS),
 }

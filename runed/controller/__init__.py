@@ -62,6 +62,7 @@ async def _lead(
     on_ready: Callable[[str], None],
 ) -> None:
     """Run the reconciler until ``ended``; instances keep running (the next leader on this host re-adopts them)."""
+    from runed.controller import node
     from runed.controller.reconciler import Controller
     from runed.runner.base import Runner
     from runed.runner.container import ContainerRunner
@@ -72,7 +73,9 @@ async def _lead(
         "process": ProcessRunner(nofile=nofile),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
-    ctl = Controller(config.controller, store, crypto, config.data_path, runners)
+    # The leader schedules, and runs this host's node unless node.enabled is false.
+    view = node.view_of(config, store)
+    ctl = Controller(config.controller, store, crypto, config.data_path, runners, node=view)
 
     async def wake_on_end() -> None:
         # The loop sleeps until a wake-up: stepping down must not wait for the next resync.
@@ -81,6 +84,6 @@ async def _lead(
 
     waker = asyncio.create_task(wake_on_end())
     try:
-        await ctl.run(ended, on_ready)
+        await node.lead(config, store, ended, on_ready, ctl.run if view is not None else None)
     finally:
         waker.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from runed.controller.instance import AfterStop, Instance, Key
 from runed.logs.events import EventWriter
 from runed.model import objects
 from runed.runner.base import Observation
-from runed.store.base import Store, iter_all
+from runed.store.base import Record, Store, iter_all
 
 log = logging.getLogger("runed.controller")
 
@@ -44,9 +45,17 @@ class Book:
     never changed in place, so a save can tell whether anything changed.
     """
 
-    def __init__(self, store: Store, data_dir: Path, log_min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        data_dir: Path,
+        log_min_free_bytes: int = 0,
+        owns: Callable[[Record], bool] | None = None,
+    ) -> None:
         self.store = store
         self.data_dir = data_dir
+        # Which records are this controller's (a node's: those placed on it); None: every one.
+        self.owns = owns
         self._cache: dict[Key, Instance] = {}
         self._live: dict[Key, Live] = {}
         # Services (namespace, name) one of whose instances changed since the reconciler last took
@@ -66,6 +75,8 @@ class Book:
     def load(self) -> None:
         """Read every instance record (once, at start-up)."""
         for rec in iter_all(self.store, objects.INSTANCE):
+            if self.owns is not None and not self.owns(rec):
+                continue
             try:
                 inst = Instance.from_record(rec)
             except ValueError as e:

@@ -118,6 +118,9 @@ class Instance:
     after_stop: AfterStop | None = None
     retire: bool = False
     probes: dict[str, ProbeResult] | None = None
+    # The node that runs it and that node's address ("local" in records from before nodes: this host).
+    node_id: str = "local"
+    ip: str = "127.0.0.1"
 
     @property
     def key(self) -> Key:
@@ -197,8 +200,8 @@ class Instance:
             "name": self.name,
             "service_id": self.service_id,
             "service_name": self.service,
-            "node_id": "local",
-            "ip": "127.0.0.1",
+            "node_id": self.node_id,
+            "ip": self.ip,
             "created_at": self.created_at,
             "resources": self.resources,
             "metadata": {"generation": self.generation, "restart_count": self.restart_count},
@@ -312,6 +315,8 @@ class Instance:
             after_stop=AfterStop(after) if after else None,
             retire=bool(data.get("retire")),
             probes=None if probes is None else {str(k): ProbeResult.from_record(v) for k, v in probes.items()},
+            node_id=str(info.get("node_id") or "local"),
+            ip=str(info.get("ip") or "127.0.0.1"),
         )
 
 

@@ -17,6 +17,7 @@ from runed.controller.alarm import Alarm
 from runed.controller.book import Book
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.launch import Launcher, new_ports
+from runed.controller.nodeview import NodeView
 from runed.controller.operations import Operations
 from runed.controller.probing import Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
@@ -24,6 +25,7 @@ from runed.controller.status import StatusWriter
 from runed.controller.supervise import Supervisor
 from runed.core.config import ControllerConfig
 from runed.model import objects
+from runed.model.nodes import PLACEMENT
 from runed.runner.base import Runner
 from runed.secrets.crypto import SecretCrypto
 from runed.store.base import Record, Store, iter_all
@@ -70,11 +72,15 @@ class Controller:
         crypto: SecretCrypto | None,
         data_dir: Path,
         runners: Mapping[str, Runner],
+        *,
+        node: NodeView | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.alarm = Alarm()
-        self.book = Book(store, data_dir, cfg.log_min_free_bytes)
+        # A node runs the instances placed on it; None: every instance (no scheduler).
+        self.node = node
+        self.book = Book(store, data_dir, cfg.log_min_free_bytes, owns=None if node is None else node.owns)
         launcher = Launcher(store, crypto, cfg, self.book.of_service)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
@@ -96,6 +102,9 @@ class Controller:
         inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
         """
         self.book.load()
+        if self.node is not None:
+            self.node.load()
+            self._adopt_legacy(self.node)
         self.status.load()
         self.supervisor.adopt()
         watcher = asyncio.create_task(self._watch(self.store.current_revision()))
@@ -161,9 +170,24 @@ class Controller:
             wait = min(wait, self.supervisor.tick)
         return max(0.0, wait)
 
+    def _adopt_legacy(self, node: NodeView) -> None:
+        """Instances recorded before nodes existed are this node's: their records name it from now on."""
+        for inst in self.book.all():
+            if inst.node_id != node.id or inst.ip != node.address:
+                mine = inst.copy()
+                mine.node_id, mine.ip = node.id, node.address
+                self.book.save(mine)
+
     async def _watch(self, since: int) -> None:
-        async for change in self.store.watch(WATCHED_KINDS, since):
-            if change.kind in (objects.SECRET, objects.CONFIGMAP):
+        kinds = WATCHED_KINDS if self.node is None else (*WATCHED_KINDS, PLACEMENT, objects.INSTANCE)
+        async for change in self.store.watch(kinds, since):
+            if change.kind in (PLACEMENT, objects.INSTANCE):
+                assert self.node is not None
+                # Placements and other nodes' instances (this node's own come back here too: ignored).
+                skey = self.node.on_change(change)
+                if skey is not None:
+                    self.alarm.touch(skey)
+            elif change.kind in (objects.SECRET, objects.CONFIGMAP):
                 # Any service may refer to it (env, mounts, dependencies).
                 self.alarm.refs_changed = True
                 self.alarm.touch(None)
@@ -285,7 +309,7 @@ class Controller:
                 known = (dns, dep.service) in services or self.store.get(objects.SERVICE, dns, dep.service) is not None
                 if not known:
                     return f"waiting for dependency service {dns}/{dep.service}"
-                if not any(i.state is RUNNING and i.ready for i in self.book.of_service(dns, dep.service)):
+                if not any(i.state is RUNNING and i.ready for i in self._everywhere(dns, dep.service)):
                     return f"waiting for dependency service {dns}/{dep.service} to be ready"
             elif dep.secret and self.store.get(objects.SECRET, dns, dep.secret) is None:
                 return f"waiting for dependency secret {dns}/{dep.secret}"
@@ -304,7 +328,14 @@ class Controller:
             self.book.directory(iid),
         )
         inst.ports = new_ports(svc)
+        if self.node is not None:
+            inst.node_id, inst.ip = self.node.id, self.node.address
         return inst
+
+    def _everywhere(self, namespace: str, service: str) -> list[Instance]:
+        """A service's instances on this node and, for a node, on the others."""
+        mine = self.book.of_service(namespace, service)
+        return mine if self.node is None else mine + self.node.remote_of(namespace, service)
 
     def reconcile_service(
         self, rec: Record, items: list[Instance], services: dict[Key, Record], *, refs_changed: bool = False
@@ -338,6 +369,13 @@ class Controller:
             if inst.index >= scale:
                 sup.retire(inst, "scaled down")
         current = [i for i in current if i.index < scale]
+        # A node runs the indexes placed on it; one placed elsewhere (drained, moved) stops here.
+        here = None if self.node is None else self.node.indexes(skey, current)
+        if here is not None:
+            for inst in current:
+                if inst.index not in here:
+                    sup.retire(inst, "placed on another node")
+            current = [i for i in current if i.index in here]
         by_index: dict[int, list[Instance]] = {}
         for inst in current:
             by_index.setdefault(inst.index, []).append(inst)
@@ -351,7 +389,7 @@ class Controller:
             # A replacement waits until the instance it replaces has let go of the host port.
             holding = {x.index for x in items if x.retire} if svc.expose.host_port else set()
             for i in range(scale):
-                if i not in by_index and i not in holding:
+                if i not in by_index and i not in holding and (here is None or i in here):
                     sup.start(self._new_instance(svc, rec, i), reason="Starting")
             # Rolling update: one index at a time; a surge instance must be ready before its old one goes.
             for i in sorted(by_index):
@@ -384,4 +422,8 @@ class Controller:
                 bumped.generation = gen
                 self.book.save(bumped)
         mine = self.book.of_service(rec.namespace, rec.name)
+        if self.node is not None:
+            mine = self.node.counted(skey, mine)
+            placed = self.node.placement(skey)
+            message = message or (placed.message if placed is not None else "waiting for the scheduler")
         self.status.write(rec, svc, scale, message, mine, rolling=rolling)

@@ -19,6 +19,7 @@ from rune.api import (
     instance_pb2,
     logs_pb2,
     namespace_pb2,
+    node_pb2,
     secret_pb2,
     service_pb2,
 )
@@ -35,6 +36,7 @@ PB2_MODULES: dict[str, ModuleType] = {
     "instance": instance_pb2,
     "logs": logs_pb2,
     "namespace": namespace_pb2,
+    "node": node_pb2,
     "secret": secret_pb2,
     "service": service_pb2,
 }

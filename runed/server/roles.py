@@ -48,11 +48,19 @@ async def serve_controller(c: Components, stop: asyncio.Event, on_ready: OnReady
     await controller.serve(c.config, c.store, c.crypto, stop, on_ready)
 
 
+async def serve_node(c: Components, stop: asyncio.Event, on_ready: OnReady) -> None:
+    """A node of a cluster: registers and beats, runs the instances the scheduler places on it."""
+    from runed.controller import node
+
+    await node.serve(c.config, c.store, c.crypto, stop, on_ready)
+
+
 # role -> the coroutine serving it until ``stop`` (``runed serve --role <name>``).
 ROLES: dict[str, Callable[[Components, asyncio.Event, OnReady], Awaitable[None]]] = {
     "grpc": serve_grpc,
     "controller": serve_controller,
     "rest": serve_rest,
+    "node": serve_node,
 }
 
 

@@ -151,10 +151,11 @@ def test_protos_match_upstream_contract() -> None:
 def test_counts_at_least_upstream() -> None:
     counts = FACTS["counts"]
     ms = methods.all_methods()
-    assert len({m.service for m in ms}) == counts["services"]
+    # runed adds services and files of its own (NodeService in node.proto); none may be missing.
+    assert len({m.service for m in ms}) >= counts["services"]
     assert len(ms) >= counts["rpcs"]
     files = _files()
-    assert len(files) == counts["files"]
+    assert len(files) >= counts["files"]
     assert sum(len(fd.message_types_by_name) for fd in files.values()) >= counts["messages"]
     assert sum(len(fd.enum_types_by_name) for fd in files.values()) >= counts["enums"]
 

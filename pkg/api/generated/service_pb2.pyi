@@ -36,7 +36,7 @@ SCALING_MODE_IMMEDIATE: ScalingMode
 SCALING_MODE_GRADUAL: ScalingMode
 
 class Service(_message.Message):
-    __slots__ = ("id", "name", "namespace", "labels", "image", "command", "args", "env", "env_from", "scale", "ports", "resources", "health", "status", "runtime", "process", "restart_policy", "secret_mounts", "configmap_mounts", "metadata", "dependencies", "expose", "status_message", "status_final")
+    __slots__ = ("id", "name", "namespace", "labels", "image", "command", "args", "env", "env_from", "scale", "ports", "resources", "health", "status", "runtime", "process", "restart_policy", "secret_mounts", "configmap_mounts", "metadata", "dependencies", "expose", "status_message", "status_final", "node_selector")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,13 @@ class Service(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +82,7 @@ class Service(_message.Message):
     EXPOSE_FIELD_NUMBER: _ClassVar[int]
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     namespace: str
@@ -99,7 +107,8 @@ class Service(_message.Message):
     expose: _common_pb2.ServiceExpose
     status_message: str
     status_final: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., env_from: _Optional[_Iterable[_Union[EnvFromSource, _Mapping]]] = ..., scale: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_common_pb2.ServicePort, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., health: _Optional[_Union[_common_pb2.HealthCheck, _Mapping]] = ..., status: _Optional[_Union[ServiceStatus, str]] = ..., runtime: _Optional[str] = ..., process: _Optional[_Union[_common_pb2.ProcessSpec, _Mapping]] = ..., restart_policy: _Optional[_Union[_common_pb2.RestartPolicy, str]] = ..., secret_mounts: _Optional[_Iterable[_Union[SecretMount, _Mapping]]] = ..., configmap_mounts: _Optional[_Iterable[_Union[ConfigmapMount, _Mapping]]] = ..., metadata: _Optional[_Union[ServiceMetadata, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[DependencyRef, _Mapping]]] = ..., expose: _Optional[_Union[_common_pb2.ServiceExpose, _Mapping]] = ..., status_message: _Optional[str] = ..., status_final: _Optional[bool] = ...) -> None: ...
+    node_selector: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., env_from: _Optional[_Iterable[_Union[EnvFromSource, _Mapping]]] = ..., scale: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_common_pb2.ServicePort, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., health: _Optional[_Union[_common_pb2.HealthCheck, _Mapping]] = ..., status: _Optional[_Union[ServiceStatus, str]] = ..., runtime: _Optional[str] = ..., process: _Optional[_Union[_common_pb2.ProcessSpec, _Mapping]] = ..., restart_policy: _Optional[_Union[_common_pb2.RestartPolicy, str]] = ..., secret_mounts: _Optional[_Iterable[_Union[SecretMount, _Mapping]]] = ..., configmap_mounts: _Optional[_Iterable[_Union[ConfigmapMount, _Mapping]]] = ..., metadata: _Optional[_Union[ServiceMetadata, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[DependencyRef, _Mapping]]] = ..., expose: _Optional[_Union[_common_pb2.ServiceExpose, _Mapping]] = ..., status_message: _Optional[str] = ..., status_final: _Optional[bool] = ..., node_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EnvFromSource(_message.Message):
     __slots__ = ("secret_name", "configmap_name", "namespace", "prefix")

@@ -1,0 +1,121 @@
+"""NodeService: the nodes that run instances, what is placed on them, and cordon, uncordon and drain.
+
+Nodes register themselves (``runed.controller.node``); here operators read them and set the two
+flags the scheduler obeys: ``cordoned`` (nothing new is placed there) and ``draining`` (cordoned,
+and its instances move to other nodes, one per service at a time as readiness allows).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from rune.api import common_pb2, node_pb2
+from runed.core import errors, validation
+from runed.core.errors import FieldViolation
+from runed.model import objects
+from runed.model.nodes import NODE, PLACEMENT, SCOPE, Node, Placement, Resources, requests_of
+from runed.pipeline.context import CallContext
+from runed.store.base import Store, iter_all
+
+NODE_ID_MAX = 253
+
+
+def _resources(r: Resources) -> node_pb2.NodeResources:
+    return node_pb2.NodeResources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)
+
+
+def _placed(store: Store) -> tuple[Counter[str], dict[str, Resources]]:
+    """Instance slots and requested resources per node, from every service's placement."""
+    count: Counter[str] = Counter()
+    used: dict[str, Resources] = {}
+    for rec in iter_all(store, PLACEMENT):
+        svc = store.get(objects.SERVICE, rec.namespace, rec.name)
+        want = requests_of((svc.data.get("resources") or {}) if svc is not None else {})
+        for nid in Placement.from_record(rec.data).slots.values():
+            count[nid] += 1
+            used[nid] = used.get(nid, Resources()) + want
+    return count, used
+
+
+def to_pb(node: Node, count: Counter[str], used: dict[str, Resources]) -> node_pb2.Node:
+    return node_pb2.Node(
+        id=node.id,
+        address=node.address,
+        labels=node.labels,
+        status="Ready" if node.ready else "NotReady",
+        cordoned=node.cordoned or node.draining,
+        draining=node.draining,
+        capacity=_resources(node.capacity),
+        allocatable=_resources(node.allocatable),
+        allocated=_resources(used.get(node.id, Resources())),
+        instances=count[node.id],
+        last_heartbeat=objects.rfc3339(node.heartbeat_at) if node.heartbeat_at else "",
+        version=node.version,
+        registered_at=objects.rfc3339(node.registered_at) if node.registered_at else "",
+    )
+
+
+def _get(store: Store, nid: str) -> node_pb2.Node:
+    rec = store.get(NODE, SCOPE, nid)
+    if rec is None:
+        raise errors.not_found("node", nid)
+    count, used = _placed(store)
+    return to_pb(Node.from_record(rec.name, rec.data), count, used)
+
+
+def _set(store: Store, nid: str, **flags: bool) -> node_pb2.NodeResponse:
+    """Set the operator's flags of a node (the other fields are the node's and the scheduler's)."""
+
+    def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if cur is None else {**cur, **flags}
+
+    if store.update(NODE, SCOPE, nid, mutate) is None:
+        raise errors.not_found("node", nid)
+    return node_pb2.NodeResponse(node=_get(store, nid), status=common_pb2.Status(code=0))
+
+
+# -- validation -----------------------------------------------------------------------------------
+def _v_id(req: Any) -> list[FieldViolation]:
+    return validation.required(req.id, "id") or validation.max_length(req.id, "id", NODE_ID_MAX)
+
+
+def _v_list(req: node_pb2.ListNodesRequest) -> list[FieldViolation]:
+    return validation.selector(req.label_selector, "label_selector")
+
+
+VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
+    "ListNodes": _v_list,
+    "GetNode": _v_id,
+    "CordonNode": _v_id,
+    "UncordonNode": _v_id,
+    "DrainNode": _v_id,
+}
+
+
+# -- handlers -------------------------------------------------------------------------------------
+async def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
+    store = ctx.deps.store
+    count, used = _placed(store)
+    nodes = [Node.from_record(r.name, r.data) for r in iter_all(store, NODE, SCOPE)]
+    sel = dict(req.label_selector)
+    items = [to_pb(n, count, used) for n in nodes if all(n.labels.get(k) == v for k, v in sel.items())]
+    return node_pb2.ListNodesResponse(nodes=items, status=common_pb2.Status(code=0))
+
+
+async def GetNode(req: node_pb2.GetNodeRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+    return node_pb2.NodeResponse(node=_get(ctx.deps.store, req.id), status=common_pb2.Status(code=0))
+
+
+async def CordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+    return _set(ctx.deps.store, req.id, cordoned=True)
+
+
+async def UncordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+    # Uncordoning also ends a drain: the node takes new instances again (moved ones stay moved).
+    return _set(ctx.deps.store, req.id, cordoned=False, draining=False)
+
+
+async def DrainNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+    return _set(ctx.deps.store, req.id, cordoned=True, draining=True)

@@ -1,0 +1,108 @@
+"""What one node's reconciler knows of the cluster: the placements, and the other nodes' instances.
+
+A node runs exactly the instance slots the scheduler placed on it (``placement`` records). It also
+keeps a view of the other nodes' instances (from the store's change log), so that a service's
+status, and whether a dependency is ready, count every node's instances, not only its own.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from runed.controller.instance import Instance, Key
+from runed.core.config.schema import NodeConfig
+from runed.model import objects
+from runed.model.nodes import PLACEMENT, Placement
+from runed.store.base import DELETED, Change, Record, Store, iter_all
+
+# Instance records written before nodes existed name this node id: they belong to the node whose
+# data dir holds their directory.
+LEGACY_NODE = "local"
+
+
+def node_id(cfg: NodeConfig) -> str:
+    """The configured node id, else the hostname."""
+    return cfg.id or socket.gethostname()
+
+
+class NodeView:
+    """What one node's reconciler consults: its id and address, the placements, the other nodes' instances."""
+
+    def __init__(self, store: Store, cfg: NodeConfig, data_dir: Path) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.id = node_id(cfg)
+        self.address = cfg.address
+        self.data_dir = data_dir
+        self._placements: dict[Key, Placement] = {}
+        # Instances of other nodes, by (namespace, id).
+        self._remote: dict[Key, Instance] = {}
+
+    # -- ownership ------------------------------------------------------------------------------
+    def owns(self, rec: Record) -> bool:
+        """Whether an instance record is this node's to run (legacy records: when its directory is here)."""
+        nid = str((rec.data.get("instance") or {}).get("node_id") or "")
+        if nid in ("", LEGACY_NODE):
+            return (self.data_dir / "instances" / rec.name).is_dir()
+        return nid == self.id
+
+    def load(self) -> None:
+        """Read the placements and the other nodes' instances (once, at start-up)."""
+        for rec in iter_all(self.store, PLACEMENT):
+            self._placements[(rec.namespace, rec.name)] = Placement.from_record(rec.data)
+        for rec in iter_all(self.store, objects.INSTANCE):
+            if not self.owns(rec):
+                self._remember(rec.namespace, rec.name, rec)
+
+    def _remember(self, namespace: str, name: str, rec: Record | None) -> Key | None:
+        if rec is None:
+            gone = self._remote.pop((namespace, name), None)
+            return None if gone is None else (gone.namespace, gone.service)
+        try:
+            inst = Instance.from_record(rec)
+        except ValueError:
+            return None
+        self._remote[inst.key] = inst
+        return (inst.namespace, inst.service)
+
+    # -- change log -----------------------------------------------------------------------------
+    def on_change(self, change: Change) -> Key | None:
+        """Take a placement or another node's instance change in; the service it concerns, if any."""
+        key = (change.namespace, change.name)
+        if change.kind == PLACEMENT:
+            if change.op == DELETED or change.data is None:
+                self._placements.pop(key, None)
+            else:
+                self._placements[key] = Placement.from_record(change.data)
+            return key
+        if change.op == DELETED or change.data is None:
+            return self._remember(change.namespace, change.name, None)
+        rec = Record(objects.INSTANCE, change.namespace, change.name, change.data, change.revision, 0)
+        if self.owns(rec):
+            return None
+        return self._remember(change.namespace, change.name, rec)
+
+    # -- what the reconciler asks ---------------------------------------------------------------
+    def placement(self, service: Key) -> Placement | None:
+        return self._placements.get(service)
+
+    def indexes(self, service: Key, current: list[Instance]) -> set[int]:
+        """The instance indexes this node runs: those placed here; with no placement yet, those it runs."""
+        p = self._placements.get(service)
+        if p is None:
+            return {i.index for i in current}
+        return {i for i, n in p.slots.items() if n == self.id}
+
+    def remote_of(self, namespace: str, service: str) -> list[Instance]:
+        return [i for i in self._remote.values() if i.namespace == namespace and i.service == service]
+
+    def counted(self, service: Key, local: list[Instance]) -> list[Instance]:
+        """A service's instances as its status counts them: on every node, each where it is placed."""
+        remote = self.remote_of(*service)
+        if not remote:
+            return local
+        p = self._placements.get(service)
+        if p is None:
+            return local + remote
+        return local + [i for i in remote if p.slots.get(i.index) == i.node_id]
