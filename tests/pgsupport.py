@@ -87,7 +87,7 @@ def _pg_bin() -> Path | None:
     return versions[-1].parent if versions else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -154,7 +154,7 @@ def private_cluster() -> Iterator[PgCluster]:
     root = Path(tempfile.mkdtemp(prefix="runed-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    cluster = PgCluster(bindir, root, _free_port())
+    cluster = PgCluster(bindir, root, free_port())
     try:
         try:
             cluster.init()

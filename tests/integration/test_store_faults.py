@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -40,13 +41,16 @@ WRITERS = 3
 
 
 @pytest.fixture(scope="module")
-def on_private_pg(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, Path]]:  # noqa: F811
+def on_private_pg(
+    pg_cluster: PgCluster,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Runed, Path, str]]:
     """A whole runed (every role, the controller too) on the private server, without a rate limit."""
     url = pg_cluster.create_database("runed")
     tmp = tmp_path_factory.mktemp("faults")
     env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"}
     with run_runed(tmp / "data", args=[*runefile_args(tmp), "--store-url", url], env=env) as r:
-        yield r, tmp
+        yield r, tmp, url
 
 
 @dataclass
@@ -88,8 +92,8 @@ def _details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_det
     return info, retry
 
 
-def test_postgres_restart_under_load(on_private_pg: tuple[Runed, Path], pg_cluster: PgCluster) -> None:  # noqa: F811
-    runed, tmp = on_private_pg
+def test_postgres_restart_under_load(on_private_pg: tuple[Runed, Path, str], pg_cluster: PgCluster) -> None:  # noqa: F811
+    runed, tmp, _ = on_private_pg
     orch = Orch.on(runed, tmp)
     channel = runed.channel()
     namespaces = namespace_pb2_grpc.NamespaceServiceStub(channel)
@@ -177,3 +181,21 @@ def test_postgres_restart_under_load(on_private_pg: tuple[Runed, Path], pg_clust
 
     eventually(running, timeout=30, what="a service cast after the restart runs")
     assert "internal error in" not in runed.output()
+
+
+def test_readyz_wants_the_schema_this_runed_knows(on_private_pg: tuple[Runed, Path, str]) -> None:
+    runed, _, url = on_private_pg
+    ready = httpx.get(f"{runed.http_base}/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "(current)" in ready.json()["checks"]["store"]["detail"], ready.text
+    # A newer runed on another host migrated the database past what this one knows.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)")
+    try:
+        ready = httpx.get(f"{runed.http_base}/readyz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["failing"] == ["store"], ready.text
+        assert "schema version 999, this runed needs" in ready.json()["checks"]["store"]["detail"], ready.text
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM schema_migrations WHERE version = 999")
