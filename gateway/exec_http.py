@@ -124,7 +124,14 @@ class ExecSessionRoutes:
             raise
         s = self.sessions.by_id.get(request.path_params["id"])
         if s is None or s.owner != _owner(ctx):
-            raise errors.not_found("exec session", request.path_params["id"], request.path_params["ns"])
+            missing = errors.not_found("exec session", request.path_params["id"], request.path_params["ns"])
+            # Sessions live in the process that created them: behind a load balancer, say so.
+            raise errors.NotFound(
+                f"{missing.message} on this host (exec sessions are per host: send a session's output and "
+                "input requests to the host that created it)",
+                reason=missing.reason,
+                metadata=missing.metadata,
+            )
         return s, ctx
 
     async def _output_frames(self, s: ExecSession) -> AsyncIterator[bytes]:

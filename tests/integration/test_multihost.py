@@ -1,0 +1,236 @@
+"""Several runed hosts on one PostgreSQL database: shared reads and watches, one controller, matching keys.
+
+Each "host" is a whole runed (supervisor, grpc, rest and controller roles) with its own data dir,
+listening on its own loopback address (127.0.0.2, 127.0.0.3), as the README's "Several hosts"
+section sets them up: the second host gets a copy of the first one's ``auth.key`` and ``kek.b64``.
+One controller leads, the other stands by. The module shares the two hosts; the failover test
+kills the leading host and so runs last.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+from runed.server.supervisor import EXIT_FATAL
+from tests.harness import Runed, Runeds
+from tests.integration.orch import SERVER, runefile_args
+from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
+from tests.support import Metadata, bootstrap_metadata, code_of, eventually
+
+# A short lease keeps the failover test short; the default is 10 s.
+LEASE = {"RUNE_CONTROLLER_LEASE_SECONDS": "3"}
+KEY_FILES = ("auth.key", "kek.b64")
+
+
+def host_args(address: str, store_url: str, tmp: Path) -> list[str]:
+    """The flags of one host: both listeners on its own address, the shared store, fast controller settings."""
+    return [
+        *runefile_args(tmp),
+        "--grpc-addr",
+        f"{address}:0",
+        "--http-addr",
+        f"{address}:0",
+        "--store-url",
+        store_url,
+    ]
+
+
+def copy_keys(src: Path, dst: Path) -> None:
+    """What an operator does for a new host: the first host's key files, before its first start."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in KEY_FILES:
+        shutil.copy2(src / name, dst / name)
+
+
+@dataclass
+class Cluster:
+    a: Runed
+    b: Runed
+    auth: Metadata
+    tmp: Path
+    store_url: str
+
+    @property
+    def leader(self) -> Runed:
+        """The host whose controller holds the lease (the other one's reports ready as ``standby``)."""
+        hosts = [h for h in (self.a, self.b) if h.address("controller") == "controller"]
+        assert len(hosts) == 1, [(h.data_dir.name, h.address("controller")) for h in (self.a, self.b)]
+        return hosts[0]
+
+    @property
+    def standby(self) -> Runed:
+        return self.b if self.leader is self.a else self.a
+
+    def services(self, host: Runed) -> service_pb2_grpc.ServiceServiceStub:
+        return service_pb2_grpc.ServiceServiceStub(host.channel())
+
+    def cast(self, host: Runed, name: str) -> None:
+        script = self.tmp / "server.py"
+        script.write_text(SERVER)
+        svc = service_pb2.Service(
+            name=name,
+            namespace="default",
+            scale=1,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script)]),
+        )
+        self.services(host).CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
+
+    def running(self, host: Runed, name: str) -> instance_pb2.Instance:
+        """The service's one instance, RUNNING, as ``host`` reads it (an AssertionError for eventually)."""
+        stub = instance_pb2_grpc.InstanceServiceStub(host.channel())
+        resp = stub.ListInstances(instance_pb2.ListInstancesRequest(service_name=name), metadata=self.auth)
+        states = [(i.id, i.status) for i in resp.instances]
+        assert [s for _, s in states] == [instance_pb2.INSTANCE_STATUS_RUNNING], states
+        inst: instance_pb2.Instance = resp.instances[0]
+        return inst
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[Cluster]:  # noqa: F811
+    reset_schema(pg_database)
+    tmp = tmp_path_factory.mktemp("multihost")
+    runeds = Runeds()
+    try:
+        a = runeds.start(tmp / "a", args=host_args("127.0.0.2", pg_database, tmp), env=LEASE, ready=False)
+        # The second host starts as soon as the first has created its keys: either may then lead.
+        eventually(lambda: all((a.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the first keys")
+        copy_keys(a.data_dir, tmp / "b")
+        b = runeds.start(tmp / "b", args=host_args("127.0.0.3", pg_database, tmp), env=LEASE, ready=False)
+        a.wait_ready(90)
+        b.wait_ready(90)
+        yield Cluster(a, b, bootstrap_metadata(a.channel()), tmp, pg_database)
+    finally:
+        runeds.close()
+
+
+def test_hosts_listen_on_their_own_addresses_and_one_controller_leads(cluster: Cluster) -> None:
+    assert cluster.a.grpc_target.startswith("127.0.0.2:") and cluster.a.http_base.startswith("http://127.0.0.2:")
+    assert cluster.b.grpc_target.startswith("127.0.0.3:") and cluster.b.http_base.startswith("http://127.0.0.3:")
+    # One controller took the lease; the other reports ready as a standby.
+    assert cluster.standby.address("controller") == "standby"
+
+
+def test_a_write_on_one_host_is_read_and_watched_on_the_other(cluster: Cluster) -> None:
+    watch = cluster.services(cluster.b).WatchServices(
+        service_pb2.WatchServicesRequest(namespace="default", since_revision=0),
+        metadata=cluster.auth,
+        timeout=30,
+    )
+    try:
+        cluster.cast(cluster.a, "shared")
+        for ev in watch:
+            if ev.service.name == "shared":
+                assert ev.event_type == common_pb2.EVENT_TYPE_ADDED
+                break
+    finally:
+        watch.cancel()
+    got = cluster.services(cluster.b).GetService(
+        service_pb2.GetServiceRequest(name="shared", namespace="default"), metadata=cluster.auth
+    )
+    assert got.service.name == "shared"
+    token = cluster.auth[0][1]
+    r = httpx.get(f"{cluster.b.http_base}/v1/namespaces/default/services/shared", headers={"authorization": token})
+    assert r.status_code == 200, r.text
+    # The leading controller runs it, on its own host; both hosts report the same instance.
+    inst = eventually(lambda: cluster.running(cluster.a, "shared"), timeout=30)
+    assert cluster.running(cluster.b, "shared").id == inst.id
+    assert (cluster.leader.data_dir / "instances" / inst.id).is_dir()
+    assert not (cluster.standby.data_dir / "instances" / inst.id).exists()
+
+
+def test_bootstrap_happens_once_across_hosts(cluster: Cluster) -> None:
+    # The fixture bootstrapped on the first host: the second refuses, and accepts the first's token.
+    from rune.api import admin_pb2, admin_pb2_grpc
+
+    admin_b = admin_pb2_grpc.AdminServiceStub(cluster.b.channel())
+    code, details = code_of(admin_b.AdminBootstrap, admin_pb2.AdminBootstrapRequest())
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "already bootstrapped" in details
+    r = httpx.post(f"{cluster.b.http_base}/rune.api.AdminService/AdminBootstrap", json={})
+    assert r.status_code == 412, r.text
+    cluster.services(cluster.b).ListServices(
+        service_pb2.ListServicesRequest(namespace="default"), metadata=cluster.auth
+    )
+
+
+def test_an_exec_session_used_on_another_host_fails_clearly(cluster: Cluster) -> None:
+    # Exec reaches the instances of its own host: the leader's.
+    here, there = cluster.leader, cluster.standby
+    cluster.cast(here, "shell")
+    eventually(lambda: cluster.running(here, "shell"), timeout=30)
+    headers = {"authorization": cluster.auth[0][1]}
+    r = httpx.post(
+        f"{here.http_base}/v1/namespaces/default/exec/shell", json={"command": ["sleep", "30"]}, headers=headers
+    )
+    assert r.status_code == 201, r.text
+    sid = r.json()["sessionId"]
+    for path in (f"sessions/{sid}/output", f"sessions/{sid}/input"):
+        url = f"{there.http_base}/v1/namespaces/default/exec/{path}"
+        other = (
+            httpx.get(url, headers=headers) if path.endswith("output") else httpx.post(url, json={}, headers=headers)
+        )
+        assert other.status_code == 404, other.text
+        message = other.json()["message"]
+        assert f'exec session "{sid}" not found' in message and "exec sessions are per host" in message, message
+    # On its own host the session is there: end it.
+    done = httpx.post(
+        f"{here.http_base}/v1/namespaces/default/exec/sessions/{sid}/input",
+        json={"signal": {"name": "KILL"}},
+        headers=headers,
+    )
+    assert done.status_code == 204, done.text
+
+
+def test_a_host_whose_keys_differ_refuses_to_start(cluster: Cluster) -> None:
+    # A host with its own fresh keys (nothing copied): the token key is the first difference named.
+    # One role is enough: each role checks the keys as it starts.
+    fresh = Runed(cluster.tmp / "fresh", args=host_args("127.0.0.4", cluster.store_url, cluster.tmp), role="grpc")
+    # The same token key but another KEK.
+    other_kek = cluster.tmp / "other-kek"
+    copy_keys(cluster.a.data_dir, other_kek)
+    (other_kek / "kek.b64").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    wrong_kek = Runed(other_kek, args=host_args("127.0.0.5", cluster.store_url, cluster.tmp), role="grpc")
+    try:
+        for host in (fresh, wrong_kek):
+            host.launch()
+        assert [host.wait(60) for host in (fresh, wrong_kek)] == [EXIT_FATAL, EXIT_FATAL]
+    finally:
+        for host in (fresh, wrong_kek):
+            host.stop()
+    out = fresh.output()
+    assert "the token HMAC key" in out and str(fresh.data_dir / "auth.key") in out, out
+    assert "Copy auth.key from a host that already uses this store" in out, out
+    out = wrong_kek.output()
+    assert "the token HMAC key" not in out, out
+    assert "the secrets KEK" in out and "Copy kek.b64" in out and "RUNE_MASTER_KEY" in out, out
+    # Neither start changed what the store expects: the running hosts still serve.
+    cluster.services(cluster.b).ListServices(
+        service_pb2.ListServicesRequest(namespace="default"), metadata=cluster.auth
+    )
+
+
+@pytest.mark.slow
+def test_the_standby_takes_over_when_the_leading_host_dies(cluster: Cluster) -> None:
+    """Runs last: it kills the first host (supervisor and roles, SIGKILL: no lease release)."""
+    dead, standby = cluster.leader, cluster.standby
+    assert dead.proc is not None
+    os.killpg(dead.proc.pid, signal.SIGKILL)
+    dead.proc.wait(10)
+    eventually(lambda: standby.address("controller") == "controller", timeout=60, what="the standby leads")
+    cluster.cast(standby, "after")
+    inst = eventually(lambda: cluster.running(standby, "after"), timeout=30)
+    # Instances stay on their host: the new one runs from the new leader's data dir.
+    assert (standby.data_dir / "instances" / inst.id).is_dir()
