@@ -147,6 +147,9 @@ class Lease:
         cur = _holder(rec)
         with self._lock:
             mine = self._revision != 0 and cur.revision == self._revision and cur.holder == self.holder
+            if not mine:
+                # Whatever this process held before, the record now says someone else holds it.
+                self._revision = 0
         if mine:
             return self._write(cur.revision)
         if self.claim_at_start and self._attempts == 1:

@@ -1,0 +1,115 @@
+"""The controller lease on a real store, with each contender's monotonic clock in the test's hands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runed.controller.leader import KIND, NAMESPACE, RENEW_DEADLINE, Lease
+from runed.store.sqlite import SQLiteStore
+
+TTL = 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "runed.db", notify=False)
+    yield s
+    s.close()
+
+
+def contender(store: SQLiteStore, holder: str, clock: Clock, **kw: bool) -> Lease:
+    return Lease(store, "controller", holder, TTL, clock=clock, **kw)
+
+
+def test_a_free_lease_is_taken_and_a_held_one_only_after_a_full_ttl_without_renewal(store: SQLiteStore) -> None:
+    ca, cb = Clock(), Clock()
+    a, b = contender(store, "a", ca), contender(store, "b", cb)
+    assert a.claim() and a.is_leader
+    assert not b.claim()
+    cb.now += TTL - 0.1
+    assert not b.claim() and not b.is_leader
+    # The leader renews: the standby starts counting again from the new revision.
+    assert a.claim()
+    cb.now += 0.2
+    assert not b.claim()
+    cb.now += TTL - 0.1
+    assert not b.claim()
+    cb.now += 0.1
+    assert b.claim() and b.is_leader
+    current = b.current()
+    assert current is not None and current.holder == "b" and current.ttl == TTL
+    # The old leader's next renewal is refused: someone else's revision.
+    assert not a.claim()
+
+
+def test_the_leader_counts_itself_out_before_a_standby_may_take_over(store: SQLiteStore) -> None:
+    ca = Clock()
+    a = contender(store, "a", ca)
+    assert a.claim()
+    ca.now += TTL * RENEW_DEADLINE - 0.01
+    assert a.is_leader
+    ca.now += 0.02
+    assert not a.is_leader, "past its renewal deadline a leader steps down, a quarter ttl before any takeover"
+
+
+def test_a_released_lease_is_taken_at_once(store: SQLiteStore) -> None:
+    ca, cb = Clock(), Clock()
+    a, b = contender(store, "a", ca), contender(store, "b", cb)
+    assert a.claim() and not b.claim()
+    a.release()
+    assert not a.is_leader and store.get(KIND, NAMESPACE, "controller") is None
+    assert b.claim()
+
+
+def test_claim_at_start_takes_a_dead_predecessors_lease_at_the_first_attempt_only(store: SQLiteStore) -> None:
+    ca, cb = Clock(), Clock()
+    assert contender(store, "before-the-crash", ca).claim()
+    restarted = contender(store, "restarted", cb, claim_at_start=True)
+    assert restarted.claim()
+    # Later attempts (after losing the lease) wait like any standby.
+    other = contender(store, "other", ca)
+    assert not other.claim()
+    ca.now += TTL
+    assert other.claim()
+    assert not restarted.claim() and not restarted.is_leader
+
+
+def test_held_yields_while_leading_and_ends_on_stop_releasing_the_lease(store: SQLiteStore) -> None:
+    async def main() -> None:
+        lease = Lease(store, "controller", "a", 1.0)
+        stop = asyncio.Event()
+        async with lease.held(stop) as ended:
+            assert lease.is_leader and not ended.is_set()
+            stop.set()
+            await asyncio.wait_for(ended.wait(), 5)
+        assert store.get(KIND, NAMESPACE, "controller") is None
+
+    asyncio.run(main())
+
+
+def test_held_ends_when_another_holder_takes_the_lease(store: SQLiteStore) -> None:
+    async def main() -> None:
+        lease = Lease(store, "controller", "a", 1.0)
+        async with lease.held(asyncio.Event()) as ended:
+            rec = store.get(KIND, NAMESPACE, "controller")
+            assert rec is not None
+            store.put(KIND, NAMESPACE, "controller", {"holder": "b", "ttl_seconds": 1.0}, expect_revision=rec.revision)
+            # The next renewal (within a third of the ttl) is refused.
+            await asyncio.wait_for(ended.wait(), 10)
+            assert not lease.is_leader
+        rec = store.get(KIND, NAMESPACE, "controller")
+        assert rec is not None and rec.data["holder"] == "b", "the lease someone else holds is not released"
+
+    asyncio.run(main())
