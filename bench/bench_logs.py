@@ -21,6 +21,8 @@ from rune.api import common_pb2, logs_pb2, logs_pb2_grpc, service_pb2, service_p
 from runed.store.sqlite import SQLiteStore
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+# max_batch of the batched followers (what ``rune logs`` asks for).
+BATCH = 500
 
 # Each line carries the time it was written, so receivers can measure latency.
 CHATTY = textwrap.dedent(
@@ -117,22 +119,28 @@ def follow_file(log_dir: Path, seconds: float) -> Result:
     return _until(time.monotonic() + seconds, lines())
 
 
-def follow_grpc(target: str, token: str, seconds: float) -> Result:
-    """A grpc.aio client (the sync client's per-message thread hand-off would be what is measured)."""
+def follow_grpc(target: str, token: str, seconds: float, max_batch: int = 0) -> Result:
+    """A grpc.aio client (the sync client's per-message thread hand-off would be what is measured).
+
+    ``max_batch`` > 1 asks for batches of lines, as ``rune logs`` does.
+    """
 
     async def main() -> Result:
         async with grpc.aio.insecure_channel(target) as ch:
             stub = logs_pb2_grpc.LogServiceStub(ch)
             call = stub.StreamLogs(metadata=[("authorization", f"Bearer {token}")])
-            await call.write(logs_pb2.LogRequest(resource_target="service/chatty", follow=True, tail=1))
+            req = logs_pb2.LogRequest(resource_target="service/chatty", follow=True, tail=1, max_batch=max_batch)
+            await call.write(req)
             deadline = time.monotonic() + seconds
             n = -1
             lat: list[float] = []
             try:
                 async for r in call:
-                    n += 1
-                    if n:
-                        _latency(r.content, time.time_ns(), lat)
+                    now = time.time_ns()
+                    for line in r.lines or (r,):
+                        n += 1
+                        if n:
+                            _latency(line.content, now, lat)
                     if time.monotonic() >= deadline:
                         break
             finally:
@@ -142,14 +150,21 @@ def follow_grpc(target: str, token: str, seconds: float) -> Result:
     return asyncio.run(main())
 
 
-def follow_sse(base: str, token: str, seconds: float) -> Result:
+def follow_sse(base: str, token: str, seconds: float, max_batch: int = 0) -> Result:
+    """An SSE client: one event per line, or (``max_batch`` > 1) one event per batch of lines."""
+
     def lines(r: httpx.Response) -> Iterator[str]:
         for line in r.iter_lines():
             if line.startswith("data: "):
-                yield json.loads(line[6:])["content"]
+                data = json.loads(line[6:])
+                for one in data.get("lines") or (data,):
+                    yield one["content"]
 
+    params = {"follow": "true", "tail": "1"}
+    if max_batch:
+        params["max_batch"] = str(max_batch)
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=30) as c:
-        with c.stream("GET", "/v1/namespaces/default/logs/chatty", params={"follow": "true", "tail": "1"}) as r:
+        with c.stream("GET", "/v1/namespaces/default/logs/chatty", params=params) as r:
             return _until(time.monotonic() + seconds, lines(r))
 
 
@@ -234,8 +249,10 @@ def run() -> None:
         base = "http://" + addrs["rest"]
         followers: list[tuple[str, Callable[[Path], Result]]] = [
             ("bare: tail log.jsonl", lambda d: follow_file(d, SECONDS)),
-            ("gRPC StreamLogs follower", lambda d: follow_grpc(addrs["grpc"], token, SECONDS)),
-            ("SSE /logs?follow follower", lambda d: follow_sse(base, token, SECONDS)),
+            ("gRPC follower, one line/msg", lambda d: follow_grpc(addrs["grpc"], token, SECONDS)),
+            ("gRPC follower, batched", lambda d: follow_grpc(addrs["grpc"], token, SECONDS, BATCH)),
+            ("SSE follower, line events", lambda d: follow_sse(base, token, SECONDS)),
+            ("SSE follower, batched", lambda d: follow_sse(base, token, SECONDS, BATCH)),
         ]
         for title, pause in (("unthrottled writer: throughput", 0.0), ("paced writer (200 lines/s): latency", 0.005)):
             log_dir = _cast(addrs, token, script, pause)

@@ -17,6 +17,11 @@ def encode(positions: dict[str, int]) -> str:
     return PREFIX + "".join(f";{iid}={seq}" for iid, seq in positions.items())
 
 
+def prefix_of(key: str) -> str:
+    """The cursor of a one-series stream at seq N is this prefix followed by N."""
+    return f"{PREFIX};{key}="
+
+
 def decode(text: str) -> dict[str, int]:
     """Raises ValueError for anything that is not a cursor this server produced."""
     parts = text.split(";")

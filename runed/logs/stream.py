@@ -216,7 +216,10 @@ class LogStream:
             f = self._followers.get(iid)
             if f is None:
                 f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1), src.file)
-            got.extend((src, ln) for ln in f.poll())
+            lines = f.poll()
+            if lines and len(self.sources) == 1:
+                return self._single(src, lines)
+            got.extend((src, ln) for ln in lines)
         if not got:
             return []
         if len(self.sources) > 1:
@@ -228,6 +231,14 @@ class LogStream:
             if accept(ln):
                 out.append(Emitted(src, ln, cursor.encode(self.pos)))
         return out
+
+    def _single(self, src: Source, lines: list[LogLine]) -> list[Emitted]:
+        """:meth:`poll` of a stream of one series (the common case, per line the hot path): no merge,
+        and each cursor is a prefix plus the seq."""
+        accept = self.selection.accept
+        prefix = cursor.prefix_of(src.key)
+        self.pos[src.key] = lines[-1].seq
+        return [Emitted(src, ln, f"{prefix}{ln.seq}") for ln in lines if accept(ln)]
 
     def close(self) -> None:
         for f in self._followers.values():
