@@ -33,13 +33,15 @@ from rune.gateway.middleware import QUOTA_KEY
 from rune.gateway.openapi import document
 from rune.gateway.tls import CN_KEY
 from runed import __version__
-from runed.auth import rbac
+from runed.auth import keycheck, rbac
+from runed.auth.identity import load_server_key
 from runed.core import errors
 from runed.core.config import Config
 from runed.core.config.redact import redacted
 from runed.core.readiness import ready_file
 from runed.pipeline import methods
 from runed.pipeline.stages import Pipeline
+from runed.secrets.crypto import ENV_MASTER_KEY, CryptoError, SecretCrypto
 from runed.store.base import Store
 from runed.store.check import schema_state
 from runed.transport import metrics as runed_metrics
@@ -122,6 +124,7 @@ class Operations:
         self.started = time.time()
         self._channel: grpc.aio.Channel | None = None
         self._channel_target = ""
+        self._crypto: SecretCrypto | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -147,12 +150,26 @@ class Operations:
         return True, f"open (revision {rev})"
 
     def _store_ready(self) -> tuple[bool, str]:
-        """Ready to serve from the store: its connections work, and the database is reachable and migrated."""
+        """Ready to serve from the store: its connections work, the database is reachable and migrated,
+        and this host's keys still match the store's check values (another host may have rotated the KEK)."""
         db_ok, db_detail = schema_state(self.config.store.url).ready()
         if not db_ok:
             return db_ok, db_detail
         ok, detail = self._store_check()
-        return ok, db_detail if ok else detail
+        if not ok:
+            return ok, detail
+        try:
+            if self._crypto is None:
+                self._crypto = SecretCrypto(self.config)
+            kid = self._crypto.active_kid
+        except CryptoError:
+            return False, f"{db_detail}; the secrets KEK cannot be loaded"
+        where = str(self._crypto.path) if self._crypto.source == "file" else ENV_MASTER_KEY
+        keys = keycheck.HostKeys(load_server_key(self.config.data_path), kid, self.config.data_path, where)
+        if keycheck.mismatches(self.store, keys):
+            # The details (key files, check values) are for the host's operator: `runed validate` prints them.
+            return False, f"{db_detail}; this host's keys do not match the store's (run `runed validate` here)"
+        return True, f"{db_detail}; keys match"
 
     async def _grpc_check(self) -> tuple[bool, str]:
         marker = ready_file(self.config, "grpc")

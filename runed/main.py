@@ -155,11 +155,49 @@ def validate(config_file: str, store_url: str | None) -> None:
         for problem in e.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
-    store_ok, store_detail = schema_state(cfg.store.url).startable()
+    state = schema_state(cfg.store.url)
+    store_ok, store_detail = state.startable()
     if not store_ok:
         click.echo(f"{config_file}: {store_detail}", err=True)
         sys.exit(1)
+    # Keys can only differ from a store that already has hosts, hence a schema (and nothing to migrate).
+    key_problems = _key_problems(cfg) if state.current else []
+    if key_problems:
+        click.echo(f"{config_file}: this host's keys do not match the store's", err=True)
+        for problem in key_problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(1)
     click.echo(f"{config_file}: ok (data_dir={cfg.data_dir}, grpc={cfg.server.grpc_address}; {store_detail})")
+
+
+def _key_problems(cfg: Config) -> list[str]:
+    """Why this host's token key and KEK do not match the store's check values; reads only (creates no key)."""
+    from runed.auth import keycheck
+    from runed.auth.identity import KEY_FILE, load_server_key
+    from runed.core import errors
+    from runed.secrets.crypto import ENV_MASTER_KEY, CryptoError, SecretCrypto
+    from runed.store.check import read_object
+
+    try:
+        stored = read_object(cfg.store.url, keycheck.KIND, keycheck.NAMESPACE, keycheck.NAME)
+    except errors.StoreUnavailable as e:
+        return [e.message]
+    if not stored:
+        return []  # no host recorded its keys yet: this one's become the store's at its start
+    crypto = SecretCrypto(cfg)
+    auth_file = cfg.data_path / KEY_FILE
+    where = str(crypto.path) if crypto.source == "file" else ENV_MASTER_KEY
+    missing = [str(f) for f in (auth_file, crypto.path if crypto.source == "file" else None) if f and not f.exists()]
+    if missing:
+        return [
+            f"{' and '.join(missing)} missing: a start would create new keys, which the store's hosts do not "
+            f"use; copy them from a host that already uses this store"
+        ]
+    try:
+        kid = crypto.load()
+    except CryptoError as e:
+        return [f"the secrets KEK cannot be loaded: {e}"]
+    return keycheck.problems(stored, keycheck.HostKeys(load_server_key(cfg.data_path), kid, cfg.data_path, where))
 
 
 @cli.command()

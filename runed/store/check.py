@@ -12,6 +12,12 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runed.core import errors
+from runed.store import faults
 
 CONNECT_TIMEOUT_SECONDS = 3
 
@@ -107,3 +113,29 @@ def schema_state(url: str) -> SchemaState:
     if url.startswith(("postgresql://", "postgres://")):
         return _postgres(url)
     return SchemaState(url, error="not a store URL runed knows (sqlite:///path or postgresql://…)")
+
+
+def read_object(url: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One stored object's data, read-only (None when absent), for checks run before a start.
+
+    Raises:
+        StoreUnavailable: the store cannot be read.
+    """
+    sql = "SELECT data FROM objects WHERE kind = {p} AND namespace = {p} AND name = {p}"
+    try:
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite://") :])
+            if not path.exists():
+                return None
+            with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                row = conn.execute(sql.format(p="?"), (kind, namespace, name)).fetchone()
+        else:
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as pg:
+                row = pg.execute(sql.format(p="%s"), (kind, namespace, name)).fetchone()
+    except Exception as e:
+        if isinstance(e, sqlite3.Error) or faults.is_unavailable(e) or type(e).__module__.startswith("psycopg"):
+            raise errors.StoreUnavailable(f"cannot read the store: {_first_line(e)}") from None
+        raise
+    return None if row is None else orjson.loads(row[0])  # type: ignore[no-any-return]

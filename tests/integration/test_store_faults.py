@@ -199,3 +199,23 @@ def test_readyz_wants_the_schema_this_runed_knows(on_private_pg: tuple[Runed, Pa
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DELETE FROM schema_migrations WHERE version = 999")
+
+
+def test_readyz_wants_this_hosts_keys_to_match_the_store(on_private_pg: tuple[Runed, Path, str]) -> None:
+    runed, _, url = on_private_pg
+    ready = httpx.get(f"{runed.http_base}/readyz")
+    assert ready.status_code == 200 and "keys match" in ready.json()["checks"]["store"]["detail"], ready.text
+    where = "kind = 'keycheck' AND namespace = 'system' AND name = 'keys'"
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(f"SELECT data FROM objects WHERE {where}").fetchone()
+        assert row is not None
+        # As if another host rotated the KEK and this one does not have the new key.
+        changed = json.dumps({**json.loads(row[0]), "kek": "0123456789abcdef"})
+        conn.execute(f"UPDATE objects SET data = %s WHERE {where}", (changed,))
+        try:
+            ready = httpx.get(f"{runed.http_base}/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["failing"] == ["store"], ready.text
+            assert "keys do not match the store's" in ready.json()["checks"]["store"]["detail"], ready.text
+        finally:
+            conn.execute(f"UPDATE objects SET data = %s WHERE {where}", (row[0],))
