@@ -22,15 +22,20 @@ import grpc
 import httpx
 import pytest
 
-from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+from rune.api import auth_pb2, auth_pb2_grpc, common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.server.supervisor import EXIT_FATAL
 from tests.harness import Runed, Runeds
 from tests.integration.orch import SERVER, runefile_args
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
-from tests.support import Metadata, bootstrap_metadata, code_of, eventually
+from tests.support import Metadata, bearer, bootstrap_metadata, code_of, eventually, make_token
 
-# A short lease keeps the failover test short; the default is 10 s.
-LEASE = {"RUNE_CONTROLLER_LEASE_SECONDS": "3"}
+# A short lease keeps the failover test short (the default is 10 s); a low rate limit lets a test
+# exhaust one host's bucket (polling in eventually() stays under it).
+ENV = {
+    "RUNE_CONTROLLER_LEASE_SECONDS": "3",
+    "RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "30",
+    "RUNE_AUTH_RATE_LIMIT_BURST": "30",
+}
 KEY_FILES = ("auth.key", "kek.b64")
 
 
@@ -104,11 +109,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Itera
     tmp = tmp_path_factory.mktemp("multihost")
     runeds = Runeds()
     try:
-        a = runeds.start(tmp / "a", args=host_args("127.0.0.2", pg_database, tmp), env=LEASE, ready=False)
+        a = runeds.start(tmp / "a", args=host_args("127.0.0.2", pg_database, tmp), env=ENV, ready=False)
         # The second host starts as soon as the first has created its keys: either may then lead.
         eventually(lambda: all((a.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the first keys")
         copy_keys(a.data_dir, tmp / "b")
-        b = runeds.start(tmp / "b", args=host_args("127.0.0.3", pg_database, tmp), env=LEASE, ready=False)
+        b = runeds.start(tmp / "b", args=host_args("127.0.0.3", pg_database, tmp), env=ENV, ready=False)
         a.wait_ready(90)
         b.wait_ready(90)
         yield Cluster(a, b, bootstrap_metadata(a.channel()), tmp, pg_database)
@@ -121,6 +126,7 @@ def test_hosts_listen_on_their_own_addresses_and_one_controller_leads(cluster: C
     assert cluster.b.grpc_target.startswith("127.0.0.3:") and cluster.b.http_base.startswith("http://127.0.0.3:")
     # One controller took the lease; the other reports ready as a standby.
     assert cluster.standby.address("controller") == "standby"
+    assert "controller=standby" in cluster.standby.output()
 
 
 def test_a_write_on_one_host_is_read_and_watched_on_the_other(cluster: Cluster) -> None:
@@ -220,6 +226,21 @@ def test_a_host_whose_keys_differ_refuses_to_start(cluster: Cluster) -> None:
     cluster.services(cluster.b).ListServices(
         service_pb2.ListServicesRequest(namespace="default"), metadata=cluster.auth
     )
+
+
+def test_rate_limits_are_counted_per_host(cluster: Cluster) -> None:
+    secret = make_token(cluster.a, cluster.auth, "limited", ["readonly"])
+    on_a = auth_pb2_grpc.AuthServiceStub(cluster.a.channel())
+    on_b = auth_pb2_grpc.AuthServiceStub(cluster.b.channel())
+    for _ in range(1000):
+        code, _ = code_of(on_a.WhoAmI, auth_pb2.WhoAmIRequest(), metadata=bearer(secret))
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            break
+        assert code == grpc.StatusCode.OK
+    else:
+        raise AssertionError("the first host never limited the token")
+    # The other host keeps its own bucket for the same token: full.
+    assert code_of(on_b.WhoAmI, auth_pb2.WhoAmIRequest(), metadata=bearer(secret))[0] == grpc.StatusCode.OK
 
 
 @pytest.mark.slow
