@@ -84,15 +84,18 @@ class Authenticator:
         self._cache_key = hashlib.sha256(self.identity.key).digest()  # BLAKE2b keys are at most 64 bytes
         self._watcher: asyncio.Task[None] | None = None
         self._watching = False
+        # Bumped by every invalidation: a look-up that ran across one does not fill the cache.
+        self._generation = 0
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None:
-            since = self.store.current_revision()
-            self._watching = True
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(since))
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _watch(self, since: int) -> None:
+    async def _watch(self) -> None:
         try:
+            since = await self.store.run(self.store.current_revision)
+            # Credentials cached from here on were read after ``since``: any later change drops them.
+            self._watching = True
             async for _ in self.store.watch([TOKEN, USER, POLICY], since):
                 self.invalidate()
         except asyncio.CancelledError:
@@ -105,6 +108,7 @@ class Authenticator:
 
     def invalidate(self) -> None:
         """Forget cached credentials and rules (after an identity change here or elsewhere)."""
+        self._generation += 1
         self._cache.clear()
         if self._on_invalidate is not None:
             self._on_invalidate()
@@ -135,7 +139,7 @@ class Authenticator:
         if token:
             return await self._from_bearer(token)
         if tls_client_cn:
-            return self._from_client_cert(tls_client_cn)
+            return await self.store.run(self._from_client_cert, tls_client_cn)
         raise Refused("missing credentials: send 'authorization: Bearer <token>'", "no credentials")
 
     async def _from_bearer(self, token: str) -> Principal:
@@ -145,8 +149,31 @@ class Authenticator:
         key = hashlib.blake2b(token.encode(), key=self._cache_key, digest_size=32).digest()
         hit = self._cache.get(key)
         if hit is not None and self._watching and (not hit[1] or hit[1] > time.time()):
-            self.identity.touch(hit[0].token_id)
+            if self.identity.touch_due(hit[0].token_id):
+                await self.store.run(self.identity.touch, hit[0].token_id)
             return hit[0]
+        # A cache miss reads the store (and may record the token's use): one unit off the event loop.
+        generation = self._generation if self._watching else -1
+        found = await self.store.run(self._from_store, token)
+        if found is not None:
+            principal, expires_at = found
+            if self._watching and generation == self._generation:
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[key] = (principal, expires_at)
+            return principal
+        if self.oidc is not None and token.count(".") == 2:
+            try:
+                claims = await self.oidc.verify(token)
+            except errors.Unauthenticated as e:
+                raise Refused(e.message, "OIDC ID token refused (signature, issuer, audience or expiry)") from None
+            return self.oidc.principal(claims, self.identity)
+        # Only failures pay for this second look-up: it tells the audit log unknown from revoked from expired.
+        reason, rec = await self.store.run(self.identity.refusal, token)
+        raise Refused(INVALID, reason, str((rec or {}).get("subject_name", "")))
+
+    def _from_store(self, token: str) -> tuple[Principal, float] | None:
+        """The principal of a stored token and when it expires (0: never), or None for no such live token."""
         tok = self.identity.lookup_token(token)
         if tok is not None:
             user = self.identity.get_user_by_id(tok["subject_id"])
@@ -163,20 +190,8 @@ class Authenticator:
                 token_id=tok["id"],
                 auth_method="token",
             )
-            if self._watching:
-                if len(self._cache) >= CACHE_MAX:
-                    self._cache.clear()
-                self._cache[key] = (principal, float(tok.get("expires_at") or 0))
-            return principal
-        if self.oidc is not None and token.count(".") == 2:
-            try:
-                claims = await self.oidc.verify(token)
-            except errors.Unauthenticated as e:
-                raise Refused(e.message, "OIDC ID token refused (signature, issuer, audience or expiry)") from None
-            return self.oidc.principal(claims, self.identity)
-        # Only failures pay for this second look-up: it tells the audit log unknown from revoked from expired.
-        reason, rec = self.identity.refusal(token)
-        raise Refused(INVALID, reason, str((rec or {}).get("subject_name", "")))
+            return principal, float(tok.get("expires_at") or 0)
+        return None
 
     def _from_client_cert(self, cn: str) -> Principal:
         # The adapter only sets the CN after the chain verified against server.tls.client_ca_file.

@@ -26,6 +26,15 @@ class Authorizer:
         """Forget cached rules (after a policy or user change made by this process)."""
         self._cache.clear()
 
+    def cached(self, principal: Principal) -> bool:
+        """Whether :meth:`authorize` can answer for ``principal`` from the cache alone (no store read)."""
+        now = time.monotonic()
+        for policies in (principal.policies, principal.scope) if principal.scope else (principal.policies,):
+            hit = self._cache.get(policies)
+            if hit is None or now - hit[0] >= _POLICY_TTL_SECONDS:
+                return False
+        return True
+
     def rules(self, policies: tuple[str, ...]) -> tuple[rbac.Rule, ...]:
         now = time.monotonic()
         hit = self._cache.get(policies)

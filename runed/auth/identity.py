@@ -278,12 +278,16 @@ class Identity:
             return f"expired token {tok.get('id', '')}", tok
         return f"token {tok.get('id', '')} of a user that no longer exists", tok
 
+    def touch_due(self, token_id: str, every_seconds: float = 60.0) -> bool:
+        """Whether :meth:`touch` would write now (it writes at most once per ``every_seconds``)."""
+        last = self._last_touch.get(token_id)
+        return last is None or time.monotonic() - last >= every_seconds
+
     def touch(self, token_id: str, every_seconds: float = 60.0) -> None:
         """Record use, at most once per ``every_seconds`` per token and process (writes are costly)."""
-        now_m = time.monotonic()
-        last = self._last_touch.get(token_id)
-        if last is not None and now_m - last < every_seconds:
+        if not self.touch_due(token_id, every_seconds):
             return
+        now_m = time.monotonic()
         self._last_touch[token_id] = now_m
         now = time.time()
 

@@ -91,13 +91,20 @@ class Pipeline:
         authorizer: the authorization stage.
         audit_write: where audit records go (the store's ``audit``).
         on_call_finished: called after every call (metrics), if set.
+
+        Store work of the stages (credential and policy look-ups on a cache miss, audit records)
+        goes through the authenticator's store's ``run``: off the event loop where the store waits
+        on the network (:mod:`runed.store.offload`).
         """
         self.routes = routes
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.audit_write = audit_write
+        self._store_run = authenticator.store.run
+        # Audit writes in flight; the call that started one waits for it before it answers.
+        self._audit_tasks: set[asyncio.Task[None]] = set()
         # Failed authentications are audited too, aggregated past a budget per minute (see authfail).
-        self.auth_failures = AuthFailureLog(audit_write)
+        self.auth_failures = AuthFailureLog(self._audit_soon)
         self.on_call_finished = on_call_finished
 
     def route(self, full_name: str) -> Route:
@@ -117,7 +124,10 @@ class Pipeline:
         defaults.apply(access, request)
         if access is not rbac.PUBLIC:
             ctx.principal = await self.authenticator.authenticate(ctx.metadata, ctx.tls_client_cn, ctx.set_quota)
-            ctx.namespace = self.authorizer.authorize(ctx.principal, access, request)
+            if self.authorizer.cached(ctx.principal):
+                ctx.namespace = self.authorizer.authorize(ctx.principal, access, request)
+            else:
+                ctx.namespace = await self._store_run(self.authorizer.authorize, ctx.principal, access, request)
         if route.validator is not None:
             violations = route.validator(request)
             if violations:
@@ -167,12 +177,35 @@ class Pipeline:
             )
         if route is not None:
             # Mutations and secret reads leave an audit record, whatever their outcome.
-            audit.record(self.audit_write, ctx, route.access, request, code, err.message if err is not None else "")
+            audit.record(self._audit_soon, ctx, route.access, request, code, err.message if err is not None else "")
         if isinstance(err, errors.Unauthenticated):
             self.auth_failures.record(ctx, err)
         hook = self.on_call_finished
         if hook is not None:
             hook(ctx, code, elapsed_ms)
+
+    def _audit_soon(self, entry: AuditEntry) -> None:
+        """Start writing ``entry`` off the event loop; :meth:`_audited` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._write_audit(entry))
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
+    async def _write_audit(self, entry: AuditEntry) -> None:
+        try:
+            await self._store_run(self.audit_write, entry)
+        except errors.StorageFull as e:
+            # Expected while the disk is full (reads of secrets are audited too): one line, no traceback.
+            log.warning("cannot write audit record for %s (request %s): %s", entry.method, entry.request_id, e)
+        except Exception:
+            # Losing an audit record must be visible, but must not turn a done change into an error.
+            log.exception("cannot write audit record for %s (request %s)", entry.method, entry.request_id)
+
+    async def _audited(self, before: set[asyncio.Task[None]]) -> None:
+        """Wait for the audit writes started since ``before``: a call answers after its record is stored."""
+        if self._audit_tasks:
+            started = self._audit_tasks - before
+            if started:
+                await asyncio.gather(*started)
 
     # -- entry points ---------------------------------------------------------------------------
     async def unary(self, ctx: CallContext, request: Message) -> Message:
@@ -190,9 +223,13 @@ class Pipeline:
                 self._finish(ctx, CANCELLED, route, request)
                 raise
             err = self._map_error(ctx, exc)
+            before = set(self._audit_tasks)
             self._finish(ctx, err, route, request)
+            await self._audited(before)
             raise err from None
+        before = set(self._audit_tasks)
         self._finish(ctx, None, route, request)
+        await self._audited(before)
         return response
 
     async def server_stream(self, ctx: CallContext, request: Message) -> AsyncIterator[Message]:
@@ -215,7 +252,9 @@ class Pipeline:
             err = self._map_error(ctx, exc)
             raise err from None
         finally:
+            before = set(self._audit_tasks)
             self._finish(ctx, err, route, request)
+            await self._audited(before)
 
     async def bidi(self, ctx: CallContext, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
         """Bidirectional streams are admitted on their first message (it names the target)."""
@@ -243,7 +282,9 @@ class Pipeline:
             err = self._map_error(ctx, exc)
             raise err from None
         finally:
+            before = set(self._audit_tasks)
             self._finish(ctx, err, route, first)
+            await self._audited(before)
 
 
 CANCELLED = errors.Cancelled("cancelled by the client")

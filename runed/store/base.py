@@ -6,7 +6,10 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -135,6 +138,11 @@ class Store(Protocol):
     def meta_set(self, key: str, value: str) -> None: ...
 
     def close(self) -> None: ...
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)``, one unit of store work (a read, or a whole transaction), off the
+        event loop when the store waits on the network (see :mod:`runed.store.offload`)."""
+        ...
 
 
 def iter_all(store: Store, kind: str, namespace: str | None = None, page: int = 500) -> Iterator[Record]:

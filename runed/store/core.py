@@ -19,14 +19,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
 from runed.core import errors
 from runed.store.base import ADDED, DELETED, MODIFIED, AuditEntry, Change, ListResult, Record
+from runed.store.offload import Offload
 
 log = logging.getLogger("runed.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # The longest a watcher sleeps between two looks at the change log when no wake-up arrives.
 SAFETY_POLL_SECONDS = 1.0
@@ -74,6 +78,11 @@ class SQLCore:
 
     changelog_keep: int
     _writes_since_prune: int
+    offload: Offload
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """One unit of store work off the event loop, or inline: the backend's choice (:mod:`runed.store.offload`)."""
+        return await self.offload(fn, *args, **kwargs)
 
     # -- what a backend provides -----------------------------------------------------------------
     def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
@@ -168,16 +177,22 @@ class SQLCore:
         """Every change to ``kinds`` after revision ``since``, in order, forever.
 
         Raises FailedPrecondition when ``since`` is older than the retained change log: the
-        caller must re-list rather than silently miss changes.
+        caller must re-list rather than silently miss changes. While the database is unavailable
+        (restarting, down) the watch waits and resumes from the last revision it delivered.
         """
         rev = since
         while True:
-            oldest = self.oldest_revision()
-            if oldest and rev + 1 < oldest:
-                raise errors.FailedPrecondition(
-                    f"revision {rev} is older than the retained change log (oldest {oldest}); re-list and watch again"
-                )
-            batch = self.changes_since(rev, kinds)
+            try:
+                oldest = await self.run(self.oldest_revision)
+                if oldest and rev + 1 < oldest:
+                    raise errors.FailedPrecondition(
+                        f"revision {rev} is older than the retained change log (oldest {oldest}); "
+                        "re-list and watch again"
+                    )
+                batch = await self.run(self.changes_since, rev, kinds)
+            except errors.StoreUnavailable:
+                await asyncio.sleep(errors.STORE_RETRY_SECONDS)
+                continue
             for change in batch:
                 rev = change.revision
                 yield change

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runed.core import errors
-from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
+from runed.store.base import ADDED, DELETED, MODIFIED, Record, Store
 
 __all__ = ["ADDED", "DELETED", "MODIFIED", "Event", "watch"]
 
@@ -89,6 +89,18 @@ async def _pump(store: Store, kinds: Sequence[str], namespace: str | None, since
         buf.fail(exc)
 
 
+async def _snapshot(store: Store, kind: str, namespace: str | None, page: int = 500) -> AsyncIterator[Record]:
+    """Every object of a kind, a page per unit of store work (off the event loop; no long read)."""
+    after: tuple[str, str] | None = None
+    while True:
+        res = await store.run(store.list, kind, namespace, after=after, limit=page)
+        for rec in res.items:
+            yield rec
+        if not res.next_cursor or not res.items:
+            return
+        after = (res.items[-1].namespace, res.items[-1].name)
+
+
 async def watch(
     store: Store,
     kinds: Sequence[str],
@@ -107,7 +119,7 @@ async def watch(
     if since_revision < 0:
         raise errors.invalid(("since_revision", "must not be negative"))
     if since_revision:
-        oldest = store.oldest_revision()
+        oldest = await store.run(store.oldest_revision)
         if oldest and since_revision + 1 < oldest:
             raise errors.FailedPrecondition(
                 f"revision {since_revision} is older than the retained change log (oldest {oldest}); "
@@ -115,9 +127,9 @@ async def watch(
             )
         start = since_revision
     else:
-        start = store.current_revision()
+        start = await store.run(store.current_revision)
         for kind in kinds if snapshot_kinds is None else snapshot_kinds:
-            for rec in iter_all(store, kind, namespace):
+            async for rec in _snapshot(store, kind, namespace):
                 # The list may already show changes made after ``start``: remember their
                 # revisions so the live phase does not replay them as older states.
                 if rec.revision > start:

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from runed.store.core import SQLCore
+from runed.store.offload import Offload
 from runed.store.postgres.notify import CHANNEL, PgNotifier
 from runed.store.postgres.pool import Pool
 from runed.store.postgres.schema import apply_migrations, schema_version
@@ -68,6 +69,8 @@ class PostgresStore(SQLCore):
             raise StoreError(f"cannot open database {redact_url(url)}: {e}") from None
         self._pool = Pool(url, pool_size)
         self.notifier: PgNotifier | None = PgNotifier(url) if notify else None
+        # One worker per pooled connection: every call is a round trip, kept off the event loop.
+        self.offload = Offload(pool_size, inline=False)
 
     # -- connections and transactions ------------------------------------------------------------
     @contextlib.contextmanager
@@ -169,4 +172,5 @@ class PostgresStore(SQLCore):
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
+        self.offload.close()
         self._pool.close()

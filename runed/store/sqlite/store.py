@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runed.store.core import SQLCore
+from runed.store.offload import Offload
 from runed.store.sqlite.connection import Database
 
 
@@ -26,6 +27,8 @@ class SQLiteStore(Database, SQLCore):
     def __init__(self, path: Path, *, changelog_keep: int = 100_000, notify: bool = True) -> None:
         self.changelog_keep = changelog_keep
         self._writes_since_prune = 0
+        # Inline: a local file never waits on the network (the measurement is in runed.store.offload).
+        self.offload = Offload(1, inline=True)
         super().__init__(path, notify=notify)
 
     # The core's housekeeping (wake-up, then prune), not the bare connection's wake-up.
