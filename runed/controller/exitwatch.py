@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 
 from runed.controller.alarm import Alarm
 from runed.controller.instance import Key
@@ -23,6 +24,8 @@ class ExitWatch:
         self._fds: dict[Key, int] = {}
         # Something ended since the last pass (finished helper processes are worth reaping).
         self.fired = False
+        # Runners' start-report descriptors being watched.
+        self._reports: set[int] = set()
 
     def __contains__(self, key: Key) -> bool:
         return key in self._fds
@@ -54,7 +57,26 @@ class ExitWatch:
         self.fired = True
         self.alarm.wake()
 
+    def reports(self, fd: int | None, drain: Callable[[], None]) -> None:
+        """Wake the loop whenever ``fd`` (a runner's start reports, not owned) is readable, after ``drain``."""
+        if fd is None or fd in self._reports:
+            return
+
+        def fire() -> None:
+            drain()
+            self.alarm.wake()
+
+        try:
+            asyncio.get_running_loop().add_reader(fd, fire)
+        except (RuntimeError, OSError, ValueError):
+            return
+        self._reports.add(fd)
+
     def close(self) -> None:
         """Stop watching everything (the controller is shutting down; instances keep running)."""
         for key in list(self._fds):
             self.discard(key)
+        for fd in self._reports:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(fd)
+        self._reports.clear()

@@ -323,6 +323,8 @@ class Supervisor:
             fatal = isinstance(e, RunnerError) and e.fatal
             self._fail_start(inst, f"CreateConfigError: {msg}", fatal=fatal, config_error=True)
             return
+        # Told when a start is over, instead of looking at every starting instance every tick.
+        self.exits.reports(runner.start_reports(), runner.drain_reports)
         try:
             handle = runner.start(spec)
         except RunnerError as e:

@@ -91,6 +91,17 @@ class Runner(Protocol):
         """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended."""
         ...
 
+    def start_reports(self) -> int | None:
+        """A descriptor that becomes readable when starts have news (then :meth:`drain_reports`), or None.
+
+        Lets the controller look at a starting instance when its start is over instead of every tick.
+        """
+        ...
+
+    def drain_reports(self) -> None:
+        """Take in what :meth:`start_reports` signalled (the descriptor is no longer readable after)."""
+        ...
+
     def reap(self) -> None:
         """Collect finished helper processes this runner started (no zombies)."""
         ...

@@ -105,5 +105,11 @@ class ContainerRunner:
         await asyncio.to_thread(_stop)
         return Observation("exited", handle)
 
+    def start_reports(self) -> int | None:
+        return None  # starts are polled
+
+    def drain_reports(self) -> None:
+        return None
+
     def reap(self) -> None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,10 @@ from typing import Any
 
 from runed.core import filemodes
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
+from runed.runner.forkserver import ForkServer, ForkServerError
 from runed.runner.shim import EXIT_NAME, LAUNCH_NAME, PID_NAME, SHIM_ENV_PREFIX, proc_start_time, write_json_atomic
+
+log = logging.getLogger("runed.runner")
 
 SHIM_PATH = str(Path(__file__).with_name("shim.py"))
 # The directory holding the ``runed`` package, which the shim imports its module from.
@@ -25,6 +29,9 @@ SHIM_ROOT = str(Path(__file__).parents[2])
 SHIM_BOOT = f"import sys; sys.path.append({SHIM_ROOT!r}); from runed.runner.shim import main; sys.exit(main())"
 # How long a shim may take to report its child's pid before the start counts as failed.
 SPAWN_TIMEOUT_SECONDS = 15.0
+# A forked shim that has not reported the end of its start is looked at this often all the same.
+UNREPORTED_LOOK_SECONDS = 0.5
+DRAIN_EVERY_SECONDS = 0.01
 # How long a shim may take, once its process is gone, to write the rest of the output and the exit record.
 EXIT_RECORD_TIMEOUT_SECONDS = 10.0
 
@@ -80,9 +87,16 @@ class ProcessRunner:
 
     name = "process"
 
-    def __init__(self, nofile: int | None = None) -> None:
+    def __init__(self, nofile: int | None = None, *, fork: bool = True) -> None:
         # The soft limit on open files instances start with (None: this process's own).
         self.nofile = nofile
+        # Shims are forked by a zygote (cheap starts, shared memory); without one, each shim is an
+        # interpreter of its own (also the fallback when no zygote can be started).
+        self.forks = ForkServer() if fork else None
+        # Forked shims whose start is not over yet (no report): spawned when; and those that reported.
+        self._unreported: dict[int, float] = {}
+        self._reported: set[int] = set()
+        self._drained_at = 0.0
         # Shims this process started: polled so they never linger as zombies.
         self._shims: dict[int, subprocess.Popen[bytes]] = {}
         self._spawned_at: dict[int, float] = {}
@@ -116,6 +130,17 @@ class ProcessRunner:
             },
         )
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
+        if self.forks is not None:
+            try:
+                pid, start = self.forks.spawn(d, env)
+            except ForkServerError as e:
+                log.warning("%s; starting the shim as its own interpreter", e)
+            else:
+                now = time.monotonic()
+                self._spawned_at[pid] = now
+                self._unreported[pid] = now
+                self._reported.discard(pid)
+                return Handle(shim_pid=pid, shim_start=start)
         shim_env = dict(env)
         with (d / "shim.err").open("ab") as err:
             try:
@@ -140,6 +165,56 @@ class ProcessRunner:
             if p.poll() is not None:
                 del self._shims[pid]
                 self._spawned_at.pop(pid, None)
+        if self.forks is not None:
+            self.forks.reap()
+
+    def close(self, wait: float = 0.0) -> None:
+        """Let go of the zygote (it ends once its shims have: waited for up to ``wait`` seconds).
+
+        Instances and their shims keep running.
+        """
+        if self.forks is not None:
+            self.forks.close(wait)
+            self.forks = None
+
+    def start_reports(self) -> int | None:
+        """The pipe forked shims report the end of their start to (readable: call :meth:`drain_reports`)."""
+        return None if self.forks is None else self.forks.report_r
+
+    def drain_reports(self) -> None:
+        if self.forks is not None:
+            for pid in self.forks.drain():
+                if self._unreported.pop(pid, None) is not None:
+                    self._reported.add(pid)
+
+    def _start_pending(self, handle: Handle) -> bool:
+        """Whether a forked shim's start is surely not over: it has not reported, and was looked at lately.
+
+        Spares reading the instance's files on every pass while a thousand shims start; an
+        unreported start is still looked at every :data:`UNREPORTED_LOOK_SECONDS` (a lost report,
+        a shim that died before reporting).
+        """
+        since = self._unreported.get(handle.shim_pid)
+        if since is None:
+            return False
+        now = time.monotonic()
+        if now - self._drained_at >= DRAIN_EVERY_SECONDS:
+            # The controller's loop drains on its own when the pipe is readable; this covers a
+            # runner used without it, at most once per pass rather than once per instance.
+            self._drained_at = now
+            self.drain_reports()
+        if handle.shim_pid in self._reported:
+            return False
+        if now - since < UNREPORTED_LOOK_SECONDS:
+            return True
+        self._unreported[handle.shim_pid] = now
+        return False
+
+    def _start_over(self, handle: Handle) -> None:
+        self._unreported.pop(handle.shim_pid, None)
+        self._reported.discard(handle.shim_pid)
+        if handle.shim_pid not in self._shims:
+            self._spawned_at.pop(handle.shim_pid, None)  # a forked shim: nobody reaps it here
 
     def observe(self, directory: Path, handle: Handle) -> Observation:
         """How the instance is doing; an end is decided only once its shim has finished.
@@ -149,6 +224,8 @@ class ProcessRunner:
         exit record died (e.g. ``kill -9``): a process it left behind has lost its stdout and
         stderr and nobody would record its end, so its group is killed here and the end says so.
         """
+        if handle.pid == 0 and self._start_pending(handle):
+            return Observation("starting", handle)
         ex = _read_json(directory / EXIT_NAME)
         if handle.pid == 0:
             info = _read_json(directory / PID_NAME)
@@ -160,8 +237,10 @@ class ProcessRunner:
                     shim_start=info.get("shim_start", handle.shim_start),
                 )
         if ex is not None:
+            self._start_over(handle)
             return self._ended(handle, ex)
         if handle.pid:
+            self._start_over(handle)
             running = alive(handle.pid, handle.pid_start)
             if not handle.shim_pid:
                 # No shim known (a record from before shims were recorded): the process decides.
@@ -182,6 +261,7 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, why)
         # No pid yet: the shim is still starting, unless it died or took too long.
         if not self._shim_alive(directory, handle):
+            self._start_over(handle)
             ex = _read_json(directory / EXIT_NAME)
             if ex is not None:
                 return self._ended(handle, ex)
@@ -191,6 +271,7 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, f"shim failed to start the instance {err.strip()}")
         started = self._spawned_at.get(handle.shim_pid)
         if started is not None and time.monotonic() - started > SPAWN_TIMEOUT_SECONDS:
+            self._start_over(handle)
             return Observation("exited", handle, None, None, "instance did not start in time")
         return Observation("starting", handle)
 

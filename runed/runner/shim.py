@@ -430,7 +430,26 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def run(directory: StrPath) -> int:
+def _report(fd: int | None) -> None:
+    """Tell the controller this shim's start is over (the pid or exit record is written): one line, its pid.
+
+    A hint that spares the controller polling starting instances; lost (a full pipe, a controller
+    gone) it only delays when the controller looks.
+    """
+    if fd is None:
+        return
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def run(directory: StrPath, env: dict[str, str] | None = None, report: int | None = None) -> int:
+    """Start and supervise the instance of ``directory``; ``env`` is its environment (default: this process's).
+
+    ``report``: a pipe to write this shim's pid to once the start is over (shims forked by the zygote).
+    """
     directory = os.fspath(directory)
     exit_path, pid_path = os.path.join(directory, EXIT_NAME), os.path.join(directory, PID_NAME)
     spec = read_json(os.path.join(directory, LAUNCH_NAME))
@@ -444,7 +463,8 @@ def run(directory: StrPath) -> int:
         int(spec.get("backups", 3)),
         int(spec.get("min_free_bytes", DEFAULT_MIN_FREE_BYTES)),
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SHIM_ENV_PREFIX)}
+    source = os.environ if env is None else env
+    env = {k: v for k, v in source.items() if not k.startswith(SHIM_ENV_PREFIX)}
     try:
         pid, out_r, err_r = spawn(spec, env)
     except (OSError, ValueError, TypeError) as e:
@@ -453,6 +473,7 @@ def run(directory: StrPath) -> int:
         writer.close()
         pid_record.discard()
         exit_record.commit({"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"[:1024]})
+        _report(report)
         return 0
     me = os.getpid()
     pid_record.commit(
@@ -464,6 +485,7 @@ def run(directory: StrPath) -> int:
             "ts": time.time(),
         },
     )
+    _report(report)
     names = {out_r: "stdout", err_r: "stderr"}
     partial = {out_r: b"", err_r: b""}
     streams = {out_r, err_r}  # still open

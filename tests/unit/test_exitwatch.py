@@ -34,9 +34,9 @@ CHATTY = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[ProcessRunner]:
-    r = ProcessRunner()
+@pytest.fixture(params=[True, False], ids=["forked-shim", "interpreter-shim"])
+def runner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessRunner]:
+    r = ProcessRunner(fork=request.param)
     yield r
     # Whatever a test left running goes: the instance's group, then the shims.
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -45,6 +45,8 @@ def runner(tmp_path: Path) -> Iterator[ProcessRunner]:
     for shim in r._shims.values():
         shim.kill()
         shim.wait(5)
+    # The zygote ends once its shims have (the instance's is ending).
+    r.close(wait=10)
 
 
 def _start(r: ProcessRunner, tmp_path: Path, source: str) -> tuple[Path, Observation]:
@@ -120,7 +122,7 @@ def test_a_killed_shim_fires_the_watch_and_its_process_group_is_killed(runner: P
 def test_no_watch_for_a_shim_that_is_gone(runner: ProcessRunner, tmp_path: Path) -> None:
     d, obs = _start(runner, tmp_path, CHATTY)
     os.kill(obs.handle.shim_pid, signal.SIGKILL)
-    runner._shims[obs.handle.shim_pid].wait(10)
+    eventually(lambda: not alive(obs.handle.shim_pid, obs.handle.shim_start), what="the shim is gone")
     assert runner.exit_fd(d, obs.handle) is None
     # A pid reused by another process is not taken for the shim.
     other = Handle(pid=obs.handle.pid, pid_start=obs.handle.pid_start, shim_pid=os.getpid(), shim_start=1)

@@ -1,0 +1,205 @@
+"""The shim maker ("zygote"): one resident process per controller that forks a shim per instance.
+
+Why: a shim started as its own interpreter costs an interpreter start (≈23 ms of CPU, ≈2.6 MB of
+private memory, bench/README.md); a shim forked from this warm process, which has already imported
+the shim module, costs a fork and shares every page it does not write with the zygote and its
+siblings. A forked shim is an ordinary shim once it runs: its own session (so neither runed's
+process group nor the zygote's end touch it), recorded and re-adopted by pid and start time.
+
+Started by :class:`runed.runner.forkserver.ForkServer` as ``python -I -S`` in its own session. It
+stays single-threaded (forking from a threaded process is unsafe) and imports nothing beyond the
+shim's own modules. Fd 0 is a stream socket to the controller: each request is a length-prefixed
+JSON object ``{"dir": ..., "env": {...}}`` (the instance's environment, resolved secrets included,
+travels only over this socket, never through argv or disk); the reply is ``{"pid": ..., "start":
+...}`` or ``{"error": ...}``. Fd 1 is the write end of the runner's start-report pipe, handed to
+every shim (:func:`runed.runner.shim.run`). When the controller goes away (end of file), the zygote
+stays only to reap its shims as they end, then exits.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import sys
+
+from runed.runner import shim
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any
+else:
+    import _signal
+
+CHANNEL_FD = 0
+REPORT_FD = 1
+HEADER = 4
+MAX_MESSAGE = 64 << 20
+SHIM_ERR = "shim.err"
+
+
+def recv_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``; None at end of file before the first byte."""
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            if buf:
+                raise EOFError("message cut short")
+            return None
+        buf += chunk
+    return buf
+
+
+def recv_message(fd: int) -> Any:
+    """One length-prefixed JSON message, or None when the peer has gone."""
+    head = recv_exact(fd, HEADER)
+    if head is None:
+        return None
+    size = int.from_bytes(head, "big")
+    if size > MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes")
+    body = recv_exact(fd, size) if size else b""
+    if body is None:
+        raise EOFError("message cut short")
+    return shim.loads(body.decode("utf-8"))
+
+
+def frame(value: Any, dumps: Any = shim.dumps) -> bytes:
+    """``value`` as one length-prefixed JSON message."""
+    body = dumps(value).encode("utf-8")
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+def send_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (as :func:`shim.proc_start_time`, but also of a zombie: it is still ours)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            raw = f.read()
+        return int(raw[raw.rfind(")") + 2 :].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _become_shim(directory: str, env: dict[str, str]) -> None:
+    """In the forked child: detach (new session, own descriptors) and run the shim; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        os.chdir(directory)
+        report = os.dup(REPORT_FD)
+        null = os.open(os.devnull, os.O_RDWR)
+        err = os.open(SHIM_ERR, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(err, 2)
+        # Nothing of the zygote's reaches the shim (its socket, its wake-up pipe) but the report pipe.
+        os.closerange(3, report)
+        os.closerange(report + 1, os.sysconf("SC_OPEN_MAX"))
+        try:
+            # Shown by ps/top instead of the zygote's name.
+            with open("/proc/self/comm", "w") as f:
+                f.write("rune-shim")
+        except OSError:
+            pass
+        code = shim.run(directory, env, report)
+    except BaseException as e:
+        try:
+            sys.excepthook(type(e), e, e.__traceback__)
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+    # No interpreter finalisation: the records are written and closed, nothing else is worth its CPU.
+    os._exit(code)
+
+
+def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
+    directory, env = str(request["dir"]), request.get("env") or {}
+    if not isinstance(env, dict):
+        return {"error": "env must be an object"}
+    pid = os.fork()
+    if pid == 0:
+        _become_shim(directory, {str(k): str(v) for k, v in env.items()})
+    return {"pid": pid, "start": _start_time(pid)}
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve() -> int:
+    # The zygote outlives runed (its shims are in sessions of their own; it is in its own too).
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    # Ended shims are reaped as they end: SIGCHLD writes a byte to wake_w, which ends the poll.
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)
+    # What exists now is shared with every shim; frozen, a collection in a shim does not write to it.
+    gc.collect()
+    gc.freeze()
+    poller = select.poll()
+    poller.register(CHANNEL_FD, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    serving = True
+    while serving:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            try:
+                request = recv_message(CHANNEL_FD)
+            except (OSError, EOFError, ValueError):
+                request = None
+            if request is None:
+                serving = False
+                break
+            try:
+                reply = fork_shim(request)
+            except (OSError, KeyError, TypeError) as e:
+                reply = {"error": f"cannot fork a shim: {e}"}
+            try:
+                send_all(CHANNEL_FD, frame(reply))
+            except OSError:
+                serving = False
+                break
+        _reap()
+    # The controller is gone: stay until every shim has ended, so none is left unreaped.
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    for fd in (CHANNEL_FD, REPORT_FD):
+        os.close(fd)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+
+
+def main() -> int:
+    return serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Shims forked by the controller's zygote: detached, recorded, re-adopted after kill -9, a dead zygote replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from rune.api import common_pb2, service_pb2
+from tests.harness import RunedFactory
+from tests.integration.orch import Orch
+from tests.support import alive, eventually
+
+# Runs until the file named by argv[1] appears, then exits 7.
+WAITER = (
+    "import os, sys, time\n"
+    "print('started', flush=True)\n"
+    "while not os.path.exists(sys.argv[1]):\n"
+    "    time.sleep(0.05)\n"
+    "sys.exit(7)\n"
+)
+
+
+def _pid_info(inst: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads((Path(str(inst["log_dir"])) / "pid.json").read_text())
+    assert info["pid"] == inst["pid"]
+    return info
+
+
+def _stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _parent(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def _is_zygote(pid: int) -> bool:
+    return b"runed.runner.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _zygote_of(inst: dict[str, Any]) -> int:
+    """The zygote that forked the instance's shim (the shim's parent)."""
+    parent = _parent(int(_pid_info(inst)["shim_pid"]))
+    assert _is_zygote(parent), Path(f"/proc/{parent}/cmdline").read_bytes()
+    return parent
+
+
+def test_shims_are_forked_detached_and_record_exit_codes(orch: Orch) -> None:
+    stop = orch.tmp / "stop-forked"
+    orch.cast(
+        "forked", orch.program("waiter", WAITER), str(stop), scale=2, restart_policy=common_pb2.RESTART_POLICY_NEVER
+    )
+    insts = eventually(lambda: orch.running("forked", 2), timeout=30)
+    eventually(lambda: all("started" in orch.log_lines(i) for i in insts), what="the programs printed their start")
+    zygotes = {_zygote_of(i) for i in insts}
+    assert len(zygotes) == 1, "one zygote forks every shim"
+    for inst in insts:
+        shim = int(_pid_info(inst)["shim_pid"])
+        # Its own session (not runed's, not the zygote's), the instance in a group of its own under it.
+        assert os.getsid(shim) == shim and os.getsid(shim) not in (os.getsid(next(iter(zygotes))), os.getsid(0))
+        assert _parent(int(inst["pid"])) == shim and os.getpgid(int(inst["pid"])) == int(inst["pid"])
+        # Nothing of the zygote's (its socket, the start-report pipe) reaches the instance.
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{inst['pid']}/fd")) == [0, 1, 2]
+    stop.touch()
+
+    def exited() -> list[dict[str, Any]]:
+        done = orch.instances("forked")
+        assert [(d["state"], d["last_exit_code"]) for d in done] == [("EXITED", 7)] * 2, done
+        return done
+
+    eventually(exited, timeout=30, what="both exits recorded with their code")
+    # The zygote reaps its shims: none is left as a zombie.
+    shims = [int(_pid_info(i)["shim_pid"]) for i in insts]
+    eventually(lambda: not any(Path(f"/proc/{s}").exists() for s in shims), what="the shims reaped")
+
+
+def test_forked_shims_survive_kill9_and_are_readopted(own_orch: Orch, runed_factory: RunedFactory) -> None:
+    stop = own_orch.tmp / "stop-kept"
+    own_orch.cast(
+        "kept", own_orch.program("waiter", WAITER), str(stop), scale=2, restart_policy=common_pb2.RESTART_POLICY_NEVER
+    )
+    before = eventually(lambda: own_orch.running("kept", 2), timeout=30)
+    eventually(lambda: all("started" in own_orch.log_lines(i) for i in before), what="the programs printed their start")
+    zygote = _zygote_of(before[0])
+    shims = [int(_pid_info(i)["shim_pid"]) for i in before]
+    first = own_orch.runed
+    assert first.proc is not None
+    # kill -9 of runed's whole process group: the zygote and the shims are in sessions of their own.
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    assert all(alive(p) for p in shims) and all(alive(int(i["pid"])) for i in before)
+    second = runed_factory(first.data_dir, args=first.args)
+    own_orch.runed = second
+
+    def readopted() -> list[dict[str, Any]]:
+        after = own_orch.running("kept", 2)
+        assert [(a["pid"], a["restart_count"]) for a in after] == [(b["pid"], 0) for b in before]
+        return after
+
+    eventually(readopted, timeout=30, what="the same processes re-adopted")
+    # The old zygote stopped serving (its controller is gone) but stays to reap its shims.
+    assert alive(zygote)
+    # A new instance gets a shim from a new zygote of the new controller.
+    own_orch.services.ScaleService(_scale("kept", 3), metadata=own_orch.auth)
+    (third,) = eventually(lambda: [i for i in own_orch.running("kept", 3) if i["index"] == 2], timeout=30)
+    assert _zygote_of(third) != zygote
+    # Exits of re-adopted instances are recorded with their codes by the new controller.
+    stop.touch()
+
+    def exited() -> bool:
+        done = own_orch.instances("kept")
+        assert [(d["state"], d["last_exit_code"]) for d in done] == [("EXITED", 7)] * 3, done
+        return True
+
+    eventually(exited, timeout=30, what="every exit recorded with its code")
+    # Its shims gone, the old zygote ends too.
+    eventually(lambda: not alive(zygote), what="the old zygote ended after its shims")
+
+
+def test_a_killed_zygote_is_replaced(orch: Orch) -> None:
+    stop = orch.tmp / "stop-replaced"
+    orch.cast("replaced", orch.program("waiter", WAITER), str(stop), scale=1)
+    (first,) = eventually(lambda: orch.running("replaced", 1), timeout=30)
+    zygote = _zygote_of(first)
+    os.kill(zygote, signal.SIGKILL)
+    eventually(lambda: not alive(zygote), what="the zygote is gone")
+    # Its shim was not its to end: the instance runs on, supervised.
+    assert alive(int(_pid_info(first)["shim_pid"])) and alive(int(first["pid"]))
+    orch.services.ScaleService(_scale("replaced", 2), metadata=orch.auth)
+    insts = eventually(lambda: orch.running("replaced", 2), timeout=30)
+    second = next(i for i in insts if i["index"] == 1)
+    assert _zygote_of(second) != zygote
+    assert next(i for i in insts if i["index"] == 0)["pid"] == first["pid"]
+
+
+def _scale(name: str, n: int) -> service_pb2.ScaleServiceRequest:
+    return service_pb2.ScaleServiceRequest(name=name, namespace="default", scale=n)
