@@ -42,7 +42,10 @@ test: ## Run the test suite
 
 check: lint typecheck imports proto-check test ## The one gate: lint, types, import contract, generated code, tests
 
+vendor-check: ## Verify the dashboard's vendored browser code against the packages on registry.npmjs.org
+	$(PY) scripts/check_vendor.py
+
 bench: ## Run the benchmarks (numbers as ratios against a baseline measured in the same run)
 	$(PY) -m bench
 
-.PHONY: help venv run proto proto-check lint fmt typecheck imports test check bench
+.PHONY: help venv run proto proto-check lint fmt typecheck imports test check bench vendor-check

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rune.gateway import codec, connect, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse
+from rune.gateway import codec, connect, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse, ui
 from rune.gateway.backend import Backend
 from rune.gateway.http import (
     ClientDisconnected,
@@ -222,6 +222,8 @@ def build(backend: Backend) -> ASGIApp:
         Route("/rune.api.{service}/{method}", gw.rpc, methods=["GET", "POST"]),
         Route("/v1/{rest:path}", gw.resource, methods=[*ALL_VERBS, "HEAD"]),
         Route("/v1:{verb}", gw.resource, methods=ALL_VERBS),
+        # The web dashboard: static files, a client of the routes above like any other.
+        *ui.routes(),
     ]
     starlette = Starlette(routes=route_list)
     # Read by rune.gateway.bidi.context: the call contexts of the logs and exec routes.

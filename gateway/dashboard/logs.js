@@ -1,0 +1,141 @@
+// Live logs of a service or an instance: follow (SSE), tail, filter, stdout/stderr, timestamps,
+// lifecycle events, one colour per instance. Lines are appended once per animation frame and the
+// view keeps the newest MAX_LINES, so a fast writer cannot freeze the page.
+
+import { ApiError, describe, nsPath, query, seg, session, stream } from "./api.js";
+import { clear, field, h } from "./dom.js";
+
+export const MAX_LINES = 5000;
+const COLOURS = 8;
+
+export function logsView(app, target) {
+  const main = document.getElementById("main");
+  const ns = app.ns;
+  const follow = h("input", { type: "checkbox", id: "log-follow", checked: true });
+  const tail = h("input", { type: "number", id: "log-tail", min: "0", value: "100" });
+  const filter = h("input", { type: "text", id: "log-filter", placeholder: "text or /regex/", autocomplete: "off" });
+  const streamSel = h(
+    "select",
+    { id: "log-stream" },
+    h("option", { value: "" }, "stdout and stderr"),
+    h("option", { value: "stdout" }, "stdout"),
+    h("option", { value: "stderr" }, "stderr"),
+  );
+  const timestamps = h("input", { type: "checkbox", id: "log-timestamps" });
+  const events = h("input", { type: "checkbox", id: "log-events", checked: true });
+  const apply = h("button", { type: "submit", class: "primary" }, "Apply");
+  const state = h("p", { id: "log-state", "aria-live": "polite" });
+  const out = h("div", { id: "log-lines", class: "log", role: "log", "aria-label": `Logs of ${target}`, tabindex: "0" });
+  const back = target.startsWith("instance/") ? "" : target;
+  main.append(
+    h("p", {}, h("a", { href: back ? `#/ns/${seg(ns)}/services/${seg(back)}` : `#/ns/${seg(ns)}/services` }, "← Back")),
+    h("h1", {}, `Logs · ${target}`),
+    h(
+      "form",
+      { class: "toolbar", id: "log-form" },
+      h("span", { class: "field" }, follow, h("label", { for: "log-follow" }, "Follow")),
+      field("Tail", tail),
+      field("Filter", filter),
+      field("Stream", streamSel),
+      h("span", { class: "field" }, timestamps, h("label", { for: "log-timestamps" }, "Timestamps")),
+      h("span", { class: "field" }, events, h("label", { for: "log-events" }, "Events")),
+      apply,
+    ),
+    state,
+    out,
+  );
+
+  const colourOf = new Map();
+  let pending = [];
+  let shown = 0;
+  let received = 0;
+  let frame = 0;
+  let abort = null;
+
+  function flush() {
+    frame = 0;
+    const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+    const frag = document.createDocumentFragment();
+    for (const m of pending) {
+      const key = m.instanceName || m.instanceId || "";
+      if (!colourOf.has(key)) colourOf.set(key, colourOf.size % COLOURS);
+      const kind = m.stream === "event" ? "event" : m.stream === "stderr" ? "stderr" : "stdout";
+      frag.append(
+        h(
+          "div",
+          { class: `line c${colourOf.get(key)} ${kind}` },
+          h("span", { class: "who" }, key),
+          h("span", { class: "text" }, m.content || (m.status && m.status.message) || ""),
+        ),
+      );
+    }
+    shown += pending.length;
+    pending = [];
+    out.append(frag);
+    let extra = out.childElementCount - MAX_LINES;
+    while (extra-- > 0) out.firstElementChild.remove();
+    out.dataset.shown = String(shown);
+    out.dataset.received = String(received);
+    if (stick) out.scrollTop = out.scrollHeight;
+  }
+
+  function add(msg) {
+    received += 1;
+    pending.push(msg);
+    if (!frame) frame = requestAnimationFrame(flush);
+  }
+
+  async function run() {
+    if (abort) abort.abort();
+    abort = new AbortController();
+    const mine = abort;
+    clear(out);
+    colourOf.clear();
+    shown = received = 0;
+    pending = [];
+    const params = {
+      tail: tail.value || "0",
+      filter: filter.value,
+      stream: streamSel.value,
+      timestamps: timestamps.checked,
+      showEvents: events.checked,
+    };
+    const path = `${nsPath(ns)}/logs/${target.split("/").map(seg).join("/")}`;
+    try {
+      if (follow.checked) {
+        state.textContent = "Following…";
+        await stream(`${path}${query({ ...params, follow: true })}`, {
+          signal: mine.signal,
+          onEvent: (ev) => {
+            const msg = JSON.parse(ev.data);
+            if (ev.event === "error") add({ stream: "event", content: `error: ${msg.message}` });
+            else add(msg);
+          },
+        });
+        state.textContent = "The log stream ended.";
+      } else {
+        state.textContent = "Loading…";
+        const resp = await fetch(`${path}${query(params)}`, {
+          headers: { Authorization: `Bearer ${session.token}` },
+          signal: mine.signal,
+        });
+        const text = await resp.text();
+        if (!resp.ok) throw new ApiError(resp.status, JSON.parse(text || "{}"));
+        for (const line of text.split("\n")) if (line) add(JSON.parse(line));
+        state.textContent = `${received} lines.`;
+      }
+    } catch (err) {
+      if (!mine.signal.aborted) state.textContent = describe(err);
+    }
+  }
+
+  main.querySelector("#log-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    run();
+  });
+  run();
+  return () => {
+    if (abort) abort.abort();
+    if (frame) cancelAnimationFrame(frame);
+  };
+}
