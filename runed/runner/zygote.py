@@ -68,7 +68,7 @@ def recv_message(fd: int) -> Any:
 
 def frame(value: Any, dumps: Any = shim.dumps) -> bytes:
     """``value`` as one length-prefixed JSON message."""
-    body = dumps(value).encode("utf-8")
+    body: bytes = dumps(value).encode("utf-8")
     return len(body).to_bytes(HEADER, "big") + body
 
 
