@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psycopg
 import pytest
 
 from rune.api import auth_pb2, auth_pb2_grpc, common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
@@ -127,6 +128,7 @@ def test_hosts_listen_on_their_own_addresses_and_one_controller_leads(cluster: C
     # One controller took the lease; the other reports ready as a standby.
     assert cluster.standby.address("controller") == "standby"
     assert "controller=standby" in cluster.standby.output()
+    assert "controller=controller" in cluster.leader.output()
 
 
 def test_a_write_on_one_host_is_read_and_watched_on_the_other(cluster: Cluster) -> None:
@@ -217,11 +219,18 @@ def test_a_host_whose_keys_differ_refuses_to_start(cluster: Cluster) -> None:
         for host in (fresh, wrong_kek):
             host.stop()
     out = fresh.output()
-    assert "the token HMAC key" in out and str(fresh.data_dir / "auth.key") in out, out
-    assert "Copy auth.key from a host that already uses this store" in out, out
+    assert f"the token HMAC key {fresh.data_dir / 'auth.key'} does not match the one the store's other hosts" in out
+    assert "tokens issued on one would be rejected on the other" in out, out
+    assert f"Copy auth.key from a host that already uses this store into {fresh.data_dir} (mode 0600)" in out, out
     out = wrong_kek.output()
     assert "the token HMAC key" not in out, out
     assert "the secrets KEK" in out and "Copy kek.b64" in out and "RUNE_MASTER_KEY" in out, out
+    # The store holds check values, never the keys themselves.
+    with psycopg.connect(cluster.store_url) as conn:
+        stored = str(conn.execute("SELECT data FROM objects WHERE kind = 'keycheck'").fetchall())
+    assert "auth_key" in stored and "kek" in stored, stored
+    for name in KEY_FILES:
+        assert (cluster.a.data_dir / name).read_text().strip() not in stored
     # Neither start changed what the store expects: the running hosts still serve.
     cluster.services(cluster.b).ListServices(
         service_pb2.ListServicesRequest(namespace="default"), metadata=cluster.auth
@@ -253,5 +262,6 @@ def test_the_standby_takes_over_when_the_leading_host_dies(cluster: Cluster) -> 
     eventually(lambda: standby.address("controller") == "controller", timeout=60, what="the standby leads")
     cluster.cast(standby, "after")
     inst = eventually(lambda: cluster.running(standby, "after"), timeout=30)
-    # Instances stay on their host: the new one runs from the new leader's data dir.
-    assert (standby.data_dir / "instances" / inst.id).is_dir()
+    # Instances stay on their host: the new one runs from the new leader's data dir, and those of
+    # the dead leader's host were not adopted.
+    assert sorted(p.name for p in (standby.data_dir / "instances").iterdir()) == [inst.id]

@@ -113,3 +113,16 @@ def test_held_ends_when_another_holder_takes_the_lease(store: SQLiteStore) -> No
         assert rec is not None and rec.data["holder"] == "b", "the lease someone else holds is not released"
 
     asyncio.run(main())
+
+
+def test_held_ends_when_the_leader_cannot_renew(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "gone.db", notify=False)
+        lease = Lease(store, "controller", "a", 1.0)
+        async with lease.held(asyncio.Event()) as ended:
+            # The store goes away under the leader: renewals fail until the deadline passes.
+            store.close()
+            await asyncio.wait_for(ended.wait(), 10)
+            assert not lease.is_leader
+
+    asyncio.run(main())
