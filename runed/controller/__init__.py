@@ -39,8 +39,8 @@ async def serve(
         # A SQLite store has no other host: a start takes the lease of its own dead predecessor at once.
         claim_at_start=config.store.url.startswith("sqlite:"),
     )
-    if not await asyncio.to_thread(lease.claim):
-        current = await asyncio.to_thread(lease.current)
+    if not await store.run(lease.claim):
+        current = await store.run(lease.current)
         log.info("controller standing by: %s holds the lease", current.holder if current else "another host")
         on_ready(STANDBY)
     while not stop.is_set():

@@ -71,7 +71,7 @@ class Lease:
     """One named lease in the store, contended for by this process as ``holder``.
 
     Args:
-        store: the shared store (thread-safe: calls run in worker threads).
+        store: the shared store (renewals call it from a thread of their own).
         name: the lease's name ("controller"); each name elects its own leader.
         holder: this process's id (:func:`holder_id`); unique per incarnation.
         ttl: seconds; this process renews within a third of it and standbys wait a full one.
@@ -202,7 +202,7 @@ class Lease:
         poll = min(max(self.ttl / 5, 0.05), 1.0)
         while not stop.is_set():
             try:
-                if await asyncio.to_thread(self.claim):
+                if await self.store.run(self.claim):
                     log.info("lease %s: held by %s", self.name, self.holder)
                     return True
             except Exception as e:
@@ -242,6 +242,6 @@ class Lease:
             halt.set()
             await asyncio.to_thread(keeper.join)
             try:
-                await asyncio.to_thread(self.release)
+                await self.store.run(self.release)
             except Exception as e:
                 log.warning("lease %s: cannot release it (%s); a standby takes it after its ttl", self.name, e)
