@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,27 +173,42 @@ class Lease:
 
     # -- holding --------------------------------------------------------------------------------
     def _keep(self, halt: threading.Event, lost: Callable[[], None]) -> None:
-        """The renewal thread: renew every ttl/3 (retry sooner after a failure) until halted or lost."""
-        while not halt.is_set():
-            with self._lock:
-                deadline = self._renewed_at + self.ttl * RENEW_DEADLINE
-                rev = self._revision
-            now = self.clock()
-            if rev == 0 or now >= deadline:
-                break
-            if halt.wait(min(self.ttl / 3, deadline - now)):
-                return
-            try:
-                ok = self._write(rev)
-            except Exception as e:  # the store unreachable: retry until the deadline
-                log.warning("lease %s: renewal failed (%s); retrying", self.name, e)
-                halt.wait(min(self.ttl / 10, max(0.0, deadline - self.clock())))
-                continue
-            if not ok:
-                log.warning("lease %s: another holder took the lease", self.name)
+        """The renewal thread: renew every ttl/3 (sooner after a failure) until halted or lost.
+
+        Each write runs in a worker of its own and is waited for only until the deadline: a store
+        call that hangs (an unreachable database) must not hold the step-down back.
+        """
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"lease-{self.name}")
+        wait = self.ttl / 3
+        try:
+            while True:
                 with self._lock:
-                    self._revision = 0
-                break
+                    deadline = self._renewed_at + self.ttl * RENEW_DEADLINE
+                    rev = self._revision
+                if rev == 0 or self.clock() >= deadline:
+                    break
+                if halt.wait(max(0.0, min(wait, deadline - self.clock()))):
+                    return
+                if self.clock() >= deadline:
+                    break
+                future = pool.submit(self._write, rev)
+                try:
+                    ok = future.result(timeout=max(0.0, deadline - self.clock()))
+                except Exception as e:
+                    if not future.done():
+                        break
+                    log.warning("lease %s: renewal failed (%s); retrying", self.name, e)
+                    wait = self.ttl / 10
+                    continue
+                if not ok:
+                    log.warning("lease %s: another holder took the lease", self.name)
+                    with self._lock:
+                        self._revision = 0
+                    break
+                wait = self.ttl / 3
+        finally:
+            # A write still hanging is left to finish on its own; nobody waits for it.
+            pool.shutdown(wait=False)
         if not halt.is_set():
             log.warning("lease %s: lost (no renewal within %gs); stepping down", self.name, self.ttl * RENEW_DEADLINE)
             lost()
@@ -242,6 +258,8 @@ class Lease:
             halt.set()
             await asyncio.to_thread(keeper.join)
             try:
-                await self.store.run(self.release)
+                # Bounded: an unreachable store must not hold up a stop (a standby then waits a ttl).
+                async with asyncio.timeout(self.ttl):
+                    await self.store.run(self.release)
             except Exception as e:
                 log.warning("lease %s: cannot release it (%s); a standby takes it after its ttl", self.name, e)
