@@ -3,7 +3,8 @@
 Three measurements, each a ratio against a baseline taken in the same run:
 
 - GetService calls/s with ``--clients`` concurrent gRPC clients against one grpc role (127.0.0.2)
-  vs the same clients split over two grpc roles (127.0.0.2 and 127.0.0.3) sharing the database.
+  vs the same clients split over two grpc roles (127.0.0.2 and 127.0.0.3) sharing the database,
+  in three alternated rounds of ``--seconds`` each.
   On one machine both hosts share its cores: this says what a second host costs or adds on the
   store side, not what a second machine would add.
 - write → watch latency (p50/p99): a CreateService on one host until the ADDED event arrives on a
@@ -41,6 +42,7 @@ from tests.harness import Runed, Runeds
 ADMIN_URL = os.environ.get("RUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 KEY_FILES = ("auth.key", "kek.b64")
 LEASE_SECONDS = 3.0
+ROUNDS = 3
 
 
 @contextlib.contextmanager
@@ -97,6 +99,11 @@ async def _get_load(targets: list[str], token: str, clients: int, seconds: float
         for ch in channels:
             await ch.close()
     return Load(sum(x.calls for x in loads), max(x.seconds for x in loads), [lat for x in loads for lat in x.latencies])
+
+
+def _merged(loads: list[Load]) -> Load:
+    """Rounds taken one after another, as one measurement."""
+    return Load(sum(x.calls for x in loads), sum(x.seconds for x in loads), [t for x in loads for t in x.latencies])
 
 
 # -- write -> watch latency ---------------------------------------------------------------------
@@ -177,8 +184,12 @@ def run(argv: list[str]) -> None:
                 service_pb2_grpc.ServiceServiceStub(ch).CreateService(
                     req, metadata=(("authorization", f"Bearer {token}"),)
                 )
-            one = asyncio.run(_get_load([a.grpc_target], token, opts.clients, opts.seconds))
-            two = asyncio.run(_get_load([a.grpc_target, b.grpc_target], token, opts.clients, opts.seconds))
+            # Alternated rounds: a machine whose load drifts (other work on it) skews both alike.
+            ones, twos = [], []
+            for _ in range(ROUNDS):
+                ones.append(asyncio.run(_get_load([a.grpc_target], token, opts.clients, opts.seconds)))
+                twos.append(asyncio.run(_get_load([a.grpc_target, b.grpc_target], token, opts.clients, opts.seconds)))
+            one, two = _merged(ones), _merged(twos)
             same = asyncio.run(_watch_latency(a.grpc_target, a.grpc_target, token, opts.writes))
             cross = asyncio.run(_watch_latency(a.grpc_target, b.grpc_target, token, opts.writes))
             takeovers = sorted(_takeovers(runeds, tmp, url, a.data_dir, opts.takeovers))
