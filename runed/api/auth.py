@@ -7,6 +7,7 @@ from typing import Any
 
 from rune.api import auth_pb2
 from runed.api.admin import require_policies
+from runed.api.offload import offloaded
 from runed.auth import rbac
 from runed.auth.identity import Identity
 from runed.core import errors, validation
@@ -48,7 +49,8 @@ def _validate_revoke(req: auth_pb2.RevokeTokenRequest) -> list[FieldViolation]:
     return validation.reference(req.id, "id", allow_empty=False)
 
 
-async def WhoAmI(req: auth_pb2.WhoAmIRequest, ctx: CallContext) -> auth_pb2.WhoAmIResponse:
+@offloaded
+def WhoAmI(req: auth_pb2.WhoAmIRequest, ctx: CallContext) -> auth_pb2.WhoAmIResponse:
     p = ctx.principal
     email = ""
     user = _identity(ctx).get_user(p.subject) if p.auth_method != "oidc" else None
@@ -140,7 +142,8 @@ def _token_scope(ctx: CallContext, ident: Identity, user: dict[str, Any], reques
     return list(dict.fromkeys(requested))
 
 
-async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> auth_pb2.CreateTokenResponse:
+@offloaded
+def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> auth_pb2.CreateTokenResponse:
     """Mint a token for an existing user (scoped by ``policies``), or create the user (``policies``, else readonly).
 
     Anyone allowed ``tokens:create`` may mint tokens for themselves; minting for someone else or
@@ -169,7 +172,8 @@ async def CreateToken(req: auth_pb2.CreateTokenRequest, ctx: CallContext) -> aut
     return auth_pb2.CreateTokenResponse(id=issued.id, name=issued.name, secret=issued.secret)
 
 
-async def RevokeToken(req: auth_pb2.RevokeTokenRequest, ctx: CallContext) -> auth_pb2.RevokeTokenResponse:
+@offloaded
+def RevokeToken(req: auth_pb2.RevokeTokenRequest, ctx: CallContext) -> auth_pb2.RevokeTokenResponse:
     ident = _identity(ctx)
     tok = ident.get_token(req.id)
     if tok is None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import runed
 from rune.api import common_pb2, health_pb2
+from runed.api.offload import offloaded
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.core.names import DEFAULT_NAMESPACE, list_scope
@@ -179,7 +180,8 @@ def _service_component(
     )
 
 
-async def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.GetHealthResponse:
+@offloaded
+def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.GetHealthResponse:
     """Health of one component type (default: the API server)."""
     store = ctx.deps.store
     kind = req.component_type or "api-server"

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from rune.api import common_pb2, namespace_pb2
+from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import DEFAULT_NAMESPACE, SYSTEM_NAMESPACE
@@ -142,7 +143,8 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 
 
 # -- handlers -------------------------------------------------------------------------------------
-async def CreateNamespace(
+@offloaded
+def CreateNamespace(
     req: namespace_pb2.CreateNamespaceRequest, ctx: CallContext
 ) -> namespace_pb2.CreateNamespaceResponse:
     ns = req.namespace
@@ -150,16 +152,16 @@ async def CreateNamespace(
     return namespace_pb2.CreateNamespaceResponse(namespace=to_pb(rec.data), status=common_pb2.Status(code=0))
 
 
-async def GetNamespace(req: namespace_pb2.GetNamespaceRequest, ctx: CallContext) -> namespace_pb2.GetNamespaceResponse:
+@offloaded
+def GetNamespace(req: namespace_pb2.GetNamespaceRequest, ctx: CallContext) -> namespace_pb2.GetNamespaceResponse:
     rec = ctx.deps.store.get(KIND, SCOPE, req.name)
     if rec is None:
         raise errors.not_found("namespace", req.name)
     return namespace_pb2.GetNamespaceResponse(namespace=to_pb(rec.data), status=common_pb2.Status(code=0))
 
 
-async def ListNamespaces(
-    req: namespace_pb2.ListNamespacesRequest, ctx: CallContext
-) -> namespace_pb2.ListNamespacesResponse:
+@offloaded
+def ListNamespaces(req: namespace_pb2.ListNamespacesRequest, ctx: CallContext) -> namespace_pb2.ListNamespacesResponse:
     from runed.store.base import iter_all
 
     items = [
@@ -181,7 +183,8 @@ def _contents(store: Store, namespace: str) -> list[str]:
     return out
 
 
-async def DeleteNamespace(
+@offloaded
+def DeleteNamespace(
     req: namespace_pb2.DeleteNamespaceRequest, ctx: CallContext
 ) -> namespace_pb2.DeleteNamespaceResponse:
     store = ctx.deps.store
