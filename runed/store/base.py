@@ -84,7 +84,12 @@ class Store(Protocol):
         *,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
-    ) -> ListResult: ...
+        known: Callable[[str, str, int], Record | None] | None = None,
+    ) -> ListResult:
+        """Objects ordered by (namespace, name); ``after`` continues a previous page. ``known(namespace,
+        name, revision)`` may hand back a record the caller already holds at that revision (shared,
+        read-only), which spares decoding its row."""
+        ...
 
     def count(self, kind: str, namespace: str | None = None) -> int: ...
 

@@ -89,11 +89,13 @@ def paginate(
     req: PageRequest,
     query: str,
     convert: Callable[[list[Record]], Iterable[T | None]],
+    known: Callable[[str, str, int], Record | None] | None = None,
 ) -> Page[T]:
     """Read ``kind`` in key order from ``req.after`` until a page of converted items is full.
 
     ``convert`` turns a batch of records into items, None for records the filter rejects, so a
-    filtered page costs reads proportional to what it skips, not to the whole kind.
+    filtered page costs reads proportional to what it skips, not to the whole kind. ``known`` goes
+    to :meth:`Store.list`.
     """
     page: Page[T] = Page()
     after = req.after
@@ -103,7 +105,7 @@ def paginate(
     page.revision = store.current_revision()
     while True:
         batch = SCAN_BATCH if not want else max(min(want - len(page.items) + 1, SCAN_BATCH), 1)
-        res = store.list(kind, namespace, after=after, limit=batch)
+        res = store.list(kind, namespace, after=after, limit=batch, known=known)
         for rec, item in zip(res.items, convert(res.items), strict=True):
             if item is None:
                 continue

@@ -15,6 +15,8 @@ from runed.store import paging, watch
 from runed.store.base import DELETED, MODIFIED, Record, Store
 
 FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")
+# Service protos of recent (service, status) revisions: what a page is made of.
+_BUILT = listing.Built(objects.service_from_record)
 
 EVENT_TYPES = {
     "ADDED": common_pb2.EVENT_TYPE_ADDED,
@@ -98,7 +100,7 @@ def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) 
         if sel.fields and not all(r.matches(_service_fields(rec, status)) for r in sel.fields):
             out.append(None)
             continue
-        out.append(objects.service_from_record(rec, status))
+        out.append(_BUILT.get(store, rec, status))
     return out
 
 
@@ -122,6 +124,7 @@ async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -
         pr,
         query,
         lambda batch: _match_services(store, sel, batch),
+        _BUILT.known(store),
     )
     resp = service_pb2.ListServicesResponse(
         services=page.items,
