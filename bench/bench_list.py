@@ -46,6 +46,19 @@ def _populate(data_dir: Path, n: int) -> None:
         store.close()
 
 
+def _interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds per call of each, the calls taking turns (other load on the box hits all alike)."""
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeat):
+        for k, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            samples[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def _time(call: Callable[[], object], repeat: int) -> float:
     """Median seconds per call after one warm-up."""
     call()
@@ -83,16 +96,66 @@ def list_latency(n: int = SERVICES) -> dict[str, float]:
                 all_req = service_pb2.ListServicesRequest()
                 total = len(svc.ListServices(all_req, metadata=md).services)
                 assert total == n, total
-                return {
-                    "whoami_ms": _time(lambda: who.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=md), 200) * 1000,
-                    "page_ms": _time(lambda: svc.ListServices(page_req, metadata=md), 50) * 1000,
-                    "mid_page_ms": _time(lambda: svc.ListServices(mid_req, metadata=md), 50) * 1000,
-                    "filtered_page_ms": _time(lambda: svc.ListServices(filt_req, metadata=md), 50) * 1000,
-                    "all_ms": _time(lambda: svc.ListServices(all_req, metadata=md), 3) * 1000,
-                }
+                medians = _interleaved(
+                    {
+                        "whoami_ms": lambda: who.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=md),
+                        "page_ms": lambda: svc.ListServices(page_req, metadata=md),
+                        "mid_page_ms": lambda: svc.ListServices(mid_req, metadata=md),
+                        "filtered_page_ms": lambda: svc.ListServices(filt_req, metadata=md),
+                    },
+                    200,
+                )
+                out = {k: v * 1000 for k, v in medians.items()}
+                out["all_ms"] = _time(lambda: svc.ListServices(all_req, metadata=md), 3) * 1000
+                return out
+
+
+def page_stages(n: int = SERVICES, repeat: int = 300) -> dict[str, float]:
+    """Where a page's time goes, in-process on the same store: median ms of each stage of one page of
+    100 from the middle of the keyspace, first as built from scratch, then as the handler does it
+    with its revision-keyed caches warm."""
+    from runed.api import listing
+    from runed.api.service import reads
+    from runed.api.service.common import status_pb
+    from runed.model import objects
+    from runed.store.sqlite import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        _populate(data, n)
+        store = open_store(data)
+        built = listing.Built(objects.service_from_record)
+        after = ("default", f"svc-{n // 2:05d}")
+        try:
+            recs = store.list(objects.SERVICE, "default", after=after, limit=PAGE + 1).items
+            statuses = reads._statuses(store, recs[:PAGE])
+            pairs = [(r, statuses.get((r.namespace, r.name))) for r in recs[:PAGE]]
+            items = [built.get(store, r, st) for r, st in pairs]
+            known = built.known(store)
+            stages: dict[str, Callable[[], object]] = {
+                "store read (rows + JSON decode)": lambda: store.list(
+                    objects.SERVICE, "default", after=after, limit=PAGE + 1
+                ),
+                "store read, rows known by revision": lambda: store.list(
+                    objects.SERVICE, "default", after=after, limit=PAGE + 1, known=known
+                ),
+                "revision (page.revision)": store.current_revision,
+                "status join (one range read)": lambda: reads._statuses(store, recs[:PAGE]),
+                "protos built from dicts": lambda: [objects.service_from_record(r, st) for r, st in pairs],
+                "protos from the revision cache": lambda: [built.get(store, r, st) for r, st in pairs],
+                "response built + serialized": lambda: service_pb2.ListServicesResponse(
+                    services=items, status=status_pb(0, "Found 100 services")
+                ).SerializeToString(),
+            }
+            return {k: v * 1000 for k, v in _interleaved(stages, repeat).items()}
+        finally:
+            store.close()
 
 
 def run() -> None:
+    for label, ms in page_stages().items():
+        print(f"   stage: {label:<38} {ms:7.3f} ms")
     r = list_latency()
     base = r["whoami_ms"]
     rows = [
