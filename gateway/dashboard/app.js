@@ -161,7 +161,12 @@ function showSignIn(message = "") {
 
 async function start() {
   document.getElementById("signout").addEventListener("click", signOut);
-  document.getElementById("ns").addEventListener("change", (e) => go(parseHash().view === "services" ? "services" : parseHash().view, "", e.target.value));
+  // Another namespace: the same list view, or the services list when the view was about one object.
+  const LISTS = ["services", "cast", "config", "audit", "namespaces"];
+  document.getElementById("ns").addEventListener("change", (e) => {
+    const { view } = parseHash();
+    go(LISTS.includes(view) ? view : "services", "", e.target.value);
+  });
   window.addEventListener("hashchange", route);
   if (session.token) {
     try {

@@ -36,7 +36,9 @@ def chromium_driver(binary: Path, chromedriver: Path, profile: Path) -> webdrive
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=opts, service=Service(str(chromedriver)))
+    driver = webdriver.Chrome(options=opts, service=Service(str(chromedriver)))
+    driver.set_page_load_timeout(WAIT)
+    return driver
 
 
 @dataclass
