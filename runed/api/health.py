@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from runed.api.offload import offloaded
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.core.names import DEFAULT_NAMESPACE, list_scope
-from runed.model import objects
+from runed.model import lease, objects
 from runed.pipeline.context import CallContext
 from runed.store.base import Record, iter_all
 
@@ -22,14 +23,15 @@ HEALTHY = health_pb2.HEALTH_STATUS_HEALTHY
 UNHEALTHY = health_pb2.HEALTH_STATUS_UNHEALTHY
 DEGRADED = health_pb2.HEALTH_STATUS_DEGRADED
 UNKNOWN = health_pb2.HEALTH_STATUS_UNKNOWN
-COMPONENT_TYPES = ("", "api-server", "service", "instance", "node")
+COMPONENT_TYPES = ("", "api-server", "service", "instance", "node", "controller")
 
 
 def _v_get(req: health_pb2.GetHealthRequest) -> list[FieldViolation]:
     if req.component_type not in COMPONENT_TYPES:
         return [
             FieldViolation(
-                "component_type", f"must be one of api-server, service, instance, node (got {req.component_type!r})"
+                "component_type",
+                f"must be one of api-server, service, instance, node, controller (got {req.component_type!r})",
             )
         ]
     return []
@@ -180,6 +182,34 @@ def _service_component(
     )
 
 
+def _controller_component(rec: Record | None) -> health_pb2.ComponentHealth:
+    """Which controller leads (added by runed): the holder of the controller lease, as stored."""
+    if rec is None:
+        return health_pb2.ComponentHealth(
+            component_type="controller",
+            id="controller",
+            name="controller",
+            status=UNHEALTHY,
+            message="no controller holds the lease: none runs, or the last one stopped",
+            timestamp=_now(),
+        )
+    held = lease.Holder.from_record(rec)
+    # The holder's clock against this host's: good enough to show, never used to elect.
+    age = max(0.0, time.time() - held.renewed_at)
+    stale = age > held.ttl
+    message = f"leader {held.holder}, lease {held.ttl:g}s, renewed {age:.1f}s ago"
+    if stale:
+        message += " (by this host's clock): a standby takes over once a whole lease passes without renewal"
+    return health_pb2.ComponentHealth(
+        component_type="controller",
+        id=held.holder,
+        name="controller",
+        status=DEGRADED if stale else HEALTHY,
+        message=message,
+        timestamp=objects.rfc3339(held.renewed_at),
+    )
+
+
 @offloaded
 def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.GetHealthResponse:
     """Health of one component type (default: the API server)."""
@@ -234,6 +264,8 @@ def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.
                 )
             )
         comps.append(c)
+    elif kind == "controller":
+        comps.append(_controller_component(store.get(lease.KIND, lease.NAMESPACE, lease.CONTROLLER)))
     elif kind == "instance":
         ns = list_scope(req.namespace)
         if req.name:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from runed.controller.leader import Lease, holder_id
 from runed.core.config import Config
+from runed.model.lease import CONTROLLER
 from runed.secrets.crypto import SecretCrypto
 from runed.store.base import Store
 
 log = logging.getLogger("runed.controller")
 
-LEASE = "controller"
 # What a standby reports as its address (in its readiness marker and the supervisor's ready line).
 STANDBY = "standby"
 
@@ -33,7 +33,7 @@ async def serve(
     nofile = raise_open_files_limit()
     lease = Lease(
         store,
-        LEASE,
+        CONTROLLER,
         holder_id(config.data_path),
         config.controller.lease_seconds,
         # A SQLite store has no other host: a start takes the lease of its own dead predecessor at once.

@@ -34,18 +34,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runed.core import errors
-from runed.store.base import Record, Store
+from runed.model import lease
+from runed.model.lease import KIND, NAMESPACE, Holder
+from runed.store.base import Store
 
 log = logging.getLogger("runed.leader")
 
-KIND = "lease"
-# Leases are cluster-wide, like identity objects: one pseudo-namespace.
-NAMESPACE = "system"
 # The holder steps down this fraction of a ttl after its last successful renewal began.
 RENEW_DEADLINE = 0.75
 
@@ -53,19 +50,6 @@ RENEW_DEADLINE = 0.75
 def holder_id(data_dir: Path) -> str:
     """This process as a lease holder: host, data dir (what it can adopt) and pid (this incarnation)."""
     return f"{socket.gethostname()}:{data_dir}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a lease, as its record says (``ttl`` is what the holder promised to renew within)."""
-
-    holder: str
-    ttl: float
-    revision: int
-
-
-def _holder(rec: Record) -> Holder:
-    return Holder(str(rec.data.get("holder", "")), float(rec.data.get("ttl_seconds") or 0), rec.revision)
 
 
 class Lease:
@@ -117,17 +101,13 @@ class Lease:
     def current(self) -> Holder | None:
         """The lease's holder as stored (any host), or None when nobody holds it."""
         rec = self.store.get(KIND, NAMESPACE, self.name)
-        return None if rec is None else _holder(rec)
-
-    def _data(self) -> dict[str, Any]:
-        # renewed_at is wall-clock time for people reading it; nobody compares it across hosts.
-        return {"holder": self.holder, "ttl_seconds": self.ttl, "renewed_at": time.time()}
+        return None if rec is None else Holder.from_record(rec)
 
     # -- one attempt (blocking: run in a thread) ------------------------------------------------
     def _write(self, expect: int) -> bool:
         began = self.clock()
         try:
-            rec = self.store.put(KIND, NAMESPACE, self.name, self._data(), expect_revision=expect)
+            rec = self.store.put(KIND, NAMESPACE, self.name, lease.data(self.holder, self.ttl), expect_revision=expect)
         except errors.Conflict:
             return False
         with self._lock:
@@ -145,7 +125,7 @@ class Lease:
         self._attempts += 1
         if rec is None:
             return self._write(0)
-        cur = _holder(rec)
+        cur = Holder.from_record(rec)
         with self._lock:
             mine = self._revision != 0 and cur.revision == self._revision and cur.holder == self.holder
             if not mine:

@@ -13,6 +13,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,17 @@ import httpx
 import psycopg
 import pytest
 
-from rune.api import auth_pb2, auth_pb2_grpc, common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+from rune.api import (
+    auth_pb2,
+    auth_pb2_grpc,
+    common_pb2,
+    health_pb2,
+    health_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
 from runed.server.supervisor import EXIT_FATAL
 from tests.harness import Runed, Runeds
 from tests.integration.orch import SERVER, runefile_args
@@ -94,6 +105,13 @@ class Cluster:
         )
         self.services(host).CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
 
+    def controller_health(self, host: Runed) -> health_pb2.ComponentHealth:
+        stub = health_pb2_grpc.HealthServiceStub(host.channel())
+        resp = stub.GetHealth(health_pb2.GetHealthRequest(component_type="controller"), metadata=self.auth)
+        assert len(resp.components) == 1, resp
+        component: health_pb2.ComponentHealth = resp.components[0]
+        return component
+
     def running(self, host: Runed, name: str) -> instance_pb2.Instance:
         """The service's one instance, RUNNING, as ``host`` reads it (an AssertionError for eventually)."""
         stub = instance_pb2_grpc.InstanceServiceStub(host.channel())
@@ -129,6 +147,12 @@ def test_hosts_listen_on_their_own_addresses_and_one_controller_leads(cluster: C
     assert cluster.standby.address("controller") == "standby"
     assert "controller=standby" in cluster.standby.output()
     assert "controller=controller" in cluster.leader.output()
+    # Every host's health says which controller leads.
+    for host in (cluster.a, cluster.b):
+        c = cluster.controller_health(host)
+        assert c.status == health_pb2.HEALTH_STATUS_HEALTHY, c
+        assert c.id.startswith(f"{socket.gethostname()}:{cluster.leader.data_dir}:"), c.id
+        assert c.message.startswith(f"leader {c.id}, lease 3s"), c.message
 
 
 def test_a_write_on_one_host_is_read_and_watched_on_the_other(cluster: Cluster) -> None:
@@ -260,6 +284,7 @@ def test_the_standby_takes_over_when_the_leading_host_dies(cluster: Cluster) -> 
     os.killpg(dead.proc.pid, signal.SIGKILL)
     dead.proc.wait(10)
     eventually(lambda: standby.address("controller") == "controller", timeout=60, what="the standby leads")
+    assert cluster.controller_health(standby).id.startswith(f"{socket.gethostname()}:{standby.data_dir}:")
     cluster.cast(standby, "after")
     inst = eventually(lambda: cluster.running(standby, "after"), timeout=30)
     # Instances stay on their host: the new one runs from the new leader's data dir, and those of

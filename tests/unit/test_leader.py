@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runed.controller.leader import KIND, NAMESPACE, RENEW_DEADLINE, Lease
+from runed.controller.leader import RENEW_DEADLINE, Lease
+from runed.model.lease import KIND, NAMESPACE
 from runed.store.sqlite import SQLiteStore
 
 TTL = 10.0
