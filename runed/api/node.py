@@ -32,7 +32,8 @@ def _placed(store: Store) -> tuple[Counter[str], dict[str, Resources]]:
     used: dict[str, Resources] = {}
     for rec in iter_all(store, PLACEMENT):
         svc = store.get(objects.SERVICE, rec.namespace, rec.name)
-        want = requests_of((svc.data.get("resources") or {}) if svc is not None else {})
+        res = objects.service_from_record(svc).resources if svc is not None else None
+        want = requests_of(res.cpu.request, res.memory.request) if res is not None else Resources()
         for nid in Placement.from_record(rec.data).slots.values():
             count[nid] += 1
             used[nid] = used.get(nid, Resources()) + want

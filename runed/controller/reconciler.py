@@ -355,6 +355,13 @@ class Controller:
         message = ""
         rolling = False
         current = [i for i in items if not i.retire]
+        # A node runs the indexes placed on it; one placed elsewhere (drained, moved) stops here.
+        here = None if self.node is None else self.node.indexes(skey, current)
+        if here is not None:
+            for inst in current:
+                if inst.index not in here and inst.index < scale:
+                    sup.retire(inst, "placed on another node")
+            current = [i for i in current if i.index in here or i.index >= scale]
         # Restart instances whose back-off elapsed (or that wait on a secret or configmap that changed).
         now = time.time()
         for inst in current:
@@ -369,13 +376,6 @@ class Controller:
             if inst.index >= scale:
                 sup.retire(inst, "scaled down")
         current = [i for i in current if i.index < scale]
-        # A node runs the indexes placed on it; one placed elsewhere (drained, moved) stops here.
-        here = None if self.node is None else self.node.indexes(skey, current)
-        if here is not None:
-            for inst in current:
-                if inst.index not in here:
-                    sup.retire(inst, "placed on another node")
-            current = [i for i in current if i.index in here]
         by_index: dict[int, list[Instance]] = {}
         for inst in current:
             by_index.setdefault(inst.index, []).append(inst)

@@ -164,7 +164,8 @@ class Scheduler:
         known = {n.id for n in nodes}
         wants: dict[Key, Resources] = {}
         for key, rec in services.items():
-            wants[key] = requests_of(rec.data.get("resources") or {})
+            res = objects.service_from_record(rec).resources
+            wants[key] = requests_of(res.cpu.request, res.memory.request)
             p = Placement.from_record(placed[key].data) if key in placed else Placement()
             for nid in p.slots.values():
                 fit.used[nid] = fit.used.get(nid, Resources()) + wants[key]

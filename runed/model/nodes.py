@@ -44,13 +44,8 @@ class Resources:
         return cls(int(d.get("cpu_millis") or 0), int(d.get("memory_bytes") or 0))
 
 
-def requests_of(resources: Mapping[str, Any]) -> Resources:
-    """A service's resource requests (its ``resources`` in proto JSON form); unset or unreadable is 0."""
-
-    def request(name: str) -> str:
-        return str((resources.get(name) or {}).get("request") or "")
-
-    cpu, mem = request("cpu"), request("memory")
+def requests_of(cpu: str, mem: str) -> Resources:
+    """A service's resource requests (``resources.cpu.request``, ``resources.memory.request``); unset is 0."""
     try:
         return Resources(int(parse_cpu(cpu) * 1000) if cpu else 0, parse_memory(mem) if mem else 0)
     except QuantityError:

@@ -1,0 +1,271 @@
+"""A cluster on one machine: a control plane and three nodes on one PostgreSQL database.
+
+The control plane is a whole runed (grpc, rest, controller) whose controller only schedules
+(``node.enabled: false``); each node is ``runed serve --role node`` with its own data dir, node id
+and loopback address (127.0.0.2, .3, .4). The module shares the cluster; the node-failure test kills
+a node and so runs last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rune.api import (
+    common_pb2,
+    instance_pb2,
+    instance_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
+from tests.e2e.rune import Rune
+from tests.harness import Runed, Runeds, reap_data_dir
+from tests.integration.orch import EXITER, RUNEFILE
+from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
+from tests.support import Metadata, bootstrap_metadata, eventually
+
+NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
+# Fast heartbeats: a dead node is NotReady after 3 s and its instances move 2 s later.
+TIMINGS = """
+  heartbeat_seconds: 0.5
+  not_ready_seconds: 3
+  lost_after_seconds: 2
+"""
+KEY_FILES = ("auth.key", "kek.b64")
+RUNNING = instance_pb2.INSTANCE_STATUS_RUNNING
+
+
+def runefile(tmp: Path, name: str, node: str) -> list[str]:
+    path = tmp / f"{name}.yaml"
+    path.write_text(RUNEFILE + "node:\n" + node + TIMINGS)
+    return ["--config", str(path)]
+
+
+@dataclass
+class Cluster:
+    api: Runed
+    nodes: dict[str, Runed]
+    auth: Metadata
+    tmp: Path
+    store_url: str
+
+    @property
+    def node_api(self) -> node_pb2_grpc.NodeServiceStub:
+        return node_pb2_grpc.NodeServiceStub(self.api.channel())
+
+    @property
+    def services(self) -> service_pb2_grpc.ServiceServiceStub:
+        return service_pb2_grpc.ServiceServiceStub(self.api.channel())
+
+    def cast(self, name: str, scale: int, **kw: Any) -> None:
+        script = self.tmp / "sleeper.py"
+        script.write_text(EXITER)
+        svc = service_pb2.Service(
+            name=name,
+            namespace="default",
+            scale=scale,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script), "0", "600"]),
+            **kw,
+        )
+        self.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
+
+    def service(self, name: str) -> service_pb2.Service:
+        req = service_pb2.GetServiceRequest(name=name, namespace="default")
+        svc: service_pb2.Service = self.services.GetService(req, metadata=self.auth).service
+        return svc
+
+    def instances(self, service: str) -> list[instance_pb2.Instance]:
+        stub = instance_pb2_grpc.InstanceServiceStub(self.api.channel())
+        resp = stub.ListInstances(instance_pb2.ListInstancesRequest(service_name=service), metadata=self.auth)
+        return list(resp.instances)
+
+    def running(self, service: str, n: int) -> list[instance_pb2.Instance]:
+        """Exactly ``n`` instances, all RUNNING (an AssertionError for eventually())."""
+        insts = self.instances(service)
+        states = [(i.name, i.node_id, i.status) for i in insts]
+        assert len(insts) == n and all(i.status == RUNNING for i in insts), states
+        return insts
+
+    def delete(self, name: str) -> None:
+        req = service_pb2.DeleteServiceRequest(name=name, namespace="default", force=True, now=True)
+        self.services.DeleteService(req, metadata=self.auth)
+        eventually(lambda: not self.instances(name), timeout=30, what=f"{name}'s instances gone")
+
+    def node(self, nid: str) -> node_pb2.Node:
+        node: node_pb2.Node = self.node_api.GetNode(node_pb2.GetNodeRequest(id=nid), metadata=self.auth).node
+        return node
+
+
+def start_node(runeds: Runeds, tmp: Path, nid: str, store_url: str) -> Runed:
+    spec = f"  id: {nid}\n  address: {NODES[nid]}\n  labels:\n    name: {nid}\n"
+    return runeds.start(
+        tmp / nid, args=runefile(tmp, nid, spec), env={"RUNE_STORE_URL": store_url}, role="node", ready=False
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[Cluster]:  # noqa: F811
+    reset_schema(pg_database)
+    tmp = tmp_path_factory.mktemp("nodes")
+    runeds = Runeds()
+    try:
+        api = runeds.start(
+            tmp / "cp", args=runefile(tmp, "cp", "  enabled: false\n"), env={"RUNE_STORE_URL": pg_database}, ready=False
+        )
+        # Hosts sharing a store share its keys: each node gets the control plane's before its first start.
+        eventually(lambda: all((api.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
+        nodes = {}
+        for nid in NODES:
+            (tmp / nid).mkdir()
+            for f in KEY_FILES:
+                shutil.copy2(api.data_dir / f, tmp / nid / f)
+            nodes[nid] = start_node(runeds, tmp, nid, pg_database)
+        for r in (api, *nodes.values()):
+            r.wait_ready(90)
+        c = Cluster(api, nodes, bootstrap_metadata(api.channel()), tmp, pg_database)
+        eventually(lambda: len(c.node_api.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes) == 3)
+        yield c
+    finally:
+        runeds.close()
+
+
+def test_nodes_register_with_their_address_capacity_and_labels(cluster: Cluster) -> None:
+    nodes = cluster.node_api.ListNodes(node_pb2.ListNodesRequest(), metadata=cluster.auth).nodes
+    assert {n.id: n.address for n in nodes} == NODES
+    for n in nodes:
+        assert n.status == "Ready" and not n.cordoned and n.labels["name"] == n.id
+        assert n.capacity.cpu_millis >= 1000 and n.capacity.memory_bytes > 0
+    picked = cluster.node_api.ListNodes(node_pb2.ListNodesRequest(label_selector={"name": "n2"}), metadata=cluster.auth)
+    assert [n.id for n in picked.nodes] == ["n2"]
+
+
+def test_scale_6_spreads_over_the_three_nodes(cluster: Cluster) -> None:
+    cluster.cast("spread", 6)
+    insts = eventually(lambda: cluster.running("spread", 6), timeout=60)
+    assert Counter(i.node_id for i in insts) == {"n1": 2, "n2": 2, "n3": 2}
+    for inst in insts:
+        node = cluster.nodes[inst.node_id]
+        assert inst.ip == NODES[inst.node_id]
+        # The process really runs on that node: in its data dir's instance directory.
+        assert os.readlink(f"/proc/{inst.pid}/cwd").startswith(str((node.data_dir / "instances" / inst.id).resolve()))
+    # The service's status counts the instances of every node.
+    eventually(lambda: cluster.service("spread").status == service_pb2.SERVICE_STATUS_RUNNING, timeout=30)
+    assert cluster.node("n1").instances == 2
+    cluster.delete("spread")
+
+
+def test_a_service_too_big_for_every_node_stays_pending_with_the_reason(cluster: Cluster) -> None:
+    cluster.cast("huge", 1, resources=common_pb2.Resources(memory=common_pb2.ResourceLimit(request="1000Ti")))
+
+    def pending() -> bool:
+        svc = cluster.service("huge")
+        assert svc.status == service_pb2.SERVICE_STATUS_PENDING, svc
+        assert svc.status_message == "0/3 nodes: 3 insufficient memory", svc.status_message
+        return True
+
+    eventually(pending, timeout=30)
+    assert cluster.instances("huge") == []
+    cluster.delete("huge")
+
+
+def test_cordoned_node_gets_no_new_instances(cluster: Cluster) -> None:
+    cluster.node_api.CordonNode(node_pb2.NodeActionRequest(id="n3"), metadata=cluster.auth)
+    try:
+        cluster.cast("avoid", 4)
+        insts = eventually(lambda: cluster.running("avoid", 4), timeout=60)
+        assert Counter(i.node_id for i in insts) == {"n1": 2, "n2": 2}
+        big = common_pb2.Resources(memory=common_pb2.ResourceLimit(request="1000Ti"))
+        cluster.cast("huge2", 1, resources=big)
+        eventually(lambda: cluster.service("huge2").status_message == "0/3 nodes: 2 insufficient memory, 1 cordoned")
+        # A node selector narrows the nodes further.
+        cluster.cast("picky", 1, node_selector={"name": "n1"})
+        assert [i.node_id for i in eventually(lambda: cluster.running("picky", 1), timeout=60)] == ["n1"]
+    finally:
+        cluster.node_api.UncordonNode(node_pb2.NodeActionRequest(id="n3"), metadata=cluster.auth)
+    for name in ("avoid", "huge2", "picky"):
+        cluster.delete(name)
+
+
+def test_drain_moves_every_instance_off_the_node(cluster: Cluster) -> None:
+    cluster.cast("moving", 3)
+    before = eventually(lambda: cluster.running("moving", 3), timeout=60)
+    assert sorted(i.node_id for i in before) == ["n1", "n2", "n3"]
+    old = next(i for i in before if i.node_id == "n1")
+    cluster.node_api.DrainNode(node_pb2.NodeActionRequest(id="n1"), metadata=cluster.auth)
+    try:
+        assert cluster.node("n1").draining
+
+        def moved() -> list[instance_pb2.Instance]:
+            insts = cluster.running("moving", 3)
+            assert "n1" not in {i.node_id for i in insts}, [(i.name, i.node_id) for i in insts]
+            return insts
+
+        after = eventually(moved, timeout=60)
+        assert sorted(i.name for i in after) == ["moving-0", "moving-1", "moving-2"]
+        assert not Path(f"/proc/{old.pid}").exists() or old.pid in {i.pid for i in after}
+        assert cluster.node("n1").instances == 0
+    finally:
+        cluster.node_api.UncordonNode(node_pb2.NodeActionRequest(id="n1"), metadata=cluster.auth)
+    cluster.delete("moving")
+
+
+def test_rune_get_and_describe_nodes(cluster: Cluster, tmp_path: Path) -> None:
+    rune = Rune(home=tmp_path / "home", server=cluster.api.grpc_target, procs=[])
+    token = dict(cluster.auth)["authorization"].removeprefix("Bearer ")
+    assert rune("login", "--token", token).returncode == 0
+    out = rune("get", "nodes")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert set(rows) == set(NODES) and all(r[1] == "Ready" and r[2] == NODES[n] for n, r in rows.items()), out.stdout
+    cordon = rune("cordon", "n2")
+    assert cordon.returncode == 0 and "node/n2 cordoned" in cordon.stdout, cordon.stderr
+    assert "Ready,SchedulingDisabled" in rune("get", "nodes", "n2").stdout
+    assert rune("uncordon", "n2").returncode == 0
+    described = rune("describe", "node", "n3")
+    assert described.returncode == 0 and "address: 127.0.0.4" in described.stdout, described.stdout
+
+
+def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(cluster: Cluster) -> None:
+    cluster.cast("survivor", 3)
+    before = eventually(lambda: cluster.running("survivor", 3), timeout=60)
+    lost = next(i for i in before if i.node_id == "n3")
+    n3 = cluster.nodes["n3"]
+    # The node's whole process tree: its runed and the instances and shims it started.
+    assert n3.proc is not None
+    os.killpg(n3.proc.pid, signal.SIGKILL)
+    reap_data_dir(n3.data_dir)
+    eventually(lambda: cluster.node("n3").status == "NotReady", timeout=30, what="n3 NotReady")
+
+    def replaced() -> list[instance_pb2.Instance]:
+        insts = [i for i in cluster.instances("survivor") if i.node_id != "n3"]
+        assert len(insts) == 3 and all(i.status == RUNNING for i in insts), [(i.name, i.node_id) for i in insts]
+        return insts
+
+    after = eventually(replaced, timeout=30, what="n3's instance running on another node")
+    assert lost.name in {i.name for i in after}
+    # Back: n3 stops (and forgets) what was placed elsewhere meanwhile; no name runs twice.
+    n3.stop()
+    n3.start(90)
+    eventually(lambda: cluster.node("n3").status == "Ready", timeout=30, what="n3 Ready again")
+
+    def converged() -> bool:
+        insts = cluster.instances("survivor")
+        assert sorted(i.name for i in insts) == ["survivor-0", "survivor-1", "survivor-2"], [
+            (i.name, i.node_id) for i in insts
+        ]
+        return True
+
+    eventually(converged, timeout=30)
+    cluster.delete("survivor")
