@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -211,15 +212,17 @@ def _cast(addrs: dict[str, str], token: str, script: Path, pause: float) -> Path
         stub.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=md)
     store = SQLiteStore(Path(addrs["data_dir"]) / "runed.db", notify=False)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
+        states: list[object] = []
         while time.monotonic() < deadline:
+            states = [r.data.get("state") for r in store.list("instance", "default").items]
             recs = [r for r in store.list("instance", "default").items if r.data.get("state") == "RUNNING"]
             if recs and (Path(recs[0].data["log_dir"]) / "log.jsonl").exists():
                 return Path(recs[0].data["log_dir"])
             time.sleep(0.05)
     finally:
         store.close()
-    raise RuntimeError("chatty did not start")
+    raise RuntimeError(f"chatty did not start (instance states: {states})")
 
 
 def _delete(addrs: dict[str, str], token: str) -> None:
@@ -254,18 +257,27 @@ def run() -> None:
             ("SSE follower, line events", lambda d: follow_sse(base, token, SECONDS)),
             ("SSE follower, batched", lambda d: follow_sse(base, token, SECONDS, BATCH)),
         ]
-        for title, pause in (("unthrottled writer: throughput", 0.0), ("paced writer (200 lines/s): latency", 0.005)):
-            log_dir = _cast(addrs, token, script, pause)
-            print(f"   {title}")
-            baseline = 0.0
-            for label, fn in followers:
-                n, lat = fn(log_dir)
-                rate = n / SECONDS
-                baseline = baseline or rate
-                print(
-                    f"   {label:<28} {rate:9.0f} lines/s (x{rate / baseline:4.2f})"
-                    f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
-                )
-            _delete(addrs, token)
+        # Each follower runs beside a file tail of the same writer in another process, over the same
+        # window: the ratio says whether it keeps up with what the file offers at that moment, however
+        # loaded the machine is (sequential phases charged the load's drift to whichever ran later).
+        with ProcessPoolExecutor(1) as pool:
+            pool.submit(int).result()
+            for title, pause in (
+                ("unthrottled writer: throughput", 0.0),
+                ("paced writer (200 lines/s): latency", 0.005),
+            ):
+                log_dir = _cast(addrs, token, script, pause)
+                print(f"   {title}")
+                for label, fn in followers:
+                    tail = pool.submit(follow_file, log_dir, SECONDS)
+                    n, lat = fn(log_dir)
+                    tn, tlat = tail.result()
+                    rate, tail_rate = n / SECONDS, tn / SECONDS
+                    print(
+                        f"   {label:<28} {rate:9.0f} lines/s (x{rate / max(tail_rate, 1):4.2f} of the tail beside it)"
+                        f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
+                        f"   (tail: {tail_rate:6.0f}/s, p50 {_pct(tlat, 50):6.2f} ms)"
+                    )
+                _delete(addrs, token)
     ceiling = bare_grpc_stream(SECONDS)
     print(f"   context: a bare grpc.aio stream (server only yields) delivers {ceiling:9.0f} messages/s here")
