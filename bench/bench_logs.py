@@ -104,8 +104,11 @@ def follow_file(log_dir: Path, seconds: float) -> Result:
                 buf += chunk
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
-                    if raw:
-                        yield json.loads(raw)["line"]
+                    try:
+                        line = json.loads(raw)["line"]
+                    except ValueError:
+                        continue  # the first read may start in the middle of a line being written
+                    yield line
                 continue
             try:
                 if os.stat(path).st_ino != ino:
