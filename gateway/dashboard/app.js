@@ -168,6 +168,18 @@ async function start() {
     go(LISTS.includes(view) ? view : "services", "", e.target.value);
   });
   window.addEventListener("hashchange", route);
+  // Leaving the page ends its streams at once: an open watch or log stream holds one of the
+  // browser's few connections to this host, and a page kept in the back/forward cache would keep it.
+  window.addEventListener("pagehide", () => {
+    if (app.cleanup) app.cleanup();
+    app.cleanup = null;
+    if (app.services) app.services.stop();
+    if (app.instances) app.instances.stop();
+    app.services = app.instances = null;
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted) route();
+  });
   if (session.token) {
     try {
       await signIn(session.token);

@@ -1,11 +1,13 @@
 // Live logs of a service or an instance: follow (SSE), tail, filter, stdout/stderr, timestamps,
-// lifecycle events, one colour per instance. Lines are appended once per animation frame and the
-// view keeps the newest MAX_LINES, so a fast writer cannot freeze the page.
+// lifecycle events, one colour per instance. Lines are appended in batches (at most every
+// FLUSH_MS), the view keeps the newest MAX_LINES and lines off screen skip layout
+// (content-visibility in style.css), so a fast writer cannot freeze the page.
 
 import { ApiError, describe, nsPath, query, seg, session, stream } from "./api.js";
 import { clear, field, h } from "./dom.js";
 
 export const MAX_LINES = 5000;
+const FLUSH_MS = 100;
 const COLOURS = 8;
 
 export function logsView(app, target) {
@@ -54,6 +56,7 @@ export function logsView(app, target) {
 
   function flush() {
     frame = 0;
+    if (!pending.length) return;
     const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
     const frag = document.createDocumentFragment();
     for (const m of pending) {
@@ -72,8 +75,13 @@ export function logsView(app, target) {
     shown += pending.length;
     pending = [];
     out.append(frag);
-    let extra = out.childElementCount - MAX_LINES;
-    while (extra-- > 0) out.firstElementChild.remove();
+    const extra = out.childElementCount - MAX_LINES;
+    if (extra > 0) {
+      const range = document.createRange();
+      range.setStartBefore(out.firstElementChild);
+      range.setEndBefore(out.children[extra]);
+      range.deleteContents();
+    }
     out.dataset.shown = String(shown);
     out.dataset.received = String(received);
     if (stick) out.scrollTop = out.scrollHeight;
@@ -82,7 +90,7 @@ export function logsView(app, target) {
   function add(msg) {
     received += 1;
     pending.push(msg);
-    if (!frame) frame = requestAnimationFrame(flush);
+    if (!frame) frame = setTimeout(() => requestAnimationFrame(flush), FLUSH_MS);
   }
 
   async function run() {
@@ -136,6 +144,6 @@ export function logsView(app, target) {
   run();
   return () => {
     if (abort) abort.abort();
-    if (frame) cancelAnimationFrame(frame);
+    if (frame) clearTimeout(frame);
   };
 }
