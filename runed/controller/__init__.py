@@ -39,9 +39,7 @@ async def serve(
         # A SQLite store has no other host: a start takes the lease of its own dead predecessor at once.
         claim_at_start=config.store.url.startswith("sqlite:"),
     )
-    if not await store.run(lease.claim):
-        current = await store.run(lease.current)
-        log.info("controller standing by: %s holds the lease", current.holder if current else "another host")
+    if not await _claim_at_start(store, lease):
         on_ready(STANDBY)
     while not stop.is_set():
         async with lease.held(stop) as ended:
@@ -51,6 +49,19 @@ async def serve(
         if not stop.is_set():
             log.warning("controller lost the lease: standing by (instances keep running)")
             on_ready(STANDBY)
+
+
+async def _claim_at_start(store: Store, lease: Lease) -> bool:
+    """One attempt before reporting ready: a lone runed leads at once, as it always did."""
+    try:
+        if await store.run(lease.claim):
+            return True
+        current = await store.run(lease.current)
+    except Exception as e:  # the store unreachable: stand by, the lease keeper retries
+        log.warning("controller cannot read the lease (%s): standing by", e)
+        return False
+    log.info("controller standing by: %s holds the lease", current.holder if current else "another host")
+    return False
 
 
 async def _lead(
