@@ -162,6 +162,17 @@ class Runed:
         return {p.stem: self.address(p.stem) for p in sorted(run.glob("*.json")) if self.role in (None, p.stem)}
 
     @property
+    def store_url(self) -> str:
+        """The store this runed serves from: its ``--store-url``, else its data dir's SQLite file."""
+        args = self.args
+        for i, a in enumerate(args):
+            if a == "--store-url" and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith("--store-url="):
+                return a.split("=", 1)[1]
+        return f"sqlite://{self.data_dir.resolve() / 'runed.db'}"
+
+    @property
     def grpc_target(self) -> str:
         return self.address("grpc")
 

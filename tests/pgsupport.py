@@ -61,6 +61,30 @@ def pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A database of its own on the server (``runed_test_<uuid>``) for one runed, dropped afterwards."""
+    try:
+        import psycopg
+    except ImportError as e:
+        _unavailable(f"psycopg is not installed ({e})")
+        raise
+    name = f"runed_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as e:
+        _unavailable(f"{ADMIN_URL}: {str(e).strip()}")
+    try:
+        yield _with_dbname(ADMIN_URL, name)
+    finally:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin,
+        ):
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def reset_schema(url: str) -> None:
     """Empty the database (every table of the previous test's store goes)."""
     import psycopg

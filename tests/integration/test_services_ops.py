@@ -68,7 +68,7 @@ def test_delete_honours_dependents_dry_run_and_records_an_operation(api_runed: R
 
 def test_scale_records_an_operation_and_scale_zero_keeps_last_non_zero(api_runed: Runed, api_auth: Auth) -> None:
     from runed.model import objects
-    from runed.store.sqlite import open_store
+    from runed.store.open import open_url
 
     stub = stub_of(api_runed)
     create(stub, api_auth, sleeper("web", scale=3))
@@ -84,7 +84,7 @@ def test_scale_records_an_operation_and_scale_zero_keeps_last_non_zero(api_runed
         metadata=api_auth,
     )
     assert gradual.service.metadata.last_non_zero_scale == 5
-    store = open_store(api_runed.data_dir)
+    store = open_url(api_runed.store_url)
     try:
         ops = sorted(
             (r.data for r in store.list(objects.SCALING_OPERATION, "default").items), key=lambda d: d["started_at"]
@@ -199,7 +199,7 @@ def test_list_pages_with_opaque_tokens(api_runed: Runed, api_auth: Auth) -> None
 
 def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Runed, api_auth: Auth) -> None:
     from runed.model import objects
-    from runed.store.sqlite import open_store
+    from runed.store.open import open_url
 
     stub = stub_of(api_runed)
     create(stub, api_auth, sleeper("web", scale=1))
@@ -210,7 +210,7 @@ def test_watch_scaling_reports_stored_progress_and_ends_when_done(api_runed: Run
     first = next(call)
     assert (first.current_scale, first.target_scale, first.running_instances, first.complete) == (1, 2, 0, False)
     # Play the controller's part through the shared store: scale applied, instances come up.
-    store = open_store(api_runed.data_dir)
+    store = open_url(api_runed.store_url)
     try:
 
         def apply_scale(cur: dict[str, object] | None) -> dict[str, object] | None:
@@ -242,7 +242,7 @@ def test_delete_without_detach_waits_for_the_operation_result(api_runed: Runed, 
     import threading
 
     from runed.model import objects
-    from runed.store.sqlite import open_store
+    from runed.store.open import open_url
 
     stub = stub_of(api_runed)
     create(stub, api_auth, sleeper("web"))
@@ -253,7 +253,7 @@ def test_delete_without_detach_waits_for_the_operation_result(api_runed: Runed, 
         )
     )
     t.start()
-    store = open_store(api_runed.data_dir)
+    store = open_url(api_runed.store_url)
     try:
         # The controller's part: finish the operation it was handed.
         op = eventually(lambda: store.list(objects.DELETION_OPERATION, "default").items, what="deletion operation")[0]

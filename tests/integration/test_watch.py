@@ -12,7 +12,8 @@ import pytest
 
 from rune.api import admin_pb2, admin_pb2_grpc, common_pb2, service_pb2, service_pb2_grpc
 from runed.model import objects
-from runed.store.sqlite import open_store
+from runed.store.core import SQLCore
+from runed.store.open import open_url
 from tests.harness import Runed, RunedFactory
 
 Auth = list[tuple[str, str]]
@@ -63,7 +64,7 @@ def test_snapshot_then_live_changes_with_selectors(api_runed: Runed, api_auth: A
         service_pb2.UpdateServiceRequest(service=_svc("a", env={"X": "1"}, labels={"w": "yes"})), metadata=api_auth
     )
     # The record's removal is the controller's last deletion step; the store is shared, so do it here.
-    store = open_store(api_runed.data_dir)
+    store = open_url(api_runed.store_url)
     try:
         store.delete(objects.SERVICE, "default", "c")
     finally:
@@ -133,7 +134,8 @@ def test_too_far_behind_is_told_to_relist(api_runed: Runed, api_auth: Auth) -> N
     stub = service_pb2_grpc.ServiceServiceStub(api_runed.channel())
     for i in range(20):
         stub.CreateService(service_pb2.CreateServiceRequest(service=_svc(f"s{i}")), metadata=api_auth)
-    store = open_store(api_runed.data_dir, changelog_keep=5)
+    store = open_url(api_runed.store_url, changelog_keep=5)
+    assert isinstance(store, SQLCore)  # either backend: pruning is the core's
     try:
         store.prune_changelog()
     finally:
@@ -184,7 +186,7 @@ def test_status_changes_are_modifications_of_the_service(api_runed: Runed, api_a
         metadata=api_auth,
         timeout=30,
     )
-    store = open_store(api_runed.data_dir)
+    store = open_url(api_runed.store_url)
     try:
         # The controller reports status in its own record; watchers see the merged service.
         store.put(objects.SERVICE_STATUS, "default", "web", {"status": "Pending", "observed_generation": 1})
