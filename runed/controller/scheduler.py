@@ -115,6 +115,8 @@ class Scheduler:
         self.cfg = cfg
         self.clock = clock
         self._seen: dict[str, _Seen] = {}
+        # Nodes already found lost (their instances are marked once).
+        self._lost: set[str] = set()
         self.wake = asyncio.Event()
         self.busy = False
 
@@ -137,6 +139,9 @@ class Scheduler:
                 self._mark(node.id, ready[node.id])
         for gone in set(self._seen) - {n.id for n in nodes}:
             del self._seen[gone]
+        for nid in lost - self._lost:
+            self._mark_lost(nid)
+        self._lost = lost
         return ready, lost
 
     def _mark(self, nid: str, ready: bool) -> None:
@@ -148,6 +153,24 @@ class Scheduler:
             return {**cur, "ready": ready, "ready_changed_at": time.time()}
 
         self.store.update(NODE, SCOPE, nid, mutate)
+
+    def _mark_lost(self, nid: str) -> None:
+        """Say so on the lost node's instance records (their state stays: the node may still run them,
+        cut off, and stops them itself once it is back and sees them placed elsewhere)."""
+        log.warning("node %s is lost: its instances are placed on other nodes", nid)
+        quiet = self.cfg.not_ready_seconds + self.cfg.lost_after_seconds
+        why = f"Lost: node {nid} has not sent a heartbeat for {quiet:g}s"
+        for rec in iter_all(self.store, objects.INSTANCE):
+            info = rec.data.get("instance") or {}
+            if info.get("node_id") != nid:
+                continue
+
+            def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
+                if cur is None:
+                    return None
+                return {**cur, "reason": why, "instance": {**(cur.get("instance") or {}), "status_message": why}}
+
+            self.store.update(objects.INSTANCE, rec.namespace, rec.name, mutate)
 
     # -- one pass ---------------------------------------------------------------------------------
     def schedule(self) -> None:

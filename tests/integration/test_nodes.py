@@ -255,6 +255,8 @@ def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(clus
 
     after = eventually(replaced, timeout=30, what="n3's instance running on another node")
     assert lost.name in {i.name for i in after}
+    gone = next(i for i in cluster.instances("survivor") if i.node_id == "n3")
+    assert gone.status_message.startswith("Lost: node n3 has not sent a heartbeat"), gone.status_message
     # Back: n3 stops (and forgets) what was placed elsewhere meanwhile; no name runs twice.
     n3.stop()
     n3.start(90)
