@@ -153,7 +153,7 @@ def _log_follow(browser: Browser, client: httpx.Client) -> None:
     time.sleep(SECONDS)
     state = browser.js(
         "clearInterval(window.probe); const out = document.getElementById('log-lines');"
-        "const last = out.lastElementChild.querySelector('.text').textContent;"
+        "const last = out.querySelector('.window').lastElementChild.querySelector('.text').textContent;"
         "return [Number(out.dataset.received), Number(last.split(' ')[1]), gaps]"
     )
     written = latest()

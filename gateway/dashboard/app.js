@@ -10,7 +10,7 @@ import { serviceView } from "./service.js";
 import { logsView } from "./logs.js";
 import { terminalView } from "./terminal.js";
 import { castView } from "./castview.js";
-import { auditView, configView, namespacesView } from "./resources.js";
+import { auditView, configView, namespacesView, nodesView } from "./resources.js";
 
 const main = document.getElementById("main");
 const app = {
@@ -30,6 +30,7 @@ const VIEWS = {
   config: () => configView(app),
   audit: () => auditView(app),
   namespaces: () => namespacesView(app),
+  nodes: () => nodesView(app),
 };
 
 export function go(view, name = "", ns = app.ns) {
@@ -97,6 +98,7 @@ function renderHeader() {
       link("cast", "Cast", app.caps.can("services", "create", app.ns)),
       link("config", "Secrets & configmaps"),
       link("namespaces", "Namespaces"),
+      link("nodes", "Nodes", app.caps.can("nodes", "list")),
       link("audit", "Audit log", app.caps.can("admin", "list")),
     );
   }
@@ -162,7 +164,7 @@ function showSignIn(message = "") {
 async function start() {
   document.getElementById("signout").addEventListener("click", signOut);
   // Another namespace: the same list view, or the services list when the view was about one object.
-  const LISTS = ["services", "cast", "config", "audit", "namespaces"];
+  const LISTS = ["services", "cast", "config", "audit", "namespaces", "nodes"];
   document.getElementById("ns").addEventListener("change", (e) => {
     const { view } = parseHash();
     go(LISTS.includes(view) ? view : "services", "", e.target.value);

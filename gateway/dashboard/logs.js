@@ -1,12 +1,12 @@
 // Live logs of a service or an instance: follow (SSE), tail, filter, stdout/stderr, timestamps,
-// lifecycle events, one colour per instance. Lines are appended in batches (at most every
-// FLUSH_MS), the view keeps the newest MAX_LINES and lines off screen skip layout
-// (content-visibility in style.css), so a fast writer cannot freeze the page.
+// lifecycle events, one colour per instance. Lines arrive in batches (at most every FLUSH_MS) into
+// a virtual list that keeps the newest MAX_LINES, so a fast writer cannot freeze the page.
 
 import { ApiError, describe, nsPath, query, seg, session, stream } from "./api.js";
-import { clear, field, h } from "./dom.js";
+import { field, h } from "./dom.js";
 
-export const MAX_LINES = 5000;
+export const MAX_LINES = 50000;
+const LINE_PX = 17; // .log .line height in style.css
 const FLUSH_MS = 100;
 const COLOURS = 8;
 
@@ -47,45 +47,60 @@ export function logsView(app, target) {
     out,
   );
 
+  // A virtual list: every line is kept (up to MAX_LINES) but only the rows in view exist in the
+  // DOM, so the cost of a batch does not grow with the log. Rows have one fixed height (no wrap).
+  const spacer = h("div", { class: "spacer" });
+  const view = h("div", { class: "window" });
+  spacer.append(view);
+  out.append(spacer);
   const colourOf = new Map();
+  let lines = [];
   let pending = [];
-  let shown = 0;
   let received = 0;
   let frame = 0;
+  let drawing = 0;
+  let stick = true;
   let abort = null;
+
+  function row(m) {
+    return h(
+      "div",
+      { class: `line c${m.colour} ${m.kind}` },
+      h("span", { class: "who" }, m.who),
+      h("span", { class: "text" }, m.text),
+    );
+  }
+
+  function draw() {
+    drawing = 0;
+    spacer.style.height = `${lines.length * LINE_PX}px`;
+    if (stick) out.scrollTop = out.scrollHeight;
+    const first = Math.max(0, Math.floor(out.scrollTop / LINE_PX) - 5);
+    const last = Math.min(lines.length, first + Math.ceil(out.clientHeight / LINE_PX) + 10);
+    view.style.transform = `translateY(${first * LINE_PX}px)`;
+    view.replaceChildren(...lines.slice(first, last).map(row));
+    out.dataset.shown = String(lines.length);
+    out.dataset.received = String(received);
+  }
 
   function flush() {
     frame = 0;
     if (!pending.length) return;
-    const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
-    const frag = document.createDocumentFragment();
     for (const m of pending) {
-      const key = m.instanceName || m.instanceId || "";
-      if (!colourOf.has(key)) colourOf.set(key, colourOf.size % COLOURS);
+      const who = m.instanceName || m.instanceId || "";
+      if (!colourOf.has(who)) colourOf.set(who, colourOf.size % COLOURS);
       const kind = m.stream === "event" ? "event" : m.stream === "stderr" ? "stderr" : "stdout";
-      frag.append(
-        h(
-          "div",
-          { class: `line c${colourOf.get(key)} ${kind}` },
-          h("span", { class: "who" }, key),
-          h("span", { class: "text" }, m.content || (m.status && m.status.message) || ""),
-        ),
-      );
+      lines.push({ who, kind, colour: colourOf.get(who), text: m.content || (m.status && m.status.message) || "" });
     }
-    shown += pending.length;
     pending = [];
-    out.append(frag);
-    const extra = out.childElementCount - MAX_LINES;
-    if (extra > 0) {
-      const range = document.createRange();
-      range.setStartBefore(out.firstElementChild);
-      range.setEndBefore(out.children[extra]);
-      range.deleteContents();
-    }
-    out.dataset.shown = String(shown);
-    out.dataset.received = String(received);
-    if (stick) out.scrollTop = out.scrollHeight;
+    if (lines.length > MAX_LINES) lines = lines.slice(lines.length - MAX_LINES);
+    draw();
   }
+
+  out.addEventListener("scroll", () => {
+    stick = out.scrollTop + out.clientHeight >= out.scrollHeight - LINE_PX;
+    if (!drawing) drawing = requestAnimationFrame(draw);
+  });
 
   function add(msg) {
     received += 1;
@@ -97,10 +112,12 @@ export function logsView(app, target) {
     if (abort) abort.abort();
     abort = new AbortController();
     const mine = abort;
-    clear(out);
     colourOf.clear();
-    shown = received = 0;
+    lines = [];
+    received = 0;
     pending = [];
+    stick = true;
+    draw();
     const params = {
       tail: tail.value || "0",
       filter: filter.value,

@@ -1,8 +1,8 @@
 // Secrets and configmaps (key names; values only on request and only where the token may read
-// them), namespaces, and the audit log for admins.
+// them), namespaces, nodes, and the audit log for admins.
 
-import { describe, get, nsPath, query, seg } from "./api.js";
-import { clear, gate, h } from "./dom.js";
+import { describe, get, nsPath, post, query, seg } from "./api.js";
+import { age, clear, confirmDialog, gate, h, toast } from "./dom.js";
 
 function keysTable(kind, items, app) {
   const ns = app.ns;
@@ -90,6 +90,64 @@ export async function namespacesView(app) {
       h("tbody", {}, rows),
     ),
   );
+}
+
+const cpu = (m) => (m ? `${(Number(m) / 1000).toFixed(1)}` : "0");
+const mem = (b) => (b ? `${Math.round(Number(b) / 2 ** 20)} MiB` : "0");
+
+export async function nodesView(app) {
+  const main = document.getElementById("main");
+  const body = h("tbody", { id: "node-rows" });
+  main.append(
+    h("h1", {}, "Nodes"),
+    h(
+      "table",
+      { class: "list", id: "nodes" },
+      h(
+        "thead",
+        {},
+        h("tr", {}, ["Node", "Status", "Address", "CPU (alloc/cap)", "Memory (alloc/cap)", "Instances", "Heartbeat", "Actions"].map((c) => h("th", { scope: "col" }, c))),
+      ),
+      body,
+    ),
+  );
+  async function load() {
+    const nodes = (await get("/v1/nodes")).nodes || [];
+    const may = app.caps.can("nodes", "update");
+    const action = (n, verb, label, danger = false) => {
+      const b = gate(h("button", { type: "button", class: "small", "aria-label": `${label} ${n.id}` }, label), may, "nodes:update");
+      b.addEventListener("click", async () => {
+        if (danger && !(await confirmDialog({ title: `${label} ${n.id}?`, body: "Its instances move to other nodes.", confirmLabel: label, danger: true }))) return;
+        try {
+          await post(`/v1/nodes/${seg(n.id)}:${verb}`, {});
+          toast(`${label}: ${n.id}`, "ok");
+          await load();
+        } catch (err) {
+          toast(describe(err), "error");
+        }
+      });
+      return b;
+    };
+    clear(body).append(
+      ...(nodes.length
+        ? nodes.map((n) =>
+            h(
+              "tr",
+              { dataset: { node: n.id } },
+              h("th", { scope: "row" }, n.id),
+              h("td", {}, [n.status, n.cordoned ? "cordoned" : "", n.draining ? "draining" : ""].filter(Boolean).join(", ")),
+              h("td", {}, n.address || ""),
+              h("td", { class: "num" }, `${cpu((n.allocated || {}).cpuMillis)}/${cpu((n.capacity || {}).cpuMillis)}`),
+              h("td", { class: "num" }, `${mem((n.allocated || {}).memoryBytes)}/${mem((n.capacity || {}).memoryBytes)}`),
+              h("td", { class: "num" }, String(n.instances || 0)),
+              h("td", {}, n.lastHeartbeat ? `${age(n.lastHeartbeat)} ago` : ""),
+              h("td", { class: "row-actions" }, n.cordoned ? action(n, "uncordon", "Uncordon") : action(n, "cordon", "Cordon"), action(n, "drain", "Drain", true)),
+            ),
+          )
+        : [h("tr", {}, h("td", { colspan: 8 }, "No nodes registered."))]),
+    );
+  }
+  await load();
 }
 
 export async function auditView(app) {

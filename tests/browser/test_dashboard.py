@@ -7,6 +7,7 @@ the ``web`` service asks for the ``web`` fixture, which casts it over REST when 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -140,9 +141,14 @@ def test_cast_shows_the_dry_run_diff_then_the_service_becomes_running_live(
 def test_logs_follow_a_service(browser: Browser, ui_runed: tuple[Runed, str], web: str) -> None:
     signed_in(browser, ui_runed)
     browser.go(f"#/ns/default/logs/{web}")
-    first = browser.wait_text("#log-lines", "tick ")
-    seen = first.count("tick ")
-    eventually(lambda: browser.text("#log-lines").count("tick ") > seen + 2, WAIT, what="new lines while following")
+
+    def newest() -> int:
+        ticks = [int(w) for w in re.findall(r"tick (\d+)", browser.text("#log-lines"))]
+        return max(ticks, default=-1)
+
+    browser.wait_text("#log-lines", "tick ")
+    seen = newest()
+    eventually(lambda: newest() > seen + 2, WAIT, what="new lines while following")
     assert "web-0" in browser.text("#log-lines .line .who")
     browser.screenshot("logs")
     # stderr only: the start-up line, no ticks.
@@ -244,6 +250,34 @@ def test_rollback_shows_the_history_with_a_diff(browser: Browser, ui_runed: tupl
     eventually(lambda: len(browser.find_all("#revisions tr[data-revision]")) >= 3, WAIT, what="the rollback listed")
 
 
+@pytest.fixture(scope="module")
+def config_objects(ui_runed: tuple[Runed, str]) -> None:
+    """The secret ``db`` and the configmap ``app`` exist (creating an existing one updates it)."""
+    with api(*ui_runed) as c:
+        secret = {"name": "db", "data": {"password": "s3cr3t-v"}}
+        assert c.post("/v1/namespaces/default/secrets", json=secret).is_success
+        assert c.post("/v1/namespaces/default/configmaps", json={"name": "app", "data": {"mode": "fast"}}).is_success
+
+
+@pytest.mark.usefixtures("config_objects")
+def test_secrets_configmaps_nodes_and_audit(browser: Browser, ui_runed: tuple[Runed, str]) -> None:
+    signed_in(browser, ui_runed)
+    browser.go("#/ns/default/config")
+    browser.wait_text("#secrets tr[data-name=db] .keys", "password")
+    assert "s3cr3t-v" not in browser.driver.page_source, "values only on request"
+    browser.find("#secrets tr[data-name=db] button").click()
+    browser.wait_text("#secrets tr[data-name=db] dl", "s3cr3t-v")
+    browser.find("#configmaps tr[data-name=app] button").click()
+    browser.wait_text("#configmaps tr[data-name=app] dl", "fast")
+    browser.screenshot("config")
+    browser.go("#/ns/default/nodes")
+    browser.wait_for("#node-rows tr[data-node]")
+    browser.go("#/ns/default/audit")
+    browser.wait_text("#audit-rows", "CreateSecret")
+    browser.screenshot("audit")
+
+
+@pytest.mark.usefixtures("config_objects")
 def test_readonly_token_sees_actions_disabled_and_is_refused_anyway(
     browser: Browser, ui_runed: tuple[Runed, str], web: str
 ) -> None:
@@ -260,6 +294,10 @@ def test_readonly_token_sees_actions_disabled_and_is_refused_anyway(
     assert not any(b.is_enabled() for b in browser.find_all("#revisions button[data-rollback]"))
     assert browser.find("#instance-rows a[aria-label^=Terminal]").get_attribute("aria-disabled") == "true"
     browser.screenshot("readonly")
+    browser.go("#/ns/default/config")
+    browser.wait_for("#secrets tr[data-name=db] button")
+    assert not browser.find("#secrets tr[data-name=db] button").is_enabled(), "readonly may not read secret values"
+    assert browser.find("#configmaps tr[data-name=app] button").is_enabled()
     # The page's own token, sent anyway: the server refuses.
     status = browser.js_async(
         "const done = arguments[arguments.length - 1];"
