@@ -9,15 +9,16 @@ be started the runner falls back to starting each shim as its own interpreter.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from runed.runner import zygote
 
@@ -26,7 +27,7 @@ log = logging.getLogger("runed.runner")
 # The directory holding the ``runed`` package, which the zygote imports its module from.
 ROOT = str(Path(__file__).parents[2])
 BOOT = f"import sys; sys.path.append({ROOT!r}); from runed.runner.zygote import main; sys.exit(main())"
-# How long a zygote may take to answer one request before it counts as stuck.
+# How long a zygote may take to take a request before it counts as stuck.
 REPLY_TIMEOUT_SECONDS = 10.0
 ERR_NAME = "zygote.err"
 
@@ -36,7 +37,7 @@ class ForkServerError(Exception):
 
 
 class ForkServer:
-    """One zygote at a time; :meth:`spawn` forks a shim for an instance directory."""
+    """One zygote at a time; :meth:`request` asks it for a shim for an instance directory."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
@@ -47,6 +48,11 @@ class ForkServer:
         os.set_blocking(self.report_r, False)
         # Non-blocking for every writer (one open file): a full pipe drops a report, never stalls a shim.
         os.set_blocking(self._report_w, False)
+        # Directories whose request is not answered yet, in the order asked (the zygote answers in order).
+        self._awaiting: collections.deque[str] = collections.deque()
+        self._inbox = b""
+        # Answers not yet taken by the runner: directory -> (shim pid, start time) or why no shim was forked.
+        self.forked: dict[str, tuple[int, int | None] | str] = {}
 
     def _start(self, workdir: Path) -> None:
         self.stop()
@@ -69,51 +75,83 @@ class ForkServer:
             raise ForkServerError(f"cannot start the zygote: {e}") from None
         finally:
             theirs.close()
-        ours.settimeout(REPLY_TIMEOUT_SECONDS)
+        ours.setblocking(False)
         self._sock = ours
 
-    def spawn(self, directory: Path, env: dict[str, str]) -> tuple[int, int | None]:
-        """Fork a shim for ``directory`` with the instance's ``env``: (shim pid, its start time).
+    def request(self, directory: Path, env: dict[str, str]) -> None:
+        """Ask for a shim for ``directory`` with the instance's ``env``; the answer comes to :attr:`forked`.
 
-        The zygote is started if there is none, and replaced once if it fails to answer.
+        Requests are pipelined: the controller does not wait for each fork (on a loaded machine a
+        round trip costs a scheduling delay of the zygote, ≈15 ms here, more than the fork itself).
+        The zygote is started if there is none, and replaced once if it fails.
         """
         why = "no zygote"
+        data = zygote.frame({"dir": str(directory), "env": env}, json.dumps)
         for _ in range(2):
             if self._sock is None or self.proc is None or self.proc.poll() is not None:
                 self._start(directory.parent)
-            assert self._sock is not None
             try:
-                self._sock.sendall(zygote.frame({"dir": str(directory), "env": env}, json.dumps))
-                reply = self._recv()
+                self._send(data)
             except (OSError, EOFError, ValueError) as e:
                 why = f"zygote failed: {e or type(e).__name__}"
                 log.warning("%s; starting a new one", why)
                 self.stop()
                 continue
-            if "error" in reply:
-                raise ForkServerError(str(reply["error"]))
-            start = reply.get("start")
-            return int(reply["pid"]), None if start is None else int(start)
+            self._awaiting.append(str(directory))
+            return
         raise ForkServerError(why)
 
-    def _recv(self) -> dict[str, Any]:
-        assert self._sock is not None
-        head = self._recv_exact(zygote.HEADER)
-        body = self._recv_exact(int.from_bytes(head, "big"))
-        reply = json.loads(body)
-        if not isinstance(reply, dict):
-            raise ValueError("reply is not an object")
-        return reply
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        assert sock is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                # The zygote is busy answering: take its replies meanwhile (it may be blocked on them).
+                readable, writable, _ = select.select([sock], [sock], [], REPLY_TIMEOUT_SECONDS)
+                if not readable and not writable:
+                    raise TimeoutError("zygote not answering") from None
+                if readable:
+                    self._read()
 
-    def _recv_exact(self, n: int) -> bytes:
-        assert self._sock is not None
-        buf = b""
-        while len(buf) < n:
-            chunk = self._sock.recv(n - len(buf))
+    def collect(self) -> None:
+        """Take in the replies that arrived; a broken zygote is let go (what it did not answer stays unanswered)."""
+        if self._sock is None or not self._awaiting:
+            return
+        try:
+            self._read()
+        except (OSError, EOFError, ValueError) as e:
+            log.warning("zygote failed: %s; the next start starts a new one", e or type(e).__name__)
+            self.stop()
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                break
             if not chunk:
                 raise EOFError("zygote closed the connection")
-            buf += chunk
-        return buf
+            self._inbox += chunk
+        head = zygote.HEADER
+        while len(self._inbox) >= head:
+            size = int.from_bytes(self._inbox[:head], "big")
+            if len(self._inbox) < head + size:
+                break
+            reply = json.loads(self._inbox[head : head + size])
+            self._inbox = self._inbox[head + size :]
+            if not isinstance(reply, dict) or not self._awaiting:
+                raise ValueError("unexpected reply")
+            directory = self._awaiting.popleft()
+            if "error" in reply:
+                self.forked[directory] = str(reply["error"])
+            else:
+                start = reply.get("start")
+                self.forked[directory] = (int(reply["pid"]), None if start is None else int(start))
 
     def drain(self) -> list[int]:
         """The shim pids reported since the last call (whose starts are over)."""
@@ -136,7 +174,11 @@ class ForkServer:
         """Let go of the zygote: closing our end tells it to stop serving (its shims run on).
 
         ``kill``: a zygote that failed may be stuck, so it is killed (its shims run on all the same).
+        Requests it has not answered stay unanswered: their shims are found by their pid record, or
+        their starts time out.
         """
+        self._awaiting.clear()
+        self._inbox = b""
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

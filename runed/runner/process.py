@@ -97,6 +97,10 @@ class ProcessRunner:
         self._unreported: dict[int, float] = {}
         self._reported: set[int] = set()
         self._drained_at = 0.0
+        # Instance directories whose shim was asked of the zygote and not answered yet: since when.
+        self._requested: dict[str, float] = {}
+        # Their shims as the zygote answered, until the start is over.
+        self._answered: dict[str, Handle] = {}
         # Shims this process started: polled so they never linger as zombies.
         self._shims: dict[int, subprocess.Popen[bytes]] = {}
         self._spawned_at: dict[int, float] = {}
@@ -132,15 +136,14 @@ class ProcessRunner:
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
         if self.forks is not None:
             try:
-                pid, start = self.forks.spawn(d, env)
+                self.forks.request(d, env)
             except ForkServerError as e:
                 log.warning("%s; starting the shim as its own interpreter", e)
             else:
-                now = time.monotonic()
-                self._spawned_at[pid] = now
-                self._unreported[pid] = now
-                self._reported.discard(pid)
-                return Handle(shim_pid=pid, shim_start=start)
+                # The shim's pid comes with the zygote's answer (see :meth:`_forked`).
+                self._requested[str(d)] = time.monotonic()
+                self._answered.pop(str(d), None)
+                return Handle()
         shim_env = dict(env)
         with (d / "shim.err").open("ab") as err:
             try:
@@ -184,8 +187,27 @@ class ProcessRunner:
     def drain_reports(self) -> None:
         if self.forks is not None:
             for pid in self.forks.drain():
-                if self._unreported.pop(pid, None) is not None:
-                    self._reported.add(pid)
+                # Kept also when the zygote's answer naming this pid has not been taken in yet.
+                self._unreported.pop(pid, None)
+                self._reported.add(pid)
+
+    def _forked(self, directory: Path, handle: Handle) -> tuple[Handle, str]:
+        """The handle of a shim asked of the zygote, once it answered; and why it failed ("" if not)."""
+        assert self.forks is not None
+        self.forks.collect()
+        key = str(directory)
+        answer = self.forks.forked.pop(key, None)
+        if answer is None:
+            return handle, ""
+        since = self._requested.pop(key)
+        if isinstance(answer, str):
+            return handle, answer
+        pid, start = answer
+        self._spawned_at[pid] = since
+        if pid not in self._reported:
+            self._unreported[pid] = since
+        self._answered[key] = Handle(shim_pid=pid, shim_start=start)
+        return self._answered[key], ""
 
     def _start_pending(self, handle: Handle) -> bool:
         """Whether a forked shim's start is surely not over: it has not reported, and was looked at lately.
@@ -210,7 +232,8 @@ class ProcessRunner:
         self._unreported[handle.shim_pid] = now
         return False
 
-    def _start_over(self, handle: Handle) -> None:
+    def _start_over(self, directory: Path, handle: Handle) -> None:
+        self._answered.pop(str(directory), None)
         self._unreported.pop(handle.shim_pid, None)
         self._reported.discard(handle.shim_pid)
         if handle.shim_pid not in self._shims:
@@ -224,6 +247,21 @@ class ProcessRunner:
         exit record died (e.g. ``kill -9``): a process it left behind has lost its stdout and
         stderr and nobody would record its end, so its group is killed here and the end says so.
         """
+        if handle.pid == 0 and not handle.shim_pid and str(directory) in self._requested:
+            handle, why = self._forked(directory, handle)
+            if why:
+                return Observation("exited", handle, None, None, f"cannot start shim: {why}")
+        if handle.pid == 0 and not handle.shim_pid:
+            # The caller keeps the handle start() returned until the instance runs: the shim the
+            # zygote answered with is remembered here meanwhile.
+            handle = self._answered.get(str(directory), handle)
+        if handle.pid == 0 and not handle.shim_pid and str(directory) in self._requested:
+            if not handle.shim_pid and not (directory / PID_NAME).exists():
+                since = self._requested[str(directory)]
+                if time.monotonic() - since <= SPAWN_TIMEOUT_SECONDS:
+                    return Observation("starting", handle)
+                del self._requested[str(directory)]
+                return Observation("exited", handle, None, None, "instance did not start in time")
         if handle.pid == 0 and self._start_pending(handle):
             return Observation("starting", handle)
         ex = _read_json(directory / EXIT_NAME)
@@ -237,10 +275,10 @@ class ProcessRunner:
                     shim_start=info.get("shim_start", handle.shim_start),
                 )
         if ex is not None:
-            self._start_over(handle)
+            self._start_over(directory, handle)
             return self._ended(handle, ex)
         if handle.pid:
-            self._start_over(handle)
+            self._start_over(directory, handle)
             running = alive(handle.pid, handle.pid_start)
             if not handle.shim_pid:
                 # No shim known (a record from before shims were recorded): the process decides.
@@ -261,7 +299,7 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, why)
         # No pid yet: the shim is still starting, unless it died or took too long.
         if not self._shim_alive(directory, handle):
-            self._start_over(handle)
+            self._start_over(directory, handle)
             ex = _read_json(directory / EXIT_NAME)
             if ex is not None:
                 return self._ended(handle, ex)
@@ -271,7 +309,7 @@ class ProcessRunner:
             return Observation("exited", handle, None, None, f"shim failed to start the instance {err.strip()}")
         started = self._spawned_at.get(handle.shim_pid)
         if started is not None and time.monotonic() - started > SPAWN_TIMEOUT_SECONDS:
-            self._start_over(handle)
+            self._start_over(directory, handle)
             return Observation("exited", handle, None, None, "instance did not start in time")
         return Observation("starting", handle)
 

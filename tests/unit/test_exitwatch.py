@@ -64,11 +64,11 @@ def _start(r: ProcessRunner, tmp_path: Path, source: str) -> tuple[Path, Observa
         cwd=str(tmp_path),
     )
     handle = r.start(spec)
-    assert handle.shim_start is not None
 
     def running() -> Observation:
         obs = r.observe(d, handle)
         assert obs.state == "running", obs
+        assert obs.handle.shim_pid and obs.handle.shim_start is not None
         assert (d / "log.jsonl").exists() and b"started" in (d / "log.jsonl").read_bytes()
         return obs
 

@@ -1,0 +1,92 @@
+"""The process runner with its zygote, real processes: pipelined starts, the environment's path, a replaced zygote."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.process import ProcessRunner
+from tests.support import eventually
+
+SECRET = "s3cret-value-never-on-disk"
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[ProcessRunner]:
+    r = ProcessRunner()
+    yield r
+    for info in (tmp_path / "instances").glob("*/pid.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+    r.close(wait=10)
+
+
+def _start(r: ProcessRunner, tmp_path: Path, i: int) -> tuple[Path, Handle]:
+    d = tmp_path / "instances" / f"i{i}"
+    spec = LaunchSpec(
+        instance_id=f"i{i}",
+        namespace="default",
+        name=f"svc-{i}",
+        service="svc",
+        directory=d,
+        argv=[shutil.which("sh") or "/bin/sh", "-c", 'echo "token=$TOKEN"; exec sleep 60'],
+        env={"PATH": os.environ.get("PATH", ""), "TOKEN": SECRET},
+        cwd=str(tmp_path),
+    )
+    return d, r.start(spec)
+
+
+def _running(r: ProcessRunner, d: Path, handle: Handle) -> Observation:
+    obs = r.observe(d, handle)
+    # Observed with the handle start() returned, as the controller does until the instance runs.
+    assert obs.state != "exited", obs
+    assert obs.state == "running", obs
+    return obs
+
+
+def _wait_running(r: ProcessRunner, d: Path, handle: Handle) -> Observation:
+    return eventually(lambda: _running(r, d, handle), timeout=60)
+
+
+def test_pipelined_starts_each_observed_with_the_first_handle(runner: ProcessRunner, tmp_path: Path) -> None:
+    started = [_start(runner, tmp_path, i) for i in range(12)]
+    runs = [_wait_running(runner, d, h) for d, h in started]
+    assert runner.forks is not None and runner.forks.proc is not None
+    zygote = runner.forks.proc.pid
+    shims = {o.handle.shim_pid for o in runs}
+    assert len(shims) == 12
+    for obs in runs:
+        parent = Path(f"/proc/{obs.handle.shim_pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        assert int(parent) == zygote and os.getsid(obs.handle.shim_pid) == obs.handle.shim_pid
+    # The environment (a resolved secret) reaches the instance, over the zygote's socket only.
+    d = started[0][0]
+    eventually(lambda: f"token={SECRET}" in (d / "log.jsonl").read_text())
+    for path in d.rglob("*"):
+        if path.is_file() and path.name != "log.jsonl":
+            assert SECRET not in path.read_text(errors="replace"), path
+    assert SECRET.encode() not in Path(f"/proc/{zygote}/cmdline").read_bytes()
+
+
+def test_a_killed_zygote_is_replaced_and_its_shims_run_on(runner: ProcessRunner, tmp_path: Path) -> None:
+    d0, h0 = _start(runner, tmp_path, 0)
+    first = eventually(lambda: _running(runner, d0, h0), timeout=60)
+    assert runner.forks is not None and runner.forks.proc is not None
+    old = runner.forks.proc.pid
+    os.kill(old, signal.SIGKILL)
+    eventually(
+        lambda: runner.forks is not None and runner.forks.proc is not None and runner.forks.proc.poll() is not None
+    )
+    d1, h1 = _start(runner, tmp_path, 1)
+    second = eventually(lambda: _running(runner, d1, h1), timeout=60)
+    assert runner.forks.proc is not None and runner.forks.proc.pid != old
+    # The first shim was not the zygote's to end.
+    assert _running(runner, d0, first.handle).handle.pid == first.handle.pid
+    assert second.handle.shim_pid != first.handle.shim_pid
