@@ -102,7 +102,7 @@ def _run_supervisor(cfg: Config) -> int:
 
 
 @cli.command()
-@click.option("--role", required=True, help="grpc, rest or controller.")
+@click.option("--role", required=True, help="grpc, rest, controller or node.")
 @_server_options
 @click.pass_context
 def serve(ctx: click.Context, /, role: str, **kwargs: Any) -> None:
