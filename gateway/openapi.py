@@ -269,6 +269,11 @@ def _bidi_paths() -> dict[str, Any]:
                 _query("filter", {"type": "string"}, "Only lines containing this text."),
                 _query("stream", {"type": "string"}, "stdout, stderr, or empty for both."),
                 _query("after_cursor", {"type": "string"}, "Resume after this cursor (LogResponse.cursor)."),
+                _query(
+                    "max_batch",
+                    {"type": "integer", "minimum": 0, "maximum": 1000},
+                    "Up to this many lines per event or JSON line, in `lines` (0 or 1: one line each).",
+                ),
                 _last_event_id("A cursor: resume after it (what a reconnecting EventSource sends)."),
             ],
             "responses": {
