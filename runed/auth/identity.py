@@ -46,6 +46,7 @@ READWRITE_RESOURCES = (
     "secrets",
     "configmaps",
     "namespaces",
+    "nodes",
     "tokens",
 )
 
