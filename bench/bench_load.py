@@ -227,7 +227,7 @@ def run(options: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench load")
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_LOAD_SECONDS", "60")))
     parser.add_argument("--clients", type=int, nargs="*", default=list(CONCURRENCY))
-    args = parser.parse_args(options)
+    args, _ = parser.parse_known_args(options)  # options meant for other benchmarks pass through
     wrk = shutil.which("wrk")
     if wrk is None:
         print("   wrk is not installed (apt-get install wrk): REST load is skipped, gRPC load only")
