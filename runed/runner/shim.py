@@ -107,9 +107,11 @@ def write_json_atomic(path: StrPath, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-# The exit and pid records are reserved at start: a placeholder of this size is written (and
-# synced) while there is room, then overwritten in place (pwrite needs no new blocks) and renamed,
-# so a disk filled by the instance cannot cost its exit code.
+# The exit and pid records are reserved at start: a placeholder of this size is written while there
+# is room, then overwritten in place (pwrite needs no new blocks) and renamed, so a disk filled by
+# the instance cannot cost its exit code. The placeholder is not synced: the space is taken when
+# write(2) returns (tmpfs allocates, ext4 and XFS reserve delayed-allocation blocks then), and two
+# fsyncs per start cost more than the rest of a forked shim's start on a busy disk (bench/README.md).
 RESERVE_BYTES = 4096
 RESERVE_SUFFIX = ".reserve"
 
@@ -129,14 +131,17 @@ class Reserved:
             view = memoryview(b" " * RESERVE_BYTES)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
         except OSError:
             os.close(fd)
             return
         self.fd = fd
 
-    def commit(self, data: dict[str, Any]) -> None:
-        """Write ``data`` as the record (padded with blanks to the reserved size), then put it in place."""
+    def commit(self, data: dict[str, Any], *, sync: bool = True) -> None:
+        """Write ``data`` as the record (padded with blanks to the reserved size), then put it in place.
+
+        ``sync``: on disk before it is in place (the exit record; the pid record is worthless after
+        a host crash, which ends its process too).
+        """
         raw = dumps(data).encode()
         fd, self.fd = self.fd, None
         if fd is None or len(raw) > RESERVE_BYTES:
@@ -146,7 +151,8 @@ class Reserved:
             return
         try:
             os.pwrite(fd, raw + b" " * (RESERVE_BYTES - len(raw)), 0)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(self.path + RESERVE_SUFFIX, self.path)
@@ -484,6 +490,7 @@ def run(directory: StrPath, env: dict[str, str] | None = None, report: int | Non
             "shim_start": proc_start_time(me),
             "ts": time.time(),
         },
+        sync=False,
     )
     _report(report)
     names = {out_r: "stdout", err_r: "stderr"}
