@@ -1,13 +1,15 @@
 """Dashboard in headless chromium: 1,000 services listed vs a static 1,000-row page; logs followed at 1,000 lines/s.
 
-1. **Service list.** 1,000 services (scale 0) are cast over REST. The time from ``driver.get`` of the
-   dashboard (signed in: the token is in the tab's session storage) to the table showing its first
-   page with "of 1000 services" is compared with the same navigation to a bare static page holding
-   a 1,000-row table (served by Python's http.server from a temp dir), median of several runs each.
-2. **Log follow.** A process service writes 1,000 numbered lines/s. The log view follows it for
-   ``BENCH_SECONDS`` (default 10): lines received by the page vs lines written since its first
-   line, how far the newest line on screen trails the writer, and the longest gap between two
-   100 ms timer ticks in the page (a frozen page shows as a long gap).
+1. **Service list.** 1,000 services (scale 0) are cast over REST. The time from the start of the
+   navigation to the dashboard (signed in: the token is in the tab's session storage) until its
+   table first shows a page of the 1,000 (a ``performance.mark`` the page sets) is compared with
+   the same measure for a bare static page holding a 1,000-row table (served by Python's
+   http.server from a temp dir), median of several runs each. Both read the browser's own clock.
+2. **Log follow.** A process service writes 1,000 numbered lines/s. The log view reads its whole log
+   (tail 0) and follows it for ``BENCH_SECONDS`` (default 10): lines received by the page vs lines
+   written up to the newest one on screen (1.000 = none lost, none twice), how far the newest line
+   on screen trails the writer, and the gaps between ticks of a 100 ms timer in the page (a frozen
+   page shows as long gaps).
 """
 
 from __future__ import annotations
@@ -144,8 +146,14 @@ def _log_follow(browser: Browser, client: httpx.Client) -> None:
 
     eventually(lambda: latest() > RATE, 60, what="the writer running")
     browser.go("#/ns/default/logs/chatty")
-    first_text = browser.wait_text("#log-lines .line .text", "line ")
-    first = int(first_text.split()[1])
+    # The whole log from line 0 (tail 0), without lifecycle events: every line the writer wrote.
+    tail = browser.wait_for("#log-tail")
+    tail.clear()
+    tail.send_keys("0")
+    browser.find("#log-events").click()
+    browser.find("#log-form button[type=submit]").click()
+    browser.wait_text("#log-lines .line .text", "line ")
+    first = 0
     browser.js(
         "window.gaps = []; let last = performance.now();"
         "window.probe = setInterval(() => { const n = performance.now(); gaps.push(n - last); last = n; }, 100);"
@@ -160,9 +168,9 @@ def _log_follow(browser: Browser, client: httpx.Client) -> None:
     received, newest = int(state[0]), int(state[1])
     gaps = sorted(float(g) for g in state[2])
     expected = newest - first + 1
-    print(f"   writer: {RATE} lines/s; the page followed from line {first} for {SECONDS:.0f} s")
+    print(f"   writer: {RATE} lines/s; the page read its log from line 0, then followed it for {SECONDS:.0f} s")
     print(
-        f"   lines received by the page {received:8d}   vs written in that span {expected:8d}"
+        f"   lines received by the page {received:8d}   vs written up to the newest shown {expected:8d}"
         f"   ({received / expected:.3f})"
     )
     print(f"   newest line on screen trails the writer by {written - newest} lines ({(written - newest) / RATE:.2f} s)")

@@ -43,6 +43,7 @@ HEADERS: list[tuple[bytes, bytes]] = [
     # Revalidate (ETag) on every load: an upgraded runed serves its own dashboard at once.
     (b"cache-control", b"no-cache"),
 ]
+_HEADER_NAMES = {name for name, _ in HEADERS}
 
 
 class SecureHeaders:
@@ -54,8 +55,7 @@ class SecureHeaders:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {k for k, _ in HEADERS}
-                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in names]
+                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in _HEADER_NAMES]
                 message = {**message, "headers": kept + HEADERS}
             await send(message)
 
