@@ -83,7 +83,11 @@ def alive(pid: int, start: int | None) -> bool:
 
 
 class ProcessRunner:
-    """Starts ``python -m runed.runner.shim <dir>`` detached; the shim starts and watches the instance."""
+    """Starts a shim per instance, detached; the shim starts and watches the instance.
+
+    Shims are forked by the zygote (:mod:`runed.runner.forkserver`); without one, each is ``python
+    -I -S`` importing :mod:`runed.runner.shim` (:func:`shim_argv`).
+    """
 
     name = "process"
 

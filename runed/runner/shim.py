@@ -1,9 +1,11 @@
 """Per-instance shim: parent of one instance process, writes its JSON-lines logs and its exit record.
 
-Started by the process runner (:func:`runed.runner.process.shim_argv`) in its own session, so neither
-a runed restart nor ``kill -9`` of runed's process group touches it or the instance. The launch spec
-is read from ``<instance_dir>/launch.json`` (no environment in it: the instance's environment is
-this process's own environment, so resolved secret values never land on disk). The instance runs
+Forked by the controller's zygote (:mod:`runed.runner.zygote`), or started by the process runner as
+an interpreter of its own (:func:`runed.runner.process.shim_argv`), in its own session either way, so
+neither a runed restart nor ``kill -9`` of runed's process group touches it or the instance. The
+launch spec is read from ``<instance_dir>/launch.json`` (no environment in it: the instance's
+environment comes over the zygote's socket, or is this process's own environment, so resolved
+secret values never land on disk). The instance runs
 in its own process group (pgid = pid) so a stop signals the whole tree but not the shim, which
 then records how it ended in ``exit.json``.
 
