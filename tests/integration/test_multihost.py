@@ -37,7 +37,7 @@ from rune.api import (
 )
 from runed.server.supervisor import EXIT_FATAL
 from tests.harness import Runed, Runeds
-from tests.integration.orch import SERVER, runefile_args
+from tests.integration.orch import RUNEFILE, SERVER
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
 from tests.support import Metadata, bearer, bootstrap_metadata, code_of, eventually, make_token
 
@@ -52,9 +52,15 @@ KEY_FILES = ("auth.key", "kek.b64")
 
 
 def host_args(address: str, store_url: str, tmp: Path) -> list[str]:
-    """The flags of one host: both listeners on its own address, the shared store, fast controller settings."""
+    """The flags of one host: both listeners on its own address, the shared store, fast controller
+    settings, and a node id of its own (on separate machines the hostnames differ; here they do not)."""
+    cfg = tmp / f"runefile-{address}.yaml"
+    # Short node timings: the dead leader's node is lost, and its instances placed elsewhere, in seconds.
+    node = "\nnode:\n  id: host-{}\n  heartbeat_seconds: 0.5\n  not_ready_seconds: 2\n  lost_after_seconds: 2\n"
+    cfg.write_text(RUNEFILE + node.format(address.rsplit(".", 1)[1]))
     return [
-        *runefile_args(tmp),
+        "--config",
+        str(cfg),
         "--grpc-addr",
         f"{address}:0",
         "--http-addr",
@@ -287,6 +293,15 @@ def test_the_standby_takes_over_when_the_leading_host_dies(cluster: Cluster) -> 
     assert cluster.controller_health(standby).id.startswith(f"{socket.gethostname()}:{standby.data_dir}:")
     cluster.cast(standby, "after")
     inst = eventually(lambda: cluster.running(standby, "after"), timeout=30)
-    # Instances stay on their host: the new one runs from the new leader's data dir, and those of
-    # the dead leader's host were not adopted.
-    assert sorted(p.name for p in (standby.data_dir / "instances").iterdir()) == [inst.id]
+    # The new one runs on the new leader's host, from its data dir.
+    assert (standby.data_dir / "instances" / inst.id).is_dir()
+
+    # The dead leader's node is lost: its instances are placed on the new leader's host.
+    def moved() -> bool:
+        stub = instance_pb2_grpc.InstanceServiceStub(standby.channel())
+        insts = stub.ListInstances(instance_pb2.ListInstancesRequest(service_name="shared"), metadata=cluster.auth)
+        here = [i for i in insts.instances if (standby.data_dir / "instances" / i.id).is_dir()]
+        assert [i.status for i in here] == [instance_pb2.INSTANCE_STATUS_RUNNING], insts
+        return True
+
+    eventually(moved, timeout=60, what="the dead leader's instance runs on the new leader's host")
