@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rune.api import admin_pb2
+from runed.api.offload import offloaded
 from runed.auth.identity import BUILTIN_POLICIES, SYSTEM, Identity
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
@@ -146,7 +147,8 @@ def _validate_audit(req: Any) -> list[FieldViolation]:
 
 
 # -- handlers -----------------------------------------------------------------------------------
-async def AdminBootstrap(req: admin_pb2.AdminBootstrapRequest, ctx: CallContext) -> admin_pb2.AdminBootstrapResponse:
+@offloaded
+def AdminBootstrap(req: admin_pb2.AdminBootstrapRequest, ctx: CallContext) -> admin_pb2.AdminBootstrapResponse:
     if not ctx.deps.config.auth.allow_remote_admin and not is_local(ctx.peer):
         raise errors.PermissionDenied(
             "bootstrap is allowed only from the server host unless auth.allow_remote_admin is true"
@@ -168,7 +170,8 @@ def _find_policy(ident: Identity, name: str, pid: str) -> dict[str, Any]:
     return p
 
 
-async def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> admin_pb2.PolicyCreateResponse:
+@offloaded
+def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> admin_pb2.PolicyCreateResponse:
     """Create, or replace the rules of an existing custom policy (upsert, as the reference does)."""
     name = req.policy.name
     if name in BUILTIN_POLICIES:
@@ -190,7 +193,8 @@ async def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> 
     return admin_pb2.PolicyCreateResponse(policy=policy_pb(rec.data))
 
 
-async def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> admin_pb2.PolicyUpdateResponse:
+@offloaded
+def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> admin_pb2.PolicyUpdateResponse:
     name = req.policy.name
     if name in BUILTIN_POLICIES:
         raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed')
@@ -207,7 +211,8 @@ async def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> 
     return admin_pb2.PolicyUpdateResponse(policy=policy_pb(rec.data))
 
 
-async def PolicyDelete(req: admin_pb2.PolicyDeleteRequest, ctx: CallContext) -> admin_pb2.PolicyDeleteResponse:
+@offloaded
+def PolicyDelete(req: admin_pb2.PolicyDeleteRequest, ctx: CallContext) -> admin_pb2.PolicyDeleteResponse:
     ident = _identity(ctx)
     p = _find_policy(ident, req.name, req.id)
     if p.get("builtin") or p["name"] in BUILTIN_POLICIES:
@@ -217,11 +222,13 @@ async def PolicyDelete(req: admin_pb2.PolicyDeleteRequest, ctx: CallContext) -> 
     return admin_pb2.PolicyDeleteResponse(deleted=deleted)
 
 
-async def PolicyGet(req: admin_pb2.PolicyGetRequest, ctx: CallContext) -> admin_pb2.PolicyGetResponse:
+@offloaded
+def PolicyGet(req: admin_pb2.PolicyGetRequest, ctx: CallContext) -> admin_pb2.PolicyGetResponse:
     return admin_pb2.PolicyGetResponse(policy=policy_pb(_find_policy(_identity(ctx), req.name, req.id)))
 
 
-async def PolicyList(req: admin_pb2.PolicyListRequest, ctx: CallContext) -> admin_pb2.PolicyListResponse:
+@offloaded
+def PolicyList(req: admin_pb2.PolicyListRequest, ctx: CallContext) -> admin_pb2.PolicyListResponse:
     return admin_pb2.PolicyListResponse(policies=[policy_pb(p) for p in _identity(ctx).list_policies()])
 
 
@@ -232,7 +239,8 @@ def _subject(ident: Identity, subject_id: str, subject_name: str) -> dict[str, A
     return u
 
 
-async def PolicyAttachToSubject(
+@offloaded
+def PolicyAttachToSubject(
     req: admin_pb2.PolicyAttachToSubjectRequest, ctx: CallContext
 ) -> admin_pb2.PolicyAttachToSubjectResponse:
     ident = _identity(ctx)
@@ -243,7 +251,8 @@ async def PolicyAttachToSubject(
     return admin_pb2.PolicyAttachToSubjectResponse(attached=True)
 
 
-async def PolicyDetachFromSubject(
+@offloaded
+def PolicyDetachFromSubject(
     req: admin_pb2.PolicyDetachFromSubjectRequest, ctx: CallContext
 ) -> admin_pb2.PolicyDetachFromSubjectResponse:
     ident = _identity(ctx)
@@ -266,7 +275,8 @@ def require_policies(ident: Identity, policies: Iterable[str]) -> None:
         raise errors.invalid(*validation.bounded(missing))
 
 
-async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admin_pb2.UserCreateResponse:
+@offloaded
+def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admin_pb2.UserCreateResponse:
     ident = _identity(ctx)
     require_policies(ident, req.policies)
     user = ident.upsert_user(req.name, req.email, list(req.policies))
@@ -274,15 +284,18 @@ async def UserCreate(req: admin_pb2.UserCreateRequest, ctx: CallContext) -> admi
     return admin_pb2.UserCreateResponse(user=subject_pb(user))
 
 
-async def UserList(req: admin_pb2.UserListRequest, ctx: CallContext) -> admin_pb2.UserListResponse:
+@offloaded
+def UserList(req: admin_pb2.UserListRequest, ctx: CallContext) -> admin_pb2.UserListResponse:
     return admin_pb2.UserListResponse(users=[subject_pb(u) for u in _identity(ctx).list_users()])
 
 
-async def TokenList(req: admin_pb2.TokenListRequest, ctx: CallContext) -> admin_pb2.TokenListResponse:
+@offloaded
+def TokenList(req: admin_pb2.TokenListRequest, ctx: CallContext) -> admin_pb2.TokenListResponse:
     return admin_pb2.TokenListResponse(tokens=[token_info_pb(t) for t in _identity(ctx).list_tokens()])
 
 
-async def ListAuditEvents(req: admin_pb2.ListAuditEventsRequest, ctx: CallContext) -> admin_pb2.ListAuditEventsResponse:
+@offloaded
+def ListAuditEvents(req: admin_pb2.ListAuditEventsRequest, ctx: CallContext) -> admin_pb2.ListAuditEventsResponse:
     limit = req.limit or DEFAULT_AUDIT_PAGE
     # One extra row tells whether there is more without a second query.
     rows = ctx.deps.store.list_audit(since_id=req.since_id, limit=limit + 1, subject=req.subject or None)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import common_pb2, configmap_pb2
+from runed.api.offload import offloaded
 from runed.api.secret import check_limits, delete_record, get_record, list_records, v_list, write_record
 from runed.core import validation
 from runed.core.config import LimitsConfig
@@ -88,28 +89,27 @@ def _write(ctx: CallContext, c: configmap_pb2.Configmap, *, create: bool, ensure
     )
 
 
-async def CreateConfigmap(
-    req: configmap_pb2.CreateConfigmapRequest, ctx: CallContext
-) -> configmap_pb2.ConfigmapResponse:
+@offloaded
+def CreateConfigmap(req: configmap_pb2.CreateConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
     return _ok(_write(ctx, req.configmap, create=True, ensure_ns=req.ensure_namespace))
 
 
-async def UpdateConfigmap(
-    req: configmap_pb2.UpdateConfigmapRequest, ctx: CallContext
-) -> configmap_pb2.ConfigmapResponse:
+@offloaded
+def UpdateConfigmap(req: configmap_pb2.UpdateConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
     return _ok(_write(ctx, req.configmap, create=False, ensure_ns=False))
 
 
-async def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
+@offloaded
+def GetConfigmap(req: configmap_pb2.GetConfigmapRequest, ctx: CallContext) -> configmap_pb2.ConfigmapResponse:
     return _ok(get_record(ctx, CONFIGMAP_KIND, req.namespace, req.name))
 
 
-async def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
+@offloaded
+def DeleteConfigmap(req: configmap_pb2.DeleteConfigmapRequest, ctx: CallContext) -> common_pb2.Status:
     return delete_record(ctx, CONFIGMAP_KIND, req.namespace, req.name)
 
 
-async def ListConfigmaps(
-    req: configmap_pb2.ListConfigmapsRequest, ctx: CallContext
-) -> configmap_pb2.ListConfigmapsResponse:
+@offloaded
+def ListConfigmaps(req: configmap_pb2.ListConfigmapsRequest, ctx: CallContext) -> configmap_pb2.ListConfigmapsResponse:
     items = [to_pb(d) for d in list_records(ctx, CONFIGMAP_KIND, req)]
     return configmap_pb2.ListConfigmapsResponse(configmaps=items, status=common_pb2.Status(code=0))

@@ -7,6 +7,7 @@ from typing import Any
 
 from rune.api import common_pb2, instance_pb2
 from runed.api import listing
+from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
@@ -113,12 +114,14 @@ def _v_watch(req: instance_pb2.WatchInstancesRequest) -> list[FieldViolation]:
 
 
 # -- handlers -------------------------------------------------------------------------------------
-async def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+@offloaded
+def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
     rec = find_instance(ctx.deps.store, req.namespace, req.id)
     return instance_pb2.InstanceResponse(instance=objects.instance_to_pb(rec))
 
 
-async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
+@offloaded
+def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
     """Instances matching service name, node, status and selectors, one page at a time."""
     store = ctx.deps.store
     sel = listing.selector(req)
@@ -162,21 +165,24 @@ def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, d
     return rec
 
 
-async def StartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+@offloaded
+def StartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
     rec = _request_action(ctx, req, "running", restart=False)
     return instance_pb2.InstanceResponse(
         instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="start requested")
     )
 
 
-async def StopInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+@offloaded
+def StopInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
     rec = _request_action(ctx, req, "stopped", restart=False)
     return instance_pb2.InstanceResponse(
         instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="stop requested")
     )
 
 
-async def RestartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
+@offloaded
+def RestartInstance(req: instance_pb2.InstanceActionRequest, ctx: CallContext) -> instance_pb2.InstanceResponse:
     rec = _request_action(ctx, req, "running", restart=True)
     return instance_pb2.InstanceResponse(
         instance=objects.instance_to_pb(rec), status=common_pb2.Status(message="restart requested")
@@ -199,7 +205,8 @@ async def WatchInstances(
         queue_size=ctx.deps.config.history.watch_queue_events,
     ):
         rec = Record(ev.kind, ev.namespace, ev.name, ev.data, ev.revision, 0)
-        inst = _match(rec, sel, labels, service=service)
+        # The service's labels may need a store read (cached per watch).
+        inst = await store.run(_match, rec, sel, labels, service=service)
         if inst is None:
             continue
         yield instance_pb2.WatchInstancesResponse(instance=inst, event_type=EVENT_TYPES[ev.op], revision=ev.revision)

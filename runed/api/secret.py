@@ -8,6 +8,7 @@ from typing import Any
 
 from rune.api import common_pb2, secret_pb2
 from runed.api.namespace import ensure_namespace
+from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.config import LimitsConfig
 from runed.core.errors import FieldViolation
@@ -179,20 +180,24 @@ def _write(ctx: CallContext, s: secret_pb2.Secret, *, create: bool, ensure_ns: b
     )
 
 
-async def CreateSecret(req: secret_pb2.CreateSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
+@offloaded
+def CreateSecret(req: secret_pb2.CreateSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
     return _ok(_write(ctx, req.secret, create=True, ensure_ns=req.ensure_namespace))
 
 
-async def UpdateSecret(req: secret_pb2.UpdateSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
+@offloaded
+def UpdateSecret(req: secret_pb2.UpdateSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
     return _ok(_write(ctx, req.secret, create=False, ensure_ns=False))
 
 
-async def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
+@offloaded
+def GetSecret(req: secret_pb2.GetSecretRequest, ctx: CallContext) -> secret_pb2.SecretResponse:
     d = get_record(ctx, SECRET_KIND, req.namespace, req.name)
     return _ok(d, decrypt_record(ctx.deps.crypto, d))
 
 
-async def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) -> common_pb2.Status:
+@offloaded
+def DeleteSecret(req: secret_pb2.DeleteSecretRequest, ctx: CallContext) -> common_pb2.Status:
     return delete_record(ctx, SECRET_KIND, req.namespace, req.name)
 
 
@@ -209,7 +214,8 @@ def list_records(ctx: CallContext, kind: str, req: Any) -> list[dict[str, Any]]:
     return out[start : start + req.paging.limit] if req.paging.limit else out[start:]
 
 
-async def ListSecrets(req: secret_pb2.ListSecretsRequest, ctx: CallContext) -> secret_pb2.ListSecretsResponse:
+@offloaded
+def ListSecrets(req: secret_pb2.ListSecretsRequest, ctx: CallContext) -> secret_pb2.ListSecretsResponse:
     # Values are never listed: ``data`` carries the key names with empty values, so callers see
     # what a secret provides without secrets:read.
     items = []

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rune.api import admin_pb2
+from runed.api.offload import offloaded
 from runed.api.registries import probe
 from runed.api.registries.checks import v_bootstrap, v_config, v_name, v_test
 from runed.api.registries.configured import import_configured
@@ -52,26 +53,31 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 }
 
 
-async def ListRegistries(req: admin_pb2.ListRegistriesRequest, ctx: CallContext) -> admin_pb2.ListRegistriesResponse:
+@offloaded
+def ListRegistries(req: admin_pb2.ListRegistriesRequest, ctx: CallContext) -> admin_pb2.ListRegistriesResponse:
     return admin_pb2.ListRegistriesResponse(registries=[to_pb(r.data) for r in iter_all(ctx.deps.store, KIND, SCOPE)])
 
 
-async def GetRegistry(req: admin_pb2.GetRegistryRequest, ctx: CallContext) -> admin_pb2.GetRegistryResponse:
+@offloaded
+def GetRegistry(req: admin_pb2.GetRegistryRequest, ctx: CallContext) -> admin_pb2.GetRegistryResponse:
     return admin_pb2.GetRegistryResponse(registry=to_pb(get(ctx.deps.store, req.name)))
 
 
-async def AddRegistry(req: admin_pb2.AddRegistryRequest, ctx: CallContext) -> admin_pb2.AddRegistryResponse:
+@offloaded
+def AddRegistry(req: admin_pb2.AddRegistryRequest, ctx: CallContext) -> admin_pb2.AddRegistryResponse:
     return admin_pb2.AddRegistryResponse(
         registry=to_pb(save(ctx.deps.store, ctx.deps.crypto, req.registry, create=True))
     )
 
 
-async def UpdateRegistry(req: admin_pb2.UpdateRegistryRequest, ctx: CallContext) -> admin_pb2.UpdateRegistryResponse:
+@offloaded
+def UpdateRegistry(req: admin_pb2.UpdateRegistryRequest, ctx: CallContext) -> admin_pb2.UpdateRegistryResponse:
     registry = save(ctx.deps.store, ctx.deps.crypto, req.registry, create=False)
     return admin_pb2.UpdateRegistryResponse(registry=to_pb(registry))
 
 
-async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext) -> admin_pb2.RemoveRegistryResponse:
+@offloaded
+def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext) -> admin_pb2.RemoveRegistryResponse:
     store = ctx.deps.store
     with store.transaction():
         reg = get(store, req.name)
@@ -82,7 +88,8 @@ async def RemoveRegistry(req: admin_pb2.RemoveRegistryRequest, ctx: CallContext)
     return admin_pb2.RemoveRegistryResponse(deleted=True)
 
 
-async def BootstrapAuth(req: admin_pb2.BootstrapAuthRequest, ctx: CallContext) -> admin_pb2.BootstrapAuthResponse:
+@offloaded
+def BootstrapAuth(req: admin_pb2.BootstrapAuthRequest, ctx: CallContext) -> admin_pb2.BootstrapAuthResponse:
     """Resolve credentials of the selected registries from their secrets and record the outcome."""
     store, crypto = ctx.deps.store, ctx.deps.crypto
     import_configured(ctx.deps)
@@ -125,20 +132,19 @@ async def BootstrapAuth(req: admin_pb2.BootstrapAuthRequest, ctx: CallContext) -
 async def TestRegistry(req: admin_pb2.TestRegistryRequest, ctx: CallContext) -> admin_pb2.TestRegistryResponse:
     """Reach the registry's /v2/ API (or the image's manifest) with its stored credentials."""
     store = ctx.deps.store
-    reg = get(store, req.name)
+    reg = await store.run(get, store, req.name)
     creds: dict[str, str] = {}
     if reg["auth"].get("keys") or reg["auth"].get("from_secret"):
         try:
-            creds = resolve_credentials(store, ctx.deps.crypto, reg)
+            creds = await store.run(resolve_credentials, store, ctx.deps.crypto, reg)
         except errors.NotFound as e:
             return admin_pb2.TestRegistryResponse(ok=False, message=e.message)
     ok, message = await probe.reach(reg["registry"], req.image_ref, creds)
     return admin_pb2.TestRegistryResponse(ok=ok, message=message)
 
 
-async def RegistriesStatus(
-    req: admin_pb2.RegistriesStatusRequest, ctx: CallContext
-) -> admin_pb2.RegistriesStatusResponse:
+@offloaded
+def RegistriesStatus(req: admin_pb2.RegistriesStatusRequest, ctx: CallContext) -> admin_pb2.RegistriesStatusResponse:
     out = []
     for r in iter_all(ctx.deps.store, KIND, SCOPE):
         a = r.data.get("auth", {})

@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from rune.api import service_pb2
+from runed.api.offload import offloaded
 from runed.api.service.common import instances_of, status_pb, v_name
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
@@ -70,6 +71,33 @@ def _deletion_pb(d: dict[str, Any]) -> service_pb2.DeletionOperation:
 
 async def DeleteService(req: service_pb2.DeleteServiceRequest, ctx: CallContext) -> service_pb2.DeleteServiceResponse:
     """Request deletion: the controller stops instances (grace period) and runs the finalizers."""
+    store = ctx.deps.store
+    started = await store.run(_start_deletion, req, ctx)
+    if isinstance(started, service_pb2.DeleteServiceResponse):
+        return started
+    op_id, warnings, finalizers = started
+    status = status_pb(0, "in_progress")
+    if not req.detach and req.timeout_seconds > 0:
+        final = await _await_deletion(store, req.namespace, op_id, req.timeout_seconds)
+        if final is not None:
+            status = status_pb(0 if final.get("status") == "completed" else 13, str(final.get("status")))
+            if final.get("failure_reason"):
+                return service_pb2.DeleteServiceResponse(
+                    deletion_id=op_id,
+                    status=status,
+                    warnings=warnings,
+                    errors=[str(final["failure_reason"])],
+                    finalizers=[_finalizer_pb(f) for f in final.get("finalizers", [])],
+                )
+    return service_pb2.DeleteServiceResponse(
+        deletion_id=op_id, status=status, warnings=warnings, finalizers=[_finalizer_pb(f) for f in finalizers]
+    )
+
+
+def _start_deletion(
+    req: service_pb2.DeleteServiceRequest, ctx: CallContext
+) -> service_pb2.DeleteServiceResponse | tuple[str, list[str], list[dict[str, Any]]]:
+    """The store work of DeleteService (one unit): a final answer, or the started operation to wait for."""
     store = ctx.deps.store
     ns = req.namespace
     rec = store.get(objects.SERVICE, ns, req.name)
@@ -145,22 +173,7 @@ async def DeleteService(req: service_pb2.DeleteServiceRequest, ctx: CallContext)
     with store.transaction():
         store.create(objects.DELETION_OPERATION, ns, op_id, op)
         store.update(objects.SERVICE, ns, req.name, mark)
-    status = status_pb(0, "in_progress")
-    if not req.detach and req.timeout_seconds > 0:
-        final = await _await_deletion(store, ns, op_id, req.timeout_seconds)
-        if final is not None:
-            status = status_pb(0 if final.get("status") == "completed" else 13, str(final.get("status")))
-            if final.get("failure_reason"):
-                return service_pb2.DeleteServiceResponse(
-                    deletion_id=op_id,
-                    status=status,
-                    warnings=warnings,
-                    errors=[str(final["failure_reason"])],
-                    finalizers=[_finalizer_pb(f) for f in final.get("finalizers", [])],
-                )
-    return service_pb2.DeleteServiceResponse(
-        deletion_id=op_id, status=status, warnings=warnings, finalizers=[_finalizer_pb(f) for f in finalizers]
-    )
+    return op_id, warnings, finalizers
 
 
 def _finalizer_pb(f: dict[str, Any]) -> service_pb2.Finalizer:
@@ -181,7 +194,8 @@ async def _await_deletion(store: Store, ns: str, op_id: str, timeout: float) -> 
     return None
 
 
-async def GetDeletionStatus(
+@offloaded
+def GetDeletionStatus(
     req: service_pb2.GetDeletionStatusRequest, ctx: CallContext
 ) -> service_pb2.GetDeletionStatusResponse:
     ns = req.namespace
@@ -191,7 +205,8 @@ async def GetDeletionStatus(
     return service_pb2.GetDeletionStatusResponse(operation=_deletion_pb(rec.data))
 
 
-async def ListDeletionOperations(
+@offloaded
+def ListDeletionOperations(
     req: service_pb2.ListDeletionOperationsRequest, ctx: CallContext
 ) -> service_pb2.ListDeletionOperationsResponse:
     ops = [

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from rune.api import common_pb2, service_pb2
 from runed.api import listing
+from runed.api.offload import offloaded
 from runed.api.service.common import get_service, status_pb, with_status
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
@@ -37,7 +38,8 @@ def v_watch(req: service_pb2.WatchServicesRequest) -> list[FieldViolation]:
     return selectors.check_watch(req, FIELD_SELECTOR_FIELDS)
 
 
-async def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+@offloaded
+def GetService(req: service_pb2.GetServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     rec = get_service(ctx.deps.store, req.namespace, req.name)
     return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec))
 
@@ -104,7 +106,8 @@ def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) 
     return out
 
 
-async def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
+@offloaded
+def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
     """Services matching the selectors, one page at a time (keyset pagination, opaque tokens)."""
     store = ctx.deps.store
     sel = listing.selector(req)
@@ -192,13 +195,17 @@ async def WatchServices(
             if rec is None:
                 continue
             status: Record | None = rec
-            svc_rec = as_of.get(objects.SERVICE, ev.namespace, ev.name, ev.revision)
+            svc_rec = await store.run(as_of.get, objects.SERVICE, ev.namespace, ev.name, ev.revision)
             if svc_rec is None:
                 continue
             op = MODIFIED
         else:
             svc_rec = Record(objects.SERVICE, ev.namespace, ev.name, ev.data, ev.revision, 0)
-            status = None if op == DELETED else as_of.get(objects.SERVICE_STATUS, ev.namespace, ev.name, ev.revision)
+            status = (
+                None
+                if op == DELETED
+                else await store.run(as_of.get, objects.SERVICE_STATUS, ev.namespace, ev.name, ev.revision)
+            )
         labels = svc_rec.data.get("spec", {}).get("labels", {})
         if not sel.matches(labels, _service_fields(svc_rec, status) if sel.fields else {}):
             continue

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rune.api import service_pb2
+from runed.api.offload import offloaded
 from runed.api.service.common import check_scale, get_service, instances_of, status_pb, v_name, with_status
 from runed.api.service.spec import host_port_scale_why
 from runed.core import errors, validation
@@ -54,7 +55,8 @@ def _scaling_ops(store: Store, ns: str, service: str) -> list[Record]:
     return sorted(ops, key=lambda r: r.created_revision)
 
 
-async def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
+@offloaded
+def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Record a scaling operation for the controller; a new request cancels one still running."""
     check_scale(ctx, req.scale, "scale")
     store = ctx.deps.store
@@ -192,12 +194,14 @@ async def WatchScaling(
     """
     store = ctx.deps.store
     ns = req.namespace
-    get_service(store, ns, req.service_name) if req.target_scale > 0 else None
+    if req.target_scale > 0:
+        await store.run(get_service, store, ns, req.service_name)
     kinds = [objects.SERVICE, objects.INSTANCE, objects.SCALING_OPERATION]
     changed = asyncio.Event()
 
     async def wake() -> None:
-        async for _ in watch.watch(store, kinds, namespace=ns, since_revision=max(store.current_revision(), 1)):
+        since = max(await store.run(store.current_revision), 1)
+        async for _ in watch.watch(store, kinds, namespace=ns, since_revision=since):
             changed.set()
 
     waker = asyncio.create_task(wake())
@@ -205,7 +209,7 @@ async def WatchScaling(
     try:
         while True:
             changed.clear()
-            progress = _scaling_progress(store, ns, req.service_name, req.target_scale)
+            progress = await store.run(_scaling_progress, store, ns, req.service_name, req.target_scale)
             if progress is None:
                 raise errors.not_found("service", req.service_name, ns)
             if progress != last:

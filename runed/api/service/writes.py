@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from rune.api import service_pb2
 from runed.api.namespace import BUILTIN, ensure_namespace
+from runed.api.offload import offloaded
 from runed.api.service.common import check_scale, get_service, status_pb, v_name, with_status
 from runed.api.service.refs import check_references
 from runed.api.service.runtime import check_runtime
@@ -118,12 +119,16 @@ async def _prepare(
 ) -> service_pb2.Service:
     """The spec to write, checked: its namespace exists (or is created), its references resolve, its runtime answers."""
     new = _normalise(svc)
+    await ctx.deps.store.run(_check_in_store, ctx, new, ensure_ns, dry_run)
+    await check_runtime(ctx, new)
+    return new
+
+
+def _check_in_store(ctx: CallContext, new: service_pb2.Service, ensure_ns: bool, dry_run: bool) -> None:
     # A dry run with ensure_namespace would create a missing namespace: nothing to check, nothing to write.
     if new.namespace not in BUILTIN and not (dry_run and ensure_ns):
         ensure_namespace(ctx.deps.store, new.namespace, create=ensure_ns)
     check_references(ctx.deps.store, new)
-    await check_runtime(ctx, new)
-    return new
 
 
 # Service fields that are not its spec: a dry run's diff leaves them out.
@@ -168,6 +173,12 @@ async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext)
     """Create a service, or update it when it exists (upsert, as upstream)."""
     check_scale(ctx, req.service.scale, "service.scale")
     new = await _prepare(ctx, req.service, ensure_ns=req.ensure_namespace, dry_run=req.dry_run)
+    return await ctx.deps.store.run(_create, req, ctx, new)
+
+
+def _create(
+    req: service_pb2.CreateServiceRequest, ctx: CallContext, new: service_pb2.Service
+) -> service_pb2.ServiceResponse:
     before = ctx.deps.store.get(objects.SERVICE, new.namespace, new.name) if req.dry_run else None
     rec, created, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=False, create=True, dry_run=req.dry_run
@@ -182,8 +193,14 @@ async def CreateService(req: service_pb2.CreateServiceRequest, ctx: CallContext)
 async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Replace the spec: a changed spec bumps the generation and records a revision; same spec is a no-op."""
     check_scale(ctx, req.service.scale, "service.scale")
-    get_service(ctx.deps.store, req.service.namespace, req.service.name)
+    await ctx.deps.store.run(get_service, ctx.deps.store, req.service.namespace, req.service.name)
     new = await _prepare(ctx, req.service, ensure_ns=False, dry_run=req.dry_run)
+    return await ctx.deps.store.run(_update, req, ctx, new)
+
+
+def _update(
+    req: service_pb2.UpdateServiceRequest, ctx: CallContext, new: service_pb2.Service
+) -> service_pb2.ServiceResponse:
     before = ctx.deps.store.get(objects.SERVICE, new.namespace, new.name) if req.dry_run else None
     rec, _, changed = _write_spec(
         ctx, new, cause=req.change_cause or req.deployment_tag, force=req.force, create=False, dry_run=req.dry_run
@@ -195,7 +212,8 @@ async def UpdateService(req: service_pb2.UpdateServiceRequest, ctx: CallContext)
     return service_pb2.ServiceResponse(service=with_status(ctx.deps.store, rec), status=status_pb(0, msg))
 
 
-async def ListServiceRevisions(
+@offloaded
+def ListServiceRevisions(
     req: service_pb2.ListServiceRevisionsRequest, ctx: CallContext
 ) -> service_pb2.ListServiceRevisionsResponse:
     """The retained revisions of a service, newest first."""
@@ -208,6 +226,13 @@ async def ListServiceRevisions(
 
 async def RollbackService(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Restore a stored spec (the previous one by default) as a new revision; the scale is kept."""
+    spec, target_number = await ctx.deps.store.run(_rollback_target, req, ctx)
+    new = await _prepare(ctx, spec, ensure_ns=False)
+    return await ctx.deps.store.run(_rollback, req, ctx, new, target_number)
+
+
+def _rollback_target(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> tuple[service_pb2.Service, int]:
+    """The spec to restore (with the live scale) and its revision number."""
     store = ctx.deps.store
     ns = req.namespace
     cur = get_service(store, ns, req.name)
@@ -226,7 +251,13 @@ async def RollbackService(req: service_pb2.RollbackServiceRequest, ctx: CallCont
     # A rollback restores what runs, not how many: scaling stays with ScaleService.
     spec.scale = live.scale
     spec.namespace, spec.name = ns, req.name
-    new = await _prepare(ctx, spec, ensure_ns=False)
+    return spec, target_number
+
+
+def _rollback(
+    req: service_pb2.RollbackServiceRequest, ctx: CallContext, new: service_pb2.Service, target_number: int
+) -> service_pb2.ServiceResponse:
+    store = ctx.deps.store
     cause = req.change_cause or f"rollback to revision {target_number}"
     rec, _, changed = _write_spec(ctx, new, cause=cause, force=False, create=False, rollback_of=target_number)
     msg = f"Rolled back to revision {target_number}" if changed else f"already at the spec of revision {target_number}"
