@@ -49,7 +49,7 @@ def on_private_pg(
     url = pg_cluster.create_database("runed")
     tmp = tmp_path_factory.mktemp("faults")
     env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0"}
-    with run_runed(tmp / "data", args=[*runefile_args(tmp), "--store-url", url], env=env) as r:
+    with run_runed(tmp / "data", args=[*runefile_args(tmp), "--store-url", url], env=env, timeout=90) as r:
         yield r, tmp, url
 
 
