@@ -210,7 +210,7 @@ class Operations:
         t0 = time.perf_counter()
         await asyncio.sleep(0)
         lag_ms = (time.perf_counter() - t0) * 1000
-        store_ok, store_msg = self._store_check()
+        store_ok, store_msg = await self.store.run(self._store_check)
         components: dict[str, dict[str, Any]] = {
             "process": {"ok": True, "pid": os.getpid(), "uptime_seconds": round(time.time() - self.started, 3)},
             "event_loop": {"ok": lag_ms < 1000, "lag_ms": round(lag_ms, 3)},
@@ -255,14 +255,16 @@ class Operations:
                 request.scope.get(CN_KEY, ""),
                 lambda quota: request.scope.__setitem__(QUOTA_KEY, quota),
             )
-            self.pipeline.authorizer.check(principal, CONFIG_ACCESS.resource, CONFIG_ACCESS.verb, rbac.CLUSTER)
+            await self.store.run(
+                self.pipeline.authorizer.check, principal, CONFIG_ACCESS.resource, CONFIG_ACCESS.verb, rbac.CLUSTER
+            )
         except errors.RuneError as err:
             return error_response(err, rid)
         body = {"source": self.config.source, "config": redacted(self.config)}
         return Response(orjson.dumps(body), media_type=JSON, headers={"x-request-id": rid})
 
     async def metrics(self, request: Request) -> Response:
-        body, ctype = render(self.store)
+        body, ctype = await self.store.run(render, self.store)
         return Response(body, media_type=ctype)
 
     async def descriptors(self, request: Request) -> Response:

@@ -195,7 +195,7 @@ async def _start_container_exec(ctx: CallContext, rec: Record, init: exec_pb2.Ex
     )
     docker = ctx.deps.config.docker
     proc = DockerExec(spec, cid, docker.socket, docker.api_version or docker.fallback_api_version)
-    _audit(ctx, rec.namespace, rec, init)
+    await ctx.deps.store.run(_audit, ctx, rec.namespace, rec, init)
     try:
         await proc.start()
     except DockerError as e:
@@ -224,8 +224,9 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     init = first.init
     ns = init.namespace
     # Taken before the instance is picked: a stop or deletion from then on reaches the watch below.
-    since = ctx.deps.store.current_revision()
-    rec = pick_instance(ctx, ns, init)
+    store = ctx.deps.store
+    since = await store.run(store.current_revision)
+    rec = await store.run(pick_instance, ctx, ns, init)
     cfg = ctx.deps.config.exec
     slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)
@@ -243,8 +244,8 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
         if _is_container(rec):
             proc = await _start_container_exec(ctx, rec, init)
         else:
-            spec = _spec(ctx, ns, rec, init)
-            _audit(ctx, ns, rec, init)
+            spec = await store.run(_spec, ctx, ns, rec, init)
+            await store.run(_audit, ctx, ns, rec, init)
             proc = ExecProcess(spec)
             await proc.start()
         yield exec_pb2.ExecResponse(status=common_pb2.Status(code=0, message=f"Connected to instance {rec.name}"))

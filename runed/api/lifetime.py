@@ -99,14 +99,14 @@ async def changes(store: Store, kinds: Sequence[str], since: int) -> AsyncIterat
                 since = ch.revision
                 yield ch
         except errors.FailedPrecondition:
-            since = store.current_revision()
+            since = await store.run(store.current_revision)
             yield None
 
 
 async def wait_end(store: Store, followed: Followed, since: int) -> str:
     """Wait, from revision ``since``, until ``followed`` ends; the reason."""
     async for ch in changes(store, [followed.kind], since):
-        reason = followed.current(store) if ch is None else followed.see(ch)
+        reason = await store.run(followed.current, store) if ch is None else followed.see(ch)
         if reason is not None:
             return reason
     raise AssertionError("unreachable: the change log never ends")  # pragma: no cover

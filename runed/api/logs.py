@@ -175,9 +175,9 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     data_dir = ctx.deps.config.data_path
     ns = first.namespace
     # Take the revision before listing so an instance created in between is seen by the watch.
-    start_rev = store.current_revision()
-    service, sources = resolve_target(store, data_dir, ns, first.resource_target)
-    target = _Target.of(store, ns, service, sources)
+    start_rev = await store.run(store.current_revision)
+    service, sources = await store.run(resolve_target, store, data_dir, ns, first.resource_target)
+    target = await store.run(_Target.of, store, ns, service, sources)
     sources = _with_events(sources, first.show_events)
     params = _Params(first)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
@@ -235,7 +235,7 @@ async def _serve(
     ns, service, followed = target.namespace, target.service, target.followed
     if service is None and followed is not None:
         # An instance that has already stopped for good: its history was all there is to follow.
-        reason = followed.current(store)
+        reason = await store.run(followed.current, store)
         if reason is not None:
             yield wrap(target.end(reason, stream, params.timestamps), params.max_batch)
             return
@@ -269,10 +269,11 @@ async def _serve(
         join(Record(change.kind, change.namespace, change.name, change.data, change.revision, change.revision))
         wake.set()
 
-    def resync() -> None:
+    def instances_now() -> dict[str, Record]:
+        return {r.name: r for r in iter_all(store, INSTANCE_KIND, ns) if r.data.get("service") == service}
+
+    def resync(current: dict[str, Record]) -> None:
         """After a gap in the change log: the service's instances as they are now."""
-        assert service is not None
-        current = {r.name: r for r in iter_all(store, INSTANCE_KIND, ns) if r.data.get("service") == service}
         for rec in current.values():
             join(rec)
         retired.extend({src.instance_id for src in stream.sources.values()} - set(current))
@@ -282,8 +283,8 @@ async def _serve(
         async for change in lifetime.changes(store, [INSTANCE_KIND, SERVICE_KIND], start_rev):
             if change is None:
                 if service is not None:
-                    resync()
-                reason = followed.current(store) if followed is not None else None
+                    resync(await store.run(instances_now))
+                reason = await store.run(followed.current, store) if followed is not None else None
             else:
                 if service is not None:
                     track(change)
