@@ -11,6 +11,7 @@ from typing import Any
 
 import runed
 from rune.api import common_pb2, health_pb2
+from runed.api import node
 from runed.api.offload import offloaded
 from runed.core import errors
 from runed.core.errors import FieldViolation
@@ -238,6 +239,8 @@ def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.
                 )
             )
         comps.append(c)
+    elif kind == "node" and req.name not in ("", "local"):
+        comps.extend(node.health(store, req.name))
     elif kind == "node":
         name = req.name or "local"
         if name != "local":
@@ -264,6 +267,9 @@ def GetHealth(req: health_pb2.GetHealthRequest, ctx: CallContext) -> health_pb2.
                 )
             )
         comps.append(c)
+        if not req.name:
+            # Every registered node too (a cluster's; a lone runed's one node is this host).
+            comps.extend(node.health(store, ""))
     elif kind == "controller":
         comps.append(_controller_component(store.get(lease.KIND, lease.NAMESPACE, lease.CONTROLLER)))
     elif kind == "instance":

@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from rune.api import common_pb2, node_pb2
+from rune.api import common_pb2, health_pb2, node_pb2
+from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.model import objects
@@ -96,7 +97,8 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 
 
 # -- handlers -------------------------------------------------------------------------------------
-async def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
+@offloaded
+def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
     store = ctx.deps.store
     count, used = _placed(store)
     nodes = [Node.from_record(r.name, r.data) for r in iter_all(store, NODE, SCOPE)]
@@ -105,18 +107,50 @@ async def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb
     return node_pb2.ListNodesResponse(nodes=items, status=common_pb2.Status(code=0))
 
 
-async def GetNode(req: node_pb2.GetNodeRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+@offloaded
+def GetNode(req: node_pb2.GetNodeRequest, ctx: CallContext) -> node_pb2.NodeResponse:
     return node_pb2.NodeResponse(node=_get(ctx.deps.store, req.id), status=common_pb2.Status(code=0))
 
 
-async def CordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+@offloaded
+def CordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
     return _set(ctx.deps.store, req.id, cordoned=True)
 
 
-async def UncordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+@offloaded
+def UncordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
     # Uncordoning also ends a drain: the node takes new instances again (moved ones stay moved).
     return _set(ctx.deps.store, req.id, cordoned=False, draining=False)
 
 
-async def DrainNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+@offloaded
+def DrainNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
     return _set(ctx.deps.store, req.id, cordoned=True, draining=True)
+
+
+def health(store: Store, name: str) -> list[health_pb2.ComponentHealth]:
+    """GetHealth's ``node`` components of the registered nodes: every one, or the one named."""
+    recs = [r for r in iter_all(store, NODE, SCOPE) if not name or r.name == name]
+    if name and not recs:
+        raise errors.not_found("node", name)
+    count, used = _placed(store)
+    out = []
+    for rec in recs:
+        n = to_pb(Node.from_record(rec.name, rec.data), count, used)
+        if n.status != "Ready":
+            status, why = health_pb2.HEALTH_STATUS_UNHEALTHY, "NotReady: no heartbeat within node.not_ready_seconds"
+        elif n.cordoned:
+            status, why = health_pb2.HEALTH_STATUS_DEGRADED, "draining" if n.draining else "cordoned"
+        else:
+            status, why = health_pb2.HEALTH_STATUS_HEALTHY, "Ready"
+        out.append(
+            health_pb2.ComponentHealth(
+                component_type="node",
+                id=n.id,
+                name=n.id,
+                status=status,
+                message=f"{why}; {n.address}, {n.instances} instances",
+                timestamp=n.last_heartbeat,
+            )
+        )
+    return out

@@ -22,6 +22,8 @@ import pytest
 
 from rune.api import (
     common_pb2,
+    health_pb2,
+    health_pb2_grpc,
     instance_pb2,
     instance_pb2_grpc,
     node_pb2,
@@ -103,6 +105,11 @@ class Cluster:
         self.services.DeleteService(req, metadata=self.auth)
         eventually(lambda: not self.instances(name), timeout=30, what=f"{name}'s instances gone")
 
+    def node_health(self, name: str = "") -> dict[str, int]:
+        stub = health_pb2_grpc.HealthServiceStub(self.api.channel())
+        req = health_pb2.GetHealthRequest(component_type="node", name=name)
+        return {c.id: c.status for c in stub.GetHealth(req, metadata=self.auth).components}
+
     def node(self, nid: str) -> node_pb2.Node:
         node: node_pb2.Node = self.node_api.GetNode(node_pb2.GetNodeRequest(id=nid), metadata=self.auth).node
         return node
@@ -149,6 +156,10 @@ def test_nodes_register_with_their_address_capacity_and_labels(cluster: Cluster)
         assert n.capacity.cpu_millis >= 1000 and n.capacity.memory_bytes > 0
     picked = cluster.node_api.ListNodes(node_pb2.ListNodesRequest(label_selector={"name": "n2"}), metadata=cluster.auth)
     assert [n.id for n in picked.nodes] == ["n2"]
+    # GetHealth's node components: the API host itself ("local", as a lone runed) and every node.
+    healthy = health_pb2.HEALTH_STATUS_HEALTHY
+    assert {k: v for k, v in cluster.node_health().items() if k != "local"} == dict.fromkeys(NODES, healthy)
+    assert cluster.node_health("n2") == {"n2": healthy}
 
 
 def test_scale_6_spreads_over_the_three_nodes(cluster: Cluster) -> None:
@@ -247,6 +258,7 @@ def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(clus
     os.killpg(n3.proc.pid, signal.SIGKILL)
     reap_data_dir(n3.data_dir)
     eventually(lambda: cluster.node("n3").status == "NotReady", timeout=30, what="n3 NotReady")
+    assert cluster.node_health("n3") == {"n3": health_pb2.HEALTH_STATUS_UNHEALTHY}
 
     def replaced() -> list[instance_pb2.Instance]:
         insts = [i for i in cluster.instances("survivor") if i.node_id != "n3"]
