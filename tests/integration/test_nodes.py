@@ -45,6 +45,8 @@ TIMINGS = """
   lost_after_seconds: 2
 """
 KEY_FILES = ("auth.key", "kek.b64")
+# Each test waits on a cluster of four runeds converging.
+pytestmark = pytest.mark.slow
 RUNNING = instance_pb2.INSTANCE_STATUS_RUNNING
 
 
@@ -230,6 +232,35 @@ def test_drain_moves_every_instance_off_the_node(cluster: Cluster) -> None:
     finally:
         cluster.node_api.UncordonNode(node_pb2.NodeActionRequest(id="n1"), metadata=cluster.auth)
     cluster.delete("moving")
+
+
+def test_drain_moves_an_instance_only_once_the_service_s_others_are_ready(cluster: Cluster) -> None:
+    gate = cluster.tmp / "gate"
+    check = f"import os, sys; sys.exit(0 if os.path.exists({str(gate)!r}) else 1)"
+    probe = common_pb2.Probe(
+        type=common_pb2.PROBE_TYPE_COMMAND, command=[sys.executable, "-c", check], period_seconds=1
+    )
+    cluster.cast("gated", 2, health=common_pb2.HealthCheck(readiness=probe))
+    drained = eventually(lambda: cluster.running("gated", 2), timeout=60)[0].node_id
+    cluster.node_api.DrainNode(node_pb2.NodeActionRequest(id=drained), metadata=cluster.auth)
+    try:
+        # A scheduler pass after the drain (each pass looks at every service): it places a new one.
+        cluster.cast("marker", 1)
+        eventually(lambda: cluster.running("marker", 1), timeout=60)
+        # The service's other instance is not ready: the drained node keeps its instance.
+        assert cluster.node(drained).instances == 1 and drained in {i.node_id for i in cluster.instances("gated")}
+        gate.write_text("")
+
+        def moved() -> bool:
+            insts = cluster.running("gated", 2)
+            assert drained not in {i.node_id for i in insts}, [(i.name, i.node_id) for i in insts]
+            return True
+
+        eventually(moved, timeout=60)
+    finally:
+        cluster.node_api.UncordonNode(node_pb2.NodeActionRequest(id=drained), metadata=cluster.auth)
+    for name in ("gated", "marker"):
+        cluster.delete(name)
 
 
 def test_rune_get_and_describe_nodes(cluster: Cluster, tmp_path: Path) -> None:
