@@ -155,6 +155,8 @@ function showSignIn(message = "") {
     } catch (e2) {
       setToken("");
       err.textContent = e2 instanceof ApiError && e2.status === 401 ? "That token was not accepted." : describe(e2);
+      input.focus();
+      input.select();
     }
   });
   clear(main).append(form);

@@ -103,8 +103,15 @@ def test_sign_in_shows_whoami_and_keeps_the_token_out_of_urls(browser: Browser, 
     browser.find("#signin button[type=submit]").click()
     browser.wait_text("#signin-error", "not accepted")
     browser.screenshot("sign-in")
-    browser.sign_in(ui_runed[1])
+    # By keyboard only: the refused token is selected in the focused field, typing replaces it, Enter submits.
+    field = browser.find("#token")
+    assert browser.driver.switch_to.active_element == field
+    browser.driver.switch_to.active_element.send_keys(ui_runed[1] + Keys.ENTER)
+    eventually(lambda: browser.text("#whoami"), WAIT, what="signed in")
     assert browser.text("#whoami").startswith("root")
+    # The navigation is made of links a keyboard reaches (Tab) and follows (Enter).
+    browser.find("#nav a[data-view=namespaces]").send_keys(Keys.ENTER)
+    browser.wait_for("#namespaces")
     assert ui_runed[1] not in browser.driver.current_url
     # The audit log is an admin's: enabled for root.
     assert browser.find("#nav a[data-view=audit]").get_attribute("aria-disabled") is None
