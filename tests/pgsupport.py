@@ -124,6 +124,8 @@ class PgCluster:
     bindir: Path
     root: Path
     port: int
+    # The addresses it listens on; clients of the subnets of the others may connect too (trust).
+    listen: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def datadir(self) -> Path:
@@ -141,9 +143,12 @@ class PgCluster:
 
     def init(self) -> None:
         self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync")
+        if self.listen != ("127.0.0.1",):
+            with open(self.datadir / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
 
     def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.listen)}"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -169,8 +174,9 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def private_cluster() -> Iterator[PgCluster]:
-    """A started :class:`PgCluster`, stopped and removed afterwards (skipped/failed as above when it cannot be made)."""
+def private_cluster(listen: tuple[str, ...] = ("127.0.0.1",)) -> Iterator[PgCluster]:
+    """A started :class:`PgCluster` (on ``listen``), stopped and removed afterwards (skipped/failed as
+    above when it cannot be made)."""
     bindir = _pg_bin()
     if bindir is None:
         _unavailable("no PostgreSQL server programs (pg_ctl, initdb) found")
@@ -178,7 +184,7 @@ def private_cluster() -> Iterator[PgCluster]:
     root = Path(tempfile.mkdtemp(prefix="runed-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    cluster = PgCluster(bindir, root, free_port())
+    cluster = PgCluster(bindir, root, free_port(), listen)
     try:
         try:
             cluster.init()

@@ -31,7 +31,7 @@ INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGN
 MOUNTS_NAME = "mounts"
 HOST_MOUNTS_NAME = "host-mounts.json"
 
-# The instances of a service (namespace, name), as the controller's book holds them.
+# The instances of a service (namespace, name): this node's (the controller's book), or on every node.
 Peers = Callable[[str, str], list[Instance]]
 
 
@@ -107,11 +107,20 @@ def user_ids(sc: common_pb2.ProcessSecurityContext) -> tuple[int | None, int | N
 class Launcher:
     """Turns a service spec and an instance into a :class:`LaunchSpec`, resolving secrets and configmaps."""
 
-    def __init__(self, store: Store, crypto: SecretCrypto | None, cfg: ControllerConfig, peers: Peers) -> None:
+    def __init__(
+        self,
+        store: Store,
+        crypto: SecretCrypto | None,
+        cfg: ControllerConfig,
+        peers: Peers,
+        everywhere: Peers | None = None,
+    ) -> None:
         self.store = store
         self.crypto = crypto
         self.cfg = cfg
         self.peers = peers
+        # A dependency may run on other nodes: its endpoint is looked for on every one.
+        self.everywhere = everywhere or peers
 
     def spec(self, inst: Instance, svc: service_pb2.Service) -> LaunchSpec:
         """The launch of ``inst``; records on it what its record shows (ports, env with references
@@ -185,8 +194,9 @@ class Launcher:
         )
 
     def dependencies(self, svc: service_pb2.Service) -> list[envresolve.Endpoint]:
-        """Where each dependency service answers: the node's address and the host ports of one of its
-        instances (a ready one first, the lowest index first; ``expose.host_port`` is the same for all)."""
+        """Where each dependency service answers: the host ports of one of its instances (a ready one
+        first, then one on this node, the lowest index first; ``expose.host_port`` is the same for
+        all) and its address: the loopback one on this node, else its node's address."""
         out: list[envresolve.Endpoint] = []
         for dep in svc.dependencies:
             if not dep.service:
@@ -196,18 +206,26 @@ class Launcher:
             if rec is None:
                 continue
             dsvc = objects.service_from_record(rec)
-            candidates = [i for i in self.peers(dns, dep.service) if not i.retire and i.ports]
+            here = {i.key for i in self.peers(dns, dep.service)}
+            candidates = [i for i in self.everywhere(dns, dep.service) if not i.retire and i.ports]
             best = min(
                 candidates,
-                key=lambda i: (not (i.state is RUNNING and i.ready), i.state not in ACTIVE, i.index, i.created_at),
+                key=lambda i: (
+                    not (i.state is RUNNING and i.ready),
+                    i.state not in ACTIVE,
+                    i.key not in here,
+                    i.index,
+                    i.created_at,
+                ),
                 default=None,
             )
             ports = dict(best.ports) if best is not None else {}
+            host = best.ip if best is not None and best.key not in here else envresolve.NODE_ADDRESS
             fixed = fixed_port(dsvc)
             if fixed is not None:
                 ports[fixed[0]] = fixed[1]
             ordered = [(port_key(p), ports[port_key(p)]) for p in dsvc.ports if port_key(p) in ports]
-            out.append(envresolve.Endpoint(dep.service, envresolve.NODE_ADDRESS, ordered))
+            out.append(envresolve.Endpoint(dep.service, host, ordered))
         return out
 
     # -- mounts -----------------------------------------------------------------------------------

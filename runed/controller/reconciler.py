@@ -81,7 +81,7 @@ class Controller:
         # A node runs the instances placed on it; None: every instance (no scheduler).
         self.node = node
         self.book = Book(store, data_dir, cfg.log_min_free_bytes, owns=None if node is None else node.owns)
-        launcher = Launcher(store, crypto, cfg, self.book.of_service)
+        launcher = Launcher(store, crypto, cfg, self.book.of_service, self._everywhere)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
         self.status = StatusWriter(store)
@@ -333,9 +333,10 @@ class Controller:
         return inst
 
     def _everywhere(self, namespace: str, service: str) -> list[Instance]:
-        """A service's instances on this node and, for a node, on the others."""
+        """A service's instances on this node and, for a node, on the others where they are placed
+        (a lost node's copy, placed elsewhere since, no longer counts)."""
         mine = self.book.of_service(namespace, service)
-        return mine if self.node is None else mine + self.node.remote_of(namespace, service)
+        return mine if self.node is None else self.node.counted((namespace, service), mine)
 
     def reconcile_service(
         self, rec: Record, items: list[Instance], services: dict[Key, Record], *, refs_changed: bool = False

@@ -1,0 +1,195 @@
+"""Nodes on networks of their own: a node whose network is cut, and dependencies across nodes.
+
+The control plane (API and scheduler) and node n1 (127.0.0.2) run on this host's network; node n2
+runs in a network namespace joined by a veth pair (``tests/netns.py``), its address the namespace's
+end. Every host reaches a private PostgreSQL server that listens on the host's end of the pair too.
+Cutting n2 off is that pair going down: n2's runed keeps running and cannot reach anyone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rune.api import common_pb2, node_pb2, service_pb2
+from tests.harness import Runed, Runeds
+from tests.integration.test_nodes import KEY_FILES, RUNNING, Cluster, runefile
+from tests.netns import Netns, netns
+from tests.pgsupport import private_cluster
+from tests.support import bootstrap_metadata, eventually
+
+# A cluster of three runeds converging, then a node cut off for the lost window.
+pytestmark = pytest.mark.slow
+
+# Answers "pong" on every address of its node, at the port its environment names.
+PONG = textwrap.dedent(
+    """
+    import os, socketserver
+    class H(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.sendall(b"pong " + self.request.recv(100))
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    socketserver.ThreadingTCPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+    """
+)
+# Dials its dependency where its environment says and writes the answer to the file argv[1].
+PING = textwrap.dedent(
+    """
+    import os, socket, sys, time
+    host, port = os.environ["BACKEND_SERVICE_HOST"], int(os.environ["BACKEND_SERVICE_PORT"])
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"ping")
+        answer = s.recv(100).decode()
+    with open(sys.argv[1], "w") as f:
+        f.write(answer)
+    time.sleep(600)
+    """
+)
+
+
+@dataclass
+class NsRuned(Runed):
+    """A runed whose process runs inside a network namespace (the same files and pids)."""
+
+    prefix: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        return [*self.prefix, *super().command()]
+
+
+@dataclass
+class Split:
+    cluster: Cluster
+    ns: Netns
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
+    tmp = tmp_path_factory.mktemp("split")
+    runeds = Runeds()
+    with netns() as ns, private_cluster(listen=("127.0.0.1", ns.host_address)) as pg:
+        db = pg.create_database("runed")
+        n2 = NsRuned(tmp / "n2", role="node", prefix=ns.prefix())
+        try:
+            api = runeds.start(
+                tmp / "cp", args=runefile(tmp, "cp", "  enabled: false\n"), env={"RUNE_STORE_URL": db}, ready=False
+            )
+            eventually(lambda: all((api.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
+            for nid in ("n1", "n2"):
+                (tmp / nid).mkdir()
+                for f in KEY_FILES:
+                    shutil.copy2(api.data_dir / f, tmp / nid / f)
+            spec = "  id: n1\n  address: 127.0.0.2\n  labels:\n    name: n1\n"
+            n1 = runeds.start(
+                tmp / "n1", args=runefile(tmp, "n1", spec), env={"RUNE_STORE_URL": db}, role="node", ready=False
+            )
+            spec = f"  id: n2\n  address: {ns.address}\n  labels:\n    name: n2\n"
+            n2.args = runefile(tmp, "n2", spec)
+            n2.env = {"RUNE_STORE_URL": db.replace("@127.0.0.1:", f"@{ns.host_address}:")}
+            n2.launch()
+            for r in (api, n1, n2):
+                r.wait_ready(90)
+            c = Cluster(api, {"n1": n1, "n2": n2}, bootstrap_metadata(api.channel()), tmp, db)
+            listed = node_pb2.ListNodesRequest()
+            eventually(lambda: len(c.node_api.ListNodes(listed, metadata=c.auth).nodes) == 2, timeout=30)
+            yield Split(c, ns)
+        finally:
+            n2.stop()
+            runeds.close()
+
+
+def program(c: Cluster, name: str, text: str, *args: str) -> common_pb2.ProcessSpec:
+    script = c.tmp / f"{name}.py"
+    script.write_text(text)
+    return common_pb2.ProcessSpec(command=sys.executable, args=[str(script), *args])
+
+
+def _cwd(pid: int) -> Path | None:
+    """Where a process works (None once it is gone): tells a copy of n2's from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve(strict=True)
+    except OSError:
+        return None
+
+
+def test_a_dependent_gets_and_reaches_its_dependency_on_another_node(split: Split) -> None:
+    c = split.cluster
+    ready = common_pb2.Probe(type=common_pb2.PROBE_TYPE_TCP, port=7000, period_seconds=1)
+    backend = service_pb2.Service(
+        name="backend",
+        namespace="default",
+        runtime="process",
+        scale=1,
+        process=program(c, "pong", PONG),
+        ports=[common_pb2.ServicePort(name="wire", port=7000)],
+        health=common_pb2.HealthCheck(readiness=ready),
+        node_selector={"name": "n2"},
+    )
+    c.services.CreateService(service_pb2.CreateServiceRequest(service=backend), metadata=c.auth)
+    answer = c.tmp / "answer"
+    frontend = service_pb2.Service(
+        name="frontend",
+        namespace="default",
+        runtime="process",
+        scale=1,
+        process=program(c, "ping", PING, str(answer)),
+        dependencies=[service_pb2.DependencyRef(service="backend")],
+        node_selector={"name": "n1"},
+    )
+    c.services.CreateService(service_pb2.CreateServiceRequest(service=frontend), metadata=c.auth)
+    dep = eventually(lambda: c.running("backend", 1), timeout=60)[0]
+    app = eventually(lambda: c.running("frontend", 1), timeout=60)[0]
+    assert (dep.node_id, app.node_id) == ("n2", "n1")
+    # The dependency's node address (not this node's loopback one) and its instance's host port.
+    assert dep.ip == split.ns.address
+    assert app.environment["BACKEND_SERVICE_HOST"] == split.ns.address
+    assert app.environment["BACKEND_SERVICE_PORT"] == app.environment["BACKEND_SERVICE_PORT_WIRE"]
+    assert app.environment["BACKEND_SERVICE_PORT"] == dep.environment["PORT"]
+    # Over the veth pair, from n1's network to n2's.
+    assert eventually(lambda: answer.exists() and answer.read_text(), timeout=30) == "pong ping"
+    for name in ("frontend", "backend"):
+        c.delete(name)
+
+
+def test_a_cut_off_node_is_replaced_elsewhere_and_stops_its_copies_when_healed(split: Split) -> None:
+    c, ns = split.cluster, split.ns
+    c.cast("island", 2)
+    before = eventually(lambda: c.running("island", 2), timeout=60)
+    assert sorted(i.node_id for i in before) == ["n1", "n2"]
+    cut = next(i for i in before if i.node_id == "n2")
+    n2 = c.nodes["n2"]
+    assert n2.proc is not None
+    ns.cut()
+    try:
+        eventually(lambda: c.node("n2").status == "NotReady", timeout=30, what="n2 NotReady")
+
+        def replaced() -> list[str]:
+            insts = [i for i in c.instances("island") if i.node_id == "n1"]
+            assert len(insts) == 2 and all(i.status == RUNNING for i in insts), [(i.name, i.node_id) for i in insts]
+            return sorted(i.name for i in insts)
+
+        assert eventually(replaced, timeout=30, what="n2's instance running on n1") == ["island-0", "island-1"]
+        # A cut, not a crash: n2's runed and its copy still run, unaware.
+        assert n2.proc.poll() is None
+        assert str(_cwd(cut.pid)).startswith(str(n2.data_dir.resolve()))
+    finally:
+        ns.heal()
+    eventually(lambda: c.node("n2").status == "Ready", timeout=60, what="n2 Ready again")
+
+    def converged() -> bool:
+        insts = c.instances("island")
+        where = [(i.name, i.node_id, i.status) for i in insts]
+        assert sorted(i.name for i in insts) == ["island-0", "island-1"], where
+        assert all(i.node_id == "n1" and i.status == RUNNING for i in insts), where
+        # The old copy is stopped, not only forgotten.
+        assert not str(_cwd(cut.pid)).startswith(str(n2.data_dir.resolve())), cut.pid
+        return True
+
+    eventually(converged, timeout=60, what="one copy of every name, on n1")
+    c.delete("island")
