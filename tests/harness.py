@@ -53,6 +53,8 @@ def marked_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # A runed started from inside a runed role must not take this test's runed for its supervisor.
     env.pop("RUNED_SUPERVISOR_PID", None)
     env[RUN_ENV] = RUN_ID
+    # Node channels on any free port: runeds of concurrent tests share the loopback addresses.
+    env.setdefault("RUNE_NODE_PORT", "0")
     return env
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from google.rpc import code_pb2
 
 from rune.api import common_pb2, exec_pb2
-from runed.api import lifetime
+from runed.api import forward, lifetime
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.exec.docker import DockerError, DockerExec
@@ -227,6 +227,15 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     store = ctx.deps.store
     since = await store.run(store.current_revision)
     rec = await store.run(pick_instance, ctx, ns, init)
+    node = forward.elsewhere(ctx, rec)
+    if node is not None:
+        # Another node runs it: that node runs the session (and audits it), pinned to this instance.
+        pinned = exec_pb2.ExecRequest()
+        pinned.CopyFrom(first)
+        pinned.init.instance_id = rec.name
+        async for resp in forward.stream(ctx, node, pinned, requests, exec_pb2.ExecResponse):
+            yield resp
+        return
     cfg = ctx.deps.config.exec
     slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)

@@ -32,12 +32,12 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from rune.api import logs_pb2
-from runed.api import lifetime
+from runed.api import forward, lifetime, logs_remote
 from runed.api.logs_wire import MAX_BATCH, end_response, pack, wrap
 from runed.core import errors
 from runed.core.errors import FieldViolation
@@ -177,13 +177,70 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     # Take the revision before listing so an instance created in between is seen by the watch.
     start_rev = await store.run(store.current_revision)
     service, sources = await store.run(resolve_target, store, data_dir, ns, first.resource_target)
-    target = await store.run(_Target.of, store, ns, service, sources)
+    where = await store.run(_nodes_of, store, ns, sources)
+    if ctx.transport != forward.NODE_TRANSPORT:
+        # Instances on other nodes: their nodes stream them (a call through the node channel never goes on).
+        away = {n for n in where.values() if not forward.is_local(ctx, n)}
+        if service is None and away:
+            async for r in forward.stream(ctx, away.pop(), first, requests, logs_pb2.LogResponse):
+                yield r
+            return
+        if service is not None:
+            here = forward.here(ctx.deps.config.node)
+            # A follow also hears the nodes that have none of its instances yet: they may get some.
+            nodes = away | (set(await store.run(forward.remote_nodes, store, here)) if first.follow else set())
+            if nodes:
+                mine = [s for s in sources if forward.is_local(ctx, where[s.instance_id])]
+                parts: list[logs_remote.Part] = [_remote(ctx, n, first) for n in sorted(nodes)]
+                if here is not None:
+                    parts.append(lambda reqs: _local(reqs, ctx, first, service, mine, start_rev))
+                async for r in logs_remote.merged(parts, requests, first.after_cursor):
+                    yield r
+                return
+    elif service is None and not forward.is_local(ctx, where[sources[0].instance_id]):
+        raise errors.FailedPrecondition(f"instance {sources[0].instance_name} runs on another node, not on this one")
+    local = [s for s in sources if forward.is_local(ctx, where[s.instance_id])]
+    async for r in _local(requests, ctx, first, service, local, start_rev):
+        yield r
+
+
+def _nodes_of(store: Store, ns: str, sources: list[Source]) -> dict[str, str]:
+    """instance id -> the node that runs it."""
+    out = {}
+    for src in sources:
+        rec = store.get(INSTANCE_KIND, ns, src.instance_id)
+        out[src.instance_id] = forward.node_of(rec) if rec is not None else ""
+    return out
+
+
+def _remote(ctx: CallContext, node: str, first: logs_pb2.LogRequest) -> logs_remote.Part:
+    def part(reqs: AsyncIterator[logs_pb2.LogRequest]) -> AsyncIterator[logs_pb2.LogResponse]:
+        return forward.stream(ctx, node, first, reqs, logs_pb2.LogResponse)
+
+    return part
+
+
+async def _local(
+    requests: AsyncIterator[logs_pb2.LogRequest],
+    ctx: CallContext,
+    first: logs_pb2.LogRequest,
+    service: str | None,
+    sources: list[Source],
+    start_rev: int,
+) -> AsyncIterator[logs_pb2.LogResponse]:
+    """This host's instances of the target, read from their files (a service's new ones joining)."""
+    store = ctx.deps.store
+    data_dir = ctx.deps.config.data_path
+    target = await store.run(_Target.of, store, first.namespace, service, sources)
     sources = _with_events(sources, first.show_events)
     params = _Params(first)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
     stream = LogStream(params.selection, {s.key: s for s in sources}, positions)
 
-    lines = _serve(stream, params, requests, store, target, start_rev, data_dir, first.tail, first.show_events)
+    def mine(rec: Record) -> bool:
+        return forward.is_local(ctx, forward.node_of(rec))
+
+    lines = _serve(stream, params, requests, store, target, start_rev, data_dir, first, mine)
     try:
         async for item in lines:
             yield item
@@ -225,10 +282,11 @@ async def _serve(
     target: _Target,
     start_rev: int,
     data_dir: Path,
-    tail: int,
-    events: bool,
+    first: logs_pb2.LogRequest,
+    mine: Callable[[Record], bool],
 ) -> AsyncGenerator[logs_pb2.LogResponse, None]:
-    for r in pack(stream.history(tail), params.timestamps, params.max_batch):
+    events = first.show_events
+    for r in pack(stream.history(first.tail), params.timestamps, params.max_batch):
         yield r
     if not params.follow:
         return
@@ -252,6 +310,9 @@ async def _serve(
     ended: list[str] = []
 
     def join(rec: Record) -> None:
+        if not mine(rec):
+            # Another node's instance: that node streams it.
+            return
         for src in _with_events([_source(data_dir, rec)], events):
             stream.add_source(src)
 

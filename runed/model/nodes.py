@@ -9,17 +9,26 @@ and each node's reconciler runs exactly the indexes placed on it.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runed.core.config.schema import NodeConfig
 from runed.core.quantity import QuantityError, parse_cpu, parse_memory
 
 NODE = "node"
 PLACEMENT = "placement"
 # Nodes are cluster-scoped: stored under the empty namespace.
 SCOPE = ""
+# Written by the node channel once it listens: the port API hosts reach it at (beside ``address``).
+CHANNEL_PORT = "channel_port"
+
+
+def local_node_id(cfg: NodeConfig) -> str:
+    """This host's node id: the configured one, else the hostname."""
+    return cfg.id or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,8 @@ class Node:
     # Set by the scheduler: False once no heartbeat came within node.not_ready_seconds.
     ready: bool = True
     ready_changed_at: float = 0.0
+    # The node channel's port (0: the node serves no channel, or has not yet said).
+    channel_port: int = 0
 
     @property
     def allocatable(self) -> Resources:
@@ -94,6 +105,7 @@ class Node:
             draining=bool(d.get("draining")),
             ready=bool(d.get("ready", True)),
             ready_changed_at=float(d.get("ready_changed_at") or 0),
+            channel_port=int(d.get(CHANNEL_PORT) or 0),
         )
 
 

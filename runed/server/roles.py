@@ -42,17 +42,40 @@ async def serve_rest(c: Components, stop: asyncio.Event, on_ready: OnReady) -> N
 
 
 async def serve_controller(c: Components, stop: asyncio.Event, on_ready: OnReady) -> None:
-    """The reconciler, runners and probes: works on the store only, never on the pipeline."""
+    """The reconciler, runners and probes: works on the store only, never on the pipeline.
+
+    On a shared store a host that runs instances also serves the node channel (a lone runed does not).
+    """
     from runed import controller
 
-    await controller.serve(c.config, c.store, c.crypto, stop, on_ready)
+    serving = controller.serve(c.config, c.store, c.crypto, stop, on_ready)
+    if c.config.node.enabled and not c.config.store.url.startswith("sqlite:"):
+        await _beside_channel(c, stop, serving)
+    else:
+        await serving
 
 
 async def serve_node(c: Components, stop: asyncio.Event, on_ready: OnReady) -> None:
-    """A node of a cluster: registers and beats, runs the instances the scheduler places on it."""
+    """A node of a cluster: registers and beats, runs the instances placed on it, serves the node channel."""
     from runed.controller import node
 
-    await node.serve(c.config, c.store, c.crypto, stop, on_ready)
+    await _beside_channel(c, stop, node.serve(c.config, c.store, c.crypto, stop, on_ready))
+
+
+async def _beside_channel(c: Components, stop: asyncio.Event, serving: Awaitable[None]) -> None:
+    """``serving`` and the node channel until both end; either one failing stops the other and is raised."""
+    from runed.transport import nodechannel
+
+    tasks = [asyncio.ensure_future(nodechannel.serve(c.config, c.deps, stop)), asyncio.ensure_future(serving)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.set()
+        await asyncio.wait(tasks)
+    for t in tasks:
+        err = None if t.cancelled() else t.exception()
+        if err is not None:
+            raise err
 
 
 # role -> the coroutine serving it until ``stop`` (``runed serve --role <name>``).

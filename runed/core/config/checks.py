@@ -132,6 +132,8 @@ def _node(f: _Found, cfg: Config) -> None:
         f.add("node.not_ready_seconds", "must be above node.heartbeat_seconds")
     if n.id and not _HOSTNAME.match(n.id):
         f.add("node.id", f"must be a hostname-like name, got {n.id!r}")
+    if not 0 <= n.port <= 65535:
+        f.add("node.port", f"must be between 0 and 65535 (0: any free port), got {n.port}")
     try:
         if parse_cpu(n.reserve_cpu) < 0 or parse_memory(n.reserve_memory) < 0:
             raise QuantityError("negative")

@@ -238,6 +238,9 @@ class NodeConfig:
     id: str = ""
     # The address other hosts reach this node's instances at.
     address: str = "127.0.0.1"
+    # The node channel's port on ``address``: API hosts reach this node's logs and exec there
+    # (0: any free port, recorded in the node's record).
+    port: int = 7864
     labels: dict[str, str] = field(default_factory=dict)
     # Kept back from the OS's CPU cores and memory for runed and the host itself.
     reserve_cpu: str = "0"

@@ -1,0 +1,144 @@
+"""The API host's side of the node channel: a log or exec stream of an instance another node runs.
+
+Authorization has run on the API host: the node is asked with a short-lived node token (see
+:mod:`runed.auth.nodetoken`) for that one node, carrying the caller's name for the node's audit.
+Requests and responses pass through unchanged, both ways. A node that cannot be reached (or that
+refuses the cluster's token) is UNAVAILABLE naming the node; the node's own answers (NOT_FOUND,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED ...) keep their code and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from runed.core import errors
+from runed.core.config.schema import NodeConfig
+from runed.model.nodes import NODE, SCOPE, Node, local_node_id
+from runed.pipeline.context import CallContext
+from runed.store.base import Record, Store, iter_all
+
+# The transport name of calls that came through the node channel (the node serves its own instances).
+NODE_TRANSPORT = "node"
+# Instance records written before nodes existed: run by the host whose data dir holds them.
+LEGACY_NODES = ("", "local")
+
+_CODES: dict[grpc.StatusCode, type[errors.RuneError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.PermissionDenied,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.Conflict,
+        errors.FailedPrecondition,
+        errors.ResourceExhausted,
+        errors.Unimplemented,
+        errors.Cancelled,
+    )
+}
+# One channel per node address and event loop (grpc.aio channels belong to the loop that made them).
+_channels: dict[tuple[int, str], grpc.aio.Channel] = {}
+
+
+def here(cfg: NodeConfig) -> str | None:
+    """This host's node id, or None on a control-plane host that runs no instances."""
+    return local_node_id(cfg) if cfg.enabled else None
+
+
+def node_of(rec: Record) -> str:
+    return str((rec.data.get("instance") or {}).get("node_id") or "")
+
+
+def is_local(ctx: CallContext, node: str) -> bool:
+    """Whether this host runs an instance placed on ``node`` (legacy records included)."""
+    return node in LEGACY_NODES or node == here(ctx.deps.config.node)
+
+
+def elsewhere(ctx: CallContext, rec: Record) -> str | None:
+    """The node to ask for this instance, or None when this host serves it.
+
+    A call that came through the node channel is never passed on: a node serves only its own.
+    """
+    node = node_of(rec)
+    if is_local(ctx, node):
+        return None
+    if ctx.transport == NODE_TRANSPORT:
+        raise errors.FailedPrecondition(f"instance {rec.name} runs on node {node}, not on this one")
+    return node
+
+
+def remote_nodes(store: Store, exclude: str | None) -> list[str]:
+    """The Ready nodes other than ``exclude`` whose channel is known."""
+    out = []
+    for rec in iter_all(store, NODE, SCOPE):
+        n = Node.from_record(rec.name, rec.data)
+        if n.id != exclude and n.ready and n.channel_port:
+            out.append(n.id)
+    return sorted(out)
+
+
+def _target(store: Store, node: str) -> str:
+    rec = store.get(NODE, SCOPE, node)
+    if rec is None:
+        raise errors.Unavailable(f"node {node} is not registered: its instances cannot be reached")
+    n = Node.from_record(rec.name, rec.data)
+    if not n.address or not n.channel_port:
+        raise errors.Unavailable(f"node {node} has not published its node channel: its instances cannot be reached")
+    host = f"[{n.address}]" if ":" in n.address else n.address
+    return f"{host}:{n.channel_port}"
+
+
+def _channel(target: str) -> grpc.aio.Channel:
+    key = (id(asyncio.get_running_loop()), target)
+    ch = _channels.get(key)
+    if ch is None:
+        ch = _channels[key] = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
+    return ch
+
+
+def _error(node: str, target: str, e: grpc.aio.AioRpcError) -> errors.RuneError:
+    code = e.code()
+    details = e.details() or str(code.name)
+    cls = _CODES.get(code)
+    if cls is not None:
+        return cls(details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return errors.Unavailable(f"node {node} ({target}) refused the control plane: {details}")
+    return errors.Unavailable(f"node {node} ({target}) is unreachable: {details}")
+
+
+async def stream(
+    ctx: CallContext, node: str, first: Any, requests: AsyncIterator[Any], response_cls: Any
+) -> AsyncIterator[Any]:
+    """The node's answer to ``first`` and then ``requests``, streamed both ways."""
+    from runed.auth import nodetoken
+
+    store = ctx.deps.store
+    target = await store.run(_target, store, node)
+    token = nodetoken.mint(ctx.deps.identity.key, node, ctx.principal.subject)
+    metadata = (("authorization", f"Bearer {token}"), ("x-request-id", ctx.request_id))
+
+    async def outgoing() -> AsyncIterator[Any]:
+        yield first
+        async for req in requests:
+            yield req
+
+    method = _channel(target).stream_stream(
+        ctx.method.full_name,
+        request_serializer=type(first).SerializeToString,
+        response_deserializer=response_cls.FromString,
+    )
+    call = method(outgoing(), metadata=metadata, timeout=ctx.time_remaining())
+    try:
+        async for resp in call:
+            yield resp
+    except grpc.aio.AioRpcError as e:
+        raise _error(node, target, e) from None
+    finally:
+        call.cancel()

@@ -1,0 +1,121 @@
+"""A service's log stream over several nodes: each node streams its own instances, merged here.
+
+Every part gets the client's request (and, as they come, its parameter updates); each answers with
+its instances' lines and cursors. Cursors name instances, so the merged cursor is the union of the
+parts' positions (the highest seq per instance: a part resumed from a merged cursor repeats the
+others' positions unchanged). Lines of different nodes interleave as they arrive; ``tail`` applies
+per node. A follow that ends (the service deleted) sends one end line, once every part has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from rune.api import logs_pb2
+from runed.api.logs_wire import END_OF_STREAM
+from runed.logs import cursor
+
+Part = Callable[[AsyncIterator[logs_pb2.LogRequest]], AsyncIterator[logs_pb2.LogResponse]]
+_DONE = object()
+
+
+class _Fanout:
+    """The client's further requests, copied to every part."""
+
+    def __init__(self, n: int) -> None:
+        self.queues: list[asyncio.Queue[logs_pb2.LogRequest | None]] = [asyncio.Queue() for _ in range(n)]
+
+    async def pump(self, requests: AsyncIterator[logs_pb2.LogRequest]) -> None:
+        try:
+            async for req in requests:
+                for q in self.queues:
+                    q.put_nowait(req)
+        finally:
+            for q in self.queues:
+                q.put_nowait(None)
+
+    @staticmethod
+    async def iterate(q: asyncio.Queue[logs_pb2.LogRequest | None]) -> AsyncIterator[logs_pb2.LogRequest]:
+        while (req := await q.get()) is not None:
+            yield req
+
+
+def _is_end(line: logs_pb2.LogResponse) -> bool:
+    return END_OF_STREAM in line.status.details
+
+
+class _Cursor:
+    def __init__(self, start: str) -> None:
+        self.pos = cursor.decode(start) if start else {}
+
+    def merge(self, text: str) -> str:
+        if text:
+            for key, seq in cursor.decode(text).items():
+                if seq > self.pos.get(key, -1):
+                    self.pos[key] = seq
+        return cursor.encode(self.pos)
+
+
+async def merged(
+    parts: list[Part], requests: AsyncIterator[logs_pb2.LogRequest], after_cursor: str
+) -> AsyncIterator[logs_pb2.LogResponse]:
+    """The parts' responses as they come, cursors merged; their end lines held back to one at the end."""
+    fan = _Fanout(len(parts))
+    out: asyncio.Queue[tuple[logs_pb2.LogResponse | object, BaseException | None]] = asyncio.Queue()
+
+    async def run(part: Part, q: asyncio.Queue[logs_pb2.LogRequest | None]) -> None:
+        try:
+            async for resp in part(fan.iterate(q)):
+                await out.put((resp, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            await out.put((_DONE, e))
+            return
+        await out.put((_DONE, None))
+
+    tasks = [asyncio.create_task(run(p, q)) for p, q in zip(parts, fan.queues, strict=True)]
+    pump = asyncio.create_task(fan.pump(requests))
+    pos = _Cursor(after_cursor)
+    end: logs_pb2.LogResponse | None = None
+    # An end line taken out of a batch goes back in one: the stream keeps the form it started with.
+    batched = False
+    try:
+        active = len(tasks)
+        while active:
+            item, err = await out.get()
+            if err is not None:
+                raise err
+            if item is _DONE:
+                active -= 1
+                continue
+            assert isinstance(item, logs_pb2.LogResponse)
+            resp = item
+            if resp.lines:
+                kept = [ln for ln in resp.lines if not _is_end(ln)]
+                if len(kept) != len(resp.lines):
+                    end = logs_pb2.LogResponse()
+                    end.CopyFrom(next(ln for ln in resp.lines if _is_end(ln)))
+                    batched = True
+                    del resp.lines[:]
+                    resp.lines.extend(kept)
+                for ln in resp.lines:
+                    ln.cursor = pos.merge(ln.cursor)
+                if not resp.lines:
+                    continue
+                resp.cursor = resp.lines[-1].cursor
+            elif _is_end(resp):
+                end = resp
+                continue
+            else:
+                resp.cursor = pos.merge(resp.cursor)
+            yield resp
+        if end is not None:
+            end.cursor = pos.merge(end.cursor)
+            yield logs_pb2.LogResponse(lines=[end], cursor=end.cursor) if batched else end
+    finally:
+        for t in (*tasks, pump):
+            t.cancel()
+        for t in (*tasks, pump):
+            with contextlib.suppress(BaseException):
+                await t

@@ -1,0 +1,288 @@
+"""Logs and exec of an instance on another node, through either API host, over the node channel.
+
+Two API hosts (whole runeds that run no instances, ``node.enabled: false``) and two nodes (127.0.0.2,
+.3) on one PostgreSQL database. Every instance runs on a node, so every log and exec call an API
+host answers goes over the node channel; the nodes refuse whatever does not carry a node token of
+the cluster for them. The last test stops a node, so it runs last.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from rune.api import (
+    common_pb2,
+    exec_pb2,
+    exec_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
+    logs_pb2,
+    logs_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
+from runed.auth import nodetoken
+from runed.auth.identity import load_server_key
+from runed.model.nodes import NODE, SCOPE, Node
+from runed.store.open import open_url
+from tests.harness import Runed, Runeds
+from tests.integration.orch import RUNEFILE
+from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
+from tests.support import Metadata, bootstrap_metadata, eventually, sse_events
+
+NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3"}
+KEY_FILES = ("auth.key", "kek.b64")
+pytestmark = pytest.mark.slow
+# Prints a numbered line every 0.2 s: a follower sees lines written after it started.
+TICKER = (
+    "import itertools, sys, time\nfor n in itertools.count():\n    print('tick', n, flush=True)\n    time.sleep(0.2)\n"
+)
+
+
+@dataclass
+class Cluster:
+    apis: list[Runed]
+    nodes: dict[str, Runed]
+    auth: Metadata
+    store_url: str
+
+    @property
+    def token(self) -> str:
+        return dict(self.auth)["authorization"].removeprefix("Bearer ")
+
+    def instances(self, service: str) -> list[instance_pb2.Instance]:
+        stub = instance_pb2_grpc.InstanceServiceStub(self.apis[0].channel())
+        req = instance_pb2.ListInstancesRequest(service_name=service)
+        return list(stub.ListInstances(req, metadata=self.auth).instances)
+
+    def channel_of(self, nid: str) -> str:
+        store = open_url(self.store_url)
+        try:
+            rec = store.get(NODE, SCOPE, nid)
+            assert rec is not None
+            node = Node.from_record(nid, rec.data)
+        finally:
+            store.close()
+        assert node.channel_port, node
+        return f"{node.address}:{node.channel_port}"
+
+
+def runefile(tmp: Path, name: str, node: str) -> list[str]:
+    path = tmp / f"{name}.yaml"
+    path.write_text(RUNEFILE + "node:\n" + node)
+    return ["--config", str(path)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[Cluster]:  # noqa: F811
+    reset_schema(pg_database)
+    tmp = tmp_path_factory.mktemp("channel")
+    env = {"RUNE_STORE_URL": pg_database}
+    runeds = Runeds()
+    try:
+        first = runeds.start(tmp / "api1", args=runefile(tmp, "api1", "  enabled: false\n"), env=env, ready=False)
+        # Hosts sharing a store share its keys: each gets the first host's before its first start.
+        eventually(lambda: all((first.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
+        others: dict[str, Runed] = {}
+        for name in ("api2", *NODES):
+            (tmp / name).mkdir()
+            for f in KEY_FILES:
+                shutil.copy2(first.data_dir / f, tmp / name / f)
+            if name == "api2":
+                spec = "  enabled: false\n  id: api2\n"
+                others[name] = runeds.start(tmp / name, args=runefile(tmp, name, spec), env=env, ready=False)
+            else:
+                spec = f"  id: {name}\n  address: {NODES[name]}\n"
+                args = runefile(tmp, name, spec)
+                others[name] = runeds.start(tmp / name, args=args, env=env, role="node", ready=False)
+        for r in (first, *others.values()):
+            r.wait_ready(90)
+        c = Cluster(
+            [first, others["api2"]], {n: others[n] for n in NODES}, bootstrap_metadata(first.channel()), pg_database
+        )
+        nodes = node_pb2_grpc.NodeServiceStub(first.channel())
+        eventually(lambda: len(nodes.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes) == 2, timeout=30)
+        script = tmp / "ticker.py"
+        script.write_text(TICKER)
+        svc = service_pb2.Service(
+            name="ticker",
+            namespace="default",
+            scale=2,
+            runtime="process",
+            process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
+        )
+        service_pb2_grpc.ServiceServiceStub(first.channel()).CreateService(
+            service_pb2.CreateServiceRequest(service=svc), metadata=c.auth
+        )
+
+        def running() -> bool:
+            insts = c.instances("ticker")
+            assert sorted(i.node_id for i in insts) == ["n1", "n2"], [(i.name, i.node_id) for i in insts]
+            assert all(i.status == instance_pb2.INSTANCE_STATUS_RUNNING for i in insts)
+            return True
+
+        eventually(running, timeout=60, what="one ticker instance on each node")
+        yield c
+    finally:
+        runeds.close()
+
+
+def on_node(c: Cluster, nid: str) -> instance_pb2.Instance:
+    return next(i for i in c.instances("ticker") if i.node_id == nid)
+
+
+def exec_call(
+    stub: exec_pb2_grpc.ExecServiceStub, md: Metadata, init: exec_pb2.ExecInitRequest, stdin: bytes = b""
+) -> tuple[bytes, int]:
+    """Run one exec session (``stdin`` then EOF): its stdout and exit code."""
+    q: queue.Queue[exec_pb2.ExecRequest | None] = queue.Queue()
+    q.put(exec_pb2.ExecRequest(init=init))
+    if stdin:
+        q.put(exec_pb2.ExecRequest(stdin=stdin))
+    q.put(exec_pb2.ExecRequest(stdin=b""))
+
+    def requests() -> Iterator[exec_pb2.ExecRequest]:
+        while (r := q.get()) is not None:
+            yield r
+
+    out, code = b"", -1
+    call = stub.StreamExec(requests(), metadata=md, timeout=30)
+    for resp in call:
+        which = resp.WhichOneof("response")
+        if which == "stdout":
+            out += resp.stdout
+        elif which == "exit":
+            code = resp.exit.code
+            q.put(None)
+    return out, code
+
+
+@pytest.mark.parametrize("api", [0, 1])
+def test_exec_over_grpc_reaches_an_instance_on_a_node_through_either_api_host(cluster: Cluster, api: int) -> None:
+    stub = exec_pb2_grpc.ExecServiceStub(cluster.apis[api].channel())
+    for nid, node in cluster.nodes.items():
+        inst = on_node(cluster, nid)
+        init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["sh", "-c", "cat; pwd; exit 7"])
+        out, code = exec_call(stub, cluster.auth, init, stdin=b"over the channel\n")
+        # The node ran it: stdin went there, and the working directory is in the node's data dir.
+        assert code == 7
+        said, cwd = out.decode().splitlines()
+        assert said == "over the channel"
+        assert cwd.startswith(str(node.data_dir.resolve() / "instances" / inst.id)), cwd
+    # The node logged each call with the caller the API host vouched for.
+    assert "node channel /rune.api.ExecService/StreamExec for root" in cluster.nodes["n1"].output()
+
+
+@pytest.mark.parametrize("api", [0, 1])
+def test_logs_follow_over_grpc_reaches_an_instance_on_a_node(cluster: Cluster, api: int) -> None:
+    stub = logs_pb2_grpc.LogServiceStub(cluster.apis[api].channel())
+    inst = on_node(cluster, "n2")
+    req = logs_pb2.LogRequest(resource_target=f"instance/{inst.id}", follow=True, tail=1)
+    call = stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30)
+    got: list[logs_pb2.LogResponse] = []
+    for resp in call:
+        got.append(resp)
+        if len(got) == 4:
+            break
+    call.cancel()
+    # A tail of one, then lines written while following (the ticker writes one every 0.2 s).
+    assert {r.instance_id for r in got} == {inst.id}
+    ticks = [int(r.content.split()[1]) for r in got]
+    assert ticks == list(range(ticks[0], ticks[0] + 4)), ticks
+    assert all(r.cursor for r in got)
+
+
+def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster) -> None:
+    base = cluster.apis[1].http_base
+    headers = {"authorization": f"Bearer {cluster.token}"}
+    url = base + "/v1/namespaces/default/logs/ticker"
+    names: set[str] = set()
+    last_id = ""
+    with httpx.Client(timeout=30, headers=headers) as client:
+        with client.stream("GET", url, params={"follow": "true", "tail": "2"}) as r:
+            assert r.status_code == 200, r.read()
+            for ev in sse_events(r.iter_lines()):
+                names.add(json.loads(ev["data"])["instanceName"])
+                last_id = ev["id"]
+                if len(names) == 2:
+                    break
+        assert names == {"ticker-0", "ticker-1"}
+        # The merged cursor names both nodes' instances: a resume continues each where it was.
+        positions = dict(p.split("=") for p in last_id.split(";")[1:])
+        assert len(positions) == 2
+        with client.stream("GET", url, params={"follow": "true"}, headers={"last-event-id": last_id}) as r:
+            seen: dict[str, int] = {}
+            for ev in sse_events(r.iter_lines()):
+                line = json.loads(ev["data"])
+                seen.setdefault(line["instanceId"], int(line["seq"]))
+                if len(seen) == 2:
+                    break
+        assert all(seen[iid] == int(seq) + 1 for iid, seq in positions.items()), (positions, seen)
+
+
+def test_exec_over_the_websocket_reaches_an_instance_on_a_node(cluster: Cluster) -> None:
+    url = f"ws://{cluster.apis[0].address('rest')}/v1/namespaces/default/exec/ticker/ws"
+    with connect(url, additional_headers={"authorization": f"Bearer {cluster.token}"}) as ws:
+        ws.send(json.dumps({"command": ["sh", "-c", "echo remote; exit 4"]}))
+        out, ex = b"", None
+        while ex is None:
+            msg = json.loads(ws.recv(timeout=20))
+            out += base64.b64decode(msg.get("stdout", ""))
+            ex = msg.get("exit")
+    assert out == b"remote\n" and ex["code"] == 4
+
+
+def test_a_node_refuses_what_is_not_from_the_control_plane(cluster: Cluster) -> None:
+    target = cluster.channel_of("n1")
+    inst = on_node(cluster, "n1")
+    init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["echo", "in"])
+    key = load_server_key(cluster.apis[0].data_dir)
+    with grpc.insecure_channel(target) as ch:
+        stub = exec_pb2_grpc.ExecServiceStub(ch)
+        refused: list[Metadata] = [
+            [],
+            cluster.auth,  # a user token: for the API, not for nodes
+            [("authorization", f"Bearer {nodetoken.mint(key, 'n2', 'root')}")],  # another node's
+            [("authorization", f"Bearer {nodetoken.mint(key, 'n1', 'root', lifetime=-60)}")],  # expired
+            [("authorization", f"Bearer {nodetoken.mint(b'x' * 32, 'n1', 'root')}")],  # another cluster's
+        ]
+        for md in refused:
+            with pytest.raises(grpc.RpcError) as e:
+                exec_call(stub, md, init)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, (md, e.value.details())
+        # The same call with a node token for n1 is served.
+        ok = [("authorization", f"Bearer {nodetoken.mint(key, 'n1', 'root')}")]
+        assert exec_call(stub, ok, init) == (b"in\n", 0)
+        # The channel serves logs and exec only.
+        with pytest.raises(grpc.RpcError) as e:
+            instance_pb2_grpc.InstanceServiceStub(ch).ListInstances(instance_pb2.ListInstancesRequest(), metadata=ok)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_an_unreachable_node_is_unavailable_naming_it(cluster: Cluster) -> None:
+    inst = on_node(cluster, "n2")
+    # The node's runed alone: its instance runs on, and its record still says RUNNING on n2.
+    proc = cluster.nodes["n2"].proc
+    assert proc is not None
+    proc.kill()
+    proc.wait(10)
+    stub = exec_pb2_grpc.ExecServiceStub(cluster.apis[0].channel())
+    init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["true"])
+    with pytest.raises(grpc.RpcError) as e:
+        exec_call(stub, cluster.auth, init)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "node n2" in (e.value.details() or "")
