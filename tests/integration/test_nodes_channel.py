@@ -23,6 +23,8 @@ import pytest
 from websockets.sync.client import connect
 
 from rune.api import (
+    admin_pb2,
+    admin_pb2_grpc,
     common_pb2,
     exec_pb2,
     exec_pb2_grpc,
@@ -183,8 +185,12 @@ def test_exec_over_grpc_reaches_an_instance_on_a_node_through_either_api_host(cl
         said, cwd = out.decode().splitlines()
         assert said == "over the channel"
         assert cwd.startswith(str(node.data_dir.resolve() / "instances" / inst.id)), cwd
-    # The node logged each call with the caller the API host vouched for.
+    # The node logged each call, and its audit entry names the caller the API host vouched for.
     assert "node channel /rune.api.ExecService/StreamExec for root" in cluster.nodes["n1"].output()
+    admin = admin_pb2_grpc.AdminServiceStub(cluster.apis[api].channel())
+    events = admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest(limit=1000), metadata=cluster.auth).events
+    started = [e for e in events if e.resource == "exec" and e.outcome == "started" and "exit 7" in e.detail]
+    assert {e.subject for e in started} == {"root"} and len(started) >= 2
 
 
 @pytest.mark.parametrize("api", [0, 1])
@@ -244,6 +250,35 @@ def test_exec_over_the_websocket_reaches_an_instance_on_a_node(cluster: Cluster)
             out += base64.b64decode(msg.get("stdout", ""))
             ex = msg.get("exit")
     assert out == b"remote\n" and ex["code"] == 4
+
+
+def test_a_service_s_follow_over_nodes_ends_once_when_it_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
+    script = tmp_path / "ticker.py"
+    script.write_text(TICKER)
+    svc = service_pb2.Service(
+        name="brief",
+        namespace="default",
+        scale=2,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
+    )
+    services = service_pb2_grpc.ServiceServiceStub(cluster.apis[0].channel())
+    services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=cluster.auth)
+    eventually(lambda: {i.node_id for i in cluster.instances("brief")} == set(NODES), timeout=60)
+    stub = logs_pb2_grpc.LogServiceStub(cluster.apis[1].channel())
+    req = logs_pb2.LogRequest(resource_target="brief", follow=True, max_batch=10)
+    lines: list[logs_pb2.LogResponse] = []
+    deleted = False
+    for resp in stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=60):
+        lines.extend(resp.lines)
+        if not deleted and len({ln.instance_name for ln in lines}) == 2:
+            # Both nodes' lines came: the service goes, and with it the follow, on each node.
+            delete = service_pb2.DeleteServiceRequest(name="brief", namespace="default", force=True, now=True)
+            services.DeleteService(delete, metadata=cluster.auth)
+            deleted = True
+    ends = [ln for ln in lines if "end_of_stream" in ln.status.details]
+    assert len(ends) == 1 and lines[-1] == ends[0], [ln.content for ln in lines[-5:]]
+    assert {ln.instance_name for ln in lines if ln.content.startswith("tick")} == {"brief-0", "brief-1"}
 
 
 def test_a_node_refuses_what_is_not_from_the_control_plane(cluster: Cluster) -> None:
