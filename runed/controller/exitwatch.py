@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 from collections.abc import Callable
 
 from runed.controller.alarm import Alarm
@@ -22,6 +23,9 @@ class ExitWatch:
     def __init__(self, alarm: Alarm) -> None:
         self.alarm = alarm
         self._fds: dict[Key, int] = {}
+        self._keys: dict[int, Key] = {}
+        # The same descriptors, for :meth:`check` (one poll(2) over all of them).
+        self._poll = select.poll()
         # Something ended since the last pass (finished helper processes are worth reaping).
         self.fired = False
         # Runners' start-report descriptors being watched.
@@ -41,6 +45,8 @@ class ExitWatch:
             os.close(fd)
             return False
         self._fds[key] = fd
+        self._keys[fd] = key
+        self._poll.register(fd, select.POLLIN)
         return True
 
     def discard(self, key: Key) -> None:
@@ -48,9 +54,22 @@ class ExitWatch:
         fd = self._fds.pop(key, None)
         if fd is None:
             return
+        del self._keys[fd]
+        self._poll.unregister(fd)
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().remove_reader(fd)
         os.close(fd)
+
+    def check(self) -> int:
+        """Fire every watch whose descriptor is readable now; how many fired.
+
+        The safety net for a wake-up the event loop did not deliver: one system call for all the
+        watched instances instead of reading each one's files and ``/proc`` entries.
+        """
+        ready = [self._keys[fd] for fd, _ in self._poll.poll(0) if fd in self._keys]
+        for key in ready:
+            self._fire(key)
+        return len(ready)
 
     def _fire(self, key: Key) -> None:
         self.discard(key)

@@ -27,9 +27,13 @@ log = logging.getLogger("runed.controller")
 # waiting), slower for a running one whose runner offers no exit descriptor.
 FAST_TICK_SECONDS = 0.02
 TICK_SECONDS = 0.1
-# Running instances whose end is watched are looked at anyway this often (or every resync, if
-# slower): the safety net for an end the watch missed. Each look reads /proc and the instance dir.
+# The safety net for an end the watch missed, this often (or every resync, if slower): one poll(2)
+# over every watched descriptor (a wake-up the loop lost), and a full look (the instance's files
+# and /proc entries: a shim stuck after its process ended) at one of SWEEP_SLICES slices of the
+# running instances, so each is looked at every SWEEP_SECONDS * SWEEP_SLICES. Looking at all of
+# them every sweep was most of an idle controller's CPU at a thousand instances (bench/README.md).
 SWEEP_SECONDS = 30.0
+SWEEP_SLICES = 10
 
 # Policies under which an instance that exited on its own comes back (the unset policy is Always).
 ALWAYS = (common_pb2.RESTART_POLICY_ALWAYS, common_pb2.RESTART_POLICY_UNSPECIFIED)
@@ -63,6 +67,8 @@ class Supervisor:
         # Running instances whose end the event loop reports: not polled every tick.
         self.exits = ExitWatch(alarm)
         self._last_sweep = 0.0
+        # The slice of the watched instances the current sweep looks at in full.
+        self._slice = 0
         # Seconds until the next pass must look at instances again (None: nothing needs polling;
         # exits, probes, stops and timers wake the loop). Set by each :meth:`observe` and by a start.
         self.tick: float | None = FAST_TICK_SECONDS
@@ -124,8 +130,8 @@ class Supervisor:
         """Observe active instances and run due timers; True when something changed.
 
         A running instance whose end is watched (:class:`ExitWatch`) is looked at only once its
-        watch fires, and in the sweep every ``resync_seconds`` (the safety net); the others (still
-        starting, or of a runner that cannot tell) are looked at on every pass.
+        watch fires, and by the sweep (the safety net, see :data:`SWEEP_SECONDS`); the others
+        (still starting, or of a runner that cannot tell) are looked at on every pass.
         """
         changed = False
         now = time.time()
@@ -133,6 +139,9 @@ class Supervisor:
         sweep = now - self._last_sweep >= max(self.cfg.resync_seconds, SWEEP_SECONDS)
         if sweep:
             self._last_sweep = now
+            self._slice = (self._slice + 1) % SWEEP_SLICES
+            # Fired watches leave the watch: their instances are looked at below, in this pass.
+            self.exits.check()
         if sweep or self.exits.fired:
             self.exits.fired = False
             for r in self.runners.values():
@@ -158,7 +167,7 @@ class Supervisor:
                     changed = True
                     continue
                 if state is RUNNING and cached.key in self.exits:
-                    if not sweep:
+                    if not (sweep and hash(cached.id) % SWEEP_SLICES == self._slice):
                         continue
                 else:
                     tick = min(tick or TICK_SECONDS, FAST_TICK_SECONDS if state is STARTING else TICK_SECONDS)
@@ -260,7 +269,9 @@ class Supervisor:
             return
         if lv.stop_task is not None and not lv.stop_task.done():
             return
-        stopping = self.runner(inst).stop(Path(inst.log_dir), inst.handle, self._grace(inst, grace))
+        # A deleted instance's directory goes with it: what its shim writes at the end need not be durable.
+        discard = after is AfterStop.DELETE or inst.retire
+        stopping = self.runner(inst).stop(Path(inst.log_dir), inst.handle, self._grace(inst, grace), discard=discard)
         lv.stop_task = asyncio.create_task(stopping)
         # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
         lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
@@ -280,15 +291,17 @@ class Supervisor:
             except Exception as e:  # pragma: no cover - runner bug
                 log.warning("stop of %s failed: %s", inst.key, e)
         lv.stop_task = None
+        after = lv.after_stop
+        deleted = after is AfterStop.DELETE or inst.retire
         if obs is not None:
             inst.last_exit_code = obs.code
             inst.last_signal = obs.signal
-            how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
-            self.book.event(inst, f"Stopped: {how}")
+            if not deleted:  # a deleted instance's events go with its directory, now
+                how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
+                self.book.event(inst, f"Stopped: {how}")
         inst.pid = 0
         inst.after_stop = None
-        after = lv.after_stop
-        if after is AfterStop.DELETE or inst.retire:
+        if deleted:
             self.book.forget(inst.key)
             return
         if inst.state is not STOPPED:

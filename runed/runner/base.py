@@ -87,8 +87,12 @@ class Runner(Protocol):
         """
         ...
 
-    async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
-        """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended."""
+    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
+        """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended.
+
+        ``discard``: the instance is deleted once stopped (its directory with it), so nothing it
+        leaves behind needs to be durable.
+        """
         ...
 
     def start_reports(self) -> int | None:
@@ -104,4 +108,8 @@ class Runner(Protocol):
 
     def reap(self) -> None:
         """Collect finished helper processes this runner started (no zombies)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the runner holds (helper processes' descriptors); instances keep running."""
         ...

@@ -93,7 +93,7 @@ class ContainerRunner:
     def exit_fd(self, directory: Path, handle: Handle) -> int | None:
         return None  # the engine's event stream is not followed: container instances are polled
 
-    async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
+    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
         def _stop() -> None:
             try:
                 with self._client(timeout=grace + 10) as c:
@@ -112,4 +112,7 @@ class ContainerRunner:
         return None
 
     def reap(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None

@@ -17,7 +17,15 @@ from typing import Any
 from runed.core import filemodes
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
 from runed.runner.forkserver import ForkServer, ForkServerError
-from runed.runner.shim import EXIT_NAME, LAUNCH_NAME, PID_NAME, SHIM_ENV_PREFIX, proc_start_time, write_json_atomic
+from runed.runner.shim import (
+    DISCARD_SIGNAL,
+    EXIT_NAME,
+    LAUNCH_NAME,
+    PID_NAME,
+    SHIM_ENV_PREFIX,
+    proc_start_time,
+    write_json_atomic,
+)
 
 log = logging.getLogger("runed.runner")
 
@@ -371,7 +379,7 @@ class ProcessRunner:
             return False
         return str(directory).encode() in argv
 
-    async def stop(self, directory: Path, handle: Handle, grace: float) -> Observation:
+    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
         obs = self.observe(directory, handle)
         deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
         while obs.state == "starting" and time.monotonic() < deadline:
@@ -383,6 +391,11 @@ class ProcessRunner:
         # Waiting on the shim's pidfd instead of polling: a thousand stops in flight would
         # otherwise look at /proc and the instance dirs fifty thousand times a second.
         shim_end = self.exit_fd(directory, obs.handle)
+        if discard and shim_end is not None:
+            # Its exit record need not be synced (see ``shim.DISCARD_SIGNAL``); through the pidfd:
+            # never to a process that reused the shim's pid.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(shim_end, DISCARD_SIGNAL)
         try:
             if obs.state == "running":
                 with contextlib.suppress(ProcessLookupError, PermissionError):
