@@ -98,3 +98,7 @@ async def _lead(
         await node.lead(config, store, ended, on_ready, ctl.run if view is not None else None)
     finally:
         waker.cancel()
+        # Stepping down lets go of the runners (the zygote's socket and report pipe): a lease lost
+        # and taken again must not leave them behind. Instances and their shims keep running.
+        for runner in runners.values():
+            runner.close()

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, service_pb2
+from runed.core.errors import Conflict
+from runed.model.lease import CONTROLLER, KIND, NAMESPACE
+from runed.store.sqlite import SQLiteStore
 from tests.harness import RunedFactory
-from tests.integration.orch import Orch
+from tests.integration.orch import Orch, runefile_args
 from tests.support import alive, eventually
 
 # Runs until the file named by argv[1] appears, then exits 7.
@@ -139,3 +142,59 @@ def test_a_killed_zygote_is_replaced(orch: Orch) -> None:
 
 def _scale(name: str, n: int) -> service_pb2.ScaleServiceRequest:
     return service_pb2.ScaleServiceRequest(name=name, namespace="default", scale=n)
+
+
+def _pipes(pid: int) -> int:
+    """How many pipe descriptors ``pid`` holds."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
+def _marker(data_dir: Path) -> dict[str, Any]:
+    marker: dict[str, Any] = json.loads((data_dir / "run" / "controller.json").read_text())
+    return marker
+
+
+def test_a_controller_that_loses_its_lease_lets_go_of_its_process_runner(
+    runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """Stepping down closes the runner (the zygote's report pipe): lease cycles leak no descriptors."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_LEASE_SECONDS": "2"}),
+        tmp_path,
+    )
+    o.cast("leased", o.program("waiter", WAITER), str(tmp_path / "never"), scale=1)
+    (inst,) = eventually(lambda: o.running("leased", 1), timeout=30)
+    data = o.runed.data_dir
+    pid = int(_marker(data)["pid"])
+    before = _pipes(pid)
+    store = SQLiteStore(data / "runed.db", notify=False)
+    try:
+        for _ in range(2):
+
+            def steal() -> bool:
+                rec = store.get(KIND, NAMESPACE, CONTROLLER)
+                assert rec is not None and rec.data["holder"] != "intruder"
+                data_ = {"holder": "intruder", "ttl_seconds": 600.0}
+                try:
+                    store.put(KIND, NAMESPACE, CONTROLLER, data_, expect_revision=rec.revision)
+                except Conflict as e:  # renewed meanwhile: again
+                    raise AssertionError(e) from None
+                return True
+
+            eventually(steal, what="the lease taken by another holder")
+            eventually(lambda: _marker(data)["address"] == "standby", timeout=30, what="the controller stood by")
+            store.delete(KIND, NAMESPACE, CONTROLLER)
+            eventually(lambda: _marker(data)["address"] != "standby", timeout=30, what="the controller leads again")
+        assert int(_marker(data)["pid"]) == pid, "the same process stood by and led again"
+        # It still supervises the instance it re-adopted.
+        assert [i["pid"] for i in eventually(lambda: o.running("leased", 1), timeout=30)] == [inst["pid"]]
+        assert _pipes(pid) == before
+    finally:
+        store.close()
