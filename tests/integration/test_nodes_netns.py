@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,11 +39,12 @@ PONG = textwrap.dedent(
     socketserver.ThreadingTCPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
     """
 )
-# Dials its dependency where its environment says and writes the answer to the file argv[1].
+# Dials its dependency argv[2] where its environment says and writes the answer to the file argv[1].
 PING = textwrap.dedent(
     """
     import os, socket, sys, time
-    host, port = os.environ["BACKEND_SERVICE_HOST"], int(os.environ["BACKEND_SERVICE_PORT"])
+    dep = sys.argv[2].upper()
+    host, port = os.environ[dep + "_SERVICE_HOST"], int(os.environ[dep + "_SERVICE_PORT"])
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(b"ping")
         answer = s.recv(100).decode()
@@ -118,31 +120,42 @@ def _cwd(pid: int) -> Path | None:
         return None
 
 
-def test_a_dependent_gets_and_reaches_its_dependency_on_another_node(split: Split) -> None:
-    c = split.cluster
+def pong(c: Cluster, name: str, scale: int, **kw: Any) -> None:
+    """A service of PONG servers, ready once they accept connections."""
     ready = common_pb2.Probe(type=common_pb2.PROBE_TYPE_TCP, port=7000, period_seconds=1)
-    backend = service_pb2.Service(
-        name="backend",
+    svc = service_pb2.Service(
+        name=name,
         namespace="default",
         runtime="process",
-        scale=1,
+        scale=scale,
         process=program(c, "pong", PONG),
         ports=[common_pb2.ServicePort(name="wire", port=7000)],
         health=common_pb2.HealthCheck(readiness=ready),
-        node_selector={"name": "n2"},
+        **kw,
     )
-    c.services.CreateService(service_pb2.CreateServiceRequest(service=backend), metadata=c.auth)
-    answer = c.tmp / "answer"
-    frontend = service_pb2.Service(
-        name="frontend",
+    c.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=c.auth)
+
+
+def ping(c: Cluster, name: str, dependency: str) -> Path:
+    """A service on n1 that dials ``dependency``; the file it writes its answer to."""
+    answer = c.tmp / f"{name}.answer"
+    svc = service_pb2.Service(
+        name=name,
         namespace="default",
         runtime="process",
         scale=1,
-        process=program(c, "ping", PING, str(answer)),
-        dependencies=[service_pb2.DependencyRef(service="backend")],
+        process=program(c, "ping", PING, str(answer), dependency),
+        dependencies=[service_pb2.DependencyRef(service=dependency)],
         node_selector={"name": "n1"},
     )
-    c.services.CreateService(service_pb2.CreateServiceRequest(service=frontend), metadata=c.auth)
+    c.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=c.auth)
+    return answer
+
+
+def test_a_dependent_gets_and_reaches_its_dependency_on_another_node(split: Split) -> None:
+    c = split.cluster
+    pong(c, "backend", 1, node_selector={"name": "n2"})
+    answer = ping(c, "frontend", "backend")
     dep = eventually(lambda: c.running("backend", 1), timeout=60)[0]
     app = eventually(lambda: c.running("frontend", 1), timeout=60)[0]
     assert (dep.node_id, app.node_id) == ("n2", "n1")
@@ -157,10 +170,30 @@ def test_a_dependent_gets_and_reaches_its_dependency_on_another_node(split: Spli
         c.delete(name)
 
 
+def test_a_dependency_on_the_dependent_s_node_is_preferred_at_the_loopback_address(split: Split) -> None:
+    c = split.cluster
+    pong(c, "both", 2)
+    deps = eventually(lambda: c.running("both", 2), timeout=60)
+    assert sorted(i.node_id for i in deps) == ["n1", "n2"]
+    # Both ready (the service's status says so): the one on n1 is preferred, not merely the only one.
+    eventually(lambda: c.service("both").status == service_pb2.SERVICE_STATUS_RUNNING, timeout=30)
+    answer = ping(c, "near", "both")
+    app = eventually(lambda: c.running("near", 1), timeout=60)[0]
+    local = next(i for i in deps if i.node_id == "n1")
+    assert app.environment["BOTH_SERVICE_HOST"] == "127.0.0.1"
+    assert app.environment["BOTH_SERVICE_PORT"] == local.environment["PORT"]
+    assert eventually(lambda: answer.exists() and answer.read_text(), timeout=30) == "pong ping"
+    for name in ("near", "both"):
+        c.delete(name)
+
+
 def test_a_cut_off_node_is_replaced_elsewhere_and_stops_its_copies_when_healed(split: Split) -> None:
     c, ns = split.cluster, split.ns
     c.cast("island", 2)
+    # A service only n2 may run: while n2 is lost, it has no instance a dependent may count on.
+    c.cast("pinned", 1, node_selector={"name": "n2"})
     before = eventually(lambda: c.running("island", 2), timeout=60)
+    eventually(lambda: c.running("pinned", 1), timeout=60)
     assert sorted(i.node_id for i in before) == ["n1", "n2"]
     cut = next(i for i in before if i.node_id == "n2")
     n2 = c.nodes["n2"]
@@ -175,6 +208,10 @@ def test_a_cut_off_node_is_replaced_elsewhere_and_stops_its_copies_when_healed(s
             return sorted(i.name for i in insts)
 
         assert eventually(replaced, timeout=30, what="n2's instance running on n1") == ["island-0", "island-1"]
+        c.cast("waiter", 1, dependencies=[service_pb2.DependencyRef(service="pinned")])
+        waiting = "waiting for dependency service default/pinned to be ready"
+        eventually(lambda: c.service("waiter").status_message == waiting, timeout=30, what=waiting)
+        assert c.instances("waiter") == []
         # A cut, not a crash: n2's runed and its copy still run, unaware.
         assert n2.proc.poll() is None
         assert str(_cwd(cut.pid)).startswith(str(n2.data_dir.resolve()))
@@ -192,4 +229,7 @@ def test_a_cut_off_node_is_replaced_elsewhere_and_stops_its_copies_when_healed(s
         return True
 
     eventually(converged, timeout=60, what="one copy of every name, on n1")
-    c.delete("island")
+    # n2 runs its pinned service again: the dependent starts.
+    eventually(lambda: c.running("waiter", 1), timeout=60, what="the dependent running once n2 is back")
+    for name in ("waiter", "pinned", "island"):
+        c.delete(name)
