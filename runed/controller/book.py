@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runed.controller.instance import AfterStop, Instance, Key
+from runed.controller.writes import Writes
 from runed.logs.events import EventWriter
 from runed.model import objects
 from runed.runner.base import Observation
@@ -63,12 +64,9 @@ class Book:
         self.touched: set[Key] = set()
         # Lifecycle events for `StreamLogs(show_events)`, beside each instance's own log.
         self.events = EventWriter(log_min_free_bytes)
-        # Record writes not yet in the store, by (kind, namespace, name): the data, or None for a
-        # delete. A pass saves many instances at once (a cast of a thousand, a delete of a
-        # thousand); they go to the store together in one transaction (one commit, one fsync)
-        # once the pass yields to the event loop, not in a transaction each.
-        self._pending: dict[tuple[str, str, str], dict[str, Any] | None] = {}
-        self._flush_scheduled = False
+        # Record writes not yet in the store (this book's, the statuses', the operations'): they
+        # go together once the pass yields, off the event loop (see ``writes``).
+        self.writes = Writes(store)
         # Directory removals in flight (off the event loop).
         self._removing: set[asyncio.Future[None]] = set()
 
@@ -159,36 +157,11 @@ class Book:
             await asyncio.wait(set(self._removing), timeout=5)
 
     def _write(self, key: tuple[str, str, str], data: dict[str, Any] | None) -> None:
-        """Queue a record write (None: delete) for :meth:`flush`, scheduled once per burst."""
-        self._pending.pop(key, None)  # keep the order of the latest writes
-        self._pending[key] = data
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
+        if data is None:
+            self.writes.delete(*key)
+        else:
+            self.writes.put(*key, data)
 
-    def flush(self) -> None:
-        """Write the queued records in one transaction. On failure (e.g. a full disk) they stay
-        queued and the next write or pass tries again; the cache is already what they say."""
-        self._flush_scheduled = False
-        if not self._pending:
-            return
-        pending = self._pending
-        self._pending = {}
-        try:
-            with self.store.transaction():
-                for (kind, ns, name), data in pending.items():
-                    if data is None:
-                        self.store.delete(kind, ns, name)
-                    else:
-                        self.store.put(kind, ns, name, data)
-        except Exception as e:
-            # Once per pass while it lasts (e.g. a full disk): a warning, not a traceback each time.
-            log.warning("cannot write %d instance records (%s); retrying on the next pass", len(pending), e)
-            pending.update(self._pending)
-            self._pending = pending
+    async def flush(self) -> None:
+        """Write the queued records (see :class:`Writes`)."""
+        await self.writes.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from runed.controller.alarm import Alarm
@@ -13,7 +13,7 @@ from runed.controller.instance import Instance, Key
 from runed.controller.states import RUNNING
 from runed.controller.status import StatusWriter
 from runed.model import objects
-from runed.store.base import Record, Store, iter_all
+from runed.store.base import Record, Store
 
 log = logging.getLogger("runed.controller")
 
@@ -52,19 +52,21 @@ class Operations:
                 spec.setdefault("metadata", {})["last_non_zero_scale"] = scale
             return cur
 
-        self.store.update(objects.SERVICE, ns, name, mutate)
+        self.book.writes.update(objects.SERVICE, ns, name, mutate)
 
-    def run_scaling(self, services: dict[Key, Record], lookup: Callable[[Key], Record | None] | None = None) -> None:
+    def run_scaling(
+        self, services: dict[Key, Record], ops: Iterable[Record], lookup: Callable[[Key], Record | None] | None = None
+    ) -> None:
         """Advance every open scaling operation; the newest one per service wins, older ones are cancelled.
 
-        ``services`` are the service records at hand; ``lookup`` reads one that is not among them.
+        ``services`` are the service records at hand, ``ops`` the scaling operations; ``lookup`` finds a
+        service that is not among them.
         """
-        ops = [
-            r for r in iter_all(self.store, objects.SCALING_OPERATION) if r.data.get("status", "pending") not in DONE
-        ]
-        ops.sort(key=lambda r: r.created_revision)
+        open_ops = sorted(
+            (r for r in ops if r.data.get("status", "pending") not in DONE), key=lambda r: r.created_revision
+        )
         newest: dict[Key, Record] = {}
-        for r in ops:
+        for r in open_ops:
             skey = (r.namespace, str(r.data.get("service") or r.data.get("service_name") or ""))
             older = newest.get(skey)
             if older is not None:
@@ -120,13 +122,13 @@ class Operations:
             cur.update(changes)
             return cur
 
-        self.store.update(op.kind, op.namespace, op.name, mutate)
+        self.book.writes.update(op.kind, op.namespace, op.name, mutate)
 
     # -- deletion -------------------------------------------------------------------------------
-    def run_deletions(self) -> set[Key]:
+    def run_deletions(self, ops: Iterable[Record]) -> set[Key]:
         """Advance open deletion operations; returns the services being deleted (no new instances)."""
         busy: set[Key] = set()
-        for op in iter_all(self.store, objects.DELETION_OPERATION):
+        for op in ops:
             if op.data.get("status") in DELETION_DONE:
                 continue
             try:
@@ -146,7 +148,7 @@ class Operations:
             new = dict(cur, **changes)
             return None if new == cur else new
 
-        self.store.update(objects.DELETION_OPERATION, op.namespace, op.name, mutate)
+        self.book.writes.update(objects.DELETION_OPERATION, op.namespace, op.name, mutate)
 
     def _advance_deletion(self, op: Record) -> Key | None:
         ns = op.data.get("namespace") or op.namespace
@@ -191,8 +193,8 @@ class Operations:
                 _complete(f, now)
             elif ftype == "service-deregister":
                 changes["status"] = "running-finalizers"
-                self.store.delete(objects.SERVICE, ns, name)
-                self.store.delete(objects.SERVICE_STATUS, ns, name)
+                self.book.writes.delete(objects.SERVICE, ns, name)
+                self.book.writes.delete(objects.SERVICE_STATUS, ns, name)
                 self.status.forget((ns, name))
                 _complete(f, now)
             else:

@@ -19,6 +19,7 @@ from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.launch import Launcher, new_ports
 from runed.controller.nodeview import NodeView
 from runed.controller.operations import Operations
+from runed.controller.passinput import PassInput, read_input
 from runed.controller.probing import Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
 from runed.controller.status import StatusWriter
@@ -28,7 +29,7 @@ from runed.model import objects
 from runed.model.nodes import PLACEMENT
 from runed.runner.base import Runner
 from runed.secrets.crypto import SecretCrypto
-from runed.store.base import Record, Store, iter_all
+from runed.store.base import Record, Store
 
 log = logging.getLogger("runed.controller")
 
@@ -84,7 +85,7 @@ class Controller:
         launcher = Launcher(store, crypto, cfg, self.book.of_service, self._everywhere)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
-        self.status = StatusWriter(store)
+        self.status = StatusWriter(store, self.book.writes)
         self.operations = Operations(store, self.book, self.supervisor.retire, self.status, self.alarm)
         self.last_full = 0.0
         # Instance actions (namespace, instance id) changed since the last pass.
@@ -101,14 +102,12 @@ class Controller:
         or its runner cannot report its end, a short tick. A pass reconciles the services whose
         inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
         """
-        self.book.load()
+        since = await self.store.run(self._load)
         if self.node is not None:
-            self.node.load()
             self._adopt_legacy(self.node)
-        self.status.load()
         self.supervisor.adopt()
-        watcher = asyncio.create_task(self._watch(self.store.current_revision()))
-        self.reconcile_all()
+        watcher = asyncio.create_task(self._watch(since))
+        await self.reconcile_all()
         on_ready("controller")
         try:
             while not stop.is_set():
@@ -133,18 +132,23 @@ class Controller:
                 full = now - self.last_full >= self.cfg.resync_seconds
                 if woke or changed or due or full:
                     try:
-                        self.reconcile_all() if full else self.reconcile_changed()
+                        await (self.reconcile_all() if full else self.reconcile_changed())
                     except Exception:
                         log.exception("reconcile pass failed")
                 # The pass's record writes, in one transaction (also retries a failed one).
-                self.book.flush()
+                await self.book.flush()
                 if watcher.done() and not stop.is_set():
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:
                         log.warning("store watch ended (%s); resuming from the current revision", exc)
                     # Changes may have been missed meanwhile: the next pass looks at everything.
                     self.alarm.touch(None)
-                    watcher = asyncio.create_task(self._watch(self.store.current_revision()))
+                    try:
+                        since = await self.store.run(self.store.current_revision)
+                    except Exception as e:
+                        log.warning("cannot read the store's revision (%s); retrying", e)
+                    else:
+                        watcher = asyncio.create_task(self._watch(since))
         finally:
             watcher.cancel()
             # Bounded, so a stuck watcher can never hold up shutdown.
@@ -157,8 +161,18 @@ class Controller:
             pending = [lv.stop_task for lv in self.book.lives() if lv.stop_task and not lv.stop_task.done()]
             if pending:
                 await asyncio.wait(pending, timeout=5)
-            self.book.flush()
+            await self.book.flush()
             await self.book.removals_done()
+
+    def _load(self) -> int:
+        """What the controller keeps in memory, read at start-up (one unit of store work); returns the
+        revision to watch from."""
+        since = self.store.current_revision()
+        self.book.load()
+        if self.node is not None:
+            self.node.load()
+        self.status.load()
+        return since
 
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
@@ -202,39 +216,37 @@ class Controller:
                 self.alarm.wake()
 
     # -- reconciliation -------------------------------------------------------------------------
-    def reconcile_all(self) -> None:
+    async def reconcile_all(self) -> None:
         """A pass over every service, every instance action and every instance (the safety net)."""
         self.last_full = time.time()
-        self._reconcile(None)
+        await self._reconcile(None)
 
-    def reconcile_changed(self) -> None:
+    async def reconcile_changed(self) -> None:
         """A pass over the services whose inputs changed since the last pass (a full one when any may have)."""
         if self.alarm.everything:
-            self.reconcile_all()
+            await self.reconcile_all()
             return
-        self._reconcile(self.alarm.services | self.book.touched)
+        await self._reconcile(self.alarm.services | self.book.touched)
 
-    def _reconcile(self, only: set[Key] | None) -> None:
-        """One pass: deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
+    async def _reconcile(self, only: set[Key] | None) -> None:
+        """One pass: its reads as one unit of store work (off the event loop on PostgreSQL), then the
+        pass on the loop; its writes are queued (``book.writes``)."""
         self.alarm.services, self.alarm.everything, self.book.touched = set(), False, set()
         refs_changed, self.alarm.refs_changed = self.alarm.refs_changed, False
-        if only is None:
-            self.actions_changed.clear()
-            services = {(r.namespace, r.name): r for r in iter_all(self.store, objects.SERVICE)}
-            acts = iter_all(self.store, objects.INSTANCE_ACTION)
-            actions = {(r.namespace, r.name): Action.from_record(r.data) for r in acts}
-        else:
+        if only is not None:
             # Dependents follow what they depend on (its readiness decides whether they start).
             only = only | {d for k in only for d in self.dependents.get(k, ())}
-            found = {k: self.store.get(objects.SERVICE, *k) for k in only}
-            services = {k: r for k, r in found.items() if r is not None}
-            changed_actions, self.actions_changed = self.actions_changed, set()
-            actions = {}
-            for key in changed_actions:
-                rec = self.store.get(objects.INSTANCE_ACTION, *key)
-                if rec is not None:
-                    actions[key] = Action.from_record(rec.data)
-        deleting = self.operations.run_deletions()
+        changed_actions, self.actions_changed = self.actions_changed, set()
+        # The actions of instances in back-off: a restart after it waits while one says "stopped".
+        backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if i.state is BACKOFF]
+        got = await self.store.run(read_input, self.store, only, changed_actions, backoff)
+        self._pass(only, got, refs_changed)
+
+    def _pass(self, only: set[Key] | None, got: PassInput, refs_changed: bool) -> None:
+        """Deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
+        services = got.services
+        actions = {k: Action.from_record(r.data) for k, r in got.actions.items()}
+        deleting = self.operations.run_deletions(got.deletions)
         by_service: dict[Key, list[Instance]] = {}
         for inst in self.book.all():
             skey = (inst.namespace, inst.service)
@@ -255,15 +267,15 @@ class Controller:
             if key in self.book:
                 self._apply_action(key, act)
             else:
-                self.store.delete(objects.INSTANCE_ACTION, key[0], key[1])
+                self.book.writes.delete(objects.INSTANCE_ACTION, key[0], key[1])
         for skey, rec in services.items():
             if skey in deleting or rec.data.get("deletion"):
                 continue
             try:
-                self.reconcile_service(rec, by_service.get(skey, []), services, refs_changed=refs_changed)
+                self.reconcile_service(rec, by_service.get(skey, []), got, refs_changed=refs_changed)
             except Exception:
                 log.exception("reconcile of service %s/%s failed", *skey)
-        self.operations.run_scaling(services, lambda k: self.store.get(objects.SERVICE, *k))
+        self.operations.run_scaling(services, got.scalings, lambda k: got.get(objects.SERVICE, *k))
 
     def _apply_action(self, key: Key, act: Action) -> None:
         cached = self.book.get(key)
@@ -300,20 +312,19 @@ class Controller:
         else:
             self.book.save(inst)
 
-    def _deps_ready(self, svc: service_pb2.Service, ns: str, services: dict[Key, Record]) -> str:
+    def _deps_ready(self, svc: service_pb2.Service, ns: str, got: PassInput) -> str:
         """ "" when every dependency is there and ready, else what is awaited."""
         for dep in svc.dependencies:
             dns = dep.namespace or ns
             if dep.service:
-                # ``services`` holds only this pass's services: a dependency may be in the store only.
-                known = (dns, dep.service) in services or self.store.get(objects.SERVICE, dns, dep.service) is not None
+                known = got.get(objects.SERVICE, dns, dep.service) is not None
                 if not known:
                     return f"waiting for dependency service {dns}/{dep.service}"
                 if not any(i.state is RUNNING and i.ready for i in self._everywhere(dns, dep.service)):
                     return f"waiting for dependency service {dns}/{dep.service} to be ready"
-            elif dep.secret and self.store.get(objects.SECRET, dns, dep.secret) is None:
+            elif dep.secret and got.get(objects.SECRET, dns, dep.secret) is None:
                 return f"waiting for dependency secret {dns}/{dep.secret}"
-            elif dep.configmap and self.store.get(objects.CONFIGMAP, dns, dep.configmap) is None:
+            elif dep.configmap and got.get(objects.CONFIGMAP, dns, dep.configmap) is None:
                 return f"waiting for dependency configmap {dns}/{dep.configmap}"
         return ""
 
@@ -339,7 +350,7 @@ class Controller:
         return mine if self.node is None else self.node.counted((namespace, service), mine)
 
     def reconcile_service(
-        self, rec: Record, items: list[Instance], services: dict[Key, Record], *, refs_changed: bool = False
+        self, rec: Record, items: list[Instance], got: PassInput, *, refs_changed: bool = False
     ) -> None:
         """One service: restarts after back-off, scale up and down, rolling update, then its status."""
         sup = self.supervisor
@@ -368,7 +379,7 @@ class Controller:
         for inst in current:
             waiting_on_ref = refs_changed and inst.config_error
             if inst.state is BACKOFF and ((inst.next_restart_at or 0.0) <= now or waiting_on_ref):
-                act = self.store.get(objects.INSTANCE_ACTION, inst.namespace, inst.id)
+                act = got.get(objects.INSTANCE_ACTION, inst.namespace, inst.id)
                 fresh = self.book.get(inst.key)
                 if fresh is not None and (act is None or act.data.get("desired", "running") == "running"):
                     sup.start(fresh.copy(), reason="Restarting after back-off")
@@ -380,7 +391,7 @@ class Controller:
         by_index: dict[int, list[Instance]] = {}
         for inst in current:
             by_index.setdefault(inst.index, []).append(inst)
-        deps = self._deps_ready(svc, rec.namespace, services)
+        deps = self._deps_ready(svc, rec.namespace, got)
         surge = svc.HasField("health") and svc.health.readiness.type != common_pb2.PROBE_TYPE_UNSPECIFIED
         # Two instances cannot bind one expose.host_port: the old one goes before its replacement starts.
         surge = surge and not svc.expose.host_port

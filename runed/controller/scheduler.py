@@ -254,12 +254,13 @@ class Scheduler:
     # -- loop -------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Pass on every service or node change, and at least every heartbeat period, until ``stop``."""
-        watcher = asyncio.create_task(self._watch(self.store.current_revision()))
+        watcher = asyncio.create_task(self._watch(await self.store.run(self.store.current_revision)))
         try:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    self.schedule()
+                    # The whole pass is store work: one unit, off the event loop on PostgreSQL.
+                    await self.store.run(self.schedule)
                 except Exception:
                     log.exception("scheduling pass failed")
                 period = BUSY_SECONDS if self.busy else min(self.cfg.heartbeat_seconds, self.cfg.not_ready_seconds / 4)
@@ -272,7 +273,8 @@ class Scheduler:
                             for w in waits:
                                 w.cancel()
                 if watcher.done() and not stop.is_set():
-                    watcher = asyncio.create_task(self._watch(self.store.current_revision()))
+                    with contextlib.suppress(Exception):  # the store unreachable: again after the next pass
+                        watcher = asyncio.create_task(self._watch(await self.store.run(self.store.current_revision)))
         finally:
             watcher.cancel()
             await asyncio.wait({watcher}, timeout=1.0)

@@ -8,6 +8,7 @@ from typing import Any
 from rune.api import service_pb2
 from runed.controller.instance import Instance, Key
 from runed.controller.states import BACKOFF, FATAL, RUNNING
+from runed.controller.writes import Writes
 from runed.model import objects
 from runed.store.base import Record, Store, iter_all
 
@@ -60,8 +61,10 @@ def verdict(live: list[Instance], status: str) -> tuple[bool, str]:
 class StatusWriter:
     """Writes ``service_status`` records; the controller is their only writer, so it compares here."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, writes: Writes) -> None:
         self.store = store
+        # Queued with the pass's other writes (off the event loop).
+        self.writes = writes
         self._cache: dict[Key, dict[str, Any]] = {}
 
     def load(self) -> None:
@@ -75,7 +78,7 @@ class StatusWriter:
     def prune(self, keep: Callable[[Key], bool]) -> None:
         """Delete the status of every service ``keep`` rejects (the service is gone)."""
         for key in [k for k in self._cache if not keep(k)]:
-            self.store.delete(objects.SERVICE_STATUS, *key)
+            self.writes.delete(objects.SERVICE_STATUS, *key)
             del self._cache[key]
 
     def write(
@@ -110,5 +113,5 @@ class StatusWriter:
             "message": message,
         }
         if self._cache.get((ns, name)) != data:
-            self.store.put(objects.SERVICE_STATUS, ns, name, data)
+            self.writes.put(objects.SERVICE_STATUS, ns, name, data)
             self._cache[(ns, name)] = data

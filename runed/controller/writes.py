@@ -1,0 +1,135 @@
+"""The controller's record writes, queued during a pass and committed together off the event loop.
+
+Why: a pass saves many records at once (a cast of a thousand instances, their statuses, the
+operations it advances). They go to the store in one transaction (one commit, one fsync) once the
+pass yields, and as one unit of store work (:meth:`Store.run`): on PostgreSQL the commit is a network
+round trip, and a write may wait behind another host's lock, so it must not hold the event loop
+(probes, exits, stops and the scheduler share it). SQLite runs the unit inline, as before.
+
+A write is a record's new data, None (delete it) or a mutation (read-modify-write in the commit,
+like :meth:`Store.update`). Later writes to one record replace or extend earlier ones, so the commit
+writes each record once. Commits run one at a time, in order; a failed one stays queued (newer
+writes win) and the next commit retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from runed.store.base import Store
+
+log = logging.getLogger("runed.controller")
+
+Data = dict[str, Any]
+Mutate = Callable[[Data | None], Data | None]
+Write = Data | Mutate | None
+RecordKey = tuple[str, str, str]
+
+
+def _then(first: Mutate, second: Mutate) -> Mutate:
+    """Two mutations of one record as one (None from either: that one changes nothing)."""
+
+    def both(cur: Data | None) -> Data | None:
+        mid = first(copy.deepcopy(cur))
+        out = second(copy.deepcopy(mid if mid is not None else cur))
+        return out if out is not None else mid
+
+    return both
+
+
+def _merge(pending: dict[RecordKey, Write], key: RecordKey, write: Write) -> None:
+    """Queue ``write`` after what ``pending`` holds for its record (kept in the order of the latest)."""
+    if callable(write) and key in pending:
+        prev = pending[key]
+        if prev is None:
+            return  # deleted: a mutation of nothing changes nothing
+        if callable(prev):
+            write = _then(prev, write)
+        else:
+            out = write(copy.deepcopy(prev))
+            if out is None:
+                return
+            write = out
+    pending.pop(key, None)
+    pending[key] = write
+
+
+class Writes:
+    """Record writes not yet in the store, by (kind, namespace, name), in the order of the latest."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[RecordKey, Write] = {}
+        self._scheduled = False
+        self._lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, kind: str, namespace: str, name: str, data: Data) -> None:
+        self._queue((kind, namespace, name), data)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self._queue((kind, namespace, name), None)
+
+    def update(self, kind: str, namespace: str, name: str, mutate: Mutate) -> None:
+        """Read-modify-write in the commit (``mutate`` as for :meth:`Store.update`)."""
+        self._queue((kind, namespace, name), mutate)
+
+    def _queue(self, key: RecordKey, write: Write) -> None:
+        _merge(self._pending, key, write)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.commit(self._take())
+            return
+        self._scheduled = True
+        loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> dict[RecordKey, Write]:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def commit(self, pending: dict[RecordKey, Write]) -> None:
+        """Write ``pending`` in one transaction (blocking: one unit of store work)."""
+        if not pending:
+            return
+        with self.store.transaction():
+            for (kind, ns, name), write in pending.items():
+                if write is None:
+                    self.store.delete(kind, ns, name)
+                elif callable(write):
+                    self.store.update(kind, ns, name, write)
+                else:
+                    self.store.put(kind, ns, name, write)
+
+    async def flush(self) -> None:
+        """Commit what is queued, off the event loop (inline on SQLite). On failure (e.g. a full disk,
+        an unreachable database) it stays queued for the next flush; the caches already say it."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            pending = self._take()
+            if not pending:
+                return
+            try:
+                await self.store.run(self.commit, pending)
+            except Exception as e:
+                # Once per pass while it lasts: a warning, not a traceback each time.
+                log.warning("cannot write %d records (%s); retrying on the next pass", len(pending), e)
+                for key, write in self._pending.items():
+                    _merge(pending, key, write)
+                self._pending = pending
