@@ -1,7 +1,10 @@
-"""Browser fixtures: Debian's headless chromium driven by Selenium, one runed and one browser per module.
+"""Browser fixtures: Debian's headless chromium driven by Selenium, one runed and one browser for all.
+
+Starting a runed and a browser costs tens of seconds on a loaded machine, so the browser modules
+share them; each module names its services so that they do not meet.
 
 Without ``/usr/bin/chromium`` the tests skip, except under ``CI=true`` where they fail (CI installs it
-in ``.ci/run``). Screenshots go to ``$RUNED_TEST_ARTIFACTS`` when set, else to a pytest temp dir.
+in ``.ci/run``). Screenshots go to ``$RUNED_TEST_ARTIFACTS/browser`` when set, else to a pytest temp dir.
 """
 
 from __future__ import annotations
@@ -31,29 +34,29 @@ def _require_chromium() -> None:
     pytest.skip(msg)
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
-    """Where this module's screenshots go."""
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go."""
     root = os.environ.get("RUNED_TEST_ARTIFACTS")
     base = Path(root) if root else tmp_path_factory.mktemp("artifacts")
-    out = base / str(request.module.__name__).rsplit(".", 1)[-1]
+    out = base / "browser"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ui_runed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, str]]:
-    """A runed (every role) for the module and its root token."""
+    """A runed (every role) for the browser tests and its root token."""
     data = tmp_path_factory.mktemp("ui") / "data"
-    with run_runed(data) as r:
+    with run_runed(data, timeout=90) as r:
         yield r, rest_bootstrap(r.http_base)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(
     ui_runed: tuple[Runed, str], artifacts: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Browser]:
-    """One headless chromium for the module, pointed at the runed's dashboard."""
+    """One headless chromium for the browser tests, pointed at the runed's dashboard."""
     _require_chromium()
     profile = tmp_path_factory.mktemp("chromium-profile")
     driver = chromium_driver(CHROMIUM, CHROMEDRIVER, profile)

@@ -79,6 +79,30 @@ class Browser:
         assert element is not None
         return element
 
+    def click(self, css: str, timeout: float = WAIT) -> None:
+        """Click the element once it is there; again when a live re-render replaced it meanwhile."""
+
+        def clicked() -> bool:
+            try:
+                found = self.find_all(css)
+                if found:
+                    found[0].click()
+                return bool(found)
+            except StaleElementReferenceException:
+                return False
+
+        eventually(clicked, timeout, what=f"{css} clicked")
+
+    def cells(self, css: str) -> list[str]:
+        """The texts of the ``td`` cells of the row at ``css`` ([] while it is missing or being replaced)."""
+        return list(
+            self.js(
+                "const r = document.querySelector(arguments[0]);"
+                "return r ? [...r.querySelectorAll('td')].map(td => td.innerText) : []",
+                css,
+            )
+        )
+
     def text(self, css: str) -> str:
         """The element's text ("" while it is missing or being replaced)."""
         try:

@@ -85,6 +85,7 @@ def test_served_under_ui_with_a_strict_csp(ui_runed: tuple[Runed, str]) -> None:
         assert index.status_code == 200 and "text/html" in index.headers["content-type"]
         csp = index.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-eval" not in csp
+        assert index.headers["x-frame-options"] == "DENY" and index.headers["referrer-policy"] == "no-referrer"
         assert '<script type="module" src="app.js"></script>' in index.text and "<script>" not in index.text
         assert c.get("/ui/app.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))
         assert c.get("/ui").status_code == 308
@@ -182,6 +183,15 @@ def test_terminal_runs_a_command_and_shows_its_output_and_exit(
     browser.find("#term-connect").click()
     browser.wait_text("#terminal .xterm-rows", "dash-42")
     eventually(lambda: browser.find("#term-status").get_attribute("data-exit") == "3", WAIT, what="exit 3")
+    # Keystrokes as stdin without a TTY, ended by the EOF button.
+    command.clear()
+    command.send_keys("wc -c | sed s/^/count-/")
+    browser.find("#term-connect").click()
+    browser.wait_for("#term-status[data-state=open]")
+    browser.find("#terminal .xterm-helper-textarea").send_keys("abc")
+    browser.find("#term-eof").click()
+    browser.wait_text("#terminal .xterm-rows", "count-3")
+    eventually(lambda: browser.find("#term-status").get_attribute("data-exit") == "0", WAIT, what="exit 0")
     # An interactive shell on a TTY: keystrokes in, the terminal's size (resize included) seen by the command.
     command.clear()
     command.send_keys("sh")
@@ -299,21 +309,51 @@ def test_readonly_token_sees_actions_disabled_and_is_refused_anyway(
     for button in ("#scale-btn", "#restart-btn", "#stop-btn", "#delete-btn"):
         assert not browser.find(button).is_enabled(), button
     assert not any(b.is_enabled() for b in browser.find_all("#revisions button[data-rollback]"))
+    assert "services:scale" in browser.find("#scale-btn").get_attribute("title"), "the tooltip names the right"
     assert browser.find("#instance-rows a[aria-label^=Terminal]").get_attribute("aria-disabled") == "true"
+    for button in browser.find_all("#instance-rows button[aria-label]"):
+        assert not button.is_enabled() and "instances:update" in button.get_attribute("title"), button.text
     browser.screenshot("readonly")
+    browser.go("#/ns/default/nodes")
+    browser.wait_for("#node-rows tr[data-node]")
+    assert not any(b.is_enabled() for b in browser.find_all("#node-rows button")), "cordon, uncordon, drain"
+    browser.go("#/ns/default/cast")
+    browser.wait_for("#cast-apply")
+    assert not browser.find("#cast-apply").is_enabled() and "services:create" in browser.find(
+        "#cast-apply"
+    ).get_attribute("title")
     browser.go("#/ns/default/config")
     browser.wait_for("#secrets tr[data-name=db] button")
     assert not browser.find("#secrets tr[data-name=db] button").is_enabled(), "readonly may not read secret values"
     assert browser.find("#configmaps tr[data-name=app] button").is_enabled()
     # The page's own token, sent anyway: the server refuses.
-    status = browser.js_async(
+    for method, path, body, right in (
+        ("POST", "/services/web:scale", {"scale": 5}, "services:scale"),
+        ("DELETE", "/services/web", None, "services:delete"),
+        ("POST", "/secrets", {"name": "x", "data": {"k": "v"}}, "secrets:create"),
+    ):
+        status = browser.js_async(
+            "const [method, path, body, done] = arguments;"
+            "fetch('/v1/namespaces/default' + path, {method,"
+            " headers: {'Authorization': 'Bearer ' + sessionStorage.getItem('rune.dashboard.token'),"
+            " 'Content-Type': 'application/json'}, body: body === null ? undefined : JSON.stringify(body)})"
+            ".then(r => r.json().then(b => done([r.status, b.message])))",
+            method,
+            path,
+            body,
+        )
+        assert status[0] == 403 and right in status[1], (method, path, status)
+    # The terminal's Run button is disabled too, and the exec WebSocket is refused when opened anyway.
+    browser.go(f"#/ns/default/exec/{web}")
+    assert not browser.wait_for("#term-connect").is_enabled()
+    refused = browser.js_async(
         "const done = arguments[arguments.length - 1];"
-        "fetch('/v1/namespaces/default/services/web:scale', {method: 'POST',"
-        " headers: {'Authorization': 'Bearer ' + sessionStorage.getItem('rune.dashboard.token'),"
-        " 'Content-Type': 'application/json'}, body: JSON.stringify({scale: 5})})"
-        ".then(r => r.json().then(b => done([r.status, b.message])))"
+        "const ws = new WebSocket(`ws://${location.host}/v1/namespaces/default/exec/service/web/ws`,"
+        " ['rune.exec.v1', 'bearer.' + sessionStorage.getItem('rune.dashboard.token')]);"
+        "ws.onopen = () => ws.send(JSON.stringify({command: ['true']}));"
+        "ws.onmessage = (e) => done(e.data); ws.onclose = (e) => done('closed ' + e.code + ' ' + e.reason)"
     )
-    assert status[0] == 403 and "services:scale" in status[1]
+    assert "exec:exec" in refused or "403" in refused or "ermission" in refused, refused
     with api(r, root) as c:
         assert c.get("/v1/namespaces/default/services/web").json()["service"]["scale"] == 1
     browser.sign_in(root)
@@ -325,6 +365,33 @@ def test_builtin_policy_rules_match_the_server(browser: Browser, ui_runed: tuple
         "const done = arguments[arguments.length - 1]; import('/ui/perms.js').then(m => done(m.BUILTIN))"
     )
     assert page == {name: p["rules"] for name, p in BUILTIN_POLICIES.items()}
+
+
+def test_restart_restarts_every_instance(browser: Browser, ui_runed: tuple[Runed, str], web: str) -> None:
+    signed_in(browser, ui_runed)
+    browser.go(f"#/ns/default/services/{web}")
+    browser.wait_for("#instance-rows tr[data-state=running]")
+
+    def restarts() -> int:
+        cells = browser.cells("#instance-rows tr[data-instance]")
+        return int(cells[1] or 0) if len(cells) > 1 else -1
+
+    before = restarts()
+    browser.click("#restart-btn")
+    eventually(lambda: restarts() > before, WAIT, what="the instance restarted")
+    browser.wait_for("#instance-rows tr[data-state=running]")
+
+
+def test_stop_scales_to_zero_after_confirmation(browser: Browser, ui_runed: tuple[Runed, str], web: str) -> None:
+    signed_in(browser, ui_runed)
+    browser.go(f"#/ns/default/services/{web}")
+    browser.wait_for("#instance-rows tr[data-state=running]")
+    browser.click("#stop-btn")
+    browser.wait_for("dialog[open] button[type=submit]").click()
+    browser.wait_text("#svc-facts [data-fact=desired]", "0")
+    eventually(lambda: not browser.find_all("#instance-rows tr[data-instance]"), WAIT, what="no instances left")
+    with api(*ui_runed) as c:
+        assert c.get("/v1/namespaces/default/services/web").json()["service"]["scale"] == 0
 
 
 def test_delete_asks_for_confirmation(browser: Browser, ui_runed: tuple[Runed, str], web: str) -> None:
@@ -341,3 +408,17 @@ def test_delete_asks_for_confirmation(browser: Browser, ui_runed: tuple[Runed, s
         eventually(lambda: c.get("/v1/namespaces/default/services/web").status_code == 404, WAIT, what="web deleted")
     eventually(lambda: not browser.find_all("#services tr[data-name=web]"), WAIT, what="the row gone without reload")
     assert not browser.console_errors()
+
+
+def test_screenshots_of_the_main_views_are_written(browser: Browser) -> None:
+    for view in ("sign-in", "cast-dry-run", "services", "service", "logs", "terminal", "history", "config", "audit"):
+        shot = browser.artifacts / f"{view}.png"
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", view
+
+
+def test_no_token_in_the_server_log(ui_runed: tuple[Runed, str]) -> None:
+    r, root = ui_runed
+    assert r.log_path is not None
+    log = r.log_path.read_text(errors="replace")
+    assert log, "the server wrote its log"
+    assert root not in log and "rune_" not in log, "a token secret in the log"
