@@ -1,4 +1,9 @@
-"""Cross-process wake-ups: a committed change pings every runed process through unix datagram sockets."""
+"""Cross-process wake-ups: a committed change pings every runed process through unix datagram sockets.
+
+A unix socket address holds at most 107 bytes of path, less than a deep data dir needs; such
+addresses go through the notify directory's descriptor (``/proc/self/fd/N/name``), which Linux
+resolves like the full path, so the sockets stay in the data dir under its permissions.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import os
 import socket
 import uuid
 from pathlib import Path
+
+# sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
+_SUN_PATH_MAX = 108
 
 
 class Notifier:
@@ -21,13 +29,21 @@ class Notifier:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+        self._dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self._sock.bind(str(self.path))
+        self._sock.bind(self._address(self.path.name))
         self._send = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._send.setblocking(False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+
+    def _address(self, name: str) -> str:
+        """The address of socket ``name`` in the notify directory, short enough to bind or send to."""
+        full = str(self.directory / name)
+        if len(os.fsencode(full)) < _SUN_PATH_MAX:
+            return full
+        return f"/proc/self/fd/{self._dirfd}/{name}"
 
     def _attach(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
@@ -70,9 +86,9 @@ class Notifier:
         for name in peers:
             if not name.endswith(".sock"):
                 continue
-            target = str(self.directory / name)
-            if target == str(self.path):
+            if name == self.path.name:
                 continue
+            target = self._address(name)
             try:
                 self._send.sendto(b"!", target)
             except (ConnectionRefusedError, FileNotFoundError):
@@ -83,9 +99,14 @@ class Notifier:
                 # The peer's queue is full: it has a wake-up pending already.
                 pass
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up or the timeout; True when woken."""
-        ev = self._attach()
+    def arm(self) -> asyncio.Event:
+        """The event the next wake-up sets. Taken *before* the change log is read and waited on after,
+        so a wake-up that comes while the log is read is not lost (it would wait a safety poll)."""
+        return self._attach()
+
+    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> bool:
+        """Wait for a wake-up (since ``armed`` was taken, if given) or the timeout; True when woken."""
+        ev = armed if armed is not None else self._attach()
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
         # as the event fires, leaving a cancelled watcher looping forever.
         try:
@@ -103,3 +124,6 @@ class Notifier:
         self._send.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        if self._dirfd >= 0:
+            os.close(self._dirfd)
+            self._dirfd = -1
