@@ -38,6 +38,9 @@ import grpc
 RUN_ENV = "RUNED_TEST_RUN"
 # One id per importing process (a pytest run, a bench run): the marker its runeds carry.
 RUN_ID = uuid.uuid4().hex
+# How long a runed may take to become ready: generous, as the suite runs several at once on 2 cores
+# (it bounds a failure, never a passing start).
+START_TIMEOUT = 60.0
 # Data dirs of every runed started by this process (resolved): what the orphan check may look in.
 _DATA_DIRS: set[Path] = set()
 
@@ -111,7 +114,7 @@ class Runed:
             )
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> Runed:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> Runed:
         """Poll until ready; raise (with the output) if the process exits or the time runs out."""
         assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
@@ -123,7 +126,7 @@ class Runed:
             time.sleep(0.05)
         return self
 
-    def start(self, timeout: float = 30.0) -> Runed:
+    def start(self, timeout: float = START_TIMEOUT) -> Runed:
         """Launch and wait until ready; on failure everything started is reaped before raising."""
         try:
             return self.launch().wait_ready(timeout)
@@ -224,7 +227,7 @@ def run_runed(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     role: str | None = None,
-    timeout: float = 30.0,
+    timeout: float = START_TIMEOUT,
     ready: bool = True,
 ) -> Iterator[Runed]:
     """A runed on free loopback ports with ``data_dir``; ready on entry (unless ``ready=False``), reaped on exit."""
@@ -245,7 +248,7 @@ class RunedFactory(Protocol):
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         role: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = START_TIMEOUT,
         ready: bool = True,
     ) -> Runed: ...
 
@@ -263,7 +266,7 @@ class Runeds:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         role: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = START_TIMEOUT,
         ready: bool = True,
     ) -> Runed:
         cm = run_runed(data_dir, args=args, env=env, role=role, timeout=timeout, ready=ready)
