@@ -380,17 +380,23 @@ class ProcessRunner:
         return str(directory).encode() in argv
 
     async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
-        obs = self.observe(directory, handle)
-        deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
-        while obs.state == "starting" and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            obs = self.observe(directory, obs.handle)
-        if obs.state not in ("running", "exiting"):
-            return obs
-        pgid = obs.handle.pid
         # Waiting on the shim's pidfd instead of polling: a thousand stops in flight would
         # otherwise look at /proc and the instance dirs fifty thousand times a second.
-        shim_end = self.exit_fd(directory, obs.handle)
+        shim_end = self.exit_fd(directory, handle) if handle.pid else None
+        if shim_end is not None:
+            # A running instance whose shim runs (the pidfd was opened after checking): nothing
+            # more to read before signalling it (a thousand stops of a delete read less).
+            obs = Observation("running" if alive(handle.pid, handle.pid_start) else "exiting", handle)
+        else:
+            obs = self.observe(directory, handle)
+            deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
+            while obs.state == "starting" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                obs = self.observe(directory, obs.handle)
+            if obs.state not in ("running", "exiting"):
+                return obs
+            shim_end = self.exit_fd(directory, obs.handle)
+        pgid = obs.handle.pid
         if discard and shim_end is not None:
             # Its exit record need not be synced (see ``shim.DISCARD_SIGNAL``); through the pidfd:
             # never to a process that reused the shim's pid.
