@@ -1,9 +1,10 @@
 """Nodes on networks of their own: a node whose network is cut, and dependencies across nodes.
 
-The control plane (API and scheduler) and node n1 (127.0.0.2) run on this host's network; node n2
-runs in a network namespace joined by a veth pair (``tests/netns.py``), its address the namespace's
-end. Every host reaches a private PostgreSQL server that listens on the host's end of the pair too.
-Cutting n2 off is that pair going down: n2's runed keeps running and cannot reach anyone.
+A whole runed, the control plane (API and scheduler) and node n1 (127.0.0.2), runs on this host's
+network; node n2 runs in a network namespace joined by a veth pair (``tests/netns.py``), its
+address the namespace's end. Every host reaches a private PostgreSQL server that listens on the
+host's end of the pair too. Cutting n2 off is that pair going down: n2's runed keeps running and
+cannot reach anyone.
 """
 
 from __future__ import annotations
@@ -79,25 +80,20 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
         db = pg.create_database("runed")
         n2 = NsRuned(tmp / "n2", role="node", prefix=ns.prefix())
         try:
-            api = runeds.start(
-                tmp / "cp", args=runefile(tmp, "cp", "  enabled: false\n"), env={"RUNE_STORE_URL": db}, ready=False
-            )
-            eventually(lambda: all((api.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
-            for nid in ("n1", "n2"):
-                (tmp / nid).mkdir()
-                for f in KEY_FILES:
-                    shutil.copy2(api.data_dir / f, tmp / nid / f)
+            # The control plane's host is node n1 itself (the scheduler's leader runs instances too).
             spec = "  id: n1\n  address: 127.0.0.2\n  labels:\n    name: n1\n"
-            n1 = runeds.start(
-                tmp / "n1", args=runefile(tmp, "n1", spec), env={"RUNE_STORE_URL": db}, role="node", ready=False
-            )
+            n1 = runeds.start(tmp / "n1", args=runefile(tmp, "n1", spec), env={"RUNE_STORE_URL": db}, ready=False)
+            eventually(lambda: all((n1.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
+            (tmp / "n2").mkdir()
+            for f in KEY_FILES:
+                shutil.copy2(n1.data_dir / f, tmp / "n2" / f)
             spec = f"  id: n2\n  address: {ns.address}\n  labels:\n    name: n2\n"
             n2.args = runefile(tmp, "n2", spec)
             n2.env = {"RUNE_STORE_URL": db.replace("@127.0.0.1:", f"@{ns.host_address}:")}
             n2.launch()
-            for r in (api, n1, n2):
+            for r in (n1, n2):
                 r.wait_ready(90)
-            c = Cluster(api, {"n1": n1, "n2": n2}, bootstrap_metadata(api.channel()), tmp, db)
+            c = Cluster(n1, {"n1": n1, "n2": n2}, bootstrap_metadata(n1.channel()), tmp, db)
             listed = node_pb2.ListNodesRequest()
             eventually(lambda: len(c.node_api.ListNodes(listed, metadata=c.auth).nodes) == 2, timeout=30)
             yield Split(c, ns)
