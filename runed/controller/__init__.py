@@ -84,7 +84,7 @@ async def _lead(
         "process": ProcessRunner(nofile=nofile),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
-    # The leader schedules, and runs this host's node unless node.enabled is false.
+    # The leader schedules, advances operations, and runs this host's node unless node.enabled is false.
     view = node.view_of(config, store)
     ctl = Controller(config.controller, store, crypto, config.data_path, runners, node=view)
 
@@ -95,7 +95,7 @@ async def _lead(
 
     waker = asyncio.create_task(wake_on_end())
     try:
-        await node.lead(config, store, ended, on_ready, ctl.run if view is not None else None)
+        await node.lead(config, store, ended, on_ready, ctl.run)
     finally:
         waker.cancel()
         # Stepping down lets go of the runners (the zygote's socket and report pipe): a lease lost

@@ -1,7 +1,8 @@
 """This host as a node: its registration and heartbeat (capacity from the OS), and the ``node`` role.
 
 The node role runs the reconciler over the instances placed on this node only (``nodeview``); it
-takes no lease, since every node runs its own.
+takes no lease, since every node runs its own, and leaves scaling and deletion operations to the
+leading controller.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def serve(
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
     view = NodeView(store, config.node, config.data_path)
-    ctl = Controller(config.controller, store, crypto, config.data_path, runners, node=view)
+    ctl = Controller(config.controller, store, crypto, config.data_path, runners, node=view, leads=False)
 
     async def wake_on_stop() -> None:
         # The loop sleeps until a wake-up: a stop must not wait for the next resync.
@@ -107,9 +108,9 @@ async def serve(
         await asyncio.wait({beating, waker}, timeout=1.0)
 
 
-def view_of(config: Config, store: Store) -> NodeView | None:
-    """The controller role's node view: None on a control-plane host that runs no instances (node.enabled false)."""
-    return NodeView(store, config.node, config.data_path) if config.node.enabled else None
+def view_of(config: Config, store: Store) -> NodeView:
+    """The controller role's node view; on a control-plane host (node.enabled false) one that runs no instance."""
+    return NodeView(store, config.node, config.data_path, runs=config.node.enabled)
 
 
 async def lead(
@@ -117,16 +118,16 @@ async def lead(
     store: Store,
     ended: asyncio.Event,
     on_ready: Callable[[str], None],
-    reconcile: Callable[[asyncio.Event, Callable[[str], None]], Awaitable[None]] | None,
+    reconcile: Callable[[asyncio.Event, Callable[[str], None]], Awaitable[None]],
 ) -> None:
-    """The leading controller: the scheduler, and (unless node.enabled is false) this host's node until ``ended``."""
+    """The leading controller until ``ended``: the scheduler, scaling and deletion operations (``reconcile``),
+    and this host's node unless node.enabled is false (then it reports ready as ``scheduler``)."""
     from runed.controller.scheduler import Scheduler
 
     tasks = [asyncio.create_task(Scheduler(store, config.node).run(ended))]
     try:
-        if reconcile is None:
-            on_ready("scheduler")
-            await ended.wait()
+        if not config.node.enabled:
+            await reconcile(ended, lambda _address: on_ready("scheduler"))
             return
         heart = Heartbeat(store, config.node)
         await asyncio.to_thread(heart.beat)

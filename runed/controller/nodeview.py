@@ -29,10 +29,12 @@ def node_id(cfg: NodeConfig) -> str:
 class NodeView:
     """What one node's reconciler consults: its id and address, the placements, the other nodes' instances."""
 
-    def __init__(self, store: Store, cfg: NodeConfig, data_dir: Path) -> None:
+    def __init__(self, store: Store, cfg: NodeConfig, data_dir: Path, *, runs: bool = True) -> None:
         self.store = store
         self.cfg = cfg
         self.id = node_id(cfg)
+        # False: a control-plane host (node.enabled false) that watches every node's instances, runs none.
+        self.runs = runs
         self.address = cfg.address
         self.data_dir = data_dir
         self._placements: dict[Key, Placement] = {}
@@ -42,6 +44,8 @@ class NodeView:
     # -- ownership ------------------------------------------------------------------------------
     def owns(self, rec: Record) -> bool:
         """Whether an instance record is this node's to run (legacy records: when its directory is here)."""
+        if not self.runs:
+            return False
         nid = str((rec.data.get("instance") or {}).get("node_id") or "")
         if nid in ("", LEGACY_NODE):
             return (self.data_dir / "instances" / rec.name).is_dir()
@@ -90,6 +94,8 @@ class NodeView:
     def indexes(self, service: Key, current: list[Instance]) -> set[int]:
         """The instance indexes this node runs: those placed here; with no placement yet, those it runs."""
         p = self._placements.get(service)
+        if not self.runs:
+            return set()
         if p is None:
             return {i.index for i in current}
         return {i for i, n in p.slots.items() if n == self.id}

@@ -31,6 +31,9 @@ from rune.api import (
     service_pb2,
     service_pb2_grpc,
 )
+from runed.model import objects
+from runed.store.base import iter_all
+from runed.store.open import open_url
 from tests.e2e.rune import Rune
 from tests.harness import Runed, Runeds, reap_data_dir
 from tests.integration.orch import EXITER, RUNEFILE
@@ -48,6 +51,10 @@ KEY_FILES = ("auth.key", "kek.b64")
 # Each test waits on a cluster of four runeds converging.
 pytestmark = pytest.mark.slow
 RUNNING = instance_pb2.INSTANCE_STATUS_RUNNING
+# Ignores SIGTERM: a graceful stop takes the whole grace period (then SIGKILL).
+STUBBORN = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('run', flush=True)\ntime.sleep(600)\n"
+)
 
 
 def runefile(tmp: Path, name: str, node: str) -> list[str]:
@@ -277,6 +284,55 @@ def test_rune_get_and_describe_nodes(cluster: Cluster, tmp_path: Path) -> None:
     assert rune("uncordon", "n2").returncode == 0
     described = rune("describe", "node", "n3")
     assert described.returncode == 0 and "address: 127.0.0.4" in described.stdout, described.stdout
+
+
+def test_a_scaling_operation_completes_counting_every_node_s_instances(cluster: Cluster) -> None:
+    cluster.cast("grown", 1)
+    eventually(lambda: cluster.running("grown", 1), timeout=60)
+    req = service_pb2.ScaleServiceRequest(name="grown", namespace="default", scale=3)
+    cluster.services.ScaleService(req, metadata=cluster.auth)
+    insts = eventually(lambda: cluster.running("grown", 3), timeout=60)
+    assert sorted(i.node_id for i in insts) == ["n1", "n2", "n3"]
+    # The leader advances the operation, counting the instances of every node (each node alone runs one).
+    store = open_url(cluster.store_url)
+    try:
+
+        def completed() -> bool:
+            ops = [
+                r.data for r in iter_all(store, objects.SCALING_OPERATION, "default") if r.data["service"] == "grown"
+            ]
+            assert [(op["status"], op["current"]) for op in ops] == [("completed", 3)], ops
+            return True
+
+        eventually(completed, timeout=30)
+    finally:
+        store.close()
+    cluster.delete("grown")
+
+
+def test_a_deletion_completes_once_the_instances_of_every_node_are_gone(cluster: Cluster) -> None:
+    script = cluster.tmp / "stubborn.py"
+    script.write_text(STUBBORN)
+    proc = common_pb2.ProcessSpec(command=sys.executable, args=[str(script)])
+    svc = service_pb2.Service(
+        name="stubborn", namespace="default", scale=1, runtime="process", process=proc, node_selector={"name": "n1"}
+    )
+    cluster.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=cluster.auth)
+    eventually(lambda: cluster.running("stubborn", 1), timeout=60)
+    req = service_pb2.DeleteServiceRequest(name="stubborn", namespace="default", grace_period=5, detach=True)
+    op_id = cluster.services.DeleteService(req, metadata=cluster.auth).deletion_id
+
+    def done() -> service_pb2.DeletionOperation:
+        get = service_pb2.GetDeletionStatusRequest(namespace="default", name=op_id)
+        op: service_pb2.DeletionOperation = cluster.services.GetDeletionStatus(get, metadata=cluster.auth).operation
+        assert op.status == "completed", op.status
+        return op
+
+    op = eventually(done, timeout=60)
+    # Completed once n1 has stopped its copy (killed after the grace period), not at once by the nodes
+    # that run none; and by one driver.
+    assert cluster.instances("stubborn") == []
+    assert (op.total_instances, op.deleted_instances) == (1, 1)
 
 
 def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(cluster: Cluster) -> None:
