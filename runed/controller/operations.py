@@ -1,4 +1,8 @@
-"""Executing scaling and deletion operations: the API records them, the controller carries them out."""
+"""Executing scaling and deletion operations: the API records them, the leading controller carries them out.
+
+Only the leader advances them (once, for the whole cluster), counting every node's instances; a node
+only stops its own instances of a service marked for deletion (``Controller``).
+"""
 
 from __future__ import annotations
 
@@ -28,15 +32,31 @@ class Retire(Protocol):
     def __call__(self, inst: Instance, reason: str, *, grace: float | None = None) -> None: ...
 
 
-class Operations:
-    """Advances open scaling and deletion operations on each reconcile pass."""
+Copies = Callable[[str, str], list[Instance]]
 
-    def __init__(self, store: Store, book: Book, retire: Retire, status: StatusWriter, alarm: Alarm) -> None:
+
+class Operations:
+    """Advances open scaling and deletion operations on each reconcile pass of the leader."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: Book,
+        retire: Retire,
+        status: StatusWriter,
+        alarm: Alarm,
+        *,
+        counted: Copies | None = None,
+        copies: Copies | None = None,
+    ) -> None:
         self.store = store
         self.book = book
         self.retire = retire
         self.status = status
         self.alarm = alarm
+        # A service's instances on every node: as its scale counts them, and every copy left to stop.
+        self.counted = counted or book.of_service
+        self.copies = copies or book.of_service
 
     # -- scaling --------------------------------------------------------------------------------
     def _set_scale(self, ns: str, name: str, scale: int) -> None:
@@ -102,7 +122,7 @@ class Operations:
                 else:
                     self._set_scale(skey[0], skey[1], target)
                     scale = target
-            insts = self.book.of_service(*skey)
+            insts = self.counted(*skey)
             running = sum(1 for i in insts if i.state is RUNNING and not i.retire)
             changes["current"] = running
             changes["scale"] = scale
@@ -159,13 +179,13 @@ class Operations:
         if not fins:
             fins = [{"id": t, "type": t, "status": "pending", "error": ""} for t in DEFAULT_FINALIZERS]
         insts = self.book.of_service(ns, name)
-        total = int(op.data.get("total_instances") or 0) or len(insts)
+        total = int(op.data.get("total_instances") or 0) or len(self.copies(ns, name))
         grace = op.data.get("grace_period")
         # 0 is "now" (SIGKILL without waiting); absent means the configured default.
         grace_s = float(grace) if grace is not None else None
         for inst in insts:
             self.retire(inst, "service deleted", grace=grace_s)
-        remaining = len(self.book.of_service(ns, name))
+        remaining = len(self.copies(ns, name))
         changes: dict[str, Any] = {
             "total_instances": total,
             "deleted_instances": max(0, total - remaining),

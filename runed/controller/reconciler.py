@@ -75,8 +75,11 @@ class Controller:
         runners: Mapping[str, Runner],
         *,
         node: NodeView | None = None,
+        leads: bool = True,
     ) -> None:
         self.cfg = cfg
+        # The leading controller advances scaling and deletion operations; a node only stops its own.
+        self.leads = leads
         self.store = store
         self.alarm = Alarm()
         # A node runs the instances placed on it; None: every instance (no scheduler).
@@ -86,7 +89,15 @@ class Controller:
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
         self.status = StatusWriter(store, self.book.writes)
-        self.operations = Operations(store, self.book, self.supervisor.retire, self.status, self.alarm)
+        self.operations = Operations(
+            store,
+            self.book,
+            self.supervisor.retire,
+            self.status,
+            self.alarm,
+            counted=self._everywhere,
+            copies=self._copies,
+        )
         self.last_full = 0.0
         # Instance actions (namespace, instance id) changed since the last pass.
         self.actions_changed: set[Key] = set()
@@ -239,14 +250,14 @@ class Controller:
         changed_actions, self.actions_changed = self.actions_changed, set()
         # The actions of instances in back-off: a restart after it waits while one says "stopped".
         backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if i.state is BACKOFF]
-        got = await self.store.run(read_input, self.store, only, changed_actions, backoff)
+        got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=self.leads)
         self._pass(only, got, refs_changed)
 
     def _pass(self, only: set[Key] | None, got: PassInput, refs_changed: bool) -> None:
         """Deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
         services = got.services
         actions = {k: Action.from_record(r.data) for k, r in got.actions.items()}
-        deleting = self.operations.run_deletions(got.deletions)
+        deleting = self.operations.run_deletions(got.deletions) if self.leads else set()
         by_service: dict[Key, list[Instance]] = {}
         for inst in self.book.all():
             skey = (inst.namespace, inst.service)
@@ -268,14 +279,21 @@ class Controller:
                 self._apply_action(key, act)
             else:
                 self.book.writes.delete(objects.INSTANCE_ACTION, key[0], key[1])
+        runs = self.node is None or self.node.runs
         for skey, rec in services.items():
-            if skey in deleting or rec.data.get("deletion"):
+            marked = rec.data.get("deletion")
+            if marked and not self.leads:
+                grace = marked.get("grace_period") if isinstance(marked, dict) else None
+                for inst in by_service.get(skey, []):
+                    self.supervisor.retire(inst, "service deleted", grace=None if grace is None else float(grace))
+            if skey in deleting or marked or not runs:
                 continue
             try:
                 self.reconcile_service(rec, by_service.get(skey, []), got, refs_changed=refs_changed)
             except Exception:
                 log.exception("reconcile of service %s/%s failed", *skey)
-        self.operations.run_scaling(services, got.scalings, lambda k: got.get(objects.SERVICE, *k))
+        if self.leads:
+            self.operations.run_scaling(services, got.scalings, lambda k: got.get(objects.SERVICE, *k))
 
     def _apply_action(self, key: Key, act: Action) -> None:
         cached = self.book.get(key)
@@ -348,6 +366,14 @@ class Controller:
         (a lost node's copy, placed elsewhere since, no longer counts)."""
         mine = self.book.of_service(namespace, service)
         return mine if self.node is None else self.node.counted((namespace, service), mine)
+
+    def _copies(self, namespace: str, service: str) -> list[Instance]:
+        """Every copy of a service's instances still to stop: this node's and the others' (a lost node's
+        are not waited for: it stops them itself once back and sees the service gone)."""
+        mine = self.book.of_service(namespace, service)
+        if self.node is None:
+            return mine
+        return mine + [i for i in self.node.remote_of(namespace, service) if not i.reason.startswith("Lost: ")]
 
     def reconcile_service(
         self, rec: Record, items: list[Instance], got: PassInput, *, refs_changed: bool = False
