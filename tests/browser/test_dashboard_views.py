@@ -154,6 +154,9 @@ COLOURS = (
 )
 
 
+TEXTS = "return [...document.querySelectorAll('#log-lines .line .text')].map(t => t.textContent)"
+
+
 def shown(ui: Browser) -> int:
     """How many lines the log view holds (its virtual list's length)."""
     return int(ui.js("const o = document.getElementById('log-lines'); return o ? o.dataset.shown || 0 : 0"))
@@ -192,6 +195,22 @@ def test_logs_filter_timestamps_events_and_one_colour_per_instance(ui: Browser) 
     ui.find("#log-filter").clear()
     ui.find("#log-timestamps").click()
     ui.find("#log-events").click()
+
+
+def test_logs_of_one_instance_tail_without_following(ui: Browser) -> None:
+    ui.go("#/ns/default/services/pair")
+    ui.click("#instance-rows a[aria-label='Logs of pair-0']")
+    ui.wait_text("#log-lines", "pair-0")
+    ui.find("#log-follow").click()
+    ui.find("#log-events").click()
+    ui.find("#log-stream").send_keys("stdout")
+    ui.find("#log-tail").clear()
+    ui.find("#log-tail").send_keys("5")
+    ui.find("#log-form button[type=submit]").click()
+    ui.wait_text("#log-state", "5 lines.")
+    last = [f"burst {i}" for i in range(2995, 3000)]
+    eventually(lambda: ui.js(TEXTS) == last, WAIT, what=f"{last} and nothing else")
+    assert {w.text for w in ui.find_all("#log-lines .line .who")} == {"pair-0"}
 
 
 def test_instance_rows_stop_start_and_restart(ui: Browser) -> None:
