@@ -27,7 +27,7 @@ def _resources(r: Resources) -> node_pb2.NodeResources:
     return node_pb2.NodeResources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)
 
 
-def _placed(store: Store) -> tuple[Counter[str], dict[str, Resources]]:
+def placed(store: Store) -> tuple[Counter[str], dict[str, Resources]]:
     """Instance slots and requested resources per node, from every service's placement."""
     count: Counter[str] = Counter()
     used: dict[str, Resources] = {}
@@ -63,7 +63,7 @@ def _get(store: Store, nid: str) -> node_pb2.Node:
     rec = store.get(NODE, SCOPE, nid)
     if rec is None:
         raise errors.not_found("node", nid)
-    count, used = _placed(store)
+    count, used = placed(store)
     return to_pb(Node.from_record(rec.name, rec.data), count, used)
 
 
@@ -100,7 +100,7 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 @offloaded
 def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
     store = ctx.deps.store
-    count, used = _placed(store)
+    count, used = placed(store)
     nodes = [Node.from_record(r.name, r.data) for r in iter_all(store, NODE, SCOPE)]
     sel = dict(req.label_selector)
     items = [to_pb(n, count, used) for n in nodes if all(n.labels.get(k) == v for k, v in sel.items())]
@@ -133,7 +133,7 @@ def health(store: Store, name: str) -> list[health_pb2.ComponentHealth]:
     recs = [r for r in iter_all(store, NODE, SCOPE) if not name or r.name == name]
     if name and not recs:
         raise errors.not_found("node", name)
-    count, used = _placed(store)
+    count, used = placed(store)
     out = []
     for rec in recs:
         n = to_pb(Node.from_record(rec.name, rec.data), count, used)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rune.api import (
     common_pb2,
@@ -284,6 +286,43 @@ def test_rune_get_and_describe_nodes(cluster: Cluster, tmp_path: Path) -> None:
     assert rune("uncordon", "n2").returncode == 0
     described = rune("describe", "node", "n3")
     assert described.returncode == 0 and "address: 127.0.0.4" in described.stdout, described.stdout
+
+
+def node_series(cluster: Cluster) -> dict[str, dict[str, float]]:
+    """The API's /metrics, parsed: each rune_node_* family by node."""
+    text = httpx.get(f"{cluster.api.http_base}/metrics", timeout=30).text
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("rune_node_"):
+                out.setdefault(sample.name, {})[sample.labels["node"]] = sample.value
+    return out
+
+
+def test_metrics_has_each_node_s_readiness_capacity_requests_and_instances(cluster: Cluster) -> None:
+    res = common_pb2.Resources(
+        cpu=common_pb2.ResourceLimit(request="250m"), memory=common_pb2.ResourceLimit(request="64Mi")
+    )
+    cluster.cast("metered", 2, resources=res, node_selector={"name": "n2"})
+    eventually(lambda: cluster.running("metered", 2), timeout=60)
+    series = node_series(cluster)
+    assert series["rune_node_ready"] == dict.fromkeys(NODES, 1.0)
+    assert series["rune_node_schedulable"] == dict.fromkeys(NODES, 1.0)
+    assert series["rune_node_instances"] == {"n1": 0, "n2": 2, "n3": 0}
+    assert series["rune_node_cpu_requested_cores"] == {"n1": 0, "n2": 0.5, "n3": 0}
+    assert series["rune_node_memory_requested_bytes"] == {"n1": 0, "n2": 128 * 2**20, "n3": 0}
+    for nid in NODES:
+        node = cluster.node(nid)
+        assert series["rune_node_cpu_allocatable_cores"][nid] == node.allocatable.cpu_millis / 1000
+        assert series["rune_node_memory_allocatable_bytes"][nid] == node.allocatable.memory_bytes
+        # Beats every 0.5 s; NotReady after 3 s without one.
+        assert 0 <= series["rune_node_heartbeat_age_seconds"][nid] < 3
+    cluster.node_api.CordonNode(node_pb2.NodeActionRequest(id="n3"), metadata=cluster.auth)
+    try:
+        assert node_series(cluster)["rune_node_schedulable"] == {"n1": 1.0, "n2": 1.0, "n3": 0.0}
+    finally:
+        cluster.node_api.UncordonNode(node_pb2.NodeActionRequest(id="n3"), metadata=cluster.auth)
+    cluster.delete("metered")
 
 
 def test_a_scaling_operation_completes_counting_every_node_s_instances(cluster: Cluster) -> None:
