@@ -236,6 +236,10 @@ def test_nodes_cordon_and_uncordon(ui: Browser, ui_runed: tuple[Runed, str]) -> 
     row = ui.wait_for("#node-rows tr[data-node]")
     node = row.get_attribute("data-node")
     assert node
+    cpu, memory, count = ui.cells(f"#node-rows tr[data-node='{node}']")[2:5]
+    assert re.fullmatch(r"[\d.]+/[\d.]+", cpu) and float(cpu.split("/")[1]) > 0, cpu
+    assert re.fullmatch(r"\d+( MiB)?/\d+ MiB", memory) and not memory.endswith("/0 MiB"), memory
+    assert int(count) >= 1, "this host runs the module's instances"
     ui.click(f"#node-rows button[aria-label='Cordon {node}']")
     ui.wait_text(f"#node-rows tr[data-node='{node}']", "cordoned")
     with api(*ui_runed) as c:
@@ -244,6 +248,15 @@ def test_nodes_cordon_and_uncordon(ui: Browser, ui_runed: tuple[Runed, str]) -> 
     ui.click(f"#node-rows button[aria-label='Uncordon {node}']")
     eventually(lambda: "cordoned" not in ui.text(f"#node-rows tr[data-node='{node}']"), WAIT, what="uncordoned")
     ui.wait_for(f"#node-rows button[aria-label='Cordon {node}']")
+
+
+def test_namespaces_lead_to_their_services(ui: Browser) -> None:
+    ui.go("#/ns/default/namespaces")
+    ui.wait_text("#namespaces", "many")
+    assert "default" in ui.text("#namespaces")
+    ui.click("#namespaces a[href='#/ns/many/services']")
+    ui.wait_text("#svc-summary", f"of {MANY} services")
+    assert ui.find("#ns").get_property("value") == "many", "the header's namespace follows"
 
 
 def test_upload_a_cast_file_and_dry_run_it(ui: Browser, tmp_path: Path) -> None:
@@ -353,3 +366,16 @@ def test_the_page_calls_nothing_but_its_files_and_the_public_api(ui: Browser) ->
     assert paths, "the page fetched something"
     assert all(p.startswith(("/ui/", "/v1/")) for p in paths), sorted(p for p in paths if not p.startswith("/ui/"))
     assert not ui.console_errors()
+
+
+def test_drain_asks_for_confirmation(ui: Browser, ui_runed: tuple[Runed, str]) -> None:
+    """Last: a drained node stays cordoned until it is uncordoned."""
+    ui.go("#/ns/default/nodes")
+    node = ui.wait_for("#node-rows tr[data-node]").get_attribute("data-node")
+    ui.click(f"#node-rows button[aria-label='Drain {node}']")
+    ui.wait_text("dialog[open]", "Its instances move to other nodes.")
+    ui.find("dialog[open] button[type=submit]").click()
+    ui.wait_text(f"#node-rows tr[data-node='{node}']", "cordoned")
+    with api(*ui_runed) as c:
+        assert c.get(f"/v1/nodes/{node}").json()["node"]["cordoned"] is True
+        assert c.post(f"/v1/nodes/{node}:uncordon", json={}).is_success
