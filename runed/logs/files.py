@@ -20,6 +20,8 @@ from runed.logs.timeparse import line_ns
 
 LOG_NAME = "log.jsonl"
 BLOCK = 64 * 1024
+# Lines a follower's poll returns at most (about: it reads whole blocks).
+POLL_LINES = 10_000
 # The stream of a gap line: not output, but the report that lines were removed before being read.
 GAP_STREAM = "gap"
 
@@ -43,12 +45,17 @@ class LogLine(NamedTuple):
         return line_ns(self.ts)
 
 
+# tuple.__new__ itself: a NamedTuple's constructor is a Python function, and this runs once per line.
+_new = tuple.__new__
+
+
 def parse_line(raw: bytes) -> LogLine | None:
     """A log line, or None for a torn or foreign line (skipped rather than failing the stream)."""
     try:
         obj = orjson.loads(raw)
-        return LogLine(
-            int(obj["seq"]), str(obj.get("ts", "")), str(obj.get("stream", "stdout")), str(obj.get("line", ""))
+        return _new(  # type: ignore[no-any-return]
+            LogLine,
+            (int(obj["seq"]), str(obj.get("ts", "")), str(obj.get("stream", "stdout")), str(obj.get("line", "")), 0),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -252,7 +259,7 @@ class Follower:
             if len(out) >= limit:
                 return
 
-    def poll(self, limit: int = 10_000) -> list[LogLine]:
+    def poll(self, limit: int = POLL_LINES) -> list[LogLine]:
         """New lines since the previous call (at most about ``limit``), in seq order."""
         out: list[LogLine] = []
         if self._fh is not None:

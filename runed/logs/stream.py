@@ -26,6 +26,10 @@ EVENTS_KEY_SUFFIX = "~events"
 # Idle polling backs off between these bounds; any new line resets it to the minimum.
 POLL_MIN = 0.005
 POLL_MAX = 0.05
+# Lines a follow reads per series before it sends them: a fast writer's lines leave in steps of
+# about this many (a few batches), not after a whole 10,000-line read, which held the first of them
+# back by the time it took to read and send the rest.
+FOLLOW_LINES = 2000
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class Selection:
     until_ns: int | None = None
     match: Callable[[str], bool] | None = None
     events: bool = False
+
+    def passes_output(self) -> bool:
+        """Whether every output line (and gap) passes: :meth:`accept` is then ``stream != "event"``."""
+        return (
+            not self.stream
+            and self.since_ns is None
+            and self.until_ns is None
+            and self.match is None
+            and not self.events
+        )
 
     def accept(self, ln: LogLine) -> bool:
         if ln.stream == EVENT_STREAM:
@@ -209,14 +223,15 @@ class LogStream:
             self.pos.pop(key, None)
         return out
 
-    def poll(self) -> list[Emitted]:
-        """Lines written since the last poll, merged by time; rejected lines still advance cursors."""
+    def poll(self, limit: int = files.POLL_LINES) -> list[Emitted]:
+        """Lines written since the last poll (about ``limit`` per series at most), merged by time;
+        rejected lines still advance cursors."""
         got: list[tuple[Source, LogLine]] = []
         for iid, src in self.sources.items():
             f = self._followers.get(iid)
             if f is None:
                 f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1), src.file)
-            lines = f.poll()
+            lines = f.poll(limit)
             if lines and len(self.sources) == 1:
                 return self._single(src, lines)
             got.extend((src, ln) for ln in lines)
@@ -235,10 +250,13 @@ class LogStream:
     def _single(self, src: Source, lines: list[LogLine]) -> list[Emitted]:
         """:meth:`poll` of a stream of one series (the common case, per line the hot path): no merge,
         and each cursor is a prefix plus the seq."""
-        accept = self.selection.accept
         prefix = cursor.prefix_of(src.key)
         self.pos[src.key] = lines[-1].seq
-        return [Emitted(src, ln, f"{prefix}{ln.seq}") for ln in lines if accept(ln)]
+        new = tuple.__new__  # skips the NamedTuple's Python-level constructor
+        if self.selection.passes_output():
+            return [new(Emitted, (src, ln, f"{prefix}{ln.seq}")) for ln in lines if ln.stream != EVENT_STREAM]
+        accept = self.selection.accept
+        return [new(Emitted, (src, ln, f"{prefix}{ln.seq}")) for ln in lines if accept(ln)]
 
     def close(self) -> None:
         for f in self._followers.values():
@@ -250,10 +268,13 @@ class LogStream:
         delay = POLL_MIN
         try:
             while not done():
-                batch = self.poll()
+                batch = self.poll(FOLLOW_LINES)
                 if batch:
                     delay = POLL_MIN
                     yield batch
+                    # A writer that never pauses must not keep the loop: the sender (and every other
+                    # task of the role) runs between two reads.
+                    await asyncio.sleep(0)
                     continue
                 wake.clear()
                 try:
