@@ -9,7 +9,9 @@ per line) and ends with the last line.
 ``max_batch`` > 1 opts in to batches: each event (or JSON line) is then one LogResponse whose
 ``lines`` hold up to that many lines, its ``id:`` the cursor of the last one. Without it the shape
 is one line per event; the gateway still asks the handler for batches (:data:`INTERNAL_BATCH`) and
-splits them, which spares the per-message cost of the pipeline between them.
+splits them, which spares the per-message cost of the pipeline between them. The handler gives
+this endpoint its lines as protojson objects (``CallContext.json_ready``,
+:class:`runed.api.logs_wire.JsonBatch`): no LogResponse is built only to be read back here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -29,6 +30,7 @@ from rune.api import logs_pb2
 from rune.gateway import codec, sse
 from rune.gateway.bidi import Feed, context, drain, start
 from rune.gateway.http import error_response, sse_event, sse_response, status_dict
+from runed.api.logs_wire import JsonBatch
 from runed.core import errors
 from runed.pipeline.stages import Pipeline
 
@@ -117,10 +119,37 @@ def _sse_line(msg: logs_pb2.LogResponse) -> bytes:
     return sse_event(log_json(msg), event="message", id=msg.cursor)
 
 
-def _encoder(line: Callable[[logs_pb2.LogResponse], bytes], batches: bool) -> Callable[[Message], bytes]:
-    """Encodes a handler message: whole (the client opted in to batches), or split into one line each."""
+# The outer object of a batch as protojson writes it: every field at its default but the cursor and lines.
+_BATCH_OUTER: dict[str, Any] = _log_dict(logs_pb2.LogResponse())
 
-    def encode(msg: Message) -> bytes:
+
+def _sse_frame(cursor: str, data: bytes) -> bytes:
+    """``sse_event(data, event="message", id=cursor)`` written out (orjson's output has no newline to
+    split on): this runs once per line, or on a batch of hundreds."""
+    return b"event: message\nid: " + cursor.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _json_batch(batch: JsonBatch) -> bytes:
+    return orjson.dumps({**_BATCH_OUTER, "cursor": batch.cursor, "lines": batch.lines})
+
+
+def _encoder(sse_frames: bool, batches: bool) -> Callable[[object], bytes]:
+    """Encodes a handler message: whole (the client opted in to batches), or split into one line each.
+
+    Lines come as :class:`JsonBatch` (what the handler sends this endpoint) or as LogResponse (a
+    stream's last event, and lines a handler sends in their proto form).
+    """
+    line = _sse_line if sse_frames else _ndjson_line
+
+    def encode(msg: object) -> bytes:
+        if isinstance(msg, JsonBatch):
+            if batches:
+                data = _json_batch(msg)
+                return _sse_frame(msg.cursor, data) if sse_frames else data + b"\n"
+            dumps = orjson.dumps
+            if sse_frames:
+                return b"".join([_sse_frame(d["cursor"], dumps(d)) for d in msg.lines])
+            return b"".join([dumps(d) + b"\n" for d in msg.lines])
         assert isinstance(msg, logs_pb2.LogResponse)
         if batches or not msg.lines:
             return line(msg)
@@ -129,7 +158,7 @@ def _encoder(line: Callable[[logs_pb2.LogResponse], bytes], batches: bool) -> Ca
     return encode
 
 
-async def _batched(items: AsyncIterator[Message], encode: Callable[[Message], bytes]) -> AsyncIterator[bytes]:
+async def _batched(items: AsyncIterator[object], encode: Callable[[object], bytes]) -> AsyncIterator[bytes]:
     """Encoded items, joined into one chunk per write: a fast writer costs one send per batch, not per line.
 
     Bounded: past BUFFER_BYTES pending the reader waits for the client to take them.
@@ -179,9 +208,9 @@ async def _batched(items: AsyncIterator[Message], encode: Callable[[Message], by
             await task
 
 
-async def _ndjson(items: AsyncIterator[Message], request_id: str, batches: bool) -> AsyncIterator[bytes]:
+async def _ndjson(items: AsyncIterator[object], request_id: str, batches: bool) -> AsyncIterator[bytes]:
     try:
-        async for chunk in _batched(items, _encoder(_ndjson_line, batches)):
+        async for chunk in _batched(items, _encoder(False, batches)):
             yield chunk
     except errors.RuneError as err:
         yield orjson.dumps({"error": status_dict(err, request_id)}) + b"\n"
@@ -195,6 +224,7 @@ class Logs:
 
     async def get(self, request: Request) -> Response:
         ctx = context(request, LOGS_METHOD)
+        ctx.json_ready = True
         try:
             msg = log_request(request)
         except errors.RuneError as err:
@@ -209,7 +239,7 @@ class Logs:
             return started
         items = drain(started, source)
         if msg.follow:
-            return sse_response(_batched(items, _encoder(_sse_line, batches)), ctx.request_id, KEEPALIVE_SECONDS)
+            return sse_response(_batched(items, _encoder(True, batches)), ctx.request_id, KEEPALIVE_SECONDS)
         feed.close()
         return StreamingResponse(
             _ndjson(items, ctx.request_id, batches), media_type=NDJSON, headers={"x-request-id": ctx.request_id}

@@ -32,13 +32,13 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rune.api import logs_pb2
 from runed.api import forward, lifetime, logs_remote
-from runed.api.logs_wire import MAX_BATCH, end_response, pack, wrap
+from runed.api.logs_wire import MAX_BATCH, end_response, pack, pack_json, wrap
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.logs import cursor
@@ -145,11 +145,13 @@ def resolve_target(store: Store, data_dir: Path, ns: str, target: str) -> tuple[
 class _Params:
     """The open stream's adjustable parameters."""
 
-    def __init__(self, req: logs_pb2.LogRequest) -> None:
+    def __init__(self, req: logs_pb2.LogRequest, json_ready: bool = False) -> None:
         self.follow = req.follow
         self.timestamps = req.timestamps
         # Fixed for the stream's life: a parameter update cannot change the message form.
         self.max_batch = req.max_batch
+        # Lines as LogResponse, or as JsonBatch for an adapter that encodes JSON itself (the REST gateway).
+        self.pack: Callable[..., Iterator[Any]] = pack_json if json_ready else pack
         self.selection = Selection(
             stream=req.stream,
             since_ns=parse_bound(req.since),
@@ -200,7 +202,8 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
     elif service is None and not forward.is_local(ctx, where[sources[0].instance_id]):
         raise errors.FailedPrecondition(f"instance {sources[0].instance_name} runs on another node, not on this one")
     local = [s for s in sources if forward.is_local(ctx, where[s.instance_id])]
-    async for r in _local(requests, ctx, first, service, local, start_rev):
+    # Only here, straight to the client: merged parts stay LogResponse (their cursors are rewritten).
+    async for r in _local(requests, ctx, first, service, local, start_rev, ctx.json_ready):
         yield r
 
 
@@ -227,13 +230,14 @@ async def _local(
     service: str | None,
     sources: list[Source],
     start_rev: int,
-) -> AsyncIterator[logs_pb2.LogResponse]:
+    json_ready: bool = False,
+) -> AsyncIterator[Any]:
     """This host's instances of the target, read from their files (a service's new ones joining)."""
     store = ctx.deps.store
     data_dir = ctx.deps.config.data_path
     target = await store.run(_Target.of, store, first.namespace, service, sources)
     sources = _with_events(sources, first.show_events)
-    params = _Params(first)
+    params = _Params(first, json_ready)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
     stream = LogStream(params.selection, {s.key: s for s in sources}, positions)
 
@@ -284,9 +288,9 @@ async def _serve(
     data_dir: Path,
     first: logs_pb2.LogRequest,
     mine: Callable[[Record], bool],
-) -> AsyncGenerator[logs_pb2.LogResponse, None]:
+) -> AsyncGenerator[Any, None]:
     events = first.show_events
-    for r in pack(stream.history(first.tail), params.timestamps, params.max_batch):
+    for r in params.pack(stream.history(first.tail), params.timestamps, params.max_batch):
         yield r
     if not params.follow:
         return
@@ -364,18 +368,18 @@ async def _serve(
         tasks.append(asyncio.create_task(watch_changes()))
     try:
         async for batch in stream.follow(wake, done):
-            for r in pack(batch, params.timestamps, params.max_batch):
+            for r in params.pack(batch, params.timestamps, params.max_batch):
                 yield r
             # Replaced or deleted instances leave once drained, so long follows do not accumulate them.
             while retired:
-                for r in pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
+                for r in params.pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
                     yield r
         if ended:
             # What it follows is gone: its last lines, then the reason, and the stream ends.
             while retired:
-                for r in pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
+                for r in params.pack(stream.retire(retired.pop()), params.timestamps, params.max_batch):
                     yield r
-            for r in pack(stream.poll(), params.timestamps, params.max_batch):
+            for r in params.pack(stream.poll(), params.timestamps, params.max_batch):
                 yield r
             stream.close()
             yield wrap(target.end(ended[0], stream, params.timestamps), params.max_batch)

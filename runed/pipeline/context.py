@@ -72,6 +72,9 @@ class CallContext:
     # Called by the pipeline once the call is admitted (authenticated, authorized, valid): the REST
     # adapters hold a stream's HTTP status until then, so admission errors get their own status.
     on_admitted: Callable[[], None] | None = None
+    # Set by an adapter that encodes JSON in this process (the REST logs endpoint): a handler with a
+    # JSON-ready form of its messages may yield that instead (StreamLogs: runed.api.logs_wire.JsonBatch).
+    json_ready: bool = False
 
     def set_quota(self, quota: Quota) -> None:
         self.quota = quota

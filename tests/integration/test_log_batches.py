@@ -17,6 +17,7 @@ import pytest
 from google.rpc import code_pb2
 
 from rune.api import logs_pb2, logs_pb2_grpc, service_pb2
+from rune.gateway import codec
 from runed.logs import files
 from tests.harness import run_runed
 from tests.integration.orch import Orch, runefile_args
@@ -155,6 +156,25 @@ def test_sse_batches_on_request_and_one_line_events_by_default(orch: Orch, burst
         assert set(single[0]) == {
             "serviceName", "instanceId", "instanceName", "timestamp", "content", "stream", "logLevel", "cursor", "seq"
         }  # fmt: skip
+
+
+def test_rest_lines_are_the_grpc_lines_in_protojson(
+    stub: logs_pb2_grpc.LogServiceStub, orch: Orch, burst: dict[str, object]
+) -> None:
+    """The gateway gets its lines JSON-ready (no LogResponse in between): still exactly what gRPC sends."""
+    req = logs_pb2.LogRequest(resource_target="burst", timestamps=True)
+    want = [codec.to_dict(m) for m in stub.StreamLogs(iter([req]), metadata=orch.auth, timeout=30)]
+    for w in want:
+        assert w.pop("lines") == []
+    url = orch.runed.http_base + "/v1/namespaces/default/logs/burst"
+    with httpx.Client(headers={"authorization": orch.auth[0][1]}, timeout=30) as c:
+        got = [json.loads(ln) for ln in c.get(url, params={"timestamps": "true"}).text.splitlines()]
+        assert got == want and len(got) == LINES
+        batched = [
+            json.loads(ln) for ln in c.get(url, params={"timestamps": "true", "max_batch": "64"}).text.splitlines()
+        ]
+    assert [ln for b in batched for ln in b["lines"]] == want
+    assert all(b["cursor"] == b["lines"][-1]["cursor"] and b["content"] == "" for b in batched)
 
 
 def _requests(q: queue.Queue[logs_pb2.LogRequest | None]) -> Iterator[logs_pb2.LogRequest]:
