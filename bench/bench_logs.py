@@ -279,7 +279,7 @@ def run() -> None:
                     print(
                         f"   {label:<28} {rate:9.0f} lines/s (x{rate / max(tail_rate, 1):4.2f} of the tail beside it)"
                         f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
-                        f"   (tail: {tail_rate:6.0f}/s, p50 {_pct(tlat, 50):6.2f} ms)"
+                        f"   (tail: {tail_rate:6.0f}/s, p50 {_pct(tlat, 50):6.2f} ms, p99 {_pct(tlat, 99):7.2f} ms)"
                     )
                 _delete(addrs, token)
     ceiling = bare_grpc_stream(SECONDS)
