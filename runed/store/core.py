@@ -182,6 +182,8 @@ class SQLCore:
         """
         rev = since
         while True:
+            # Armed before the read: a commit's wake-up during the read ends the wait below at once.
+            armed = self.notifier.arm() if self.notifier is not None else None
             try:
                 oldest = await self.run(self.oldest_revision)
                 if oldest and rev + 1 < oldest:
@@ -201,7 +203,7 @@ class SQLCore:
                 continue
             if self.notifier is not None:
                 # Wake-ups are hints: the change log is read again after the wait either way.
-                await self.notifier.wait(SAFETY_POLL_SECONDS)
+                await self.notifier.wait(SAFETY_POLL_SECONDS, armed)
             else:
                 await asyncio.sleep(0.05)
 

@@ -180,7 +180,11 @@ def test_postgres_restart_under_load(on_private_pg: tuple[Runed, Path, str], pg_
         return True
 
     eventually(running, timeout=30, what="a service cast after the restart runs")
-    assert "internal error in" not in runed.output()
+    out = runed.output()
+    assert "internal error in" not in out
+    # Listening for changes broke once per process and came back once: one warning each, not one a wait.
+    warned = out.count("lost the store's change notifications") + out.count("cannot listen for store changes")
+    assert warned >= 1 and warned == out.count("listening for store changes again"), out
 
 
 def test_readyz_wants_the_schema_this_runed_knows(on_private_pg: tuple[Runed, Path, str]) -> None:

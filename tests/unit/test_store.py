@@ -9,13 +9,13 @@ import asyncio
 import multiprocessing
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from runed.core import errors
-from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
+from runed.store.base import ADDED, DELETED, MODIFIED, Change, Store, iter_all
 from runed.store.open import open_url
 from runed.store.postgres import PostgresStore
 from runed.store.sqlite import SQLiteStore, open_store
@@ -311,4 +311,44 @@ def test_postgresql_commit_wakes_another_stores_watchers(pg_url: str) -> None:  
         assert asyncio.run(scenario()) == (False, True)
     finally:
         listener.close()
+        writer.close()
+
+
+def test_a_commit_while_the_watcher_reads_the_log_wakes_it(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher arms its wake-up before it reads the change log: another connection's commit
+    landing during that read (its NOTIFY or datagram arriving before the watcher waits) ends the
+    wait at once. Without a safety poll to fall back on, a lost wake-up would never end it."""
+    from runed.store import core
+
+    monkeypatch.setattr(core, "SAFETY_POLL_SECONDS", 3600.0)
+    watcher, writer = open_url(store_url), open_url(store_url)
+    real = watcher.changes_since
+    reads = 0
+
+    def racing(revision: int, kinds: Sequence[str] | None = None, limit: int = core.WATCH_BATCH) -> list[Change]:
+        nonlocal reads
+        reads += 1
+        got = real(revision, kinds, limit)
+        # Reads 1 and 3 find nothing (the watcher has waited once before the third: it listens);
+        # the commit comes before the watcher gets to wait.
+        if reads in (1, 3):
+            assert got == []
+            writer.put("service", "default", f"commit-{reads}", {})
+        return got
+
+    monkeypatch.setattr(watcher, "changes_since", racing)
+
+    async def two() -> list[str]:
+        names: list[str] = []
+        async with asyncio.timeout(30):
+            async for c in watcher.watch(["service"], 0):
+                names.append(c.name)
+                if len(names) == 2:
+                    return names
+        raise AssertionError("the watch ended")
+
+    try:
+        assert asyncio.run(two()) == ["commit-1", "commit-3"]
+    finally:
+        watcher.close()
         writer.close()

@@ -17,24 +17,44 @@ log = logging.getLogger("runed.store")
 CHANNEL = "runed_changes"
 
 
+# The least time between two attempts to listen again while the server is unreachable.
+RECONNECT_SECONDS = 1.0
+
+
 class PgNotifier:
-    """One listening connection per store; the event loop reads it when it becomes readable."""
+    """One listening connection per store; the event loop reads it when it becomes readable.
+
+    When the connection breaks, watchers fall back to the safety poll and the connection is made
+    again in a worker thread (a connect may wait seconds for an unreachable server: never on the
+    loop), at most once per :data:`RECONNECT_SECONDS`. One warning per outage, one line when it ends.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
-        self._connect()
+        self._connecting: asyncio.Future[psycopg.Connection | None] | None = None
+        self._next_attempt = 0.0
+        # True while listening fails (warned once until it works again).
+        self._down = False
+        self._closed = False
+        self._conn = self._connect()
 
-    def _connect(self) -> None:
+    def _connect(self) -> psycopg.Connection | None:
+        """A listening connection, or None (blocking: at start-up, or in a worker thread)."""
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as e:
-            log.warning("cannot listen for store changes (polling instead): %s", e)
-            return
-        self._conn = conn
+            if not self._down:
+                self._down = True
+                log.warning("cannot listen for store changes (polling until it works again): %s", e)
+            return None
+        if self._down:
+            self._down = False
+            log.info("listening for store changes again")
+        return conn
 
     def _detach(self) -> None:
         if self._loop is not None and not self._loop.is_closed() and self._conn is not None:
@@ -43,16 +63,38 @@ class PgNotifier:
 
     def _attach(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
-        if self._conn is None:
-            self._connect()
-            self._loop = None
         if self._loop is not loop or self._event is None:
             self._detach()
             self._loop = loop
             self._event = asyncio.Event()
             if self._conn is not None:
                 loop.add_reader(self._conn.fileno(), self._on_readable)
+        if self._conn is None:
+            self._reconnect(loop)
         return self._event
+
+    def _reconnect(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Listen again, in a worker thread; the loop adds the connection when it is made."""
+        if self._connecting is not None or loop.time() < self._next_attempt:
+            return
+        self._next_attempt = loop.time() + RECONNECT_SECONDS
+        fut = loop.run_in_executor(None, self._connect)
+        self._connecting = fut
+
+        def done(f: asyncio.Future[psycopg.Connection | None]) -> None:
+            self._connecting = None
+            conn = None if f.cancelled() or f.exception() is not None else f.result()
+            if conn is None:
+                return
+            if self._closed or self._loop is not loop or loop.is_closed() or self._conn is not None:
+                conn.close()
+                return
+            self._conn = conn
+            loop.add_reader(conn.fileno(), self._on_readable)
+            # Changes committed while nobody listened: watchers read the log again now.
+            self._wake_local()
+
+        fut.add_done_callback(done)
 
     def _on_readable(self) -> None:
         conn = self._conn
@@ -67,12 +109,14 @@ class PgNotifier:
         except psycopg.Error:
             broken = True
         if broken:
-            # The server went away: stop reading a dead socket; the next wait reconnects.
+            # The server went away: stop reading a dead socket; the next wait listens again.
             self._detach()
             with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
-            self._loop = None
+            if not self._down:
+                self._down = True
+                log.warning("lost the store's change notifications (polling until they work again)")
         self._wake_local()
 
     def _wake_local(self) -> None:
@@ -94,9 +138,14 @@ class PgNotifier:
         else:
             self._loop.call_soon_threadsafe(self._wake_local)
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up or the timeout; True when woken."""
-        ev = self._attach()
+    def arm(self) -> asyncio.Event:
+        """The event the next wake-up sets. Taken *before* the change log is read and waited on after,
+        so a NOTIFY that arrives while the log is read is not lost (it would wait a safety poll)."""
+        return self._attach()
+
+    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> bool:
+        """Wait for a wake-up (since ``armed`` was taken, if given) or the timeout; True when woken."""
+        ev = armed if armed is not None else self._attach()
         try:
             async with asyncio.timeout(timeout):
                 await ev.wait()
@@ -105,6 +154,7 @@ class PgNotifier:
             return False
 
     def close(self) -> None:
+        self._closed = True
         self._detach()
         if self._conn is not None:
             with contextlib.suppress(Exception):
