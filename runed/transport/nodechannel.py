@@ -87,7 +87,8 @@ class Channel:
                     grpc.StatusCode.UNAUTHENTICATED, f"node {self.node} serves the control plane only: {e}"
                 )
                 return
-            code = "OK"
+            # Until it ends by itself: a stream the API host cancels stays CANCELLED.
+            code = "CANCELLED"
             try:
                 first = await anext(requests)
                 # The namespace defaulted as the API does (an API host sends it filled in already).
@@ -103,8 +104,9 @@ class Channel:
 
                 async for item in serve(chained(), ctx):
                     yield item
+                code = "OK"
             except StopAsyncIteration:
-                code = "CANCELLED"
+                pass
             except errors.RuneError as err:
                 code = err.code.name
                 st = rpc_status.to_status(status_proto(err, ctx.request_id))

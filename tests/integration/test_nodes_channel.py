@@ -1,9 +1,10 @@
 """Logs and exec of an instance on another node, through either API host, over the node channel.
 
-Two API hosts (whole runeds that run no instances, ``node.enabled: false``) and two nodes (127.0.0.2,
-.3) on one PostgreSQL database. Every instance runs on a node, so every log and exec call an API
-host answers goes over the node channel; the nodes refuse whatever does not carry a node token of
-the cluster for them. The last test stops a node, so it runs last.
+Two API hosts (whole runeds) and two nodes (127.0.0.2, .3) on one PostgreSQL database. The first
+API host leads and is a node itself (``api1``, its controller role serves its channel); the second
+runs no instances (``node.enabled: false``), so every log and exec call it answers goes over a
+node channel. The nodes refuse whatever does not carry a node token of the cluster for them. The
+last test stops a node, so it runs last.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
 from tests.support import Metadata, bootstrap_metadata, eventually, sse_events
 
 NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3"}
+# Where instances run: the leading API host and the two nodes.
+HOSTS = ["api1", "n1", "n2"]
 KEY_FILES = ("auth.key", "kek.b64")
 pytestmark = pytest.mark.slow
 # Prints a numbered line every 0.2 s: a follower sees lines written after it started.
@@ -96,7 +99,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Itera
     env = {"RUNE_STORE_URL": pg_database}
     runeds = Runeds()
     try:
-        first = runeds.start(tmp / "api1", args=runefile(tmp, "api1", "  enabled: false\n"), env=env, ready=False)
+        first = runeds.start(tmp / "api1", args=runefile(tmp, "api1", "  id: api1\n"), env=env, ready=False)
         # Hosts sharing a store share its keys: each gets the first host's before its first start.
         eventually(lambda: all((first.data_dir / f).exists() for f in KEY_FILES), timeout=60, what="the keys")
         others: dict[str, Runed] = {}
@@ -117,13 +120,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Itera
             [first, others["api2"]], {n: others[n] for n in NODES}, bootstrap_metadata(first.channel()), pg_database
         )
         nodes = node_pb2_grpc.NodeServiceStub(first.channel())
-        eventually(lambda: len(nodes.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes) == 2, timeout=30)
+        eventually(lambda: len(nodes.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes) == 3, timeout=30)
         script = tmp / "ticker.py"
         script.write_text(TICKER)
         svc = service_pb2.Service(
             name="ticker",
             namespace="default",
-            scale=2,
+            scale=3,
             runtime="process",
             process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
         )
@@ -133,11 +136,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Itera
 
         def running() -> bool:
             insts = c.instances("ticker")
-            assert sorted(i.node_id for i in insts) == ["n1", "n2"], [(i.name, i.node_id) for i in insts]
+            assert sorted(i.node_id for i in insts) == HOSTS, [(i.name, i.node_id) for i in insts]
             assert all(i.status == instance_pb2.INSTANCE_STATUS_RUNNING for i in insts)
             return True
 
-        eventually(running, timeout=60, what="one ticker instance on each node")
+        eventually(running, timeout=60, what="one ticker instance on each host")
         yield c
     finally:
         runeds.close()
@@ -176,11 +179,11 @@ def exec_call(
 @pytest.mark.parametrize("api", [0, 1])
 def test_exec_over_grpc_reaches_an_instance_on_a_node_through_either_api_host(cluster: Cluster, api: int) -> None:
     stub = exec_pb2_grpc.ExecServiceStub(cluster.apis[api].channel())
-    for nid, node in cluster.nodes.items():
+    for nid, node in {"api1": cluster.apis[0], **cluster.nodes}.items():
         inst = on_node(cluster, nid)
         init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["sh", "-c", "cat; pwd; exit 7"])
         out, code = exec_call(stub, cluster.auth, init, stdin=b"over the channel\n")
-        # The node ran it: stdin went there, and the working directory is in the node's data dir.
+        # The node ran it (api1 its own, directly): stdin went there, the working directory is in its data dir.
         assert code == 7
         said, cwd = out.decode().splitlines()
         assert said == "over the channel"
@@ -212,8 +215,10 @@ def test_logs_follow_over_grpc_reaches_an_instance_on_a_node(cluster: Cluster, a
     assert all(r.cursor for r in got)
 
 
-def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster) -> None:
-    base = cluster.apis[1].http_base
+@pytest.mark.parametrize("api", [0, 1])
+def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, api: int) -> None:
+    # api1 reads its own instance from its files and merges in the nodes'; api2 merges three nodes.
+    base = cluster.apis[api].http_base
     headers = {"authorization": f"Bearer {cluster.token}"}
     url = base + "/v1/namespaces/default/logs/ticker"
     names: set[str] = set()
@@ -224,18 +229,18 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster) 
             for ev in sse_events(r.iter_lines()):
                 names.add(json.loads(ev["data"])["instanceName"])
                 last_id = ev["id"]
-                if len(names) == 2:
+                if len(names) == 3:
                     break
-        assert names == {"ticker-0", "ticker-1"}
-        # The merged cursor names both nodes' instances: a resume continues each where it was.
+        assert names == {"ticker-0", "ticker-1", "ticker-2"}
+        # The merged cursor names every node's instance: a resume continues each where it was.
         positions = dict(p.split("=") for p in last_id.split(";")[1:])
-        assert len(positions) == 2
+        assert len(positions) == 3
         with client.stream("GET", url, params={"follow": "true"}, headers={"last-event-id": last_id}) as r:
             seen: dict[str, int] = {}
             for ev in sse_events(r.iter_lines()):
                 line = json.loads(ev["data"])
                 seen.setdefault(line["instanceId"], int(line["seq"]))
-                if len(seen) == 2:
+                if len(seen) == 3:
                     break
         assert all(seen[iid] == int(seq) + 1 for iid, seq in positions.items()), (positions, seen)
 
@@ -258,27 +263,27 @@ def test_a_service_s_follow_over_nodes_ends_once_when_it_is_deleted(cluster: Clu
     svc = service_pb2.Service(
         name="brief",
         namespace="default",
-        scale=2,
+        scale=3,
         runtime="process",
         process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
     )
     services = service_pb2_grpc.ServiceServiceStub(cluster.apis[0].channel())
     services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=cluster.auth)
-    eventually(lambda: {i.node_id for i in cluster.instances("brief")} == set(NODES), timeout=60)
+    eventually(lambda: sorted(i.node_id for i in cluster.instances("brief")) == HOSTS, timeout=60)
     stub = logs_pb2_grpc.LogServiceStub(cluster.apis[1].channel())
     req = logs_pb2.LogRequest(resource_target="brief", follow=True, max_batch=10)
     lines: list[logs_pb2.LogResponse] = []
     deleted = False
     for resp in stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=60):
         lines.extend(resp.lines)
-        if not deleted and len({ln.instance_name for ln in lines}) == 2:
+        if not deleted and len({ln.instance_name for ln in lines}) == 3:
             # Both nodes' lines came: the service goes, and with it the follow, on each node.
             delete = service_pb2.DeleteServiceRequest(name="brief", namespace="default", force=True, now=True)
             services.DeleteService(delete, metadata=cluster.auth)
             deleted = True
     ends = [ln for ln in lines if "end_of_stream" in ln.status.details]
     assert len(ends) == 1 and lines[-1] == ends[0], [ln.content for ln in lines[-5:]]
-    assert {ln.instance_name for ln in lines if ln.content.startswith("tick")} == {"brief-0", "brief-1"}
+    assert {ln.instance_name for ln in lines if ln.content.startswith("tick")} == {"brief-0", "brief-1", "brief-2"}
 
 
 def test_a_node_refuses_what_is_not_from_the_control_plane(cluster: Cluster) -> None:
