@@ -7,13 +7,12 @@ status, and whether a dependency is ready, count every node's instances, not onl
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from runed.controller.instance import Instance, Key
 from runed.core.config.schema import NodeConfig
 from runed.model import objects
-from runed.model.nodes import PLACEMENT, Placement
+from runed.model.nodes import PLACEMENT, Placement, local_node_id
 from runed.store.base import DELETED, Change, Record, Store, iter_all
 
 # Instance records written before nodes existed name this node id: they belong to the node whose
@@ -22,8 +21,8 @@ LEGACY_NODE = "local"
 
 
 def node_id(cfg: NodeConfig) -> str:
-    """The configured node id, else the hostname."""
-    return cfg.id or socket.gethostname()
+    """The configured node id, else the hostname (the rule lives with the node records)."""
+    return local_node_id(cfg)
 
 
 class NodeView:
