@@ -352,3 +352,29 @@ def test_a_commit_while_the_watcher_reads_the_log_wakes_it(store_url: str, monke
     finally:
         watcher.close()
         writer.close()
+
+
+def test_postgresql_connections_keep_alive(pg_url: str) -> None:  # noqa: F811
+    """Pooled and listening connections alike send TCP keepalives and bound unacknowledged sends, so a
+    server gone silent (a host powered off, a cut link) is noticed within seconds, not hours."""
+    import os
+    import socket
+
+    store = PostgresStore(pg_url)
+    try:
+        assert store.notifier is not None
+        listening = store.notifier._conn
+        assert listening is not None
+        with store._pool.connection() as pooled:
+            for conn in (pooled, listening):
+                s = socket.socket(fileno=os.dup(conn.fileno()))
+                try:
+                    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+                    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+                    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+                    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
+                finally:
+                    s.close()  # a duplicate of the connection's descriptor
+    finally:
+        store.close()

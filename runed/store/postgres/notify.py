@@ -12,6 +12,8 @@ import logging
 
 import psycopg
 
+from runed.store.postgres.pool import CONNECT_KWARGS
+
 log = logging.getLogger("runed.store")
 
 CHANNEL = "runed_changes"
@@ -44,7 +46,8 @@ class PgNotifier:
     def _connect(self) -> psycopg.Connection | None:
         """A listening connection, or None (blocking: at start-up, or in a worker thread)."""
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            # The pool's settings: TCP keepalives notice a server gone silent (a LISTEN connection only reads).
+            conn = psycopg.connect(self.url, **CONNECT_KWARGS)  # type: ignore[arg-type]
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as e:
             if not self._down:
