@@ -224,6 +224,11 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
     names: set[str] = set()
     last_id = ""
     with httpx.Client(timeout=30, headers=headers) as client:
+        # History as JSON lines: the last line of each node's instance (tail counts per node).
+        r = client.get(url, params={"tail": "1"})
+        assert r.status_code == 200, r.text
+        rows = [json.loads(line) for line in r.text.splitlines() if line]
+        assert sorted(row["instanceName"] for row in rows) == ["ticker-0", "ticker-1", "ticker-2"]
         with client.stream("GET", url, params={"follow": "true", "tail": "2"}) as r:
             assert r.status_code == 200, r.read()
             for ev in sse_events(r.iter_lines()):
@@ -257,27 +262,33 @@ def test_exec_over_the_websocket_reaches_an_instance_on_a_node(cluster: Cluster)
     assert out == b"remote\n" and ex["code"] == 4
 
 
-def test_a_service_s_follow_over_nodes_ends_once_when_it_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_service_s_follow_hears_new_nodes_and_ends_once_when_it_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
     script = tmp_path / "ticker.py"
     script.write_text(TICKER)
     svc = service_pb2.Service(
         name="brief",
         namespace="default",
-        scale=3,
+        scale=1,
         runtime="process",
         process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
     )
     services = service_pb2_grpc.ServiceServiceStub(cluster.apis[0].channel())
     services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=cluster.auth)
-    eventually(lambda: sorted(i.node_id for i in cluster.instances("brief")) == HOSTS, timeout=60)
+    eventually(lambda: len(cluster.instances("brief")) == 1, timeout=60)
     stub = logs_pb2_grpc.LogServiceStub(cluster.apis[1].channel())
     req = logs_pb2.LogRequest(resource_target="brief", follow=True, max_batch=10)
     lines: list[logs_pb2.LogResponse] = []
-    deleted = False
-    for resp in stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=60):
+    scaled = deleted = False
+    for resp in stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=90):
         lines.extend(resp.lines)
-        if not deleted and len({ln.instance_name for ln in lines}) == 3:
-            # Both nodes' lines came: the service goes, and with it the follow, on each node.
+        names = {ln.instance_name for ln in lines}
+        if not scaled and names:
+            # Two more instances, placed on the hosts that had none when the follow began.
+            scale = service_pb2.ScaleServiceRequest(name="brief", namespace="default", scale=3)
+            services.ScaleService(scale, metadata=cluster.auth)
+            scaled = True
+        if not deleted and len(names) == 3:
+            # Every node's lines came: the service goes, and with it the follow, on each node.
             delete = service_pb2.DeleteServiceRequest(name="brief", namespace="default", force=True, now=True)
             services.DeleteService(delete, metadata=cluster.auth)
             deleted = True
