@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
 from tests.harness import RunedFactory
@@ -39,6 +40,8 @@ SERVER = textwrap.dedent(
     http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     """
 )
+
+pytestmark = pytest.mark.slow
 
 # A lease far longer than the lock is held: its renewals wait on the lock too, and the controller
 # must not step down meanwhile.
