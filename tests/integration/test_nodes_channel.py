@@ -42,6 +42,7 @@ from runed.auth import nodetoken
 from runed.auth.identity import load_server_key
 from runed.model.nodes import NODE, SCOPE, Node
 from runed.store.open import open_url
+from tests.e2e.rune import Rune
 from tests.harness import Runed, Runeds
 from tests.integration.orch import RUNEFILE
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
@@ -295,6 +296,17 @@ def test_a_service_s_follow_hears_new_nodes_and_ends_once_when_it_is_deleted(clu
     ends = [ln for ln in lines if "end_of_stream" in ln.status.details]
     assert len(ends) == 1 and lines[-1] == ends[0], [ln.content for ln in lines[-5:]]
     assert {ln.instance_name for ln in lines if ln.content.startswith("tick")} == {"brief-0", "brief-1", "brief-2"}
+
+
+def test_rune_logs_and_exec_reach_instances_on_other_hosts(cluster: Cluster, tmp_path: Path) -> None:
+    rune = Rune(home=tmp_path / "home", server=cluster.apis[1].grpc_target, procs=[])
+    assert rune("login", "--token", cluster.token).returncode == 0
+    logs = rune("logs", "ticker", "--tail", "1")
+    assert logs.returncode == 0, logs.stderr
+    assert len([ln for ln in logs.stdout.splitlines() if "tick" in ln]) == 3, logs.stdout
+    for name in ("ticker-0", "ticker-1", "ticker-2"):
+        piped = rune("exec", f"instance/{name}", "--", "sh", "-c", "cat; exit 6", input="piped\n")
+        assert (piped.returncode, piped.stdout) == (6, "piped\n"), piped.stderr
 
 
 def test_a_node_refuses_what_is_not_from_the_control_plane(cluster: Cluster) -> None:
