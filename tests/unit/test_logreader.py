@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 import types
@@ -11,7 +13,7 @@ import pytest
 
 from runed.logs import cursor, files
 from runed.logs.files import LOG_NAME, Follower
-from runed.logs.stream import LogStream, Selection, Source, compile_filter
+from runed.logs.stream import FOLLOW_LINES, LogStream, Selection, Source, compile_filter
 from runed.logs.timeparse import format_ns, line_ns, parse_bound, parse_duration
 from tests.support import LogWriter
 
@@ -243,3 +245,34 @@ def test_lines_rotated_away_before_they_were_read_are_reported_as_a_gap(tmp_path
     assert [(e.line.stream, e.line.missing) for e in got_s] == [(files.GAP_STREAM, 13)]
     assert cursor.decode(got_s[0].cursor) == {"a": 15}
     s.close()
+
+
+def test_a_follow_sends_a_fast_writers_lines_in_steps_and_lets_the_loop_run_between_them(tmp_path: Path) -> None:
+    """A follow behind by many lines reads about FOLLOW_LINES before handing them on, not all at once,
+    and other tasks run between two reads even when the consumer never waits."""
+    w = LogWriter(tmp_path, base_ns=BASE_NS)
+    w.write("first")
+    s = LogStream(Selection(), {"a": Source("a", "x-0", "x", tmp_path)})
+    assert len(list(s.history(1))) == 1
+    total = 3 * FOLLOW_LINES + 123
+    with open(tmp_path / LOG_NAME, "a") as f:
+        for i in range(total):
+            f.write(
+                json.dumps({"seq": i + 2, "ts": format_ns(BASE_NS + i), "stream": "stdout", "line": f"l{i}"}) + "\n"
+            )
+
+    async def follow() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        turns: list[int] = []
+        got: list[list[str]] = []
+        async for batch in s.follow(asyncio.Event(), lambda: sum(map(len, got)) >= total):
+            if got:
+                assert turns, "the loop did not run between two reads"
+            turns.clear()
+            loop.call_soon(turns.append, 1)
+            got.append([e.line.line for e in batch])
+        return got
+
+    got = asyncio.run(follow())
+    assert [ln for b in got for ln in b] == [f"l{i}" for i in range(total)]
+    assert len(got) >= 3 and all(len(b) < FOLLOW_LINES + 2000 for b in got)
