@@ -251,7 +251,7 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
         assert all(seen[iid] == int(seq) + 1 for iid, seq in positions.items()), (positions, seen)
 
 
-def test_exec_over_the_websocket_reaches_an_instance_on_a_node(cluster: Cluster) -> None:
+def test_exec_over_rest_reaches_an_instance_on_a_node(cluster: Cluster) -> None:
     url = f"ws://{cluster.apis[0].address('rest')}/v1/namespaces/default/exec/ticker/ws"
     with connect(url, additional_headers={"authorization": f"Bearer {cluster.token}"}) as ws:
         ws.send(json.dumps({"command": ["sh", "-c", "echo remote; exit 4"]}))
@@ -261,6 +261,22 @@ def test_exec_over_the_websocket_reaches_an_instance_on_a_node(cluster: Cluster)
             out += base64.b64decode(msg.get("stdout", ""))
             ex = msg.get("exit")
     assert out == b"remote\n" and ex["code"] == 4
+    # A REST exec session (output as SSE) on a host that runs nothing.
+    headers = {"authorization": f"Bearer {cluster.token}"}
+    with httpx.Client(base_url=cluster.apis[1].http_base, timeout=30, headers=headers) as client:
+        r = client.post("/v1/namespaces/default/exec/ticker", json={"command": ["sh", "-c", "echo session; exit 2"]})
+        assert r.status_code == 201, r.text
+        sid = r.json()["sessionId"]
+        got, code = b"", None
+        with client.stream("GET", f"/v1/namespaces/default/exec/sessions/{sid}/output") as s:
+            for ev in sse_events(s.iter_lines()):
+                data = json.loads(ev["data"])
+                if ev["event"] == "stdout":
+                    got += base64.b64decode(data["stdout"])
+                elif ev["event"] == "exit":
+                    code = data["exit"]["code"]
+                    break
+    assert (got, code) == (b"session\n", 2)
 
 
 def test_a_service_s_follow_hears_new_nodes_and_ends_once_when_it_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
