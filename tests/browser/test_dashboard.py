@@ -305,18 +305,29 @@ def test_readonly_token_sees_actions_disabled_and_is_refused_anyway(
     assert browser.find("#nav a[data-view=cast]").get_attribute("aria-disabled") == "true"
     assert browser.find("#nav a[data-view=audit]").get_attribute("aria-disabled") == "true"
     browser.go(f"#/ns/default/services/{web}")
-    browser.wait_for("#instance-rows tr[data-instance]")
-    for css, right in (
+    browser.wait_for("#instance-rows tr[data-state=running]")
+    # Read in one script: the instance rows are redrawn on every watch event (a rollback replaced them).
+    controls = (
         ("#scale-btn", "services:scale"),
         ("#restart-btn", "instances:update"),
         ("#stop-btn", "services:scale"),
         ("#delete-btn", "services:delete"),
         ("#revisions button[data-rollback]", "services:update"),
         ("#instance-rows button[aria-label]", "instances:update"),  # restart, stop/start of one instance
-    ):
-        for button in browser.find_all(css):
-            assert not button.is_enabled() and right in str(button.get_attribute("title")), (css, right)
-    assert browser.find("#instance-rows a[aria-label^=Terminal]").get_attribute("aria-disabled") == "true"
+    )
+    script = (
+        "return arguments[0].map(([css, right]) => [css, right, [...document.querySelectorAll(css)]"
+        ".map(b => [b.disabled, b.title])]).concat([['terminal', '', [...document.querySelectorAll("
+        "'#instance-rows a[aria-label^=Terminal]')].map(a => [a.getAttribute('aria-disabled') === 'true', ''])]])"
+    )
+
+    def drawn() -> list[Any]:
+        f: list[Any] = browser.js(script, [list(c) for c in controls])
+        return f if all(states for _, _, states in f) else []
+
+    found = eventually(drawn, WAIT, what="every control drawn (the history loads on its own)")
+    for css, right, states in found:
+        assert states and all(disabled and right in title for disabled, title in states), (css, right, states)
     browser.screenshot("readonly")
     browser.go("#/ns/default/nodes")
     browser.wait_for("#node-rows tr[data-node]")
