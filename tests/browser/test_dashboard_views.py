@@ -3,8 +3,8 @@
 A long list paged, instance details (ports, node, restarts, last exit), health and probe results,
 the log view's filter, timestamps, events and colours, per-instance actions, nodes, a custom policy
 the page cannot read, uploads, keyboard use, a laptop-sized window, and the page's own traffic
-(watch streams, no polling, nothing but ``/ui/`` and ``/v1``). One runed and one browser for the
-module; the services are cast over REST by module fixtures.
+(watch streams, no polling, nothing but ``/ui/`` and ``/v1``). The runed and the browser are the
+ones every browser module shares; this module's services (not ``web``) are cast over REST by a fixture.
 """
 
 from __future__ import annotations
