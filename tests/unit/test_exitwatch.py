@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -127,3 +128,29 @@ def test_no_watch_for_a_shim_that_is_gone(runner: ProcessRunner, tmp_path: Path)
     # A pid reused by another process is not taken for the shim.
     other = Handle(pid=obs.handle.pid, pid_start=obs.handle.pid_start, shim_pid=os.getpid(), shim_start=1)
     assert runner.exit_fd(d, other) is None
+
+
+def test_the_sweep_catches_an_end_whose_wake_up_the_loop_did_not_deliver() -> None:
+    """``check`` (the safety sweep) fires a watch whose pidfd is readable, in one poll, without the loop."""
+
+    async def main() -> None:
+        alarm = Alarm()
+        watch = ExitWatch(alarm)
+        ended = subprocess.Popen([sys.executable, "-c", "pass"])
+        running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            assert watch.add(("default", "ended"), os.pidfd_open(ended.pid))
+            assert watch.add(("default", "running"), os.pidfd_open(running.pid))
+            # Waited for without yielding: the loop has not run its reader, as if it lost the wake-up.
+            ended.wait(30)
+            assert ("default", "ended") in watch and not alarm.event.is_set()
+            assert watch.check() == 1
+            assert ("default", "ended") not in watch and ("default", "running") in watch
+            assert watch.fired and alarm.event.is_set()
+            assert watch.check() == 0
+        finally:
+            running.kill()
+            running.wait(30)
+            watch.close()
+
+    asyncio.run(main())
