@@ -157,6 +157,7 @@ def _schemathesis(runed: Runed, token: str, cwd: Path, *select: str) -> tuple[in
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # two schemathesis runs of up to 150 s each, beside other test modules
 def test_schemathesis_against_the_live_gateway(gw: tuple[Runed, str], tmp_path: Path) -> None:
     runed, token = gw
     # Every operation, with data that fits the document and data that does not...

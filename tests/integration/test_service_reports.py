@@ -188,9 +188,9 @@ def test_scale_is_capped_on_create_update_and_scale_over_grpc(o: Orch) -> None:
         assert list(violations) == [field], (method, violations)
         assert f"at most {MAX_SCALE} (limits.max_scale)" in violations[field], violations
     assert _get(o, "big").scale == 0
-    # The cap itself is allowed.
+    # The cap itself is allowed (ScaleService records an operation; the controller applies it).
     o.services.ScaleService(service_pb2.ScaleServiceRequest(name="big", scale=MAX_SCALE), metadata=o.auth)
-    assert _get(o, "big").scale == MAX_SCALE
+    eventually(lambda: _get(o, "big").scale == MAX_SCALE, timeout=30, what="scale applied")
 
 
 def test_scale_is_capped_over_rest(o: Orch) -> None:
