@@ -40,25 +40,8 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """The URL of this run's own database (created here, dropped at the end of the session)."""
-    try:
-        import psycopg
-    except ImportError as e:
-        _unavailable(f"psycopg is not installed ({e})")
-        raise
-    name = f"runed_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as e:
-        _unavailable(f"{ADMIN_URL}: {str(e).strip()}")
-    try:
-        yield _with_dbname(ADMIN_URL, name)
-    finally:
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin,
-        ):
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as url:
+        yield url
 
 
 @contextlib.contextmanager
