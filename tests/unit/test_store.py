@@ -9,6 +9,7 @@ import asyncio
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -377,4 +378,27 @@ def test_postgresql_connections_keep_alive(pg_url: str) -> None:  # noqa: F811
                 finally:
                     s.close()  # a duplicate of the connection's descriptor
     finally:
+        store.close()
+
+
+def test_a_writer_cut_off_in_a_transaction_does_not_hold_every_write(pg_url: str) -> None:  # noqa: F811
+    """A host that goes silent holding the revision row lock (a cut link mid-transaction) stalls every
+    other host's writes only until the server drops its session, not until TCP notices (hours)."""
+    import psycopg
+
+    from runed.store.postgres.pool import CONNECT_KWARGS, IDLE_IN_TRANSACTION_MS
+
+    store = PostgresStore(pg_url, notify=False)
+    silent = psycopg.connect(pg_url, options=str(CONNECT_KWARGS["options"]))  # runed's session settings
+    try:
+        silent.execute("SELECT value FROM revision WHERE id = 1 FOR UPDATE")  # then says nothing more
+        started = time.monotonic()
+        store.put("configmap", "default", "after-the-cut", {"data": {"k": "v"}})
+        waited = time.monotonic() - started
+        assert waited >= IDLE_IN_TRANSACTION_MS / 1000 * 0.8, waited  # it did wait on the lock...
+        assert store.get("configmap", "default", "after-the-cut") is not None  # ...and then wrote
+        with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+            silent.execute("SELECT 1")  # the server ended the silent session
+    finally:
+        silent.close()
         store.close()

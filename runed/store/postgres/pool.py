@@ -36,6 +36,9 @@ POOL_WAIT_SECONDS = 5.0
 DOWN_WAIT_SECONDS = 0.25
 # How long one reconnection attempt keeps retrying in the background before the next call starts anew.
 RECONNECT_TIMEOUT_SECONDS = 2.0
+# How long a session may sit inside a transaction without a statement (ms): runed's transactions
+# are a few statements in a row; a host that stops midway has lost its network or its process.
+IDLE_IN_TRANSACTION_MS = 10_000
 # libpq connection settings: give up connecting after 3 s; find a dead peer (not a refused port:
 # a host gone silent) on an idle connection within ~25 s, and on a busy one after 10 s unacknowledged.
 CONNECT_KWARGS: dict[str, object] = {
@@ -46,6 +49,14 @@ CONNECT_KWARGS: dict[str, object] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
+    # The server's side of the same: a host cut off in the middle of a transaction holds the revision
+    # row lock, and with it every other host's writes, until the server drops its session. Idle in a
+    # transaction for IDLE_IN_TRANSACTION or silent on the wire for ~25 s, it is dropped.
+    "options": (
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        " -c tcp_user_timeout=10000"
+    ),
 }
 
 
