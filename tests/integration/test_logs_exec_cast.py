@@ -91,12 +91,18 @@ def test_exec_in_a_real_instance_and_logs_over_rest(cast: Orch) -> None:
     name, cwd = out.decode().split()
     assert name in {i["instance"]["name"] for i in insts}
     assert cwd in {i["workdir"] for i in insts}
-    r = httpx.get(
-        cast.runed.http_base + "/v1/namespaces/default/logs/chatty",
-        params={"tail": "5", "filter": "/tick [0-9]+ /"},
-        headers={"authorization": cast.auth[0][1]},
-        timeout=20,
-    )
-    assert r.status_code == 200
-    lines = r.text.splitlines()
+
+    def tail() -> list[str]:
+        r = httpx.get(
+            cast.runed.http_base + "/v1/namespaces/default/logs/chatty",
+            params={"tail": "5", "filter": "/tick [0-9]+ /"},
+            headers={"authorization": cast.auth[0][1]},
+            timeout=20,
+        )
+        assert r.status_code == 200, r.text
+        got = r.text.splitlines()
+        assert len(got) == 5, got  # the instances may not have ticked five times yet
+        return got
+
+    lines = eventually(tail, timeout=20, what="five tick lines")
     assert len(lines) == 5 and all('"serviceName":"chatty"' in ln.replace(" ", "") for ln in lines)
