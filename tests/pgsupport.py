@@ -20,8 +20,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import psycopg
 
 ADMIN_URL = os.environ.get("RUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -186,3 +190,13 @@ def pg_cluster() -> Iterator[PgCluster]:
     """A private PostgreSQL server for one test module, which its tests may stop and start."""
     with private_cluster() as cluster:
         yield cluster
+
+
+def lock_waiters(conn: psycopg.Connection) -> int:
+    """Sessions of ``conn``'s database waiting for a lock (a second writer queues behind the first,
+    not behind the holder)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -21,7 +21,7 @@ import pytest
 
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
 from tests.harness import RunedFactory
-from tests.pgsupport import pg_database, pg_url  # noqa: F401  (fixtures)
+from tests.pgsupport import lock_waiters, pg_database, pg_url  # noqa: F401  (fixtures)
 from tests.support import bootstrap_metadata, eventually
 
 SERVER = textwrap.dedent(
@@ -50,14 +50,6 @@ ENV = {"RUNE_CONTROLLER_LEASE_SECONDS": "300"}
 
 def _hits(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
-
-
-def _waiting(conn: psycopg.Connection) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _ready(conn: psycopg.Connection) -> list[bool]:
@@ -100,11 +92,11 @@ def test_probes_go_on_while_a_controller_write_waits_on_a_lock(
         fail.write_text("x")
         # The failing answer makes the controller record "not ready": that write waits on the lock.
         eventually(lambda: "503" in _hits(hits), timeout=30, what="a failing readiness answer")
-        eventually(lambda: _waiting(observer) >= 1, timeout=30, what="a controller write waits")
+        eventually(lambda: lock_waiters(observer) >= 1, timeout=30, what="a controller write waits")
         asked = len(_hits(hits))
         # Probes go on meanwhile (one a second): the controller's loop is not inside the write.
         eventually(lambda: len(_hits(hits)) >= asked + 3, timeout=60, what="probes while the write waits")
-        assert _waiting(observer) >= 1
+        assert lock_waiters(observer) >= 1
         assert _ready(observer) == [True]
         locker.rollback()
         # The write was only delayed: "not ready" lands once the lock goes.

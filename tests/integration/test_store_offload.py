@@ -20,20 +20,11 @@ import psycopg
 from rune.api import namespace_pb2, namespace_pb2_grpc
 from runed.auth.identity import KEY_FILE
 from tests.harness import RunedFactory
-from tests.pgsupport import pg_database, pg_url  # noqa: F401  (fixtures)
+from tests.pgsupport import lock_waiters, pg_database, pg_url  # noqa: F401  (fixtures)
 from tests.support import bootstrap_metadata, eventually
 
 # Generous: only a stalled loop comes near it (it fails the test instead of hanging it).
 CALL_TIMEOUT = 60.0
-
-
-def _waiting(conn: psycopg.Connection) -> int:
-    """Sessions of this database waiting for a lock (the second queues behind the first, not the holder)."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_calls_complete_while_a_write_waits_on_a_lock(
@@ -76,7 +67,7 @@ def test_calls_complete_while_a_write_waits_on_a_lock(
             metadata=auth,
             timeout=CALL_TIMEOUT,
         )
-        eventually(lambda: _waiting(observer) == 2, timeout=30, what="both writes wait")
+        eventually(lambda: lock_waiters(observer) == 2, timeout=30, what="both writes wait")
 
         assert httpx.get(f"{base}/healthz", timeout=CALL_TIMEOUT).status_code == 200
         who = httpx.get(f"{base}/v1/auth/whoami", headers=headers, timeout=CALL_TIMEOUT)
@@ -89,7 +80,7 @@ def test_calls_complete_while_a_write_waits_on_a_lock(
         assert resp.namespace.name == "default"
 
         # All of that happened while both writes were still waiting for the lock.
-        assert _waiting(observer) == 2
+        assert lock_waiters(observer) == 2
         assert not rest_write.done() and not grpc_write.done()
         locker.rollback()
 
