@@ -18,6 +18,9 @@ from runed.store.base import Record, Store, iter_all
 
 FIELD_SELECTOR_FIELDS = ("id", "name", "namespace", "service", "status", "node")
 
+# Instance protos of recent instance revisions: what a page is made of (see listing.Built).
+_BUILT: listing.Built[instance_pb2.Instance] = listing.Built(lambda rec, _: objects.instance_to_pb(rec))
+
 EVENT_TYPES = {
     "ADDED": common_pb2.EVENT_TYPE_ADDED,
     "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
@@ -59,8 +62,11 @@ def _match(
     service: str = "",
     node: str = "",
     status: int = 0,
+    store: Store | None = None,
 ) -> instance_pb2.Instance | None:
-    inst = objects.instance_to_pb(rec)
+    """The instance's proto when it passes every filter, else None; with ``store``, the proto is the one
+    built for this revision of the record before (shared: never changed)."""
+    inst = objects.instance_to_pb(rec) if store is None else _BUILT.get(store, rec, None)
     if service and service not in (inst.service_name, inst.service_id):
         return None
     if node and inst.node_id != node:
@@ -132,9 +138,12 @@ def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> i
     )
 
     def convert(batch: list[Record]) -> Iterable[instance_pb2.Instance | None]:
-        return [_match(r, sel, labels, service=req.service_name, node=req.node_id, status=req.status) for r in batch]
+        return [
+            _match(r, sel, labels, service=req.service_name, node=req.node_id, status=req.status, store=store)
+            for r in batch
+        ]
 
-    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert)
+    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, _BUILT.known(store))
     resp = instance_pb2.ListInstancesResponse(
         instances=page.items,
         next_page_token=page.next_token,

@@ -160,3 +160,43 @@ def test_watch_instances_snapshot_then_changes(
         (common_pb2.EVENT_TYPE_MODIFIED, "web-1", running),
         (common_pb2.EVENT_TYPE_DELETED, "web-0", running),
     ]
+
+
+def test_a_list_shows_each_instance_write_right_away(
+    api_runed: Runed, api_auth: Auth, cast: None, store: SQLiteStore
+) -> None:
+    """Pages are built from protos kept by record revision: a rewritten instance is never shown as it was."""
+    stub = instance_pb2_grpc.InstanceServiceStub(api_runed.channel())
+
+    def page(**kw: Any) -> dict[str, instance_pb2.Instance]:
+        resp = stub.ListInstances(instance_pb2.ListInstancesRequest(page_size=2, **kw), metadata=api_auth)
+        return {i.id: i for i in resp.instances}
+
+    def get(iid: str) -> instance_pb2.Instance:
+        got: instance_pb2.Instance = stub.GetInstance(
+            instance_pb2.GetInstanceRequest(id=iid), metadata=api_auth
+        ).instance
+        return got
+
+    running, failed = instance_pb2.INSTANCE_STATUS_RUNNING, instance_pb2.INSTANCE_STATUS_FAILED
+    assert page() == page() == {"web-0": get("web-0"), "web-1": get("web-1")}
+    assert page()["web-0"].status == running
+    # A new revision of web-0 (what the controller writes when it crashes), and one of web-1 with the same data.
+    store.put(objects.INSTANCE, "default", "web-0", _instance("web", 0, "BACKOFF", restart_count=1, reason="Crash"))
+    store.put(objects.INSTANCE, "default", "web-1", _instance("web", 1, "STARTING"))
+    now = page()
+    assert now == {"web-0": get("web-0"), "web-1": get("web-1")}
+    assert (now["web-0"].status, now["web-0"].status_message, now["web-0"].metadata.restart_count) == (
+        failed,
+        "Crash",
+        1,
+    )
+    assert list(page(status=running)) == []
+    assert list(page(field_selector_expr="status=failed")) == ["web-0", "worker-0"]
+    # Deleted and made again: a new instance at a new revision, never the old one's proto.
+    store.delete(objects.INSTANCE, "default", "web-0")
+    assert list(page()) == ["web-1", "worker-0"]
+    store.put(objects.INSTANCE, "default", "web-0", _instance("web", 0, pid=4242))
+    again = page()
+    assert (again["web-0"].status, again["web-0"].pid, again["web-0"].status_message) == (running, 4242, "")
+    assert again["web-0"] == get("web-0")
