@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -98,6 +99,19 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
         loop.add_signal_handler(sig, on_signal)
 
 
+def settle_heap() -> None:
+    """Moves what start-up left on the heap out of the collector's reach (``gc.freeze``).
+
+    A role starts with tens of thousands of long-lived objects (modules, protobuf descriptors, the
+    store, the server); every full collection walked them all, 15-35 ms with the role doing nothing
+    else, and a follower of a chatty service triggers one every second or so: each one held every
+    line in flight back by that long. Frozen, they are never walked again; full collections see only
+    what the role made since (a few ms). Start-up garbage is collected first, so none of it is kept.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_role(config: Config, role: str) -> int:
     """Serve one role until SIGTERM/SIGINT. Returns the process exit status."""
     if role not in ROLES:
@@ -137,8 +151,10 @@ async def _main(config: Config, role: str) -> int:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             log.warning("%s role serves on %s but cannot write %s: %s", role, address, marker, e.strerror)
-            return
-        log.info("%s role ready on %s", role, address)
+        else:
+            log.info("%s role ready on %s", role, address)
+        # Serving: what exists now lives as long as the role.
+        settle_heap()
 
     try:
         await ROLES[role](components, stop, on_ready)
