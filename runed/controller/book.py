@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runed.controller.instance import AfterStop, Instance, Key
+from runed.controller.trash import Trash
 from runed.controller.writes import Writes
 from runed.logs.events import EventWriter
 from runed.model import objects
@@ -58,6 +58,9 @@ class Book:
         # Which records are this controller's (a node's: those placed on it); None: every one.
         self.owns = owns
         self._cache: dict[Key, Instance] = {}
+        # The ids of every instance record in the store at start-up (this controller's or not): an
+        # instance directory named by none of them is a start whose record was never saved.
+        self.recorded: set[str] = set()
         self._live: dict[Key, Live] = {}
         # Services (namespace, name) one of whose instances changed since the reconciler last took
         # this set: the next pass looks at them (and not at every service).
@@ -67,12 +70,13 @@ class Book:
         # Record writes not yet in the store (this book's, the statuses', the operations'): they
         # go together once the pass yields, off the event loop (see ``writes``).
         self.writes = Writes(store)
-        # Directory removals in flight (off the event loop).
-        self._removing: set[asyncio.Future[None]] = set()
+        # Deleted instances' directories go here first (see ``trash``).
+        self.trash = Trash(data_dir)
 
     def load(self) -> None:
         """Read every instance record (once, at start-up)."""
         for rec in iter_all(self.store, objects.INSTANCE):
+            self.recorded.add(rec.name)
             if self.owns is not None and not self.owns(rec):
                 continue
             try:
@@ -139,22 +143,26 @@ class Book:
         if gone is not None:
             self.touched.add((gone.namespace, gone.service))
 
+    def discard_dir(self, d: Path) -> None:
+        """Remove a directory no record names: renamed first, so nothing writes into it by its old path."""
+        if not d.name.startswith("."):
+            gone = d.with_name(f".gone-{d.name}")
+            try:
+                d.rename(gone)
+            except OSError as e:
+                log.warning("cannot remove instance directory %s: %s", d, e)
+                return
+            d = gone
+        self._remove_dir(d)
+
     def _remove_dir(self, d: Path) -> None:
-        """Remove an instance directory: in a worker thread when a loop runs (a thousand at once
-        would otherwise hold the loop for seconds), else here."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            shutil.rmtree(d, ignore_errors=True)
-            return
-        fut = loop.run_in_executor(None, shutil.rmtree, d, True)
-        self._removing.add(fut)
-        fut.add_done_callback(self._removing.discard)
+        """Remove an instance directory: moved into the trash now, removed with the rest of it in the
+        background (a thousand removals at once would otherwise hold the loop, or the GIL, for seconds)."""
+        self.trash.put(d)
 
     async def removals_done(self) -> None:
         """Wait for the directory removals in flight (at shutdown)."""
-        if self._removing:
-            await asyncio.wait(set(self._removing), timeout=5)
+        await self.trash.done()
 
     def _write(self, key: tuple[str, str, str], data: dict[str, Any] | None) -> None:
         if data is None:

@@ -95,6 +95,8 @@ class Instance:
     pid_start: int | None = None
     shim_pid: int = 0
     shim_start: int | None = None
+    # The runner's id of the current start (see :attr:`Handle.attempt`).
+    attempt: str = ""
     # When the current run began (wall clock), kept while RUNNING: a run that lasted long enough
     # resets the back-off, also when it ended while no controller was watching.
     running_since: float | None = None
@@ -135,6 +137,7 @@ class Instance:
             shim_pid=self.shim_pid,
             shim_start=self.shim_start,
             container_id=self.container_id,
+            attempt=self.attempt,
         )
 
     def apply_handle(self, h: Handle) -> None:
@@ -144,6 +147,8 @@ class Instance:
         self.shim_start = h.shim_start
         if h.container_id:
             self.container_id = h.container_id
+        if h.attempt:
+            self.attempt = h.attempt
 
     def transition(self, to: State, reason: str, *, config_error: bool = False) -> str:
         """The one place an instance changes state: checked against the table, returns the edge's why."""
@@ -252,6 +257,8 @@ class Instance:
             data["action_applied_at"] = self.action_applied_at
         if self.shim_start is not None:
             data["shim_start"] = self.shim_start
+        if self.attempt:
+            data["attempt"] = self.attempt
         if self.running_since is not None:
             data["running_since"] = self.running_since
         if self.after_stop is not None:
@@ -295,6 +302,7 @@ class Instance:
             pid_start=_opt_int(data.get("pid_start")),
             shim_pid=int(data.get("shim_pid") or 0),
             shim_start=_opt_int(data.get("shim_start")),
+            attempt=str(data.get("attempt") or ""),
             running_since=_opt_float(data.get("running_since")),
             env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
             user=str(data.get("user") or ""),

@@ -71,6 +71,8 @@ TRANSITIONS: dict[tuple[State, State], str] = {
     # Re-adoption after a runed restart: the process is still there.
     (RUNNING, RUNNING): "re-adopted after a controller restart",
     (STARTING, STARTING): "re-adopted while still starting",
+    # Re-adoption of a start the record does not show (the controller was killed before saving it).
+    (RUNNING, STARTING): "re-adopted after a controller restart: a later start than the record shows is under way",
 }
 
 

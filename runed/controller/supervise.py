@@ -99,12 +99,19 @@ class Supervisor:
 
     # -- adoption -------------------------------------------------------------------------------
     def adopt(self) -> None:
-        """After a (re)start: re-attach to live instances, apply the restart policy to the dead."""
+        """After a (re)start: re-attach to live instances, apply the restart policy to the dead.
+
+        A start is saved after it was asked for, so a controller killed in between leaves a start
+        its record does not show: one of a new instance (no record: it is ended, as the reconciler
+        starts that instance afresh) or a restart (the record shows the run before: the start is
+        taken over). Either way one process per instance, never two.
+        """
+        self._abandon_unrecorded()
         for cached in self.book.all():
-            state = cached.state
+            inst = self._take_over_later_start(cached)
+            state = inst.state
             if state not in ACTIVE:
                 continue
-            inst = cached.copy()
             obs = self.runner(inst).observe(Path(inst.log_dir), inst.handle)
             # "exiting": the process is gone and its shim still writes; observe() sees the end.
             if obs.state in ("running", "starting", "exiting") and state is not STOPPING:
@@ -124,6 +131,37 @@ class Supervisor:
                 self.begin_stop(inst, after=inst.after_stop or AfterStop.STOPPED, reason=inst.reason)
             else:
                 self.on_exit(inst, obs)
+
+    def _take_over_later_start(self, cached: Instance) -> Instance:
+        """A working copy of ``cached``, moved on to a start its record does not show, if there is one."""
+        inst = cached.copy()
+        later = self.runner(inst).later_start(Path(inst.log_dir), inst.handle)
+        if later is None:
+            return inst
+        log.info("instance %s/%s: taking over a start its record does not show", inst.namespace, inst.name)
+        inst.pid, inst.pid_start, inst.shim_pid, inst.shim_start = 0, None, 0, None
+        inst.apply_handle(later)
+        inst.restart_count += 1
+        inst.next_restart_at = None
+        if inst.state is STOPPING:
+            self.book.save(inst)  # the stop (and what follows it) applies to that start
+        else:
+            self.set_state(inst, STARTING, "Starting (taken over after a controller restart)")
+        return inst
+
+    def _abandon_unrecorded(self) -> None:
+        """End what runs in instance directories no record names, and remove them."""
+        root = self.book.data_dir / "instances"
+        try:
+            dirs = [d for d in root.iterdir() if d.is_dir() and d.name not in self.book.recorded]
+        except OSError:
+            return
+        for d in dirs:
+            if not d.name.startswith("."):
+                for runner in self.runners.values():
+                    runner.abandon(d)
+                log.warning("instance directory %s has no record (its start was never saved): removed", d.name)
+            self.book.discard_dir(d)
 
     # -- per-tick observation -------------------------------------------------------------------
     def observe(self) -> bool:

@@ -48,6 +48,8 @@ class Handle:
     # With the pid, what tells the shim from a later process that got its pid (None: not known).
     shim_start: int | None = None
     container_id: str = ""
+    # Which start this is (process runner): a start the record does not know of yet is told from it.
+    attempt: str = ""
 
 
 @dataclass
@@ -79,6 +81,18 @@ class Runner(Protocol):
         ...
 
     def observe(self, directory: Path, handle: Handle) -> Observation: ...
+
+    def later_start(self, directory: Path, handle: Handle) -> Handle | None:
+        """After a controller restart: a start in ``directory`` later than ``handle``'s, or None.
+
+        The record of a start is saved after the start was asked for: a controller killed in
+        between leaves a record that does not know of it, while its process may run (or be about to).
+        """
+        ...
+
+    def abandon(self, directory: Path) -> None:
+        """End whatever a start in ``directory`` runs or may still run: the instance has no record."""
+        ...
 
     def exit_fd(self, directory: Path, handle: Handle) -> int | None:
         """A descriptor that becomes readable once the instance's end is decided, or None (then poll).

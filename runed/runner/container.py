@@ -105,6 +105,12 @@ class ContainerRunner:
         await asyncio.to_thread(_stop)
         return Observation("exited", handle)
 
+    def later_start(self, directory: Path, handle: Handle) -> Handle | None:
+        return None  # a container is created by the start call itself: the record has its id
+
+    def abandon(self, directory: Path) -> None:
+        return None
+
     def start_reports(self) -> int | None:
         return None  # starts are polled
 

@@ -78,15 +78,17 @@ class ForkServer:
         ours.setblocking(False)
         self._sock = ours
 
-    def request(self, directory: Path, env: dict[str, str]) -> None:
+    def request(self, directory: Path, env: dict[str, str], attempt: str = "") -> None:
         """Ask for a shim for ``directory`` with the instance's ``env``; the answer comes to :attr:`forked`.
+
+        ``attempt``: the start the shim is for (it claims it before running anything).
 
         Requests are pipelined: the controller does not wait for each fork (on a loaded machine a
         round trip costs a scheduling delay of the zygote, ≈15 ms here, more than the fork itself).
         The zygote is started if there is none, and replaced once if it fails.
         """
         why = "no zygote"
-        data = zygote.frame({"dir": str(directory), "env": env}, json.dumps)
+        data = zygote.frame({"dir": str(directory), "env": env, "attempt": attempt}, json.dumps)
         for _ in range(2):
             if self._sock is None or self.proc is None or self.proc.poll() is not None:
                 self._start(directory.parent)

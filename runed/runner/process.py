@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,11 +20,15 @@ from runed.core import filemodes
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
 from runed.runner.forkserver import ForkServer, ForkServerError
 from runed.runner.shim import (
+    ATTEMPT_ENV,
+    CLAIM_PREFIX,
     DISCARD_SIGNAL,
     EXIT_NAME,
     LAUNCH_NAME,
     PID_NAME,
     SHIM_ENV_PREFIX,
+    claim_name,
+    create_exclusive,
     proc_start_time,
     write_json_atomic,
 )
@@ -50,6 +56,70 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _launch_age(directory: Path) -> float:
+    """Seconds since the start in ``directory`` was asked for (launch.json is written first); inf without one."""
+    try:
+        return time.time() - (directory / LAUNCH_NAME).stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (a stopped process: the list cannot grow meanwhile)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rfind(")") + 2 :].split()
+            if len(fields) > 1 and fields[1] == str(pid):
+                out.append(int(entry.name))
+    return out
+
+
+def kill_shim(pid: int, start: int | None) -> None:
+    """Kill a shim and what it started (its instance's group, a child not yet in a group of its own).
+
+    Stopped first, so it can fork or exec nothing more while its children are looked for. Only a
+    shim known by pid and start time: never a process that reused its pid.
+    """
+    if start is None or not alive(pid, start):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGSTOP)
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+
+
+def fence(directory: Path, attempt: str) -> bool:
+    """Give up on a start before its shim claims it: True when no shim of ``attempt`` will ever run
+    (see :data:`runed.runner.shim.CLAIM_PREFIX`); False: a shim claimed it first."""
+    try:
+        return create_exclusive(
+            directory / claim_name(attempt), {"attempt": attempt, "fenced": True, "ts": time.time()}
+        )
+    except FileNotFoundError:
+        return True  # no directory: no shim can claim in it either
+
+
+def _record(path: Path, attempt: str) -> dict[str, Any] | None:
+    """A pid or exit record, unless it is another attempt's (records from before attempts count)."""
+    data = _read_json(path)
+    if data is not None and attempt and data.get("attempt", attempt) != attempt:
+        return None
+    return data
 
 
 def shim_argv(directory: Path) -> list[str]:
@@ -129,9 +199,11 @@ class ProcessRunner:
             raise RunnerError("process runtime needs a command (service.process.command or service.command)")
         for name in (EXIT_NAME, PID_NAME):
             (d / name).unlink(missing_ok=True)
+        attempt = secrets.token_hex(8)
         write_json_atomic(
             d / LAUNCH_NAME,
             {
+                "attempt": attempt,
                 "argv": spec.argv,
                 "cwd": spec.cwd,
                 "uid": spec.uid,
@@ -145,18 +217,22 @@ class ProcessRunner:
                 "min_free_bytes": spec.log_min_free_bytes,
             },
         )
+        # Earlier attempts' claims and fences go once launch.json names this one: a late shim of
+        # theirs that claims anew finds another attempt there and runs nothing.
+        for old in d.glob(f"{CLAIM_PREFIX}*.json"):
+            old.unlink(missing_ok=True)
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
         if self.forks is not None:
             try:
-                self.forks.request(d, env)
+                self.forks.request(d, env, attempt)
             except ForkServerError as e:
                 log.warning("%s; starting the shim as its own interpreter", e)
             else:
                 # The shim's pid comes with the zygote's answer (see :meth:`_forked`).
                 self._requested[str(d)] = time.monotonic()
                 self._answered.pop(str(d), None)
-                return Handle()
-        shim_env = dict(env)
+                return Handle(attempt=attempt)
+        shim_env = {**env, ATTEMPT_ENV: attempt}
         with (d / "shim.err").open("ab") as err:
             try:
                 p = subprocess.Popen(
@@ -170,10 +246,12 @@ class ProcessRunner:
                     close_fds=True,
                 )
             except OSError as e:
+                # A zygote that took the request after all must not start it now.
+                fence(d, attempt)
                 raise RunnerError(f"cannot start shim: {e}") from None
         self._shims[p.pid] = p
         self._spawned_at[p.pid] = time.monotonic()
-        return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid))
+        return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid), attempt=attempt)
 
     def reap(self) -> None:
         for pid, p in list(self._shims.items()):
@@ -218,7 +296,7 @@ class ProcessRunner:
         self._spawned_at[pid] = since
         if pid not in self._reported:
             self._unreported[pid] = since
-        self._answered[key] = Handle(shim_pid=pid, shim_start=start)
+        self._answered[key] = dataclasses.replace(handle, shim_pid=pid, shim_start=start)
         return self._answered[key], ""
 
     def _start_pending(self, handle: Handle) -> bool:
@@ -262,25 +340,26 @@ class ProcessRunner:
         if handle.pid == 0 and not handle.shim_pid and str(directory) in self._requested:
             handle, why = self._forked(directory, handle)
             if why:
+                if handle.attempt:
+                    fence(directory, handle.attempt)  # not forked, and never to be
                 return Observation("exited", handle, None, None, f"cannot start shim: {why}")
         if handle.pid == 0 and not handle.shim_pid:
             # The caller keeps the handle start() returned until the instance runs: the shim the
             # zygote answered with is remembered here meanwhile.
             handle = self._answered.get(str(directory), handle)
-        if handle.pid == 0 and not handle.shim_pid and str(directory) in self._requested:
-            if not handle.shim_pid and not (directory / PID_NAME).exists():
-                since = self._requested[str(directory)]
-                if time.monotonic() - since <= SPAWN_TIMEOUT_SECONDS:
-                    return Observation("starting", handle)
-                del self._requested[str(directory)]
-                return Observation("exited", handle, None, None, "instance did not start in time")
+        if handle.pid == 0 and not handle.shim_pid:
+            found = self._unanswered(directory, handle)
+            if isinstance(found, Observation):
+                return found
+            handle = found
         if handle.pid == 0 and self._start_pending(handle):
             return Observation("starting", handle)
-        ex = _read_json(directory / EXIT_NAME)
+        ex = _record(directory / EXIT_NAME, handle.attempt)
         if handle.pid == 0:
-            info = _read_json(directory / PID_NAME)
+            info = _record(directory / PID_NAME, handle.attempt)
             if info is not None:
-                handle = Handle(
+                handle = dataclasses.replace(
+                    handle,
                     pid=int(info["pid"]),
                     pid_start=info.get("pid_start"),
                     shim_pid=int(info.get("shim_pid") or handle.shim_pid),
@@ -298,7 +377,7 @@ class ProcessRunner:
             if self._shim_alive(directory, handle):
                 return Observation("running", handle) if running else self._exiting(handle)
             # The shim is gone: it may have written its exit record just before it ended.
-            ex = _read_json(directory / EXIT_NAME)
+            ex = _record(directory / EXIT_NAME, handle.attempt)
             if ex is not None:
                 return self._ended(handle, ex)
             self._exiting_since.pop(handle.shim_pid, None)
@@ -312,18 +391,84 @@ class ProcessRunner:
         # No pid yet: the shim is still starting, unless it died or took too long.
         if not self._shim_alive(directory, handle):
             self._start_over(directory, handle)
-            ex = _read_json(directory / EXIT_NAME)
+            ex = _record(directory / EXIT_NAME, handle.attempt)
             if ex is not None:
                 return self._ended(handle, ex)
             err = (
                 (directory / "shim.err").read_text(errors="replace")[-500:] if (directory / "shim.err").exists() else ""
             )
             return Observation("exited", handle, None, None, f"shim failed to start the instance {err.strip()}")
+        # Timed from the request here, else (a shim a controller before this one started) from launch.json.
         started = self._spawned_at.get(handle.shim_pid)
-        if started is not None and time.monotonic() - started > SPAWN_TIMEOUT_SECONDS:
+        age = time.monotonic() - started if started is not None else _launch_age(directory)
+        if age > SPAWN_TIMEOUT_SECONDS:
             self._start_over(directory, handle)
+            self._give_up(directory, handle)
             return Observation("exited", handle, None, None, "instance did not start in time")
         return Observation("starting", handle)
+
+    def _unanswered(self, directory: Path, handle: Handle) -> Handle | Observation:
+        """A start whose shim is not known here: the zygote has not answered yet, or answered a
+        controller before this one (killed after asking). Its claim names the shim; without one the
+        start is still to come, until :data:`SPAWN_TIMEOUT_SECONDS` after it was asked for: then it
+        is fenced, so a shim forked later (a zygote held up) runs nothing, and it counts as failed."""
+        key = str(directory)
+        if handle.attempt:
+            claim = _read_json(directory / claim_name(handle.attempt))
+            if claim is not None:
+                self._requested.pop(key, None)
+                if claim.get("fenced"):
+                    return Observation("exited", handle, None, None, "instance did not start in time")
+                return dataclasses.replace(
+                    handle, shim_pid=int(claim.get("shim_pid") or 0), shim_start=claim.get("shim_start")
+                )
+        elif key not in self._requested or (directory / PID_NAME).exists():
+            return handle  # a start from before attempts: its pid record and its shim tell
+        since = self._requested.get(key)
+        age = time.monotonic() - since if since is not None else _launch_age(directory)
+        if age <= SPAWN_TIMEOUT_SECONDS:
+            return Observation("starting", handle)
+        self._requested.pop(key, None)
+        if handle.attempt and not fence(directory, handle.attempt):
+            return self._unanswered(directory, handle)  # claimed meanwhile: its shim decides
+        return Observation("exited", handle, None, None, "instance did not start in time")
+
+    def _give_up(self, directory: Path, handle: Handle) -> None:
+        """End a start that took too long: fence it, or kill the shim that claimed it (and what it started)."""
+        shims = {handle.shim_pid: handle.shim_start} if handle.shim_pid else {}
+        if handle.attempt and not fence(directory, handle.attempt):
+            claim = _read_json(directory / claim_name(handle.attempt)) or {}
+            if claim.get("shim_pid") and not claim.get("fenced"):
+                shims[int(claim["shim_pid"])] = claim.get("shim_start")
+        for pid, start in shims.items():
+            kill_shim(pid, start)
+
+    def later_start(self, directory: Path, handle: Handle) -> Handle | None:
+        launch = _read_json(directory / LAUNCH_NAME)
+        attempt = str((launch or {}).get("attempt") or "")
+        if not attempt or attempt == handle.attempt:
+            return None
+        claim = _read_json(directory / claim_name(attempt))
+        if claim is not None and claim.get("fenced"):
+            return None  # given up on before any shim ran it
+        return Handle(attempt=attempt)
+
+    def abandon(self, directory: Path) -> None:
+        launch = _read_json(directory / LAUNCH_NAME) or {}
+        handle = Handle(attempt=str(launch.get("attempt") or ""))
+        info = _read_json(directory / PID_NAME)
+        if info is not None:
+            handle = dataclasses.replace(
+                handle,
+                pid=int(info.get("pid") or 0),
+                pid_start=info.get("pid_start"),
+                shim_pid=int(info.get("shim_pid") or 0),
+                shim_start=info.get("shim_start"),
+            )
+        self._give_up(directory, handle)
+        if handle.pid and handle.pid_start is not None and alive(handle.pid, handle.pid_start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGKILL)
 
     def exit_fd(self, directory: Path, handle: Handle) -> int | None:
         """A pidfd of the shim: it becomes readable when the shim ends, i.e. once the exit is recorded.

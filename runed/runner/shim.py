@@ -39,9 +39,18 @@ LOG_NAME = "log.jsonl"
 EXIT_NAME = "exit.json"
 PID_NAME = "pid.json"
 LAUNCH_NAME = "launch.json"
+# A start is one attempt, named by an id the controller writes into launch.json and hands to the
+# shim. ``claim-<attempt>.json`` is created exactly once (link(2) fails on an existing name): by the
+# shim before it runs anything (its pid), or by the controller giving up on a start (a fence). So
+# whoever comes second knows: a shim that finds the fence runs nothing, a controller that finds the
+# claim knows which shim to look at or kill. A restarted controller can thus never start an
+# instance a second time while a shim it was not told about still runs (or is still to be forked).
+CLAIM_PREFIX = "claim-"
 # Sent to the shim by a stop that deletes the instance (its directory goes next): the exit record
 # is then not synced (an fsync per instance weighs on a thousand-instance delete on a busy disk).
-# Ignored by default, so a shim started before this existed is not hurt by it.
+# Ignored by default, so a shim started before this existed is not hurt by it. The shim keeps it
+# blocked and looks for it pending at the end: sending it wakes nobody (a handler would wake every
+# shim of a delete once more, and the sender with them).
 DISCARD_SIGNAL = _signal.SIGURG
 # After the instance exits, the shim reads what is left in its pipes until they are quiet this
 # long (a grandchild may keep them open), and for no longer than the second bound in all.
@@ -51,6 +60,8 @@ DRAIN_MAX_SECONDS = 5.0
 POLL_SECONDS = 0.2
 # Variables that tell the shim about itself; the instance never sees them.
 SHIM_ENV_PREFIX = "RUNED_SHIM_"
+# The attempt a shim started as its own interpreter runs (a forked shim gets it with its request).
+ATTEMPT_ENV = SHIM_ENV_PREFIX + "ATTEMPT"
 READ_SIZE = 65536
 
 
@@ -111,6 +122,27 @@ def write_json_atomic(path: StrPath, data: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(dumps(data))
     os.replace(tmp, path)
+
+
+def claim_name(attempt: str) -> str:
+    """The name of an attempt's claim record in the instance directory."""
+    return f"{CLAIM_PREFIX}{attempt}.json"
+
+
+def create_exclusive(path: StrPath, data: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (then False): written aside, then linked in,
+    so nobody ever reads it half written."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(data))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
 
 
 # The exit and pid records are reserved at start: a placeholder of this size is written while there
@@ -363,6 +395,8 @@ def _exec_child(spec: dict[str, Any], env: dict[str, str], out_w: int, err_w: in
     empty) and ends the child with 127.
     """
     try:
+        # Blocked by the shim, not by the instance.
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {DISCARD_SIGNAL})
         # Ignored by the shim, default for the instance; Python also ignores SIGPIPE and SIGXFSZ.
         for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)
@@ -457,23 +491,51 @@ def _report(fd: int | None) -> None:
     os.close(fd)
 
 
-_discarded = False
+def _discarded() -> bool:
+    """Whether a stop told this shim its instance is being deleted (:data:`DISCARD_SIGNAL` is pending)."""
+    return DISCARD_SIGNAL in _signal.sigpending()
 
 
-def _discard(signum: int, frame: object) -> None:
-    global _discarded
-    _discarded = True
+def _claim(directory: str, attempt: str) -> dict[str, Any] | None:
+    """Claim ``attempt`` (see :data:`CLAIM_PREFIX`); its launch spec, or None: not this shim's to run.
+
+    None when the controller gave up on the attempt (its fence is there) or started a later one
+    (launch.json names another attempt: this shim was forked late, e.g. by a zygote held up).
+    """
+    me = os.getpid()
+    path = os.path.join(directory, claim_name(attempt))
+    if not create_exclusive(path, {"attempt": attempt, "shim_pid": me, "shim_start": proc_start_time(me)}):
+        return None
+    spec: dict[str, Any] = read_json(os.path.join(directory, LAUNCH_NAME))
+    if spec.get("attempt") != attempt:
+        os.unlink(path)
+        return None
+    return spec
 
 
-def run(directory: StrPath, env: dict[str, str] | None = None, report: int | None = None) -> int:
+def run(
+    directory: StrPath, env: dict[str, str] | None = None, report: int | None = None, attempt: str | None = None
+) -> int:
     """Start and supervise the instance of ``directory``; ``env`` is its environment (default: this process's).
 
     ``report``: a pipe to write this shim's pid to once the start is over (shims forked by the zygote).
+    ``attempt``: the start this shim is for (default: :data:`ATTEMPT_ENV` of this process's
+    environment; none: a launch spec without attempts, run unclaimed).
     """
     directory = os.fspath(directory)
-    _signal.signal(DISCARD_SIGNAL, _discard)  # the instance gets the default back at exec
+    # Kept pending, never delivered (see DISCARD_SIGNAL); the instance gets it unblocked at exec.
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {DISCARD_SIGNAL})
     exit_path, pid_path = os.path.join(directory, EXIT_NAME), os.path.join(directory, PID_NAME)
-    spec = read_json(os.path.join(directory, LAUNCH_NAME))
+    if attempt is None:
+        attempt = (os.environ if env is None else env).get(ATTEMPT_ENV, "")
+    if attempt:
+        claimed = _claim(directory, attempt)
+        if claimed is None:
+            _report(report)
+            return 0
+        spec = claimed
+    else:
+        spec = read_json(os.path.join(directory, LAUNCH_NAME))
     for stale in (exit_path, pid_path):
         if os.path.exists(stale):
             os.unlink(stale)
@@ -493,7 +555,8 @@ def run(directory: StrPath, env: dict[str, str] | None = None, report: int | Non
         writer.write("stderr", f"runed: cannot start {argv0!r}: {e}".encode())
         writer.close()
         pid_record.discard()
-        exit_record.commit({"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"[:1024]})
+        failure = {"code": 127, "signal": None, "ts": time.time(), "error": f"cannot start: {e}"[:1024]}
+        exit_record.commit({**failure, "attempt": attempt} if attempt else failure)
         _report(report)
         return 0
     me = os.getpid()
@@ -504,6 +567,7 @@ def run(directory: StrPath, env: dict[str, str] | None = None, report: int | Non
             "shim_pid": me,
             "shim_start": proc_start_time(me),
             "ts": time.time(),
+            **({"attempt": attempt} if attempt else {}),
         },
         sync=False,
     )
@@ -581,7 +645,8 @@ def run(directory: StrPath, env: dict[str, str] | None = None, report: int | Non
     assert status is not None
     rc = os.waitstatus_to_exitcode(status)
     code, sig = (None, -rc) if rc < 0 else (rc, None)
-    exit_record.commit({"code": code, "signal": sig, "ts": time.time()}, sync=not _discarded)
+    ended = {"code": code, "signal": sig, "ts": time.time()}
+    exit_record.commit({**ended, "attempt": attempt} if attempt else ended, sync=not _discarded())
     return 0
 
 

@@ -9,8 +9,9 @@ process group nor the zygote's end touch it), recorded and re-adopted by pid and
 Started by :class:`runed.runner.forkserver.ForkServer` as ``python -I -S`` in its own session. It
 stays single-threaded (forking from a threaded process is unsafe) and imports nothing beyond the
 shim's own modules. Fd 0 is a stream socket to the controller: each request is a length-prefixed
-JSON object ``{"dir": ..., "env": {...}}`` (the instance's environment, resolved secrets included,
-travels only over this socket, never through argv or disk); the reply is ``{"pid": ..., "start":
+JSON object ``{"dir": ..., "env": {...}, "attempt": ...}`` (the instance's environment, resolved
+secrets included, travels only over this socket, never through argv or disk; the attempt is the start
+the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`); the reply is ``{"pid": ..., "start":
 ...}`` or ``{"error": ...}``. Fd 1 is the write end of the runner's start-report pipe, handed to
 every shim (:func:`runed.runner.shim.run`). When the controller goes away (end of file), the zygote
 stays only to reap its shims as they end, then exits.
@@ -88,7 +89,7 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def _become_shim(directory: str, env: dict[str, str]) -> None:
+def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
     """In the forked child: detach (new session, own descriptors) and run the shim; never returns."""
     code = 1
     try:
@@ -111,7 +112,7 @@ def _become_shim(directory: str, env: dict[str, str]) -> None:
                 f.write("rune-shim")
         except OSError:
             pass
-        code = shim.run(directory, env, report)
+        code = shim.run(directory, env, report, attempt)
     except BaseException as e:
         try:
             sys.excepthook(type(e), e, e.__traceback__)
@@ -126,9 +127,10 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     directory, env = str(request["dir"]), request.get("env") or {}
     if not isinstance(env, dict):
         return {"error": "env must be an object"}
+    attempt = str(request.get("attempt") or "")
     pid = os.fork()
     if pid == 0:
-        _become_shim(directory, {str(k): str(v) for k, v in env.items()})
+        _become_shim(directory, {str(k): str(v) for k, v in env.items()}, attempt)
     return {"pid": pid, "start": _start_time(pid)}
 
 
