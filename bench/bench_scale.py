@@ -2,12 +2,13 @@
 
 For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size), on a fresh runed:
 
-1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (page of 100) with 10 running.
+1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (pages of 100 and of 10) with 10 running.
 2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap.
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
 5. memory: RSS/PSS of the runed processes and of the shims (/proc/<pid>/smaps_rollup), per instance.
-6. API: the same two calls with N running, p99 against step 1.
+6. API: the same calls with N running, p99 against step 1. The page of 10 holds as many instances with N running
+   as with 10 (the page of 100 holds 10 times as many), so its ratio is what N alone costs.
 7. delete: DeleteService until the deletion completed and every instance process is gone.
 """
 
@@ -38,6 +39,8 @@ IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE_SECONDS", "30"))
 API_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 REF_SCALE = 10
 PAGE = 100
+# A page that holds as many instances with N running as the page of 100 holds with 10.
+SMALL_PAGE = REF_SCALE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT_SECONDS = 900.0
 
@@ -183,13 +186,19 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> tuple[Load, Load]:
-    """Load of GetService(name) and of ListInstances (page of 100), one after the other."""
+# The calls of steps 1 and 6, in the order they run and report.
+CALLS = ("GetService", "ListInstances", "ListInstances/10")
+
+
+async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> dict[str, Load]:
+    """Load of GetService(name), of ListInstances (page of 100) and of ListInstances (page of 10), one after
+    the other."""
     async with grpc.aio.insecure_channel(target) as ch:
         svc = service_pb2_grpc.ServiceServiceStub(ch)
         inst = instance_pb2_grpc.InstanceServiceStub(ch)
         get_req = service_pb2.GetServiceRequest(name=name, namespace="default")
         list_req = instance_pb2.ListInstancesRequest(namespace="default", page_size=PAGE)
+        small_req = instance_pb2.ListInstancesRequest(namespace="default", page_size=SMALL_PAGE)
 
         async def get() -> object:
             return await svc.GetService(get_req, metadata=md)
@@ -197,7 +206,11 @@ async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> tupl
         async def lst() -> object:
             return await inst.ListInstances(list_req, metadata=md)
 
-        return await drive(get, API_SECONDS, concurrency=4), await drive(lst, API_SECONDS, concurrency=4)
+        async def small() -> object:
+            return await inst.ListInstances(small_req, metadata=md)
+
+        calls = dict(zip(CALLS, (get, lst, small), strict=True))
+        return {k: await drive(call, API_SECONDS, concurrency=4) for k, call in calls.items()}
 
 
 def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds: float) -> dict[str, float]:
@@ -241,8 +254,7 @@ def measure(n: int, argv: list[str]) -> Result:
             # 1. The reference: the same calls with 10 instances running.
             cast_running(api, "ref", argv, REF_SCALE)
             time.sleep(2)
-            get, lst = asyncio.run(api_latency(target, md, "ref"))
-            res.ref = {"GetService": get, "ListInstances": lst}
+            res.ref = asyncio.run(api_latency(target, md, "ref"))
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill = bare(argv, n)
@@ -259,8 +271,7 @@ def measure(n: int, argv: list[str]) -> Result:
             res.shim_rss = sum(m[0] for m in mems) / max(1, len(mems))
             res.shim_pss = sum(m[1] for m in mems) / max(1, len(mems))
             # 6. The API with N running.
-            get, lst = asyncio.run(api_latency(target, md, "scale"))
-            res.loaded = {"GetService": get, "ListInstances": lst}
+            res.loaded = asyncio.run(api_latency(target, md, "scale"))
             # 7. Delete.
             res.delete = delete_gone(api, "scale", data)
     return res
@@ -291,10 +302,11 @@ def report(res: Result) -> Iterator[str]:
         f"     per instance           shim PSS {res.shim_pss / 1024:.2f} MB (RSS {res.shim_rss / 1024:.2f} MB); "
         f"with runed's share {per / 1024:.2f} MB"
     )
-    for call in ("GetService", "ListInstances"):
+    # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).
+    for call in CALLS:
         ref, loaded = res.ref[call], res.loaded[call]
         yield (
-            f"     {call:<14} p99      {loaded.pct(99):7.2f} ms with {n} running, {ref.pct(99):6.2f} ms with "
+            f"     {call:<16} p99    {loaded.pct(99):7.2f} ms with {n} running, {ref.pct(99):6.2f} ms with "
             f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
             f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
         )
