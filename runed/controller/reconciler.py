@@ -114,6 +114,8 @@ class Controller:
         inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
         """
         since = await self.store.run(self._load)
+        # What a crash left of deleted instances' directories.
+        self.book.trash.empty_soon()
         if self.node is not None:
             self._adopt_legacy(self.node)
         self.supervisor.adopt()

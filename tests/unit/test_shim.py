@@ -194,3 +194,32 @@ def test_the_instance_runs_in_its_own_group_with_default_signals(sleeping_shim: 
     shim_set = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ))
     assert int(status["SigIgn"], 16) == int(own["SigIgn"], 16) & ~shim_set, (status["SigIgn"], own["SigIgn"])
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+
+
+def _status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def test_the_deletion_signal_stays_pending_in_the_shim_and_never_reaches_the_instance(
+    sleeping_shim: tuple[int, int], tmp_path: Path
+) -> None:
+    """A stop that deletes the instance tells the shim with ``DISCARD_SIGNAL``: kept blocked, it wakes
+    no shim (a delete of a thousand signals a thousand), the shim finds it pending at the end; the
+    instance runs with it unblocked."""
+    shim_pid, pid = sleeping_shim
+    bit = 1 << (shim.DISCARD_SIGNAL - 1)
+    assert int(_status(shim_pid)["SigBlk"], 16) & bit, "blocked in the shim"
+    assert not int(_status(pid)["SigBlk"], 16) & bit, "not blocked in the instance"
+    before = _switches(shim_pid)
+    os.kill(shim_pid, shim.DISCARD_SIGNAL)
+    time.sleep(0.3)  # a window for a wake-up that must not happen
+    assert _switches(shim_pid) - before <= 1
+    assert int(_status(shim_pid)["ShdPnd"], 16) & bit, "pending until the shim looks"
+    os.killpg(pid, signal.SIGTERM)
+
+    def ended() -> dict[str, object]:
+        assert (tmp_path / "exit.json").exists(), "no exit record yet"
+        record: dict[str, object] = json.loads((tmp_path / "exit.json").read_text())
+        return record
+
+    assert eventually(ended, what="the exit record")["signal"] == signal.SIGTERM
