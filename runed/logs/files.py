@@ -47,18 +47,54 @@ class LogLine(NamedTuple):
 
 # tuple.__new__ itself: a NamedTuple's constructor is a Python function, and this runs once per line.
 _new = tuple.__new__
+_loads = orjson.loads
 
 
 def parse_line(raw: bytes) -> LogLine | None:
     """A log line, or None for a torn or foreign line (skipped rather than failing the stream)."""
     try:
-        obj = orjson.loads(raw)
+        obj = _loads(raw)
         return _new(  # type: ignore[no-any-return]
             LogLine,
             (int(obj["seq"]), str(obj.get("ts", "")), str(obj.get("stream", "stdout")), str(obj.get("line", "")), 0),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def parse_lines(block: bytes) -> list[LogLine | None]:
+    """:func:`parse_line` of each line of ``block`` (lines joined by newlines, the last without one).
+
+    A follower of a fast writer parses its lines by the hundred thousand per second: decoded as one
+    JSON array they cost a third less than one call each. A block that is not one complete object
+    per line (a torn or foreign line, an empty one) is parsed line by line instead, with the same result.
+    """
+    count = block.count(b"\n") + 1
+    try:
+        objs = _loads(b"[" + block.replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:
+        objs = None
+    if type(objs) is not list or len(objs) != count:
+        return [parse_line(raw) for raw in block.split(b"\n")]
+    out: list[LogLine | None] = []
+    append = out.append
+    for obj in objs:
+        try:
+            append(
+                _new(
+                    LogLine,
+                    (
+                        int(obj["seq"]),
+                        str(obj.get("ts", "")),
+                        str(obj.get("stream", "stdout")),
+                        str(obj.get("line", "")),
+                        0,
+                    ),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            append(None)
+    return out
 
 
 def log_files(log_dir: Path, name: str = LOG_NAME) -> list[Path]:
@@ -211,6 +247,18 @@ class Follower:
             self._fh.close()
             self._fh = None
 
+    def _take(self, block: bytes, out: list[LogLine]) -> None:
+        """Appends the lines of ``block`` beyond ``last_seq`` to ``out``, a gap line before any jump."""
+        last = self.last_seq
+        append = out.append
+        for ln in parse_lines(block):
+            if ln is not None and ln.seq > last:
+                if ln.seq > last + 1 and last >= 0:
+                    append(gap(last, ln))
+                append(ln)
+                last = ln.seq
+        self.last_seq = last
+
     def _read_fh(self, out: list[LogLine], limit: int) -> None:
         assert self._fh is not None
         while len(out) < limit:
@@ -226,13 +274,7 @@ class Follower:
                 continue
             self._buf = data[cut + 1 :]
             self._pos += len(chunk)
-            for raw in data[:cut].split(b"\n"):
-                ln = parse_line(raw) if raw else None
-                if ln is not None and ln.seq > self.last_seq:
-                    if ln.seq > self.last_seq + 1 and self.last_seq >= 0:
-                        out.append(gap(self.last_seq, ln))
-                    out.append(ln)
-                    self.last_seq = ln.seq
+            self._take(data[:cut], out)
 
     def _catch_up_rotated(self, out: list[LogLine], limit: int) -> None:
         """Lines beyond ``last_seq`` that sit in rotated files (we fell behind a rotation)."""
@@ -249,13 +291,8 @@ class Follower:
                 if start >= end:
                     continue
                 fh.seek(start)
-                for raw in fh.read(end - start).split(b"\n"):
-                    ln = parse_line(raw) if raw else None
-                    if ln is not None and ln.seq > self.last_seq:
-                        if ln.seq > self.last_seq + 1 and self.last_seq >= 0:
-                            out.append(gap(self.last_seq, ln))
-                        out.append(ln)
-                        self.last_seq = ln.seq
+                # end > start: the read ends with a newline, which is not a line.
+                self._take(fh.read(end - start)[:-1], out)
             if len(out) >= limit:
                 return
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from runed.logs import cursor, files
 from runed.logs.files import GAP_STREAM, Follower, LogLine
@@ -105,6 +105,49 @@ class Emitted(NamedTuple):
     source: Source
     line: LogLine
     cursor: str
+
+
+class Run(Sequence[Emitted]):
+    """Lines of one series emitted together, the cursor of each being ``prefix`` and its seq: what a
+    poll of a one-series stream (the common case) returns instead of an :class:`Emitted` per line.
+
+    A fast writer's lines pass here by the hundred thousand per second; building a tuple and a cursor
+    string for each only for the sender to take them apart again was a fifth of what a follow cost.
+    A sender that knows this form reads ``lines`` directly; anything else sees the same
+    :class:`Emitted` items as from any poll.
+    """
+
+    __slots__ = ("lines", "prefix", "source")
+
+    def __init__(self, source: Source, lines: list[LogLine], prefix: str) -> None:
+        self.source = source
+        self.lines = lines
+        self.prefix = prefix
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, i: int) -> Emitted: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Emitted]: ...
+    def __getitem__(self, i: int | slice) -> Emitted | list[Emitted]:
+        if isinstance(i, slice):
+            return [self._emitted(ln) for ln in self.lines[i]]
+        return self._emitted(self.lines[i])
+
+    def __iter__(self) -> Iterator[Emitted]:
+        return map(self._emitted, self.lines)
+
+    def _emitted(self, ln: LogLine) -> Emitted:
+        return Emitted(self.source, ln, f"{self.prefix}{ln.seq}")
+
+    def __repr__(self) -> str:
+        return f"Run({self.source.key!r}, {len(self.lines)} lines)"
+
+
+# What a poll returns: lines of several series merged (each with its cursor), or one series' run.
+Batch = list[Emitted] | Run
 
 
 @dataclass
@@ -209,7 +252,7 @@ class LogStream:
         start = -1 if self.positions is None else self.positions.get(src.key, -1)
         self.pos[src.key] = start
 
-    def retire(self, instance_id: str) -> list[Emitted]:
+    def retire(self, instance_id: str) -> Batch:
         """An instance is gone: its last lines, then its series leave the stream (and future cursors)."""
         keys = [k for k, src in self.sources.items() if src.instance_id == instance_id]
         if not keys:
@@ -223,7 +266,7 @@ class LogStream:
             self.pos.pop(key, None)
         return out
 
-    def poll(self, limit: int = files.POLL_LINES) -> list[Emitted]:
+    def poll(self, limit: int = files.POLL_LINES) -> Batch:
         """Lines written since the last poll (about ``limit`` per series at most), merged by time;
         rejected lines still advance cursors."""
         got: list[tuple[Source, LogLine]] = []
@@ -247,23 +290,23 @@ class LogStream:
                 out.append(Emitted(src, ln, cursor.encode(self.pos)))
         return out
 
-    def _single(self, src: Source, lines: list[LogLine]) -> list[Emitted]:
+    def _single(self, src: Source, lines: list[LogLine]) -> Batch:
         """:meth:`poll` of a stream of one series (the common case, per line the hot path): no merge,
-        and each cursor is a prefix plus the seq."""
-        prefix = cursor.prefix_of(src.key)
+        and each cursor is a prefix plus the seq (a :class:`Run`)."""
         self.pos[src.key] = lines[-1].seq
-        new = tuple.__new__  # skips the NamedTuple's Python-level constructor
         if self.selection.passes_output():
-            return [new(Emitted, (src, ln, f"{prefix}{ln.seq}")) for ln in lines if ln.stream != EVENT_STREAM]
-        accept = self.selection.accept
-        return [new(Emitted, (src, ln, f"{prefix}{ln.seq}")) for ln in lines if accept(ln)]
+            lines = [ln for ln in lines if ln.stream != EVENT_STREAM]
+        else:
+            accept = self.selection.accept
+            lines = [ln for ln in lines if accept(ln)]
+        return Run(src, lines, cursor.prefix_of(src.key)) if lines else []
 
     def close(self) -> None:
         for f in self._followers.values():
             f.close()
         self._followers.clear()
 
-    async def follow(self, wake: asyncio.Event, done: Callable[[], bool]) -> AsyncIterator[list[Emitted]]:
+    async def follow(self, wake: asyncio.Event, done: Callable[[], bool]) -> AsyncIterator[Batch]:
         """Batches of new lines until ``done()``; ``wake`` cuts an idle wait short (new source, new params)."""
         delay = POLL_MIN
         try:
