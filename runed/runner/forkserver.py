@@ -32,6 +32,11 @@ REPLY_TIMEOUT_SECONDS = 10.0
 ERR_NAME = "zygote.err"
 
 
+def answer_key(directory: Path, attempt: str) -> str:
+    """What the answer to a request is filed under in :attr:`ForkServer.forked`: its attempt, if any."""
+    return attempt or str(directory)
+
+
 class ForkServerError(Exception):
     """No shim could be forked (the zygote cannot be started or keeps failing)."""
 
@@ -48,11 +53,15 @@ class ForkServer:
         os.set_blocking(self.report_r, False)
         # Non-blocking for every writer (one open file): a full pipe drops a report, never stalls a shim.
         os.set_blocking(self._report_w, False)
-        # Directories whose request is not answered yet, in the order asked (the zygote answers in order).
+        # Requests not answered yet, by :func:`answer_key`, in the order asked (the zygote answers in order).
         self._awaiting: collections.deque[str] = collections.deque()
         self._inbox = b""
-        # Answers not yet taken by the runner: directory -> (shim pid, start time) or why no shim was forked.
+        # Answers not yet taken by the runner, by :func:`answer_key`: (shim pid, start time) or why no
+        # shim was forked. By attempt, so a late answer to an earlier start of a directory is never
+        # taken for the answer to its current one.
         self.forked: dict[str, tuple[int, int | None] | str] = {}
+        # Requests whose answers nobody will take (their starts were given up): dropped as they come.
+        self._unwanted: set[str] = set()
 
     def _start(self, workdir: Path) -> None:
         self.stop()
@@ -99,7 +108,7 @@ class ForkServer:
                 log.warning("%s; starting a new one", why)
                 self.stop()
                 continue
-            self._awaiting.append(str(directory))
+            self._awaiting.append(answer_key(directory, attempt))
             return
         raise ForkServerError(why)
 
@@ -148,12 +157,20 @@ class ForkServer:
             self._inbox = self._inbox[head + size :]
             if not isinstance(reply, dict) or not self._awaiting:
                 raise ValueError("unexpected reply")
-            directory = self._awaiting.popleft()
-            if "error" in reply:
-                self.forked[directory] = str(reply["error"])
+            key = self._awaiting.popleft()
+            if key in self._unwanted:
+                self._unwanted.discard(key)
+            elif "error" in reply:
+                self.forked[key] = str(reply["error"])
             else:
                 start = reply.get("start")
-                self.forked[directory] = (int(reply["pid"]), None if start is None else int(start))
+                self.forked[key] = (int(reply["pid"]), None if start is None else int(start))
+
+    def forget(self, key: str) -> None:
+        """Nobody will take the answer filed under ``key`` (see :func:`answer_key`): drop it, now or when it comes."""
+        self.forked.pop(key, None)
+        if key in self._awaiting:
+            self._unwanted.add(key)
 
     def drain(self) -> list[int]:
         """The shim pids reported since the last call (whose starts are over)."""
@@ -180,6 +197,7 @@ class ForkServer:
         their starts time out.
         """
         self._awaiting.clear()
+        self._unwanted.clear()
         self._inbox = b""
         sock, self._sock = self._sock, None
         if sock is not None:

@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from runed.core import filemodes
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
-from runed.runner.forkserver import ForkServer, ForkServerError
+from runed.runner.forkserver import ForkServer, ForkServerError, answer_key
 from runed.runner.shim import (
     ATTEMPT_ENV,
     CLAIM_PREFIX,
@@ -286,7 +287,7 @@ class ProcessRunner:
         assert self.forks is not None
         self.forks.collect()
         key = str(directory)
-        answer = self.forks.forked.pop(key, None)
+        answer = self.forks.forked.pop(answer_key(directory, handle.attempt), None)
         if answer is None:
             return handle, ""
         since = self._requested.pop(key)
@@ -323,6 +324,7 @@ class ProcessRunner:
         return False
 
     def _start_over(self, directory: Path, handle: Handle) -> None:
+        self._drop_request(directory, handle)
         self._answered.pop(str(directory), None)
         self._unreported.pop(handle.shim_pid, None)
         self._reported.discard(handle.shim_pid)
@@ -416,9 +418,10 @@ class ProcessRunner:
         if handle.attempt:
             claim = _read_json(directory / claim_name(handle.attempt))
             if claim is not None:
-                self._requested.pop(key, None)
+                # Its shim is known from here on (the zygote's answer, if it comes, says the same).
                 if claim.get("fenced"):
-                    return Observation("exited", handle, None, None, "instance did not start in time")
+                    self._drop_request(directory, handle)
+                    return Observation("exited", handle, None, None, "its start was given up before it ran")
                 return dataclasses.replace(
                     handle, shim_pid=int(claim.get("shim_pid") or 0), shim_start=claim.get("shim_start")
                 )
@@ -428,10 +431,15 @@ class ProcessRunner:
         age = time.monotonic() - since if since is not None else _launch_age(directory)
         if age <= SPAWN_TIMEOUT_SECONDS:
             return Observation("starting", handle)
-        self._requested.pop(key, None)
         if handle.attempt and not fence(directory, handle.attempt):
             return self._unanswered(directory, handle)  # claimed meanwhile: its shim decides
+        self._drop_request(directory, handle)
         return Observation("exited", handle, None, None, "instance did not start in time")
+
+    def _drop_request(self, directory: Path, handle: Handle) -> None:
+        """The start in ``directory`` is over: a zygote's answer still to come is not waited for."""
+        if self._requested.pop(str(directory), None) is not None and self.forks is not None:
+            self.forks.forget(answer_key(directory, handle.attempt))
 
     def _give_up(self, directory: Path, handle: Handle) -> None:
         """End a start that took too long: fence it, or kill the shim that claimed it (and what it started)."""
@@ -524,7 +532,72 @@ class ProcessRunner:
             return False
         return str(directory).encode() in argv
 
-    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
+    def stop(
+        self, directory: Path, handle: Handle, grace: float, *, discard: bool = False, shim_end: int | None = None
+    ) -> Coroutine[Any, Any, Observation]:
+        """Stop the instance (see :meth:`Runner.stop`); the signals go out now when it runs under a
+        known shim, and the coroutine returned waits for its end.
+
+        Now, not when the coroutine first runs: a deletion's pass signals all of its instances
+        before it writes their records, and a thousand stops do not each wait for their turn in the
+        loop to send two signals. ``shim_end``: the shim's pidfd, already known to name it (the
+        controller's exit watch hands it over; owned from now on), which spares opening and
+        checking a new one.
+        """
+        if handle.pid and shim_end is None:
+            shim_end = self.exit_fd(directory, handle)
+        if not handle.pid or shim_end is None:
+            if shim_end is not None:
+                os.close(shim_end)
+            return self._stop(directory, handle, grace, discard=discard)
+        # Pid reuse is ruled out before signalling a group (the shim may have reaped it already).
+        running = alive(handle.pid, handle.pid_start)
+        if discard:
+            # Its exit record need not be synced (see ``shim.DISCARD_SIGNAL``); through the pidfd:
+            # never to a process that reused the shim's pid.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(shim_end, DISCARD_SIGNAL)
+        if running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGTERM)
+        return self._stopped(directory, handle, grace, shim_end, running=running, discard=discard)
+
+    async def _stopped(
+        self, directory: Path, handle: Handle, grace: float, shim_end: int, *, running: bool, discard: bool
+    ) -> Observation:
+        """The rest of a stop whose signals went out (:meth:`stop`): grace, SIGKILL, the shim's end."""
+        obs = Observation("running" if running else "exiting", handle)
+        try:
+            ended = await _readable(shim_end, max(0.0, grace)) if running else False
+            if not ended:
+                if running:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(handle.pid, signal.SIGKILL)
+                # How it ended is known once the shim has written its last output and the exit record.
+                ended = await _readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+            if ended and discard:
+                # The record and its directory go next: how it ended is not read.
+                self._start_over(directory, handle)
+                self._exiting_since.pop(handle.shim_pid, None)
+                obs = Observation("exited", handle)
+            else:
+                obs = self.observe(directory, handle)
+                deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
+                while obs.state != "exited" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    obs = self.observe(directory, obs.handle)
+        finally:
+            os.close(shim_end)
+        # Stragglers in the group (children that ignored SIGTERM) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(handle.pid, signal.SIGKILL)
+        own = self._shims.get(handle.shim_pid)
+        if own is not None and own.poll() is not None:
+            del self._shims[handle.shim_pid]
+            self._spawned_at.pop(handle.shim_pid, None)
+        return obs
+
+    async def _stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
         # Waiting on the shim's pidfd instead of polling: a thousand stops in flight would
         # otherwise look at /proc and the instance dirs fifty thousand times a second.
         shim_end = self.exit_fd(directory, handle) if handle.pid else None
@@ -534,6 +607,13 @@ class ProcessRunner:
             obs = Observation("running" if alive(handle.pid, handle.pid_start) else "exiting", handle)
         else:
             obs = self.observe(directory, handle)
+            if obs.state == "starting" and not obs.handle.shim_pid and obs.handle.attempt:
+                # Not forked yet (or forked, not claimed yet): stopped before it runs anything,
+                # rather than waited for (a zygote held up would hold the stop up as long).
+                if fence(directory, obs.handle.attempt):
+                    self._drop_request(directory, obs.handle)
+                    return Observation("exited", obs.handle, None, None, "stopped before it started")
+                obs = self.observe(directory, obs.handle)
             deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
             while obs.state == "starting" and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

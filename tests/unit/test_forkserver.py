@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,19 +31,22 @@ def runner(tmp_path: Path) -> Iterator[ProcessRunner]:
     r.close(wait=10)
 
 
-def _start(r: ProcessRunner, tmp_path: Path, i: int) -> tuple[Path, Handle]:
-    d = tmp_path / "instances" / f"i{i}"
-    spec = LaunchSpec(
+def _spec(tmp_path: Path, i: int) -> LaunchSpec:
+    return LaunchSpec(
         instance_id=f"i{i}",
         namespace="default",
         name=f"svc-{i}",
         service="svc",
-        directory=d,
+        directory=tmp_path / "instances" / f"i{i}",
         argv=[shutil.which("sh") or "/bin/sh", "-c", 'echo "token=$TOKEN"; exec sleep 60'],
         env={"PATH": os.environ.get("PATH", ""), "TOKEN": SECRET},
         cwd=str(tmp_path),
     )
-    return d, r.start(spec)
+
+
+def _start(r: ProcessRunner, tmp_path: Path, i: int) -> tuple[Path, Handle]:
+    spec = _spec(tmp_path, i)
+    return spec.directory, r.start(spec)
 
 
 def _running(r: ProcessRunner, d: Path, handle: Handle) -> Observation:
@@ -90,3 +95,30 @@ def test_a_killed_zygote_is_replaced_and_its_shims_run_on(runner: ProcessRunner,
     # The first shim was not the zygote's to end.
     assert _running(runner, d0, first.handle).handle.pid == first.handle.pid
     assert second.handle.shim_pid != first.handle.shim_pid
+
+
+def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRunner, tmp_path: Path) -> None:
+    """The zygote held up with the request: the stop fences the start, and the shim forked later runs nothing."""
+    d0, h0 = _start(runner, tmp_path, 0)
+    _wait_running(runner, d0, h0)
+    assert runner.forks is not None and runner.forks.proc is not None
+    zygote = runner.forks.proc.pid
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        d1, h1 = _start(runner, tmp_path, 1)
+        assert runner.observe(d1, h1).state == "starting"
+        obs = asyncio.run(runner.stop(d1, h1, grace=1.0))
+        assert (obs.state, obs.error) == ("exited", "stopped before it started")
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    # The zygote forks the shim now: it finds the start fenced and runs nothing.
+    time.sleep(1.0)
+    runner.forks.collect()
+    assert runner.forks.forked == {}, "the answer nobody waits for is dropped"
+    claim = json.loads((d1 / f"claim-{h1.attempt}.json").read_text())
+    assert claim["fenced"] is True
+    assert not (d1 / "pid.json").exists() and not (d1 / "log.jsonl").exists()
+    assert (d1 / "shim.err").read_text() == ""
+    # The zygote still serves: the next start of that instance runs.
+    h2 = runner.start(_spec(tmp_path, 1))
+    assert _wait_running(runner, d1, h2).handle.attempt == h2.attempt != h1.attempt
