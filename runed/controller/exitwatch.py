@@ -51,14 +51,20 @@ class ExitWatch:
 
     def discard(self, key: Key) -> None:
         """Stop watching ``key`` (its descriptor is closed; a pending notification is dropped)."""
+        fd = self.take(key)
+        if fd is not None:
+            os.close(fd)
+
+    def take(self, key: Key) -> int | None:
+        """Stop watching ``key`` and hand its descriptor over (the caller closes it), or None."""
         fd = self._fds.pop(key, None)
         if fd is None:
-            return
+            return None
         del self._keys[fd]
         self._poll.unregister(fd)
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
+        return fd
 
     def check(self) -> int:
         """Fire every watch whose descriptor is readable now; how many fired.

@@ -295,21 +295,28 @@ class Supervisor:
         """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done."""
         lv = self.book.live(inst.key)
         lv.cancel_probes()
-        # The stop task follows the end itself.
-        self.exits.discard(inst.key)
         lv.after_stop = after
         lv.stop_reason = reason
         state = inst.state
-        if state not in ACTIVE:
+        if state not in ACTIVE or (lv.stop_task is not None and not lv.stop_task.done()):
+            self.exits.discard(inst.key)
+            if state in ACTIVE:
+                return  # already stopping
             # Nothing runs: finish at once.
             lv.stop_task = None
             self.finish_stop(inst, lv, observed=False)
             return
-        if lv.stop_task is not None and not lv.stop_task.done():
-            return
         # A deleted instance's directory goes with it: what its shim writes at the end need not be durable.
         discard = after is AfterStop.DELETE or inst.retire
-        stopping = self.runner(inst).stop(Path(inst.log_dir), inst.handle, self._grace(inst, grace), discard=discard)
+        # The stop follows the end itself, with the watch's descriptor (it names the shim: no new
+        # one to open and check). The signals go out now, in this pass (see ``ProcessRunner.stop``).
+        stopping = self.runner(inst).stop(
+            Path(inst.log_dir),
+            inst.handle,
+            self._grace(inst, grace),
+            discard=discard,
+            shim_end=self.exits.take(inst.key),
+        )
         lv.stop_task = asyncio.create_task(stopping)
         # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
         lv.stop_task.add_done_callback(lambda _: self.alarm.wake())

@@ -101,11 +101,14 @@ class Runner(Protocol):
         """
         ...
 
-    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
+    async def stop(
+        self, directory: Path, handle: Handle, grace: float, *, discard: bool = False, shim_end: int | None = None
+    ) -> Observation:
         """SIGTERM (or the engine's stop), ``grace`` seconds, then SIGKILL; returns how it ended.
 
         ``discard``: the instance is deleted once stopped (its directory with it), so nothing it
-        leaves behind needs to be durable.
+        leaves behind needs to be durable. ``shim_end``: what :meth:`exit_fd` gave for it (owned by
+        the stop from now on), or None.
         """
         ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,12 @@ class ContainerRunner:
     def exit_fd(self, directory: Path, handle: Handle) -> int | None:
         return None  # the engine's event stream is not followed: container instances are polled
 
-    async def stop(self, directory: Path, handle: Handle, grace: float, *, discard: bool = False) -> Observation:
+    async def stop(
+        self, directory: Path, handle: Handle, grace: float, *, discard: bool = False, shim_end: int | None = None
+    ) -> Observation:
+        if shim_end is not None:
+            os.close(shim_end)  # never given: exit_fd offers none
+
         def _stop() -> None:
             try:
                 with self._client(timeout=grace + 10) as c:

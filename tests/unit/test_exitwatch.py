@@ -154,3 +154,36 @@ def test_the_sweep_catches_an_end_whose_wake_up_the_loop_did_not_deliver() -> No
             watch.close()
 
     asyncio.run(main())
+
+
+SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(3600)\n'
+
+
+@pytest.mark.parametrize("discard", [False, True], ids=["stop", "delete"])
+def test_a_stop_takes_the_watch_s_descriptor_and_signals_before_it_is_awaited(
+    runner: ProcessRunner, tmp_path: Path, discard: bool
+) -> None:
+    """The exit watch hands its pidfd over to the stop, which signals at once (a deletion signals
+    every instance in its pass) and then waits on that descriptor for the shim's end."""
+    d, obs = _start(runner, tmp_path, SLEEPER)
+
+    async def scenario() -> Observation:
+        alarm = Alarm()
+        watch = ExitWatch(alarm)
+        assert watch.add(KEY, runner.exit_fd(d, obs.handle))
+        fd = watch.take(KEY)
+        assert fd is not None and KEY not in watch
+        os.fstat(fd)  # handed over, not closed
+        stopping = runner.stop(d, obs.handle, 5.0, discard=discard, shim_end=fd)
+        # Not awaited yet: the instance was signalled all the same.
+        eventually(lambda: not alive(obs.handle.pid, obs.handle.pid_start), what="the instance signalled")
+        end = await stopping
+        assert not alarm.event.is_set(), "the watch no longer fires for it"
+        return end
+
+    end = asyncio.run(scenario())
+    assert end.state == "exited"
+    assert not alive(obs.handle.shim_pid, obs.handle.shim_start)
+    if not discard:
+        assert end.signal == signal.SIGTERM, end
+    assert json.loads((d / "exit.json").read_text())["signal"] == signal.SIGTERM
