@@ -143,18 +143,6 @@ class Book:
         if gone is not None:
             self.touched.add((gone.namespace, gone.service))
 
-    def discard_dir(self, d: Path) -> None:
-        """Remove a directory no record names: renamed first, so nothing writes into it by its old path."""
-        if not d.name.startswith("."):
-            gone = d.with_name(f".gone-{d.name}")
-            try:
-                d.rename(gone)
-            except OSError as e:
-                log.warning("cannot remove instance directory %s: %s", d, e)
-                return
-            d = gone
-        self._remove_dir(d)
-
     def _remove_dir(self, d: Path) -> None:
         """Remove an instance directory: moved into the trash now, removed with the rest of it in the
         background (a thousand removals at once would otherwise hold the loop, or the GIL, for seconds)."""

@@ -157,11 +157,11 @@ class Supervisor:
         except OSError:
             return
         for d in dirs:
-            if not d.name.startswith("."):
-                for runner in self.runners.values():
-                    runner.abandon(d)
-                log.warning("instance directory %s has no record (its start was never saved): removed", d.name)
-            self.book.discard_dir(d)
+            for runner in self.runners.values():
+                runner.abandon(d)
+            log.warning("instance directory %s has no record (its start was never saved): removed", d.name)
+            # Renamed into the trash at once: nothing is left under its old path for a late shim.
+            self.book.trash.put(d)
 
     # -- per-tick observation -------------------------------------------------------------------
     def observe(self) -> bool:
