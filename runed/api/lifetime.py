@@ -26,6 +26,8 @@ EXITED = "EXITED"
 FATAL = "FATAL"
 # ``after_stop`` of a STOPPING record whose stop is for good (not a restart or a liveness back-off).
 STOP_FOR_GOOD = "stopped"
+# ``after_stop`` of a STOPPED record whose restart is due (the controller's next pass starts it).
+RESTART_DUE = "restart"
 
 
 @dataclass
@@ -79,6 +81,8 @@ class Followed:
         if state == STOPPING:
             # STOPPED follows; only a stop for good (not a restart) ends a follow there.
             self._stop_for_good = data.get("after_stop") == STOP_FOR_GOOD
+            return None
+        if state == STOPPED and data.get("after_stop") == RESTART_DUE:
             return None
         if state == STOPPED and (settled or self._stop_for_good):
             return f"instance {self.label} was stopped{detail}"

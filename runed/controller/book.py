@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rune.api import service_pb2
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.trash import Trash
 from runed.controller.writes import Writes
@@ -31,6 +32,8 @@ class Live:
     probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The instance's environment with secrets revealed: exec probes run with it (never stored).
     env: dict[str, str] | None = None
+    # The service spec the instance runs (its probes'), as it was when it started or was re-adopted.
+    service: service_pb2.Service | None = None
     liveness_failed: bool = False
 
     def cancel_probes(self) -> None:

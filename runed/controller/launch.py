@@ -22,7 +22,7 @@ from runed.model import objects
 from runed.runner.base import LaunchSpec, RunnerError
 from runed.secrets import envresolve
 from runed.secrets.crypto import SecretCrypto
-from runed.store.base import Store
+from runed.store.base import Reader
 
 # Variables of runed's own environment an instance inherits; everything else comes from the spec.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
@@ -104,31 +104,65 @@ def user_ids(sc: common_pb2.ProcessSecurityContext) -> tuple[int | None, int | N
     return uid, gid
 
 
+class StartInput:
+    """What starts read from the store, read before them (off the event loop on PostgreSQL, see
+    :mod:`runed.controller.passinput`), with what is derived from it once for all of them: service
+    specs parsed, secrets and configmaps decoded. One per pass: a cast of a thousand instances reads
+    and decrypts its secrets once, while ports and names stay each instance's own."""
+
+    def __init__(self, records: Reader) -> None:
+        self.records = records
+        self.decoded: envresolve.Decoded = {}
+        self._specs: dict[tuple[str, str], service_pb2.Service | None] = {}
+        self._hashes: dict[tuple[str, str], str] = {}
+
+    def service(self, namespace: str, name: str) -> service_pb2.Service | None:
+        key = (namespace, name)
+        if key not in self._specs:
+            rec = self.records.get(objects.SERVICE, namespace, name)
+            self._specs[key] = None if rec is None else objects.service_from_record(rec)
+        return self._specs[key]
+
+    def spec_hash(self, svc: service_pb2.Service) -> str:
+        """:func:`objects.spec_hash` of a spec from :meth:`service`."""
+        key = (svc.namespace, svc.name)
+        if key not in self._hashes:
+            self._hashes[key] = objects.spec_hash(svc)
+        return self._hashes[key]
+
+
+def references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
+    """The records a start of ``svc``'s instances reads (kind, namespace, name): the services it
+    depends on (their endpoints), the secrets and configmaps of its environment and mounts."""
+    ns = svc.namespace
+    deps = {(objects.SERVICE, d.namespace or ns, d.service) for d in svc.dependencies if d.service}
+    return deps | envresolve.references(svc)
+
+
 class Launcher:
     """Turns a service spec and an instance into a :class:`LaunchSpec`, resolving secrets and configmaps."""
 
     def __init__(
         self,
-        store: Store,
         crypto: SecretCrypto | None,
         cfg: ControllerConfig,
         peers: Peers,
         everywhere: Peers | None = None,
     ) -> None:
-        self.store = store
         self.crypto = crypto
         self.cfg = cfg
         self.peers = peers
         # A dependency may run on other nodes: its endpoint is looked for on every one.
         self.everywhere = everywhere or peers
 
-    def spec(self, inst: Instance, svc: service_pb2.Service) -> LaunchSpec:
-        """The launch of ``inst``; records on it what its record shows (ports, env with references
-        unresolved, uid/gid, working directory). Raises ResolveError, RunnerError or OSError."""
+    def spec(self, inst: Instance, svc: service_pb2.Service, given: StartInput) -> LaunchSpec:
+        """The launch of ``inst``, from the records ``given`` (nothing is read here); records on it what
+        its record shows (ports, env with references unresolved, uid/gid, working directory).
+        Raises ResolveError, RunnerError or OSError."""
         d = Path(inst.log_dir)
         inst.ports = ports = self.ports(inst, svc)
-        stored = self.env(inst, svc, ports, reveal=False)
-        env = self.env(inst, svc, ports, reveal=True)
+        stored = self.env(inst, svc, ports, given, reveal=False)
+        env = self.env(inst, svc, ports, given, reveal=True)
         inst.env = stored
         uid, gid = user_ids(svc.process.security_context)
         inst.uid, inst.gid = uid, gid
@@ -142,7 +176,7 @@ class Launcher:
                 # dir, instances/ and the data dir to its working dir and mounts (search only).
                 filemodes.allow_search(d, parents=2)
         inst.workdir = str(workdir)
-        self.mount(inst, svc, uid, gid)
+        self.mount(inst, svc, uid, gid, given)
         return LaunchSpec(
             instance_id=inst.id,
             namespace=inst.namespace,
@@ -178,22 +212,25 @@ class Launcher:
                 ports[key] = old if old and port_available(old) else free_port()
         return ports
 
-    def env(self, inst: Instance, svc: service_pb2.Service, ports: dict[str, int], *, reveal: bool) -> dict[str, str]:
+    def env(
+        self, inst: Instance, svc: service_pb2.Service, ports: dict[str, int], given: StartInput, *, reveal: bool
+    ) -> dict[str, str]:
         """The spec's environment for ``inst``; ``reveal`` resolves secret references (never stored)."""
         has_mounts = bool(svc.secret_mounts or svc.configmap_mounts)
         return envresolve.compute_env(
-            self.store,
+            given.records,
             self.crypto,
             svc,
             instance_id=inst.id,
             instance_name=inst.name,
             ports=ports,
             reveal=reveal,
-            dependencies=self.dependencies(svc),
+            dependencies=self.dependencies(svc, given),
             mounts_dir=str(mounts_root(inst)) if has_mounts else "",
+            decoded=given.decoded,
         )
 
-    def dependencies(self, svc: service_pb2.Service) -> list[envresolve.Endpoint]:
+    def dependencies(self, svc: service_pb2.Service, given: StartInput) -> list[envresolve.Endpoint]:
         """Where each dependency service answers: the host ports of one of its instances (a ready one
         first, then one on this node, the lowest index first; ``expose.host_port`` is the same for
         all) and its address: the loopback one on this node, else its node's address."""
@@ -202,10 +239,9 @@ class Launcher:
             if not dep.service:
                 continue
             dns = dep.namespace or svc.namespace
-            rec = self.store.get(objects.SERVICE, dns, dep.service)
-            if rec is None:
+            dsvc = given.service(dns, dep.service)
+            if dsvc is None:
                 continue
-            dsvc = objects.service_from_record(rec)
             here = {i.key for i in self.peers(dns, dep.service)}
             candidates = [i for i in self.everywhere(dns, dep.service) if not i.retire and i.ports]
             best = min(
@@ -229,13 +265,15 @@ class Launcher:
         return out
 
     # -- mounts -----------------------------------------------------------------------------------
-    def mount(self, inst: Instance, svc: service_pb2.Service, uid: int | None, gid: int | None) -> None:
+    def mount(
+        self, inst: Instance, svc: service_pb2.Service, uid: int | None, gid: int | None, given: StartInput
+    ) -> None:
         """Write the instance's secret and configmap mounts afresh (what a previous start left goes first)."""
         self.release(inst, shared=False)
         if not (svc.secret_mounts or svc.configmap_mounts):
             return
         root = mounts_root(inst)
-        files = envresolve.mount_files(self.store, self.crypto, svc, root, self.cfg.host_mount_paths)
+        files = envresolve.mount_files(given.records, self.crypto, svc, root, self.cfg.host_mount_paths, given.decoded)
         # Only the instance's user may even list its mounts.
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if uid is not None:

@@ -2,13 +2,15 @@
 
 Why: on PostgreSQL every read is a network round trip; read one by one during the pass, they would
 hold the event loop (probes, exits, stops) for the sum of them. The pass itself runs on the loop
-(it starts processes and tasks) and finds here what it needs; the few records it cannot know in
-advance (a dependency outside the pass) it reads on a miss. Its writes go the other way, queued
-and committed together afterwards (:mod:`runed.controller.writes`).
+(it starts processes and tasks) and finds here what it needs: its input, then (a second unit, once
+the input says which services may start an instance) the records those starts and the dependency
+checks read: dependency services, secrets and configmaps. Its writes go the other way, queued and
+committed together afterwards (:mod:`runed.controller.writes`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,14 +18,41 @@ from runed.controller.instance import Key
 from runed.model import objects
 from runed.store.base import Record, Store, iter_all
 
+log = logging.getLogger("runed.controller")
+
 RecordKey = tuple[str, str, str]
 
 
 @dataclass
-class PassInput:
-    """The records of one pass: its services, the instance actions to apply, the open operations."""
+class Records:
+    """Records read in advance, by (kind, namespace, name) (None: absent). One not read in advance is
+    read on a miss, on the loop: every caller reads ahead what it will look at, so that is a slip."""
 
     store: Store
+    found: dict[RecordKey, Record | None] = field(default_factory=dict, kw_only=True)
+
+    def get(self, kind: str, namespace: str, name: str) -> Record | None:
+        key = (kind, namespace, name)
+        if key not in self.found:
+            log.debug("%s %s/%s was not read in advance: read on the event loop", kind, namespace, name)
+            self.found[key] = self.store.get(kind, namespace, name)
+        return self.found[key]
+
+    def missing(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
+        """Those of ``keys`` not read yet."""
+        return {k for k in keys if k not in self.found}
+
+
+def read_records(store: Store, keys: Iterable[RecordKey]) -> Records:
+    """``keys``' records (blocking: one unit of store work)."""
+    return Records(store, found={k: store.get(*k) for k in keys})
+
+
+@dataclass
+class PassInput(Records):
+    """The records of one pass: its services, the instance actions to apply, the open operations,
+    and what the pass's starts and dependency checks read (:meth:`add`)."""
+
     # The pass's services (every one in a full pass).
     services: dict[Key, Record]
     # Instance actions to apply, by (namespace, instance id).
@@ -32,19 +61,25 @@ class PassInput:
     scalings: list[Record]
     # True when ``services`` holds every service (a service absent from it does not exist).
     complete: bool
-    # Other records read for the pass (None: absent).
-    found: dict[RecordKey, Record | None] = field(default_factory=dict)
 
     def get(self, kind: str, namespace: str, name: str) -> Record | None:
-        """A record as the pass knows it (read now, on the loop, when it was not read in advance)."""
+        """A record as the pass knows it."""
         if kind == objects.SERVICE:
             rec = self.services.get((namespace, name))
             if rec is not None or self.complete:
                 return rec
-        key = (kind, namespace, name)
-        if key not in self.found:
-            self.found[key] = self.store.get(kind, namespace, name)
-        return self.found[key]
+        return super().get(kind, namespace, name)
+
+    def missing(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
+        return {
+            k
+            for k in super().missing(keys)
+            if not (k[0] == objects.SERVICE and (self.complete or (k[1], k[2]) in self.services))
+        }
+
+    def add(self, more: Records) -> None:
+        """Records read after the pass's input (by :func:`read_records`)."""
+        self.found.update(more.found)
 
 
 def read_input(
@@ -69,7 +104,7 @@ def read_input(
         acts = {k: r for k in actions if (r := store.get(objects.INSTANCE_ACTION, *k)) is not None}
     deletions = list(iter_all(store, objects.DELETION_OPERATION)) if operations else []
     scalings = list(iter_all(store, objects.SCALING_OPERATION)) if operations else []
-    got = PassInput(store, services, acts, deletions, scalings, complete=only is None)
+    got = PassInput(store, services, acts, deletions, scalings, only is None)
     wanted = set(extra)
     if only is not None:
         # The services of open scaling operations, which the pass advances whatever it looks at.

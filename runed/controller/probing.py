@@ -10,9 +10,9 @@ from runed.controller import probes
 from runed.controller.alarm import Alarm
 from runed.controller.book import Book
 from runed.controller.instance import Instance, Key, ProbeResult
-from runed.controller.launch import Launcher, inherited_env
+from runed.controller.launch import Launcher, StartInput, inherited_env, references
+from runed.controller.passinput import read_records
 from runed.controller.states import State
-from runed.model import objects
 from runed.secrets import envresolve
 
 # One line per HTTP probe is noise, not news.
@@ -39,12 +39,12 @@ class Prober:
             lv.cancel_probes()
 
     def start(self, inst: Instance) -> None:
-        """Start the probes of a just-running instance (a working copy, saved here)."""
+        """Start the probes of a just-running instance (a working copy, saved here), as the spec it
+        runs says (kept since its start: nothing is read from the store here)."""
         self.cancel(inst.key)
-        svc_rec = self.book.store.get(objects.SERVICE, inst.namespace, inst.service)
-        if svc_rec is None:
+        svc = self.book.live(inst.key).service
+        if svc is None:
             return
-        svc = objects.service_from_record(svc_rec)
         ports = dict(inst.ports)
         live_spec = probes.probe_spec(svc.health.liveness, svc, ports) if svc.HasField("health") else None
         ready_spec = probes.probe_spec(svc.health.readiness, svc, ports) if svc.HasField("health") else None
@@ -72,7 +72,7 @@ class Prober:
             inst = self._running(key)
             if inst is None:
                 return
-            env = self._env(inst) if spec.kind == "exec" else {}
+            env = await self._env(inst) if spec.kind == "exec" else {}
             ok, msg = await probes.check(spec, env, inst.workdir or None)
             changed = st.record(ok, msg)
             inst = self._running(key)
@@ -113,16 +113,21 @@ class Prober:
                 return
             await asyncio.sleep(max(0.0, spec.period - (time.monotonic() - started)))
 
-    def _env(self, inst: Instance) -> dict[str, str]:
-        """The environment exec probes run with: the instance's own, secrets revealed (kept in memory)."""
+    async def _env(self, inst: Instance) -> dict[str, str]:
+        """The environment exec probes run with: the instance's own, secrets revealed (kept in memory).
+
+        Known since its start; an instance re-adopted after a controller restart has it resolved
+        here once, from records read off the event loop (on PostgreSQL).
+        """
         lv = self.book.live(inst.key)
         if lv.env is None:
-            svc_rec = self.book.store.get(objects.SERVICE, inst.namespace, inst.service)
-            if svc_rec is None:
+            svc = lv.service
+            if svc is None:
                 return {}
-            svc = objects.service_from_record(svc_rec)
+            store = self.book.store
+            given = StartInput(await store.run(read_records, store, references(svc)))
             try:
-                env = self.launcher.env(inst, svc, dict(inst.ports), reveal=True)
+                env = self.launcher.env(inst, svc, dict(inst.ports), given, reveal=True)
             except envresolve.ResolveError:
                 env = {}
             lv.env = {**inherited_env(), **env}

@@ -16,10 +16,10 @@ from rune.api import common_pb2, service_pb2
 from runed.controller.alarm import Alarm
 from runed.controller.book import Book
 from runed.controller.instance import AfterStop, Instance, Key
-from runed.controller.launch import Launcher, new_ports
+from runed.controller.launch import Launcher, StartInput, new_ports, references
 from runed.controller.nodeview import NodeView
 from runed.controller.operations import Operations
-from runed.controller.passinput import PassInput, read_input
+from runed.controller.passinput import PassInput, RecordKey, read_input, read_records
 from runed.controller.probing import Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
 from runed.controller.status import StatusWriter
@@ -63,6 +63,11 @@ class Action:
         )
 
 
+def _restart_due(inst: Instance) -> bool:
+    """In back-off, or stopped to be restarted: a pass may start it again."""
+    return inst.state is BACKOFF or (inst.state is STOPPED and inst.after_stop is AfterStop.RESTART)
+
+
 class Controller:
     """One per controller role process; single event loop, the store is the only channel."""
 
@@ -85,7 +90,7 @@ class Controller:
         # A node runs the instances placed on it; None: every instance (no scheduler).
         self.node = node
         self.book = Book(store, data_dir, cfg.log_min_free_bytes, owns=None if node is None else node.owns)
-        launcher = Launcher(store, crypto, cfg, self.book.of_service, self._everywhere)
+        launcher = Launcher(crypto, cfg, self.book.of_service, self._everywhere)
         self.prober = Prober(self.book, launcher, self.alarm)
         self.supervisor = Supervisor(self.book, runners, launcher, self.prober, self.alarm, cfg)
         self.status = StatusWriter(store, self.book.writes)
@@ -113,11 +118,15 @@ class Controller:
         or its runner cannot report its end, a short tick. A pass reconciles the services whose
         inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
         """
-        since = await self.store.run(self._load)
+        since, specs = await self.store.run(self._load)
         # What a crash left of deleted instances' directories.
         self.book.trash.empty_soon()
         if self.node is not None:
             self._adopt_legacy(self.node)
+        for inst in self.book.all():
+            if inst.state in ACTIVE:
+                # What re-adopted instances run: their probes are started with it.
+                self.book.live(inst.key).service = specs.get((inst.namespace, inst.service))
         self.supervisor.adopt()
         watcher = asyncio.create_task(self._watch(since))
         await self.reconcile_all()
@@ -177,15 +186,20 @@ class Controller:
             await self.book.flush()
             await self.book.removals_done()
 
-    def _load(self) -> int:
+    def _load(self) -> tuple[int, dict[Key, service_pb2.Service]]:
         """What the controller keeps in memory, read at start-up (one unit of store work); returns the
-        revision to watch from."""
+        revision to watch from and the specs of the services whose instances may still run."""
         since = self.store.current_revision()
         self.book.load()
         if self.node is not None:
             self.node.load()
         self.status.load()
-        return since
+        specs: dict[Key, service_pb2.Service] = {}
+        for skey in {(i.namespace, i.service) for i in self.book.all() if i.state in ACTIVE}:
+            rec = self.store.get(objects.SERVICE, *skey)
+            if rec is not None:
+                specs[skey] = objects.service_from_record(rec)
+        return since, specs
 
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
@@ -242,20 +256,68 @@ class Controller:
         await self._reconcile(self.alarm.services | self.book.touched)
 
     async def _reconcile(self, only: set[Key] | None) -> None:
-        """One pass: its reads as one unit of store work (off the event loop on PostgreSQL), then the
-        pass on the loop; its writes are queued (``book.writes``)."""
+        """One pass: its reads as one unit of store work (off the event loop on PostgreSQL), and a
+        second for what its starts will read, then the pass on the loop; its writes are queued
+        (``book.writes``)."""
         self.alarm.services, self.alarm.everything, self.book.touched = set(), False, set()
         refs_changed, self.alarm.refs_changed = self.alarm.refs_changed, False
         if only is not None:
             # Dependents follow what they depend on (its readiness decides whether they start).
             only = only | {d for k in only for d in self.dependents.get(k, ())}
         changed_actions, self.actions_changed = self.actions_changed, set()
-        # The actions of instances in back-off: a restart after it waits while one says "stopped".
-        backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if i.state is BACKOFF]
+        if only is not None:
+            # An instance action is applied in the pass over its instance's service (which it may start).
+            acted = (self.book.get(k) for k in changed_actions)
+            only = only | {(i.namespace, i.service) for i in acted if i is not None}
+        # The actions of instances in back-off or due a restart: a restart waits while one says "stopped".
+        backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if _restart_due(i)]
         got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=self.leads)
-        self._pass(only, got, refs_changed)
+        given = StartInput(got)
+        more = got.missing(self._start_reads(got, given))
+        if more:
+            got.add(await self.store.run(read_records, self.store, more))
+        self._pass(only, got, given, refs_changed)
 
-    def _pass(self, only: set[Key] | None, got: PassInput, refs_changed: bool) -> None:
+    def _start_reads(self, got: PassInput, given: StartInput) -> set[RecordKey]:
+        """What the pass's dependency checks and starts will read: the dependencies of every service
+        of the pass, and what a start reads (:func:`references`) for each service that may start an
+        instance: one missing or of an older spec, in back-off or due a restart, or asked to start.
+        Reading more than the pass needs costs a read; less, a read on the event loop."""
+        acted: set[Key] = set()
+        for key, rec in got.actions.items():
+            inst = self.book.get(key)
+            if inst is not None:
+                act = Action.from_record(rec.data)
+                if act.restart_seq > inst.restart_seq_seen or act.requested_at != inst.action_applied_at:
+                    acted.add((inst.namespace, inst.service))
+        items: dict[Key, list[Instance]] = {}
+        for inst in self.book.all():
+            if not inst.retire:
+                items.setdefault((inst.namespace, inst.service), []).append(inst)
+        want: set[RecordKey] = set()
+        for skey in got.services:
+            svc = given.service(*skey)
+            if svc is None:
+                continue
+            for dep in svc.dependencies:
+                dns = dep.namespace or skey[0]
+                if dep.service:
+                    want.add((objects.SERVICE, dns, dep.service))
+                elif dep.secret:
+                    want.add((objects.SECRET, dns, dep.secret))
+                elif dep.configmap:
+                    want.add((objects.CONFIGMAP, dns, dep.configmap))
+            mine = items.get(skey, [])
+            may = skey in acted or any(_restart_due(i) for i in mine)
+            if not may and svc.scale > 0:
+                want_hash = given.spec_hash(svc)
+                current = {i.index for i in mine if i.spec_hash == want_hash}
+                may = not current.issuperset(range(svc.scale))
+            if may:
+                want |= references(svc)
+        return want
+
+    def _pass(self, only: set[Key] | None, got: PassInput, given: StartInput, refs_changed: bool) -> None:
         """Deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
         services = got.services
         actions = {k: Action.from_record(r.data) for k, r in got.actions.items()}
@@ -278,7 +340,7 @@ class Controller:
                 self.status.prune(lambda k: k not in gone)
         for key, act in actions.items():
             if key in self.book:
-                self._apply_action(key, act)
+                self._apply_action(key, act, given)
             else:
                 self.book.writes.delete(objects.INSTANCE_ACTION, key[0], key[1])
         runs = self.node is None or self.node.runs
@@ -291,13 +353,13 @@ class Controller:
             if skey in deleting or marked or not runs:
                 continue
             try:
-                self.reconcile_service(rec, by_service.get(skey, []), got, refs_changed=refs_changed)
+                self.reconcile_service(rec, by_service.get(skey, []), got, given, refs_changed=refs_changed)
             except Exception:
                 log.exception("reconcile of service %s/%s failed", *skey)
         if self.leads:
             self.operations.run_scaling(services, got.scalings, lambda k: got.get(objects.SERVICE, *k))
 
-    def _apply_action(self, key: Key, act: Action) -> None:
+    def _apply_action(self, key: Key, act: Action, given: StartInput) -> None:
         cached = self.book.get(key)
         if cached is None or cached.retire:
             return
@@ -317,7 +379,7 @@ class Controller:
             else:
                 if state is BACKOFF:
                     sup.set_state(inst, STOPPED, "Restarting on request")
-                sup.start(inst, reason="Restarted on request")
+                sup.start(inst, reason="Restarted on request", given=given)
             return
         # A request is carried out once: a later exit is the restart policy's business again (a
         # Never instance started by hand does not come back after it exits).
@@ -328,8 +390,10 @@ class Controller:
             sup.begin_stop(inst, after=AfterStop.STOPPED, reason="Stopped on request", grace=act.timeout)
         elif act.desired == "running" and state in (STOPPED, EXITED, FATAL) and lv.stop_task is None:
             inst.consecutive_failures = 0
-            sup.start(inst, reason="Started on request")
+            sup.start(inst, reason="Started on request", given=given)
         else:
+            if act.desired == "stopped":
+                inst.after_stop = None  # a restart still due is called off
             self.book.save(inst)
 
     def _deps_ready(self, svc: service_pb2.Service, ns: str, got: PassInput) -> str:
@@ -378,18 +442,19 @@ class Controller:
         return mine + [i for i in self.node.remote_of(namespace, service) if not i.reason.startswith("Lost: ")]
 
     def reconcile_service(
-        self, rec: Record, items: list[Instance], got: PassInput, *, refs_changed: bool = False
+        self, rec: Record, items: list[Instance], got: PassInput, given: StartInput, *, refs_changed: bool = False
     ) -> None:
-        """One service: restarts after back-off, scale up and down, rolling update, then its status."""
+        """One service: restarts due (after a stop, after back-off), scale up and down, rolling
+        update, then its status."""
         sup = self.supervisor
-        svc = objects.service_from_record(rec)
+        svc = given.service(rec.namespace, rec.name) or objects.service_from_record(rec)
         skey = (rec.namespace, rec.name)
         for waiting in self.dependents.values():
             waiting.discard(skey)
         for dep in svc.dependencies:
             if dep.service:
                 self.dependents.setdefault((dep.namespace or rec.namespace, dep.service), set()).add(skey)
-        want_hash = objects.spec_hash(svc)
+        want_hash = given.spec_hash(svc)
         scale = max(0, svc.scale)
         gen = int(rec.data.get("generation", 1))
         message = ""
@@ -402,15 +467,26 @@ class Controller:
                 if inst.index not in here and inst.index < scale:
                     sup.retire(inst, "placed on another node")
             current = [i for i in current if i.index in here or i.index >= scale]
-        # Restart instances whose back-off elapsed (or that wait on a secret or configmap that changed).
+        # Restart instances stopped to be restarted (on request), and those whose back-off elapsed
+        # (or that wait on a secret or configmap that changed).
         now = time.time()
         for inst in current:
+            fresh = self.book.get(inst.key)
+            if fresh is not None and fresh.state is STOPPED and fresh.after_stop is AfterStop.RESTART:
+                act = got.get(objects.INSTANCE_ACTION, inst.namespace, inst.id)
+                if act is not None and act.data.get("desired") == "stopped":
+                    called_off = fresh.copy()  # asked to stop since
+                    called_off.after_stop = None
+                    self.book.save(called_off)
+                else:
+                    sup.start(fresh.copy(), reason="Restarted on request", given=given)
+                continue
             waiting_on_ref = refs_changed and inst.config_error
             if inst.state is BACKOFF and ((inst.next_restart_at or 0.0) <= now or waiting_on_ref):
                 act = got.get(objects.INSTANCE_ACTION, inst.namespace, inst.id)
                 fresh = self.book.get(inst.key)
                 if fresh is not None and (act is None or act.data.get("desired", "running") == "running"):
-                    sup.start(fresh.copy(), reason="Restarting after back-off")
+                    sup.start(fresh.copy(), reason="Restarting after back-off", given=given)
         # Scale down: the highest indexes go first.
         for inst in current:
             if inst.index >= scale:
@@ -430,7 +506,7 @@ class Controller:
             holding = {x.index for x in items if x.retire} if svc.expose.host_port else set()
             for i in range(scale):
                 if i not in by_index and i not in holding and (here is None or i in here):
-                    sup.start(self._new_instance(svc, rec, i), reason="Starting")
+                    sup.start(self._new_instance(svc, rec, i), reason="Starting", given=given)
             # Rolling update: one index at a time; a surge instance must be ready before its old one goes.
             for i in sorted(by_index):
                 group = by_index[i]
@@ -444,7 +520,7 @@ class Controller:
                 rolling = True
                 if surge:
                     if not new:
-                        sup.start(self._new_instance(svc, rec, i), reason="Starting (rolling update)")
+                        sup.start(self._new_instance(svc, rec, i), reason="Starting (rolling update)", given=given)
                         break
                     if any(x.ready and x.state is RUNNING for x in new):
                         for x in old:

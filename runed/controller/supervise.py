@@ -13,11 +13,10 @@ from runed.controller.alarm import Alarm
 from runed.controller.book import Book, Live
 from runed.controller.exitwatch import ExitWatch
 from runed.controller.instance import AfterStop, Instance, RestartPolicy
-from runed.controller.launch import Launcher
+from runed.controller.launch import Launcher, StartInput
 from runed.controller.probing import LIVENESS, Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, NEW, RUNNING, STARTING, STOPPED, STOPPING, State
 from runed.core.config import ControllerConfig
-from runed.model import objects
 from runed.runner.base import Observation, Runner, RunnerError
 from runed.secrets import envresolve
 
@@ -345,37 +344,45 @@ class Supervisor:
                 how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
                 self.book.event(inst, f"Stopped: {how}")
         inst.pid = 0
-        inst.after_stop = None
+        # A restart is left to the next pass, which reads what a start needs first (off the event
+        # loop on PostgreSQL): the STOPPED record says it is due, also to a controller started anew.
+        inst.after_stop = AfterStop.RESTART if after is AfterStop.RESTART else None
         if deleted:
             self.book.forget(inst.key)
             return
         if inst.state is not STOPPED:
             self.set_state(inst, STOPPED, lv.stop_reason or "Stopped")
+        else:
+            self.book.save(inst)
         if after is AfterStop.RESTART:
-            self.start(inst, reason="Restarted on request")
+            self.alarm.wake()
         elif after is AfterStop.BACKOFF:
             delay = self._schedule_restart(inst)
             self.set_state(inst, BACKOFF, f"{lv.stop_reason}; restarting in {delay:g}s")
 
     # -- starting -------------------------------------------------------------------------------
-    def start(self, inst: Instance, *, reason: str) -> None:
-        """Resolve env and mounts, spawn, and move to STARTING (or BACKOFF/FATAL with the reason)."""
-        svc_rec = self.book.store.get(objects.SERVICE, inst.namespace, inst.service)
-        if svc_rec is None:
+    def start(self, inst: Instance, *, reason: str, given: StartInput) -> None:
+        """Resolve env and mounts, spawn, and move to STARTING (or BACKOFF/FATAL with the reason).
+
+        What it reads is ``given``, read before (off the event loop on PostgreSQL): a start never
+        waits on the store. Only passes start instances, so ``given`` is the pass's input.
+        """
+        svc = given.service(inst.namespace, inst.service)
+        if svc is None:
             self.book.forget(inst.key)
             return
-        svc = objects.service_from_record(svc_rec)
         runner = self.runner_for(svc)
         frm = inst.state
         if frm is not NEW:
             inst.restart_count += 1
         inst.restart_policy = svc.restart_policy
+        inst.after_stop = None
         unavailable = runner.unavailable_reason()
         if unavailable:
             self.set_state(inst, FATAL, unavailable)
             return
         try:
-            spec = self.launcher.spec(inst, svc)
+            spec = self.launcher.spec(inst, svc, given)
         except (envresolve.ResolveError, RunnerError, KeyError, OSError) as e:
             msg = getattr(e, "message", None) or str(e)
             fatal = isinstance(e, RunnerError) and e.fatal
@@ -389,7 +396,9 @@ class Supervisor:
             self.launcher.release(inst)
             self._fail_start(inst, e.message, fatal=e.fatal)
             return
-        self.book.live(inst.key).env = spec.env
+        lv = self.book.live(inst.key)
+        lv.env = spec.env
+        lv.service = svc
         inst.apply_handle(handle)
         inst.next_restart_at = None
         self.set_state(inst, STARTING, reason)

@@ -69,12 +69,9 @@ def read_secret_data(store: Store, crypto: SecretCrypto, namespace: str, name: s
     return decrypt_record(crypto, rec.data)
 
 
-def read_configmap_data(store: Store, namespace: str, name: str) -> dict[str, str]:
-    """Data of a configmap; NOT_FOUND when absent."""
-    rec = store.get(CONFIGMAP_KIND, namespace, name)
-    if rec is None:
-        raise errors.not_found("configmap", name, namespace)
-    return {str(k): str(v) for k, v in rec.data.get("data", {}).items()}
+def configmap_values(data: dict[str, Any]) -> dict[str, str]:
+    """The data of a stored configmap record."""
+    return {str(k): str(v) for k, v in data.get("data", {}).items()}
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 from rune.api import service_pb2
 from runed.core import errors, filemodes
 from runed.core.names import DEFAULT_NAMESPACE
-from runed.secrets.access import read_configmap_data, read_secret_data
-from runed.store.base import Store
+from runed.secrets.access import CONFIGMAP_KIND, SECRET_KIND, configmap_values, decrypt_record
+from runed.store.base import Reader, Record
 
 ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 TEMPLATE = re.compile(r"\{\{\s*(secret|configmap)\s*:\s*([^}]*?)\s*\}\}")
@@ -41,50 +41,78 @@ def _upper(name: str) -> str:
     return re.sub(r"[^A-Z0-9_]", "_", name.upper().replace("-", "_"))
 
 
+# Decoded secret and configmap data by (kind, namespace, name): shareable by the resolutions of one
+# pass, so a secret that a thousand starting instances refer to is decrypted once, not a thousand times.
+Decoded = dict[tuple[str, str, str], dict[str, str]]
+
+
+def _target(ref: str, namespace: str) -> tuple[str, str, str]:
+    """A template's ``name/key`` (or ``name.ns.rune/key``, the FQDN form) as (namespace, name, key)."""
+    name, sep, key = ref.partition("/")
+    if not sep or not key:
+        return namespace, name, ""
+    ns = namespace
+    if name.endswith(".rune") and name.count(".") >= 2:
+        name, ns = name[: -len(".rune")].rsplit(".", 1)
+    return ns, name, key
+
+
+def references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
+    """The secrets and configmaps an instance's environment and mounts are computed from, as
+    (kind, namespace, name): what a start reads, so it can be read in advance."""
+    ns = svc.namespace or DEFAULT_NAMESPACE
+    out: set[tuple[str, str, str]] = set()
+    for ef in svc.env_from:
+        kind, name = (SECRET_KIND, ef.secret_name) if ef.secret_name else (CONFIGMAP_KIND, ef.configmap_name)
+        out.add((kind, ef.namespace or ns, name))
+    for v in svc.env.values():
+        for m in TEMPLATE.finditer(v):
+            tns, name, _ = _target(m.group(2), ns)
+            out.add((m.group(1), tns, name))
+    out.update((SECRET_KIND, ns, m.secret_name or m.name) for m in svc.secret_mounts)
+    out.update((CONFIGMAP_KIND, ns, m.configmap_name or m.name) for m in svc.configmap_mounts)
+    return out
+
+
 @dataclass
 class Sources:
-    """Reads secrets and configmaps once per resolution (decrypting each secret at most once)."""
+    """Reads secrets and configmaps for one resolution through ``reader`` (the store, or records read
+    in advance), decoding (decrypting) each at most once per ``decoded`` map."""
 
-    store: Store
+    reader: Reader
     crypto: Any
     namespace: str
     reveal: bool  # False: secret values stay as their template reference
-    _cache: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    decoded: Decoded = field(default_factory=dict)
 
     def data(self, kind: str, ns: str, name: str) -> dict[str, str]:
+        if kind == SECRET_KIND and not self.reveal:
+            rec = self._record(kind, ns, name)
+            shown = name if ns == self.namespace else f"{name}.{ns}.rune"
+            return {str(k): _secret_ref(shown, str(k)) for k in rec.data.get("keys") or []}
         key = (kind, ns, name)
-        if key not in self._cache:
+        if key not in self.decoded:
+            rec = self._record(kind, ns, name)
             try:
-                if kind == "secret":
-                    if self.reveal:
-                        self._cache[key] = read_secret_data(self.store, self.crypto, ns, name)
-                    else:
-                        rec = self.store.get("secret", ns, name)
-                        if rec is None:
-                            raise errors.not_found("secret", name, ns)
-                        keys = rec.data.get("keys") or []
-                        self._cache[key] = {
-                            str(k): _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", str(k))
-                            for k in keys
-                        }
-                else:
-                    self._cache[key] = read_configmap_data(self.store, ns, name)
-            except errors.NotFound:
-                raise ResolveError(f'{kind} "{name}" not found in namespace "{ns}"') from None
+                self.decoded[key] = (
+                    decrypt_record(self.crypto, rec.data) if kind == SECRET_KIND else configmap_values(rec.data)
+                )
             except errors.RuneError as e:
                 raise ResolveError(e.message) from None
-        return self._cache[key]
+        return self.decoded[key]
+
+    def _record(self, kind: str, ns: str, name: str) -> Record:
+        rec = self.reader.get(kind, ns, name)
+        if rec is None:
+            raise ResolveError(f'{kind} "{name}" not found in namespace "{ns}"')
+        return rec
 
     def lookup(self, kind: str, ref: str) -> str:
-        # name/key, or name.ns.rune/key (the FQDN form) to reach another namespace.
-        name, sep, key = ref.partition("/")
-        if not sep or not key:
+        ns, name, key = _target(ref, self.namespace)
+        if not key:
             raise ResolveError(f"template {{{{{kind}:{ref}}}}} needs a key (name/key)")
-        ns = self.namespace
-        if name.endswith(".rune") and name.count(".") >= 2:
-            name, ns = name[: -len(".rune")].rsplit(".", 1)
-        if kind == "secret" and not self.reveal:
-            self.data(kind, ns, name)  # still checks that it exists
+        if kind == SECRET_KIND and not self.reveal:
+            self._record(kind, ns, name)  # still checks that it exists
             return _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", key)
         values = self.data(kind, ns, name)
         if key not in values:
@@ -113,7 +141,7 @@ def endpoint_env(ep: Endpoint) -> dict[str, str]:
 
 
 def compute_env(
-    store: Store,
+    reader: Reader,
     crypto: Any,
     svc: service_pb2.Service,
     *,
@@ -123,15 +151,17 @@ def compute_env(
     reveal: bool,
     dependencies: Sequence[Endpoint] = (),
     mounts_dir: str = "",
+    decoded: Decoded | None = None,
 ) -> dict[str, str]:
     """envFrom imports, then service env with templates, then the built-ins (later wins).
 
     The built-ins name the instance, its own service's endpoint and those of the services it
     depends on (``dependencies``), and ``mounts_dir`` when the instance has mounts there.
-    ``reveal`` False gives the form that may be stored: secret values as references.
+    ``reveal`` False gives the form that may be stored: secret values as references. ``decoded``:
+    secret and configmap data already decoded (and filled in here), shared between resolutions.
     """
     ns = svc.namespace or DEFAULT_NAMESPACE
-    src = Sources(store, crypto, ns, reveal)
+    src = Sources(reader, crypto, ns, reveal, {} if decoded is None else decoded)
     env: dict[str, str] = {}
     for ef in svc.env_from:
         kind, name = ("secret", ef.secret_name) if ef.secret_name else ("configmap", ef.configmap_name)
@@ -188,11 +218,16 @@ def mount_dir(mount_path: str, root: Path, host_paths: Sequence[str] = ()) -> tu
 
 
 def mount_files(
-    store: Store, crypto: Any, svc: service_pb2.Service, root: Path, host_paths: Sequence[str] = ()
+    reader: Reader,
+    crypto: Any,
+    svc: service_pb2.Service,
+    root: Path,
+    host_paths: Sequence[str] = (),
+    decoded: Decoded | None = None,
 ) -> list[MountFile]:
     """Files for secret (0400) and configmap (0444) mounts, placed by :func:`mount_dir`."""
     ns = svc.namespace or DEFAULT_NAMESPACE
-    src = Sources(store, crypto, ns, reveal=True)
+    src = Sources(reader, crypto, ns, True, {} if decoded is None else decoded)
     out: list[MountFile] = []
     mounts: list[tuple[str, Any, int]] = [("secret", m, 0o400) for m in svc.secret_mounts]
     mounts += [("configmap", m, 0o444) for m in svc.configmap_mounts]

@@ -66,6 +66,12 @@ class ListResult:
     revision: int = 0
 
 
+class Reader(Protocol):
+    """What reads one object: a store, or records read from it in advance (off the event loop)."""
+
+    def get(self, kind: str, namespace: str, name: str) -> Record | None: ...
+
+
 class Store(Protocol):
     """Revisioned object store with a durable change log."""
 
