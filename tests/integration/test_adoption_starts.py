@@ -180,6 +180,22 @@ def _slow_lease(runed_factory: RunedFactory, tmp: Path) -> Orch:
     return Orch.on(r, tmp)
 
 
+def _update_unsaved(o: Orch, old: dict[str, Any], lock: ExitStack) -> None:
+    """Update the service, then hold the controller's writes: the old instance is stopped and
+    forgotten, the new one started, and none of it reaches the store."""
+    spec = o.services.GetService(service_pb2.GetServiceRequest(name=old["service"]), metadata=o.auth).service
+    spec.env["VERSION"] = "2"
+    with _stopped(_controller_pid(o)):
+        o.services.UpdateService(service_pb2.UpdateServiceRequest(service=spec), metadata=o.auth)
+        lock.enter_context(_store_locked(o.runed.data_dir))
+
+
+def _replaced(o: Orch, old: dict[str, Any], tag: str) -> None:
+    """After a restart: the update's instance runs once, its record saved this time."""
+    inst = _stays_one_copy(o, old["service"], tag)
+    assert inst["id"] != old["id"] and inst["env"].get("VERSION") == "2"
+
+
 def test_a_new_instance_whose_record_was_never_saved_runs_once(runed_factory: RunedFactory, tmp_path: Path) -> None:
     """A rolling update's new instance started, its record not saved: the next controller ends that
     start (no record names it) and the update starts a new instance, once."""
@@ -187,20 +203,39 @@ def test_a_new_instance_whose_record_was_never_saved_runs_once(runed_factory: Ru
     tag = f"unsaved-{uuid.uuid4().hex}"
     o.cast("unsaved", o.program("sleeper", SLEEPER), tag)
     (old,) = eventually(lambda: o.running("unsaved", 1), timeout=30)
-    spec = o.services.GetService(service_pb2.GetServiceRequest(name="unsaved"), metadata=o.auth).service
-    spec.env["VERSION"] = "2"
     with ExitStack() as lock:
-        # The update is saved; then the controller's writes wait: the old instance is stopped and
-        # forgotten, the new one started, and none of it reaches the store.
-        with _stopped(_controller_pid(o)):
-            o.services.UpdateService(service_pb2.UpdateServiceRequest(service=spec), metadata=o.auth)
-            lock.enter_context(_store_locked(o.runed.data_dir))
+        _update_unsaved(o, old, lock)
         orphan = eventually(lambda: _started(tag, old["pid"]), timeout=60, what="the new instance started")
         _kill_runed(o)
     assert [i["id"] for i in o.instances("unsaved")] == [old["id"]], "the new instance's record was not saved"
     _restart(o, runed_factory)
-    inst = _stays_one_copy(o, "unsaved", tag)
-    assert not alive(orphan) and inst["id"] != old["id"] and inst["env"].get("VERSION") == "2"
+    _replaced(o, old, tag)
+    assert not alive(orphan)
+
+
+def test_a_new_instance_never_saved_nor_forked_yet_never_runs(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    """As above, with its shim still to be forked by a zygote held up: forked after the next controller
+    ended that start, the shim finds nothing to run."""
+    o = _slow_lease(runed_factory, tmp_path)
+    tag = f"unforked-{uuid.uuid4().hex}"
+    o.cast("unforked", o.program("sleeper", SLEEPER), tag)
+    (old,) = eventually(lambda: o.running("unforked", 1), timeout=30)
+    instances = o.runed.data_dir / "instances"
+    with _stopped(_zygote(o, old)):
+        with ExitStack() as lock:
+            _update_unsaved(o, old, lock)
+
+            def asked() -> Path:
+                found = [p.parent for p in instances.glob("*/launch.json") if p.parent.name != old["id"]]
+                assert len(found) == 1, found
+                return found[0]
+
+            orphan = eventually(asked, timeout=60, what="the new instance's start asked for")
+            _kill_runed(o)
+        # Ready means adopted: the zygote forks the shim only after the new controller looked.
+        _restart(o, runed_factory)
+    _replaced(o, old, tag)
+    assert not orphan.exists(), "the unsaved start's directory is removed"
 
 
 def test_a_restart_whose_record_was_never_saved_is_taken_over(runed_factory: RunedFactory, tmp_path: Path) -> None:
