@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import gc
 import os
+
+# Every instance's last step before exec sets its open-files limit (``shim._exec_child``): loaded
+# here once, shared by every shim, instead of from disk in each of them (≈0.4 ms of a start).
+import resource  # noqa: F401
 import select
 import sys
 
