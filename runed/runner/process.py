@@ -391,6 +391,13 @@ class ProcessRunner:
                 why = f"shim died (pid {handle.shim_pid}) without recording how its process ended"
             return Observation("exited", handle, None, None, why)
         # No pid yet: the shim is still starting, unless it died or took too long.
+        if handle.attempt and not self._shim_alive(directory, handle):
+            # The answer may name a shim that found the start claimed by another: a request that
+            # seemed to fail, sent again, can be forked twice. The claim names the one that runs it.
+            claim = _read_json(directory / claim_name(handle.attempt)) or {}
+            claimer = int(claim.get("shim_pid") or 0)
+            if claimer and claimer != handle.shim_pid:
+                handle = dataclasses.replace(handle, shim_pid=claimer, shim_start=claim.get("shim_start"))
         if not self._shim_alive(directory, handle):
             self._start_over(directory, handle)
             ex = _record(directory / EXIT_NAME, handle.attempt)

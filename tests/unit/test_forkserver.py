@@ -11,11 +11,12 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runed.runner.base import Handle, LaunchSpec, Observation
-from runed.runner.process import ProcessRunner
+from runed.runner.process import SPAWN_TIMEOUT_SECONDS, ProcessRunner, alive
 from tests.support import eventually
 
 SECRET = "s3cret-value-never-on-disk"
@@ -122,3 +123,46 @@ def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRu
     # The zygote still serves: the next start of that instance runs.
     h2 = runner.start(_spec(tmp_path, 1))
     assert _wait_running(runner, d1, h2).handle.attempt == h2.attempt != h1.attempt
+
+
+def test_a_claimed_start_stuck_before_its_program_is_killed_after_the_timeout(
+    runner: ProcessRunner, tmp_path: Path
+) -> None:
+    """A shim that claimed its start and never reports a pid is killed once the start is given up,
+    also by a controller started anew (nothing in memory: the claim names the shim)."""
+    d0, h0 = _start(runner, tmp_path, 0)
+    _wait_running(runner, d0, h0)
+    assert runner.forks is not None and runner.forks.proc is not None
+    zygote = runner.forks.proc.pid
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        d1, h1 = _start(runner, tmp_path, 1)
+        # Its shim claims the start, then blocks opening launch.json (a FIFO nobody writes to).
+        launch = d1 / "launch.json"
+        launch.unlink()
+        os.mkfifo(launch)
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    path = d1 / f"claim-{h1.attempt}.json"
+
+    def claimed() -> dict[str, Any]:
+        assert path.exists()
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    claim = eventually(claimed, timeout=10, what="the start claimed")
+    shim = int(claim["shim_pid"])
+    fresh = ProcessRunner(fork=False)
+    adopted = Handle(attempt=h1.attempt)
+    # Claimed, its shim alive and its time not up: still starting, with the shim the claim names.
+    first = fresh.observe(d1, adopted)
+    assert (first.state, first.handle.shim_pid) == ("starting", shim)
+
+    def given_up() -> Observation:
+        obs = fresh.observe(d1, adopted)
+        assert obs.state == "exited", obs
+        return obs
+
+    obs = eventually(given_up, timeout=SPAWN_TIMEOUT_SECONDS + 10)
+    assert obs.error == "instance did not start in time"
+    eventually(lambda: not alive(shim, claim["shim_start"]), what="the shim killed")
