@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from runed.core import config
 from runed.secrets import envresolve
 from runed.secrets.access import secret_record
 from runed.secrets.crypto import SecretCrypto
+from runed.store.base import Record
 from runed.store.sqlite import SQLiteStore
 
 
@@ -58,6 +60,50 @@ def test_env_precedence_templates_and_stored_form(tmp_path: Path, store: SQLiteS
     src = envresolve.Sources(store, crypto, "default", True)
     back = {k: envresolve.TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v) for k, v in stored.items()}
     assert back == env
+
+
+@dataclass
+class Ahead:
+    """Records read in advance; reading any other one fails."""
+
+    records: dict[tuple[str, str, str], Record | None]
+
+    def get(self, kind: str, namespace: str, name: str) -> Record | None:
+        return self.records[(kind, namespace, name)]
+
+
+def test_a_resolution_reads_only_its_references_and_decodes_each_once(tmp_path: Path, store: SQLiteStore) -> None:
+    cfg = config.load({"data_dir": str(tmp_path)}, env={})
+    crypto = SecretCrypto(cfg, env={})
+    for ns, name in (("other", "db"), ("default", "tls")):
+        rec = secret_record(crypto, ns, name, type_="static", data={"K": ns}, version=1, created_at="", updated_at="")
+        store.put("secret", ns, name, rec)
+    store.put("configmap", "default", "cm", {"data": {"MODE": "fast"}})
+    store.put("configmap", "default", "files", {"data": {"a.conf": "a"}})
+    svc = service_pb2.Service(
+        name="app",
+        namespace="default",
+        env={"PW": "{{secret:db.other.rune/K}}", "C": "{{ configmap : cm/MODE }}"},
+        env_from=[service_pb2.EnvFromSource(secret_name="tls", prefix="T_")],
+        secret_mounts=[service_pb2.SecretMount(name="certs", mount_path="/certs", secret_name="tls")],
+        configmap_mounts=[service_pb2.ConfigmapMount(name="files", mount_path="/etc/app")],
+    )
+    refs = envresolve.references(svc)
+    assert refs == {("secret", "other", "db"), ("secret", "default", "tls"), ("configmap", "default", "cm")} | {
+        ("configmap", "default", "files")
+    }
+    ahead = Ahead({k: store.get(*k) for k in refs})
+    decoded: envresolve.Decoded = {}
+    kw = {"ports": {}, "reveal": True, "decoded": decoded}
+    env = envresolve.compute_env(ahead, crypto, svc, instance_id="i0", instance_name="app-0", **kw)  # type: ignore[arg-type]
+    assert env["PW"] == "other" and env["T_K"] == "default" and env["C"] == "fast"
+    files = envresolve.mount_files(ahead, crypto, svc, tmp_path / "m", decoded=decoded)
+    assert sorted(f.content for f in files) == [b"a", b"default"]
+    # The next instance of the pass finds everything decoded: it reads (and decrypts) nothing.
+    nothing = Ahead({})
+    again = envresolve.compute_env(nothing, crypto, svc, instance_id="i1", instance_name="app-1", **kw)  # type: ignore[arg-type]
+    assert again == {**env, "RUNE_INSTANCE_ID": "i1", "RUNE_INSTANCE_NAME": "app-1"}
+    assert len(envresolve.mount_files(nothing, crypto, svc, tmp_path / "m1", decoded=decoded)) == 2
 
 
 def test_missing_reference_is_a_resolve_error(tmp_path: Path, store: SQLiteStore) -> None:
