@@ -124,9 +124,8 @@ class Controller:
         if self.node is not None:
             self._adopt_legacy(self.node)
         for inst in self.book.all():
-            if inst.state in ACTIVE:
-                # What re-adopted instances run: their probes are started with it.
-                self.book.live(inst.key).service = specs.get((inst.namespace, inst.service))
+            # What re-adopted instances run (a start taken over too): their probes are started with it.
+            self.book.live(inst.key).service = specs.get((inst.namespace, inst.service))
         self.supervisor.adopt()
         watcher = asyncio.create_task(self._watch(since))
         await self.reconcile_all()
@@ -188,14 +187,14 @@ class Controller:
 
     def _load(self) -> tuple[int, dict[Key, service_pb2.Service]]:
         """What the controller keeps in memory, read at start-up (one unit of store work); returns the
-        revision to watch from and the specs of the services whose instances may still run."""
+        revision to watch from and the specs of the services of the instances."""
         since = self.store.current_revision()
         self.book.load()
         if self.node is not None:
             self.node.load()
         self.status.load()
         specs: dict[Key, service_pb2.Service] = {}
-        for skey in {(i.namespace, i.service) for i in self.book.all() if i.state in ACTIVE}:
+        for skey in {(i.namespace, i.service) for i in self.book.all()}:
             rec = self.store.get(objects.SERVICE, *skey)
             if rec is not None:
                 specs[skey] = objects.service_from_record(rec)
