@@ -1,13 +1,16 @@
-"""runed kill -9 and restart: live instances are re-adopted (no duplicates), dead ones restarted per policy."""
+"""runed kill -9 and restart: live instances are re-adopted (no duplicates), dead ones restarted per
+policy, and probes go on with the spec and environment the instances run with."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
-from rune.api import common_pb2
+from rune.api import common_pb2, configmap_pb2, configmap_pb2_grpc
 from tests.harness import RunedFactory
 from tests.integration.orch import SERVER, Orch
 from tests.support import alive, eventually
@@ -56,6 +59,51 @@ def test_kill9_restart_readopts_without_duplicates(own_orch: Orch, runed_factory
     eventually(lambda: sum(1 for line in log.read_text().splitlines() if json.loads(line)["line"] == "started") == 2)
     seqs = [json.loads(line)["seq"] for line in log.read_text().splitlines()]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_an_adopted_instance_s_exec_probe_runs_with_its_environment(
+    own_orch: Orch, runed_factory: RunedFactory
+) -> None:
+    configmap_pb2_grpc.ConfigmapServiceStub(own_orch.runed.channel()).CreateConfigmap(
+        configmap_pb2.CreateConfigmapRequest(
+            configmap=configmap_pb2.Configmap(name="conf", namespace="default", data={"token": "t1"})
+        ),
+        metadata=own_orch.auth,
+    )
+    # Ready while the instance's environment has the configmap's value and the file "go" exists.
+    check = "import os, sys; sys.exit(0 if os.environ.get('TOKEN') == 't1' and os.path.exists('go') else 1)"
+    probe = common_pb2.Probe(
+        type=common_pb2.PROBE_TYPE_COMMAND, command=[sys.executable, "-c", check], period_seconds=1
+    )
+    own_orch.cast(
+        "exe",
+        own_orch.program("server", SERVER),
+        ports=[common_pb2.ServicePort(name="http", port=80)],
+        env={"TOKEN": "{{configmap:conf/token}}"},
+        health=common_pb2.HealthCheck(readiness=probe),
+    )
+
+    def ready(want: bool) -> dict[str, Any]:
+        inst = own_orch.one("exe")
+        assert inst["state"] == "RUNNING" and inst["ready"] is want, (inst["state"], inst["ready"])
+        return inst
+
+    inst = eventually(lambda: ready(False), timeout=20)
+    go = Path(str(inst["workdir"])) / "go"
+    go.write_text("1")
+    eventually(lambda: ready(True), timeout=20)
+    first = own_orch.runed
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    go.unlink()
+    own_orch.runed = runed_factory(first.data_dir, args=first.args)
+    # Re-adopted, its probe runs again (not ready without the file), with the resolved environment
+    # (ready again with it): the environment was resolved anew for the probe after the restart.
+    eventually(lambda: ready(False), timeout=20)
+    go.write_text("1")
+    after = eventually(lambda: ready(True), timeout=20)
+    assert after["pid"] == inst["pid"] and after["restart_count"] == 0, "re-adopted, not restarted"
 
 
 def _cmdline(p: Path) -> str:
