@@ -88,7 +88,9 @@ async def serve(
     beating = asyncio.create_task(heart.run(stop))
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(nofile=raise_open_files_limit()),
+        "process": ProcessRunner(
+            nofile=raise_open_files_limit(), spawn_timeout=config.controller.spawn_timeout_seconds
+        ),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
     view = NodeView(store, config.node, config.data_path)

@@ -170,9 +170,13 @@ class ProcessRunner:
 
     name = "process"
 
-    def __init__(self, nofile: int | None = None, *, fork: bool = True) -> None:
+    def __init__(
+        self, nofile: int | None = None, *, fork: bool = True, spawn_timeout: float = SPAWN_TIMEOUT_SECONDS
+    ) -> None:
         # The soft limit on open files instances start with (None: this process's own).
         self.nofile = nofile
+        # How long a start may go unclaimed by its shim before it is given up (and fenced).
+        self.spawn_timeout = spawn_timeout
         # Shims are forked by a zygote (cheap starts, shared memory); without one, each shim is an
         # interpreter of its own (also the fallback when no zygote can be started).
         self.forks = ForkServer() if fork else None
@@ -410,7 +414,7 @@ class ProcessRunner:
         # Timed from the request here, else (a shim a controller before this one started) from launch.json.
         started = self._spawned_at.get(handle.shim_pid)
         age = time.monotonic() - started if started is not None else _launch_age(directory)
-        if age > SPAWN_TIMEOUT_SECONDS:
+        if age > self.spawn_timeout:
             self._start_over(directory, handle)
             self._give_up(directory, handle)
             return Observation("exited", handle, None, None, "instance did not start in time")
@@ -419,7 +423,7 @@ class ProcessRunner:
     def _unanswered(self, directory: Path, handle: Handle) -> Handle | Observation:
         """A start whose shim is not known here: the zygote has not answered yet, or answered a
         controller before this one (killed after asking). Its claim names the shim; without one the
-        start is still to come, until :data:`SPAWN_TIMEOUT_SECONDS` after it was asked for: then it
+        start is still to come, until ``spawn_timeout`` after it was asked for: then it
         is fenced, so a shim forked later (a zygote held up) runs nothing, and it counts as failed."""
         key = str(directory)
         if handle.attempt:
@@ -436,7 +440,7 @@ class ProcessRunner:
             return handle  # a start from before attempts: its pid record and its shim tell
         since = self._requested.get(key)
         age = time.monotonic() - since if since is not None else _launch_age(directory)
-        if age <= SPAWN_TIMEOUT_SECONDS:
+        if age <= self.spawn_timeout:
             return Observation("starting", handle)
         if handle.attempt and not fence(directory, handle.attempt):
             return self._unanswered(directory, handle)  # claimed meanwhile: its shim decides
@@ -621,7 +625,7 @@ class ProcessRunner:
                     self._drop_request(directory, obs.handle)
                     return Observation("exited", obs.handle, None, None, "stopped before it started")
                 obs = self.observe(directory, obs.handle)
-            deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
+            deadline = time.monotonic() + self.spawn_timeout
             while obs.state == "starting" and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
                 obs = self.observe(directory, obs.handle)

@@ -323,6 +323,7 @@ def _controller(f: _Found, cfg: Config) -> None:
     for name in ("stop_grace_seconds", "log_backups", "restart_backoff_reset_seconds", "log_min_free_bytes"):
         f.not_negative(f"controller.{name}", getattr(ctl, name))
     f.between("controller.lease_seconds", ctl.lease_seconds, 1, 3600)
+    f.between("controller.spawn_timeout_seconds", ctl.spawn_timeout_seconds, 1, 3600)
     for i, path in enumerate(ctl.host_mount_paths):
         if not path.startswith("/"):
             f.add(f"controller.host_mount_paths[{i}]", f"must be an absolute path, got {path!r}")

@@ -206,6 +206,9 @@ class ControllerConfig:
     # Controllers sharing a store elect one leader: it renews within a third of this, steps down
     # after three quarters of it without a renewal, and a standby takes over after all of it.
     lease_seconds: float = 10.0
+    # A start whose shim has not claimed it this long after it was asked for (the zygote held up,
+    # the machine overloaded) is given up and fenced, so its shim runs nothing if it comes later.
+    spawn_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
