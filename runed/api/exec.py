@@ -240,9 +240,7 @@ async def StreamExec(requests: AsyncIterator[exec_pb2.ExecRequest], ctx: CallCon
     slots = SessionSlots(ctx.deps.config.data_path / "instances", cfg.max_sessions_per_instance)
     slot = slots.acquire(rec.name)
     if slot is None:
-        raise errors.ResourceExhausted(
-            f"too many exec sessions on instance {rec.name} (limit {cfg.max_sessions_per_instance})", retry_after=1.0
-        )
+        raise errors.exec_session_limit(rec.name, ns, cfg.max_sessions_per_instance)
     proc: ExecProcess | DockerExec | None = None
     pump: asyncio.Task[None] | None = None
     ender: asyncio.Task[str] | None = None

@@ -3,8 +3,9 @@
 Authorization has run on the API host: the node is asked with a short-lived node token (see
 :mod:`runed.auth.nodetoken`) for that one node, carrying the caller's name for the node's audit.
 Requests and responses pass through unchanged, both ways. A node that cannot be reached (or that
-refuses the cluster's token) is UNAVAILABLE naming the node; the node's own answers (NOT_FOUND,
-FAILED_PRECONDITION, RESOURCE_EXHAUSTED ...) keep their code and message.
+refuses the cluster's token) is UNAVAILABLE naming the node (``node`` in its ErrorInfo metadata);
+the node's own answers (NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED ...) reach the client as
+the node gave them: code, message, ErrorInfo reason and metadata, field violations, retry delay.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 
 from runed.core import errors
 from runed.core.config.schema import NodeConfig
 from runed.model.nodes import NODE, SCOPE, Node, local_node_id
+from runed.pipeline import status
 from runed.pipeline.context import CallContext
 from runed.store.base import Record, Store, iter_all
 
@@ -26,20 +30,23 @@ NODE_TRANSPORT = "node"
 # Instance records written before nodes existed: run by the host whose data dir holds them.
 LEGACY_NODES = ("", "local")
 
-_CODES: dict[grpc.StatusCode, type[errors.RuneError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidArgument,
-        errors.PermissionDenied,
-        errors.NotFound,
-        errors.AlreadyExists,
-        errors.Conflict,
-        errors.FailedPrecondition,
-        errors.ResourceExhausted,
-        errors.Unimplemented,
-        errors.Cancelled,
+# The trailer in which a gRPC server sends its rich status (google.rpc.Status, serialised).
+STATUS_DETAILS = "grpc-status-details-bin"
+# Codes a node answers with itself, also when its status has no details (an unknown method, a
+# cancelled call); the others (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL ...) without them are the transport's.
+_ANSWERS = frozenset(
+    (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.CANCELLED,
     )
-}
+)
 # One channel per node address and event loop (grpc.aio channels belong to the loop that made them).
 _channels: dict[tuple[int, str], grpc.aio.Channel] = {}
 
@@ -84,10 +91,15 @@ def remote_nodes(store: Store, exclude: str | None) -> list[str]:
 def _target(store: Store, node: str) -> str:
     rec = store.get(NODE, SCOPE, node)
     if rec is None:
-        raise errors.Unavailable(f"node {node} is not registered: its instances cannot be reached")
+        raise errors.Unavailable(
+            f"node {node} is not registered: its instances cannot be reached", metadata={"node": node}
+        )
     n = Node.from_record(rec.name, rec.data)
     if not n.address or not n.channel_port:
-        raise errors.Unavailable(f"node {node} has not published its node channel: its instances cannot be reached")
+        raise errors.Unavailable(
+            f"node {node} has not published its node channel: its instances cannot be reached",
+            metadata={"node": node},
+        )
     host = f"[{n.address}]" if ":" in n.address else n.address
     return f"{host}:{n.channel_port}"
 
@@ -102,15 +114,30 @@ def _channel(target: str) -> grpc.aio.Channel:
     return ch
 
 
+def _node_status(e: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    for key, value in e.trailing_metadata() or ():
+        if key == STATUS_DETAILS and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+    return None
+
+
 def _error(node: str, target: str, e: grpc.aio.AioRpcError) -> errors.RuneError:
+    """A node's error for the client: its own answer as it gave it, else UNAVAILABLE naming the node."""
     code = e.code()
     details = e.details() or str(code.name)
-    cls = _CODES.get(code)
-    if cls is not None:
-        return cls(details)
+    st = _node_status(e)
+    own = status.error_of_status(st) if st is not None and st.code == code.value[0] else None
+    if own is not None and code != grpc.StatusCode.UNAUTHENTICATED:
+        return own
+    about = {"node": node}
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return errors.Unavailable(f"node {node} ({target}) refused the control plane: {details}")
-    return errors.Unavailable(f"node {node} ({target}) is unreachable: {details}")
+        return errors.Unavailable(f"node {node} ({target}) refused the control plane: {details}", metadata=about)
+    if code in _ANSWERS:
+        return errors.received(code, details)
+    return errors.Unavailable(f"node {node} ({target}) is unreachable: {details}", metadata=about)
 
 
 async def stream(

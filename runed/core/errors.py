@@ -310,6 +310,60 @@ def rate_limited(retry_after: float) -> ResourceExhausted:
     )
 
 
+def exec_session_limit(instance: str, namespace: str, limit: int) -> ResourceExhausted:
+    """An instance already has ``exec.max_sessions_per_instance`` sessions; reason EXEC_SESSION_LIMIT."""
+    return ResourceExhausted(
+        f"too many exec sessions on instance {instance} (limit {limit})",
+        retry_after=1.0,
+        reason="EXEC_SESSION_LIMIT",
+        metadata={**_about("instance", instance, namespace), "limit": str(limit)},
+    )
+
+
+# The class an error received with a code is rebuilt as (see :func:`received`).
+BY_CODE: dict[grpc.StatusCode, type[RuneError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        AlreadyExists,
+        Conflict,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        Unimplemented,
+        DeadlineExceeded,
+        Cancelled,
+        Internal,
+    )
+}
+
+
+def received(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str = "",
+    metadata: Mapping[str, str] | None = None,
+    violations: list[FieldViolation] | None = None,
+    retry_after: float | None = None,
+) -> RuneError:
+    """An error another runed answered (a node, over the node channel), as that runed's client would see it.
+
+    The class of its code, with its reason, metadata and violations exactly as sent: no default of
+    this host's replaces them (an InvalidArgument keeps the ``fields`` the sender listed).
+    """
+    cls = BY_CODE.get(code, Internal)
+    err = cls(message, retry_after=retry_after, reason=reason or cls.reason, metadata=metadata)
+    err.violations = list(violations or [])
+    if cls is Internal and code != grpc.StatusCode.INTERNAL:
+        # A code no class carries (OUT_OF_RANGE, DATA_LOSS, ...) keeps it.
+        err.code = code
+    return err
+
+
 class FatalStartError(Exception):
     """A role cannot start because of its configuration or environment: restarting it cannot help.
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from websockets.sync.client import connect
 
 from rune.api import (
@@ -352,6 +354,66 @@ def test_a_node_refuses_what_is_not_from_the_control_plane(cluster: Cluster) -> 
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def rich_error(e: grpc.RpcError) -> tuple[grpc.StatusCode, str, str, dict[str, str], float | None]:
+    """A runed error's code, message, ErrorInfo reason and metadata, and RetryInfo delay (from its trailer)."""
+    assert isinstance(e, grpc.Call)
+    st = rpc_status.from_call(e)
+    assert st is not None, (e.code(), e.details())
+    info, retry = error_details_pb2.ErrorInfo(), None
+    assert st.details[0].Unpack(info) and info.domain == "rune.api"
+    for d in st.details[1:]:
+        ri = error_details_pb2.RetryInfo()
+        if d.Unpack(ri):
+            retry = ri.retry_delay.ToNanoseconds() / 1e9
+    return e.code(), st.message, info.reason, dict(info.metadata), retry
+
+
+def test_a_node_s_own_error_reaches_the_client_with_its_details(cluster: Cluster) -> None:
+    # Only the node counts an instance's exec sessions: it alone refuses one over the limit.
+    inst = on_node(cluster, "n1")
+    key = load_server_key(cluster.apis[0].data_dir)
+    held: list[tuple[grpc.Call, queue.Queue[exec_pb2.ExecRequest | None]]] = []
+    init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["sleep", "60"])
+    with grpc.insecure_channel(cluster.channel_of("n1")) as ch:
+        node = exec_pb2_grpc.ExecServiceStub(ch)
+        md = [("authorization", f"Bearer {nodetoken.mint(key, 'n1', 'root', lifetime=300)}")]
+        try:
+            for _ in range(8):  # exec.max_sessions_per_instance
+                q: queue.Queue[exec_pb2.ExecRequest | None] = queue.Queue()
+                q.put(exec_pb2.ExecRequest(init=init))
+                call = node.StreamExec(iter(q.get, None), metadata=md, timeout=60)
+                assert next(call).WhichOneof("response") == "status"  # connected: it holds a slot
+                held.append((call, q))  # type: ignore[arg-type]
+            with pytest.raises(grpc.RpcError) as e:
+                exec_call(node, md, init)
+            own = rich_error(e.value)
+            assert own[:4] == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many exec sessions on instance {inst.id} (limit 8)",
+                "EXEC_SESSION_LIMIT",
+                {"kind": "instance", "name": inst.id, "namespace": "default", "limit": "8"},
+            )
+            assert own[4] == 1.0
+            # Through an API host: the same code, message, reason, metadata and retry delay.
+            api = exec_pb2_grpc.ExecServiceStub(cluster.apis[1].channel())
+            with pytest.raises(grpc.RpcError) as e:
+                exec_call(api, cluster.auth, init)
+            assert rich_error(e.value) == own
+            # And as the WebSocket's error frame (REST renders the same status).
+            url = f"ws://{cluster.apis[0].address('rest')}/v1/namespaces/default/exec/instance/{inst.id}/ws"
+            with connect(url, additional_headers={"authorization": f"Bearer {cluster.token}"}) as ws:
+                ws.send(json.dumps({"command": ["true"]}))
+                frame = json.loads(ws.recv(timeout=20))
+            err = frame["error"]
+            info = next(d for d in err["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+            assert (err["message"], info["reason"], info["metadata"]) == (own[1], own[2], own[3]), err
+            assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in err["details"]), err
+        finally:
+            for call, q in held:
+                call.cancel()
+                q.put(None)
+
+
 def test_an_unreachable_node_is_unavailable_naming_it(cluster: Cluster) -> None:
     inst = on_node(cluster, "n2")
     # The node's runed alone: its instance runs on, and its record still says RUNNING on n2.
@@ -363,5 +425,6 @@ def test_an_unreachable_node_is_unavailable_naming_it(cluster: Cluster) -> None:
     init = exec_pb2.ExecInitRequest(instance_id=inst.id, command=["true"])
     with pytest.raises(grpc.RpcError) as e:
         exec_call(stub, cluster.auth, init)
-    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "node n2" in (e.value.details() or "")
+    code, message, reason, metadata, _ = rich_error(e.value)
+    assert code == grpc.StatusCode.UNAVAILABLE and "node n2" in message
+    assert (reason, metadata) == ("UNAVAILABLE", {"node": "n2"})
