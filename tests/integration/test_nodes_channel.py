@@ -408,6 +408,13 @@ def test_a_node_s_own_error_reaches_the_client_with_its_details(cluster: Cluster
             info = next(d for d in err["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
             assert (err["message"], info["reason"], info["metadata"]) == (own[1], own[2], own[3]), err
             assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in err["details"]), err
+            # And as a REST session's start: HTTP 429 with Retry-After and the same body.
+            headers = {"authorization": f"Bearer {cluster.token}"}
+            with httpx.Client(base_url=cluster.apis[1].http_base, timeout=30, headers=headers) as client:
+                r = client.post(f"/v1/namespaces/default/exec/instance/{inst.id}", json={"command": ["true"]})
+            assert (r.status_code, r.headers.get("retry-after")) == (429, "1"), r.text
+            info = next(d for d in r.json()["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+            assert (r.json()["message"], info["reason"], info["metadata"]) == (own[1], own[2], own[3]), r.text
         finally:
             for call, q in held:
                 call.cancel()
