@@ -38,9 +38,9 @@ from rune.api import (
     service_pb2,
     service_pb2_grpc,
 )
-from tests.harness import RunedFactory
+from tests.harness import Runed, RunedFactory
 from tests.pgsupport import lock_waiters, pg_database, pg_url  # noqa: F401  (fixtures)
-from tests.support import bootstrap_metadata, eventually
+from tests.support import Metadata, bootstrap_metadata, eventually
 
 SERVER = textwrap.dedent(
     """
@@ -101,19 +101,26 @@ def _probed(script: Path, hits: Path, fail: Path) -> service_pb2.Service:
     )
 
 
+def _probed_host(runed_factory: RunedFactory, tmp_path: Path, url: str) -> tuple[Runed, Metadata]:
+    """A runed on ``url`` running the probed server (its hits in ``hits``, failing once ``fail`` exists)."""
+    host = runed_factory(tmp_path / "data", args=["--store-url", url], env=ENV, timeout=90)
+    auth = bootstrap_metadata(host.channel())
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    service_pb2_grpc.ServiceServiceStub(host.channel()).CreateService(
+        service_pb2.CreateServiceRequest(service=_probed(script, tmp_path / "hits", tmp_path / "fail")),
+        metadata=auth,
+    )
+    return host, auth
+
+
 def test_probes_go_on_while_a_controller_write_waits_on_a_lock(
     runed_factory: RunedFactory,
     tmp_path: Path,
     pg_url: str,  # noqa: F811
 ) -> None:
-    host = runed_factory(tmp_path / "data", args=["--store-url", pg_url], env=ENV, timeout=90)
-    auth = bootstrap_metadata(host.channel())
-    script = tmp_path / "server.py"
-    script.write_text(SERVER)
+    _probed_host(runed_factory, tmp_path, pg_url)
     hits, fail = tmp_path / "hits", tmp_path / "fail"
-    service_pb2_grpc.ServiceServiceStub(host.channel()).CreateService(
-        service_pb2.CreateServiceRequest(service=_probed(script, hits, fail)), metadata=auth
-    )
     with (
         psycopg.connect(pg_url) as locker,
         psycopg.connect(pg_url, autocommit=True) as observer,
@@ -140,15 +147,9 @@ def test_probes_go_on_while_a_start_waits_to_read_the_store(
     tmp_path: Path,
     pg_url: str,  # noqa: F811
 ) -> None:
-    host = runed_factory(tmp_path / "data", args=["--store-url", pg_url], env=ENV, timeout=90)
-    auth = bootstrap_metadata(host.channel())
-    script = tmp_path / "server.py"
-    script.write_text(SERVER)
+    host, auth = _probed_host(runed_factory, tmp_path, pg_url)
     hits = tmp_path / "hits"
     services = service_pb2_grpc.ServiceServiceStub(host.channel())
-    services.CreateService(
-        service_pb2.CreateServiceRequest(service=_probed(script, hits, tmp_path / "fail")), metadata=auth
-    )
     # What its start reads: its service, a configmap of its environment.
     configmap_pb2_grpc.ConfigmapServiceStub(host.channel()).CreateConfigmap(
         configmap_pb2.CreateConfigmapRequest(

@@ -98,13 +98,19 @@ def test_a_killed_zygote_is_replaced_and_its_shims_run_on(runner: ProcessRunner,
     assert second.handle.shim_pid != first.handle.shim_pid
 
 
-def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRunner, tmp_path: Path) -> None:
-    """The zygote held up with the request: the stop fences the start, and the shim forked later runs nothing."""
+def _held_zygote(runner: ProcessRunner, tmp_path: Path) -> int:
+    """The runner's zygote (there once an instance ran), stopped: the next start's shim is not forked."""
     d0, h0 = _start(runner, tmp_path, 0)
     _wait_running(runner, d0, h0)
     assert runner.forks is not None and runner.forks.proc is not None
     zygote = runner.forks.proc.pid
     os.kill(zygote, signal.SIGSTOP)
+    return zygote
+
+
+def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRunner, tmp_path: Path) -> None:
+    """The zygote held up with the request: the stop fences the start, and the shim forked later runs nothing."""
+    zygote = _held_zygote(runner, tmp_path)
     try:
         d1, h1 = _start(runner, tmp_path, 1)
         assert runner.observe(d1, h1).state == "starting"
@@ -114,6 +120,7 @@ def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRu
         os.kill(zygote, signal.SIGCONT)
     # The zygote forks the shim now: it finds the start fenced and runs nothing.
     time.sleep(1.0)
+    assert runner.forks is not None
     runner.forks.collect()
     assert runner.forks.forked == {}, "the answer nobody waits for is dropped"
     claim = json.loads((d1 / f"claim-{h1.attempt}.json").read_text())
@@ -130,11 +137,7 @@ def test_a_claimed_start_stuck_before_its_program_is_killed_after_the_timeout(
 ) -> None:
     """A shim that claimed its start and never reports a pid is killed once the start is given up,
     also by a controller started anew (nothing in memory: the claim names the shim)."""
-    d0, h0 = _start(runner, tmp_path, 0)
-    _wait_running(runner, d0, h0)
-    assert runner.forks is not None and runner.forks.proc is not None
-    zygote = runner.forks.proc.pid
-    os.kill(zygote, signal.SIGSTOP)
+    zygote = _held_zygote(runner, tmp_path)
     try:
         d1, h1 = _start(runner, tmp_path, 1)
         # Its shim claims the start, then blocks opening launch.json (a FIFO nobody writes to).
