@@ -108,6 +108,8 @@ class Cluster:
             scale=1,
             runtime="process",
             process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script)]),
+            # Any free port: the server runs until stopped (without PORT it exits at once, crash-looping).
+            env={"PORT": "0"},
         )
         self.services(host).CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
 
