@@ -31,6 +31,7 @@ from runed.runner.shim import (
     claim_name,
     create_exclusive,
     proc_start_time,
+    proc_stat,
     write_json_atomic,
 )
 
@@ -73,17 +74,11 @@ def _children(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except (OSError, ValueError):
         pass
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = raw[raw.rfind(")") + 2 :].split()
-            if len(fields) > 1 and fields[1] == str(pid):
-                out.append(int(entry.name))
-    return out
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and proc_stat(int(entry.name))[1:2] == [str(pid)]
+    ]
 
 
 def kill_shim(pid: int, start: int | None) -> None:

@@ -207,19 +207,26 @@ class Reserved:
 
 
 # -- processes -----------------------------------------------------------------------------------
-def proc_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone.
-
-    A pid alone can be reused after the process dies; pid plus start time cannot.
-    """
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first, then the parent's pid,
+    ...; field 22, the start time, is index 19); empty when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             raw = f.read()
     except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if fields and fields[0] == "Z":
-        return None  # a zombie is as good as gone
+        return []
+    # The command name may hold spaces and parentheses: the fields start after its last ")".
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def proc_start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, None if gone (``zombie``: a zombie is not gone).
+
+    A pid alone can be reused after the process dies; pid plus start time cannot.
+    """
+    fields = proc_stat(pid)
+    if not fields or (fields[0] == "Z" and not zombie):
+        return None  # a zombie is as good as gone, unless it is still ours to reap
     try:
         return int(fields[19])
     except (IndexError, ValueError):

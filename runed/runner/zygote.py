@@ -83,16 +83,6 @@ def send_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (as :func:`shim.proc_start_time`, but also of a zombie: it is still ours)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            raw = f.read()
-        return int(raw[raw.rfind(")") + 2 :].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
     """In the forked child: detach (new session, own descriptors) and run the shim; never returns."""
     code = 1
@@ -135,7 +125,7 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     pid = os.fork()
     if pid == 0:
         _become_shim(directory, {str(k): str(v) for k, v in env.items()}, attempt)
-    return {"pid": pid, "start": _start_time(pid)}
+    return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
 
 
 def _reap() -> None:
