@@ -12,9 +12,10 @@ then records how it ended in ``exit.json``.
 One shim runs per instance, so its size is the per-instance cost of supervision. It runs as
 ``python -I -S`` and imports only what the interpreter has built in or loads as small C modules
 (``os``, ``select``, ``_json``, ``_signal``): no ``site``, ``json`` (``re``), ``signal`` (``enum``),
-``subprocess`` (``threading``), ``selectors``, ``pathlib`` or ``datetime``. That keeps a shim at
-≈2.9 MB PSS instead of ≈6.6 MB (bench/README.md). It sleeps in ``poll`` until the instance writes
-or ends (a pidfd), so an idle shim costs no CPU.
+``subprocess`` (``threading``), ``selectors``, ``pathlib`` or ``datetime``. That keeps a shim started
+as its own interpreter at ≈2.9 MB PSS instead of ≈6.6 MB, and a forked one under 1 MB
+(bench/README.md). It sleeps in ``poll`` until the instance writes or ends (a pidfd), so an idle
+shim costs no CPU.
 """
 
 from __future__ import annotations
@@ -395,74 +396,82 @@ class LogWriter:
 
 
 # -- the instance ----------------------------------------------------------------------------------
-def _exec_child(spec: dict[str, Any], env: dict[str, str], out_w: int, err_w: int, report: int) -> None:
-    """In the forked child: become the instance (what subprocess.Popen did for the shim), never return.
-
-    A failure before exec is written to ``report`` (close-on-exec: an exec that succeeds closes it
-    empty) and ends the child with 127.
-    """
-    try:
-        # Blocked by the shim, not by the instance.
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {DISCARD_SIGNAL})
-        # Ignored by the shim, default for the instance; Python also ignores SIGPIPE and SIGXFSZ.
-        for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
-            _signal.signal(sig, _signal.SIG_DFL)
-        os.setpgid(0, 0)
-        if spec.get("rlimit_as") or spec.get("nofile"):
-            import resource  # only here (the child execs right after), and while still privileged to read it
-
-            if spec.get("rlimit_as"):
-                limit = int(spec["rlimit_as"])
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            if spec.get("nofile"):
-                # The limit runed was started with (the controller raised its own for its pidfds).
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(spec["nofile"]), hard), hard))
-        if spec.get("cwd"):
-            os.chdir(spec["cwd"])
-        # The shim runs with runed's private umask; the instance gets the one runed inherited.
-        umask = int(spec.get("umask", -1))
-        if umask >= 0:
-            os.umask(umask)
-        # In the order subprocess uses: groups, then the group, then the user (last: it drops the right).
-        uid, gid = spec.get("uid"), spec.get("gid")
-        if gid is not None:
-            os.setgroups([])
-            os.setregid(gid, gid)
-        if uid is not None:
-            os.setreuid(uid, uid)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        # Nothing else of the shim's reaches the instance.
-        os.closerange(3, report)
-        os.closerange(report + 1, os.sysconf("SC_OPEN_MAX"))
-        argv = [str(a) for a in spec["argv"]]
-        os.execvpe(argv[0], argv, env)
-    except BaseException as e:
-        try:
-            os.write(report, str(e).encode("utf-8", errors="replace")[:4000] or b"failed")
-        finally:
-            os._exit(127)
-    os._exit(127)
+# A discard (DISCARD_SIGNAL) found pending while the signal had to be unblocked for a spawn.
+_discard_seen = False
 
 
 def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
-    """Fork and exec the instance in its own process group: (pid, stdout read end, stderr read end).
+    """Start the instance in its own process group: (pid, stdout read end, stderr read end).
 
-    Raises OSError with the child's reason when it cannot be started (no such program, bad cwd, …).
+    Through ``_posixsubprocess.fork_exec``, the C half of ``subprocess.Popen`` (whose module would
+    load ``threading``, ``selectors`` and ``signal`` into every shim), called as Popen calls it. On
+    Linux it starts the program with ``vfork`` (the child borrows this process's memory until it
+    execs) unless a ``preexec_fn`` is given: a fork from a shim that was itself forked from Python
+    copies its page tables and takes a copy-on-write fault for every page either side then writes,
+    ≈3 ms of CPU per start against ≈0.7 ms (bench/README.md). So what the instance needs that
+    fork_exec cannot set in the child is set on this process around the call, where fork and vfork
+    both pass it on: its signal dispositions and mask (the shim ignores SIGHUP and SIGINT and blocks
+    DISCARD_SIGNAL; the instance gets the defaults) and its open-files limit. Only a memory limit (a
+    hard RLIMIT_AS the shim must not take on itself) is set in a forked child.
+
+    Raises OSError with the reason when the program cannot be started (no such program, bad cwd, …).
     """
-    if not spec.get("argv") or not spec["argv"][0]:
+    global _discard_seen
+    import resource
+    from _posixsubprocess import fork_exec
+
+    argv = [str(a) for a in spec.get("argv") or ()]
+    if not argv or not argv[0]:
         raise OSError("no command")
+    memory = int(spec.get("rlimit_as") or 0)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env_list = []
+    for key, value in env.items():
+        if "=" in key:
+            raise ValueError(f"environment variable name {key!r} contains '='")
+        env_list.append(os.fsencode(key) + b"=" + os.fsencode(value))
+    program = os.fsencode(argv[0])
+    # As os.execvpe looks a name up (and Popen with it).
+    found = (os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env))
+    paths = (program,) if os.path.dirname(program) else tuple(found)
+    # Any: typeshed's stub wants a cwd and a preexec_fn; the C function takes None for either, as Popen passes.
+    cwd: Any = spec.get("cwd") or None
+    preexec: Any = limit_memory if memory else None
+    uid, gid = spec.get("uid"), spec.get("gid")
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     report_r, report_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        _exec_child(spec, env, out_w, err_w, report_w)
-    for fd in (out_w, err_w, report_w):
-        os.close(fd)
+    _discard_seen = _discard_seen or _discarded()
+    handlers = {sig: _signal.signal(sig, _signal.SIG_DFL) for sig in (_signal.SIGHUP, _signal.SIGINT)}
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {DISCARD_SIGNAL})
+    try:
+        if spec.get("nofile"):
+            # The limit runed was started with (the controller raised its own for its pidfds).
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(spec["nofile"]), nofile[1]), nofile[1]))
+        pid = fork_exec(
+            argv, paths, True, (report_w,), cwd, env_list,
+            null, -1, -1, out_w, -1, err_w, report_r, report_w,
+            True,  # restore_signals: SIGPIPE and SIGXFSZ, which Python ignores, back to their defaults
+            False, 0,  # no new session; a process group of its own
+            gid, [] if gid is not None else None, uid,  # groups, then the group, then the user (drops the right)
+            # The shim runs with runed's private umask; the instance gets the one runed inherited.
+            int(spec.get("umask", -1)),
+            preexec,
+            True,  # vfork where it can
+        )  # fmt: skip
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, {DISCARD_SIGNAL})
+        for sig, handler in handlers.items():
+            _signal.signal(sig, handler)
+        for fd in (null, out_w, err_w, report_w):
+            os.close(fd)
+    # "<exception name>:<hex errno>:<what>", nothing once the exec succeeded (as Popen reads it).
     failure = b""
     while chunk := os.read(report_r, 4096):
         failure += chunk
@@ -471,8 +480,22 @@ def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
         os.waitpid(pid, 0)
         os.close(out_r)
         os.close(err_r)
-        raise OSError(failure.decode("utf-8", errors="replace"))
+        raise OSError(_failure(failure, argv[0], cwd))
     return pid, out_r, err_r
+
+
+def _failure(report: bytes, program: str, cwd: str | None) -> str:
+    """The reason fork_exec's child reported, worded as Popen's exception would be."""
+    name, _, rest = report.decode("utf-8", errors="replace").partition(":")
+    number, _, what = rest.partition(":")
+    try:
+        errno = int(number, 16)
+    except ValueError:
+        return f"{name}: {rest}"[:4000]
+    if not errno:
+        return f"{name}: {what}"[:4000]
+    # "noexec": the child failed before exec, which means in chdir.
+    return f"[Errno {errno}] {os.strerror(errno)}: {cwd if what == 'noexec' else program!r}"
 
 
 def _pidfd(pid: int) -> int | None:
@@ -500,7 +523,7 @@ def _report(fd: int | None) -> None:
 
 def _discarded() -> bool:
     """Whether a stop told this shim its instance is being deleted (:data:`DISCARD_SIGNAL` is pending)."""
-    return DISCARD_SIGNAL in _signal.sigpending()
+    return _discard_seen or DISCARD_SIGNAL in _signal.sigpending()
 
 
 def _claim(directory: str, attempt: str) -> dict[str, Any] | None:
