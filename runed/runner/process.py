@@ -32,6 +32,7 @@ from runed.runner.shim import (
     create_exclusive,
     proc_start_time,
     proc_stat,
+    read_bytes,
     write_json_atomic,
 )
 
@@ -54,7 +55,7 @@ EXIT_RECORD_TIMEOUT_SECONDS = 10.0
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

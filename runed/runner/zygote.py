@@ -103,8 +103,7 @@ def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
         os.closerange(report + 1, os.sysconf("SC_OPEN_MAX"))
         try:
             # Shown by ps/top instead of the zygote's name.
-            with open("/proc/self/comm", "w") as f:
-                f.write("rune-shim")
+            shim.write_new("/proc/self/comm", b"rune-shim")
         except OSError:
             pass
         code = shim.run(directory, env, report, attempt)
