@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -167,16 +168,26 @@ class Instance:
 
     def copy(self) -> Instance:
         """A working copy: changes reach the record only through a save."""
-        return dataclasses.replace(
-            self,
-            env=dict(self.env),
-            ports=dict(self.ports),
-            probes=None if self.probes is None else dict(self.probes),
-        )
+        # copy.copy, not dataclasses.replace (which runs __init__ through every field: 8 µs against 2,
+        # several times per instance and pass).
+        dup = copy.copy(self)
+        dup.env, dup.ports = dict(self.env), dict(self.ports)
+        dup.probes = None if self.probes is None else dict(self.probes)
+        return dup
 
     @classmethod
-    def new(cls, svc: service_pb2.Service, namespace: str, generation: int, index: int, iid: str, d: Path) -> Instance:
-        """A fresh instance of ``svc`` at ``index`` (state NEW, not yet saved)."""
+    def new(
+        cls,
+        svc: service_pb2.Service,
+        namespace: str,
+        generation: int,
+        index: int,
+        iid: str,
+        d: Path,
+        spec_hash: str | None = None,
+    ) -> Instance:
+        """A fresh instance of ``svc`` at ``index`` (state NEW, not yet saved); ``spec_hash``: the
+        spec's :func:`objects.spec_hash` when already known (a pass knows it once per service)."""
         runner = "container" if svc.runtime == "container" else "process"
         return cls(
             namespace=namespace,
@@ -186,7 +197,7 @@ class Instance:
             name=f"{svc.name}-{index}",
             runner=runner,
             generation=generation,
-            spec_hash=objects.spec_hash(svc),
+            spec_hash=objects.spec_hash(svc) if spec_hash is None else spec_hash,
             log_dir=str(d),
             workdir=svc.process.working_dir or str(d / "work"),
             service_id=svc.id,

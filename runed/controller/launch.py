@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import json
 import os
@@ -52,8 +53,14 @@ def port_available(port: int) -> bool:
     return True
 
 
-def inherited_env() -> dict[str, str]:
+@functools.cache
+def _inherited_env() -> dict[str, str]:
     return {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+
+
+def inherited_env() -> dict[str, str]:
+    """What every instance gets of runed's own environment (read once: runed never changes its own)."""
+    return dict(_inherited_env())
 
 
 def port_key(p: common_pb2.ServicePort) -> str:

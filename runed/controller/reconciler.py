@@ -411,7 +411,7 @@ class Controller:
                 return f"waiting for dependency configmap {dns}/{dep.configmap}"
         return ""
 
-    def _new_instance(self, svc: service_pb2.Service, rec: Record, index: int) -> Instance:
+    def _new_instance(self, svc: service_pb2.Service, rec: Record, index: int, given: StartInput) -> Instance:
         iid = str(uuid.uuid4())
         inst = Instance.new(
             svc,
@@ -420,6 +420,7 @@ class Controller:
             index,
             iid,
             self.book.directory(iid),
+            given.spec_hash(svc),
         )
         inst.ports = new_ports(svc)
         if self.node is not None:
@@ -505,7 +506,7 @@ class Controller:
             holding = {x.index for x in items if x.retire} if svc.expose.host_port else set()
             for i in range(scale):
                 if i not in by_index and i not in holding and (here is None or i in here):
-                    sup.start(self._new_instance(svc, rec, i), reason="Starting", given=given)
+                    sup.start(self._new_instance(svc, rec, i, given), reason="Starting", given=given)
             # Rolling update: one index at a time; a surge instance must be ready before its old one goes.
             for i in sorted(by_index):
                 group = by_index[i]
@@ -519,7 +520,9 @@ class Controller:
                 rolling = True
                 if surge:
                     if not new:
-                        sup.start(self._new_instance(svc, rec, i), reason="Starting (rolling update)", given=given)
+                        sup.start(
+                            self._new_instance(svc, rec, i, given), reason="Starting (rolling update)", given=given
+                        )
                         break
                     if any(x.ready and x.state is RUNNING for x in new):
                         for x in old:

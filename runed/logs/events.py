@@ -30,6 +30,9 @@ _NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
 log = logging.getLogger("runed.logs.events")
 
 
+APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
 class EventWriter:
     """Appends event lines for instances, one writer process per instance (the controller owning it).
 
@@ -50,8 +53,6 @@ class EventWriter:
     def append(self, log_dir: Path, text: str) -> None:
         """Record one event; a failure is logged, never raised (events must not stop the controller)."""
         try:
-            if not log_dir.is_dir():
-                return  # deleted with its instance: nothing left to read it
             dropped = self.dropped.get(log_dir, 0)
             texts = [text]
             if dropped:
@@ -78,15 +79,25 @@ class EventWriter:
 
     def _append(self, log_dir: Path, texts: list[str]) -> bool:
         """Write event lines in one write; False (and nothing written) when the disk had no room."""
+        path = os.path.join(log_dir, EVENTS_NAME)
         seq = self._seq.get(log_dir)
         if seq is None:
             seq = files.last_seq(log_dir, EVENTS_NAME)
-        path = log_dir / EVENTS_NAME
+        # One open says both whether the instance's directory is still there and how big the file is.
         try:
-            if path.stat().st_size > MAX_BYTES:
-                os.replace(path, log_dir / f"{EVENTS_NAME}.1")
+            fd = os.open(path, APPEND, 0o644)
         except FileNotFoundError:
-            pass
+            return True  # deleted with its instance: nothing left to read it
+        try:
+            if os.fstat(fd).st_size > MAX_BYTES:
+                os.replace(path, log_dir / f"{EVENTS_NAME}.1")
+                fd, old = os.open(path, APPEND, 0o644), fd
+                os.close(old)
+            return self._write(fd, log_dir, seq, texts)
+        finally:
+            os.close(fd)
+
+    def _write(self, fd: int, log_dir: Path, seq: int, texts: list[str]) -> bool:
         ts = format_ns(time.time_ns())
         data = b"".join(
             orjson.dumps({"seq": seq + i, "ts": ts, "stream": EVENT_STREAM, "line": text}) + b"\n"
@@ -94,7 +105,6 @@ class EventWriter:
         )
         seq += len(texts)
         # One write of whole lines to an O_APPEND file: a concurrent reader sees them whole or not at all.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             n = os.write(fd, data)
             if n != len(data):
@@ -105,8 +115,6 @@ class EventWriter:
             if e.errno not in _NO_SPACE:
                 raise
             return False
-        finally:
-            os.close(fd)
         self._seq[log_dir] = seq
         return True
 

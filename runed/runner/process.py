@@ -220,8 +220,10 @@ class ProcessRunner:
         )
         # Earlier attempts' claims and fences go once launch.json names this one: a late shim of
         # theirs that claims anew finds another attempt there and runs nothing.
-        for old in d.glob(f"{CLAIM_PREFIX}*.json"):
-            old.unlink(missing_ok=True)
+        for name in os.listdir(d):
+            if name.startswith(CLAIM_PREFIX) and name.endswith(".json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(d / name)
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
         if self.forks is not None:
             try:
