@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,7 @@ def test_the_shim_imports_only_small_builtin_modules(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "exit.json").read_text())["code"] == 0
     loaded = set(out.stdout.split())
     heavy = {"site", "json", "re", "enum", "signal", "subprocess", "threading", "selectors", "pathlib", "datetime"}
+    heavy |= {"warnings"}  # os.get_exec_path's import: a start looks the program up without it
     assert "runed.runner.shim" in loaded
     assert not loaded & (heavy | {"typing", "collections", "functools", "contextlib"}), sorted(loaded & heavy)
 
@@ -194,6 +196,55 @@ def test_the_instance_runs_in_its_own_group_with_default_signals(sleeping_shim: 
     shim_set = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ))
     assert int(status["SigIgn"], 16) == int(own["SigIgn"], 16) & ~shim_set, (status["SigIgn"], own["SigIgn"])
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+
+
+def test_a_deletion_signal_pending_at_the_start_still_counts(tmp_path: Path) -> None:
+    """The shim unblocks DISCARD_SIGNAL for the moment of the spawn (the instance inherits the mask at
+    the fork); one already pending is then delivered and ignored by default, so the shim must have
+    noted it first. In a process of its own: the spawn changes the caller's signal state meanwhile."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {SHIM_ROOT!r})
+        from runed.runner import shim
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{shim.DISCARD_SIGNAL}})
+        os.kill(os.getpid(), shim.DISCARD_SIGNAL)
+        pid, out, err = shim.spawn({{"argv": ["sleep", "30"]}}, dict(os.environ))
+        bit = 1 << (shim.DISCARD_SIGNAL - 1)
+        def blocked(who):
+            return bool(int(open(f"/proc/{{who}}/status").read().split("SigBlk:")[1].split()[0], 16) & bit)
+        instance = blocked(pid)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print(shim._discarded(), instance, blocked("self"))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # Noted by the shim, unblocked in the instance, blocked again in the shim.
+    assert out.stdout.split() == ["True", "False", "True"]
+
+
+def test_a_start_that_fails_says_what_is_missing(tmp_path: Path) -> None:
+    """The reasons a program cannot start name what is missing: the program, or the working directory."""
+    with pytest.raises(OSError, match=r"No such file or directory: '/nonexistent/prog'"):
+        shim.spawn({"argv": ["/nonexistent/prog"]}, {"PATH": os.defpath})
+    with pytest.raises(OSError, match=r"No such file or directory: 'no-such-prog-here'"):
+        shim.spawn({"argv": ["no-such-prog-here"]}, {"PATH": str(tmp_path)})
+    gone = tmp_path / "gone"
+    with pytest.raises(OSError, match=f"No such file or directory: '{gone}'"):
+        shim.spawn({"argv": ["true"], "cwd": str(gone)}, {"PATH": os.defpath})
+    # Found on the instance's PATH, not on the caller's.
+    prog = tmp_path / "hello"
+    prog.write_text("#!/bin/sh\necho hi\n")
+    prog.chmod(0o755)
+    pid, out, err = shim.spawn({"argv": ["hello"]}, {"PATH": f"/nonexistent:{tmp_path}"})
+    try:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert os.read(out, 100) == b"hi\n"
+    finally:
+        os.close(out)
+        os.close(err)
 
 
 def _status(pid: int) -> dict[str, str]:
