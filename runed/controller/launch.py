@@ -169,7 +169,8 @@ class Launcher:
         d = Path(inst.log_dir)
         inst.ports = ports = self.ports(inst, svc)
         stored = self.env(inst, svc, ports, given, reveal=False)
-        env = self.env(inst, svc, ports, given, reveal=True)
+        secret = envresolve.env_has_secrets(svc)
+        env = self.env(inst, svc, ports, given, reveal=True) if secret else dict(stored)
         inst.env = stored
         uid, gid = user_ids(svc.process.security_context)
         inst.uid, inst.gid = uid, gid

@@ -61,6 +61,20 @@ def references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
     """The secrets and configmaps an instance's environment and mounts are computed from, as
     (kind, namespace, name): what a start reads, so it can be read in advance."""
     ns = svc.namespace or DEFAULT_NAMESPACE
+    out = _env_references(svc)
+    out.update((SECRET_KIND, ns, m.secret_name or m.name) for m in svc.secret_mounts)
+    out.update((CONFIGMAP_KIND, ns, m.configmap_name or m.name) for m in svc.configmap_mounts)
+    return out
+
+
+def env_has_secrets(svc: service_pb2.Service) -> bool:
+    """Whether the environment takes values from secrets (else its stored form is the one the instance gets)."""
+    return any(kind == SECRET_KIND for kind, _, _ in _env_references(svc))
+
+
+def _env_references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
+    """The secrets and configmaps of the environment alone (envFrom and templates in env values)."""
+    ns = svc.namespace or DEFAULT_NAMESPACE
     out: set[tuple[str, str, str]] = set()
     for ef in svc.env_from:
         kind, name = (SECRET_KIND, ef.secret_name) if ef.secret_name else (CONFIGMAP_KIND, ef.configmap_name)
@@ -69,8 +83,6 @@ def references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
         for m in TEMPLATE.finditer(v):
             tns, name, _ = _target(m.group(2), ns)
             out.add((m.group(1), tns, name))
-    out.update((SECRET_KIND, ns, m.secret_name or m.name) for m in svc.secret_mounts)
-    out.update((CONFIGMAP_KIND, ns, m.configmap_name or m.name) for m in svc.configmap_mounts)
     return out
 
 

@@ -62,6 +62,39 @@ def test_env_precedence_templates_and_stored_form(tmp_path: Path, store: SQLiteS
     assert back == env
 
 
+def test_the_stored_environment_is_the_real_one_exactly_when_no_secret_feeds_it(
+    tmp_path: Path, store: SQLiteStore
+) -> None:
+    """A start computes the environment once when no secret feeds it (the stored form is then the
+    real one), twice otherwise: env_has_secrets must say so for every way a secret gets in."""
+    cfg = config.load({"data_dir": str(tmp_path)}, env={})
+    crypto = SecretCrypto(cfg, env={})
+    store.put(
+        "secret",
+        "default",
+        "db",
+        secret_record(
+            crypto, "default", "db", type_="static", data={"K": "v"}, version=1, created_at="", updated_at=""
+        ),
+    )
+    store.put("configmap", "default", "cm", {"data": {"K": "c"}})
+    kw = {"instance_id": "iid", "instance_name": "a-0", "ports": {}}
+    cases = [
+        (service_pb2.Service(name="a", env={"X": "1"}), False),
+        (service_pb2.Service(name="a", env={"X": "{{configmap:cm/K}}"}), False),
+        (service_pb2.Service(name="a", env_from=[service_pb2.EnvFromSource(configmap_name="cm")]), False),
+        (service_pb2.Service(name="a", secret_mounts=[service_pb2.SecretMount(name="db", mount_path="/s")]), False),
+        (service_pb2.Service(name="a", env={"X": "{{ secret : db/K }}"}), True),
+        (service_pb2.Service(name="a", env_from=[service_pb2.EnvFromSource(secret_name="db")]), True),
+    ]
+    for svc, has in cases:
+        svc.namespace = "default"
+        stored = envresolve.compute_env(store, crypto, svc, reveal=False, **kw)  # type: ignore[arg-type]
+        real = envresolve.compute_env(store, crypto, svc, reveal=True, **kw)  # type: ignore[arg-type]
+        assert envresolve.env_has_secrets(svc) is has, svc
+        assert (stored != real) is has, svc
+
+
 @dataclass
 class Ahead:
     """Records read in advance; reading any other one fails."""
