@@ -126,10 +126,32 @@ def test_a_start_stopped_before_its_shim_was_forked_never_runs(runner: ProcessRu
     claim = json.loads((d1 / f"claim-{h1.attempt}.json").read_text())
     assert claim["fenced"] is True
     assert not (d1 / "pid.json").exists() and not (d1 / "log.jsonl").exists()
-    assert (d1 / "shim.err").read_text() == ""
+    assert not (d1 / "shim.err").exists(), "a shim that did not fail wrote nothing to its stderr"
     # The zygote still serves: the next start of that instance runs.
     h2 = runner.start(_spec(tmp_path, 1))
     assert _wait_running(runner, d1, h2).handle.attempt == h2.attempt != h1.attempt
+
+
+def test_a_failing_shim_leaves_its_traceback_in_shim_err(runner: ProcessRunner, tmp_path: Path) -> None:
+    """shim.err is created only when a shim fails; the runner then reports what it says."""
+    zygote = _held_zygote(runner, tmp_path)
+    try:
+        d1, h1 = _start(runner, tmp_path, 1)
+        # The start's launch spec, broken where the shim reads it after claiming the start.
+        launch = json.loads((d1 / "launch.json").read_text())
+        (d1 / "launch.json").write_text(json.dumps({**launch, "max_bytes": "lots"}))
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+
+    def ended() -> Observation:
+        obs = runner.observe(d1, h1)
+        assert obs.state == "exited", obs
+        return obs
+
+    obs = eventually(ended, timeout=30, what="the failed shim seen")
+    assert "ValueError" in (d1 / "shim.err").read_text()
+    assert obs.error is not None and obs.error.startswith("shim failed") and "lots" in obs.error, obs.error
+    assert not (tmp_path / "instances" / "i0" / "shim.err").exists(), "the running one did not fail"
 
 
 def test_a_claimed_start_stuck_before_its_program_is_killed_after_the_timeout(
