@@ -429,8 +429,8 @@ def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
     load ``threading``, ``selectors`` and ``signal`` into every shim), called as Popen calls it. On
     Linux it starts the program with ``vfork`` (the child borrows this process's memory until it
     execs) unless a ``preexec_fn`` is given: a fork from a shim that was itself forked from Python
-    copies its page tables and takes a copy-on-write fault for every page either side then writes,
-    ≈3 ms of CPU per start against ≈0.7 ms (bench/README.md). So what the instance needs that
+    copies its page tables and takes a copy-on-write fault for every page either side then writes:
+    ≈3.3 ms of CPU per start against ≈1.1 ms (bench/README.md). So what the instance needs that
     fork_exec cannot set in the child is set on this process around the call, where fork and vfork
     both pass it on: its signal dispositions and mask (the shim ignores SIGHUP and SIGINT and blocks
     DISCARD_SIGNAL; the instance gets the defaults) and its open-files limit. Only a memory limit (a
@@ -486,7 +486,8 @@ def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
             # The shim runs with runed's private umask; the instance gets the one runed inherited.
             int(spec.get("umask", -1)),
             preexec,
-            True,  # vfork where it can
+            # vfork where it can: Python 3.11 to 3.13 take the switch; 3.14 dropped it (always on).
+            *((True,) if sys.version_info < (3, 14) else ()),
         )  # fmt: skip
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
