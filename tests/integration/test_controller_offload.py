@@ -70,6 +70,11 @@ ENV = {"RUNE_CONTROLLER_LEASE_SECONDS": "300"}
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
 
 
+def _ignores(pid: int, sig: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (sig - 1)))
+
+
 def _hits(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -173,6 +178,8 @@ def test_probes_go_on_while_a_start_waits_to_read_the_store(
         eventually(lambda: _ready(observer) == [True, True], timeout=60, what="both instances are running")
         [inst] = _instances(observer, "stubborn")
         pid, iid = int(inst["pid"]), str(inst["instance"]["id"])
+        # Running is recorded at exec; a TERM before the program ignores it would end it at once.
+        eventually(lambda: _ignores(pid, signal.SIGTERM), timeout=30, what="the program ignores TERM")
         instance_pb2_grpc.InstanceServiceStub(host.channel()).RestartInstance(
             instance_pb2.InstanceActionRequest(id=iid, namespace="default", timeout_seconds=600), metadata=auth
         )
