@@ -489,6 +489,10 @@ def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
             # vfork where it can: Python 3.11 to 3.13 take the switch; 3.14 dropped it (always on).
             *((True,) if sys.version_info < (3, 14) else ()),
         )  # fmt: skip
+    except BaseException:
+        for fd in (out_r, err_r, report_r):
+            os.close(fd)
+        raise
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         _signal.pthread_sigmask(_signal.SIG_BLOCK, {DISCARD_SIGNAL})

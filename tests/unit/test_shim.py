@@ -234,6 +234,11 @@ def test_a_start_that_fails_says_what_is_missing(tmp_path: Path) -> None:
     gone = tmp_path / "gone"
     with pytest.raises(OSError, match=f"No such file or directory: '{gone}'"):
         shim.spawn({"argv": ["true"], "cwd": str(gone)}, {"PATH": os.defpath})
+    # Refused before any fork (a bad limit): nothing of the attempt stays open.
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError):
+        shim.spawn({"argv": ["true"], "nofile": "many"}, {"PATH": os.defpath})
+    assert sorted(os.listdir("/proc/self/fd")) == before
     # Found on the instance's PATH, not on the caller's.
     prog = tmp_path / "hello"
     prog.write_text("#!/bin/sh\necho hi\n")
