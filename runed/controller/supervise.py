@@ -296,15 +296,15 @@ class Supervisor:
         lv.cancel_probes()
         lv.after_stop = after
         lv.stop_reason = reason
-        state = inst.state
-        if state not in ACTIVE or (lv.stop_task is not None and not lv.stop_task.done()):
-            self.exits.discard(inst.key)
-            if state in ACTIVE:
-                return  # already stopping
+        if inst.state not in ACTIVE:
             # Nothing runs: finish at once.
+            self.exits.discard(inst.key)
             lv.stop_task = None
             self.finish_stop(inst, lv, observed=False)
             return
+        if lv.stop_task is not None and not lv.stop_task.done():
+            self.exits.discard(inst.key)
+            return  # already stopping
         # A deleted instance's directory goes with it: what its shim writes at the end need not be durable.
         discard = after is AfterStop.DELETE or inst.retire
         # The stop follows the end itself, with the watch's descriptor (it names the shim: no new
@@ -320,7 +320,7 @@ class Supervisor:
         # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
         lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
         inst.after_stop = after
-        if state is not STOPPING:
+        if inst.state is not STOPPING:
             self.set_state(inst, STOPPING, reason or "Stopping")
             self.book.event(inst, f"Stopping: {reason or 'on request'}")
         else:

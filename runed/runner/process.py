@@ -35,6 +35,7 @@ from runed.runner.shim import (
     read_bytes,
     write_json_atomic,
 )
+from runed.runner.zygote import SHIM_ERR
 
 log = logging.getLogger("runed.runner")
 
@@ -236,7 +237,7 @@ class ProcessRunner:
                 self._answered.pop(str(d), None)
                 return Handle(attempt=attempt)
         shim_env = {**env, ATTEMPT_ENV: attempt}
-        with (d / "shim.err").open("ab") as err:
+        with (d / SHIM_ERR).open("ab") as err:
             try:
                 p = subprocess.Popen(
                     shim_argv(d),
@@ -405,9 +406,10 @@ class ProcessRunner:
             ex = _record(directory / EXIT_NAME, handle.attempt)
             if ex is not None:
                 return self._ended(handle, ex)
-            err = (
-                (directory / "shim.err").read_text(errors="replace")[-500:] if (directory / "shim.err").exists() else ""
-            )
+            try:
+                err = (directory / SHIM_ERR).read_text(errors="replace")[-500:]
+            except FileNotFoundError:
+                err = ""  # it failed before it could say why (or said nothing)
             return Observation("exited", handle, None, None, f"shim failed to start the instance {err.strip()}")
         # Timed from the request here, else (a shim a controller before this one started) from launch.json.
         started = self._spawned_at.get(handle.shim_pid)

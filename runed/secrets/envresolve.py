@@ -72,12 +72,17 @@ def env_has_secrets(svc: service_pb2.Service) -> bool:
     return any(kind == SECRET_KIND for kind, _, _ in _env_references(svc))
 
 
+def _env_from_source(ef: service_pb2.EnvFromSource) -> tuple[str, str]:
+    """What an envFrom entry imports: (kind, name); a secret when it names one."""
+    return (SECRET_KIND, ef.secret_name) if ef.secret_name else (CONFIGMAP_KIND, ef.configmap_name)
+
+
 def _env_references(svc: service_pb2.Service) -> set[tuple[str, str, str]]:
     """The secrets and configmaps of the environment alone (envFrom and templates in env values)."""
     ns = svc.namespace or DEFAULT_NAMESPACE
     out: set[tuple[str, str, str]] = set()
     for ef in svc.env_from:
-        kind, name = (SECRET_KIND, ef.secret_name) if ef.secret_name else (CONFIGMAP_KIND, ef.configmap_name)
+        kind, name = _env_from_source(ef)
         out.add((kind, ef.namespace or ns, name))
     for v in svc.env.values():
         for m in TEMPLATE.finditer(v):
@@ -100,8 +105,7 @@ class Sources:
     def data(self, kind: str, ns: str, name: str) -> dict[str, str]:
         if kind == SECRET_KIND and not self.reveal:
             rec = self._record(kind, ns, name)
-            shown = name if ns == self.namespace else f"{name}.{ns}.rune"
-            return {str(k): _secret_ref(shown, str(k)) for k in rec.data.get("keys") or []}
+            return {str(k): self._reference(ns, name, str(k)) for k in rec.data.get("keys") or []}
         key = (kind, ns, name)
         if key not in self.decoded:
             rec = self._record(kind, ns, name)
@@ -112,6 +116,10 @@ class Sources:
             except errors.RuneError as e:
                 raise ResolveError(e.message) from None
         return self.decoded[key]
+
+    def _reference(self, ns: str, name: str, key: str) -> str:
+        """The stored form of a secret value: its template, naming another namespace in the FQDN form."""
+        return _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", key)
 
     def _record(self, kind: str, ns: str, name: str) -> Record:
         rec = self.reader.get(kind, ns, name)
@@ -125,7 +133,7 @@ class Sources:
             raise ResolveError(f"template {{{{{kind}:{ref}}}}} needs a key (name/key)")
         if kind == SECRET_KIND and not self.reveal:
             self._record(kind, ns, name)  # still checks that it exists
-            return _secret_ref(name if ns == self.namespace else f"{name}.{ns}.rune", key)
+            return self._reference(ns, name, key)
         values = self.data(kind, ns, name)
         if key not in values:
             raise ResolveError(f'{kind} "{name}" in namespace "{ns}" has no key "{key}"')
@@ -176,7 +184,7 @@ def compute_env(
     src = Sources(reader, crypto, ns, reveal, {} if decoded is None else decoded)
     env: dict[str, str] = {}
     for ef in svc.env_from:
-        kind, name = ("secret", ef.secret_name) if ef.secret_name else ("configmap", ef.configmap_name)
+        kind, name = _env_from_source(ef)
         for k, v in src.data(kind, ef.namespace or ns, name).items():
             key = ef.prefix + k
             if ENV_KEY.match(key):
