@@ -12,14 +12,18 @@ from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
 from runed.model import objects, selectors
+from runed.pipeline import encoded
 from runed.pipeline.context import CallContext
+from runed.pipeline.encoded import Encoded
 from runed.store import paging, watch
 from runed.store.base import Record, Store, iter_all
 
 FIELD_SELECTOR_FIELDS = ("id", "name", "namespace", "service", "status", "node")
 
 # Instance protos of recent instance revisions: what a page is made of (see listing.Built).
-_BUILT: listing.Built[instance_pb2.Instance] = listing.Built(lambda rec, _: objects.instance_to_pb(rec))
+_BUILT: listing.Built[instance_pb2.Instance] = listing.Built(
+    lambda rec, _: objects.instance_to_pb(rec), instance_pb2.ListInstancesResponse.INSTANCES_FIELD_NUMBER
+)
 
 EVENT_TYPES = {
     "ADDED": common_pb2.EVENT_TYPE_ADDED,
@@ -55,6 +59,7 @@ def _fields(inst: instance_pb2.Instance) -> dict[str, str]:
 
 
 def _match(
+    inst: instance_pb2.Instance,
     rec: Record,
     sel: selectors.Selector,
     labels: _ServiceLabels,
@@ -62,22 +67,17 @@ def _match(
     service: str = "",
     node: str = "",
     status: int = 0,
-    store: Store | None = None,
-) -> instance_pb2.Instance | None:
-    """The instance's proto when it passes every filter, else None; with ``store``, the proto is the one
-    built for this revision of the record before (shared: never changed)."""
-    inst = objects.instance_to_pb(rec) if store is None else _BUILT.get(store, rec, None)
+) -> bool:
+    """Whether the instance passes every filter."""
     if service and service not in (inst.service_name, inst.service_id):
-        return None
+        return False
     if node and inst.node_id != node:
-        return None
+        return False
     if status and inst.status != status:
-        return None
+        return False
     if sel.labels and not all(r.matches(labels(rec.namespace, inst.service_name)) for r in sel.labels):
-        return None
-    if sel.fields and not all(r.matches({k: v.lower() for k, v in _fields(inst).items()}) for r in sel.fields):
-        return None
-    return inst
+        return False
+    return not (sel.fields and not all(r.matches({k: v.lower() for k, v in _fields(inst).items()}) for r in sel.fields))
 
 
 def find_instance(store: Store, ns: str, instance_id: str) -> Record:
@@ -127,7 +127,9 @@ def GetInstance(req: instance_pb2.GetInstanceRequest, ctx: CallContext) -> insta
 
 
 @offloaded
-def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
+def ListInstances(
+    req: instance_pb2.ListInstancesRequest, ctx: CallContext
+) -> Encoded[instance_pb2.ListInstancesResponse]:
     """Instances matching service name, node, status and selectors, one page at a time."""
     store = ctx.deps.store
     sel = listing.selector(req)
@@ -136,24 +138,29 @@ def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> i
     pr = paging.page_request(
         req.page_size, req.page_token, req.paging.limit, req.paging.offset, req.paging.continuation_token, query
     )
+    kept = _BUILT.of(store)
+    filtered = bool(req.service_name or req.node_id or req.status or sel.labels or sel.fields)
 
-    def convert(batch: list[Record]) -> Iterable[instance_pb2.Instance | None]:
+    def convert(batch: list[Record]) -> Iterable[bytes | None]:
+        if not filtered:
+            return [kept.framed(r) for r in batch]
         return [
-            _match(r, sel, labels, service=req.service_name, node=req.node_id, status=req.status, store=store)
+            kept.framed(r)
+            if _match(kept.proto(r), r, sel, labels, service=req.service_name, node=req.node_id, status=req.status)
+            else None
             for r in batch
         ]
 
-    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, _BUILT.known(store))
-    resp = instance_pb2.ListInstancesResponse(
-        instances=page.items,
+    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, kept.known)
+    rest = instance_pb2.ListInstancesResponse(
         next_page_token=page.next_token,
         revision=page.revision,
         status=common_pb2.Status(message=f"Found {len(page.items)} instances"),
     )
-    resp.paging.limit = pr.size or len(page.items)
-    resp.paging.offset = pr.skip
-    resp.paging.continuation_token = page.next_token
-    return resp
+    rest.paging.limit = pr.size or len(page.items)
+    rest.paging.offset = pr.skip
+    rest.paging.continuation_token = page.next_token
+    return encoded.joined(instance_pb2.ListInstancesResponse, page.items, rest)
 
 
 def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, desired: str, restart: bool) -> Record:
@@ -215,8 +222,8 @@ async def WatchInstances(
     ):
         rec = Record(ev.kind, ev.namespace, ev.name, ev.data, ev.revision, 0)
         # The service's labels may need a store read (cached per watch).
-        inst = await store.run(_match, rec, sel, labels, service=service)
-        if inst is None:
+        inst = objects.instance_to_pb(rec)
+        if not await store.run(_match, inst, rec, sel, labels, service=service):
             continue
         yield instance_pb2.WatchInstancesResponse(instance=inst, event_type=EVENT_TYPES[ev.op], revision=ev.revision)
 

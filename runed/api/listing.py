@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from runed.model import selectors
+from runed.pipeline import encoded
 from runed.store.base import Record, Store
 
 M = TypeVar("M", bound=Message)
@@ -42,42 +43,68 @@ class Built(Generic[M]):
     most of a page of 100 services (bench/README.md "ListServices"), and successive pages and
     repeated lists are mostly the same revisions. A revision is never reused within a store, so an
     entry cannot go stale: a write makes a new key and the old one ages out (first in, first out, at
-    most ``size`` per store). The records (:meth:`known`, for :meth:`Store.list`) and protos are
-    shared: callers copy them (a response constructor does) and never change them.
+    most ``size`` per store). Each proto is kept with its encoding as an element of the list
+    response's repeated field ``field``, so a page is its items' bytes joined (``encoded.joined``).
+    The records (:meth:`Kept.known`, for :meth:`Store.list`) and protos are shared: callers never
+    change them.
     """
 
-    def __init__(self, build: Callable[[Record, Record | None], M], size: int = 4096) -> None:
+    def __init__(self, build: Callable[[Record, Record | None], M], field: int, size: int = 4096) -> None:
         self._build = build
+        self._field = field
         self._size = size
-        self._protos: _PerStore[tuple[str, str, int, int], M] = weakref.WeakKeyDictionary()
-        self._records: _PerStore[tuple[str, str, int], Record] = weakref.WeakKeyDictionary()
+        self._stores: weakref.WeakKeyDictionary[Store, Kept[M]] = weakref.WeakKeyDictionary()
         # Pages may be read on the store's worker threads.
         self._lock = threading.Lock()
 
-    def get(self, store: Store, rec: Record, other: Record | None) -> M:
+    def of(self, store: Store) -> Kept[M]:
+        """What this store's revisions were built into (one lookup per call, not per record)."""
+        kept = self._stores.get(store)
+        if kept is None:
+            with self._lock:
+                kept = self._stores.setdefault(store, Kept(self._build, self._field, self._size, self._lock))
+        return kept
+
+
+class Kept(Generic[M]):
+    """One store's built protos, their encodings and their records, by revision."""
+
+    def __init__(
+        self, build: Callable[[Record, Record | None], M], field: int, size: int, lock: threading.Lock
+    ) -> None:
+        self._build = build
+        self._field = field
+        self._size = size
+        self._lock = lock
+        self._items: dict[tuple[str, str, int, int], tuple[M, bytes]] = {}
+        self._records: dict[tuple[str, str, int], Record] = {}
+
+    def _item(self, rec: Record, other: Record | None) -> tuple[M, bytes]:
         key = (rec.namespace, rec.name, rec.revision, other.revision if other is not None else 0)
-        protos = self._protos.get(store)
-        if protos is not None:
-            hit = protos.get(key)
-            if hit is not None:
-                return hit
-        built = self._build(rec, other)
+        hit = self._items.get(key)
+        if hit is not None:
+            return hit
+        proto = self._build(rec, other)
+        built = (proto, encoded.framed(self._field, proto))
         with self._lock:
-            _put(self._protos.setdefault(store, {}), key, built, self._size)
-            _put(self._records.setdefault(store, {}), key[:3], rec, self._size)
+            _put(self._items, key, built, self._size)
+            _put(self._records, key[:3], rec, self._size)
         return built
 
-    def known(self, store: Store) -> Callable[[str, str, int], Record | None]:
-        """The records this cache holds for ``store``, by (namespace, name, revision)."""
-        records = self._records.get(store)
-        if records is None:
-            return lambda ns, name, revision: None
-        return lambda ns, name, revision: records.get((ns, name, revision))
+    def proto(self, rec: Record, other: Record | None = None) -> M:
+        return self._item(rec, other)[0]
+
+    def framed(self, rec: Record, other: Record | None = None) -> bytes:
+        """The proto as one element of the list response's repeated field, encoded."""
+        return self._item(rec, other)[1]
+
+    def known(self, namespace: str, name: str, revision: int) -> Record | None:
+        """The record held at (namespace, name, revision), if any: :meth:`Store.list` skips decoding it."""
+        return self._records.get((namespace, name, revision))
 
 
 K = TypeVar("K")
 V = TypeVar("V")
-_PerStore = weakref.WeakKeyDictionary[Store, dict[K, V]]
 
 
 def _put(cache: dict[K, V], key: K, value: V, size: int) -> None:

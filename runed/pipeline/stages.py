@@ -25,6 +25,7 @@ from runed.core import errors, validation
 from runed.pipeline import audit, defaults
 from runed.pipeline.authfail import AuthFailureLog
 from runed.pipeline.context import CallContext, current_call
+from runed.pipeline.encoded import Encoded
 from runed.pipeline.methods import Method, all_methods
 from runed.store import faults
 from runed.store.base import AuditEntry
@@ -32,7 +33,7 @@ from runed.store.base import AuditEntry
 log = logging.getLogger("runed.pipeline")
 
 Validator = Callable[[Any], list[errors.FieldViolation]]
-UnaryHandler = Callable[[Any, CallContext], Awaitable[Message]]
+UnaryHandler = Callable[[Any, CallContext], Awaitable[Message | Encoded[Any]]]
 StreamHandler = Callable[[Any, CallContext], AsyncIterator[Message]]
 # A handler of any call shape: ``async def`` for unary calls, an async generator for streams.
 Handler = Callable[..., Any]
@@ -209,13 +210,23 @@ class Pipeline:
 
     # -- entry points ---------------------------------------------------------------------------
     async def unary(self, ctx: CallContext, request: Message) -> Message:
+        """The response as a message (one a handler returned encoded is decoded)."""
+        response = await self._unary(ctx, request)
+        return response.message() if isinstance(response, Encoded) else response
+
+    async def unary_wire(self, ctx: CallContext, request: Message) -> Message | bytes:
+        """The response as a message, or as its encoding when the handler returned that (for gRPC)."""
+        response = await self._unary(ctx, request)
+        return response.data if isinstance(response, Encoded) else response
+
+    async def _unary(self, ctx: CallContext, request: Message) -> Message | Encoded[Message]:
         self._begin(ctx)
         route = self.route(ctx.method.full_name)
         try:
             await self._admit(ctx, route, request)
             if route.handler is None:
                 raise _unimplemented(route.method)
-            response: Message = await route.handler(request, ctx)
+            response: Message | Encoded[Message] = await route.handler(request, ctx)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,11 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
             return _Malformed(type_name)
 
     return deserialize
+
+
+def _encode(serialize: Callable[[Any], bytes], response: Any) -> bytes:
+    """A unary response's bytes: those a handler returned already encoded go as they are."""
+    return response if type(response) is bytes else serialize(response)
 
 
 def _malformed_error(bad: _Malformed) -> errors.InvalidArgument:
@@ -152,13 +158,15 @@ class _Adapter:
                     await self._reject(method, context, request)
                 ctx = self._ctx(method, context)
                 try:
-                    response = await self.pipeline.unary(ctx, request)
+                    response = await self.pipeline.unary_wire(ctx, request)
                 except errors.RuneError as err:
                     await self._abort(context, ctx, err)
                 context.set_trailing_metadata((("x-request-id", ctx.request_id),))
                 return response
 
-            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=deser, response_serializer=ser)
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=deser, response_serializer=functools.partial(_encode, ser)
+            )
 
         if kind == "server_stream":
 

@@ -34,6 +34,7 @@ from runed.api.service.spec import v_create
 from runed.api.service.writes import CreateService, ListServiceRevisions, RollbackService, UpdateService, v_rollback
 from runed.core.errors import FieldViolation
 from runed.pipeline.context import CallContext
+from runed.pipeline.encoded import Encoded
 
 __all__ = [
     "VALIDATORS",
@@ -53,7 +54,9 @@ __all__ = [
 ]
 
 
-async def ListInstances(req: instance_pb2.ListInstancesRequest, ctx: CallContext) -> instance_pb2.ListInstancesResponse:
+async def ListInstances(
+    req: instance_pb2.ListInstancesRequest, ctx: CallContext
+) -> Encoded[instance_pb2.ListInstancesResponse]:
     """The instances of services, as InstanceService lists them (the same RPC on both services)."""
     return await instance_api.ListInstances(req, ctx)
 

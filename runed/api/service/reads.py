@@ -11,13 +11,15 @@ from runed.api.service.common import get_service, status_pb, with_status
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
 from runed.model import objects, selectors
+from runed.pipeline import encoded
 from runed.pipeline.context import CallContext
+from runed.pipeline.encoded import Encoded
 from runed.store import paging, watch
 from runed.store.base import DELETED, MODIFIED, Record, Store
 
 FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")
 # Service protos of recent (service, status) revisions: what a page is made of.
-_BUILT = listing.Built(objects.service_from_record)
+_BUILT = listing.Built(objects.service_from_record, service_pb2.ListServicesResponse.SERVICES_FIELD_NUMBER)
 
 EVENT_TYPES = {
     "ADDED": common_pb2.EVENT_TYPE_ADDED,
@@ -86,14 +88,16 @@ def _statuses(store: Store, batch: list[Record]) -> dict[tuple[str, str], Record
     return out
 
 
-def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) -> list[service_pb2.Service | None]:
+def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) -> list[bytes | None]:
+    """Each service's page item (see listing.Built), None for those the selectors reject."""
+    kept = _BUILT.of(store)
     if sel.labels:
         batch_labels = [r.data.get("spec", {}).get("labels", {}) for r in batch]
         keep = [all(q.matches(lb) for q in sel.labels) for lb in batch_labels]
     else:
         keep = [True] * len(batch)
     statuses = _statuses(store, [r for r, k in zip(batch, keep, strict=True) if k])
-    out: list[service_pb2.Service | None] = []
+    out: list[bytes | None] = []
     for rec, k in zip(batch, keep, strict=True):
         if not k:
             out.append(None)
@@ -102,12 +106,12 @@ def _match_services(store: Store, sel: selectors.Selector, batch: list[Record]) 
         if sel.fields and not all(r.matches(_service_fields(rec, status)) for r in sel.fields):
             out.append(None)
             continue
-        out.append(_BUILT.get(store, rec, status))
+        out.append(kept.framed(rec, status))
     return out
 
 
 @offloaded
-def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> service_pb2.ListServicesResponse:
+def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> Encoded[service_pb2.ListServicesResponse]:
     """Services matching the selectors, one page at a time (keyset pagination, opaque tokens)."""
     store = ctx.deps.store
     sel = listing.selector(req)
@@ -127,18 +131,17 @@ def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> serv
         pr,
         query,
         lambda batch: _match_services(store, sel, batch),
-        _BUILT.known(store),
+        _BUILT.of(store).known,
     )
-    resp = service_pb2.ListServicesResponse(
-        services=page.items,
+    rest = service_pb2.ListServicesResponse(
         next_page_token=page.next_token,
         revision=page.revision,
         status=status_pb(0, f"Found {len(page.items)} services"),
     )
-    resp.paging.limit = pr.size or len(page.items)
-    resp.paging.offset = pr.skip
-    resp.paging.continuation_token = page.next_token
-    return resp
+    rest.paging.limit = pr.size or len(page.items)
+    rest.paging.offset = pr.skip
+    rest.paging.continuation_token = page.next_token
+    return encoded.joined(service_pb2.ListServicesResponse, page.items, rest)
 
 
 class _AsOf:
