@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from google.protobuf.internal import encoder
+from google.protobuf import empty_pb2
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from rune.api import common_pb2, instance_pb2, service_pb2
 from runed.pipeline import encoded
 
 
 def _instance(i: int, env: int) -> instance_pb2.Instance:
-    inst = instance_pb2.Instance(id=f"web-{i}", name=f"web-{i}", namespace="default", pid=1000 + i, status=2)
+    inst = instance_pb2.Instance(id=f"web-{i}", name=f"web-{i}", namespace="default", pid=1000 + i)
     inst.environment.update({f"K{k}": "v" * k for k in range(env)})
     inst.metadata.restart_count = i
     return inst
@@ -40,10 +41,12 @@ def test_an_empty_page_is_the_other_fields_alone() -> None:
     assert got.message() == rest
 
 
-def test_framing_uses_protobufs_varints() -> None:
-    # Field numbers past 15 take a two-byte tag; lengths past 127 a two-byte length.
+def test_framing_is_what_protobuf_parses_as_that_field() -> None:
+    # Field numbers past 15 take a two-byte tag, past 2047 three; lengths past 127 two bytes.
     item = _instance(1, 60)
-    body = item.SerializeToString()
-    for number in (1, 15, 16, 2047, 2048):
-        tag = encoder.TagBytes(number, 2)
-        assert encoded.framed(number, item) == tag + encoder._VarintBytes(len(body)) + body
+    assert item.ByteSize() > 127
+    for number in (1, 15, 16, 2047, 2048, 2**29 - 1):
+        unknown = UnknownFieldSet(empty_pb2.Empty.FromString(encoded.framed(number, item)))
+        fields = [unknown[k] for k in range(len(unknown))]
+        assert [(f.field_number, f.wire_type) for f in fields] == [(number, 2)]
+        assert instance_pb2.Instance.FromString(fields[0].data) == item
