@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,3 +179,15 @@ class LogWriter:
         live = self.dir / LOG_NAME
         if live.exists():
             live.rename(self.dir / f"{LOG_NAME}.1")
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of ``path`` as coreutils' ``stat -f`` names it ("ext2/ext3", "tmpfs", ...)."""
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.strip()
+
+
+def attributes(path: Path) -> str:
+    """The ext2/3/4 attributes of the directory ``path`` as e2fsprogs' ``lsattr -d`` shows them."""
+    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.split()[0]

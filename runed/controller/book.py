@@ -13,6 +13,7 @@ from rune.api import service_pb2
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.trash import Trash
 from runed.controller.writes import Writes
+from runed.core import dirspread
 from runed.logs.events import EventWriter
 from runed.model import objects
 from runed.runner.base import Observation
@@ -58,6 +59,8 @@ class Book:
     ) -> None:
         self.store = store
         self.data_dir = data_dir
+        # Every instance's directory: its records, logs, events and default working directory.
+        self.root = data_dir / "instances"
         # Which records are this controller's (a node's: those placed on it); None: every one.
         self.owns = owns
         self._cache: dict[Key, Instance] = {}
@@ -77,7 +80,9 @@ class Book:
         self.trash = Trash(data_dir)
 
     def load(self) -> None:
-        """Read every instance record (once, at start-up)."""
+        """Read every instance record (once, at start-up); make the instances' root if it is missing."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        dirspread.spread_subdirectories(self.root)
         for rec in iter_all(self.store, objects.INSTANCE):
             self.recorded.add(rec.name)
             if self.owns is not None and not self.owns(rec):
@@ -93,7 +98,7 @@ class Book:
 
     def directory(self, iid: str) -> Path:
         """Where an instance's logs, events and default working directory live."""
-        return self.data_dir / "instances" / iid
+        return self.root / iid
 
     def get(self, key: Key) -> Instance | None:
         """The cached instance (read it; change a copy)."""

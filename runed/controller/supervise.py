@@ -150,9 +150,8 @@ class Supervisor:
 
     def _abandon_unrecorded(self) -> None:
         """End what runs in instance directories no record names, and remove them."""
-        root = self.book.data_dir / "instances"
         try:
-            dirs = [d for d in root.iterdir() if d.is_dir() and d.name not in self.book.recorded]
+            dirs = [d for d in self.book.root.iterdir() if d.is_dir() and d.name not in self.book.recorded]
         except OSError:
             return
         for d in dirs:

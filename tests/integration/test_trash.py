@@ -12,7 +12,7 @@ from runed.controller.trash import TRASH_NAME
 from runed.runner.shim import proc_start_time
 from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
-from tests.support import eventually
+from tests.support import attributes, eventually, fs_type
 
 SLEEPER = textwrap.dedent(
     """
@@ -38,6 +38,9 @@ def test_a_deleted_scaled_service_leaves_no_process_no_directory_and_an_empty_tr
         info = json.loads((d / "pid.json").read_text())
         procs += [(int(info["pid"]), info["pid_start"]), (int(info["shim_pid"]), info["shim_start"])]
     assert all(_alive(p, s) for p, s in procs)
+    root = o.runed.data_dir / "instances"
+    if fs_type(root).startswith("ext"):
+        assert "T" in attributes(root), "instance directories are spread over the block groups (runed.core.dirspread)"
 
     o.services.DeleteService(service_pb2.DeleteServiceRequest(name="many", now=True), metadata=o.auth)
     eventually(lambda: o.instances("many") == [], timeout=20, what="the instance records gone")
