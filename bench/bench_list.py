@@ -118,6 +118,7 @@ def page_stages(n: int = SERVICES, repeat: int = 300) -> dict[str, float]:
     from runed.api.service import reads
     from runed.api.service.common import status_pb
     from runed.model import objects
+    from runed.pipeline import encoded
     from runed.store.sqlite import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,14 +126,18 @@ def page_stages(n: int = SERVICES, repeat: int = 300) -> dict[str, float]:
         data.mkdir()
         _populate(data, n)
         store = open_store(data)
-        built = listing.Built(objects.service_from_record)
+        built = listing.Built(objects.service_from_record, service_pb2.ListServicesResponse.SERVICES_FIELD_NUMBER).of(
+            store
+        )
         after = ("default", f"svc-{n // 2:05d}")
         try:
             recs = store.list(objects.SERVICE, "default", after=after, limit=PAGE + 1).items
             statuses = reads._statuses(store, recs[:PAGE])
             pairs = [(r, statuses.get((r.namespace, r.name))) for r in recs[:PAGE]]
-            items = [built.get(store, r, st) for r, st in pairs]
-            known = built.known(store)
+            for r, st in pairs:
+                built.framed(r, st)  # kept
+            known = built.known
+            rest = service_pb2.ListServicesResponse(status=status_pb(0, "Found 100 services"))
             stages: dict[str, Callable[[], object]] = {
                 "store read (rows + JSON decode)": lambda: store.list(
                     objects.SERVICE, "default", after=after, limit=PAGE + 1
@@ -143,10 +148,12 @@ def page_stages(n: int = SERVICES, repeat: int = 300) -> dict[str, float]:
                 "revision (page.revision)": store.current_revision,
                 "status join (one range read)": lambda: reads._statuses(store, recs[:PAGE]),
                 "protos built from dicts": lambda: [objects.service_from_record(r, st) for r, st in pairs],
-                "protos from the revision cache": lambda: [built.get(store, r, st) for r, st in pairs],
-                "response built + serialized": lambda: service_pb2.ListServicesResponse(
-                    services=items, status=status_pb(0, "Found 100 services")
-                ).SerializeToString(),
+                "items from the revision cache": lambda: [built.framed(r, st) for r, st in pairs],
+                "response in its wire form": lambda: (
+                    encoded.joined(
+                        service_pb2.ListServicesResponse, [built.framed(r, st) for r, st in pairs], rest
+                    ).data
+                ),
             }
             return {k: v * 1000 for k, v in _interleaved(stages, repeat).items()}
         finally:

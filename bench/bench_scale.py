@@ -2,7 +2,9 @@
 
 For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size), on a fresh runed:
 
-1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (pages of 100 and of 10) with 10 running.
+1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (pages of 100 and of 10) with 10 running;
+   then again with 2N bare ``sleep`` processes beside it (as many processes as N instances and their shims): what a
+   machine that crowded does to every call's tail, runed or not.
 2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap.
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -119,6 +122,21 @@ def bare(argv: list[str], n: int) -> tuple[float, float]:
     for p in procs:
         p.wait()
     return spawn, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def crowd(n: int) -> Iterator[None]:
+    """``n`` bare ``sleep`` processes alive meanwhile (nothing else: they only exist)."""
+    argv = _program("sleep")
+    procs = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True) for _ in range(n)]
+    try:
+        time.sleep(2)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 # -- runed ---------------------------------------------------------------------------------------
@@ -238,6 +256,7 @@ class Result:
     shim_rss: float = 0.0
     shim_pss: float = 0.0
     ref: dict[str, Load] = field(default_factory=dict)
+    crowded: dict[str, Load] = field(default_factory=dict)
     loaded: dict[str, Load] = field(default_factory=dict)
 
 
@@ -255,6 +274,8 @@ def measure(n: int, argv: list[str]) -> Result:
             cast_running(api, "ref", argv, REF_SCALE)
             time.sleep(2)
             res.ref = asyncio.run(api_latency(target, md, "ref"))
+            with crowd(2 * n):
+                res.crowded = asyncio.run(api_latency(target, md, "ref"))
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill = bare(argv, n)
@@ -309,6 +330,12 @@ def report(res: Result) -> Iterator[str]:
             f"     {call:<16} p99    {loaded.pct(99):7.2f} ms with {n} running, {ref.pct(99):6.2f} ms with "
             f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
             f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
+        )
+    for call in CALLS:
+        crowded, loaded = res.crowded[call], res.loaded[call]
+        yield (
+            f"     {call:<16} p99 against 10 running beside {2 * n} bare processes: {crowded.pct(99):6.2f} ms, "
+            f"ratio {loaded.pct(99) / crowded.pct(99):4.2f}x  (p50 {crowded.pct(50):.2f} ms)"
         )
 
 
