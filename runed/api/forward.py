@@ -47,6 +47,11 @@ _ANSWERS = frozenset(
         grpc.StatusCode.CANCELLED,
     )
 )
+# What the call's C half raises for a write the call no longer takes (see ``_send``).
+try:
+    from grpc._cython.cygrpc import InternalError as _CoreRefused
+except ImportError:  # pragma: no cover - another grpcio layout: _send falls back to grpc.aio's writer
+    _CoreRefused = grpc.aio.AioRpcError  # type: ignore[misc,assignment]
 # One channel per node address and event loop (grpc.aio channels belong to the loop that made them).
 _channels: dict[tuple[int, str], grpc.aio.Channel] = {}
 
@@ -151,21 +156,57 @@ async def stream(
     token = nodetoken.mint(ctx.deps.identity.key, node, ctx.principal.subject)
     metadata = (("authorization", f"Bearer {token}"), ("x-request-id", ctx.request_id))
 
-    async def outgoing() -> AsyncIterator[Any]:
-        yield first
-        async for req in requests:
-            yield req
-
     method = _channel(target).stream_stream(
         ctx.method.full_name,
         request_serializer=type(first).SerializeToString,
         response_deserializer=response_cls.FromString,
     )
-    call = method(outgoing(), metadata=metadata, timeout=ctx.time_remaining())
+    call = method(metadata=metadata, timeout=ctx.time_remaining())
+    sender = asyncio.ensure_future(_send(call, first, requests))
     try:
         async for resp in call:
             yield resp
     except grpc.aio.AioRpcError as e:
         raise _error(node, target, e) from None
     finally:
+        sender.cancel()
         call.cancel()
+
+
+async def _send(call: Any, first: Any, requests: AsyncIterator[Any]) -> None:
+    """Write ``first`` and then ``requests`` to the node, then half-close; stop once the call is over.
+
+    Not with grpc.aio's own writer (``call.write``, or a request iterator): a write that crosses the
+    node's end of the call fails, and it then replaces the node's status with INTERNAL "Internal
+    error from Core" (grpc/grpc#36066). A client's stdin EOF sent as the node refused the session
+    turned the refusal into "node unreachable" in about two calls of three. The call's C half
+    refuses such a write and leaves the status alone; grpc.aio's writer is the fallback where that
+    half is not found.
+    """
+    raw = getattr(call, "_cython_call", None)
+    sent = getattr(call, "_metadata_sent", None)
+    refused = (grpc.aio.AioRpcError, asyncio.InvalidStateError, _CoreRefused)
+    serialize = type(first).SerializeToString
+
+    async def write(req: Any) -> None:
+        if raw is None or sent is None:
+            await call.write(req)
+            return
+        await sent.wait()
+        if not call.done():
+            await raw.send_serialized_message(serialize(req))
+
+    try:
+        await write(first)
+        async for req in requests:
+            if call.done():
+                return
+            await write(req)
+        if raw is None:
+            await call.done_writing()
+        elif not call.done():
+            await raw.send_receive_close()
+    except refused:
+        return  # the call is over: its status says how
+    except Exception:
+        call.cancel()  # the client's side failed: so does the node's (as grpc.aio does for its iterators)

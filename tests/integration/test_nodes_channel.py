@@ -394,11 +394,13 @@ def test_a_node_s_own_error_reaches_the_client_with_its_details(cluster: Cluster
                 {"kind": "instance", "name": inst.id, "namespace": "default", "limit": "8"},
             )
             assert own[4] == 1.0
-            # Through an API host: the same code, message, reason, metadata and retry delay.
+            # Through an API host: the same code, message, reason, metadata and retry delay, also when
+            # the client's stdin and EOF cross the node's refusal on the way (each try is a new race).
             api = exec_pb2_grpc.ExecServiceStub(cluster.apis[1].channel())
-            with pytest.raises(grpc.RpcError) as e:
-                exec_call(api, cluster.auth, init)
-            assert rich_error(e.value) == own
+            for stdin in [b""] * 10 + [b"x"] * 10:
+                with pytest.raises(grpc.RpcError) as e:
+                    exec_call(api, cluster.auth, init, stdin)
+                assert rich_error(e.value) == own
             # And as the WebSocket's error frame (REST renders the same status).
             url = f"ws://{cluster.apis[0].address('rest')}/v1/namespaces/default/exec/instance/{inst.id}/ws"
             with connect(url, additional_headers={"authorization": f"Bearer {cluster.token}"}) as ws:
