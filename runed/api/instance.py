@@ -12,7 +12,6 @@ from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
 from runed.model import objects, selectors
-from runed.pipeline import encoded
 from runed.pipeline.context import CallContext
 from runed.pipeline.encoded import Encoded
 from runed.store import paging, watch
@@ -77,7 +76,7 @@ def _match(
         return False
     if sel.labels and not all(r.matches(labels(rec.namespace, inst.service_name)) for r in sel.labels):
         return False
-    return not (sel.fields and not all(r.matches({k: v.lower() for k, v in _fields(inst).items()}) for r in sel.fields))
+    return not sel.fields or all(r.matches({k: v.lower() for k, v in _fields(inst).items()}) for r in sel.fields)
 
 
 def find_instance(store: Store, ns: str, instance_id: str) -> Record:
@@ -152,15 +151,8 @@ def ListInstances(
         ]
 
     page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, kept.known)
-    rest = instance_pb2.ListInstancesResponse(
-        next_page_token=page.next_token,
-        revision=page.revision,
-        status=common_pb2.Status(message=f"Found {len(page.items)} instances"),
-    )
-    rest.paging.limit = pr.size or len(page.items)
-    rest.paging.offset = pr.skip
-    rest.paging.continuation_token = page.next_token
-    return encoded.joined(instance_pb2.ListInstancesResponse, page.items, rest)
+    found = common_pb2.Status(message=f"Found {len(page.items)} instances")
+    return listing.page_response(instance_pb2.ListInstancesResponse, page, pr, found)
 
 
 def _request_action(ctx: CallContext, req: instance_pb2.InstanceActionRequest, desired: str, restart: bool) -> Record:

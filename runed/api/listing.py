@@ -1,5 +1,6 @@
 """What every List/Watch handler reads off its request (the compiled selector and the paging query key),
-and the protos its pages are made of, built once per stored revision."""
+the protos its pages are made of, built and encoded once per stored revision, and a page's response
+made of those encodings."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from google.protobuf.message import Message
 
 from runed.model import selectors
 from runed.pipeline import encoded
+from runed.pipeline.encoded import Encoded
+from runed.store import paging
 from runed.store.base import Record, Store
 
 M = TypeVar("M", bound=Message)
@@ -34,6 +37,16 @@ def query_key(req: Any) -> str:
     for f in ("paging", "page_size", "page_token"):
         q.ClearField(f)
     return f"{type(req).__name__}:{q.SerializeToString(deterministic=True).hex()}"
+
+
+def page_response(cls: type[M], page: paging.Page[bytes], req: paging.PageRequest, status: Any) -> Encoded[M]:
+    """A page of ``cls`` (a List response) in its wire form: the items kept encoded (see :class:`Built`),
+    then the page token, the revision, ``status`` and the upstream paging fields."""
+    rest: Any = cls(next_page_token=page.next_token, revision=page.revision, status=status)
+    rest.paging.limit = req.size or len(page.items)
+    rest.paging.offset = req.skip
+    rest.paging.continuation_token = page.next_token
+    return encoded.joined(cls, page.items, rest)
 
 
 class Built(Generic[M]):

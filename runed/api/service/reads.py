@@ -11,7 +11,6 @@ from runed.api.service.common import get_service, status_pb, with_status
 from runed.core.errors import FieldViolation
 from runed.core.names import list_scope
 from runed.model import objects, selectors
-from runed.pipeline import encoded
 from runed.pipeline.context import CallContext
 from runed.pipeline.encoded import Encoded
 from runed.store import paging, watch
@@ -133,15 +132,8 @@ def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> Enco
         lambda batch: _match_services(store, sel, batch),
         _BUILT.of(store).known,
     )
-    rest = service_pb2.ListServicesResponse(
-        next_page_token=page.next_token,
-        revision=page.revision,
-        status=status_pb(0, f"Found {len(page.items)} services"),
-    )
-    rest.paging.limit = pr.size or len(page.items)
-    rest.paging.offset = pr.skip
-    rest.paging.continuation_token = page.next_token
-    return encoded.joined(service_pb2.ListServicesResponse, page.items, rest)
+    found = status_pb(0, f"Found {len(page.items)} services")
+    return listing.page_response(service_pb2.ListServicesResponse, page, pr, found)
 
 
 class _AsOf:
