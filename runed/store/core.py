@@ -260,7 +260,7 @@ class SQLCore:
         rev = self._current_revision()
         if after is not None and namespace is not None and after[0] > namespace:
             return ListResult(revision=rev)
-        sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ?"
+        sql = "FROM objects WHERE kind = ?"
         args: list[Any] = [kind]
         if namespace is not None:
             sql += " AND namespace = ?"
@@ -277,15 +277,27 @@ class SQLCore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit + 1)
-        rows = self._fetchall(sql, args)
-        more = limit is not None and len(rows) > limit
-        if more:
-            rows = rows[:limit]
-        if known is None:
-            items = [_record(kind, r) for r in rows]
-        else:
-            # Decoding the JSON is most of a page's read: rows the caller holds at this revision skip it.
-            items = [known(r[0], r[1], int(r[3])) or _record(kind, r) for r in rows]
+        items: list[Record] | None = None
+        more = False
+        if known is not None:
+            # Reading and decoding the data is most of a page's read: when the caller holds every row
+            # at its revision, the keys and revisions are all there is to read (101 µs instead of 136
+            # for 100 instances; bench/README.md "ListInstances: a page in its wire form").
+            keys = self._fetchall(f"SELECT namespace, name, revision {sql}", args)
+            more = limit is not None and len(keys) > limit
+            held = [known(r[0], r[1], int(r[2])) for r in (keys[:limit] if more else keys)]
+            if all(held):
+                items = [r for r in held if r is not None]
+        if items is None:
+            rows = self._fetchall(f"SELECT {_OBJECT_COLUMNS} {sql}", args)
+            more = limit is not None and len(rows) > limit
+            if more:
+                rows = rows[:limit]
+            if known is None:
+                items = [_record(kind, r) for r in rows]
+            else:
+                # Rows held at their revision skip the JSON decoding.
+                items = [known(r[0], r[1], int(r[3])) or _record(kind, r) for r in rows]
         cursor = f"{items[-1].namespace}/{items[-1].name}" if more and items else ""
         return ListResult(items=items, next_cursor=cursor, revision=rev)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runed.core import errors
-from runed.store.base import ADDED, DELETED, MODIFIED, Change, Store, iter_all
+from runed.store.base import ADDED, DELETED, MODIFIED, Change, Record, Store, iter_all
 from runed.store.open import open_url
 from runed.store.postgres import PostgresStore
 from runed.store.sqlite import SQLiteStore, open_store
@@ -402,3 +402,29 @@ def test_a_writer_cut_off_in_a_transaction_does_not_hold_every_write(pg_url: str
     finally:
         silent.close()
         store.close()
+
+
+def test_a_list_with_known_rows_reads_only_what_it_does_not_hold(store: Store) -> None:
+    """``known`` (the list pages' kept records): rows held at their revision come back as held, rows
+    written since (or never held) are read and decoded; the page and its cursor are the same either way."""
+    for i in range(5):
+        store.put("instance", "default", f"i{i}", {"v": i})
+    plain = store.list("instance", "default", limit=3)
+    held = {(r.namespace, r.name, r.revision): r for r in plain.items}
+    def known(ns: str, name: str, revision: int) -> Record | None:
+        return held.get((ns, name, revision))
+
+    got = store.list("instance", "default", limit=3, known=known)
+    assert [r.name for r in got.items] == ["i0", "i1", "i2"] and got.next_cursor == plain.next_cursor
+    assert all(a is b for a, b in zip(got.items, plain.items, strict=True)), "held rows are the held records"
+    # A row rewritten since: its new revision is read and decoded, the others still come as held.
+    store.put("instance", "default", "i1", {"v": "new"})
+    got = store.list("instance", "default", limit=3, known=known)
+    assert [r.data["v"] for r in got.items] == [0, "new", 2]
+    assert got.items[0] is plain.items[0] and got.items[1] is not plain.items[1]
+    assert got.next_cursor == plain.next_cursor
+    # The last page (no row beyond it) and a page of everything.
+    rest = store.list("instance", "default", after=("default", "i2"), limit=3, known=known)
+    assert [r.name for r in rest.items] == ["i3", "i4"] and rest.next_cursor == ""
+    everything = store.list("instance", "default", known=known)
+    assert [(r.name, r.data["v"]) for r in everything.items] == [(f"i{i}", "new" if i == 1 else i) for i in range(5)]
