@@ -411,6 +411,7 @@ def test_a_list_with_known_rows_reads_only_what_it_does_not_hold(store: Store) -
         store.put("instance", "default", f"i{i}", {"v": i})
     plain = store.list("instance", "default", limit=3)
     held = {(r.namespace, r.name, r.revision): r for r in plain.items}
+
     def known(ns: str, name: str, revision: int) -> Record | None:
         return held.get((ns, name, revision))
 
