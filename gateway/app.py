@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rune.gateway import codec, connect, exec_http, exec_sessions, exec_ws, logs_http, middleware, ops, routes, sse, ui
 from rune.gateway.backend import Backend
 from rune.gateway.http import (
+    BodyTimeout,
     ClientDisconnected,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -77,10 +78,11 @@ class Gateway:
         self.pipeline = backend.pipeline
         self.keepalive = keepalive
         self.max_body = backend.config.server.max_body_bytes
+        self.body_timeout = backend.config.server.body_timeout_seconds
         self.connect = connect.Connect(backend, self._body)
 
     async def _body(self, request: Request) -> bytes:
-        return await read_body(request, self.max_body)
+        return await read_body(request, self.max_body, self.body_timeout)
 
     def _finish(self, method: str, code: str, started: float) -> None:
         metrics.record("rest", method, code, time.monotonic() - started)
@@ -174,7 +176,14 @@ async def _one(msg: Message) -> AsyncIterator[Message]:
 
 
 # Errors the gateway raises before the pipeline sees the call (so the pipeline did not count them).
-_GATEWAY_ERRORS = (codec.BadRequest, PayloadTooLarge, UnsupportedMediaType, ClientDisconnected, MethodNotAllowed)
+_GATEWAY_ERRORS = (
+    codec.BadRequest,
+    PayloadTooLarge,
+    BodyTimeout,
+    UnsupportedMediaType,
+    ClientDisconnected,
+    MethodNotAllowed,
+)
 
 
 class FastPath:

@@ -10,8 +10,9 @@ on every REST endpoint:
 - :func:`sse_event`, :func:`sse_comment` frame Server-Sent Events; :func:`sse_response` wraps an
   async iterator of frames into a ``text/event-stream`` response with keep-alives and a final
   ``event: error`` frame when the stream fails.
-- :func:`read_body` reads a request body within ``server.max_body_bytes`` (413 beyond it) and turns a
-  client that hangs up mid-body into :class:`ClientDisconnected`; :func:`check_json_type` answers 415
+- :func:`read_body` reads a request body within ``server.max_body_bytes`` (413 beyond it) and
+  ``server.body_timeout_seconds`` (408 after it, and the connection closed) and turns a client that
+  hangs up mid-body into :class:`ClientDisconnected`; :func:`check_json_type` answers 415
   for a body that does not say it is JSON; :func:`json_body` does both for the JSON routes.
 """
 
@@ -62,6 +63,16 @@ class UnsupportedMediaType(errors.InvalidArgument, http=415, connect_http=415):
     reason = "UNSUPPORTED_MEDIA_TYPE"
 
 
+class BodyTimeout(errors.DeadlineExceeded, http=408):
+    """The request body was not in within server.body_timeout_seconds (HTTP 408, connection closed).
+
+    Like a head that never completes (``gateway/protocol.py``), a body sent a byte at a time would
+    otherwise hold its connection and its handler for as long as the client likes.
+    """
+
+    reason = "REQUEST_BODY_TIMEOUT"
+
+
 class ClientDisconnected(errors.Cancelled):
     """The client hung up before its request body was complete: nobody is left to answer.
 
@@ -93,29 +104,43 @@ def check_json_type(conn: HTTPConnection) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 beyond); a client gone mid-body is ClientDisconnected."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond) and within ``timeout`` seconds (408 after);
+    a client gone mid-body is ClientDisconnected."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         log_disconnect(request, size)
         raise ClientDisconnected(f"the client disconnected after {size} bytes of its request body") from None
+    except TimeoutError:
+        log.info(
+            "client %s sent %d bytes of its request body in %gs, not all of it: %s %s (request %s) answered 408",
+            _peer(request),
+            size,
+            timeout,
+            request.method,
+            request.url.path,
+            request_id_of(request),
+        )
+        raise BodyTimeout(f"request body not received within {timeout:g}s ({size} bytes arrived)") from None
     return b"".join(chunks)
 
 
 async def json_body(request: Request) -> bytes:
     """A JSON route's body: labelled JSON (or unlabelled) and within ``server.max_body_bytes``."""
     check_json_type(request)
-    return await read_body(request, request.app.state.runed.config.server.max_body_bytes)
+    server = request.app.state.runed.config.server
+    return await read_body(request, server.max_body_bytes, server.body_timeout_seconds)
 
 
 def log_disconnect(conn: HTTPConnection, received: int | None = None) -> None:
@@ -187,6 +212,9 @@ def status_dict(err: errors.RuneError, request_id: str) -> dict[str, Any]:
 
 def _headers(err: errors.RuneError, request_id: str) -> dict[str, str]:
     headers = {"x-request-id": request_id}
+    if isinstance(err, BodyTimeout):
+        # The rest of the body may still come: it is not the next request.
+        headers["connection"] = "close"
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
     return headers

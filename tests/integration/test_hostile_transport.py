@@ -18,8 +18,12 @@ from tests.harness import Runed, run_runed
 from tests.support import Metadata, bad_request_fields, bootstrap_metadata, eventually
 
 HEADER_TIMEOUT = 1
+BODY_TIMEOUT = 1
 MAX_HEADER_BYTES = 8192
-RUNEFILE = f"server:\n  header_timeout_seconds: {HEADER_TIMEOUT}\n  max_header_bytes: {MAX_HEADER_BYTES}\n"
+RUNEFILE = (
+    f"server:\n  header_timeout_seconds: {HEADER_TIMEOUT}\n  max_header_bytes: {MAX_HEADER_BYTES}\n"
+    f"  body_timeout_seconds: {BODY_TIMEOUT}\n"
+)
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 # Not a protobuf message of any type: a varint tag that never ends, then text.
 GARBAGE = b"\xff\xff\xff\xff\x0f garbage"
@@ -27,7 +31,7 @@ GARBAGE = b"\xff\xff\xff\xff\x0f garbage"
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runed, Metadata]]:
-    """One runed with a 1 s header timeout and 8 KiB header limit, and its root token."""
+    """One runed with a 1 s header timeout, a 1 s body timeout and 8 KiB header limit, and its root token."""
     tmp = tmp_path_factory.mktemp("hostile")
     (tmp / "runefile.yaml").write_text(RUNEFILE)
     with run_runed(tmp / "data", args=["--config", str(tmp / "runefile.yaml")]) as r:
@@ -120,6 +124,69 @@ def test_client_gone_mid_body_is_one_info_line(hostile: tuple[Runed, Metadata], 
     _assert_logged_once(runed, rid, since)
     (line,) = _lines_with(runed, rid)
     assert " INFO " in line and "disconnected" in line, line
+
+
+# -- slow bodies -------------------------------------------------------------------------------------
+def _post_slowly(runed: Runed, md: Metadata, path: str, body: bytes, pieces: int, gap: float, rid: str) -> bytes:
+    """POST ``body`` in ``pieces`` sent ``gap`` seconds apart; everything the server answered until it closed
+    the connection or the answer was complete."""
+    auth = dict(md)["authorization"]
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: {auth}\r\n"
+        f"x-request-id: {rid}\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    size = -(-len(body) // pieces)
+    answer = b""
+    with socket.create_connection(_address(runed), timeout=10) as s:
+        s.sendall(head.encode())
+        s.settimeout(gap)
+        for i in range(0, len(body), size):
+            try:
+                s.sendall(body[i : i + size])
+            except OSError:
+                break  # closed by the server: read what it said
+            try:
+                answer += s.recv(65536)
+            except TimeoutError:
+                continue
+            if b"\r\n\r\n" in answer:
+                break
+        s.settimeout(10)
+        if b"connection: close" in answer.lower() or b"\r\n\r\n" not in answer:
+            answer += _read_to_close(s)
+    return answer
+
+
+def test_a_body_trickling_in_is_cut_off_with_408(hostile: tuple[Runed, Metadata]) -> None:
+    """A body sent a byte every 0.25 s (a slowloris on the body) gets 408 once the 1 s body timeout is
+    over, the connection is closed, the request is not carried out, and one INFO line says why."""
+    runed, md = hostile
+    since = len(runed.output())
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    rid = f"trickle-{uuid.uuid4().hex[:8]}"
+    body = f'{{"name": "{name}"}}'.encode()
+    # 40 pieces 0.25 s apart: 10 s, far past the timeout; a server without it would take them all.
+    answer = _post_slowly(runed, md, "/v1/namespaces", body.ljust(40), pieces=40, gap=0.25, rid=rid)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b"connection: close" in answer.lower()
+    assert b"REQUEST_BODY_TIMEOUT" in answer and b"request body not received within 1s" in answer
+    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetNamespace(namespace_pb2.GetNamespaceRequest(name=name), metadata=md)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    _assert_logged_once(runed, rid, since)
+    (line,) = _lines_with(runed, rid)
+    assert " INFO " in line and "408" in line, line
+
+
+def test_a_body_in_pieces_within_the_timeout_is_served(hostile: tuple[Runed, Metadata]) -> None:
+    runed, md = hostile
+    name = f"pieces-{uuid.uuid4().hex[:8]}"
+    body = f'{{"name": "{name}"}}'.encode()
+    answer = _post_slowly(runed, md, "/v1/namespaces", body, pieces=3, gap=0.2, rid=f"pieces-{name}")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    stub = namespace_pb2_grpc.NamespaceServiceStub(runed.channel())
+    assert stub.GetNamespace(namespace_pb2.GetNamespaceRequest(name=name), metadata=md).namespace.name == name
 
 
 # -- request heads -----------------------------------------------------------------------------------

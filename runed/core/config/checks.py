@@ -172,6 +172,7 @@ def _server(f: _Found, cfg: Config) -> None:
     f.not_negative("server.shutdown_grace_seconds", s.shutdown_grace_seconds)
     f.positive("server.max_body_bytes", s.max_body_bytes)
     f.positive("server.header_timeout_seconds", s.header_timeout_seconds)
+    f.positive("server.body_timeout_seconds", s.body_timeout_seconds)
     f.positive("server.max_header_bytes", s.max_header_bytes)
     f.positive("server.sse_keepalive_seconds", s.sse_keepalive_seconds)
     _tls(f, s.tls)

@@ -81,6 +81,9 @@ class ServerConfig:
     # and take at most max_header_bytes (else 431, closed): slow or huge heads hold no connection.
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 64 * 1024
+    # A REST request's body must have arrived this many seconds after its head (else 408, closed):
+    # a client trickling a body holds no connection and no handler.
+    body_timeout_seconds: float = 30.0
     # Seconds of silence on a REST event stream before a keep-alive comment is sent.
     sse_keepalive_seconds: float = 15.0
     cors: CORSConfig = field(default_factory=CORSConfig)
