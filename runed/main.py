@@ -248,7 +248,9 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
-        store = open_url(cfg.store.url, changelog_keep=cfg.history.changelog_entries)
+        store = open_url(
+            cfg.store.url, changelog_keep=cfg.history.changelog_entries, audit_keep=cfg.history.audit_entries
+        )
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     try:

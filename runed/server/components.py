@@ -70,7 +70,9 @@ def build(config: Config) -> Components:
     Raises:
         StoreError: the database cannot be opened or migrated (a fatal start error).
     """
-    store = open_url(config.store.url, changelog_keep=config.history.changelog_entries)
+    store = open_url(
+        config.store.url, changelog_keep=config.history.changelog_entries, audit_keep=config.history.audit_entries
+    )
     identity = Identity(store, load_server_key(config.data_path))
     authorizer = Authorizer(identity)
     rl = config.auth.rate_limit

@@ -78,6 +78,9 @@ class SQLCore:
 
     changelog_keep: int
     _writes_since_prune: int
+    # Audit records kept (the newest); older ones are removed every PRUNE_EVERY audit writes.
+    audit_keep: int = 100_000
+    _audits_since_prune: int = 0
     offload: Offload
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -421,6 +424,23 @@ class SQLCore:
                     entry.detail,
                 ),
             )
+        self._audited()
+
+    def prune_audit(self) -> None:
+        """Keep the newest ``audit_keep`` audit records: the table must not grow for as long as runed runs."""
+        with self._audit_scope():
+            self._execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (self.audit_keep,))
+
+    def _audited(self) -> None:
+        """After each audit write: prune every PRUNE_EVERY of them (per process; any process may)."""
+        self._audits_since_prune += 1
+        if self._audits_since_prune >= PRUNE_EVERY:
+            self._audits_since_prune = 0
+            try:
+                self.prune_audit()
+            except Exception as e:
+                # The audit record is written: a failed prune must not turn it into an error.
+                log.warning("cannot prune the audit records: %s", e)
 
     def list_audit(
         self, *, since_id: int = 0, limit: int = 100, subject: str | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from runed.store.base import Store
 
 
-def open_url(url: str, *, changelog_keep: int = 100_000) -> Store:
+def open_url(url: str, *, changelog_keep: int = 100_000, audit_keep: int = 100_000) -> Store:
     """Open (creating and migrating) the store ``url`` names.
 
     Raises:
@@ -17,10 +17,10 @@ def open_url(url: str, *, changelog_keep: int = 100_000) -> Store:
     if url.startswith("sqlite:///"):
         from runed.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(url[len("sqlite://") :]), changelog_keep=changelog_keep)
+        return SQLiteStore(Path(url[len("sqlite://") :]), changelog_keep=changelog_keep, audit_keep=audit_keep)
     if url.startswith(("postgresql://", "postgres://")):
         # Imported only when configured: psycopg costs SQLite users nothing.
         from runed.store.postgres import PostgresStore
 
-        return PostgresStore(url, changelog_keep=changelog_keep)
+        return PostgresStore(url, changelog_keep=changelog_keep, audit_keep=audit_keep)
     raise ValueError(f"store.url: must be sqlite:///path or postgresql://user@host:port/database, got {url!r}")

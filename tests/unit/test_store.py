@@ -429,3 +429,39 @@ def test_a_list_with_known_rows_reads_only_what_it_does_not_hold(store: Store) -
     assert [r.name for r in rest.items] == ["i3", "i4"] and rest.next_cursor == ""
     everything = store.list("instance", "default", known=known)
     assert [(r.name, r.data["v"]) for r in everything.items] == [(f"i{i}", "new" if i == 1 else i) for i in range(5)]
+
+
+def test_audit_records_are_pruned_to_the_newest(store_url: str) -> None:
+    """The audit table keeps the newest ``audit_keep`` records: pruned every PRUNE_EVERY audit writes,
+    by whichever process writes them, and never growing for as long as runed runs."""
+    from runed.store.base import AuditEntry
+    from runed.store.core import PRUNE_EVERY
+
+    s = open_url(store_url, audit_keep=5)
+    try:
+
+        def entry(i: int) -> AuditEntry:
+            return AuditEntry(
+                subject="root",
+                method="/m",
+                resource="r",
+                verb="get",
+                namespace="default",
+                name=f"n{i}",
+                outcome="ok",
+                code="OK",
+                request_id=f"r{i}",
+                peer="127.0.0.1",
+            )
+
+        for i in range(PRUNE_EVERY - 1):
+            s.audit(entry(i))
+        assert len(s.list_audit(limit=PRUNE_EVERY)) == PRUNE_EVERY - 1  # not yet
+        s.audit(entry(PRUNE_EVERY - 1))
+        kept = s.list_audit(limit=PRUNE_EVERY)
+        assert [e.name for e in kept] == [f"n{i}" for i in range(PRUNE_EVERY - 5, PRUNE_EVERY)]
+        # Pruning again keeps them; paging from an id below the oldest kept starts at the oldest kept.
+        _prunable(s).prune_audit()
+        assert [e.name for e in s.list_audit(since_id=1)] == [e.name for e in kept]
+    finally:
+        s.close()

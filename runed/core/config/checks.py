@@ -112,6 +112,7 @@ def problems(cfg: Config) -> list[str]:
     _store(f, cfg)
     f.positive("history.revisions", h.revisions)
     f.positive("history.changelog_entries", h.changelog_entries)
+    f.positive("history.audit_entries", h.audit_entries)
     f.positive("history.watch_queue_events", h.watch_queue_events)
     f.positive("exec.max_sessions_per_instance", cfg.exec.max_sessions_per_instance)
     f.positive("exec.timeout_seconds", cfg.exec.timeout_seconds)

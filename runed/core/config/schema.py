@@ -226,6 +226,8 @@ class HistoryConfig:
     revisions: int = 20
     # Change-log entries kept (watch resume older than that must re-list).
     changelog_entries: int = 100_000
+    # Audit records kept (the newest; older ones are removed as new ones arrive).
+    audit_entries: int = 100_000
     # Events a watcher may have pending before it is cut off with "too slow, re-list".
     watch_queue_events: int = 10_000
 

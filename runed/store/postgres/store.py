@@ -57,9 +57,18 @@ class PostgresStore(SQLCore):
 
     unique_violation = pgerrors.UniqueViolation
 
-    def __init__(self, url: str, *, changelog_keep: int = 100_000, notify: bool = True, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        changelog_keep: int = 100_000,
+        audit_keep: int = 100_000,
+        notify: bool = True,
+        pool_size: int = 4,
+    ) -> None:
         self.url = url
         self.changelog_keep = changelog_keep
+        self.audit_keep = audit_keep
         self._writes_since_prune = 0
         self._tx = _Tx()
         try:

@@ -24,8 +24,11 @@ class SQLiteStore(Database, SQLCore):
 
     unique_violation = sqlite3.IntegrityError
 
-    def __init__(self, path: Path, *, changelog_keep: int = 100_000, notify: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, changelog_keep: int = 100_000, audit_keep: int = 100_000, notify: bool = True
+    ) -> None:
         self.changelog_keep = changelog_keep
+        self.audit_keep = audit_keep
         self._writes_since_prune = 0
         # Inline: a local file never waits on the network (the measurement is in runed.store.offload).
         self.offload = Offload(1, inline=True)
@@ -58,6 +61,6 @@ class SQLiteStore(Database, SQLCore):
         return int(row[0]) if row else 0
 
 
-def open_store(data_dir: Path, *, changelog_keep: int = 100_000) -> SQLiteStore:
+def open_store(data_dir: Path, *, changelog_keep: int = 100_000, audit_keep: int = 100_000) -> SQLiteStore:
     """Open (creating and migrating) the store in a data dir."""
-    return SQLiteStore(data_dir / "runed.db", changelog_keep=changelog_keep)
+    return SQLiteStore(data_dir / "runed.db", changelog_keep=changelog_keep, audit_keep=audit_keep)
