@@ -73,6 +73,15 @@ def _audit_entry(r: Sequence[Any]) -> AuditEntry:
     )
 
 
+def _prune_quietly(prune: Callable[[], None], what: str) -> None:
+    """Prune after a committed write: a failed prune (a full disk, a lost connection) must not turn
+    the write into an error. The next prune catches up."""
+    try:
+        prune()
+    except Exception as e:
+        log.warning("cannot prune %s: %s", what, e)
+
+
 class SQLCore:
     """Implements :class:`runed.store.base.Store` on top of a backend's few primitives (below)."""
 
@@ -169,12 +178,7 @@ class SQLCore:
         self._writes_since_prune += 1
         if self._writes_since_prune >= PRUNE_EVERY:
             self._writes_since_prune = 0
-            try:
-                self.prune_changelog()
-            except Exception as e:
-                # The write that got here is committed: a failed prune (a full disk, a lost
-                # connection) must not turn it into an error. The next prune catches up.
-                log.warning("cannot prune the change log: %s", e)
+            _prune_quietly(self.prune_changelog, "the change log")
 
     async def watch(self, kinds: Sequence[str], since: int) -> AsyncIterator[Change]:
         """Every change to ``kinds`` after revision ``since``, in order, forever.
@@ -436,11 +440,7 @@ class SQLCore:
         self._audits_since_prune += 1
         if self._audits_since_prune >= PRUNE_EVERY:
             self._audits_since_prune = 0
-            try:
-                self.prune_audit()
-            except Exception as e:
-                # The audit record is written: a failed prune must not turn it into an error.
-                log.warning("cannot prune the audit records: %s", e)
+            _prune_quietly(self.prune_audit, "the audit records")
 
     def list_audit(
         self, *, since_id: int = 0, limit: int = 100, subject: str | None = None
