@@ -48,6 +48,7 @@ def joined(cls: type[M], items: Iterable[bytes], rest: M) -> Encoded[M]:
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint (protobuf's own encoder of one, ``internal.encoder``, is private)."""
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
