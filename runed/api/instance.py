@@ -19,6 +19,8 @@ from runed.store.base import Record, Store, iter_all
 
 FIELD_SELECTOR_FIELDS = ("id", "name", "namespace", "service", "status", "node")
 
+# Pages read lately; a page's filters may read the instances' services.
+_PAGES = listing.Pages((objects.INSTANCE, objects.SERVICE))
 # Instance protos of recent instance revisions: what a page is made of (see listing.Built).
 _BUILT: listing.Built[instance_pb2.Instance] = listing.Built(
     lambda rec, _: objects.instance_to_pb(rec), instance_pb2.ListInstancesResponse.INSTANCES_FIELD_NUMBER
@@ -150,7 +152,12 @@ def ListInstances(
             for r in batch
         ]
 
-    page = paging.paginate(store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, kept.known)
+    def read(revision: int) -> paging.Page[bytes]:
+        return paging.paginate(
+            store, objects.INSTANCE, list_scope(req.namespace), pr, query, convert, kept.known, revision
+        )
+
+    page = _PAGES.page(store, (query, pr), read)
     found = common_pb2.Status(message=f"Found {len(page.items)} instances")
     return listing.page_response(instance_pb2.ListInstancesResponse, page, pr, found)
 

@@ -1,12 +1,13 @@
 """What every List/Watch handler reads off its request (the compiled selector and the paging query key),
-the protos its pages are made of, built and encoded once per stored revision, and a page's response
-made of those encodings."""
+the protos its pages are made of, built and encoded once per stored revision, whole pages kept while
+nothing they were read from changes, and a page's response made of those encodings."""
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -114,6 +115,55 @@ class Kept(Generic[M]):
     def known(self, namespace: str, name: str, revision: int) -> Record | None:
         """The record held at (namespace, name, revision), if any: :meth:`Store.list` skips decoding it."""
         return self._records.get((namespace, name, revision))
+
+
+@dataclass(frozen=True)
+class _Held:
+    page: paging.Page[bytes]
+    revision: int
+
+
+class Pages:
+    """Whole pages of a List call, kept per store and query while the kinds they were read from do not change.
+
+    A client that lists the same page again (a dashboard, ``rune get instances -w``'s refreshes, a CI
+    script polling for Running) asks for what it was just sent; reading the page's rows again was
+    most of the call for a page of 100 instances (bench/README.md "ListInstances: pages kept").
+    The store's revision (one read) says whether anything changed since; if something did, the
+    change log says whether it was one of ``kinds`` (:meth:`Store.changed_since`). A page is kept
+    with the revision read *before* its rows, so a write landing while it is read makes it stale,
+    never wrong. At most ``size`` pages per store, first in first out.
+    """
+
+    def __init__(self, kinds: tuple[str, ...], size: int = 256) -> None:
+        self._kinds = kinds
+        self._size = size
+        self._stores: weakref.WeakKeyDictionary[Store, dict[Hashable, _Held]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def page(
+        self,
+        store: Store,
+        key: Hashable,
+        read: Callable[[int], paging.Page[bytes]],
+    ) -> paging.Page[bytes]:
+        """The page ``key`` of ``store``: the kept one while it still holds, else ``read(revision)``."""
+        held_pages = self._stores.get(store)
+        if held_pages is None:
+            with self._lock:
+                held_pages = self._stores.setdefault(store, {})
+        now = store.current_revision()
+        held = held_pages.get(key)
+        if held is not None and held.revision <= now:
+            if held.revision == now or not store.changed_since(held.revision, self._kinds):
+                if held.revision != now:
+                    with self._lock:
+                        held_pages[key] = _Held(held.page, now)
+                return paging.Page(held.page.items, held.page.next_token, now)
+        page = read(now)
+        with self._lock:
+            _put(held_pages, key, _Held(page, now), self._size)
+        return page
 
 
 K = TypeVar("K")

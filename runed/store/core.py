@@ -161,6 +161,18 @@ class SQLCore:
         rows = self._fetchall(sql, args)
         return [Change(int(r[0]), r[1], r[2], r[3], r[4], loads(r[5]), r[6]) for r in rows]
 
+    def changed_since(self, revision: int, kinds: Sequence[str]) -> bool:
+        # Revisions are contiguous in the log (each is the log's own sequence, taken in its writer's
+        # transaction), so a log that starts after revision + 1 was pruned past it.
+        row = self._fetchone(
+            "SELECT (SELECT MIN(revision) FROM changes), EXISTS (SELECT 1 FROM changes WHERE revision > ?"
+            f" AND kind IN ({','.join('?' * len(kinds))}))",
+            [revision, *kinds],
+        )
+        if row is None or row[0] is None:
+            return revision < self._current_revision()
+        return int(row[0]) > revision + 1 or bool(row[1])
+
     def prune_changelog(self) -> None:
         """Keep the last ``changelog_keep`` changes; remember where the log now starts."""
         with self.transaction():

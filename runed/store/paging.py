@@ -90,19 +90,20 @@ def paginate(
     query: str,
     convert: Callable[[list[Record]], Iterable[T | None]],
     known: Callable[[str, str, int], Record | None] | None = None,
+    revision: int | None = None,
 ) -> Page[T]:
     """Read ``kind`` in key order from ``req.after`` until a page of converted items is full.
 
     ``convert`` turns a batch of records into items, None for records the filter rejects, so a
     filtered page costs reads proportional to what it skips, not to the whole kind. ``known`` goes
-    to :meth:`Store.list`.
+    to :meth:`Store.list`; ``revision``, the page's, is the store's current one unless read already.
     """
     page: Page[T] = Page()
     after = req.after
     skip = req.skip
     want = req.size
     last_key: tuple[str, str] | None = None
-    page.revision = store.current_revision()
+    page.revision = store.current_revision() if revision is None else revision
     while True:
         batch = SCAN_BATCH if not want else max(min(want - len(page.items) + 1, SCAN_BATCH), 1)
         res = store.list(kind, namespace, after=after, limit=batch, known=known)

@@ -325,3 +325,46 @@ def test_a_list_page_is_the_same_on_grpc_rest_and_connect(gw: tuple[Runed, str],
         assert [s.name for s in other.services] == ["svc-0", "svc-1"]
         assert other.next_page_token == first.next_page_token
         assert (other.paging, other.status) == (first.paging, first.status)
+
+
+def test_a_listed_page_follows_what_the_controller_changes(gw: tuple[Runed, str], client: httpx.Client) -> None:
+    """List pages kept between calls (runed.api.listing.Pages) never outlive a change: every status the
+    controller (another process) writes shows in the next page, on gRPC and REST, while the same
+    page asked again and again is served."""
+    from rune.api import instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+
+    runed, token = gw
+    ns = "kept-pages"
+    assert client.post("/v1/namespaces", json={"name": ns}).status_code == 200
+    body = {"name": "web", "runtime": "process", "scale": 1, "process": {"command": "sleep", "args": ["60"]}}
+    assert client.post(f"/v1/namespaces/{ns}/services", json=body).status_code == 200
+    md = [("authorization", f"Bearer {token}")]
+    instances = instance_pb2_grpc.InstanceServiceStub(runed.channel())
+    services = service_pb2_grpc.ServiceServiceStub(runed.channel())
+    page = instance_pb2.ListInstancesRequest(namespace=ns, page_size=10)
+
+    def running() -> int:
+        got = instances.ListInstances(page, metadata=md).instances
+        return sum(i.status == instance_pb2.INSTANCE_STATUS_RUNNING for i in got)
+
+    def service_status() -> int:
+        got = services.ListServices(service_pb2.ListServicesRequest(namespace=ns, page_size=10), metadata=md)
+        return int(got.services[0].status) if got.services else -1
+
+    eventually(lambda: running() == 1, what="the first instance Running in the page")
+    eventually(lambda: service_status() == service_pb2.SERVICE_STATUS_RUNNING, what="the service Running")
+    for _ in range(3):
+        assert running() == 1
+    assert client.post(f"/v1/namespaces/{ns}/services/web:scale", json={"scale": 2}).status_code == 200
+    eventually(lambda: running() == 2, what="the second instance Running in the page")
+    assert len(client.get(f"/v1/namespaces/{ns}/instances", params={"pageSize": 10}).json()["instances"]) == 2
+    assert client.post(f"/v1/namespaces/{ns}/services/web:scale", json={"scale": 0}).status_code == 200
+    eventually(lambda: not instances.ListInstances(page, metadata=md).instances, what="the page empty")
+    eventually(
+        lambda: (
+            client.get(f"/v1/namespaces/{ns}/instances", params={"pageSize": 10}).json().get("instances") in (None, [])
+        ),
+        what="the REST page empty",
+    )
+    assert client.delete(f"/v1/namespaces/{ns}/services/web").status_code == 200
+    eventually(lambda: service_status() == -1, what="the service gone from the page")

@@ -241,6 +241,66 @@ def test_watch_from_compacted_revision_fails_loudly(store_url: str) -> None:
     s.close()
 
 
+def test_changed_since_sees_its_kinds_and_a_pruned_log(store_url: str) -> None:
+    """``changed_since`` (what decides that a kept list page still holds): only changes of the given
+    kinds after the revision count, and a change log pruned past the revision counts as changed."""
+    s = open_url(store_url, changelog_keep=5)
+    try:
+        assert not s.changed_since(0, ["instance"]), "an empty store has not changed"
+        s.put("instance", "default", "i0", {})
+        seen = s.current_revision()
+        assert s.changed_since(seen - 1, ["instance"]) and not s.changed_since(seen, ["instance"])
+        s.put("service", "default", "s0", {})
+        assert not s.changed_since(seen, ["instance"]), "another kind's write"
+        assert s.changed_since(seen, ["instance", "service"])
+        s.delete("instance", "default", "i0")
+        assert s.changed_since(seen, ["instance"]), "a deletion"
+        # Past a prune: the log no longer says what changed after `seen`, so everything may have.
+        seen = s.current_revision()
+        for i in range(20):
+            s.put("service", "default", f"s{i}", {})
+        _prunable(s).prune_changelog()
+        assert s.oldest_revision() > seen + 1
+        assert s.changed_since(seen, ["instance"])
+        assert not s.changed_since(s.current_revision(), ["instance"])
+    finally:
+        s.close()
+
+
+def test_a_kept_list_page_holds_until_one_of_its_kinds_changes(store: Store) -> None:
+    """``listing.Pages``: the same page again is the kept one, with the store's current revision, until
+    a write of one of its kinds (or a pruned log) makes it read again; other kinds' writes do not."""
+    from runed.api import listing
+    from runed.store import paging
+
+    pages = listing.Pages(("instance",))
+    reads: list[int] = []
+
+    def read(revision: int) -> paging.Page[bytes]:
+        reads.append(revision)
+        res = store.list("instance", "default")
+        return paging.Page([r.name.encode() for r in res.items], "", revision)
+
+    store.put("instance", "default", "a", {})
+    first = pages.page(store, "q", read)
+    assert first.items == [b"a"] and reads == [store.current_revision()]
+    again = pages.page(store, "q", read)
+    assert again.items == [b"a"] and again.revision == first.revision and len(reads) == 1
+    # A write of another kind: the kept page, at the new revision.
+    store.put("service", "default", "s", {})
+    moved = pages.page(store, "q", read)
+    assert moved.items == [b"a"] and moved.revision == store.current_revision() and len(reads) == 1
+    # Another query is a page of its own.
+    pages.page(store, "other", read)
+    assert len(reads) == 2
+    # A write of the page's kind: read again.
+    store.put("instance", "default", "b", {})
+    assert pages.page(store, "q", read).items == [b"a", b"b"] and len(reads) == 3
+    store.delete("instance", "default", "a")
+    assert pages.page(store, "q", read).items == [b"b"] and len(reads) == 4
+    assert pages.page(store, "q", read).items == [b"b"] and len(reads) == 4
+
+
 def test_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
     from runed.store.sqlite import StoreError
 

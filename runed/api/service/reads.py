@@ -17,6 +17,8 @@ from runed.store import paging, watch
 from runed.store.base import DELETED, MODIFIED, Record, Store
 
 FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")
+# Pages read lately: a service's item is its spec and its status.
+_PAGES = listing.Pages((objects.SERVICE, objects.SERVICE_STATUS))
 # Service protos of recent (service, status) revisions: what a page is made of.
 _BUILT = listing.Built(objects.service_from_record, service_pb2.ListServicesResponse.SERVICES_FIELD_NUMBER)
 
@@ -123,15 +125,20 @@ def ListServices(req: service_pb2.ListServicesRequest, ctx: CallContext) -> Enco
         req.paging.continuation_token,
         query,
     )
-    page = paging.paginate(
-        store,
-        objects.SERVICE,
-        list_scope(req.namespace),
-        pr,
-        query,
-        lambda batch: _match_services(store, sel, batch),
-        _BUILT.of(store).known,
-    )
+
+    def read(revision: int) -> paging.Page[bytes]:
+        return paging.paginate(
+            store,
+            objects.SERVICE,
+            list_scope(req.namespace),
+            pr,
+            query,
+            lambda batch: _match_services(store, sel, batch),
+            _BUILT.of(store).known,
+            revision,
+        )
+
+    page = _PAGES.page(store, (query, pr), read)
     found = status_pb(0, f"Found {len(page.items)} services")
     return listing.page_response(service_pb2.ListServicesResponse, page, pr, found)
 
