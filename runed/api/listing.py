@@ -123,46 +123,61 @@ class _Held:
     revision: int
 
 
+class _Shelf:
+    """One store's kept pages, oldest first, and how many items they hold together."""
+
+    def __init__(self) -> None:
+        self.pages: dict[Hashable, _Held] = {}
+        self.items = 0
+
+
 class Pages:
     """Whole pages of a List call, kept per store and query while the kinds they were read from do not change.
 
     A client that lists the same page again (a dashboard, ``rune get instances -w``'s refreshes, a CI
     script polling for Running) asks for what it was just sent; reading the page's rows again was
-    most of the call for a page of 100 instances (bench/README.md "ListInstances: pages kept").
+    most of the call for a page of 100 instances (bench/README.md "API p99: pages kept").
     The store's revision (one read) says whether anything changed since; if something did, the
     change log says whether it was one of ``kinds`` (:meth:`Store.changed_since`). A page is kept
     with the revision read *before* its rows, so a write landing while it is read makes it stale,
-    never wrong. At most ``size`` pages per store, first in first out.
+    never wrong. The kept pages of a store hold at most ``items`` items together (their encodings
+    are shared with :class:`Built`'s), the oldest page leaving first.
     """
 
-    def __init__(self, kinds: tuple[str, ...], size: int = 256) -> None:
+    def __init__(self, kinds: tuple[str, ...], items: int = 8192) -> None:
         self._kinds = kinds
-        self._size = size
-        self._stores: weakref.WeakKeyDictionary[Store, dict[Hashable, _Held]] = weakref.WeakKeyDictionary()
+        self._budget = items
+        self._stores: weakref.WeakKeyDictionary[Store, _Shelf] = weakref.WeakKeyDictionary()
+        # Pages may be read on the store's worker threads.
         self._lock = threading.Lock()
 
-    def page(
-        self,
-        store: Store,
-        key: Hashable,
-        read: Callable[[int], paging.Page[bytes]],
-    ) -> paging.Page[bytes]:
+    def page(self, store: Store, key: Hashable, read: Callable[[int], paging.Page[bytes]]) -> paging.Page[bytes]:
         """The page ``key`` of ``store``: the kept one while it still holds, else ``read(revision)``."""
-        held_pages = self._stores.get(store)
-        if held_pages is None:
+        shelf = self._stores.get(store)
+        if shelf is None:
             with self._lock:
-                held_pages = self._stores.setdefault(store, {})
+                shelf = self._stores.setdefault(store, _Shelf())
         now = store.current_revision()
-        held = held_pages.get(key)
+        held = shelf.pages.get(key)
+        # A revision below the kept one: not the store the page was read from (restored); read again.
         if held is not None and held.revision <= now:
             if held.revision == now or not store.changed_since(held.revision, self._kinds):
                 if held.revision != now:
                     with self._lock:
-                        held_pages[key] = _Held(held.page, now)
+                        if key in shelf.pages:
+                            shelf.pages[key] = _Held(held.page, now)
                 return paging.Page(held.page.items, held.page.next_token, now)
         page = read(now)
         with self._lock:
-            _put(held_pages, key, _Held(page, now), self._size)
+            old = shelf.pages.pop(key, None)
+            if old is not None:
+                shelf.items -= len(old.page.items)
+            if len(page.items) <= self._budget:
+                shelf.pages[key] = _Held(page, now)
+                shelf.items += len(page.items)
+            while shelf.items > self._budget:
+                gone = shelf.pages.pop(next(iter(shelf.pages)))
+                shelf.items -= len(gone.page.items)
         return page
 
 

@@ -10,7 +10,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -299,6 +299,39 @@ def test_a_kept_list_page_holds_until_one_of_its_kinds_changes(store: Store) -> 
     store.delete("instance", "default", "a")
     assert pages.page(store, "q", read).items == [b"b"] and len(reads) == 4
     assert pages.page(store, "q", read).items == [b"b"] and len(reads) == 4
+
+
+def test_kept_list_pages_hold_a_bounded_number_of_items(store: Store) -> None:
+    """The kept pages of a store hold at most ``items`` items together: the oldest page leaves first, and a
+    page larger than that is never kept."""
+    from runed.api import listing
+    from runed.store import paging
+
+    reads: list[str] = []
+
+    def reader(key: str, size: int) -> Callable[[int], paging.Page[bytes]]:
+        def read(revision: int) -> paging.Page[bytes]:
+            reads.append(key)
+            return paging.Page([b"x"] * size, "", revision)
+
+        return read
+
+    pages = listing.Pages(("instance",), items=3)
+    pages.page(store, "a", reader("a", 2))
+    pages.page(store, "a", reader("a", 2))
+    assert reads == ["a"]
+    pages.page(store, "b", reader("b", 1))
+    pages.page(store, "a", reader("a", 2))
+    assert reads == ["a", "b"], "3 items fit"
+    pages.page(store, "c", reader("c", 1))
+    pages.page(store, "b", reader("b", 1))
+    pages.page(store, "c", reader("c", 1))
+    assert reads == ["a", "b", "c"], "the oldest page (a) left, b and c stayed"
+    pages.page(store, "a", reader("a", 2))
+    assert reads == ["a", "b", "c", "a"]
+    pages.page(store, "big", reader("big", 4))
+    pages.page(store, "big", reader("big", 4))
+    assert reads[-2:] == ["big", "big"], "a page over the budget is read every time"
 
 
 def test_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
