@@ -9,8 +9,9 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
 5. memory: RSS/PSS of the runed processes and of the shims (/proc/<pid>/smaps_rollup), per instance.
-6. API: the same calls with N running, p99 against step 1. The page of 10 holds as many instances with N running
-   as with 10 (the page of 100 holds 10 times as many), so its ratio is what N alone costs.
+6. API: the same calls with N running, p99 against step 1, with one caller and with four in flight. The page of 10
+   holds as many instances with N running as with 10 (the page of 100 holds 10 times as many), so its ratio is
+   what N alone costs. The kernel's DAMON threads (kdamond), where the machine runs them, are measured beside.
 7. delete: DeleteService until the deletion completed and every instance process is gone.
 """
 
@@ -206,11 +207,44 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> float:
 
 # The calls of steps 1 and 6, in the order they run and report.
 CALLS = ("GetService", "ListInstances", "ListInstances/10")
+# Callers in flight: one (a call's own latency) and four (the client and runed then fill both cores,
+# so the tail is mostly the run queue: whatever else wakes up on the machine lengthens it).
+CONCURRENCY = (1, 4)
 
 
-async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> dict[str, Load]:
-    """Load of GetService(name), of ListInstances (page of 100) and of ListInstances (page of 10), one after
-    the other."""
+@dataclass
+class Phase:
+    """The calls' loads, keyed (call, concurrency), and what the kernel's memory monitor took meanwhile."""
+
+    loads: dict[tuple[str, int], Load]
+    kdamond: float | None
+
+
+def kdamond_pids() -> list[int]:
+    """The kernel's DAMON threads, if it runs any: they sample pages and walk every mapping of each
+    one, so their work grows with the processes that share pages (bench/README.md "API p99")."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().startswith("kdamond"):
+                    out.append(int(d.name))
+    return out
+
+
+def api_latency(target: str, md: list[tuple[str, str]], name: str) -> Phase:
+    """Loads of GetService(name), of ListInstances (page of 100) and of ListInstances (page of 10), one after
+    the other, at each concurrency."""
+    kd = kdamond_pids()
+    before = sum(cpu_ticks(p) for p in kd)
+    t0 = time.perf_counter()
+    loads = asyncio.run(_api_latency(target, md, name))
+    wall = time.perf_counter() - t0
+    share = 100.0 * (sum(cpu_ticks(p) for p in kd) - before) / CLK_TCK / wall if kd else None
+    return Phase(loads, share)
+
+
+async def _api_latency(target: str, md: list[tuple[str, str]], name: str) -> dict[tuple[str, int], Load]:
     async with grpc.aio.insecure_channel(target) as ch:
         svc = service_pb2_grpc.ServiceServiceStub(ch)
         inst = instance_pb2_grpc.InstanceServiceStub(ch)
@@ -228,7 +262,7 @@ async def api_latency(target: str, md: list[tuple[str, str]], name: str) -> dict
             return await inst.ListInstances(small_req, metadata=md)
 
         calls = dict(zip(CALLS, (get, lst, small), strict=True))
-        return {k: await drive(call, API_SECONDS, concurrency=4) for k, call in calls.items()}
+        return {(k, c): await drive(call, API_SECONDS, concurrency=c) for c in CONCURRENCY for k, call in calls.items()}
 
 
 def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds: float) -> dict[str, float]:
@@ -255,9 +289,9 @@ class Result:
     runed_mem: dict[str, tuple[int, int]] = field(default_factory=dict)
     shim_rss: float = 0.0
     shim_pss: float = 0.0
-    ref: dict[str, Load] = field(default_factory=dict)
-    crowded: dict[str, Load] = field(default_factory=dict)
-    loaded: dict[str, Load] = field(default_factory=dict)
+    ref: Phase = field(default_factory=lambda: Phase({}, None))
+    crowded: Phase = field(default_factory=lambda: Phase({}, None))
+    loaded: Phase = field(default_factory=lambda: Phase({}, None))
 
 
 def measure(n: int, argv: list[str]) -> Result:
@@ -273,9 +307,9 @@ def measure(n: int, argv: list[str]) -> Result:
             # 1. The reference: the same calls with 10 instances running.
             cast_running(api, "ref", argv, REF_SCALE)
             time.sleep(2)
-            res.ref = asyncio.run(api_latency(target, md, "ref"))
+            res.ref = api_latency(target, md, "ref")
             with crowd(2 * n):
-                res.crowded = asyncio.run(api_latency(target, md, "ref"))
+                res.crowded = api_latency(target, md, "ref")
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill = bare(argv, n)
@@ -292,7 +326,7 @@ def measure(n: int, argv: list[str]) -> Result:
             res.shim_rss = sum(m[0] for m in mems) / max(1, len(mems))
             res.shim_pss = sum(m[1] for m in mems) / max(1, len(mems))
             # 6. The API with N running.
-            res.loaded = asyncio.run(api_latency(target, md, "scale"))
+            res.loaded = api_latency(target, md, "scale")
             # 7. Delete.
             res.delete = delete_gone(api, "scale", data)
     return res
@@ -324,18 +358,26 @@ def report(res: Result) -> Iterator[str]:
         f"with runed's share {per / 1024:.2f} MB"
     )
     # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).
-    for call in CALLS:
-        ref, loaded = res.ref[call], res.loaded[call]
+    for c in CONCURRENCY:
+        yield f"     API, {c} caller{'s' if c > 1 else ''} in flight"
+        for call in CALLS:
+            ref, loaded = res.ref.loads[(call, c)], res.loaded.loads[(call, c)]
+            yield (
+                f"       {call:<16} p99 {loaded.pct(99):6.2f} ms with {n} running, {ref.pct(99):5.2f} ms with "
+                f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
+                f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
+            )
+        for call in CALLS:
+            crowded, loaded = res.crowded.loads[(call, c)], res.loaded.loads[(call, c)]
+            yield (
+                f"       {call:<16} p99 against {REF_SCALE} running beside {2 * n} bare processes: "
+                f"{crowded.pct(99):5.2f} ms, ratio {loaded.pct(99) / crowded.pct(99):4.2f}x"
+                f"  (p50 {crowded.pct(50):.2f} ms)"
+            )
+    if res.loaded.kdamond is not None:
         yield (
-            f"     {call:<16} p99    {loaded.pct(99):7.2f} ms with {n} running, {ref.pct(99):6.2f} ms with "
-            f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
-            f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
-        )
-    for call in CALLS:
-        crowded, loaded = res.crowded[call], res.loaded[call]
-        yield (
-            f"     {call:<16} p99 against 10 running beside {2 * n} bare processes: {crowded.pct(99):6.2f} ms, "
-            f"ratio {loaded.pct(99) / crowded.pct(99):4.2f}x  (p50 {crowded.pct(50):.2f} ms)"
+            f"     the kernel's kdamond meanwhile: {res.ref.kdamond or 0:.1f}% of a core with {REF_SCALE} running, "
+            f"{res.crowded.kdamond or 0:.1f}% beside {2 * n} bare processes, {res.loaded.kdamond:.1f}% with {n} running"
         )
 
 
