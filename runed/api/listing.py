@@ -134,9 +134,10 @@ class _Shelf:
 class Pages:
     """Whole pages of a List call, kept per store and query while the kinds they were read from do not change.
 
-    A client that lists the same page again (a dashboard, ``rune get instances -w``'s refreshes, a CI
-    script polling for Running) asks for what it was just sent; reading the page's rows again was
-    most of the call for a page of 100 instances (bench/README.md "API p99: pages kept").
+    A client that lists the same page again (a CI script polling until its instances run, a
+    monitoring scrape, a dashboard listing again after a reconnect) mostly asks for what it was just
+    sent; reading the page's rows again was most of the call for a page of 100 instances
+    (bench/README.md "API p99: pages kept").
     The store's revision (one read) says whether anything changed since; if something did, the
     change log says whether it was one of ``kinds`` (:meth:`Store.changed_since`). A page is kept
     with the revision read *before* its rows, so a write landing while it is read makes it stale,
