@@ -18,6 +18,7 @@ _KINDS = {
     "secret": "secret", "secrets": "secret",
     "configmap": "configmap", "configmaps": "configmap", "config": "configmap", "cm": "configmap",
     "namespace": "namespace", "namespaces": "namespace", "ns": "namespace",
+    "node": "node", "nodes": "node", "no": "node",
 }  # fmt: skip
 _FINAL = ("completed", "failed")
 
@@ -72,7 +73,7 @@ class _DeleteGroup(click.Group):
 
 @click.group(cls=_DeleteGroup)
 def delete() -> None:
-    """Delete [TYPE] NAME (TYPE: service (default), secret, configmap, namespace); `delete list`, `delete status ID`."""
+    """Delete [TYPE] NAME (TYPE: service (default), secret, configmap, namespace, node); `list`, `status ID`."""
 
 
 @delete.command("object", hidden=True)
@@ -99,7 +100,7 @@ def delete_object(
     elif len(args) == 2 and args[0].lower() in _KINDS:
         kind, name = _KINDS[args[0].lower()], args[1]
     else:
-        raise CliError("usage: rune delete [service|secret|configmap|namespace] NAME", EXIT_USAGE)
+        raise CliError("usage: rune delete [service|secret|configmap|namespace|node] NAME", EXIT_USAGE)
     ns = s.namespace(namespace)
     if kind != "service":
         _delete_other(s, kind, name, ns, ignore_not_found, force)
@@ -147,6 +148,10 @@ def _delete_other(s: Session, kind: str, name: str, ns: str, ignore_not_found: b
             s.call(
                 "ConfigmapService", "DeleteConfigmap", pb2("configmap").DeleteConfigmapRequest(name=name, namespace=ns)
             )
+        elif kind == "node":
+            resp = s.call("NodeService", "DeleteNode", pb2("node").NodeActionRequest(id=name))
+            click.echo(f"node/{name} deleted ({resp.status.message})")
+            return
         else:
             req = pb2("namespace").DeleteNamespaceRequest(name=name, ignore_not_found=ignore_not_found, force=force)
             s.call("NamespaceService", "DeleteNamespace", req)

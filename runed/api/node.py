@@ -1,8 +1,10 @@
-"""NodeService: the nodes that run instances, what is placed on them, and cordon, uncordon and drain.
+"""NodeService: the nodes that run instances, what is placed on them, cordon, uncordon, drain and delete.
 
 Nodes register themselves (``runed.controller.node``); here operators read them and set the two
 flags the scheduler obeys: ``cordoned`` (nothing new is placed there) and ``draining`` (cordoned,
-and its instances move to other nodes, one per service at a time as readiness allows).
+and its instances move to other nodes, one per service at a time as readiness allows). A node gone
+for good is deleted: otherwise its record (NotReady, UNHEALTHY in GetHealth) and the records of the
+instances it ran (``Lost: …``, their names running elsewhere) would stay for as long as the store.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "CordonNode": _v_id,
     "UncordonNode": _v_id,
     "DrainNode": _v_id,
+    "DeleteNode": _v_id,
 }
 
 
@@ -126,6 +129,32 @@ def UncordonNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.
 @offloaded
 def DrainNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
     return _set(ctx.deps.store, req.id, cordoned=True, draining=True)
+
+
+@offloaded
+def DeleteNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.NodeResponse:
+    """Remove a node that is not Ready, and its instance records, in one transaction."""
+    store = ctx.deps.store
+    with store.transaction():
+        rec = store.get(NODE, SCOPE, req.id)
+        if rec is None:
+            raise errors.not_found("node", req.id)
+        node = Node.from_record(rec.name, rec.data)
+        if node.ready:
+            raise errors.FailedPrecondition(
+                f'node "{req.id}" is Ready: stop its runed (or drain it first) and delete it once it is NotReady',
+                reason="NODE_READY",
+                metadata={"node": req.id},
+            )
+        gone = node_pb2.NodeResponse(node=_get(store, req.id))
+        removed = 0
+        for inst in list(iter_all(store, objects.INSTANCE)):
+            if (inst.data.get("instance") or {}).get("node_id") == req.id:
+                store.delete(objects.INSTANCE, inst.namespace, inst.name)
+                removed += 1
+        store.delete(NODE, SCOPE, req.id)
+    gone.status.CopyFrom(common_pb2.Status(code=0, message=f"{removed} instance record(s) removed"))
+    return gone
 
 
 def health(store: Store, name: str) -> list[health_pb2.ComponentHealth]:

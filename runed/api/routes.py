@@ -83,6 +83,7 @@ HANDLERS: dict[str, Handler] = {
     "/rune.api.NodeService/CordonNode": node.CordonNode,
     "/rune.api.NodeService/UncordonNode": node.UncordonNode,
     "/rune.api.NodeService/DrainNode": node.DrainNode,
+    "/rune.api.NodeService/DeleteNode": node.DeleteNode,
     # SecretService
     "/rune.api.SecretService/CreateSecret": secret.CreateSecret,
     "/rune.api.SecretService/GetSecret": secret.GetSecret,

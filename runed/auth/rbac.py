@@ -75,12 +75,13 @@ TABLE: dict[str, Access] = {
     "/rune.api.NamespaceService/ListNamespaces": Access("namespaces", "list"),
     "/rune.api.NamespaceService/DeleteNamespace": Access("namespaces", "delete"),
     "/rune.api.NamespaceService/WatchNamespaces": Access("namespaces", "watch"),
-    # Nodes are cluster-scoped; cordon, uncordon and drain change what may run where.
+    # Nodes are cluster-scoped; cordon, uncordon and drain change what may run where, delete forgets one.
     "/rune.api.NodeService/ListNodes": Access("nodes", "list"),
     "/rune.api.NodeService/GetNode": Access("nodes", "get"),
     "/rune.api.NodeService/CordonNode": Access("nodes", "update"),
     "/rune.api.NodeService/UncordonNode": Access("nodes", "update"),
     "/rune.api.NodeService/DrainNode": Access("nodes", "update"),
+    "/rune.api.NodeService/DeleteNode": Access("nodes", "delete"),
     # Auth: any authenticated caller may ask who it is; tokens are their own resource.
     "/rune.api.AuthService/WhoAmI": AUTHENTICATED,
     "/rune.api.AuthService/CreateToken": Access("tokens", "create"),

@@ -409,3 +409,56 @@ def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(clus
 
     eventually(converged, timeout=30)
     cluster.delete("survivor")
+
+
+def test_a_node_gone_for_good_is_deleted_with_its_instance_records(cluster: Cluster, tmp_path: Path) -> None:
+    """DeleteNode (``rune delete node``, ``DELETE /v1/nodes/{id}``) forgets a node that is not Ready and the
+    records of the instances it ran; a Ready node is refused; a deleted node that comes back registers anew."""
+    import grpc
+
+    cluster.cast("orphaned", 3)
+    eventually(lambda: cluster.running("orphaned", 3), timeout=60)
+    with pytest.raises(grpc.RpcError) as refused:
+        cluster.node_api.DeleteNode(node_pb2.NodeActionRequest(id="n1"), metadata=cluster.auth)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert 'node "n1" is Ready' in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError) as missing:
+        cluster.node_api.DeleteNode(node_pb2.NodeActionRequest(id="n9"), metadata=cluster.auth)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    n3 = cluster.nodes["n3"]
+    assert n3.proc is not None
+    os.killpg(n3.proc.pid, signal.SIGKILL)
+    reap_data_dir(n3.data_dir)
+
+    def replaced() -> bool:
+        insts = cluster.instances("orphaned")
+        assert len([i for i in insts if i.node_id != "n3" and i.status == RUNNING]) == 3, insts
+        assert any(i.node_id == "n3" for i in insts), "the lost copy's record, until the node is deleted"
+        return True
+
+    eventually(replaced, timeout=30, what="n3's instance running elsewhere")
+    rune = Rune(home=tmp_path / "home", server=cluster.api.grpc_target, procs=[])
+    token = dict(cluster.auth)["authorization"].removeprefix("Bearer ")
+    assert rune("login", "--token", token).returncode == 0
+    out = rune("delete", "node", "n3")
+    assert out.returncode == 0 and "node/n3 deleted (1 instance record(s) removed)" in out.stdout, (
+        out.stdout,
+        out.stderr,
+    )
+
+    nodes = cluster.node_api.ListNodes(node_pb2.ListNodesRequest(), metadata=cluster.auth).nodes
+    assert sorted(n.id for n in nodes) == ["n1", "n2"]
+    assert "n3" not in cluster.node_health()
+    insts = cluster.instances("orphaned")
+    assert len(insts) == 3 and not [i for i in insts if i.node_id == "n3"], [(i.name, i.node_id) for i in insts]
+    gone = httpx.delete(f"{cluster.api.http_base}/v1/nodes/n3", headers=dict(cluster.auth), timeout=30)
+    assert gone.status_code == 404, gone.text
+
+    # Back: it registers anew and runs nothing of what it ran (its records are gone).
+    n3.stop()
+    n3.start(90)
+    eventually(lambda: cluster.node("n3").status == "Ready", timeout=30, what="n3 registered again")
+    insts = eventually(lambda: cluster.running("orphaned", 3), timeout=30)
+    assert sorted(i.name for i in insts) == ["orphaned-0", "orphaned-1", "orphaned-2"]
+    cluster.delete("orphaned")

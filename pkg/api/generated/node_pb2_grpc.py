@@ -28,7 +28,8 @@ if _version_not_supported:
 
 class NodeServiceStub:
     """Added by runed: the hosts that run instances. Nodes register themselves; operators cordon
-    (no new instances), uncordon and drain (instances move to other nodes) them.
+    (no new instances), uncordon and drain (instances move to other nodes) them, and delete the
+    ones gone for good.
     """
 
     def __init__(self, channel):
@@ -62,11 +63,17 @@ class NodeServiceStub:
                 request_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
                 response_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
                 _registered_method=True)
+        self.DeleteNode = channel.unary_unary(
+                '/rune.api.NodeService/DeleteNode',
+                request_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
+                response_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
     """Added by runed: the hosts that run instances. Nodes register themselves; operators cordon
-    (no new instances), uncordon and drain (instances move to other nodes) them.
+    (no new instances), uncordon and drain (instances move to other nodes) them, and delete the
+    ones gone for good.
     """
 
     def ListNodes(self, request, context):
@@ -99,6 +106,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteNode(self, request, context):
+        """Forget a node that is gone for good: its record and the records of the instances it ran
+        (already placed elsewhere once it was lost). Refused while the node is Ready. A node that
+        comes back registers anew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +143,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.FromString,
                     response_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.SerializeToString,
             ),
+            'DeleteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNode,
+                    request_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.FromString,
+                    response_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rune.api.NodeService', rpc_method_handlers)
@@ -137,7 +158,8 @@ def add_NodeServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class NodeService:
     """Added by runed: the hosts that run instances. Nodes register themselves; operators cordon
-    (no new instances), uncordon and drain (instances move to other nodes) them.
+    (no new instances), uncordon and drain (instances move to other nodes) them, and delete the
+    ones gone for good.
     """
 
     @staticmethod
@@ -263,6 +285,33 @@ class NodeService:
             request,
             target,
             '/rune.api.NodeService/DrainNode',
+            pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
+            pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rune.api.NodeService/DeleteNode',
             pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
             pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
             options,
