@@ -358,22 +358,17 @@ def report(res: Result) -> Iterator[str]:
         f"with runed's share {per / 1024:.2f} MB"
     )
     # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).
+    baselines = ((res.ref, f"with {REF_SCALE}"), (res.crowded, f"with {REF_SCALE} beside {2 * n} bare processes"))
     for c in CONCURRENCY:
         yield f"     API, {c} caller{'s' if c > 1 else ''} in flight"
-        for call in CALLS:
-            ref, loaded = res.ref.loads[(call, c)], res.loaded.loads[(call, c)]
-            yield (
-                f"       {call:<16} p99 {loaded.pct(99):6.2f} ms with {n} running, {ref.pct(99):5.2f} ms with "
-                f"{REF_SCALE}   ratio {loaded.pct(99) / ref.pct(99):4.2f}x"
-                f"  (p50 {loaded.pct(50):.2f} / {ref.pct(50):.2f} ms)"
-            )
-        for call in CALLS:
-            crowded, loaded = res.crowded.loads[(call, c)], res.loaded.loads[(call, c)]
-            yield (
-                f"       {call:<16} p99 against {REF_SCALE} running beside {2 * n} bare processes: "
-                f"{crowded.pct(99):5.2f} ms, ratio {loaded.pct(99) / crowded.pct(99):4.2f}x"
-                f"  (p50 {crowded.pct(50):.2f} ms)"
-            )
+        for phase, label in baselines:
+            for call in CALLS:
+                base, loaded = phase.loads[(call, c)], res.loaded.loads[(call, c)]
+                p99, p50 = (loaded.pct(99), base.pct(99)), (loaded.pct(50), base.pct(50))
+                yield (
+                    f"       {call:<16} p99 {p99[0]:6.2f} ms with {n} running, {p99[1]:5.2f} ms {label}"
+                    f"   ratio {p99[0] / p99[1]:4.2f}x  (p50 {p50[0]:.2f} / {p50[1]:.2f} ms)"
+                )
     if res.loaded.kdamond is not None:
         yield (
             f"     the kernel's kdamond meanwhile: {res.ref.kdamond or 0:.1f}% of a core with {REF_SCALE} running, "
