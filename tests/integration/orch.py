@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
+from runed.store.base import Store
+from runed.store.open import open_url
 from runed.store.sqlite import SQLiteStore
 from tests.harness import Runed
 from tests.support import Metadata, bootstrap_metadata, eventually
@@ -99,8 +101,10 @@ class Orch:
     def services(self) -> service_pb2_grpc.ServiceServiceStub:
         return service_pb2_grpc.ServiceServiceStub(self.runed.channel())
 
-    def store(self) -> SQLiteStore:
-        return SQLiteStore(self.runed.data_dir / "runed.db", notify=False)
+    def store(self) -> Store:
+        """The runed's store, read directly: its SQLite file, or the database ``RUNE_STORE_URL`` names."""
+        url = self.runed.env.get("RUNE_STORE_URL")
+        return open_url(url) if url else SQLiteStore(self.runed.data_dir / "runed.db", notify=False)
 
     def program(self, name: str, source: str) -> Path:
         path = self.tmp / f"{name}.py"

@@ -1,5 +1,6 @@
 """runed kill -9 and restart: live instances are re-adopted (no duplicates), dead ones restarted per
-policy, and probes go on with the spec and environment the instances run with."""
+policy, and probes go on with the spec and environment the instances run with; on SQLite and on
+PostgreSQL (there the records live in the database, the instance directories in the data dir)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,30 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rune.api import common_pb2, configmap_pb2, configmap_pb2_grpc
 from tests.harness import RunedFactory
-from tests.integration.orch import SERVER, Orch
+from tests.integration.orch import SERVER, Orch, runefile_args
+from tests.pgsupport import fresh_database
 from tests.support import alive, eventually
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_orch(request: pytest.FixtureRequest, runed_factory: RunedFactory, tmp_path: Path) -> Iterator[Orch]:
+    """A runed of the test's own on each store (a database of its own on PostgreSQL)."""
+    if request.param == "sqlite":
+        yield Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path)), tmp_path)
+        return
+    with fresh_database() as url:
+        env = {"RUNE_STORE_URL": url}
+        orch = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env), tmp_path)
+        yield orch
+        orch.runed.stop()  # before its database is dropped
 
 
 def test_kill9_restart_readopts_without_duplicates(own_orch: Orch, runed_factory: RunedFactory) -> None:
@@ -32,7 +50,7 @@ def test_kill9_restart_readopts_without_duplicates(own_orch: Orch, runed_factory
     victim = before[1]
     os.killpg(victim["pid"], signal.SIGKILL)
     eventually(lambda: not alive(victim["pid"]))
-    second = runed_factory(first.data_dir, args=first.args)
+    second = runed_factory(first.data_dir, args=first.args, env=first.env)
     own_orch.runed = second
 
     def converged() -> list[dict[str, object]]:
@@ -97,7 +115,7 @@ def test_an_adopted_instance_s_exec_probe_runs_with_its_environment(
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
     go.unlink()
-    own_orch.runed = runed_factory(first.data_dir, args=first.args)
+    own_orch.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
     # Re-adopted, its probe runs again (not ready without the file), with the resolved environment
     # (ready again with it): the environment was resolved anew for the probe after the restart.
     eventually(lambda: ready(False), timeout=20)
