@@ -120,6 +120,19 @@ def bad_request_violations(err: grpc.RpcError) -> dict[str, str]:
     return out
 
 
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The one google.rpc.ErrorInfo among an error's details (its reason and metadata)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, err
+    infos = []
+    for d in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if d.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1, status
+    return infos[0]
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, or a process gone between two checks, does not)."""
     try:

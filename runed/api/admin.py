@@ -175,7 +175,7 @@ def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> admin_
     """Create, or replace the rules of an existing custom policy (upsert, as the reference does)."""
     name = req.policy.name
     if name in BUILTIN_POLICIES:
-        raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed')
+        raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed', reason="BUILT_IN")
     new_id = str(uuid.uuid4())
 
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def PolicyCreate(req: admin_pb2.PolicyCreateRequest, ctx: CallContext) -> admin_
 def PolicyUpdate(req: admin_pb2.PolicyUpdateRequest, ctx: CallContext) -> admin_pb2.PolicyUpdateResponse:
     name = req.policy.name
     if name in BUILTIN_POLICIES:
-        raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed')
+        raise errors.FailedPrecondition(f'policy "{name}" is built in and cannot be changed', reason="BUILT_IN")
 
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
         if cur is None:
@@ -216,7 +216,7 @@ def PolicyDelete(req: admin_pb2.PolicyDeleteRequest, ctx: CallContext) -> admin_
     ident = _identity(ctx)
     p = _find_policy(ident, req.name, req.id)
     if p.get("builtin") or p["name"] in BUILTIN_POLICIES:
-        raise errors.FailedPrecondition(f'policy "{p["name"]}" is built in and cannot be deleted')
+        raise errors.FailedPrecondition(f'policy "{p["name"]}" is built in and cannot be deleted', reason="BUILT_IN")
     deleted = ctx.deps.store.delete("policy", SYSTEM, p["name"]) is not None
     _changed(ctx)
     return admin_pb2.PolicyDeleteResponse(deleted=deleted)

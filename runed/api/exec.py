@@ -81,7 +81,9 @@ def pick_instance(ctx: CallContext, ns: str, init: exec_pb2.ExecInitRequest) -> 
         if rec is None:
             raise errors.not_found("instance", init.instance_id, ns)
         if _state(rec) != RUNNING:
-            raise errors.FailedPrecondition(f"instance is not running, status: {_state(rec) or 'unknown'}")
+            raise errors.FailedPrecondition(
+                f"instance is not running, status: {_state(rec) or 'unknown'}", reason="INSTANCE_NOT_RUNNING"
+            )
         return rec
     running = [
         r
@@ -107,7 +109,9 @@ def _resolved_env(ctx: CallContext, ns: str, rec: Record) -> dict[str, str]:
     try:
         return {k: TEMPLATE.sub(lambda m: src.lookup(m.group(1), m.group(2)), v) for k, v in stored.items()}
     except ResolveError as e:
-        raise errors.FailedPrecondition(f"cannot resolve the instance environment: {e}") from None
+        raise errors.FailedPrecondition(
+            f"cannot resolve the instance environment: {e}", reason="ENVIRONMENT_UNRESOLVED"
+        ) from None
 
 
 def _spec(ctx: CallContext, ns: str, rec: Record, init: exec_pb2.ExecInitRequest) -> ExecSpec:
@@ -183,7 +187,7 @@ async def _start_container_exec(ctx: CallContext, rec: Record, init: exec_pb2.Ex
     """``docker exec`` in the instance's container: its own env and user, plus the request's env."""
     cid = str(rec.data.get("container_id") or (rec.data.get("instance") or {}).get("container_id") or "")
     if not cid:
-        raise errors.FailedPrecondition(f"instance {rec.name} has no container yet")
+        raise errors.FailedPrecondition(f"instance {rec.name} has no container yet", reason="INSTANCE_NOT_RUNNING")
     size = init.terminal_size
     spec = ExecSpec(
         command=list(init.command),
@@ -202,7 +206,9 @@ async def _start_container_exec(ctx: CallContext, rec: Record, init: exec_pb2.Ex
         if e.status == 404:
             raise errors.NotFound(f"container of instance {rec.name}: {e.message}") from None
         if e.status == 409:
-            raise errors.FailedPrecondition(f"container of instance {rec.name} is not running: {e.message}") from None
+            raise errors.FailedPrecondition(
+                f"container of instance {rec.name} is not running: {e.message}", reason="INSTANCE_NOT_RUNNING"
+            ) from None
         raise errors.Unavailable(f"docker exec: {e.message}") from None
     return proc
 

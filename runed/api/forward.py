@@ -79,7 +79,7 @@ def elsewhere(ctx: CallContext, rec: Record) -> str | None:
     if is_local(ctx, node):
         return None
     if ctx.transport == NODE_TRANSPORT:
-        raise errors.FailedPrecondition(f"instance {rec.name} runs on node {node}, not on this one")
+        raise errors.on_other_node(rec.name, node)
     return node
 
 

@@ -200,7 +200,7 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
                     yield r
                 return
     elif service is None and not forward.is_local(ctx, where[sources[0].instance_id]):
-        raise errors.FailedPrecondition(f"instance {sources[0].instance_name} runs on another node, not on this one")
+        raise errors.on_other_node(sources[0].instance_name, "")
     local = [s for s in sources if forward.is_local(ctx, where[s.instance_id])]
     # Only here, straight to the client: merged parts stay LogResponse (their cursors are rewritten).
     async for r in _local(requests, ctx, first, service, local, start_rev, ctx.json_ready):

@@ -81,7 +81,9 @@ def ensure_namespace(store: Store, namespace: str, *, create: bool) -> None:
         return
     if not create:
         raise errors.FailedPrecondition(
-            f'namespace "{namespace}" does not exist; create it first or set ensure_namespace'
+            f'namespace "{namespace}" does not exist; create it first or set ensure_namespace',
+            reason="NAMESPACE_MISSING",
+            metadata={"namespace": namespace},
         )
     store.update(KIND, SCOPE, namespace, _create_if_missing(_record(namespace, labels={AUTO_CREATED_LABEL: "true"})))
 
@@ -189,7 +191,11 @@ def DeleteNamespace(
 ) -> namespace_pb2.DeleteNamespaceResponse:
     store = ctx.deps.store
     if req.name in BUILTIN:
-        raise errors.FailedPrecondition(f'namespace "{req.name}" is built in and cannot be deleted')
+        raise errors.FailedPrecondition(
+            f'namespace "{req.name}" is built in and cannot be deleted',
+            reason="BUILT_IN",
+            metadata={"namespace": req.name},
+        )
     if store.get(KIND, SCOPE, req.name) is None:
         if req.ignore_not_found:
             return namespace_pb2.DeleteNamespaceResponse(status=common_pb2.Status(code=0))
@@ -201,7 +207,9 @@ def DeleteNamespace(
         if inside and not req.force:
             raise errors.FailedPrecondition(
                 f'namespace "{req.name}" is not empty: it contains {", ".join(inside)}; '
-                "delete them first or delete with force"
+                "delete them first or delete with force",
+                reason="NAMESPACE_NOT_EMPTY",
+                metadata={"namespace": req.name},
             )
         if req.force:
             for kind in FORCE_DELETED_KINDS:

@@ -343,7 +343,8 @@ class Identity:
             user = self.create_user("root", policies=["root"])
         except errors.AlreadyExists:
             raise errors.FailedPrecondition(
-                "already bootstrapped: recover a lost root token with 'runed bootstrap --reset' on the server host"
+                "already bootstrapped: recover a lost root token with 'runed bootstrap --reset' on the server host",
+                reason="ALREADY_BOOTSTRAPPED",
             ) from None
         return self.issue_token(user, f"bootstrap-admin-{time.time_ns()}", description="bootstrap-admin")
 

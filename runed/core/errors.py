@@ -284,6 +284,26 @@ def no_running_instance(service: str, namespace: str) -> NotFound:
     )
 
 
+def being_deleted(service: str, namespace: str) -> FailedPrecondition:
+    """A change to a service whose deletion has begun; reason SERVICE_BEING_DELETED."""
+    return FailedPrecondition(
+        f'service "{service}" in namespace "{namespace}" is being deleted',
+        reason="SERVICE_BEING_DELETED",
+        metadata=_about("service", service, namespace),
+    )
+
+
+def on_other_node(instance: str, node: str) -> FailedPrecondition:
+    """A node asked for an instance another node runs (calls through the node channel are never passed
+    on); reason INSTANCE_ON_OTHER_NODE."""
+    where = f"node {node}" if node else "another node"
+    return FailedPrecondition(
+        f"instance {instance} runs on {where}, not on this one",
+        reason="INSTANCE_ON_OTHER_NODE",
+        metadata={"instance": instance, "node": node} if node else {"instance": instance},
+    )
+
+
 def invalid(*violations: FieldViolation | tuple[str, str]) -> InvalidArgument:
     """Build an InvalidArgument whose message lists every violation with its field path (reason INVALID_FIELD)."""
     vs = [v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in violations]

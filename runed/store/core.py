@@ -208,7 +208,9 @@ class SQLCore:
                 if oldest and rev + 1 < oldest:
                     raise errors.FailedPrecondition(
                         f"revision {rev} is older than the retained change log (oldest {oldest}); "
-                        "re-list and watch again"
+                        "re-list and watch again",
+                        reason="REVISION_COMPACTED",
+                        metadata={"revision": str(rev), "oldest": str(oldest)},
                     )
                 batch = await self.run(self.changes_since, rev, kinds)
             except errors.StoreUnavailable:

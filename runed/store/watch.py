@@ -79,7 +79,8 @@ async def _pump(store: Store, kinds: Sequence[str], namespace: str | None, since
                 buf.fail(
                     errors.FailedPrecondition(
                         f"watcher too slow: more than {buf.limit} events were pending; "
-                        f"resume from the last revision received or list again"
+                        f"resume from the last revision received or list again",
+                        reason="WATCH_TOO_SLOW",
                     )
                 )
                 return
@@ -123,7 +124,9 @@ async def watch(
         if oldest and since_revision + 1 < oldest:
             raise errors.FailedPrecondition(
                 f"revision {since_revision} is older than the retained change log (oldest {oldest}); "
-                "list again and watch from the list's revision"
+                "list again and watch from the list's revision",
+                reason="REVISION_COMPACTED",
+                metadata={"revision": str(since_revision), "oldest": str(oldest)},
             )
         start = since_revision
     else:

@@ -14,7 +14,6 @@ import grpc
 import httpx
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from rune.api import (
     auth_pb2,
@@ -27,7 +26,7 @@ from rune.api import (
     service_pb2_grpc,
 )
 from tests.integration.orch import Orch
-from tests.support import Metadata, eventually, sse_events
+from tests.support import Metadata, error_info, eventually, sse_events
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
@@ -69,18 +68,6 @@ def _detail(body: dict[str, Any], type_url: str) -> dict[str, Any]:
 
 def _violations(body: dict[str, Any]) -> dict[str, str]:
     return {v["field"]: v["description"] for v in _detail(body, BAD_REQUEST)["fieldViolations"]}
-
-
-def _grpc_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, err
-    infos = []
-    for d in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if d.Unpack(info):
-            infos.append(info)
-    assert len(infos) == 1, status
-    return infos[0]
 
 
 def _grpc_error(call: Callable[[], object]) -> grpc.RpcError:
@@ -165,26 +152,26 @@ def test_body_errors_name_the_json_path_what_was_expected_and_the_allowed_values
 def test_every_error_carries_error_info_over_grpc(orch: Orch) -> None:
     stub = service_pb2_grpc.ServiceServiceStub(orch.runed.channel())
     err = _grpc_error(lambda: stub.GetService(service_pb2.GetServiceRequest(name="nope"), metadata=orch.auth))
-    info = _grpc_info(err)
+    info = error_info(err)
     assert (info.reason, info.domain) == ("SERVICE_NOT_FOUND", "rune.api")
     assert dict(info.metadata) == {"kind": "service", "name": "nope", "namespace": "default"}
 
     err = _grpc_error(lambda: stub.GetService(service_pb2.GetServiceRequest(name="nope")))
-    assert _grpc_info(err).reason == "UNAUTHENTICATED"
+    assert error_info(err).reason == "UNAUTHENTICATED"
 
     err = _grpc_error(
         lambda: stub.ScaleService(service_pb2.ScaleServiceRequest(name="web", scale=10**6), metadata=orch.auth)
     )
-    info = _grpc_info(err)
+    info = error_info(err)
     assert info.reason == "SCALE_LIMIT" and info.metadata["field"] == "scale", info
 
     bad = service_pb2.CreateServiceRequest(service=service_pb2.Service(name="Not_A_Name"))
     err = _grpc_error(lambda: stub.CreateService(bad, metadata=orch.auth))
-    assert _grpc_info(err).reason == "INVALID_FIELD"
+    assert error_info(err).reason == "INVALID_FIELD"
 
     readonly = _readonly(orch)
     err = _grpc_error(lambda: stub.CreateService(bad, metadata=readonly))
-    info = _grpc_info(err)
+    info = error_info(err)
     assert info.reason == "PERMISSION_DENIED"
     assert dict(info.metadata) == {"resource": "services", "verb": "create", "namespace": "default"}
 
@@ -238,7 +225,7 @@ def test_logs_and_exec_of_a_missing_target_are_both_not_found(orch: Orch, client
     for call in (logs, execs):
         with pytest.raises(grpc.RpcError) as e:
             list(call)
-        answers.append((e.value.code(), e.value.details(), _grpc_info(e.value).reason))
+        answers.append((e.value.code(), e.value.details(), error_info(e.value).reason))
     assert (
         answers[0]
         == answers[1]

@@ -40,7 +40,7 @@ from tests.e2e.rune import Rune
 from tests.harness import Runed, Runeds, reap_data_dir
 from tests.integration.orch import EXITER, RUNEFILE
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
-from tests.support import Metadata, bootstrap_metadata, eventually
+from tests.support import Metadata, bootstrap_metadata, error_info, eventually
 
 NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
 # Fast heartbeats: a dead node is NotReady after 3 s and its instances move 2 s later.
@@ -422,6 +422,7 @@ def test_a_node_gone_for_good_is_deleted_with_its_instance_records(cluster: Clus
         cluster.node_api.DeleteNode(node_pb2.NodeActionRequest(id="n1"), metadata=cluster.auth)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert 'node "n1" is Ready' in (refused.value.details() or "")
+    assert error_info(refused.value).reason == "NODE_READY"
     with pytest.raises(grpc.RpcError) as missing:
         cluster.node_api.DeleteNode(node_pb2.NodeActionRequest(id="n9"), metadata=cluster.auth)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND

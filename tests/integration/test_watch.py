@@ -15,6 +15,7 @@ from runed.model import objects
 from runed.store.core import SQLCore
 from runed.store.open import open_url
 from tests.harness import Runed, RunedFactory
+from tests.support import error_info
 
 Auth = list[tuple[str, str]]
 ADDED, MODIFIED, DELETED = common_pb2.EVENT_TYPE_ADDED, common_pb2.EVENT_TYPE_MODIFIED, common_pb2.EVENT_TYPE_DELETED
@@ -145,6 +146,8 @@ def test_too_far_behind_is_told_to_relist(api_runed: Runed, api_auth: Auth) -> N
         next(call)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "list again" in (e.value.details() or "")
+    info = error_info(e.value)
+    assert info.reason == "REVISION_COMPACTED" and info.metadata["revision"] == "1", info
 
 
 def test_too_slow_watcher_gets_an_explicit_error_after_what_was_queued(

@@ -69,7 +69,8 @@ def import_configured(components: Components) -> None:
         if vs:
             raise errors.FailedPrecondition(
                 f'docker.registries entry "{e.name}" is invalid: '
-                + "; ".join(f"{v.field}: {v.description}" for v in vs)
+                + "; ".join(f"{v.field}: {v.description}" for v in vs),
+                reason="REGISTRY_CONFIG_INVALID",
             )
         with contextlib.suppress(errors.AlreadyExists):
             save(store, components.crypto, cfg, create=True)

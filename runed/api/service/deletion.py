@@ -109,7 +109,9 @@ def _start_deletion(
     override = req.force or req.no_dependencies
     if dependents and not override:
         raise errors.FailedPrecondition(
-            f"cannot delete {ns}/{req.name}; dependents exist: {', '.join(dependents)} (use force to override)"
+            f"cannot delete {ns}/{req.name}; dependents exist: {', '.join(dependents)} (use force to override)",
+            reason="DEPENDENTS_EXIST",
+            metadata={"dependents": ",".join(dependents)},
         )
     names = list(dict.fromkeys(req.finalizers)) or list(FINALIZERS)
     # The record removal always runs, and always last.

@@ -31,5 +31,6 @@ async def check_runtime(ctx: CallContext, svc: service_pb2.Service) -> None:
         sock = ctx.deps.config.docker.socket
         if not await docker_ping(sock, min(ctx.deps.config.docker.negotiation_timeout_seconds, 2.0)):
             raise errors.FailedPrecondition(
-                f'docker is not available: no Docker engine answers on {sock}; use runtime "process" or start Docker'
+                f'docker is not available: no Docker engine answers on {sock}; use runtime "process" or start Docker',
+                reason="DOCKER_UNAVAILABLE",
             )

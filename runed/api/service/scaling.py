@@ -64,7 +64,7 @@ def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> serv
     with store.transaction():
         rec = get_service(store, ns, req.name)
         if rec.data.get("deletion"):
-            raise errors.FailedPrecondition(f'service "{req.name}" in namespace "{ns}" is being deleted')
+            raise errors.being_deleted(req.name, ns)
         current = int(rec.data.get("spec", {}).get("scale", 0))
         if req.scale > 1:
             svc = objects.service_from_record(rec)

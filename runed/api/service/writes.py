@@ -81,7 +81,7 @@ def _write_spec(
             )
             return rec, True, True
         if cur.data.get("deletion"):
-            raise errors.FailedPrecondition(f'service "{name}" in namespace "{ns}" is being deleted')
+            raise errors.being_deleted(name, ns)
         old = objects.service_from_record(cur)
         new.id = old.id
         new.metadata.CopyFrom(old.metadata)
@@ -241,7 +241,9 @@ def _rollback_target(req: service_pb2.RollbackServiceRequest, ctx: CallContext) 
     if not target_number:
         older = [r for r in history.list_revisions(store, ns, req.name) if int(r.data["revision"]) < current_number]
         if not older:
-            raise errors.FailedPrecondition(f'service "{req.name}" has no earlier revision to roll back to')
+            raise errors.FailedPrecondition(
+                f'service "{req.name}" has no earlier revision to roll back to', reason="NO_EARLIER_REVISION"
+            )
         target_number = int(older[-1].data["revision"])
     target = history.get_revision(store, ns, req.name, target_number)
     if target is None:
