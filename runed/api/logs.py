@@ -196,7 +196,12 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
                 parts: list[logs_remote.Part] = [_remote(ctx, n, first) for n in sorted(nodes)]
                 if here is not None:
                     parts.append(lambda reqs: _local(reqs, ctx, first, service, mine, start_rev))
-                async for r in logs_remote.merged(parts, requests, first.after_cursor):
+                merged = (
+                    logs_remote.merged(parts, requests, first.after_cursor)
+                    if first.follow
+                    else logs_remote.history(parts, requests, first)
+                )
+                async for r in merged:
                     yield r
                 return
     elif service is None and not forward.is_local(ctx, where[sources[0].instance_id]):

@@ -3,8 +3,10 @@
 Every part gets the client's request (and, as they come, its parameter updates); each answers with
 its instances' lines and cursors. Cursors name instances, so the merged cursor is the union of the
 parts' positions (the highest seq per instance: a part resumed from a merged cursor repeats the
-others' positions unchanged). Lines of different nodes interleave as they arrive; ``tail`` applies
-per node. A follow that ends (the service deleted) sends one end line, once every part has ended.
+others' positions unchanged). Without ``follow`` (:func:`history`), every node's lines come in one
+time order and ``tail`` counts over all of them, as it does over a node's own instances; a follow
+(:func:`merged`) interleaves the nodes' lines as they arrive, its first ``tail`` counted per node. A
+follow that ends (the service deleted) sends one end line, once every part has ended.
 """
 
 from __future__ import annotations
@@ -56,6 +58,59 @@ class _Cursor:
                 if seq > self.pos.get(key, -1):
                     self.pos[key] = seq
         return cursor.encode(self.pos)
+
+
+async def history(
+    parts: list[Part], requests: AsyncIterator[logs_pb2.LogRequest], first: logs_pb2.LogRequest
+) -> AsyncIterator[logs_pb2.LogResponse]:
+    """The lines already written on every part, in time order (each part's own order kept), the last
+    ``first.tail`` of them; each line's cursor merges the parts' positions in that order."""
+    fan = _Fanout(len(parts))
+    tasks = [asyncio.create_task(_collect(p, fan.iterate(q))) for p, q in zip(parts, fan.queues, strict=True)]
+    pump = asyncio.create_task(fan.pump(requests))
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:
+        await _cancel((*tasks, pump))
+    keyed: list[tuple[str, int, int, logs_pb2.LogResponse]] = []
+    for i, got in enumerate(results):
+        when = ""
+        for j, line in enumerate(got):
+            # A line without a time of its own (a gap marker) stays where its part put it.
+            when = line.timestamp or when
+            keyed.append((when, i, j, line))
+    keyed.sort(key=lambda k: k[:3])
+    pos = _Cursor(first.after_cursor)
+    lines = []
+    for *_, line in keyed:
+        # Lines left out by the tail still move the cursor: they come before every line sent.
+        line.cursor = pos.merge(line.cursor)
+        lines.append(line)
+    if first.tail > 0:
+        lines = lines[-first.tail :]
+    if first.max_batch > 1:
+        for at in range(0, len(lines), first.max_batch):
+            chunk = lines[at : at + first.max_batch]
+            yield logs_pb2.LogResponse(lines=chunk, cursor=chunk[-1].cursor)
+    else:
+        for line in lines:
+            yield line
+
+
+async def _collect(part: Part, requests: AsyncIterator[logs_pb2.LogRequest]) -> list[logs_pb2.LogResponse]:
+    """Every line a part sends (batches taken apart), with the part's own cursors."""
+    out: list[logs_pb2.LogResponse] = []
+    async for resp in part(requests):
+        out.extend(ln for ln in (resp.lines if resp.lines else [resp]) if not _is_end(ln))
+    return out
+
+
+async def _cancel(tasks: tuple[asyncio.Task[object], ...]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(BaseException):
+            await t
 
 
 async def merged(
@@ -114,8 +169,4 @@ async def merged(
             end.cursor = pos.merge(end.cursor)
             yield logs_pb2.LogResponse(lines=[end], cursor=end.cursor) if batched else end
     finally:
-        for t in (*tasks, pump):
-            t.cancel()
-        for t in (*tasks, pump):
-            with contextlib.suppress(BaseException):
-                await t
+        await _cancel((*tasks, pump))

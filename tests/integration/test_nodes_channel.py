@@ -227,11 +227,17 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
     names: set[str] = set()
     last_id = ""
     with httpx.Client(timeout=30, headers=headers) as client:
-        # History as JSON lines: the last line of each node's instance (tail counts per node).
-        r = client.get(url, params={"tail": "1"})
-        assert r.status_code == 200, r.text
-        rows = [json.loads(line) for line in r.text.splitlines() if line]
-        assert sorted(row["instanceName"] for row in rows) == ["ticker-0", "ticker-1", "ticker-2"]
+        # History as JSON lines: every node's lines in one time order, the tail counted over all of
+        # them (as over one node's instances), not per node.
+        def history(tail: int) -> list[dict[str, str]]:
+            r = client.get(url, params={"tail": str(tail)})
+            assert r.status_code == 200, r.text
+            return [json.loads(line) for line in r.text.splitlines() if line]
+
+        rows = eventually(lambda: (got := history(30)) and len(got) == 30 and got, timeout=20)
+        assert [row["timestamp"] for row in rows] == sorted(row["timestamp"] for row in rows)
+        assert {row["instanceName"] for row in rows} == {"ticker-0", "ticker-1", "ticker-2"}
+        assert len(history(1)) == 1
         with client.stream("GET", url, params={"follow": "true", "tail": "2"}) as r:
             assert r.status_code == 200, r.read()
             for ev in sse_events(r.iter_lines()):
@@ -319,9 +325,9 @@ def test_a_service_s_follow_hears_new_nodes_and_ends_once_when_it_is_deleted(clu
 def test_rune_logs_and_exec_reach_instances_on_other_hosts(cluster: Cluster, tmp_path: Path) -> None:
     rune = Rune(home=tmp_path / "home", server=cluster.apis[1].grpc_target, procs=[])
     assert rune("login", "--token", cluster.token).returncode == 0
-    logs = rune("logs", "ticker", "--tail", "1")
+    logs = rune("logs", "ticker", "--tail", "6")
     assert logs.returncode == 0, logs.stderr
-    assert len([ln for ln in logs.stdout.splitlines() if "tick" in ln]) == 3, logs.stdout
+    assert len([ln for ln in logs.stdout.splitlines() if "tick" in ln]) == 6, logs.stdout
     for name in ("ticker-0", "ticker-1", "ticker-2"):
         piped = rune("exec", f"instance/{name}", "--", "sh", "-c", "cat; exit 6", input="piped\n")
         assert (piped.returncode, piped.stdout) == (6, "piped\n"), piped.stderr
