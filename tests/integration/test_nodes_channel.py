@@ -234,7 +234,12 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
             assert r.status_code == 200, r.text
             return [json.loads(line) for line in r.text.splitlines() if line]
 
-        rows = eventually(lambda: (got := history(30)) and len(got) == 30 and got, timeout=20)
+        def full() -> list[dict[str, str]]:
+            got = history(30)
+            assert len(got) == 30, len(got)
+            return got
+
+        rows = eventually(full, timeout=20)
         assert [row["timestamp"] for row in rows] == sorted(row["timestamp"] for row in rows)
         assert {row["instanceName"] for row in rows} == {"ticker-0", "ticker-1", "ticker-2"}
         assert len(history(1)) == 1
