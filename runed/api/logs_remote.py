@@ -12,8 +12,10 @@ follow that ends (the service deleted) sends one end line, once every part has e
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import heapq
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from rune.api import logs_pb2
 from runed.api.logs_wire import END_OF_STREAM
@@ -64,45 +66,75 @@ async def history(
     parts: list[Part], requests: AsyncIterator[logs_pb2.LogRequest], first: logs_pb2.LogRequest
 ) -> AsyncIterator[logs_pb2.LogResponse]:
     """The lines already written on every part, in time order (each part's own order kept), the last
-    ``first.tail`` of them; each line's cursor merges the parts' positions in that order."""
+    ``first.tail`` of them; each line's cursor merges the parts' positions in that order.
+
+    The parts are merged as they stream (one line of each held), so a history without a tail never
+    sits in memory whole; a tail holds its last ``tail`` lines.
+    """
     fan = _Fanout(len(parts))
-    tasks = [asyncio.create_task(_collect(p, fan.iterate(q))) for p, q in zip(parts, fan.queues, strict=True)]
     pump = asyncio.create_task(fan.pump(requests))
+    streams = [_lines(p, fan.iterate(q)) for p, q in zip(parts, fan.queues, strict=True)]
     try:
-        results = await asyncio.gather(*tasks)
+        ordered = _in_time_order(streams, _Cursor(first.after_cursor))
+        if first.tail > 0:
+            last: collections.deque[logs_pb2.LogResponse] = collections.deque(maxlen=first.tail)
+            async for line in ordered:
+                last.append(line)
+            ordered = _each(last)
+        batch: list[logs_pb2.LogResponse] = []
+        async for line in ordered:
+            if first.max_batch <= 1:
+                yield line
+                continue
+            batch.append(line)
+            if len(batch) == first.max_batch:
+                yield logs_pb2.LogResponse(lines=batch, cursor=batch[-1].cursor)
+                batch = []
+        if batch:
+            yield logs_pb2.LogResponse(lines=batch, cursor=batch[-1].cursor)
     finally:
-        await _cancel((*tasks, pump))
-    keyed: list[tuple[str, int, int, logs_pb2.LogResponse]] = []
-    for i, got in enumerate(results):
-        when = ""
-        for j, line in enumerate(got):
-            # A line without a time of its own (a gap marker) stays where its part put it.
-            when = line.timestamp or when
-            keyed.append((when, i, j, line))
-    keyed.sort(key=lambda k: k[:3])
-    pos = _Cursor(first.after_cursor)
-    lines = []
-    for *_, line in keyed:
-        # Lines left out by the tail still move the cursor: they come before every line sent.
+        for st in streams:
+            await st.aclose()
+        await _cancel((pump,))
+
+
+async def _lines(part: Part, requests: AsyncIterator[logs_pb2.LogRequest]) -> AsyncGenerator[logs_pb2.LogResponse]:
+    """Every line a part sends (batches taken apart), with the part's own cursor."""
+    responses = part(requests)
+    try:
+        async for resp in responses:
+            for line in resp.lines if resp.lines else [resp]:
+                if not _is_end(line):
+                    yield line
+    finally:
+        # Closed now, not when collected: a part's call or file followers end with the merge.
+        close = getattr(responses, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _in_time_order(
+    streams: list[AsyncGenerator[logs_pb2.LogResponse]], pos: _Cursor
+) -> AsyncIterator[logs_pb2.LogResponse]:
+    """The streams' lines merged by timestamp (ties and lines without one, such as gap markers, keep
+    their stream's order); each line's cursor is rewritten to cover every line before it."""
+    heads: list[tuple[str, int, logs_pb2.LogResponse]] = []
+    for i, st in enumerate(streams):
+        line = await anext(st, None)
+        if line is not None:
+            heapq.heappush(heads, (line.timestamp, i, line))
+    while heads:
+        when, i, line = heapq.heappop(heads)
         line.cursor = pos.merge(line.cursor)
-        lines.append(line)
-    if first.tail > 0:
-        lines = lines[-first.tail :]
-    if first.max_batch > 1:
-        for at in range(0, len(lines), first.max_batch):
-            chunk = lines[at : at + first.max_batch]
-            yield logs_pb2.LogResponse(lines=chunk, cursor=chunk[-1].cursor)
-    else:
-        for line in lines:
-            yield line
+        yield line
+        following = await anext(streams[i], None)
+        if following is not None:
+            heapq.heappush(heads, (following.timestamp or when, i, following))
 
 
-async def _collect(part: Part, requests: AsyncIterator[logs_pb2.LogRequest]) -> list[logs_pb2.LogResponse]:
-    """Every line a part sends (batches taken apart), with the part's own cursors."""
-    out: list[logs_pb2.LogResponse] = []
-    async for resp in part(requests):
-        out.extend(ln for ln in (resp.lines if resp.lines else [resp]) if not _is_end(ln))
-    return out
+async def _each(lines: collections.deque[logs_pb2.LogResponse]) -> AsyncIterator[logs_pb2.LogResponse]:
+    for line in lines:
+        yield line
 
 
 async def _cancel(tasks: tuple[asyncio.Task[object], ...]) -> None:

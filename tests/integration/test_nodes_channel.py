@@ -243,6 +243,12 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
         assert [row["timestamp"] for row in rows] == sorted(row["timestamp"] for row in rows)
         assert {row["instanceName"] for row in rows} == {"ticker-0", "ticker-1", "ticker-2"}
         assert len(history(1)) == 1
+        # Without a tail: every line, merged as the nodes stream them.
+        everything = history(0)
+        assert len(everything) >= 30 and {row["instanceName"] for row in everything} == {
+            f"ticker-{i}" for i in range(3)
+        }
+        assert [row["timestamp"] for row in everything] == sorted(row["timestamp"] for row in everything)
         with client.stream("GET", url, params={"follow": "true", "tail": "2"}) as r:
             assert r.status_code == 200, r.read()
             for ev in sse_events(r.iter_lines()):
