@@ -73,11 +73,9 @@ class Built(Generic[M]):
 
     def of(self, store: Store) -> Kept[M]:
         """What this store's revisions were built into (one lookup per call, not per record)."""
-        kept = self._stores.get(store)
-        if kept is None:
-            with self._lock:
-                kept = self._stores.setdefault(store, Kept(self._build, self._field, self._size, self._lock))
-        return kept
+        return _of_store(
+            self._stores, store, self._lock, lambda: Kept(self._build, self._field, self._size, self._lock)
+        )
 
 
 class Kept(Generic[M]):
@@ -154,10 +152,7 @@ class Pages:
 
     def page(self, store: Store, key: Hashable, read: Callable[[int], paging.Page[bytes]]) -> paging.Page[bytes]:
         """The page ``key`` of ``store``: the kept one while it still holds, else ``read(revision)``."""
-        shelf = self._stores.get(store)
-        if shelf is None:
-            with self._lock:
-                shelf = self._stores.setdefault(store, _Shelf())
+        shelf = _of_store(self._stores, store, self._lock, _Shelf)
         now = store.current_revision()
         held = shelf.pages.get(key)
         # A revision below the kept one: not the store the page was read from (restored); read again.
@@ -184,6 +179,17 @@ class Pages:
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def _of_store(
+    stores: weakref.WeakKeyDictionary[Store, V], store: Store, lock: threading.Lock, make: Callable[[], V]
+) -> V:
+    """What is kept for ``store`` (made once, under ``lock``, the first time): one lookup per call."""
+    held = stores.get(store)
+    if held is None:
+        with lock:
+            held = stores.setdefault(store, make())
+    return held
 
 
 def _put(cache: dict[K, V], key: K, value: V, size: int) -> None:

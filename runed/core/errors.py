@@ -293,6 +293,16 @@ def being_deleted(service: str, namespace: str) -> FailedPrecondition:
     )
 
 
+def revision_compacted(revision: int, oldest: int, then: str) -> FailedPrecondition:
+    """A watch from a revision the change log no longer holds (``then``: what the caller does next);
+    reason REVISION_COMPACTED."""
+    return FailedPrecondition(
+        f"revision {revision} is older than the retained change log (oldest {oldest}); {then}",
+        reason="REVISION_COMPACTED",
+        metadata={"revision": str(revision), "oldest": str(oldest)},
+    )
+
+
 def on_other_node(instance: str, node: str) -> FailedPrecondition:
     """A node asked for an instance another node runs (calls through the node channel are never passed
     on); reason INSTANCE_ON_OTHER_NODE."""

@@ -206,12 +206,7 @@ class SQLCore:
             try:
                 oldest = await self.run(self.oldest_revision)
                 if oldest and rev + 1 < oldest:
-                    raise errors.FailedPrecondition(
-                        f"revision {rev} is older than the retained change log (oldest {oldest}); "
-                        "re-list and watch again",
-                        reason="REVISION_COMPACTED",
-                        metadata={"revision": str(rev), "oldest": str(oldest)},
-                    )
+                    raise errors.revision_compacted(rev, oldest, "re-list and watch again")
                 batch = await self.run(self.changes_since, rev, kinds)
             except errors.StoreUnavailable:
                 await asyncio.sleep(errors.STORE_RETRY_SECONDS)

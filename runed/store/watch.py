@@ -122,12 +122,7 @@ async def watch(
     if since_revision:
         oldest = await store.run(store.oldest_revision)
         if oldest and since_revision + 1 < oldest:
-            raise errors.FailedPrecondition(
-                f"revision {since_revision} is older than the retained change log (oldest {oldest}); "
-                "list again and watch from the list's revision",
-                reason="REVISION_COMPACTED",
-                metadata={"revision": str(since_revision), "oldest": str(oldest)},
-            )
+            raise errors.revision_compacted(since_revision, oldest, "list again and watch from the list's revision")
         start = since_revision
     else:
         start = await store.run(store.current_revision)
