@@ -81,7 +81,9 @@ async def _lead(
 
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(nofile=nofile, spawn_timeout=config.controller.spawn_timeout_seconds),
+        "process": ProcessRunner(
+            nofile=nofile, spawn_timeout=config.controller.spawn_timeout_seconds, shim=config.controller.shim
+        ),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }
     # The leader schedules, advances operations, and runs this host's node unless node.enabled is false.

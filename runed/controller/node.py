@@ -89,7 +89,9 @@ async def serve(
     docker = config.docker
     runners: dict[str, Runner] = {
         "process": ProcessRunner(
-            nofile=raise_open_files_limit(), spawn_timeout=config.controller.spawn_timeout_seconds
+            nofile=raise_open_files_limit(),
+            spawn_timeout=config.controller.spawn_timeout_seconds,
+            shim=config.controller.shim,
         ),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }

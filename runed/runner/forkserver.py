@@ -44,7 +44,9 @@ class ForkServerError(Exception):
 class ForkServer:
     """One zygote at a time; :meth:`request` asks it for a shim for an instance directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: str | None = None) -> None:
+        # The native shim the zygote starts for each request (None: it forks a Python shim).
+        self.native = native
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         # Shims report the end of their start here (their pid, one line each): the read end is
@@ -97,7 +99,8 @@ class ForkServer:
         The zygote is started if there is none, and replaced once if it fails.
         """
         why = "no zygote"
-        data = zygote.frame({"dir": str(directory), "env": env, "attempt": attempt}, json.dumps)
+        request = {"dir": str(directory), "env": env, "attempt": attempt, "native": self.native}
+        data = zygote.frame(request, json.dumps)
         for _ in range(2):
             if self._sock is None or self.proc is None or self.proc.poll() is not None:
                 self._start(directory.parent)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runed.core import filemodes
+from runed.runner import native
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
 from runed.runner.forkserver import ForkServer, ForkServerError, answer_key
 from runed.runner.shim import (
@@ -120,13 +121,15 @@ def _record(path: Path, attempt: str) -> dict[str, Any] | None:
     return data
 
 
-def shim_argv(directory: Path) -> list[str]:
-    """The command line of the shim of the instance in ``directory``.
+def shim_argv(directory: Path, native: str | None = None) -> list[str]:
+    """The command line of the shim of the instance in ``directory``: the ``native`` shim's, or Python's.
 
     ``-I -S``: no site (no site-packages scan, no .pth files), no user or environment settings, no
     script directory on the path; the shim needs only the interpreter's own modules (see its docstring).
     The directory is the last argument: tools recognise a shim by its command line naming it.
     """
+    if native:
+        return [native, str(directory)]
     return [sys.executable, "-I", "-S", "-c", SHIM_BOOT, str(directory)]
 
 
@@ -168,7 +171,12 @@ class ProcessRunner:
     name = "process"
 
     def __init__(
-        self, nofile: int | None = None, *, fork: bool = True, spawn_timeout: float = SPAWN_TIMEOUT_SECONDS
+        self,
+        nofile: int | None = None,
+        *,
+        fork: bool = True,
+        spawn_timeout: float = SPAWN_TIMEOUT_SECONDS,
+        shim: str = "auto",
     ) -> None:
         # The soft limit on open files instances start with (None: this process's own).
         self.nofile = nofile
@@ -176,7 +184,9 @@ class ProcessRunner:
         self.spawn_timeout = spawn_timeout
         # Shims are forked by a zygote (cheap starts, shared memory); without one, each shim is an
         # interpreter of its own (also the fallback when no zygote can be started).
-        self.forks = ForkServer() if fork else None
+        # ``shim``: which shim supervises each instance (:data:`runed.runner.native.CHOICES`).
+        self.native = native.chosen(shim)
+        self.forks = ForkServer(self.native) if fork else None
         # Forked shims whose start is not over yet (no report): spawned when; and those that reported.
         self._unreported: dict[int, float] = {}
         self._reported: set[int] = set()
@@ -240,7 +250,7 @@ class ProcessRunner:
         with (d / SHIM_ERR).open("ab") as err:
             try:
                 p = subprocess.Popen(
-                    shim_argv(d),
+                    shim_argv(d, self.native),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=err,

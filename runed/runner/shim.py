@@ -63,6 +63,8 @@ POLL_SECONDS = 0.2
 SHIM_ENV_PREFIX = "RUNED_SHIM_"
 # The attempt a shim started as its own interpreter runs (a forked shim gets it with its request).
 ATTEMPT_ENV = SHIM_ENV_PREFIX + "ATTEMPT"
+# The descriptor a native shim reports its start on (a forked shim gets it as an argument).
+REPORT_FD_ENV = SHIM_ENV_PREFIX + "REPORT_FD"
 READ_SIZE = 65536
 
 

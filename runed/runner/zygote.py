@@ -9,9 +9,10 @@ process group nor the zygote's end touch it), recorded and re-adopted by pid and
 Started by :class:`runed.runner.forkserver.ForkServer` as ``python -I -S`` in its own session. It
 stays single-threaded (forking from a threaded process is unsafe) and imports nothing beyond the
 shim's own modules. Fd 0 is a stream socket to the controller: each request is a length-prefixed
-JSON object ``{"dir": ..., "env": {...}, "attempt": ...}`` (the instance's environment, resolved
+JSON object ``{"dir": ..., "env": {...}, "attempt": ..., "native": ...}`` (the instance's environment, resolved
 secrets included, travels only over this socket, never through argv or disk; the attempt is the start
-the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`); the reply is ``{"pid": ..., "start":
+the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`; ``native``, when given, the native shim to start instead of
+forking one, :mod:`runed.runner.native`); the reply is ``{"pid": ..., "start":
 ...}`` or ``{"error": ...}``. Fd 1 is the write end of the runner's start-report pipe, handed to
 every shim (:func:`runed.runner.shim.run`). When the controller goes away (end of file), the zygote
 stays only to reap its shims as they end, then exits.
@@ -41,6 +42,8 @@ else:
 CHANNEL_FD = 0
 REPORT_FD = 1
 HEADER = 4
+# The report pipe's descriptor in a native shim (its stdin, stdout and stderr are /dev/null).
+NATIVE_REPORT_FD = 3
 MAX_MESSAGE = 64 << 20
 SHIM_ERR = "shim.err"
 
@@ -122,11 +125,32 @@ def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
     os._exit(code)
 
 
+def spawn_native(program: str, directory: str, env: dict[str, str], attempt: str) -> int:
+    """Start the native shim (``shim.c``) for ``directory``: no fork of this interpreter, a vfork and an exec.
+
+    Detached as a forked shim is (a session of its own, nothing of the zygote's but the report
+    pipe, as its descriptor :data:`NATIVE_REPORT_FD`); the environment is the instance's, with the
+    attempt and that descriptor's number (the shim takes both out before the instance sees it).
+    """
+    shim_env = {**env, shim.ATTEMPT_ENV: attempt, shim.REPORT_FD_ENV: str(NATIVE_REPORT_FD)}
+    actions = [
+        (os.POSIX_SPAWN_DUP2, REPORT_FD, NATIVE_REPORT_FD),
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+        (os.POSIX_SPAWN_DUP2, 0, 1),
+        (os.POSIX_SPAWN_DUP2, 0, 2),
+    ]
+    return os.posix_spawn(program, [program, directory], shim_env, file_actions=actions, setsid=True)
+
+
 def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     directory, env = str(request["dir"]), request.get("env") or {}
     if not isinstance(env, dict):
         return {"error": "env must be an object"}
     attempt = str(request.get("attempt") or "")
+    program = request.get("native")
+    if program:
+        pid = spawn_native(str(program), directory, {str(k): str(v) for k, v in env.items()}, attempt)
+        return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
     pid = os.fork()
     if pid == 0:
         _become_shim(directory, {str(k): str(v) for k, v in env.items()}, attempt)

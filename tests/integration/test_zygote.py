@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rune.api import common_pb2, service_pb2
 from runed.core.errors import Conflict
 from runed.model.lease import CONTROLLER, KIND, NAMESPACE
@@ -198,3 +200,42 @@ def test_a_controller_that_loses_its_lease_lets_go_of_its_process_runner(
         assert _pipes(pid) == before
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("shim", ["auto", "python"])
+def test_controller_shim_picks_the_supervisor_and_either_is_readopted(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """``controller.shim``: the native shim by default, the Python one on request; either runs the
+    instance, survives kill -9 of runed, is re-adopted and records the exit code."""
+    from tests.integration.orch import Orch
+
+    env = {"RUNE_CONTROLLER_SHIM": shim}
+    first = runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env)
+    orch = Orch.on(first, tmp_path)
+    stop = tmp_path / "stop-picked"
+    orch.cast("picked", orch.program("waiter", WAITER), str(stop), restart_policy=common_pb2.RESTART_POLICY_NEVER)
+    (inst,) = eventually(lambda: orch.running("picked", 1), timeout=30)
+    eventually(lambda: "started" in orch.log_lines(inst), what="the program printed its start")
+    shim_pid = int(_pid_info(inst)["shim_pid"])
+    exe = os.readlink(f"/proc/{shim_pid}/exe")
+    if shim == "python":
+        assert "python" in Path(exe).name, exe
+    else:
+        assert Path(exe).name.startswith("rune-shim-"), exe
+    assert Path(f"/proc/{shim_pid}/comm").read_text().strip() == "rune-shim"
+    assert _parent(shim_pid) == _zygote_of(inst)
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    assert alive(shim_pid) and alive(int(inst["pid"]))
+    orch.runed = runed_factory(first.data_dir, args=first.args, env=env)
+    eventually(lambda: [i["pid"] for i in orch.running("picked", 1)] == [inst["pid"]], timeout=30, what="re-adopted")
+    stop.touch()
+
+    def exited() -> bool:
+        done = orch.instances("picked")
+        assert [(d["state"], d["last_exit_code"]) for d in done] == [("EXITED", 7)], done
+        return True
+
+    eventually(exited, timeout=30, what="the exit recorded with its code")

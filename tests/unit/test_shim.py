@@ -1,7 +1,9 @@
 """The instance shim: JSON-lines logs with strictly increasing seq across rotations and restarts, exit records.
 
-Shims run as the process runner starts them (:func:`runed.runner.process.shim_argv`): ``python -I -S``
-importing the shim module, so what is tested here is what every instance runs under.
+Shims run as the process runner starts them (:func:`runed.runner.process.shim_argv`): the native shim
+(``shim.c``, built by :mod:`runed.runner.native`) and ``python -I -S`` importing the shim module, so
+what is tested here is what every instance runs under. Tests of a running shim run under both, and
+both must write the same records for the same output.
 """
 
 from __future__ import annotations
@@ -18,16 +20,27 @@ from pathlib import Path
 
 import pytest
 
-from runed.runner import shim
+from runed.runner import native, shim
 from runed.runner.process import SHIM_ROOT, shim_argv
 from tests.support import eventually
+
+
+@pytest.fixture(params=["native", "python"])
+def shim_native(request: pytest.FixtureRequest) -> str | None:
+    """The native shim's path, or None: the Python shim (both are what instances run under)."""
+    if request.param == "python":
+        return None
+    path = native.shim_path()
+    assert path is not None, "the native shim did not build (is a C compiler installed?)"
+    return path
 
 
 def _records(d: Path) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     names = sorted((p for p in d.glob("log.jsonl*")), key=lambda p: -int(p.suffix[1:]) if p.suffix != ".jsonl" else 0)
     for p in names:
-        out += [json.loads(line) for line in p.read_text().splitlines()]
+        # Split at newlines only: a line may hold U+2028, which JSON leaves as it is and splitlines() splits at.
+        out += [json.loads(line) for line in p.read_text().split("\n") if line]
     return out
 
 
@@ -55,19 +68,19 @@ def test_rfc3339_nanoseconds() -> None:
     assert shim.rfc3339_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
 
 
-def _run_shim(tmp_path: Path, argv: list[str]) -> dict[str, object]:
-    (tmp_path / "launch.json").write_text(json.dumps({"argv": argv, "cwd": str(tmp_path)}))
-    subprocess.run(shim_argv(tmp_path), check=True, timeout=30, env={"X": "1"})
+def _run_shim(tmp_path: Path, argv: list[str], native: str | None = None, **spec: object) -> dict[str, object]:
+    (tmp_path / "launch.json").write_text(json.dumps({"argv": argv, "cwd": str(tmp_path), **spec}))
+    subprocess.run(shim_argv(tmp_path, native), check=True, timeout=30, env={"X": "1"})
     data: dict[str, object] = json.loads((tmp_path / "exit.json").read_text())
     return data
 
 
-def test_shim_records_streams_and_exit_code(tmp_path: Path) -> None:
+def test_shim_records_streams_and_exit_code(tmp_path: Path, shim_native: str | None) -> None:
     prog = (
         "import os, sys; print('out', os.environ['X']); print('err', file=sys.stderr); "
         "print('partial', end=''); sys.exit(3)"
     )
-    ex = _run_shim(tmp_path, [sys.executable, "-c", prog])
+    ex = _run_shim(tmp_path, [sys.executable, "-c", prog], shim_native)
     assert ex["code"] == 3 and ex["signal"] is None
     lines = {(r["stream"], r["line"]) for r in _records(tmp_path)}
     assert lines == {("stdout", "out 1"), ("stderr", "err"), ("stdout", "partial")}
@@ -75,12 +88,13 @@ def test_shim_records_streams_and_exit_code(tmp_path: Path) -> None:
     assert pid["pid"] > 0 and pid["pid_start"] is not None
 
 
-def test_shim_records_signal_and_unstartable_command(tmp_path: Path) -> None:
-    ex = _run_shim(tmp_path, [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+def test_shim_records_signal_and_unstartable_command(tmp_path: Path, shim_native: str | None) -> None:
+    prog = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    ex = _run_shim(tmp_path, [sys.executable, "-c", prog], shim_native)
     assert ex["code"] is None and ex["signal"] == 9
     other = tmp_path / "other"
     other.mkdir()
-    ex = _run_shim(other, [str(tmp_path / "no-such-program")])
+    ex = _run_shim(other, [str(tmp_path / "no-such-program")], shim_native)
     assert ex["code"] == 127 and "cannot start" in str(ex["error"])
     assert "cannot start" in str(_records(other)[-1]["line"])
 
@@ -92,13 +106,13 @@ def test_proc_start_time_identifies_a_process() -> None:
     assert shim.proc_start_time(2**22 + 12345) is None
 
 
-def test_children_left_behind_end_with_the_instance(tmp_path: Path) -> None:
+def test_children_left_behind_end_with_the_instance(tmp_path: Path, shim_native: str | None) -> None:
     prog = (
         "import subprocess, sys; "
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "print(p.pid, flush=True)"
     )
-    ex = _run_shim(tmp_path, [sys.executable, "-c", prog])
+    ex = _run_shim(tmp_path, [sys.executable, "-c", prog], shim_native)
     assert ex["code"] == 0
     orphan = int(str(_records(tmp_path)[0]["line"]))
     assert shim.proc_start_time(orphan) is None, "the grandchild was killed with its group"
@@ -146,10 +160,10 @@ def test_the_shim_imports_only_small_builtin_modules(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sleeping_shim(tmp_path: Path) -> Iterator[tuple[int, int]]:
+def sleeping_shim(tmp_path: Path, shim_native: str | None) -> Iterator[tuple[int, int]]:
     """A shim (as the runner starts it) whose instance sleeps: (shim pid, instance pid); both killed after."""
     (tmp_path / "launch.json").write_text(json.dumps({"argv": ["sleep", "60"], "cwd": str(tmp_path)}))
-    proc = subprocess.Popen(shim_argv(tmp_path), start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(shim_argv(tmp_path, shim_native), start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         pid_file = tmp_path / "pid.json"
 
@@ -288,3 +302,120 @@ def test_the_zygote_has_what_an_instance_s_last_step_before_exec_imports() -> No
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]
+
+
+# -- the native shim writes what the Python shim writes ---------------------------------------------
+# Output no well-behaved program writes: bytes that are not UTF-8 (a stray continuation, a cut
+# sequence, an encoded surrogate, an overlong form, a code point past U+10FFFF), control bytes, a NUL,
+# quotes and backslashes, CR before LF and alone, text past every script, a line longer than one read,
+# an empty line, and a last line without its newline.
+TRICKY = (
+    "import os\n"
+    "w = lambda fd, b: os.write(fd, b)\n"
+    "w(1, b'plain\\n')\n"
+    "w(1, b'bad \\x80 \\xff \\xe2\\x82 \\xed\\xa0\\x80 \\xc0\\xaf \\xf4\\x90\\x80\\x80 \\xf0\\x9f\\x98 end\\n')\n"
+    "w(2, b'ctl \\x00 \\x01 \\x1f \\x7f \\t tab \\x08 \\x0c\\n')\n"
+    "w(1, b'q \"x\" \\\\ back\\r\\n')\n"
+    "w(1, b'cr \\r mid\\r\\r\\n')\n"
+    "w(2, 'unicode \\u00e9 \\u4e2d \\U0001f600 \\u2028'.encode() + b'\\n')\n"
+    "w(1, b'\\n')\n"
+    "w(1, b'x' * 70000 + b'y' * 10 + b'\\n')\n"
+    "w(2, b'last without newline \\xe2')\n"
+)
+
+
+def _lines(d: Path) -> dict[str, list[object]]:
+    """Each stream's (seq order, line) as written: the streams' order between each other is the kernel's."""
+    out: dict[str, list[tuple[object, object]]] = {"stdout": [], "stderr": []}
+    for r in _records(d):
+        out[str(r["stream"])].append((r["seq"], r["line"]))
+    return {k: [line for _, line in sorted(v, key=lambda x: int(str(x[0])))] for k, v in out.items()}
+
+
+def _both(tmp_path: Path, argv: list[str], **spec: object) -> dict[str, tuple[dict[str, object], Path]]:
+    """The exit record and directory of ``argv`` run under each shim."""
+    path = native.shim_path()
+    assert path is not None, "the native shim did not build (is a C compiler installed?)"
+    runs = {}
+    for kind, program in (("python", None), ("native", path)):
+        d = tmp_path / kind
+        d.mkdir()
+        runs[kind] = (_run_shim(d, argv, program, **spec), d)
+    return runs
+
+
+def test_both_shims_write_the_same_records_for_the_same_output(tmp_path: Path) -> None:
+    runs = _both(tmp_path, [sys.executable, "-c", TRICKY + "raise SystemExit(7)"])
+    (py_exit, py_dir), (c_exit, c_dir) = runs["python"], runs["native"]
+    assert py_exit["code"] == c_exit["code"] == 7 and py_exit["signal"] is c_exit["signal"] is None
+    python, compiled = _lines(py_dir), _lines(c_dir)
+    assert compiled == python
+    long = "".join(str(line) for line in python["stdout"] if str(line)[:1] in "xy" and line)
+    assert long == "x" * 70000 + "y" * 10, "the line longer than a read is all there"
+    assert "\ufffd" in str(python["stdout"][1]) and "\x00" in str(python["stderr"][0])
+    # Every record is one JSON object per line, with seq 1..n over both streams.
+    records = _records(c_dir)
+    assert sorted(int(str(r["seq"])) for r in records) == list(range(1, len(records) + 1))
+    assert all(str(r["ts"]).endswith("Z") and len(str(r["ts"])) == 30 for r in records)
+
+
+def test_both_shims_word_a_failed_start_alike(tmp_path: Path) -> None:
+    for case, (argv, spec) in enumerate(
+        [
+            ([str(tmp_path / "no-such-program")], {}),
+            (["no-such-program-here"], {}),
+            (["true"], {"cwd": str(tmp_path / "gone")}),
+            (["it's"], {}),
+        ]
+    ):
+        (tmp_path / str(case)).mkdir()
+        runs = _both(tmp_path / str(case), argv, **spec)
+        (py_exit, py_dir), (c_exit, c_dir) = runs["python"], runs["native"]
+        assert py_exit["code"] == c_exit["code"] == 127
+        assert c_exit["error"] == py_exit["error"] and "No such file or directory" in str(py_exit["error"])
+        assert _lines(c_dir) == _lines(py_dir)
+
+
+def test_both_shims_rotate_alike_and_number_on_across_restarts(tmp_path: Path) -> None:
+    prog = [sys.executable, "-c", "for i in range(150): print('line', i)"]
+    spec = {"max_bytes": 2048, "backups": 2}
+    runs = _both(tmp_path, prog, **spec)
+    for _, d in runs.values():
+        _run_shim(d, prog, None if d.name == "python" else native.shim_path(), **spec)
+    (_, py_dir), (_, c_dir) = runs["python"], runs["native"]
+    names = sorted(p.name for p in py_dir.glob("log.jsonl*"))
+    assert names == sorted(p.name for p in c_dir.glob("log.jsonl*")) == ["log.jsonl", "log.jsonl.1", "log.jsonl.2"]
+    py_records, c_records = _records(py_dir), _records(c_dir)
+    assert [(r["seq"], r["line"]) for r in c_records] == [(r["seq"], r["line"]) for r in py_records]
+    assert [r["seq"] for r in c_records][-1] == 300, "the second run numbered on from the first"
+
+
+def test_both_shims_drop_lines_below_the_floor_and_count_them(tmp_path: Path) -> None:
+    """With a free-space floor above what the disk has, every line is dropped; the end says how many."""
+    floor = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize + (1 << 40)
+    runs = _both(tmp_path, [sys.executable, "-c", "for i in range(25): print(i)"], min_free_bytes=floor)
+    (_, py_dir), (_, c_dir) = runs["python"], runs["native"]
+    assert _lines(c_dir) == _lines(py_dir)
+    assert _lines(c_dir)["stderr"] == [
+        f"runed: 25 lines dropped: the disk holding this log had less than {floor} bytes free"
+    ]
+
+
+def test_the_native_shim_claims_its_attempt_once_and_keeps_its_variables_from_the_instance(tmp_path: Path) -> None:
+    path = native.shim_path()
+    assert path is not None
+    prog = "import os; print(sorted(k for k in os.environ if k.startswith('RUNED') or k == 'X'))"
+    (tmp_path / "launch.json").write_text(json.dumps({"attempt": "a1", "argv": [sys.executable, "-c", prog]}))
+    env = {"X": "1", shim.ATTEMPT_ENV: "a1"}
+    subprocess.run(shim_argv(tmp_path, path), check=True, timeout=30, env=env)
+    claim = json.loads((tmp_path / shim.claim_name("a1")).read_text())
+    assert claim["attempt"] == "a1" and claim["shim_pid"] > 0 and claim["shim_start"] > 0
+    assert json.loads((tmp_path / "exit.json").read_text())["attempt"] == "a1"
+    assert [r["line"] for r in _records(tmp_path)] == ["['X']"]
+    # The same attempt again: claimed already, nothing runs.
+    (tmp_path / "exit.json").unlink()
+    subprocess.run(shim_argv(tmp_path, path), check=True, timeout=30, env=env)
+    assert not (tmp_path / "exit.json").exists() and len(_records(tmp_path)) == 1
+    # An attempt launch.json no longer names (a later start was asked for): nothing runs, no claim stays.
+    subprocess.run(shim_argv(tmp_path, path), check=True, timeout=30, env={**env, shim.ATTEMPT_ENV: "a0"})
+    assert not (tmp_path / shim.claim_name("a0")).exists() and not (tmp_path / "exit.json").exists()

@@ -25,6 +25,8 @@ LOG_FORMATS = ("text", "json")
 INT32_MAX = 2**31 - 1
 # What the registry admin API accepts (runed/api/registries/checks.py says the same).
 REGISTRY_AUTH_TYPES = ("", "basic", "token", "ecr", "dockerconfigjson")
+# controller.shim: native when it can be built, else Python ("auto", "native"), or always Python.
+SHIMS = ("auto", "native", "python")
 REGISTRY_MANAGE_MODES = ("", "create", "update", "ignore")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 # RFC 9110 token: what a header name may be made of.
@@ -326,6 +328,7 @@ def _controller(f: _Found, cfg: Config) -> None:
         f.not_negative(f"controller.{name}", getattr(ctl, name))
     f.between("controller.lease_seconds", ctl.lease_seconds, 1, 3600)
     f.between("controller.spawn_timeout_seconds", ctl.spawn_timeout_seconds, 1, 3600)
+    f.one_of("controller.shim", ctl.shim, SHIMS)
     for i, path in enumerate(ctl.host_mount_paths):
         if not path.startswith("/"):
             f.add(f"controller.host_mount_paths[{i}]", f"must be an absolute path, got {path!r}")

@@ -31,6 +31,7 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_DOCKER_NEGOTIATION_TIMEOUT": "docker.negotiation_timeout_seconds",
     "RUNE_LIMITS_MAX_SCALE": "limits.max_scale",
     "RUNE_CONTROLLER_LEASE_SECONDS": "controller.lease_seconds",
+    "RUNE_CONTROLLER_SHIM": "controller.shim",
     "RUNE_NODE_PORT": "node.port",
 }
 

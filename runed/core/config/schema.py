@@ -212,6 +212,10 @@ class ControllerConfig:
     # A start whose shim has not claimed it this long after it was asked for (the zygote held up,
     # the machine overloaded) is given up and fenced, so its shim runs nothing if it comes later.
     spawn_timeout_seconds: float = 15.0
+    # The per-instance supervisor: "auto" runs the native shim (built from runed/runner/shim.c with
+    # the machine's C compiler on first use) and falls back to the Python shim without a compiler;
+    # "native" is the same; "python" always runs the Python shim.
+    shim: str = "auto"
 
 
 @dataclass(frozen=True)
