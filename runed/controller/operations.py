@@ -27,9 +27,9 @@ DEFAULT_FINALIZERS = ("instance-cleanup", "service-deregister")
 
 
 class Retire(Protocol):
-    """Stops an instance for good (its record goes once it has stopped)."""
+    """Stops instances for good (each record goes once its instance has stopped)."""
 
-    def __call__(self, inst: Instance, reason: str, *, grace: float | None = None) -> None: ...
+    def __call__(self, insts: Iterable[Instance], reason: str, *, grace: float | None = None) -> None: ...
 
 
 Copies = Callable[[str, str], list[Instance]]
@@ -183,8 +183,7 @@ class Operations:
         grace = op.data.get("grace_period")
         # 0 is "now" (SIGKILL without waiting); absent means the configured default.
         grace_s = float(grace) if grace is not None else None
-        for inst in insts:
-            self.retire(inst, "service deleted", grace=grace_s)
+        self.retire(insts, "service deleted", grace=grace_s)
         remaining = len(self.copies(ns, name))
         changes: dict[str, Any] = {
             "total_instances": total,

@@ -97,7 +97,7 @@ class Controller:
         self.operations = Operations(
             store,
             self.book,
-            self.supervisor.retire,
+            self.supervisor.retire_all,
             self.status,
             self.alarm,
             counted=self._everywhere,
@@ -347,8 +347,9 @@ class Controller:
             marked = rec.data.get("deletion")
             if marked and not self.leads:
                 grace = marked.get("grace_period") if isinstance(marked, dict) else None
-                for inst in by_service.get(skey, []):
-                    self.supervisor.retire(inst, "service deleted", grace=None if grace is None else float(grace))
+                self.supervisor.retire_all(
+                    by_service.get(skey, []), "service deleted", grace=None if grace is None else float(grace)
+                )
             if skey in deleting or marked or not runs:
                 continue
             try:

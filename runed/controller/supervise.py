@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from rune.api import common_pb2, service_pb2
 from runed.controller.alarm import Alarm
@@ -281,44 +282,80 @@ class Supervisor:
 
     def retire(self, inst: Instance, reason: str, *, grace: float | None = None) -> None:
         """Stop for good and delete the record once stopped."""
-        lv = self.book.live(inst.key)
-        # Checked before copying: a deletion asks again on every pass, for every instance.
-        if inst.retire and (lv.stop_task is not None or inst.state is STOPPING):
-            return
-        inst = inst.copy()
-        inst.retire = True
-        self.begin_stop(inst, after=AfterStop.DELETE, reason=f"Terminating: {reason}", grace=grace)
+        self.retire_all([inst], reason, grace=grace)
 
-    def begin_stop(self, inst: Instance, *, after: AfterStop, reason: str, grace: float | None = None) -> None:
-        """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done."""
-        lv = self.book.live(inst.key)
-        lv.cancel_probes()
-        lv.after_stop = after
-        lv.stop_reason = reason
-        if inst.state not in ACTIVE:
-            # Nothing runs: finish at once.
-            self.exits.discard(inst.key)
-            lv.stop_task = None
-            self.finish_stop(inst, lv, observed=False)
-            return
-        if lv.stop_task is not None and not lv.stop_task.done():
-            self.exits.discard(inst.key)
-            return  # already stopping
+    def retire_all(self, insts: Iterable[Instance], reason: str, *, grace: float | None = None) -> None:
+        """:meth:`retire` each of ``insts``; every signal goes out before any record or event is written.
+
+        A deletion of a thousand instances then ends the last one as soon as the first, not after
+        the bookkeeping of the 999 before it (its state, its event).
+        """
+        due: list[Instance] = []
+        for inst in insts:
+            lv = self.book.live(inst.key)
+            # Checked before copying: a deletion asks again on every pass, for every instance.
+            if inst.retire and (lv.stop_task is not None or inst.state is STOPPING):
+                continue
+            inst = inst.copy()
+            inst.retire = True
+            due.append(inst)
+        sent = {i.key: self._signal(i, grace) for i in due if self._signals_due(i)}
+        for inst in due:
+            self.begin_stop(
+                inst, after=AfterStop.DELETE, reason=f"Terminating: {reason}", grace=grace, sent=sent.get(inst.key)
+            )
+
+    def _signals_due(self, inst: Instance) -> bool:
+        """Whether a stop of ``inst`` signals its process (it runs and no stop is under way)."""
+        task = self.book.live(inst.key).stop_task
+        return inst.state in ACTIVE and (task is None or task.done())
+
+    def _signal(self, inst: Instance, grace: float | None) -> Coroutine[Any, Any, Observation]:
+        """The runner's stop of ``inst``: its signals go out now, the coroutine waits for its end."""
         # A deleted instance's directory goes with it: what its shim writes at the end need not be durable.
-        discard = after is AfterStop.DELETE or inst.retire
+        discard = inst.after_stop is AfterStop.DELETE or inst.retire
         # The stop follows the end itself, with the watch's descriptor (it names the shim: no new
         # one to open and check). The signals go out now, in this pass (see ``ProcessRunner.stop``).
-        stopping = self.runner(inst).stop(
+        return self.runner(inst).stop(
             Path(inst.log_dir),
             inst.handle,
             self._grace(inst, grace),
             discard=discard,
             shim_end=self.exits.take(inst.key),
         )
+
+    def begin_stop(
+        self,
+        inst: Instance,
+        *,
+        after: AfterStop,
+        reason: str,
+        grace: float | None = None,
+        sent: Coroutine[Any, Any, Observation] | None = None,
+    ) -> None:
+        """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done.
+
+        ``sent``: the stop whose signals went out already (:meth:`retire_all`), else they go now.
+        """
+        lv = self.book.live(inst.key)
+        lv.cancel_probes()
+        lv.after_stop = after
+        lv.stop_reason = reason
+        if not self._signals_due(inst):
+            if sent is not None:
+                sent.close()
+            self.exits.discard(inst.key)
+            if inst.state in ACTIVE:
+                return  # already stopping
+            # Nothing runs: finish at once.
+            lv.stop_task = None
+            self.finish_stop(inst, lv, observed=False)
+            return
+        inst.after_stop = after
+        stopping = sent if sent is not None else self._signal(inst, grace)
         lv.stop_task = asyncio.create_task(stopping)
         # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
         lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
-        inst.after_stop = after
         if inst.state is not STOPPING:
             self.set_state(inst, STOPPING, reason or "Stopping")
             self.book.event(inst, f"Stopping: {reason or 'on request'}")
