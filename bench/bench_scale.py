@@ -5,7 +5,9 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
 1. ``ref``: a service of 10 instances; p99 of GetService and ListInstances (pages of 100 and of 10) with 10 running;
    then again with 2N bare ``sleep`` processes beside it (as many processes as N instances and their shims): what a
    machine that crowded does to every call's tail, runed or not.
-2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap.
+2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap; then the
+   same N each under the shim runed runs them under, without runed, ended as a delete ends them (the floor that
+   supervision by a process per instance sets).
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
 5. memory: RSS/PSS of the runed processes and of the shims (/proc/<pid>/smaps_rollup), per instance.
@@ -35,7 +37,9 @@ import grpc
 
 from bench.common import Load, bootstrap_token, drive
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
-from runed.runner.shim import proc_start_time
+from runed.runner import native
+from runed.runner.process import shim_argv
+from runed.runner.shim import DISCARD_SIGNAL, proc_start_time
 from tests.harness import Runed, run_runed
 
 SIZES = (100, 1000)
@@ -123,6 +127,30 @@ def bare(argv: list[str], n: int) -> tuple[float, float]:
     for p in procs:
         p.wait()
     return spawn, time.perf_counter() - t0
+
+
+def shims_killed(argv: list[str], n: int, root: Path) -> float:
+    """Seconds to end ``n`` programs each under the shim runed runs them under (no runed: the floor
+    per-instance supervision sets), as a delete does: the deletion signal to the shim, SIGTERM to the
+    program's group, then every shim gone."""
+    program = native.shim_path()
+    shims, insts = [], []
+    for i in range(n):
+        d = root / f"i{i}"
+        d.mkdir(parents=True)
+        (d / "launch.json").write_text(json.dumps({"argv": argv, "cwd": str(d), "min_free_bytes": 0}))
+        shims.append(subprocess.Popen(shim_argv(d, program), stdin=subprocess.DEVNULL, cwd=d, start_new_session=True))
+    for i in range(n):
+        pid_file = root / f"i{i}" / "pid.json"
+        _until(pid_file.exists, "a shim's instance started", 0.01)
+        insts.append(int(json.loads(pid_file.read_text())["pid"]))
+    t0 = time.perf_counter()
+    for shim, pid in zip(shims, insts, strict=True):
+        shim.send_signal(DISCARD_SIGNAL)
+        os.killpg(pid, signal.SIGTERM)
+    for shim in shims:
+        shim.wait()
+    return time.perf_counter() - t0
 
 
 @contextlib.contextmanager
@@ -283,6 +311,7 @@ class Result:
     n: int
     bare_spawn: float = 0.0
     bare_kill: float = 0.0
+    shims_kill: float = 0.0
     cast: float = 0.0
     delete: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
@@ -313,6 +342,7 @@ def measure(n: int, argv: list[str]) -> Result:
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill = bare(argv, n)
+            res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
             # 3. Cast.
             res.cast = cast_running(api, "scale", argv, n)
             # 4. Idle, once the last status writes and the start-up bursts are over.
@@ -342,6 +372,11 @@ def report(res: Result) -> Iterator[str]:
     yield (
         f"     delete -> all gone    {res.delete:7.2f} s   bare kill  {res.bare_kill:6.2f} s   "
         f"ratio {res.delete / res.bare_kill:6.1f}x"
+    )
+    yield (
+        f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
+        f"{res.shims_kill / res.bare_kill:.1f}x bare kill (the floor of per-instance supervision); "
+        f"delete {res.delete / res.shims_kill:.1f}x of it"
     )
     cpu = res.cpu
     others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
