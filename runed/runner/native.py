@@ -1,9 +1,10 @@
 """The native shim (``shim.c``): built once per source with the machine's C compiler, then found by hash.
 
 Why a compiled shim beside the Python one: the shim is the per-instance cost of supervision. The
-Python shim, forked from the zygote, costs ≈0.9 MB PSS and ≈0.3 ms of CPU to end, so a delete of
-1,000 instances spends ≈0.3 s on the shims' ends alone; the native shim does the same work
-(same files, same records, byte for byte) at ≈0.1 MB and a few µs (bench/README.md, "Native shim").
+Python shim, forked from the zygote, costs ≈0.9 MB PSS and ≈0.3 ms of CPU to end; the native shim
+does the same work (the same files, record for record) at ≈0.11 MB PSS, and 1,000 processes under
+native shims end ≈2.2× as slowly as the same processes killed bare, against ≈5× under Python shims
+(bench/README.md, "Native shim").
 
 The binary is built from the source shipped in the package, into the package's directory when it
 is writable (an editable install, a venv) or the user's cache directory, under a name holding the

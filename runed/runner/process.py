@@ -164,8 +164,9 @@ def alive(pid: int, start: int | None) -> bool:
 class ProcessRunner:
     """Starts a shim per instance, detached; the shim starts and watches the instance.
 
-    Shims are forked by the zygote (:mod:`runed.runner.forkserver`); without one, each is ``python
-    -I -S`` importing :mod:`runed.runner.shim` (:func:`shim_argv`).
+    The shim is the native one (:mod:`runed.runner.native`) unless it cannot be built or ``shim``
+    is ``"python"``. The zygote (:mod:`runed.runner.forkserver`) starts native shims and forks
+    Python ones; without a zygote, each shim is its own process (:func:`shim_argv`).
     """
 
     name = "process"

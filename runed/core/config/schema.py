@@ -214,7 +214,7 @@ class ControllerConfig:
     spawn_timeout_seconds: float = 15.0
     # The per-instance supervisor: "auto" runs the native shim (built from runed/runner/shim.c with
     # the machine's C compiler on first use) and falls back to the Python shim without a compiler;
-    # "native" is the same; "python" always runs the Python shim.
+    # "python" always runs the Python shim.
     shim: str = "auto"
 
 
