@@ -3,7 +3,7 @@
 Why a compiled shim beside the Python one: the shim is the per-instance cost of supervision. The
 Python shim, forked from the zygote, costs ≈0.9 MB PSS and ≈0.3 ms of CPU to end; the native shim
 does the same work (the same files, record for record) at ≈0.11 MB PSS, and 1,000 processes under
-native shims end ≈2.2× as slowly as the same processes killed bare, against ≈5× under Python shims
+native shims end ≈2.2 times as slowly as the same processes killed bare, ≈5 times under Python shims
 (bench/README.md, "Native shim").
 
 The binary is built from the source shipped in the package, into the package's directory when it
