@@ -223,7 +223,9 @@ class Controller:
         async for change in self.store.watch(kinds, since):
             if change.kind in (PLACEMENT, objects.INSTANCE):
                 assert self.node is not None
-                # Placements and other nodes' instances (this node's own come back here too: ignored).
+                if change.kind == objects.INSTANCE and (change.namespace, change.name) in self.book:
+                    continue  # this node's own instance, written by this controller: not even decoded
+                # Placements and other nodes' instances (this node's own gone from the book: ignored).
                 skey = self.node.on_change(change)
                 if skey is not None:
                     self.alarm.touch(skey)

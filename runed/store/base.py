@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+import orjson
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -28,17 +30,56 @@ class Record:
     created_revision: int
 
 
-@dataclass(frozen=True)
 class Change:
-    """One committed change; ``revision`` is global and strictly increasing."""
+    """One committed change; ``revision`` is global and strictly increasing.
 
-    revision: int
-    kind: str
-    namespace: str
-    name: str
-    op: str
-    data: dict[str, Any] | None
-    ts: float
+    A change read from the log (:meth:`encoded`) decodes its ``data`` when it is first read: a
+    watcher that needs only the kind and key of most changes (the controller, whose own writes
+    come back through its watch) does not decode a thousand records per thousand writes.
+    """
+
+    __slots__ = ("_data", "_raw", "kind", "name", "namespace", "op", "revision", "ts")
+
+    def __init__(
+        self, revision: int, kind: str, namespace: str, name: str, op: str, data: dict[str, Any] | None, ts: float
+    ) -> None:
+        self.revision = revision
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.op = op
+        self.ts = ts
+        self._data = data
+        self._raw: str | bytes | None = None
+
+    @classmethod
+    def encoded(
+        cls, revision: int, kind: str, namespace: str, name: str, op: str, raw: str | bytes | None, ts: float
+    ) -> Change:
+        """A change whose ``data`` is the JSON ``raw``, decoded when first read."""
+        change = cls(revision, kind, namespace, name, op, None, ts)
+        change._raw = raw
+        return change
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        if self._raw is not None:
+            self._data, self._raw = orjson.loads(self._raw), None
+        return self._data
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.revision, self.kind, self.namespace, self.name, self.op, self.data, self.ts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Change) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: compared, never hashed
+
+    def __repr__(self) -> str:
+        return (
+            f"Change(revision={self.revision}, kind={self.kind!r}, namespace={self.namespace!r}, "
+            f"name={self.name!r}, op={self.op!r}, data={self.data!r}, ts={self.ts!r})"
+        )
 
 
 @dataclass(frozen=True)

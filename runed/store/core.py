@@ -159,7 +159,7 @@ class SQLCore:
         sql += " ORDER BY revision LIMIT ?"
         args.append(limit)
         rows = self._fetchall(sql, args)
-        return [Change(int(r[0]), r[1], r[2], r[3], r[4], loads(r[5]), r[6]) for r in rows]
+        return [Change.encoded(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def changed_since(self, revision: int, kinds: Sequence[str]) -> bool:
         # Revisions are contiguous in the log (each is the log's own sequence, taken in its writer's
@@ -333,11 +333,19 @@ class SQLCore:
             self._lock_writes()
             yield
 
+    def _head(self, kind: str, namespace: str, name: str) -> tuple[int, int] | None:
+        """(revision, created revision) of an object, without its data (a write replaces it whole)."""
+        row = self._fetchone(
+            "SELECT revision, created_revision FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+            (kind, namespace, name),
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def create(
         self, kind: str, namespace: str, name: str, data: dict[str, Any], *, index_key: str | None = None
     ) -> Record:
         with self._writing():
-            if self.get(kind, namespace, name) is not None:
+            if self._head(kind, namespace, name) is not None:
                 raise errors.already_exists(kind, name, namespace or None)
             return self._write(kind, namespace, name, data, None, index_key)
 
@@ -353,14 +361,14 @@ class SQLCore:
     ) -> Record:
         """Create or replace. ``expect_revision`` (0 = must not exist) guards against lost updates."""
         with self._writing():
-            existing = self.get(kind, namespace, name)
+            head = self._head(kind, namespace, name)
             if expect_revision is not None:
-                actual = existing.revision if existing else 0
+                actual = head[0] if head else 0
                 if actual != expect_revision:
                     raise errors.Conflict(
                         f'{kind} "{name}" was modified concurrently (revision {actual}, expected {expect_revision})'
                     )
-            return self._write(kind, namespace, name, data, existing, index_key)
+            return self._write(kind, namespace, name, data, head[1] if head else None, index_key)
 
     def update(
         self,
@@ -379,18 +387,22 @@ class SQLCore:
             new = mutate(orjson.loads(orjson.dumps(existing.data)) if existing else None)
             if new is None:
                 return existing
-            return self._write(kind, namespace, name, new, existing, index_key)
+            return self._write(kind, namespace, name, new, existing.created_revision if existing else None, index_key)
 
     def delete(self, kind: str, namespace: str, name: str, *, expect_revision: int | None = None) -> Record | None:
         with self._writing():
-            existing = self.get(kind, namespace, name)
-            if existing is None:
+            row = self._fetchone(
+                "SELECT data, revision, created_revision FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                (kind, namespace, name),
+            )
+            if row is None:
                 return None
-            if expect_revision is not None and existing.revision != expect_revision:
+            if expect_revision is not None and int(row[1]) != expect_revision:
                 raise errors.Conflict(f'{kind} "{name}" was modified concurrently')
-            rev = self._log_change(kind, namespace, name, DELETED, dumps(existing.data))
+            # The log keeps the object as it was, as stored: no decoding and encoding again.
+            rev = self._log_change(kind, namespace, name, DELETED, row[0])
             self._execute("DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", (kind, namespace, name))
-            return Record(kind, namespace, name, existing.data, rev, existing.created_revision)
+            return Record(kind, namespace, name, orjson.loads(row[0]), rev, int(row[2]))
 
     def _write(
         self,
@@ -398,12 +410,13 @@ class SQLCore:
         namespace: str,
         name: str,
         data: dict[str, Any],
-        existing: Record | None,
+        created: int | None,
         index_key: str | None,
     ) -> Record:
+        """Write ``data`` as the object; ``created``: the revision that created it (None: it is new)."""
         raw = dumps(data)
-        rev = self._log_change(kind, namespace, name, MODIFIED if existing else ADDED, raw)
-        created = existing.created_revision if existing else rev
+        rev = self._log_change(kind, namespace, name, ADDED if created is None else MODIFIED, raw)
+        created = rev if created is None else created
         try:
             with self._savepoint():
                 self._execute(

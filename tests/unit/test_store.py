@@ -558,3 +558,13 @@ def test_audit_records_are_pruned_to_the_newest(store_url: str) -> None:
         assert [e.name for e in s.list_audit(since_id=1)] == [e.name for e in kept]
     finally:
         s.close()
+
+
+def test_a_change_read_from_the_log_decodes_its_data_when_first_read() -> None:
+    raw = '{"state": "RUNNING", "n": [1, 2]}'
+    lazy = Change.encoded(7, "instance", "default", "i1", MODIFIED, raw, 1.5)
+    plain = Change(7, "instance", "default", "i1", MODIFIED, {"state": "RUNNING", "n": [1, 2]}, 1.5)
+    assert lazy._raw == raw and lazy._data is None, "nothing decoded before data is read"
+    assert lazy == plain and repr(lazy) == repr(plain)
+    assert lazy.data is lazy.data, "decoded once"
+    assert Change.encoded(8, "instance", "default", "i1", DELETED, None, 2.0).data is None
