@@ -341,9 +341,7 @@ class Supervisor:
         lv.cancel_probes()
         lv.after_stop = after
         lv.stop_reason = reason
-        if not self._signals_due(inst):
-            if sent is not None:
-                sent.close()
+        if sent is None and not self._signals_due(inst):
             self.exits.discard(inst.key)
             if inst.state in ACTIVE:
                 return  # already stopping

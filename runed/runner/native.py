@@ -29,6 +29,7 @@ log = logging.getLogger("runed.runner")
 
 SOURCE = Path(__file__).with_name("shim.c")
 FLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra")
+PREFIX = "rune-shim-"
 
 
 def _compiler() -> str | None:
@@ -59,6 +60,7 @@ def _build(cc: str, src: bytes, target: Path) -> str | None:
         if done.returncode != 0:
             return done.stderr.decode(errors="replace").strip()[-2000:] or f"{cc} exited {done.returncode}"
         os.chmod(tmp, 0o755)
+        # A binary of an earlier source stays: a controller started before may still start shims from it.
         os.replace(tmp, target)
         return None
     finally:
@@ -75,7 +77,7 @@ def shim_path() -> str | None:
         log.warning("native shim source missing (%s): instances run under the Python shim", e)
         return None
     digest = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
-    name = f"rune-shim-{digest}"
+    name = f"{PREFIX}{digest}"
     for place in _places():
         if os.access(place / name, os.X_OK):
             return str(place / name)

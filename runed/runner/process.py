@@ -183,10 +183,10 @@ class ProcessRunner:
         self.nofile = nofile
         # How long a start may go unclaimed by its shim before it is given up (and fenced).
         self.spawn_timeout = spawn_timeout
-        # Shims are forked by a zygote (cheap starts, shared memory); without one, each shim is an
-        # interpreter of its own (also the fallback when no zygote can be started).
-        # ``shim``: which shim supervises each instance (:data:`runed.runner.native.CHOICES`).
+        # ``shim`` (controller.shim): the native shim, or the Python one ("python", or no compiler).
         self.native = native.chosen(shim)
+        # Shims are started by a zygote (cheap starts; forked Python shims share its memory); without
+        # one, each shim is a process of its own (also the fallback when no zygote can be started).
         self.forks = ForkServer(self.native) if fork else None
         # Forked shims whose start is not over yet (no report): spawned when; and those that reported.
         self._unreported: dict[int, float] = {}

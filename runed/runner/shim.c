@@ -756,8 +756,9 @@ static void child(const spec_t *spec, char **envp, int out_w, int err_w, int rep
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (null < 0 || dup2(null, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) goto fail;
     /* Nothing of the shim's reaches the instance but the three streams (the report pipe closes on exec). */
-    if (syscall(SYS_close_range, 3, (unsigned)report - 1, 0) < 0 || syscall(SYS_close_range, (unsigned)report + 1, ~0U, 0) < 0)
-        for (int fd = 3; fd < 4096; fd++)
+    if ((report > 3 && syscall(SYS_close_range, 3, (unsigned)report - 1, 0) < 0) ||
+        syscall(SYS_close_range, (unsigned)report + 1, ~0U, 0) < 0)
+        for (int fd = 3; fd < 4096; fd++) /* without close_range (Linux < 5.9) */
             if (fd != report) close(fd);
     if (spec->cwd && chdir(spec->cwd) < 0) goto fail;
     if (spec->has_umask && spec->umask >= 0) umask((mode_t)spec->umask);

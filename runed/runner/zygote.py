@@ -9,13 +9,13 @@ process group nor the zygote's end touch it), recorded and re-adopted by pid and
 Started by :class:`runed.runner.forkserver.ForkServer` as ``python -I -S`` in its own session. It
 stays single-threaded (forking from a threaded process is unsafe) and imports nothing beyond the
 shim's own modules. Fd 0 is a stream socket to the controller: each request is a length-prefixed
-JSON object ``{"dir": ..., "env": {...}, "attempt": ..., "native": ...}`` (the instance's environment, resolved
-secrets included, travels only over this socket, never through argv or disk; the attempt is the start
-the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`; ``native``, when given, the native shim to start instead of
-forking one, :mod:`runed.runner.native`); the reply is ``{"pid": ..., "start":
-...}`` or ``{"error": ...}``. Fd 1 is the write end of the runner's start-report pipe, handed to
-every shim (:func:`runed.runner.shim.run`). When the controller goes away (end of file), the zygote
-stays only to reap its shims as they end, then exits.
+JSON object ``{"dir": ..., "env": {...}, "attempt": ..., "native": ...}`` (the instance's
+environment, resolved secrets included, travels only over this socket, never through argv or disk;
+the attempt is the start the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`; ``native``,
+when given, is the native shim to start instead of forking a Python one, :mod:`runed.runner.native`);
+the reply is ``{"pid": ..., "start": ...}`` or ``{"error": ...}``. Fd 1 is the write end of the
+runner's start-report pipe, handed to every shim (:func:`runed.runner.shim.run`). When the
+controller goes away (end of file), the zygote stays only to reap its shims as they end, then exits.
 """
 
 from __future__ import annotations
