@@ -68,6 +68,16 @@ def _build(cc: str, src: bytes, target: Path) -> str | None:
             os.unlink(tmp)
 
 
+def runs(path: Path) -> bool:
+    """Whether ``path`` runs here as the shim (a file system mounted noexec, or a binary of another
+    machine copied along with a virtual environment, would not): without arguments it says its usage."""
+    try:
+        done = subprocess.run([path], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 2 and done.stderr.startswith(b"usage: rune-shim")
+
+
 @functools.cache
 def shim_path() -> str | None:
     """The native shim's path (built now if needed), or None: the Python shim runs instead."""
@@ -79,7 +89,7 @@ def shim_path() -> str | None:
     digest = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
     name = f"{PREFIX}{digest}"
     for place in _places():
-        if os.access(place / name, os.X_OK):
+        if os.access(place / name, os.X_OK) and runs(place / name):
             return str(place / name)
     cc = _compiler()
     if cc is None:
@@ -92,8 +102,11 @@ def shim_path() -> str | None:
         except (OSError, subprocess.SubprocessError) as e:
             why = str(e)
             continue
-        if failed is None:
+        if failed is None and runs(place / name):
             return str(place / name)
+        if failed is None:
+            why = f"{place / name} does not run here"
+            continue
         why = failed
         break  # the compiler said no: another place will not change its mind
     log.warning("native shim not built (%s): instances run under the Python shim", why)

@@ -44,3 +44,14 @@ def test_the_shim_in_use_is_built_from_the_shipped_source() -> None:
     assert path is not None and os.access(path, os.X_OK)
     assert Path(path).name.startswith(native.PREFIX)
     assert native.chosen("python") is None and native.chosen("auto") == path
+
+
+def test_a_binary_that_does_not_run_here_is_not_taken(tmp_path: Path) -> None:
+    """A file system mounted noexec, or a binary of another machine, is found out before any start."""
+    path = native.shim_path()
+    assert path is not None and native.runs(Path(path))
+    other = tmp_path / f"{native.PREFIX}other"
+    other.write_bytes(b"\x7fELF not really")
+    other.chmod(0o755)
+    assert not native.runs(other)
+    assert not native.runs(tmp_path / "missing")
