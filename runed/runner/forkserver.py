@@ -37,6 +37,23 @@ def answer_key(directory: Path, attempt: str) -> str:
     return attempt or str(directory)
 
 
+def serving(workdir: Path, exclude: int | None = None) -> bool:
+    """Whether a zygote other than ``exclude`` still takes requests for ``workdir``: one whose
+    controller's socket (its fd 0) is open. A zygote whose controller is gone closes it and only
+    reaps its shims, so a start asked of it and not forked by then never will be."""
+    target = os.fsencode(str(workdir))
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == exclude:
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if target in argv and any(b"runed.runner.zygote" in a for a in argv) and os.path.exists(f"/proc/{name}/fd/0"):
+            return True
+    return False
+
+
 class ForkServerError(Exception):
     """No shim could be forked (the zygote cannot be started or keeps failing)."""
 

@@ -20,7 +20,7 @@ from typing import Any
 from runed.core import filemodes
 from runed.runner import native
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
-from runed.runner.forkserver import ForkServer, ForkServerError, answer_key
+from runed.runner.forkserver import ForkServer, ForkServerError, answer_key, serving
 from runed.runner.shim import (
     ATTEMPT_ENV,
     CLAIM_PREFIX,
@@ -201,6 +201,8 @@ class ProcessRunner:
         self._spawned_at: dict[int, float] = {}
         # Shims (by pid) whose process is gone and whose exit record is still to come: since when.
         self._exiting_since: dict[int, float] = {}
+        # Whether an earlier controller's zygote still serves a directory of instances: (looked when, answer).
+        self._serving: dict[Path, tuple[float, bool]] = {}
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -434,8 +436,9 @@ class ProcessRunner:
     def _unanswered(self, directory: Path, handle: Handle) -> Handle | Observation:
         """A start whose shim is not known here: the zygote has not answered yet, or answered a
         controller before this one (killed after asking). Its claim names the shim; without one the
-        start is still to come, until ``spawn_timeout`` after it was asked for: then it
-        is fenced, so a shim forked later (a zygote held up) runs nothing, and it counts as failed."""
+        start is still to come, until ``spawn_timeout`` after it was asked for (or, asked by an
+        earlier controller, until no zygote of it takes requests): then it is fenced, so a shim
+        forked later (a zygote held up) runs nothing, and it counts as failed."""
         key = str(directory)
         if handle.attempt:
             claim = _read_json(directory / claim_name(handle.attempt))
@@ -451,12 +454,23 @@ class ProcessRunner:
             return handle  # a start from before attempts: its pid record and its shim tell
         since = self._requested.get(key)
         age = time.monotonic() - since if since is not None else _launch_age(directory)
-        if age <= self.spawn_timeout:
+        if age <= self.spawn_timeout and (since is not None or self._earlier_zygote_serves(directory.parent)):
             return Observation("starting", handle)
         if handle.attempt and not fence(directory, handle.attempt):
             return self._unanswered(directory, handle)  # claimed meanwhile: its shim decides
         self._drop_request(directory, handle)
         return Observation("exited", handle, None, None, "instance did not start in time")
+
+    def _earlier_zygote_serves(self, workdir: Path) -> bool:
+        """Whether a start an earlier controller asked for may still be forked: a zygote other than
+        this runner's still takes requests for ``workdir``. Looked up at most once a second (a scan
+        of /proc); without one, the start is given up now, not after ``spawn_timeout``."""
+        now = time.monotonic()
+        known = self._serving.get(workdir)
+        if known is None or now - known[0] > 1.0:
+            own = self.forks.proc.pid if self.forks is not None and self.forks.proc is not None else None
+            known = self._serving[workdir] = (now, serving(workdir, exclude=own))
+        return known[1]
 
     def _drop_request(self, directory: Path, handle: Handle) -> None:
         """The start in ``directory`` is over: a zygote's answer still to come is not waited for."""

@@ -168,6 +168,23 @@ def test_a_start_that_never_comes_is_given_up_once(runed_factory: RunedFactory, 
     assert o.one("late")["restart_count"] == 1
 
 
+def test_a_start_whose_zygote_died_is_given_up_without_waiting(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    """Saved as STARTING, asked of a zygote that died with runed: nothing can fork it any more, so the
+    next controller starts it again at once, not after the spawn timeout (300 s here)."""
+    o = _orch(runed_factory, tmp_path, spawn_timeout=300)
+    tag = f"orphan-{uuid.uuid4().hex}"
+    zygote = _held_zygote(o, tag)
+    with _stopped(zygote):
+        o.cast("orphan", o.program("sleeper", SLEEPER), tag)
+        eventually(lambda: _starting(o, "orphan"), timeout=30, what="the start saved, its shim not forked")
+        _kill_runed(o)
+        os.kill(zygote, signal.SIGKILL)
+    _restart(o, runed_factory)
+    inst = eventually(lambda: _one_copy(o, "orphan", tag), timeout=60, what="started again well within the timeout")
+    assert inst["restart_count"] == 1
+    assert _stays_one_copy(o, "orphan", tag)["restart_count"] == 1
+
+
 @contextmanager
 def _store_locked(data_dir: Path) -> Iterator[None]:
     """Hold SQLite's write lock: the controller's record writes wait (and fail after its busy timeout)."""

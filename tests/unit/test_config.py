@@ -60,3 +60,9 @@ def test_config_is_frozen() -> None:
     cfg = load({}, env={})
     with pytest.raises(AttributeError):
         cfg.log = None  # type: ignore[misc,assignment]
+
+
+def test_the_controller_s_shim_and_spawn_timeout_are_set_from_the_environment() -> None:
+    cfg = load({}, env={"RUNE_CONTROLLER_SHIM": "python", "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": "300"})
+    assert (cfg.controller.shim, cfg.controller.spawn_timeout_seconds) == ("python", 300.0)
+    assert (load({}, env={}).controller.shim, load({}, env={}).controller.spawn_timeout_seconds) == ("auto", 15.0)

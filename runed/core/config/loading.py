@@ -32,6 +32,7 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_LIMITS_MAX_SCALE": "limits.max_scale",
     "RUNE_CONTROLLER_LEASE_SECONDS": "controller.lease_seconds",
     "RUNE_CONTROLLER_SHIM": "controller.shim",
+    "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": "controller.spawn_timeout_seconds",
     "RUNE_NODE_PORT": "node.port",
 }
 
