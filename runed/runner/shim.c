@@ -652,8 +652,17 @@ static int log_append(log_t *w, buf_t *rec) {
         w->size++;
         w->torn = 0;
     }
-    if (w->fd < 0 || (w->size && w->size + (long long)n > w->max_bytes)) log_rotate(w);
-    if (w->fd < 0) return 0;
+    if (w->fd < 0) {
+        /* A rotation could not open the new file (no room): open it again, without rotating again. */
+        w->fd = open_log();
+        w->size = w->fd < 0 ? 0 : lseek(w->fd, 0, SEEK_END);
+    } else if (w->size && w->size + (long long)n > w->max_bytes) {
+        log_rotate(w);
+    }
+    if (w->fd < 0) {
+        w->checked = mono_ns();
+        return 0;
+    }
     while (n) {
         ssize_t r = write(w->fd, p, n);
         if (r < 0) {
