@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runed.runner import shim
+from runed.runner import native, shim
 from runed.runner.process import shim_argv
 
 
@@ -64,7 +64,10 @@ def test_a_write_the_disk_refuses_is_dropped_not_fatal(tmp_path: Path) -> None:
     assert [r["line"] for r in _lines(tmp_path)] == ["before"]
 
 
-def test_the_exit_code_survives_a_disk_the_instance_filled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_the_exit_code_survives_a_disk_the_instance_filled(tmp_path: Path, kind: str) -> None:
+    program = native.shim_path() if kind == "native" else None
+    assert program is not None or kind == "python", "the native shim did not build"
     d = tmp_path / "tiny"
     d.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True)
@@ -74,7 +77,7 @@ def test_the_exit_code_survives_a_disk_the_instance_filled(tmp_path: Path) -> No
         # The instance fills the disk to the last block, then exits 7.
         script = f"cat /dev/zero > {d}/fill 2>/dev/null; exit 7"
         shim.write_json_atomic(d / shim.LAUNCH_NAME, {"argv": ["/bin/sh", "-c", script], "min_free_bytes": 0})
-        subprocess.run(shim_argv(d), check=True, timeout=60)
+        subprocess.run(shim_argv(d, program), check=True, timeout=60)
         assert _free(d) == 0
         assert shim.read_json(d / shim.EXIT_NAME)["code"] == 7
         assert shim.read_json(d / shim.PID_NAME)["pid"] > 0
