@@ -376,7 +376,12 @@ class LogWriter:
         if self._torn:
             data = b"\n" + data
         try:
-            if self.f.closed or (self.size and self.size + len(data) > self.max_bytes):
+            if self.f.closed:
+                # A rotation could not open the new file (no room): open it now, without rotating again.
+                self.f = open(self.path, "ab", buffering=0)
+                self.size = self.f.tell()
+                self._torn = False
+            elif self.size and self.size + len(data) > self.max_bytes:
                 self._rotate()
             view = memoryview(data)
             while view:

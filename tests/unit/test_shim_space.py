@@ -83,3 +83,36 @@ def test_the_exit_code_survives_a_disk_the_instance_filled(tmp_path: Path, kind:
         assert shim.read_json(d / shim.PID_NAME)["pid"] > 0
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_rotation_with_no_inode_left_does_not_shift_the_backups_again(tmp_path: Path, kind: str) -> None:
+    """The new log file of a rotation cannot be created (no inode left): the lines after it are
+    dropped, and each later try opens the log again; it does not rotate again, which moved the
+    rotated file one backup further at every try."""
+    program = native.shim_path() if kind == "native" else None
+    assert program is not None or kind == "python", "the native shim did not build"
+    d = tmp_path / "few-inodes"
+    d.mkdir()
+    # The root, launch.json, the two reserved records and log.jsonl: nothing left for a new log.jsonl.
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=5", "tmpfs", str(d)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        # 2 KB lines for 3.5 s: a rotation after the first, then a try every second while dropping.
+        script = "import time\nfor i in range(70):\n    print(str(i) * 2000, flush=True)\n    time.sleep(0.05)\n"
+        spec = {"argv": ["python3", "-c", script], "max_bytes": 4096, "backups": 3, "min_free_bytes": 0}
+        shim.write_json_atomic(d / shim.LAUNCH_NAME, spec)
+        subprocess.run(shim_argv(d, program), check=True, timeout=60, env={"PATH": os.environ["PATH"]})
+        assert shim.read_json(d / shim.EXIT_NAME)["code"] == 0
+        logs = sorted(p.name for p in d.glob("log.jsonl*"))
+        assert logs == ["log.jsonl.1"], logs
+        assert [r["line"][:1] for r in _lines_of(d / "log.jsonl.1")] == ["0"]
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _lines_of(path: Path) -> list[dict[str, str]]:
+    return [json.loads(raw) for raw in path.read_text().splitlines() if raw.strip()]
