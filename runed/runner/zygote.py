@@ -147,13 +147,14 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(env, dict):
         return {"error": "env must be an object"}
     attempt = str(request.get("attempt") or "")
+    env = {str(k): str(v) for k, v in env.items()}
     program = request.get("native")
     if program:
-        pid = spawn_native(str(program), directory, {str(k): str(v) for k, v in env.items()}, attempt)
+        pid = spawn_native(str(program), directory, env, attempt)
         return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
     pid = os.fork()
     if pid == 0:
-        _become_shim(directory, {str(k): str(v) for k, v in env.items()}, attempt)
+        _become_shim(directory, env, attempt)
     return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
 
 

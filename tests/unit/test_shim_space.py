@@ -14,8 +14,8 @@ from runed.runner import native, shim
 from runed.runner.process import shim_argv
 
 
-def _lines(d: Path) -> list[dict[str, object]]:
-    return [json.loads(raw) for raw in (d / "log.jsonl").read_text().splitlines() if raw.strip()]
+def _lines(d: Path, name: str = "log.jsonl") -> list[dict[str, object]]:
+    return [json.loads(raw) for raw in (d / name).read_text().splitlines() if raw.strip()]
 
 
 def _free(d: Path) -> int:
@@ -109,10 +109,6 @@ def test_a_rotation_with_no_inode_left_does_not_shift_the_backups_again(tmp_path
         assert shim.read_json(d / shim.EXIT_NAME)["code"] == 0
         logs = sorted(p.name for p in d.glob("log.jsonl*"))
         assert logs == ["log.jsonl.1"], logs
-        assert [r["line"][:1] for r in _lines_of(d / "log.jsonl.1")] == ["0"]
+        assert [str(r["line"])[:1] for r in _lines(d, "log.jsonl.1")] == ["0"]
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def _lines_of(path: Path) -> list[dict[str, str]]:
-    return [json.loads(raw) for raw in path.read_text().splitlines() if raw.strip()]
