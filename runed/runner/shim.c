@@ -53,6 +53,8 @@
 #define DRAIN_QUIET_MS 500
 #define DRAIN_MAX_MS 5000
 #define POLL_MS 200
+#define GROUP_END_MS 2000
+#define GROUP_LOOK_MS 20
 #define DEFAULT_MIN_FREE (32LL << 20)
 #define RESUME_SLACK (1LL << 20)
 #define SPACE_CHECK_NS 1000000000LL
@@ -1069,14 +1071,36 @@ int main(int argc, char **argv) {
             take(st, &w, chunk, (size_t)r);
         }
     }
-    for (int i = 0; i < 2; i++)
-        if (streams[i].partial.n) log_write(&w, streams[i].name, streams[i].partial.p, streams[i].partial.n);
     if (!ended)
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }
     if (pidfd >= 0) close(pidfd);
     /* Children the instance left behind in its group end with it, as in a container. */
     kill(-pid, SIGKILL);
+    /* ... and before the exit record, which a restart follows: one still dying (tearing down its
+     * memory) may still hold a port. Their end closes the output they inherited; what they write
+     * meanwhile is kept; output held only outside the group (a daemon in a session of its own)
+     * does not hold the shim once the group is empty. Bounded: one stuck in the kernel does not. */
+    int64_t until = mono_ns() + GROUP_END_MS * 1000000LL;
+    while ((streams[0].open || streams[1].open) && !(kill(-pid, 0) < 0 && errno == ESRCH)) {
+        int64_t left = (until - mono_ns()) / 1000000;
+        if (left <= 0) break;
+        if (left > GROUP_LOOK_MS) left = GROUP_LOOK_MS;
+        struct pollfd fds[2];
+        stream_t *of[2];
+        int nfds = 0;
+        for (int i = 0; i < 2; i++)
+            if (streams[i].open) of[nfds] = &streams[i], fds[nfds++] = (struct pollfd){streams[i].fd, POLLIN, 0};
+        if (poll(fds, (nfds_t)nfds, (int)left + 1) < 0 && errno != EINTR) break;
+        for (int f = 0; f < nfds; f++) {
+            if (!fds[f].revents) continue;
+            ssize_t r = read(of[f]->fd, chunk, READ_SIZE);
+            if (r > 0) take(of[f], &w, chunk, (size_t)r);
+            else if (r == 0 || (errno != EAGAIN && errno != EINTR)) of[f]->open = 0;
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (streams[i].partial.n) log_write(&w, streams[i].name, streams[i].partial.p, streams[i].partial.n);
     close(out_r);
     close(err_r);
     log_close(&w);

@@ -57,6 +57,9 @@ DISCARD_SIGNAL = _signal.SIGURG
 # long (a grandchild may keep them open), and for no longer than the second bound in all.
 DRAIN_QUIET_SECONDS = 0.5
 DRAIN_MAX_SECONDS = 5.0
+# How long the exit record waits for what the instance left in its group to end after SIGKILL.
+GROUP_END_SECONDS = 2.0
+GROUP_LOOK_SECONDS = 0.02
 # Without a pidfd (an old kernel) the end of the instance is polled this often.
 POLL_SECONDS = 0.2
 # Variables that tell the shim about itself; the instance never sees them.
@@ -562,6 +565,17 @@ def _discarded() -> bool:
     return _discard_seen or DISCARD_SIGNAL in _signal.sigpending()
 
 
+def _group_left(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` is left (dead ones not yet reaped count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _claim(directory: str, attempt: str) -> dict[str, Any] | None:
     """Claim ``attempt`` (see :data:`CLAIM_PREFIX`); its launch spec, or None: not this shim's to run.
 
@@ -651,6 +665,16 @@ def run(
     status: int | None = None
     exited_at = heard_at = 0.0
 
+    def take(fd: int, chunk: bytes) -> None:
+        lines = (partial[fd] + chunk).split(b"\n")
+        partial[fd] = lines.pop()
+        # A single line without newline is still capped so memory stays bounded.
+        if len(partial[fd]) > READ_SIZE:
+            lines.append(partial[fd])
+            partial[fd] = b""
+        for line in lines:
+            writer.write(names[fd], line.rstrip(b"\r"))
+
     def reap(block: bool) -> None:
         nonlocal status, exited_at
         done, st = os.waitpid(pid, 0 if block else os.WNOHANG)
@@ -685,26 +709,37 @@ def run(
                 poller.unregister(fd)
                 streams.discard(fd)
                 continue
-            lines = (partial[fd] + chunk).split(b"\n")
-            partial[fd] = lines.pop()
-            # A single line without newline is still capped so memory stays bounded.
-            if len(partial[fd]) > READ_SIZE:
-                lines.append(partial[fd])
-                partial[fd] = b""
-            for line in lines:
-                writer.write(names[fd], line.rstrip(b"\r"))
-    for fd, rest in partial.items():
-        if rest:
-            writer.write(names[fd], rest)
+            take(fd, chunk)
     if status is None:
         reap(block=True)
     if pidfd is not None and pidfd >= 0:
         os.close(pidfd)
-    # Children the instance left behind in its group end with it, as in a container.
+    # Children the instance left behind in its group end with it, as in a container ...
     try:
         os.killpg(pid, _signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    # ... and before the exit record, which a restart follows: one still dying (tearing down its
+    # memory) may still hold a port. Their end closes the output they inherited; what they write
+    # meanwhile is kept; output held only outside the group (a daemon in a session of its own)
+    # does not hold the shim once the group is empty. Bounded: one stuck in the kernel does not.
+    until = time.monotonic() + GROUP_END_SECONDS
+    while streams and _group_left(pid) and (left := until - time.monotonic()) > 0:
+        for fd, _ in poller.poll(int(min(left, GROUP_LOOK_SECONDS) * 1000) + 1):
+            try:
+                chunk = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                poller.unregister(fd)
+                streams.discard(fd)
+                continue
+            take(fd, chunk)
+    for fd, rest in partial.items():
+        if rest:
+            writer.write(names[fd], rest)
     os.close(out_r)
     os.close(err_r)
     writer.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,40 @@ def test_children_left_behind_end_with_the_instance(tmp_path: Path, shim_native:
         return True
 
     eventually(gone, timeout=5, what="the grandchild ended")
+
+
+def test_the_exit_record_comes_after_the_group_has_ended(tmp_path: Path, shim_native: str | None) -> None:
+    """A restart follows the exit record: what the instance left in its group (here holding 1 GB and
+    a listening port, so its end takes a while) must be over by then, or the restart meets the port taken."""
+    grandchild = textwrap.dedent(
+        """
+        import socket, sys, time
+        hold = b"x" * (1 << 30)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        print(s.getsockname()[1], flush=True)
+        time.sleep(60)
+        """
+    )
+    prog = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        "print(p.pid, flush=True); sys.stdout.flush(); "
+        "import time; time.sleep(1.5)"
+    )
+    ex = _run_shim(tmp_path, [sys.executable, "-c", prog], shim_native)
+    assert ex["code"] == 0
+    lines = [str(r["line"]) for r in _records(tmp_path)]
+    orphan, port = int(lines[0]), int(lines[1])
+    assert shim.proc_start_time(orphan) is None, "the grandchild still runs after the exit record"
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))  # free: a restart can listen on it again
+    finally:
+        s.close()
 
 
 def test_json_without_the_json_package_round_trips() -> None:
