@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runed.core import filemodes
-from runed.core.config import Config
+from runed.core.config import Config, unread_env
 from runed.core.readiness import ready_file
 from runed.server import ballast
 
@@ -119,6 +119,8 @@ class Supervisor:
                 "instance logs are dropped and writes refused once it is full, until space is freed",
                 file=sys.stderr,
             )
+        for problem in unread_env():
+            print(f"runed: warning: {problem}", file=sys.stderr)
         for role in self.roles:
             self.children[role] = Child(role)
             self._spawn(self.children[role])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runed.core.config import ConfigError, load
+from runed.core.config import ENV_KEYS, ConfigError, load, unread_env
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -66,3 +66,26 @@ def test_the_controller_s_shim_and_spawn_timeout_are_set_from_the_environment() 
     cfg = load({}, env={"RUNE_CONTROLLER_SHIM": "python", "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": "300"})
     assert (cfg.controller.shim, cfg.controller.spawn_timeout_seconds) == ("python", 300.0)
     assert (load({}, env={}).controller.shim, load({}, env={}).controller.spawn_timeout_seconds) == ("auto", 15.0)
+
+
+def test_a_rune_variable_that_sets_nothing_is_named_with_what_it_may_have_meant() -> None:
+    env = {
+        "RUNE_CONTROLLER_SPAWN_TIMEOUT": "300",  # the _SECONDS left off
+        "RUNE_AUTH_API_KEYS": "k1,k2",  # upstream's, not read here
+        "RUNE_SOMETHING": "x",
+        # Not runed's settings, but at home in its environment: quiet.
+        "RUNE_TOKEN": "t",
+        "RUNE_SERVER": "localhost:7863",
+        "RUNE_MASTER_KEY": "k",
+        "RUNE_VALUES_replicas": "3",
+        "RUNE_PORT_HTTP": "8080",
+        "RUNE_LOG_LEVEL": "debug",
+        "HOME": "/root",
+    }
+    assert unread_env(env) == [
+        "RUNE_AUTH_API_KEYS is not read: runed has no static API keys; create tokens with `rune admin token create`",
+        "RUNE_CONTROLLER_SPAWN_TIMEOUT is not a runed setting (did you mean RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS?); "
+        "it is ignored",
+        "RUNE_SOMETHING is not a runed setting; it is ignored",
+    ]
+    assert unread_env({name: "1" for name in ENV_KEYS}) == []

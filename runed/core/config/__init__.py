@@ -15,7 +15,7 @@ from runed.core.config.checks import (
     problems,
     validate,
 )
-from runed.core.config.loading import ENV_KEYS, load, read_file
+from runed.core.config.loading import ENV_KEYS, load, read_file, unread_env
 from runed.core.config.schema import (
     ApiLimitsConfig,
     AuthConfig,
@@ -73,5 +73,6 @@ __all__ = [
     "parse_address",
     "problems",
     "read_file",
+    "unread_env",
     "validate",
 ]

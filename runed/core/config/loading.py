@@ -36,6 +36,48 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_NODE_PORT": "node.port",
 }
 
+# Other RUNE_* variables a runed's environment may carry without them being settings of runed: the
+# secrets' key (read where it is used), the rune CLI's, what runed gives its instances, and values
+# of a runeset, by name or by prefix.
+OTHER_ENV = frozenset(
+    {
+        "RUNE_MASTER_KEY",
+        "RUNE_SERVER",
+        "RUNE_TOKEN",
+        "RUNE_CLI_CONFIG",
+        "RUNE_DEBUG",
+        "RUNE_SERVICE_NAME",
+        "RUNE_SERVICE_NAMESPACE",
+        "RUNE_INSTANCE_ID",
+        "RUNE_INSTANCE_NAME",
+        "RUNE_MOUNTS_DIR",
+    }
+)
+OTHER_ENV_PREFIXES = ("RUNE_VALUES_", "RUNE_PORT_", "RUNE_TEST_")
+# Upstream's bindings runed does not read, with the reason.
+UNREAD_ENV: dict[str, str] = {
+    "RUNE_AUTH_API_KEYS": "runed has no static API keys; create tokens with `rune admin token create`",
+}
+
+
+def unread_env(env: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The RUNE_* variables of ``env`` that set nothing, each with what it may have meant: a typo in
+    one is otherwise ignored without a word (warned of at start, not refused: a shell carries more)."""
+    env = os.environ if env is None else env
+    out = []
+    for name in sorted(env):
+        if not name.startswith("RUNE_") or name in ENV_KEYS or name in OTHER_ENV:
+            continue
+        if name.startswith(OTHER_ENV_PREFIXES):
+            continue
+        if name in UNREAD_ENV:
+            out.append(f"{name} is not read: {UNREAD_ENV[name]}")
+            continue
+        near = difflib.get_close_matches(name, sorted(ENV_KEYS), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        out.append(f"{name} is not a runed setting{hint}; it is ignored")
+    return out
+
 
 # Top-level keys of upstream's runefile that runed does not read: refused with the reason, not
 # accepted and ignored.
