@@ -61,9 +61,10 @@ class ForkServerError(Exception):
 class ForkServer:
     """One zygote at a time; :meth:`request` asks it for a shim for an instance directory."""
 
-    def __init__(self, native: str | None = None) -> None:
-        # The native shim the zygote starts for each request (None: it forks a Python shim).
-        self.native = native
+    def __init__(self) -> None:
+        # Why the zygote could not start the native shim it was asked to (the latest time; it
+        # forked a Python one instead), until the runner takes note of it.
+        self.native_failed: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         # Shims report the end of their start here (their pid, one line each): the read end is
@@ -106,17 +107,18 @@ class ForkServer:
         ours.setblocking(False)
         self._sock = ours
 
-    def request(self, directory: Path, env: dict[str, str], attempt: str = "") -> None:
+    def request(self, directory: Path, env: dict[str, str], attempt: str = "", native: str | None = None) -> None:
         """Ask for a shim for ``directory`` with the instance's ``env``; the answer comes to :attr:`forked`.
 
-        ``attempt``: the start the shim is for (it claims it before running anything).
+        ``attempt``: the start the shim is for (it claims it before running anything). ``native``:
+        the native shim to start (None: the zygote forks a Python one).
 
         Requests are pipelined: the controller does not wait for each fork (on a loaded machine a
         round trip costs a scheduling delay of the zygote, ≈15 ms here, more than the fork itself).
         The zygote is started if there is none, and replaced once if it fails.
         """
         why = "no zygote"
-        request = {"dir": str(directory), "env": env, "attempt": attempt, "native": self.native}
+        request = {"dir": str(directory), "env": env, "attempt": attempt, "native": native}
         data = zygote.frame(request, json.dumps)
         for _ in range(2):
             if self._sock is None or self.proc is None or self.proc.poll() is not None:
@@ -178,6 +180,8 @@ class ForkServer:
             if not isinstance(reply, dict) or not self._awaiting:
                 raise ValueError("unexpected reply")
             key = self._awaiting.popleft()
+            if "native_failed" in reply:
+                self.native_failed = str(reply["native_failed"])
             if key in self._unwanted:
                 self._unwanted.discard(key)
             elif "error" in reply:

@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -185,9 +186,10 @@ class ProcessRunner:
         self.spawn_timeout = spawn_timeout
         # ``shim`` (controller.shim): the native shim, or the Python one ("python", or no compiler).
         self.native = native.chosen(shim)
+        self._finding_native: threading.Thread | None = None
         # Shims are started by a zygote (cheap starts; forked Python shims share its memory); without
         # one, each shim is a process of its own (also the fallback when no zygote can be started).
-        self.forks = ForkServer(self.native) if fork else None
+        self.forks = ForkServer() if fork else None
         # Forked shims whose start is not over yet (no report): spawned when; and those that reported.
         self._unreported: dict[int, float] = {}
         self._reported: set[int] = set()
@@ -241,7 +243,7 @@ class ProcessRunner:
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
         if self.forks is not None:
             try:
-                self.forks.request(d, env, attempt)
+                self.forks.request(d, env, attempt, self.native)
             except ForkServerError as e:
                 log.warning("%s; starting the shim as its own interpreter", e)
             else:
@@ -251,21 +253,27 @@ class ProcessRunner:
                 return Handle(attempt=attempt)
         shim_env = {**env, ATTEMPT_ENV: attempt}
         with (d / SHIM_ERR).open("ab") as err:
-            try:
-                p = subprocess.Popen(
-                    shim_argv(d, self.native),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    env=shim_env,
-                    cwd=str(d),
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as e:
-                # A zygote that took the request after all must not start it now.
-                fence(d, attempt)
-                raise RunnerError(f"cannot start shim: {e}") from None
+            p = None
+            while p is None:
+                program = self.native
+                try:
+                    p = subprocess.Popen(
+                        shim_argv(d, program),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        env=shim_env,
+                        cwd=str(d),
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                except OSError as e:
+                    if program is not None:
+                        self._native_lost(f"{program}: {e.strerror or e}")
+                        continue  # under the Python shim
+                    # A zygote that took the request after all must not start it now.
+                    fence(d, attempt)
+                    raise RunnerError(f"cannot start shim: {e}") from None
         self._shims[p.pid] = p
         self._spawned_at[p.pid] = time.monotonic()
         return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid), attempt=attempt)
@@ -298,10 +306,32 @@ class ProcessRunner:
                 self._unreported.pop(pid, None)
                 self._reported.add(pid)
 
+    def _native_lost(self, why: str) -> None:
+        """The native shim could not be started (its binary was deleted, say): starts run under the
+        Python shim while it is found or built again, in a thread (a build takes a second or two)."""
+        if self.native is None:
+            return
+        log.warning("cannot start the native shim (%s): instances start under the Python shim until it is rebuilt", why)
+        self.native = None
+        if self._finding_native is not None and self._finding_native.is_alive():
+            return
+
+        def find() -> None:
+            native.shim_path.cache_clear()
+            self.native = native.shim_path()
+            if self.native is not None:
+                log.warning("native shim back: instances start under %s", self.native)
+
+        self._finding_native = threading.Thread(target=find, name="native-shim", daemon=True)
+        self._finding_native.start()
+
     def _forked(self, directory: Path, handle: Handle) -> tuple[Handle, str]:
         """The handle of a shim asked of the zygote, once it answered; and why it failed ("" if not)."""
         assert self.forks is not None
         self.forks.collect()
+        if self.forks.native_failed is not None:
+            self._native_lost(self.forks.native_failed)
+            self.forks.native_failed = None
         key = str(directory)
         answer = self.forks.forked.pop(answer_key(directory, handle.attempt), None)
         if answer is None:

@@ -13,7 +13,8 @@ JSON object ``{"dir": ..., "env": {...}, "attempt": ..., "native": ...}`` (the i
 environment, resolved secrets included, travels only over this socket, never through argv or disk;
 the attempt is the start the shim claims, see :data:`runed.runner.shim.CLAIM_PREFIX`; ``native``,
 when given, is the native shim to start instead of forking a Python one, :mod:`runed.runner.native`);
-the reply is ``{"pid": ..., "start": ...}`` or ``{"error": ...}``. Fd 1 is the write end of the
+the reply is ``{"pid": ..., "start": ...}`` (with ``"native_failed"``: why the native shim could not
+be started, so a Python one was forked) or ``{"error": ...}``. Fd 1 is the write end of the
 runner's start-report pipe, handed to every shim (:func:`runed.runner.shim.run`). When the
 controller goes away (end of file), the zygote stays only to reap its shims as they end, then exits.
 """
@@ -149,13 +150,21 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     attempt = str(request.get("attempt") or "")
     env = {str(k): str(v) for k, v in env.items()}
     program = request.get("native")
+    failed = None
     if program:
-        pid = spawn_native(str(program), directory, env, attempt)
-        return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
+        try:
+            pid = spawn_native(str(program), directory, env, attempt)
+        except OSError as e:
+            # The binary is gone (or no longer runs here): this start runs under the Python shim,
+            # and the controller is told why.
+            failed = f"{program}: {e.strerror or e}"
+        else:
+            return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
     pid = os.fork()
     if pid == 0:
         _become_shim(directory, env, attempt)
-    return {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
+    reply = {"pid": pid, "start": shim.proc_start_time(pid, zombie=True)}
+    return reply if failed is None else {**reply, "native_failed": failed}
 
 
 def _reap() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,3 +196,35 @@ def test_a_claimed_start_stuck_before_its_program_is_killed_after_the_timeout(
     obs = eventually(given_up, timeout=SPAWN_TIMEOUT_SECONDS + 10)
     assert obs.error == "instance did not start in time"
     eventually(lambda: not alive(shim, claim["shim_start"]), what="the shim killed")
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["zygote", "no-zygote"])
+def test_a_native_shim_deleted_under_the_runner_falls_back_and_is_found_again(
+    tmp_path: Path, fork: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = ProcessRunner(fork=fork)
+    try:
+        assert r.native is not None, "the native shim did not build"
+        built = r.native
+        # The binary this runner found (a copy, so other tests keep theirs), deleted under it.
+        copy = tmp_path / "rune-shim-copy"
+        shutil.copy(built, copy)
+        r.native = str(copy)
+        d0, h0 = _start(r, tmp_path, 0)
+        assert os.readlink(f"/proc/{_wait_running(r, d0, h0).handle.shim_pid}/exe") == str(copy)
+        copy.unlink()
+        d1, h1 = _start(r, tmp_path, 1)
+        python_shim = _wait_running(r, d1, h1).handle.shim_pid
+        assert os.path.realpath(os.readlink(f"/proc/{python_shim}/exe")) == os.path.realpath(sys.executable)
+        assert "cannot start the native shim" in caplog.text and str(copy) in caplog.text
+        # Found (or built) again in the background: the next start is native once more.
+        eventually(lambda: r.native == built, what="the native shim found again")
+        d2, h2 = _start(r, tmp_path, 2)
+        assert os.readlink(f"/proc/{_wait_running(r, d2, h2).handle.shim_pid}/exe") == built
+        # The instance that started meanwhile runs on, under its Python shim.
+        assert _running(r, d1, h1).handle.shim_pid == python_shim
+    finally:
+        for info in (tmp_path / "instances").glob("*/pid.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+        r.close(wait=10)
