@@ -224,7 +224,12 @@ def test_a_native_shim_deleted_under_the_runner_falls_back_and_is_found_again(
         # The instance that started meanwhile runs on, under its Python shim.
         assert _running(r, d1, h1).handle.shim_pid == python_shim
     finally:
+        shims = []
         for info in (tmp_path / "instances").glob("*/pid.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
+                shims.append(int(json.loads(info.read_text())["shim_pid"]))
                 os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+        # Shims this runner started itself (no zygote) are its children: reaped once they end.
+        eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
+        r.reap()
         r.close(wait=10)

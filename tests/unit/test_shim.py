@@ -122,8 +122,9 @@ def test_children_left_behind_end_with_the_instance(tmp_path: Path, shim_native:
 def test_the_exit_record_comes_after_the_group_has_ended(tmp_path: Path, shim_native: str | None) -> None:
     """A restart follows the exit record: what the instance left in its group (here holding 1 GB and
     a listening port, so its end takes a while) must be over by then, or the restart meets the port taken."""
+    held = tmp_path / "held"
     grandchild = textwrap.dedent(
-        """
+        f"""
         import socket, sys, time
         hold = b"x" * (1 << 30)
         s = socket.socket()
@@ -131,14 +132,20 @@ def test_the_exit_record_comes_after_the_group_has_ended(tmp_path: Path, shim_na
         s.bind(("127.0.0.1", 0))
         s.listen()
         print(s.getsockname()[1], flush=True)
+        open({str(held)!r}, "w").close()
         time.sleep(60)
         """
     )
-    prog = (
-        "import subprocess, sys; "
-        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
-        "print(p.pid, flush=True); sys.stdout.flush(); "
-        "import time; time.sleep(1.5)"
+    # The instance ends once its grandchild holds the memory and the port (however long that takes).
+    prog = textwrap.dedent(
+        f"""
+        import os, subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-c", {grandchild!r}])
+        print(p.pid, flush=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists({str(held)!r}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        """
     )
     ex = _run_shim(tmp_path, [sys.executable, "-c", prog], shim_native)
     assert ex["code"] == 0
