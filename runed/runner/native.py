@@ -8,7 +8,8 @@ native shims end ≈2.2 times as slowly as the same processes killed bare, ≈5 
 
 The binary is built from the source shipped in the package, into the package's directory when it
 is writable (an editable install, a venv) or the user's cache directory, under a name holding the
-source's hash: a changed source builds anew, an unchanged one is found with one ``stat``. It is
+source's hash: a changed source builds anew (and the binaries of earlier ones go), an unchanged one
+is found with one ``stat``. It is
 built into a temporary name and renamed, so concurrent builds (several controllers starting at
 once) all end with the same complete file. Without a C compiler (``cc``, ``gcc`` or ``clang``, or
 ``$CC``), or when the build fails, runed runs the Python shim and says so once in its log.
@@ -16,6 +17,7 @@ once) all end with the same complete file. Without a C compiler (``cc``, ``gcc``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -60,8 +62,13 @@ def _build(cc: str, src: bytes, target: Path) -> str | None:
         if done.returncode != 0:
             return done.stderr.decode(errors="replace").strip()[-2000:] or f"{cc} exited {done.returncode}"
         os.chmod(tmp, 0o755)
-        # A binary of an earlier source stays: a controller started before may still start shims from it.
         os.replace(tmp, target)
+        # Binaries of earlier sources go: running shims keep theirs open, and a controller started
+        # before that still starts shims from one finds it gone and takes this one (``ProcessRunner``).
+        for old in target.parent.glob(f"{PREFIX}*"):
+            if old.name != target.name:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         return None
     finally:
         if os.path.exists(tmp):
