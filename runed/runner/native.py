@@ -10,8 +10,9 @@ The binary is built from the source shipped in the package, into the package's d
 is writable (an editable install, a venv) or the user's cache directory, under a name holding the
 source's hash: a changed source builds anew (and the binaries of earlier ones go), an unchanged one
 is found with one ``stat``. It is built into a temporary name and renamed, so concurrent builds
-(several controllers starting at once) all end with the same complete file. Without a C compiler (``cc``, ``gcc`` or ``clang``, or
-``$CC``), or when the build fails, runed runs the Python shim and says so once in its log.
+(several controllers starting at once) all end with the same complete file. Without a C compiler
+(``cc``, ``gcc`` or ``clang``, or ``$CC``), or when the build fails, runed runs the Python shim and
+says so once in its log.
 """
 
 from __future__ import annotations
