@@ -16,7 +16,8 @@ when given, is the native shim to start instead of forking a Python one, :mod:`r
 the reply is ``{"pid": ..., "start": ...}`` (with ``"native_failed"``: why the native shim could not
 be started, so a Python one was forked) or ``{"error": ...}``. Fd 1 is the write end of the
 runner's start-report pipe, handed to every shim (:func:`runed.runner.shim.run`). When the
-controller goes away (end of file), the zygote stays only to reap its shims as they end, then exits.
+controller goes away (end of file), the zygote stays until its shims have ended, then exits. It
+never reaps them one by one: with SIGCHLD ignored, the kernel does as each ends.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import os
 # What every shim loads to start its instance (``shim.spawn``): loaded here once, shared by every
 # shim, instead of from disk in each of them (≈0.4 ms of a start for ``resource`` alone).
 import resource  # noqa: F401
-import select
 import sys
 from _posixsubprocess import fork_exec  # noqa: F401
 
@@ -93,7 +93,6 @@ def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
     code = 1
     try:
         os.setsid()
-        _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
         os.chdir(directory)
         report = os.dup(REPORT_FD)
@@ -140,7 +139,10 @@ def spawn_native(program: str, directory: str, env: dict[str, str], attempt: str
         (os.POSIX_SPAWN_DUP2, 0, 1),
         (os.POSIX_SPAWN_DUP2, 0, 2),
     ]
-    return os.posix_spawn(program, [program, directory], shim_env, file_actions=actions, setsid=True)
+    # SIGCHLD at its default (ignored here): the shim reads its instance's exit status.
+    return os.posix_spawn(
+        program, [program, directory], shim_env, file_actions=actions, setsid=True, setsigdef=(_signal.SIGCHLD,)
+    )
 
 
 def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
@@ -167,62 +169,33 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
     return reply if failed is None else {**reply, "native_failed": failed}
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def serve() -> int:
     # The zygote outlives runed (its shims are in sessions of their own; it is in its own too).
     _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    # Ended shims are reaped as they end: SIGCHLD writes a byte to wake_w, which ends the poll.
-    _signal.set_wakeup_fd(wake_w)
-    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)
+    # Ended shims are reaped by the kernel as they end, without waking this process: a delete of a
+    # thousand instances would otherwise wake it about as many times. A shim sets SIGCHLD back to
+    # its default before it starts its instance (it reads its instance's exit status).
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     # What exists now is shared with every shim; frozen, a collection in a shim does not write to it.
     gc.collect()
     gc.freeze()
-    poller = select.poll()
-    poller.register(CHANNEL_FD, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    serving = True
-    while serving:
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                continue
-            try:
-                request = recv_message(CHANNEL_FD)
-            except (OSError, EOFError, ValueError):
-                request = None
-            if request is None:
-                serving = False
-                break
-            try:
-                reply = fork_shim(request)
-            except (OSError, KeyError, TypeError) as e:
-                reply = {"error": f"cannot fork a shim: {e}"}
-            try:
-                send_all(CHANNEL_FD, frame(reply))
-            except OSError:
-                serving = False
-                break
-        _reap()
-    # The controller is gone: stay until every shim has ended, so none is left unreaped.
-    _signal.set_wakeup_fd(-1)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    while True:
+        try:
+            request = recv_message(CHANNEL_FD)
+        except (OSError, EOFError, ValueError):
+            request = None
+        if request is None:
+            break
+        try:
+            reply = fork_shim(request)
+        except (OSError, KeyError, TypeError) as e:
+            reply = {"error": f"cannot fork a shim: {e}"}
+        try:
+            send_all(CHANNEL_FD, frame(reply))
+        except OSError:
+            break
+    # The controller is gone: stay until every shim has ended (wait returns once none is left).
     for fd in (CHANNEL_FD, REPORT_FD):
         os.close(fd)
     while True:

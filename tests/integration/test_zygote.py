@@ -43,6 +43,12 @@ def _parent(pid: int) -> int:
     return int(_stat(pid)[1])
 
 
+def _wakeups(pid: int) -> int:
+    """Context switches of ``pid`` so far (it is single-threaded): each sleep that ended is one."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+
+
 def _is_zygote(pid: int) -> bool:
     return b"runed.runner.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
@@ -70,6 +76,7 @@ def test_shims_are_forked_detached_and_record_exit_codes(orch: Orch) -> None:
         assert _parent(int(inst["pid"])) == shim and os.getpgid(int(inst["pid"])) == int(inst["pid"])
         # Nothing of the zygote's (its socket, the start-report pipe) reaches the instance.
         assert sorted(int(fd) for fd in os.listdir(f"/proc/{inst['pid']}/fd")) == [0, 1, 2]
+    woken = _wakeups(next(iter(zygotes)))
     stop.touch()
 
     def exited() -> list[dict[str, Any]]:
@@ -78,9 +85,13 @@ def test_shims_are_forked_detached_and_record_exit_codes(orch: Orch) -> None:
         return done
 
     eventually(exited, timeout=30, what="both exits recorded with their code")
-    # The zygote reaps its shims: none is left as a zombie.
+    # The zygote's shims are reaped: none is left as a zombie ...
     shims = [int(_pid_info(i)["shim_pid"]) for i in insts]
     eventually(lambda: not any(Path(f"/proc/{s}").exists() for s in shims), what="the shims reaped")
+    # ... and their ends did not wake the zygote (the kernel reaps them: a delete of a thousand would
+    # otherwise wake it as many times).
+    zygote = next(iter(zygotes))
+    assert _wakeups(zygote) == woken, "the zygote was woken by its shims' ends"
 
 
 def test_forked_shims_survive_kill9_and_are_readopted(own_orch: Orch, runed_factory: RunedFactory) -> None:
