@@ -193,14 +193,19 @@ async def StreamLogs(requests: AsyncIterator[logs_pb2.LogRequest], ctx: CallCont
             nodes = away | (set(await store.run(forward.remote_nodes, store, here)) if first.follow else set())
             if nodes:
                 mine = [s for s in sources if forward.is_local(ctx, where[s.instance_id])]
-                parts: list[logs_remote.Part] = [_remote(ctx, n, first) for n in sorted(nodes)]
-                if here is not None:
-                    parts.append(lambda reqs: _local(reqs, ctx, first, service, mine, start_rev))
-                merged = (
-                    logs_remote.merged(parts, requests, first.after_cursor)
-                    if first.follow
-                    else logs_remote.history(parts, requests, first)
-                )
+
+                def parts(req: logs_pb2.LogRequest) -> list[logs_remote.Part]:
+                    out = [_remote(ctx, n, req) for n in sorted(nodes)]
+                    if here is not None:
+                        out.append(lambda reqs: _local(reqs, ctx, req, service, mine, start_rev))
+                    return out
+
+                if not first.follow:
+                    merged = logs_remote.history(parts(first), requests, first)
+                elif first.tail > 0:
+                    merged = logs_remote.tail_then_follow(parts, requests, first)
+                else:
+                    merged = logs_remote.merged(parts(first), requests, first.after_cursor)
                 async for r in merged:
                     yield r
                 return

@@ -5,7 +5,8 @@ its instances' lines and cursors. Cursors name instances, so the merged cursor i
 parts' positions (the highest seq per instance: a part resumed from a merged cursor repeats the
 others' positions unchanged). Without ``follow`` (:func:`history`), every node's lines come in one
 time order and ``tail`` counts over all of them, as it does over a node's own instances; a follow
-(:func:`merged`) interleaves the nodes' lines as they arrive, its first ``tail`` counted per node. A
+(:func:`merged`) interleaves the nodes' lines as they arrive, and one with a ``tail``
+(:func:`tail_then_follow`) starts with that history, so its tail counts over all nodes too. A
 follow that ends (the service deleted) sends one end line, once every part has ended.
 """
 
@@ -96,6 +97,35 @@ async def history(
         for st in streams:
             await st.aclose()
         await _cancel((pump,))
+
+
+async def tail_then_follow(
+    parts: Callable[[logs_pb2.LogRequest], list[Part]],
+    requests: AsyncIterator[logs_pb2.LogRequest],
+    first: logs_pb2.LogRequest,
+) -> AsyncIterator[logs_pb2.LogResponse]:
+    """A follow whose first ``first.tail`` lines are the last ones over every part (not that many of
+    each): the tail as a :func:`history`, then every part followed from the cursor after it (with
+    no tail: every line written since, none twice). ``parts`` makes the parts of a request."""
+    head = logs_pb2.LogRequest()
+    head.CopyFrom(first)
+    head.follow = False
+    at = first.after_cursor
+    async for resp in history(parts(head), _no_requests(), head):
+        at = resp.cursor or at
+        yield resp
+    rest = logs_pb2.LogRequest()
+    rest.CopyFrom(first)
+    rest.tail = 0
+    rest.after_cursor = at
+    async for resp in merged(parts(rest), requests, at):
+        yield resp
+
+
+async def _no_requests() -> AsyncIterator[logs_pb2.LogRequest]:
+    """No further requests (a history's parts read none; the client's go to the follow after it)."""
+    return
+    yield  # an async generator that ends at once
 
 
 async def _lines(part: Part, requests: AsyncIterator[logs_pb2.LogRequest]) -> AsyncGenerator[logs_pb2.LogResponse]:

@@ -14,6 +14,7 @@ import json
 import queue
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from rune.api import (
 from runed.auth import nodetoken
 from runed.auth.identity import load_server_key
 from runed.model.nodes import NODE, SCOPE, Node
+from runed.runner.shim import rfc3339_ns
 from runed.store.open import open_url
 from tests.e2e.rune import Rune
 from tests.harness import Runed, Runeds
@@ -268,6 +270,41 @@ def test_a_service_s_logs_merge_its_nodes_over_sse_and_resume(cluster: Cluster, 
                 if len(seen) == 3:
                     break
         assert all(seen[iid] == int(seq) + 1 for iid, seq in positions.items()), (positions, seen)
+
+
+@pytest.mark.parametrize("api", [0, 1])
+def test_a_follow_s_tail_counts_over_every_node_and_goes_on_without_a_gap(cluster: Cluster, api: int) -> None:
+    """``rune logs -f --tail 3`` of a service on three hosts: the last three lines over all of them
+    (as over one host's instances, not three of each), then every line written since, none twice."""
+    stub = logs_pb2_grpc.LogServiceStub(cluster.apis[api].channel())
+    eventually(lambda: len(_service_lines(stub, cluster, 30)) == 30, timeout=20, what="lines on every host")
+    asked = rfc3339_ns(time.time_ns())
+    req = logs_pb2.LogRequest(resource_target="service/ticker", follow=True, tail=3)
+    call = stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30)
+    got: list[logs_pb2.LogResponse] = []
+    for resp in call:
+        got.append(resp)
+        if len(got) == 24:
+            break
+    call.cancel()
+    # The tail: at most three lines written before the call (one more may have come while it began),
+    # first, in time order; the old code sent three of each host's.
+    before = [r for r in got if r.timestamp < asked]
+    assert 2 <= len(before) <= 3 and got[: len(before)] == before, [(r.instance_name, r.timestamp) for r in got[:9]]
+    assert [r.timestamp for r in got[:3]] == sorted(r.timestamp for r in got[:3])
+    # From each instance's first line on, every one of its lines, in order: nothing lost or repeated
+    # where the tail ends and the follow begins.
+    seqs: dict[str, list[int]] = {}
+    for r in got:
+        seqs.setdefault(r.instance_id, []).append(int(r.content.split()[1]))
+    assert len(seqs) == 3
+    for ticks in seqs.values():
+        assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), seqs
+
+
+def _service_lines(stub: logs_pb2_grpc.LogServiceStub, cluster: Cluster, tail: int) -> list[logs_pb2.LogResponse]:
+    req = logs_pb2.LogRequest(resource_target="service/ticker", tail=tail)
+    return list(stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30))
 
 
 def test_exec_over_rest_reaches_an_instance_on_a_node(cluster: Cluster) -> None:
