@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -414,8 +415,6 @@ def test_a_killed_node_is_replaced_elsewhere_and_stops_its_copies_when_back(clus
 def test_a_node_gone_for_good_is_deleted_with_its_instance_records(cluster: Cluster, tmp_path: Path) -> None:
     """DeleteNode (``rune delete node``, ``DELETE /v1/nodes/{id}``) forgets a node that is not Ready and the
     records of the instances it ran; a Ready node is refused; a deleted node that comes back registers anew."""
-    import grpc
-
     cluster.cast("orphaned", 3)
     eventually(lambda: cluster.running("orphaned", 3), timeout=60)
     with pytest.raises(grpc.RpcError) as refused:
@@ -463,3 +462,37 @@ def test_a_node_gone_for_good_is_deleted_with_its_instance_records(cluster: Clus
     insts = eventually(lambda: cluster.running("orphaned", 3), timeout=30)
     assert sorted(i.name for i in insts) == ["orphaned-0", "orphaned-1", "orphaned-2"]
     cluster.delete("orphaned")
+
+
+def test_a_deletion_does_not_wait_for_a_lost_node_s_copy_which_the_node_removes_when_back(cluster: Cluster) -> None:
+    cluster.cast("forsaken", 1, node_selector={"name": "n3"})
+    eventually(lambda: cluster.running("forsaken", 1), timeout=60)
+    n3 = cluster.nodes["n3"]
+    assert n3.proc is not None
+    os.killpg(n3.proc.pid, signal.SIGKILL)
+    reap_data_dir(n3.data_dir)
+
+    def lost() -> bool:
+        [copy] = cluster.instances("forsaken")
+        assert copy.status_message.startswith("Lost: node n3"), copy.status_message
+        return True
+
+    eventually(lost, timeout=30, what="n3's copy marked lost")
+    req = service_pb2.DeleteServiceRequest(name="forsaken", namespace="default", detach=True)
+    op_id = cluster.services.DeleteService(req, metadata=cluster.auth).deletion_id
+
+    def done() -> service_pb2.DeletionOperation:
+        get = service_pb2.GetDeletionStatusRequest(namespace="default", name=op_id)
+        op: service_pb2.DeletionOperation = cluster.services.GetDeletionStatus(get, metadata=cluster.auth).operation
+        assert op.status == "completed", (op.status, op.finalizer_status)
+        return op
+
+    # Completed while n3 is away (nobody can stop its copy; n3 itself does once back).
+    eventually(done, timeout=30, what="the deletion completed without n3")
+    with pytest.raises(grpc.RpcError) as gone:
+        cluster.service("forsaken")
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    n3.stop()
+    n3.start(90)
+    eventually(lambda: cluster.node("n3").status == "Ready", timeout=30, what="n3 Ready again")
+    eventually(lambda: cluster.instances("forsaken") == [], timeout=30, what="n3 removed its copy's record")

@@ -229,3 +229,47 @@ def test_a_cut_off_node_is_replaced_elsewhere_and_stops_its_copies_when_healed(s
     eventually(lambda: c.running("waiter", 1), timeout=60, what="the dependent running once n2 is back")
     for name in ("waiter", "pinned", "island"):
         c.delete(name)
+
+
+def test_a_cut_off_node_deleted_meanwhile_registers_anew_when_healed_and_stops_what_it_ran(split: Split) -> None:
+    """DeleteNode of a node cut off, not dead: its runed keeps running what it ran, unaware. Healed,
+    it finds its node record gone: it registers anew and stops its old copies (their records are
+    gone), then runs what is placed on it again."""
+    import grpc
+
+    c, ns = split.cluster, split.ns
+    c.cast("marooned", 1, node_selector={"name": "n2"})
+    [before] = eventually(lambda: c.running("marooned", 1), timeout=60)
+    n2 = c.nodes["n2"]
+    assert n2.proc is not None
+    ns.cut()
+    try:
+        eventually(lambda: c.node("n2").status == "NotReady", timeout=30, what="n2 NotReady")
+        c.node_api.DeleteNode(node_pb2.NodeActionRequest(id="n2"), metadata=c.auth)
+        with pytest.raises(grpc.RpcError) as gone:
+            c.node("n2")
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        # Its copy's record went with it; with no node for it, the service waits.
+        eventually(lambda: c.instances("marooned") == [], timeout=30, what="the copy's record removed")
+        # A cut, not a crash: n2's runed and its copy still run.
+        assert n2.proc.poll() is None
+        assert str(_cwd(before.pid)).startswith(str(n2.data_dir.resolve()))
+    finally:
+        ns.heal()
+
+    def registered() -> bool:
+        nodes = c.node_api.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes
+        assert [n.status for n in nodes if n.id == "n2"] == ["Ready"], [(n.id, n.status) for n in nodes]
+        return True
+
+    eventually(registered, timeout=60, what="n2 registered again")
+
+    def converged() -> bool:
+        [now] = c.running("marooned", 1)
+        assert now.node_id == "n2" and now.id != before.id, (now.id, before.id)
+        # The old copy is stopped, not left running beside the new one.
+        assert not str(_cwd(before.pid)).startswith(str(n2.data_dir.resolve())), before.pid
+        return True
+
+    eventually(converged, timeout=60, what="one new copy on n2, the old one stopped")
+    c.delete("marooned")
