@@ -205,14 +205,7 @@ def test_exec_over_grpc_reaches_an_instance_on_a_node_through_either_api_host(cl
 def test_logs_follow_over_grpc_reaches_an_instance_on_a_node(cluster: Cluster, api: int) -> None:
     stub = logs_pb2_grpc.LogServiceStub(cluster.apis[api].channel())
     inst = on_node(cluster, "n2")
-    req = logs_pb2.LogRequest(resource_target=f"instance/{inst.id}", follow=True, tail=1)
-    call = stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30)
-    got: list[logs_pb2.LogResponse] = []
-    for resp in call:
-        got.append(resp)
-        if len(got) == 4:
-            break
-    call.cancel()
+    got = _followed(stub, cluster, logs_pb2.LogRequest(resource_target=f"instance/{inst.id}", follow=True, tail=1), 4)
     # A tail of one, then lines written while following (the ticker writes one every 0.2 s).
     assert {r.instance_id for r in got} == {inst.id}
     ticks = [int(r.content.split()[1]) for r in got]
@@ -279,14 +272,7 @@ def test_a_follow_s_tail_counts_over_every_node_and_goes_on_without_a_gap(cluste
     stub = logs_pb2_grpc.LogServiceStub(cluster.apis[api].channel())
     eventually(lambda: len(_service_lines(stub, cluster, 30)) == 30, timeout=20, what="lines on every host")
     asked = rfc3339_ns(time.time_ns())
-    req = logs_pb2.LogRequest(resource_target="service/ticker", follow=True, tail=3)
-    call = stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30)
-    got: list[logs_pb2.LogResponse] = []
-    for resp in call:
-        got.append(resp)
-        if len(got) == 24:
-            break
-    call.cancel()
+    got = _followed(stub, cluster, logs_pb2.LogRequest(resource_target="service/ticker", follow=True, tail=3), 24)
     # The tail: at most three lines written before the call (one more may have come while it began),
     # first, in time order; the old code sent three of each host's.
     before = [r for r in got if r.timestamp < asked]
@@ -300,6 +286,20 @@ def test_a_follow_s_tail_counts_over_every_node_and_goes_on_without_a_gap(cluste
     assert len(seqs) == 3
     for ticks in seqs.values():
         assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), seqs
+
+
+def _followed(
+    stub: logs_pb2_grpc.LogServiceStub, cluster: Cluster, req: logs_pb2.LogRequest, n: int
+) -> list[logs_pb2.LogResponse]:
+    """The first ``n`` responses of a follow, then the call cancelled."""
+    call = stub.StreamLogs(iter([req]), metadata=cluster.auth, timeout=30)
+    got: list[logs_pb2.LogResponse] = []
+    for resp in call:
+        got.append(resp)
+        if len(got) == n:
+            break
+    call.cancel()
+    return got
 
 
 def _service_lines(stub: logs_pb2_grpc.LogServiceStub, cluster: Cluster, tail: int) -> list[logs_pb2.LogResponse]:
