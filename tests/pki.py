@@ -23,7 +23,13 @@ def _pem_key(key: Any) -> bytes:
 
 
 def _cert(
-    cn: str, key: Any, issuer: tuple[x509.Name, Any] | None, *, ca: bool = False, server: bool = False
+    cn: str,
+    key: Any,
+    issuer: tuple[x509.Name, Any] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+    ips: tuple[str, ...] = ("127.0.0.1",),
 ) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     issuer_name, issuer_key = issuer if issuer else (name, key)
@@ -39,21 +45,23 @@ def _cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        b = b.add_extension(x509.SubjectAlternativeName(names), False)
     return b.sign(issuer_key, hashes.SHA256())
 
 
 class PKI:
-    """A CA, a server certificate for 127.0.0.1 and client certificates, as PEM bytes."""
+    """A CA, server certificates (for 127.0.0.1 unless told) and client certificates, as PEM bytes."""
 
     def __init__(self) -> None:
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca = _cert("test-ca", self.ca_key, None, ca=True)
         self.ca_pem = self.ca.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, cn: str, server: bool = False) -> tuple[bytes, bytes]:
+    def issue(self, cn: str, server: bool = False, ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[bytes, bytes]:
+        """A key and certificate signed by this CA (a server's names the addresses ``ips``)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(cn, key, (self.ca.subject, self.ca_key), server=server)
+        cert = _cert(cn, key, (self.ca.subject, self.ca_key), server=server, ips=ips)
         return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from runed.core import errors
-from runed.core.config.schema import NodeConfig
+from runed.core.config.schema import NodeConfig, NodeTLSConfig
 from runed.model.nodes import NODE, SCOPE, Node, local_node_id
 from runed.pipeline import status
 from runed.pipeline.context import CallContext
@@ -53,7 +54,7 @@ try:
 except ImportError:  # pragma: no cover - another grpcio layout: _send falls back to grpc.aio's writer
     _CoreRefused = grpc.aio.AioRpcError  # type: ignore[misc,assignment]
 # One channel per node address and event loop (grpc.aio channels belong to the loop that made them).
-_channels: dict[tuple[int, str], grpc.aio.Channel] = {}
+_channels: dict[tuple[int, str, bool], grpc.aio.Channel] = {}
 
 
 def here(cfg: NodeConfig) -> str | None:
@@ -93,7 +94,8 @@ def remote_nodes(store: Store, exclude: str | None) -> list[str]:
     return sorted(out)
 
 
-def _target(store: Store, node: str) -> str:
+def _target(store: Store, node: str) -> tuple[str, bool]:
+    """Where ``node`` serves its channel, and whether over TLS."""
     rec = store.get(NODE, SCOPE, node)
     if rec is None:
         raise errors.Unavailable(
@@ -106,16 +108,30 @@ def _target(store: Store, node: str) -> str:
             metadata={"node": node},
         )
     host = f"[{n.address}]" if ":" in n.address else n.address
-    return f"{host}:{n.channel_port}"
+    return f"{host}:{n.channel_port}", n.channel_tls
 
 
-def _channel(target: str) -> grpc.aio.Channel:
-    key = (id(asyncio.get_running_loop()), target)
+def _channel(node: str, target: str, node_tls: bool, tls: NodeTLSConfig) -> grpc.aio.Channel:
+    """The channel to a node's ``target``: over TLS, its certificate checked against ``tls.ca_file``,
+    when the node serves TLS. A host with node.tls on never talks to a node in plaintext (its
+    token and the exec bytes would cross the network in the clear), nor one without to a TLS node."""
+    if node_tls != tls.enabled:
+        why = (
+            "serves its channel over TLS: set node.tls (enabled, ca_file) on this host to reach it"
+            if node_tls
+            else "serves its channel without TLS, and node.tls is enabled here"
+        )
+        raise errors.Unavailable(f"node {node} ({target}) {why}", metadata={"node": node})
+    key = (id(asyncio.get_running_loop()), target, node_tls)
     ch = _channels.get(key)
     if ch is None:
-        ch = _channels[key] = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        )
+        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        if node_tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(tls.ca_file).read_bytes())
+            ch = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            ch = grpc.aio.insecure_channel(target, options=options)
+        _channels[key] = ch
     return ch
 
 
@@ -152,11 +168,12 @@ async def stream(
     from runed.auth import nodetoken
 
     store = ctx.deps.store
-    target = await store.run(_target, store, node)
+    target, node_tls = await store.run(_target, store, node)
+    channel = _channel(node, target, node_tls, ctx.deps.config.node.tls)
     token = nodetoken.mint(ctx.deps.identity.key, node, ctx.principal.subject)
     metadata = (("authorization", f"Bearer {token}"), ("x-request-id", ctx.request_id))
 
-    method = _channel(target).stream_stream(
+    method = channel.stream_stream(
         ctx.method.full_name,
         request_serializer=type(first).SerializeToString,
         response_deserializer=response_cls.FromString,

@@ -24,6 +24,8 @@ PLACEMENT = "placement"
 SCOPE = ""
 # Written by the node channel once it listens: the port API hosts reach it at (beside ``address``).
 CHANNEL_PORT = "channel_port"
+# Whether the node serves its channel over TLS (node.tls).
+CHANNEL_TLS = "channel_tls"
 
 
 def local_node_id(cfg: NodeConfig) -> str:
@@ -82,8 +84,10 @@ class Node:
     # Set by the scheduler: False once no heartbeat came within node.not_ready_seconds.
     ready: bool = True
     ready_changed_at: float = 0.0
-    # The node channel's port (0: the node serves no channel, or has not yet said).
+    # The node channel's port (0: the node serves no channel, or has not yet said), and whether it
+    # is served over TLS.
     channel_port: int = 0
+    channel_tls: bool = False
 
     @property
     def allocatable(self) -> Resources:
@@ -106,6 +110,7 @@ class Node:
             ready=bool(d.get("ready", True)),
             ready_changed_at=float(d.get("ready_changed_at") or 0),
             channel_port=int(d.get(CHANNEL_PORT) or 0),
+            channel_tls=bool(d.get(CHANNEL_TLS)),
         )
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,7 +28,7 @@ from runed.auth.principal import Principal
 from runed.core import errors
 from runed.core.config import Config
 from runed.core.errors import BindError
-from runed.model.nodes import CHANNEL_PORT, NODE, SCOPE, local_node_id
+from runed.model.nodes import CHANNEL_PORT, CHANNEL_TLS, NODE, SCOPE, local_node_id
 from runed.pipeline import defaults, methods
 from runed.pipeline.context import CallContext, Deps
 from runed.pipeline.stages import new_request_id
@@ -136,10 +137,11 @@ class Channel:
         return [grpc.method_handlers_generic_handler(svc, h) for svc, h in by_service.items()]
 
 
-def _publish(deps: Deps, node: str, port: int) -> None:
+def _publish(deps: Deps, node: str, port: int, tls: bool) -> None:
     def mutate(cur: dict[str, Any] | None) -> dict[str, Any]:
         data = dict(cur or {})
         data[CHANNEL_PORT] = port
+        data[CHANNEL_TLS] = tls
         return data
 
     deps.store.update(NODE, SCOPE, node, mutate)
@@ -152,16 +154,26 @@ async def serve(config: Config, deps: Deps, stop: asyncio.Event) -> None:
     server.add_generic_rpc_handlers(Channel(deps, node).generic_handlers())
     host = config.node.address
     bind = f"[{host}]:{config.node.port}" if ":" in host else f"{host}:{config.node.port}"
+    tls = config.node.tls
     try:
-        port = server.add_insecure_port(bind)
+        if tls.enabled:
+            key, cert = Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes()
+            port = server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            port = server.add_insecure_port(bind)
+    except OSError as e:
+        raise BindError(f"node channel: cannot read node.tls.cert_file or node.tls.key_file: {e.strerror}") from None
     except RuntimeError:
         port = 0
     if not port:
-        raise BindError(f"node channel: cannot listen on {bind} (node.address, node.port): in use or not permitted")
+        also = " or node.tls.cert_file and key_file are not a certificate and its key" if tls.enabled else ""
+        raise BindError(
+            f"node channel: cannot listen on {bind} (node.address, node.port): in use or not permitted{also}"
+        )
     await server.start()
     try:
-        await deps.store.run(_publish, deps, node, port)
-        log.info("node %s: node channel on %s:%d", node, host, port)
+        await deps.store.run(_publish, deps, node, port, tls.enabled)
+        log.info("node %s: node channel on %s:%d%s", node, host, port, " (TLS)" if tls.enabled else "")
         await stop.wait()
     finally:
         await server.stop(config.server.shutdown_grace_seconds)

@@ -89,3 +89,22 @@ def test_a_rune_variable_that_sets_nothing_is_named_with_what_it_may_have_meant(
         "RUNE_SOMETHING is not a runed setting; it is ignored",
     ]
     assert unread_env({name: "1" for name in ENV_KEYS}) == []
+
+
+def test_node_tls_needs_its_files_and_is_not_set_half(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem")
+    f = tmp_path / "runefile.yaml"
+    f.write_text("node:\n  tls:\n    enabled: true\n    cert_file: /no/such.crt\n")
+    with pytest.raises(ConfigError) as e:
+        load({}, env={}, config_file=str(f))
+    assert "node.tls.ca_file: required when node.tls.enabled is true" in str(e.value)
+    assert "node.tls.key_file: required when node.tls.enabled is true" in str(e.value)
+    assert "node.tls.cert_file: file /no/such.crt does not exist" in str(e.value)
+    # A host that runs no instances serves no channel: the CA alone.
+    f.write_text(f"node:\n  enabled: false\n  tls:\n    enabled: true\n    ca_file: {ca}\n")
+    assert load({}, env={}, config_file=str(f)).node.tls.ca_file == str(ca)
+    f.write_text(f"node:\n  tls:\n    ca_file: {ca}\n")
+    with pytest.raises(ConfigError) as e:
+        load({}, env={}, config_file=str(f))
+    assert "node.tls.ca_file: is set but nothing reads it (node.tls.enabled is false)" in str(e.value)

@@ -142,6 +142,25 @@ def _node(f: _Found, cfg: Config) -> None:
             raise QuantityError("negative")
     except QuantityError as e:
         f.add("node.reserve_cpu" if "cpu" in str(e) else "node.reserve_memory", str(e))
+    _node_tls(f, cfg)
+
+
+def _node_tls(f: _Found, cfg: Config) -> None:
+    tls = cfg.node.tls
+    if not tls.enabled:
+        for name in ("cert_file", "key_file", "ca_file"):
+            if getattr(tls, name):
+                f.unread(f"node.tls.{name}", "node.tls.enabled is false")
+        return
+    # Every host reaches nodes (the CA); a host that is a node also serves (its certificate).
+    needed = ("cert_file", "key_file", "ca_file") if cfg.node.enabled else ("ca_file",)
+    for name in ("cert_file", "key_file", "ca_file"):
+        value = getattr(tls, name)
+        if not value:
+            if name in needed:
+                f.add(f"node.tls.{name}", "required when node.tls.enabled is true")
+        else:
+            f.file(f"node.tls.{name}", value)
 
 
 def _store(f: _Found, cfg: Config) -> None:

@@ -243,6 +243,19 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
+class NodeTLSConfig:
+    """TLS on the node channel: a node serves it with its certificate; API hosts check that
+    certificate against the CA (and the node's address) before any log line or exec byte goes."""
+
+    enabled: bool = False
+    # This node's certificate for its channel (its address among the certificate's names).
+    cert_file: str = ""
+    key_file: str = ""
+    # The CA that signs the nodes' certificates (what an API host trusts).
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """This host as a node (it runs the instances the scheduler places on it) and the node timings."""
 
@@ -264,6 +277,7 @@ class NodeConfig:
     not_ready_seconds: float = 20.0
     # NotReady for this long: its instances are lost and placed on other nodes.
     lost_after_seconds: float = 30.0
+    tls: NodeTLSConfig = field(default_factory=NodeTLSConfig)
 
 
 @dataclass(frozen=True)
