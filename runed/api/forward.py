@@ -127,8 +127,13 @@ def _channel(node: str, target: str, node_tls: bool, tls: NodeTLSConfig) -> grpc
     if ch is None:
         options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         if node_tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=Path(tls.ca_file).read_bytes())
-            ch = grpc.aio.secure_channel(target, creds, options=options)
+            try:
+                ca = Path(tls.ca_file).read_bytes()
+            except OSError as e:
+                raise errors.Unavailable(
+                    f"node {node} ({target}): cannot read node.tls.ca_file: {e.strerror}", metadata={"node": node}
+                ) from None
+            ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
         else:
             ch = grpc.aio.insecure_channel(target, options=options)
         _channels[key] = ch

@@ -1,11 +1,12 @@
 """The node channel: a node's own gRPC endpoint, through which API hosts read its instances' logs and run exec.
 
-It listens on ``node.address``:``node.port`` and serves two methods only, LogService/StreamLogs and
-ExecService/StreamExec, with the API's own handlers over this node's instances. Every call needs a
-node token minted by an API host of the cluster for this node (:mod:`runed.auth.nodetoken`);
-anything else (no token, a user token, another node's, an expired one) is UNAUTHENTICATED.
-Authorization ran on the API host; the node's exec audit names the caller the token carries.
-Once listening, the node writes the port into its record, where API hosts look it up.
+It listens on ``node.address``:``node.port`` (over TLS with ``node.tls``) and serves two methods only,
+LogService/StreamLogs and ExecService/StreamExec, with the API's own handlers over this node's
+instances. Every call needs a node token minted by an API host of the cluster for this node
+(:mod:`runed.auth.nodetoken`); anything else (no token, a user token, another node's, an expired
+one) is UNAUTHENTICATED. Authorization ran on the API host; the node's exec audit names the caller
+the token carries. Once listening, the node writes the port (and whether it serves TLS) into its
+record, where API hosts look it up.
 """
 
 from __future__ import annotations
