@@ -190,5 +190,6 @@ def test_a_node_whose_certificate_is_not_one_refuses_to_start_naming_it(
         r.stop()
     assert code != 0
     out = r.output()
-    assert "node.tls.cert_file and key_file are not a certificate and its key" in out, out[-2000:]
+    assert f"node.tls.cert_file: {bogus} is not a PEM certificate" in out, out[-2000:]
+    assert f"node.tls.key_file: {bogus} is not an unencrypted PEM private key" in out
     assert "Traceback" not in out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runed.core.config import ENV_KEYS, ConfigError, load, unread_env
+from tests.pki import PKI
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_a_rune_variable_that_sets_nothing_is_named_with_what_it_may_have_meant(
 
 def test_node_tls_needs_its_files_and_is_not_set_half(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
-    ca.write_text("pem")
+    ca.write_bytes(PKI().ca_pem)
     f = tmp_path / "runefile.yaml"
     f.write_text("node:\n  tls:\n    enabled: true\n    cert_file: /no/such.crt\n")
     with pytest.raises(ConfigError) as e:
@@ -108,3 +109,35 @@ def test_node_tls_needs_its_files_and_is_not_set_half(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load({}, env={}, config_file=str(f))
     assert "node.tls.ca_file: is set but nothing reads it (node.tls.enabled is false)" in str(e.value)
+
+
+def test_tls_material_is_checked_at_start_naming_the_key(tmp_path: Path) -> None:
+    """Not a certificate, not a key, another certificate's key, a CA file with no certificate: each
+    named by its key at start (and by ``runed validate``), not a listener failing later."""
+    pki = PKI()
+    key, cert = pki.issue("node", server=True)
+    other_key, _ = pki.issue("other", server=True)
+    files = {"cert": cert, "key": key, "other.key": other_key, "bogus": b"-----BEGIN NOTHING-----\n", "ca": pki.ca_pem}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    f = tmp_path / "runefile.yaml"
+
+    def errors_of(yaml_text: str) -> str:
+        f.write_text(yaml_text)
+        with pytest.raises(ConfigError) as e:
+            load({}, env={}, config_file=str(f))
+        return str(e.value)
+
+    t = tmp_path
+    node = "node:\n  tls:\n    enabled: true\n"
+    out = errors_of(node + f"    cert_file: {t / 'bogus'}\n    key_file: {t / 'bogus'}\n    ca_file: {t / 'bogus'}\n")
+    assert f"node.tls.cert_file: {t / 'bogus'} is not a PEM certificate" in out
+    assert f"node.tls.key_file: {t / 'bogus'} is not an unencrypted PEM private key" in out
+    assert f"node.tls.ca_file: {t / 'bogus'} holds no PEM certificate" in out
+    out = errors_of(node + f"    cert_file: {t / 'cert'}\n    key_file: {t / 'other.key'}\n    ca_file: {t / 'ca'}\n")
+    assert out.endswith(f"node.tls.key_file: {t / 'other.key'} is not the key of node.tls.cert_file"), out
+    server = f"server:\n  tls:\n    enabled: true\n    cert_file: {t / 'cert'}\n    key_file: {t / 'other.key'}\n"
+    assert f"server.tls.key_file: {t / 'other.key'} is not the key of server.tls.cert_file" in errors_of(server)
+    # The right pair and CA: no problem.
+    f.write_text(node + f"    cert_file: {t / 'cert'}\n    key_file: {t / 'key'}\n    ca_file: {t / 'ca'}\n")
+    assert load({}, env={}, config_file=str(f)).node.tls.enabled

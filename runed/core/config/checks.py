@@ -15,6 +15,11 @@ import ipaddress
 import os
 import re
 from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from runed.core.config.schema import Config, ConfigError, CORSConfig, OIDCConfig, TLSConfig
 from runed.core.quantity import QuantityError, parse_cpu, parse_memory
@@ -100,6 +105,43 @@ class _Found:
     def unread(self, key: str, why: str) -> None:
         self.add(key, f"is set but nothing reads it ({why})")
 
+    def tls_pair(self, prefix: str, cert_file: str, key_file: str) -> None:
+        """``prefix``.cert_file and .key_file, once both exist: a PEM certificate and its own
+        unencrypted PEM key (else the listener fails later, with a message naming neither)."""
+        if self._broken(cert_file) or self._broken(key_file):
+            return
+        try:
+            cert = x509.load_pem_x509_certificate(Path(cert_file).expanduser().read_bytes())
+        except ValueError:
+            cert = None
+            self.add(f"{prefix}.cert_file", f"{cert_file} is not a PEM certificate")
+        try:
+            key = serialization.load_pem_private_key(Path(key_file).expanduser().read_bytes(), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            self.add(f"{prefix}.key_file", f"{key_file} is not an unencrypted PEM private key")
+            return
+        if cert is not None and _public(cert.public_key()) != _public(key.public_key()):
+            self.add(f"{prefix}.key_file", f"{key_file} is not the key of {prefix}.cert_file")
+
+    def ca(self, key: str, path: str) -> None:
+        """A CA file, once it exists: one or more PEM certificates."""
+        if self._broken(path):
+            return
+        try:
+            x509.load_pem_x509_certificates(Path(path).expanduser().read_bytes())
+        except ValueError:
+            self.add(key, f"{path} holds no PEM certificate")
+
+    @staticmethod
+    def _broken(path: str) -> bool:
+        """Not a readable file (said already by :meth:`file`), or not given."""
+        p = Path(path).expanduser() if path else None
+        return p is None or not p.is_file() or not os.access(p, os.R_OK)
+
+
+def _public(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
 
 def problems(cfg: Config) -> list[str]:
     """Every problem with ``cfg``'s values, as ``"<key path>: <what is wrong>"`` lines (empty: fine)."""
@@ -161,6 +203,8 @@ def _node_tls(f: _Found, cfg: Config) -> None:
                 f.add(f"node.tls.{name}", "required when node.tls.enabled is true")
         else:
             f.file(f"node.tls.{name}", value)
+    f.tls_pair("node.tls", tls.cert_file, tls.key_file)
+    f.ca("node.tls.ca_file", tls.ca_file)
 
 
 def _store(f: _Found, cfg: Config) -> None:
@@ -213,8 +257,10 @@ def _tls(f: _Found, tls: TLSConfig) -> None:
             f.add(f"server.tls.{name}", "required when server.tls.enabled is true")
         else:
             f.file(f"server.tls.{name}", value)
+    f.tls_pair("server.tls", tls.cert_file, tls.key_file)
     if tls.client_ca_file:
         f.file("server.tls.client_ca_file", tls.client_ca_file)
+        f.ca("server.tls.client_ca_file", tls.client_ca_file)
     elif tls.require_client_cert:
         f.add(
             "server.tls.require_client_cert", "needs server.tls.client_ca_file (the CA that signs client certificates)"
