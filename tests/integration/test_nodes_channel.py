@@ -63,6 +63,22 @@ TICKER = (
 )
 
 
+def cast_ticker(api: Runed, auth: Metadata, tmp: Path, scale: int) -> None:
+    """The service "ticker" of ``scale`` instances of :data:`TICKER`."""
+    script = tmp / "ticker.py"
+    script.write_text(TICKER)
+    svc = service_pb2.Service(
+        name="ticker",
+        namespace="default",
+        scale=scale,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
+    )
+    service_pb2_grpc.ServiceServiceStub(api.channel()).CreateService(
+        service_pb2.CreateServiceRequest(service=svc), metadata=auth
+    )
+
+
 @dataclass
 class Cluster:
     apis: list[Runed]
@@ -126,18 +142,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Itera
         )
         nodes = node_pb2_grpc.NodeServiceStub(first.channel())
         eventually(lambda: len(nodes.ListNodes(node_pb2.ListNodesRequest(), metadata=c.auth).nodes) == 3, timeout=30)
-        script = tmp / "ticker.py"
-        script.write_text(TICKER)
-        svc = service_pb2.Service(
-            name="ticker",
-            namespace="default",
-            scale=3,
-            runtime="process",
-            process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
-        )
-        service_pb2_grpc.ServiceServiceStub(first.channel()).CreateService(
-            service_pb2.CreateServiceRequest(service=svc), metadata=c.auth
-        )
+        cast_ticker(first, c.auth, tmp, 3)
 
         def running() -> bool:
             insts = c.instances("ticker")

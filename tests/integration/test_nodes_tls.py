@@ -9,7 +9,6 @@ on one PostgreSQL database; two more API hosts beside them: one trusting another
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,23 @@ import grpc
 import pytest
 
 from rune.api import (
-    common_pb2,
     exec_pb2,
     exec_pb2_grpc,
     instance_pb2,
     instance_pb2_grpc,
     logs_pb2,
     logs_pb2_grpc,
-    service_pb2,
-    service_pb2_grpc,
 )
 from runed.model.nodes import NODE, SCOPE, Node
 from runed.store.open import open_url
 from tests.harness import Runed, Runeds
 from tests.integration.test_nodes import KEY_FILES, NODES, RUNNING, runefile
+from tests.integration.test_nodes_channel import cast_ticker
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
 from tests.pki import PKI
 from tests.support import Metadata, bootstrap_metadata, eventually
 
 pytestmark = pytest.mark.slow
-TICKER = "import itertools, time\nfor n in itertools.count():\n    print('tick', n, flush=True)\n    time.sleep(0.2)\n"
 
 
 @dataclass
@@ -96,18 +92,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> I
         for r in (api, *others.values()):
             r.wait_ready(90)
         c = TLSCluster(api, others, bootstrap_metadata(api.channel()), pg_database)
-        script = tmp / "ticker.py"
-        script.write_text(TICKER)
-        svc = service_pb2.Service(
-            name="ticker",
-            namespace="default",
-            scale=1,
-            runtime="process",
-            process=common_pb2.ProcessSpec(command=sys.executable, args=["-u", str(script)]),
-        )
-        service_pb2_grpc.ServiceServiceStub(api.channel()).CreateService(
-            service_pb2.CreateServiceRequest(service=svc), metadata=c.auth
-        )
+        cast_ticker(api, c.auth, tmp, 1)
         eventually(c.instance, timeout=60, what="the ticker running on n1")
         yield c
     finally:
