@@ -37,7 +37,7 @@ from runed.runner.shim import (
     read_bytes,
     write_json_atomic,
 )
-from runed.runner.zygote import SHIM_ERR
+from runed.runner.zygote import NATIVE_GONE, SHIM_ERR
 
 log = logging.getLogger("runed.runner")
 
@@ -268,7 +268,7 @@ class ProcessRunner:
                         close_fds=True,
                     )
                 except OSError as e:
-                    if program is not None:
+                    if program is not None and e.errno in NATIVE_GONE:
                         self._native_lost(f"{program}: {e.strerror or e}")
                         continue  # under the Python shim
                     # A zygote that took the request after all must not start it now.

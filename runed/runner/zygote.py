@@ -22,6 +22,7 @@ never reaps them one by one: with SIGCHLD ignored, the kernel does as each ends.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 
@@ -47,6 +48,9 @@ HEADER = 4
 NATIVE_REPORT_FD = 3
 MAX_MESSAGE = 64 << 20
 SHIM_ERR = "shim.err"
+# Why a start of the native shim fails when its binary is gone or no longer runs here (deleted,
+# replaced by one for another machine, its file system remounted noexec): a Python shim runs instead.
+NATIVE_GONE = (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.EPERM)
 
 
 def recv_exact(fd: int, n: int) -> bytes | None:
@@ -157,6 +161,8 @@ def fork_shim(request: dict[str, Any]) -> dict[str, Any]:
         try:
             pid = spawn_native(str(program), directory, env, attempt)
         except OSError as e:
+            if e.errno not in NATIVE_GONE:
+                raise
             # The binary is gone (or no longer runs here): this start runs under the Python shim,
             # and the controller is told why.
             failed = f"{program}: {e.strerror or e}"
