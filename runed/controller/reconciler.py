@@ -29,7 +29,7 @@ from runed.model import objects
 from runed.model.nodes import PLACEMENT
 from runed.runner.base import Runner
 from runed.secrets.crypto import SecretCrypto
-from runed.store.base import Record, Store
+from runed.store.base import DELETED, Record, Store, iter_all
 
 log = logging.getLogger("runed.controller")
 
@@ -61,6 +61,11 @@ class Action:
             timeout=float(data.get("timeout_seconds") or 0) or None,
             requested_at=None if stamp is None else float(stamp),
         )
+
+
+def _instance_keys(store: Store) -> set[Key]:
+    """Every instance record's (namespace, id) (blocking: one unit of store work)."""
+    return {(r.namespace, r.name) for r in iter_all(store, objects.INSTANCE)}
 
 
 def _restart_due(inst: Instance) -> bool:
@@ -108,6 +113,9 @@ class Controller:
         self.actions_changed: set[Key] = set()
         # Service -> the services that depend on it (learnt as services are reconciled).
         self.dependents: dict[Key, set[Key]] = {}
+        # This node's instances whose records another host deleted (DeleteNode while this node was
+        # away): stopped for good in the next pass, and what is placed here starts anew.
+        self.vanished: set[Key] = set()
 
     # -- main loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
@@ -162,10 +170,13 @@ class Controller:
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:
                         log.warning("store watch ended (%s); resuming from the current revision", exc)
-                    # Changes may have been missed meanwhile: the next pass looks at everything.
+                    # Changes may have been missed meanwhile: the next pass looks at everything,
+                    # and this node's instances whose records went meanwhile are looked for.
                     self.alarm.touch(None)
                     try:
                         since = await self.store.run(self.store.current_revision)
+                        if self.node is not None:
+                            self._vanish(await self._records_gone())
                     except Exception as e:
                         log.warning("cannot read the store's revision (%s); retrying", e)
                     else:
@@ -200,6 +211,22 @@ class Controller:
                 specs[skey] = objects.service_from_record(rec)
         return since, specs
 
+    async def _records_gone(self) -> set[Key]:
+        """This node's instances whose records are not in the store: of those whose records were
+        written before the store is read (the queued writes committed first), those it does not hold."""
+        await self.book.flush()
+        written = {i.key for i in self.book.all() if (objects.INSTANCE, i.namespace, i.id) not in self.book.writes}
+        stored = await self.store.run(_instance_keys, self.store)
+        return written - stored
+
+    def _vanish(self, keys: set[Key]) -> None:
+        """Have the next pass stop ``keys`` for good (their records were deleted by another host)."""
+        for key in keys:
+            inst = self.book.get(key)
+            if inst is not None and not inst.retire:
+                self.vanished.add(key)
+                self.alarm.touch((inst.namespace, inst.service))
+
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
         now = time.time()
@@ -223,8 +250,13 @@ class Controller:
         async for change in self.store.watch(kinds, since):
             if change.kind in (PLACEMENT, objects.INSTANCE):
                 assert self.node is not None
-                if change.kind == objects.INSTANCE and (change.namespace, change.name) in self.book:
-                    continue  # this node's own instance, written by this controller: not even decoded
+                key = (change.namespace, change.name)
+                if change.kind == objects.INSTANCE and key in self.book:
+                    # This node's own instance, written by this controller: not even decoded. Its own
+                    # deletions come once it has forgotten the instance; one before is another host's.
+                    if change.op == DELETED:
+                        self._vanish({key})
+                    continue
                 # Placements and other nodes' instances (this node's own gone from the book: ignored).
                 skey = self.node.on_change(change)
                 if skey is not None:
@@ -323,6 +355,12 @@ class Controller:
         services = got.services
         actions = {k: Action.from_record(r.data) for k, r in got.actions.items()}
         deleting = self.operations.run_deletions(got.deletions) if self.leads else set()
+        vanished, self.vanished = self.vanished, set()
+        for key in vanished:
+            inst = self.book.get(key)
+            if inst is not None:
+                log.warning("instance %s/%s: its record was deleted by another host; stopping it", *key)
+                self.supervisor.retire(inst, "its record was deleted (its node was deleted while away)")
         by_service: dict[Key, list[Instance]] = {}
         for inst in self.book.all():
             skey = (inst.namespace, inst.service)

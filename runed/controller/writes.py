@@ -71,6 +71,10 @@ class Writes:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def __contains__(self, key: RecordKey) -> bool:
+        """Whether a write of that record is queued (not in the store yet)."""
+        return key in self._pending
+
     def put(self, kind: str, namespace: str, name: str, data: Data) -> None:
         self._queue((kind, namespace, name), data)
 
