@@ -53,8 +53,10 @@ try:
     from grpc._cython.cygrpc import InternalError as _CoreRefused
 except ImportError:  # pragma: no cover - another grpcio layout: _send falls back to grpc.aio's writer
     _CoreRefused = grpc.aio.AioRpcError  # type: ignore[misc,assignment]
-# One channel per node address and event loop (grpc.aio channels belong to the loop that made them).
-_channels: dict[tuple[int, str, bool], grpc.aio.Channel] = {}
+# One channel per node and event loop (grpc.aio channels belong to the loop that made them), with
+# the address and TLS it was made for: a node that moves gets a new one and its old one is closed.
+_channels: dict[tuple[int, str], tuple[str, bool, grpc.aio.Channel]] = {}
+_closing: set[asyncio.Task[None]] = set()
 
 
 def here(cfg: NodeConfig) -> str | None:
@@ -122,21 +124,30 @@ def _channel(node: str, target: str, node_tls: bool, tls: NodeTLSConfig) -> grpc
             else "serves its channel without TLS, and node.tls is enabled here"
         )
         raise errors.Unavailable(f"node {node} ({target}) {why}", metadata={"node": node})
-    key = (id(asyncio.get_running_loop()), target, node_tls)
-    ch = _channels.get(key)
-    if ch is None:
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        if node_tls:
-            try:
-                ca = Path(tls.ca_file).read_bytes()
-            except OSError as e:
-                raise errors.Unavailable(
-                    f"node {node} ({target}): cannot read node.tls.ca_file: {e.strerror}", metadata={"node": node}
-                ) from None
-            ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
-        else:
-            ch = grpc.aio.insecure_channel(target, options=options)
-        _channels[key] = ch
+    loop = asyncio.get_running_loop()
+    key = (id(loop), node)
+    held = _channels.get(key)
+    if held is not None and held[:2] == (target, node_tls):
+        return held[2]
+    if held is not None:
+        # The node registered again elsewhere (another port, say): calls still on the old channel
+        # end with it.
+        del _channels[key]
+        task = loop.create_task(held[2].close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    if node_tls:
+        try:
+            ca = Path(tls.ca_file).read_bytes()
+        except OSError as e:
+            raise errors.Unavailable(
+                f"node {node} ({target}): cannot read node.tls.ca_file: {e.strerror}", metadata={"node": node}
+            ) from None
+        ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
+    else:
+        ch = grpc.aio.insecure_channel(target, options=options)
+    _channels[key] = (target, node_tls, ch)
     return ch
 
 
