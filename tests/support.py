@@ -133,6 +133,16 @@ def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
     return infos[0]
 
 
+def wakeups(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far: each sleep that ended is one."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split()[1])
+    return total
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, or a process gone between two checks, does not)."""
     try:

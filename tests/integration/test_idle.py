@@ -11,20 +11,10 @@ import pytest
 
 from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
-from tests.support import eventually
+from tests.support import eventually, wakeups
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(3600)\n"
 WINDOW = 2.0
-
-
-def _wakeups(pid: int) -> int:
-    """Context switches of every thread of ``pid`` so far: each sleep that ended is one."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            if "ctxt_switches:" in line:
-                total += int(line.split()[1])
-    return total
 
 
 def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
@@ -40,9 +30,9 @@ def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
     # The quietest of a few windows: the last status writes of the cast may still wake it in the first.
     counts = []
     for _ in range(3):
-        before = _wakeups(pid)
+        before = wakeups(pid)
         time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
-        counts.append(_wakeups(pid) - before)
+        counts.append(wakeups(pid) - before)
     assert min(counts) <= 5 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
 
 

@@ -16,7 +16,7 @@ from runed.model.lease import CONTROLLER, KIND, NAMESPACE
 from runed.store.sqlite import SQLiteStore
 from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
-from tests.support import alive, eventually
+from tests.support import alive, eventually, wakeups
 
 # Runs until the file named by argv[1] appears, then exits 7.
 WAITER = (
@@ -41,12 +41,6 @@ def _stat(pid: int) -> list[str]:
 
 def _parent(pid: int) -> int:
     return int(_stat(pid)[1])
-
-
-def _wakeups(pid: int) -> int:
-    """Context switches of ``pid`` so far (it is single-threaded): each sleep that ended is one."""
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
 
 
 def _is_zygote(pid: int) -> bool:
@@ -76,7 +70,7 @@ def test_shims_are_forked_detached_and_record_exit_codes(orch: Orch) -> None:
         assert _parent(int(inst["pid"])) == shim and os.getpgid(int(inst["pid"])) == int(inst["pid"])
         # Nothing of the zygote's (its socket, the start-report pipe) reaches the instance.
         assert sorted(int(fd) for fd in os.listdir(f"/proc/{inst['pid']}/fd")) == [0, 1, 2]
-    woken = _wakeups(next(iter(zygotes)))
+    woken = wakeups(next(iter(zygotes)))
     stop.touch()
 
     def exited() -> list[dict[str, Any]]:
@@ -91,7 +85,7 @@ def test_shims_are_forked_detached_and_record_exit_codes(orch: Orch) -> None:
     # ... and their ends did not wake the zygote (the kernel reaps them: a delete of a thousand would
     # otherwise wake it as many times).
     zygote = next(iter(zygotes))
-    assert _wakeups(zygote) == woken, "the zygote was woken by its shims' ends"
+    assert wakeups(zygote) == woken, "the zygote was woken by its shims' ends"
 
 
 def test_forked_shims_survive_kill9_and_are_readopted(own_orch: Orch, runed_factory: RunedFactory) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from runed.runner import native, shim
 from runed.runner.process import SHIM_ROOT, shim_argv
-from tests.support import eventually
+from tests.support import eventually, wakeups
 
 
 @pytest.fixture(params=["native", "python"])
@@ -226,17 +226,12 @@ def sleeping_shim(tmp_path: Path, shim_native: str | None) -> Iterator[tuple[int
         proc.wait(10)
 
 
-def _switches(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
-
-
 def test_an_idle_shim_does_not_wake_up(sleeping_shim: tuple[int, int]) -> None:
     """A shim waits in poll() for output or the instance's end (a pidfd), not on a timer: idle costs no CPU."""
     shim_pid, _ = sleeping_shim
-    before = _switches(shim_pid)
+    before = wakeups(shim_pid)
     time.sleep(1.5)  # a measuring window, not a wait for something to happen
-    assert _switches(shim_pid) - before <= 1
+    assert wakeups(shim_pid) - before <= 1
 
 
 def test_the_instance_runs_in_its_own_group_with_default_signals(sleeping_shim: tuple[int, int]) -> None:
@@ -322,10 +317,10 @@ def test_the_deletion_signal_stays_pending_in_the_shim_and_never_reaches_the_ins
     bit = 1 << (shim.DISCARD_SIGNAL - 1)
     assert int(_status(shim_pid)["SigBlk"], 16) & bit, "blocked in the shim"
     assert not int(_status(pid)["SigBlk"], 16) & bit, "not blocked in the instance"
-    before = _switches(shim_pid)
+    before = wakeups(shim_pid)
     os.kill(shim_pid, shim.DISCARD_SIGNAL)
     time.sleep(0.3)  # a window for a wake-up that must not happen
-    assert _switches(shim_pid) - before <= 1
+    assert wakeups(shim_pid) - before <= 1
     assert int(_status(shim_pid)["ShdPnd"], 16) & bit, "pending until the shim looks"
     os.killpg(pid, signal.SIGTERM)
 
