@@ -77,12 +77,12 @@ async def _lead(
     from runed.controller.reconciler import Controller
     from runed.runner.base import Runner
     from runed.runner.container import ContainerRunner
-    from runed.runner.process import ProcessRunner
+    from runed.runner.keeper import process_runner
 
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(
-            nofile=nofile, spawn_timeout=config.controller.spawn_timeout_seconds, shim=config.controller.shim
+        "process": process_runner(
+            nofile, spawn_timeout=config.controller.spawn_timeout_seconds, shim=config.controller.shim
         ),
         "container": ContainerRunner(docker.socket, docker.api_version, docker.fallback_api_version),
     }

@@ -81,15 +81,16 @@ async def serve(
     from runed.controller.reconciler import Controller
     from runed.runner.base import Runner
     from runed.runner.container import ContainerRunner
-    from runed.runner.process import ProcessRunner, raise_open_files_limit
+    from runed.runner.keeper import process_runner
+    from runed.runner.process import raise_open_files_limit
 
     heart = Heartbeat(store, config.node)
     await asyncio.to_thread(heart.beat)
     beating = asyncio.create_task(heart.run(stop))
     docker = config.docker
     runners: dict[str, Runner] = {
-        "process": ProcessRunner(
-            nofile=raise_open_files_limit(),
+        "process": process_runner(
+            raise_open_files_limit(),
             spawn_timeout=config.controller.spawn_timeout_seconds,
             shim=config.controller.shim,
         ),

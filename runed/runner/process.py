@@ -52,6 +52,8 @@ SPAWN_TIMEOUT_SECONDS = 15.0
 # A forked shim that has not reported the end of its start is looked at this often all the same.
 UNREPORTED_LOOK_SECONDS = 0.5
 DRAIN_EVERY_SECONDS = 0.01
+# The process name of a keeper (``rune-shim --keeper``, set by shim.c).
+KEEPER_NAME = b"rune-keeper"
 # How long a shim may take, once its process is gone, to write the rest of the output and the exit record.
 EXIT_RECORD_TIMEOUT_SECONDS = 10.0
 
@@ -85,13 +87,22 @@ def _children(pid: int) -> list[int]:
     ]
 
 
+def is_keeper(pid: int) -> bool:
+    """Whether ``pid`` is a keeper (:mod:`runed.runner.keeper`): the shim of many instances, never
+    killed for one of them."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n") == KEEPER_NAME
+    except OSError:
+        return False
+
+
 def kill_shim(pid: int, start: int | None) -> None:
     """Kill a shim and what it started (its instance's group, a child not yet in a group of its own).
 
     Stopped first, so it can fork or exec nothing more while its children are looked for. Only a
-    shim known by pid and start time: never a process that reused its pid.
+    shim known by pid and start time: never a process that reused its pid, nor a keeper.
     """
-    if start is None or not alive(pid, start):
+    if start is None or not alive(pid, start) or is_keeper(pid):
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGSTOP)
@@ -201,8 +212,9 @@ class ProcessRunner:
         # Shims this process started: polled so they never linger as zombies.
         self._shims: dict[int, subprocess.Popen[bytes]] = {}
         self._spawned_at: dict[int, float] = {}
-        # Shims (by pid) whose process is gone and whose exit record is still to come: since when.
-        self._exiting_since: dict[int, float] = {}
+        # Instances (by shim and process pid: a keeper is the shim of many) whose process is gone
+        # and whose exit record is still to come: since when.
+        self._exiting_since: dict[tuple[int, int], float] = {}
         # Whether an earlier controller's zygote still serves a directory of instances: (looked when, answer).
         self._serving: dict[Path, tuple[float, bool]] = {}
 
@@ -210,6 +222,22 @@ class ProcessRunner:
         return None
 
     def start(self, spec: LaunchSpec) -> Handle:
+        d, attempt, env = self._prepare(spec)
+        if self.forks is not None:
+            try:
+                self.forks.request(d, env, attempt, self.native)
+            except ForkServerError as e:
+                log.warning("%s; starting the shim as its own interpreter", e)
+            else:
+                # The shim's pid comes with the zygote's answer (see :meth:`_forked`).
+                self._requested[str(d)] = time.monotonic()
+                self._answered.pop(str(d), None)
+                return Handle(attempt=attempt)
+        return self._spawn_shim(d, attempt, env)
+
+    def _prepare(self, spec: LaunchSpec) -> tuple[Path, str, dict[str, str]]:
+        """Write the start's launch.json (naming a new attempt); its directory, attempt and the
+        instance's environment (which goes to the shim, never to disk)."""
         d = spec.directory
         d.mkdir(parents=True, exist_ok=True)
         if not spec.argv or not spec.argv[0]:
@@ -241,16 +269,10 @@ class ProcessRunner:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(d / name)
         env = {k: v for k, v in spec.env.items() if not k.startswith(SHIM_ENV_PREFIX)}
-        if self.forks is not None:
-            try:
-                self.forks.request(d, env, attempt, self.native)
-            except ForkServerError as e:
-                log.warning("%s; starting the shim as its own interpreter", e)
-            else:
-                # The shim's pid comes with the zygote's answer (see :meth:`_forked`).
-                self._requested[str(d)] = time.monotonic()
-                self._answered.pop(str(d), None)
-                return Handle(attempt=attempt)
+        return d, attempt, env
+
+    def _spawn_shim(self, d: Path, attempt: str, env: dict[str, str]) -> Handle:
+        """Start the shim of ``attempt`` as a process of its own (no zygote)."""
         shim_env = {**env, ATTEMPT_ENV: attempt}
         with (d / SHIM_ERR).open("ab") as err:
             p = None
@@ -428,7 +450,7 @@ class ProcessRunner:
             ex = _record(directory / EXIT_NAME, handle.attempt)
             if ex is not None:
                 return self._ended(handle, ex)
-            self._exiting_since.pop(handle.shim_pid, None)
+            self._exiting_since.pop((handle.shim_pid, handle.pid), None)
             if running:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(handle.pid, signal.SIGKILL)
@@ -562,7 +584,7 @@ class ProcessRunner:
         return fd
 
     def _ended(self, handle: Handle, ex: dict[str, Any]) -> Observation:
-        self._exiting_since.pop(handle.shim_pid, None)
+        self._exiting_since.pop((handle.shim_pid, handle.pid), None)
         return Observation("exited", handle, ex.get("code"), ex.get("signal"), str(ex.get("error") or ""))
 
     def _vanished(self, directory: Path, handle: Handle) -> Observation:
@@ -573,10 +595,13 @@ class ProcessRunner:
 
     def _exiting(self, handle: Handle) -> Observation:
         """The process is gone, its shim still writes; a shim that never finishes is ended after a while."""
-        since = self._exiting_since.setdefault(handle.shim_pid, time.monotonic())
+        since = self._exiting_since.setdefault((handle.shim_pid, handle.pid), time.monotonic())
         if time.monotonic() - since <= EXIT_RECORD_TIMEOUT_SECONDS:
             return Observation("exiting", handle)
-        self._exiting_since.pop(handle.shim_pid, None)
+        self._exiting_since.pop((handle.shim_pid, handle.pid), None)
+        if is_keeper(handle.shim_pid):
+            why = f"keeper (pid {handle.shim_pid}) did not record the exit within {EXIT_RECORD_TIMEOUT_SECONDS:g}s"
+            return Observation("exited", handle, None, None, why)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(handle.shim_pid, signal.SIGKILL)
         why = f"shim (pid {handle.shim_pid}) did not record the exit within {EXIT_RECORD_TIMEOUT_SECONDS:g}s; killed"
@@ -634,17 +659,17 @@ class ProcessRunner:
         """The rest of a stop whose signals went out (:meth:`stop`): grace, SIGKILL, the shim's end."""
         obs = Observation("running" if running else "exiting", handle)
         try:
-            ended = await _readable(shim_end, max(0.0, grace)) if running else False
+            ended = await readable(shim_end, max(0.0, grace)) if running else False
             if not ended:
                 if running:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(handle.pid, signal.SIGKILL)
                 # How it ended is known once the shim has written its last output and the exit record.
-                ended = await _readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+                ended = await readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
             if ended and discard:
                 # The record and its directory go next: how it ended is not read.
                 self._start_over(directory, handle)
-                self._exiting_since.pop(handle.shim_pid, None)
+                self._exiting_since.pop((handle.shim_pid, handle.pid), None)
                 obs = Observation("exited", handle)
             else:
                 obs = self.observe(directory, handle)
@@ -698,7 +723,7 @@ class ProcessRunner:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGTERM)
                 if shim_end is not None:
-                    if not await _readable(shim_end, max(0.0, grace)):
+                    if not await readable(shim_end, max(0.0, grace)):
                         with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.killpg(pgid, signal.SIGKILL)
                 else:
@@ -713,7 +738,7 @@ class ProcessRunner:
                             os.killpg(pgid, signal.SIGKILL)
             # How it ended is known once the shim has written its last output and the exit record.
             if shim_end is not None:
-                await _readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+                await readable(shim_end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
             obs = self.observe(directory, obs.handle)
             deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
             while obs.state != "exited" and time.monotonic() < deadline:
@@ -733,8 +758,9 @@ class ProcessRunner:
         return obs
 
 
-async def _readable(fd: int, timeout: float) -> bool:
-    """Wait until ``fd`` (a pidfd) is readable, i.e. its process has ended; False after ``timeout`` seconds."""
+async def readable(fd: int, timeout: float) -> bool:
+    """Wait until ``fd`` (a shim's pidfd, a keeper's end pipe) is readable, i.e. the end is recorded;
+    False after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     ended = loop.create_future()
 

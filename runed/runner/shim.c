@@ -19,6 +19,33 @@
  * floor), and records how it ended in exit.json (synced unless SIGURG, the deletion signal, is
  * pending). Lines are decoded as Python's decode("utf-8", "replace") does and escaped as its
  * json.dumps(ensure_ascii=False) does, so a record reads the same whichever shim wrote it.
+ *
+ * The keeper, `rune-shim --keeper <socket_path>`: the same per-instance work (the same functions:
+ * prepare, run_begin, the drain and group end, run_end), for many instances in one process. Why: a
+ * shim per instance makes every instance two processes, so deleting N instances is 2N process exits;
+ * under a keeper it is N. The trade is isolation: a keeper's death ends the supervision of all its
+ * instances (they run on, their ends unrecorded), where a shim's death ends one's. Single-threaded,
+ * one epoll for everything; each instance has its own deadlines and a directory fd to fchdir() to
+ * before its file work; a failure of one instance goes to its shim.err and never ends the keeper.
+ * It listens on socket_path (mode 0600, a stale file there removed) and exits once it supervises
+ * nothing and has no client, not before its first client (or 10 s without one), unlinking the socket.
+ * Messages both ways: a 4-byte big-endian length, then that many bytes of a JSON object (as the
+ * zygote's; at most 64 MiB). Requests, answered in order on the connection they came on:
+ *   {"op": "start", "dir": <absolute>, "attempt": <name>, "env": {<the instance's whole environment>}}
+ *     -> {"claimed": false} (claimed before, or launch.json names another attempt) | {"error": why}
+ *        (also in the dir's shim.err) | {"pid": 0, "ended": true} (could not start: exit record 127)
+ *        | {"pid": N, "pid_start": ticks|null} with a pipe's read end (SCM_RIGHTS) that reaches end
+ *        of file once the exit record is committed, or the keeper is gone. Claim and pid.json name
+ *        the keeper as the shim (shim_pid, shim_start).
+ *   {"op": "watch", "dir", "attempt"} -> the same reply and pipe for an instance still running (a
+ *     controller started anew), else {"gone": true}.
+ *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not synced (SIGURG's meaning).
+ *   {"op": "signal", "dirs": [...], "signal": N, "discard": bool} -> no reply: signal N to the
+ *     group of each instance whose process is not reaped yet (so neither its pid nor its group can
+ *     have been reused: no check of /proc needed); with discard, as "discard" for each. A deletion
+ *     of a thousand is one message, and the kills run here, beside the controller.
+ *   {"op": "ping"} -> {"pid": keeper pid, "start": its start ticks, "instances": count}.
+ * Anything else -> {"error": why}, and the keeper serves on.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,11 +59,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,18 +137,24 @@ static double wall_seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* A failure of the shim itself: said in shim.err (its stderr may be /dev/null), then exit 1. */
+/* A failure of the shim, or of one instance's start in the keeper: said in shim.err of the current
+ * (instance) directory, as its stderr may be /dev/null or shared. */
+static void note_err(const char *msg) {
+    int fd = open(SHIM_ERR, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        dprintf(fd, "rune-shim: %s\n", msg);
+        close(fd);
+    }
+}
+
+/* A failure of the shim itself: said in shim.err, then exit 1. Never on a keeper's per-instance path. */
 static void die(const char *fmt, ...) {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    int fd = open(SHIM_ERR, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        dprintf(fd, "rune-shim: %s\n", msg);
-        close(fd);
-    }
+    note_err(msg);
     _exit(1);
 }
 
@@ -582,16 +618,18 @@ static long long last_seq(void) {
 
 static int open_log(void) { return open(LOG_NAME, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666); }
 
-static void log_init(log_t *w, const spec_t *spec) {
+/* 0, or -1 (errno set) when log.jsonl cannot be opened. */
+static int log_init(log_t *w, const spec_t *spec) {
     memset(w, 0, sizeof *w);
     w->max_bytes = spec->max_bytes < 1024 ? 1024 : spec->max_bytes;
     w->backups = spec->backups < 0 ? 0 : spec->backups;
     w->min_free = spec->min_free < 0 ? 0 : spec->min_free;
     w->seq = last_seq();
     w->fd = open_log();
-    if (w->fd < 0) die("cannot open %s: %s", LOG_NAME, strerror(errno));
+    if (w->fd < 0) return -1;
     w->size = lseek(w->fd, 0, SEEK_END);
     w->checked = mono_ns() - SPACE_CHECK_NS;
+    return 0;
 }
 
 static void log_rotate(log_t *w) {
@@ -753,6 +791,10 @@ static void start_error(buf_t *msg, int err, int before_exec, const spec_t *spec
     else py_repr(msg, before_exec ? spec->cwd : spec->argv[0]);
 }
 
+/* The soft RLIMIT_NOFILE the keeper started with (it raises its own), 0 in the shim. */
+static rlim_t child_nofile;
+static int in_keeper;
+
 /* In the child: everything Popen's fork_exec would do, then exec; failures go to `report`. */
 static void child(const spec_t *spec, char **envp, int out_w, int err_w, int report) {
     int null = open("/dev/null", O_RDONLY);
@@ -774,10 +816,11 @@ static void child(const spec_t *spec, char **envp, int out_w, int err_w, int rep
     if (spec->cwd && chdir(spec->cwd) < 0) goto fail;
     if (spec->has_umask && spec->umask >= 0) umask((mode_t)spec->umask);
     if (setpgid(0, 0) < 0) goto fail;
-    if (spec->nofile > 0) {
+    if (spec->nofile > 0 || child_nofile) {
+        /* Without a limit of its own, an instance of the keeper gets the one a shim would have passed on. */
         struct rlimit rl;
         getrlimit(RLIMIT_NOFILE, &rl);
-        rlim_t want = (rlim_t)spec->nofile;
+        rlim_t want = spec->nofile > 0 ? (rlim_t)spec->nofile : child_nofile;
         rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
@@ -878,25 +921,35 @@ typedef struct {
     int open;
 } stream_t;
 
-/* Lines of one chunk: each complete line written, the rest kept (capped at READ_SIZE bytes). */
+/* Lines of one chunk: each complete line written, the rest kept (capped at READ_SIZE bytes). Only a
+ * line cut by a read is copied, and an emptied buffer is let go: in the keeper it is per instance. */
 static void take(stream_t *st, log_t *w, const char *chunk, size_t n) {
-    buf_add(&st->partial, chunk, n);
-    char *p = st->partial.p, *end = p + st->partial.n, *nl;
+    int joined = st->partial.n > 0;
+    if (joined) buf_add(&st->partial, chunk, n);
+    const char *p = joined ? st->partial.p : chunk, *end = p + (joined ? st->partial.n : n), *nl;
     while ((nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
-        char *e = nl;
+        const char *e = nl;
         while (e > p && e[-1] == '\r') e--;
         log_write(w, st->name, p, (size_t)(e - p));
         p = nl + 1;
     }
     size_t rest = (size_t)(end - p);
     if (rest > READ_SIZE) {
-        char *e = end;
+        const char *e = end;
         while (e > p && e[-1] == '\r') e--;
         log_write(w, st->name, p, (size_t)(e - p));
         rest = 0;
     }
-    memmove(st->partial.p, p, rest);
-    st->partial.n = rest;
+    if (joined) {
+        memmove(st->partial.p, p, rest);
+        st->partial.n = rest;
+    } else if (rest) {
+        buf_add(&st->partial, p, rest);
+    }
+    if (!st->partial.n && st->partial.cap > 1024) {
+        free(st->partial.p);
+        st->partial = (buf_t){0};
+    }
 }
 
 static void json_attempt(buf_t *b, const char *attempt) {
@@ -906,9 +959,184 @@ static void json_attempt(buf_t *b, const char *attempt) {
     }
 }
 
+static void spec_free(spec_t *spec) {
+    for (int i = 0; i < spec->argc; i++) free(spec->argv[i]);
+    free(spec->argv);
+    free(spec->attempt);
+    free(spec->cwd);
+    *spec = (spec_t){0};
+}
+
+/* -- one instance, as the shim and the keeper run it (in its directory: paths are relative) ------- */
+/* What is kept of an instance from its start to its exit record. */
+typedef struct {
+    pid_t pid;
+    int pidfd; /* -1: none (polled with WNOHANG), -2: closed, the end known */
+    int status, ended;
+    int64_t exited_at, heard_at;
+    stream_t streams[2];
+    log_t w;
+    reserved_t exit_record;
+} run_t;
+
+enum { PREP_FAILED = -1, PREP_SKIP = 0, PREP_RUN = 1 };
+
+/* Claim `attempt` (NULL: no claim) for `me` and read launch.json into `spec`. PREP_RUN; PREP_SKIP when
+ * the attempt was claimed before or launch.json names another (this start is not to run); PREP_FAILED
+ * with `why` said. */
+static int prepare(const char *attempt, pid_t me, long long my_start, spec_t *spec, buf_t *why) {
+    why->n = 0;
+    char claim[128];
+    if (attempt) {
+        /* Claim the attempt (see shim.CLAIM_PREFIX): written aside, then linked in. */
+        buf_t rec = {0};
+        buf_str(&rec, "{\"attempt\": ");
+        json_cstr(&rec, attempt);
+        buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld}", (int)me, my_start);
+        snprintf(claim, sizeof claim, "claim-%.80s.json", attempt);
+        char tmp[160];
+        snprintf(tmp, sizeof tmp, "%s.%d.tmp", claim, (int)me);
+        int written = write_file(tmp, rec.p, rec.n);
+        free(rec.p);
+        if (written < 0) {
+            buf_fmt(why, "cannot write %s: %s", tmp, strerror(errno));
+            return PREP_FAILED;
+        }
+        int linked = link(tmp, claim);
+        int err = errno;
+        unlink(tmp);
+        if (linked < 0) {
+            if (err == EEXIST) return PREP_SKIP;
+            buf_fmt(why, "cannot claim %s: %s", claim, strerror(err));
+            return PREP_FAILED;
+        }
+    }
+    size_t launch_len;
+    char *launch = read_file(LAUNCH_NAME, &launch_len);
+    if (!launch) {
+        buf_fmt(why, "cannot read %s: %s", LAUNCH_NAME, strerror(errno));
+        return PREP_FAILED;
+    }
+    int parsed = parse_spec(launch, launch_len, spec);
+    free(launch);
+    if (parsed < 0) {
+        buf_fmt(why, "%s: %s", LAUNCH_NAME, spec_error);
+        return PREP_FAILED;
+    }
+    if (attempt && (!spec->attempt || strcmp(spec->attempt, attempt))) {
+        /* A later start was asked for: this one is not to run. */
+        unlink(claim);
+        return PREP_SKIP;
+    }
+    return PREP_RUN;
+}
+
+/* Records reserved, the log opened, the instance started and pid.json written: 1. When it could not
+ * start: its line in the log and its exit record (code 127) written, 0. When the log cannot be
+ * opened: -1 with `why` said (the shim dies of it). */
+static int run_begin(run_t *r, const spec_t *spec, char **envp, const char *attempt, pid_t me, long long my_start,
+                     long long *pid_start, buf_t *why) {
+    memset(r, 0, sizeof *r);
+    r->pidfd = -1;
+    unlink(EXIT_NAME);
+    unlink(PID_NAME);
+    reserved_t pid_record;
+    reserve(&r->exit_record, EXIT_NAME);
+    reserve(&pid_record, PID_NAME);
+    if (log_init(&r->w, spec) < 0) {
+        why->n = 0;
+        buf_fmt(why, "cannot open %s: %s", LOG_NAME, strerror(errno));
+        if (in_keeper) { /* the keeper lives on */
+            discard_reserved(&r->exit_record);
+            discard_reserved(&pid_record);
+        }
+        return -1;
+    }
+    buf_t rec = {0}, msg = {0};
+    int out_r = -1, err_r = -1;
+    if (spawn(spec, envp, &r->pid, &out_r, &err_r, &msg) < 0) {
+        buf_t line = {0};
+        buf_str(&line, "runed: cannot start ");
+        py_repr(&line, spec->argc ? spec->argv[0] : "");
+        buf_fmt(&line, ": %s", msg.p);
+        log_write(&r->w, "stderr", line.p, line.n);
+        log_close(&r->w);
+        discard_reserved(&pid_record);
+        buf_fmt(&rec, "{\"code\": 127, \"signal\": null, \"ts\": %.6f, \"error\": ", wall_seconds());
+        buf_t error = {0};
+        buf_fmt(&error, "cannot start: %s", msg.p);
+        json_string(&rec, error.p, error.n > 1024 ? 1024 : error.n);
+        json_attempt(&rec, attempt);
+        buf_str(&rec, "}");
+        commit(&r->exit_record, &rec, 1);
+        free(line.p), free(error.p), free(rec.p), free(msg.p);
+        r->pid = 0;
+        return 0;
+    }
+    buf_fmt(&rec, "{\"pid\": %d, \"pid_start\": ", (int)r->pid);
+    *pid_start = proc_start_time(r->pid);
+    if (*pid_start < 0) buf_str(&rec, "null");
+    else buf_fmt(&rec, "%lld", *pid_start);
+    buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld, \"ts\": %.6f", (int)me, my_start, wall_seconds());
+    json_attempt(&rec, attempt);
+    buf_str(&rec, "}");
+    commit(&pid_record, &rec, 0);
+    free(rec.p), free(msg.p);
+    r->streams[0] = (stream_t){out_r, "stdout", {0}, 1};
+    r->streams[1] = (stream_t){err_r, "stderr", {0}, 1};
+    for (int i = 0; i < 2; i++) fcntl(r->streams[i].fd, F_SETFL, O_NONBLOCK);
+    r->pidfd = (int)syscall(SYS_pidfd_open, r->pid, 0); /* close-on-exec by itself */
+    return 1;
+}
+
+static char *chunk; /* READ_SIZE bytes: one read of any stream */
+
+/* One read of a stream into the log: what read(2) returned. */
+static ssize_t stream_read(stream_t *st, log_t *w) {
+    ssize_t r = read(st->fd, chunk, READ_SIZE);
+    if (r > 0) take(st, w, chunk, (size_t)r);
+    return r;
+}
+
+/* The instance has ended: milliseconds its output may still be drained (quiet for DRAIN_QUIET_MS,
+ * at most DRAIN_MAX_MS in all; a grandchild holding the pipes does not keep its supervisor). */
+static int64_t drain_left(const run_t *r, int64_t now) {
+    int64_t since = r->heard_at > r->exited_at ? r->heard_at : r->exited_at;
+    int64_t quiet = DRAIN_QUIET_MS - (now - since) / 1000000, most = DRAIN_MAX_MS - (now - r->exited_at) / 1000000;
+    return quiet < most ? quiet : most;
+}
+
+static int group_gone(pid_t pid) { return kill(-pid, 0) < 0 && errno == ESRCH; }
+
+/* The exit record, once the output is read and the group ended: synced unless the instance is deleted. */
+static void run_end(run_t *r, const char *attempt, int sync) {
+    for (int i = 0; i < 2; i++) {
+        stream_t *st = &r->streams[i];
+        if (st->partial.n) log_write(&r->w, st->name, st->partial.p, st->partial.n);
+        free(st->partial.p);
+        st->partial = (buf_t){0};
+        close(st->fd);
+        st->fd = -1;
+    }
+    log_close(&r->w);
+    buf_t rec = {0};
+    if (WIFSIGNALED(r->status))
+        buf_fmt(&rec, "{\"code\": null, \"signal\": %d", WTERMSIG(r->status));
+    else
+        buf_fmt(&rec, "{\"code\": %d, \"signal\": null", WEXITSTATUS(r->status));
+    buf_fmt(&rec, ", \"ts\": %.6f", wall_seconds());
+    json_attempt(&rec, attempt);
+    buf_str(&rec, "}");
+    commit(&r->exit_record, &rec, sync);
+    free(rec.p);
+}
+
+static int keeper(const char *sock_path);
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--keeper")) return keeper(argv[2]);
     if (argc != 2) {
-        fprintf(stderr, "usage: rune-shim <instance_dir>\n");
+        fprintf(stderr, "usage: rune-shim <instance_dir>\n       rune-shim --keeper <socket_path>\n");
         return 2;
     }
     /* The shim outlives runed; a hang-up or ^C aimed at runed is not for it. SIGURG stays pending. */
@@ -924,6 +1152,7 @@ int main(int argc, char **argv) {
     if (chdir(argv[1]) < 0) die("cannot enter %s: %s", argv[1], strerror(errno));
 
     const char *attempt = getenv(ENV_PREFIX "ATTEMPT");
+    if (attempt && !*attempt) attempt = NULL;
     int report = -1;
     const char *report_env = getenv(ENV_PREFIX "REPORT_FD");
     if (report_env && *report_env) report = atoi(report_env);
@@ -939,102 +1168,32 @@ int main(int argc, char **argv) {
         if (strncmp(*e, ENV_PREFIX, sizeof ENV_PREFIX - 1)) envp[k++] = *e;
 
     pid_t me = getpid();
-    long long my_start = proc_start_time(me);
+    long long my_start = proc_start_time(me), pid_start;
     spec_t spec = {0};
-    size_t launch_len;
-    char *launch;
-    char claim[128];
-    claim[0] = 0;
-    if (attempt && *attempt) {
-        /* Claim the attempt (see shim.CLAIM_PREFIX): written aside, then linked in. */
-        buf_t rec = {0};
-        buf_str(&rec, "{\"attempt\": ");
-        json_cstr(&rec, attempt);
-        buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld}", (int)me, my_start);
-        snprintf(claim, sizeof claim, "claim-%.80s.json", attempt);
-        char tmp[160];
-        snprintf(tmp, sizeof tmp, "%s.%d.tmp", claim, (int)me);
-        if (write_file(tmp, rec.p, rec.n) < 0) die("cannot write %s: %s", tmp, strerror(errno));
-        int linked = link(tmp, claim);
-        int err = errno;
-        unlink(tmp);
-        free(rec.p);
-        if (linked < 0) {
-            if (err != EEXIST) die("cannot claim %s: %s", claim, strerror(err));
-            report_start(report);
-            return 0;
-        }
-        launch = read_file(LAUNCH_NAME, &launch_len);
-        if (!launch) die("cannot read %s: %s", LAUNCH_NAME, strerror(errno));
-        if (parse_spec(launch, launch_len, &spec) < 0) die("%s: %s", LAUNCH_NAME, spec_error);
-        if (!spec.attempt || strcmp(spec.attempt, attempt)) {
-            /* A later start was asked for: this one is not to run. */
-            unlink(claim);
-            report_start(report);
-            return 0;
-        }
-    } else {
-        attempt = NULL;
-        launch = read_file(LAUNCH_NAME, &launch_len);
-        if (!launch) die("cannot read %s: %s", LAUNCH_NAME, strerror(errno));
-        if (parse_spec(launch, launch_len, &spec) < 0) die("%s: %s", LAUNCH_NAME, spec_error);
-    }
-    unlink(EXIT_NAME);
-    unlink(PID_NAME);
-    reserved_t exit_record, pid_record;
-    reserve(&exit_record, EXIT_NAME);
-    reserve(&pid_record, PID_NAME);
-    log_t w;
-    log_init(&w, &spec);
-
-    buf_t rec = {0}, msg = {0};
-    pid_t pid = 0;
-    int out_r = -1, err_r = -1;
-    if (spawn(&spec, envp, &pid, &out_r, &err_r, &msg) < 0) {
-        buf_t line = {0};
-        buf_str(&line, "runed: cannot start ");
-        py_repr(&line, spec.argc ? spec.argv[0] : "");
-        buf_fmt(&line, ": %s", msg.p);
-        log_write(&w, "stderr", line.p, line.n);
-        log_close(&w);
-        discard_reserved(&pid_record);
-        buf_fmt(&rec, "{\"code\": 127, \"signal\": null, \"ts\": %.6f, \"error\": ", wall_seconds());
-        buf_t error = {0};
-        buf_fmt(&error, "cannot start: %s", msg.p);
-        json_string(&rec, error.p, error.n > 1024 ? 1024 : error.n);
-        json_attempt(&rec, attempt);
-        buf_str(&rec, "}");
-        commit(&exit_record, &rec, 1);
+    buf_t why = {0};
+    int prepared = prepare(attempt, me, my_start, &spec, &why);
+    if (prepared == PREP_FAILED) die("%s", why.p);
+    if (prepared == PREP_SKIP) {
         report_start(report);
         return 0;
     }
-    buf_fmt(&rec, "{\"pid\": %d, \"pid_start\": ", (int)pid);
-    long long pid_start = proc_start_time(pid);
-    if (pid_start < 0) buf_str(&rec, "null");
-    else buf_fmt(&rec, "%lld", pid_start);
-    buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld, \"ts\": %.6f", (int)me, my_start, wall_seconds());
-    json_attempt(&rec, attempt);
-    buf_str(&rec, "}");
-    commit(&pid_record, &rec, 0);
+    run_t run;
+    int begun = run_begin(&run, &spec, envp, attempt, me, my_start, &pid_start, &why);
+    if (begun < 0) die("%s", why.p);
     report_start(report);
+    if (!begun) return 0;
 
-    stream_t streams[2] = {{out_r, "stdout", {0}, 1}, {err_r, "stderr", {0}, 1}};
-    for (int i = 0; i < 2; i++) fcntl(streams[i].fd, F_SETFL, O_NONBLOCK);
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    int status = 0, ended = 0;
-    int64_t exited_at = 0, heard_at = 0;
-    char *chunk = malloc(READ_SIZE);
+    stream_t *streams = run.streams;
+    chunk = malloc(READ_SIZE);
     if (!chunk) die("out of memory");
     while (streams[0].open || streams[1].open) {
-        if (!ended && pidfd < 0 && waitpid(pid, &status, WNOHANG) == pid) ended = 1, exited_at = mono_ns();
-        int timeout = pidfd >= 0 && !ended ? -1 : POLL_MS;
-        if (ended) {
+        if (!run.ended && run.pidfd < 0 && waitpid(run.pid, &run.status, WNOHANG) == run.pid)
+            run.ended = 1, run.exited_at = mono_ns();
+        int timeout = run.pidfd >= 0 && !run.ended ? -1 : POLL_MS;
+        if (run.ended) {
             /* What the instance left in the pipes is read to the end, but a grandchild holding them
              * open does not keep the shim: quiet for a moment, or a bounded drain, ends it. */
-            int64_t now = mono_ns();
-            int64_t since = heard_at > exited_at ? heard_at : exited_at;
-            int64_t quiet = DRAIN_QUIET_MS - (now - since) / 1000000, most = DRAIN_MAX_MS - (now - exited_at) / 1000000;
-            int64_t left = quiet < most ? quiet : most;
+            int64_t left = drain_left(&run, mono_ns());
             if (left <= 0) break;
             timeout = (int)left + 1;
         }
@@ -1042,8 +1201,8 @@ int main(int argc, char **argv) {
         int nfds = 0;
         for (int i = 0; i < 2; i++)
             if (streams[i].open) fds[nfds++] = (struct pollfd){streams[i].fd, POLLIN, 0};
-        int with_pidfd = pidfd >= 0 && !ended;
-        if (with_pidfd) fds[nfds++] = (struct pollfd){pidfd, POLLIN, 0};
+        int with_pidfd = run.pidfd >= 0 && !run.ended;
+        if (with_pidfd) fds[nfds++] = (struct pollfd){run.pidfd, POLLIN, 0};
         int n = poll(fds, (nfds_t)nfds, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -1051,38 +1210,32 @@ int main(int argc, char **argv) {
         }
         for (int f = 0; f < nfds; f++) {
             if (!fds[f].revents) continue;
-            if (with_pidfd && fds[f].fd == pidfd) {
-                while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+            if (with_pidfd && fds[f].fd == run.pidfd) {
+                while (waitpid(run.pid, &run.status, 0) < 0 && errno == EINTR) {
                 }
-                ended = 1;
-                exited_at = mono_ns();
-                close(pidfd);
-                pidfd = -2; /* the end is known */
+                run.ended = 1;
+                run.exited_at = mono_ns();
+                close(run.pidfd);
+                run.pidfd = -2; /* the end is known */
                 continue;
             }
             stream_t *st = fds[f].fd == streams[0].fd ? &streams[0] : &streams[1];
-            heard_at = mono_ns();
-            ssize_t r = read(st->fd, chunk, READ_SIZE);
-            if (r < 0) continue;
-            if (r == 0) {
-                st->open = 0;
-                continue;
-            }
-            take(st, &w, chunk, (size_t)r);
+            run.heard_at = mono_ns();
+            if (stream_read(st, &run.w) == 0) st->open = 0;
         }
     }
-    if (!ended)
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    if (!run.ended)
+        while (waitpid(run.pid, &run.status, 0) < 0 && errno == EINTR) {
         }
-    if (pidfd >= 0) close(pidfd);
+    if (run.pidfd >= 0) close(run.pidfd);
     /* Children the instance left behind in its group end with it, as in a container. */
-    kill(-pid, SIGKILL);
+    kill(-run.pid, SIGKILL);
     /* ... and before the exit record, which a restart follows: one still dying (tearing down its
      * memory) may still hold a port. Their end closes the output they inherited; what they write
      * meanwhile is kept; output held only outside the group (a daemon in a session of its own)
      * does not hold the shim once the group is empty. Bounded: one stuck in the kernel does not. */
     int64_t until = mono_ns() + GROUP_END_MS * 1000000LL;
-    while ((streams[0].open || streams[1].open) && !(kill(-pid, 0) < 0 && errno == ESRCH)) {
+    while ((streams[0].open || streams[1].open) && !group_gone(run.pid)) {
         int64_t left = (until - mono_ns()) / 1000000;
         if (left <= 0) break;
         if (left > GROUP_LOOK_MS) left = GROUP_LOOK_MS;
@@ -1094,24 +1247,709 @@ int main(int argc, char **argv) {
         if (poll(fds, (nfds_t)nfds, (int)left + 1) < 0 && errno != EINTR) break;
         for (int f = 0; f < nfds; f++) {
             if (!fds[f].revents) continue;
-            ssize_t r = read(of[f]->fd, chunk, READ_SIZE);
-            if (r > 0) take(of[f], &w, chunk, (size_t)r);
-            else if (r == 0 || (errno != EAGAIN && errno != EINTR)) of[f]->open = 0;
+            ssize_t r = stream_read(of[f], &run.w);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) of[f]->open = 0;
         }
     }
+    run_end(&run, attempt, !discarded());
+    return 0;
+}
+
+/* -- the keeper: many instances in one process ----------------------------------------------------- */
+#define KEEPER_WAIT_NS (10LL * 1000000000LL) /* how long a keeper nobody connected to stays */
+#define MAX_MESSAGE (64u << 20)
+#define TAG_CONN 3 /* epoll data: a pointer | tag; tags 0, 1 (the streams) and 2 (pidfd) are an instance's */
+
+typedef struct inst {
+    run_t run;
+    struct inst *prev, *next, *hnext; /* hnext: the next in its bucket of K.by_dir */
+    char *dir, *attempt;
+    long long pid_start;
+    int64_t due, until; /* when to look again (0: on an event only); the end of the group's wait */
+    int dirfd, done_r, done_w;
+    unsigned char grouping, discard, gone;
+} inst_t;
+
+typedef struct reply {
+    struct reply *next;
+    size_t n, off;
+    int fd; /* sent with the reply's first byte, then closed */
+    char data[];
+} reply_t;
+
+typedef struct conn {
+    struct conn *prev, *next;
+    buf_t in;
+    uint64_t skip; /* bytes of an oversized message still to drop */
+    reply_t *out, *out_tail;
+    int fd, polling_out;
+} conn_t;
+
+static struct {
+    int ep, home;
+    pid_t me;
+    long long start;
+    inst_t *insts, *dead_insts;
+    conn_t *conns, *dead_conns;
+    size_t ninst, nconn;
+    inst_t **by_dir; /* the instances by directory: a batch of a thousand looked up in O(1) each */
+    size_t nbuckets;
+} K;
+
+static size_t dir_hash(const char *dir) {
+    size_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)dir; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static void by_dir_add(inst_t *in) {
+    if (K.ninst + 1 > K.nbuckets) { /* grown to keep a bucket about one long */
+        size_t n = K.nbuckets ? K.nbuckets * 2 : 64;
+        inst_t **tab = calloc(n, sizeof *tab);
+        if (!tab) die("out of memory");
+        for (size_t b = 0; b < K.nbuckets; b++)
+            for (inst_t *x = K.by_dir[b], *nx; x; x = nx) {
+                nx = x->hnext;
+                size_t i = dir_hash(x->dir) & (n - 1);
+                x->hnext = tab[i];
+                tab[i] = x;
+            }
+        free(K.by_dir);
+        K.by_dir = tab;
+        K.nbuckets = n;
+    }
+    size_t i = dir_hash(in->dir) & (K.nbuckets - 1);
+    in->hnext = K.by_dir[i];
+    K.by_dir[i] = in;
+}
+
+static void by_dir_remove(inst_t *in) {
+    for (inst_t **at = &K.by_dir[dir_hash(in->dir) & (K.nbuckets - 1)]; *at; at = &(*at)->hnext)
+        if (*at == in) {
+            *at = in->hnext;
+            return;
+        }
+}
+
+static void *xcalloc(size_t n) {
+    void *p = calloc(1, n);
+    if (!p) die("out of memory");
+    return p;
+}
+
+static void ep_set(int op, int fd, uint64_t data, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.u64 = data};
+    if (epoll_ctl(K.ep, op, fd, &ev) < 0 && op != EPOLL_CTL_DEL)
+        fprintf(stderr, "rune-keeper: epoll_ctl: %s\n", strerror(errno));
+}
+
+/* -- connections -- */
+static void conn_close(conn_t *c) {
+    if (c->fd < 0) return;
+    ep_set(EPOLL_CTL_DEL, c->fd, 0, 0);
+    close(c->fd);
+    c->fd = -1;
+    for (reply_t *q = c->out, *next; q; q = next) {
+        next = q->next;
+        if (q->fd >= 0) close(q->fd);
+        free(q);
+    }
+    c->out = c->out_tail = NULL;
+    if (c->prev) c->prev->next = c->next;
+    else K.conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    K.nconn--;
+    c->next = K.dead_conns; /* freed after the events at hand, which may name it */
+    K.dead_conns = c;
+}
+
+static void conn_flush(conn_t *c) {
+    while (c->fd >= 0 && c->out) {
+        reply_t *q = c->out;
+        struct iovec iov = {q->data + q->off, q->n - q->off};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        if (q->fd >= 0) {
+            memset(&u, 0, sizeof u);
+            mh.msg_control = u.buf;
+            mh.msg_controllen = sizeof u.buf;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &q->fd, sizeof(int));
+        }
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!c->polling_out) ep_set(EPOLL_CTL_MOD, c->fd, (uint64_t)(uintptr_t)c | TAG_CONN, EPOLLIN | EPOLLOUT);
+                c->polling_out = 1;
+                return;
+            }
+            conn_close(c);
+            return;
+        }
+        if (q->fd >= 0) close(q->fd), q->fd = -1;
+        q->off += (size_t)w;
+        if (q->off == q->n) {
+            c->out = q->next;
+            if (!c->out) c->out_tail = NULL;
+            free(q);
+        }
+    }
+    if (c->fd >= 0 && c->polling_out) {
+        ep_set(EPOLL_CTL_MOD, c->fd, (uint64_t)(uintptr_t)c | TAG_CONN, EPOLLIN);
+        c->polling_out = 0;
+    }
+}
+
+/* A reply (a JSON object's text) to `c`, with `fd` (owned from now on; -1: none). */
+static void conn_reply(conn_t *c, const buf_t *body, int fd) {
+    if (c->fd < 0) {
+        if (fd >= 0) close(fd);
+        return;
+    }
+    reply_t *q = malloc(sizeof *q + 4 + body->n);
+    if (!q) die("out of memory");
+    q->next = NULL;
+    q->n = 4 + body->n;
+    q->off = 0;
+    q->fd = fd;
+    uint32_t len = (uint32_t)body->n;
+    q->data[0] = (char)(len >> 24), q->data[1] = (char)(len >> 16), q->data[2] = (char)(len >> 8), q->data[3] = (char)len;
+    memcpy(q->data + 4, body->p, body->n);
+    if (c->out_tail) c->out_tail->next = q;
+    else c->out = q;
+    c->out_tail = q;
+    conn_flush(c);
+}
+
+static void reply_error(conn_t *c, const char *why) {
+    buf_t b = {0};
+    buf_str(&b, "{\"error\": ");
+    json_cstr(&b, why);
+    buf_str(&b, "}");
+    conn_reply(c, &b, -1);
+    free(b.p);
+}
+
+static void reply_text(conn_t *c, const char *text) {
+    buf_t b = {(char *)text, strlen(text), 0};
+    conn_reply(c, &b, -1);
+}
+
+/* -- instances -- */
+static void inst_stream_closed(inst_t *in, int i) {
+    in->run.streams[i].open = 0;
+    ep_set(EPOLL_CTL_DEL, in->run.streams[i].fd, 0, 0);
+}
+
+/* The exit record committed: only then the end of the pipe the clients wait on closes. */
+static void inst_finish(inst_t *in) {
+    run_t *r = &in->run;
     for (int i = 0; i < 2; i++)
-        if (streams[i].partial.n) log_write(&w, streams[i].name, streams[i].partial.p, streams[i].partial.n);
-    close(out_r);
-    close(err_r);
-    log_close(&w);
-    rec.n = 0;
-    if (WIFSIGNALED(status))
-        buf_fmt(&rec, "{\"code\": null, \"signal\": %d", WTERMSIG(status));
-    else
-        buf_fmt(&rec, "{\"code\": %d, \"signal\": null", WEXITSTATUS(status));
-    buf_fmt(&rec, ", \"ts\": %.6f", wall_seconds());
-    json_attempt(&rec, attempt);
-    buf_str(&rec, "}");
-    commit(&exit_record, &rec, !discarded());
+        if (r->streams[i].open) inst_stream_closed(in, i);
+    if (r->pidfd >= 0) {
+        ep_set(EPOLL_CTL_DEL, r->pidfd, 0, 0);
+        close(r->pidfd);
+        r->pidfd = -2;
+    }
+    run_end(r, in->attempt, !in->discard);
+    close(in->done_w);
+    close(in->done_r);
+    close(in->dirfd);
+    if (in->prev) in->prev->next = in->next;
+    else K.insts = in->next;
+    if (in->next) in->next->prev = in->prev;
+    by_dir_remove(in);
+    K.ninst--;
+    in->gone = 1;
+    in->next = K.dead_insts; /* freed after the events at hand, which may name it */
+    K.dead_insts = in;
+}
+
+/* The single main's loop as a state: what to do now, and when to look again (in->due). */
+static void inst_step(inst_t *in, int64_t now) {
+    run_t *r = &in->run;
+    int open = r->streams[0].open || r->streams[1].open;
+    in->due = 0;
+    if (!in->grouping) {
+        if (!r->ended && r->pidfd < 0 && waitpid(r->pid, &r->status, WNOHANG) == r->pid) r->ended = 1, r->exited_at = now;
+        if (!r->ended) {
+            if (r->pidfd < 0) in->due = now + POLL_MS * 1000000LL;
+            return;
+        }
+        if (open) {
+            int64_t left = drain_left(r, now);
+            if (left > 0) {
+                in->due = now + left * 1000000LL;
+                return;
+            }
+        }
+        kill(-r->pid, SIGKILL);
+        in->grouping = 1;
+        in->until = now + GROUP_END_MS * 1000000LL;
+    }
+    if (!open || now >= in->until || group_gone(r->pid)) {
+        inst_finish(in);
+        return;
+    }
+    int64_t look = now + GROUP_LOOK_MS * 1000000LL;
+    in->due = look < in->until ? look : in->until;
+}
+
+static void inst_stream_ready(inst_t *in, int i) {
+    stream_t *st = &in->run.streams[i];
+    if (in->gone || !st->open) return;
+    if (fchdir(in->dirfd) < 0) return;
+    int64_t now = mono_ns();
+    ssize_t r;
+    if (!in->grouping) {
+        in->run.heard_at = now;
+        if ((r = stream_read(st, &in->run.w)) == 0) inst_stream_closed(in, i);
+    } else if ((r = stream_read(st, &in->run.w)) == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+        inst_stream_closed(in, i);
+    }
+    inst_step(in, now);
+}
+
+static void inst_exited(inst_t *in) {
+    run_t *r = &in->run;
+    if (in->gone || r->pidfd < 0) return;
+    while (waitpid(r->pid, &r->status, 0) < 0 && errno == EINTR) {
+    }
+    r->ended = 1;
+    r->exited_at = mono_ns();
+    ep_set(EPOLL_CTL_DEL, r->pidfd, 0, 0);
+    close(r->pidfd);
+    r->pidfd = -2;
+    if (fchdir(in->dirfd) == 0) inst_step(in, r->exited_at);
+}
+
+/* -- requests -- */
+typedef struct {
+    char *op, *dir, *attempt;
+    char **env; /* "NAME=VALUE", NULL-terminated */
+    size_t nenv;
+    char **dirs; /* "signal": the instances' directories */
+    size_t ndirs;
+    long long signal;
+    int discard;
+} req_t;
+
+static void req_free(req_t *q) {
+    for (size_t i = 0; i < q->nenv; i++) {
+        explicit_bzero(q->env[i], strlen(q->env[i]));
+        free(q->env[i]);
+    }
+    free(q->env);
+    for (size_t i = 0; i < q->ndirs; i++) free(q->dirs[i]);
+    free(q->dirs);
+    free(q->op), free(q->dir), free(q->attempt);
+}
+
+/* A JSON array of strings into q->dirs. */
+static int scan_dirs(scan_t *s, req_t *q) {
+    skip_ws(s);
+    if (s->p >= s->end || *s->p++ != '[') return -1;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ']') return s->p++, 0;
+    for (;;) {
+        skip_ws(s);
+        char *dir = scan_string(s);
+        if (!dir) return -1;
+        q->dirs = realloc(q->dirs, sizeof(char *) * (q->ndirs + 1));
+        if (!q->dirs) die("out of memory");
+        q->dirs[q->ndirs++] = dir;
+        skip_ws(s);
+        if (s->p >= s->end) return -1;
+        if (*s->p == ',') {
+            s->p++;
+            continue;
+        }
+        return *s->p++ == ']' ? 0 : -1;
+    }
+}
+
+static int scan_bool(scan_t *s, int *out) {
+    skip_ws(s);
+    if (s->end - s->p >= 4 && !strncmp(s->p, "true", 4)) return *out = 1, s->p += 4, 0;
+    if (s->end - s->p >= 5 && !strncmp(s->p, "false", 5)) return *out = 0, s->p += 5, 0;
+    return -1;
+}
+
+static int scan_env(scan_t *s, req_t *q) {
+    skip_ws(s);
+    if (s->end - s->p >= 4 && !strncmp(s->p, "null", 4)) return s->p += 4, 0;
+    if (s->p >= s->end || *s->p++ != '{') return -1;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == '}') return s->p++, 0;
+    for (;;) {
+        skip_ws(s);
+        char *name = scan_string(s);
+        if (!name) return -1;
+        skip_ws(s);
+        char *value = s->p < s->end && *s->p++ == ':' ? (skip_ws(s), scan_string(s)) : NULL;
+        if (!value) return free(name), -1;
+        q->env = realloc(q->env, sizeof(char *) * (q->nenv + 2));
+        if (!q->env) die("out of memory");
+        size_t nl = strlen(name), vl = strlen(value);
+        char *pair = malloc(nl + vl + 2);
+        if (!pair) die("out of memory");
+        memcpy(pair, name, nl);
+        pair[nl] = '=';
+        memcpy(pair + nl + 1, value, vl + 1);
+        explicit_bzero(value, vl);
+        free(name), free(value);
+        q->env[q->nenv++] = pair;
+        q->env[q->nenv] = NULL;
+        skip_ws(s);
+        if (s->p >= s->end) return -1;
+        if (*s->p == ',') {
+            s->p++;
+            continue;
+        }
+        return *s->p++ == '}' ? 0 : -1;
+    }
+}
+
+/* NULL, or what is wrong with the request. */
+static const char *parse_request(const char *text, size_t n, req_t *q) {
+    static char why[128];
+    scan_t s = {text, text + n};
+    skip_ws(&s);
+    if (s.p >= s.end || *s.p++ != '{') return "malformed JSON: not an object";
+    skip_ws(&s);
+    if (s.p < s.end && *s.p == '}') {
+        s.p++;
+    } else {
+        for (;;) {
+            skip_ws(&s);
+            char *key = scan_string(&s);
+            if (!key) return "malformed JSON: a key is not a string";
+            skip_ws(&s);
+            if (s.p >= s.end || *s.p++ != ':') return free(key), "malformed JSON: no ':' after a key";
+            skip_ws(&s);
+            char **field = !strcmp(key, "op") ? &q->op : !strcmp(key, "dir") ? &q->dir : !strcmp(key, "attempt") ? &q->attempt : NULL;
+            int rc = 0;
+            if (field) {
+                char *v = scan_string(&s);
+                if (v) free(*field), *field = v;
+                else snprintf(why, sizeof why, "%s: not a string", key), rc = -2;
+            } else if (!strcmp(key, "env")) {
+                if (scan_env(&s, q) < 0) snprintf(why, sizeof why, "env: not an object of strings"), rc = -2;
+            } else if (!strcmp(key, "dirs")) {
+                if (scan_dirs(&s, q) < 0) snprintf(why, sizeof why, "dirs: not an array of strings"), rc = -2;
+            } else if (!strcmp(key, "signal")) {
+                skip_ws(&s);
+                if (scan_number(&s, &q->signal) < 0 || q->signal < 0 || q->signal >= NSIG)
+                    snprintf(why, sizeof why, "signal: not a signal number"), rc = -2;
+            } else if (!strcmp(key, "discard")) {
+                if (scan_bool(&s, &q->discard) < 0) snprintf(why, sizeof why, "discard: not true or false"), rc = -2;
+            } else {
+                rc = scan_skip(&s);
+            }
+            free(key);
+            if (rc == -2) return why;
+            if (rc < 0) return "malformed JSON";
+            skip_ws(&s);
+            if (s.p >= s.end) return "malformed JSON: cut short";
+            if (*s.p == ',') {
+                s.p++;
+                continue;
+            }
+            if (*s.p++ != '}') return "malformed JSON";
+            break;
+        }
+    }
+    skip_ws(&s);
+    if (s.p != s.end) return "malformed JSON: text after the object";
+    if (!q->op) return "no op";
+    return NULL;
+}
+
+static inst_t *find(const char *dir, const char *attempt) {
+    if (!K.nbuckets) return NULL;
+    for (inst_t *in = K.by_dir[dir_hash(dir) & (K.nbuckets - 1)]; in; in = in->hnext)
+        if (!strcmp(in->dir, dir) && (!attempt || !strcmp(in->attempt, attempt))) return in;
+    return NULL;
+}
+
+static void reply_pid(conn_t *c, inst_t *in) {
+    buf_t b = {0};
+    buf_fmt(&b, "{\"pid\": %d, \"pid_start\": ", (int)in->run.pid);
+    if (in->pid_start < 0) buf_str(&b, "null}");
+    else buf_fmt(&b, "%lld}", in->pid_start);
+    int fd = fcntl(in->done_r, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) reply_error(c, "cannot duplicate the end's pipe");
+    else conn_reply(c, &b, fd);
+    free(b.p);
+}
+
+static void op_start(conn_t *c, req_t *q) {
+    const char *a = q->attempt;
+    if (!q->dir || q->dir[0] != '/') return reply_error(c, "start: dir must be an absolute path");
+    if (!a || !*a || strlen(a) > 80 || strchr(a, '/')) return reply_error(c, "start: attempt must be a name of 1 to 80 characters");
+    buf_t why = {0};
+    int dirfd = open(q->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0 || fchdir(dirfd) < 0) {
+        buf_fmt(&why, "cannot enter %s: %s", q->dir, strerror(errno));
+        reply_error(c, why.p);
+        if (dirfd >= 0) close(dirfd);
+        return free(why.p);
+    }
+    spec_t spec = {0};
+    int done[2] = {-1, -1};
+    inst_t *in = NULL;
+    int prepared = prepare(a, K.me, K.start, &spec, &why);
+    if (prepared == PREP_SKIP) {
+        reply_text(c, "{\"claimed\": false}");
+        goto out;
+    }
+    if (prepared == PREP_RUN && pipe2(done, O_CLOEXEC) < 0) {
+        buf_fmt(&why, "cannot make a pipe: %s", strerror(errno));
+        prepared = PREP_FAILED;
+    }
+    if (prepared == PREP_FAILED) {
+        note_err(why.p);
+        reply_error(c, why.p);
+        goto out;
+    }
+    in = xcalloc(sizeof *in);
+    char *none[] = {NULL};
+    int begun = run_begin(&in->run, &spec, q->env ? q->env : none, a, K.me, K.start, &in->pid_start, &why);
+    if (begun < 0) {
+        note_err(why.p);
+        reply_error(c, why.p);
+        goto out;
+    }
+    if (!begun) {
+        reply_text(c, "{\"pid\": 0, \"ended\": true}");
+        goto out;
+    }
+    in->dirfd = dirfd, in->done_r = done[0], in->done_w = done[1];
+    dirfd = done[0] = done[1] = -1;
+    in->dir = strdup(q->dir);
+    in->attempt = strdup(a);
+    if (!in->dir || !in->attempt) die("out of memory");
+    for (int i = 0; i < 2; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)in | (uint64_t)i};
+        if (epoll_ctl(K.ep, EPOLL_CTL_ADD, in->run.streams[i].fd, &ev) < 0) in->run.streams[i].open = 0; /* unread */
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)in | 2};
+    if (in->run.pidfd >= 0 && epoll_ctl(K.ep, EPOLL_CTL_ADD, in->run.pidfd, &ev) < 0) {
+        close(in->run.pidfd);
+        in->run.pidfd = -1; /* looked for every POLL_MS */
+    }
+    in->next = K.insts;
+    if (K.insts) K.insts->prev = in;
+    K.insts = in;
+    by_dir_add(in);
+    K.ninst++;
+    reply_pid(c, in);
+    inst_step(in, mono_ns());
+    in = NULL;
+out:
+    free(in);
+    if (dirfd >= 0) close(dirfd);
+    if (done[0] >= 0) close(done[0]), close(done[1]);
+    spec_free(&spec);
+    free(why.p);
+}
+
+static void handle(conn_t *c, const char *body, size_t n) {
+    req_t q = {0};
+    const char *bad = parse_request(body, n, &q);
+    if (bad) {
+        reply_error(c, bad);
+    } else if (!strcmp(q.op, "start")) {
+        op_start(c, &q);
+    } else if (!strcmp(q.op, "watch")) {
+        inst_t *in = q.dir && q.attempt ? find(q.dir, q.attempt) : NULL;
+        if (in) reply_pid(c, in);
+        else reply_text(c, "{\"gone\": true}");
+    } else if (!strcmp(q.op, "discard")) {
+        inst_t *in = q.dir ? find(q.dir, NULL) : NULL;
+        if (in) in->discard = 1;
+    } else if (!strcmp(q.op, "signal")) {
+        /* A stop of many at once (a deletion): one message, not one per instance. Only a process
+         * not reaped yet is signalled: its pid (and group) cannot have been reused. */
+        for (size_t i = 0; i < q.ndirs; i++) {
+            inst_t *in = find(q.dirs[i], NULL);
+            if (!in) continue;
+            if (q.discard) in->discard = 1;
+            if (!in->run.ended && q.signal && kill(-in->run.pid, (int)q.signal) < 0 && errno == ESRCH)
+                kill(in->run.pid, (int)q.signal);
+        }
+    } else if (!strcmp(q.op, "ping")) {
+        buf_t b = {0};
+        buf_fmt(&b, "{\"pid\": %d, \"start\": %lld, \"instances\": %zu}", (int)K.me, K.start, K.ninst);
+        conn_reply(c, &b, -1);
+        free(b.p);
+    } else {
+        buf_t b = {0};
+        buf_str(&b, "unknown op: ");
+        json_cstr(&b, q.op);
+        reply_error(c, b.p);
+        free(b.p);
+    }
+    req_free(&q);
+}
+
+static void conn_ready(conn_t *c, uint32_t events) {
+    if (c->fd < 0) return;
+    if (events & EPOLLOUT) conn_flush(c);
+    if (c->fd < 0 || !(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    buf_grow(&c->in, READ_SIZE);
+    ssize_t r = read(c->fd, c->in.p + c->in.n, READ_SIZE);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) { /* gone (a message cut short with it is dropped) */
+        conn_close(c);
+        return;
+    }
+    c->in.n += (size_t)r;
+    size_t at = 0;
+    while (c->fd >= 0) {
+        size_t have = c->in.n - at;
+        if (c->skip) {
+            size_t k = have < c->skip ? have : (size_t)c->skip;
+            at += k;
+            c->skip -= k;
+            if (c->skip) break;
+            continue;
+        }
+        if (have < 4) break;
+        const unsigned char *h = (const unsigned char *)c->in.p + at;
+        uint32_t size = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        if (size > MAX_MESSAGE) {
+            char why[96];
+            snprintf(why, sizeof why, "message of %u bytes: more than %u", size, MAX_MESSAGE);
+            reply_error(c, why);
+            at += 4;
+            c->skip = size;
+            continue;
+        }
+        if (have - 4 < size) break;
+        handle(c, c->in.p + at + 4, size);
+        explicit_bzero(c->in.p + at + 4, size); /* a start's environment */
+        at += 4 + size;
+    }
+    memmove(c->in.p, c->in.p + at, c->in.n - at);
+    c->in.n -= at;
+    if (!c->in.n && c->in.cap > 4 * READ_SIZE) {
+        free(c->in.p);
+        c->in = (buf_t){0};
+    }
+}
+
+static void reap_dead(void) {
+    while (K.dead_insts) {
+        inst_t *in = K.dead_insts;
+        K.dead_insts = in->next;
+        free(in->dir), free(in->attempt), free(in);
+    }
+    while (K.dead_conns) {
+        conn_t *c = K.dead_conns;
+        K.dead_conns = c->next;
+        free(c->in.p), free(c);
+    }
+}
+
+static int keeper(const char *sock_path) {
+    in_keeper = 1;
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGURG, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        child_nofile = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    prctl(PR_SET_NAME, "rune-keeper", 0, 0, 0);
+    K.me = getpid();
+    K.start = proc_start_time(K.me);
+    chunk = malloc(READ_SIZE);
+    if (!chunk) die("out of memory");
+    /* Where it was started: the socket's path may be relative, and instances' work moves the cwd. */
+    K.home = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(sock_path) >= sizeof addr.sun_path) {
+        fprintf(stderr, "rune-keeper: socket path too long: %s\n", sock_path);
+        return 2;
+    }
+    strcpy(addr.sun_path, sock_path);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    unlink(sock_path);
+    mode_t mask = umask(0177);
+    int bound = lfd >= 0 ? bind(lfd, (struct sockaddr *)&addr, sizeof addr) : -1;
+    umask(mask);
+    struct stat mine;
+    if (bound < 0 || chmod(sock_path, 0600) < 0 || stat(sock_path, &mine) < 0 || listen(lfd, SOMAXCONN) < 0) {
+        fprintf(stderr, "rune-keeper: cannot listen on %s: %s\n", sock_path, strerror(errno));
+        return 1;
+    }
+    K.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (K.ep < 0) {
+        fprintf(stderr, "rune-keeper: epoll: %s\n", strerror(errno));
+        return 1;
+    }
+    ep_set(EPOLL_CTL_ADD, lfd, 0, EPOLLIN);
+    int64_t born = mono_ns();
+    int served = 0;
+    struct epoll_event events[256];
+    for (;;) {
+        int64_t now = mono_ns();
+        if (!K.ninst && !K.nconn && (served || now - born >= KEEPER_WAIT_NS)) break;
+        int64_t next = served ? 0 : born + KEEPER_WAIT_NS;
+        for (inst_t *in = K.insts; in; in = in->next)
+            if (in->due && (!next || in->due < next)) next = in->due;
+        int timeout = -1;
+        if (next) timeout = next <= now ? 0 : (int)((next - now + 999999) / 1000000);
+        int n = epoll_wait(K.ep, events, (int)(sizeof events / sizeof events[0]), timeout);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fprintf(stderr, "rune-keeper: epoll_wait: %s\n", strerror(errno));
+            break;
+        }
+        for (int e = 0; e < n; e++) {
+            uint64_t data = events[e].data.u64;
+            if (!data) { /* the listening socket */
+                int fd;
+                while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+                    conn_t *c = xcalloc(sizeof *c);
+                    c->fd = fd;
+                    c->next = K.conns;
+                    if (K.conns) K.conns->prev = c;
+                    K.conns = c;
+                    K.nconn++;
+                    served = 1;
+                    ep_set(EPOLL_CTL_ADD, fd, (uint64_t)(uintptr_t)c | TAG_CONN, EPOLLIN);
+                }
+                continue;
+            }
+            int tag = (int)(data & 3);
+            void *p = (void *)(uintptr_t)(data & ~(uint64_t)3);
+            if (tag == TAG_CONN) conn_ready(p, events[e].events);
+            else if (tag == 2) inst_exited(p);
+            else inst_stream_ready(p, tag);
+        }
+        now = mono_ns();
+        for (inst_t *in = K.insts, *next_in; in; in = next_in) {
+            next_in = in->next; /* a step may end it */
+            if (in->due && in->due <= now && fchdir(in->dirfd) == 0) inst_step(in, now);
+        }
+        reap_dead();
+    }
+    /* Its socket goes with it, unless another keeper has taken the path since. */
+    struct stat there;
+    if (fstatat(K.home, sock_path, &there, 0) == 0 && there.st_dev == mine.st_dev && there.st_ino == mine.st_ino)
+        unlinkat(K.home, sock_path, 0);
     return 0;
 }

@@ -30,8 +30,9 @@ LOG_FORMATS = ("text", "json")
 INT32_MAX = 2**31 - 1
 # What the registry admin API accepts (runed/api/registries/checks.py says the same).
 REGISTRY_AUTH_TYPES = ("", "basic", "token", "ecr", "dockerconfigjson")
-# controller.shim: the native shim when it can be built, else the Python one ("auto"), or always Python.
-SHIMS = ("auto", "python")
+# controller.shim: the native shim when it can be built, else the Python one ("auto"), always Python,
+# or one native keeper for all instances ("shared", runed/runner/keeper.py).
+SHIMS = ("auto", "python", "shared")
 REGISTRY_MANAGE_MODES = ("", "create", "update", "ignore")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 # RFC 9110 token: what a header name may be made of.

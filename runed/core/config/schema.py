@@ -214,7 +214,8 @@ class ControllerConfig:
     spawn_timeout_seconds: float = 15.0
     # The per-instance supervisor: "auto" runs the native shim (built from runed/runner/shim.c with
     # the machine's C compiler on first use) and falls back to the Python shim without a compiler;
-    # "python" always runs the Python shim.
+    # "python" always runs the Python shim; "shared" runs one native keeper for all instances (one
+    # process fewer per instance; a keeper's death ends the supervision of all of them).
     shim: str = "auto"
 
 

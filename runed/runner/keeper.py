@@ -1,0 +1,531 @@
+"""The keeper: one native process that supervises many instances (``controller.shim: shared``).
+
+Why: under a shim per instance every instance is two processes, so ending N instances ends 2N of
+them, and a delete of a thousand cannot come within twice a bare kill of the same programs however
+little each shim does (bench/README.md, "A keeper for many instances"). The keeper
+(``rune-shim --keeper``, runed/runner/shim.c) does for every instance of a controller what a shim
+does for one, file for file (claim, launch.json, pid.json, log.jsonl, exit.json), so an instance is
+its own process only. The trade: a keeper's death ends the supervision of every instance it runs
+(each is then ended and restarted by its policy, as under a dead shim), where a shim's ends one.
+
+The keeper outlives runed (its own session), like a shim. It listens on a socket in the
+instances' directory; a controller started anew finds it there and asks it again for each running
+instance's end. Requests and replies are length-prefixed JSON (as the zygote's); a start's reply and
+a watch's carry a pipe's read end, which reaches end of file once the instance's exit record is
+written, or the keeper is gone: the controller waits on it as on a shim's pidfd. The instance's
+environment, secrets included, travels only over the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, NoReturn
+
+from runed.runner import native, zygote
+from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.process import (
+    EXIT_RECORD_TIMEOUT_SECONDS,
+    SPAWN_TIMEOUT_SECONDS,
+    ProcessRunner,
+    alive,
+    fence,
+    is_keeper,
+    readable,
+)
+
+log = logging.getLogger("runed.runner")
+
+SOCKET_PREFIX = ".keeper-"
+SOCKET_SUFFIX = ".sock"
+ERR_NAME = "keeper.err"
+# A keeper answers a start once its process runs: a fork, an exec and a few small files.
+REPLY_TIMEOUT_SECONDS = 10.0
+# Signals asked for in one pass go to a keeper in messages of at most this many instances.
+SIGNAL_BATCH = 64
+# How long a keeper just started may take to listen.
+LISTEN_TIMEOUT_SECONDS = 5.0
+
+
+class KeeperError(Exception):
+    """A keeper could not be started, reached or understood."""
+
+
+# A reply and the descriptor that came with it (a start's or a watch's end pipe), owned by the taker.
+Answer = tuple[dict[str, Any], int | None]
+
+
+class Keeper:
+    """One connection to one keeper, used from one thread (the controller's loop).
+
+    Requests are pipelined: a start is sent and its reply taken later (:meth:`ask`,
+    :meth:`collect`, :attr:`answers`), so a cast of a thousand does not wait a round trip each.
+    Replies come in the order of the requests; the fire-and-forget ones have none.
+    """
+
+    def __init__(self, sock: socket.socket, path: Path) -> None:
+        self.sock = sock
+        self.path = path
+        self.pid = 0
+        self.start: int | None = None
+        # Replies by the key they were asked under, until taken; keys whose replies nobody takes.
+        self.answers: dict[str, Answer] = {}
+        self._awaiting: collections.deque[str] = collections.deque()
+        self._unwanted: set[str] = set()
+        self._inbox = b""
+        self._fds: collections.deque[int] = collections.deque()
+        self._calls = 0
+        # Why the connection is of no more use (the keeper is gone), once it is.
+        self.broken: str | None = None
+        hello, _ = self.call({"op": "ping"})
+        self.pid = int(hello["pid"])
+        self.start = hello.get("start")
+
+    @classmethod
+    def connect(cls, path: Path) -> Keeper:
+        """Connect to the keeper listening at ``path`` (raises OSError when none does)."""
+        # Through the directory's descriptor: a socket's address is limited to 108 bytes, a data
+        # directory's path is not.
+        dfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(f"/proc/self/fd/{dfd}/{path.name}")
+            # Never blocking: waits are bounded by select (see :meth:`send`, :meth:`collect`).
+            sock.setblocking(False)
+            return cls(sock, path)
+        except (OSError, KeeperError, ValueError, KeyError, TypeError):
+            sock.close()
+            raise
+        finally:
+            os.close(dfd)
+
+    def alive(self) -> bool:
+        return self.broken is None and alive(self.pid, self.start)
+
+    def send(self, request: dict[str, Any]) -> None:
+        """Send a request that has no reply."""
+        if self.broken is not None:
+            raise KeeperError(self.broken)
+        view = memoryview(zygote.frame(request, json.dumps))
+        try:
+            while view:
+                try:
+                    view = view[self.sock.send(view) :]
+                except BlockingIOError:
+                    # The keeper is busy starting what it was sent: its replies are taken meanwhile.
+                    readable, writable, _ = select.select([self.sock], [self.sock], [], REPLY_TIMEOUT_SECONDS)
+                    if not readable and not writable:
+                        raise TimeoutError("timed out") from None
+                    if readable:
+                        self.collect()
+        except OSError as e:
+            self._break(f"keeper (pid {self.pid or '?'}) unreachable: {e}")
+
+    def ask(self, key: str, request: dict[str, Any]) -> None:
+        """Send ``request``; its reply goes to :attr:`answers` under ``key`` (see :meth:`collect`)."""
+        self.send(request)
+        self._awaiting.append(key)
+
+    def forget(self, key: str) -> None:
+        """Nobody takes the reply to ``key``: dropped as it comes (its descriptor closed)."""
+        answer = self.answers.pop(key, None)
+        if answer is not None:
+            _close(answer[1])
+        elif key in self._awaiting:
+            self._unwanted.add(key)
+
+    def call(self, request: dict[str, Any]) -> Answer:
+        """Send ``request`` and wait for its reply (the replies before it are collected meanwhile)."""
+        self._calls += 1
+        key = f"\0call {self._calls}"
+        self.ask(key, request)
+        while key not in self.answers:
+            self.collect(block=True)
+        return self.answers.pop(key)
+
+    def collect(self, *, block: bool = False) -> None:
+        """Take in the replies that came (with ``block``: at least one more read, waiting for it)."""
+        if self.broken is not None:
+            raise KeeperError(self.broken)
+        if block and not select.select([self.sock], [], [], REPLY_TIMEOUT_SECONDS)[0]:
+            self._break(f"keeper (pid {self.pid or '?'}) did not answer within {REPLY_TIMEOUT_SECONDS:g}s")
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 8)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._break(f"keeper (pid {self.pid or '?'}) did not answer: {e}")
+            self._fds.extend(fds)
+            if not data:
+                self._break(f"keeper (pid {self.pid or '?'}) closed the connection")
+            self._inbox += data
+            self._parse()
+
+    def _parse(self) -> None:
+        while len(self._inbox) >= zygote.HEADER:
+            size = int.from_bytes(self._inbox[: zygote.HEADER], "big")
+            if len(self._inbox) < zygote.HEADER + size:
+                return
+            body, self._inbox = self._inbox[zygote.HEADER : zygote.HEADER + size], self._inbox[zygote.HEADER + size :]
+            try:
+                reply = json.loads(body)
+            except ValueError:
+                reply = None
+            if not isinstance(reply, dict) or not self._awaiting:
+                self._break(f"keeper (pid {self.pid or '?'}) answered {body[:200]!r}")
+            # A reply naming a running instance (a start's, a watch's) came with its end pipe.
+            running = "pid_start" in reply and reply.get("pid") and not reply.get("ended")
+            fd = self._fds.popleft() if running and self._fds else None
+            key = self._awaiting.popleft()
+            if key in self._unwanted:
+                self._unwanted.discard(key)
+                _close(fd)
+            else:
+                self.answers[key] = (reply, fd)
+
+    def _break(self, why: str) -> NoReturn:
+        self.broken = why
+        raise KeeperError(why)
+
+    def close(self) -> None:
+        for _, fd in self.answers.values():
+            _close(fd)
+        self.answers.clear()
+        while self._fds:
+            os.close(self._fds.popleft())
+        self.sock.close()
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+class Keepers:
+    """The keepers of one instances' directory: the one new starts go to, and those found there."""
+
+    def __init__(self, program: str) -> None:
+        self.program = program
+        self._by_pid: dict[int, Keeper] = {}
+        self._ours: Keeper | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def ours(self, workdir: Path) -> Keeper:
+        """The keeper new starts go to: this runner's, one of this program found running, or a new one."""
+        k = self._ours
+        if k is not None and k.alive():
+            return k
+        self._ours = None
+        self.find(workdir)
+        want = os.path.realpath(self.program)
+        for k in self._by_pid.values():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{k.pid}/exe") == want:
+                    self._ours = k
+                    return k
+        self._ours = self._launch(workdir)
+        return self._ours
+
+    def known(self, pid: int) -> Keeper | None:
+        return self._by_pid.get(pid)
+
+    def of(self, pid: int, workdir: Path) -> Keeper | None:
+        """The keeper with ``pid`` (looked for in ``workdir`` if not known yet), or None."""
+        k = self._by_pid.get(pid)
+        if k is None or not k.alive():
+            self.find(workdir)
+            k = self._by_pid.get(pid)
+        return k
+
+    def find(self, workdir: Path) -> None:
+        """Connect to every keeper listening in ``workdir``; sockets no keeper listens on go."""
+        for k in list(self._by_pid.values()):
+            if not k.alive():
+                k.close()
+                del self._by_pid[k.pid]
+        known = {k.path for k in self._by_pid.values()}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(workdir):
+                path = workdir / name
+                if not (name.startswith(SOCKET_PREFIX) and name.endswith(SOCKET_SUFFIX)) or path in known:
+                    continue
+                try:
+                    k = Keeper.connect(path)
+                except ConnectionRefusedError:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()  # its keeper is gone
+                    continue
+                except (OSError, KeeperError, ValueError, KeyError, TypeError) as e:
+                    log.warning("keeper socket %s: %s", path, e)
+                    continue
+                self._by_pid[k.pid] = k
+
+    def _launch(self, workdir: Path) -> Keeper:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"{SOCKET_PREFIX}{secrets.token_hex(6)}{SOCKET_SUFFIX}"
+        try:
+            with (workdir / ERR_NAME).open("ab") as err:
+                proc = subprocess.Popen(
+                    [self.program, "--keeper", path.name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    env={},
+                    cwd=str(workdir),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as e:
+            raise KeeperError(f"cannot start a keeper: {e}") from None
+        self._procs.append(proc)
+        deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
+        while True:
+            try:
+                k = Keeper.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    why = f"keeper did not start (exit status {proc.poll()}; see {workdir / ERR_NAME})"
+                    raise KeeperError(why) from None
+                time.sleep(0.005)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise KeeperError(f"keeper did not start: {e}") from None
+        self._by_pid[k.pid] = k
+        log.info("keeper started (pid %d)", k.pid)
+        return k
+
+    def reap(self) -> None:
+        self._procs = [p for p in self._procs if p.poll() is None]
+
+    def close(self) -> None:
+        """Let go of every keeper (they run on, with their instances)."""
+        for k in self._by_pid.values():
+            k.close()
+        self._by_pid.clear()
+        self._ours = None
+
+
+class KeeperRunner(ProcessRunner):
+    """The process runner with a keeper for all instances instead of a shim for each.
+
+    Instances a shim of their own runs (started before, or while no keeper could be) are run as
+    :class:`ProcessRunner` runs them.
+    """
+
+    def __init__(
+        self, nofile: int | None = None, *, spawn_timeout: float = SPAWN_TIMEOUT_SECONDS, program: str
+    ) -> None:
+        super().__init__(nofile, fork=False, spawn_timeout=spawn_timeout)
+        self.keepers = Keepers(program)
+        # The end descriptors of the starts' replies, by instance directory, until the controller takes them.
+        self._ends: dict[str, int] = {}
+        # Starts asked of a keeper and not answered yet, by instance directory: (keeper, attempt, since when).
+        self._starting: dict[str, tuple[Keeper, str, float]] = {}
+        # Signals for keepers to send, by (keeper pid, signal, discard): the instances' directories.
+        self._signals: dict[tuple[int, int, bool], list[str]] = {}
+        self._signals_due = False
+
+    def start(self, spec: LaunchSpec) -> Handle:
+        """Ask the keeper to start the instance; its reply is taken by :meth:`observe` (pipelined)."""
+        d, attempt, env = self._prepare(spec)
+        try:
+            keeper = self.keepers.ours(d.parent)
+            keeper.ask(attempt, {"op": "start", "dir": str(d), "attempt": attempt, "env": env})
+        except KeeperError as e:
+            log.warning("%s; starting the instance under a shim of its own", e)
+            if not fence(d, attempt):
+                return Handle(attempt=attempt)  # the keeper took it after all: its claim tells
+            _, attempt, env = self._prepare(spec)
+            return self._spawn_shim(d, attempt, env)
+        self._drop_start(d)
+        self._starting[str(d)] = (keeper, attempt, time.monotonic())
+        return Handle(attempt=attempt)
+
+    def observe(self, directory: Path, handle: Handle) -> Observation:
+        if handle.pid == 0 and not handle.shim_pid and str(directory) in self._starting:
+            got = self._answer(directory, handle)
+            if isinstance(got, Observation):
+                return got
+            handle = got
+        return super().observe(directory, handle)
+
+    def _answer(self, directory: Path, handle: Handle) -> Handle | Observation:
+        """The handle of a start asked of a keeper, once it answered (or how the start ended)."""
+        keeper, attempt, since = self._starting[str(directory)]
+        if attempt != handle.attempt:
+            return handle
+        with contextlib.suppress(KeeperError):
+            keeper.collect()
+        answer = keeper.answers.pop(attempt, None)
+        if answer is None:
+            if keeper.broken is None and time.monotonic() - since <= self.spawn_timeout:
+                return Observation("starting", handle)
+            del self._starting[str(directory)]
+            keeper.forget(attempt)
+            if fence(directory, attempt):
+                why = keeper.broken or f"the keeper did not answer within {self.spawn_timeout:g}s"
+                return Observation("exited", handle, None, None, f"cannot start: {why}")
+            return handle  # the keeper claimed it: its claim and records tell
+        del self._starting[str(directory)]
+        reply, end = answer
+        if "error" in reply or reply.get("claimed") is False:
+            _close(end)
+            why = reply.get("error") or "its start was claimed by another"
+            return Observation("exited", handle, None, None, f"keeper could not start the instance: {why}")
+        if end is not None:
+            _close(self._ends.pop(str(directory), None))
+            self._ends[str(directory)] = end
+        # A start that failed has its exit record already (pid 0): it is read next.
+        return dataclasses.replace(
+            handle,
+            pid=int(reply.get("pid") or 0),
+            pid_start=reply.get("pid_start"),
+            shim_pid=keeper.pid,
+            shim_start=keeper.start,
+        )
+
+    def _drop_start(self, directory: Path) -> None:
+        """A start asked of a keeper that nobody waits for any more (a new one, or abandoned)."""
+        entry = self._starting.pop(str(directory), None)
+        if entry is not None:
+            entry[0].forget(entry[1])
+        _close(self._ends.pop(str(directory), None))
+
+    def abandon(self, directory: Path) -> None:
+        self._drop_start(directory)
+        super().abandon(directory)
+
+    def _keeper(self, directory: Path, handle: Handle) -> Keeper | None:
+        """The keeper of ``handle``'s instance, or None (a shim of its own)."""
+        if not handle.shim_pid:
+            return None
+        keeper = self.keepers.known(handle.shim_pid)
+        if keeper is not None and keeper.start == handle.shim_start:
+            return keeper
+        if not is_keeper(handle.shim_pid):
+            return None
+        return self.keepers.of(handle.shim_pid, directory.parent)
+
+    def exit_fd(self, directory: Path, handle: Handle) -> int | None:
+        """The end descriptor of the start's reply, else a new one asked of the instance's keeper;
+        a pidfd of the shim for an instance with a shim of its own."""
+        fd = self._ends.pop(str(directory), None)
+        if fd is not None:
+            return fd
+        keeper = self._keeper(directory, handle)
+        if keeper is None:
+            return super().exit_fd(directory, handle)
+        try:
+            reply, end = keeper.call({"op": "watch", "dir": str(directory), "attempt": handle.attempt})
+        except KeeperError as e:
+            log.warning("%s", e)
+            return None
+        if reply.get("gone") or end is None:
+            _close(end)
+            return None  # ended (or never the keeper's): observed at once
+        return end
+
+    def stop(
+        self, directory: Path, handle: Handle, grace: float, *, discard: bool = False, shim_end: int | None = None
+    ) -> Coroutine[Any, Any, Observation]:
+        """As :meth:`ProcessRunner.stop`; the keeper's instances are signalled by their keeper, the
+        stops of one pass in one message (:meth:`_signal_soon`)."""
+        keeper = self._keeper(directory, handle) if handle.pid else None
+        if keeper is not None and shim_end is None:
+            shim_end = self.exit_fd(directory, handle)
+        if keeper is None or shim_end is None:
+            # A shim of its own, or ended already (no end to wait for): as any process runner does.
+            return super().stop(directory, handle, grace, discard=discard, shim_end=shim_end)
+        self._signal_soon(keeper, directory, signal.SIGTERM, discard)
+        return self._kept_stop(keeper, directory, handle, grace, shim_end, discard=discard)
+
+    def _signal_soon(self, keeper: Keeper, directory: Path, signum: int, discard: bool) -> None:
+        """Have ``keeper`` send ``signum`` to the instance in ``directory`` once the pass yields,
+        with every other signal asked for meanwhile: a deletion of a thousand is one message, and
+        the keeper (a process that has not reaped the instance knows its pid is its own) needs no
+        look at /proc before each kill."""
+        dirs = self._signals.setdefault((keeper.pid, signum, discard), [])
+        dirs.append(str(directory))
+        if len(dirs) >= SIGNAL_BATCH:
+            # The keeper starts on these while this pass goes on (both cores at work).
+            self._send_signals()
+            return
+        if self._signals_due:
+            return
+        self._signals_due = True
+        try:
+            asyncio.get_running_loop().call_soon(self._send_signals)
+        except RuntimeError:  # no loop (a runner used on its own): at once
+            self._send_signals()
+
+    def _send_signals(self) -> None:
+        self._signals_due = False
+        batch, self._signals = self._signals, {}
+        for (pid, signum, discard), dirs in batch.items():
+            keeper = self.keepers.known(pid)
+            try:
+                if keeper is None:
+                    raise KeeperError(f"keeper (pid {pid}) is gone")
+                keeper.send({"op": "signal", "dirs": dirs, "signal": signum, "discard": discard})
+            except KeeperError as e:
+                # Its instances' ends are near (their ends reach end of file with the keeper).
+                log.warning("cannot signal %d instances: %s", len(dirs), e)
+
+    async def _kept_stop(
+        self, keeper: Keeper, directory: Path, handle: Handle, grace: float, end: int, *, discard: bool
+    ) -> Observation:
+        """The rest of a stop of an instance of ``keeper``: grace, SIGKILL, the exit record. What
+        is left in the instance's group the keeper kills before it writes the record."""
+        try:
+            ended = await readable(end, max(0.0, grace))
+            if not ended:
+                self._signal_soon(keeper, directory, signal.SIGKILL, discard)
+                ended = await readable(end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+            if ended and discard:
+                return Observation("exited", handle)  # the record and its directory go next, unread
+            obs = self.observe(directory, handle)
+            deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
+            while obs.state != "exited" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                obs = self.observe(directory, obs.handle)
+            return obs
+        finally:
+            os.close(end)
+
+    def reap(self) -> None:
+        super().reap()
+        self.keepers.reap()
+
+    def close(self, wait: float = 0.0) -> None:
+        super().close(wait)
+        for fd in self._ends.values():
+            os.close(fd)
+        self._ends.clear()
+        self._starting.clear()
+        self.keepers.close()
+
+
+def process_runner(nofile: int | None, *, spawn_timeout: float, shim: str) -> ProcessRunner:
+    """The process runner ``controller.shim`` asks for: a keeper for all instances ("shared"; a
+    shim per instance when no native shim can be built), else a shim per instance."""
+    if shim == "shared":
+        program = native.shim_path()
+        if program is not None:
+            return KeeperRunner(nofile, spawn_timeout=spawn_timeout, program=program)
+        log.warning("controller.shim is shared, but no native shim could be built: a shim per instance instead")
+        shim = "auto"
+    return ProcessRunner(nofile, spawn_timeout=spawn_timeout, shim=shim)

@@ -1,0 +1,157 @@
+"""``controller.shim: shared``: one keeper supervises every instance, as a shim per instance would.
+
+Each test runs a real runed with the keeper, real instance processes and the real records: the
+instances share one keeper process and no shim runs; exits (a chatty job's among them), logs,
+deletes, a killed keeper and a runed killed and started again behave as under shims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rune.api import common_pb2, service_pb2
+from runed.runner import native
+from tests.harness import RunedFactory
+from tests.integration.orch import SERVER, Orch, runefile_args
+from tests.integration.test_exits import CHATTY, _cast_sh, _events
+from tests.support import alive, eventually
+
+pytestmark = pytest.mark.skipif(native.shim_path() is None, reason="no C compiler: no keeper")
+
+SHARED = {"RUNE_CONTROLLER_SHIM": "shared"}
+
+
+@pytest.fixture
+def korch(runed_factory: RunedFactory, tmp_path: Path) -> Iterator[Orch]:
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=SHARED), tmp_path)
+    yield o
+    o.clear()
+
+
+def _shim_of(inst: dict[str, Any]) -> int:
+    info = json.loads((Path(str(inst["log_dir"])) / "pid.json").read_text())
+    assert info["pid"] == inst["pid"], (info, inst["pid"])
+    return int(info["shim_pid"])
+
+
+def _said(o: Orch, inst: dict[str, Any], line: str) -> Callable[[], bool]:
+    return lambda: line in o.log_lines(inst)
+
+
+def _gone(inst: dict[str, Any]) -> Callable[[], bool]:
+    return lambda: not alive(int(inst["pid"]))
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_every_instance_runs_under_one_keeper_and_no_shim(korch: Orch) -> None:
+    ports = [common_pb2.ServicePort(name="http", port=80)]
+    korch.cast("web", korch.program("server", SERVER), scale=3, ports=ports, env={"GREETING": "hello"})
+    insts = eventually(lambda: korch.running("web", 3), timeout=30, what="three instances running")
+    keepers = {_shim_of(i) for i in insts}
+    assert len(keepers) == 1, keepers
+    (keeper,) = keepers
+    assert _comm(keeper) == "rune-keeper"
+    # The instances are the keeper's own children: no process stands between them.
+    assert {int(i["pid"]) for i in insts} <= _children(keeper)
+    for inst in insts:
+        eventually(_said(korch, inst, "started"), what="the instance's output in its log")
+    # The instance's environment reached it (it prints its own), and the keeper's is empty.
+    env_line = next(line for line in korch.log_lines(insts[0]) if line.startswith("env "))
+    assert json.loads(env_line[4:])["GREETING"] == "hello"
+    assert Path(f"/proc/{keeper}/environ").read_bytes() == b""
+    # A delete ends every process and the service; the keeper stays for the instances to come.
+    korch.services.DeleteService(service_pb2.DeleteServiceRequest(name="web", namespace="default"), metadata=korch.auth)
+    eventually(lambda: korch.instances("web") == [], timeout=30, what="the instances deleted")
+    for inst in insts:
+        eventually(_gone(inst), what="the instance's process gone")
+    assert alive(keeper)
+
+
+@pytest.mark.parametrize("policy", [common_pb2.RESTART_POLICY_ON_FAILURE, common_pb2.RESTART_POLICY_NEVER])
+def test_a_chatty_job_under_the_keeper_completes_with_code_0(korch: Orch, policy: common_pb2.RestartPolicy) -> None:
+    _cast_sh(korch, "chatty", CHATTY, policy)
+
+    def settled() -> dict[str, Any]:
+        inst = korch.one("chatty")
+        assert inst["state"] in ("EXITED", "BACKOFF") or inst["restart_count"] > 0, inst["state"]
+        return inst
+
+    inst = eventually(settled, timeout=30, what="the job ended")
+    assert inst["state"] == "EXITED" and inst["last_exit_code"] == 0, (inst["state"], inst["reason"])
+    assert str(inst["reason"]).startswith("Completed: exit code 0"), inst["reason"]
+    last = json.loads((Path(str(inst["log_dir"])) / "log.jsonl").read_text().splitlines()[-1])
+    assert (last["seq"], last["line"]) == (200000, "200000")
+    info = json.loads((Path(str(inst["log_dir"])) / "pid.json").read_text())
+    assert _comm(int(info["shim_pid"])) == "rune-keeper"
+
+
+def test_a_killed_keeper_is_noticed_and_its_instances_restarted(korch: Orch) -> None:
+    korch.cast(
+        "orphans", korch.program("server", SERVER), scale=2, ports=[common_pb2.ServicePort(name="http", port=80)]
+    )
+    before = eventually(lambda: korch.running("orphans", 2), timeout=30, what="two instances running")
+    for inst in before:
+        eventually(_said(korch, inst, "started"), what="the program printed its start")
+    keeper = _shim_of(before[0])
+    os.kill(keeper, signal.SIGKILL)
+
+    def restarted() -> list[dict[str, Any]]:
+        now = korch.running("orphans", 2)
+        assert all(i["restart_count"] == 1 for i in now), [(i["restart_count"], i["pid"]) for i in now]
+        return now
+
+    after = eventually(restarted, timeout=30, what="both restarted under a new keeper")
+    (new_keeper,) = {_shim_of(i) for i in after}
+    assert new_keeper != keeper and _comm(new_keeper) == "rune-keeper"
+    for old in before:
+        # Its process lost its output with the keeper: its group was killed, not left running.
+        eventually(_gone(old), what="the orphaned process gone")
+    for inst in after:
+        assert any(e.startswith("Exited: shim died") for e in _events(inst)), _events(inst)
+
+
+def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path, runed_factory: RunedFactory) -> None:
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=SHARED), tmp_path)
+    o.cast("kept", o.program("server", SERVER), scale=2, ports=[common_pb2.ServicePort(name="http", port=80)])
+    before = eventually(lambda: o.running("kept", 2), timeout=30, what="two instances running")
+    keeper = _shim_of(before[0])
+    first = o.runed
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    # Nothing ends with runed: the keeper and its instances run on.
+    assert alive(keeper) and all(alive(int(i["pid"])) for i in before)
+    o.runed = runed_factory(first.data_dir, args=first.args, env=SHARED)
+
+    def adopted() -> list[dict[str, Any]]:
+        now = o.running("kept", 2)
+        assert [(i["pid"], i["restart_count"]) for i in now] == [(i["pid"], 0) for i in before], now
+        return now
+
+    eventually(adopted, timeout=30, what="the same processes adopted")
+    # The new controller learns of their ends from the keeper again: an exit is seen as it happens.
+    os.kill(int(before[0]["pid"]), signal.SIGKILL)
+
+    def replaced() -> dict[str, Any]:
+        (inst,) = [i for i in o.running("kept", 2) if i["index"] == before[0]["index"]]
+        assert inst["restart_count"] == 1 and inst["last_signal"] == 9, (inst["restart_count"], inst["last_signal"])
+        return inst
+
+    eventually(replaced, timeout=30, what="the killed instance restarted")
+    o.clear()
+    for inst in before:
+        eventually(_gone(inst), what="every process gone")

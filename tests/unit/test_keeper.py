@@ -1,0 +1,431 @@
+"""The keeper (``rune-shim --keeper <socket>``): many instances in one process, each with the shim's files.
+
+Real processes throughout: the native binary as :mod:`runed.runner.native` builds it, a client speaking
+its protocol (4-byte big-endian length, a JSON object; a start's or a watch's reply carries a pipe's
+read end that reaches end of file once the exit record is written, or the keeper is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from runed.runner import native
+
+T = TypeVar("T")
+
+SHIM = native.shim_path()
+if SHIM is None:
+    pytest.skip("the native shim did not build (no C compiler?)", allow_module_level=True)
+
+ENV = {"PATH": os.defpath}
+
+
+def _wait(check: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+def _launch(d: Path, attempt: str, argv: list[str], **extra: object) -> Path:
+    """launch.json as ProcessRunner.start writes it."""
+    d.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "attempt": attempt,
+        "argv": argv,
+        "cwd": str(d),
+        "uid": None,
+        "gid": None,
+        "rlimit_as": None,
+        "nofile": None,
+        "max_bytes": 10 << 20,
+        "backups": 3,
+        "umask": 0o022,
+        "min_free_bytes": 0,
+        **extra,
+    }
+    (d / "launch.json").write_text(json.dumps(spec))
+    return d
+
+
+def _records(d: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (d / "log.jsonl").read_text().split("\n") if line]
+
+
+def _json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+class Client:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def send(self, msg: object) -> None:
+        body = json.dumps(msg).encode()
+        self.sock.sendall(len(body).to_bytes(4, "big") + body)
+
+    def recv(self) -> tuple[dict[str, Any], list[int]]:
+        head, fds = b"", []
+        while len(head) < 4:
+            data, got, _, _ = socket.recv_fds(self.sock, 4 - len(head), 4)
+            assert data, "the keeper closed the connection"
+            head += data
+            fds += got
+        size = int.from_bytes(head, "big")
+        body = b""
+        while len(body) < size:
+            chunk = self.sock.recv(size - len(body))
+            assert chunk, "the keeper closed the connection mid-reply"
+            body += chunk
+        reply: dict[str, Any] = json.loads(body)
+        return reply, fds
+
+    def call(self, msg: object) -> tuple[dict[str, Any], list[int]]:
+        self.send(msg)
+        return self.recv()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Keeper:
+    def __init__(self, sockdir: Path, sock: str = "", env: dict[str, str] | None = None, **popen: Any) -> None:
+        self.dir = sockdir
+        self.path = str(sockdir / "k.sock")
+        self.err = sockdir / "keeper.err"
+        with self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [str(SHIM), "--keeper", sock or self.path],
+                start_new_session=True,
+                cwd=sockdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                **popen,
+            )
+        self.clients: list[Client] = []
+        self.fds: list[int] = []
+        self.pids: list[int] = []
+
+    def connect(self) -> Client:
+        def attempt() -> Client | None:
+            try:
+                return Client(self.path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                return None
+
+        c = _wait(attempt, 5, "the keeper listens")
+        assert c is not None
+        self.clients.append(c)
+        return c
+
+    def start(self, c: Client, d: Path, attempt: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+        reply, fds = c.call({"op": "start", "dir": str(d), "attempt": attempt, "env": ENV if env is None else env})
+        self.fds += fds
+        if reply.get("pid"):
+            self.pids.append(int(reply["pid"]))
+            assert len(fds) == 1, reply
+            return reply, fds[0]
+        assert fds == [], reply
+        return reply, -1
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for pid in self.pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for the socket (sun_path holds 108 bytes; pytest's tmp_path may be longer)."""
+    d = Path(tempfile.mkdtemp(prefix="kp", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def keeper(sockdir: Path) -> Iterator[Keeper]:
+    k = Keeper(sockdir, env={**os.environ, "KEEPER_MARKER": "leaked"})
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def test_a_start_records_output_and_exit_and_the_fd_ends_with_the_record(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    hello, _ = c.call({"op": "ping"})
+    assert hello["pid"] == keeper.proc.pid and hello["instances"] == 0 and hello["start"] > 0
+    prog = 'echo "x=$X m=${KEEPER_MARKER-unset}"; echo err >&2; exit 3'
+    d = _launch(tmp_path / "one", "a1", ["sh", "-c", prog])
+    reply, fd = keeper.start(c, d, "a1", {**ENV, "X": "hello"})
+    assert reply["pid"] > 0 and isinstance(reply["pid_start"], int)
+    assert _readable(fd, 10), "the pipe did not end with the instance"
+    # Readable means recorded: the exit record is there the moment the pipe ends.
+    ex = _json(d / "exit.json")
+    assert ex["code"] == 3 and ex["signal"] is None and ex["attempt"] == "a1"
+    assert os.read(fd, 10) == b""
+    lines = {(r["stream"], r["line"]) for r in _records(d)}
+    # The environment given is the whole environment: the keeper's own does not leak in.
+    assert lines == {("stdout", "x=hello m=unset"), ("stderr", "err")}
+    pid = _json(d / "pid.json")
+    assert pid["pid"] == reply["pid"] and pid["pid_start"] == reply["pid_start"]
+    assert pid["shim_pid"] == keeper.proc.pid and pid["shim_start"] == hello["start"] and pid["attempt"] == "a1"
+    claim = _json(d / "claim-a1.json")
+    assert claim == {"attempt": "a1", "shim_pid": keeper.proc.pid, "shim_start": hello["start"]}
+    assert c.call({"op": "ping"})[0]["instances"] == 0
+    assert not list(d.glob("*.reserve")) and not list(d.glob("*.tmp"))
+
+
+def test_a_chatty_instance_is_logged_to_its_last_line(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    d = _launch(tmp_path / "chatty", "a1", ["sh", "-c", "seq 1 200000; exit 0"], max_bytes=1 << 30)
+    # A quiet neighbour started meanwhile ends on time: the chatty one does not starve it.
+    quiet = _launch(tmp_path / "quiet", "q1", ["sh", "-c", "sleep 0.2; echo done"])
+    _, fd = keeper.start(c, d, "a1")
+    _, qfd = keeper.start(c, quiet, "q1")
+    assert _readable(fd, 30) and _readable(qfd, 10)
+    assert _json(d / "exit.json")["code"] == 0
+    recs = _records(d)
+    assert recs[-1]["line"] == "200000" and len(recs) == 200000
+    assert [r["seq"] for r in recs] == list(range(1, 200001))
+    assert [r["line"] for r in _records(quiet)] == ["done"]
+
+
+def test_fifty_instances_on_one_connection_end_by_sigterm_and_leave_no_zombie(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    started = []
+    for i in range(50):
+        d = _launch(tmp_path / f"i{i}", f"a{i}", ["sleep", "100"])
+        reply, fd = keeper.start(c, d, f"a{i}")
+        started.append((d, int(reply["pid"]), fd))
+    assert c.call({"op": "ping"})[0]["instances"] == 50
+    assert not any(_readable(fd, 0) for _, _, fd in started)
+    for _, pid, _ in started:
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for d, _, fd in started:
+        assert _readable(fd, max(0.0, deadline - time.monotonic())), d
+        assert _json(d / "exit.json")["signal"] == signal.SIGTERM
+    children = Path(f"/proc/{keeper.proc.pid}/task/{keeper.proc.pid}/children")
+    assert children.read_text().split() == [], "the keeper left zombies"
+    assert c.call({"op": "ping"})[0]["instances"] == 0
+
+
+def test_the_record_comes_after_what_the_instance_left_in_its_group_has_ended(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    d = _launch(tmp_path / "g", "a1", ["sh", "-c", "sleep 100 & echo $!; exit 0"])
+    began = time.monotonic()
+    _, fd = keeper.start(c, d, "a1")
+    assert _readable(fd, 10)
+    assert time.monotonic() - began < 5, "the grandchild held the output past the drain"
+    grandchild = int(_records(d)[0]["line"])
+    keeper.pids.append(grandchild)
+    assert not _alive(grandchild), "the grandchild still runs after the exit record"
+    assert _json(d / "exit.json")["code"] == 0
+
+
+def test_a_start_that_fails_is_recorded_and_the_keeper_serves_on(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    d = _launch(tmp_path / "f", "a1", [str(tmp_path / "no-such-program")])
+    reply, _ = keeper.start(c, d, "a1")
+    assert reply == {"pid": 0, "ended": True}
+    ex = _json(d / "exit.json")
+    assert ex["code"] == 127 and "cannot start" in ex["error"] and ex["attempt"] == "a1"
+    assert "No such file or directory" in ex["error"]
+    assert str(_records(d)[-1]["line"]).startswith("runed: cannot start")
+    assert not (d / "pid.json").exists()
+    # No launch.json: the reason in the reply and in that directory's shim.err; the keeper lives on.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    reply, _ = keeper.start(c, empty, "a2")
+    assert "cannot read launch.json" in reply["error"]
+    assert "cannot read launch.json" in (empty / "shim.err").read_text()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "launch.json").write_text('{"attempt": "a3", "argv": 5}')
+    reply, _ = keeper.start(c, bad, "a3")
+    assert "argv" in reply["error"]
+    reply, _ = keeper.start(c, tmp_path / "missing", "a4")
+    assert "cannot enter" in reply["error"]
+    assert c.call({"op": "ping"})[0]["pid"] == keeper.proc.pid
+
+
+def test_a_start_already_claimed_or_superseded_does_not_run(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    d = _launch(tmp_path / "c", "a1", ["sh", "-c", "echo ran"])
+    (d / "claim-a1.json").write_text('{"attempt": "a1", "shim_pid": 1, "shim_start": 1}')
+    reply, _ = keeper.start(c, d, "a1")
+    assert reply == {"claimed": False}
+    assert not (d / "pid.json").exists() and not (d / "log.jsonl").exists() and not (d / "exit.json").exists()
+    # launch.json names a later attempt: nothing runs and the claim goes.
+    other = _launch(tmp_path / "o", "a-later", ["sh", "-c", "echo ran"])
+    reply, _ = keeper.start(c, other, "a-earlier")
+    assert reply == {"claimed": False}
+    assert not (other / "claim-a-earlier.json").exists() and not (other / "log.jsonl").exists()
+    assert [p.name for p in other.iterdir()] == ["launch.json"]
+
+
+def test_watch_from_another_connection_and_discard(keeper: Keeper, tmp_path: Path) -> None:
+    first = keeper.connect()
+    d = _launch(tmp_path / "w", "a1", ["sleep", "100"])
+    reply, fd = keeper.start(first, d, "a1")
+    second = keeper.connect()
+    watched, fds = second.call({"op": "watch", "dir": str(d), "attempt": "a1"})
+    keeper.fds += fds
+    assert watched == {"pid": reply["pid"], "pid_start": reply["pid_start"]} and len(fds) == 1
+    assert second.call({"op": "watch", "dir": str(tmp_path / "nothing"), "attempt": "a1"}) == ({"gone": True}, [])
+    assert second.call({"op": "watch", "dir": str(d), "attempt": "a0"}) == ({"gone": True}, [])
+    assert not _readable(fds[0], 0.2) and not _readable(fd, 0)
+    # A discard has no reply: the next reply on that connection is the ping's.
+    second.send({"op": "discard", "dir": str(d)})
+    assert "instances" in second.call({"op": "ping"})[0]
+    os.killpg(int(reply["pid"]), signal.SIGTERM)
+    assert _readable(fds[0], 10) and _readable(fd, 10)
+    assert _json(d / "exit.json")["signal"] == signal.SIGTERM
+    assert second.call({"op": "watch", "dir": str(d), "attempt": "a1"}) == ({"gone": True}, [])
+
+
+def test_bad_messages_get_an_error_and_the_keeper_serves_on(keeper: Keeper) -> None:
+    c = keeper.connect()
+
+    def raw(body: bytes) -> dict[str, Any]:
+        c.sock.sendall(len(body).to_bytes(4, "big") + body)
+        reply, fds = c.recv()
+        assert fds == []
+        return reply
+
+    assert "malformed JSON" in raw(b"{not json")["error"]
+    assert "malformed JSON" in raw(b"[1, 2]")["error"]
+    assert "malformed JSON" in raw(b'{"op": "ping"} trailing')["error"]
+    assert "unknown op" in raw(b'{"op": "explode"}')["error"]
+    assert "no op" in raw(b"{}")["error"]
+    assert "env" in raw(b'{"op": "start", "dir": "/x", "attempt": "a", "env": {"A": 1}}')["error"]
+    # More than 64 MiB: an error naming the size; the body that follows is dropped, not read as requests.
+    size = (64 << 20) + 1
+    c.sock.sendall(size.to_bytes(4, "big"))
+    reply, _ = c.recv()
+    assert str(size) in reply["error"]
+    c.sock.sendall(b"x" * size)
+    assert c.call({"op": "ping"})[0]["pid"] == keeper.proc.pid
+    # A message cut short by its sender's going: that connection closes, the keeper serves others.
+    cut = keeper.connect()
+    cut.sock.sendall((100).to_bytes(4, "big") + b'{"op": ')
+    cut.close()
+    assert c.call({"op": "ping"})[0]["pid"] == keeper.proc.pid
+    assert keeper.connect().call({"op": "ping"})[0]["pid"] == keeper.proc.pid
+
+
+def test_a_killed_keeper_ends_every_watch_and_leaves_the_programs_running(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    started = []
+    for i in range(3):
+        d = _launch(tmp_path / f"k{i}", f"a{i}", ["sleep", "100"])
+        reply, fd = keeper.start(c, d, f"a{i}")
+        started.append((d, int(reply["pid"]), fd))
+    assert not any(_readable(fd, 0) for _, _, fd in started)
+    keeper.proc.kill()
+    for d, pid, fd in started:
+        assert _readable(fd, 5), "the pipe outlived the keeper"
+        assert not (d / "exit.json").exists()
+        assert _alive(pid), "the program ended with its keeper"
+
+
+def test_the_keeper_leaves_once_nothing_runs_and_nobody_is_connected(sockdir: Path, tmp_path: Path) -> None:
+    # A relative socket path: the keeper's working directory moves from instance to instance.
+    k = Keeper(sockdir, sock="k.sock")
+    try:
+        time.sleep(0.5)
+        assert k.proc.poll() is None, "left before its first client"
+        c = k.connect()
+        d = _launch(tmp_path / "e", "a1", ["true"])
+        _, fd = k.start(c, d, "a1")
+        assert _readable(fd, 10)
+        time.sleep(0.3)
+        assert k.proc.poll() is None, "left with a client connected"
+        assert c.call({"op": "ping"})[0]["instances"] == 0
+        assert Path(k.path).exists()
+        c.close()
+        assert k.proc.wait(5) == 0
+        assert not Path(k.path).exists(), "the socket stayed"
+        assert k.err.read_text() == ""
+    finally:
+        k.close()
+
+
+def test_an_instance_gets_the_file_limit_a_shim_would_have_passed_on(sockdir: Path, tmp_path: Path) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("hard file limit too low to tell")
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+
+    k = Keeper(sockdir, preexec_fn=lower)
+    try:
+        c = k.connect()
+        limits = Path(f"/proc/{k.proc.pid}/limits").read_text()
+        own = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
+        assert own[3] == own[4] != "200", "the keeper raises its own soft limit to the hard one"
+        plain = _launch(tmp_path / "plain", "a1", ["sh", "-c", "ulimit -n"])
+        given = _launch(tmp_path / "given", "a2", ["sh", "-c", "ulimit -n"], nofile=150)
+        _, fd = k.start(c, plain, "a1")
+        _, fd2 = k.start(c, given, "a2")
+        assert _readable(fd, 10) and _readable(fd2, 10)
+        assert [r["line"] for r in _records(plain)] == ["200"]
+        assert [r["line"] for r in _records(given)] == ["150"]
+    finally:
+        k.close()
