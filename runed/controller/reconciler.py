@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -193,6 +194,8 @@ class Controller:
             pending = [lv.stop_task for lv in self.book.lives() if lv.stop_task and not lv.stop_task.done()]
             if pending:
                 await asyncio.wait(pending, timeout=5)
+            # Stops still under way are recorded (the next controller goes on with them).
+            self.book.release(math.inf)
             await self.book.flush()
             await self.book.removals_done()
 

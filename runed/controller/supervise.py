@@ -34,6 +34,10 @@ TICK_SECONDS = 0.1
 # them every sweep was most of an idle controller's CPU at a thousand instances (bench/README.md).
 SWEEP_SECONDS = 30.0
 SWEEP_SLICES = 10
+# An instance stopped to be deleted (a deletion, a scale-down, a replacement) is recorded as
+# Stopping only if its stop takes longer than this: most end sooner, and their records go from
+# Running to deleted (a deletion of a thousand wrote a thousand records only to delete them).
+STOPPING_RECORD_AFTER_SECONDS = 0.5
 
 # Policies under which an instance that exited on its own comes back (the unset policy is Always).
 ALWAYS = (common_pb2.RESTART_POLICY_ALWAYS, common_pb2.RESTART_POLICY_UNSPECIFIED)
@@ -229,6 +233,10 @@ class Supervisor:
                     self.book.touched.add((cached.namespace, cached.service))
                 else:
                     self.alarm.due(at)
+        # After the stops this pass finished: their held records are never written.
+        held = self.book.release(now)
+        if held is not None:
+            self.alarm.due(held)
         self.tick = tick
         return changed
 
@@ -302,7 +310,12 @@ class Supervisor:
         sent = {i.key: self._signal(i, grace) for i in due if self._signals_due(i)}
         for inst in due:
             self.begin_stop(
-                inst, after=AfterStop.DELETE, reason=f"Terminating: {reason}", grace=grace, sent=sent.get(inst.key)
+                inst,
+                after=AfterStop.DELETE,
+                reason=f"Terminating: {reason}",
+                grace=grace,
+                sent=sent.get(inst.key),
+                hold=STOPPING_RECORD_AFTER_SECONDS,
             )
 
     def _signals_due(self, inst: Instance) -> bool:
@@ -332,10 +345,13 @@ class Supervisor:
         reason: str,
         grace: float | None = None,
         sent: Coroutine[Any, Any, Observation] | None = None,
+        hold: float | None = None,
     ) -> None:
         """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done.
 
         ``sent``: the stop whose signals went out already (:meth:`retire_all`), else they go now.
+        ``hold``: the Stopping record (and event) is written only if the stop still runs this many
+        seconds from now (:meth:`Book.hold`).
         """
         lv = self.book.live(inst.key)
         lv.cancel_probes()
@@ -354,11 +370,16 @@ class Supervisor:
         lv.stop_task = asyncio.create_task(stopping)
         # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
         lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
-        if inst.state is not STOPPING:
+        if inst.state is STOPPING:
+            self.book.save(inst)
+        elif hold is not None:
+            inst.transition(STOPPING, reason or "Stopping")
+            due = time.time() + hold
+            self.book.hold(inst, due, f"Stopping: {reason or 'on request'}")
+            self.alarm.due(due)
+        else:
             self.set_state(inst, STOPPING, reason or "Stopping")
             self.book.event(inst, f"Stopping: {reason or 'on request'}")
-        else:
-            self.book.save(inst)
 
     def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
         self.launcher.release(inst)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from rune.api import common_pb2, service_pb2
+from runed.store.base import DELETED
 from tests.harness import RunedFactory
-from tests.integration.orch import SERVER, Orch, runefile_args
+from tests.integration.orch import SERVER, STUBBORN, Orch, runefile_args
 from tests.support import alive, eventually
 
 # Far more output than a pipe holds: the shim is still writing it when the process has already exited.
@@ -183,3 +184,55 @@ def _cast_flaky(o: Orch, workdir: Path) -> None:
         ),
     )
     o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+
+
+def _instance_states_since(o: Orch, revision: int) -> list[tuple[str, str]]:
+    """(instance id, state or "deleted") of every instance change after ``revision``, in order."""
+    st = o.store()
+    try:
+        changes = st.changes_since(revision, ["instance"], limit=10_000)
+    finally:
+        st.close()
+    return [(c.name, "deleted" if c.op == DELETED else str((c.data or {}).get("state"))) for c in changes]
+
+
+def _revision(o: Orch) -> int:
+    st = o.store()
+    try:
+        return st.current_revision()
+    finally:
+        st.close()
+
+
+def test_instances_deleted_as_they_end_are_never_recorded_stopping(orch: Orch) -> None:
+    """A deletion's Stopping records are written only for stops still under way after a moment:
+    instances that end at once go from Running to deleted (no record written only to be deleted)."""
+    orch.cast("prompt", orch.program("server", SERVER), scale=3, ports=[common_pb2.ServicePort(name="http", port=80)])
+    insts = eventually(lambda: orch.running("prompt", 3), timeout=30)
+    since = _revision(orch)
+    orch.services.DeleteService(
+        service_pb2.DeleteServiceRequest(name="prompt", namespace="default"), metadata=orch.auth
+    )
+    eventually(lambda: orch.instances("prompt") == [], timeout=30, what="the instances deleted")
+    seen = _instance_states_since(orch, since)
+    assert sorted(i for i, s in seen if s == "deleted") == sorted(i["id"] for i in insts), seen
+    assert not [s for _, s in seen if s == "STOPPING"], seen
+
+
+def test_an_instance_slow_to_stop_is_recorded_stopping_while_it_is(orch: Orch) -> None:
+    orch.cast("slow", orch.program("stubborn", STUBBORN))
+    (inst,) = eventually(lambda: orch.running("slow", 1), timeout=30)
+    eventually(lambda: "started" in orch.log_lines(inst), what="the program ignores TERM")
+    since = _revision(orch)
+    req = service_pb2.DeleteServiceRequest(name="slow", namespace="default", grace_period=4)
+    orch.services.DeleteService(req, metadata=orch.auth)
+
+    def stopping() -> bool:
+        assert (inst["id"], "STOPPING") in _instance_states_since(orch, since)
+        return True
+
+    # Recorded long before the grace period ends with SIGKILL.
+    eventually(stopping, timeout=3, what="the Stopping record")
+    assert alive(int(inst["pid"]))
+    eventually(lambda: orch.instances("slow") == [], timeout=30, what="the instance deleted after its grace")
+    assert _instance_states_since(orch, since)[-1] == (inst["id"], "deleted")
