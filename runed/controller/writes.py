@@ -112,13 +112,21 @@ class Writes:
         if not pending:
             return
         with self.store.transaction():
-            for (kind, ns, name), write in pending.items():
+            # Deletions in a row go together (a deletion's instances): the order of the writes is kept.
+            deletions: list[RecordKey] = []
+            for key, write in pending.items():
                 if write is None:
-                    self.store.delete(kind, ns, name)
-                elif callable(write):
-                    self.store.update(kind, ns, name, write)
+                    deletions.append(key)
+                    continue
+                if deletions:
+                    self.store.delete_many(deletions)
+                    deletions = []
+                if callable(write):
+                    self.store.update(*key, write)
                 else:
-                    self.store.put(kind, ns, name, write)
+                    self.store.put(*key, write)
+            if deletions:
+                self.store.delete_many(deletions)
 
     async def flush(self) -> None:
         """Commit what is queued, off the event loop (inline on SQLite). On failure (e.g. a full disk,

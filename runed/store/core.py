@@ -82,6 +82,10 @@ def _prune_quietly(prune: Callable[[], None], what: str) -> None:
         log.warning("cannot prune %s: %s", what, e)
 
 
+# Keys per statement of :meth:`SQLCore.delete_many` (three parameters each, far below SQLite's limit).
+DELETE_CHUNK = 300
+
+
 class SQLCore:
     """Implements :class:`runed.store.base.Store` on top of a backend's few primitives (below)."""
 
@@ -403,6 +407,28 @@ class SQLCore:
             rev = self._log_change(kind, namespace, name, DELETED, row[0])
             self._execute("DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", (kind, namespace, name))
             return Record(kind, namespace, name, orjson.loads(row[0]), rev, int(row[2]))
+
+    def delete_many(self, keys: Sequence[tuple[str, str, str]]) -> None:
+        """Delete each of ``keys`` (kind, namespace, name) that exists, in their order, in one transaction.
+
+        As :meth:`delete` one by one, in a statement to find them and one to delete them per
+        :data:`DELETE_CHUNK` keys: a deletion of a thousand instances deletes their records at
+        once (three statements each were most of its commit).
+        """
+        with self._writing():
+            for i in range(0, len(keys), DELETE_CHUNK):
+                chunk = keys[i : i + DELETE_CHUNK]
+                where = "WHERE (kind, namespace, name) IN (VALUES (" + "), (".join(["?, ?, ?"] * len(chunk)) + "))"
+                flat = [v for key in chunk for v in key]
+                rows = self._fetchall(f"SELECT kind, namespace, name, data FROM objects {where}", flat)
+                found = {(str(r[0]), str(r[1]), str(r[2])): r[3] for r in rows}
+                if not found:
+                    continue
+                for key in chunk:
+                    data = found.pop(key, None)
+                    if data is not None:
+                        self._log_change(*key, DELETED, data)
+                self._execute(f"DELETE FROM objects {where}", flat)
 
     def _write(
         self,

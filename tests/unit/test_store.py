@@ -20,7 +20,9 @@ from runed.store.base import ADDED, DELETED, MODIFIED, Change, Record, Store, it
 from runed.store.open import open_url
 from runed.store.postgres import PostgresStore
 from runed.store.sqlite import SQLiteStore, open_store
+from runed.store.sqlite.connection import CHECKPOINT_BYTES
 from tests.pgsupport import pg_database, pg_url  # noqa: F401  (fixtures)
+from tests.support import eventually
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,6 +57,33 @@ def test_wal_and_migrations(tmp_path: Path) -> None:
     store.close()
 
 
+def test_checkpoints_run_beside_commits_not_in_them(tmp_path: Path) -> None:
+    """A commit that takes the WAL past the threshold returns without copying it into the database
+    (SQLite's automatic checkpoint did, with an fsync, on the committing thread: the controller's
+    loop); a thread checkpoints it, and the WAL is cut back when it is reused."""
+    store = open_store(tmp_path)
+    db, wal = tmp_path / "runed.db", tmp_path / "runed.db-wal"
+    before = db.stat().st_size
+    pad = "x" * 4000
+    with store.transaction():
+        for i in range(1500):
+            store.put("instance", "default", f"i{i}", {"pad": pad})
+    # Committed: all of it is in the WAL, none of it in the database file yet.
+    assert wal.stat().st_size > CHECKPOINT_BYTES
+    assert db.stat().st_size == before
+    eventually(lambda: db.stat().st_size > 1500 * 4000, timeout=10, what="the checkpoint, in a thread")
+
+    def reused() -> bool:
+        # Once the checkpoint is complete, the next write starts the WAL over, cut back.
+        store.put("instance", "default", "after", {"pad": "small"})
+        assert wal.stat().st_size < CHECKPOINT_BYTES, wal.stat().st_size
+        return True
+
+    eventually(reused, timeout=10, what="the WAL cut back")
+    assert store.count("instance") == 1501
+    store.close()
+
+
 def test_schema_is_created_on_first_open(store: Store) -> None:
     assert _prunable(store).schema_version() >= 1
     assert store.current_revision() == 0 and store.oldest_revision() == 0
@@ -69,6 +98,32 @@ def test_revisions_are_global_and_monotonic(store: Store) -> None:
     assert store.current_revision() == a2.revision
     ops = [(c.kind, c.name, c.op) for c in store.changes_since(0)]
     assert ops == [("service", "a", ADDED), ("secret", "b", ADDED), ("service", "a", MODIFIED)]
+
+
+def test_delete_many_deletes_what_exists_in_order_as_deletes_do(store: Store) -> None:
+    for i in range(5):
+        store.put("instance", "default", f"i{i}", {"v": i})
+    store.put("instance", "other", "i0", {"v": "other"})
+    store.put("instance_action", "default", "i3", {"restart_seq": 1})
+    since = store.current_revision()
+    # Over more than one chunk of keys, with keys that name nothing in between.
+    keys = [("instance", "default", f"i{i}") for i in (4, 0, 2)] + [
+        ("instance_action", "default", f"i{i}") for i in range(5)
+    ]
+    keys += [("instance", "default", f"nothing{i}") for i in range(700)] + [("instance", "default", "i1")]
+    with store.transaction():
+        store.delete_many(keys)
+    changes = store.changes_since(since)
+    assert [(c.kind, c.name, c.op, c.data) for c in changes] == [
+        ("instance", "i4", DELETED, {"v": 4}),
+        ("instance", "i0", DELETED, {"v": 0}),
+        ("instance", "i2", DELETED, {"v": 2}),
+        ("instance_action", "i3", DELETED, {"restart_seq": 1}),
+        ("instance", "i1", DELETED, {"v": 1}),
+    ]
+    # Only what was named went: the same name in another namespace, and i3, stay.
+    assert sorted((r.namespace, r.name) for r in store.list("instance").items) == [("default", "i3"), ("other", "i0")]
+    assert store.list("instance_action").items == []
 
 
 def test_create_twice_is_already_exists(store: Store) -> None:
