@@ -13,6 +13,13 @@ an INSERT or at COMMIT, after which SQLite may or may not have rolled the transa
 connection never keeps a half-written transaction and the write lock) and raises
 :class:`runed.core.errors.StorageFull` (RESOURCE_EXHAUSTED naming the data dir). The stored data is
 untouched: a failed commit never reaches the database. Reads need no space and keep working.
+
+Checkpoints (copying the WAL into the database file, with an fsync) run in a thread of their own,
+never inside a commit: with SQLite's automatic checkpoint, the commit that took the WAL past 1,000
+pages did it, on the caller's thread, which is the controller's event loop (≈60 ms of a commit of
+1,000 deletions, more on a loaded disk: bench/README.md, "Delete"). After a commit, once the WAL
+holds more than :data:`CHECKPOINT_BYTES`, a thread checkpoints it (PASSIVE: it waits for no reader
+or writer); the WAL is cut back to a quarter of that when it is reused, so its size says what it holds.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -33,6 +41,10 @@ from runed.store.sqlite.schema import apply_migrations, schema_version
 
 log = logging.getLogger("runed.store")
 
+# The WAL is checkpointed (in a thread) once it is this large: SQLite's default of 1,000 pages.
+CHECKPOINT_BYTES = 1000 * 4096
+# How long closing waits for a checkpoint in flight (an interrupted one is harmless, a finished one tidier).
+CLOSE_WAIT_SECONDS = 5.0
 # errno values that mean "no room on the filesystem" (a full disk, a user's quota).
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -70,11 +82,15 @@ class Database:
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA mmap_size=0")  # see the module docstring
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # in a thread instead (the module docstring)
+            conn.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES // 4}")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self._wal = str(path) + "-wal"
+        self._checkpointing: threading.Thread | None = None
         self._depth = 0
         self._pending_notify = False
         self.notifier: Notifier | None = Notifier(path.parent / "run" / "notify") if notify else None
@@ -124,9 +140,37 @@ class Database:
                     if out_of_space(exc):
                         raise errors.storage_full(self.path.parent) from exc
                     raise
+                self._checkpoint_soon()
                 if self._pending_notify:
                     self._pending_notify = False
                     self._after_commit()
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint the WAL in a thread once it holds more than :data:`CHECKPOINT_BYTES`."""
+        try:
+            if os.stat(self._wal).st_size < CHECKPOINT_BYTES:
+                return
+        except OSError:
+            return
+        if self._checkpointing is not None and self._checkpointing.is_alive():
+            return
+        self._checkpointing = threading.Thread(target=self._checkpoint, name="sqlite-checkpoint", daemon=True)
+        self._checkpointing.start()
+
+    def _checkpoint(self) -> None:
+        """One PASSIVE checkpoint on a connection of its own (a failure, a full disk say, waits for the next)."""
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+        except sqlite3.Error as e:
+            log.debug("checkpoint of %s: %s", self.path, e)
+            return
+        try:
+            conn.execute("PRAGMA mmap_size=0")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.debug("checkpoint of %s: %s", self.path, e)
+        finally:
+            conn.close()
 
     def _rollback(self) -> None:
         """End the open transaction, if SQLite has not ended it already, and forget its wake-up."""
@@ -143,6 +187,8 @@ class Database:
             self.notifier.notify()
 
     def close(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.join(CLOSE_WAIT_SECONDS)
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
