@@ -234,7 +234,7 @@ class Launcher:
             ports=ports,
             reveal=reveal,
             dependencies=self.dependencies(svc, given),
-            mounts_dir=str(mounts_root(inst)) if has_mounts else "",
+            mounts_dir=mounts_root(inst) if has_mounts else "",
             decoded=given.decoded,
         )
 
@@ -280,7 +280,7 @@ class Launcher:
         self.release(inst, shared=False)
         if not (svc.secret_mounts or svc.configmap_mounts):
             return
-        root = mounts_root(inst)
+        root = Path(mounts_root(inst))
         files = envresolve.mount_files(given.records, self.crypto, svc, root, self.cfg.host_mount_paths, given.decoded)
         # Only the instance's user may even list its mounts.
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -303,12 +303,13 @@ class Launcher:
         Files at shared host paths go too (``shared``) unless another instance of the service still
         runs and may read them; the last one to stop removes them.
         """
+        # Plain strings, not Paths: a deletion of a thousand instances releases each of them.
         root = mounts_root(inst)
-        if root.exists():
+        if os.path.isdir(root):
             shutil.rmtree(root, ignore_errors=True)
-        record = Path(inst.log_dir) / HOST_MOUNTS_NAME
-        if not shared or not record.exists():
+        if not shared or not os.path.exists(os.path.join(inst.log_dir, HOST_MOUNTS_NAME)):
             return
+        record = Path(inst.log_dir) / HOST_MOUNTS_NAME
         others = [i for i in self.peers(inst.namespace, inst.service) if i.key != inst.key and i.state in ACTIVE]
         if others:
             return
@@ -318,9 +319,9 @@ class Launcher:
         record.unlink(missing_ok=True)
 
 
-def mounts_root(inst: Instance) -> Path:
+def mounts_root(inst: Instance) -> str:
     """The directory an instance's mounts are placed under (``RUNE_MOUNTS_DIR``)."""
-    return Path(inst.log_dir) / MOUNTS_NAME
+    return os.path.join(inst.log_dir, MOUNTS_NAME)
 
 
 def _recorded(record: Path) -> list[str]:
