@@ -41,11 +41,14 @@ import grpc
 from bench.common import Load, bootstrap_token, drive
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.runner import native
-from runed.runner.process import shim_argv
+from runed.runner.process import is_keeper, shim_argv
 from runed.runner.shim import DISCARD_SIGNAL, proc_start_time
 from tests.harness import Runed, run_runed
 
 SIZES = (100, 1000)
+# controller.shim: a shim per instance (the default), and one keeper for all.
+SHIMS = ("auto", "shared")
+SHIM_WORDS = {"auto": "a shim per instance", "shared": "one keeper for all instances (controller.shim: shared)"}
 IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE_SECONDS", "30"))
 API_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 REF_SCALE = 10
@@ -103,16 +106,17 @@ def runed_pids(r: Runed) -> dict[str, int]:
 
 
 def instance_pids(data_dir: Path) -> tuple[list[tuple[int, int | None]], list[tuple[int, int | None]]]:
-    """(shims, instances) as (pid, start time) from every pid.json under the data dir."""
-    shims, insts = [], []
+    """(shims, instances) as (pid, start time) from every pid.json under the data dir; a keeper
+    (the shim of every instance, ``controller.shim: shared``) is among the shims once."""
+    shims, insts = {}, []
     for pid_file in (data_dir / "instances").glob("*/pid.json"):
         try:
             info = json.loads(pid_file.read_text())
         except (OSError, ValueError):
             continue
-        shims.append((int(info["shim_pid"]), info.get("shim_start")))
+        shims[int(info["shim_pid"])] = info.get("shim_start")
         insts.append((int(info["pid"]), info.get("pid_start")))
-    return shims, insts
+    return list(shims.items()), insts
 
 
 # -- bare baseline -------------------------------------------------------------------------------
@@ -247,7 +251,8 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pidfds = []
-    for pid, start in insts + shims:
+    # A keeper outlives the instances it ran (it waits for the next): only shims of their own end.
+    for pid, start in insts + [(p, s) for p, s in shims if not is_keeper(p)]:
         with contextlib.suppress(ProcessLookupError):
             fd = os.pidfd_open(pid)
             if _alive(pid, start):
@@ -373,6 +378,7 @@ def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds:
 @dataclass
 class Result:
     n: int
+    shim: str = "auto"
     bare_spawn: float = 0.0
     bare_kill: float = 0.0
     shims_kill: float = 0.0
@@ -387,12 +393,16 @@ class Result:
     loaded: Phase = field(default_factory=lambda: Phase({}, None))
 
 
-def measure(n: int, argv: list[str]) -> Result:
-    """Every figure for ``n`` instances, on a runed of its own."""
-    res = Result(n)
+def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
+    """Every figure for ``n`` instances, on a runed of its own (``controller.shim`` = ``shim``)."""
+    res = Result(n, shim)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0", "RUNE_LIMITS_MAX_SCALE": str(max(n, 1000))}
+        env = {
+            "RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0",
+            "RUNE_LIMITS_MAX_SCALE": str(max(n, 1000)),
+            "RUNE_CONTROLLER_SHIM": shim,
+        }
         with run_runed(data, args=["--log-level", "warning"], env=env, timeout=60) as r:
             target = r.grpc_target
             md = [("authorization", f"Bearer {bootstrap_token(target)}")]
@@ -406,7 +416,8 @@ def measure(n: int, argv: list[str]) -> Result:
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill = bare(argv, n)
-            res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
+            if shim != "shared":
+                res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
             # 3. Cast.
             res.cast = cast_running(api, "scale", argv, n)
             # 4. Idle, once the last status writes and the start-up bursts are over.
@@ -417,8 +428,8 @@ def measure(n: int, argv: list[str]) -> Result:
             # 5. Memory.
             res.runed_mem = {k: mem_kb(p) for k, p in pids.items()}
             mems = [mem_kb(p) for p, _ in shims]
-            res.shim_rss = sum(m[0] for m in mems) / max(1, len(mems))
-            res.shim_pss = sum(m[1] for m in mems) / max(1, len(mems))
+            res.shim_rss = sum(m[0] for m in mems) / n
+            res.shim_pss = sum(m[1] for m in mems) / n
             # 6. The API with N running.
             res.loaded = api_latency(target, md, "scale")
             # 7. Delete.
@@ -428,7 +439,7 @@ def measure(n: int, argv: list[str]) -> Result:
 
 def report(res: Result) -> Iterator[str]:
     n = res.n
-    yield f"   N = {n}"
+    yield f"   N = {n}, {SHIM_WORDS.get(res.shim, res.shim)}"
     yield (
         f"     cast -> all Running   {res.cast:7.2f} s   bare spawn {res.bare_spawn:6.2f} s   "
         f"ratio {res.cast / res.bare_spawn:6.1f}x"
@@ -438,23 +449,25 @@ def report(res: Result) -> Iterator[str]:
         f"ratio {res.delete.all / res.bare_kill:6.1f}x   (processes gone {res.delete.processes:.2f} s, "
         f"{res.delete.processes / res.bare_kill:.1f}x; service deleted {res.delete.service:.2f} s)"
     )
-    yield (
-        f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
-        f"{res.shims_kill / res.bare_kill:.1f}x bare kill (the floor of per-instance supervision); "
-        f"delete {res.delete.all / res.shims_kill:.1f}x of it"
-    )
+    if res.shims_kill:
+        yield (
+            f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
+            f"{res.shims_kill / res.bare_kill:.1f}x bare kill (the floor of per-instance supervision); "
+            f"delete {res.delete.all / res.shims_kill:.1f}x of it"
+        )
     cpu = res.cpu
     others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
     yield (
         f"     idle CPU ({IDLE_SECONDS:g} s)      controller {cpu.get('controller', 0):.2f}% of a core; "
-        f"all {n} shims {cpu.get('shims', 0):.2f}%; {others}"
+        f"{'the keeper' if res.shim == 'shared' else f'all {n} shims'} {cpu.get('shims', 0):.2f}%; {others}"
     )
     total_pss = sum(p for _, p in res.runed_mem.values())
     roles = ", ".join(f"{k} {p / 1024:.0f}" for k, (_, p) in res.runed_mem.items())
     yield f"     runed PSS              {total_pss / 1024:7.1f} MB ({roles} MB)"
     per = res.shim_pss + total_pss / n
     yield (
-        f"     per instance           shim PSS {res.shim_pss / 1024:.2f} MB (RSS {res.shim_rss / 1024:.2f} MB); "
+        f"     per instance           {'keeper' if res.shim == 'shared' else 'shim'} PSS {res.shim_pss / 1024:.2f} MB "
+        f"(RSS {res.shim_rss / 1024:.2f} MB); "
         f"with runed's share {per / 1024:.2f} MB"
     )
     # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).
@@ -480,9 +493,11 @@ def run(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench scale")
     parser.add_argument("--n", type=int, action="append", help="instances (repeatable; default 100 and 1000)")
     parser.add_argument("--program", choices=("sleep", "sh"), default="sleep", help="the tiny program")
+    parser.add_argument("--shim", choices=SHIMS, action="append", help="controller.shim (repeatable; default both)")
     args = parser.parse_args(argv or [])
     program = _program(args.program)
     print(f"   program: {' '.join(program)}; idle window {IDLE_SECONDS:g} s; API load {API_SECONDS:g} s per call")
-    for n in args.n or SIZES:
-        for line in report(measure(n, program)):
-            print(line, flush=True)
+    for shim in args.shim or SHIMS:
+        for n in args.n or SIZES:
+            for line in report(measure(n, program, shim)):
+                print(line, flush=True)
