@@ -498,6 +498,7 @@ def run(argv: list[str] | None = None) -> None:
     program = _program(args.program)
     print(f"   program: {' '.join(program)}; idle window {IDLE_SECONDS:g} s; API load {API_SECONDS:g} s per call")
     for shim in args.shim or SHIMS:
-        for n in args.n or SIZES:
+        # The keeper at the size of the targets only, unless sizes are given.
+        for n in args.n or (SIZES if shim == "auto" else SIZES[-1:]):
             for line in report(measure(n, program, shim)):
                 print(line, flush=True)
