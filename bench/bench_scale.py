@@ -466,8 +466,8 @@ def report(res: Result) -> Iterator[str]:
     yield f"     runed PSS              {total_pss / 1024:7.1f} MB ({roles} MB)"
     per = res.shim_pss + total_pss / n
     yield (
-        f"     per instance           {'keeper' if res.shim == 'shared' else 'shim'} PSS {res.shim_pss / 1024:.2f} MB "
-        f"(RSS {res.shim_rss / 1024:.2f} MB); "
+        f"     per instance           {'keeper' if res.shim == 'shared' else 'shim'} PSS {res.shim_pss:.1f} kB "
+        f"(RSS {res.shim_rss:.1f} kB); "
         f"with runed's share {per / 1024:.2f} MB"
     )
     # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).

@@ -278,10 +278,11 @@ def test_a_follow_s_tail_counts_over_every_node_and_goes_on_without_a_gap(cluste
     eventually(lambda: len(_service_lines(stub, cluster, 30)) == 30, timeout=20, what="lines on every host")
     asked = rfc3339_ns(time.time_ns())
     got = _followed(stub, cluster, logs_pb2.LogRequest(resource_target="service/ticker", follow=True, tail=3), 24)
-    # The tail: at most three lines written before the call (one more may have come while it began),
-    # first, in time order; the old code sent three of each host's.
+    # The tail: at most three lines written before the call, first, in time order (the old code
+    # sent three of each host's: nine). How many of the three were written before the call depends
+    # on how soon it began (the tickers go on meanwhile), so only the most is checked.
     before = [r for r in got if r.timestamp < asked]
-    assert 2 <= len(before) <= 3 and got[: len(before)] == before, [(r.instance_name, r.timestamp) for r in got[:9]]
+    assert len(before) <= 3 and got[: len(before)] == before, [(r.instance_name, r.timestamp) for r in got[:9]]
     assert [r.timestamp for r in got[:3]] == sorted(r.timestamp for r in got[:3])
     # From each instance's first line on, every one of its lines, in order: nothing lost or repeated
     # where the tail ends and the follow begins.
