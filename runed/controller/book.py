@@ -152,7 +152,7 @@ class Book:
 
         For the Stopping record of an instance that is deleted once stopped: a deletion of a
         thousand instances otherwise wrote a thousand records and events, only to delete them a
-        few hundred milliseconds later (bench/README.md, "Delete"). Held, only the stops still
+        few hundred milliseconds later (bench/README.md, "a delete that writes less"). Held, only the stops still
         under way at ``due`` are written; this controller reads the cache, so it sees the change
         at once. Not copied (as :meth:`save` copies) and not stamped: :meth:`save` stamps the record
         when it is written.

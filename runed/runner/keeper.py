@@ -2,7 +2,7 @@
 
 Why: under a shim per instance every instance is two processes, so ending N instances ends 2N of
 them, and a delete of a thousand cannot come within twice a bare kill of the same programs however
-little each shim does (bench/README.md, "A keeper for many instances"). The keeper
+little each shim does (bench/README.md, "one keeper for many instances"). The keeper
 (``rune-shim --keeper``, runed/runner/shim.c) does for every instance of a controller what a shim
 does for one, file for file (claim, launch.json, pid.json, log.jsonl, exit.json), so an instance is
 its own process only. The trade: a keeper's death ends the supervision of every instance it runs

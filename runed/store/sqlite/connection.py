@@ -17,7 +17,7 @@ untouched: a failed commit never reaches the database. Reads need no space and k
 Checkpoints (copying the WAL into the database file, with an fsync) run in a thread of their own,
 never inside a commit: with SQLite's automatic checkpoint, the commit that took the WAL past 1,000
 pages did it, on the caller's thread, which is the controller's event loop (≈60 ms of a commit of
-1,000 deletions, more on a loaded disk: bench/README.md, "Delete"). After a commit, once the WAL
+1,000 deletions, more on a loaded disk: bench/README.md, "a delete that writes less"). After a commit, once the WAL
 holds more than :data:`CHECKPOINT_BYTES`, a thread checkpoints it (PASSIVE: it waits for no reader
 or writer); the WAL is cut back to a quarter of that when it is reused, so its size says what it holds.
 """
