@@ -245,13 +245,19 @@ def test_a_chatty_instance_is_logged_to_its_last_line(keeper: Keeper, tmp_path: 
     assert [r["line"] for r in _records(quiet)] == ["done"]
 
 
-def test_fifty_instances_on_one_connection_end_by_sigterm_and_leave_no_zombie(keeper: Keeper, tmp_path: Path) -> None:
-    c = keeper.connect()
+def _sleepers(keeper: Keeper, c: Client, root: Path, prefix: str, n: int) -> list[tuple[Path, int, int]]:
+    """``n`` instances of ``sleep 100`` started on ``c``: (directory, pid, end descriptor) each."""
     started = []
-    for i in range(50):
-        d = _launch(tmp_path / f"i{i}", f"a{i}", ["sleep", "100"])
+    for i in range(n):
+        d = _launch(root / f"{prefix}{i}", f"a{i}", ["sleep", "100"])
         reply, fd = keeper.start(c, d, f"a{i}")
         started.append((d, int(reply["pid"]), fd))
+    return started
+
+
+def test_fifty_instances_on_one_connection_end_by_sigterm_and_leave_no_zombie(keeper: Keeper, tmp_path: Path) -> None:
+    c = keeper.connect()
+    started = _sleepers(keeper, c, tmp_path, "i", 50)
     assert c.call({"op": "ping"})[0]["instances"] == 50
     assert not any(_readable(fd, 0) for _, _, fd in started)
     for _, pid, _ in started:
@@ -371,11 +377,7 @@ def test_bad_messages_get_an_error_and_the_keeper_serves_on(keeper: Keeper) -> N
 
 def test_a_killed_keeper_ends_every_watch_and_leaves_the_programs_running(keeper: Keeper, tmp_path: Path) -> None:
     c = keeper.connect()
-    started = []
-    for i in range(3):
-        d = _launch(tmp_path / f"k{i}", f"a{i}", ["sleep", "100"])
-        reply, fd = keeper.start(c, d, f"a{i}")
-        started.append((d, int(reply["pid"]), fd))
+    started = _sleepers(keeper, c, tmp_path, "k", 3)
     assert not any(_readable(fd, 0) for _, _, fd in started)
     keeper.proc.kill()
     for d, pid, fd in started:
