@@ -143,8 +143,11 @@ def test_instances_show_ports_node_restarts_last_exit_and_probe_results(ui: Brow
     eventually(crashed, WAIT, what="a restart count and the last exit (exit code 3)")
 
 
+# Scroll the log view and answer once the page has drawn the rows there (it draws on the next frame).
 SCROLL = (
-    "const o = document.getElementById('log-lines'); o.scrollTop = arguments[0]; o.dispatchEvent(new Event('scroll'))"
+    "const [top, done] = arguments; const o = document.getElementById('log-lines');"
+    " o.scrollTop = top; o.dispatchEvent(new Event('scroll'));"
+    " requestAnimationFrame(() => requestAnimationFrame(() => done()))"
 )
 # The colour class and the computed colour of each instance name among the rows in view.
 COLOURS = (
@@ -174,7 +177,7 @@ def test_logs_filter_timestamps_events_and_one_colour_per_instance(ui: Browser) 
     assert "burst 2999" in ui.text("#log-lines") or "oops" in ui.text("#log-lines"), "scrolled to the newest"
     ui.screenshot("logs-pair")
     # Events interleaved (on by default), in their own style, with one colour per instance.
-    ui.js(SCROLL, 0)
+    ui.js_async(SCROLL, 0)
     eventually(lambda: ui.find_all("#log-lines .line.event"), WAIT, what="lifecycle events among the lines")
     ui.find("#log-filter").send_keys("/burst 12[0-9]{2}$/")
     ui.find("#log-timestamps").click()
@@ -189,9 +192,10 @@ def test_logs_filter_timestamps_events_and_one_colour_per_instance(ui: Browser) 
 
     def both() -> bool:
         for top in (0, 10**6):
-            ui.js(SCROLL, top)
+            ui.js_async(SCROLL, top)
             colours.update(ui.js(COLOURS))
-        return {"pair-0", "pair-1"} <= set(colours)
+        assert {"pair-0", "pair-1"} <= set(colours), f"instances seen at the top and the bottom: {colours}"
+        return True
 
     eventually(both, WAIT, what="rows of both instances")
     assert colours["pair-0"] != colours["pair-1"], "one colour per instance"
