@@ -128,7 +128,11 @@ class Scheduler:
         lost: set[str] = set()
         for node in nodes:
             seen = self._seen.get(node.id)
-            if seen is None or seen.beat != node.beat:
+            if seen is None and not node.ready:
+                # Recorded NotReady, it stays so until it beats while this scheduler looks: a
+                # scheduler that just took over (a new leader) must not call it Ready on first sight.
+                seen = self._seen[node.id] = _Seen(node.beat, now - self.cfg.not_ready_seconds)
+            elif seen is None or seen.beat != node.beat:
                 # First sight counts as a beat: a scheduler that just started waits a full window.
                 seen = self._seen[node.id] = _Seen(node.beat, now)
             quiet = now - seen.at
