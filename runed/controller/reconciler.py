@@ -34,6 +34,14 @@ from runed.store.base import DELETED, Record, Store, iter_all
 
 log = logging.getLogger("runed.controller")
 
+# After a pass that took t seconds the loop waits t * PASS_PAUSE_RATIO (at most PASS_PAUSE_MAX_SECONDS)
+# before the next: what comes meanwhile goes into that one. A cast of a thousand otherwise ran a
+# pass over the whole service for every few instances its keeper or shims reported running (≈45
+# passes of 30 ms at the end of the cast), taking the CPU the starts still under way needed
+# (bench/README.md). A pass over a few instances takes a millisecond or two: its pause is as short.
+PASS_PAUSE_RATIO = 1.0
+PASS_PAUSE_MAX_SECONDS = 0.25
+
 WATCHED_KINDS = (
     objects.SERVICE,
     objects.INSTANCE_ACTION,
@@ -139,13 +147,20 @@ class Controller:
         watcher = asyncio.create_task(self._watch(since))
         await self.reconcile_all()
         on_ready("controller")
+        pause = 0.0
         try:
             while not stop.is_set():
+                if pause:
+                    # A costly pass is not followed at once by the next (see PASS_PAUSE_RATIO).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(pause):
+                            await stop.wait()
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
                     # arrives as the awaited event fires.
                     async with asyncio.timeout(self._wait_seconds()):
                         await self.alarm.event.wait()
+                began = time.monotonic()
                 woke = self.alarm.event.is_set()
                 self.alarm.event.clear()
                 now = time.time()
@@ -167,6 +182,7 @@ class Controller:
                         log.exception("reconcile pass failed")
                 # The pass's record writes, in one transaction (also retries a failed one).
                 await self.book.flush()
+                pause = min(PASS_PAUSE_MAX_SECONDS, (time.monotonic() - began) * PASS_PAUSE_RATIO)
                 if watcher.done() and not stop.is_set():
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:
