@@ -115,6 +115,15 @@ class Keeper:
     def alive(self) -> bool:
         return self.broken is None and alive(self.pid, self.start)
 
+    def connected(self) -> bool:
+        """Whether the keeper still holds its end of the connection (it ends with the keeper): one
+        poll(2), where :meth:`alive` reads and parses /proc (a cast of a thousand asks a thousand times)."""
+        if self.broken is not None:
+            return False
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return not any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
     def send(self, request: dict[str, Any]) -> None:
         """Send a request that has no reply."""
         if self.broken is not None:
@@ -227,7 +236,7 @@ class Keepers:
     def ours(self, workdir: Path) -> Keeper:
         """The keeper new starts go to: this runner's, one of this program found running, or a new one."""
         k = self._ours
-        if k is not None and k.alive():
+        if k is not None and k.connected():
             return k
         self._ours = None
         self.find(workdir)
@@ -360,6 +369,11 @@ class KeeperRunner(ProcessRunner):
             got = self._answer(directory, handle)
             if isinstance(got, Observation):
                 return got
+            if got.pid:
+                # Its keeper has just said it runs: nothing to read again. An end from now on
+                # comes through the start's end pipe (the controller's exit watch).
+                self._start_over(directory, got)
+                return Observation("running", got)
             handle = got
         return super().observe(directory, handle)
 

@@ -99,6 +99,21 @@ def test_a_chatty_job_under_the_keeper_completes_with_code_0(korch: Orch, policy
     assert _comm(int(info["shim_pid"])) == "rune-keeper"
 
 
+def test_a_job_that_ends_at_once_under_the_keeper_is_recorded_with_its_code(korch: Orch) -> None:
+    """The keeper's answer to a start is taken as running, not looked at again: an end right after
+    it must still come through the start's end pipe, with its code."""
+    _cast_sh(korch, "brief", "exit 7", common_pb2.RESTART_POLICY_NEVER)
+
+    def ended() -> dict[str, Any]:
+        inst = korch.one("brief")
+        assert inst["state"] == "EXITED", (inst["state"], inst["reason"])
+        return inst
+
+    inst = eventually(ended, timeout=30, what="the job recorded as ended")
+    assert inst["last_exit_code"] == 7, inst
+    assert str(inst["reason"]).startswith("Error: exit code 7"), inst["reason"]
+
+
 def test_a_killed_keeper_is_noticed_and_its_instances_restarted(korch: Orch) -> None:
     korch.cast(
         "orphans", korch.program("server", SERVER), scale=2, ports=[common_pb2.ServicePort(name="http", port=80)]
