@@ -34,12 +34,15 @@ from runed.store.base import DELETED, Record, Store, iter_all
 
 log = logging.getLogger("runed.controller")
 
-# After a pass that took t seconds the loop waits t * PASS_PAUSE_RATIO (at most PASS_PAUSE_MAX_SECONDS)
-# before the next: what comes meanwhile goes into that one. A cast of a thousand otherwise ran a
-# pass over the whole service for every few instances its keeper or shims reported running (≈45
-# passes of 30 ms at the end of the cast), taking the CPU the starts still under way needed
-# (bench/README.md). A pass over a few instances takes a millisecond or two: its pause is as short.
+# After a pass that took t seconds of the loop's CPU (PASS_PAUSE_MIN_SECONDS or more) the loop
+# waits t * PASS_PAUSE_RATIO (at most PASS_PAUSE_MAX_SECONDS) before the next: what comes meanwhile
+# goes into that one. A cast of a thousand otherwise ran a pass over the whole service for every
+# few instances its keeper or shims reported running (≈45 passes of 30 ms at the end of the cast),
+# taking the CPU the starts still under way needed (bench/README.md). CPU, not wall time: a pass
+# that waited (on a locked or distant store) cost nothing to amortize. A pass over a few instances
+# takes a millisecond or two and is followed at once, as before.
 PASS_PAUSE_RATIO = 1.0
+PASS_PAUSE_MIN_SECONDS = 0.005
 PASS_PAUSE_MAX_SECONDS = 0.25
 
 WATCHED_KINDS = (
@@ -160,7 +163,7 @@ class Controller:
                     # arrives as the awaited event fires.
                     async with asyncio.timeout(self._wait_seconds()):
                         await self.alarm.event.wait()
-                began = time.monotonic()
+                began = time.thread_time()
                 woke = self.alarm.event.is_set()
                 self.alarm.event.clear()
                 now = time.time()
@@ -182,7 +185,10 @@ class Controller:
                         log.exception("reconcile pass failed")
                 # The pass's record writes, in one transaction (also retries a failed one).
                 await self.book.flush()
-                pause = min(PASS_PAUSE_MAX_SECONDS, (time.monotonic() - began) * PASS_PAUSE_RATIO)
+                spent = time.thread_time() - began
+                pause = (
+                    min(PASS_PAUSE_MAX_SECONDS, spent * PASS_PAUSE_RATIO) if spent >= PASS_PAUSE_MIN_SECONDS else 0.0
+                )
                 if watcher.done() and not stop.is_set():
                     exc = watcher.exception() if not watcher.cancelled() else None
                     if exc is not None:

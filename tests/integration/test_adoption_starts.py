@@ -185,6 +185,12 @@ def test_a_start_whose_zygote_died_is_given_up_without_waiting(runed_factory: Ru
     assert _stays_one_copy(o, "orphan", tag)["restart_count"] == 1
 
 
+# While the test holds the store's lock every flush of the controller's writes waits out SQLite's
+# busy timeout (10 s) before it fails, on the controller's loop: a start it makes meanwhile comes
+# after a few of them, 20 to 50 s, more on a loaded machine.
+LOCKED_WAIT = 150
+
+
 @contextmanager
 def _store_locked(data_dir: Path) -> Iterator[None]:
     """Hold SQLite's write lock: the controller's record writes wait (and fail after its busy timeout)."""
@@ -231,7 +237,7 @@ def test_a_new_instance_whose_record_was_never_saved_runs_once(runed_factory: Ru
     (old,) = eventually(lambda: o.running("unsaved", 1), timeout=30)
     with ExitStack() as lock:
         _update_unsaved(o, old, lock)
-        orphan = eventually(lambda: _started(tag, old["pid"]), timeout=60, what="the new instance started")
+        orphan = eventually(lambda: _started(tag, old["pid"]), timeout=LOCKED_WAIT, what="the new instance started")
         _kill_runed(o)
     assert [i["id"] for i in o.instances("unsaved")] == [old["id"]], "the new instance's record was not saved"
     _restart(o, runed_factory)
@@ -256,7 +262,7 @@ def test_a_new_instance_never_saved_nor_forked_yet_never_runs(runed_factory: Run
                 assert len(found) == 1, found
                 return found[0]
 
-            orphan = eventually(asked, timeout=60, what="the new instance's start asked for")
+            orphan = eventually(asked, timeout=LOCKED_WAIT, what="the new instance's start asked for")
             _kill_runed(o)
         # Ready means adopted: the zygote forks the shim only after the new controller looked.
         _restart(o, runed_factory)
@@ -275,7 +281,7 @@ def test_a_restart_whose_record_was_never_saved_is_taken_over(runed_factory: Run
         stop.touch()
         eventually(lambda: not alive(first["pid"]), what="the first run exited")
         # Restarted after the back-off; neither the exit nor the restart reaches the store.
-        second = eventually(lambda: _started(tag, first["pid"]), timeout=60, what="the program started again")
+        second = eventually(lambda: _started(tag, first["pid"]), timeout=LOCKED_WAIT, what="the program started again")
         _kill_runed(o)
     rec = o.one("again")
     assert (rec["state"], rec["pid"]) == ("RUNNING", first["pid"]), "the record shows the first run"
