@@ -46,6 +46,16 @@ def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 
         time.sleep(interval)
 
 
+class Clock:
+    """A monotonic clock a test moves by hand (``clock.now += 5``), for what takes a clock to call."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def bootstrap_metadata(channel: grpc.Channel) -> Metadata:
     """AdminBootstrap over ``channel`` (loopback) and the root token as gRPC call metadata."""
     token = admin_pb2_grpc.AdminServiceStub(channel).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret

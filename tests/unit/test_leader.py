@@ -11,16 +11,9 @@ import pytest
 from runed.controller.leader import RENEW_DEADLINE, Lease
 from runed.model.lease import KIND, NAMESPACE
 from runed.store.sqlite import SQLiteStore
+from tests.support import Clock
 
 TTL = 10.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -13,16 +13,9 @@ from runed.model import objects
 from runed.model.nodes import NODE, SCOPE
 from runed.store.base import Store
 from runed.store.open import open_url
+from tests.support import Clock
 
 CFG = NodeConfig(not_ready_seconds=20.0, lost_after_seconds=30.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
