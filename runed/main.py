@@ -249,7 +249,10 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     cfg = _load(_merge(ctx, **kwargs))
     try:
         store = open_url(
-            cfg.store.url, changelog_keep=cfg.history.changelog_entries, audit_keep=cfg.history.audit_entries
+            cfg.store.url,
+            changelog_keep=cfg.history.changelog_entries,
+            audit_keep=cfg.history.audit_entries,
+            sqlite_busy_timeout=cfg.store.sqlite_busy_timeout_seconds,
         )
     except StoreError as e:
         raise click.ClickException(str(e)) from None

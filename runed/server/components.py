@@ -71,7 +71,10 @@ def build(config: Config) -> Components:
         StoreError: the database cannot be opened or migrated (a fatal start error).
     """
     store = open_url(
-        config.store.url, changelog_keep=config.history.changelog_entries, audit_keep=config.history.audit_entries
+        config.store.url,
+        changelog_keep=config.history.changelog_entries,
+        audit_keep=config.history.audit_entries,
+        sqlite_busy_timeout=config.store.sqlite_busy_timeout_seconds,
     )
     identity = Identity(store, load_server_key(config.data_path))
     authorizer = Authorizer(identity)

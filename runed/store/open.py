@@ -7,7 +7,9 @@ from pathlib import Path
 from runed.store.base import Store
 
 
-def open_url(url: str, *, changelog_keep: int = 100_000, audit_keep: int = 100_000) -> Store:
+def open_url(
+    url: str, *, changelog_keep: int = 100_000, audit_keep: int = 100_000, sqlite_busy_timeout: float | None = None
+) -> Store:
     """Open (creating and migrating) the store ``url`` names.
 
     Raises:
@@ -17,7 +19,12 @@ def open_url(url: str, *, changelog_keep: int = 100_000, audit_keep: int = 100_0
     if url.startswith("sqlite:///"):
         from runed.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(url[len("sqlite://") :]), changelog_keep=changelog_keep, audit_keep=audit_keep)
+        return SQLiteStore(
+            Path(url[len("sqlite://") :]),
+            changelog_keep=changelog_keep,
+            audit_keep=audit_keep,
+            busy_timeout=sqlite_busy_timeout,
+        )
     if url.startswith(("postgresql://", "postgres://")):
         # Imported only when configured: psycopg costs SQLite users nothing.
         from runed.store.postgres import PostgresStore

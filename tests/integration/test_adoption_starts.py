@@ -186,9 +186,10 @@ def test_a_start_whose_zygote_died_is_given_up_without_waiting(runed_factory: Ru
 
 
 # While the test holds the store's lock every flush of the controller's writes waits out SQLite's
-# busy timeout (10 s) before it fails, on the controller's loop: a start it makes meanwhile comes
-# after a few of them, 20 to 50 s, more on a loaded machine.
-LOCKED_WAIT = 150
+# busy timeout before it fails, on the controller's loop: a start it makes meanwhile comes after a
+# few of them. The runeds of these tests wait BUSY_TIMEOUT seconds (10 by default).
+BUSY_TIMEOUT = 2.0
+LOCKED_WAIT = 60
 
 
 @contextmanager
@@ -208,7 +209,8 @@ def _controller_pid(o: Orch) -> int:
 
 def _slow_lease(runed_factory: RunedFactory, tmp: Path) -> Orch:
     """A runed whose controller keeps its lease while its store writes wait on the test's lock."""
-    r = runed_factory(tmp / "data", args=runefile_args(tmp), env={"RUNE_CONTROLLER_LEASE_SECONDS": "120"})
+    env = {"RUNE_CONTROLLER_LEASE_SECONDS": "120", "RUNE_STORE_SQLITE_BUSY_TIMEOUT_SECONDS": str(BUSY_TIMEOUT)}
+    r = runed_factory(tmp / "data", args=runefile_args(tmp), env=env)
     return Orch.on(r, tmp)
 
 

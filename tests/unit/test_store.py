@@ -623,3 +623,22 @@ def test_a_change_read_from_the_log_decodes_its_data_when_first_read() -> None:
     assert lazy == plain and repr(lazy) == repr(plain)
     assert lazy.data is lazy.data, "decoded once"
     assert Change.encoded(8, "instance", "default", "i1", DELETED, None, 2.0).data is None
+
+
+def test_a_write_behind_another_process_lock_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    """``store.sqlite_busy_timeout_seconds``: how long a write waits for another's lock (10 s by default)."""
+    s = SQLiteStore(tmp_path / "runed.db", notify=False, busy_timeout=0.3)
+    other = sqlite3.connect(str(tmp_path / "runed.db"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        t0 = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            s.put("service", "default", "a", {"n": 1})
+        assert time.monotonic() - t0 < 5.0, "gave up after the configured timeout, not the default 10 s"
+        other.execute("ROLLBACK")
+        s.put("service", "default", "a", {"n": 1})
+        got = s.get("service", "default", "a")
+        assert got is not None and got.data == {"n": 1}
+    finally:
+        other.close()
+        s.close()

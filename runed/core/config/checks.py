@@ -209,6 +209,7 @@ def _node_tls(f: _Found, cfg: Config) -> None:
 
 
 def _store(f: _Found, cfg: Config) -> None:
+    f.between("store.sqlite_busy_timeout_seconds", cfg.store.sqlite_busy_timeout_seconds, 0.1, 600)
     url = cfg.store.url
     if not url:
         return

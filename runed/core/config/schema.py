@@ -223,6 +223,9 @@ class ControllerConfig:
 class StoreConfig:
     # sqlite:///<path> or postgresql://user@host:port/db; "" is the data dir's runed.db (SQLite).
     url: str = ""
+    # SQLite: how long a write waits for another process's write lock before it fails (and is
+    # retried: a controller's writes on its next pass, an API call's with a clear error).
+    sqlite_busy_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

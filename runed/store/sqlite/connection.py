@@ -61,6 +61,10 @@ def out_of_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS
 
 
+# How long a write waits for another process's write lock by default (``store.sqlite_busy_timeout_seconds``).
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
 class Database:
     """An open, migrated SQLite file.
 
@@ -69,17 +73,19 @@ class Database:
     :meth:`_after_commit` pings the other processes.
     """
 
-    def __init__(self, path: Path, *, notify: bool = True) -> None:
+    def __init__(self, path: Path, *, notify: bool = True, busy_timeout: float | None = None) -> None:
+        """``busy_timeout``: seconds a write waits for another's lock (``store.sqlite_busy_timeout_seconds``)."""
         self.path = path
+        self.busy_timeout = BUSY_TIMEOUT_SECONDS if busy_timeout is None else busy_timeout
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
             # Names and audit records: 0600 before WAL mode, as SQLite gives -wal and -shm the file's mode.
             for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 filemodes.private_path(f)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA mmap_size=0")  # see the module docstring
             conn.execute("PRAGMA wal_autocheckpoint=0")  # in a thread instead (the module docstring)
@@ -160,7 +166,7 @@ class Database:
     def _checkpoint(self) -> None:
         """One PASSIVE checkpoint on a connection of its own (a failure, a full disk say, waits for the next)."""
         try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.busy_timeout)
         except sqlite3.Error as e:
             log.debug("checkpoint of %s: %s", self.path, e)
             return

@@ -25,14 +25,20 @@ class SQLiteStore(Database, SQLCore):
     unique_violation = sqlite3.IntegrityError
 
     def __init__(
-        self, path: Path, *, changelog_keep: int = 100_000, audit_keep: int = 100_000, notify: bool = True
+        self,
+        path: Path,
+        *,
+        changelog_keep: int = 100_000,
+        audit_keep: int = 100_000,
+        notify: bool = True,
+        busy_timeout: float | None = None,
     ) -> None:
         self.changelog_keep = changelog_keep
         self.audit_keep = audit_keep
         self._writes_since_prune = 0
         # Inline: a local file never waits on the network (the measurement is in runed.store.offload).
         self.offload = Offload(1, inline=True)
-        super().__init__(path, notify=notify)
+        super().__init__(path, notify=notify, busy_timeout=busy_timeout)
 
     # The core's housekeeping (wake-up, then prune), not the bare connection's wake-up.
     _after_commit = SQLCore._after_commit
