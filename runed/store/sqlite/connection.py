@@ -36,6 +36,7 @@ from pathlib import Path
 import sqlite_utils
 
 from runed.core import errors, filemodes
+from runed.store import faults
 from runed.store.notify import Notifier
 from runed.store.sqlite.schema import apply_migrations, schema_version
 
@@ -121,11 +122,23 @@ class Database:
 
         Raises:
             StorageFull: the disk is full (the transaction is rolled back, nothing was written).
+            StoreUnavailable: another process held the write lock for longer than the busy timeout
+                (nothing was written; the caller may retry).
         """
         with self._lock:
             outer = self._depth == 0
             if outer:
-                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                        raise
+                    # The client is told to retry; the cause (and the setting) goes to the log.
+                    why = (
+                        f"{self.path.name} is busy: another process held its write lock for more than"
+                        f" {self.busy_timeout:g} s (store.sqlite_busy_timeout_seconds)"
+                    )
+                    raise faults.unavailable(sqlite3.OperationalError(why)) from None
             self._depth += 1
             try:
                 yield
