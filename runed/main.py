@@ -87,7 +87,7 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 
 def _run_supervisor(cfg: Config) -> int:
     from runed.server.supervisor import DEFAULT_ROLES, Supervisor, check_data_dir
-    from runed.store.open import open_url
+    from runed.store.open import open_configured
     from runed.store.sqlite import StoreError
 
     problem = check_data_dir(cfg.data_path)
@@ -95,7 +95,7 @@ def _run_supervisor(cfg: Config) -> int:
         raise click.ClickException(problem)
     try:
         # Migrate once, before any role opens the database.
-        open_url(cfg.store.url).close()
+        open_configured(cfg).close()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     return Supervisor(cfg, DEFAULT_ROLES).run()
@@ -243,17 +243,12 @@ def kek_rotate(ctx: click.Context, /, **kwargs: Any) -> None:
     from runed.secrets.access import rewrap_all
     from runed.secrets.crypto import CryptoError, SecretCrypto
     from runed.store.base import AuditEntry
-    from runed.store.open import open_url
+    from runed.store.open import open_configured
     from runed.store.sqlite import StoreError
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
-        store = open_url(
-            cfg.store.url,
-            changelog_keep=cfg.history.changelog_entries,
-            audit_keep=cfg.history.audit_entries,
-            sqlite_busy_timeout=cfg.store.sqlite_busy_timeout_seconds,
-        )
+        store = open_configured(cfg)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     try:

@@ -90,6 +90,9 @@ class Keeper:
         self._calls = 0
         # Why the connection is of no more use (the keeper is gone), once it is.
         self.broken: str | None = None
+        # The connection, polled by :meth:`connected` (made once: it is asked once per start).
+        self._hangup = select.poll()
+        self._hangup.register(sock, select.POLLIN)
         hello, _ = self.call({"op": "ping"})
         self.pid = int(hello["pid"])
         self.start = hello.get("start")
@@ -120,9 +123,7 @@ class Keeper:
         poll(2), where :meth:`alive` reads and parses /proc (a cast of a thousand asks a thousand times)."""
         if self.broken is not None:
             return False
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        return not any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        return not any(ev & (select.POLLHUP | select.POLLERR) for _, ev in self._hangup.poll(0))
 
     def send(self, request: dict[str, Any]) -> None:
         """Send a request that has no reply."""

@@ -24,7 +24,7 @@ from runed.core.errors import RuneError
 from runed.pipeline.stages import Pipeline, build_routes
 from runed.secrets.crypto import ENV_MASTER_KEY, CryptoError, SecretCrypto
 from runed.store.base import Store
-from runed.store.open import open_url
+from runed.store.open import open_configured
 from runed.transport import metrics
 
 
@@ -70,12 +70,7 @@ def build(config: Config) -> Components:
     Raises:
         StoreError: the database cannot be opened or migrated (a fatal start error).
     """
-    store = open_url(
-        config.store.url,
-        changelog_keep=config.history.changelog_entries,
-        audit_keep=config.history.audit_entries,
-        sqlite_busy_timeout=config.store.sqlite_busy_timeout_seconds,
-    )
+    store = open_configured(config)
     identity = Identity(store, load_server_key(config.data_path))
     authorizer = Authorizer(identity)
     rl = config.auth.rate_limit

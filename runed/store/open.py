@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runed.core.config import Config
 from runed.store.base import Store
+from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS
+
+
+def open_configured(cfg: Config) -> Store:
+    """The store ``cfg`` names, with its history limits and SQLite's busy timeout (as :func:`open_url`)."""
+    return open_url(
+        cfg.store.url,
+        changelog_keep=cfg.history.changelog_entries,
+        audit_keep=cfg.history.audit_entries,
+        sqlite_busy_timeout=cfg.store.sqlite_busy_timeout_seconds,
+    )
 
 
 def open_url(
-    url: str, *, changelog_keep: int = 100_000, audit_keep: int = 100_000, sqlite_busy_timeout: float | None = None
+    url: str,
+    *,
+    changelog_keep: int = 100_000,
+    audit_keep: int = 100_000,
+    sqlite_busy_timeout: float = BUSY_TIMEOUT_SECONDS,
 ) -> Store:
     """Open (creating and migrating) the store ``url`` names.
 

@@ -74,10 +74,10 @@ class Database:
     :meth:`_after_commit` pings the other processes.
     """
 
-    def __init__(self, path: Path, *, notify: bool = True, busy_timeout: float | None = None) -> None:
+    def __init__(self, path: Path, *, notify: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         """``busy_timeout``: seconds a write waits for another's lock (``store.sqlite_busy_timeout_seconds``)."""
         self.path = path
-        self.busy_timeout = BUSY_TIMEOUT_SECONDS if busy_timeout is None else busy_timeout
+        self.busy_timeout = busy_timeout
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)

@@ -10,7 +10,7 @@ from typing import Any
 
 from runed.store.core import SQLCore
 from runed.store.offload import Offload
-from runed.store.sqlite.connection import Database
+from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, Database
 
 
 class SQLiteStore(Database, SQLCore):
@@ -31,7 +31,7 @@ class SQLiteStore(Database, SQLCore):
         changelog_keep: int = 100_000,
         audit_keep: int = 100_000,
         notify: bool = True,
-        busy_timeout: float | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_SECONDS,
     ) -> None:
         self.changelog_keep = changelog_keep
         self.audit_keep = audit_keep
