@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from rune.api import common_pb2, service_pb2
@@ -170,3 +171,37 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
     o.clear()
     for inst in before:
         eventually(_gone(inst), what="every process gone")
+
+
+def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigterm(korch: Orch) -> None:
+    """A deleted instance's stop is a future the keeper's end pipe completes: one that ignores
+    SIGTERM still runs within the grace period, is killed after it, and the service goes."""
+    svc = service_pb2.Service(
+        name="stubborn",
+        namespace="default",
+        scale=3,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command="sh", args=["-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
+    )
+    korch.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=korch.auth)
+    insts = eventually(lambda: korch.running("stubborn", 3), timeout=30, what="three instances running")
+    for inst in insts:
+        eventually(_said(korch, inst, "up"), what="the trap set")
+    req = service_pb2.DeleteServiceRequest(name="stubborn", namespace="default", grace_period=3)
+    korch.services.DeleteService(req, metadata=korch.auth)
+    eventually(lambda: all(i["state"] == "STOPPING" for i in korch.instances("stubborn")), what="stopping")
+    assert all(alive(int(i["pid"])) for i in insts), "SIGTERM ignored: alive within the grace period"
+    eventually(lambda: korch.instances("stubborn") == [], timeout=30, what="the instances deleted")
+    for inst in insts:
+        assert not alive(int(inst["pid"])), "killed after the grace period"
+        assert not Path(str(inst["log_dir"])).exists()
+    gone = service_pb2.GetServiceRequest(name="stubborn", namespace="default")
+    eventually(lambda: _not_found(korch, gone), what="the service deleted")
+
+
+def _not_found(o: Orch, req: service_pb2.GetServiceRequest) -> bool:
+    try:
+        o.services.GetService(req, metadata=o.auth)
+    except grpc.RpcError as e:
+        return e.code() == grpc.StatusCode.NOT_FOUND
+    return False
