@@ -1279,6 +1279,7 @@ int main(int argc, char **argv) {
 
 /* -- the keeper: many instances in one process ----------------------------------------------------- */
 #define KEEPER_WAIT_NS (10LL * 1000000000LL) /* how long a keeper nobody connected to stays */
+#define ACCEPT_PAUSE_MS 100 /* how long a keeper out of descriptors stops accepting */
 #define MAX_MESSAGE (64u << 20)
 #define TAG_CONN 3 /* epoll data: a pointer | tag; tags 0, 1 (the streams) and 2 (pidfd) are an instance's */
 
@@ -1316,6 +1317,8 @@ static struct {
     size_t ninst, nconn;
     inst_t **by_dir; /* the instances by directory: a batch of a thousand looked up in O(1) each */
     size_t nbuckets;
+    int64_t listen_at; /* accepting again then (0: accepting) */
+    int accept_failing; /* said so, until an accept succeeds */
 } K;
 
 static size_t dir_hash(const char *dir) {
@@ -1932,6 +1935,7 @@ static int keeper(const char *sock_path) {
         int64_t next = served ? 0 : born + KEEPER_WAIT_NS;
         for (inst_t *in = K.insts; in; in = in->next)
             if (in->due && (!next || in->due < next)) next = in->due;
+        if (K.listen_at && (!next || K.listen_at < next)) next = K.listen_at;
         int timeout = -1;
         if (next) timeout = next <= now ? 0 : (int)((next - now + 999999) / 1000000);
         int n = epoll_wait(K.ep, events, (int)(sizeof events / sizeof events[0]), timeout);
@@ -1952,7 +1956,18 @@ static int keeper(const char *sock_path) {
                     K.conns = c;
                     K.nconn++;
                     served = 1;
+                    K.accept_failing = 0;
                     ep_set(EPOLL_CTL_ADD, fd, (uint64_t)(uintptr_t)c | TAG_CONN, EPOLLIN);
+                }
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+                    /* Out of descriptors (or memory): the connection stays queued, and the socket
+                     * readable. Accepting again at once would spin: not listening for a while. */
+                    if (!K.accept_failing)
+                        fprintf(stderr, "rune-keeper: cannot accept a connection: %s; trying again every %d ms\n",
+                                strerror(errno), ACCEPT_PAUSE_MS);
+                    K.accept_failing = 1;
+                    ep_set(EPOLL_CTL_DEL, lfd, 0, 0);
+                    K.listen_at = mono_ns() + ACCEPT_PAUSE_MS * 1000000LL;
                 }
                 continue;
             }
@@ -1966,6 +1981,10 @@ static int keeper(const char *sock_path) {
         for (inst_t *in = K.insts, *next_in; in; in = next_in) {
             next_in = in->next; /* a step may end it */
             if (in->due && in->due <= now && fchdir(in->dirfd) == 0) inst_step(in, now);
+        }
+        if (K.listen_at && K.listen_at <= now) {
+            K.listen_at = 0;
+            ep_set(EPOLL_CTL_ADD, lfd, 0, EPOLLIN);
         }
         reap_dead();
     }

@@ -431,3 +431,48 @@ def test_an_instance_gets_the_file_limit_a_shim_would_have_passed_on(sockdir: Pa
         assert [r["line"] for r in _records(given)] == ["150"]
     finally:
         k.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_keeper_waits_instead_of_spinning_and_serves_again(sockdir: Path) -> None:
+    """A connection the keeper cannot accept (no descriptor left) stays in the backlog: the keeper
+    stops listening for a moment instead of trying again at once (a core spent on failed accepts),
+    and serves it once descriptors are free again."""
+
+    def few() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    k = Keeper(sockdir, preexec_fn=few)
+    try:
+        first = k.connect()
+        assert first.call({"op": "ping"})[0]["instances"] == 0
+        # Connect until one is left unanswered: the keeper's descriptors are spent.
+        waiting: Client | None = None
+        for _ in range(40):
+            c = k.connect()
+            c.sock.settimeout(1.0)
+            try:
+                c.call({"op": "ping"})
+            except TimeoutError:
+                waiting = c
+                break
+        assert waiting is not None, "the keeper never ran out of descriptors"
+        before = _cpu_seconds(k.proc.pid)
+        time.sleep(1.0)
+        spent = _cpu_seconds(k.proc.pid) - before
+        assert spent < 0.3, f"the keeper spun on accept: {spent:.2f} s of CPU in 1 s"
+        # Descriptors freed: the waiting connection is accepted and answered.
+        for c in k.clients[1:]:
+            if c is not waiting:
+                c.close()
+        waiting.sock.settimeout(10)
+        assert waiting.recv()[0]["instances"] == 0
+        assert k.proc.poll() is None
+        said = k.err.read_text()
+        assert said.count("cannot accept a connection: Too many open files") == 1, said
+    finally:
+        k.close()
