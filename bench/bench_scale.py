@@ -6,8 +6,8 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
    then again with 2N bare ``sleep`` processes beside it (as many processes as N instances and their shims): what a
    machine that crowded does to every call's tail, runed or not.
 2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap; then the
-   same N each under the shim runed runs them under, without runed, ended as a delete ends them (the floor that
-   supervision by a process per instance sets).
+   same N each under the shim runed runs them under (or, with ``controller.shim: shared``, all under one keeper),
+   without runed, ended as a delete ends them (the floor that the supervision itself sets).
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
 5. memory: RSS/PSS of the runed processes and of the shims (/proc/<pid>/smaps_rollup), per instance.
@@ -41,6 +41,7 @@ import grpc
 from bench.common import Load, bootstrap_token, drive
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.runner import native
+from runed.runner.keeper import SIGNAL_BATCH, Keepers
 from runed.runner.process import is_keeper, shim_argv
 from runed.runner.shim import DISCARD_SIGNAL, proc_start_time
 from tests.harness import Runed, run_runed
@@ -158,6 +159,53 @@ def shims_killed(argv: list[str], n: int, root: Path) -> float:
     for shim in shims:
         shim.wait()
     return time.perf_counter() - t0
+
+
+def keeper_killed(argv: list[str], n: int, root: Path) -> float:
+    """Seconds to end ``n`` programs under one keeper (no runed: the floor that supervision by the
+    keeper sets), as a delete ends them: the keeper sent their directories in messages of 64 (SIGTERM,
+    exit records not synced), then every instance's end pipe at end of file (its record written)."""
+    program = native.shim_path()
+    assert program is not None, "no native shim: no keeper"
+    keepers = Keepers(program)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        k = keepers.ours(root)
+        dirs = []
+        for i in range(n):
+            d = root / f"i{i}"
+            d.mkdir(parents=True)
+            spec = {"attempt": "a1", "argv": argv, "cwd": str(d), "umask": 0o022, "min_free_bytes": 0}
+            (d / "launch.json").write_text(json.dumps(spec))
+            k.ask(str(d), {"op": "start", "dir": str(d), "attempt": "a1", "env": {"PATH": os.defpath}})
+            dirs.append(str(d))
+        while len(k.answers) < n:
+            k.collect(block=True)
+        ends = [fd for _, fd in k.answers.values() if fd is not None]
+        assert len(ends) == n, f"{n - len(ends)} of {n} did not start under the keeper"
+        k.answers.clear()
+        poller = select.epoll()
+        for fd in ends:
+            poller.register(fd, select.EPOLLIN)
+        t0 = time.perf_counter()
+        for i in range(0, n, SIGNAL_BATCH):
+            k.send({"op": "signal", "dirs": dirs[i : i + SIGNAL_BATCH], "signal": signal.SIGTERM, "discard": True})
+        left = n
+        while left:
+            events = poller.poll(WAIT_SECONDS)
+            if not events:
+                raise RuntimeError(f"under the keeper: {left} of {n} not ended within {WAIT_SECONDS:g}s")
+            for fd, _ in events:
+                poller.unregister(fd)
+                os.close(fd)
+                left -= 1
+        took = time.perf_counter() - t0
+        poller.close()
+        return took
+    finally:
+        keepers.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextlib.contextmanager
@@ -382,6 +430,7 @@ class Result:
     bare_spawn: float = 0.0
     bare_kill: float = 0.0
     shims_kill: float = 0.0
+    keeper_kill: float = 0.0
     cast: float = 0.0
     delete: Gone = field(default_factory=Gone)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -418,6 +467,8 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             res.bare_spawn, res.bare_kill = bare(argv, n)
             if shim != "shared":
                 res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
+            else:
+                res.keeper_kill = keeper_killed(argv, n, Path(tmp) / "kept")
             # 3. Cast.
             res.cast = cast_running(api, "scale", argv, n)
             # 4. Idle, once the last status writes and the start-up bursts are over.
@@ -454,6 +505,12 @@ def report(res: Result) -> Iterator[str]:
             f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
             f"{res.shims_kill / res.bare_kill:.1f}x bare kill (the floor of per-instance supervision); "
             f"delete {res.delete.all / res.shims_kill:.1f}x of it"
+        )
+    if res.keeper_kill:
+        yield (
+            f"       the same under one keeper, ended without runed {res.keeper_kill:.2f} s: "
+            f"{res.keeper_kill / res.bare_kill:.1f}x bare kill (the floor of supervision by a keeper); "
+            f"delete {res.delete.all / res.keeper_kill:.1f}x of it"
         )
     cpu = res.cpu
     others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
