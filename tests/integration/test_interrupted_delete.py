@@ -1,0 +1,87 @@
+"""A delete whose controller is killed midway: the controller the supervisor starts again finishes it.
+
+Real runed (supervisor and roles), real instance processes under a shim each or one keeper, the
+controller role killed with SIGKILL while the instances are ending: before their Stopping records
+are written (they are held half a second, see ``STOPPING_RECORD_AFTER_SECONDS``) and after. The next
+controller must end what still runs, delete every record and directory, complete the deletion, and
+start nothing again on the way (a record still saying Running must not be taken for a crash).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rune.api import common_pb2, service_pb2
+from runed.runner import native
+from tests.harness import RunedFactory
+from tests.integration.orch import Orch, runefile_args
+from tests.support import alive, eventually
+
+SCALE = 12
+# Each instance takes a second to end on SIGTERM, so the delete is under way when the controller dies.
+SCRIPT = "echo $$ >> {started}; trap 'sleep 1; exit 0' TERM; echo up; while :; do sleep 1 & wait; done"
+
+SHIMS = ["auto", pytest.param("shared", marks=pytest.mark.skipif(native.shim_path() is None, reason="no keeper"))]
+
+
+def _controller_pid(o: Orch) -> int:
+    """The ready controller role's pid (0 while none is ready)."""
+    try:
+        return int(json.loads((o.runed.data_dir / "run" / "controller.json").read_text())["pid"])
+    except FileNotFoundError:
+        return 0
+
+
+def _service_gone(o: Orch) -> bool:
+    try:
+        o.services.GetService(service_pb2.GetServiceRequest(name="slow", namespace="default"), metadata=o.auth)
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+        return True
+    return False
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+@pytest.mark.parametrize("after", [0.1, 0.8], ids=["records-held", "records-stopping"])
+def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
+    shim: str, after: float, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    env = {"RUNE_CONTROLLER_SHIM": shim}
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env), tmp_path)
+    started = tmp_path / "started"
+    svc = service_pb2.Service(
+        name="slow",
+        namespace="default",
+        scale=SCALE,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command="sh", args=["-c", SCRIPT.format(started=started)]),
+    )
+    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    insts = eventually(lambda: o.running("slow", SCALE), timeout=60, what="every instance running")
+    for inst in insts:
+        eventually(lambda inst=inst: "up" in o.log_lines(inst), what="the trap set")
+    controller = _controller_pid(o)
+    req = service_pb2.DeleteServiceRequest(name="slow", namespace="default", grace_period=10)
+    o.services.DeleteService(req, metadata=o.auth)
+    time.sleep(after)
+    os.kill(controller, signal.SIGKILL)
+    # Still ending (a second each): the next controller finds the stops under way.
+    assert any(alive(int(i["pid"])) for i in insts), "every instance ended before the controller was killed"
+    eventually(lambda: _controller_pid(o) not in (0, controller), timeout=30, what="the controller started again")
+    eventually(lambda: _service_gone(o), timeout=60, what="the service deleted")
+    assert o.instances("slow") == []
+    for inst in insts:
+        eventually(lambda inst=inst: not alive(int(inst["pid"])), what="every instance's process gone")
+        assert not Path(str(inst["log_dir"])).exists(), "the instance's directory removed"
+    # Nothing was started again on the way: one start per instance, ever.
+    time.sleep(1.0)
+    assert len(started.read_text().split()) == SCALE, started.read_text()
+    leftover = [d.name for d in (o.runed.data_dir / "instances").iterdir() if d.is_dir() and len(d.name) > 2]
+    assert leftover == [], leftover
