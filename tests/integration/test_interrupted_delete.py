@@ -65,8 +65,7 @@ def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
     )
     o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
     insts = eventually(lambda: o.running("slow", SCALE), timeout=60, what="every instance running")
-    for inst in insts:
-        eventually(lambda inst=inst: "up" in o.log_lines(inst), what="the trap set")
+    eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
     controller = _controller_pid(o)
     req = service_pb2.DeleteServiceRequest(name="slow", namespace="default", grace_period=10)
     o.services.DeleteService(req, metadata=o.auth)
@@ -77,9 +76,8 @@ def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
     eventually(lambda: _controller_pid(o) not in (0, controller), timeout=30, what="the controller started again")
     eventually(lambda: _service_gone(o), timeout=60, what="the service deleted")
     assert o.instances("slow") == []
-    for inst in insts:
-        eventually(lambda inst=inst: not alive(int(inst["pid"])), what="every instance's process gone")
-        assert not Path(str(inst["log_dir"])).exists(), "the instance's directory removed"
+    eventually(lambda: not any(alive(int(i["pid"])) for i in insts), what="every instance's process gone")
+    assert not any(Path(str(i["log_dir"])).exists() for i in insts), "the instances' directories removed"
     # Nothing was started again on the way: one start per instance, ever.
     time.sleep(1.0)
     assert len(started.read_text().split()) == SCALE, started.read_text()
