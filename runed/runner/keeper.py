@@ -510,6 +510,12 @@ class KeeperRunner(ProcessRunner):
             if not ended:
                 self._signal_soon(keeper, directory, signal.SIGKILL, discard)
                 ended = await readable(end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+            if not keeper.connected():
+                # The keeper died (its end pipes reached end of file with it) before it killed
+                # what is left of the group: an instance that ignored SIGTERM would run on,
+                # orphaned, its record gone. As a shim's stop does, the group goes here.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(handle.pid, signal.SIGKILL)
             if ended and discard:
                 return Observation("exited", handle)  # the record and its directory go next, unread
             obs = self.observe(directory, handle)

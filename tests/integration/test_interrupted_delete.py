@@ -1,4 +1,5 @@
-"""A delete whose controller is killed midway: the controller the supervisor starts again finishes it.
+"""A delete interrupted by a killed process: the controller (the next one finishes it), or what
+supervises the instances (a shim, the keeper: the controller ends what they left).
 
 Real runed (supervisor and roles), real instance processes under a shim each or one keeper, the
 controller role killed with SIGKILL while the instances are ending: before their Stopping records
@@ -83,3 +84,38 @@ def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
     assert len(started.read_text().split()) == SCALE, started.read_text()
     leftover = [d.name for d in (o.runed.data_dir / "instances").iterdir() if d.is_dir() and len(d.name) > 2]
     assert leftover == [], leftover
+
+
+def _supervisor_of(inst: dict[str, object]) -> int:
+    return int(json.loads((Path(str(inst["log_dir"])) / "pid.json").read_text())["shim_pid"])
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_a_shim_or_keeper_killed_during_a_delete_leaves_no_instance_running(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """The instances ignore SIGTERM; what supervises them dies within the grace period, before it
+    killed them: their ends are reported (end of file) with their groups still running, so the
+    controller kills what is left of each group itself."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    svc = service_pb2.Service(
+        name="deaf",
+        namespace="default",
+        scale=3,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command="sh", args=["-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
+    )
+    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    insts = eventually(lambda: o.running("deaf", 3), timeout=30, what="three instances running")
+    eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
+    supervisors = {_supervisor_of(i) for i in insts}
+    req = service_pb2.DeleteServiceRequest(name="deaf", namespace="default", grace_period=20)
+    o.services.DeleteService(req, metadata=o.auth)
+    eventually(lambda: all(i["state"] == "STOPPING" for i in o.instances("deaf")), what="stopping")
+    assert all(alive(int(i["pid"])) for i in insts), "SIGTERM ignored"
+    for pid in supervisors:
+        os.kill(pid, signal.SIGKILL)
+    eventually(lambda: o.instances("deaf") == [], timeout=30, what="the instances deleted")
+    eventually(lambda: not any(alive(int(i["pid"])) for i in insts), what="every instance's process gone")
