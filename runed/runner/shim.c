@@ -795,6 +795,7 @@ static void start_error(buf_t *msg, int err, int before_exec, const spec_t *spec
 /* The soft RLIMIT_NOFILE the keeper started with (it raises its own), 0 in the shim. */
 static rlim_t child_nofile;
 static int in_keeper;
+static pid_t spawner; /* the shim or keeper starting the child (set before each spawn) */
 
 /* In the child: everything Popen's fork_exec would do, then exec; failures go to `report`. */
 static void child(const spec_t *spec, char **envp, int out_w, int err_w, int report) {
@@ -829,6 +830,14 @@ static void child(const spec_t *spec, char **envp, int out_w, int err_w, int rep
         if (setgroups(0, NULL) < 0 || setregid((gid_t)spec->gid, (gid_t)spec->gid) < 0) goto fail;
     }
     if (spec->has_uid && setreuid((uid_t)spec->uid, (uid_t)spec->uid) < 0) goto fail;
+    /* A keeper's instances end with it (the controller starts them again): one it started just
+     * before it was killed, whose pid nobody recorded yet, ran on orphaned. (A shim's death is told
+     * apart from its instance's, and its instance's group killed, by the controller.) Set after the
+     * credentials change, which clears it; a keeper already gone is not waited for. */
+    if (in_keeper) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) goto fail;
+        if (getppid() != spawner) _exit(255);
+    }
     if (spec->rlimit_as > 0) {
         struct rlimit rl = {(rlim_t)spec->rlimit_as, (rlim_t)spec->rlimit_as};
         if (setrlimit(RLIMIT_AS, &rl) < 0) goto fail;
@@ -901,6 +910,7 @@ static int spawn(const spec_t *spec, char **envp, pid_t *pid, int *out_r, int *e
     if (pipe2(err, O_CLOEXEC) < 0) goto failed;
     if (pipe2(rep, O_CLOEXEC) < 0) goto failed;
     child_args_t args = {spec, envp, out[1], err[1], rep[1]};
+    spawner = getpid();
     *pid = clone(child_entry, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
     if (*pid < 0) goto failed;
     close(out[1]);

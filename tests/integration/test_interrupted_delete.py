@@ -119,3 +119,64 @@ def test_a_shim_or_keeper_killed_during_a_delete_leaves_no_instance_running(
         os.kill(pid, signal.SIGKILL)
     eventually(lambda: o.instances("deaf") == [], timeout=30, what="the instances deleted")
     eventually(lambda: not any(alive(int(i["pid"])) for i in insts), what="every instance's process gone")
+
+
+def _parent(pid: int) -> int:
+    return int((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[1])
+
+
+def _programs(marker: str) -> list[int]:
+    """Pids of the process group leaders whose command line holds ``marker`` (an instance leads its
+    group; a shell's child, before its exec, has the shell's command line, not its group)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                leads = int((p / "stat").read_text().rsplit(")", 1)[1].split()[2]) == int(p.name)
+                if leads and marker.encode() in (p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_a_keeper_or_zygote_killed_during_a_cast_leaves_one_process_per_instance(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """What starts the instances dies while a cast of many is under way (some started, some asked
+    for, some not yet): in the end every instance runs once, and no process it started is left
+    running beside them."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    marker = f"cast-{tmp_path.name}"
+    svc = service_pb2.Service(
+        name="many",
+        namespace="default",
+        scale=40,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command="sh", args=["-c", f"while :; do sleep 1; done # {marker}"]),
+    )
+    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+
+    def starter() -> int:
+        for i in o.instances("many"):
+            try:
+                # The keeper starts the instances; a zygote starts the shims that start them.
+                return _supervisor_of(i) if shim == "shared" else _parent(_supervisor_of(i))
+            except (OSError, ValueError, KeyError):
+                continue
+        raise AssertionError("nothing started yet")
+
+    os.kill(eventually(starter, timeout=30, what="the first start"), signal.SIGKILL)
+    insts = eventually(lambda: o.running("many", 40), timeout=90, what="all forty running")
+
+    def one_each() -> bool:
+        pids = sorted(_programs(marker))
+        extra = set(pids) - {int(i["pid"]) for i in insts}
+        why = {p: (_parent(p), os.readlink(f"/proc/{p}/cwd")) for p in extra}
+        assert pids == sorted(int(i["pid"]) for i in insts), (len(pids), len(insts), why)
+        return True
+
+    eventually(one_each, timeout=30, what="one process per instance, no other")
