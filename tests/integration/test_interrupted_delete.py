@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -180,3 +181,48 @@ def test_a_keeper_or_zygote_killed_during_a_cast_leaves_one_process_per_instance
         return True
 
     eventually(one_each, timeout=30, what="one process per instance, no other")
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_a_shim_or_keeper_killed_while_runed_is_down_is_noticed_by_the_next_runed(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """runed is killed (its instances run on), then what supervises one instance (its shim; the
+    keeper of all): the next runed restarts what lost its supervisor, adopts the rest, and no
+    process of the old runs is left beside the new ones."""
+    env = {"RUNE_CONTROLLER_SHIM": shim}
+    first = runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env)
+    o = Orch.on(first, tmp_path)
+    marker = f"down-{tmp_path.name}"
+    svc = service_pb2.Service(
+        name="kept",
+        namespace="default",
+        scale=3,
+        runtime="process",
+        process=common_pb2.ProcessSpec(command="sh", args=["-c", f"while :; do sleep 1; done # {marker}"]),
+    )
+    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    before = eventually(lambda: o.running("kept", 3), timeout=30, what="three instances running")
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    victim = before[0]
+    os.kill(_supervisor_of(victim), signal.SIGKILL)
+    o.runed = runed_factory(first.data_dir, args=first.args, env=env)
+    lost = {i["id"] for i in before} if shim == "shared" else {victim["id"]}
+
+    def recovered() -> list[dict[str, Any]]:
+        now = o.running("kept", 3)
+        for old, new in zip(before, now, strict=True):
+            assert old["id"] == new["id"]
+            restarted = new["restart_count"] == 1 and new["pid"] != old["pid"]
+            assert restarted if old["id"] in lost else new["pid"] == old["pid"], (old["id"] in lost, new)
+        return now
+
+    after = eventually(recovered, timeout=60, what="the lost instances restarted, the others adopted")
+    eventually(
+        lambda: sorted(_programs(marker)) == sorted(int(i["pid"]) for i in after),
+        timeout=30,
+        what="one process per instance, no other",
+    )
+    o.clear()
