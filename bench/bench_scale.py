@@ -161,6 +161,26 @@ def shims_killed(argv: list[str], n: int, root: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _until_readable(fds: list[int], what: str) -> None:
+    """Wait until every one of ``fds`` is readable (a pidfd: its process ended; an end pipe: its
+    instance's record written), each closed as it is."""
+    poller = select.epoll()
+    try:
+        for fd in fds:
+            poller.register(fd, select.EPOLLIN)
+        left = len(fds)
+        while left:
+            events = poller.poll(WAIT_SECONDS)
+            if not events:
+                raise RuntimeError(f"{what}: {left} of {len(fds)} not within {WAIT_SECONDS:g}s")
+            for fd, _ in events:
+                poller.unregister(fd)
+                os.close(fd)
+                left -= 1
+    finally:
+        poller.close()
+
+
 def keeper_killed(argv: list[str], n: int, root: Path) -> float:
     """Seconds to end ``n`` programs under one keeper (no runed: the floor that supervision by the
     keeper sets), as a delete ends them: the keeper sent their directories in messages of 64 (SIGTERM,
@@ -185,24 +205,11 @@ def keeper_killed(argv: list[str], n: int, root: Path) -> float:
         ends = [fd for _, fd in k.answers.values() if fd is not None]
         assert len(ends) == n, f"{n - len(ends)} of {n} did not start under the keeper"
         k.answers.clear()
-        poller = select.epoll()
-        for fd in ends:
-            poller.register(fd, select.EPOLLIN)
         t0 = time.perf_counter()
         for i in range(0, n, SIGNAL_BATCH):
             k.send({"op": "signal", "dirs": dirs[i : i + SIGNAL_BATCH], "signal": signal.SIGTERM, "discard": True})
-        left = n
-        while left:
-            events = poller.poll(WAIT_SECONDS)
-            if not events:
-                raise RuntimeError(f"under the keeper: {left} of {n} not ended within {WAIT_SECONDS:g}s")
-            for fd, _ in events:
-                poller.unregister(fd)
-                os.close(fd)
-                left -= 1
-        took = time.perf_counter() - t0
-        poller.close()
-        return took
+        _until_readable(ends, "instances ended under the keeper")
+        return time.perf_counter() - t0
     finally:
         keepers.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -329,20 +336,8 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
         raise RuntimeError(f"{name}: the watch did not open")
     t0 = time.perf_counter()
     api.delete(name)
-    poller = select.epoll()
-    for fd in pidfds:
-        poller.register(fd, select.EPOLLIN)
-    left = len(pidfds)
-    while left:
-        events = poller.poll(WAIT_SECONDS)
-        if not events:
-            raise RuntimeError(f"{name} processes gone: not reached within {WAIT_SECONDS:g}s")
-        for fd, _ in events:
-            poller.unregister(fd)
-            os.close(fd)
-            left -= 1
+    _until_readable(pidfds, f"{name} processes gone")
     gone.processes = time.perf_counter() - t0
-    poller.close()
     if not deleted.wait(WAIT_SECONDS):
         raise RuntimeError(f"{name} deleted: not reached within {WAIT_SECONDS:g}s")
     watch.cancel()

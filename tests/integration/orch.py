@@ -112,15 +112,34 @@ class Orch:
         return path
 
     def cast(self, name: str, script: Path, *args: str, scale: int = 1, namespace: str = "default", **kw: Any) -> None:
+        self.cast_command(name, [sys.executable, str(script), *args], scale=scale, namespace=namespace, **kw)
+
+    def cast_shell(self, name: str, script: str, *, scale: int = 1, **kw: Any) -> None:
+        """A service running ``sh -c script``."""
+        self.cast_command(name, ["sh", "-c", script], scale=scale, **kw)
+
+    def cast_command(
+        self, name: str, argv: list[str], *, scale: int = 1, namespace: str = "default", **kw: Any
+    ) -> None:
         svc = service_pb2.Service(
             name=name,
             namespace=namespace,
             scale=scale,
             runtime="process",
-            process=common_pb2.ProcessSpec(command=sys.executable, args=[str(script), *args]),
+            process=common_pb2.ProcessSpec(command=argv[0], args=argv[1:]),
             **kw,
         )
         self.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)
+
+    def service_gone(self, name: str, namespace: str = "default") -> bool:
+        """Whether GetService says NOT_FOUND (any other error is raised)."""
+        try:
+            self.services.GetService(service_pb2.GetServiceRequest(name=name, namespace=namespace), metadata=self.auth)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return True
+            raise
+        return False
 
     def instances(self, service: str, namespace: str = "default") -> list[dict[str, Any]]:
         st = self.store()

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from rune.api import common_pb2, service_pb2
+from rune.api import service_pb2
 from runed.runner import native
 from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
@@ -41,15 +40,6 @@ def _controller_pid(o: Orch) -> int:
         return 0
 
 
-def _service_gone(o: Orch) -> bool:
-    try:
-        o.services.GetService(service_pb2.GetServiceRequest(name="slow", namespace="default"), metadata=o.auth)
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.NOT_FOUND, e
-        return True
-    return False
-
-
 @pytest.mark.parametrize("shim", SHIMS)
 @pytest.mark.parametrize("after", [0.1, 0.8], ids=["records-held", "records-stopping"])
 def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
@@ -58,14 +48,7 @@ def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
     env = {"RUNE_CONTROLLER_SHIM": shim}
     o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env), tmp_path)
     started = tmp_path / "started"
-    svc = service_pb2.Service(
-        name="slow",
-        namespace="default",
-        scale=SCALE,
-        runtime="process",
-        process=common_pb2.ProcessSpec(command="sh", args=["-c", SCRIPT.format(started=started)]),
-    )
-    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    o.cast_shell("slow", SCRIPT.format(started=started), scale=SCALE)
     insts = eventually(lambda: o.running("slow", SCALE), timeout=60, what="every instance running")
     eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
     controller = _controller_pid(o)
@@ -76,7 +59,7 @@ def test_a_delete_whose_controller_is_killed_midway_is_finished_by_the_next(
     # Still ending (a second each): the next controller finds the stops under way.
     assert any(alive(int(i["pid"])) for i in insts), "every instance ended before the controller was killed"
     eventually(lambda: _controller_pid(o) not in (0, controller), timeout=30, what="the controller started again")
-    eventually(lambda: _service_gone(o), timeout=60, what="the service deleted")
+    eventually(lambda: o.service_gone("slow"), timeout=60, what="the service deleted")
     assert o.instances("slow") == []
     eventually(lambda: not any(alive(int(i["pid"])) for i in insts), what="every instance's process gone")
     assert not any(Path(str(i["log_dir"])).exists() for i in insts), "the instances' directories removed"
@@ -101,14 +84,7 @@ def test_a_shim_or_keeper_killed_during_a_delete_leaves_no_instance_running(
     o = Orch.on(
         runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
     )
-    svc = service_pb2.Service(
-        name="deaf",
-        namespace="default",
-        scale=3,
-        runtime="process",
-        process=common_pb2.ProcessSpec(command="sh", args=["-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
-    )
-    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    o.cast_shell("deaf", "trap '' TERM; echo up; while :; do sleep 1; done", scale=3)
     insts = eventually(lambda: o.running("deaf", 3), timeout=30, what="three instances running")
     eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
     supervisors = {_supervisor_of(i) for i in insts}
@@ -152,14 +128,7 @@ def test_a_keeper_or_zygote_killed_during_a_cast_leaves_one_process_per_instance
         runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
     )
     marker = f"cast-{tmp_path.name}"
-    svc = service_pb2.Service(
-        name="many",
-        namespace="default",
-        scale=40,
-        runtime="process",
-        process=common_pb2.ProcessSpec(command="sh", args=["-c", f"while :; do sleep 1; done # {marker}"]),
-    )
-    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    o.cast_shell("many", f"while :; do sleep 1; done # {marker}", scale=40)
 
     def starter() -> int:
         for i in o.instances("many"):
@@ -194,14 +163,7 @@ def test_a_shim_or_keeper_killed_while_runed_is_down_is_noticed_by_the_next_rune
     first = runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env)
     o = Orch.on(first, tmp_path)
     marker = f"down-{tmp_path.name}"
-    svc = service_pb2.Service(
-        name="kept",
-        namespace="default",
-        scale=3,
-        runtime="process",
-        process=common_pb2.ProcessSpec(command="sh", args=["-c", f"while :; do sleep 1; done # {marker}"]),
-    )
-    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    o.cast_shell("kept", f"while :; do sleep 1; done # {marker}", scale=3)
     before = eventually(lambda: o.running("kept", 3), timeout=30, what="three instances running")
     assert first.proc is not None
     os.killpg(first.proc.pid, signal.SIGKILL)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from rune.api import common_pb2, service_pb2
@@ -174,16 +173,9 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
 
 
 def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigterm(korch: Orch) -> None:
-    """A deleted instance's stop is a future the keeper's end pipe completes: one that ignores
-    SIGTERM still runs within the grace period, is killed after it, and the service goes."""
-    svc = service_pb2.Service(
-        name="stubborn",
-        namespace="default",
-        scale=3,
-        runtime="process",
-        process=common_pb2.ProcessSpec(command="sh", args=["-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
-    )
-    korch.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=korch.auth)
+    """The keeper signals a deletion's instances: one that ignores SIGTERM still runs within the
+    grace period, is killed after it, and the service goes."""
+    korch.cast_shell("stubborn", "trap '' TERM; echo up; while :; do sleep 1; done", scale=3)
     insts = eventually(lambda: korch.running("stubborn", 3), timeout=30, what="three instances running")
     for inst in insts:
         eventually(_said(korch, inst, "up"), what="the trap set")
@@ -195,13 +187,4 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
     for inst in insts:
         assert not alive(int(inst["pid"])), "killed after the grace period"
         assert not Path(str(inst["log_dir"])).exists()
-    gone = service_pb2.GetServiceRequest(name="stubborn", namespace="default")
-    eventually(lambda: _not_found(korch, gone), what="the service deleted")
-
-
-def _not_found(o: Orch, req: service_pb2.GetServiceRequest) -> bool:
-    try:
-        o.services.GetService(req, metadata=o.auth)
-    except grpc.RpcError as e:
-        return e.code() == grpc.StatusCode.NOT_FOUND
-    return False
+    eventually(lambda: korch.service_gone("stubborn"), what="the service deleted")
