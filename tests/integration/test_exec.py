@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -228,3 +229,27 @@ def test_targets_must_exist_and_run(stub: ExecStub, md: Metadata, inst: Inst) ->
             s.read_until()
         s.q.put(None)
         assert e.value.code() == code
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "tty"])
+def test_a_killed_api_process_takes_its_exec_commands_with_it(tmp_path: Path, tty: bool) -> None:
+    """The process serving an exec session is killed (SIGKILL: nothing of it runs after): the
+    command it started must not run on orphaned, unseen and unstoppable."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with run_runed(data, role="grpc") as r:
+        Instances(data).reset().add("web", 0)
+        s = Session(
+            exec_pb2_grpc.ExecServiceStub(r.channel()),
+            bootstrap_metadata(r.channel()),
+            service_name="web",
+            command=["sh", "-c", "echo $$; exec sleep 60"],
+            tty=tty,
+        )
+        s.read_until(lambda s: s.stdout.endswith(b"\n"))
+        pid = int(s.stdout.split()[0])
+        assert alive(pid)
+        assert r.proc is not None
+        r.proc.kill()
+        r.proc.wait(10)
+        eventually(lambda: not alive(pid), timeout=5, what="the command ended with the process that ran it")
