@@ -451,9 +451,11 @@ class ProcessRunner:
             if ex is not None:
                 return self._ended(handle, ex)
             self._exiting_since.pop((handle.shim_pid, handle.pid), None)
+            # What is left of the group goes, also when its leader is gone (a keeper's instances
+            # die with it, what they started does not): a group with members keeps its id unused.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGKILL)
             if running:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(handle.pid, signal.SIGKILL)
                 why = f"shim died (pid {handle.shim_pid}) while its process ran; the orphaned process group was killed"
             else:
                 why = f"shim died (pid {handle.shim_pid}) without recording how its process ended"

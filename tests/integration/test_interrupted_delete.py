@@ -188,3 +188,21 @@ def test_a_shim_or_keeper_killed_while_runed_is_down_is_noticed_by_the_next_rune
         what="one process per instance, no other",
     )
     o.clear()
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_a_killed_shim_or_keeper_leaves_nothing_of_the_instance_s_group(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """What supervises an instance dies: the instance's whole group goes (its leader and what it
+    started), and the instance starts again."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    o.cast_shell("parent", "sleep 600 & echo child $!; wait")
+    inst = eventually(lambda: o.running("parent", 1)[0], timeout=30, what="the instance running")
+    line = eventually(lambda: next((x for x in o.log_lines(inst) if x.startswith("child ")), ""), what="its child")
+    child = int(line.split()[1])
+    os.kill(_supervisor_of(inst), signal.SIGKILL)
+    eventually(lambda: o.running("parent", 1)[0]["restart_count"] == 1, timeout=30, what="the instance restarted")
+    eventually(lambda: not alive(child) and not alive(int(inst["pid"])), what="the old group gone, child and all")
