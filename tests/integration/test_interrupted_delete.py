@@ -206,3 +206,27 @@ def test_a_killed_shim_or_keeper_leaves_nothing_of_the_instance_s_group(
     os.kill(_supervisor_of(inst), signal.SIGKILL)
     eventually(lambda: o.running("parent", 1)[0]["restart_count"] == 1, timeout=30, what="the instance restarted")
     eventually(lambda: not alive(child) and not alive(int(inst["pid"])), what="the old group gone, child and all")
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_a_controller_killed_during_a_cast_leaves_one_process_per_instance(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """The controller dies while a cast of many is under way (starts asked for and not answered,
+    records not written yet): the next one runs every instance once, adopting what was started."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    marker = f"ccast-{tmp_path.name}"
+    controller = _controller_pid(o)
+    o.cast_shell("many", f"while :; do sleep 1; done # {marker}", scale=40)
+    eventually(lambda: _programs(marker), timeout=30, what="the first start")
+    os.kill(controller, signal.SIGKILL)
+    insts = eventually(lambda: o.running("many", 40), timeout=90, what="all forty running")
+
+    def one_each() -> bool:
+        pids = sorted(_programs(marker))
+        assert pids == sorted(int(i["pid"]) for i in insts), (len(pids), len(insts))
+        return True
+
+    eventually(one_each, timeout=30, what="one process per instance, no other")
