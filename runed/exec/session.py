@@ -92,15 +92,14 @@ def _winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", max(rows, 1), max(cols, 1), 0, 0)
 
 
-# Under a TTY the command starts through this tiny exec shim: it makes the PTY the controlling
-# terminal of the new session (so SIGWINCH and ^C reach the command) without running Python code
-# between fork and exec in runed itself, which is unsafe in a multi-threaded (gRPC) process.
-# What every command runs first, as this process's child: it dies with this process (Linux's
-# parent-death signal, set after the credentials change that clears it; a parent already gone is
-# not waited for), takes its terminal under a TTY, then becomes the command. Killed with SIGKILL,
-# the role serving a session otherwise left a command on pipes running on, orphaned, with nobody
-# reading its output or able to stop it (under a TTY the terminal's hang-up ends it). About 9 ms
-# of an interpreter's start per session.
+# Every command starts through this tiny exec shim, a child of the API process: it dies with that
+# process (Linux's parent-death signal, set after the credentials change that clears it; a parent
+# already gone is not waited for), makes the PTY under a TTY the controlling terminal of the new
+# session (so SIGWINCH and ^C reach the command), then becomes the command. Python code between
+# fork and exec in runed itself would be unsafe in a multi-threaded (gRPC) process. Without the
+# signal, an API process killed mid-session left a command on pipes running on, orphaned, with
+# nobody reading its output or able to stop it (under a TTY the terminal's hang-up ends it). It
+# costs about 9 ms of an interpreter's start per session.
 _EXEC_SHIM = """
 import ctypes, os, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, 9)
