@@ -120,7 +120,8 @@ class Controller:
             counted=self._everywhere,
             copies=self._copies,
         )
-        self.last_full = 0.0
+        # When the last full pass began (monotonic: a stepped wall clock neither stops nor floods them).
+        self.last_full = -math.inf
         # Instance actions (namespace, instance id) changed since the last pass.
         self.actions_changed: set[Key] = set()
         # Service -> the services that depend on it (learnt as services are reconciled).
@@ -177,7 +178,7 @@ class Controller:
                 except Exception:
                     log.exception("observing instances failed")
                     changed = True
-                full = now - self.last_full >= self.cfg.resync_seconds
+                full = time.monotonic() - self.last_full >= self.cfg.resync_seconds
                 if woke or changed or due or full:
                     try:
                         await (self.reconcile_all() if full else self.reconcile_changed())
@@ -255,7 +256,7 @@ class Controller:
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
         now = time.time()
-        wait = self.last_full + self.cfg.resync_seconds - now
+        wait = self.last_full + self.cfg.resync_seconds - time.monotonic()
         if self.alarm.next_due:
             wait = min(wait, self.alarm.next_due - now)
         if self.supervisor.tick is not None:
@@ -303,7 +304,7 @@ class Controller:
     # -- reconciliation -------------------------------------------------------------------------
     async def reconcile_all(self) -> None:
         """A pass over every service, every instance action and every instance (the safety net)."""
-        self.last_full = time.time()
+        self.last_full = time.monotonic()
         await self._reconcile(None)
 
     async def reconcile_changed(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -70,7 +71,7 @@ class Supervisor:
         self.cfg = cfg
         # Running instances whose end the event loop reports: not polled every tick.
         self.exits = ExitWatch(alarm)
-        self._last_sweep = 0.0
+        self._last_sweep = -math.inf  # the first pass sweeps
         # The slice of the watched instances the current sweep looks at in full.
         self._slice = 0
         # Seconds until the next pass must look at instances again (None: nothing needs polling;
@@ -177,9 +178,11 @@ class Supervisor:
         changed = False
         now = time.time()
         tick: float | None = None
-        sweep = now - self._last_sweep >= max(self.cfg.resync_seconds, SWEEP_SECONDS)
+        # Intervals on the monotonic clock: a stepped wall clock neither stops nor floods them.
+        mono = time.monotonic()
+        sweep = mono - self._last_sweep >= max(self.cfg.resync_seconds, SWEEP_SECONDS)
         if sweep:
-            self._last_sweep = now
+            self._last_sweep = mono
             self._slice = (self._slice + 1) % SWEEP_SLICES
             # Fired watches leave the watch: their instances are looked at below, in this pass.
             self.exits.check()
@@ -228,6 +231,13 @@ class Supervisor:
                     changed = True
             elif state is BACKOFF:
                 at = cached.next_restart_at or 0.0
+                longest = now + self.cfg.restart_backoff_max_seconds
+                if at > longest:
+                    # No back-off is longer: the clock was stepped back since it was set (a record
+                    # of an hour ahead would hold the restart an hour). It waits the longest.
+                    inst = cached.copy()
+                    inst.next_restart_at = at = longest
+                    self.book.save(inst)
                 if at <= now:
                     changed = True  # the reconcile pass over its service restarts it
                     self.book.touched.add((cached.namespace, cached.service))
