@@ -112,7 +112,8 @@ class Operations:
                     step = max(1, int(op.data.get("step") or 1))
                     interval = max(0.0, float(op.data.get("interval_seconds") or 0))
                     last = float(op.data.get("last_step_at") or 0)
-                    if now - last >= interval:
+                    # A last step "in the future" was taken before the clock was stepped back.
+                    if now - last >= interval or last > now:
                         new = min(target, scale + step) if target > scale else max(target, scale - step)
                         self._set_scale(skey[0], skey[1], new)
                         changes["last_step_at"] = now
