@@ -187,3 +187,30 @@ def test_a_stop_takes_the_watch_s_descriptor_and_signals_before_it_is_awaited(
     if not discard:
         assert end.signal == signal.SIGTERM, end
     assert json.loads((d / "exit.json").read_text())["signal"] == signal.SIGTERM
+
+
+# Starts a child in its group that outlives it, says its pid, then waits.
+PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    child = subprocess.Popen(["sleep", "600"])
+    print("started", child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_dead_shim_s_group_is_killed_also_when_its_leader_is_gone(runner: ProcessRunner, tmp_path: Path) -> None:
+    """The shim and the instance's main process both gone without an exit record (a keeper's
+    instances die with it): what the instance started is still in its group and goes too."""
+    d, obs = _start(runner, tmp_path, PARENT)
+    line = next(r for r in (d / "log.jsonl").read_text().splitlines() if "started" in r)
+    child = int(json.loads(line)["line"].split()[1])
+    assert alive(child, None)
+    os.kill(obs.handle.shim_pid, signal.SIGKILL)
+    os.kill(obs.handle.pid, signal.SIGKILL)
+    eventually(lambda: not alive(obs.handle.pid, obs.handle.pid_start), what="the leader gone and reaped")
+    eventually(lambda: not alive(obs.handle.shim_pid, obs.handle.shim_start), what="the shim gone")
+    end = runner.observe(d, obs.handle)
+    assert end.state == "exited" and end.error.startswith(f"shim died (pid {obs.handle.shim_pid}) without"), end
+    eventually(lambda: not alive(child, None), timeout=5, what="the rest of the group killed")
