@@ -510,14 +510,11 @@ class KeeperRunner(ProcessRunner):
             if not ended:
                 self._signal_soon(keeper, directory, signal.SIGKILL, discard)
                 ended = await readable(end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
-            if not keeper.connected():
-                # The keeper died (its end pipes reached end of file with it) before it killed
-                # what is left of the group: an instance that ignored SIGTERM would run on,
-                # orphaned, its record gone. As a shim's stop does, the group goes here.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(handle.pid, signal.SIGKILL)
-            if ended and discard:
+            if ended and discard and keeper.connected():
                 return Observation("exited", handle)  # the record and its directory go next, unread
+            # Also for a deleted instance whose keeper died (its end pipes reached end of file with
+            # it) before it killed what ignored SIGTERM: observing a dead keeper's instance kills
+            # what is left of its group, which would otherwise run on, orphaned, its record gone.
             obs = self.observe(directory, handle)
             deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
             while obs.state != "exited" and time.monotonic() < deadline:

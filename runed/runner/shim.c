@@ -795,7 +795,7 @@ static void start_error(buf_t *msg, int err, int before_exec, const spec_t *spec
 /* The soft RLIMIT_NOFILE the keeper started with (it raises its own), 0 in the shim. */
 static rlim_t child_nofile;
 static int in_keeper;
-static pid_t spawner; /* the shim or keeper starting the child (set before each spawn) */
+static pid_t spawner; /* the keeper (set once it starts), which its instances die with */
 
 /* In the child: everything Popen's fork_exec would do, then exec; failures go to `report`. */
 static void child(const spec_t *spec, char **envp, int out_w, int err_w, int report) {
@@ -910,7 +910,6 @@ static int spawn(const spec_t *spec, char **envp, pid_t *pid, int *out_r, int *e
     if (pipe2(err, O_CLOEXEC) < 0) goto failed;
     if (pipe2(rep, O_CLOEXEC) < 0) goto failed;
     child_args_t args = {spec, envp, out[1], err[1], rep[1]};
-    spawner = getpid();
     *pid = clone(child_entry, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
     if (*pid < 0) goto failed;
     close(out[1]);
@@ -1896,6 +1895,7 @@ static void reap_dead(void) {
 
 static int keeper(const char *sock_path) {
     in_keeper = 1;
+    spawner = getpid();
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
