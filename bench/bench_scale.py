@@ -161,6 +161,18 @@ def shims_killed(argv: list[str], n: int, root: Path) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def _many_open_files() -> Iterator[None]:
+    """This process's soft limit on open files raised to the hard one meanwhile (a descriptor per
+    instance or process waited on)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def _until_readable(fds: list[int], what: str) -> None:
     """Wait until every one of ``fds`` is readable (a pidfd: its process ended; an end pipe: its
     instance's record written), each closed as it is."""
@@ -188,9 +200,7 @@ def keeper_killed(argv: list[str], n: int, root: Path) -> float:
     program = native.shim_path()
     assert program is not None, "no native shim: no keeper"
     keepers = Keepers(program)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
+    with _many_open_files(), contextlib.closing(keepers):
         k = keepers.ours(root)
         dirs = []
         for i in range(n):
@@ -210,9 +220,6 @@ def keeper_killed(argv: list[str], n: int, root: Path) -> float:
             k.send({"op": "signal", "dirs": dirs[i : i + SIGNAL_BATCH], "signal": signal.SIGTERM, "discard": True})
         _until_readable(ends, "instances ended under the keeper")
         return time.perf_counter() - t0
-    finally:
-        keepers.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextlib.contextmanager
@@ -297,14 +304,13 @@ class Gone:
         return max(self.service, self.processes)
 
 
+@_many_open_files()
 def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     """DeleteService until the service is gone and no shim or instance process of the data dir runs.
 
     Both ends are seen as they happen, not polled: the service's DELETED event on a watch opened
     before the call, and every process's pidfd (readable once it has ended)."""
     shims, insts = instance_pids(data_dir)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pidfds = []
     # A keeper outlives the instances it ran (it waits for the next): only shims of their own end.
     for pid, start in insts + [(p, s) for p, s in shims if not is_keeper(p)]:
@@ -341,7 +347,6 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     if not deleted.wait(WAIT_SECONDS):
         raise RuntimeError(f"{name} deleted: not reached within {WAIT_SECONDS:g}s")
     watch.cancel()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return gone
 
 
