@@ -92,34 +92,49 @@ def _winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", max(rows, 1), max(cols, 1), 0, 0)
 
 
-# Every command starts through this tiny exec shim, a child of the API process: it dies with that
-# process (Linux's parent-death signal, set after the credentials change that clears it; a parent
-# already gone is not waited for), makes the PTY under a TTY the controlling terminal of the new
-# session (so SIGWINCH and ^C reach the command), then becomes the command. Python code between
-# fork and exec in runed itself would be unsafe in a multi-threaded (gRPC) process. Without the
-# signal, an API process killed mid-session left a command on pipes running on, orphaned, with
-# nobody reading its output or able to stop it (under a TTY the terminal's hang-up ends it). It
-# costs about 9 ms of an interpreter's start per session.
+# Every command starts through this tiny exec shim, a child of the API process: it takes the
+# instance's user and group (as the instance's shim does: no supplementary groups with a group),
+# then dies with that process (Linux's parent-death signal, set after the credentials change that
+# clears it; a parent already gone is not waited for), makes the PTY under a TTY the controlling
+# terminal of the new session (so SIGWINCH and ^C reach the command), then becomes the command.
+# It starts as runed's own user and imports all it needs first, so the interpreter and its
+# library are always within its reach, also for an instance that runs as a user who could not
+# read them (an interpreter in a private home). Python code between fork and exec in runed
+# itself would be unsafe in a multi-threaded (gRPC) process. Without the signal, an API process
+# killed mid-session left a command on pipes running on, orphaned, with nobody reading its output
+# or able to stop it (under a TTY the terminal's hang-up ends it). It costs about 9 ms of an
+# interpreter's start per session.
 _EXEC_SHIM = """
-import ctypes, os, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, 9)
-if os.getppid() != int(sys.argv[1]):
+import ctypes, fcntl, os, sys, termios, warnings
+libc = ctypes.CDLL(None, use_errno=True)
+ppid, mode, uid, gid, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+try:
+    if gid:
+        os.setgroups([])
+        os.setregid(int(gid), int(gid))
+    if uid:
+        os.setreuid(int(uid), int(uid))
+except OSError as e:
+    sys.stderr.write("exec: cannot run as uid %s gid %s: %s\\n" % (uid or "-", gid or "-", e.strerror))
+    sys.stderr.flush(); os._exit(126)
+libc.prctl(1, 9)
+if os.getppid() != ppid:
     os._exit(137)
-if sys.argv[2] == "tty":
-    import fcntl, termios
+if mode == "tty":
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 try:
-    os.execvp(sys.argv[3], sys.argv[3:])
+    os.execvp(argv[0], argv)
 except FileNotFoundError:
-    sys.stderr.write("exec: %s: command not found\\n" % sys.argv[3]); sys.stderr.flush(); os._exit(127)
+    sys.stderr.write("exec: %s: command not found\\n" % argv[0]); sys.stderr.flush(); os._exit(127)
 except OSError as e:
-    sys.stderr.write("exec: %s: %s\\n" % (sys.argv[3], e.strerror)); sys.stderr.flush(); os._exit(126)
+    sys.stderr.write("exec: %s: %s\\n" % (argv[0], e.strerror)); sys.stderr.flush(); os._exit(126)
 """
 
 
-def _shimmed(command: list[str], mode: str) -> list[str]:
-    """``command`` run through :data:`_EXEC_SHIM` (``mode``: "tty" or "pipes")."""
-    return [sys.executable, "-I", "-S", "-c", _EXEC_SHIM, str(os.getpid()), mode, *command]
+def _shimmed(command: list[str], mode: str, uid: int | None, gid: int | None) -> list[str]:
+    """``command`` run through :data:`_EXEC_SHIM` (``mode``: "tty" or "pipes") as ``uid``/``gid`` (None: runed's)."""
+    who = ["" if uid is None else str(uid), "" if gid is None else str(gid)]
+    return [sys.executable, "-I", "-S", "-c", _EXEC_SHIM, str(os.getpid()), mode, *who, *command]
 
 
 async def until_exit(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
@@ -166,33 +181,26 @@ class ExecProcess:
                 master, slave = pty.openpty()
                 fcntl.ioctl(slave, termios.TIOCSWINSZ, _winsize(spec.rows, spec.cols))
                 self._popen = subprocess.Popen(
-                    _shimmed(spec.command, "tty"),
+                    _shimmed(spec.command, "tty", user, group),
                     stdin=slave,
                     stdout=slave,
                     stderr=slave,
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
-                    user=user,
-                    group=group,
                     umask=umask,
                 )
                 self._in_fd = master
                 self._out = [(master, "stdout")]
             else:
-                # Under another user the interpreter may be out of its reach (a venv in a private
-                # home): the command then runs bare, without the parent-death signal.
-                argv = _shimmed(spec.command, "pipes") if user is None and group is None else spec.command
                 self._popen = subprocess.Popen(
-                    argv,
+                    _shimmed(spec.command, "pipes", user, group),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
-                    user=user,
-                    group=group,
                     umask=umask,
                 )
                 p = self._popen

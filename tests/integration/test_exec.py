@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Iterator
@@ -231,25 +232,35 @@ def test_targets_must_exist_and_run(stub: ExecStub, md: Metadata, inst: Inst) ->
         assert e.value.code() == code
 
 
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("user", [None, NOBODY], ids=["as runed", "as another user"])
 @pytest.mark.parametrize("tty", [False, True], ids=["pipes", "tty"])
-def test_a_killed_api_process_takes_its_exec_commands_with_it(tmp_path: Path, tty: bool) -> None:
+def test_a_killed_api_process_takes_its_exec_commands_with_it(tmp_path: Path, tty: bool, user: int | None) -> None:
     """The process serving an exec session is killed (SIGKILL: nothing of it runs after): the
-    command it started must not run on orphaned, unseen and unstoppable."""
+    command it started must not run on orphaned, unseen and unstoppable; also in an instance that
+    runs as another user, whose command runs as that user, without runed's groups."""
+    if user is not None and os.geteuid() != 0:
+        pytest.skip("only root runs instances as another user")
     data = tmp_path / "data"
     data.mkdir()
     with run_runed(data, role="grpc") as r:
-        Instances(data).reset().add("web", 0)
+        who = {} if user is None else {"uid": user, "gid": user}
+        Instances(data).reset().add("web", 0, **who)
         s = Session(
             exec_pb2_grpc.ExecServiceStub(r.channel()),
             bootstrap_metadata(r.channel()),
             service_name="web",
-            command=["sh", "-c", "echo $$; exec sleep 60"],
+            command=["sh", "-c", "echo $$ $(id -u) $(id -G); exec sleep 60"],
             tty=tty,
         )
         s.read_until(lambda s: s.stdout.endswith(b"\n"))
-        pid = int(s.stdout.split()[0])
-        assert alive(pid)
+        pid, uid, *groups = s.stdout.split()
+        if user is not None:
+            assert (int(uid), [int(g) for g in groups]) == (user, [user])
+        assert alive(int(pid))
         assert r.proc is not None
         r.proc.kill()
         r.proc.wait(10)
-        eventually(lambda: not alive(pid), timeout=5, what="the command ended with the process that ran it")
+        eventually(lambda: not alive(int(pid)), timeout=5, what="the command ended with the process that ran it")
