@@ -73,7 +73,7 @@ class Prober:
             if inst is None:
                 return
             env = await self._env(inst) if spec.kind == "exec" else {}
-            ok, msg = await probes.check(spec, env, inst.workdir or None)
+            ok, msg = await probes.check(spec, env, inst.workdir or None, inst.uid, inst.gid)
             changed = st.record(ok, msg)
             inst = self._running(key)
             if inst is None:

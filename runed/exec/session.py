@@ -17,13 +17,13 @@ import pty
 import signal
 import struct
 import subprocess
-import sys
 import termios
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runed.core import filemodes
+from runed.exec import become
 
 CHUNK = 32 * 1024
 # After the command exits, output still in flight (or held by a background child) gets this long.
@@ -92,51 +92,6 @@ def _winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", max(rows, 1), max(cols, 1), 0, 0)
 
 
-# Every command starts through this tiny exec shim, a child of the API process: it takes the
-# instance's user and group (as the instance's shim does: no supplementary groups with a group),
-# then dies with that process (Linux's parent-death signal, set after the credentials change that
-# clears it; a parent already gone is not waited for), makes the PTY under a TTY the controlling
-# terminal of the new session (so SIGWINCH and ^C reach the command), then becomes the command.
-# It starts as runed's own user and imports all it needs first, so the interpreter and its
-# library are always within its reach, also for an instance that runs as a user who could not
-# read them (an interpreter in a private home). Python code between fork and exec in runed
-# itself would be unsafe in a multi-threaded (gRPC) process. Without the signal, an API process
-# killed mid-session left a command on pipes running on, orphaned, with nobody reading its output
-# or able to stop it (under a TTY the terminal's hang-up ends it). It costs about 9 ms of an
-# interpreter's start per session.
-_EXEC_SHIM = """
-import ctypes, fcntl, os, sys, termios, warnings
-libc = ctypes.CDLL(None, use_errno=True)
-ppid, mode, uid, gid, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-try:
-    if gid:
-        os.setgroups([])
-        os.setregid(int(gid), int(gid))
-    if uid:
-        os.setreuid(int(uid), int(uid))
-except OSError as e:
-    sys.stderr.write("exec: cannot run as uid %s gid %s: %s\\n" % (uid or "-", gid or "-", e.strerror))
-    sys.stderr.flush(); os._exit(126)
-libc.prctl(1, 9)
-if os.getppid() != ppid:
-    os._exit(137)
-if mode == "tty":
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-try:
-    os.execvp(argv[0], argv)
-except FileNotFoundError:
-    sys.stderr.write("exec: %s: command not found\\n" % argv[0]); sys.stderr.flush(); os._exit(127)
-except OSError as e:
-    sys.stderr.write("exec: %s: %s\\n" % (argv[0], e.strerror)); sys.stderr.flush(); os._exit(126)
-"""
-
-
-def _shimmed(command: list[str], mode: str, uid: int | None, gid: int | None) -> list[str]:
-    """``command`` run through :data:`_EXEC_SHIM` (``mode``: "tty" or "pipes") as ``uid``/``gid`` (None: runed's)."""
-    who = ["" if uid is None else str(uid), "" if gid is None else str(gid)]
-    return [sys.executable, "-I", "-S", "-c", _EXEC_SHIM, str(os.getpid()), mode, *who, *command]
-
-
 async def until_exit(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
     """A session's events as they are queued, ending with (and including) its Exit."""
     while True:
@@ -181,7 +136,7 @@ class ExecProcess:
                 master, slave = pty.openpty()
                 fcntl.ioctl(slave, termios.TIOCSWINSZ, _winsize(spec.rows, spec.cols))
                 self._popen = subprocess.Popen(
-                    _shimmed(spec.command, "tty", user, group),
+                    become.argv(spec.command, user, group, tty=True),
                     stdin=slave,
                     stdout=slave,
                     stderr=slave,
@@ -194,7 +149,7 @@ class ExecProcess:
                 self._out = [(master, "stdout")]
             else:
                 self._popen = subprocess.Popen(
-                    _shimmed(spec.command, "pipes", user, group),
+                    become.argv(spec.command, user, group),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,

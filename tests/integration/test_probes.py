@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from rune.api import common_pb2, health_pb2, health_pb2_grpc, service_pb2
 from tests.integration.orch import SERVER, Orch
@@ -115,3 +118,29 @@ def test_tcp_and_exec_probes(orch: Orch) -> None:
     # The exec probe runs in the instance's working directory.
     (Path(str(inst["workdir"])) / "go").write_text("1")
     eventually(lambda: orch.running("exe", 1), timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_an_exec_probe_runs_as_the_instance_s_user(orch: Orch) -> None:
+    """An instance that runs as another user is probed as that user (its group, not runed's), not as root."""
+    probe = common_pb2.Probe(
+        type=common_pb2.PROBE_TYPE_COMMAND,
+        command=["/bin/sh", "-c", 'test "$(id -u) $(id -G)" = "65534 65534"'],
+        period_seconds=1,
+        timeout_seconds=5,
+    )
+    svc = service_pb2.Service(
+        name="nobody",
+        namespace="default",
+        scale=1,
+        runtime="process",
+        process=common_pb2.ProcessSpec(
+            command="sleep",
+            args=["60"],
+            security_context=common_pb2.ProcessSecurityContext(user="nobody", group="nogroup"),
+        ),
+        health=common_pb2.HealthCheck(readiness=probe),
+    )
+    orch.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=orch.auth)
+    (inst,) = eventually(lambda: orch.running("nobody", 1), timeout=15)
+    assert inst["uid"] == 65534 and inst["ready"]
