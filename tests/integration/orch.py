@@ -119,14 +119,22 @@ class Orch:
         self.cast_command(name, ["sh", "-c", script], scale=scale, **kw)
 
     def cast_command(
-        self, name: str, argv: list[str], *, scale: int = 1, namespace: str = "default", **kw: Any
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        scale: int = 1,
+        namespace: str = "default",
+        process: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> None:
+        """A service running ``argv``; ``process``: more ProcessSpec fields, ``kw``: Service fields."""
         svc = service_pb2.Service(
             name=name,
             namespace=namespace,
             scale=scale,
             runtime="process",
-            process=common_pb2.ProcessSpec(command=argv[0], args=argv[1:]),
+            process=common_pb2.ProcessSpec(command=argv[0], args=argv[1:], **(process or {})),
             **kw,
         )
         self.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=self.auth)

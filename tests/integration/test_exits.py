@@ -172,18 +172,7 @@ def test_backoff_is_reset_after_a_healthy_run_across_a_runed_restart(
 
 
 def _cast_flaky(o: Orch, workdir: Path) -> None:
-    svc = service_pb2.Service(
-        name="flaky",
-        namespace="default",
-        scale=1,
-        runtime="process",
-        process=common_pb2.ProcessSpec(
-            command=sys.executable,
-            args=[str(o.program("flaky", FLAKY))],
-            working_dir=str(workdir),
-        ),
-    )
-    o.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=o.auth)
+    o.cast_command("flaky", [sys.executable, str(o.program("flaky", FLAKY))], process={"working_dir": str(workdir)})
 
 
 def _instance_states_since(o: Orch, revision: int) -> list[tuple[str, str]]:

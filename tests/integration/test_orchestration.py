@@ -229,19 +229,12 @@ def test_delete_with_finalizers_and_grace(orch: Orch) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
 def test_security_context_user_and_memory_limit(orch: Orch) -> None:
-    svc = service_pb2.Service(
-        name="limited",
-        namespace="default",
-        scale=1,
-        runtime="process",
-        process=common_pb2.ProcessSpec(
-            command="/bin/sh",
-            args=["-c", "echo uid=$(id -u) as=$(ulimit -v); exec sleep 60"],
-            security_context=common_pb2.ProcessSecurityContext(user="nobody"),
-        ),
+    orch.cast_shell(
+        "limited",
+        "echo uid=$(id -u) as=$(ulimit -v); exec sleep 60",
+        process={"security_context": common_pb2.ProcessSecurityContext(user="nobody")},
         resources=common_pb2.Resources(memory=common_pb2.ResourceLimit(limit="256Mi")),
     )
-    orch.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=orch.auth)
     (inst,) = eventually(lambda: orch.running("limited", 1), timeout=15)
     line = eventually(lambda: next((ln for ln in orch.log_lines(inst) if ln.startswith("uid=")), None))
     assert line == f"uid=65534 as={256 * 1024}"

@@ -129,18 +129,11 @@ def test_an_exec_probe_runs_as_the_instance_s_user(orch: Orch) -> None:
         period_seconds=1,
         timeout_seconds=5,
     )
-    svc = service_pb2.Service(
-        name="nobody",
-        namespace="default",
-        scale=1,
-        runtime="process",
-        process=common_pb2.ProcessSpec(
-            command="sleep",
-            args=["60"],
-            security_context=common_pb2.ProcessSecurityContext(user="nobody", group="nogroup"),
-        ),
+    orch.cast_command(
+        "nobody",
+        ["sleep", "60"],
+        process={"security_context": common_pb2.ProcessSecurityContext(user="nobody", group="nogroup")},
         health=common_pb2.HealthCheck(readiness=probe),
     )
-    orch.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=orch.auth)
     (inst,) = eventually(lambda: orch.running("nobody", 1), timeout=15)
     assert inst["uid"] == 65534 and inst["ready"]
