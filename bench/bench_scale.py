@@ -93,6 +93,14 @@ def mem_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def machine_cpu() -> float:
+    """Seconds of CPU the whole machine has spent (every core: user, system, interrupts), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
+    return busy / CLK_TCK
+
+
 def _alive(pid: int, start: int | None) -> bool:
     now = proc_start_time(pid)
     return now is not None and now == start
@@ -121,20 +129,22 @@ def instance_pids(data_dir: Path) -> tuple[list[tuple[int, int | None]], list[tu
 
 
 # -- bare baseline -------------------------------------------------------------------------------
-def bare(argv: list[str], n: int) -> tuple[float, float]:
-    """Seconds to spawn ``n`` programs directly (Popen returns once each exec succeeded), and to end them."""
+def bare(argv: list[str], n: int) -> tuple[float, float, float]:
+    """Seconds to spawn ``n`` programs directly (Popen returns once each exec succeeded), to end them,
+    and the machine's CPU seconds while they ended."""
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         for _ in range(n)
     ]
     spawn = time.perf_counter() - t0
+    cpu = machine_cpu()
     t0 = time.perf_counter()
     for p in procs:
         os.killpg(p.pid, signal.SIGTERM)
     for p in procs:
         p.wait()
-    return spawn, time.perf_counter() - t0
+    return spawn, time.perf_counter() - t0, machine_cpu() - cpu
 
 
 def shims_killed(argv: list[str], n: int, root: Path) -> float:
@@ -294,10 +304,12 @@ def cast_running(api: Api, name: str, argv: list[str], scale: int) -> float:
 
 @dataclass
 class Gone:
-    """Seconds from DeleteService until its service's deletion event, and until its last process ended."""
+    """Seconds from DeleteService until its service's deletion event, and until its last process
+    ended; the machine's CPU seconds meanwhile (every core)."""
 
     service: float = 0.0
     processes: float = 0.0
+    cpu: float = 0.0
 
     @property
     def all(self) -> float:
@@ -340,12 +352,14 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     # The watch starts with a snapshot of what exists: it is open once the service was in it.
     if not opened.wait(60):
         raise RuntimeError(f"{name}: the watch did not open")
+    cpu = machine_cpu()
     t0 = time.perf_counter()
     api.delete(name)
     _until_readable(pidfds, f"{name} processes gone")
     gone.processes = time.perf_counter() - t0
     if not deleted.wait(WAIT_SECONDS):
         raise RuntimeError(f"{name} deleted: not reached within {WAIT_SECONDS:g}s")
+    gone.cpu = machine_cpu() - cpu
     watch.cancel()
     return gone
 
@@ -429,6 +443,7 @@ class Result:
     shim: str = "auto"
     bare_spawn: float = 0.0
     bare_kill: float = 0.0
+    bare_kill_cpu: float = 0.0
     shims_kill: float = 0.0
     keeper_kill: float = 0.0
     cast: float = 0.0
@@ -464,7 +479,7 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
                 res.crowded = api_latency(target, md, "ref")
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
-            res.bare_spawn, res.bare_kill = bare(argv, n)
+            res.bare_spawn, res.bare_kill, res.bare_kill_cpu = bare(argv, n)
             if shim != "shared":
                 res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
             else:
@@ -499,6 +514,13 @@ def report(res: Result) -> Iterator[str]:
         f"     delete -> all gone    {res.delete.all:7.2f} s   bare kill  {res.bare_kill:6.2f} s   "
         f"ratio {res.delete.all / res.bare_kill:6.1f}x   (processes gone {res.delete.processes:.2f} s, "
         f"{res.delete.processes / res.bare_kill:.1f}x; service deleted {res.delete.service:.2f} s)"
+    )
+    cores = os.cpu_count() or 1
+    yield (
+        f"       the machine's CPU meanwhile: delete {res.delete.cpu * 1000:.0f} ms, bare kill "
+        f"{res.bare_kill_cpu * 1000:.0f} ms ({res.delete.cpu / max(res.bare_kill_cpu, 1e-9):.1f}x); on {cores} cores "
+        f"that is {res.delete.cpu / cores * 1000:.0f} ms of every core "
+        f"({res.delete.cpu / cores / res.bare_kill:.1f}x bare kill)"
     )
     if res.shims_kill:
         yield (
