@@ -246,8 +246,7 @@ def test_a_killed_api_process_takes_its_exec_commands_with_it(tmp_path: Path, tt
     data = tmp_path / "data"
     data.mkdir()
     with run_runed(data, role="grpc") as r:
-        who = {} if user is None else {"uid": user, "gid": user}
-        Instances(data).reset().add("web", 0, **who)
+        Instances(data).reset().add("web", 0, uid=user, gid=user)
         s = Session(
             exec_pb2_grpc.ExecServiceStub(r.channel()),
             bootstrap_metadata(r.channel()),
