@@ -100,7 +100,9 @@ async def _exec(
         return False, "exec probe has no command"
     # As the instance runs: under another user through the shim that switches to it (9 ms more),
     # else started directly (a probe of each of a thousand instances runs every period).
-    command = list(spec.command) if uid is None and gid is None else become.argv(list(spec.command), uid, gid)
+    command = list(spec.command)
+    if uid is not None or gid is not None:
+        command = become.argv(command, uid, gid)
     try:
         proc = await asyncio.create_subprocess_exec(
             *command,

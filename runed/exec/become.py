@@ -35,7 +35,7 @@ try:
 except OSError as e:
     sys.stderr.write("exec: cannot run as uid %s gid %s: %s\\n" % (uid or "-", gid or "-", e.strerror))
     sys.stderr.flush(); os._exit(126)
-libc.prctl(1, 9)
+libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 if os.getppid() != ppid:
     os._exit(137)
 if mode == "tty":
