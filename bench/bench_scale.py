@@ -15,6 +15,10 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
    holds as many instances with N running as with 10 (the page of 100 holds 10 times as many), so its ratio is
    what N alone costs. The kernel's DAMON threads (kdamond), where the machine runs them, are measured beside.
 7. delete: DeleteService until the deletion completed and every instance process is gone.
+8. step 1's reference again, its samples pooled with the first's: the loaded phase is compared with a
+   reference taken on both sides of it, so a machine that slowed (or quietened) meanwhile moves both.
+
+Each phase's calls run in rounds, in turn (:data:`API_ROUNDS`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ SHIMS = ("auto", "shared")
 SHIM_WORDS = {"auto": "a shim per instance", "shared": "one keeper for all instances (controller.shim: shared)"}
 IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE_SECONDS", "30"))
 API_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+# Each call's API_SECONDS are split into this many rounds, taken in turn with every other call's: a
+# burst of noise on the machine (a few scheduler stalls decide a p99 of 4-10 ms) falls on every call
+# of a phase alike, not on whichever ran meanwhile.
+API_ROUNDS = 5
 REF_SCALE = 10
 PAGE = 100
 # A page that holds as many instances with N running as the page of 100 holds with 10.
@@ -378,6 +386,12 @@ class Phase:
     loads: dict[tuple[str, int], Load]
     kdamond: float | None
 
+    def __add__(self, other: Phase) -> Phase:
+        """Both phases' samples as one (the same calls measured at two times)."""
+        loads = {k: v + other.loads[k] if k in other.loads else v for k, v in self.loads.items()}
+        kd = [x for x in (self.kdamond, other.kdamond) if x is not None]
+        return Phase(loads, sum(kd) / len(kd) if kd else None)
+
 
 def kdamond_pids() -> list[int]:
     """The kernel's DAMON threads, if it runs any: they sample pages and walk every mapping of each
@@ -421,7 +435,13 @@ async def _api_latency(target: str, md: list[tuple[str, str]], name: str) -> dic
             return await inst.ListInstances(small_req, metadata=md)
 
         calls = dict(zip(CALLS, (get, lst, small), strict=True))
-        return {(k, c): await drive(call, API_SECONDS, concurrency=c) for c in CONCURRENCY for k, call in calls.items()}
+        loads: dict[tuple[str, int], Load] = {}
+        for _ in range(API_ROUNDS):
+            for c in CONCURRENCY:
+                for k, call in calls.items():
+                    load = await drive(call, API_SECONDS / API_ROUNDS, concurrency=c)
+                    loads[(k, c)] = loads[(k, c)] + load if (k, c) in loads else load
+        return loads
 
 
 def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds: float) -> dict[str, float]:
@@ -500,6 +520,11 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             res.loaded = api_latency(target, md, "scale")
             # 7. Delete.
             res.delete = delete_gone(api, "scale", data)
+            # 1 again: the reference spans the time of the loaded phase, not only what came before it.
+            cast_running(api, "ref", argv, REF_SCALE)
+            time.sleep(2)
+            res.ref = res.ref + api_latency(target, md, "ref")
+            delete_gone(api, "ref", data)
     return res
 
 
@@ -550,7 +575,10 @@ def report(res: Result) -> Iterator[str]:
         f"with runed's share {per / 1024:.2f} MB"
     )
     # ListInstances pages of 100 (10 items with 10 running, 100 with N) and of 10 (10 items in both).
-    baselines = ((res.ref, f"with {REF_SCALE}"), (res.crowded, f"with {REF_SCALE} beside {2 * n} bare processes"))
+    baselines = (
+        (res.ref, f"with {REF_SCALE} (before and after)"),
+        (res.crowded, f"with {REF_SCALE} beside {2 * n} bare processes"),
+    )
     for c in CONCURRENCY:
         yield f"     API, {c} caller{'s' if c > 1 else ''} in flight"
         for phase, label in baselines:

@@ -34,6 +34,10 @@ class Load:
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000 if xs else float("nan")
 
+    def __add__(self, other: Load) -> Load:
+        """Both loads' calls as one sample (rounds of the same call run apart in time)."""
+        return Load(self.calls + other.calls, self.seconds + other.seconds, self.latencies + other.latencies)
+
     def line(self, label: str) -> str:
         return f"{label:<34} {self.rate:9.0f} calls/s   p50 {self.pct(50):6.2f} ms   p99 {self.pct(99):6.2f} ms"
 
