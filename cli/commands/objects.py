@@ -80,7 +80,8 @@ def list_objects(
         return list(s.call("NamespaceService", "ListNamespaces", req).namespaces), 0
     if kind == "nodes":
         req = pb2("node").ListNodesRequest(label_selector=selector_map(labels, "-l"))
-        return list(s.call("NodeService", "ListNodes", req).nodes), 0
+        resp = s.call("NodeService", "ListNodes", req)
+        return list(resp.nodes), resp.revision
     if labels:
         raise CliError(f"{kind} carry no labels; use --field-selector", EXIT_USAGE)
     fsel = selector_map(fields, "--field-selector")

@@ -31,6 +31,12 @@ def _watch_stream(s: Session, kind: str, ns: str, labels: str | None, fields: st
             since_revision=since,
         )  # fmt: skip
         return iter(s.stub("NamespaceService").WatchNamespaces(req, metadata=md))
+    if kind == "nodes":
+        req = pb2("node").WatchNodesRequest(label_selector=selector_map(labels, "-l"), since_revision=since)
+        # `rune get node NAME -w`: that node's changes (nodes are named by id).
+        name = selector_map(fields, "--field-selector").get("name")
+        events = s.stub("NodeService").WatchNodes(req, metadata=md)
+        return (ev for ev in events if not name or ev.node.id == name)
     raise CliError(f"runed has no watch for {kind}", EXIT_UNIMPLEMENTED)
 
 

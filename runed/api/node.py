@@ -10,7 +10,7 @@ instances it ran (``Lost: …``, their names running elsewhere) would stay for a
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rune.api import common_pb2, health_pb2, node_pb2
@@ -20,9 +20,16 @@ from runed.core.errors import FieldViolation
 from runed.model import objects
 from runed.model.nodes import NODE, PLACEMENT, SCOPE, Node, Placement, Resources, requests_of
 from runed.pipeline.context import CallContext
-from runed.store.base import Store, iter_all
+from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
+from runed.store.watch import watch
 
 NODE_ID_MAX = 253
+
+EVENT_TYPES = {
+    ADDED: common_pb2.EVENT_TYPE_ADDED,
+    MODIFIED: common_pb2.EVENT_TYPE_MODIFIED,
+    DELETED: common_pb2.EVENT_TYPE_DELETED,
+}
 
 
 def _resources(r: Resources) -> node_pb2.NodeResources:
@@ -85,7 +92,7 @@ def _v_id(req: Any) -> list[FieldViolation]:
     return validation.required(req.id, "id") or validation.max_length(req.id, "id", NODE_ID_MAX)
 
 
-def _v_list(req: node_pb2.ListNodesRequest) -> list[FieldViolation]:
+def _v_list(req: node_pb2.ListNodesRequest | node_pb2.WatchNodesRequest) -> list[FieldViolation]:
     return validation.selector(req.label_selector, "label_selector")
 
 
@@ -96,6 +103,7 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
     "UncordonNode": _v_id,
     "DrainNode": _v_id,
     "DeleteNode": _v_id,
+    "WatchNodes": _v_list,
 }
 
 
@@ -103,11 +111,13 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 @offloaded
 def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
     store = ctx.deps.store
+    # Read first: a change after it is in the list or comes to a watch from it, never neither.
+    revision = store.current_revision()
     count, used = placed(store)
     nodes = [Node.from_record(r.name, r.data) for r in iter_all(store, NODE, SCOPE)]
     sel = dict(req.label_selector)
     items = [to_pb(n, count, used) for n in nodes if all(n.labels.get(k) == v for k, v in sel.items())]
-    return node_pb2.ListNodesResponse(nodes=items, status=common_pb2.Status(code=0))
+    return node_pb2.ListNodesResponse(nodes=items, status=common_pb2.Status(code=0), revision=revision)
 
 
 @offloaded
@@ -155,6 +165,45 @@ def DeleteNode(req: node_pb2.NodeActionRequest, ctx: CallContext) -> node_pb2.No
         store.delete(NODE, SCOPE, req.id)
     gone.status.CopyFrom(common_pb2.Status(code=0, message=f"{removed} instance record(s) removed"))
     return gone
+
+
+def _shown(node: Node) -> node_pb2.Node:
+    """What an event shows of the node's own record: everything but its heartbeat's time (the
+    instances and allocated placed on it come from the placements, not from this record)."""
+    pb = to_pb(node, Counter(), {})
+    pb.ClearField("last_heartbeat")
+    return pb
+
+
+async def WatchNodes(req: node_pb2.WatchNodesRequest, ctx: CallContext) -> AsyncIterator[node_pb2.WatchNodesResponse]:
+    """Node changes as they happen; a heartbeat that changes nothing else (every few seconds per
+    node) is left out.
+
+    What a change is compared with is what the stream last saw of the node, or, first after
+    ``since_revision``, the node as it was at that revision: a resumed watch shows the same events
+    as the live one did from there.
+    """
+    store = ctx.deps.store
+    sel = dict(req.label_selector)
+    seen: dict[str, node_pb2.Node] = {}
+    async for ev in watch(store, [NODE], namespace=SCOPE, since_revision=req.since_revision):
+        node = Node.from_record(ev.name, ev.data)
+        shown = _shown(node)
+        before = seen.pop(ev.name, None)
+        if ev.op != DELETED:
+            seen[ev.name] = shown
+        if ev.op == MODIFIED:
+            if before is None and req.since_revision:
+                then = await store.run(store.get_at, NODE, SCOPE, ev.name, req.since_revision)
+                before = None if then is None else _shown(Node.from_record(then.name, then.data))
+            if before == shown:
+                continue
+        if not all(node.labels.get(k) == v for k, v in sel.items()):
+            continue
+        count, used = await store.run(placed, store)
+        yield node_pb2.WatchNodesResponse(
+            node=to_pb(node, count, used), event_type=EVENT_TYPES[ev.op], revision=ev.revision
+        )
 
 
 def health(store: Store, name: str) -> list[health_pb2.ComponentHealth]:

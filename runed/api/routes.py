@@ -84,6 +84,7 @@ HANDLERS: dict[str, Handler] = {
     "/rune.api.NodeService/UncordonNode": node.UncordonNode,
     "/rune.api.NodeService/DrainNode": node.DrainNode,
     "/rune.api.NodeService/DeleteNode": node.DeleteNode,
+    "/rune.api.NodeService/WatchNodes": node.WatchNodes,
     # SecretService
     "/rune.api.SecretService/CreateSecret": secret.CreateSecret,
     "/rune.api.SecretService/GetSecret": secret.GetSecret,

@@ -82,6 +82,7 @@ TABLE: dict[str, Access] = {
     "/rune.api.NodeService/UncordonNode": Access("nodes", "update"),
     "/rune.api.NodeService/DrainNode": Access("nodes", "update"),
     "/rune.api.NodeService/DeleteNode": Access("nodes", "delete"),
+    "/rune.api.NodeService/WatchNodes": Access("nodes", "watch"),
     # Auth: any authenticated caller may ask who it is; tokens are their own resource.
     "/rune.api.AuthService/WhoAmI": AUTHENTICATED,
     "/rune.api.AuthService/CreateToken": Access("tokens", "create"),

@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from rune.api import common_pb2 as pkg_dot_api_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/node.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"9\n\rNodeResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\x8a\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12*\n\x06labels\x18\x03 \x03(\x0b\x32\x1a.rune.api.Node.LabelsEntry\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x05 \x01(\x08\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12)\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x17.rune.api.NodeResources\x12,\n\x0b\x61llocatable\x18\x08 \x01(\x0b\x32\x17.rune.api.NodeResources\x12*\n\tallocated\x18\t \x01(\x0b\x32\x17.rune.api.NodeResources\x12\x11\n\tinstances\x18\n \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x0b \x01(\t\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x15\n\rregistered_at\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x10ListNodesRequest\x12\x45\n\x0elabel_selector\x18\x01 \x03(\x0b\x32-.rune.api.ListNodesRequest.LabelSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.rune.api.Node\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\x1c\n\x0eGetNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11NodeActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x0cNodeResponse\x12\x1c\n\x04node\x18\x01 \x01(\x0b\x32\x0e.rune.api.Node\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status2\xc7\x04\n\x0bNodeService\x12W\n\tListNodes\x12\x1a.rune.api.ListNodesRequest\x1a\x1b.rune.api.ListNodesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/nodes\x12S\n\x07GetNode\x12\x18.rune.api.GetNodeRequest\x1a\x16.rune.api.NodeResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/nodes/{id}\x12\x63\n\nCordonNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/nodes/{id}:cordon:\x01*\x12g\n\x0cUncordonNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/nodes/{id}:uncordon:\x01*\x12\x61\n\tDrainNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/nodes/{id}:drain:\x01*\x12Y\n\nDeleteNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/nodes/{id}B-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pkg/api/proto/node.proto\x12\x08rune.api\x1a\x1cgoogle/api/annotations.proto\x1a\x1apkg/api/proto/common.proto\"9\n\rNodeResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\x8a\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12*\n\x06labels\x18\x03 \x03(\x0b\x32\x1a.rune.api.Node.LabelsEntry\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x05 \x01(\x08\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12)\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x17.rune.api.NodeResources\x12,\n\x0b\x61llocatable\x18\x08 \x01(\x0b\x32\x17.rune.api.NodeResources\x12*\n\tallocated\x18\t \x01(\x0b\x32\x17.rune.api.NodeResources\x12\x11\n\tinstances\x18\n \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x0b \x01(\t\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x15\n\rregistered_at\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x10ListNodesRequest\x12\x45\n\x0elabel_selector\x18\x01 \x03(\x0b\x32-.rune.api.ListNodesRequest.LabelSelectorEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.rune.api.Node\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x1c\n\x0eGetNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11NodeActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x0cNodeResponse\x12\x1c\n\x04node\x18\x01 \x01(\x0b\x32\x0e.rune.api.Node\x12 \n\x06status\x18\x02 \x01(\x0b\x32\x10.rune.api.Status\"\xa9\x01\n\x11WatchNodesRequest\x12\x46\n\x0elabel_selector\x18\x01 \x03(\x0b\x32..rune.api.WatchNodesRequest.LabelSelectorEntry\x12\x16\n\x0esince_revision\x18\x02 \x01(\x03\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x12WatchNodesResponse\x12\x1c\n\x04node\x18\x01 \x01(\x0b\x32\x0e.rune.api.Node\x12\'\n\nevent_type\x18\x02 \x01(\x0e\x32\x13.rune.api.EventType\x12 \n\x06status\x18\x03 \x01(\x0b\x32\x10.rune.api.Status\x12\x10\n\x08revision\x18\x04 \x01(\x03\x32\xab\x05\n\x0bNodeService\x12W\n\tListNodes\x12\x1a.rune.api.ListNodesRequest\x1a\x1b.rune.api.ListNodesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/nodes\x12S\n\x07GetNode\x12\x18.rune.api.GetNodeRequest\x1a\x16.rune.api.NodeResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/nodes/{id}\x12\x63\n\nCordonNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/nodes/{id}:cordon:\x01*\x12g\n\x0cUncordonNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/nodes/{id}:uncordon:\x01*\x12\x61\n\tDrainNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/nodes/{id}:drain:\x01*\x12Y\n\nDeleteNode\x12\x1b.rune.api.NodeActionRequest\x1a\x16.rune.api.NodeResponse\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/nodes/{id}\x12\x62\n\nWatchNodes\x12\x1b.rune.api.WatchNodesRequest\x1a\x1c.rune.api.WatchNodesResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/nodes:watch0\x01\x42-Z+github.com/runestack/rune/pkg/api/generatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._loaded_options = None
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
+  _globals['_WATCHNODESREQUEST_LABELSELECTORENTRY']._loaded_options = None
+  _globals['_WATCHNODESREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_NODESERVICE'].methods_by_name['ListNodes']._loaded_options = None
   _globals['_NODESERVICE'].methods_by_name['ListNodes']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/nodes'
   _globals['_NODESERVICE'].methods_by_name['GetNode']._loaded_options = None
@@ -51,6 +53,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESERVICE'].methods_by_name['DrainNode']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/nodes/{id}:drain:\001*'
   _globals['_NODESERVICE'].methods_by_name['DeleteNode']._loaded_options = None
   _globals['_NODESERVICE'].methods_by_name['DeleteNode']._serialized_options = b'\202\323\344\223\002\020*\016/v1/nodes/{id}'
+  _globals['_NODESERVICE'].methods_by_name['WatchNodes']._loaded_options = None
+  _globals['_NODESERVICE'].methods_by_name['WatchNodes']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/nodes:watch'
   _globals['_NODERESOURCES']._serialized_start=96
   _globals['_NODERESOURCES']._serialized_end=153
   _globals['_NODE']._serialized_start=156
@@ -62,13 +66,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_start=644
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_end=696
   _globals['_LISTNODESRESPONSE']._serialized_start=698
-  _globals['_LISTNODESRESPONSE']._serialized_end=782
-  _globals['_GETNODEREQUEST']._serialized_start=784
-  _globals['_GETNODEREQUEST']._serialized_end=812
-  _globals['_NODEACTIONREQUEST']._serialized_start=814
-  _globals['_NODEACTIONREQUEST']._serialized_end=845
-  _globals['_NODERESPONSE']._serialized_start=847
-  _globals['_NODERESPONSE']._serialized_end=925
-  _globals['_NODESERVICE']._serialized_start=928
-  _globals['_NODESERVICE']._serialized_end=1511
+  _globals['_LISTNODESRESPONSE']._serialized_end=800
+  _globals['_GETNODEREQUEST']._serialized_start=802
+  _globals['_GETNODEREQUEST']._serialized_end=830
+  _globals['_NODEACTIONREQUEST']._serialized_start=832
+  _globals['_NODEACTIONREQUEST']._serialized_end=863
+  _globals['_NODERESPONSE']._serialized_start=865
+  _globals['_NODERESPONSE']._serialized_end=943
+  _globals['_WATCHNODESREQUEST']._serialized_start=946
+  _globals['_WATCHNODESREQUEST']._serialized_end=1115
+  _globals['_WATCHNODESREQUEST_LABELSELECTORENTRY']._serialized_start=644
+  _globals['_WATCHNODESREQUEST_LABELSELECTORENTRY']._serialized_end=696
+  _globals['_WATCHNODESRESPONSE']._serialized_start=1118
+  _globals['_WATCHNODESRESPONSE']._serialized_end=1261
+  _globals['_NODESERVICE']._serialized_start=1264
+  _globals['_NODESERVICE']._serialized_end=1947
 # @@protoc_insertion_point(module_scope)

@@ -68,12 +68,14 @@ class ListNodesRequest(_message.Message):
     def __init__(self, label_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes", "status")
+    __slots__ = ("nodes", "status", "revision")
     NODES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     status: _common_pb2.Status
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
     __slots__ = ("id",)
@@ -94,3 +96,30 @@ class NodeResponse(_message.Message):
     node: Node
     status: _common_pb2.Status
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class WatchNodesRequest(_message.Message):
+    __slots__ = ("label_selector", "since_revision")
+    class LabelSelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    label_selector: _containers.ScalarMap[str, str]
+    since_revision: int
+    def __init__(self, label_selector: _Optional[_Mapping[str, str]] = ..., since_revision: _Optional[int] = ...) -> None: ...
+
+class WatchNodesResponse(_message.Message):
+    __slots__ = ("node", "event_type", "status", "revision")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    event_type: _common_pb2.EventType
+    status: _common_pb2.Status
+    revision: int
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

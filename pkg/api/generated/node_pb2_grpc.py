@@ -68,6 +68,11 @@ class NodeServiceStub:
                 request_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
                 response_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
                 _registered_method=True)
+        self.WatchNodes = channel.unary_stream(
+                '/rune.api.NodeService/WatchNodes',
+                request_serializer=pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesRequest.SerializeToString,
+                response_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -115,6 +120,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNodes(self, request, context):
+        """Changes to nodes as they happen: a snapshot of every node (ADDED), then registrations,
+        readiness, cordon, drain, labels and capacity changes, and deletions. A heartbeat that
+        changes nothing else is not an event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.DeleteNode,
                     request_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.FromString,
                     response_serializer=pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.SerializeToString,
+            ),
+            'WatchNodes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNodes,
+                    request_deserializer=pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesRequest.FromString,
+                    response_serializer=pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +333,33 @@ class NodeService:
             '/rune.api.NodeService/DeleteNode',
             pkg_dot_api_dot_proto_dot_node__pb2.NodeActionRequest.SerializeToString,
             pkg_dot_api_dot_proto_dot_node__pb2.NodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rune.api.NodeService/WatchNodes',
+            pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesRequest.SerializeToString,
+            pkg_dot_api_dot_proto_dot_node__pb2.WatchNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
