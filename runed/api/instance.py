@@ -26,12 +26,6 @@ _BUILT: listing.Built[instance_pb2.Instance] = listing.Built(
     lambda rec, _: objects.instance_to_pb(rec), instance_pb2.ListInstancesResponse.INSTANCES_FIELD_NUMBER
 )
 
-EVENT_TYPES = {
-    "ADDED": common_pb2.EVENT_TYPE_ADDED,
-    "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
-    "DELETED": common_pb2.EVENT_TYPE_DELETED,
-}
-
 
 class _ServiceLabels:
     """Instances carry their service's labels; one lookup per service per call."""
@@ -224,7 +218,9 @@ async def WatchInstances(
         inst = objects.instance_to_pb(rec)
         if not await store.run(_match, inst, rec, sel, labels, service=service):
             continue
-        yield instance_pb2.WatchInstancesResponse(instance=inst, event_type=EVENT_TYPES[ev.op], revision=ev.revision)
+        yield instance_pb2.WatchInstancesResponse(
+            instance=inst, event_type=listing.EVENT_TYPES[ev.op], revision=ev.revision
+        )
 
 
 VALIDATORS = {

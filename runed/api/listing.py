@@ -12,11 +12,19 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from rune.api import common_pb2
 from runed.model import selectors
 from runed.pipeline import encoded
 from runed.pipeline.encoded import Encoded
 from runed.store import paging
-from runed.store.base import Record, Store
+from runed.store.base import ADDED, DELETED, MODIFIED, Record, Store
+
+# A store change's op as every Watch RPC's event type.
+EVENT_TYPES = {
+    ADDED: common_pb2.EVENT_TYPE_ADDED,
+    MODIFIED: common_pb2.EVENT_TYPE_MODIFIED,
+    DELETED: common_pb2.EVENT_TYPE_DELETED,
+}
 
 M = TypeVar("M", bound=Message)
 

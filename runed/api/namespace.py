@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from rune.api import common_pb2, namespace_pb2
+from runed.api import listing
 from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.core.names import DEFAULT_NAMESPACE, SYSTEM_NAMESPACE
 from runed.model import objects
 from runed.pipeline.context import CallContext
-from runed.store.base import ADDED, DELETED, MODIFIED, Store
+from runed.store.base import Store
 from runed.store.watch import watch
 
 KIND = objects.NAMESPACE
@@ -43,12 +44,6 @@ FORCE_DELETED_KINDS = (
     objects.SECRET,
     objects.CONFIGMAP,
 )
-
-EVENT_TYPES = {
-    ADDED: common_pb2.EVENT_TYPE_ADDED,
-    MODIFIED: common_pb2.EVENT_TYPE_MODIFIED,
-    DELETED: common_pb2.EVENT_TYPE_DELETED,
-}
 
 
 def _record(name: str, description: str = "", labels: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -227,5 +222,5 @@ async def WatchNamespaces(
     async for ev in watch(ctx.deps.store, [KIND], namespace=SCOPE, since_revision=req.since_revision):
         if _matches(ev.data, labels, fields):
             yield namespace_pb2.WatchNamespacesResponse(
-                namespace=to_pb(ev.data), event_type=EVENT_TYPES[ev.op], revision=ev.revision
+                namespace=to_pb(ev.data), event_type=listing.EVENT_TYPES[ev.op], revision=ev.revision
             )

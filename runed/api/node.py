@@ -14,22 +14,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rune.api import common_pb2, health_pb2, node_pb2
+from runed.api import listing
 from runed.api.offload import offloaded
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
 from runed.model import objects
 from runed.model.nodes import NODE, PLACEMENT, SCOPE, Node, Placement, Resources, requests_of
 from runed.pipeline.context import CallContext
-from runed.store.base import ADDED, DELETED, MODIFIED, Store, iter_all
+from runed.store.base import DELETED, MODIFIED, Store, iter_all
 from runed.store.watch import watch
 
 NODE_ID_MAX = 253
-
-EVENT_TYPES = {
-    ADDED: common_pb2.EVENT_TYPE_ADDED,
-    MODIFIED: common_pb2.EVENT_TYPE_MODIFIED,
-    DELETED: common_pb2.EVENT_TYPE_DELETED,
-}
 
 
 def _resources(r: Resources) -> node_pb2.NodeResources:
@@ -202,7 +197,7 @@ async def WatchNodes(req: node_pb2.WatchNodesRequest, ctx: CallContext) -> Async
             continue
         count, used = await store.run(placed, store)
         yield node_pb2.WatchNodesResponse(
-            node=to_pb(node, count, used), event_type=EVENT_TYPES[ev.op], revision=ev.revision
+            node=to_pb(node, count, used), event_type=listing.EVENT_TYPES[ev.op], revision=ev.revision
         )
 
 

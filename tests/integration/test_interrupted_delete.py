@@ -140,9 +140,12 @@ def test_a_keeper_or_zygote_killed_during_a_cast_leaves_one_process_per_instance
         raise AssertionError("nothing started yet")
 
     os.kill(eventually(starter, timeout=30, what="the first start"), signal.SIGKILL)
-    insts = eventually(lambda: o.running("many", 40), timeout=90, what="all forty running")
+    eventually(lambda: o.running("many", 40), timeout=90, what="all forty running")
 
     def one_each() -> bool:
+        # Read again each time: records may still name instances that died with what started them,
+        # running until the controller has seen that (and started them anew, with new pids).
+        insts = o.running("many", 40)
         pids = sorted(_programs(marker))
         extra = set(pids) - {int(i["pid"]) for i in insts}
         why = {p: (_parent(p), os.readlink(f"/proc/{p}/cwd")) for p in extra}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from rune.api import common_pb2, service_pb2
+from rune.api import service_pb2
 from runed.api import listing
 from runed.api.offload import offloaded
 from runed.api.service.common import get_service, status_pb, with_status
@@ -21,12 +21,6 @@ FIELD_SELECTOR_FIELDS = ("name", "namespace", "status", "runtime")
 _PAGES = listing.Pages((objects.SERVICE, objects.SERVICE_STATUS))
 # Service protos of recent (service, status) revisions: what a page is made of.
 _BUILT = listing.Built(objects.service_from_record, service_pb2.ListServicesResponse.SERVICES_FIELD_NUMBER)
-
-EVENT_TYPES = {
-    "ADDED": common_pb2.EVENT_TYPE_ADDED,
-    "MODIFIED": common_pb2.EVENT_TYPE_MODIFIED,
-    "DELETED": common_pb2.EVENT_TYPE_DELETED,
-}
 
 
 def v_list(req: service_pb2.ListServicesRequest) -> list[FieldViolation]:
@@ -213,6 +207,6 @@ async def WatchServices(
             continue
         yield service_pb2.WatchServicesResponse(
             service=objects.service_from_record(svc_rec, status),
-            event_type=EVENT_TYPES[op],
+            event_type=listing.EVENT_TYPES[op],
             revision=ev.revision,
         )
