@@ -123,6 +123,13 @@ def test_watch_nodes_label_selector_and_bad_input(fast: tuple[Runed, str]) -> No
     with pytest.raises(grpc.RpcError) as e:
         next(iter(nodes.WatchNodes(node_pb2.WatchNodesRequest(since_revision=-1), metadata=md)))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "since_revision" in str(e.value.details())
+    with pytest.raises(grpc.RpcError) as e:
+        next(iter(nodes.WatchNodes(node_pb2.WatchNodesRequest(label_selector={"bad key!": "x"}), metadata=md)))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "label_selector" in str(e.value.details())
+    # Over REST the same: 400 naming the field, not a stream.
+    with httpx.Client(base_url=runed.http_base, timeout=10) as c:
+        r = c.get("/v1/nodes:watch", params={"since_revision": "-1"}, headers=headers(token))
+    assert r.status_code == 400 and "since_revision" in r.text, r.text
 
 
 def test_watch_nodes_over_sse_resumes_after_last_event_id(fast: tuple[Runed, str]) -> None:
