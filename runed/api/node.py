@@ -102,6 +102,11 @@ VALIDATORS: dict[str, Callable[[Any], list[FieldViolation]] | None] = {
 }
 
 
+def _selected(node: Node, labels: dict[str, str]) -> bool:
+    """Whether ``node`` carries every label of a request's ``label_selector``."""
+    return all(node.labels.get(k) == v for k, v in labels.items())
+
+
 # -- handlers -------------------------------------------------------------------------------------
 @offloaded
 def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.ListNodesResponse:
@@ -111,7 +116,7 @@ def ListNodes(req: node_pb2.ListNodesRequest, ctx: CallContext) -> node_pb2.List
     count, used = placed(store)
     nodes = [Node.from_record(r.name, r.data) for r in iter_all(store, NODE, SCOPE)]
     sel = dict(req.label_selector)
-    items = [to_pb(n, count, used) for n in nodes if all(n.labels.get(k) == v for k, v in sel.items())]
+    items = [to_pb(n, count, used) for n in nodes if _selected(n, sel)]
     return node_pb2.ListNodesResponse(nodes=items, status=common_pb2.Status(code=0), revision=revision)
 
 
@@ -193,7 +198,7 @@ async def WatchNodes(req: node_pb2.WatchNodesRequest, ctx: CallContext) -> Async
                 before = None if then is None else _shown(Node.from_record(then.name, then.data))
             if before == shown:
                 continue
-        if not all(node.labels.get(k) == v for k, v in sel.items()):
+        if not _selected(node, sel):
             continue
         count, used = await store.run(placed, store)
         yield node_pb2.WatchNodesResponse(
