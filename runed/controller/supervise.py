@@ -318,6 +318,9 @@ class Supervisor:
             inst.retire = True
             due.append(inst)
         sent = {i.key: self._signal(i, grace) for i in due if self._signals_due(i)}
+        # The last batch goes now, not once the pass yields after the bookkeeping below.
+        for runner in self.runners.values():
+            runner.send_signals()
         for inst in due:
             self.begin_stop(
                 inst,

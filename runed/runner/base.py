@@ -112,6 +112,10 @@ class Runner(Protocol):
         """
         ...
 
+    def send_signals(self) -> None:
+        """Send now the signals :meth:`stop` holds to send with others (a keeper's: one message per batch)."""
+        ...
+
     def start_reports(self) -> int | None:
         """A descriptor that becomes readable when starts have news (then :meth:`drain_reports`), or None.
 

@@ -123,6 +123,9 @@ class ContainerRunner:
     def drain_reports(self) -> None:
         return None
 
+    def send_signals(self) -> None:
+        return None
+
     def reap(self) -> None:
         return None
 

@@ -487,6 +487,9 @@ class KeeperRunner(ProcessRunner):
         except RuntimeError:  # no loop (a runner used on its own): at once
             self._send_signals()
 
+    def send_signals(self) -> None:
+        self._send_signals()
+
     def _send_signals(self) -> None:
         self._signals_due = False
         batch, self._signals = self._signals, {}

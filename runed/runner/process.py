@@ -300,6 +300,9 @@ class ProcessRunner:
         self._spawned_at[p.pid] = time.monotonic()
         return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid), attempt=attempt)
 
+    def send_signals(self) -> None:
+        return None  # a shim of its own is signalled at once
+
     def reap(self) -> None:
         for pid, p in list(self._shims.items()):
             if p.poll() is not None:
