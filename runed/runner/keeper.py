@@ -477,20 +477,17 @@ class KeeperRunner(ProcessRunner):
         dirs.append(str(directory))
         if len(dirs) >= SIGNAL_BATCH:
             # The keeper starts on these while this pass goes on (both cores at work).
-            self._send_signals()
+            self.send_signals()
             return
         if self._signals_due:
             return
         self._signals_due = True
         try:
-            asyncio.get_running_loop().call_soon(self._send_signals)
+            asyncio.get_running_loop().call_soon(self.send_signals)
         except RuntimeError:  # no loop (a runner used on its own): at once
-            self._send_signals()
+            self.send_signals()
 
     def send_signals(self) -> None:
-        self._send_signals()
-
-    def _send_signals(self) -> None:
         self._signals_due = False
         batch, self._signals = self._signals, {}
         for (pid, signum, discard), dirs in batch.items():
