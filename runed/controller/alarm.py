@@ -20,9 +20,17 @@ class Alarm:
         # something changed that may concern any service (then the next pass looks at all of them).
         self.services: set[Key] = set()
         self.everything = False
+        # Set by :meth:`rush`: the next pass need not wait out the pause after a costly one.
+        self.rushed = asyncio.Event()
 
     def wake(self) -> None:
         """Run a pass as soon as the loop is free."""
+        self.event.set()
+
+    def rush(self) -> None:
+        """Run a pass as soon as the loop is free, without the pause after a costly pass: what it
+        pauses to gather (the ends of a deletion's instances, say) is all in."""
+        self.rushed.set()
         self.event.set()
 
     def touch(self, service: Key | None) -> None:

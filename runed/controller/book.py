@@ -11,6 +11,7 @@ from typing import Any
 
 from rune.api import service_pb2
 from runed.controller.instance import AfterStop, Instance, Key
+from runed.controller.stopgroup import StopGroup
 from runed.controller.trash import Trash
 from runed.controller.writes import Writes
 from runed.core import dirspread
@@ -36,6 +37,8 @@ class Live:
     # The service spec the instance runs (its probes'), as it was when it started or was re-adopted.
     service: service_pb2.Service | None = None
     liveness_failed: bool = False
+    # The stops this one is finished with (a deletion's: see runed/controller/stopgroup.py), if any.
+    group: StopGroup | None = None
 
     def cancel_probes(self) -> None:
         for t in self.probe_tasks:
@@ -80,6 +83,8 @@ class Book:
         self.trash = Trash(data_dir)
         # Records cached but not written yet (see :meth:`hold`): when they are due, with their event.
         self._held: dict[Key, tuple[float, str]] = {}
+        # Directories of forgotten instances, with their records, until the deletions are committed.
+        self._leaving: list[tuple[tuple[str, str, str], Path]] = []
 
     def load(self) -> None:
         """Read every instance record (once, at start-up); make the instances' root if it is missing."""
@@ -176,24 +181,39 @@ class Book:
         return nxt
 
     def forget(self, key: Key) -> None:
-        """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
+        """Forget a stopped instance: its record, its pending action and its directory (logs, work).
+
+        The directory goes to the trash once the record's deletion is committed (:meth:`flush`):
+        the deletion of a service then comes as soon as its instances ended, not after a thousand
+        renames (bench/README.md, "a deletion's stops finished together"). A controller killed in
+        between leaves a directory no record names, which the next one removes at start.
+        """
         lv = self._live.pop(key, None)
         if lv is not None:
             lv.cancel_probes()
         self._held.pop(key, None)
         d = self.directory(key[1])
         self.events.forget(d)
-        self._remove_dir(d)
-        self._write((objects.INSTANCE, key[0], key[1]), None)
+        record = (objects.INSTANCE, key[0], key[1])
+        self._write(record, None)
         self._write((objects.INSTANCE_ACTION, key[0], key[1]), None)
+        self._leaving.append((record, d))
+        if not self.writes:
+            self._tidy()  # committed already (no event loop: written at once)
         gone = self._cache.pop(key, None)
         if gone is not None:
             self.touched.add((gone.namespace, gone.service))
 
-    def _remove_dir(self, d: Path) -> None:
-        """Remove an instance directory: moved into the trash now, removed with the rest of it in the
-        background (a thousand removals at once would otherwise hold the loop, or the GIL, for seconds)."""
-        self.trash.put(d)
+    def _tidy(self) -> None:
+        """Move the directories of forgotten instances whose record deletions are committed into
+        the trash (one rename each; removed together in the background: a thousand removals at once
+        would otherwise hold the loop, or the GIL, for seconds)."""
+        leaving, self._leaving = self._leaving, []
+        for record, d in leaving:
+            if record in self.writes:
+                self._leaving.append((record, d))  # not committed yet (a failed commit is retried)
+            else:
+                self.trash.put(d)
 
     async def removals_done(self) -> None:
         """Wait for the directory removals in flight (at shutdown)."""
@@ -206,5 +226,6 @@ class Book:
             self.writes.put(*key, data)
 
     async def flush(self) -> None:
-        """Write the queued records (see :class:`Writes`)."""
+        """Write the queued records (see :class:`Writes`), then move what they deleted to the trash."""
         await self.writes.flush()
+        self._tidy()

@@ -154,11 +154,10 @@ class Controller:
         pause = 0.0
         try:
             while not stop.is_set():
-                if pause:
+                if pause and not self.alarm.rushed.is_set():
                     # A costly pass is not followed at once by the next (see PASS_PAUSE_RATIO).
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(pause):
-                            await stop.wait()
+                    await self._pause(pause, stop)
+                self.alarm.rushed.clear()
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
                     # arrives as the awaited event fires.
@@ -221,6 +220,15 @@ class Controller:
             self.book.release(math.inf)
             await self.book.flush()
             await self.book.removals_done()
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait ``seconds``, or until ``stop`` or a rush (:meth:`Alarm.rush`)."""
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.alarm.rushed.wait())}
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def _load(self) -> tuple[int, dict[Key, service_pb2.Service]]:
         """What the controller keeps in memory, read at start-up (one unit of store work); returns the

@@ -18,6 +18,7 @@ from runed.controller.instance import AfterStop, Instance, RestartPolicy
 from runed.controller.launch import Launcher, StartInput
 from runed.controller.probing import LIVENESS, Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, NEW, RUNNING, STARTING, STOPPED, STOPPING, State
+from runed.controller.stopgroup import StopGroup
 from runed.core.config import ControllerConfig
 from runed.runner.base import Observation, Runner, RunnerError
 from runed.secrets import envresolve
@@ -38,6 +39,7 @@ SWEEP_SLICES = 10
 # An instance stopped to be deleted (a deletion, a scale-down, a replacement) is recorded as
 # Stopping only if its stop takes longer than this: most end sooner, and their records go from
 # Running to deleted (a deletion of a thousand wrote a thousand records only to delete them).
+# The stops of one deletion are finished together until then (``StopGroup``).
 STOPPING_RECORD_AFTER_SECONDS = 0.5
 
 # Policies under which an instance that exited on its own comes back (the unset policy is Always).
@@ -195,6 +197,8 @@ class Supervisor:
             lv = self.book.peek_live(cached.key)
             if state is STOPPING:
                 if lv is not None and lv.stop_task is not None and lv.stop_task.done():
+                    if lv.group is not None and not lv.group.done:
+                        continue  # finished with the rest of its group
                     self.finish_stop(cached.copy(), lv)
                     changed = True
                 elif lv is None or lv.stop_task is None:
@@ -318,6 +322,7 @@ class Supervisor:
             inst.retire = True
             due.append(inst)
         sent = {i.key: self._signal(i, grace) for i in due if self._signals_due(i)}
+        group = StopGroup(self.alarm, STOPPING_RECORD_AFTER_SECONDS) if len(sent) > 1 else None
         # The last batch goes now, not once the pass yields after the bookkeeping below.
         for runner in self.runners.values():
             runner.send_signals()
@@ -329,6 +334,7 @@ class Supervisor:
                 grace=grace,
                 sent=sent.get(inst.key),
                 hold=STOPPING_RECORD_AFTER_SECONDS,
+                group=group,
             )
 
     def _signals_due(self, inst: Instance) -> bool:
@@ -359,12 +365,13 @@ class Supervisor:
         grace: float | None = None,
         sent: Coroutine[Any, Any, Observation] | None = None,
         hold: float | None = None,
+        group: StopGroup | None = None,
     ) -> None:
         """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done.
 
         ``sent``: the stop whose signals went out already (:meth:`retire_all`), else they go now.
         ``hold``: the Stopping record (and event) is written only if the stop still runs this many
-        seconds from now (:meth:`Book.hold`).
+        seconds from now (:meth:`Book.hold`). ``group``: finished with the others of its group.
         """
         lv = self.book.live(inst.key)
         lv.cancel_probes()
@@ -381,8 +388,12 @@ class Supervisor:
         inst.after_stop = after
         stopping = sent if sent is not None else self._signal(inst, grace)
         lv.stop_task = asyncio.create_task(stopping)
-        # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
-        lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
+        lv.group = group
+        if group is not None:
+            group.add(lv.stop_task)  # the last of the group to end wakes the loop
+        else:
+            # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
+            lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
         if inst.state is STOPPING:
             self.book.save(inst)
         elif hold is not None:
@@ -403,6 +414,7 @@ class Supervisor:
             except Exception as e:  # pragma: no cover - runner bug
                 log.warning("stop of %s failed: %s", inst.key, e)
         lv.stop_task = None
+        lv.group = None
         after = lv.after_stop
         deleted = after is AfterStop.DELETE or inst.retire
         if obs is not None:

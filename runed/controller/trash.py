@@ -3,8 +3,8 @@
 Why: a deletion of a thousand instances removed a thousand directories one by one, each a
 ``shutil.rmtree`` in a worker thread holding the GIL: a quarter of the controller's time while it
 was also signalling the instances and writing their records (bench/README.md). Now a forgotten
-instance's directory is renamed into the data dir's trash (one system call: nothing is left under
-its name, so a start of the same id finds no leftovers), and the trash is emptied by one ``rm -rf``
+instance's directory is renamed into the data dir's trash once its record's deletion is committed
+(one system call: nothing is left under its name), and the trash is emptied by one ``rm -rf``
 of every entry in it, a process of its own (no GIL, the other core), repeated while entries arrive.
 What a crash leaves in the trash is removed when the controller starts.
 

@@ -1,0 +1,60 @@
+"""A deletion's instances are finished together once they all ended, but not held for one that is slow.
+
+Real runed, real instance processes (under a shim each, and under one keeper). The stops of one
+deletion are finished in one pass when the last one ended (``runed/controller/stopgroup.py``); an
+instance that ignores SIGTERM must not keep the records and directories of those that ended
+until its grace period is over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rune.api import service_pb2
+from runed.runner import native
+from tests.harness import RunedFactory
+from tests.integration.orch import Orch, runefile_args
+from tests.support import alive, eventually
+
+SHIMS = ["auto", pytest.param("shared", marks=pytest.mark.skipif(native.shim_path() is None, reason="no keeper"))]
+GRACE = 12
+
+
+@pytest.mark.parametrize("shim", SHIMS)
+def test_what_ended_goes_while_one_instance_still_ignores_sigterm(
+    shim: str, runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    deaf = tmp_path / "deaf"
+    # The first instance to start ignores SIGTERM; the others end on it.
+    script = (
+        f"if mkdir {deaf} 2>/dev/null; then trap '' TERM; echo $$ > {deaf}/pid; fi; echo up; while :; do sleep 1; done"
+    )
+    o.cast_shell("mixed", script, scale=4)
+    insts = eventually(lambda: o.running("mixed", 4), timeout=60, what="four instances running")
+    eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
+    stubborn = int((deaf / "pid").read_text())
+    req = service_pb2.DeleteServiceRequest(name="mixed", namespace="default", grace_period=GRACE)
+    o.services.DeleteService(req, metadata=o.auth)
+
+    def the_others_gone() -> dict[str, Any]:
+        left = o.instances("mixed")
+        assert len(left) == 1, [(i["name"], i["state"]) for i in left]
+        return left[0]
+
+    # Well within the grace period: what ended is deleted, the deaf one still runs and is Stopping.
+    left = eventually(the_others_gone, timeout=GRACE / 2, what="the ended instances deleted")
+    assert int(left["pid"]) == stubborn and left["state"] == "STOPPING", (left["pid"], stubborn, left["state"])
+    assert alive(stubborn), "killed before its grace period ended"
+    for inst in insts:
+        if int(inst["pid"]) != stubborn:
+            assert not Path(str(inst["log_dir"])).exists(), "an ended instance's directory is left"
+    assert not o.service_gone("mixed")
+    eventually(lambda: o.service_gone("mixed"), timeout=GRACE + 20, what="the service deleted")
+    assert not alive(stubborn), "killed once its grace period ended"
+    assert o.instances("mixed") == []
