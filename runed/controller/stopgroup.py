@@ -2,11 +2,12 @@
 
 Why: a deletion's instances end within a few milliseconds of each other, but their stops were
 finished as they ended, over two or three passes, each followed by the pause after a costly pass
-(``reconciler.PASS_PAUSE_RATIO``): a deletion of a thousand deleted its service 150-290 ms after its
-last process ended, 90-160 ms now (bench/README.md, "a deletion's stops finished together"). Finished together, they are one pass,
-which comes as soon as the last one ended. Not for long: once the group is older than its wait
-(an instance that ignores SIGTERM holds it until its grace period ends), each member is finished as
-it ends, as a stop on its own is, so what ended does not show as Stopping meanwhile.
+(``reconciler.PASS_PAUSE_RATIO``): a deletion of a thousand deleted its service 150-290 ms after
+its last process ended, 90-160 ms now (bench/README.md, "a deletion's stops finished together").
+Finished together, they are one pass, which comes as soon as the last one ended. Not for long:
+once the group is older than its wait (an instance that ignores SIGTERM holds it until its grace
+period ends), each member is finished as it ends, as a stop on its own is, so what ended does not
+show as Stopping meanwhile.
 """
 
 from __future__ import annotations
