@@ -11,7 +11,6 @@ from typing import Any
 
 from rune.api import service_pb2
 from runed.controller.instance import AfterStop, Instance, Key
-from runed.controller.stopgroup import StopGroup
 from runed.controller.trash import Trash
 from runed.controller.writes import Writes
 from runed.core import dirspread
@@ -27,7 +26,7 @@ log = logging.getLogger("runed.controller")
 class Live:
     """What an instance has beside its record while this controller runs: tasks and resolved env."""
 
-    stop_task: asyncio.Task[Observation] | None = None
+    stop_task: asyncio.Future[Observation] | None = None
     # What to do once the stop finishes (the record's ``after_stop`` is what a restarted controller resumes).
     after_stop: AfterStop = AfterStop.STOPPED
     stop_reason: str = ""
@@ -37,8 +36,6 @@ class Live:
     # The service spec the instance runs (its probes'), as it was when it started or was re-adopted.
     service: service_pb2.Service | None = None
     liveness_failed: bool = False
-    # The stops this one is finished with (a deletion's: see runed/controller/stopgroup.py), if any.
-    group: StopGroup | None = None
 
     def cancel_probes(self) -> None:
         for t in self.probe_tasks:
@@ -183,9 +180,9 @@ class Book:
     def forget(self, key: Key) -> None:
         """Forget a stopped instance: its record, its pending action and its directory (logs, work).
 
-        The directory goes to the trash once the record's deletion is committed (:meth:`flush`):
+        The directory is removed once the record's deletion is committed (:meth:`flush`):
         the deletion of a service then comes as soon as its instances ended, not after a thousand
-        renames (bench/README.md, "a deletion's stops finished together"). A controller killed in
+        removals (bench/README.md, "a deletion's stops finished together"). A controller killed in
         between leaves a directory no record names, which the next one removes at start.
         """
         lv = self._live.pop(key, None)
@@ -205,15 +202,17 @@ class Book:
             self.touched.add((gone.namespace, gone.service))
 
     def _tidy(self) -> None:
-        """Move the directories of forgotten instances whose record deletions are committed into
-        the trash (one rename each; removed together in the background: a thousand removals at once
-        would otherwise hold the loop, or the GIL, for seconds)."""
+        """Remove the directories of forgotten instances whose record deletions are committed, in
+        the background (see ``trash``)."""
         leaving, self._leaving = self._leaving, []
+        done: list[Path] = []
         for record, d in leaving:
             if record in self.writes:
                 self._leaving.append((record, d))  # not committed yet (a failed commit is retried)
             else:
-                self.trash.put(d)
+                done.append(d)
+        if done:
+            self.trash.remove(done)
 
     async def removals_done(self) -> None:
         """Wait for the directory removals in flight (at shutdown)."""

@@ -1,50 +1,85 @@
-"""The stops of one deletion, finished together once the last of them ended (or a moment has passed).
+"""The stops of one deletion, run together: their ends come in batches, each finished at once.
 
-Why: a deletion's instances end within a few milliseconds of each other, but their stops were
-finished as they ended, over two or three passes, each followed by the pause after a costly pass
+Why: a deletion's instances end within a few milliseconds of each other. Stopped one by one, each
+stop was a task, a reader and a timer in the event loop, and each end was finished in a pass, over
+two or three passes, each followed by the pause after a costly pass
 (``reconciler.PASS_PAUSE_RATIO``): a deletion of a thousand deleted its service 150-290 ms after
-its last process ended, 90-160 ms now (bench/README.md, "a deletion's stops finished together").
-Finished together, they are one pass, which comes as soon as the last one ended. Not for long:
-once the group is older than its wait (an instance that ignores SIGTERM holds it until its grace
-period ends), each member is finished as it ends, as a stop on its own is, so what ended does not
-show as Stopping meanwhile.
+its last process ended. Now the runner stops them together (:meth:`Runner.stop_many`), each batch
+of ends it reports is finished (its records' deletions queued, committed as they come) while the
+rest are still ending, and the last end rushes the pass that deletes the service, with little left
+to commit (bench/README.md, "ends in batches").
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from runed.controller.alarm import Alarm
+from runed.controller.instance import Key
+from runed.runner.base import Observation
+
+log = logging.getLogger("runed.controller")
 
 
 class StopGroup:
-    """Counts the stop tasks of a group still under way; rushes the loop when none is."""
+    """The members' stops, as futures the runner's reports resolve; ``finish`` is called with the
+    members that ended since it was last called, once per batch."""
 
-    def __init__(self, alarm: Alarm, wait: float) -> None:
+    def __init__(self, alarm: Alarm, finish: Callable[[list[Key]], None]) -> None:
         self.alarm = alarm
+        self.finish = finish
         self.left = 0
-        self._until = time.monotonic() + wait
-        # The pass that finishes what ended by then.
-        alarm.due(time.time() + wait)
+        self._members: list[tuple[Key, asyncio.Future[Observation]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Members that ended since the last call of ``finish`` (None: no call is due).
+        self._ended: list[Key] | None = None
 
-    def add(self, task: asyncio.Task[Any]) -> None:
-        self.left += 1
-        task.add_done_callback(self._ended)
+    def members(self, keys: list[Key]) -> tuple[list[asyncio.Future[Observation]], Callable[[int, Observation], None]]:
+        """The stops of ``keys``, and what resolves the i-th of them (a runner's ``ended``)."""
+        loop = asyncio.get_running_loop()
+        stops: list[asyncio.Future[Observation]] = [loop.create_future() for _ in keys]
+        self._members.extend(zip(keys, stops, strict=True))
+        self.left += len(keys)
 
-    def _ended(self, _: asyncio.Task[Any]) -> None:
+        def ended(i: int, how: Observation) -> None:
+            if not stops[i].done():
+                stops[i].set_result(how)
+                self._left_one(keys[i])
+
+        return stops, ended
+
+    def run(self, stops: Coroutine[Any, Any, None]) -> None:
+        """Run the coroutine that resolves members (:meth:`Runner.stop_many`)."""
+        task = asyncio.get_running_loop().create_task(stops)
+        self._tasks.add(task)
+        task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[Any]) -> None:
+        """A stop that failed (a runner's bug) leaves no member stopping for ever: each member it
+        did not resolve is over with its error."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        err = task.exception()
+        log.warning("stopping %d instances failed: %s", sum(1 for _, f in self._members if not f.done()), err)
+        for key, fut in self._members:
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"the stop failed: {err}"))
+                self._left_one(key)
+
+    def _left_one(self, key: Key) -> None:
         self.left -= 1
+        if self._ended is None:
+            self._ended = []
+            # Once the runner's batch is in: called once for all of it.
+            asyncio.get_running_loop().call_soon(self._finish)
+        self._ended.append(key)
         if not self.left:
             self.alarm.rush()
-        elif self.overdue:
-            self.alarm.wake()  # finished on its own (see the module's docstring)
 
-    @property
-    def overdue(self) -> bool:
-        return time.monotonic() >= self._until
-
-    @property
-    def done(self) -> bool:
-        """Whether its members are finished now: each ended, or the group waited long enough."""
-        return not self.left or self.overdue
+    def _finish(self) -> None:
+        keys, self._ended = self._ended or [], None
+        self.finish(keys)

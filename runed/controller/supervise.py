@@ -14,7 +14,7 @@ from rune.api import common_pb2, service_pb2
 from runed.controller.alarm import Alarm
 from runed.controller.book import Book, Live
 from runed.controller.exitwatch import ExitWatch
-from runed.controller.instance import AfterStop, Instance, RestartPolicy
+from runed.controller.instance import AfterStop, Instance, Key, RestartPolicy
 from runed.controller.launch import Launcher, StartInput
 from runed.controller.probing import LIVENESS, Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, NEW, RUNNING, STARTING, STOPPED, STOPPING, State
@@ -39,7 +39,6 @@ SWEEP_SLICES = 10
 # An instance stopped to be deleted (a deletion, a scale-down, a replacement) is recorded as
 # Stopping only if its stop takes longer than this: most end sooner, and their records go from
 # Running to deleted (a deletion of a thousand wrote a thousand records only to delete them).
-# The stops of one deletion are finished together until then (``StopGroup``).
 STOPPING_RECORD_AFTER_SECONDS = 0.5
 
 # Policies under which an instance that exited on its own comes back (the unset policy is Always).
@@ -197,9 +196,7 @@ class Supervisor:
             lv = self.book.peek_live(cached.key)
             if state is STOPPING:
                 if lv is not None and lv.stop_task is not None and lv.stop_task.done():
-                    if lv.group is not None and not lv.group.done:
-                        continue  # finished with the rest of its group
-                    self.finish_stop(cached.copy(), lv)
+                    self.finish_stop(cached, lv)
                     changed = True
                 elif lv is None or lv.stop_task is None:
                     self.begin_stop(cached.copy(), after=cached.after_stop or AfterStop.STOPPED, reason="")
@@ -321,8 +318,9 @@ class Supervisor:
             inst = inst.copy()
             inst.retire = True
             due.append(inst)
-        sent = {i.key: self._signal(i, grace) for i in due if self._signals_due(i)}
-        group = StopGroup(self.alarm, STOPPING_RECORD_AFTER_SECONDS) if len(sent) > 1 else None
+        signalled = [i for i in due if self._signals_due(i)]
+        # Together, or one on its own (as begin_stop stops it).
+        stops = self._stop_together(signalled, grace) if len(signalled) > 1 else {}
         # The last batch goes now, not once the pass yields after the bookkeeping below.
         for runner in self.runners.values():
             runner.send_signals()
@@ -332,10 +330,33 @@ class Supervisor:
                 after=AfterStop.DELETE,
                 reason=f"Terminating: {reason}",
                 grace=grace,
-                sent=sent.get(inst.key),
+                stop=stops.get(inst.key),
                 hold=STOPPING_RECORD_AFTER_SECONDS,
-                group=group,
             )
+
+    def _stop_together(self, insts: list[Instance], grace: float | None) -> dict[Key, asyncio.Future[Observation]]:
+        """The stops of ``insts`` (deleted once stopped), a batch per runner and grace period
+        (:meth:`Runner.stop_many`): each one's signals go out now, its end resolves its future and
+        is finished with the others of its batch (:class:`StopGroup`)."""
+        group = StopGroup(self.alarm, self._finish_ended)
+        batches: dict[tuple[str, float], list[Instance]] = {}
+        for inst in insts:
+            batches.setdefault((inst.runner, self._grace(inst, grace)), []).append(inst)
+        out: dict[Key, asyncio.Future[Observation]] = {}
+        for (_, seconds), members in batches.items():
+            stops, ended = group.members([i.key for i in members])
+            orders = [(Path(i.log_dir), i.handle, self.exits.take(i.key)) for i in members]
+            group.run(self.runner(members[0]).stop_many(orders, seconds, discard=True, ended=ended))
+            out.update(zip((i.key for i in members), stops, strict=True))
+        return out
+
+    def _finish_ended(self, keys: list[Key]) -> None:
+        """Finish the stops of ``keys`` that are over (a batch of a :class:`StopGroup`'s ends)."""
+        for key in keys:
+            cached = self.book.get(key)
+            lv = self.book.peek_live(key)
+            if cached is not None and lv is not None and lv.stop_task is not None and lv.stop_task.done():
+                self.finish_stop(cached, lv)
 
     def _signals_due(self, inst: Instance) -> bool:
         """Whether a stop of ``inst`` signals its process (it runs and no stop is under way)."""
@@ -363,21 +384,20 @@ class Supervisor:
         after: AfterStop,
         reason: str,
         grace: float | None = None,
-        sent: Coroutine[Any, Any, Observation] | None = None,
+        stop: asyncio.Future[Observation] | None = None,
         hold: float | None = None,
-        group: StopGroup | None = None,
     ) -> None:
         """SIGTERM, grace, SIGKILL in a task; :meth:`observe` finishes the stop once the task is done.
 
-        ``sent``: the stop whose signals went out already (:meth:`retire_all`), else they go now.
+        ``stop``: the stop under way, its signals sent (:meth:`retire_all`), else they go now.
         ``hold``: the Stopping record (and event) is written only if the stop still runs this many
-        seconds from now (:meth:`Book.hold`). ``group``: finished with the others of its group.
+        seconds from now (:meth:`Book.hold`).
         """
         lv = self.book.live(inst.key)
         lv.cancel_probes()
         lv.after_stop = after
         lv.stop_reason = reason
-        if sent is None and not self._signals_due(inst):
+        if stop is None and not self._signals_due(inst):
             self.exits.discard(inst.key)
             if inst.state in ACTIVE:
                 return  # already stopping
@@ -386,12 +406,8 @@ class Supervisor:
             self.finish_stop(inst, lv, observed=False)
             return
         inst.after_stop = after
-        stopping = sent if sent is not None else self._signal(inst, grace)
-        lv.stop_task = asyncio.create_task(stopping)
-        lv.group = group
-        if group is not None:
-            group.add(lv.stop_task)  # the last of the group to end wakes the loop
-        else:
+        lv.stop_task = stop if stop is not None else asyncio.create_task(self._signal(inst, grace))
+        if stop is None:  # else its group finishes it (``_stop_together``)
             # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
             lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
         if inst.state is STOPPING:
@@ -406,6 +422,8 @@ class Supervisor:
             self.book.event(inst, f"Stopping: {reason or 'on request'}")
 
     def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
+        """The stop of ``inst`` (the cached instance or a copy; not changed) is over: forget a
+        deleted instance, else record how it ended and what comes next."""
         self.launcher.release(inst)
         obs: Observation | None = None
         if observed and lv.stop_task is not None:
@@ -414,22 +432,21 @@ class Supervisor:
             except Exception as e:  # pragma: no cover - runner bug
                 log.warning("stop of %s failed: %s", inst.key, e)
         lv.stop_task = None
-        lv.group = None
         after = lv.after_stop
-        deleted = after is AfterStop.DELETE or inst.retire
+        if after is AfterStop.DELETE or inst.retire:
+            # Its record and its directory go (its events with them): nothing more to write.
+            self.book.forget(inst.key)
+            return
+        inst = inst.copy()
         if obs is not None:
             inst.last_exit_code = obs.code
             inst.last_signal = obs.signal
-            if not deleted:  # a deleted instance's events go with its directory, now
-                how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
-                self.book.event(inst, f"Stopped: {how}")
+            how = f"signal {obs.signal}" if obs.signal is not None else f"exit code {obs.code}"
+            self.book.event(inst, f"Stopped: {how}")
         inst.pid = 0
         # A restart is left to the next pass, which reads what a start needs first (off the event
         # loop on PostgreSQL): the STOPPED record says it is due, also to a controller started anew.
         inst.after_stop = AfterStop.RESTART if after is AfterStop.RESTART else None
-        if deleted:
-            self.book.forget(inst.key)
-            return
         if inst.state is not STOPPED:
             self.set_state(inst, STOPPED, lv.stop_reason or "Stopped")
         else:

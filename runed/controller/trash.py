@@ -1,12 +1,13 @@
-"""Removal of deleted instances' directories: moved aside at once, removed together in the background.
+"""Removal of deleted instances' directories, together in the background.
 
 Why: a deletion of a thousand instances removed a thousand directories one by one, each a
 ``shutil.rmtree`` in a worker thread holding the GIL: a quarter of the controller's time while it
 was also signalling the instances and writing their records (bench/README.md). Now a forgotten
-instance's directory is renamed into the data dir's trash once its record's deletion is committed
-(one system call: nothing is left under its name), and the trash is emptied by one ``rm -rf``
-of every entry in it, a process of its own (no GIL, the other core), repeated while entries arrive.
-What a crash leaves in the trash is removed when the controller starts.
+instance's directory is removed once its record's deletion is committed (:meth:`Trash.remove`),
+and a directory no record names is renamed into the data dir's trash at once (one system call:
+nothing is left under its name). Both go by one ``rm -rf`` per batch, a process of its own (no
+GIL, the other core), repeated while more arrive. What a crash leaves in the trash is removed when
+the controller starts.
 
 Secret mount files are removed before an instance's directory gets here (``Launcher.release``).
 """
@@ -30,15 +31,17 @@ TRASH_NAME = "trash"
 BATCH = 2000
 
 
-def empty(root: Path) -> None:
-    """Remove everything in ``root`` (blocking): one ``rm -rf`` per batch, ``shutil.rmtree`` without one."""
+def empty(root: Path, also: list[str] | None = None) -> None:
+    """Remove everything in ``root``, and the paths ``also`` (blocking): one ``rm -rf`` per batch,
+    ``shutil.rmtree`` without one."""
     try:
-        names = sorted(os.listdir(root))
+        names = [str(root / n) for n in sorted(os.listdir(root))]
     except FileNotFoundError:
-        return
+        names = []
+    names += also or []
     rm = shutil.which("rm")
     for i in range(0, len(names), BATCH):
-        paths = [str(root / n) for n in names[i : i + BATCH]]
+        paths = names[i : i + BATCH]
         if rm is not None:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(
@@ -66,6 +69,8 @@ class Trash:
         self._seq = itertools.count(time.time_ns())
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        # Directories to remove with the trash's entries (:meth:`remove`).
+        self._doomed: list[str] = []
 
     def put(self, d: Path) -> None:
         """Move the directory ``d`` into the trash and have it emptied (a missing ``d`` is nothing to do)."""
@@ -88,12 +93,22 @@ class Trash:
             return
         self.empty_soon()
 
+    def remove(self, dirs: list[Path]) -> None:
+        """Remove ``dirs`` in the background, as the trash's entries are, without moving them here
+        first: for forgotten instances' directories, once their records' deletions are committed
+        (their names are unique; one a crash leaves is removed when the controller starts, as a
+        directory no record names). A thousand renames were 40-50 ms of the event loop right after
+        a deletion's commit (traced; bench/README.md, "ends in batches")."""
+        self._doomed.extend(str(d) for d in dirs)
+        self.empty_soon()
+
     def empty_soon(self) -> None:
         """Empty the trash in the background (here and now when no event loop runs)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            empty(self.root)
+            doomed, self._doomed = self._doomed, []
+            empty(self.root, doomed)
             return
         if self._task is not None:
             self._again = True  # taken by the run in flight once it is done
@@ -105,7 +120,8 @@ class Trash:
         try:
             while True:
                 self._again = False
-                await loop.run_in_executor(None, empty, self.root)
+                doomed, self._doomed = self._doomed, []
+                await loop.run_in_executor(None, empty, self.root, doomed)
                 if not self._again:
                     return
         except Exception as e:  # pragma: no cover - an unexpected failure must not end the controller

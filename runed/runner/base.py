@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class RunnerError(Exception):
@@ -112,6 +114,18 @@ class Runner(Protocol):
         """
         ...
 
+    def stop_many(
+        self,
+        stops: Sequence[tuple[Path, Handle, int | None]],
+        grace: float,
+        *,
+        discard: bool,
+        ended: Callable[[int, Observation], None],
+    ) -> Coroutine[Any, Any, None]:
+        """:meth:`stop` each of ``stops`` (directory, handle, ``shim_end``); ``ended(i, how)`` is
+        told of ``stops[i]``'s end as it comes (see :func:`stop_each`)."""
+        ...
+
     def send_signals(self) -> None:
         """Send now the signals :meth:`stop` holds to send with others (a keeper's: one message per batch)."""
         ...
@@ -134,3 +148,20 @@ class Runner(Protocol):
     def close(self) -> None:
         """Let go of what the runner holds (helper processes' descriptors); instances keep running."""
         ...
+
+
+async def stop_each(
+    runner: Runner,
+    stops: Sequence[tuple[Path, Handle, int | None]],
+    grace: float,
+    *,
+    discard: bool,
+    ended: Callable[[int, Observation], None],
+) -> None:
+    """:meth:`Runner.stop_many` as a stop of each, side by side: for a runtime whose stops share
+    nothing (a container engine's, one request each)."""
+
+    async def one(i: int, directory: Path, handle: Handle, shim_end: int | None) -> None:
+        ended(i, await runner.stop(directory, handle, grace, discard=discard, shim_end=shim_end))
+
+    await asyncio.gather(*(one(i, *stop) for i, stop in enumerate(stops)))

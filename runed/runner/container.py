@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
+from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError, stop_each
 
 
 class ContainerRunner:
@@ -110,6 +111,16 @@ class ContainerRunner:
 
         await asyncio.to_thread(_stop)
         return Observation("exited", handle)
+
+    def stop_many(
+        self,
+        stops: Sequence[tuple[Path, Handle, int | None]],
+        grace: float,
+        *,
+        discard: bool,
+        ended: Callable[[int, Observation], None],
+    ) -> Coroutine[Any, Any, None]:
+        return stop_each(self, stops, grace, discard=discard, ended=ended)
 
     def later_start(self, directory: Path, handle: Handle) -> Handle | None:
         return None  # a container is created by the start call itself: the record has its id

@@ -31,20 +31,18 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
 from runed.runner import native, zygote
 from runed.runner.base import Handle, LaunchSpec, Observation
 from runed.runner.process import (
-    EXIT_RECORD_TIMEOUT_SECONDS,
     SPAWN_TIMEOUT_SECONDS,
     ProcessRunner,
+    Signalled,
     alive,
     fence,
     is_keeper,
-    readable,
 )
 
 log = logging.getLogger("runed.runner")
@@ -329,6 +327,13 @@ class Keepers:
         self._ours = None
 
 
+@dataclasses.dataclass
+class Kept(Signalled):
+    """A stop of an instance run by a keeper, which signals it."""
+
+    keeper: Keeper
+
+
 class KeeperRunner(ProcessRunner):
     """The process runner with a keeper for all instances instead of a shim for each.
 
@@ -454,19 +459,37 @@ class KeeperRunner(ProcessRunner):
             return None  # ended (or never the keeper's): observed at once
         return end
 
-    def stop(
-        self, directory: Path, handle: Handle, grace: float, *, discard: bool = False, shim_end: int | None = None
-    ) -> Coroutine[Any, Any, Observation]:
-        """As :meth:`ProcessRunner.stop`; the keeper's instances are signalled by their keeper, the
-        stops of one pass in one message (:meth:`_signal_soon`)."""
+    def _signal(self, directory: Path, handle: Handle, discard: bool, shim_end: int | None) -> Signalled | None:
+        """As :meth:`ProcessRunner._signal`; the keeper's instances are signalled by their keeper,
+        the stops of one pass in one message (:meth:`_signal_soon`)."""
         keeper = self._keeper(directory, handle) if handle.pid else None
         if keeper is not None and shim_end is None:
             shim_end = self.exit_fd(directory, handle)
         if keeper is None or shim_end is None:
             # A shim of its own, or ended already (no end to wait for): as any process runner does.
-            return super().stop(directory, handle, grace, discard=discard, shim_end=shim_end)
+            return super()._signal(directory, handle, discard, shim_end)
         self._signal_soon(keeper, directory, signal.SIGTERM, discard)
-        return self._kept_stop(keeper, directory, handle, grace, shim_end, discard=discard)
+        return Kept(directory, handle, shim_end, discard, True, keeper)
+
+    def _kill(self, s: Signalled) -> None:
+        if not isinstance(s, Kept):
+            return super()._kill(s)
+        self._signal_soon(s.keeper, s.directory, signal.SIGKILL, s.discard)
+
+    def _discarded(self, s: Signalled) -> Observation | None:
+        """As :meth:`ProcessRunner._discarded`, but not for an instance whose keeper died (its end
+        pipes reached end of file with it) before it killed what ignored SIGTERM: observing a dead
+        keeper's instance kills what is left of its group, which would otherwise run on, orphaned,
+        its record gone."""
+        if not isinstance(s, Kept):
+            return super()._discarded(s)
+        return Observation("exited", s.handle) if s.discard and s.keeper.connected() else None
+
+    def _after(self, s: Signalled) -> None:
+        """Nothing for a keeper's instance: what is left in its group the keeper kills before it
+        writes the exit record."""
+        if not isinstance(s, Kept):
+            super()._after(s)
 
     def _signal_soon(self, keeper: Keeper, directory: Path, signum: int, discard: bool) -> None:
         """Have ``keeper`` send ``signum`` to the instance in ``directory`` once the pass yields,
@@ -499,30 +522,6 @@ class KeeperRunner(ProcessRunner):
             except KeeperError as e:
                 # Its instances' ends are near (their ends reach end of file with the keeper).
                 log.warning("cannot signal %d instances: %s", len(dirs), e)
-
-    async def _kept_stop(
-        self, keeper: Keeper, directory: Path, handle: Handle, grace: float, end: int, *, discard: bool
-    ) -> Observation:
-        """The rest of a stop of an instance of ``keeper``: grace, SIGKILL, the exit record. What
-        is left in the instance's group the keeper kills before it writes the record."""
-        try:
-            ended = await readable(end, max(0.0, grace))
-            if not ended:
-                self._signal_soon(keeper, directory, signal.SIGKILL, discard)
-                ended = await readable(end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
-            if ended and discard and keeper.connected():
-                return Observation("exited", handle)  # the record and its directory go next, unread
-            # Also for a deleted instance whose keeper died (its end pipes reached end of file with
-            # it) before it killed what ignored SIGTERM: observing a dead keeper's instance kills
-            # what is left of its group, which would otherwise run on, orphaned, its record gone.
-            obs = self.observe(directory, handle)
-            deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS + 1.0
-            while obs.state != "exited" and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-                obs = self.observe(directory, obs.handle)
-            return obs
-        finally:
-            os.close(end)
 
     def reap(self) -> None:
         super().reap()

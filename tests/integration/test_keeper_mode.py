@@ -186,5 +186,5 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
     eventually(lambda: korch.instances("stubborn") == [], timeout=30, what="the instances deleted")
     for inst in insts:
         assert not alive(int(inst["pid"])), "killed after the grace period"
-        assert not Path(str(inst["log_dir"])).exists()
+        eventually(lambda inst=inst: not Path(str(inst["log_dir"])).exists(), what="its directory removed")
     eventually(lambda: korch.service_gone("stubborn"), what="the service deleted")

@@ -1,0 +1,107 @@
+"""Stops run together (``Runner.stop_many``), with real instances under real shims and a real keeper.
+
+Each stop's signals go out when it is asked for, each end is told as it comes (not once all have
+ended), and an instance that ignores SIGTERM is killed once its grace period is over while the
+others were told long before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runed.runner import native
+from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.keeper import KeeperRunner
+from runed.runner.process import ProcessRunner, alive
+from tests.support import eventually
+
+SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(3600)\n'
+DEAF = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEPER
+GRACE = 2.0
+KEEPER = pytest.param("keeper", marks=pytest.mark.skipif(native.shim_path() is None, reason="no keeper"))
+
+
+@pytest.fixture(params=["forked-shim", "interpreter-shim", KEEPER])
+def runner(request: pytest.FixtureRequest) -> Iterator[ProcessRunner]:
+    if request.param == "keeper":
+        program = native.shim_path()
+        assert program is not None
+        r: ProcessRunner = KeeperRunner(program=program)
+    else:
+        r = ProcessRunner(fork=request.param == "forked-shim")
+    yield r
+    r.close(wait=10)
+    if isinstance(r, KeeperRunner):
+        # A keeper leaves once nothing runs and nobody is connected: reaped here, not left a zombie.
+        for proc in r.keepers._procs:
+            proc.wait(10)
+
+
+def _start(r: ProcessRunner, tmp_path: Path, iid: str, source: str) -> tuple[Path, Handle]:
+    d = tmp_path / "instances" / iid
+    prog = tmp_path / f"{iid}.py"
+    prog.write_text(source)
+    spec = LaunchSpec(
+        instance_id=iid,
+        namespace="default",
+        name=iid,
+        service="svc",
+        directory=d,
+        argv=[sys.executable, str(prog)],
+        env={"PATH": os.environ.get("PATH", "")},
+        cwd=str(tmp_path),
+    )
+    handle = r.start(spec)
+
+    def running() -> Handle:
+        obs = r.observe(d, handle)
+        assert obs.state == "running", obs
+        assert (d / "log.jsonl").exists() and b"started" in (d / "log.jsonl").read_bytes()
+        return obs.handle
+
+    return d, eventually(running, timeout=30, what=f"{iid} runs")
+
+
+def test_each_end_is_told_as_it_comes_and_the_deaf_one_is_killed_after_its_grace(
+    runner: ProcessRunner, tmp_path: Path
+) -> None:
+    started = [_start(runner, tmp_path, f"i{n}", DEAF if n == 2 else SLEEPER) for n in range(3)]
+    pids = [h.pid for _, h in started]
+
+    async def scenario() -> list[tuple[int, Observation, float]]:
+        told: list[tuple[int, Observation, float]] = []
+        t0 = time.monotonic()
+        stopping = runner.stop_many(
+            [(d, h, None) for d, h in started],
+            GRACE,
+            discard=True,
+            ended=lambda i, how: told.append((i, how, time.monotonic() - t0)),
+        )
+        runner.send_signals()
+        # Not awaited yet: the two that end on SIGTERM were signalled all the same.
+        eventually(lambda: not any(alive(h.pid, h.pid_start) for _, h in started[:2]), what="both signalled")
+        await stopping
+        return told
+
+    try:
+        told = asyncio.run(scenario())
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    assert sorted(i for i, _, _ in told) == [0, 1, 2], told
+    assert all(how.state == "exited" for _, how, _ in told), told
+    at = {i: seconds for i, _, seconds in told}
+    assert at[0] < GRACE / 2 and at[1] < GRACE / 2, at
+    assert at[2] >= GRACE, at
+    for _, h in started:
+        assert not alive(h.pid, h.pid_start)
