@@ -339,7 +339,8 @@ def test_readonly_token_sees_actions_disabled_and_is_refused_anyway(
     browser.go("#/ns/default/config")
     browser.wait_for("#secrets tr[data-name=db] button")
     assert not browser.find("#secrets tr[data-name=db] button").is_enabled(), "readonly may not read secret values"
-    assert browser.find("#configmaps tr[data-name=app] button").is_enabled()
+    # The configmaps come in a request of their own: drawn after the secrets, or before.
+    assert browser.wait_for("#configmaps tr[data-name=app] button").is_enabled()
     # The page's own token, sent anyway: the server refuses.
     for method, path, body, right in (
         ("POST", "/services/web:scale", {"scale": 5}, "services:scale"),

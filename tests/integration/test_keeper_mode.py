@@ -186,5 +186,6 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
     eventually(lambda: korch.instances("stubborn") == [], timeout=30, what="the instances deleted")
     for inst in insts:
         assert not alive(int(inst["pid"])), "killed after the grace period"
-        eventually(lambda inst=inst: not Path(str(inst["log_dir"])).exists(), what="its directory removed")
+    dirs = [Path(str(inst["log_dir"])) for inst in insts]
+    eventually(lambda: not any(d.exists() for d in dirs), what="their directories removed")
     eventually(lambda: korch.service_gone("stubborn"), what="the service deleted")
