@@ -1,10 +1,8 @@
 """Exit notification: the event loop tells the controller when a running instance's end is decided.
 
-Every watched descriptor is in one epoll set of its own, and that set's descriptor is the only one
-the event loop watches: adding or taking a watch is one ``epoll_ctl``, and the ends of many
-instances come in one callback, not one each. With a reader per descriptor in the loop, a deletion
-of a thousand spent 12-14 ms of its pass only taking the watches over to the stops (py-spy;
-bench/README.md, "ends in batches").
+Every watched descriptor is in one :class:`ReadySet`, whose descriptor is the only one the event
+loop watches: adding or taking a watch is one ``epoll_ctl``, and the ends of many instances come in
+one callback, not one each.
 """
 
 from __future__ import annotations
@@ -12,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 from collections.abc import Callable
 
 from runed.controller.alarm import Alarm
 from runed.controller.instance import Key
-
-# Ends taken from the set per epoll_wait (more wait for the next one, at once).
-BATCH = 1024
+from runed.core.readyset import ReadySet
 
 
 class ExitWatch:
@@ -34,7 +29,7 @@ class ExitWatch:
         self.alarm = alarm
         self._fds: dict[Key, int] = {}
         self._keys: dict[int, Key] = {}
-        self._set = select.epoll()
+        self._set = ReadySet()
         # Whether the loop watches the set (from the first watch on: made outside any loop).
         self._loop: asyncio.AbstractEventLoop | None = None
         # Something ended since the last pass (finished helper processes are worth reaping).
@@ -55,7 +50,7 @@ class ExitWatch:
                 loop = asyncio.get_running_loop()
                 loop.add_reader(self._set.fileno(), self.check)
                 self._loop = loop
-            self._set.register(fd, select.EPOLLIN)
+            self._set.add(fd)
         except (RuntimeError, OSError, ValueError):
             os.close(fd)
             return False
@@ -75,25 +70,22 @@ class ExitWatch:
         if fd is None:
             return None
         del self._keys[fd]
-        self._set.unregister(fd)
+        self._set.remove(fd)
         return fd
 
     def check(self) -> int:
         """Fire every watch whose descriptor is readable now; how many fired.
 
         What the loop runs when the set is readable, and the safety net for a wake-up it did not
-        deliver: one system call per :data:`BATCH` ends, not a look at each instance's files.
+        deliver: one system call for all the watched instances, not a look at each one's files.
         """
         fired = 0
-        while True:
-            ready = self._set.poll(0, BATCH)
-            for fd, _ in ready:
-                key = self._keys.get(fd)
-                if key is not None:
-                    self.discard(key)
-                    fired += 1
-            if len(ready) < BATCH:
-                break
+        for fd in self._set.take_ready():
+            key = self._keys.pop(fd, None)
+            if key is not None:
+                del self._fds[key]
+                os.close(fd)
+                fired += 1
         if fired:
             self.fired = True
             self.alarm.wake()

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runed.core import filemodes
+from runed.core.readyset import ReadySet
 from runed.runner import native
 from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
 from runed.runner.forkserver import ForkServer, ForkServerError, answer_key, serving
@@ -57,8 +57,6 @@ DRAIN_EVERY_SECONDS = 0.01
 KEEPER_NAME = b"rune-keeper"
 # How long a shim may take, once its process is gone, to write the rest of the output and the exit record.
 EXIT_RECORD_TIMEOUT_SECONDS = 10.0
-# Descriptors taken from an epoll set per epoll_wait (more wait for the next one, at once).
-READY_BATCH = 1024
 
 
 @dataclasses.dataclass
@@ -867,39 +865,35 @@ async def readable_together(fds: list[int], timeout: float, came: Callable[[list
     """Wait until each of ``fds`` is readable (see :func:`readable`), at most ``timeout`` seconds:
     ``came`` is given those that became readable, a batch at a time; returns those that did not.
 
-    One epoll set, which the event loop watches, for all of them: one reader and one timer
-    instead of one each, and a batch of ends in one wake-up."""
+    One :class:`ReadySet`, which the event loop watches, for all of them: one reader and one
+    timer instead of one each, and a batch of ends in one wake-up."""
     left = set(fds)
     if not left:
         return left
     loop = asyncio.get_running_loop()
     every = loop.create_future()
-    with select.epoll() as ready:
-        for fd in left:
-            ready.register(fd, select.EPOLLIN)
+    ready = ReadySet()
+    for fd in left:
+        ready.add(fd)
 
-        def drain() -> None:
-            while True:
-                batch = [fd for fd, _ in ready.poll(0, READY_BATCH)]
-                for fd in batch:
-                    ready.unregister(fd)
-                left.difference_update(batch)
-                if batch:
-                    came(batch)
-                if len(batch) < READY_BATCH:
-                    break
-            if not left and not every.done():
-                every.set_result(None)
+    def drain() -> None:
+        batch = ready.take_ready()
+        left.difference_update(batch)
+        if batch:
+            came(batch)
+        if not left and not every.done():
+            every.set_result(None)
 
-        loop.add_reader(ready.fileno(), drain)
-        try:
-            drain()  # those readable already
-            async with asyncio.timeout(timeout):
-                await every
-        except TimeoutError:
-            pass
-        finally:
-            loop.remove_reader(ready.fileno())
+    loop.add_reader(ready.fileno(), drain)
+    try:
+        drain()  # those readable already
+        async with asyncio.timeout(timeout):
+            await every
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(ready.fileno())
+        ready.close()
     return left
 
 
