@@ -214,7 +214,7 @@ def _until_readable(fds: list[int], what: str) -> None:
 def keeper_killed(argv: list[str], n: int, root: Path) -> float:
     """Seconds to end ``n`` programs under one keeper (no runed: the floor that supervision by the
     keeper sets), as a delete ends them: the keeper sent their directories in messages of 64 (SIGTERM,
-    exit records not synced), then every instance's end pipe at end of file (its record written)."""
+    no exit records written), then every instance's end pipe at end of file."""
     program = native.shim_path()
     assert program is not None, "no native shim: no keeper"
     keepers = Keepers(program)

@@ -297,12 +297,19 @@ class Launcher:
             self.release(inst)
             raise
 
-    def release(self, inst: Instance, *, shared: bool = True) -> None:
+    def release(self, inst: Instance, *, shared: bool = True, leaving: bool = False) -> None:
         """Remove the instance's mount files: it no longer runs, so its secrets leave the disk.
 
         Files at shared host paths go too (``shared``) unless another instance of the service still
         runs and may read them; the last one to stop removes them.
+
+        ``leaving``: the instance's directory is removed next, with all in it. An instance whose last
+        start wrote no mounts (its environment names no mounts directory) then needs no look at the
+        disk: the two lookups were a tenth of a deletion's controller time (bench/README.md, "the
+        path to the deleted service").
         """
+        if leaving and envresolve.MOUNTS_DIR_ENV not in inst.env:
+            return
         # Plain strings, not Paths: a deletion of a thousand instances releases each of them.
         root = mounts_root(inst)
         if os.path.isdir(root):

@@ -424,7 +424,9 @@ class Supervisor:
     def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
         """The stop of ``inst`` (the cached instance or a copy; not changed) is over: forget a
         deleted instance, else record how it ended and what comes next."""
-        self.launcher.release(inst)
+        after = lv.after_stop
+        leaving = after is AfterStop.DELETE or inst.retire
+        self.launcher.release(inst, leaving=leaving)
         obs: Observation | None = None
         if observed and lv.stop_task is not None:
             try:
@@ -432,8 +434,7 @@ class Supervisor:
             except Exception as e:  # pragma: no cover - runner bug
                 log.warning("stop of %s failed: %s", inst.key, e)
         lv.stop_task = None
-        after = lv.after_stop
-        if after is AfterStop.DELETE or inst.retire:
+        if leaving:
             # Its record and its directory go (its events with them): nothing more to write.
             self.book.forget(inst.key)
             return

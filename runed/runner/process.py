@@ -728,7 +728,7 @@ class ProcessRunner:
         # Pid reuse is ruled out before signalling a group (the shim may have reaped it already).
         running = alive(handle.pid, handle.pid_start)
         if discard:
-            # Its exit record need not be synced (see ``shim.DISCARD_SIGNAL``); through the pidfd:
+            # Its exit record is not written (see ``shim.DISCARD_SIGNAL``); through the pidfd:
             # never to a process that reused the shim's pid.
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(shim_end, DISCARD_SIGNAL)
@@ -817,7 +817,7 @@ class ProcessRunner:
             shim_end = self.exit_fd(directory, obs.handle)
         pgid = obs.handle.pid
         if discard and shim_end is not None:
-            # Its exit record need not be synced (see ``shim.DISCARD_SIGNAL``); through the pidfd:
+            # Its exit record is not written (see ``shim.DISCARD_SIGNAL``); through the pidfd:
             # never to a process that reused the shim's pid.
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(shim_end, DISCARD_SIGNAL)

@@ -16,8 +16,8 @@
  * claims the attempt (claim-<attempt>.json, created once by link(2)), reads launch.json, reserves
  * the exit and pid records, starts the instance in its own process group, writes its output to
  * log.jsonl (one JSON object per line, rotated by size, dropped with a marker under the free-space
- * floor), and records how it ended in exit.json (synced unless SIGURG, the deletion signal, is
- * pending). Lines are decoded as Python's decode("utf-8", "replace") does and escaped as its
+ * floor), and records how it ended in exit.json (synced; not written at all when SIGURG, the
+ * deletion signal, is pending). Lines are decoded as Python's decode("utf-8", "replace") does and escaped as its
  * json.dumps(ensure_ascii=False) does, so a record reads the same whichever shim wrote it.
  *
  * The keeper, `rune-shim --keeper <socket_path>`: the same per-instance work (the same functions:
@@ -39,7 +39,7 @@
  *        the keeper as the shim (shim_pid, shim_start).
  *   {"op": "watch", "dir", "attempt"} -> the same reply and pipe for an instance still running (a
  *     controller started anew), else {"gone": true}.
- *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not synced (SIGURG's meaning).
+ *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not written (SIGURG's meaning).
  *   {"op": "signal", "dirs": [...], "signal": N, "discard": bool} -> no reply: signal N to the
  *     group of each instance whose process is not reaped yet (so neither its pid nor its group can
  *     have been reused: no check of /proc needed); with discard, as "discard" for each. A deletion
@@ -1139,8 +1139,11 @@ static int64_t drain_left(const run_t *r, int64_t now) {
 
 static int group_gone(pid_t pid) { return kill(-pid, 0) < 0 && errno == ESRCH; }
 
-/* The exit record, once the output is read and the group ended: synced unless the instance is deleted. */
-static void run_end(run_t *r, const char *attempt, int sync) {
+/* The instance's end: what is left of its output logged, then its exit record committed (synced),
+ * unless it is ``discard``ed: its directory goes next, with the reserved file in it, and nobody
+ * reads the record (writing a thousand was a quarter of the keeper's time ending a deletion's
+ * instances: bench/README.md, "the path to the deleted service"). */
+static void run_end(run_t *r, const char *attempt, int discard) {
     for (int i = 0; i < 2; i++) {
         stream_t *st = &r->streams[i];
         if (st->partial.n) log_write(&r->w, st->name, st->partial.p, st->partial.n);
@@ -1150,6 +1153,11 @@ static void run_end(run_t *r, const char *attempt, int sync) {
         st->fd = -1;
     }
     log_close(&r->w);
+    if (discard) {
+        if (r->exit_record.fd >= 0) close(r->exit_record.fd);
+        r->exit_record.fd = -1;
+        return;
+    }
     buf_t rec = {0};
     if (WIFSIGNALED(r->status))
         buf_fmt(&rec, "{\"code\": null, \"signal\": %d", WTERMSIG(r->status));
@@ -1158,7 +1166,7 @@ static void run_end(run_t *r, const char *attempt, int sync) {
     buf_fmt(&rec, ", \"ts\": %.6f", wall_seconds());
     json_attempt(&rec, attempt);
     buf_str(&rec, "}");
-    commit(&r->exit_record, &rec, sync);
+    commit(&r->exit_record, &rec, 1);
     free(rec.p);
 }
 
@@ -1282,7 +1290,7 @@ int main(int argc, char **argv) {
             if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) of[f]->open = 0;
         }
     }
-    run_end(&run, attempt, !discarded());
+    run_end(&run, attempt, discarded());
     return 0;
 }
 
@@ -1492,7 +1500,7 @@ static void inst_finish(inst_t *in) {
         close(r->pidfd);
         r->pidfd = -2;
     }
-    run_end(r, in->attempt, !in->discard);
+    run_end(r, in->attempt, in->discard);
     close(in->done_w);
     close(in->done_r);
     close(in->dirfd);

@@ -48,7 +48,8 @@ LAUNCH_NAME = "launch.json"
 # instance a second time while a shim it was not told about still runs (or is still to be forked).
 CLAIM_PREFIX = "claim-"
 # Sent to the shim by a stop that deletes the instance (its directory goes next): the exit record
-# is then not synced (an fsync per instance weighs on a thousand-instance delete on a busy disk).
+# is then not written at all (nobody reads it; an fsync per instance weighed on a thousand-instance
+# delete on a busy disk, and the write itself was a quarter of the keeper's time ending them).
 # Ignored by default, so a shim started before this existed is not hurt by it. The shim keeps it
 # blocked and looks for it pending at the end: sending it wakes nobody (a handler would wake every
 # shim of a delete once more, and the sender with them).
@@ -224,11 +225,15 @@ class Reserved:
             os.close(fd)
         os.replace(self.path + RESERVE_SUFFIX, self.path)
 
-    def discard(self) -> None:
-        """Give the reserved space back (the record will not be written)."""
+    def close(self) -> None:
+        """Let go of the reserved file, left in place (the record will not be written; its directory goes)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    def discard(self) -> None:
+        """Give the reserved space back (the record will not be written)."""
+        self.close()
         try:
             os.unlink(self.path + RESERVE_SUFFIX)
         except FileNotFoundError:
@@ -747,7 +752,10 @@ def run(
     rc = os.waitstatus_to_exitcode(status)
     code, sig = (None, -rc) if rc < 0 else (rc, None)
     ended = {"code": code, "signal": sig, "ts": time.time()}
-    exit_record.commit({**ended, "attempt": attempt} if attempt else ended, sync=not _discarded())
+    if _discarded():
+        exit_record.close()  # its directory goes next, with the reserved file in it
+    else:
+        exit_record.commit({**ended, "attempt": attempt} if attempt else ended)
     return 0
 
 

@@ -123,13 +123,12 @@ def _start_deletion(
     ]
     for i, f in enumerate(finalizers[1:], 1):
         f["dependencies"] = [{"depends_on": finalizers[i - 1]["id"], "required": True}]
-    instances = instances_of(store, ns, req.name)
     warnings = [f"dependents will break: {', '.join(dependents)}"] if dependents else []
     if req.dry_run:
         return service_pb2.DeleteServiceResponse(
             deletion_id="dry-run",
             status=status_pb(0, "dry_run"),
-            warnings=[*warnings, f"would stop {len(instances)} instance(s)"],
+            warnings=[*warnings, f"would stop {len(instances_of(store, ns, req.name))} instance(s)"],
             finalizers=[_finalizer_pb(f) for f in finalizers],
         )
     grace = 0 if req.now else (req.grace_period or int(ctx.deps.config.controller.stop_grace_seconds))
@@ -149,7 +148,9 @@ def _start_deletion(
         "id": op_id,
         "namespace": ns,
         "service_name": req.name,
-        "total_instances": len(instances),
+        # Counted by the controller as it starts (on every node's): reading a thousand instance
+        # records here was a tenth of the time from this call to the service's deletion.
+        "total_instances": 0,
         "deleted_instances": 0,
         "failed_instances": 0,
         "start_time": now,
