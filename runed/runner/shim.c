@@ -17,8 +17,9 @@
  * the exit and pid records, starts the instance in its own process group, writes its output to
  * log.jsonl (one JSON object per line, rotated by size, dropped with a marker under the free-space
  * floor), and records how it ended in exit.json (synced; not written at all when SIGURG, the
- * deletion signal, is pending). Lines are decoded as Python's decode("utf-8", "replace") does and escaped as its
- * json.dumps(ensure_ascii=False) does, so a record reads the same whichever shim wrote it.
+ * deletion signal, is pending). Lines are decoded as Python's decode("utf-8", "replace") does and
+ * escaped as its json.dumps(ensure_ascii=False) does, so a record reads the same whichever shim
+ * wrote it.
  *
  * The keeper, `rune-shim --keeper <socket_path>`: the same per-instance work (the same functions:
  * prepare, run_begin, the drain and group end, run_end), for many instances in one process. Why: a
@@ -1140,7 +1141,7 @@ static int64_t drain_left(const run_t *r, int64_t now) {
 static int group_gone(pid_t pid) { return kill(-pid, 0) < 0 && errno == ESRCH; }
 
 /* The instance's end: what is left of its output logged, then its exit record committed (synced),
- * unless it is ``discard``ed: its directory goes next, with the reserved file in it, and nobody
+ * unless the instance is discarded: its directory goes next, with the reserved file in it, and nobody
  * reads the record (writing a thousand was a quarter of the keeper's time ending a deletion's
  * instances: bench/README.md, "the path to the deleted service"). */
 static void run_end(run_t *r, const char *attempt, int discard) {
