@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from grpc_status import rpc_status
 from rune.api import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from runed.logs.files import LOG_NAME
 from runed.logs.timeparse import format_ns
+from runed.runner.base import LaunchSpec, Observation
+from runed.runner.process import ProcessRunner
 from tests.harness import Runed, run_runed
 
 T = TypeVar("T")
@@ -224,3 +227,31 @@ def attributes(path: Path) -> str:
     """The ext2/3/4 attributes of the directory ``path`` as e2fsprogs' ``lsattr -d`` shows them."""
     out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True).stdout
     return out.split()[0]
+
+
+def start_python(runner: ProcessRunner, directory: Path, source: str, *, iid: str, name: str) -> Observation:
+    """Start the Python program ``source`` (which prints "started" once it runs) as instance ``iid``
+    in ``directory`` under ``runner``, its file and working directory beside it; its observation
+    once it runs and has said so."""
+    prog = directory.parent / f"{iid}.py"
+    prog.parent.mkdir(parents=True, exist_ok=True)
+    prog.write_text(source)
+    spec = LaunchSpec(
+        instance_id=iid,
+        namespace="default",
+        name=name,
+        service="svc",
+        directory=directory,
+        argv=[sys.executable, str(prog)],
+        env={"PATH": os.environ.get("PATH", "")},
+        cwd=str(directory.parent),
+    )
+    handle = runner.start(spec)
+
+    def running() -> Observation:
+        obs = runner.observe(directory, handle)
+        assert obs.state == "running", obs
+        assert (directory / LOG_NAME).exists() and b"started" in (directory / LOG_NAME).read_bytes()
+        return obs
+
+    return eventually(running, timeout=30, what=f"{iid} runs")

@@ -17,9 +17,9 @@ import pytest
 
 from runed.controller.alarm import Alarm
 from runed.controller.exitwatch import ExitWatch
-from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.base import Handle, Observation
 from runed.runner.process import ProcessRunner, alive
-from tests.support import eventually
+from tests.support import eventually, start_python
 
 KEY = ("default", "iid-1")
 # Waits for the file "go", then writes far more than a pipe holds and exits 3 at once.
@@ -52,28 +52,9 @@ def runner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessRu
 
 def _start(r: ProcessRunner, tmp_path: Path, source: str) -> tuple[Path, Observation]:
     d = tmp_path / "iid-1"
-    prog = tmp_path / "prog.py"
-    prog.write_text(source)
-    spec = LaunchSpec(
-        instance_id="iid-1",
-        namespace="default",
-        name="svc-0",
-        service="svc",
-        directory=d,
-        argv=[sys.executable, str(prog)],
-        env={"PATH": os.environ.get("PATH", "")},
-        cwd=str(tmp_path),
-    )
-    handle = r.start(spec)
-
-    def running() -> Observation:
-        obs = r.observe(d, handle)
-        assert obs.state == "running", obs
-        assert obs.handle.shim_pid and obs.handle.shim_start is not None
-        assert (d / "log.jsonl").exists() and b"started" in (d / "log.jsonl").read_bytes()
-        return obs
-
-    return d, eventually(running, timeout=30, what="the instance runs")
+    obs = start_python(r, d, source, iid="iid-1", name="svc-0")
+    assert obs.handle.shim_pid and obs.handle.shim_start is not None
+    return d, obs
 
 
 async def _fired(watch: ExitWatch, alarm: Alarm) -> None:

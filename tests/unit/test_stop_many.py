@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from runed.runner import native
-from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.base import Handle, Observation
 from runed.runner.keeper import KeeperRunner
 from runed.runner.process import ProcessRunner, alive
-from tests.support import eventually
+from tests.support import eventually, start_python
 
 SLEEPER = 'import time\nprint("started", flush=True)\ntime.sleep(3600)\n'
 DEAF = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEPER
@@ -48,27 +47,7 @@ def runner(request: pytest.FixtureRequest) -> Iterator[ProcessRunner]:
 
 def _start(r: ProcessRunner, tmp_path: Path, iid: str, source: str) -> tuple[Path, Handle]:
     d = tmp_path / "instances" / iid
-    prog = tmp_path / f"{iid}.py"
-    prog.write_text(source)
-    spec = LaunchSpec(
-        instance_id=iid,
-        namespace="default",
-        name=iid,
-        service="svc",
-        directory=d,
-        argv=[sys.executable, str(prog)],
-        env={"PATH": os.environ.get("PATH", "")},
-        cwd=str(tmp_path),
-    )
-    handle = r.start(spec)
-
-    def running() -> Handle:
-        obs = r.observe(d, handle)
-        assert obs.state == "running", obs
-        assert (d / "log.jsonl").exists() and b"started" in (d / "log.jsonl").read_bytes()
-        return obs.handle
-
-    return d, eventually(running, timeout=30, what=f"{iid} runs")
+    return d, start_python(r, d, source, iid=iid, name=iid).handle
 
 
 def test_each_end_is_told_as_it_comes_and_the_deaf_one_is_killed_after_its_grace(
