@@ -310,21 +310,24 @@ class Supervisor:
         the bookkeeping of the 999 before it (its state, its event).
         """
         due: list[Instance] = []
+        signalled: list[Instance] = []
         for inst in insts:
             lv = self.book.live(inst.key)
-            # Checked before copying: a deletion asks again on every pass, for every instance.
+            # A deletion asks again on every pass, for every instance.
             if inst.retire and (lv.stop_task is not None or inst.state is STOPPING):
                 continue
-            inst = inst.copy()
-            inst.retire = True
             due.append(inst)
-        signalled = [i for i in due if self._signals_due(i)]
+            if self._signals_due(inst, lv):
+                signalled.append(inst)
         # Together, or one on its own (as begin_stop stops it).
         stops = self._stop_together(signalled, grace) if len(signalled) > 1 else {}
         # The last batch goes now, not once the pass yields after the bookkeeping below.
         for runner in self.runners.values():
             runner.send_signals()
         for inst in due:
+            # Copied once the signals are out: the copies are the bookkeeping's, not the stops'.
+            inst = inst.copy()
+            inst.retire = True
             self.begin_stop(
                 inst,
                 after=AfterStop.DELETE,
@@ -358,9 +361,10 @@ class Supervisor:
             if cached is not None and lv is not None and lv.stop_task is not None and lv.stop_task.done():
                 self.finish_stop(cached, lv)
 
-    def _signals_due(self, inst: Instance) -> bool:
-        """Whether a stop of ``inst`` signals its process (it runs and no stop is under way)."""
-        task = self.book.live(inst.key).stop_task
+    def _signals_due(self, inst: Instance, lv: Live | None = None) -> bool:
+        """Whether a stop of ``inst`` signals its process (it runs and no stop is under way);
+        ``lv``: its live companion, if at hand."""
+        task = (lv or self.book.live(inst.key)).stop_task
         return inst.state in ACTIVE and (task is None or task.done())
 
     def _signal(self, inst: Instance, grace: float | None) -> Coroutine[Any, Any, Observation]:
