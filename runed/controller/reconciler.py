@@ -26,6 +26,7 @@ from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STA
 from runed.controller.status import StatusWriter
 from runed.controller.supervise import Supervisor
 from runed.core.config import ControllerConfig
+from runed.core.quietgc import QuietCollector
 from runed.model import objects
 from runed.model.nodes import PLACEMENT
 from runed.runner.base import Runner
@@ -120,6 +121,8 @@ class Controller:
             counted=self._everywhere,
             copies=self._copies,
         )
+        # Full garbage collections at the loop's quiet moments, not in a pass (a delete's ends wait).
+        self.collector = QuietCollector()
         # When the last full pass began (monotonic: a stepped wall clock neither stops nor floods them).
         self.last_full = -math.inf
         # Instance actions (namespace, instance id) changed since the last pass.
@@ -152,6 +155,7 @@ class Controller:
         await self.reconcile_all()
         on_ready("controller")
         pause = 0.0
+        self.collector.install()
         try:
             while not stop.is_set():
                 if pause and not self.alarm.rushed.is_set():
@@ -186,6 +190,7 @@ class Controller:
                 # The pass's record writes, in one transaction (also retries a failed one).
                 await self.book.flush()
                 spent = time.thread_time() - began
+                self.collector.worked()
                 pause = (
                     min(PASS_PAUSE_MAX_SECONDS, spent * PASS_PAUSE_RATIO) if spent >= PASS_PAUSE_MIN_SECONDS else 0.0
                 )
@@ -205,6 +210,7 @@ class Controller:
                     else:
                         watcher = asyncio.create_task(self._watch(since))
         finally:
+            self.collector.close()
             watcher.cancel()
             # Bounded, so a stuck watcher can never hold up shutdown.
             await asyncio.wait({watcher}, timeout=1.0)
