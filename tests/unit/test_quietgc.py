@@ -37,6 +37,16 @@ def survivors(n: int = 300_000) -> list[list[int]]:
     return [[i] for i in range(n)]
 
 
+def old_garbage() -> tuple[weakref.ref[Cycle], list[list[int]]]:
+    """A cycle that is garbage only once old (the young collections moved it on while it was
+    referenced), so only a full collection frees it; and the survivors that made it old."""
+    garbage = Cycle()
+    gone = weakref.ref(garbage)
+    kept = survivors()
+    del garbage
+    return gone, kept
+
+
 def test_allocations_start_no_full_collection_while_the_loop_works(full_collections: list[int]) -> None:
     kept = survivors()
     assert full_collections, "the same allocations start a full collection without the collector"
@@ -68,11 +78,7 @@ def test_a_full_collection_runs_once_the_loop_is_quiet_and_frees_cycles(full_col
         qc = QuietCollector(quiet=0.1)
         qc.install()
         try:
-            # Old before it is garbage (the young collections moved it on): only a full one frees it.
-            garbage = Cycle()
-            gone = weakref.ref(garbage)
-            kept = survivors()
-            del garbage
+            gone, kept = old_garbage()
             qc.worked()
             await asyncio.sleep(0.05)
             assert gone() is not None and qc.runs == 0
@@ -95,11 +101,7 @@ def test_a_loop_that_never_goes_quiet_collects_at_the_latest_every_most_seconds(
         qc = QuietCollector(quiet=10.0, most=0.2)
         qc.install()
         try:
-            # Old before it is garbage (the young collections moved it on): only a full one frees it.
-            garbage = Cycle()
-            gone = weakref.ref(garbage)
-            kept = survivors()
-            del garbage
+            gone, kept = old_garbage()
             qc.worked()
             await asyncio.sleep(0.25)
             assert gone() is not None
