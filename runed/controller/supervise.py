@@ -364,7 +364,7 @@ class Supervisor:
     def _signals_due(self, inst: Instance, lv: Live | None = None) -> bool:
         """Whether a stop of ``inst`` signals its process (it runs and no stop is under way);
         ``lv``: its live companion, if at hand."""
-        task = (lv or self.book.live(inst.key)).stop_task
+        task = (lv if lv is not None else self.book.live(inst.key)).stop_task
         return inst.state in ACTIVE and (task is None or task.done())
 
     def _signal(self, inst: Instance, grace: float | None) -> Coroutine[Any, Any, Observation]:

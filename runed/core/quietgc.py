@@ -2,9 +2,9 @@
 
 Why: Python starts a full collection (every object the collector tracks walked) on an allocation,
 once what survived the young collections grew by a quarter since the last one. With 1,000
-instances a full collection of the controller took 10-70 ms, and in one delete of a thousand in
-five one came in the middle of it, its ends waiting to be read meanwhile (bench/README.md, "full
-collections at a quiet moment"). Here no allocation starts one (the oldest generation's threshold
+instances a full collection of the controller took 5-110 ms, and in half of the deletes of a
+thousand one came in the middle of it, its ends waiting to be read meanwhile (bench/README.md,
+"full collections at a quiet moment"). Here no allocation starts one (the oldest generation's threshold
 is out of reach): the loop says when it did a piece of work (:meth:`QuietCollector.worked`), and
 a full collection runs once it did none for :data:`QUIET_SECONDS`, or at the latest
 :data:`MOST_SECONDS` after the last one while it never goes quiet, so cyclic garbage is still
