@@ -121,6 +121,12 @@ class SQLCore:
         """Append one change inside the current transaction; returns its revision, the write's."""
         raise NotImplementedError
 
+    def _log_deletions(self, deleted: Sequence[tuple[str, str, str, str]]) -> None:
+        """Append a DELETED change for each (kind, namespace, name, data), in their order: as
+        :meth:`_log_change` one by one, which a store may do in one statement."""
+        for kind, namespace, name, data in deleted:
+            self._log_change(kind, namespace, name, DELETED, data)
+
     def _current_revision(self) -> int:
         """The last committed revision (inside a write transaction: including its own)."""
         raise NotImplementedError
@@ -432,10 +438,7 @@ class SQLCore:
                         continue
                     found.update(((kind, namespace, str(r[0])), r[1]) for r in rows)
                     self._execute(f"DELETE FROM objects {where}", [kind, namespace, *chunk])
-            for key in keys:
-                data = found.pop(key, None)
-                if data is not None:
-                    self._log_change(*key, DELETED, data)
+            self._log_deletions([(*key, data) for key in keys if (data := found.pop(key, None)) is not None])
 
     def _write(
         self,

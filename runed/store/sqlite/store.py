@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runed.store.base import DELETED
 from runed.store.core import SQLCore
 from runed.store.offload import Offload
 from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, Database
@@ -61,6 +62,18 @@ class SQLiteStore(Database, SQLCore):
         self._pending_notify = True
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def _log_deletions(self, deleted: Sequence[tuple[str, str, str, str]]) -> None:
+        """One statement for all: a deletion of a thousand instances' records spent a third of its
+        change-log time crossing into SQLite once per row."""
+        if not deleted:
+            return
+        now = time.time()
+        self.conn.executemany(
+            "INSERT INTO changes (kind, namespace, name, op, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            [(kind, namespace, name, DELETED, data, now) for kind, namespace, name, data in deleted],
+        )
+        self._pending_notify = True
 
     def _current_revision(self) -> int:
         row = self._fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
