@@ -262,3 +262,30 @@ def test_delete_without_detach_waits_for_the_operation_result(api_runed: Runed, 
         store.close()
     t.join(20)
     assert result and result[0].deletion_id == op.name and result[0].status.message == "completed"
+
+
+def test_a_deletion_not_yet_taken_up_counts_its_instances(api_runed: Runed, api_auth: Auth) -> None:
+    """Before the controller counts a deletion's instances, its status reads them from the store:
+    a total of 0 would say there is nothing to delete while there is."""
+    from runed.model import objects
+    from runed.store.open import open_url
+
+    stub = stub_of(api_runed)
+    create(stub, api_auth, sleeper("web", scale=2))
+    create(stub, api_auth, sleeper("api"))
+    store = open_url(api_runed.store_url)
+    try:
+        # The controller's records of the instances it started (the API role alone starts none).
+        for name, service in (("web-0", "web"), ("web-1", "web"), ("api-0", "api")):
+            store.put(
+                objects.INSTANCE, "default", name, {"service": service, "state": "RUNNING", "instance": {"id": name}}
+            )
+    finally:
+        store.close()
+    resp = stub.DeleteService(service_pb2.DeleteServiceRequest(name="web"), metadata=api_auth)
+    op = stub.GetDeletionStatus(
+        service_pb2.GetDeletionStatusRequest(name=resp.deletion_id), metadata=api_auth
+    ).operation
+    assert op.status == "initializing" and op.total_instances == 2
+    listed = stub.ListDeletionOperations(service_pb2.ListDeletionOperationsRequest(), metadata=api_auth).operations
+    assert [(o.id, o.total_instances) for o in listed] == [(resp.deletion_id, 2)]

@@ -63,9 +63,14 @@ def _dependents(store: Store, ns: str, name: str) -> list[str]:
     return out
 
 
-def _deletion_pb(d: dict[str, Any]) -> service_pb2.DeletionOperation:
+def _deletion_pb(store: Store, d: dict[str, Any]) -> service_pb2.DeletionOperation:
+    """The operation as stored; one the controller has not taken up yet (``initializing``) counts
+    its service's instances here, so that its total is never read as 0 while there are some
+    (DeleteService leaves the count to the controller, see :func:`_start_deletion`)."""
     op = service_pb2.DeletionOperation()
     json_format.ParseDict(d, op, ignore_unknown_fields=True)
+    if op.status == "initializing" and not op.total_instances:
+        op.total_instances = len(instances_of(store, op.namespace, op.service_name))
     return op
 
 
@@ -205,7 +210,7 @@ def GetDeletionStatus(
     rec = ctx.deps.store.get(objects.DELETION_OPERATION, ns, req.name)
     if rec is None:
         raise errors.not_found("deletion operation", req.name, ns)
-    return service_pb2.GetDeletionStatusResponse(operation=_deletion_pb(rec.data))
+    return service_pb2.GetDeletionStatusResponse(operation=_deletion_pb(ctx.deps.store, rec.data))
 
 
 @offloaded
@@ -213,7 +218,7 @@ def ListDeletionOperations(
     req: service_pb2.ListDeletionOperationsRequest, ctx: CallContext
 ) -> service_pb2.ListDeletionOperationsResponse:
     ops = [
-        _deletion_pb(r.data)
+        _deletion_pb(ctx.deps.store, r.data)
         for r in iter_all(ctx.deps.store, objects.DELETION_OPERATION, list_scope(req.namespace))
         if not req.status or r.data.get("status") == req.status
     ]
