@@ -22,7 +22,6 @@ from runed.store.base import Record, Store
 log = logging.getLogger("runed.controller")
 
 DONE = ("completed", "failed", "cancelled")
-DELETION_DONE = ("completed", "failed")
 DEFAULT_FINALIZERS = ("instance-cleanup", "service-deregister")
 
 
@@ -150,7 +149,7 @@ class Operations:
         """Advance open deletion operations; returns the services being deleted (no new instances)."""
         busy: set[Key] = set()
         for op in ops:
-            if op.data.get("status") in DELETION_DONE:
+            if op.data.get("status") in objects.DELETION_DONE:
                 continue
             try:
                 skey = self._advance_deletion(op)
@@ -191,7 +190,7 @@ class Operations:
             "deleted_instances": max(0, total - remaining),
             "finalizers": fins,
         }
-        if op.data.get("status") in (None, "", "initializing", "pending"):
+        if op.data.get("status") in (None, "", objects.DELETION_INITIALIZING, "pending"):
             changes["status"] = "deleting-instances"
             changes.setdefault("start_time", op.data.get("start_time") or now)
         pending: list[str] = []

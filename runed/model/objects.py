@@ -27,6 +27,11 @@ NAMESPACE = "namespace"
 SECRET = "secret"
 CONFIGMAP = "configmap"
 
+# A deletion operation's status: as DeleteService writes it (the controller has not counted its
+# instances yet), and the statuses it ends in.
+DELETION_INITIALIZING = "initializing"
+DELETION_DONE = ("completed", "failed")
+
 # Controller status strings (service_status.status) <-> proto enum. "Deploying" is upstream's word.
 SERVICE_STATUS_TO_PB: dict[str, service_pb2.ServiceStatus] = {
     "Pending": service_pb2.SERVICE_STATUS_PENDING,

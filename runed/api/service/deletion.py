@@ -22,7 +22,6 @@ from runed.store import watch
 from runed.store.base import Store, iter_all
 
 FINALIZERS = ("instance-cleanup", "service-deregister")
-DELETION_DONE = ("completed", "failed")
 
 
 def v_delete(req: service_pb2.DeleteServiceRequest) -> list[FieldViolation]:
@@ -69,7 +68,7 @@ def _deletion_pb(store: Store, d: dict[str, Any]) -> service_pb2.DeletionOperati
     (DeleteService leaves the count to the controller, see :func:`_start_deletion`)."""
     op = service_pb2.DeletionOperation()
     json_format.ParseDict(d, op, ignore_unknown_fields=True)
-    if op.status == "initializing" and not op.total_instances:
+    if op.status == objects.DELETION_INITIALIZING and not op.total_instances:
         op.total_instances = len(instances_of(store, op.namespace, op.service_name))
     return op
 
@@ -140,7 +139,7 @@ def _start_deletion(
     existing = rec.data.get("deletion") or {}
     if existing.get("id"):
         op_rec = store.get(objects.DELETION_OPERATION, ns, existing["id"])
-        if op_rec is not None and op_rec.data.get("status") not in DELETION_DONE:
+        if op_rec is not None and op_rec.data.get("status") not in objects.DELETION_DONE:
             # A second request joins the deletion already under way.
             return service_pb2.DeleteServiceResponse(
                 deletion_id=existing["id"],
@@ -160,7 +159,7 @@ def _start_deletion(
         "failed_instances": 0,
         "start_time": now,
         "end_time": 0,
-        "status": "initializing",
+        "status": objects.DELETION_INITIALIZING,
         "failure_reason": "",
         "pending_operations": names,
         "finalizers": finalizers,
@@ -195,7 +194,7 @@ async def _await_deletion(store: Store, ns: str, op_id: str, timeout: float) -> 
     try:
         async with asyncio.timeout(timeout):
             async for ev in watch.watch(store, [objects.DELETION_OPERATION], namespace=ns):
-                if ev.name == op_id and ev.data.get("status") in DELETION_DONE:
+                if ev.name == op_id and ev.data.get("status") in objects.DELETION_DONE:
                     return ev.data
     except TimeoutError:
         return None
