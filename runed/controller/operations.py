@@ -22,7 +22,6 @@ from runed.store.base import Record, Store
 log = logging.getLogger("runed.controller")
 
 DONE = ("completed", "failed", "cancelled")
-DEFAULT_FINALIZERS = ("instance-cleanup", "service-deregister")
 
 
 class Retire(Protocol):
@@ -177,7 +176,7 @@ class Operations:
         now = int(time.time())
         fins: list[dict[str, Any]] = [dict(f) for f in op.data.get("finalizers") or []]
         if not fins:
-            fins = [{"id": t, "type": t, "status": "pending", "error": ""} for t in DEFAULT_FINALIZERS]
+            fins = [{"id": t, "type": t, "status": "pending", "error": ""} for t in objects.DELETION_FINALIZERS]
         insts = self.book.of_service(ns, name)
         total = int(op.data.get("total_instances") or 0) or len(self.copies(ns, name))
         grace = op.data.get("grace_period")

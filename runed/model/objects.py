@@ -31,6 +31,8 @@ CONFIGMAP = "configmap"
 # instances yet), and the statuses it ends in.
 DELETION_INITIALIZING = "initializing"
 DELETION_DONE = ("completed", "failed")
+# The finalizers a deletion can run, in the order it runs them (all of them unless the request names some).
+DELETION_FINALIZERS = ("instance-cleanup", "service-deregister")
 
 # Controller status strings (service_status.status) <-> proto enum. "Deploying" is upstream's word.
 SERVICE_STATUS_TO_PB: dict[str, service_pb2.ServiceStatus] = {

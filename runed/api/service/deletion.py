@@ -21,8 +21,6 @@ from runed.pipeline.context import CallContext
 from runed.store import watch
 from runed.store.base import Store, iter_all
 
-FINALIZERS = ("instance-cleanup", "service-deregister")
-
 
 def v_delete(req: service_pb2.DeleteServiceRequest) -> list[FieldViolation]:
     """Validator of DeleteService."""
@@ -31,9 +29,10 @@ def v_delete(req: service_pb2.DeleteServiceRequest) -> list[FieldViolation]:
         out.append(FieldViolation("grace_period", "must not be negative"))
     if req.timeout_seconds < 0:
         out.append(FieldViolation("timeout_seconds", "must not be negative"))
+    known = objects.DELETION_FINALIZERS
     for i, f in enumerate(req.finalizers):
-        if f not in FINALIZERS:
-            out.append(FieldViolation(f"finalizers[{i}]", f"unknown finalizer {f!r}; known: {', '.join(FINALIZERS)}"))
+        if f not in known:
+            out.append(FieldViolation(f"finalizers[{i}]", f"unknown finalizer {f!r}; known: {', '.join(known)}"))
     return out
 
 
@@ -117,9 +116,9 @@ def _start_deletion(
             reason="DEPENDENTS_EXIST",
             metadata={"dependents": ",".join(dependents)},
         )
-    names = list(dict.fromkeys(req.finalizers)) or list(FINALIZERS)
+    names = list(dict.fromkeys(req.finalizers)) or list(objects.DELETION_FINALIZERS)
     # The record removal always runs, and always last.
-    names = [n for n in FINALIZERS if n in names or n == "service-deregister"]
+    names = [n for n in objects.DELETION_FINALIZERS if n in names or n == "service-deregister"]
     now = int(time.time())
     finalizers = [
         {"id": f, "name": f, "type": f, "status": "pending", "error": "", "created_at": now, "updated_at": now}
