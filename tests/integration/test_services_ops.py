@@ -58,6 +58,22 @@ def test_delete_honours_dependents_dry_run_and_records_an_operation(api_runed: R
     )
     ok = stub.DeleteService(service_pb2.DeleteServiceRequest(name="ghost", ignore_not_found=True), metadata=api_auth)
     assert ok.deletion_id == ""
+
+
+def test_delete_with_an_unknown_finalizer_names_it_and_keeps_the_service(api_runed: Runed, api_auth: Auth) -> None:
+    stub = stub_of(api_runed)
+    create(stub, api_auth, sleeper("keep"))
+    req = service_pb2.DeleteServiceRequest(name="keep", finalizers=["instance-cleanup", "wipe-disk"])
+    err = fails(lambda: stub.DeleteService(req, metadata=api_auth), grpc.StatusCode.INVALID_ARGUMENT)
+    violations = bad_request_violations(err)
+    assert list(violations) == ["finalizers[1]"]
+    assert (
+        "'wipe-disk'" in violations["finalizers[1]"]
+        and "instance-cleanup, service-deregister" in violations["finalizers[1]"]
+    )
+    assert stub.GetService(service_pb2.GetServiceRequest(name="keep"), metadata=api_auth).service.name == "keep"
+    ops = stub.ListDeletionOperations(service_pb2.ListDeletionOperationsRequest(), metadata=api_auth).operations
+    assert list(ops) == []
     fails(
         lambda: stub.DeleteService(
             service_pb2.DeleteServiceRequest(name="app", finalizers=["bogus"]), metadata=api_auth
