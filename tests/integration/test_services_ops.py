@@ -58,6 +58,12 @@ def test_delete_honours_dependents_dry_run_and_records_an_operation(api_runed: R
     )
     ok = stub.DeleteService(service_pb2.DeleteServiceRequest(name="ghost", ignore_not_found=True), metadata=api_auth)
     assert ok.deletion_id == ""
+    fails(
+        lambda: stub.DeleteService(
+            service_pb2.DeleteServiceRequest(name="app", finalizers=["bogus"]), metadata=api_auth
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 def test_delete_with_an_unknown_finalizer_names_it_and_keeps_the_service(api_runed: Runed, api_auth: Auth) -> None:
@@ -74,12 +80,6 @@ def test_delete_with_an_unknown_finalizer_names_it_and_keeps_the_service(api_run
     assert stub.GetService(service_pb2.GetServiceRequest(name="keep"), metadata=api_auth).service.name == "keep"
     ops = stub.ListDeletionOperations(service_pb2.ListDeletionOperationsRequest(), metadata=api_auth).operations
     assert list(ops) == []
-    fails(
-        lambda: stub.DeleteService(
-            service_pb2.DeleteServiceRequest(name="app", finalizers=["bogus"]), metadata=api_auth
-        ),
-        grpc.StatusCode.INVALID_ARGUMENT,
-    )
 
 
 def test_scale_records_an_operation_and_scale_zero_keeps_last_non_zero(api_runed: Runed, api_auth: Auth) -> None:
