@@ -202,14 +202,14 @@ class Operations:
                 continue
             ftype = str(f.get("type") or f.get("id") or "")
             f.setdefault("created_at", now)
-            if ftype == "instance-cleanup":
+            if ftype == objects.FINALIZER_INSTANCE_CLEANUP:
                 if remaining:
                     f["status"] = "running"
                     blocked = True
                     pending.append(ftype)
                     continue
                 _complete(f, now)
-            elif ftype == "service-deregister":
+            elif ftype == objects.FINALIZER_SERVICE_DEREGISTER:
                 changes["status"] = "running-finalizers"
                 self.book.writes.delete(objects.SERVICE, ns, name)
                 self.book.writes.delete(objects.SERVICE_STATUS, ns, name)

@@ -31,8 +31,11 @@ CONFIGMAP = "configmap"
 # instances yet), and the statuses it ends in.
 DELETION_INITIALIZING = "initializing"
 DELETION_DONE = ("completed", "failed")
-# The finalizers a deletion can run, in the order it runs them (all of them unless the request names some).
-DELETION_FINALIZERS = ("instance-cleanup", "service-deregister")
+# The finalizers a deletion can run, in the order it runs them (all of them unless the request names
+# some): the instances stopped, then the service's record removed (always, and always last).
+FINALIZER_INSTANCE_CLEANUP = "instance-cleanup"
+FINALIZER_SERVICE_DEREGISTER = "service-deregister"
+DELETION_FINALIZERS = (FINALIZER_INSTANCE_CLEANUP, FINALIZER_SERVICE_DEREGISTER)
 
 # Controller status strings (service_status.status) <-> proto enum. "Deploying" is upstream's word.
 SERVICE_STATUS_TO_PB: dict[str, service_pb2.ServiceStatus] = {

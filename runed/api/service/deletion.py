@@ -118,7 +118,7 @@ def _start_deletion(
         )
     names = list(dict.fromkeys(req.finalizers)) or list(objects.DELETION_FINALIZERS)
     # The record removal always runs, and always last.
-    names = [n for n in objects.DELETION_FINALIZERS if n in names or n == "service-deregister"]
+    names = [n for n in objects.DELETION_FINALIZERS if n in names or n == objects.FINALIZER_SERVICE_DEREGISTER]
     now = int(time.time())
     finalizers = [
         {"id": f, "name": f, "type": f, "status": "pending", "error": "", "created_at": now, "updated_at": now}
