@@ -287,7 +287,8 @@ class Controller:
 
     async def _watch(self, since: int) -> None:
         kinds = WATCHED_KINDS if self.node is None else (*WATCHED_KINDS, PLACEMENT, objects.INSTANCE)
-        async for change in self.store.watch(kinds, since):
+        # No deletion's data is read: only its key is (its own deleted instances come back here).
+        async for change in self.store.watch(kinds, since, deletion_data=False):
             if change.kind in (PLACEMENT, objects.INSTANCE):
                 assert self.node is not None
                 key = (change.namespace, change.name)

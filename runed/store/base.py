@@ -178,15 +178,23 @@ class Store(Protocol):
     def oldest_revision(self) -> int: ...
 
     def changes_since(
-        self, revision: int, kinds: Sequence[str] | None = None, limit: int = 1000
-    ) -> builtins.list[Change]: ...
+        self,
+        revision: int,
+        kinds: Sequence[str] | None = None,
+        limit: int = 1000,
+        *,
+        deletion_data: bool = True,
+    ) -> builtins.list[Change]:
+        """The changes after ``revision`` (of ``kinds``), oldest first; ``deletion_data=False``: a
+        DELETED change's ``data`` is None (not read: for a reader that needs only its key)."""
+        ...
 
     def changed_since(self, revision: int, kinds: Sequence[str]) -> bool:
         """Whether an object of ``kinds`` changed after ``revision`` (True too when the change log no
         longer reaches back that far): what decides that something read at ``revision`` still holds."""
         ...
 
-    def watch(self, kinds: Sequence[str], since: int) -> AsyncIterator[Change]: ...
+    def watch(self, kinds: Sequence[str], since: int, *, deletion_data: bool = True) -> AsyncIterator[Change]: ...
 
     def audit(self, entry: AuditEntry) -> None: ...
 

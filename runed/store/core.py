@@ -159,9 +159,17 @@ class SQLCore:
         return int(row[0]) if row and row[0] is not None else int(pruned[0]) + 1
 
     def changes_since(
-        self, revision: int, kinds: Sequence[str] | None = None, limit: int = WATCH_BATCH
+        self,
+        revision: int,
+        kinds: Sequence[str] | None = None,
+        limit: int = WATCH_BATCH,
+        *,
+        deletion_data: bool = True,
     ) -> builtins.list[Change]:
-        sql = "SELECT revision, kind, namespace, name, op, data, ts FROM changes WHERE revision > ?"
+        # Without deletions' data, their records are not read at all (both databases evaluate a CASE
+        # lazily): a deletion of 1,000 instances came back to the controller as 15-24 ms of reads.
+        data = "data" if deletion_data else f"CASE WHEN op = '{DELETED}' THEN NULL ELSE data END"
+        sql = f"SELECT revision, kind, namespace, name, op, {data}, ts FROM changes WHERE revision > ?"
         args: list[Any] = [revision]
         if kinds:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
@@ -202,7 +210,7 @@ class SQLCore:
             self._writes_since_prune = 0
             _prune_quietly(self.prune_changelog, "the change log")
 
-    async def watch(self, kinds: Sequence[str], since: int) -> AsyncIterator[Change]:
+    async def watch(self, kinds: Sequence[str], since: int, *, deletion_data: bool = True) -> AsyncIterator[Change]:
         """Every change to ``kinds`` after revision ``since``, in order, forever.
 
         Raises FailedPrecondition when ``since`` is older than the retained change log: the
@@ -217,7 +225,7 @@ class SQLCore:
                 oldest = await self.run(self.oldest_revision)
                 if oldest and rev + 1 < oldest:
                     raise errors.revision_compacted(rev, oldest, "re-list and watch again")
-                batch = await self.run(self.changes_since, rev, kinds)
+                batch = await self.run(self.changes_since, rev, kinds, deletion_data=deletion_data)
             except errors.StoreUnavailable:
                 await asyncio.sleep(errors.STORE_RETRY_SECONDS)
                 continue

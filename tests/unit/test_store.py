@@ -136,6 +136,36 @@ def test_delete_many_deletes_what_exists_in_order_as_deletes_do(store: Store) ->
     assert store.list("instance_action").items == []
 
 
+def test_changes_can_leave_out_what_a_deletion_deleted(store: Store) -> None:
+    """A reader that needs only a deletion's key (the controller, whose own deletions come back
+    through its watch) gets it without the record's data; every other change keeps its data."""
+    since = store.current_revision()
+    store.put("instance", "default", "a", {"v": 1})
+    store.put("instance", "default", "a", {"v": 2})
+    store.put("service", "default", "s", {"v": 3})
+    with store.transaction():
+        store.delete_many([("instance", "default", "a"), ("service", "default", "s")])
+    keyed = [(c.kind, c.name, c.op, c.data) for c in store.changes_since(since, deletion_data=False)]
+    assert keyed == [
+        ("instance", "a", ADDED, {"v": 1}),
+        ("instance", "a", MODIFIED, {"v": 2}),
+        ("service", "s", ADDED, {"v": 3}),
+        ("instance", "a", DELETED, None),
+        ("service", "s", DELETED, None),
+    ]
+    # By default, and in the stored log, the deletions keep the object as it was.
+    assert [c.data for c in store.changes_since(since)][3:] == [{"v": 2}, {"v": 3}]
+
+    async def first_deletion() -> Change:
+        async for c in store.watch(["service"], since, deletion_data=False):
+            if c.op == DELETED:
+                return c
+        raise AssertionError("unreachable")
+
+    got = asyncio.run(asyncio.wait_for(first_deletion(), 10))
+    assert (got.name, got.data) == ("s", None)
+
+
 def test_create_twice_is_already_exists(store: Store) -> None:
     store.create("service", "default", "a", {})
     with pytest.raises(errors.AlreadyExists):
