@@ -514,10 +514,12 @@ def test_a_commit_while_the_watcher_reads_the_log_wakes_it(store_url: str, monke
     real = watcher.changes_since
     reads = 0
 
-    def racing(revision: int, kinds: Sequence[str] | None = None, limit: int = core.WATCH_BATCH) -> list[Change]:
+    def racing(
+        revision: int, kinds: Sequence[str] | None = None, limit: int = core.WATCH_BATCH, *, deletion_data: bool = True
+    ) -> list[Change]:
         nonlocal reads
         reads += 1
-        got = real(revision, kinds, limit)
+        got = real(revision, kinds, limit, deletion_data=deletion_data)
         # Reads 1 and 3 find nothing (the watcher has waited once before the third: it listens);
         # the commit comes before the watcher gets to wait.
         if reads in (1, 3):
