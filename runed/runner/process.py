@@ -290,8 +290,8 @@ class ProcessRunner:
         shim_env = {**env, ATTEMPT_ENV: attempt}
         with (d / SHIM_ERR).open("ab") as err:
             p = None
+            program = self.native
             while p is None:
-                program = self.native
                 try:
                     p = subprocess.Popen(
                         shim_argv(d, program),
@@ -306,7 +306,9 @@ class ProcessRunner:
                 except OSError as e:
                     if program is not None and e.errno in NATIVE_GONE:
                         self._native_lost(f"{program}: {e.strerror or e}")
-                        continue  # under the Python shim
+                        # Under the Python shim, also when the native one is found again meanwhile.
+                        program = None
+                        continue
                     # A zygote that took the request after all must not start it now.
                     fence(d, attempt)
                     raise RunnerError(f"cannot start shim: {e}") from None
