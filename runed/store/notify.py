@@ -18,7 +18,58 @@ from pathlib import Path
 _SUN_PATH_MAX = 108
 
 
-class Notifier:
+class Wakeups:
+    """What every notifier shares: the event watchers wait on, set and replaced by each wake-up.
+
+    A notifier says how its loop hears other processes (:meth:`_attach`); the waiting is the same."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def _attach(self) -> asyncio.Event:
+        """The current event, reading wake-ups on the running loop from now on."""
+        raise NotImplementedError
+
+    def _wake_local(self) -> None:
+        ev = self._event
+        if ev is not None:
+            self._event = asyncio.Event()
+            ev.set()
+
+    def _wake_here(self) -> None:
+        """Wake this process's watchers, from the loop's thread or any other."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake_local()
+        else:
+            loop.call_soon_threadsafe(self._wake_local)
+
+    def arm(self) -> asyncio.Event:
+        """The event the next wake-up sets. Taken *before* the change log is read and waited on after,
+        so a wake-up that comes while the log is read is not lost (it would wait a safety poll)."""
+        return self._attach()
+
+    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> bool:
+        """Wait for a wake-up (since ``armed`` was taken, if given) or the timeout; True when woken."""
+        ev = armed if armed is not None else self._attach()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+        # as the event fires, leaving a cancelled watcher looping forever.
+        try:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+            return True
+        except TimeoutError:
+            return False
+
+
+class Notifier(Wakeups):
     """Each process binds one datagram socket in a shared directory; a commit sends one byte to all.
 
     This is a hint, not the data: watchers always read the change log, so a lost datagram only
@@ -26,6 +77,7 @@ class Notifier:
     """
 
     def __init__(self, directory: Path) -> None:
+        super().__init__()
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
@@ -35,8 +87,6 @@ class Notifier:
         self._sock.bind(self._address(self.path.name))
         self._send = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._send.setblocking(False)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
 
     def _address(self, name: str) -> str:
         """The address of socket ``name`` in the notify directory, short enough to bind or send to."""
@@ -62,23 +112,9 @@ class Notifier:
                 self._sock.recv(64)
         self._wake_local()
 
-    def _wake_local(self) -> None:
-        ev = self._event
-        if ev is not None:
-            self._event = asyncio.Event()
-            ev.set()
-
     def notify(self) -> None:
         """Wake local watchers and every other process's watchers."""
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is self._loop:
-                self._wake_local()
-            else:
-                self._loop.call_soon_threadsafe(self._wake_local)
+        self._wake_here()
         try:
             peers = os.listdir(self.directory)
         except FileNotFoundError:
@@ -98,23 +134,6 @@ class Notifier:
             except (BlockingIOError, OSError):
                 # The peer's queue is full: it has a wake-up pending already.
                 pass
-
-    def arm(self) -> asyncio.Event:
-        """The event the next wake-up sets. Taken *before* the change log is read and waited on after,
-        so a wake-up that comes while the log is read is not lost (it would wait a safety poll)."""
-        return self._attach()
-
-    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> bool:
-        """Wait for a wake-up (since ``armed`` was taken, if given) or the timeout; True when woken."""
-        ev = armed if armed is not None else self._attach()
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
-        # as the event fires, leaving a cancelled watcher looping forever.
-        try:
-            async with asyncio.timeout(timeout):
-                await ev.wait()
-            return True
-        except TimeoutError:
-            return False
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():

@@ -12,6 +12,7 @@ import logging
 
 import psycopg
 
+from runed.store.notify import Wakeups
 from runed.store.postgres.pool import CONNECT_KWARGS
 
 log = logging.getLogger("runed.store")
@@ -23,7 +24,7 @@ CHANNEL = "runed_changes"
 RECONNECT_SECONDS = 1.0
 
 
-class PgNotifier:
+class PgNotifier(Wakeups):
     """One listening connection per store; the event loop reads it when it becomes readable.
 
     When the connection breaks, watchers fall back to the safety poll and the connection is made
@@ -32,10 +33,9 @@ class PgNotifier:
     """
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self._conn: psycopg.Connection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
         self._connecting: asyncio.Future[psycopg.Connection | None] | None = None
         self._next_attempt = 0.0
         # True while listening fails (warned once until it works again).
@@ -122,39 +122,9 @@ class PgNotifier:
                 log.warning("lost the store's change notifications (polling until they work again)")
         self._wake_local()
 
-    def _wake_local(self) -> None:
-        ev = self._event
-        if ev is not None:
-            self._event = asyncio.Event()
-            ev.set()
-
     def notify(self) -> None:
         """Wake this process's watchers at once (other processes hear the commit's NOTIFY)."""
-        if self._loop is None or self._loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._wake_local()
-        else:
-            self._loop.call_soon_threadsafe(self._wake_local)
-
-    def arm(self) -> asyncio.Event:
-        """The event the next wake-up sets. Taken *before* the change log is read and waited on after,
-        so a NOTIFY that arrives while the log is read is not lost (it would wait a safety poll)."""
-        return self._attach()
-
-    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> bool:
-        """Wait for a wake-up (since ``armed`` was taken, if given) or the timeout; True when woken."""
-        ev = armed if armed is not None else self._attach()
-        try:
-            async with asyncio.timeout(timeout):
-                await ev.wait()
-            return True
-        except TimeoutError:
-            return False
+        self._wake_here()
 
     def close(self) -> None:
         self._closed = True
