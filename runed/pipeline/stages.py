@@ -243,45 +243,38 @@ class Pipeline:
         await self._audited(before)
         return response
 
-    async def server_stream(self, ctx: CallContext, request: Message) -> AsyncIterator[Message]:
-        self._begin(ctx)
-        route = self.route(ctx.method.full_name)
-        err: errors.RuneError | None = None
-        try:
-            await self._admit(ctx, route, request)
-            if route.handler is None:
-                raise _unimplemented(route.method)
-            async for item in route.handler(request, ctx):
-                yield item
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            if isinstance(exc, GeneratorExit) or _is_cancel(exc):
-                # The client went away: logged, counted and audited as CANCELLED, not OK.
-                err = CANCELLED
-                raise
-            err = self._map_error(ctx, exc)
-            raise err from None
-        finally:
-            before = set(self._audit_tasks)
-            self._finish(ctx, err, route, request)
-            await self._audited(before)
+    def server_stream(self, ctx: CallContext, request: Message) -> AsyncIterator[Message]:
+        async def opening() -> tuple[Message, Any]:
+            return request, request
 
-    async def bidi(self, ctx: CallContext, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+        return self._stream(ctx, opening)
+
+    def bidi(self, ctx: CallContext, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
         """Bidirectional streams are admitted on their first message (it names the target)."""
-        self._begin(ctx)
-        route = self.route(ctx.method.full_name)
-        err: errors.RuneError | None = None
-        first: Message | None = None
-        try:
+
+        async def opening() -> tuple[Message, Any]:
             try:
                 first = await anext(requests)
             except StopAsyncIteration:
                 raise errors.InvalidArgument("the stream ended before its first message") from None
-            await self._admit(ctx, route, first)
+            return first, _prepend(first, requests)
+
+        return self._stream(ctx, opening)
+
+    async def _stream(
+        self, ctx: CallContext, opening: Callable[[], Awaitable[tuple[Message, Any]]]
+    ) -> AsyncIterator[Message]:
+        """A streaming call: ``opening`` gives the message it is admitted on and the handler's input."""
+        self._begin(ctx)
+        route = self.route(ctx.method.full_name)
+        err: errors.RuneError | None = None
+        target: Message | None = None
+        try:
+            target, given = await opening()
+            await self._admit(ctx, route, target)
             if route.handler is None:
                 raise _unimplemented(route.method)
-            async for item in route.handler(_prepend(first, requests), ctx):
+            async for item in route.handler(given, ctx):
                 yield item
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -294,7 +287,7 @@ class Pipeline:
             raise err from None
         finally:
             before = set(self._audit_tasks)
-            self._finish(ctx, err, route, first)
+            self._finish(ctx, err, route, target)
             await self._audited(before)
 
 
