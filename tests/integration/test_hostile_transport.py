@@ -302,3 +302,15 @@ def test_label_floods_are_refused_naming_the_map(hostile: tuple[Runed, Metadata]
     # 64 labels are fine.
     ns = namespace_pb2.Namespace(name="many-labels", labels={f"k{i}": "v" for i in range(64)})
     ns_stub.CreateNamespace(namespace_pb2.CreateNamespaceRequest(namespace=ns), metadata=auth)
+
+
+@pytest.mark.parametrize("method", ["/rune.api.LogService/StreamLogs", "/rune.api.ExecService/StreamExec"])
+def test_bidi_stream_closed_before_its_first_message_is_invalid_argument(
+    hostile: tuple[Runed, Metadata], method: str
+) -> None:
+    runed, auth = hostile
+    call = runed.channel().stream_stream(method)
+    with pytest.raises(grpc.RpcError) as ei:
+        list(call(iter([]), metadata=auth, timeout=10))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the stream ended before its first message" in (ei.value.details() or "")
