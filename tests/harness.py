@@ -161,6 +161,12 @@ class Runed:
         assert info is not None, f"no {role} role is ready"
         return str(info["address"])
 
+    def role_pid(self, role: str) -> int:
+        """The pid of the process serving ``role`` (its ready marker)."""
+        info = self._marker(role)
+        assert info is not None, f"no {role} role is ready"
+        return int(info["pid"])
+
     def addresses(self) -> dict[str, str]:
         """Every ready role's listen address, by role."""
         run = self.data_dir / "run"

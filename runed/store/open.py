@@ -6,16 +6,17 @@ from pathlib import Path
 
 from runed.core.config import Config
 from runed.store.base import Store
-from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS
+from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, SYNCHRONOUS
 
 
 def open_configured(cfg: Config) -> Store:
-    """The store ``cfg`` names, with its history limits and SQLite's busy timeout (as :func:`open_url`)."""
+    """The store ``cfg`` names, with its history limits and SQLite's settings (as :func:`open_url`)."""
     return open_url(
         cfg.store.url,
         changelog_keep=cfg.history.changelog_entries,
         audit_keep=cfg.history.audit_entries,
         sqlite_busy_timeout=cfg.store.sqlite_busy_timeout_seconds,
+        sqlite_synchronous=cfg.store.sqlite_synchronous,
     )
 
 
@@ -25,6 +26,7 @@ def open_url(
     changelog_keep: int = 100_000,
     audit_keep: int = 100_000,
     sqlite_busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+    sqlite_synchronous: str = SYNCHRONOUS,
 ) -> Store:
     """Open (creating and migrating) the store ``url`` names.
 
@@ -40,6 +42,7 @@ def open_url(
             changelog_keep=changelog_keep,
             audit_keep=audit_keep,
             busy_timeout=sqlite_busy_timeout,
+            synchronous=sqlite_synchronous,
         )
     if url.startswith(("postgresql://", "postgres://")):
         # Imported only when configured: psycopg costs SQLite users nothing.

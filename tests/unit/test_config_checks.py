@@ -45,6 +45,10 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
         # Enumerations
         ("controller:\n  shim: rust\n", "controller.shim: must be one of auto, python, shared, got 'rust'"),
         (
+            "store:\n  sqlite_synchronous: always\n",
+            "store.sqlite_synchronous: must be one of normal, full, got 'always'",
+        ),
+        (
             "docker:\n  registries:\n    - name: r\n      registry: r.example\n      auth: {type: magic}\n",
             "docker.registries[0].auth.type: must be one of basic, token, ecr, dockerconfigjson, got 'magic'",
         ),

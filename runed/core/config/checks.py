@@ -33,6 +33,8 @@ REGISTRY_AUTH_TYPES = ("", "basic", "token", "ecr", "dockerconfigjson")
 # controller.shim: the native shim when it can be built, else the Python one ("auto"), always Python,
 # or one native keeper for all instances ("shared", runed/runner/keeper.py).
 SHIMS = ("auto", "python", "shared")
+# store.sqlite_synchronous: SQLite's own names for its synchronous settings, lower-cased.
+SQLITE_SYNCHRONOUS = ("normal", "full")
 REGISTRY_MANAGE_MODES = ("", "create", "update", "ignore")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 # RFC 9110 token: what a header name may be made of.
@@ -210,6 +212,7 @@ def _node_tls(f: _Found, cfg: Config) -> None:
 
 def _store(f: _Found, cfg: Config) -> None:
     f.between("store.sqlite_busy_timeout_seconds", cfg.store.sqlite_busy_timeout_seconds, 0.1, 600)
+    f.one_of("store.sqlite_synchronous", cfg.store.sqlite_synchronous, SQLITE_SYNCHRONOUS)
     url = cfg.store.url
     if not url:
         return

@@ -22,6 +22,7 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_DATA_DIR": "data_dir",
     "RUNE_STORE_URL": "store.url",
     "RUNE_STORE_SQLITE_BUSY_TIMEOUT_SECONDS": "store.sqlite_busy_timeout_seconds",
+    "RUNE_STORE_SQLITE_SYNCHRONOUS": "store.sqlite_synchronous",
     "RUNE_LOG_LEVEL": "log.level",
     "RUNE_LOG_FORMAT": "log.format",
     "RUNE_AUTH_ALLOW_REMOTE_ADMIN": "auth.allow_remote_admin",

@@ -11,7 +11,7 @@ from typing import Any
 from runed.store.base import DELETED
 from runed.store.core import SQLCore
 from runed.store.offload import Offload
-from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, Database
+from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, SYNCHRONOUS, Database
 
 _INSERT_CHANGE = "INSERT INTO changes (kind, namespace, name, op, data, ts) VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -35,13 +35,14 @@ class SQLiteStore(Database, SQLCore):
         audit_keep: int = 100_000,
         notify: bool = True,
         busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+        synchronous: str = SYNCHRONOUS,
     ) -> None:
         self.changelog_keep = changelog_keep
         self.audit_keep = audit_keep
         self._writes_since_prune = 0
         # Inline: a local file never waits on the network (the measurement is in runed.store.offload).
         self.offload = Offload(1, inline=True)
-        super().__init__(path, notify=notify, busy_timeout=busy_timeout)
+        super().__init__(path, notify=notify, busy_timeout=busy_timeout, synchronous=synchronous)
 
     # The core's housekeeping (wake-up, then prune), not the bare connection's wake-up.
     _after_commit = SQLCore._after_commit
