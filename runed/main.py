@@ -213,13 +213,17 @@ def bootstrap(ctx: click.Context, /, reset: bool, **kwargs: Any) -> None:
 
     from runed.auth.identity import local_bootstrap
     from runed.core import errors
+    from runed.store.open import open_configured
 
     cfg = _load(_merge(ctx, **kwargs))
     try:
-        # Audited as the local account that ran it: reaching the data dir is its authority.
-        issued, revoked = local_bootstrap(
-            cfg.data_path, reset=reset, actor=f"local:{getpass.getuser()}", store_url=cfg.store.url
-        )
+        # The store as the server opens it (its URL, its SQLite settings).
+        store = open_configured(cfg)
+        try:
+            # Audited as the local account that ran it: reaching the data dir is its authority.
+            issued, revoked = local_bootstrap(store, cfg.data_path, reset=reset, actor=f"local:{getpass.getuser()}")
+        finally:
+            store.close()
     except errors.RuneError as e:
         raise click.ClickException(e.message) from None
     if revoked:

@@ -16,8 +16,6 @@ from typing import Any
 
 from runed.core import errors
 from runed.store.base import AuditEntry, Store, iter_all
-from runed.store.open import open_url
-from runed.store.sqlite import open_store
 
 log = logging.getLogger("runed.identity")
 
@@ -355,29 +353,23 @@ class Identity:
         return self.issue_token(user, f"bootstrap-reset-{time.time_ns()}", description="bootstrap-reset"), revoked
 
 
-def local_bootstrap(
-    data_dir: Path, *, reset: bool, actor: str = "local", store_url: str = ""
-) -> tuple[IssuedToken, int]:
-    """Bootstrap (or, with ``reset``, re-key root) straight on the data dir, without the API.
+def local_bootstrap(store: Store, data_dir: Path, *, reset: bool, actor: str = "local") -> tuple[IssuedToken, int]:
+    """Bootstrap (or, with ``reset``, re-key root) straight on the data dir's store, without the API.
 
     Reaching the data dir is the proof of authority: this is how an operator who lost the root
     token recovers. Either way the audit log records it (``actor`` names who ran it), failures too.
     Returns the new token and how many root tokens were revoked.
     """
-    store = open_url(store_url) if store_url else open_store(data_dir)
     command = "runed bootstrap --reset" if reset else "runed bootstrap"
+    ident = Identity(store, load_server_key(data_dir))
+    ident.seed_builtin_policies()
     try:
-        ident = Identity(store, load_server_key(data_dir))
-        ident.seed_builtin_policies()
-        try:
-            issued, revoked = ident.reset_root() if reset else (ident.bootstrap(), 0)
-        except errors.RuneError as e:
-            _audit_local(store, actor, command, e.code.name, e.message)
-            raise
-        _audit_local(store, actor, command, "OK", f"issued root token {issued.id}; revoked {revoked} root token(s)")
-        return issued, revoked
-    finally:
-        store.close()
+        issued, revoked = ident.reset_root() if reset else (ident.bootstrap(), 0)
+    except errors.RuneError as e:
+        _audit_local(store, actor, command, e.code.name, e.message)
+        raise
+    _audit_local(store, actor, command, "OK", f"issued root token {issued.id}; revoked {revoked} root token(s)")
+    return issued, revoked
 
 
 def _audit_local(store: Store, actor: str, command: str, code: str, detail: str) -> None:
