@@ -31,7 +31,11 @@ def _strace() -> None:
 def _traced(pid: int) -> bool:
     """Whether every thread of ``pid`` has a tracer (strace attached to all of them)."""
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        line = next(x for x in status.read_text().splitlines() if x.startswith("TracerPid:"))
+        try:
+            text = status.read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile needs no tracer
+        line = next(x for x in text.splitlines() if x.startswith("TracerPid:"))
         if line.split()[1] == "0":
             return False
     return True
