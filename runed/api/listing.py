@@ -51,7 +51,8 @@ def query_key(req: Any) -> str:
 def page_response(cls: type[M], page: paging.Page[bytes], req: paging.PageRequest, status: Any) -> Encoded[M]:
     """A page of ``cls`` (a List response) in its wire form: the items kept encoded (see :class:`Built`),
     then the page token, the revision, ``status`` and the upstream paging fields."""
-    rest: Any = cls(next_page_token=page.next_token, revision=page.revision, status=status)
+    build: Any = cls  # the fields are those of every List response, which Message's own signature cannot name
+    rest = build(next_page_token=page.next_token, revision=page.revision, status=status)
     rest.paging.limit = req.size or len(page.items)
     rest.paging.offset = req.skip
     rest.paging.continuation_token = page.next_token
