@@ -426,9 +426,10 @@ class SQLCore:
     def delete_many(self, keys: Sequence[tuple[str, str, str]]) -> None:
         """Delete each of ``keys`` (kind, namespace, name) that exists, in their order, in one transaction.
 
-        As :meth:`delete` one by one, in a statement to find them and one to delete them per
+        As :meth:`delete` one by one, in one ``DELETE ... RETURNING`` (what the change log keeps) per
         :data:`DELETE_CHUNK` names of one kind and namespace: a deletion of a thousand instances
-        deletes their records at once (three statements each were most of its commit). The names
+        deletes their records at once (three statements each were most of its commit; a ``SELECT``
+        before the ``DELETE`` made 1,000 instance and 1,000 action records 36 ms against 31). The names
         go in ``name IN (...)`` under equal kind and namespace, which both databases look up in the
         primary key; SQLite scans the whole table for a row value ``(kind, namespace, name) IN
         (VALUES ...)`` (a deletion of 1,000 instances and their actions: 135 ms against 55 ms).
@@ -442,11 +443,10 @@ class SQLCore:
                 for i in range(0, len(names), DELETE_CHUNK):
                     chunk = names[i : i + DELETE_CHUNK]
                     where = f"WHERE kind = ? AND namespace = ? AND name IN ({', '.join(['?'] * len(chunk))})"
-                    rows = self._fetchall(f"SELECT name, data FROM objects {where}", [kind, namespace, *chunk])
-                    if not rows:
-                        continue
+                    rows = self._fetchall(
+                        f"DELETE FROM objects {where} RETURNING name, data", [kind, namespace, *chunk]
+                    )
                     found.update(((kind, namespace, str(r[0])), r[1]) for r in rows)
-                    self._execute(f"DELETE FROM objects {where}", [kind, namespace, *chunk])
             self._log_deletions([(*key, data) for key in keys if (data := found.pop(key, None)) is not None])
 
     def _write(
