@@ -233,3 +233,39 @@ def test_a_native_shim_deleted_under_the_runner_falls_back_and_is_found_again(
         eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
         r.reap()
         r.close(wait=10)
+
+
+def test_a_start_whose_native_shim_is_gone_runs_the_python_shim_though_it_is_found_again_before_the_retry(
+    tmp_path: Path,
+) -> None:
+    """The start retried after its native shim was gone runs under the Python shim, also when the
+    binary is back before the retry. Here the search is over before the retry every time (this
+    runner joins it), where it once won the race only now and then."""
+
+    class FoundAtOnce(ProcessRunner):
+        def _native_lost(self, why: str) -> None:
+            super()._native_lost(why)
+            if self._finding_native is not None:
+                self._finding_native.join(60)
+
+    r = FoundAtOnce(fork=False)
+    try:
+        assert r.native is not None, "the native shim did not build"
+        built = r.native
+        copy = tmp_path / "rune-shim-copy"
+        shutil.copy(built, copy)
+        r.native = str(copy)
+        copy.unlink()
+        d, h = _start(r, tmp_path, 0)
+        assert r.native == built, "the native shim was not found again before the retry"
+        shim = _wait_running(r, d, h).handle.shim_pid
+        assert os.path.realpath(os.readlink(f"/proc/{shim}/exe")) == os.path.realpath(sys.executable)
+    finally:
+        shims = []
+        for info in (tmp_path / "instances").glob("*/pid.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                shims.append(int(json.loads(info.read_text())["shim_pid"]))
+                os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+        eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
+        r.reap()
+        r.close(wait=10)
