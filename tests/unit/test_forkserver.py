@@ -198,18 +198,37 @@ def test_a_claimed_start_stuck_before_its_program_is_killed_after_the_timeout(
     eventually(lambda: not alive(shim, claim["shim_start"]), what="the shim killed")
 
 
+def _on_a_copy(r: ProcessRunner, tmp_path: Path) -> tuple[str, Path]:
+    """Have ``r`` start shims from a copy of the native shim it found (so that a test may delete
+    it, and other tests keep theirs): the binary found, and the copy."""
+    assert r.native is not None, "the native shim did not build"
+    built = r.native
+    copy = tmp_path / "rune-shim-copy"
+    shutil.copy(built, copy)
+    r.native = str(copy)
+    return built, copy
+
+
+def _end_all(r: ProcessRunner, tmp_path: Path) -> None:
+    """Kill every instance started under ``tmp_path``, wait for their shims, and close ``r``."""
+    shims = []
+    for info in (tmp_path / "instances").glob("*/pid.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            shims.append(int(json.loads(info.read_text())["shim_pid"]))
+            os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+    # Shims this runner started itself (no zygote) are its children: reaped once they end.
+    eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
+    r.reap()
+    r.close(wait=10)
+
+
 @pytest.mark.parametrize("fork", [True, False], ids=["zygote", "no-zygote"])
 def test_a_native_shim_deleted_under_the_runner_falls_back_and_is_found_again(
     tmp_path: Path, fork: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = ProcessRunner(fork=fork)
     try:
-        assert r.native is not None, "the native shim did not build"
-        built = r.native
-        # The binary this runner found (a copy, so other tests keep theirs), deleted under it.
-        copy = tmp_path / "rune-shim-copy"
-        shutil.copy(built, copy)
-        r.native = str(copy)
+        built, copy = _on_a_copy(r, tmp_path)
         d0, h0 = _start(r, tmp_path, 0)
         assert os.readlink(f"/proc/{_wait_running(r, d0, h0).handle.shim_pid}/exe") == str(copy)
         copy.unlink()
@@ -224,15 +243,7 @@ def test_a_native_shim_deleted_under_the_runner_falls_back_and_is_found_again(
         # The instance that started meanwhile runs on, under its Python shim.
         assert _running(r, d1, h1).handle.shim_pid == python_shim
     finally:
-        shims = []
-        for info in (tmp_path / "instances").glob("*/pid.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                shims.append(int(json.loads(info.read_text())["shim_pid"]))
-                os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
-        # Shims this runner started itself (no zygote) are its children: reaped once they end.
-        eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
-        r.reap()
-        r.close(wait=10)
+        _end_all(r, tmp_path)
 
 
 def test_a_start_whose_native_shim_is_gone_runs_the_python_shim_though_it_is_found_again_before_the_retry(
@@ -250,22 +261,11 @@ def test_a_start_whose_native_shim_is_gone_runs_the_python_shim_though_it_is_fou
 
     r = FoundAtOnce(fork=False)
     try:
-        assert r.native is not None, "the native shim did not build"
-        built = r.native
-        copy = tmp_path / "rune-shim-copy"
-        shutil.copy(built, copy)
-        r.native = str(copy)
+        built, copy = _on_a_copy(r, tmp_path)
         copy.unlink()
         d, h = _start(r, tmp_path, 0)
         assert r.native == built, "the native shim was not found again before the retry"
         shim = _wait_running(r, d, h).handle.shim_pid
         assert os.path.realpath(os.readlink(f"/proc/{shim}/exe")) == os.path.realpath(sys.executable)
     finally:
-        shims = []
-        for info in (tmp_path / "instances").glob("*/pid.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                shims.append(int(json.loads(info.read_text())["shim_pid"]))
-                os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
-        eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
-        r.reap()
-        r.close(wait=10)
+        _end_all(r, tmp_path)
