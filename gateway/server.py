@@ -33,6 +33,7 @@ from runed.core.errors import BindError
 from runed.pipeline.context import Deps
 from runed.pipeline.stages import Pipeline
 from runed.store.base import Store
+from runed.transport.certs import CertFiles
 from runed.transport.tls import listen
 
 log = logging.getLogger("runed.rest")
@@ -169,6 +170,8 @@ async def serve(
         raise BindError(f"server.tls: {what}") from None
     server = Server(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    # A rotated certificate is served to new connections (runed/transport/certs.py).
+    keeping = asyncio.create_task(CertFiles(config.server.tls).keep(uv_config.ssl)) if uv_config.ssl else None
     try:
         while not server.started:
             if task.done():
@@ -184,6 +187,8 @@ async def serve(
         server.should_exit = True
         await task
     finally:
+        if keeping is not None:
+            keeping.cancel()
         if not task.done():
             server.force_exit = True
             task.cancel()

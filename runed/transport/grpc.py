@@ -22,6 +22,7 @@ from runed.pipeline.methods import Method
 from runed.pipeline.stages import Pipeline, new_request_id
 from runed.pipeline.status import status_proto
 from runed.transport import metrics, reflection
+from runed.transport.certs import CertError, CertFiles
 from runed.transport.tls import TLSFront, needs_front
 
 log = logging.getLogger("runed.grpc")
@@ -212,18 +213,14 @@ def generic_handlers(
 
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
-    """grpcio's own TLS: no client certificates, or required and verified ones (optional ones need the front)."""
+    """grpcio's own TLS: no client certificates, or required and verified ones (optional ones need the
+    front); a rotated certificate is served from the next handshake on (:mod:`runed.transport.certs`)."""
     if not tls.enabled or needs_front(tls):
         return None
     try:
-        key = open(tls.key_file, "rb").read()
-        cert = open(tls.cert_file, "rb").read()
-        ca = open(tls.client_ca_file, "rb").read() if tls.client_ca_file else None
-    except OSError as e:
-        raise BindError(f"server.tls: cannot read {e.filename}: {e.strerror}") from None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=bool(ca and tls.require_client_cert)
-    )
+        return CertFiles(tls).grpc_credentials(bool(tls.client_ca_file and tls.require_client_cert))
+    except CertError as e:
+        raise BindError(f"server.tls: {e}") from None
 
 
 async def serve(

@@ -32,6 +32,7 @@ from typing import Any
 
 from runed.core.config import TLSConfig, parse_address
 from runed.core.errors import BindError
+from runed.transport.certs import CertError, CertFiles
 
 log = logging.getLogger("runed.grpc")
 
@@ -70,15 +71,14 @@ def needs_front(tls: TLSConfig) -> bool:
     return tls.enabled and client_cert_mode(tls) == ssl.CERT_OPTIONAL
 
 
-def server_context(tls: TLSConfig) -> ssl.SSLContext:
-    """The server-side SSL context of ``server.tls`` for HTTP/2 (the gRPC front; REST lets uvicorn build the same)."""
+def server_context(tls: TLSConfig, certs: CertFiles) -> ssl.SSLContext:
+    """The server-side SSL context of ``server.tls`` for HTTP/2, its files loaded from ``certs`` (the gRPC
+    front; REST lets uvicorn build the same)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.client_ca_file:
-            ctx.load_verify_locations(tls.client_ca_file)
-    except (OSError, ssl.SSLError) as e:
+        certs.load(ctx)
+    except (CertError, OSError, ssl.SSLError) as e:
         raise BindError(f"server.tls: cannot load the certificate, key or client CA: {e}") from None
     ctx.verify_mode = client_cert_mode(tls)
     # gRPC clients insist on h2 being negotiated.
@@ -141,7 +141,9 @@ class TLSFront:
     """Terminates TLS for the gRPC port and relays each connection to the gRPC server on loopback."""
 
     def __init__(self, tls: TLSConfig) -> None:
-        self._ssl = server_context(tls)
+        self._certs = CertFiles(tls)
+        self._ssl = server_context(tls, self._certs)
+        self._keeping: asyncio.Task[None] | None = None
         self.upstream_port = 0  # the gRPC server's loopback port, set once it is bound
         self._by_port: dict[int, Downstream] = {}
         self._server: asyncio.Server | None = None
@@ -165,12 +167,15 @@ class TLSFront:
         self._server = await asyncio.start_server(
             self._serve, sock=sock, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS, limit=CHUNK
         )
+        self._keeping = asyncio.create_task(self._certs.keep(self._ssl))
         return int(sock.getsockname()[1])
 
     def close(self) -> None:
         """Stop accepting connections (relays carry on, so the gRPC server can drain its calls)."""
         if self._server is not None:
             self._server.close()
+        if self._keeping is not None:
+            self._keeping.cancel()
 
     async def aclose(self) -> None:
         """End every relay (after the gRPC server stopped)."""

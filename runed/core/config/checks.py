@@ -15,12 +15,10 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
+from runed.core import pem
 from runed.core.config.schema import Config, ConfigError, CORSConfig, OIDCConfig, TLSConfig
 from runed.core.quantity import QuantityError, parse_cpu, parse_memory
 
@@ -114,16 +112,16 @@ class _Found:
         if self._broken(cert_file) or self._broken(key_file):
             return
         try:
-            cert = x509.load_pem_x509_certificate(Path(cert_file).expanduser().read_bytes())
+            cert = pem.certificate(Path(cert_file).expanduser().read_bytes())
         except ValueError:
             cert = None
             self.add(f"{prefix}.cert_file", f"{cert_file} is not a PEM certificate")
         try:
-            key = serialization.load_pem_private_key(Path(key_file).expanduser().read_bytes(), password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
+            key = pem.private_key(Path(key_file).expanduser().read_bytes())
+        except ValueError:
             self.add(f"{prefix}.key_file", f"{key_file} is not an unencrypted PEM private key")
             return
-        if cert is not None and _public(cert.public_key()) != _public(key.public_key()):
+        if cert is not None and not pem.belongs(key, cert):
             self.add(f"{prefix}.key_file", f"{key_file} is not the key of {prefix}.cert_file")
 
     def ca(self, key: str, path: str) -> None:
@@ -140,10 +138,6 @@ class _Found:
         """Not a readable file (said already by :meth:`file`), or not given."""
         p = Path(path).expanduser() if path else None
         return p is None or not p.is_file() or not os.access(p, os.R_OK)
-
-
-def _public(key: Any) -> bytes:
-    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def problems(cfg: Config) -> list[str]:

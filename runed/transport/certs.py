@@ -1,0 +1,170 @@
+"""``server.tls``'s certificate and key, taken up again when their files change: a rotated certificate
+(cert-manager, certbot and the like replace the files) is served to new connections without a restart.
+
+The gRPC port's own TLS asks on each handshake (grpcio's dynamic credentials call :meth:`CertFiles.fetch`:
+a look at the files' inode, size and modification time). The ports whose TLS is Python's ``ssl`` (the
+REST port, and the gRPC front for optional client certificates) look every :data:`LOOK_SECONDS`
+(:meth:`CertFiles.keep`) and load the new pair into their context, which new connections use.
+
+A pair is taken only once the key matches the certificate: a rotation that has written one file and
+not yet the other keeps the pair in use (no handshake fails meanwhile), and it is taken once both are
+written. What is loaded into an ``ssl`` context goes through memory files (``memfd``), never a copy
+of the key on disk. A client CA file that changes adds its certificates to those trusted; one it no
+longer holds stays trusted until a restart (Python's ``ssl`` cannot drop a CA from a context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from runed.core import pem
+from runed.core.config import TLSConfig
+
+log = logging.getLogger("runed.tls")
+
+LOOK_SECONDS = 1.0
+
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate chain and its key as read (PEM), with the client CA if one is configured."""
+
+    key: bytes
+    cert: bytes
+    ca: bytes | None
+
+
+class CertError(Exception):
+    """The files cannot be read, or the key does not belong to the certificate."""
+
+
+class CertFiles:
+    """The files of one ``server.tls``, and the stamp (inode, size, mtime) of the pair last taken."""
+
+    def __init__(self, tls: TLSConfig) -> None:
+        self.tls = tls
+        self._paths = [tls.cert_file, tls.key_file, *([tls.client_ca_file] if tls.client_ca_file else [])]
+        self._taken: Stamp = ()
+
+    def _stamp(self) -> Stamp:
+        out: list[tuple[int, int, int] | None] = []
+        for p in self._paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def read(self) -> Pair:
+        """The files' contents, checked to belong together (:class:`CertError` if they do not)."""
+        try:
+            with open(self.tls.key_file, "rb") as f:
+                key = f.read()
+            with open(self.tls.cert_file, "rb") as f:
+                cert = f.read()
+            ca = None
+            if self.tls.client_ca_file:
+                with open(self.tls.client_ca_file, "rb") as f:
+                    ca = f.read()
+        except OSError as e:
+            raise CertError(f"cannot read {e.filename}: {e.strerror}") from None
+        try:
+            leaf = pem.certificate(cert)
+        except ValueError:
+            raise CertError(f"{self.tls.cert_file} is not a PEM certificate") from None
+        try:
+            private = pem.private_key(key)
+        except ValueError:
+            raise CertError(f"{self.tls.key_file} is not an unencrypted PEM private key") from None
+        if not pem.belongs(private, leaf):
+            raise CertError(f"{self.tls.key_file} is not the key of {self.tls.cert_file}")
+        return Pair(key, cert, ca)
+
+    def take(self) -> Pair | None:
+        """The pair, if the files changed since the last one taken and belong together; else None
+        (a pair half written is looked at again next time)."""
+        stamp = self._stamp()
+        if stamp == self._taken:
+            return None
+        try:
+            pair = self.read()
+        except CertError as e:
+            log.warning("server.tls: keeping the certificate in use: %s", e)
+            return None
+        # The stamp from before the read: a change during it is taken next time.
+        self._taken = stamp
+        return pair
+
+    # -- grpcio's TLS ------------------------------------------------------------------------------
+    def grpc_credentials(self, require_client_auth: bool) -> grpc.ServerCredentials:
+        """Credentials that take up a rotated pair on the next handshake (:class:`CertError` if the
+        files are unusable now)."""
+        self._taken = self._stamp()
+        first = self.read()
+        return grpc.dynamic_ssl_server_credentials(
+            _grpc_config(first), self.fetch, require_client_authentication=require_client_auth
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """grpcio's fetcher, called on each handshake: the new configuration, or None (no change)."""
+        pair = self.take()
+        if pair is None:
+            return None
+        log.info("server.tls: serving the certificate in %s again (it changed)", self.tls.cert_file)
+        return _grpc_config(pair)
+
+    # -- Python's ssl ------------------------------------------------------------------------------
+    def load(self, ctx: ssl.SSLContext) -> None:
+        """Load the files into ``ctx`` now (:class:`CertError` if they are unusable)."""
+        self._taken = self._stamp()
+        _load(ctx, self.read())
+
+    async def keep(self, ctx: ssl.SSLContext) -> None:
+        """Load a rotated pair into ``ctx`` when the files change, until cancelled."""
+        if not self._taken:
+            self._taken = self._stamp()
+        while True:
+            await asyncio.sleep(LOOK_SECONDS)
+            pair = self.take()
+            if pair is None:
+                continue
+            try:
+                _load(ctx, pair)
+            except (OSError, ssl.SSLError) as e:
+                log.warning("server.tls: keeping the certificate in use: %s", e)
+            else:
+                log.info("server.tls: serving the certificate in %s again (it changed)", self.tls.cert_file)
+
+
+def _grpc_config(pair: Pair) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(pair.key, pair.cert)], root_certificates=pair.ca)
+
+
+def _load(ctx: ssl.SSLContext, pair: Pair) -> None:
+    with _in_memory(pair.cert) as cert, _in_memory(pair.key) as key:
+        ctx.load_cert_chain(cert, key)
+    if pair.ca is not None:
+        ctx.load_verify_locations(cadata=pair.ca.decode("ascii", "replace"))
+
+
+@contextlib.contextmanager
+def _in_memory(data: bytes) -> Iterator[str]:
+    """A path that reads ``data`` from memory (``ssl`` loads chains and keys from paths only)."""
+    fd = os.memfd_create("runed-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)

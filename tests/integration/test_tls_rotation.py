@@ -1,0 +1,99 @@
+"""A rotated server certificate is served on both ports without a restart, in every TLS mode (grpcio's
+own TLS without or with required client certificates, the TLS front for optional ones, uvicorn's);
+a rotation half written keeps the pair in use."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.harness import Runed, RunedFactory
+from tests.pki import PKI, tls_args
+from tests.support import eventually
+
+Cert = tuple[bytes, bytes]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """As a rotation writes a file: in full under another name, then renamed over it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _client_context(pki: PKI, tmp: Path, client: Cert | None, alpn: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=pki.ca_pem.decode())
+    ctx.set_alpn_protocols([alpn])
+    if client is not None:
+        (tmp / "client.key").write_bytes(client[0])
+        (tmp / "client.crt").write_bytes(client[1])
+        ctx.load_cert_chain(tmp / "client.crt", tmp / "client.key")
+    return ctx
+
+
+def _served(address: str, ctx: ssl.SSLContext) -> bytes:
+    """The certificate a new connection to ``address`` is given (DER); the handshake verifies it."""
+    host, port = address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as s,
+    ):
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def _der(pem: bytes) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+def _calls_work(r: Runed, pki: PKI, tmp: Path, client: Cert | None) -> None:
+    """A gRPC call and a REST request over new connections, verified against the CA."""
+    creds = grpc.ssl_channel_credentials(pki.ca_pem, client[0] if client else None, client[1] if client else None)
+    with grpc.secure_channel(r.grpc_target, creds) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    ctx = _client_context(pki, tmp, client, "http/1.1")
+    with httpx.Client(base_url="https://" + r.address("rest"), verify=ctx, timeout=10) as c:
+        assert c.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["no-client-ca", "client-cert-required", "client-cert-optional"])
+def test_a_rotated_certificate_is_served_on_both_ports_without_a_restart(
+    runed_factory: RunedFactory, tmp_path: Path, mode: str
+) -> None:
+    pki = PKI()
+    args = tls_args(tmp_path, pki, client_ca=mode != "no-client-ca", require=mode == "client-cert-required")
+    r = runed_factory(tmp_path / "data", args=args)
+    client = pki.issue("alice") if mode == "client-cert-required" else None
+    grpc_ctx = _client_context(pki, tmp_path, client, "h2")
+    rest_ctx = _client_context(pki, tmp_path, client, "http/1.1")
+    first = _der((tmp_path / "server.crt").read_bytes())
+    assert _served(r.grpc_target, grpc_ctx) == first
+    assert _served(r.address("rest"), rest_ctx) == first
+
+    key, cert = pki.issue("runed", server=True)
+    # Half a rotation (the certificate written, not its key yet): the pair in use is kept, and
+    # handshakes go on succeeding with it.
+    _replace(tmp_path / "server.crt", cert)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert _served(r.grpc_target, grpc_ctx) == first
+        assert _served(r.address("rest"), rest_ctx) == first
+        time.sleep(0.25)
+    _calls_work(r, pki, tmp_path, client)
+
+    # The key follows: the new pair is served to new connections on both ports.
+    _replace(tmp_path / "server.key", key)
+    eventually(lambda: _served(r.grpc_target, grpc_ctx) == _der(cert), what="the gRPC port serving the new pair")
+    eventually(lambda: _served(r.address("rest"), rest_ctx) == _der(cert), what="the REST port serving the new pair")
+    _calls_work(r, pki, tmp_path, client)
+    assert r.proc is not None and r.proc.poll() is None, "runed restarted"
