@@ -56,6 +56,9 @@ class CertFiles:
         self.tls = tls
         self._paths = [tls.cert_file, tls.key_file, *([tls.client_ca_file] if tls.client_ca_file else [])]
         self._taken: Stamp = ()
+        # The stamp of files found unusable: looked at again once they change again (not on every
+        # handshake, each with a warning, while a renewal is left half done).
+        self._refused: Stamp = ()
 
     def _stamp(self) -> Stamp:
         out: list[tuple[int, int, int] | None] = []
@@ -95,13 +98,14 @@ class CertFiles:
 
     def take(self) -> Pair | None:
         """The pair, if the files changed since the last one taken and belong together; else None
-        (a pair half written is looked at again next time)."""
+        (a pair half written is looked at again once the files change again)."""
         stamp = self._stamp()
-        if stamp == self._taken:
+        if stamp in (self._taken, self._refused):
             return None
         try:
             pair = self.read()
         except CertError as e:
+            self._refused = stamp
             log.warning("server.tls: keeping the certificate in use: %s", e)
             return None
         # The stamp from before the read: a change during it is taken next time.

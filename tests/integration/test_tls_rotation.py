@@ -90,6 +90,9 @@ def test_a_rotated_certificate_is_served_on_both_ports_without_a_restart(
         assert _served(r.address("rest"), rest_ctx) == first
         time.sleep(0.25)
     _calls_work(r, pki, tmp_path, client)
+    # Said once by each port's role, not at every handshake.
+    said = r.output().count("keeping the certificate in use")
+    assert 1 <= said <= 2, r.output()
 
     # The key follows: the new pair is served to new connections on both ports.
     _replace(tmp_path / "server.key", key)
