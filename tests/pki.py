@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,27 @@ def tls_args(tmp_path: Path, pki: PKI, *, client_ca: bool, require: bool = True)
 def start_tls(runed_factory: RunedFactory, tmp_path: Path, pki: PKI, *, client_ca: bool) -> Runed:
     """A runed serving TLS with a certificate from ``pki`` (and requiring client certificates if ``client_ca``)."""
     return runed_factory(tmp_path / "data", args=tls_args(tmp_path, pki, client_ca=client_ca))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """As a rotation writes a file: in full under another name, then renamed over it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def served_certificate(address: str, ctx: ssl.SSLContext) -> bytes:
+    """The certificate a new connection to ``address`` is given (DER); the handshake verifies it."""
+    host, port = address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as s,
+    ):
+        got = s.getpeercert(binary_form=True)
+    assert got is not None
+    return got
+
+
+def der(pem: bytes) -> bytes:
+    """A PEM certificate as DER (what a handshake shows)."""
+    return ssl.PEM_cert_to_DER_cert(pem.decode())

@@ -50,10 +50,12 @@ class CertError(Exception):
 
 
 class CertFiles:
-    """The files of one ``server.tls``, and the stamp (inode, size, mtime) of the pair last taken."""
+    """The files of one ``server.tls`` (or the node channel's certificate and key, ``label``
+    ``node.tls``), and the stamp (inode, size, mtime) of the pair last taken."""
 
-    def __init__(self, tls: TLSConfig) -> None:
+    def __init__(self, tls: TLSConfig, label: str = "server.tls") -> None:
         self.tls = tls
+        self.label = label
         self._paths = [tls.cert_file, tls.key_file, *([tls.client_ca_file] if tls.client_ca_file else [])]
         self._taken: Stamp = ()
         # The stamp of files found unusable: looked at again once they change again (not on every
@@ -106,7 +108,7 @@ class CertFiles:
             pair = self.read()
         except CertError as e:
             self._refused = stamp
-            log.warning("server.tls: keeping the certificate in use: %s", e)
+            log.warning("%s: keeping the certificate in use: %s", self.label, e)
             return None
         # The stamp from before the read: a change during it is taken next time.
         self._taken = stamp
@@ -127,7 +129,7 @@ class CertFiles:
         pair = self.take()
         if pair is None:
             return None
-        log.info("server.tls: serving the certificate in %s again (it changed)", self.tls.cert_file)
+        log.info("%s: serving the certificate in %s again (it changed)", self.label, self.tls.cert_file)
         return _grpc_config(pair)
 
     # -- Python's ssl ------------------------------------------------------------------------------
@@ -148,9 +150,9 @@ class CertFiles:
             try:
                 _load(ctx, pair)
             except (OSError, ssl.SSLError) as e:
-                log.warning("server.tls: keeping the certificate in use: %s", e)
+                log.warning("%s: keeping the certificate in use: %s", self.label, e)
             else:
-                log.info("server.tls: serving the certificate in %s again (it changed)", self.tls.cert_file)
+                log.info("%s: serving the certificate in %s again (it changed)", self.label, self.tls.cert_file)
 
 
 def _grpc_config(pair: Pair) -> grpc.ServerCertificateConfiguration:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,13 +26,14 @@ from runed.api import logs as logs_api
 from runed.auth import nodetoken, rbac
 from runed.auth.principal import Principal
 from runed.core import errors
-from runed.core.config import Config
+from runed.core.config import Config, TLSConfig
 from runed.core.errors import BindError
 from runed.model.nodes import CHANNEL_PORT, CHANNEL_TLS, NODE, SCOPE, local_node_id
 from runed.pipeline import defaults, methods
 from runed.pipeline.context import CallContext, Deps
 from runed.pipeline.stages import new_request_id
 from runed.pipeline.status import status_proto
+from runed.transport.certs import CertError, CertFiles
 from runed.transport.grpc import peer_host
 
 log = logging.getLogger("runed.nodechannel")
@@ -158,12 +158,13 @@ async def serve(config: Config, deps: Deps, stop: asyncio.Event) -> None:
     tls = config.node.tls
     try:
         if tls.enabled:
-            key, cert = Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes()
-            port = server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
+            # A renewed certificate is served from the next handshake on (runed/transport/certs.py).
+            pair = TLSConfig(enabled=True, cert_file=tls.cert_file, key_file=tls.key_file)
+            port = server.add_secure_port(bind, CertFiles(pair, "node.tls").grpc_credentials(False))
         else:
             port = server.add_insecure_port(bind)
-    except OSError as e:
-        raise BindError(f"node channel: cannot read node.tls.cert_file or node.tls.key_file: {e.strerror}") from None
+    except CertError as e:
+        raise BindError(f"node channel: node.tls: {e}") from None
     except RuntimeError:
         port = 0
     if not port:

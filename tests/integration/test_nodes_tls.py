@@ -9,6 +9,7 @@ on one PostgreSQL database; two more API hosts beside them: one trusting another
 from __future__ import annotations
 
 import shutil
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from tests.harness import Runed, Runeds
 from tests.integration.test_nodes import KEY_FILES, NODES, RUNNING, runefile
 from tests.integration.test_nodes_channel import cast_ticker
 from tests.pgsupport import pg_database, reset_schema  # noqa: F401  (fixture)
-from tests.pki import PKI
+from tests.pki import PKI, der, replace_file, served_certificate
 from tests.support import Metadata, bootstrap_metadata, eventually
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,8 @@ class TLSCluster:
     others: dict[str, Runed]
     auth: Metadata
     store_url: str
+    pki: PKI
+    tmp: Path
 
     def instance(self) -> instance_pb2.Instance:
         stub = instance_pb2_grpc.InstanceServiceStub(self.api.channel())
@@ -91,12 +94,23 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> I
             others[name] = runeds.start(tmp / name, args=runefile(tmp, name, spec), env=env, role=role, ready=False)
         for r in (api, *others.values()):
             r.wait_ready(90)
-        c = TLSCluster(api, others, bootstrap_metadata(api.channel()), pg_database)
+        c = TLSCluster(api, others, bootstrap_metadata(api.channel()), pg_database, pki, tmp)
         cast_ticker(api, c.auth, tmp, 1)
         eventually(c.instance, timeout=60, what="the ticker running on n1")
         yield c
     finally:
         runeds.close()
+
+
+def _n1(c: TLSCluster) -> Node:
+    """Node n1 as its record says."""
+    store = open_url(c.store_url)
+    try:
+        rec = store.get(NODE, SCOPE, "n1")
+        assert rec is not None
+        return Node.from_record(rec.name, rec.data)
+    finally:
+        store.close()
 
 
 def _logs(r: Runed, c: TLSCluster, inst: instance_pb2.Instance) -> list[logs_pb2.LogResponse]:
@@ -125,13 +139,7 @@ def test_logs_and_exec_reach_a_node_over_tls(tls_cluster: TLSCluster) -> None:
             code = resp.exit.code
     assert (out, code) == (b"over-tls\n", 3)
     # The node says so in its record, and its channel speaks nothing but TLS.
-    store = open_url(c.store_url)
-    try:
-        rec = store.get(NODE, SCOPE, "n1")
-        assert rec is not None
-        node = Node.from_record(rec.name, rec.data)
-    finally:
-        store.close()
+    node = _n1(c)
     assert node.channel_tls and node.channel_port
     with grpc.insecure_channel(f"{node.address}:{node.channel_port}") as plain:
         stub_plain = logs_pb2_grpc.LogServiceStub(plain)
@@ -178,3 +186,22 @@ def test_a_node_whose_certificate_is_not_one_refuses_to_start_naming_it(
     assert f"node.tls.cert_file: {bogus} is not a PEM certificate" in out, out[-2000:]
     assert f"node.tls.key_file: {bogus} is not an unencrypted PEM private key" in out
     assert "Traceback" not in out
+
+
+def test_a_renewed_node_certificate_is_served_without_a_restart(tls_cluster: TLSCluster) -> None:
+    c = tls_cluster
+    node = _n1(c)
+    target = f"{node.address}:{node.channel_port}"
+    ctx = ssl.create_default_context(cadata=c.pki.ca_pem.decode())
+    ctx.set_alpn_protocols(["h2"])
+    assert served_certificate(target, ctx) == der((c.tmp / "n1.crt").read_bytes())
+    key, cert = c.pki.issue("n1", server=True, ips=(NODES["n1"],))
+    replace_file(c.tmp / "n1.crt", cert)
+    replace_file(c.tmp / "n1.key", key)
+    eventually(
+        lambda: served_certificate(target, ctx) == der(cert), what="the node channel serving the renewed certificate"
+    )
+    # The API host reaches the node's logs over a new connection with it.
+    inst = c.instance()
+    eventually(lambda: _logs(c.api, c, inst), timeout=20, what="the node's lines")
+    assert c.others["n1"].proc is not None and c.others["n1"].proc.poll() is None, "the node restarted"

@@ -4,8 +4,6 @@ a rotation half written keeps the pair in use."""
 
 from __future__ import annotations
 
-import os
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -16,17 +14,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import Runed, RunedFactory
-from tests.pki import PKI, tls_args
+from tests.pki import PKI, der, replace_file, served_certificate, tls_args
 from tests.support import eventually
 
 Cert = tuple[bytes, bytes]
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """As a rotation writes a file: in full under another name, then renamed over it."""
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _client_context(pki: PKI, tmp: Path, client: Cert | None, alpn: str) -> ssl.SSLContext:
@@ -37,22 +28,6 @@ def _client_context(pki: PKI, tmp: Path, client: Cert | None, alpn: str) -> ssl.
         (tmp / "client.crt").write_bytes(client[1])
         ctx.load_cert_chain(tmp / "client.crt", tmp / "client.key")
     return ctx
-
-
-def _served(address: str, ctx: ssl.SSLContext) -> bytes:
-    """The certificate a new connection to ``address`` is given (DER); the handshake verifies it."""
-    host, port = address.rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        ctx.wrap_socket(raw, server_hostname=host) as s,
-    ):
-        der = s.getpeercert(binary_form=True)
-    assert der is not None
-    return der
-
-
-def _der(pem: bytes) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(pem.decode())
 
 
 def _calls_work(r: Runed, pki: PKI, tmp: Path, client: Cert | None) -> None:
@@ -76,18 +51,18 @@ def test_a_rotated_certificate_is_served_on_both_ports_without_a_restart(
     client = pki.issue("alice") if mode == "client-cert-required" else None
     grpc_ctx = _client_context(pki, tmp_path, client, "h2")
     rest_ctx = _client_context(pki, tmp_path, client, "http/1.1")
-    first = _der((tmp_path / "server.crt").read_bytes())
-    assert _served(r.grpc_target, grpc_ctx) == first
-    assert _served(r.address("rest"), rest_ctx) == first
+    first = der((tmp_path / "server.crt").read_bytes())
+    assert served_certificate(r.grpc_target, grpc_ctx) == first
+    assert served_certificate(r.address("rest"), rest_ctx) == first
 
     key, cert = pki.issue("runed", server=True)
     # Half a rotation (the certificate written, not its key yet): the pair in use is kept, and
     # handshakes go on succeeding with it.
-    _replace(tmp_path / "server.crt", cert)
+    replace_file(tmp_path / "server.crt", cert)
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
-        assert _served(r.grpc_target, grpc_ctx) == first
-        assert _served(r.address("rest"), rest_ctx) == first
+        assert served_certificate(r.grpc_target, grpc_ctx) == first
+        assert served_certificate(r.address("rest"), rest_ctx) == first
         time.sleep(0.25)
     _calls_work(r, pki, tmp_path, client)
     # Said once by each port's role, not at every handshake.
@@ -95,8 +70,12 @@ def test_a_rotated_certificate_is_served_on_both_ports_without_a_restart(
     assert 1 <= said <= 2, r.output()
 
     # The key follows: the new pair is served to new connections on both ports.
-    _replace(tmp_path / "server.key", key)
-    eventually(lambda: _served(r.grpc_target, grpc_ctx) == _der(cert), what="the gRPC port serving the new pair")
-    eventually(lambda: _served(r.address("rest"), rest_ctx) == _der(cert), what="the REST port serving the new pair")
+    replace_file(tmp_path / "server.key", key)
+    eventually(
+        lambda: served_certificate(r.grpc_target, grpc_ctx) == der(cert), what="the gRPC port serving the new pair"
+    )
+    eventually(
+        lambda: served_certificate(r.address("rest"), rest_ctx) == der(cert), what="the REST port serving the new pair"
+    )
     _calls_work(r, pki, tmp_path, client)
     assert r.proc is not None and r.proc.poll() is None, "runed restarted"
