@@ -62,13 +62,23 @@ def _args(address: str, url: str) -> list[str]:
     return ["--log-level", "warning", "--grpc-addr", f"{address}:0", "--store-url", url]
 
 
-def _start(runeds: Runeds, data: Path, address: str, url: str, role: str, keys_from: Path | None) -> Runed:
-    """One role of one host; its keys copied from ``keys_from`` (the first host's data dir) first."""
+def _start(
+    runeds: Runeds,
+    data: Path,
+    address: str,
+    url: str,
+    role: str,
+    keys_from: Path | None,
+    extra_env: dict[str, str] | None = None,
+) -> Runed:
+    """One role of one host; its keys copied from ``keys_from`` (the first host's data dir) first;
+    ``extra_env``: more settings (``RUNE_...``)."""
     if keys_from is not None:
         data.mkdir(parents=True, exist_ok=True)
         for name in KEY_FILES:
             shutil.copy2(keys_from / name, data / name)
     env = {"RUNE_AUTH_RATE_LIMIT_REQUESTS_PER_SECOND": "0", "RUNE_CONTROLLER_LEASE_SECONDS": str(LEASE_SECONDS)}
+    env.update(extra_env or {})
     return runeds.start(data, args=_args(address, url), env=env, role=role, timeout=120)
 
 

@@ -1,10 +1,11 @@
 """PostgreSQL vs SQLite store, same run: GetService and CreateSecret calls/s and p99 with 64 gRPC clients.
 
-One grpc role on a SQLite store and one on a PostgreSQL database (its own, dropped after), both on
-this machine. Each round drives ``--clients`` concurrent clients for ``--seconds`` against each
-store in turn (the order flips every round, so load drift on the machine skews both alike);
-GetService reads one service, CreateSecret writes a secret of a new name per call. The figures
-are ratios PostgreSQL/SQLite over all rounds.
+One grpc role on a SQLite store, one on a SQLite store with ``store.sqlite_synchronous: full`` (each
+commit synced) and one on a PostgreSQL database (its own, dropped after), all on this machine. Each
+round drives ``--clients`` concurrent clients for ``--seconds`` against each store in turn (the
+order flips every round, so load drift on the machine skews them alike); GetService reads one
+service, CreateSecret writes a secret of a new name per call. The figures are ratios
+PostgreSQL/SQLite and SQLite full/normal over all rounds.
 
 Needs a PostgreSQL server (``RUNE_TEST_PG_URL``, default postgresql://postgres@127.0.0.1:5432/test).
 ``python -m bench stores --clients 64 --seconds 3 --rounds 3``.
@@ -63,14 +64,18 @@ def run(argv: list[str]) -> None:
 
     uvloop.install()
     methods = ("GetService", "CreateSecret")
-    stores = ("SQLite", "PostgreSQL")
+    stores = ("SQLite", "SQLite full", "PostgreSQL")
     loads: dict[tuple[str, str], list[Load]] = {(s, m): [] for s in stores for m in methods}
     with fresh_database() as pg_url, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        urls = {"SQLite": f"sqlite://{tmp / 'sqlite' / 'runed.db'}", "PostgreSQL": pg_url}
+        dirs = {s: tmp / s.lower().replace(" ", "-") for s in stores}
+        urls = {s: f"sqlite://{dirs[s] / 'runed.db'}" for s in stores if s.startswith("SQLite")}
+        urls["PostgreSQL"] = pg_url
+        # store.sqlite_synchronous = full: each commit synced (power-loss safe), against the default normal.
+        extra = {"SQLite full": {"RUNE_STORE_SQLITE_SYNCHRONOUS": "full"}}
         runeds = Runeds()
         try:
-            hosts = {s: _start(runeds, tmp / s.lower(), "127.0.0.1", urls[s], "grpc", None) for s in stores}
+            hosts = {s: _start(runeds, dirs[s], "127.0.0.1", urls[s], "grpc", None, extra.get(s)) for s in stores}
             tokens = {s: bootstrap_token(h.grpc_target) for s, h in hosts.items()}
             for s, h in hosts.items():
                 with grpc.insecure_channel(h.grpc_target) as ch:
@@ -87,11 +92,15 @@ def run(argv: list[str]) -> None:
             runeds.close()
     print(f"{opts.clients} gRPC clients, grpc role alone, {opts.rounds} alternated rounds of {opts.seconds:g} s")
     for m in methods:
-        sq, pg = _merged(loads["SQLite", m]), _merged(loads["PostgreSQL", m])
+        sq, full, pg = (_merged(loads[s, m]) for s in stores)
         print(m)
         print(sq.line("  SQLite"))
+        print(full.line("  SQLite full"))
         print(pg.line("  PostgreSQL"))
         print(f"  ratio PostgreSQL/SQLite: throughput {pg.rate / sq.rate:.2f}   p99 x{pg.pct(99) / sq.pct(99):.2f}")
+        print(
+            f"  ratio SQLite full/normal: throughput {full.rate / sq.rate:.2f}   p99 x{full.pct(99) / sq.pct(99):.2f}"
+        )
 
 
 if __name__ == "__main__":
