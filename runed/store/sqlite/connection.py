@@ -43,6 +43,7 @@ from pathlib import Path
 import sqlite_utils
 
 from runed.core import errors, filemodes
+from runed.core.config import StoreConfig
 from runed.store import faults
 from runed.store.notify import Notifier
 from runed.store.sqlite.schema import apply_migrations, schema_version
@@ -69,10 +70,10 @@ def out_of_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS
 
 
-# How long a write waits for another process's write lock by default (``store.sqlite_busy_timeout_seconds``).
-BUSY_TIMEOUT_SECONDS = 10.0
-# When a commit is durable by default (``store.sqlite_synchronous``, the module docstring).
-SYNCHRONOUS = "normal"
+# The configuration's defaults, for a store opened without one (tools, tests): how long a write waits
+# for another process's write lock, and when a commit is durable (the module docstring).
+BUSY_TIMEOUT_SECONDS = StoreConfig.sqlite_busy_timeout_seconds
+SYNCHRONOUS = StoreConfig.sqlite_synchronous
 
 
 class Database:
