@@ -345,6 +345,9 @@ class Supervisor:
         batches: dict[tuple[str, float], list[Instance]] = {}
         for inst in insts:
             batches.setdefault((inst.runner, self._grace(inst, grace)), []).append(inst)
+        # Every signal a runtime sends in bulk goes before any stop is set up (Runner.signal_now).
+        for members in batches.values():
+            self.runner(members[0]).signal_now([(i.log_dir, i.handle) for i in members], discard=True)
         out: dict[Key, asyncio.Future[Observation]] = {}
         for (_, seconds), members in batches.items():
             stops, ended = group.members([i.key for i in members])

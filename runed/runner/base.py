@@ -126,6 +126,12 @@ class Runner(Protocol):
         told of ``stops[i]``'s end as it comes (see :func:`stop_each`)."""
         ...
 
+    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+        """Send now the first signal of a stop of each of ``targets`` (directory, handle) that the
+        runtime can signal in bulk, before those stops are set up: :meth:`stop_many` of the same
+        targets then sends none of them again. Nothing for a runtime that signals each stop itself."""
+        ...
+
     def send_signals(self) -> None:
         """Send now the signals :meth:`stop` holds to send with others (a keeper's: one message per batch)."""
         ...

@@ -134,6 +134,9 @@ class ContainerRunner:
     def drain_reports(self) -> None:
         return None
 
+    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+        return None  # a container's stop is one request of its own
+
     def send_signals(self) -> None:
         return None
 

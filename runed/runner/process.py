@@ -316,6 +316,9 @@ class ProcessRunner:
         self._spawned_at[p.pid] = time.monotonic()
         return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid), attempt=attempt)
 
+    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+        return None  # a shim of its own is signalled through its pidfd, which its stop takes
+
     def send_signals(self) -> None:
         return None  # a shim of its own is signalled at once
 

@@ -84,3 +84,39 @@ def test_each_end_is_told_as_it_comes_and_the_deaf_one_is_killed_after_its_grace
     assert at[2] >= GRACE, at
     for _, h in started:
         assert not alive(h.pid, h.pid_start)
+
+
+# Counts the SIGTERMs it gets in a file beside it (cwd) and ignores them: killed after the grace period.
+COUNTER = (
+    "import os, signal, time\n"
+    "def term(*_):\n"
+    "    with open(f'{os.getpid()}.terms', 'a') as f:\n"
+    "        f.write('x')\n"
+    "signal.signal(signal.SIGTERM, term)\n" + SLEEPER
+)
+
+
+def test_signals_sent_before_the_stops_are_set_up_go_once(runner: ProcessRunner, tmp_path: Path) -> None:
+    """``signal_now`` then ``stop_many`` of the same instances (what a deletion does): a keeper's
+    instances have their SIGTERM before the stops exist, and every instance gets exactly one."""
+    started = [_start(runner, tmp_path, f"c{n}", COUNTER) for n in range(3)]
+    terms = [tmp_path / "instances" / f"{h.pid}.terms" for _, h in started]
+
+    async def scenario() -> list[int]:
+        runner.signal_now([(str(d), h) for d, h in started], discard=True)
+        if isinstance(runner, KeeperRunner):
+            eventually(lambda: all(t.exists() for t in terms), what="SIGTERM before the stops are set up")
+        told: list[int] = []
+        await runner.stop_many([(d, h, None) for d, h in started], 0.5, discard=True, ended=lambda i, _: told.append(i))
+        return told
+
+    try:
+        told = asyncio.run(scenario())
+    finally:
+        for _, h in started:
+            with contextlib.suppress(OSError):
+                os.killpg(h.pid, signal.SIGKILL)
+    assert sorted(told) == [0, 1, 2]
+    assert [t.read_text() for t in terms] == ["x", "x", "x"]
+    for _, h in started:
+        assert not alive(h.pid, h.pid_start)
