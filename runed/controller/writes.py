@@ -4,7 +4,8 @@ Why: a pass saves many records at once (a cast of a thousand instances, their st
 operations it advances). They go to the store in one transaction (one commit, one fsync) once the
 pass yields, and as one unit of store work (:meth:`Store.run`): on PostgreSQL the commit is a network
 round trip, and a write may wait behind another host's lock, so it must not hold the event loop
-(probes, exits, stops and the scheduler share it). SQLite runs the unit inline, as before.
+(probes, exits, stops and the scheduler share it). SQLite runs the unit inline, as before, unless it
+is long (:data:`LONG_COMMIT`): then it runs beside the loop too (:meth:`Store.run_long`).
 
 A write is a record's new data, None (delete it) or a mutation (read-modify-write in the commit,
 like :meth:`Store.update`). Later writes to one record replace or extend earlier ones, so the commit
@@ -28,6 +29,11 @@ Data = dict[str, Any]
 Mutate = Callable[[Data | None], Data | None]
 Write = Data | Mutate | None
 RecordKey = tuple[str, str, str]
+
+# A commit of this many writes or more runs beside the event loop on every store (Store.run_long):
+# a deletion of a thousand instances commits hundreds of record deletions at a time while the loop
+# finishes the next stops.
+LONG_COMMIT = 100
 
 
 def _then(first: Mutate, second: Mutate) -> Mutate:
@@ -64,16 +70,18 @@ class Writes:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pending: dict[RecordKey, Write] = {}
+        # The writes of the commit in flight: not in the store yet either.
+        self._committing: dict[RecordKey, Write] = {}
         self._scheduled = False
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._committing)
 
     def __contains__(self, key: RecordKey) -> bool:
-        """Whether a write of that record is queued (not in the store yet)."""
-        return key in self._pending
+        """Whether a write of that record is queued or being committed (not in the store yet)."""
+        return key in self._pending or key in self._committing
 
     def put(self, kind: str, namespace: str, name: str, data: Data) -> None:
         self._queue((kind, namespace, name), data)
@@ -129,7 +137,7 @@ class Writes:
                 self.store.delete_many(deletions)
 
     async def flush(self) -> None:
-        """Commit what is queued, off the event loop (inline on SQLite). On failure (e.g. a full disk,
+        """Commit what is queued, off the event loop (a short commit inline on SQLite). On failure (e.g. a full disk,
         an unreachable database) it stays queued for the next flush; the caches already say it."""
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -137,11 +145,15 @@ class Writes:
             pending = self._take()
             if not pending:
                 return
+            run = self.store.run_long if len(pending) >= LONG_COMMIT else self.store.run
+            self._committing = pending
             try:
-                await self.store.run(self.commit, pending)
+                await run(self.commit, pending)
             except Exception as e:
                 # Once per pass while it lasts: a warning, not a traceback each time.
                 log.warning("cannot write %d records (%s); retrying on the next pass", len(pending), e)
                 for key, write in self._pending.items():
                     _merge(pending, key, write)
                 self._pending = pending
+            finally:
+                self._committing = {}

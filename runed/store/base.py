@@ -213,6 +213,11 @@ class Store(Protocol):
         event loop when the store waits on the network (see :mod:`runed.store.offload`)."""
         ...
 
+    async def run_long(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """As :meth:`run`, but off the event loop on every backend: for a unit long enough (a
+        commit of hundreds of records) that the loop has better to do meanwhile than wait."""
+        ...
+
 
 def iter_all(store: Store, kind: str, namespace: str | None = None, page: int = 500) -> Iterator[Record]:
     """Every object of a kind, in pages, without holding one long read."""

@@ -100,6 +100,10 @@ class SQLCore:
         """One unit of store work off the event loop, or inline: the backend's choice (:mod:`runed.store.offload`)."""
         return await self.offload(fn, *args, **kwargs)
 
+    async def run_long(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """One long unit of store work, off the event loop on every backend (:meth:`Offload.long`)."""
+        return await self.offload.long(fn, *args, **kwargs)
+
     # -- what a backend provides -----------------------------------------------------------------
     def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
         """Rows of one statement: in the thread's transaction if one is open, else on its own."""

@@ -47,6 +47,10 @@ class SQLiteStore(Database, SQLCore):
     # The core's housekeeping (wake-up, then prune), not the bare connection's wake-up.
     _after_commit = SQLCore._after_commit
 
+    def close(self) -> None:
+        self.offload.close(wait=True)  # a long unit in flight ends before the connection closes
+        super().close()
+
     def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
         with self._lock:
             return self.conn.execute(sql, args).fetchall()
