@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections.abc import Coroutine, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, service_pb2
@@ -87,7 +86,7 @@ class Supervisor:
 
     def _watch(self, inst: Instance) -> None:
         """Be told when the running ``inst`` ends instead of polling it (if its runner can tell)."""
-        self.exits.add(inst.key, self.runner(inst).exit_fd(Path(inst.log_dir), inst.handle))
+        self.exits.add(inst.key, self.runner(inst).exit_fd(self.book.path(inst), inst.handle))
 
     def set_state(self, inst: Instance, to: State, reason: str, *, config_error: bool = False) -> None:
         """Apply one transition of the table to a working copy and save it."""
@@ -118,7 +117,7 @@ class Supervisor:
             state = inst.state
             if state not in ACTIVE:
                 continue
-            obs = self.runner(inst).observe(Path(inst.log_dir), inst.handle)
+            obs = self.runner(inst).observe(self.book.path(inst), inst.handle)
             # "exiting": the process is gone and its shim still writes; observe() sees the end.
             if obs.state in ("running", "starting", "exiting") and state is not STOPPING:
                 log.info("re-adopted instance %s/%s (pid %s)", inst.namespace, inst.name, obs.handle.pid)
@@ -141,7 +140,7 @@ class Supervisor:
     def _take_over_later_start(self, cached: Instance) -> Instance:
         """A working copy of ``cached``, moved on to a start its record does not show, if there is one."""
         inst = cached.copy()
-        later = self.runner(inst).later_start(Path(inst.log_dir), inst.handle)
+        later = self.runner(inst).later_start(self.book.path(inst), inst.handle)
         if later is None:
             return inst
         log.info("instance %s/%s: taking over a start its record does not show", inst.namespace, inst.name)
@@ -216,7 +215,7 @@ class Supervisor:
                         continue
                 else:
                     tick = min(tick or TICK_SECONDS, FAST_TICK_SECONDS if state is STARTING else TICK_SECONDS)
-                obs = self.runner(cached).observe(Path(cached.log_dir), cached.handle)
+                obs = self.runner(cached).observe(self.book.path(cached), cached.handle)
                 if obs.state == "running" and state is STARTING:
                     inst = cached.copy()
                     inst.apply_handle(obs.handle)
@@ -351,7 +350,7 @@ class Supervisor:
         out: dict[Key, asyncio.Future[Observation]] = {}
         for (_, seconds), members in batches.items():
             stops, ended = group.members([i.key for i in members])
-            orders = [(Path(i.log_dir), i.handle, self.exits.take(i.key)) for i in members]
+            orders = [(self.book.path(i), i.handle, self.exits.take(i.key)) for i in members]
             group.run(self.runner(members[0]).stop_many(orders, seconds, discard=True, ended=ended))
             out.update(zip((i.key for i in members), stops, strict=True))
         return out
@@ -377,7 +376,7 @@ class Supervisor:
         # The stop follows the end itself, with the watch's descriptor (it names the shim: no new
         # one to open and check). The signals go out now, in this pass (see ``ProcessRunner.stop``).
         return self.runner(inst).stop(
-            Path(inst.log_dir),
+            self.book.path(inst),
             inst.handle,
             self._grace(inst, grace),
             discard=discard,
