@@ -137,8 +137,9 @@ class Writes:
                 self.store.delete_many(deletions)
 
     async def flush(self) -> None:
-        """Commit what is queued, off the event loop (a short commit inline on SQLite). On failure (e.g. a full disk,
-        an unreachable database) it stays queued for the next flush; the caches already say it."""
+        """Commit what is queued, off the event loop (a short commit inline on SQLite). On failure
+        (e.g. a full disk, an unreachable database) it stays queued for the next flush; the caches
+        already say it."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:

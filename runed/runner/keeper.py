@@ -467,12 +467,12 @@ class KeeperRunner(ProcessRunner):
         """The SIGTERMs of the targets run by a keeper this runner is connected to, one message per
         keeper, before anything of their stops is set up.
 
-        Why: the stops of a deletion of a thousand took 12-20 ms of the loop's CPU to set up (a
+        Why: the stops of a deletion of a thousand took 10-13 ms of the loop's CPU to set up (a
         path, a handle, a taken exit watch, a future and a stop record each), their signals going
-        out in batches meanwhile; the first batch's dying processes then took the cores from the
-        loop, and the last batch went out 30-90 ms after the first (traced; bench/README.md, "the
-        signals first"). Here a target costs a dictionary look-up: the last signal leaves with the
-        first.
+        out in batches of :data:`SIGNAL_BATCH` meanwhile; the first batch's dying processes then
+        took the cores from the loop, and the last batch left 37-100 ms after the call (traced;
+        bench/README.md, "the signals first"). Here a target costs a dictionary look-up: every
+        signal is out 12-17 ms after the call.
         """
         dirs: dict[int, list[str]] = {}
         for directory, handle in targets:
