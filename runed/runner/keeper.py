@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -354,8 +354,8 @@ class KeeperRunner(ProcessRunner):
         # Signals for keepers to send, by (keeper pid, signal, discard): the instances' directories.
         self._signals: dict[tuple[int, int, bool], list[str]] = {}
         self._signals_due = False
-        # Directories sent their SIGTERM by :meth:`signal_now`, with their keeper's pid, until their
-        # stops are set up (:meth:`_signal` sends them none again).
+        # Directories sent their SIGTERM by :meth:`signal_now`, with their keeper's pid, until the
+        # pass that set up their stops yields (:meth:`_signal` sends them none again).
         self._sent: dict[str, int] = {}
 
     def start(self, spec: LaunchSpec) -> Handle:
@@ -479,23 +479,14 @@ class KeeperRunner(ProcessRunner):
             keeper = self.keepers.known(handle.shim_pid) if handle.pid else None
             if keeper is not None and keeper.start == handle.shim_start:
                 dirs.setdefault(keeper.pid, []).append(directory)
+        # For the stops set up in this pass only (what an earlier call left goes with it).
+        self._sent = {}
         for pid, mine in dirs.items():
             self._signals.setdefault((pid, signal.SIGTERM, discard), []).extend(mine)
             self._sent.update(dict.fromkeys(mine, pid))
+        with contextlib.suppress(RuntimeError):  # no loop (a runner used on its own): the next call
+            asyncio.get_running_loop().call_soon(self._sent.clear)
         self.send_signals()
-
-    def stop_many(
-        self,
-        stops: Sequence[tuple[Path, Handle, int | None]],
-        grace: float,
-        *,
-        discard: bool,
-        ended: Callable[[int, Observation], None],
-    ) -> Coroutine[Any, Any, None]:
-        try:
-            return super().stop_many(stops, grace, discard=discard, ended=ended)
-        finally:
-            self._sent.clear()  # what signal_now sent is for these stops only
 
     def _signal(self, directory: Path, handle: Handle, discard: bool, shim_end: int | None) -> Signalled | None:
         """As :meth:`ProcessRunner._signal`; the keeper's instances are signalled by their keeper,
