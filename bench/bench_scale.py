@@ -86,6 +86,18 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def thread_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s threads alive now, from each one's schedstat (nanoseconds: a delete's
+    tens of milliseconds are below the clock tick of /proc/<pid>/stat). A thread that ended before
+    the look is not counted."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def mem_kb(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of ``pid`` in kB from /proc/<pid>/smaps_rollup ((0, 0) when gone)."""
     rss = pss = 0
@@ -313,11 +325,12 @@ def cast_running(api: Api, name: str, argv: list[str], scale: int) -> float:
 @dataclass
 class Gone:
     """Seconds from DeleteService until its service's deletion event, and until its last process
-    ended; the machine's CPU seconds meanwhile (every core)."""
+    ended; the machine's CPU seconds meanwhile (every core), and runed's processes' share of it."""
 
     service: float = 0.0
     processes: float = 0.0
     cpu: float = 0.0
+    by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def all(self) -> float:
@@ -325,12 +338,16 @@ class Gone:
 
 
 @_many_open_files()
-def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
+def delete_gone(api: Api, name: str, data_dir: Path, runed: dict[str, int] | None = None) -> Gone:
     """DeleteService until the service is gone and no shim or instance process of the data dir runs.
 
     Both ends are seen as they happen, not polled: the service's DELETED event on a watch opened
-    before the call, and every process's pidfd (readable once it has ended)."""
+    before the call, and every process's pidfd (readable once it has ended). ``runed``: the
+    processes (name: pid) whose CPU meanwhile is reported one by one (a keeper among the shims is
+    added to them)."""
     shims, insts = instance_pids(data_dir)
+    watched = dict(runed or {})
+    watched.update(("keeper", p) for p, _ in shims if is_keeper(p))
     pidfds = []
     # A keeper outlives the instances it ran (it waits for the next): only shims of their own end.
     for pid, start in insts + [(p, s) for p, s in shims if not is_keeper(p)]:
@@ -361,6 +378,7 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     if not opened.wait(60):
         raise RuntimeError(f"{name}: the watch did not open")
     cpu = machine_cpu()
+    before = {k: thread_cpu(p) for k, p in watched.items()}
     t0 = time.perf_counter()
     api.delete(name)
     _until_readable(pidfds, f"{name} processes gone")
@@ -368,6 +386,7 @@ def delete_gone(api: Api, name: str, data_dir: Path) -> Gone:
     if not deleted.wait(WAIT_SECONDS):
         raise RuntimeError(f"{name} deleted: not reached within {WAIT_SECONDS:g}s")
     gone.cpu = machine_cpu() - cpu
+    gone.by_process = {k: thread_cpu(p) - before[k] for k, p in watched.items()}
     watch.cancel()
     return gone
 
@@ -519,7 +538,7 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             # 6. The API with N running.
             res.loaded = api_latency(target, md, "scale")
             # 7. Delete.
-            res.delete = delete_gone(api, "scale", data)
+            res.delete = delete_gone(api, "scale", data, pids)
             # 1 again: the reference spans the time of the loaded phase, not only what came before it.
             cast_running(api, "ref", argv, REF_SCALE)
             time.sleep(2)
@@ -547,6 +566,14 @@ def report(res: Result) -> Iterator[str]:
         f"that is {res.delete.cpu / cores * 1000:.0f} ms of every core "
         f"({res.delete.cpu / cores / res.bare_kill:.1f}x bare kill)"
     )
+    if res.delete.by_process:
+        ours = sum(res.delete.by_process.values())
+        each = ", ".join(f"{k} {v * 1000:.0f}" for k, v in res.delete.by_process.items() if v >= 0.0005)
+        yield (
+            f"       of which runed's processes {ours * 1000:.0f} ms ({each} ms); the rest "
+            f"{(res.delete.cpu - ours) * 1000:.0f} ms (the instances' own ends, "
+            f"{'their shims, ' if res.shim != 'shared' else ''}the kernel, this benchmark)"
+        )
     if res.shims_kill:
         yield (
             f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
