@@ -14,7 +14,8 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
 6. API: the same calls with N running, p99 against step 1, with one caller and with four in flight. The page of 10
    holds as many instances with N running as with 10 (the page of 100 holds 10 times as many), so its ratio is
    what N alone costs. The kernel's DAMON threads (kdamond), where the machine runs them, are measured beside.
-7. delete: DeleteService until the deletion completed and every instance process is gone.
+7. delete: DeleteService until the deletion completed and every instance process is gone; the machine's CPU
+   meanwhile, and each runed process's share of it (the keeper's among them).
 8. step 1's reference again, its samples pooled with the first's: the loaded phase is compared with a
    reference taken on both sides of it, so a machine that slowed (or quietened) meanwhile moves both.
 
