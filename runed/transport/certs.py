@@ -115,13 +115,19 @@ class CertFiles:
         return pair
 
     # -- grpcio's TLS ------------------------------------------------------------------------------
+    def _first(self) -> Pair:
+        """The pair served from the start (:class:`CertError` if the files are unusable now)."""
+        self._taken = self._stamp()
+        return self.read()
+
+    def _took(self) -> None:
+        log.info("%s: serving the certificate in %s again (it changed)", self.label, self.tls.cert_file)
+
     def grpc_credentials(self, require_client_auth: bool) -> grpc.ServerCredentials:
         """Credentials that take up a rotated pair on the next handshake (:class:`CertError` if the
         files are unusable now)."""
-        self._taken = self._stamp()
-        first = self.read()
         return grpc.dynamic_ssl_server_credentials(
-            _grpc_config(first), self.fetch, require_client_authentication=require_client_auth
+            _grpc_config(self._first()), self.fetch, require_client_authentication=require_client_auth
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -129,14 +135,13 @@ class CertFiles:
         pair = self.take()
         if pair is None:
             return None
-        log.info("%s: serving the certificate in %s again (it changed)", self.label, self.tls.cert_file)
+        self._took()
         return _grpc_config(pair)
 
     # -- Python's ssl ------------------------------------------------------------------------------
     def load(self, ctx: ssl.SSLContext) -> None:
         """Load the files into ``ctx`` now (:class:`CertError` if they are unusable)."""
-        self._taken = self._stamp()
-        _load(ctx, self.read())
+        _load(ctx, self._first())
 
     async def keep(self, ctx: ssl.SSLContext) -> None:
         """Load a rotated pair into ``ctx`` when the files change, until cancelled."""
@@ -152,7 +157,7 @@ class CertFiles:
             except (OSError, ssl.SSLError) as e:
                 log.warning("%s: keeping the certificate in use: %s", self.label, e)
             else:
-                log.info("%s: serving the certificate in %s again (it changed)", self.label, self.tls.cert_file)
+                self._took()
 
 
 def _grpc_config(pair: Pair) -> grpc.ServerCertificateConfiguration:

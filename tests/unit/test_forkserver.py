@@ -214,8 +214,9 @@ def _end_all(r: ProcessRunner, tmp_path: Path) -> None:
     shims = []
     for info in (tmp_path / "instances").glob("*/pid.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
-            shims.append(int(json.loads(info.read_text())["shim_pid"]))
-            os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+            pids = json.loads(info.read_text())
+            shims.append(int(pids["shim_pid"]))
+            os.killpg(int(pids["pid"]), signal.SIGKILL)
     # Shims this runner started itself (no zygote) are its children: reaped once they end.
     eventually(lambda: not any(alive(s, None) for s in shims), what="the shims ended")
     r.reap()
