@@ -15,7 +15,7 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
    holds as many instances with N running as with 10 (the page of 100 holds 10 times as many), so its ratio is
    what N alone costs. The kernel's DAMON threads (kdamond), where the machine runs them, are measured beside.
 7. delete: DeleteService until the deletion completed and every instance process is gone; the machine's CPU
-   meanwhile, and each runed process's share of it (the keeper's among them).
+   meanwhile, each runed process's share of it (the keeper's among them), and this benchmark's own (its watch).
 8. step 1's reference again, its samples pooled with the first's: the loaded phase is compared with a
    reference taken on both sides of it, so a machine that slowed (or quietened) meanwhile moves both.
 
@@ -67,6 +67,8 @@ PAGE = 100
 SMALL_PAGE = REF_SCALE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT_SECONDS = 900.0
+# How often the benchmark's watch of a thousand ends looks (see Ends).
+ENDS_LOOK_SECONDS = 0.001
 
 
 def _program(kind: str) -> list[str]:
@@ -204,24 +206,34 @@ def _many_open_files() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _until_readable(fds: list[int], what: str) -> None:
-    """Wait until every one of ``fds`` is readable (a pidfd: its process ended; an end pipe: its
-    instance's record written), each closed as it is."""
-    poller = select.epoll()
-    try:
+class Ends:
+    """Descriptors (a pidfd: its process ended; an end pipe: its instance's record written) watched
+    until each is readable, with as little CPU as the watch can take from the ends it times (it took
+    12-24 ms of a delete of 1,000, both cores busy): they are registered before the timing starts,
+    and the watch looks at most every :data:`ENDS_LOOK_SECONDS` (the ends of a thousand processes
+    woke it hundreds of times), which is as late as a time it reports can be."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.total = self.left = len(fds)
+        self.poller = select.epoll()
         for fd in fds:
-            poller.register(fd, select.EPOLLIN)
-        left = len(fds)
-        while left:
-            events = poller.poll(WAIT_SECONDS)
-            if not events:
-                raise RuntimeError(f"{what}: {left} of {len(fds)} not within {WAIT_SECONDS:g}s")
-            for fd, _ in events:
-                poller.unregister(fd)
-                os.close(fd)
-                left -= 1
-    finally:
-        poller.close()
+            self.poller.register(fd, select.EPOLLIN)
+
+    def wait(self, what: str) -> None:
+        """Until every one is readable; the poller is closed after."""
+        try:
+            while self.left:
+                events = self.poller.poll(WAIT_SECONDS)
+                if not events:
+                    raise RuntimeError(f"{what}: {self.left} of {self.total} not within {WAIT_SECONDS:g}s")
+                for fd, _ in events:
+                    self.poller.unregister(fd)
+                    os.close(fd)
+                self.left -= len(events)
+                if self.left:
+                    time.sleep(ENDS_LOOK_SECONDS)
+        finally:
+            self.poller.close()
 
 
 def keeper_killed(argv: list[str], n: int, root: Path) -> float:
@@ -246,10 +258,11 @@ def keeper_killed(argv: list[str], n: int, root: Path) -> float:
         ends = [fd for _, fd in k.answers.values() if fd is not None]
         assert len(ends) == n, f"{n - len(ends)} of {n} did not start under the keeper"
         k.answers.clear()
+        watch = Ends(ends)
         t0 = time.perf_counter()
         for i in range(0, n, SIGNAL_BATCH):
             k.send({"op": "signal", "dirs": dirs[i : i + SIGNAL_BATCH], "signal": signal.SIGTERM, "discard": True})
-        _until_readable(ends, "instances ended under the keeper")
+        watch.wait("instances ended under the keeper")
         return time.perf_counter() - t0
 
 
@@ -326,12 +339,14 @@ def cast_running(api: Api, name: str, argv: list[str], scale: int) -> float:
 @dataclass
 class Gone:
     """Seconds from DeleteService until its service's deletion event, and until its last process
-    ended; the machine's CPU seconds meanwhile (every core), and runed's processes' share of it."""
+    ended; the machine's CPU seconds meanwhile (every core), runed's processes' share of it, and
+    this benchmark's own (its watch of the processes and of the service)."""
 
     service: float = 0.0
     processes: float = 0.0
     cpu: float = 0.0
     by_process: dict[str, float] = field(default_factory=dict)
+    observer: float = 0.0
 
     @property
     def all(self) -> float:
@@ -378,15 +393,18 @@ def delete_gone(api: Api, name: str, data_dir: Path, runed: dict[str, int] | Non
     # The watch starts with a snapshot of what exists: it is open once the service was in it.
     if not opened.wait(60):
         raise RuntimeError(f"{name}: the watch did not open")
+    ends = Ends(pidfds)
     cpu = machine_cpu()
     before = {k: thread_cpu(p) for k, p in watched.items()}
+    ours = thread_cpu(os.getpid())
     t0 = time.perf_counter()
     api.delete(name)
-    _until_readable(pidfds, f"{name} processes gone")
+    ends.wait(f"{name} processes gone")
     gone.processes = time.perf_counter() - t0
     if not deleted.wait(WAIT_SECONDS):
         raise RuntimeError(f"{name} deleted: not reached within {WAIT_SECONDS:g}s")
     gone.cpu = machine_cpu() - cpu
+    gone.observer = thread_cpu(os.getpid()) - ours
     gone.by_process = {k: thread_cpu(p) - before[k] for k, p in watched.items()}
     watch.cancel()
     return gone
@@ -570,10 +588,11 @@ def report(res: Result) -> Iterator[str]:
     if res.delete.by_process:
         ours = sum(res.delete.by_process.values())
         each = ", ".join(f"{k} {v * 1000:.0f}" for k, v in res.delete.by_process.items() if v >= 0.0005)
+        rest = res.delete.cpu - ours - res.delete.observer
         yield (
-            f"       of which runed's processes {ours * 1000:.0f} ms ({each} ms); the rest "
-            f"{(res.delete.cpu - ours) * 1000:.0f} ms (the instances' own ends, "
-            f"{'their shims, ' if res.shim != 'shared' else ''}the kernel, this benchmark)"
+            f"       of which runed's processes {ours * 1000:.0f} ms ({each} ms), this benchmark's watch "
+            f"{res.delete.observer * 1000:.0f} ms; the rest {rest * 1000:.0f} ms "
+            f"(the instances' own ends, {'their shims, ' if res.shim != 'shared' else ''}the kernel)"
         )
     if res.shims_kill:
         yield (
