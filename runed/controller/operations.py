@@ -21,8 +21,6 @@ from runed.store.base import Record, Store
 
 log = logging.getLogger("runed.controller")
 
-DONE = ("completed", "failed", "cancelled")
-
 
 class Retire(Protocol):
     """Stops instances for good (each record goes once its instance has stopped)."""
@@ -81,7 +79,7 @@ class Operations:
         service that is not among them.
         """
         open_ops = sorted(
-            (r for r in ops if r.data.get("status", "pending") not in DONE), key=lambda r: r.created_revision
+            (r for r in ops if not objects.operation_done(r.kind, r.data)), key=lambda r: r.created_revision
         )
         newest: dict[Key, Record] = {}
         for r in open_ops:
@@ -136,7 +134,7 @@ class Operations:
             return
 
         def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
-            if cur is None or cur.get("status") in DONE:
+            if cur is None or objects.operation_done(op.kind, cur):
                 return None
             cur.update(changes)
             return cur

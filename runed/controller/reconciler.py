@@ -20,7 +20,7 @@ from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.launch import Launcher, StartInput, new_ports, references
 from runed.controller.nodeview import NodeView
 from runed.controller.operations import Operations
-from runed.controller.passinput import PassInput, RecordKey, read_input, read_records
+from runed.controller.passinput import OpenOperations, PassInput, RecordKey, read_input, read_records
 from runed.controller.probing import Prober
 from runed.controller.states import ACTIVE, BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING
 from runed.controller.status import StatusWriter
@@ -127,6 +127,8 @@ class Controller:
         self.last_full = -math.inf
         # Instance actions (namespace, instance id) changed since the last pass.
         self.actions_changed: set[Key] = set()
+        # The scaling and deletion operations to advance (the leader's: it reads no finished one).
+        self.ops = OpenOperations()
         # Service -> the services that depend on it (learnt as services are reconciled).
         self.dependents: dict[Key, set[Key]] = {}
         # This node's instances whose records another host deleted (DeleteNode while this node was
@@ -312,8 +314,9 @@ class Controller:
                 inst = self.book.get((change.namespace, change.name))
                 self.actions_changed.add((change.namespace, change.name))
                 self.alarm.touch(None if inst is None else (inst.namespace, inst.service))
-            else:
-                # Scaling and deletion operations are advanced on every pass.
+            elif change.kind in OpenOperations.KINDS:
+                # Read again by the next pass, which advances them.
+                self.ops.changed.add((change.kind, change.namespace, change.name))
                 self.alarm.wake()
 
     # -- reconciliation -------------------------------------------------------------------------
@@ -345,7 +348,10 @@ class Controller:
             only = only | {(i.namespace, i.service) for i in acted if i is not None}
         # The actions of instances in back-off or due a restart: a restart waits while one says "stopped".
         backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if _restart_due(i)]
-        got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=self.leads)
+        ops = self.ops.take() if self.leads else None
+        got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=ops)
+        if ops is not None:
+            self.ops.read(got)
         given = StartInput(got)
         more = got.missing(self._start_reads(got, given))
         if more:

@@ -31,6 +31,17 @@ CONFIGMAP = "configmap"
 # instances yet), and the statuses it ends in.
 DELETION_INITIALIZING = "initializing"
 DELETION_DONE = ("completed", "failed")
+# The statuses a scaling operation ends in (one without a status is pending).
+SCALING_DONE = ("completed", "failed", "cancelled")
+
+
+def operation_done(kind: str, data: dict[str, Any]) -> bool:
+    """Whether a scaling or deletion operation (``kind``) has ended: nothing changes it any more."""
+    if kind == DELETION_OPERATION:
+        return data.get("status") in DELETION_DONE
+    return data.get("status", "pending") in SCALING_DONE
+
+
 # The finalizers a deletion can run, in the order it runs them (all of them unless the request names
 # some): the instances stopped, then the service's record removed (always, and always last).
 FINALIZER_INSTANCE_CLEANUP = "instance-cleanup"

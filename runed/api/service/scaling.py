@@ -19,7 +19,6 @@ from runed.pipeline.context import CallContext
 from runed.store import watch
 from runed.store.base import Record, Store, iter_all
 
-SCALING_DONE = ("completed", "failed", "cancelled")
 # Finished scaling operations kept per service (older ones are pruned on the next request).
 SCALING_OPS_KEPT = 10
 # Instance runner states counted as running / on the way (WatchScaling progress).
@@ -73,7 +72,7 @@ def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> serv
                 raise errors.InvalidArgument(
                     f"invalid request: scale: {why}", violations=[FieldViolation("scale", why)]
                 )
-        active = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") not in SCALING_DONE]
+        active = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") not in objects.SCALING_DONE]
         if current == req.scale and not active:
             return service_pb2.ServiceResponse(
                 service=with_status(store, rec), status=status_pb(0, f"Service already at scale {req.scale}")
@@ -86,7 +85,7 @@ def ScaleService(req: service_pb2.ScaleServiceRequest, ctx: CallContext) -> serv
                 op.name,
                 dict(op.data, status="cancelled", ended_at=now, message="superseded by a newer request"),
             )
-        finished = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") in SCALING_DONE]
+        finished = [r for r in _scaling_ops(store, ns, req.name) if r.data.get("status") in objects.SCALING_DONE]
         for op in finished[: max(0, len(finished) - SCALING_OPS_KEPT)]:
             store.delete(objects.SCALING_OPERATION, ns, op.name)
         gradual = req.mode == service_pb2.SCALING_MODE_GRADUAL
@@ -137,7 +136,7 @@ def _goal(rec: Record | None, ops: list[Record], requested: int) -> int:
     """
     if requested > 0 or rec is None:
         return requested
-    active = [op for op in ops if op.data.get("status") not in SCALING_DONE]
+    active = [op for op in ops if op.data.get("status") not in objects.SCALING_DONE]
     if active:
         return int(active[-1].data.get("target", 0))
     return int(rec.data.get("spec", {}).get("scale", 0))
