@@ -11,8 +11,11 @@ committed together afterwards (:mod:`runed.controller.writes`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from runed.controller.instance import Key
 from runed.model import objects
@@ -21,6 +24,12 @@ from runed.store.base import Record, Store, iter_all
 log = logging.getLogger("runed.controller")
 
 RecordKey = tuple[str, str, str]
+# Which operations a pass reads: these, or every one ("all").
+Wanted = set[RecordKey] | Literal["all"]
+
+# How often a full pass reads every operation, finished ones too (the safety net of the operations):
+# not on every full pass (every ``controller.resync_seconds``), which an idle controller runs too.
+OPERATIONS_RESYNC_SECONDS = 60.0
 
 
 @dataclass
@@ -84,12 +93,14 @@ class PassInput(Records):
 
 class OpenOperations:
     """The scaling and deletion operations a pass advances: those still open at the last pass and
-    those written since (the controller's watch says which), every one in a full pass.
+    those written since (the controller's watch says which); every one at the first pass, after the
+    watch was interrupted, and in a full pass every :data:`OPERATIONS_RESYNC_SECONDS`.
 
     Why: finished operations stay (ListDeletionOperations lists them) and nothing changes them any
     more, yet every pass read and decoded every one: with 1,000 finished deletions a pass's input
     took 5-11 ms to read, with 5,000 55 ms, and the same scalings cost the controller 23x the CPU
     they cost without that history (``python -m bench history``; bench/README.md). Now 0.01 ms.
+    An idle controller's full pass every 5 s read them all too.
     """
 
     KINDS = (objects.DELETION_OPERATION, objects.SCALING_OPERATION)
@@ -98,11 +109,22 @@ class OpenOperations:
         self.open: set[RecordKey] = set()
         # Written since the last pass read them (added by the controller's watch).
         self.changed: set[RecordKey] = set()
+        # When every operation was last read (monotonic; -inf: never, or the watch missed changes since).
+        self.all_read = -math.inf
 
-    def take(self) -> set[RecordKey]:
-        """What a pass that does not read every operation reads: the open ones and those written."""
-        wanted, self.changed = self.open | self.changed, set()
-        return wanted
+    def take(self, full: bool) -> Wanted:
+        """What the next pass reads (``full``: a pass over every service): the open operations and
+        those written, or every one (see the class docstring)."""
+        self.changed, changed = set(), self.changed
+        now = time.monotonic()
+        if now - self.all_read >= (OPERATIONS_RESYNC_SECONDS if full else math.inf):
+            self.all_read = now
+            return "all"
+        return self.open | changed
+
+    def missed(self) -> None:
+        """The watch may have missed changes: the next pass reads every operation."""
+        self.all_read = -math.inf
 
     def read(self, got: PassInput) -> None:
         """What the pass read (every operation in a full pass): those not finished stay open."""
@@ -119,14 +141,14 @@ def read_input(
     actions: Iterable[Key],
     extra: Iterable[RecordKey],
     *,
-    operations: set[RecordKey] | None = None,
+    operations: Wanted | None = None,
 ) -> PassInput:
     """Read a pass's input (blocking: one unit of store work).
 
     ``only``: the services of the pass (None: every one, with every instance action, and every
     operation); ``actions``: the instance actions that changed; ``extra``: other records the pass
-    will look at; ``operations``: the scaling and deletion operations it advances (None: none, as a
-    controller that does not lead; :meth:`OpenOperations.take`).
+    will look at; ``operations``: the scaling and deletion operations the pass advances
+    (:meth:`OpenOperations.take`), None for none (a controller that does not lead).
     """
     if only is None:
         services = {(r.namespace, r.name): r for r in iter_all(store, objects.SERVICE)}
@@ -136,7 +158,7 @@ def read_input(
         acts = {k: r for k in actions if (r := store.get(objects.INSTANCE_ACTION, *k)) is not None}
     if operations is None:
         deletions, scalings = [], []
-    elif only is None:
+    elif operations == "all":
         deletions = list(iter_all(store, objects.DELETION_OPERATION))
         scalings = list(iter_all(store, objects.SCALING_OPERATION))
     else:

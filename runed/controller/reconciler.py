@@ -203,6 +203,7 @@ class Controller:
                     # Changes may have been missed meanwhile: the next pass looks at everything,
                     # and this node's instances whose records went meanwhile are looked for.
                     self.alarm.touch(None)
+                    self.ops.missed()
                     try:
                         since = await self.store.run(self.store.current_revision)
                         if self.node is not None:
@@ -348,9 +349,9 @@ class Controller:
             only = only | {(i.namespace, i.service) for i in acted if i is not None}
         # The actions of instances in back-off or due a restart: a restart waits while one says "stopped".
         backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if _restart_due(i)]
-        ops = self.ops.take() if self.leads else None
+        ops = self.ops.take(full=only is None) if self.leads else None
         got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=ops)
-        if ops is not None:
+        if self.leads:
             self.ops.read(got)
         given = StartInput(got)
         more = got.missing(self._start_reads(got, given))

@@ -1,15 +1,17 @@
 """Which scaling and deletion operations a reconcile pass reads: the open ones and those written since,
-never the finished ones (every one in a full pass), on a real SQLite store."""
+not the finished ones (every one at first, after a missed change, and once a minute), on a real
+SQLite store."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runed.controller.passinput import OpenOperations, read_input
+from runed.controller.passinput import OPERATIONS_RESYNC_SECONDS, OpenOperations, read_input
 from runed.model import objects
 from runed.store.sqlite import SQLiteStore, open_store
 
@@ -49,15 +51,15 @@ def test_a_changed_pass_reads_the_open_operations_and_those_written_not_the_fini
     _scaling(store, "pending", None)
     ops = OpenOperations()
 
-    # A full pass reads every operation, and keeps those still open.
-    full = read_input(store, None, [], [], operations=ops.take())
+    # The first pass reads every operation, and keeps those still open.
+    full = read_input(store, None, [], [], operations=ops.take(full=True))
     ops.read(full)
     assert len(full.deletions) == 51 and len(full.scalings) == 51
     assert ops.open == {(objects.DELETION_OPERATION, NS, "deleting"), (objects.SCALING_OPERATION, NS, "pending")}
 
     # Written since (the controller's watch adds them): read with the open ones, no finished one.
     ops.changed.add(_deletion(store, "new", objects.DELETION_INITIALIZING))
-    changed = read_input(store, {(NS, "web")}, [], [], operations=ops.take())
+    changed = read_input(store, {(NS, "web")}, [], [], operations=ops.take(full=False))
     ops.read(changed)
     assert _names(changed) == {"deleting", "new", "pending"}
     assert {r.name for r in changed.deletions} == {"deleting", "new"}
@@ -65,18 +67,36 @@ def test_a_changed_pass_reads_the_open_operations_and_those_written_not_the_fini
     # One that finished is read once more (its change), then no more.
     store.update(objects.DELETION_OPERATION, NS, "deleting", lambda cur: {**(cur or {}), "status": "completed"})
     ops.changed.add((objects.DELETION_OPERATION, NS, "deleting"))
-    ops.read(read_input(store, {(NS, "web")}, [], [], operations=ops.take()))
-    assert _names(read_input(store, {(NS, "web")}, [], [], operations=ops.take())) == {"new", "pending"}
+    ops.read(read_input(store, {(NS, "web")}, [], [], operations=ops.take(full=False)))
+    assert _names(read_input(store, {(NS, "web")}, [], [], operations=ops.take(full=False))) == {"new", "pending"}
+
+
+def test_every_operation_is_read_at_first_after_a_missed_change_and_once_a_minute(store: SQLiteStore) -> None:
+    """The safety net: the pass after the watch may have missed a change reads the finished
+    operations too, and a full pass (an idle controller's, every few seconds) once
+    OPERATIONS_RESYNC_SECONDS passed, not each time."""
+    _deletion(store, "done", "completed")
+    ops = OpenOperations()
+    assert ops.take(full=False) == "all"  # the first pass, whichever it is
+    assert ops.take(full=True) == set()  # a full pass soon after: the open ones (none)
+    ops.missed()
+    assert ops.take(full=False) == "all"  # the next pass, whichever it is
+    assert ops.take(full=True) == set()
+    # As if the last read of every operation was that long ago.
+    ops.all_read = time.monotonic() - OPERATIONS_RESYNC_SECONDS
+    assert ops.take(full=True) == "all"
+    got = read_input(store, None, [], [], operations="all")
+    assert {r.name for r in got.deletions} == {"done"}
 
 
 def test_an_operation_whose_record_is_gone_is_not_open_any_more(store: SQLiteStore) -> None:
     ops = OpenOperations()
     key = _deletion(store, "deleting", "deleting-instances")
-    ops.read(read_input(store, None, [], [], operations=ops.take()))
+    ops.read(read_input(store, None, [], [], operations=ops.take(full=True)))
     assert ops.open == {key}
     # Its namespace was deleted with it, say.
     store.delete(*key)
-    ops.read(read_input(store, {(NS, "web")}, [], [], operations=ops.take()))
+    ops.read(read_input(store, {(NS, "web")}, [], [], operations=ops.take(full=False)))
     assert ops.open == set()
 
 
