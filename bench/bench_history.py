@@ -5,7 +5,9 @@ nothing changes them any more. Two runeds, one with :data:`HISTORY` finished del
 written to its store before it starts (as DeleteService and the controller leave them), one with
 none; on each in turn, a service scaled between 1 and 2 instances :data:`ROUNDS` times, each scaling
 until its instances run. Reported: the controller's CPU over those scalings (every thread, from
-/proc/<pid>/task/*/schedstat), with the history against without, and the wall time of each.
+/proc/<pid>/task/*/schedstat), with the history against without, and the wall time of each; then
+both controllers' CPU while idle over :data:`IDLE_SECONDS` (an idle controller still makes a pass
+over every service every ``controller.resync_seconds``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ HISTORY = int(os.environ.get("BENCH_HISTORY_OPS", "5000"))
 ROUNDS = int(os.environ.get("BENCH_HISTORY_ROUNDS", "10"))
 # Each runed's scalings in turn, this many times (the machine's drift falls on both alike).
 TURNS = 3
+IDLE_SECONDS = float(os.environ.get("BENCH_HISTORY_IDLE_SECONDS", "30"))
 PROGRAM = ["/bin/sleep", "3600"]
 WAIT_SECONDS = 120.0
 
@@ -122,6 +125,12 @@ def run() -> None:
             for _ in range(TURNS):
                 for key, (r, api) in apis.items():
                     got[key].append(_scalings(r, api))
+            # Both idle at once, once the scalings' last writes are in.
+            time.sleep(2)
+            ctls = {k: runed_pids(r)["controller"] for k, (r, _) in apis.items()}
+            before = {k: thread_cpu(p) for k, p in ctls.items()}
+            time.sleep(IDLE_SECONDS)
+            idle = {k: (thread_cpu(p) - before[k]) / IDLE_SECONDS * 100 for k, p in ctls.items()}
     cpu = {k: statistics.median(c for c, _ in v) for k, v in got.items()}
     wall = {k: statistics.median(w for _, w in v) for k, v in got.items()}
     print(
@@ -131,4 +140,8 @@ def run() -> None:
     print(
         f"   wall time        {wall['history']:7.2f} s  with the history, {wall['none']:7.2f} s  without"
         f"   ratio {wall['history'] / wall['none']:5.2f}x"
+    )
+    print(
+        f"   idle controller  {idle['history']:7.2f}% of a core with the history, {idle['none']:.2f}% without "
+        f"(over {IDLE_SECONDS:g} s)"
     )
