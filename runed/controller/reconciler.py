@@ -316,8 +316,9 @@ class Controller:
                 self.actions_changed.add((change.namespace, change.name))
                 self.alarm.touch(None if inst is None else (inst.namespace, inst.service))
             elif change.kind in OpenOperations.KINDS:
-                # Read again by the next pass, which advances them.
-                self.ops.changed.add((change.kind, change.namespace, change.name))
+                # Read again by the next pass, which advances them (the leader's: a node's reads none).
+                if self.leads:
+                    self.ops.changed.add((change.kind, change.namespace, change.name))
                 self.alarm.wake()
 
     # -- reconciliation -------------------------------------------------------------------------
