@@ -123,7 +123,8 @@ class OpenOperations:
         return self.open | changed
 
     def missed(self) -> None:
-        """The watch may have missed changes: the next pass reads every operation."""
+        """The watch may have missed changes, or a pass could not read what it took: the next pass
+        reads every operation."""
         self.all_read = -math.inf
 
     def read(self, got: PassInput) -> None:

@@ -351,7 +351,13 @@ class Controller:
         # The actions of instances in back-off or due a restart: a restart waits while one says "stopped".
         backoff = [(objects.INSTANCE_ACTION, i.namespace, i.id) for i in self.book.all() if _restart_due(i)]
         ops = self.ops.take(full=only is None) if self.leads else None
-        got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=ops)
+        try:
+            got = await self.store.run(read_input, self.store, only, changed_actions, backoff, operations=ops)
+        except BaseException:
+            if ops is not None:
+                # What it was to read (those written since among them) is read with every other.
+                self.ops.missed()
+            raise
         if self.leads:
             self.ops.read(got)
         given = StartInput(got)

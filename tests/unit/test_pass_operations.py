@@ -79,7 +79,9 @@ def test_every_operation_is_read_at_first_after_a_missed_change_and_once_a_minut
     ops = OpenOperations()
     assert ops.take(full=False) == "all"  # the first pass, whichever it is
     assert ops.take(full=True) == set()  # a full pass soon after: the open ones (none)
-    ops.missed()
+    ops.changed.add((objects.DELETION_OPERATION, NS, "new"))
+    assert ops.take(full=False) == {(objects.DELETION_OPERATION, NS, "new")}
+    ops.missed()  # the watch missed changes, or that pass could not read what it took
     assert ops.take(full=False) == "all"  # the next pass, whichever it is
     assert ops.take(full=True) == set()
     # As if the last read of every operation was that long ago.
