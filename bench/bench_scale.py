@@ -209,7 +209,7 @@ def _many_open_files() -> Iterator[None]:
 class Ends:
     """Descriptors (a pidfd: its process ended; an end pipe: its instance's record written) watched
     until each is readable, with as little CPU as the watch can take from the ends it times (it took
-    12-24 ms of a delete of 1,000, both cores busy): they are registered before the timing starts,
+    12-41 ms of a delete of 1,000, both cores busy): they are registered before the timing starts,
     and the watch looks at most every :data:`ENDS_LOOK_SECONDS` (the ends of a thousand processes
     woke it hundreds of times), which is as late as a time it reports can be."""
 
