@@ -190,30 +190,38 @@ class Book:
         return nxt
 
     def forget(self, key: Key) -> None:
-        """Forget a stopped instance: its record, its pending action and its directory (logs, work).
+        """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
+        self.forget_all([key])
+
+    def forget_all(self, keys: list[Key]) -> None:
+        """:meth:`forget` each of ``keys``, their record deletions queued at once (a batch of a
+        deletion's ends).
 
         The directory is removed once the record's deletion is committed (:meth:`flush`):
         the deletion of a service then comes as soon as its instances ended, not after a thousand
         removals (bench/README.md, "a deletion's stops finished together"). A controller killed in
         between leaves a directory no record names, which the next one removes at start.
         """
-        lv = self._live.pop(key, None)
-        if lv is not None:
-            lv.cancel_probes()
-        self._held.pop(key, None)
-        gone = self._cache.pop(key, None)
-        d = self._paths.pop(key, None)
-        if d is None or gone is None or gone.log_dir != self._under_root + key[1]:
-            d = self.directory(key[1])
-        self.events.forget(d)
-        record = (objects.INSTANCE, key[0], key[1])
-        self._write(record, None)
-        self._write((objects.INSTANCE_ACTION, key[0], key[1]), None)
-        self._leaving.append((record, d))
+        live, held, cache, paths, leaving = self._live, self._held, self._cache, self._paths, self._leaving
+        deletions: list[tuple[str, str, str]] = []
+        for key in keys:
+            lv = live.pop(key, None)
+            if lv is not None and lv.probe_tasks:
+                lv.cancel_probes()
+            held.pop(key, None)
+            gone = cache.pop(key, None)
+            d = paths.pop(key, None)
+            if d is None or gone is None or gone.log_dir != self._under_root + key[1]:
+                d = self.directory(key[1])
+            self.events.forget(d)
+            record = (objects.INSTANCE, key[0], key[1])
+            deletions += (record, (objects.INSTANCE_ACTION, key[0], key[1]))
+            leaving.append((record, d))
+            if gone is not None:
+                self.touched.add((gone.namespace, gone.service))
+        self.writes.delete_all(deletions)
         if not self.writes:
             self._tidy()  # committed already (no event loop: written at once)
-        if gone is not None:
-            self.touched.add((gone.namespace, gone.service))
 
     def _tidy(self) -> None:
         """Remove the directories of forgotten instances whose record deletions are committed, in

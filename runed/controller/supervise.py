@@ -357,12 +357,19 @@ class Supervisor:
         return out
 
     def _finish_ended(self, keys: list[Key]) -> None:
-        """Finish the stops of ``keys`` that are over (a batch of a :class:`StopGroup`'s ends)."""
+        """Finish the stops of ``keys`` that are over (a batch of a :class:`StopGroup`'s ends); the
+        instances that leave are forgotten together (:meth:`Book.forget_all`)."""
+        leaving: list[Key] = []
         for key in keys:
             cached = self.book.get(key)
             lv = self.book.peek_live(key)
             if cached is not None and lv is not None and lv.stop_task is not None and lv.stop_task.done():
-                self.finish_stop(cached, lv)
+                leaves, obs = self._stop_over(cached, lv)
+                if leaves:
+                    leaving.append(key)
+                else:
+                    self._stopped(cached, lv, obs)
+        self.book.forget_all(leaving)
 
     def _signals_due(self, inst: Instance, lv: Live | None = None) -> bool:
         """Whether a stop of ``inst`` signals its process (it runs and no stop is under way);
@@ -431,8 +438,17 @@ class Supervisor:
     def finish_stop(self, inst: Instance, lv: Live, observed: bool = True) -> None:
         """The stop of ``inst`` (the cached instance or a copy; not changed) is over: forget a
         deleted instance, else record how it ended and what comes next."""
-        after = lv.after_stop
-        leaving = after is AfterStop.DELETE or inst.retire
+        leaving, obs = self._stop_over(inst, lv, observed)
+        if leaving:
+            # Its record and its directory go (its events with them): nothing more to write.
+            self.book.forget(inst.key)
+            return
+        self._stopped(inst, lv, obs)
+
+    def _stop_over(self, inst: Instance, lv: Live, observed: bool = True) -> tuple[bool, Observation | None]:
+        """What every stop does once over: whether the instance leaves (deleted), and how it ended
+        (None: not observed)."""
+        leaving = lv.after_stop is AfterStop.DELETE or inst.retire
         self.launcher.release(inst, leaving=leaving)
         obs: Observation | None = None
         if observed and lv.stop_task is not None:
@@ -441,10 +457,11 @@ class Supervisor:
             except Exception as e:  # pragma: no cover - runner bug
                 log.warning("stop of %s failed: %s", inst.key, e)
         lv.stop_task = None
-        if leaving:
-            # Its record and its directory go (its events with them): nothing more to write.
-            self.book.forget(inst.key)
-            return
+        return leaving, obs
+
+    def _stopped(self, inst: Instance, lv: Live, obs: Observation | None) -> None:
+        """Record how a stopped instance that stays ended, and what comes next."""
+        after = lv.after_stop
         inst = inst.copy()
         if obs is not None:
             inst.last_exit_code = obs.code

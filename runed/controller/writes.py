@@ -89,12 +89,23 @@ class Writes:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self._queue((kind, namespace, name), None)
 
+    def delete_all(self, keys: list[RecordKey]) -> None:
+        """:meth:`delete` each of ``keys``, in their order."""
+        for key in keys:
+            _merge(self._pending, key, None)
+        if keys:
+            self._queue_done()
+
     def update(self, kind: str, namespace: str, name: str, mutate: Mutate) -> None:
         """Read-modify-write in the commit (``mutate`` as for :meth:`Store.update`)."""
         self._queue((kind, namespace, name), mutate)
 
     def _queue(self, key: RecordKey, write: Write) -> None:
         _merge(self._pending, key, write)
+        self._queue_done()
+
+    def _queue_done(self) -> None:
+        """Have what is queued committed once the loop is free (at once without one)."""
         if self._scheduled:
             return
         try:
