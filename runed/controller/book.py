@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Book:
         data_dir: Path,
         log_min_free_bytes: int = 0,
         owns: Callable[[Record], bool] | None = None,
+        echo_kinds: Collection[str] = (),
     ) -> None:
         self.store = store
         self.data_dir = data_dir
@@ -75,7 +76,8 @@ class Book:
         self.events = EventWriter(log_min_free_bytes)
         # Record writes not yet in the store (this book's, the statuses', the operations'): they
         # go together once the pass yields, off the event loop (see ``writes``).
-        self.writes = Writes(store)
+        # Their own writes of ``echo_kinds`` are told apart when the watch brings them back.
+        self.writes = Writes(store, echo_kinds)
         # Deleted instances' directories go here first (see ``trash``).
         self.trash = Trash(data_dir)
         # Records cached but not written yet (see :meth:`hold`): when they are due, with their event.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from runed.store.base import Store
@@ -47,6 +47,21 @@ def _then(first: Mutate, second: Mutate) -> Mutate:
     return both
 
 
+class _Changed:
+    """A mutation that tells whether it changed its record (``wrote``)."""
+
+    __slots__ = ("mutate", "wrote")
+
+    def __init__(self, mutate: Mutate) -> None:
+        self.mutate = mutate
+        self.wrote = False
+
+    def __call__(self, cur: Data | None) -> Data | None:
+        out = self.mutate(cur)
+        self.wrote = out is not None
+        return out
+
+
 def _merge(pending: dict[RecordKey, Write], key: RecordKey, write: Write) -> None:
     """Queue ``write`` after what ``pending`` holds for its record (kept in the order of the latest)."""
     if callable(write) and key in pending:
@@ -65,10 +80,17 @@ def _merge(pending: dict[RecordKey, Write], key: RecordKey, write: Write) -> Non
 
 
 class Writes:
-    """Record writes not yet in the store, by (kind, namespace, name), in the order of the latest."""
+    """Record writes not yet in the store, by (kind, namespace, name), in the order of the latest.
 
-    def __init__(self, store: Store) -> None:
+    ``echo_kinds``: kinds whose written revisions are kept until the writer's watch brings them
+    back (:meth:`echo`).
+    """
+
+    def __init__(self, store: Store, echo_kinds: Collection[str] = ()) -> None:
         self.store = store
+        self.echo_kinds = frozenset(echo_kinds)
+        # Record (of an echo kind) -> the revision of this writer's latest write of it.
+        self._echoes: dict[RecordKey, int] = {}
         self._pending: dict[RecordKey, Write] = {}
         # The writes of the commit in flight: not in the store yet either.
         self._committing: dict[RecordKey, Write] = {}
@@ -141,11 +163,25 @@ class Writes:
                     self.store.delete_many(deletions)
                     deletions = []
                 if callable(write):
-                    self.store.update(*key, write)
+                    changed = _Changed(write)
+                    rec = self.store.update(*key, changed)
+                    if rec is not None and changed.wrote and key[0] in self.echo_kinds:
+                        self._echoes[key] = rec.revision
                 else:
-                    self.store.put(*key, write)
+                    rec = self.store.put(*key, write)
+                    if key[0] in self.echo_kinds:
+                        self._echoes[key] = rec.revision
             if deletions:
                 self.store.delete_many(deletions)
+
+    def echo(self, key: RecordKey, revision: int) -> bool:
+        """Whether the change of ``key`` at ``revision`` is this writer's own write coming back
+        through its watch (each is told once)."""
+        mine = self._echoes.get(key)
+        if mine is None or revision < mine:
+            return False
+        del self._echoes[key]
+        return revision == mine
 
     async def flush(self) -> None:
         """Commit what is queued, off the event loop (a short commit inline on SQLite). On failure
@@ -162,6 +198,9 @@ class Writes:
             try:
                 await run(self.commit, pending)
             except Exception as e:
+                # Nothing of it was written: a revision it took may be another writer's next.
+                for key in pending:
+                    self._echoes.pop(key, None)
                 # Once per pass while it lasts: a warning, not a traceback each time.
                 log.warning("cannot write %d records (%s); retrying on the next pass", len(pending), e)
                 for key, write in self._pending.items():

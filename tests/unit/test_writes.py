@@ -68,3 +68,48 @@ def test_a_short_commit_stays_on_the_loop_on_sqlite(tmp_path: Path) -> None:
     rec = store.get("service", "default", "web")
     assert rec is not None and rec.data == {"n": 2}
     store.close()
+
+
+def test_its_own_writes_of_an_echo_kind_are_told_apart_when_they_come_back(tmp_path: Path) -> None:
+    """The controller's watch brings its own operation updates back: each is told once, by its
+    record and revision; another writer's change, a mutation that changed nothing and a commit that
+    failed are not."""
+    store = open_store(tmp_path)
+    op = ("deletion_operation", "default", "d1")
+    store.put(*op, {"status": "initializing"})
+    since = store.current_revision()
+    writes = Writes(store, echo_kinds=["deletion_operation"])
+
+    async def scenario() -> None:
+        writes.update(*op, lambda cur: {**(cur or {}), "status": "deleting-instances"})
+        writes.put("instance", "default", "i1", {"n": 1})  # not an echo kind
+        await writes.flush()
+        store.update(*op, lambda cur: {**(cur or {}), "by": "the API"})  # another writer
+        writes.update(*op, lambda cur: None)  # changes nothing: no revision of its own
+        await writes.flush()
+
+    try:
+        asyncio.run(scenario())
+        changes = store.changes_since(since, ["deletion_operation", "instance"])
+        assert [(c.kind, c.name) for c in changes] == [(op[0], "d1"), ("instance", "i1"), (op[0], "d1")]
+        own, theirs = changes[0], changes[2]
+        assert not writes.echo(op, theirs.revision - 1000)  # an older change: not its own
+        assert writes.echo(op, own.revision)
+        assert not writes.echo(op, own.revision)  # told once
+        assert not writes.echo(op, theirs.revision)
+        assert not writes.echo(("instance", "default", "i1"), changes[1].revision)
+
+        # A commit that fails leaves no revision behind: the next writer may take it.
+        def boom(cur: dict[str, Any] | None) -> dict[str, Any] | None:
+            raise OSError("disk full")
+
+        async def failing() -> None:
+            writes.update(*op, lambda cur: {**(cur or {}), "status": "completed"})
+            writes.update("service", "default", "web", boom)
+            await writes.flush()
+
+        asyncio.run(failing())
+        assert op in writes  # still queued, retried by the next flush
+        assert not writes.echo(op, store.current_revision() + 1)
+    finally:
+        store.close()
