@@ -323,18 +323,22 @@ class Supervisor:
         # The last batch goes now, not once the pass yields after the bookkeeping below.
         for runner in self.runners.values():
             runner.send_signals()
+        why = f"Terminating: {reason}"
+        # The Stopping records of the stops set up together are held until the same time.
+        held = (time.time() + STOPPING_RECORD_AFTER_SECONDS, f"Stopping: {why}")
         for inst in due:
             # Copied once the signals are out: the copies are the bookkeeping's, not the stops'.
             inst = inst.copy()
             inst.retire = True
-            self.begin_stop(
-                inst,
-                after=AfterStop.DELETE,
-                reason=f"Terminating: {reason}",
-                grace=grace,
-                stop=stops.get(inst.key),
-                hold=STOPPING_RECORD_AFTER_SECONDS,
-            )
+            stop = stops.get(inst.key)
+            if stop is None:
+                self.begin_stop(
+                    inst, after=AfterStop.DELETE, reason=why, grace=grace, hold=STOPPING_RECORD_AFTER_SECONDS
+                )
+            else:
+                self._stopping(inst, self.book.live(inst.key), AfterStop.DELETE, why, stop, held)
+        if stops:
+            self.alarm.due(held[0])
 
     def _stop_together(self, insts: list[Instance], grace: float | None) -> dict[Key, asyncio.Future[Observation]]:
         """The stops of ``insts`` (deleted once stopped), a batch per runner and grace period
@@ -408,10 +412,10 @@ class Supervisor:
         seconds from now (:meth:`Book.hold`).
         """
         lv = self.book.live(inst.key)
-        lv.cancel_probes()
-        lv.after_stop = after
-        lv.stop_reason = reason
         if stop is None and not self._signals_due(inst):
+            lv.cancel_probes()
+            lv.after_stop = after
+            lv.stop_reason = reason
             self.exits.discard(inst.key)
             if inst.state in ACTIVE:
                 return  # already stopping
@@ -419,18 +423,38 @@ class Supervisor:
             lv.stop_task = None
             self.finish_stop(inst, lv, observed=False)
             return
-        inst.after_stop = after
-        lv.stop_task = stop if stop is not None else asyncio.create_task(self._signal(inst, grace))
         if stop is None:  # else its group finishes it (``_stop_together``)
+            stop = asyncio.create_task(self._signal(inst, grace))
             # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
-            lv.stop_task.add_done_callback(lambda _: self.alarm.wake())
+            stop.add_done_callback(lambda _: self.alarm.wake())
+        held = None
+        if hold is not None:
+            held = (time.time() + hold, f"Stopping: {reason or 'on request'}")
+            self.alarm.due(held[0])
+        self._stopping(inst, lv, after, reason, stop, held)
+
+    def _stopping(
+        self,
+        inst: Instance,
+        lv: Live,
+        after: AfterStop,
+        reason: str,
+        stop: asyncio.Future[Observation],
+        held: tuple[float, str] | None,
+    ) -> None:
+        """Record that ``inst`` (a working copy; ``lv`` its companion) stops by ``stop``, its signals
+        sent; ``held``: when its Stopping record is due and with which event (:meth:`Book.hold`),
+        None to write it now."""
+        lv.cancel_probes()
+        lv.after_stop = after
+        lv.stop_reason = reason
+        inst.after_stop = after
+        lv.stop_task = stop
         if inst.state is STOPPING:
             self.book.save(inst)
-        elif hold is not None:
+        elif held is not None:
             inst.transition(STOPPING, reason or "Stopping")
-            due = time.time() + hold
-            self.book.hold(inst, due, f"Stopping: {reason or 'on request'}")
-            self.alarm.due(due)
+            self.book.hold(inst, *held)
         else:
             self.set_state(inst, STOPPING, reason or "Stopping")
             self.book.event(inst, f"Stopping: {reason or 'on request'}")
