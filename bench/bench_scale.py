@@ -16,6 +16,9 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
    what N alone costs. The kernel's DAMON threads (kdamond), where the machine runs them, are measured beside.
 7. delete: DeleteService until the deletion completed and every instance process is gone; the machine's CPU
    meanwhile, each runed process's share of it (the keeper's among them), and this benchmark's own (its watch).
+   Then :data:`DELETES` - 1 more casts and deletes, each against a bare kill measured just before it: one
+   delete against one bare kill moved by up to 1x between runs (a bare kill of 1,000 took 0.06-0.12 s on the
+   same machine), so the ratio reported is the median of the pairs, with their range.
 8. step 1's reference again, its samples pooled with the first's: the loaded phase is compared with a
    reference taken on both sides of it, so a machine that slowed (or quietened) meanwhile moves both.
 
@@ -69,6 +72,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT_SECONDS = 900.0
 # How often the benchmark's watch of a thousand ends looks (see Ends).
 ENDS_LOOK_SECONDS = 0.001
+# Deletes measured per size, each against its own bare kill (step 7).
+DELETES = int(os.environ.get("BENCH_SCALE_DELETES", "3"))
+# After a cast, before its delete: the start-up's last writes are done.
+SETTLE_SECONDS = 5.0
 
 
 def _program(kind: str) -> list[str]:
@@ -505,7 +512,8 @@ class Result:
     shims_kill: float = 0.0
     keeper_kill: float = 0.0
     cast: float = 0.0
-    delete: Gone = field(default_factory=Gone)
+    # Each delete with the bare kill measured before it (seconds, the machine's CPU seconds).
+    deletes: list[tuple[Gone, float, float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
     runed_mem: dict[str, tuple[int, int]] = field(default_factory=dict)
     shim_rss: float = 0.0
@@ -545,7 +553,7 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             # 3. Cast.
             res.cast = cast_running(api, "scale", argv, n)
             # 4. Idle, once the last status writes and the start-up bursts are over.
-            time.sleep(5)
+            time.sleep(SETTLE_SECONDS)
             shims, _ = instance_pids(data)
             pids = runed_pids(r)
             res.cpu = idle_cpu(pids, shims, IDLE_SECONDS)
@@ -556,8 +564,13 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             res.shim_pss = sum(m[1] for m in mems) / n
             # 6. The API with N running.
             res.loaded = api_latency(target, md, "scale")
-            # 7. Delete.
-            res.delete = delete_gone(api, "scale", data, pids)
+            # 7. Delete, against step 2's bare kill; then again, each against a bare kill just before.
+            res.deletes.append((delete_gone(api, "scale", data, pids), res.bare_kill, res.bare_kill_cpu))
+            for _ in range(DELETES - 1):
+                cast_running(api, "scale", argv, n)
+                time.sleep(SETTLE_SECONDS)
+                _, kill, kill_cpu = bare(argv, n)
+                res.deletes.append((delete_gone(api, "scale", data, runed_pids(r)), kill, kill_cpu))
             # 1 again: the reference spans the time of the loaded phase, not only what came before it.
             cast_running(api, "ref", argv, REF_SCALE)
             time.sleep(2)
@@ -573,38 +586,44 @@ def report(res: Result) -> Iterator[str]:
         f"     cast -> all Running   {res.cast:7.2f} s   bare spawn {res.bare_spawn:6.2f} s   "
         f"ratio {res.cast / res.bare_spawn:6.1f}x"
     )
+    # The median pair by its ratio (the middle one of an odd count, the lower middle of an even).
+    pairs = sorted(res.deletes, key=lambda p: p[0].all / p[1])
+    delete, kill, kill_cpu = pairs[(len(pairs) - 1) // 2]
     yield (
-        f"     delete -> all gone    {res.delete.all:7.2f} s   bare kill  {res.bare_kill:6.2f} s   "
-        f"ratio {res.delete.all / res.bare_kill:6.1f}x   (processes gone {res.delete.processes:.2f} s, "
-        f"{res.delete.processes / res.bare_kill:.1f}x; service deleted {res.delete.service:.2f} s)"
+        f"     delete -> all gone    {delete.all:7.2f} s   bare kill  {kill:6.2f} s   "
+        f"ratio {delete.all / kill:6.1f}x   (processes gone {delete.processes:.2f} s, "
+        f"{delete.processes / kill:.1f}x; service deleted {delete.service:.2f} s)"
     )
+    if len(pairs) > 1:
+        each = ", ".join(f"{g.all * 1000:.0f}/{k * 1000:.0f} ms {g.all / k:.1f}x" for g, k, _ in res.deletes)
+        yield f"       the median of {len(pairs)} deletes, each against a bare kill just before it: {each}"
     cores = os.cpu_count() or 1
     yield (
-        f"       the machine's CPU meanwhile: delete {res.delete.cpu * 1000:.0f} ms, bare kill "
-        f"{res.bare_kill_cpu * 1000:.0f} ms ({res.delete.cpu / max(res.bare_kill_cpu, 1e-9):.1f}x); on {cores} cores "
-        f"that is {res.delete.cpu / cores * 1000:.0f} ms of every core "
-        f"({res.delete.cpu / cores / res.bare_kill:.1f}x bare kill)"
+        f"       the machine's CPU meanwhile: delete {delete.cpu * 1000:.0f} ms, bare kill "
+        f"{kill_cpu * 1000:.0f} ms ({delete.cpu / max(kill_cpu, 1e-9):.1f}x); on {cores} cores "
+        f"that is {delete.cpu / cores * 1000:.0f} ms of every core "
+        f"({delete.cpu / cores / kill:.1f}x bare kill)"
     )
-    if res.delete.by_process:
-        ours = sum(res.delete.by_process.values())
-        each = ", ".join(f"{k} {v * 1000:.0f}" for k, v in res.delete.by_process.items() if v >= 0.0005)
-        rest = res.delete.cpu - ours - res.delete.observer
+    if delete.by_process:
+        ours = sum(delete.by_process.values())
+        each = ", ".join(f"{k} {v * 1000:.0f}" for k, v in delete.by_process.items() if v >= 0.0005)
+        rest = delete.cpu - ours - delete.observer
         yield (
             f"       of which runed's processes {ours * 1000:.0f} ms ({each} ms), this benchmark's watch "
-            f"{res.delete.observer * 1000:.0f} ms; the rest {rest * 1000:.0f} ms "
+            f"{delete.observer * 1000:.0f} ms; the rest {rest * 1000:.0f} ms "
             f"(the instances' own ends, {'their shims, ' if res.shim != 'shared' else ''}the kernel)"
         )
     if res.shims_kill:
         yield (
             f"       the same under shims, killed without runed {res.shims_kill:.2f} s: "
             f"{res.shims_kill / res.bare_kill:.1f}x bare kill (the floor of per-instance supervision); "
-            f"delete {res.delete.all / res.shims_kill:.1f}x of it"
+            f"delete {delete.all / res.shims_kill:.1f}x of it"
         )
     if res.keeper_kill:
         yield (
             f"       the same under one keeper, ended without runed {res.keeper_kill:.2f} s: "
             f"{res.keeper_kill / res.bare_kill:.1f}x bare kill (the floor of supervision by a keeper); "
-            f"delete {res.delete.all / res.keeper_kill:.1f}x of it"
+            f"delete {delete.all / res.keeper_kill:.1f}x of it"
         )
     cpu = res.cpu
     others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
