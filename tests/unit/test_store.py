@@ -89,6 +89,46 @@ def test_freed_pages_are_not_written_again_only_to_be_zeroed(tmp_path: Path) -> 
         store.close()
 
 
+def test_a_read_does_not_wait_for_another_threads_transaction(tmp_path: Path) -> None:
+    """A read while another thread holds the connection in a transaction (the controller's long
+    commit beside its event loop) sees what was committed last, at once; the transaction's own
+    reads see its writes; once it commits, every read does."""
+    store = open_store(tmp_path)
+    store.put("service", "default", "web", {"scale": 1})
+    inside, release = threading.Event(), threading.Event()
+    seen_inside: list[object] = []
+
+    def long_commit() -> None:
+        with store.transaction():
+            store.put("service", "default", "web", {"scale": 2})
+            store.put("service", "default", "api", {"scale": 1})
+            rec = store.get("service", "default", "web")
+            seen_inside.append(rec.data if rec else None)
+            inside.set()
+            assert release.wait(30)
+
+    writer = threading.Thread(target=long_commit)
+    writer.start()
+    try:
+        assert inside.wait(10)
+        got: list[tuple[Record | None, int]] = []
+        reader = threading.Thread(
+            target=lambda: got.append((store.get("service", "default", "web"), store.count("service")))
+        )
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "the read waited for the other thread's transaction"
+        rec, count = got[0]
+        assert rec is not None and rec.data == {"scale": 1} and count == 1
+        assert seen_inside == [{"scale": 2}]
+    finally:
+        release.set()
+        writer.join(10)
+    rec = store.get("service", "default", "web")
+    assert rec is not None and rec.data == {"scale": 2} and store.count("service") == 2
+    store.close()
+
+
 def test_checkpoints_run_beside_commits_not_in_them(tmp_path: Path) -> None:
     """A commit that takes the WAL past the threshold returns without copying it into the database
     (SQLite's automatic checkpoint did, with an fsync, on the committing thread: the controller's

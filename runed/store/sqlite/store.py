@@ -52,8 +52,8 @@ class SQLiteStore(Database, SQLCore):
         super().close()
 
     def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Sequence[Any]]:
-        with self._lock:
-            return self.conn.execute(sql, args).fetchall()
+        with self.reading() as conn:
+            return conn.execute(sql, args).fetchall()
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         self.conn.execute(sql, args)
