@@ -212,6 +212,7 @@ class Controller:
                     self.ops.missed()
                     try:
                         since = await self.store.run(self.store.current_revision)
+                        self.book.writes.drop_echoes(since)
                         if self.node is not None:
                             self._vanish(await self._records_gone())
                     except Exception as e:

@@ -183,6 +183,12 @@ class Writes:
         del self._echoes[key]
         return revision == mine
 
+    def drop_echoes(self, upto: int) -> None:
+        """Forget this writer's revisions up to ``upto``: a watch resumed from there never brings them back."""
+        for key, revision in list(self._echoes.items()):
+            if revision <= upto:
+                self._echoes.pop(key, None)
+
     async def flush(self) -> None:
         """Commit what is queued, off the event loop (a short commit inline on SQLite). On failure
         (e.g. a full disk, an unreachable database) it stays queued for the next flush; the caches

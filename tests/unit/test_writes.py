@@ -111,5 +111,18 @@ def test_its_own_writes_of_an_echo_kind_are_told_apart_when_they_come_back(tmp_p
         asyncio.run(failing())
         assert op in writes  # still queued, retried by the next flush
         assert not writes.echo(op, store.current_revision() + 1)
+
+        # A watch resumed from a revision never brings back what was written up to it.
+        fresh = Writes(store, echo_kinds=["deletion_operation"])
+        fresh.update(*op, lambda cur: {**(cur or {}), "n": 1})
+        asyncio.run(fresh.flush())
+        first = store.current_revision()
+        fresh.drop_echoes(first - 1)
+        assert fresh.echo(op, first)  # after the resume: still told
+        fresh.update(*op, lambda cur: {**(cur or {}), "n": 2})
+        asyncio.run(fresh.flush())
+        second = store.current_revision()
+        fresh.drop_echoes(second)
+        assert not fresh.echo(op, second)
     finally:
         store.close()
