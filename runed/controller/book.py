@@ -204,6 +204,8 @@ class Book:
         removals (bench/README.md, "a deletion's stops finished together"). A controller killed in
         between leaves a directory no record names, which the next one removes at start.
         """
+        if not keys:
+            return
         live, held, cache, paths, leaving = self._live, self._held, self._cache, self._paths, self._leaving
         deletions: list[tuple[str, str, str]] = []
         for key in keys:

@@ -163,9 +163,12 @@ class Writes:
                     self.store.delete_many(deletions)
                     deletions = []
                 if callable(write):
+                    if key[0] not in self.echo_kinds:
+                        self.store.update(*key, write)
+                        continue
                     changed = _Changed(write)
                     rec = self.store.update(*key, changed)
-                    if rec is not None and changed.wrote and key[0] in self.echo_kinds:
+                    if rec is not None and changed.wrote:
                         self._echoes[key] = rec.revision
                 else:
                     rec = self.store.put(*key, write)

@@ -218,10 +218,19 @@ class Database:
             yield self._reader
 
     def _open_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
-        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA mmap_size=0")  # see the module docstring
+        conn = self._aside()
         conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def _aside(self) -> sqlite3.Connection:
+        """A second connection to the file (reads, checkpoints): pages never mapped (see the module
+        docstring), the same busy timeout."""
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        try:
+            conn.execute("PRAGMA mmap_size=0")
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     def _checkpoint_soon(self) -> None:
@@ -239,12 +248,11 @@ class Database:
     def _checkpoint(self) -> None:
         """One PASSIVE checkpoint on a connection of its own (a failure, a full disk say, waits for the next)."""
         try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.busy_timeout)
+            conn = self._aside()
         except sqlite3.Error as e:
             log.debug("checkpoint of %s: %s", self.path, e)
             return
         try:
-            conn.execute("PRAGMA mmap_size=0")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as e:
             log.debug("checkpoint of %s: %s", self.path, e)
