@@ -195,9 +195,9 @@ class Book:
         """Forget a stopped instance: its record, its pending action and its directory (logs, work)."""
         self.forget_all([key])
 
-    def forget_all(self, keys: list[Key]) -> None:
+    def forget_all(self, keys: list[Key], *, linger: float = 0.0) -> None:
         """:meth:`forget` each of ``keys``, their record deletions queued at once (a batch of a
-        deletion's ends).
+        deletion's ends); ``linger`` as for :meth:`Writes.delete_all`.
 
         The directory is removed once the record's deletion is committed (:meth:`flush`):
         the deletion of a service then comes as soon as its instances ended, not after a thousand
@@ -223,7 +223,7 @@ class Book:
             leaving.append((record, d))
             if gone is not None:
                 self.touched.add((gone.namespace, gone.service))
-        self.writes.delete_all(deletions)
+        self.writes.delete_all(deletions, linger=linger)
         if not self.writes:
             self._tidy()  # committed already (no event loop: written at once)
 

@@ -23,12 +23,19 @@ from runed.runner.base import Observation
 
 log = logging.getLogger("runed.controller")
 
+# While members are still ending, the record deletions of those that ended are committed at most
+# this often: the first ends of a deletion trickle in one or two at a time, each its own commit and
+# wake-up of every watcher, before the rest come at once (bench/README.md). The last end commits
+# at once, with the deletion of the service.
+ENDS_LINGER_SECONDS = 0.01
+
 
 class StopGroup:
     """The members' stops, as futures the runner's reports resolve; ``finish`` is called with the
-    members that ended since it was last called, once per batch."""
+    members that ended since it was last called, once per batch, and how long their records'
+    deletions may wait to be committed with the next batch's (0 once none is left)."""
 
-    def __init__(self, alarm: Alarm, finish: Callable[[list[Key]], None]) -> None:
+    def __init__(self, alarm: Alarm, finish: Callable[[list[Key], float], None]) -> None:
         self.alarm = alarm
         self.finish = finish
         self.left = 0
@@ -82,4 +89,4 @@ class StopGroup:
 
     def _finish(self) -> None:
         keys, self._ended = self._ended or [], None
-        self.finish(keys)
+        self.finish(keys, ENDS_LINGER_SECONDS if self.left else 0.0)

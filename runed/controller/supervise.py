@@ -360,9 +360,9 @@ class Supervisor:
             out.update(zip((i.key for i, _ in members), stops, strict=True))
         return out
 
-    def _finish_ended(self, keys: list[Key]) -> None:
+    def _finish_ended(self, keys: list[Key], linger: float) -> None:
         """Finish the stops of ``keys`` that are over (a batch of a :class:`StopGroup`'s ends); the
-        instances that leave are forgotten together (:meth:`Book.forget_all`)."""
+        instances that leave are forgotten together (:meth:`Book.forget_all`, with ``linger``)."""
         leaving: list[Key] = []
         for key in keys:
             cached = self.book.get(key)
@@ -373,7 +373,7 @@ class Supervisor:
                     leaving.append(key)
                 else:
                     self._stopped(cached, lv, obs)
-        self.book.forget_all(leaving)
+        self.book.forget_all(leaving, linger=linger)
 
     def _signals_due(self, inst: Instance, lv: Live | None = None) -> bool:
         """Whether a stop of ``inst`` signals its process (it runs and no stop is under way);

@@ -95,6 +95,8 @@ class Writes:
         # The writes of the commit in flight: not in the store yet either.
         self._committing: dict[RecordKey, Write] = {}
         self._scheduled = False
+        # A commit held back for more of its kind to join it (:meth:`delete_all` with ``linger``).
+        self._later: asyncio.TimerHandle | None = None
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -111,12 +113,28 @@ class Writes:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self._queue((kind, namespace, name), None)
 
-    def delete_all(self, keys: list[RecordKey]) -> None:
-        """:meth:`delete` each of ``keys``, in their order."""
+    def delete_all(self, keys: list[RecordKey], *, linger: float = 0.0) -> None:
+        """:meth:`delete` each of ``keys``, in their order.
+
+        ``linger``: seconds the commit may wait for more deletions like these (a deletion's ends,
+        which trickle in one by one before the rest come at once), unless another write wants it
+        sooner: each commit is a transaction and a wake-up of every watcher in every role, and a
+        deletion of a thousand made ten of them for a record or two each (bench/README.md)."""
         for key in keys:
             _merge(self._pending, key, None)
-        if keys:
+        if not keys:
+            return
+        if linger <= 0:
             self._queue_done()
+            return
+        if self._scheduled or self._later is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._queue_done()
+            return
+        self._later = loop.call_later(linger, self._queue_done)
 
     def update(self, kind: str, namespace: str, name: str, mutate: Mutate) -> None:
         """Read-modify-write in the commit (``mutate`` as for :meth:`Store.update`)."""
@@ -128,6 +146,9 @@ class Writes:
 
     def _queue_done(self) -> None:
         """Have what is queued committed once the loop is free (at once without one)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._scheduled:
             return
         try:
@@ -145,6 +166,9 @@ class Writes:
 
     def _take(self) -> dict[RecordKey, Write]:
         self._scheduled = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         pending, self._pending = self._pending, {}
         return pending
 

@@ -126,3 +126,49 @@ def test_its_own_writes_of_an_echo_kind_are_told_apart_when_they_come_back(tmp_p
         assert not fresh.echo(op, second)
     finally:
         store.close()
+
+
+def test_lingering_deletions_wait_for_each_other_unless_another_write_wants_a_commit(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    writes = Writes(store)
+    names = [f"i{i}" for i in range(6)]
+    for n in names:
+        store.put("instance", "default", n, {"n": n})
+    since = store.current_revision()
+
+    def stored() -> set[str]:
+        return {n for n in names if store.get("instance", "default", n) is not None}
+
+    async def scenario() -> None:
+        # Two batches a few loop turns apart: neither is committed on its own.
+        writes.delete_all([("instance", "default", n) for n in names[:2]], linger=0.2)
+        await asyncio.sleep(0.02)
+        assert stored() == set(names)
+        writes.delete_all([("instance", "default", n) for n in names[2:4]], linger=0.2)
+        await asyncio.sleep(0.02)
+        assert stored() == set(names)
+        # Committed together once the first one's linger is over.
+        for _ in range(200):
+            if stored() == set(names[4:]):
+                break
+            await asyncio.sleep(0.01)
+        assert stored() == set(names[4:])
+        # A write that lingers for nothing takes a lingering deletion with it at once.
+        writes.delete_all([("instance", "default", names[4])], linger=60)
+        writes.put("service", "default", "web", {"n": 1})
+        for _ in range(50):
+            if not writes:
+                break
+            await asyncio.sleep(0.01)
+        assert stored() == {names[5]}
+        assert store.get("service", "default", "web") is not None
+
+    try:
+        asyncio.run(scenario())
+        deleted = [c for c in store.changes_since(since, ["instance"]) if c.op == "DELETED"]
+        assert [c.name for c in deleted] == names[:5]
+        # The first four in one transaction (one time stamp), the fifth in another.
+        assert len({c.ts for c in deleted[:4]}) == 1
+        assert deleted[4].ts > deleted[0].ts
+    finally:
+        store.close()
