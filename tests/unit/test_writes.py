@@ -141,14 +141,14 @@ def test_lingering_deletions_wait_for_each_other_unless_another_write_wants_a_co
 
     async def scenario() -> None:
         # Two batches a few loop turns apart: neither is committed on its own.
-        writes.delete_all([("instance", "default", n) for n in names[:2]], linger=0.2)
+        writes.delete_all([("instance", "default", n) for n in names[:2]], linger=1.0)
         await asyncio.sleep(0.02)
         assert stored() == set(names)
-        writes.delete_all([("instance", "default", n) for n in names[2:4]], linger=0.2)
+        writes.delete_all([("instance", "default", n) for n in names[2:4]], linger=1.0)
         await asyncio.sleep(0.02)
         assert stored() == set(names)
         # Committed together once the first one's linger is over.
-        for _ in range(200):
+        for _ in range(500):
             if stored() == set(names[4:]):
                 break
             await asyncio.sleep(0.01)
