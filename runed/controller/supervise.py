@@ -325,7 +325,7 @@ class Supervisor:
             runner.send_signals()
         why = f"Terminating: {reason}"
         # The Stopping records of the stops set up together are held until the same time.
-        held = (time.time() + STOPPING_RECORD_AFTER_SECONDS, f"Stopping: {why}")
+        held = self._hold_until(STOPPING_RECORD_AFTER_SECONDS, why) if stops else None
         for inst in due:
             # Copied once the signals are out: the copies are the bookkeeping's, not the stops'.
             inst = inst.copy()
@@ -337,8 +337,6 @@ class Supervisor:
                 )
             else:
                 self._stopping(inst, self.book.live(inst.key), AfterStop.DELETE, why, stop, held)
-        if stops:
-            self.alarm.due(held[0])
 
     def _stop_together(self, insts: list[Instance], grace: float | None) -> dict[Key, asyncio.Future[Observation]]:
         """The stops of ``insts`` (deleted once stopped), a batch per runner and grace period
@@ -427,11 +425,14 @@ class Supervisor:
             stop = asyncio.create_task(self._signal(inst, grace))
             # The next pass finishes the stop: wake the loop when the task is done, instead of polling.
             stop.add_done_callback(lambda _: self.alarm.wake())
-        held = None
-        if hold is not None:
-            held = (time.time() + hold, f"Stopping: {reason or 'on request'}")
-            self.alarm.due(held[0])
-        self._stopping(inst, lv, after, reason, stop, held)
+        self._stopping(inst, lv, after, reason, stop, None if hold is None else self._hold_until(hold, reason))
+
+    def _hold_until(self, seconds: float, reason: str) -> tuple[float, str]:
+        """When a Stopping record held for ``seconds`` from now is due, with its event
+        (:meth:`Book.hold`); the loop wakes then to write it if the stop still runs."""
+        held = (time.time() + seconds, f"Stopping: {reason or 'on request'}")
+        self.alarm.due(held[0])
+        return held
 
     def _stopping(
         self,

@@ -124,17 +124,15 @@ class Writes:
             _merge(self._pending, key, None)
         if not keys:
             return
-        if linger <= 0:
-            self._queue_done()
-            return
-        if self._scheduled or self._later is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._queue_done()
-            return
-        self._later = loop.call_later(linger, self._queue_done)
+        if linger > 0 and not self._scheduled:
+            if self._later is not None:
+                return  # the commit held back takes these too
+            try:
+                self._later = asyncio.get_running_loop().call_later(linger, self._queue_done)
+                return
+            except RuntimeError:
+                pass  # no event loop: written at once
+        self._queue_done()
 
     def update(self, kind: str, namespace: str, name: str, mutate: Mutate) -> None:
         """Read-modify-write in the commit (``mutate`` as for :meth:`Store.update`)."""
@@ -146,9 +144,7 @@ class Writes:
 
     def _queue_done(self) -> None:
         """Have what is queued committed once the loop is free (at once without one)."""
-        if self._later is not None:
-            self._later.cancel()
-            self._later = None
+        self._cancel_later()
         if self._scheduled:
             return
         try:
@@ -166,11 +162,15 @@ class Writes:
 
     def _take(self) -> dict[RecordKey, Write]:
         self._scheduled = False
+        self._cancel_later()
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def _cancel_later(self) -> None:
+        """No commit held back any more: one comes sooner (or is under way) with everything queued."""
         if self._later is not None:
             self._later.cancel()
             self._later = None
-        pending, self._pending = self._pending, {}
-        return pending
 
     def commit(self, pending: dict[RecordKey, Write]) -> None:
         """Write ``pending`` in one transaction (blocking: one unit of store work)."""
