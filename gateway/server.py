@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -27,7 +28,7 @@ from rune.gateway.app import build
 from rune.gateway.backend import Backend
 from rune.gateway.http import begin_shutdown
 from rune.gateway.protocol import bounded
-from rune.gateway.tls import uvicorn_options
+from rune.gateway.tls import unloaded_context, uvicorn_options
 from runed.core.config import Config
 from runed.core.errors import BindError
 from runed.pipeline.context import Deps
@@ -171,7 +172,11 @@ async def serve(
     server = Server(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     # A rotated certificate is served to new connections (runed/transport/certs.py).
-    keeping = asyncio.create_task(CertFiles(config.server.tls).keep(uv_config.ssl)) if uv_config.ssl else None
+    keeping = (
+        asyncio.create_task(CertFiles(config.server.tls).keep(uv_config.ssl, partial(unloaded_context, uv_config)))
+        if uv_config.ssl
+        else None
+    )
     try:
         while not server.started:
             if task.done():

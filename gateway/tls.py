@@ -9,8 +9,10 @@ the scope under :data:`CN_KEY`; :func:`rune.gateway.http.call_context` copies it
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -70,3 +72,16 @@ def uvicorn_options(tls: TLSConfig) -> dict[str, Any]:
         # The gRPC port asks the same (runed/transport/tls.py): a presented certificate is always verified.
         "ssl_cert_reqs": shared.client_cert_mode(tls),
     }
+
+
+def unloaded_context(uv: uvicorn.Config) -> ssl.SSLContext:
+    """A context set up as uvicorn set up ``uv.ssl`` (``uvicorn.config.create_ssl_context``), with
+    nothing loaded: what a rotation of ``server.tls``'s files is loaded into (runed/transport/certs.py)."""
+    ctx = ssl.SSLContext(uv.ssl_version)
+    ctx.verify_mode = ssl.VerifyMode(uv.ssl_cert_reqs)
+    if uv.ssl_ciphers:
+        ctx.set_ciphers(uv.ssl_ciphers)
+    alpn = getattr(uv.http_protocol_class, "alpn_protocols", None)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx

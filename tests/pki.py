@@ -56,9 +56,9 @@ def _cert(
 class PKI:
     """A CA, server certificates (for 127.0.0.1 unless told) and client certificates, as PEM bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "test-ca") -> None:
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _cert("test-ca", self.ca_key, None, ca=True)
+        self.ca = _cert(name, self.ca_key, None, ca=True)
         self.ca_pem = self.ca.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, cn: str, server: bool = False, ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[bytes, bytes]:

@@ -5,13 +5,14 @@ The gRPC port's own TLS asks on each handshake (grpcio's dynamic credentials cal
 a look at the files' inode, size and modification time, 7 µs for the three files of a client CA
 setup, against a TLS handshake's milliseconds). The ports whose TLS is Python's ``ssl`` (the
 REST port, and the gRPC front for optional client certificates) look every :data:`LOOK_SECONDS`
-(:meth:`CertFiles.keep`) and load the new pair into their context, which new connections use.
+(:meth:`CertFiles.keep`) and load the new files into a fresh context, to which their listening
+context hands each new connection over.
 
 A pair is taken only once the key matches the certificate: a rotation that has written one file and
 not yet the other keeps the pair in use (no handshake fails meanwhile), and it is taken once both are
 written. What is loaded into an ``ssl`` context goes through memory files (``memfd``), never a copy
-of the key on disk. A client CA file that changes adds its certificates to those trusted; one it no
-longer holds stays trusted until a restart (Python's ``ssl`` cannot drop a CA from a context).
+of the key on disk. The client CA file is taken as it now is on every port: a CA it no longer holds
+is no longer trusted (Python's ``ssl`` cannot drop a CA from a context, hence the fresh one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -143,20 +144,32 @@ class CertFiles:
         """Load the files into ``ctx`` now (:class:`CertError` if they are unusable)."""
         _load(ctx, self._first())
 
-    async def keep(self, ctx: ssl.SSLContext) -> None:
-        """Load a rotated pair into ``ctx`` when the files change, until cancelled."""
+    async def keep(self, ctx: ssl.SSLContext, fresh: Callable[[], ssl.SSLContext]) -> None:
+        """Serve the files as they are to new connections of ``ctx`` (the listening context) once
+        they change, until cancelled. Each change is loaded into ``fresh()`` (a context set up as
+        ``ctx`` is, nothing loaded), and ``ctx`` hands each new connection over to the latest one
+        as its ClientHello comes (its ``sni_callback``, called with or without a server name)."""
         if not self._taken:
             self._taken = self._stamp()
+        serving = ctx
+
+        def hand_over(conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            if serving is not ctx:
+                conn.context = serving
+
+        ctx.sni_callback = hand_over
         while True:
             await asyncio.sleep(LOOK_SECONDS)
             pair = self.take()
             if pair is None:
                 continue
             try:
-                _load(ctx, pair)
+                new = fresh()
+                _load(new, pair)
             except (OSError, ssl.SSLError) as e:
                 log.warning("%s: keeping the certificate in use: %s", self.label, e)
             else:
+                serving = new
                 self._took()
 
 

@@ -71,18 +71,24 @@ def needs_front(tls: TLSConfig) -> bool:
     return tls.enabled and client_cert_mode(tls) == ssl.CERT_OPTIONAL
 
 
-def server_context(tls: TLSConfig, certs: CertFiles) -> ssl.SSLContext:
-    """The server-side SSL context of ``server.tls`` for HTTP/2, its files loaded from ``certs`` (the gRPC
-    front; REST lets uvicorn build the same)."""
+def unloaded_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The server-side SSL context of ``server.tls`` for HTTP/2 (the gRPC front; REST lets uvicorn
+    build the same), nothing loaded yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = client_cert_mode(tls)
+    # gRPC clients insist on h2 being negotiated.
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def server_context(tls: TLSConfig, certs: CertFiles) -> ssl.SSLContext:
+    """:func:`unloaded_context`, its files loaded from ``certs``."""
+    ctx = unloaded_context(tls)
     try:
         certs.load(ctx)
     except (CertError, OSError, ssl.SSLError) as e:
         raise BindError(f"server.tls: cannot load the certificate, key or client CA: {e}") from None
-    ctx.verify_mode = client_cert_mode(tls)
-    # gRPC clients insist on h2 being negotiated.
-    ctx.set_alpn_protocols(["h2"])
     return ctx
 
 
@@ -141,6 +147,7 @@ class TLSFront:
     """Terminates TLS for the gRPC port and relays each connection to the gRPC server on loopback."""
 
     def __init__(self, tls: TLSConfig) -> None:
+        self._tls = tls
         self._certs = CertFiles(tls)
         self._ssl = server_context(tls, self._certs)
         self._keeping: asyncio.Task[None] | None = None
@@ -167,7 +174,7 @@ class TLSFront:
         self._server = await asyncio.start_server(
             self._serve, sock=sock, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS, limit=CHUNK
         )
-        self._keeping = asyncio.create_task(self._certs.keep(self._ssl))
+        self._keeping = asyncio.create_task(self._certs.keep(self._ssl, lambda: unloaded_context(self._tls)))
         return int(sock.getsockname()[1])
 
     def close(self) -> None:
