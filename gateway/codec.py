@@ -149,12 +149,14 @@ def _construct(cls: type[Message], kwargs: dict[str, Any]) -> Message:
         raise _bad("query", str(e)) from None
 
 
-def parse_body(raw: bytes) -> Any:
-    """The request body as JSON; malformed JSON is a 400 with the parser's position."""
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (empty: ``{}``); malformed JSON is a 400 with the parser's
+    position, and so is any other JSON value: every body of the API is a message or a message field
+    (an array or ``null`` taken for an empty one would have the path's fields set in it)."""
     if not raw.strip():
         return {}
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         try:
             raw.decode()
@@ -162,6 +164,9 @@ def parse_body(raw: bytes) -> Any:
             # orjson words this as "surrogates not allowed"; what the client needs is the encoding.
             raise _bad("body", f"is not valid UTF-8 (invalid byte at offset {u.start})") from None
         raise _bad("body", f"malformed JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _bad("body", f"expected a JSON object, got {fromjson.show(value)}")
+    return value
 
 
 def build_request(
@@ -194,8 +199,6 @@ def build_request(
     data: dict[str, Any] = {}
     if body is not None and body_field:
         if body_field == "*":
-            if not isinstance(body, dict):
-                raise _bad("body", f"expected a JSON object for {desc.full_name}")
             data = body
         else:
             f = fromjson.field_named(desc, body_field)

@@ -45,10 +45,7 @@ def init_from(body: bytes, target: str, ns: str) -> exec_pb2.ExecInitRequest:
     init = exec_pb2.ExecInitRequest()
     if body.strip():
         # Through the codec: bytes that are not UTF-8 JSON are a 400 naming the body, not a crash.
-        data = codec.parse_body(body)
-        if not isinstance(data, dict):
-            raise errors.invalid(("body", "expected a JSON object"))
-        fromjson.parse(data, init)
+        fromjson.parse(codec.parse_body(body), init)
     kind, sep, name = target.partition("/")
     if not sep:
         kind, name = "service", kind
@@ -64,12 +61,7 @@ def init_from(body: bytes, target: str, ns: str) -> exec_pb2.ExecInitRequest:
 
 def input_from(body: bytes) -> exec_pb2.ExecRequest:
     """One ExecRequest (stdin, resize or signal) of a JSON body; ``{"close": true}`` is end of input."""
-    try:
-        data = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as e:
-        raise errors.invalid(("body", f"invalid JSON: {e}")) from None
-    if not isinstance(data, dict):
-        raise errors.invalid(("body", "expected a JSON object"))
+    data = codec.parse_body(body)
     if data.pop("close", False) is True:
         return exec_pb2.ExecRequest(stdin=b"")
     req = fromjson.parse(data, exec_pb2.ExecRequest())

@@ -122,6 +122,21 @@ def test_body_errors_name_the_json_path_what_was_expected_and_the_allowed_values
         "service.comand": 'unknown field (did you mean "command"?)',
     }
 
+    # A body that is not an object (every body is a message): named as such, not taken for an empty
+    # one with the path's fields set in it.
+    for body, got in (([], "an array"), (None, "null"), ("web", '"web"'), (3, "3")):
+        r = client.post(
+            "/v1/namespaces/default/services", content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400, r.text
+        assert _violations(r.json()) == {"body": f"expected a JSON object, got {got}"}, r.text
+        r = client.put(
+            "/v1/namespaces/default/services/web",
+            content=json.dumps(body),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and _violations(r.json()) == {"body": f"expected a JSON object, got {got}"}
+
     # Connect JSON: the same words, in Connect's error shape.
     r = client.post(
         "/rune.api.ServiceService/ScaleService", json={"name": "web", "scale": 1e12, "mode": "FAST"}, headers=CONNECT
