@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,6 +43,15 @@ BUFFER_BYTES = 4 * 1024 * 1024
 INTERNAL_BATCH = 256
 NDJSON = "application/x-ndjson"
 
+# The query parameters: the LogRequest fields the path does not hold, by lowerCamelCase and proto name.
+PARAMETERS = (
+    "follow", "tail", "since", "until", "timestamps", "showEvents", "filter", "stream", "afterCursor", "maxBatch",
+    "showLogs", "showStatus", "parameterUpdate",
+)  # fmt: skip
+# Accepted and ignored, as over gRPC (output is always shown).
+IGNORED_FLAGS = ("show_logs", "showLogs", "show_status", "showStatus", "parameter_update", "parameterUpdate")
+_KNOWN = frozenset(PARAMETERS) | {"show_events", "after_cursor", "max_batch", *IGNORED_FLAGS}
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -59,6 +69,12 @@ def log_request(request: Request) -> logs_pb2.LogRequest:
     """The LogRequest of a logs URL: path target and namespace, the rest from the query (every bad field at once)."""
     q = request.query_params
     bad: list[errors.FieldViolation] = []
+    # A misspelt parameter is named, not ignored (``tailLines=5`` would have sent every line).
+    for key in dict.fromkeys(q.keys()):
+        if key not in _KNOWN:
+            close = difflib.get_close_matches(key, PARAMETERS, n=1)
+            hint = f'did you mean "{close[0]}"?' if close else f"this route reads {', '.join(PARAMETERS)}"
+            bad.append(errors.FieldViolation(key, f"unknown query parameter ({hint})"))
     tail_raw = q.get("tail", "0")
     if not tail_raw.isdigit():
         bad.append(errors.FieldViolation("tail", "expected a non-negative integer"))
@@ -79,6 +95,8 @@ def log_request(request: Request) -> logs_pb2.LogRequest:
         after_cursor=q.get("after_cursor", "") or q.get("afterCursor", ""),
         max_batch=int(batch_raw) if batch_raw.isdigit() and len(batch_raw) <= 9 else 0,
     )
+    for name in IGNORED_FLAGS:
+        _flag(q, name, bad)
     if bad:
         raise errors.invalid(*bad)
     sse.apply_last_event_id(request, msg)

@@ -82,6 +82,18 @@ def test_errors_have_http_statuses(client: httpx.Client, web: Instances) -> None
     assert r.status_code == 400 and "resource_target" in r.text
     r = client.get("/v1/namespaces/default/logs/web", params={"tail": "x", "follow": "maybe"})
     assert r.status_code == 400 and "tail" in r.text and "follow" in r.text
+    # A misspelt or unknown parameter is an error naming it, not ignored.
+    r = client.get("/v1/namespaces/default/logs/web", params={"tailLines": "1", "bogus": "1", "max_batch": "2"})
+    assert r.status_code == 400, r.text
+    (bad,) = [d for d in r.json()["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    assert {v["field"]: v["description"] for v in bad["fieldViolations"]} == {
+        "tailLines": 'unknown query parameter (did you mean "tail"?)',
+        "bogus": "unknown query parameter (this route reads follow, tail, since, until, timestamps, showEvents, "
+        "filter, stream, afterCursor, maxBatch, showLogs, showStatus, parameterUpdate)",
+    }
+    # Every request field is a parameter: those gRPC ignores are accepted here too.
+    r = client.get("/v1/namespaces/default/logs/web", params={"tail": "1", "showLogs": "true", "show_status": "1"})
+    assert r.status_code == 200, r.text
     r = httpx.get(str(client.base_url) + "/v1/namespaces/default/logs/web")
     assert r.status_code == 401
 
