@@ -28,7 +28,7 @@ from rune.api import exec_pb2
 from rune.gateway import codec, fromjson
 from rune.gateway.bidi import Feed, context
 from rune.gateway.exec_sessions import ErrorFrame, ExecSession, Sessions, pump
-from rune.gateway.http import error_response, json_body, sse_event, sse_response, status_dict
+from rune.gateway.http import error_response, json_body, no_query, sse_event, sse_response, status_dict
 from runed.auth.authn import Authenticator
 from runed.core import errors
 from runed.pipeline.context import CallContext
@@ -85,6 +85,7 @@ class ExecSessionRoutes:
     async def create(self, request: Request) -> Response:
         ctx = context(request, EXEC_METHOD)
         try:
+            no_query(request)
             init = init_from(await json_body(request), request.path_params["target"], request.path_params["ns"])
         except errors.RuneError as err:
             return error_response(err, ctx.request_id)
@@ -114,6 +115,7 @@ class ExecSessionRoutes:
             # Not through a pipeline entry point: its failed-authentication audit is applied here.
             self.pipeline.auth_failures.record(ctx, err)
             raise
+        no_query(request)
         s = self.sessions.by_id.get(request.path_params["id"])
         if s is None or s.owner != _owner(ctx):
             missing = errors.not_found("exec session", request.path_params["id"], request.path_params["ns"])

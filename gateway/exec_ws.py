@@ -20,7 +20,7 @@ from rune.api import exec_pb2
 from rune.gateway import codec
 from rune.gateway.bidi import Feed, context
 from rune.gateway.exec_http import EXEC_METHOD, init_from, input_from
-from rune.gateway.http import status_dict
+from rune.gateway.http import no_query, status_dict
 from runed.core import errors
 from runed.pipeline.stages import Pipeline
 
@@ -43,6 +43,7 @@ class ExecSocket:
             ctx.metadata["authorization"] = f"Bearer {bearer}"
         await ws.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
         try:
+            no_query(ws)
             init = init_from((await ws.receive_text()).encode(), ws.path_params["target"], ws.path_params["ns"])
         except errors.RuneError as err:
             await ws.send_text(orjson.dumps({"error": status_dict(err, ctx.request_id)}).decode())

@@ -104,6 +104,16 @@ def check_json_type(conn: HTTPConnection) -> None:
         )
 
 
+def no_query(conn: HTTPConnection) -> None:
+    """Refuse query parameters on a route whose request is its body (or its socket's first message):
+    one given there (``?tty=true``) is named, not ignored."""
+    names = dict.fromkeys(conn.query_params.keys())
+    if names:
+        raise errors.invalid(
+            *((n, "unknown query parameter (this route takes none: send it in the body)") for n in names)
+        )
+
+
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The whole body, at most ``limit`` bytes (413 beyond) and within ``timeout`` seconds (408 after);
     a client gone mid-body is ClientDisconnected."""

@@ -85,6 +85,13 @@ def test_session_errors(client: httpx.Client, iid: str) -> None:
     assert client.post("/v1/namespaces/default/exec/web", json={"command": []}).status_code == 400
     assert client.post("/v1/namespaces/default/exec/pod/x", json={"command": ["true"]}).status_code == 400
     assert client.get("/v1/namespaces/default/exec/sessions/unknown/output").status_code == 404
+    # The request is the body: a query parameter is named, not ignored.
+    r = client.post("/v1/namespaces/default/exec/web?tty=true", json={"command": ["true"]})
+    assert r.status_code == 400, r.text
+    assert (
+        r.json()["message"]
+        == "invalid request: tty: unknown query parameter (this route takes none: send it in the body)"
+    )
     r = client.post("/v1/namespaces/default/exec/web", json={"command": ["true"]})
     sid = r.json()["sessionId"]
     anon = httpx.get(str(client.base_url) + f"/v1/namespaces/default/exec/sessions/{sid}/output")
