@@ -25,12 +25,26 @@ class Cast:
     secrets: list[Any] = field(default_factory=list)
     services: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Each object as declared: (kind, namespace as written, name, "file:line").
+    declared: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def extend(self, other: Cast) -> None:
         self.configmaps += other.configmaps
         self.secrets += other.secrets
         self.services += other.services
         self.warnings += other.warnings
+        self.declared += other.declared
+
+    def duplicates(self) -> list[str]:
+        """A problem for each object declared again (same kind, namespace and name, in any of the
+        files read together): applied in turn, the later would silently replace the earlier."""
+        first: dict[tuple[str, str, str], str] = {}
+        out: list[str] = []
+        for kind, namespace, name, where in self.declared:
+            at = first.setdefault((kind, namespace, name), where)
+            if at is not where:
+                out.append(f"{where}: {kind} '{name}' is declared again (first at {at})")
+        return out
 
 
 def parse_text(text: str, filename: str = "<input>", namespace: str | None = None) -> Cast:
@@ -61,7 +75,8 @@ def parse_text(text: str, filename: str = "<input>", namespace: str | None = Non
                 c.err(line, f"'{key}' must be a list")
                 continue
             for spec in specs:
-                if key.startswith("service"):
+                kind = key.rstrip("s")
+                if kind == "service":
                     obj = service(c, spec, namespace)
                     if obj is not None:
                         cast.services.append(obj)
@@ -70,7 +85,7 @@ def parse_text(text: str, filename: str = "<input>", namespace: str | None = Non
                             for k in UNTRANSPORTED
                             if k in spec
                         ]
-                elif key.startswith("secret"):
+                elif kind == "secret":
                     obj = data.secret(c, spec, namespace)
                     if obj is not None:
                         cast.secrets.append(obj)
@@ -78,6 +93,8 @@ def parse_text(text: str, filename: str = "<input>", namespace: str | None = Non
                     obj = data.configmap(c, spec, namespace)
                     if obj is not None:
                         cast.configmaps.append(obj)
+                if obj is not None:
+                    cast.declared.append((kind, obj.namespace, obj.name, f"{filename}:{c.line(spec, 'name')}"))
     if c.problems:
         raise CastErrors(c.problems)
     return cast

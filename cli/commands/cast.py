@@ -48,6 +48,7 @@ def load_cast(
         cast.extend(parse_files(collect_files(plain, recursive), namespace))
     except CastErrors as e:
         problems += e.problems
+    problems += cast.duplicates()
     if problems:
         raise CastErrors(problems)
     return cast, rendered_texts

@@ -158,3 +158,21 @@ def test_get_services_imports_no_display_or_json_machinery(offline_rune: Rune) -
     assert "'grpc'" in loaded and "'rune.api.service_pb2'" in loaded
     for unwanted in ("rich", "google.protobuf.json_format", "rune.api.admin_pb2", "rune.cli.commands.cast"):
         assert f"'{unwanted}'" not in loaded, unwanted
+
+
+def test_an_object_declared_twice_is_an_error_before_contacting_runed(offline_rune: Rune, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("services:\n  - name: web\n    image: x\n  - name: web\n    image: y\n")
+    # The same name in another namespace, or of another kind, is another object.
+    two.write_text("service: {name: web, namespace: other, image: x}\nsecret: {name: web, data: {k: v}}\n")
+    r = offline_rune("cast", str(one), str(two))
+    assert r.returncode == 8, r.stderr
+    assert f"{one}:4: service 'web' is declared again (first at {one}:2)" in r.stderr
+    assert str(two) not in r.stderr
+    ok = offline_rune("lint", str(two))
+    assert ok.returncode == 0, ok.stderr
+    # Across the files read together: the later one is named, with where the first is.
+    again = tmp_path / "again.yaml"
+    again.write_text("secret:\n  name: web\n  data: {k: w}\n")
+    r = offline_rune("lint", "--context", "0", str(two), str(again))
+    assert r.returncode == 8 and f"{again}:2: secret 'web' is declared again (first at {two}:2)" in r.stderr, r.stderr
