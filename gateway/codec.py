@@ -90,7 +90,7 @@ def set_path(data: dict[str, Any], desc: Any, dotted: str, raw: str | list[str],
             part, _, key = part[:-1].partition("[")
         f = fromjson.field_named(d, part)
         if f is None:
-            raise _bad(where, f'unknown field "{part}" in {d.full_name}')
+            raise _bad(where, fromjson.unknown_field(d, part))
         last = i == len(parts) - 1
         if key is not None:
             if not (_is_map(f) and last):

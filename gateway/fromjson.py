@@ -151,7 +151,7 @@ class _Walk:
             where = join(path, key)
             f = field_named(desc, key)
             if f is None:
-                self.bad(where, _unknown(desc, key))
+                self.bad(where, unknown_field(desc, key))
                 continue
             if f.name in seen:
                 self.bad(where, f'set twice (as "{seen[f.name]}" and "{key}")')
@@ -265,7 +265,8 @@ def field_named(desc: Descriptor, key: str) -> Any:
     return None
 
 
-def _unknown(desc: Descriptor, key: str) -> str:
+def unknown_field(desc: Descriptor, key: str) -> str:
+    """How an unknown key of ``desc`` is worded: the field meant, else the fields there are."""
     names = [f.json_name for f in desc.fields]
     close = difflib.get_close_matches(key, names + [f.name for f in desc.fields], n=1)
     if close:

@@ -111,8 +111,11 @@ def test_binding_path_query_and_body() -> None:
         )
     with pytest.raises(codec.BadRequest, match="expected an integer"):
         codec.build_request(service_pb2.ListServicesRequest, query=[("paging.limit", "many")])
-    with pytest.raises(codec.BadRequest, match='unknown field "nope"'):
+    with pytest.raises(codec.BadRequest, match=r"nope: unknown field \(ListServicesRequest has "):
         codec.build_request(service_pb2.ListServicesRequest, query=[("nope", "1")])
+    # The field meant, as the body decoder words it.
+    with pytest.raises(codec.BadRequest, match=r'paging.limt: unknown field \(did you mean "limit"\?\)'):
+        codec.build_request(service_pb2.ListServicesRequest, query=[("paging.limt", "1")])
 
 
 def test_routes_resolve_custom_verbs_and_collections() -> None:
