@@ -59,6 +59,14 @@ def init_from(body: bytes, target: str, ns: str) -> exec_pb2.ExecInitRequest:
     return init
 
 
+def as_body_paths(err: errors.RuneError) -> errors.RuneError:
+    """``err`` with its fields named as the exec body spells them: the body is the init message
+    itself, which StreamExec's checks name under ``init.`` (as the decoder of the body does not)."""
+    if not isinstance(err, errors.InvalidArgument) or not any(v.field.startswith("init.") for v in err.violations):
+        return err
+    return errors.invalid(*((v.field.removeprefix("init."), v.description) for v in err.violations))
+
+
 def input_from(body: bytes) -> exec_pb2.ExecRequest:
     """One ExecRequest (stdin, resize or signal) of a JSON body; ``{"close": true}`` is end of input."""
     data = codec.parse_body(body)
@@ -100,7 +108,7 @@ class ExecSessionRoutes:
             return error_response(errors.DeadlineExceeded("the exec session did not start in time"), ctx.request_id)
         exc = first.exception()
         if isinstance(exc, errors.RuneError):
-            return error_response(exc, ctx.request_id)
+            return error_response(as_body_paths(exc), ctx.request_id)
         session = ExecSession(id=secrets.token_urlsafe(16), owner=_owner(ctx), feed=feed)
         session.pump = asyncio.ensure_future(pump(session, first, source, ctx.request_id))
         self.sessions.add(session)

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from rune.api import exec_pb2
 from rune.gateway import codec
 from rune.gateway.bidi import Feed, context
-from rune.gateway.exec_http import EXEC_METHOD, init_from, input_from
+from rune.gateway.exec_http import EXEC_METHOD, as_body_paths, init_from, input_from
 from rune.gateway.http import no_query, status_dict
 from runed.core import errors
 from runed.pipeline.stages import Pipeline
@@ -74,7 +74,7 @@ class ExecSocket:
                 async for msg in self.pipeline.bidi(ctx, feed):
                     await ws.send_text(codec.dumps(msg).decode())
             except errors.RuneError as err:
-                await ws.send_text(orjson.dumps({"error": status_dict(err, ctx.request_id)}).decode())
+                await ws.send_text(orjson.dumps({"error": status_dict(as_body_paths(err), ctx.request_id)}).decode())
             with contextlib.suppress(Exception):
                 await ws.close(1000)
 

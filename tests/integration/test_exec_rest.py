@@ -82,7 +82,11 @@ def test_session_with_stdin_and_exit_codes(client: httpx.Client, iid: str) -> No
 
 def test_session_errors(client: httpx.Client, iid: str) -> None:
     assert client.post("/v1/namespaces/default/exec/nope", json={"command": ["true"]}).status_code == 404
-    assert client.post("/v1/namespaces/default/exec/web", json={"command": []}).status_code == 400
+    r = client.post("/v1/namespaces/default/exec/web", json={"command": []})
+    assert r.status_code == 400 and r.json()["message"].startswith("invalid request: command: required"), r.text
+    r = client.post("/v1/namespaces/default/exec/web", json={"command": ["env"], "env": {"A=B": "x"}})
+    # Named as in the body (the init itself), as the body's decoding names them.
+    assert r.status_code == 400 and r.json()["message"] == "invalid request: env[A=B]: invalid variable name", r.text
     assert client.post("/v1/namespaces/default/exec/pod/x", json={"command": ["true"]}).status_code == 400
     assert client.get("/v1/namespaces/default/exec/sessions/unknown/output").status_code == 404
     # The request is the body: a query parameter is named, not ignored.
