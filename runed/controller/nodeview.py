@@ -39,6 +39,10 @@ class NodeView:
         self._placements: dict[Key, Placement] = {}
         # Instances of other nodes, by (namespace, id).
         self._remote: dict[Key, Instance] = {}
+        # The store revision the view has taken in (its watch's last change), and the latest one a
+        # caller waits for the view to reach (0: none).
+        self.seen = 0
+        self._awaited = 0
 
     # -- ownership ------------------------------------------------------------------------------
     def owns(self, rec: Record) -> bool:
@@ -50,24 +54,44 @@ class NodeView:
             return (self.data_dir / "instances" / rec.name).is_dir()
         return nid == self.id
 
-    def load(self) -> None:
-        """Read the placements and the other nodes' instances (once, at start-up)."""
-        for rec in iter_all(self.store, PLACEMENT):
-            self._placements[(rec.namespace, rec.name)] = Placement.from_record(rec.data)
+    def load(self, revision: int) -> None:
+        """Read the placements and the other nodes' instances as of ``revision`` or later (blocking: at
+        start-up, and again after the watch that keeps the view missed changes). Each table is
+        replaced whole, so the event loop never sees one half read."""
+        placements = {(r.namespace, r.name): Placement.from_record(r.data) for r in iter_all(self.store, PLACEMENT)}
+        remote: dict[Key, Instance] = {}
         for rec in iter_all(self.store, objects.INSTANCE):
-            if not self.owns(rec):
-                self._remember(rec.namespace, rec.name, rec)
+            if not self.owns(rec) and (inst := _instance(rec)) is not None:
+                remote[inst.key] = inst
+        self._placements, self._remote = placements, remote
+        self.seen = max(self.seen, revision)
 
     def _remember(self, namespace: str, name: str, rec: Record | None) -> Key | None:
         if rec is None:
             gone = self._remote.pop((namespace, name), None)
             return None if gone is None else (gone.namespace, gone.service)
-        try:
-            inst = Instance.from_record(rec)
-        except ValueError:
+        inst = _instance(rec)
+        if inst is None:
             return None
         self._remote[inst.key] = inst
         return (inst.namespace, inst.service)
+
+    # -- how far the view has come --------------------------------------------------------------
+    def knows(self, revision: int) -> bool:
+        """Whether the view has taken in every change up to ``revision``. When not, that revision is
+        awaited: :meth:`taken` says when the watch reaches it."""
+        if self.seen >= revision:
+            return True
+        self._awaited = max(self._awaited, revision)
+        return False
+
+    def taken(self, revision: int) -> bool:
+        """The watch has delivered every change up to ``revision``; True when that reaches an awaited one."""
+        self.seen = max(self.seen, revision)
+        if self._awaited and self.seen >= self._awaited:
+            self._awaited = 0
+            return True
+        return False
 
     # -- change log -----------------------------------------------------------------------------
     def on_change(self, change: Change) -> Key | None:
@@ -111,3 +135,10 @@ class NodeView:
         if p is None:
             return local + remote
         return local + [i for i in remote if p.slots.get(i.index) == i.node_id]
+
+
+def _instance(rec: Record) -> Instance | None:
+    try:
+        return Instance.from_record(rec)
+    except ValueError:
+        return None

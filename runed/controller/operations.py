@@ -44,6 +44,7 @@ class Operations:
         *,
         counted: Copies | None = None,
         copies: Copies | None = None,
+        known: Callable[[int], bool] | None = None,
     ) -> None:
         self.store = store
         self.book = book
@@ -53,6 +54,9 @@ class Operations:
         # A service's instances on every node: as its scale counts them, and every copy left to stop.
         self.counted = counted or book.of_service
         self.copies = copies or book.of_service
+        # Whether the copies on other nodes are known as of a store revision (they are learnt from the
+        # controller's watch); None: a single host, whose copies are all its own.
+        self.known = known
 
     # -- scaling --------------------------------------------------------------------------------
     def _set_scale(self, ns: str, name: str, scale: int) -> None:
@@ -182,6 +186,10 @@ class Operations:
         grace_s = float(grace) if grace is not None else None
         self.retire(insts, "service deleted", grace=grace_s)
         remaining = len(self.copies(ns, name))
+        if not remaining and self.known is not None and not self.known(op.created_revision):
+            # No copy seen, but the watch that shows the other nodes' copies has not yet reached the
+            # deletion: a copy written before it may not be seen yet. The pass after it has, decides.
+            return skey
         changes: dict[str, Any] = {
             "total_instances": total,
             "deleted_instances": max(0, total - remaining),

@@ -126,6 +126,7 @@ class Controller:
             self.alarm,
             counted=self._everywhere,
             copies=self._copies,
+            known=None if node is None else node.knows,
         )
         # Full garbage collections at the loop's quiet moments, not in a pass (a delete's ends wait).
         self.collector = QuietCollector()
@@ -214,6 +215,8 @@ class Controller:
                         since = await self.store.run(self.store.current_revision)
                         self.book.writes.drop_echoes(since)
                         if self.node is not None:
+                            # The other nodes' instances written or gone meanwhile, too.
+                            await self.store.run(self.node.load, since)
                             self._vanish(await self._records_gone())
                     except Exception as e:
                         log.warning("cannot read the store's revision (%s); retrying", e)
@@ -252,7 +255,7 @@ class Controller:
         since = self.store.current_revision()
         self.book.load()
         if self.node is not None:
-            self.node.load()
+            self.node.load(since)
         self.status.load()
         specs: dict[Key, service_pb2.Service] = {}
         for skey in {(i.namespace, i.service) for i in self.book.all()}:
@@ -299,6 +302,9 @@ class Controller:
         kinds = WATCHED_KINDS if self.node is None else (*WATCHED_KINDS, PLACEMENT, objects.INSTANCE)
         # No deletion's data is read: only its key is (its own deleted instances come back here).
         async for change in self.store.watch(kinds, since, deletion_data=False):
+            if self.node is not None and self.node.taken(change.revision):
+                # A deletion waited for the view of the other nodes' copies to come this far.
+                self.alarm.wake()
             if change.kind in (PLACEMENT, objects.INSTANCE):
                 assert self.node is not None
                 key = (change.namespace, change.name)
