@@ -434,6 +434,9 @@ def _lint_paths(
         c, _ = load_cast(paths, None, recursive, values, sets)
         count = len(c.services) + len(c.secrets) + len(c.configmaps)
         warnings += c.warnings
+        if not count:
+            # What `rune cast` refuses: a clean lint of it would say the file is fine to cast.
+            warnings.append("nothing to cast: no service, secret or configmap found")
         errors += ["dependency cycle: " + " -> ".join(cyc) for cyc in dependency_cycles(c.services)]
         declared = {(x.namespace, x.name) for x in c.secrets}, {(x.namespace, x.name) for x in c.configmaps}
         for svc in c.services:

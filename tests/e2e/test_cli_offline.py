@@ -55,6 +55,18 @@ def test_unknown_key_rejected_with_line_before_contacting_runed(offline_rune: Ru
     assert f"{f}:4: unknown field 'replicas' in service" in r.stderr
 
 
+def test_lint_of_a_file_with_nothing_to_cast_warns_as_cast_refuses(offline_rune: Rune, tmp_path: Path) -> None:
+    f = tmp_path / "empty.yaml"
+    f.write_text("# only a comment\n")
+    cast = offline_rune("cast", str(f))
+    assert cast.returncode == 8 and "nothing to cast" in cast.stderr
+    lint = offline_rune("lint", str(f))
+    assert lint.returncode == 0
+    assert "warning: nothing to cast: no service, secret or configmap found" in lint.stderr
+    strict = offline_rune("lint", "--strict", str(f))
+    assert strict.returncode == 8 and "nothing to cast" in strict.stderr
+
+
 def test_lint_reports_cycles_and_json(offline_rune: Rune, tmp_path: Path) -> None:
     f = tmp_path / "cycle.yaml"
     f.write_text("services:\n  - {name: a, image: x, dependencies: [b]}\n  - {name: b, image: x, dependencies: [a]}\n")
