@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import uvloop
 
-from bench.common import Load, bootstrap_token, drive, running_runed
+from bench.common import Load, bootstrap_token, drive, running_runed, setting
 from rune.api import auth_pb2, auth_pb2_grpc
 from runed.auth import rbac
 from runed.core import config
@@ -27,7 +27,7 @@ from runed.pipeline.context import CallContext
 from runed.pipeline.methods import all_methods
 from runed.server.components import build
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+SECONDS = setting("BENCH_SECONDS", 5.0)
 WHOAMI = "/rune.api.AuthService/WhoAmI"
 ROUNDS = 5
 

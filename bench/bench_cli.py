@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, setting
 
-RUNS = int(os.environ.get("BENCH_CLI_RUNS", "10"))
+RUNS = setting("BENCH_CLI_RUNS", 10)
 BARE = """
 import sys, grpc
 from rune.api import service_pb2, service_pb2_grpc

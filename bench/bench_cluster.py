@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import psycopg
 
-from bench.common import Load, bootstrap_token, drive
+from bench.common import Load, bootstrap_token, drive, setting
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
 from tests.harness import Runed, Runeds
 
@@ -175,7 +175,7 @@ def _takeovers(runeds: Runeds, tmp: Path, url: str, keys_from: Path, runs: int) 
 def run(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench cluster")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "5")))
+    p.add_argument("--seconds", type=float, default=setting("BENCH_SECONDS", 5.0))
     p.add_argument("--writes", type=int, default=100)
     p.add_argument("--takeovers", type=int, default=3)
     opts = p.parse_args(argv)

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import http.server
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -32,13 +31,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import running_runed
+from bench.common import running_runed, setting
 from tests.browser.page import Browser, chromium_driver
 from tests.support import eventually
 
-SERVICES = int(os.environ.get("BENCH_DASHBOARD_SERVICES", "1000"))
+SERVICES = setting("BENCH_DASHBOARD_SERVICES", 1000)
 REPEAT = 5
-SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+SECONDS = setting("BENCH_SECONDS", 10.0)
 RATE = 1000
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,10 +12,10 @@ from pathlib import Path
 import grpc
 import uvloop
 
-from bench.common import Load, bootstrap_token, drive, running_runed, with_suppress_kill
+from bench.common import Load, bootstrap_token, drive, running_runed, setting, with_suppress_kill
 from rune.api import auth_pb2, auth_pb2_grpc
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+SECONDS = setting("BENCH_SECONDS", 5.0)
 
 
 def _start_echo() -> tuple[subprocess.Popen[bytes], str]:

@@ -12,7 +12,6 @@ over every service every ``controller.resync_seconds``).
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -20,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_scale import Api, cast_running, runed_pids, thread_cpu
-from bench.common import bootstrap_token
+from bench.common import bootstrap_token, setting
 from rune.api import instance_pb2, instance_pb2_grpc, service_pb2
 from runed.model import objects
 from runed.store.sqlite import open_store
 from tests.harness import Runed, run_runed
 
-HISTORY = int(os.environ.get("BENCH_HISTORY_OPS", "5000"))
-ROUNDS = int(os.environ.get("BENCH_HISTORY_ROUNDS", "10"))
+HISTORY = setting("BENCH_HISTORY_OPS", 5000)
+ROUNDS = setting("BENCH_HISTORY_ROUNDS", 10)
 # Each runed's scalings in turn, this many times (the machine's drift falls on both alike).
 TURNS = 3
-IDLE_SECONDS = float(os.environ.get("BENCH_HISTORY_IDLE_SECONDS", "30"))
+IDLE_SECONDS = setting("BENCH_HISTORY_IDLE_SECONDS", 30.0)
 PROGRAM = ["/bin/sleep", "3600"]
 WAIT_SECONDS = 120.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -11,10 +10,10 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, setting
 from rune.api import auth_pb2, auth_pb2_grpc, service_pb2, service_pb2_grpc
 
-SERVICES = int(os.environ.get("BENCH_LIST_SERVICES", "10000"))
+SERVICES = setting("BENCH_LIST_SERVICES", 10000)
 PAGE = 100
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, setting
 
 CONCURRENCY = (50, 200, 500)
 OPS = ("GET", "POST")
@@ -225,7 +225,7 @@ def _load_average() -> str:
 
 def run(options: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench load")
-    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_LOAD_SECONDS", "60")))
+    parser.add_argument("--seconds", type=float, default=setting("BENCH_LOAD_SECONDS", 60.0))
     parser.add_argument("--clients", type=int, nargs="*", default=list(CONCURRENCY))
     args, _ = parser.parse_known_args(options)  # options meant for other benchmarks pass through
     wrk = shutil.which("wrk")

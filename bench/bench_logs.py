@@ -17,11 +17,11 @@ from pathlib import Path
 import grpc
 import httpx
 
-from bench.common import bootstrap_token, running_runed, with_suppress_kill
+from bench.common import bootstrap_token, running_runed, setting, with_suppress_kill
 from rune.api import common_pb2, logs_pb2, logs_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+SECONDS = setting("BENCH_SECONDS", 4.0)
 # max_batch of the batched followers (what ``rune logs`` asks for).
 BATCH = 500
 

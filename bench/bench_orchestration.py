@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, setting
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
 
 PROGRAM = "import time\nprint('started', flush=True)\nwhile True:\n    time.sleep(1)\n"
-ROUNDS = int(os.environ.get("BENCH_ORCH_ROUNDS", "3"))
+ROUNDS = setting("BENCH_ORCH_ROUNDS", 3)
 
 
 def _baseline(script: Path, n: int) -> float:

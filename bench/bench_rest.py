@@ -12,7 +12,6 @@ elsewhere on the machine falls on both. Also prints the cost of the JSON convers
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import orjson
 import uvloop
 from google.protobuf import json_format
 
-from bench.common import Load, bootstrap_token, drive, running_runed, with_suppress_kill
+from bench.common import Load, bootstrap_token, drive, running_runed, setting, with_suppress_kill
 from rune.api import namespace_pb2, namespace_pb2_grpc
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+SECONDS = setting("BENCH_SECONDS", 5.0)
 CONNECTIONS = 8
 ROUNDS = 5
 BARE_BODY = {

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import Load, bootstrap_token, drive
+from bench.common import Load, bootstrap_token, drive, setting
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.runner import native
 from runed.runner.keeper import SIGNAL_BATCH, Keepers
@@ -58,8 +58,8 @@ SIZES = (100, 1000)
 # controller.shim: a shim per instance (the default), and one keeper for all.
 SHIMS = ("auto", "shared")
 SHIM_WORDS = {"auto": "a shim per instance", "shared": "one keeper for all instances (controller.shim: shared)"}
-IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE_SECONDS", "30"))
-API_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+IDLE_SECONDS = setting("BENCH_SCALE_IDLE_SECONDS", 30.0)
+API_SECONDS = setting("BENCH_SECONDS", 5.0)
 # Each call's API_SECONDS are split into this many rounds, taken in turn with every other call's: a
 # burst of noise on the machine (a few scheduler stalls decide a p99 of 4-10 ms) falls on every call
 # of a phase alike, not on whichever ran meanwhile.
@@ -73,7 +73,7 @@ WAIT_SECONDS = 900.0
 # How often the benchmark's watch of a thousand ends looks (see Ends).
 ENDS_LOOK_SECONDS = 0.001
 # Deletes measured per size, each against its own bare kill (step 7).
-DELETES = int(os.environ.get("BENCH_SCALE_DELETES", "3"))
+DELETES = setting("BENCH_SCALE_DELETES", 3)
 # After a cast, before its delete: the start-up's last writes are done.
 SETTLE_SECONDS = 5.0
 

@@ -17,7 +17,6 @@ printed its first line. ``BENCH_START_ROUNDS`` rounds (default 7); medians.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import bootstrap_token, running_runed
+from bench.common import bootstrap_token, running_runed, setting
 from rune.api import common_pb2, service_pb2, service_pb2_grpc
 
 PROGRAM = "import time\nprint('started', flush=True)\nwhile True:\n    time.sleep(1)\n"
-ROUNDS = int(os.environ.get("BENCH_START_ROUNDS", "7"))
+ROUNDS = setting("BENCH_START_ROUNDS", 7)
 STAGES = ("launch", "shim", "exec", "running", "seen", "printed")
 
 

@@ -14,7 +14,6 @@ Two figures, each a ratio within one run:
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import threading
 import time
@@ -24,11 +23,11 @@ import httpx
 import psycopg
 import uvloop
 
-from bench.common import Load, bootstrap_token, drive, running_runed
+from bench.common import Load, bootstrap_token, drive, running_runed, setting
 from runed.store.offload import Offload
 from runed.store.sqlite import SQLiteStore
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+SECONDS = setting("BENCH_SECONDS", 5.0)
 ROUNDS = 3
 SQLITE_CALLS = 20_000
 

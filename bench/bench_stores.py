@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import sys
 import tempfile
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from bench.bench_cluster import _merged, _service, _start
-from bench.common import Load, bootstrap_token, drive
+from bench.common import Load, bootstrap_token, drive, setting
 from rune.api import secret_pb2, secret_pb2_grpc, service_pb2, service_pb2_grpc
 from tests.harness import Runeds
 from tests.pgsupport import fresh_database
@@ -57,7 +56,7 @@ async def _load(target: str, token: str, method: str, clients: int, seconds: flo
 def run(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench stores")
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "3")))
+    p.add_argument("--seconds", type=float, default=setting("BENCH_SECONDS", 3.0))
     p.add_argument("--rounds", type=int, default=3)
     opts = p.parse_args(argv)
     import uvloop

@@ -16,8 +16,27 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tests.harness import run_runed
+
+Number = TypeVar("Number", int, float)
+
+
+def setting(name: str, default: Number) -> Number:
+    """The positive number the environment variable ``name`` sets (``default`` unset), of
+    ``default``'s type; a value that is none ends the benchmark with a line naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        what = "a whole number" if isinstance(default, int) else "a number"
+        raise SystemExit(f"{name}: expected {what} above 0, got {raw!r}")
+    return value
 
 
 @dataclass
