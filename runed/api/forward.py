@@ -54,8 +54,9 @@ try:
 except ImportError:  # pragma: no cover - another grpcio layout: _send falls back to grpc.aio's writer
     _CoreRefused = grpc.aio.AioRpcError  # type: ignore[misc,assignment]
 # One channel per node and event loop (grpc.aio channels belong to the loop that made them), with
-# the address and TLS it was made for: a node that moves gets a new one and its old one is closed.
-_channels: dict[tuple[int, str], tuple[str, bool, grpc.aio.Channel]] = {}
+# the address, TLS and CA it was made for: a node that moves, or a CA that changes, gets a new one and
+# the old one is closed.
+_channels: dict[tuple[int, str], tuple[str, bool, bytes, grpc.aio.Channel]] = {}
 _closing: set[asyncio.Task[None]] = set()
 
 
@@ -124,30 +125,34 @@ def _channel(node: str, target: str, node_tls: bool, tls: NodeTLSConfig) -> grpc
             else "serves its channel without TLS, and node.tls is enabled here"
         )
         raise errors.Unavailable(f"node {node} ({target}) {why}", metadata={"node": node})
-    loop = asyncio.get_running_loop()
-    key = (id(loop), node)
-    held = _channels.get(key)
-    if held is not None and held[:2] == (target, node_tls):
-        return held[2]
-    if held is not None:
-        # The node registered again elsewhere (another port, say): calls still on the old channel
-        # end with it.
-        del _channels[key]
-        task = loop.create_task(held[2].close())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
-    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    ca = b""
     if node_tls:
+        # Read for every call (a few hundred bytes; forwarded calls are streams of logs and exec):
+        # a CA file replaced by its new bundle is trusted from the next call on, without a restart.
         try:
             ca = Path(tls.ca_file).read_bytes()
         except OSError as e:
             raise errors.Unavailable(
                 f"node {node} ({target}): cannot read node.tls.ca_file: {e.strerror}", metadata={"node": node}
             ) from None
+    loop = asyncio.get_running_loop()
+    key = (id(loop), node)
+    held = _channels.get(key)
+    if held is not None and held[:3] == (target, node_tls, ca):
+        return held[3]
+    if held is not None:
+        # The node registered again elsewhere (another port, say), or the CA changed: calls still on
+        # the old channel end with it.
+        del _channels[key]
+        task = loop.create_task(held[3].close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    if node_tls:
         ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
     else:
         ch = grpc.aio.insecure_channel(target, options=options)
-    _channels[key] = (target, node_tls, ch)
+    _channels[key] = (target, node_tls, ca, ch)
     return ch
 
 

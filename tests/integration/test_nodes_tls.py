@@ -205,3 +205,22 @@ def test_a_renewed_node_certificate_is_served_without_a_restart(tls_cluster: TLS
     inst = c.instance()
     eventually(lambda: _logs(c.api, c, inst), timeout=20, what="the node's lines")
     assert c.others["n1"].proc is not None and c.others["n1"].proc.poll() is None, "the node restarted"
+
+
+def test_a_host_given_the_cluster_s_ca_reaches_the_node_without_a_restart(tls_cluster: TLSCluster) -> None:
+    """The CA file of a host that trusted another CA is replaced by the cluster's (a CA rotation):
+    its next call checks the node's certificate against the new file."""
+    c = tls_cluster
+    inst = c.instance()
+    host = c.others["wrong-ca"]
+    ca_file = c.tmp / "wrong-ca-ca.crt"
+    before = ca_file.read_bytes()
+    with pytest.raises(grpc.RpcError) as refused:
+        _logs(host, c, inst)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    try:
+        replace_file(ca_file, c.pki.ca_pem)
+        assert eventually(lambda: _logs(host, c, inst), timeout=20, what="the node's lines through that host")
+    finally:
+        replace_file(ca_file, before)
+    assert host.proc is not None and host.proc.poll() is None, "the host restarted"
