@@ -162,6 +162,22 @@ class Operations:
                 busy.add(skey)
         return busy
 
+    def prune(self, ops: Iterable[Record], keep: float) -> None:
+        """Remove those of ``ops`` that finished more than ``keep`` seconds ago (0: none).
+
+        Why: every deletion and scaling was kept for ever, so a pipeline that deploys and deletes
+        all day grew the store, and every ListDeletionOperations, without end. A pass sees a finished
+        operation once after its last change and then in the full read of every operation
+        (:class:`~runed.controller.passinput.OpenOperations`): one of those removes it.
+        """
+        if keep <= 0:
+            return
+        now = time.time()
+        for op in ops:
+            ended = _ended_at(op)
+            if ended is not None and now - ended >= keep:
+                self.book.writes.delete(op.kind, op.namespace, op.name)
+
     def _update_deletion(self, op: Record, **changes: Any) -> None:
         def mutate(cur: dict[str, Any] | None) -> dict[str, Any] | None:
             if cur is None:
@@ -232,6 +248,14 @@ class Operations:
             return None
         self._update_deletion(op, **changes)
         return skey
+
+
+def _ended_at(op: Record) -> float | None:
+    """When a finished operation ended (epoch seconds); None while it runs, or when it does not say."""
+    if not objects.operation_done(op.kind, op.data):
+        return None
+    ended = op.data.get("end_time" if op.kind == objects.DELETION_OPERATION else "ended_at")
+    return float(ended) if isinstance(ended, int | float) and not isinstance(ended, bool) and ended > 0 else None
 
 
 def _complete(f: dict[str, Any], now: int) -> None:

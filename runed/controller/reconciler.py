@@ -472,6 +472,7 @@ class Controller:
                 log.exception("reconcile of service %s/%s failed", *skey)
         if self.leads:
             self.operations.run_scaling(services, got.scalings, lambda k: got.get(objects.SERVICE, *k))
+            self.operations.prune((*got.deletions, *got.scalings), self.cfg.finished_operations_seconds)
 
     def _apply_action(self, key: Key, act: Action, given: StartInput) -> None:
         cached = self.book.get(key)

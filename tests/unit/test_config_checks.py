@@ -32,6 +32,10 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
         ("auth:\n  rate_limit:\n    burst: 0\n", "auth.rate_limit.burst: must be at least 1"),
         ("docker:\n  negotiation_timeout_seconds: 0\n", "docker.negotiation_timeout_seconds: must be positive"),
         ("controller:\n  spawn_timeout_seconds: 0.5\n", "controller.spawn_timeout_seconds: must be between 1 and 3600"),
+        (
+            "controller:\n  finished_operations_seconds: -1\n",
+            "controller.finished_operations_seconds: must not be negative",
+        ),
         # Types: whole numbers are whole, lists are lists
         ("server:\n  max_body_bytes: 1.5\n", "server.max_body_bytes: expected a whole number, got 1.5"),
         ("controller:\n  host_mount_paths: 7\n", "controller.host_mount_paths: expected a list, got int"),

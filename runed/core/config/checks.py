@@ -388,7 +388,13 @@ def _controller(f: _Found, cfg: Config) -> None:
         f.positive(f"controller.{name}", getattr(ctl, name))
     if ctl.restart_backoff_max_seconds < ctl.restart_backoff_initial_seconds:
         f.add("controller.restart_backoff_max_seconds", "must not be below restart_backoff_initial_seconds")
-    for name in ("stop_grace_seconds", "log_backups", "restart_backoff_reset_seconds", "log_min_free_bytes"):
+    for name in (
+        "stop_grace_seconds",
+        "log_backups",
+        "restart_backoff_reset_seconds",
+        "log_min_free_bytes",
+        "finished_operations_seconds",
+    ):
         f.not_negative(f"controller.{name}", getattr(ctl, name))
     f.between("controller.lease_seconds", ctl.lease_seconds, 1, 3600)
     f.between("controller.spawn_timeout_seconds", ctl.spawn_timeout_seconds, 1, 3600)

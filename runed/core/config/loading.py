@@ -35,6 +35,7 @@ ENV_KEYS: dict[str, str] = {
     "RUNE_CONTROLLER_LEASE_SECONDS": "controller.lease_seconds",
     "RUNE_CONTROLLER_SHIM": "controller.shim",
     "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": "controller.spawn_timeout_seconds",
+    "RUNE_CONTROLLER_FINISHED_OPERATIONS_SECONDS": "controller.finished_operations_seconds",
     "RUNE_NODE_PORT": "node.port",
 }
 

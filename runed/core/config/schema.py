@@ -217,6 +217,9 @@ class ControllerConfig:
     # "python" always runs the Python shim; "shared" runs one native keeper for all instances (one
     # process fewer per instance; a keeper's death ends the supervision of all of them).
     shim: str = "auto"
+    # Finished scaling and deletion operations are kept this long after they ended (GetDeletionStatus
+    # and ListDeletionOperations show them), then removed by the leading controller; 0 keeps them.
+    finished_operations_seconds: float = 86400.0
 
 
 @dataclass(frozen=True)
