@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -358,8 +359,12 @@ def test_a_deletion_completes_once_the_instances_of_every_node_are_gone(cluster:
         name="stubborn", namespace="default", scale=1, runtime="process", process=proc, node_selector={"name": "n1"}
     )
     cluster.services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=cluster.auth)
-    eventually(lambda: cluster.running("stubborn", 1), timeout=60)
+    [inst] = eventually(lambda: cluster.running("stubborn", 1), timeout=60)
+    # Running once exec'd: it ignores SIGTERM once it said so (before, a SIGTERM would end it at once).
+    log = cluster.nodes["n1"].data_dir / "instances" / inst.id / "log.jsonl"
+    eventually(lambda: log.exists() and '"run"' in log.read_text(), timeout=30, what="the program ignoring SIGTERM")
     req = service_pb2.DeleteServiceRequest(name="stubborn", namespace="default", grace_period=5, detach=True)
+    asked = time.monotonic()
     op_id = cluster.services.DeleteService(req, metadata=cluster.auth).deletion_id
 
     def done() -> service_pb2.DeletionOperation:
@@ -371,6 +376,7 @@ def test_a_deletion_completes_once_the_instances_of_every_node_are_gone(cluster:
     op = eventually(done, timeout=60)
     # Completed once n1 has stopped its copy (killed after the grace period), not at once by the nodes
     # that run none; and by one driver.
+    assert time.monotonic() - asked >= 5
     assert cluster.instances("stubborn") == []
     assert (op.total_instances, op.deleted_instances) == (1, 1)
 
