@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 from rune.api import admin_pb2
 from runed.api.offload import offloaded
+from runed.auth import rbac
 from runed.auth.identity import BUILTIN_POLICIES, SYSTEM, Identity
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
@@ -95,14 +97,25 @@ def _policy_violations(p: admin_pb2.Policy, path: str = "policy") -> list[FieldV
     for i, r in enumerate(p.rules):
         if not r.resource:
             out.append(FieldViolation(f"{path}.rules[{i}].resource", "is required (use * for every resource)"))
+        elif r.resource not in rbac.RESOURCES:
+            out.append(FieldViolation(f"{path}.rules[{i}].resource", _unknown("resource", r.resource, rbac.RESOURCES)))
         if not r.verbs:
             out.append(FieldViolation(f"{path}.rules[{i}].verbs", "at least one verb is required"))
         for j, v in enumerate(r.verbs):
             if not v or not (v == "*" or v.isidentifier()):
                 out.append(FieldViolation(f"{path}.rules[{i}].verbs[{j}]", f"invalid verb {v!r}"))
+            elif v not in rbac.VERBS:
+                out.append(FieldViolation(f"{path}.rules[{i}].verbs[{j}]", _unknown("verb", v, rbac.VERBS)))
         if r.namespace and r.namespace != "*" and not DNS1123.match(r.namespace):
             out.append(FieldViolation(f"{path}.rules[{i}].namespace", "must be * or a namespace name"))
     return out
+
+
+def _unknown(what: str, word: str, known: frozenset[str]) -> str:
+    """Why ``word`` is refused: no call needs it, so a rule naming it would grant nothing."""
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {word!r}{hint}: one of {', '.join(sorted(known))}"
 
 
 def _validate_policy_create(req: admin_pb2.PolicyCreateRequest) -> list[FieldViolation]:

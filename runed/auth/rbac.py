@@ -116,6 +116,12 @@ TABLE: dict[str, Access] = {
 }
 
 
+# The words a policy rule may use: each resource and verb of the table, "*", and upstream's resource
+# of WhoAmI ("auth"). A rule naming any other grants nothing, so a policy that does is refused.
+RESOURCES = frozenset({a.resource for a in TABLE.values() if a.resource} | {"auth", "*"})
+VERBS = frozenset({a.verb for a in TABLE.values() if a.verb and a is not AUTHENTICATED} | {"*"})
+
+
 @dataclass(frozen=True)
 class Rule:
     resource: str

@@ -93,6 +93,34 @@ def test_policy_lifecycle_and_builtins_are_protected(module_runed: tuple[Runed, 
         assert path in details
 
 
+def test_a_rule_naming_an_unknown_resource_or_verb_is_refused_naming_it(module_runed: tuple[Runed, Metadata]) -> None:
+    """A rule with a misspelt word grants nothing, silently: it is refused with the word meant."""
+    runed, auth = module_runed
+    admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
+    rule = admin_pb2.PolicyRule(resource="servcies", verbs=["get", "lsit", "patch"], namespace="*")
+    code, details = code_of(
+        admin.PolicyCreate,
+        admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name="typo", rules=[rule])),
+        metadata=auth,
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "policy.rules[0].resource: unknown resource 'servcies' (did you mean 'services'?)" in details, details
+    assert "policy.rules[0].verbs[1]: unknown verb 'lsit' (did you mean 'list'?)" in details, details
+    assert "policy.rules[0].verbs[2]: unknown verb 'patch'" in details, details
+    assert "policy.rules[0].verbs[0]" not in details
+    code, _ = code_of(admin.PolicyGet, admin_pb2.PolicyGetRequest(name="typo"), metadata=auth)
+    assert code == grpc.StatusCode.NOT_FOUND
+    # Every word of the built-in policies and of upstream's table is one a rule may name.
+    fine = admin_pb2.PolicyRule(resource="auth", verbs=["get", "watch", "scale", "exec", "read"], namespace="*")
+    assert (
+        admin.PolicyCreate(
+            admin_pb2.PolicyCreateRequest(policy=admin_pb2.Policy(name="words", rules=[fine])), metadata=auth
+        ).policy.name
+        == "words"
+    )
+    assert admin.PolicyDelete(admin_pb2.PolicyDeleteRequest(name="words"), metadata=auth).deleted
+
+
 def test_attach_and_detach_change_access(module_runed: tuple[Runed, Metadata]) -> None:
     runed, auth = module_runed
     admin = admin_pb2_grpc.AdminServiceStub(runed.channel())
