@@ -805,7 +805,7 @@ static void child(const spec_t *spec, char **envp, int out_w, int err_w, int rep
     int err = 0;
     struct sigaction dfl = {0};
     dfl.sa_handler = SIG_DFL;
-    int sigs[] = {SIGHUP, SIGINT, SIGPIPE, SIGXFSZ, SIGURG};
+    int sigs[] = {SIGHUP, SIGINT, SIGTERM, SIGPIPE, SIGXFSZ, SIGURG};
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &dfl, NULL);
     sigset_t none;
     sigemptyset(&none);
@@ -1179,9 +1179,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: rune-shim <instance_dir>\n       rune-shim --keeper <socket_path>\n");
         return 2;
     }
-    /* The shim outlives runed; a hang-up or ^C aimed at runed is not for it. SIGURG stays pending. */
+    /* The shim outlives runed; a hang-up or ^C aimed at runed is not for it, nor a SIGTERM sent to
+     * every process of runed's unit (systemctl stop): the instance gets its own, shuts down within
+     * its grace, and its exit is recorded (SIGKILL ends a shim). SIGURG stays pending. */
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGCHLD, SIG_DFL); /* an ignored SIGCHLD (inherited through exec) would reap the instance unseen */
     sigset_t discard;
@@ -1905,8 +1908,11 @@ static void reap_dead(void) {
 static int keeper(const char *sock_path) {
     in_keeper = 1;
     spawner = getpid();
+    /* As a shim: a SIGTERM meant for runed's unit is not for the keeper, whose death would end every
+     * instance at once (they die with it) without their grace period. */
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGURG, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);

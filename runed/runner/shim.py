@@ -54,6 +54,10 @@ CLAIM_PREFIX = "claim-"
 # blocked and looks for it pending at the end: sending it wakes nobody (a handler would wake every
 # shim of a delete once more, and the sender with them).
 DISCARD_SIGNAL = _signal.SIGURG
+# The shim outlives runed: a terminal hang-up or ^C aimed at runed is not for it, nor a SIGTERM sent
+# to every process of runed's unit (systemctl stop): the instance gets its own, shuts down within its
+# grace, and its exit is recorded (SIGKILL ends a shim). The instance gets them back as defaults.
+IGNORED = (_signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM)
 # After the instance exits, the shim reads what is left in its pipes until they are quiet this
 # long (a grandchild may keep them open), and for no longer than the second bound in all.
 DRAIN_QUIET_SECONDS = 0.5
@@ -486,7 +490,7 @@ def spawn(spec: dict[str, Any], env: dict[str, str]) -> tuple[int, int, int]:
     err_r, err_w = os.pipe()
     report_r, report_w = os.pipe()
     _discard_seen = _discard_seen or _discarded()
-    handlers = {sig: _signal.signal(sig, _signal.SIG_DFL) for sig in (_signal.SIGHUP, _signal.SIGINT)}
+    handlers = {sig: _signal.signal(sig, _signal.SIG_DFL) for sig in IGNORED}
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {DISCARD_SIGNAL})
     try:
         if spec.get("nofile"):
@@ -763,9 +767,8 @@ def main() -> int:
     if len(sys.argv) != 2:
         print("usage: shim <instance_dir>", file=sys.stderr)
         return 2
-    # The shim outlives runed; a terminal hang-up or ^C aimed at runed is not for it.
-    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    for sig in IGNORED:
+        _signal.signal(sig, _signal.SIG_IGN)
     return run(sys.argv[1])
 
 

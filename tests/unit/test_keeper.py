@@ -389,6 +389,31 @@ def test_a_killed_keeper_ends_every_watch_and_every_program_with_it(keeper: Keep
     _wait(lambda: not any(_alive(pid) for _, pid, _ in started), 5, "every program ended with its keeper")
 
 
+# A program that shuts down gracefully on SIGTERM, taking a while to (its trap is set once "up" is out).
+GRACEFUL = 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done'
+
+
+def test_a_sigterm_to_the_keeper_and_its_instances_together_lets_them_end_within_their_grace(
+    keeper: Keeper, tmp_path: Path
+) -> None:
+    """As ``systemctl stop`` signals every process of runed's unit: the keeper is not one to end by
+    it (its instances would die with it at once, SIGKILLed, with no grace); each instance shuts
+    down by its own SIGTERM, its exit is recorded, and the keeper leaves once nothing runs."""
+    c = keeper.connect()
+    d = _launch(tmp_path / "t", "a1", ["sh", "-c", GRACEFUL])
+    reply, fd = keeper.start(c, d, "a1")
+    _wait(lambda: (d / "log.jsonl").exists() and "up" in [r["line"] for r in _records(d)], 10, "the trap is set")
+    keeper.proc.send_signal(signal.SIGTERM)
+    os.killpg(int(reply["pid"]), signal.SIGTERM)
+    assert _readable(fd, 10), "the instance's end was not recorded"
+    assert _json(d / "exit.json")["code"] == 7
+    lines = [r["line"] for r in _records(d)]
+    # (sh says "Terminated" of the sleep the same SIGTERM ended: the whole group gets it.)
+    assert lines[0] == "up" and lines[-1] == "graceful", lines
+    c.close()
+    assert keeper.proc.wait(5) == 0
+
+
 def test_the_keeper_leaves_once_nothing_runs_and_nobody_is_connected(sockdir: Path, tmp_path: Path) -> None:
     # A relative socket path: the keeper's working directory moves from instance to instance.
     k = Keeper(sockdir, sock="k.sock")

@@ -8,6 +8,7 @@ both must write the same records for the same output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -242,12 +243,43 @@ def test_the_instance_runs_in_its_own_group_with_default_signals(sleeping_shim: 
     status = dict(
         line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
     )
-    # The shim's own ignores (HUP, INT) and Python's (PIPE, XFSZ) must not leak into the instance;
+    # The shim's own ignores (HUP, INT, TERM) and Python's (PIPE, XFSZ) must not leak into the instance;
     # whatever the test run itself inherited ignored (a CI runner may ignore a realtime signal) passes on.
     own = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
-    shim_set = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ))
+    shim_set = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ))
     assert int(status["SigIgn"], 16) == int(own["SigIgn"], 16) & ~shim_set, (status["SigIgn"], own["SigIgn"])
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+
+
+def test_a_sigterm_to_the_shim_and_its_instance_together_records_the_graceful_exit(
+    tmp_path: Path, shim_native: str | None
+) -> None:
+    """As ``systemctl stop`` signals every process of runed's unit: the shim is not one to end by it;
+    the instance shuts down by its own SIGTERM and the shim records its exit (SIGKILL ends a shim)."""
+    graceful = 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done'
+    (tmp_path / "launch.json").write_text(json.dumps({"argv": ["sh", "-c", graceful], "cwd": str(tmp_path)}))
+    proc = subprocess.Popen(shim_argv(tmp_path, shim_native), start_new_session=True, stdin=subprocess.DEVNULL)
+    pid = 0
+    try:
+
+        def up() -> int:
+            assert [r["line"] for r in _records(tmp_path)] == ["up"], "the trap is not set yet"
+            return int(json.loads((tmp_path / "pid.json").read_text())["pid"])
+
+        pid = eventually(up, what="the instance set its trap")
+        proc.send_signal(signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert json.loads((tmp_path / "exit.json").read_text())["code"] == 7
+        lines = [r["line"] for r in _records(tmp_path)]
+        # (sh says "Terminated" of the sleep the same SIGTERM ended: the whole group gets it.)
+        assert lines[0] == "up" and lines[-1] == "graceful", lines
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait(10)
 
 
 def test_a_deletion_signal_pending_at_the_start_still_counts(tmp_path: Path) -> None:
