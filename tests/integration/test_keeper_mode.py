@@ -172,6 +172,38 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
         eventually(_gone(inst), what="every process gone")
 
 
+@pytest.mark.parametrize("shim", ["auto", "shared"])
+def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_down_and_records_it(
+    tmp_path: Path, runed_factory: RunedFactory, shim: str
+) -> None:
+    """``systemctl stop`` signals every process of runed's unit at once: runed's roles, the shims or
+    the keeper, the instances. Each instance shuts down by its own SIGTERM (here, 0.3 s of work);
+    what supervises it records the exit and then leaves by itself. A keeper ended by the SIGTERM
+    took every instance with it, SIGKILLed mid-shutdown; a shim ended by it recorded nothing."""
+    o = Orch.on(
+        runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
+    )
+    o.cast_shell("calm", 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done', scale=2)
+    insts = eventually(lambda: o.running("calm", 2), timeout=30, what="two instances running")
+    for inst in insts:
+        eventually(_said(o, inst, "up"), what="the trap set")
+    supervisors = {_shim_of(inst) for inst in insts}
+    assert len(supervisors) == (1 if shim == "shared" else 2)
+    runed = o.runed.proc
+    assert runed is not None
+    os.killpg(runed.pid, signal.SIGTERM)
+    for pid in supervisors:
+        os.kill(pid, signal.SIGTERM)
+    for inst in insts:
+        os.killpg(int(inst["pid"]), signal.SIGTERM)
+    runed.wait(30)
+    for pid in supervisors:
+        eventually(lambda pid=pid: not alive(pid), timeout=10, what="the shim or keeper left once nothing ran")
+    for inst in insts:
+        assert o.log_lines(inst)[-1] == "graceful", o.log_lines(inst)
+        assert json.loads((Path(str(inst["log_dir"])) / "exit.json").read_text())["code"] == 7
+
+
 def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigterm(korch: Orch) -> None:
     """The keeper signals a deletion's instances: one that ignores SIGTERM still runs within the
     grace period, is killed after it, and the service goes."""
