@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import math
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from runed.core import errors, validation
+from runed.core.suggest import did_you_mean, meant
 
 _RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -268,9 +268,9 @@ def field_named(desc: Descriptor, key: str) -> Any:
 def unknown_field(desc: Descriptor, key: str) -> str:
     """How an unknown key of ``desc`` is worded: the field meant, else the fields there are."""
     names = [f.json_name for f in desc.fields]
-    close = difflib.get_close_matches(key, names + [f.name for f in desc.fields], n=1)
-    if close:
-        return f'unknown field (did you mean "{close[0]}"?)'
+    near = meant(key, names + [f.name for f in desc.fields])
+    if near:
+        return f"unknown field ({did_you_mean(near)})"
     return f"unknown field ({desc.name} has {', '.join(names)})"
 
 

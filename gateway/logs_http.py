@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from rune.gateway.bidi import Feed, context, drain, start
 from rune.gateway.http import error_response, sse_event, sse_response, status_dict
 from runed.api.logs_wire import JsonBatch
 from runed.core import errors
+from runed.core.suggest import did_you_mean, meant
 from runed.pipeline.stages import Pipeline
 
 LOGS_METHOD = "/rune.api.LogService/StreamLogs"
@@ -72,8 +72,8 @@ def log_request(request: Request) -> logs_pb2.LogRequest:
     # A misspelt parameter is named, not ignored (``tailLines=5`` would have sent every line).
     for key in dict.fromkeys(q.keys()):
         if key not in _KNOWN:
-            close = difflib.get_close_matches(key, PARAMETERS, n=1)
-            hint = f'did you mean "{close[0]}"?' if close else f"this route reads {', '.join(PARAMETERS)}"
+            near = meant(key, PARAMETERS)
+            hint = did_you_mean(near) if near else f"this route reads {', '.join(PARAMETERS)}"
             bad.append(errors.FieldViolation(key, f"unknown query parameter ({hint})"))
     tail_raw = q.get("tail", "0")
     if not tail_raw.isdigit():

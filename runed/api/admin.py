@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import uuid
@@ -15,6 +14,7 @@ from runed.auth import rbac
 from runed.auth.identity import BUILTIN_POLICIES, SYSTEM, Identity
 from runed.core import errors, validation
 from runed.core.errors import FieldViolation
+from runed.core.suggest import did_you_mean, meant
 from runed.pipeline.context import CallContext
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -113,9 +113,9 @@ def _policy_violations(p: admin_pb2.Policy, path: str = "policy") -> list[FieldV
 
 def _unknown(what: str, word: str, known: frozenset[str]) -> str:
     """Why ``word`` is refused: no call needs it, so a rule naming it would grant nothing."""
-    close = difflib.get_close_matches(word, sorted(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {what} {word!r}{hint}: one of {', '.join(sorted(known))}"
+    near = meant(word, known)
+    hint = f" ({did_you_mean(near)})" if near else ""
+    return f'unknown {what} "{word}"{hint}: one of {", ".join(sorted(known))}'
 
 
 def _validate_policy_create(req: admin_pb2.PolicyCreateRequest) -> list[FieldViolation]:

@@ -104,9 +104,9 @@ def test_a_rule_naming_an_unknown_resource_or_verb_is_refused_naming_it(module_r
         metadata=auth,
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "policy.rules[0].resource: unknown resource 'servcies' (did you mean 'services'?)" in details, details
-    assert "policy.rules[0].verbs[1]: unknown verb 'lsit' (did you mean 'list'?)" in details, details
-    assert "policy.rules[0].verbs[2]: unknown verb 'patch'" in details, details
+    assert 'policy.rules[0].resource: unknown resource "servcies" (did you mean "services"?)' in details, details
+    assert 'policy.rules[0].verbs[1]: unknown verb "lsit" (did you mean "list"?)' in details, details
+    assert 'policy.rules[0].verbs[2]: unknown verb "patch"' in details, details
     assert "policy.rules[0].verbs[0]" not in details
     code, _ = code_of(admin.PolicyGet, admin_pb2.PolicyGetRequest(name="typo"), metadata=auth)
     assert code == grpc.StatusCode.NOT_FOUND

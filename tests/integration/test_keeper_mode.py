@@ -197,8 +197,9 @@ def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_
     for inst in insts:
         os.killpg(int(inst["pid"]), signal.SIGTERM)
     runed.wait(30)
-    for pid in supervisors:
-        eventually(lambda pid=pid: not alive(pid), timeout=10, what="the shim or keeper left once nothing ran")
+    eventually(
+        lambda: not any(alive(p) for p in supervisors), timeout=10, what="the shims or keeper left once nothing ran"
+    )
     for inst in insts:
         assert o.log_lines(inst)[-1] == "graceful", o.log_lines(inst)
         assert json.loads((Path(str(inst["log_dir"])) / "exit.json").read_text())["code"] == 7

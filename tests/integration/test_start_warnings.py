@@ -15,7 +15,7 @@ def test_a_misspelt_setting_is_warned_of_at_start_without_its_value(
     out = r.output()
     assert (
         "runed: warning: RUNE_CONTROLLER_SPAWN_TIMEOUT is not a runed setting "
-        "(did you mean RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS?); it is ignored"
+        '(did you mean "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS"?); it is ignored'
     ) in out
     assert "runed: warning: RUNE_AUTH_API_KEYS is not read" in out
     assert "RUNE_TOKEN" not in out  # the CLI's: at home here

@@ -85,7 +85,7 @@ def test_a_rune_variable_that_sets_nothing_is_named_with_what_it_may_have_meant(
     }
     assert unread_env(env) == [
         "RUNE_AUTH_API_KEYS is not read: runed has no static API keys; create tokens with `rune admin token create`",
-        "RUNE_CONTROLLER_SPAWN_TIMEOUT is not a runed setting (did you mean RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS?); "
+        'RUNE_CONTROLLER_SPAWN_TIMEOUT is not a runed setting (did you mean "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS"?); '
         "it is ignored",
         "RUNE_SOMETHING is not a runed setting; it is ignored",
     ]

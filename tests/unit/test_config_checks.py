@@ -79,7 +79,7 @@ def test_every_problem_at_once_each_with_its_key_path(tmp_path: Path) -> None:
     keys += ["controller.resync_seconds"]
     for key in keys:
         assert any(p.startswith(f"{key}: ") for p in found), (key, found)
-    assert any(p.startswith("unknown key server.grpc_adress (did you mean server.grpc_address?)") for p in found)
+    assert any(p.startswith('unknown key server.grpc_adress (did you mean "server.grpc_address"?)') for p in found)
     assert len(found) == 6, found
     f = tmp_path / "runefile.yaml"
     with pytest.raises(ConfigError) as ei:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -14,6 +13,7 @@ import yaml
 
 from runed.core.config.checks import derive, problems
 from runed.core.config.schema import Config, ConfigError
+from runed.core.suggest import did_you_mean, meant
 
 # RUNE_* environment variables and the dotted keys they set.
 ENV_KEYS: dict[str, str] = {
@@ -76,8 +76,8 @@ def unread_env(env: typing.Mapping[str, str] | None = None) -> list[str]:
         if name in UNREAD_ENV:
             out.append(f"{name} is not read: {UNREAD_ENV[name]}")
             continue
-        near = difflib.get_close_matches(name, sorted(ENV_KEYS), n=1)
-        hint = f" (did you mean {near[0]}?)" if near else ""
+        near = meant(name, ENV_KEYS)
+        hint = f" ({did_you_mean(near)})" if near else ""
         out.append(f"{name} is not a runed setting{hint}; it is ignored")
     return out
 
@@ -196,8 +196,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, found: _Problems) -> Any
         if why:
             found.append(f"{k}: not read by runed: {why}")
         else:
-            near = difflib.get_close_matches(str(k), sorted(names), n=1)
-            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (known here: {', '.join(sorted(names))})"
+            near = meant(str(k), names)
+            hint = f" ({did_you_mean(prefix + near)})" if near else f" (known here: {', '.join(sorted(names))})"
             found.append(f"unknown key {prefix}{k!s}{hint}")
     kwargs = {}
     for k, v in data.items():
