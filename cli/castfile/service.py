@@ -99,10 +99,11 @@ def service(c: Problems, spec: Any, ns_override: str | None) -> Any | None:
         svc.image = str(spec["image"])
     if runtime == "process":
         proc = spec.get("process")
+        # Its unknown keys first: a misspelt command is the likeliest reason it has none.
+        c.keys(proc, PROCESS_KEYS, "process")
         if not isinstance(proc, LineDict) or not proc.get("command"):
             c.err(c.line(spec, "process"), f"service '{name}': runtime process needs 'process.command'")
         else:
-            c.keys(proc, PROCESS_KEYS, "process")
             cmd = proc["command"]
             args = [str(a) for a in (proc.get("args") or [])]
             if isinstance(cmd, list):

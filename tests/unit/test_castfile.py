@@ -150,6 +150,19 @@ extras: true
     assert any(p.startswith("app.yaml:9: unknown top-level key 'extras'") for p in found)
 
 
+def test_a_misspelt_process_command_is_named_beside_the_missing_one() -> None:
+    found = problems(
+        """service:
+  name: job
+  runtime: process
+  process:
+    comand: sleep
+"""
+    )
+    assert "app.yaml:5: unknown field 'comand' in process" in found, found
+    assert "app.yaml:4: service 'job': runtime process needs 'process.command'" in found, found
+
+
 def test_semantic_errors() -> None:
     found = problems(
         """services:
