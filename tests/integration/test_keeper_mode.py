@@ -172,7 +172,7 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
         eventually(_gone(inst), what="every process gone")
 
 
-@pytest.mark.parametrize("shim", ["auto", "shared"])
+@pytest.mark.parametrize("shim", ["auto", "python", "shared"])
 def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_down_and_records_it(
     tmp_path: Path, runed_factory: RunedFactory, shim: str
 ) -> None:
