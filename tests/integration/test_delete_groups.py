@@ -58,3 +58,33 @@ def test_what_ended_goes_while_one_instance_still_ignores_sigterm(
     eventually(lambda: o.service_gone("mixed"), timeout=GRACE + 20, what="the service deleted")
     assert not alive(stubborn), "killed once its grace period ended"
     assert o.instances("mixed") == []
+
+
+def test_a_deletion_s_progress_counts_instances_as_they_end(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    """GetDeletionStatus counts the deleted instances as they end, not only the first ones and the
+    last: here one ends at once, one takes 2 s to shut down, one ignores SIGTERM. (The count is a
+    pass's; the controller's watch of its own instance deletions brings one after each commit.)"""
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path)), tmp_path)
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    # The first instance to start ignores SIGTERM, the second takes 2 s to end on it, the rest end at once.
+    script = (
+        f"if mkdir {slots}/deaf 2>/dev/null; then trap '' TERM; echo $$ > {slots}/deaf/pid; "
+        f"elif mkdir {slots}/slow 2>/dev/null; then trap 'sleep 2; exit 0' TERM; fi; "
+        "echo up; while :; do sleep 0.1; done"
+    )
+    o.cast_shell("steps", script, scale=3)
+    insts = eventually(lambda: o.running("steps", 3), timeout=60, what="three instances running")
+    eventually(lambda: all("up" in o.log_lines(i) for i in insts), what="every trap set")
+    stubborn = int((slots / "deaf" / "pid").read_text())
+    req = service_pb2.DeleteServiceRequest(name="steps", namespace="default", grace_period=GRACE)
+    op_id = o.services.DeleteService(req, metadata=o.auth).deletion_id
+
+    def deleted() -> int:
+        get = service_pb2.GetDeletionStatusRequest(namespace="default", name=op_id)
+        op = o.services.GetDeletionStatus(get, metadata=o.auth).operation
+        assert op.total_instances == 3, op
+        return int(op.deleted_instances)
+
+    eventually(lambda: deleted() == 2, timeout=GRACE / 2, what="two of three counted as deleted")
+    assert alive(stubborn), "the count came from the end of the grace period, not from the ends"
