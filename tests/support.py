@@ -32,6 +32,11 @@ T = TypeVar("T")
 Metadata = list[tuple[str, str]]
 
 
+# A program that shuts down gracefully on SIGTERM, taking 0.3 s to (its trap is set once "up" is
+# out), and exits 7: what a shim or keeper signalled with it must let end and record.
+GRACEFUL = 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done'
+
+
 def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``check`` until it returns a truthy value (or stops raising AssertionError)."""
     deadline = time.monotonic() + timeout

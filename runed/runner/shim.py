@@ -763,12 +763,17 @@ def run(
     return 0
 
 
+def ignore_outside_signals() -> None:
+    """What a shim sets first, however it was started (its own process, or forked from the zygote)."""
+    for sig in IGNORED:
+        _signal.signal(sig, _signal.SIG_IGN)
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print("usage: shim <instance_dir>", file=sys.stderr)
         return 2
-    for sig in IGNORED:
-        _signal.signal(sig, _signal.SIG_IGN)
+    ignore_outside_signals()
     return run(sys.argv[1])
 
 

@@ -98,9 +98,7 @@ def _become_shim(directory: str, env: dict[str, str], attempt: str) -> None:
     try:
         os.setsid()
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        # What the shim ignores (SIGTERM among them), as its own ``main`` sets it.
-        for sig in shim.IGNORED:
-            _signal.signal(sig, _signal.SIG_IGN)
+        shim.ignore_outside_signals()
         os.chdir(directory)
         report = os.dup(REPORT_FD)
         null = os.open(os.devnull, os.O_RDWR)

@@ -21,7 +21,7 @@ from runed.runner import native
 from tests.harness import RunedFactory
 from tests.integration.orch import SERVER, Orch, runefile_args
 from tests.integration.test_exits import CHATTY, _cast_sh, _events
-from tests.support import alive, eventually
+from tests.support import GRACEFUL, alive, eventually
 
 pytestmark = pytest.mark.skipif(native.shim_path() is None, reason="no C compiler: no keeper")
 
@@ -183,7 +183,7 @@ def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_
     o = Orch.on(
         runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env={"RUNE_CONTROLLER_SHIM": shim}), tmp_path
     )
-    o.cast_shell("calm", 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done', scale=2)
+    o.cast_shell("calm", GRACEFUL, scale=2)
     insts = eventually(lambda: o.running("calm", 2), timeout=30, what="two instances running")
     for inst in insts:
         eventually(_said(o, inst, "up"), what="the trap set")

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from runed.runner import native
+from tests.support import GRACEFUL
 
 T = TypeVar("T")
 
@@ -387,10 +388,6 @@ def test_a_killed_keeper_ends_every_watch_and_every_program_with_it(keeper: Keep
         assert _readable(fd, 5), "the pipe outlived the keeper"
         assert not (d / "exit.json").exists()
     _wait(lambda: not any(_alive(pid) for _, pid, _ in started), 5, "every program ended with its keeper")
-
-
-# A program that shuts down gracefully on SIGTERM, taking a while to (its trap is set once "up" is out).
-GRACEFUL = 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done'
 
 
 def test_a_sigterm_to_the_keeper_and_its_instances_together_lets_them_end_within_their_grace(

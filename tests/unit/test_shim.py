@@ -25,7 +25,7 @@ import pytest
 
 from runed.runner import native, shim
 from runed.runner.process import SHIM_ROOT, shim_argv
-from tests.support import eventually, wakeups
+from tests.support import GRACEFUL, eventually, wakeups
 
 
 @pytest.fixture(params=["native", "python"])
@@ -256,8 +256,7 @@ def test_a_sigterm_to_the_shim_and_its_instance_together_records_the_graceful_ex
 ) -> None:
     """As ``systemctl stop`` signals every process of runed's unit: the shim is not one to end by it;
     the instance shuts down by its own SIGTERM and the shim records its exit (SIGKILL ends a shim)."""
-    graceful = 'trap "sleep 0.3; echo graceful; exit 7" TERM; echo up; while :; do sleep 0.05; done'
-    (tmp_path / "launch.json").write_text(json.dumps({"argv": ["sh", "-c", graceful], "cwd": str(tmp_path)}))
+    (tmp_path / "launch.json").write_text(json.dumps({"argv": ["sh", "-c", GRACEFUL], "cwd": str(tmp_path)}))
     proc = subprocess.Popen(shim_argv(tmp_path, shim_native), start_new_session=True, stdin=subprocess.DEVNULL)
     pid = 0
     try:
