@@ -1,4 +1,4 @@
-"""``rune describe``: one object in full, with a service's instances and revisions and recent audited events."""
+"""``rune describe``: one object in full, with a service's instances and revisions, its last events and API calls."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 from rune.cli.client import Session, pb2
 from rune.cli.commands import kinds
 from rune.cli.commands.common import inst_status, list_instances, pass_session, svc_status
+from rune.cli.commands.events import recent_events
 from rune.cli.commands.objects import get_object
 from rune.cli.complete import name_by_type
 from rune.cli.output import age, table, to_dict
@@ -54,11 +55,32 @@ def _describe_service(s: Session, svc: Any) -> None:
                 click.echo(f"  {r.revision:<6} gen {r.generation:<4} {r.created_at}  {r.created_by or '-'}  {cause}")
         except grpc.RpcError:
             pass
-    _events(s, svc.namespace, svc.name)
+    _lifecycle(s, svc.namespace, f"service/{svc.name}")
+    _calls(s, svc.namespace, svc.name)
 
 
-def _events(s: Session, ns: str, name: str) -> None:
-    """Recent audited events about the object (only shown when the caller may read the audit log)."""
+# Lifecycle events and audited calls shown (the most recent).
+RECENT = 10
+
+
+def _lifecycle(s: Session, ns: str, target: str) -> None:
+    """The target's last lifecycle events (started, exited, back-off, probes), as ``rune events``
+    prints them: what went wrong with a crashing instance (only shown when the caller may read logs)."""
+    import grpc
+
+    try:
+        evs = recent_events(s, ns, target, RECENT)
+    except grpc.RpcError:
+        return
+    click.echo("Events:")
+    if not evs:
+        click.echo("  <none>")
+    for e in evs:
+        click.echo(f"  {e.timestamp or '-'}  {e.instance_name or '-'}  {e.content.rstrip()}")
+
+
+def _calls(s: Session, ns: str, name: str) -> None:
+    """Recent audited API calls about the object (only shown when the caller may read the audit log)."""
     import grpc
 
     if not s.has_rpc("AdminService", "ListAuditEvents"):
@@ -67,8 +89,8 @@ def _events(s: Session, ns: str, name: str) -> None:
         resp = s.call("AdminService", "ListAuditEvents", pb2("admin").ListAuditEventsRequest(limit=1000))
     except grpc.RpcError:
         return
-    evs = [e for e in resp.events if e.name == name and (e.namespace in ("", ns))][-10:]
-    click.echo("Events:")
+    evs = [e for e in resp.events if e.name == name and (e.namespace in ("", ns))][-RECENT:]
+    click.echo("API calls:")
     if not evs:
         click.echo("  <none>")
     from datetime import UTC, datetime
@@ -85,7 +107,7 @@ def _events(s: Session, ns: str, name: str) -> None:
 @click.option("--show-values", is_flag=True, help="Secrets: print values (needs secrets:read).")
 @pass_session
 def describe(s: Session, type_name: str, name: str, namespace: str | None, show_values: bool) -> None:
-    """Show one object in full: spec, status, instances, revisions and recent events."""
+    """Show one object in full: spec, status, instances, revisions, recent events and API calls."""
     import yaml
 
     kind_name = kinds.resolve(type_name)
@@ -102,5 +124,7 @@ def describe(s: Session, type_name: str, name: str, namespace: str | None, show_
         d["hostPorts"] = kinds.host_ports(obj)
         d.pop("environment", None)
     click.echo(yaml.safe_dump(d, sort_keys=False).rstrip())
+    if kind_name == "instances":
+        _lifecycle(s, ns, f"instance/{obj.id}")
     if kind_name in ("instances", "secrets", "configmaps"):
-        _events(s, ns, obj.name)
+        _calls(s, ns, obj.name)

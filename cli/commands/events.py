@@ -48,18 +48,54 @@ def _targets(
     return [f"service/{x.name}" for x in list_objects(s, "services", ns, None, None, 0)[0]]
 
 
+def _older_server(err: Exception) -> bool:
+    """Whether ``err`` is a runed from before ``stream: event`` refusing it (its field error names
+    ``stream``): it is asked again for everything, and the events are picked out here."""
+    import grpc
+
+    return (
+        isinstance(err, grpc.RpcError)
+        and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "stream" in (err.details() or "")
+    )
+
+
 def _pump(s: Session, req: Any, out: queue.Queue[Any], done: threading.Event) -> None:
-    call = s.stub("LogService").StreamLogs(iter(_Held(req, done)), metadata=s.metadata())
-    try:
-        for resp in call:
-            if resp.stream == _EVENT:
-                out.put(resp)
-    except Exception as e:  # grpc.RpcError: the main thread reports it
-        if not done.is_set():
-            out.put(e)
-    finally:
-        call.cancel()
-        out.put(_DONE)
+    """The events of one stream into ``out``; only the events are asked for (``stream: event``), so
+    a chatty service's output is neither read nor sent."""
+    req.stream = _EVENT
+    while True:
+        call = s.stub("LogService").StreamLogs(iter(_Held(req, done)), metadata=s.metadata())
+        try:
+            for resp in call:
+                if resp.stream == _EVENT:
+                    out.put(resp)
+        except Exception as e:  # grpc.RpcError: the main thread reports it
+            if req.stream and _older_server(e):
+                req.stream = ""
+                continue
+            if not done.is_set():
+                out.put(e)
+        finally:
+            call.cancel()
+        break
+    out.put(_DONE)
+
+
+def recent_events(s: Session, ns: str, target: str, count: int) -> list[Any]:
+    """The last ``count`` lifecycle events of ``target`` (service/NAME or instance/ID), oldest first."""
+    req = pb2("logs").LogRequest(resource_target=target, namespace=ns, show_events=True, tail=count, stream=_EVENT)
+    while True:
+        call = s.stub("LogService").StreamLogs(iter([req]), metadata=s.metadata(), timeout=s.timeout)
+        try:
+            got = [r for r in call if r.stream == _EVENT]
+        except Exception as e:  # grpc.RpcError
+            if req.stream and _older_server(e):
+                req.stream = ""
+                continue
+            raise
+        got.sort(key=lambda r: r.timestamp)
+        return got[-count:]
 
 
 def _line(resp: Any, fmt: str) -> str:

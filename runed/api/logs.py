@@ -5,7 +5,8 @@ Filters: ``filter`` is a substring, or a regular expression when written ``/re/`
 ``timestamps`` prefixes each content with its RFC 3339 timestamp (``timestamp`` is always set).
 ``stream`` limits to ``stdout`` or ``stderr``. ``show_events`` interleaves the instances' lifecycle
 events (started, exited, restarting, probe failures, liveness kills), written by the controller to
-``events.jsonl``, as lines whose ``stream`` is ``event`` (their ``seq`` counts events only).
+``events.jsonl``, as lines whose ``stream`` is ``event`` (their ``seq`` counts events only);
+``stream`` ``event`` asks for those events alone (the output files are then not read).
 ``show_logs`` and ``show_status`` are accepted and ignored: output is always shown.
 ``max_batch`` > 1 (fixed for the stream's life) sends up to that many lines per response in
 ``lines``; 0 or 1 keeps one line per response (see :mod:`runed.api.logs_wire`).
@@ -43,7 +44,7 @@ from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.logs import cursor
 from runed.logs.events import EVENTS_NAME
-from runed.logs.stream import STREAMS, LogStream, Selection, Source, compile_filter
+from runed.logs.stream import EVENT_STREAM, STREAMS, LogStream, Selection, Source, compile_filter
 from runed.logs.timeparse import parse_bound
 from runed.pipeline.context import CallContext
 from runed.store.base import DELETED, Change, Record, Store, iter_all
@@ -78,8 +79,12 @@ def _validate(req: logs_pb2.LogRequest) -> list[FieldViolation]:
 
 def _param_violations(req: logs_pb2.LogRequest) -> list[FieldViolation]:
     out: list[FieldViolation] = []
-    if req.stream and req.stream not in STREAMS:
-        out.append(FieldViolation("stream", 'must be "stdout", "stderr" or empty for both'))
+    if req.stream and req.stream not in (*STREAMS, EVENT_STREAM):
+        out.append(
+            FieldViolation(
+                "stream", 'must be "stdout", "stderr", "event" (the lifecycle events alone) or empty for both'
+            )
+        )
     try:
         compile_filter(req.filter)
     except ValueError as e:
@@ -97,6 +102,11 @@ def _source(app_data_dir: Path, rec: Record) -> Source:
     name = str(inst.get("name") or (f"{service}-{data['index']}" if "index" in data else rec.name))
     log_dir = Path(data["log_dir"]) if data.get("log_dir") else app_data_dir / "instances" / rec.name
     return Source(rec.name, name, service, log_dir)
+
+
+def _wants_events(req: logs_pb2.LogRequest) -> bool:
+    """Whether the stream reads the instances' lifecycle events (fixed for its life)."""
+    return req.show_events or req.stream == EVENT_STREAM
 
 
 def _with_events(sources: list[Source], events: bool) -> list[Source]:
@@ -246,7 +256,7 @@ async def _local(
     store = ctx.deps.store
     data_dir = ctx.deps.config.data_path
     target = await store.run(_Target.of, store, first.namespace, service, sources)
-    sources = _with_events(sources, first.show_events)
+    sources = _with_events(sources, _wants_events(first))
     params = _Params(first, json_ready)
     positions = cursor.decode(first.after_cursor) if first.after_cursor else None
     stream = LogStream(params.selection, {s.key: s for s in sources}, positions)
@@ -299,7 +309,7 @@ async def _serve(
     first: logs_pb2.LogRequest,
     mine: Callable[[Record], bool],
 ) -> AsyncGenerator[Any, None]:
-    events = first.show_events
+    events = _wants_events(first)
     for r in params.pack(stream.history(first.tail), params.timestamps, params.max_batch):
         yield r
     if not params.follow:

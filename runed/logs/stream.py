@@ -68,7 +68,7 @@ def compile_filter(text: str) -> Callable[[str], bool] | None:
 class Selection:
     """Which lines pass; mutable so parameter updates apply to an open stream."""
 
-    stream: str = ""  # "" = both
+    stream: str = ""  # "" = both; EVENT_STREAM: the lifecycle events alone
     since_ns: int | None = None
     until_ns: int | None = None
     match: Callable[[str], bool] | None = None
@@ -84,10 +84,15 @@ class Selection:
             and not self.events
         )
 
+    def reads(self, src: Source) -> bool:
+        """Whether any line of ``src`` can pass: an instance's output does not when only its events
+        are asked for (``rune events``, ``rune describe``), so its files are not read for them."""
+        return self.stream != EVENT_STREAM or src.file != files.LOG_NAME
+
     def accept(self, ln: LogLine) -> bool:
         if ln.stream == EVENT_STREAM:
             # Events are not output: the stdout/stderr choice does not hide them, show_events does.
-            if not self.events:
+            if not self.events and self.stream != EVENT_STREAM:
                 return False
         elif ln.stream == GAP_STREAM:
             # Missing lines are reported whatever the selection: nobody can tell whether they matched.
@@ -178,7 +183,9 @@ class LogStream:
         sel = self.selection
         followers: dict[str, Follower] = {}
         for iid, src in self.sources.items():
-            if self.positions is not None:
+            if not sel.reads(src):
+                start = files.last_seq(src.log_dir, src.file)  # passed over: none of it is asked for
+            elif self.positions is not None:
                 start = self.positions.get(iid, -1)
             elif sel.since_ns is not None:
                 start = files.seq_before(src.log_dir, sel.since_ns, src.file)
@@ -215,6 +222,9 @@ class LogStream:
         picked: list[tuple[Source, LogLine]] = []
         end: dict[str, int] = {}
         for iid, src in self.sources.items():
+            if not sel.reads(src):
+                end[iid] = files.last_seq(src.log_dir, src.file)
+                continue
             if self.positions is not None:
                 f = Follower(src.log_dir, self.positions.get(iid, -1), src.file)
                 lines: list[LogLine] = []

@@ -120,7 +120,30 @@ def test_describe_service(rune: Rune, cast_app: Path) -> None:
     assert r.returncode == 0, r.stderr
     for part in ("Name:        web", "Status:      Running", "Instances:", "web-0", "web-1", "Recent revisions:"):
         assert part in r.stdout
-    assert "Events:" in r.stdout and "CreateService" in r.stdout
+    calls = r.stdout.split("API calls:", 1)
+    assert len(calls) == 2 and "CreateService" in calls[1], r.stdout
+    assert "Events:" in calls[0] and "Started: pid" in calls[0], r.stdout
+
+
+def test_describe_instance_shows_why_it_stopped(rune: Rune, tmp_path: Path) -> None:
+    """Its last lifecycle events (what ``rune events`` prints), not only the API calls about it."""
+    f = tmp_path / "quits.yaml"
+    f.write_text(
+        "service:\n  name: quits\n  runtime: process\n  restartPolicy: Never\n"
+        "  process: {command: sh, args: ['-c', 'echo bye; exit 3']}\n"
+    )
+    assert rune("cast", str(f), "--detach").returncode == 0
+
+    def described() -> str:
+        out = rune("describe", "instance", "quits-0").stdout
+        assert "Not restarted (restart policy Never)" in out, out
+        return out
+
+    out = eventually(described, timeout=20)
+    events, calls = out.split("Events:", 1)[1].split("API calls:", 1)
+    assert calls.strip() == "<none>", out  # no call named the instance itself
+    assert "quits-0  Exited: exit code 3" in events and "bye" not in events, out
+    assert rune("delete", "quits", "--timeout", "30").returncode == 0
 
 
 def test_cast_timeout_names_what_is_not_ready(rune: Rune, tmp_path: Path) -> None:

@@ -196,3 +196,40 @@ def test_events_over_rest_when_asked_for(orch: Orch) -> None:
     mixed_lines = [orjson.loads(line) for line in mixed.text.splitlines() if line.strip()]
     assert plain_streams == {"stdout"}
     assert "Exited: exit code 3" in [x["content"] for x in mixed_lines if x["stream"] == "event"]
+
+
+def test_the_events_alone_are_asked_for_with_stream_event(orch: Orch) -> None:
+    """``stream: "event"`` gives the lifecycle events alone (no ``show_events`` needed): no output
+    line, ``tail`` counting events, the same over REST; another stream value is named in the error."""
+    import httpx
+    import orjson
+
+    o = orch
+    # Output before and after its events: a tail of the mixed stream would end with output lines.
+    o.cast_shell(
+        "evonly", "for i in 1 2 3 4 5; do echo line $i; done; exit 4", restart_policy=common_pb2.RESTART_POLICY_NEVER
+    )
+
+    def stopped() -> list[logs_pb2.LogResponse]:
+        mixed = _history(o, "evonly", show_events=True)
+        assert "Not restarted (restart policy Never)" in _events(mixed), _events(mixed)
+        return mixed
+
+    mixed = eventually(stopped, timeout=15)
+    alone = _history(o, "evonly", stream="event")
+    assert alone and {x.stream for x in alone} == {"event"}
+    assert [(x.content, x.seq) for x in alone] == [(x.content, x.seq) for x in mixed if x.stream == "event"]
+    assert "Exited: exit code 4" in _events(alone)
+    last2 = _history(o, "evonly", stream="event", tail=2)
+    assert [(x.content, x.seq) for x in last2] == [(x.content, x.seq) for x in alone[-2:]]
+
+    headers = {"Authorization": o.auth[0][1]}
+    url = f"{o.runed.http_base}/v1/namespaces/default/logs/evonly"
+    with httpx.Client(timeout=20) as http:
+        rest = http.get(url, params={"stream": "event"}, headers=headers)
+        bad = http.get(url, params={"stream": "events"}, headers=headers)
+    assert rest.status_code == 200, rest.text
+    assert [orjson.loads(line)["content"] for line in rest.text.splitlines() if line.strip()] == _events(alone)
+    assert bad.status_code == 400, bad.text
+    violations = [v for d in bad.json()["details"] for v in d.get("fieldViolations", [])]
+    assert [v["field"] for v in violations] == ["stream"] and '"event"' in violations[0]["description"], violations
