@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -48,54 +48,47 @@ def _targets(
     return [f"service/{x.name}" for x in list_objects(s, "services", ns, None, None, 0)[0]]
 
 
-def _older_server(err: Exception) -> bool:
-    """Whether ``err`` is a runed from before ``stream: event`` refusing it (its field error names
-    ``stream``): it is asked again for everything, and the events are picked out here."""
+def _events_of(
+    s: Session, req: Any, requests: Callable[[], Iterator[Any]], timeout: float | None = None
+) -> Iterator[Any]:
+    """The event lines of ``StreamLogs(req)`` (``requests`` makes its request side). Only the events
+    are asked for (``stream: event``), so a chatty service's output is neither read nor sent; a
+    runed from before that refuses it (INVALID_ARGUMENT naming ``stream``) and is asked again for
+    everything, the events picked out here."""
     import grpc
 
-    return (
-        isinstance(err, grpc.RpcError)
-        and err.code() == grpc.StatusCode.INVALID_ARGUMENT
-        and "stream" in (err.details() or "")
-    )
-
-
-def _pump(s: Session, req: Any, out: queue.Queue[Any], done: threading.Event) -> None:
-    """The events of one stream into ``out``; only the events are asked for (``stream: event``), so
-    a chatty service's output is neither read nor sent."""
     req.stream = _EVENT
     while True:
-        call = s.stub("LogService").StreamLogs(iter(_Held(req, done)), metadata=s.metadata())
+        call = s.stub("LogService").StreamLogs(requests(), metadata=s.metadata(), timeout=timeout)
         try:
             for resp in call:
                 if resp.stream == _EVENT:
-                    out.put(resp)
-        except Exception as e:  # grpc.RpcError: the main thread reports it
-            if req.stream and _older_server(e):
-                req.stream = ""
-                continue
-            if not done.is_set():
-                out.put(e)
+                    yield resp
+            return
+        except grpc.RpcError as e:
+            if not (req.stream and e.code() == grpc.StatusCode.INVALID_ARGUMENT and "stream" in (e.details() or "")):
+                raise
+            req.stream = ""
         finally:
             call.cancel()
-        break
-    out.put(_DONE)
+
+
+def _pump(s: Session, req: Any, out: queue.Queue[Any], done: threading.Event) -> None:
+    try:
+        for resp in _events_of(s, req, lambda: iter(_Held(req, done))):
+            out.put(resp)
+    except Exception as e:  # grpc.RpcError: the main thread reports it
+        if not done.is_set():
+            out.put(e)
+    finally:
+        out.put(_DONE)
 
 
 def recent_events(s: Session, ns: str, target: str, count: int) -> list[Any]:
     """The last ``count`` lifecycle events of ``target`` (service/NAME or instance/ID), oldest first."""
-    req = pb2("logs").LogRequest(resource_target=target, namespace=ns, show_events=True, tail=count, stream=_EVENT)
-    while True:
-        call = s.stub("LogService").StreamLogs(iter([req]), metadata=s.metadata(), timeout=s.timeout)
-        try:
-            got = [r for r in call if r.stream == _EVENT]
-        except Exception as e:  # grpc.RpcError
-            if req.stream and _older_server(e):
-                req.stream = ""
-                continue
-            raise
-        got.sort(key=lambda r: r.timestamp)
-        return got[-count:]
+    req = pb2("logs").LogRequest(resource_target=target, namespace=ns, show_events=True, tail=count)
+    got = sorted(_events_of(s, req, lambda: iter([req]), s.timeout), key=lambda r: r.timestamp)
+    return got[-count:]
 
 
 def _line(resp: Any, fmt: str) -> str:
