@@ -223,7 +223,9 @@ def rollback(
         name=service, namespace=ns, to_revision=to_revision, change_cause=change_cause
     )
     resp = s.call("ServiceService", "RollbackService", req)
-    click.echo(f"service/{service} rolled back (generation {resp.service.metadata.generation})")
+    # The server says what happened: rolled back, or already at that spec (a scale is not rolled back).
+    said = resp.status.message or "rolled back"
+    click.echo(f"service/{service}: {said} (generation {resp.service.metadata.generation})")
     if wait:
         wait_ready(s, [(ns, service, resp.service.scale)], seconds(timeout, "--timeout"))
 

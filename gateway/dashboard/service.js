@@ -12,11 +12,12 @@ function ports(svc) {
 }
 
 /** Run an action, report it, and keep the button disabled while it runs. */
+// label: the toast once fn succeeded, or a function of fn's result that makes it.
 async function act(button, label, fn) {
   button.disabled = true;
   try {
-    await fn();
-    toast(label, "ok");
+    const got = await fn();
+    toast(typeof label === "function" ? label(got) : label, "ok");
   } catch (err) {
     toast(describe(err), "error");
   } finally {
@@ -205,7 +206,9 @@ export async function serviceView(app, name) {
           body: `Restore revision ${r.revision} (generation ${r.generation}) as a new revision; the scale stays ${svc.scale}.`,
           confirmLabel: "Roll back",
         });
-        if (ok) await act(back, `Rolled back to revision ${r.revision}`, () => post(`${base}:rollback`, { toRevision: r.revision }));
+        // The server's word: rolled back, or already at that spec (a rollback keeps the scale).
+        const said = (res) => res?.status?.message || `Rolled back to revision ${r.revision}`;
+        if (ok) await act(back, said, () => post(`${base}:rollback`, { toRevision: r.revision }));
       });
       return h(
         "tr",

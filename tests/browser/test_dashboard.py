@@ -258,6 +258,8 @@ def test_rollback_shows_the_history_with_a_diff(browser: Browser, ui_runed: tupl
     browser.screenshot("history")
     browser.find(f"#revisions button[data-rollback='{revision}']").click()
     browser.wait_for("dialog[open] button[type=submit]").click()
+    # The server's own word on what the rollback did.
+    browser.wait_text("#toast", f"Rolled back to revision {revision}")
     with api(*ui_runed) as c:
         eventually(
             lambda: c.get("/v1/namespaces/default/services/web").json()["service"]["env"] == {"MODE": "one"},
@@ -265,6 +267,24 @@ def test_rollback_shows_the_history_with_a_diff(browser: Browser, ui_runed: tupl
             what="rolled back",
         )
     eventually(lambda: len(browser.find_all("#revisions tr[data-revision]")) >= 3, WAIT, what="the rollback listed")
+
+
+def test_a_rollback_that_changes_nothing_says_so(browser: Browser, ui_runed: tuple[Runed, str]) -> None:
+    """Two revisions that differ in scale alone: restoring the first keeps the scale, so nothing
+    changes, and the toast says that instead of "Rolled back"."""
+    signed_in(browser, ui_runed)
+    body = dict(web_body(), name="scaled", scale=0)
+    with api(*ui_runed) as c:
+        assert c.post("/v1/namespaces/default/services", json=body).status_code == 200
+        assert c.post("/v1/namespaces/default/services", json=dict(body, scale=1)).status_code == 200
+    browser.go("#/ns/default/services/scaled")
+    eventually(lambda: len(browser.find_all("#revisions tr[data-revision]")) == 2, WAIT, what="two revisions")
+    browser.find("#revisions button[data-rollback='1']").click()
+    browser.wait_for("dialog[open] button[type=submit]").click()
+    said = browser.wait_text("#toast", "already at the spec of revision 1")
+    assert "keeps the current scale 1" in said and "Rolled back" not in said
+    with api(*ui_runed) as c:
+        assert c.delete("/v1/namespaces/default/services/scaled").status_code == 200
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def test_history_and_rollback(rune: Rune, cast_app: Path, tmp_path: Path) -> Non
     assert "french" in hist.stdout
     back = rune("rollback", "web", "--timeout", "60s", timeout=90)
     assert back.returncode == 0, back.stderr
-    assert "rolled back" in back.stdout
+    assert "service/web: Rolled back to revision 1 (generation 3)" in back.stdout, back.stdout
     assert "rollback to" in rune("history", "web").stdout
     desc = json.loads(rune("get", "svc", "web", "-o", "json").stdout)
     assert desc["env"]["LANG_TAG"] == "hello"

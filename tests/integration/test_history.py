@@ -71,6 +71,21 @@ def test_rollback_restores_a_spec_as_a_new_revision_and_keeps_scale(api_runed: R
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_rollback_to_a_revision_that_differs_in_scale_alone_says_so(api_runed: Runed, api_auth: Auth) -> None:
+    """Nothing to restore but the scale, which a rollback keeps: the answer says so (it said only
+    "already at the spec of revision 1", and the CLI printed "rolled back")."""
+    stub = service_pb2_grpc.ServiceServiceStub(api_runed.channel())
+    stub.CreateService(service_pb2.CreateServiceRequest(service=_svc({"V": "1"}, scale=2)), metadata=api_auth)
+    stub.UpdateService(service_pb2.UpdateServiceRequest(service=_svc({"V": "1"}, scale=3)), metadata=api_auth)
+    back = stub.RollbackService(service_pb2.RollbackServiceRequest(name="web"), metadata=api_auth)
+    assert back.service.scale == 3 and back.service.metadata.generation == 2
+    assert back.status.message == (
+        "already at the spec of revision 1, whose scale (2) differs: a rollback keeps the current scale 3;"
+        " scale the service to change it"
+    )
+    assert [r.revision for r in _revisions(stub, api_auth)] == [2, 1]
+
+
 def test_retention_keeps_the_configured_number_of_revisions(runed_factory: RunedFactory, tmp_path: Path) -> None:
     cfg = tmp_path / "runefile.yaml"
     cfg.write_text("history:\n  revisions: 3\n")

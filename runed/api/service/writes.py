@@ -226,13 +226,13 @@ def ListServiceRevisions(
 
 async def RollbackService(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> service_pb2.ServiceResponse:
     """Restore a stored spec (the previous one by default) as a new revision; the scale is kept."""
-    spec, target_number = await ctx.deps.store.run(_rollback_target, req, ctx)
+    spec, target_number, its_scale = await ctx.deps.store.run(_rollback_target, req, ctx)
     new = await _prepare(ctx, spec, ensure_ns=False)
-    return await ctx.deps.store.run(_rollback, req, ctx, new, target_number)
+    return await ctx.deps.store.run(_rollback, req, ctx, new, target_number, its_scale)
 
 
-def _rollback_target(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> tuple[service_pb2.Service, int]:
-    """The spec to restore (with the live scale) and its revision number."""
+def _rollback_target(req: service_pb2.RollbackServiceRequest, ctx: CallContext) -> tuple[service_pb2.Service, int, int]:
+    """The spec to restore (with the live scale), its revision number and the scale it had."""
     store = ctx.deps.store
     ns = req.namespace
     cur = get_service(store, ns, req.name)
@@ -249,20 +249,31 @@ def _rollback_target(req: service_pb2.RollbackServiceRequest, ctx: CallContext) 
     if target is None:
         raise errors.invalid(("to_revision", f"revision {target_number} of service {req.name!r} is not retained"))
     spec = history.spec_of(target)
+    its_scale = spec.scale
     live = objects.service_from_record(cur)
     # A rollback restores what runs, not how many: scaling stays with ScaleService.
     spec.scale = live.scale
     spec.namespace, spec.name = ns, req.name
-    return spec, target_number
+    return spec, target_number, its_scale
 
 
 def _rollback(
-    req: service_pb2.RollbackServiceRequest, ctx: CallContext, new: service_pb2.Service, target_number: int
+    req: service_pb2.RollbackServiceRequest,
+    ctx: CallContext,
+    new: service_pb2.Service,
+    target_number: int,
+    its_scale: int,
 ) -> service_pb2.ServiceResponse:
     store = ctx.deps.store
     cause = req.change_cause or f"rollback to revision {target_number}"
     rec, _, changed = _write_spec(ctx, new, cause=cause, force=False, create=False, rollback_of=target_number)
-    msg = f"Rolled back to revision {target_number}" if changed else f"already at the spec of revision {target_number}"
+    if changed:
+        msg = f"Rolled back to revision {target_number}"
+    else:
+        msg = f"already at the spec of revision {target_number}"
+        if its_scale != new.scale:
+            # Revisions that differ in their scale alone: what a user may have meant to undo.
+            msg += f", whose scale ({its_scale}) differs: a rollback keeps the current scale {new.scale}; scale the service to change it"
     return service_pb2.ServiceResponse(service=with_status(store, rec), status=status_pb(0, msg))
 
 
