@@ -273,7 +273,10 @@ def _rollback(
         msg = f"already at the spec of revision {target_number}"
         if its_scale != new.scale:
             # Revisions that differ in their scale alone: what a user may have meant to undo.
-            msg += f", whose scale ({its_scale}) differs: a rollback keeps the current scale {new.scale}; scale the service to change it"
+            msg += (
+                f", whose scale ({its_scale}) differs: a rollback keeps the current scale {new.scale};"
+                " scale the service to change it"
+            )
     return service_pb2.ServiceResponse(service=with_status(store, rec), status=status_pb(0, msg))
 
 
