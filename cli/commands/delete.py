@@ -79,7 +79,9 @@ def delete() -> None:
 @delete.command("object", hidden=True)
 @click.argument("args", nargs=-1, required=True, shell_complete=delete_args)
 @click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")
-@click.option("-f", "--force", is_flag=True, help="Delete even if other services depend on it.")
+@click.option(
+    "-f", "--force", is_flag=True, help="Delete even if other services depend on it; a namespace with everything in it."
+)
 @click.option("--no-dependencies", is_flag=True, help="Same as --force.")
 @click.option("-t", "--timeout", default=60, show_default=True, type=int, help="Seconds to wait for cleanup.")
 @click.option("--detach", is_flag=True, help="Return once deletion has started.")
