@@ -11,8 +11,8 @@ function ports(svc) {
   return (svc.ports || []).map((p) => `${p.name}:${p.port}${p.targetPort ? `→${p.targetPort}` : ""}/${p.protocol || "TCP"}`).join(", ");
 }
 
-/** Run an action, report it, and keep the button disabled while it runs. */
-// label: the toast once fn succeeded, or a function of fn's result that makes it.
+/** Run an action, report it (label: the toast, or a function of the action's result that makes
+ * it), and keep the button disabled while it runs. */
 async function act(button, label, fn) {
   button.disabled = true;
   try {
