@@ -227,6 +227,9 @@ class Supervisor:
                 elif obs.state == "exited":
                     inst = cached.copy()
                     inst.apply_handle(obs.handle)
+                    if state is STARTING and inst.pid and not obs.error:
+                        # It ran, and ended before a pass saw it running: its events say both.
+                        self.book.event(inst, f"Started: pid {inst.pid}")
                     self.on_exit(inst, obs)
                     changed = True
             elif state is BACKOFF:
