@@ -105,9 +105,14 @@ def get_object(s: Session, kind: str, name: str, ns: str, show_values: bool = Fa
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        found = [i for i in list_instances(s, ns) if i.name == name]
+        insts = list_instances(s, ns)
+        found = [i for i in insts if i.name == name]
         if not found:
-            raise CliError(f'instance "{name}" not found in namespace "{ns}"', EXIT_NOT_FOUND) from None
+            why = f'instance "{name}" not found in namespace "{ns}"'
+            if any(i.service_name == name for i in insts):
+                # `rune get instances web` meant as "web's instances" (upstream takes a name here too).
+                why += f'; "{name}" is a service: rune get instances --service-name {name} lists its instances'
+            raise CliError(why, EXIT_NOT_FOUND) from None
         return found[0]
     if kind == "namespaces":
         return s.call("NamespaceService", "GetNamespace", pb2("namespace").GetNamespaceRequest(name=name)).namespace

@@ -102,6 +102,13 @@ def test_get_every_output_format(rune: Rune, cast_app: Path) -> None:
     assert cm[0]["data"] == {"GREETING": "hello"}
 
 
+def test_get_instances_of_a_service_name_points_to_the_service_filter(rune: Rune, cast_app: Path) -> None:
+    r = rune("get", "instances", "web")
+    assert r.returncode == 3
+    assert 'instance "web" not found' in r.stderr and "rune get instances --service-name web" in r.stderr, r.stderr
+    assert "--service-name" not in rune("get", "instances", "nosuch").stderr
+
+
 def test_get_with_small_pages_reads_everything(rune: Rune, cast_app: Path) -> None:
     assert rune("get", "svc", "--limit", "1", "-o", "name").stdout.split() == ["web", "worker"]
 
