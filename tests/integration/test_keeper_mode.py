@@ -53,6 +53,10 @@ def _comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _children(pid: int) -> set[int]:
     return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
@@ -222,3 +226,38 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
     dirs = [Path(str(inst["log_dir"])) for inst in insts]
     eventually(lambda: not any(d.exists() for d in dirs), what="their directories removed")
     eventually(lambda: korch.service_gone("stubborn"), what="the service deleted")
+
+
+def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch: Orch, tmp_path: Path) -> None:
+    """A deleted instance's end is its process's end: the service goes while its keeper, stopped
+    (SIGSTOP), has reaped nothing, and what the instance left in its group goes with the stop, not
+    with the keeper's finishing. The keeper, continued, reaps, and serves the next cast."""
+    release, kids = tmp_path / "release", tmp_path / "children"
+    kids.mkdir()
+    # Deaf to SIGTERM (its background sleep too: an ignored signal stays ignored), it ends once released.
+    script = f"trap '' TERM; sleep 3600 & echo $! > {kids}/$$; echo up; while [ ! -e {release} ]; do sleep 0.05; done"
+    korch.cast_shell("held", script, scale=2)
+    insts = eventually(lambda: korch.running("held", 2), timeout=30, what="two instances running")
+    for inst in insts:
+        eventually(_said(korch, inst, "up"), what="the trap set")
+    children = [int((kids / str(i["pid"])).read_text()) for i in insts]
+    keeper = _shim_of(insts[0])
+    req = service_pb2.DeleteServiceRequest(name="held", namespace="default", grace_period=600)
+    korch.services.DeleteService(req, metadata=korch.auth)
+    eventually(lambda: all(i["state"] == "STOPPING" for i in korch.instances("held")), what="stopping")
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        release.touch()
+        # The instances' processes exit (zombies: their keeper cannot reap them), and that is their end.
+        eventually(lambda: korch.service_gone("held"), timeout=30, what="the service deleted, its keeper stopped")
+        assert korch.instances("held") == []
+        eventually(lambda: not any(alive(p) for p in children), what="the instances' children, deaf to SIGTERM, killed")
+        # Not reaped yet: the deletion did not wait for the keeper.
+        assert [_state(int(i["pid"])) for i in insts] == ["Z", "Z"]
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    pids = [int(i["pid"]) for i in insts]
+    eventually(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), what="reaped by the keeper")
+    korch.cast_shell("next", "echo up; exec sleep 3600")
+    (inst,) = eventually(lambda: korch.running("next", 1), timeout=30, what="the next cast running")
+    assert _shim_of(inst) == keeper
