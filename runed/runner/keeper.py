@@ -581,7 +581,7 @@ def _process_end(pid: int, end: int) -> int:
     pipe, closed), else ``end``.
 
     Why: the keeper's end pipe closes once the keeper has reaped the process, one at a time after
-    its last signal (``wait4`` and eight ``close``\ s each): a deletion of a thousand learnt of its
+    its last signal (``wait4`` and eight ``close`` calls each): a deletion of a thousand learnt of its
     ends 15-50 ms after the last process had exited, and that wait was a third of the deletion
     (bench/README.md, "the deletion waits on the processes"). A deleted instance's end needs no
     exit record (none is written), only its process gone, which its pidfd tells at once. The
