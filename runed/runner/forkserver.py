@@ -14,12 +14,12 @@ import contextlib
 import json
 import logging
 import os
-import select
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from runed.core import fdwait
 from runed.runner import zygote
 
 log = logging.getLogger("runed.runner")
@@ -143,7 +143,7 @@ class ForkServer:
                 view = view[sock.send(view) :]
             except BlockingIOError:
                 # The zygote is busy answering: take its replies meanwhile (it may be blocked on them).
-                readable, writable, _ = select.select([sock], [sock], [], REPLY_TIMEOUT_SECONDS)
+                readable, writable = fdwait.ready(sock.fileno(), REPLY_TIMEOUT_SECONDS, write=True)
                 if not readable and not writable:
                     raise TimeoutError("zygote not answering") from None
                 if readable:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runed.core import fdwait
 from runed.runner import native, zygote
 from runed.runner.base import Handle, LaunchSpec, Observation
 from runed.runner.process import (
@@ -135,7 +136,7 @@ class Keeper:
                     view = view[self.sock.send(view) :]
                 except BlockingIOError:
                     # The keeper is busy starting what it was sent: its replies are taken meanwhile.
-                    readable, writable, _ = select.select([self.sock], [self.sock], [], REPLY_TIMEOUT_SECONDS)
+                    readable, writable = fdwait.ready(self.sock.fileno(), REPLY_TIMEOUT_SECONDS, write=True)
                     if not readable and not writable:
                         raise TimeoutError("timed out") from None
                     if readable:
@@ -169,7 +170,7 @@ class Keeper:
         """Take in the replies that came (with ``block``: at least one more read, waiting for it)."""
         if self.broken is not None:
             raise KeeperError(self.broken)
-        if block and not select.select([self.sock], [], [], REPLY_TIMEOUT_SECONDS)[0]:
+        if block and not fdwait.ready(self.sock.fileno(), REPLY_TIMEOUT_SECONDS)[0]:
             self._break(f"keeper (pid {self.pid or '?'}) did not answer within {REPLY_TIMEOUT_SECONDS:g}s")
         while True:
             try:
@@ -595,7 +596,7 @@ def _process_end(pid: int, end: int) -> int:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return end  # reaped already (or no pidfds): the keeper's word
-    if select.select([end], [], [], 0)[0]:
+    if fdwait.ready(end, 0)[0]:
         os.close(pidfd)
         return end
     os.close(end)

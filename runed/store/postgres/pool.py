@@ -22,12 +22,12 @@ Every failure that means "the database cannot serve now" leaves here as
 from __future__ import annotations
 
 import contextlib
-import select
 from collections.abc import Iterator
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from runed.core import fdwait
 from runed.store import faults
 
 # How long a call waits for a pooled connection while the database is healthy (all busy).
@@ -64,8 +64,7 @@ def _check_idle(conn: psycopg.Connection) -> None:
     """Raise if an idle pooled connection is broken; see the module docstring."""
     if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
         raise psycopg.OperationalError("the pooled connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    if fdwait.ready(conn.fileno(), 0)[0]:
         ConnectionPool.check_connection(conn)
 
 
