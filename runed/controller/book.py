@@ -145,9 +145,10 @@ class Book:
     def lives(self) -> list[Live]:
         return list(self._live.values())
 
-    def event(self, inst: Instance, text: str) -> None:
-        """Record a lifecycle event of an instance (shown by ``StreamLogs`` with ``show_events``)."""
-        self.events.append(self.path(inst), text)
+    def event(self, inst: Instance, text: str, at: float | None = None) -> None:
+        """Record a lifecycle event of an instance (shown by ``StreamLogs`` with ``show_events``),
+        stamped now or at ``at`` (epoch seconds) if that is earlier."""
+        self.events.append(self.path(inst), text, at)
 
     def save(self, inst: Instance) -> None:
         """Write an instance record when it changed (every write wakes every watcher)."""

@@ -220,7 +220,7 @@ class Supervisor:
                     inst = cached.copy()
                     inst.apply_handle(obs.handle)
                     self.set_state(inst, RUNNING, "Running")
-                    self.book.event(inst, f"Started: pid {inst.pid or '?'}")
+                    self.book.event(inst, f"Started: pid {inst.pid or '?'}", obs.started_at)
                     self.prober.start(inst)
                     self._watch(inst)
                     changed = True
@@ -229,7 +229,7 @@ class Supervisor:
                     inst.apply_handle(obs.handle)
                     if state is STARTING and inst.pid and not obs.error:
                         # It ran, and ended before a pass saw it running: its events say both.
-                        self.book.event(inst, f"Started: pid {inst.pid}")
+                        self.book.event(inst, f"Started: pid {inst.pid}", obs.started_at)
                     self.on_exit(inst, obs)
                     changed = True
             elif state is BACKOFF:
@@ -540,6 +540,9 @@ class Supervisor:
             return
         # Told when a start is over, instead of looking at every starting instance every tick.
         self.exits.reports(runner.start_reports(), runner.drain_reports)
+        # The start's event is stamped before the start is asked for: a keeper may run the process,
+        # and log its first output, before this call returns.
+        asked = time.time()
         try:
             handle = runner.start(spec)
         except RunnerError as e:
@@ -554,7 +557,7 @@ class Supervisor:
         self.set_state(inst, STARTING, reason)
         # Look again soon: a starting instance is polled until its shim reports the process.
         self.tick = FAST_TICK_SECONDS
-        self.book.event(inst, f"{reason} (restart {inst.restart_count})" if frm is not NEW else reason)
+        self.book.event(inst, f"{reason} (restart {inst.restart_count})" if frm is not NEW else reason, asked)
 
     def _fail_start(self, inst: Instance, msg: str, *, fatal: bool, config_error: bool = False) -> None:
         self.book.event(inst, f"Failed to start: {msg}")

@@ -48,17 +48,22 @@ class EventWriter:
     def __init__(self, min_free_bytes: int = 0) -> None:
         self.min_free = max(0, min_free_bytes)
         self._seq: dict[Path, int] = {}
+        # The time of the last event written, by directory (ns): an event stamped with an earlier
+        # time of its own is stamped with this instead, so the file stays in time order.
+        self._last_ns: dict[Path, int] = {}
         self.dropped: dict[Path, int] = {}  # events dropped since the last one written, by directory
 
-    def append(self, log_dir: Path, text: str) -> None:
-        """Record one event; a failure is logged, never raised (events must not stop the controller)."""
+    def append(self, log_dir: Path, text: str, at: float | None = None) -> None:
+        """Record one event, stamped now or at ``at`` (epoch seconds: when what it tells happened,
+        e.g. a process's start, which the controller learns of later than the instance's first
+        output is logged); a failure is logged, never raised (events must not stop the controller)."""
         try:
             dropped = self.dropped.get(log_dir, 0)
             texts = [text]
             if dropped:
                 short = f"had less than {self.min_free} bytes free" if self.min_free else "was full"
                 texts.insert(0, f"runed: {dropped} events dropped: the disk holding this log {short}")
-            if self._room(log_dir, dropped) and self._append(log_dir, texts):
+            if self._room(log_dir, dropped) and self._append(log_dir, texts, at):
                 self.dropped.pop(log_dir, None)
             else:
                 self.dropped[log_dir] = dropped + 1
@@ -77,7 +82,7 @@ class EventWriter:
             room -= RESUME_SLACK_BYTES
         return room > 4096
 
-    def _append(self, log_dir: Path, texts: list[str]) -> bool:
+    def _append(self, log_dir: Path, texts: list[str], at: float | None) -> bool:
         """Write event lines in one write; False (and nothing written) when the disk had no room."""
         path = os.path.join(log_dir, EVENTS_NAME)
         seq = self._seq.get(log_dir)
@@ -93,12 +98,16 @@ class EventWriter:
                 os.replace(path, log_dir / f"{EVENTS_NAME}.1")
                 fd, old = os.open(path, APPEND, 0o644), fd
                 os.close(old)
-            return self._write(fd, log_dir, seq, texts)
+            return self._write(fd, log_dir, seq, texts, at)
         finally:
             os.close(fd)
 
-    def _write(self, fd: int, log_dir: Path, seq: int, texts: list[str]) -> bool:
-        ts = format_ns(time.time_ns())
+    def _write(self, fd: int, log_dir: Path, seq: int, texts: list[str], at: float | None) -> bool:
+        ns = time.time_ns()
+        if at is not None:
+            ns = min(ns, int(at * 1e9))
+        ns = max(ns, self._last_ns.get(log_dir, 0))
+        ts = format_ns(ns)
         data = b"".join(
             orjson.dumps({"seq": seq + i, "ts": ts, "stream": EVENT_STREAM, "line": text}) + b"\n"
             for i, text in enumerate(texts, 1)
@@ -116,9 +125,11 @@ class EventWriter:
                 raise
             return False
         self._seq[log_dir] = seq
+        self._last_ns[log_dir] = ns
         return True
 
     def forget(self, log_dir: Path) -> None:
         """Drop the cached seq of a deleted instance directory."""
         self._seq.pop(log_dir, None)
+        self._last_ns.pop(log_dir, None)
         self.dropped.pop(log_dir, None)

@@ -67,6 +67,9 @@ class Observation:
     code: int | None = None
     signal: int | None = None
     error: str = ""
+    # When the process started (epoch seconds, from its supervisor's pid record), if this
+    # observation read it: the time of its Started event.
+    started_at: float | None = None
 
 
 class Runner(Protocol):

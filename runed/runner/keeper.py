@@ -45,6 +45,7 @@ from runed.runner.process import (
     alive,
     fence,
     is_keeper,
+    record_time,
 )
 
 log = logging.getLogger("runed.runner")
@@ -382,19 +383,20 @@ class KeeperRunner(ProcessRunner):
             got = self._answer(directory, handle)
             if isinstance(got, Observation):
                 return got
-            if got.pid:
+            handle, started_at = got
+            if handle.pid:
                 # Its keeper has just said it runs: nothing to read again. An end from now on
                 # comes through the start's end pipe (the controller's exit watch).
-                self._start_over(directory, got)
-                return Observation("running", got)
-            handle = got
+                self._start_over(directory, handle)
+                return Observation("running", handle, started_at=started_at)
         return super().observe(directory, handle)
 
-    def _answer(self, directory: Path, handle: Handle) -> Handle | Observation:
-        """The handle of a start asked of a keeper, once it answered (or how the start ended)."""
+    def _answer(self, directory: Path, handle: Handle) -> tuple[Handle, float | None] | Observation:
+        """The handle of a start asked of a keeper, once it answered, and when its process started
+        (or how the start ended)."""
         keeper, attempt, since = self._starting[str(directory)]
         if attempt != handle.attempt:
-            return handle
+            return handle, None
         with contextlib.suppress(KeeperError):
             keeper.collect()
         answer = keeper.answers.pop(attempt, None)
@@ -406,7 +408,7 @@ class KeeperRunner(ProcessRunner):
             if fence(directory, attempt):
                 why = keeper.broken or f"the keeper did not answer within {self.spawn_timeout:g}s"
                 return Observation("exited", handle, None, None, f"cannot start: {why}")
-            return handle  # the keeper claimed it: its claim and records tell
+            return handle, None  # the keeper claimed it: its claim and records tell
         del self._starting[str(directory)]
         reply, end = answer
         if "error" in reply or reply.get("claimed") is False:
@@ -417,13 +419,14 @@ class KeeperRunner(ProcessRunner):
             _close(self._ends.pop(str(directory), None))
             self._ends[str(directory)] = end
         # A start that failed has its exit record already (pid 0): it is read next.
-        return dataclasses.replace(
+        got = dataclasses.replace(
             handle,
             pid=int(reply.get("pid") or 0),
             pid_start=reply.get("pid_start"),
             shim_pid=keeper.pid,
             shim_start=keeper.start,
         )
+        return got, record_time(reply.get("ts"))
 
     def _drop_start(self, directory: Path) -> None:
         """A start asked of a keeper that nobody waits for any more (a new one, or abandoned)."""

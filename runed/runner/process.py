@@ -80,6 +80,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def record_time(value: object) -> float | None:
+    """A record's time (epoch seconds), or None when it holds none."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _launch_age(directory: Path) -> float:
     """Seconds since the start in ``directory`` was asked for (launch.json is written first); inf without one."""
     try:
@@ -447,6 +452,7 @@ class ProcessRunner:
         if handle.pid == 0 and self._start_pending(handle):
             return Observation("starting", handle)
         ex = _record(directory / EXIT_NAME, handle.attempt)
+        started_at = None
         if handle.pid == 0:
             info = _record(directory / PID_NAME, handle.attempt)
             if info is not None:
@@ -457,9 +463,10 @@ class ProcessRunner:
                     shim_pid=int(info.get("shim_pid") or handle.shim_pid),
                     shim_start=info.get("shim_start", handle.shim_start),
                 )
+                started_at = record_time(info.get("ts"))
         if ex is not None:
             self._start_over(directory, handle)
-            return self._ended(handle, ex)
+            return dataclasses.replace(self._ended(handle, ex), started_at=started_at)
         if handle.pid:
             self._start_over(directory, handle)
             running = alive(handle.pid, handle.pid_start)
@@ -467,7 +474,7 @@ class ProcessRunner:
                 # No shim known (a record from before shims were recorded): the process decides.
                 return Observation("running", handle) if running else self._vanished(directory, handle)
             if self._shim_alive(directory, handle):
-                return Observation("running", handle) if running else self._exiting(handle)
+                return Observation("running", handle, started_at=started_at) if running else self._exiting(handle)
             # The shim is gone: it may have written its exit record just before it ended.
             ex = _record(directory / EXIT_NAME, handle.attempt)
             if ex is not None:

@@ -35,9 +35,9 @@
  *   {"op": "start", "dir": <absolute>, "attempt": <name>, "env": {<the instance's whole environment>}}
  *     -> {"claimed": false} (claimed before, or launch.json names another attempt) | {"error": why}
  *        (also in the dir's shim.err) | {"pid": 0, "ended": true} (could not start: exit record 127)
- *        | {"pid": N, "pid_start": ticks|null} with a pipe's read end (SCM_RIGHTS) that reaches end
- *        of file once the exit record is committed, or the keeper is gone. Claim and pid.json name
- *        the keeper as the shim (shim_pid, shim_start).
+ *        | {"pid": N, "pid_start": ticks|null, "ts": wall seconds of its start} with a pipe's read
+ *        end (SCM_RIGHTS) that reaches end of file once the exit record is committed, or the keeper
+ *        is gone. Claim and pid.json name the keeper as the shim (shim_pid, shim_start).
  *   {"op": "watch", "dir", "attempt"} -> the same reply and pipe for an instance still running (a
  *     controller started anew), else {"gone": true}.
  *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not written (SIGURG's meaning).
@@ -1006,6 +1006,7 @@ typedef struct {
     int pidfd; /* -1: none (polled with WNOHANG), -2: closed, the end known */
     int status, ended;
     int64_t exited_at, heard_at;
+    double started; /* wall seconds when it started (pid.json's "ts") */
     stream_t streams[2];
     log_t w;
     reserved_t exit_record;
@@ -1109,7 +1110,8 @@ static int run_begin(run_t *r, const spec_t *spec, char **envp, const char *atte
     *pid_start = proc_start_time(r->pid);
     if (*pid_start < 0) buf_str(&rec, "null");
     else buf_fmt(&rec, "%lld", *pid_start);
-    buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld, \"ts\": %.6f", (int)me, my_start, wall_seconds());
+    r->started = wall_seconds();
+    buf_fmt(&rec, ", \"shim_pid\": %d, \"shim_start\": %lld, \"ts\": %.6f", (int)me, my_start, r->started);
     json_attempt(&rec, attempt);
     buf_str(&rec, "}");
     commit(&pid_record, &rec, 0);
@@ -1728,8 +1730,9 @@ static inst_t *find(const char *dir, const char *attempt) {
 static void reply_pid(conn_t *c, inst_t *in) {
     buf_t b = {0};
     buf_fmt(&b, "{\"pid\": %d, \"pid_start\": ", (int)in->run.pid);
-    if (in->pid_start < 0) buf_str(&b, "null}");
-    else buf_fmt(&b, "%lld}", in->pid_start);
+    if (in->pid_start < 0) buf_str(&b, "null");
+    else buf_fmt(&b, "%lld", in->pid_start);
+    buf_fmt(&b, ", \"ts\": %.6f}", in->run.started);
     int fd = fcntl(in->done_r, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) reply_error(c, "cannot duplicate the end's pipe");
     else conn_reply(c, &b, fd);

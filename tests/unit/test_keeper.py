@@ -333,7 +333,9 @@ def test_watch_from_another_connection_and_discard(keeper: Keeper, tmp_path: Pat
     second = keeper.connect()
     watched, fds = second.call({"op": "watch", "dir": str(d), "attempt": "a1"})
     keeper.fds += fds
-    assert watched == {"pid": reply["pid"], "pid_start": reply["pid_start"]} and len(fds) == 1
+    assert watched == {"pid": reply["pid"], "pid_start": reply["pid_start"], "ts": reply["ts"]} and len(fds) == 1
+    # The start's time, as its pid record says it.
+    assert reply["ts"] == _json(d / "pid.json")["ts"]
     assert second.call({"op": "watch", "dir": str(tmp_path / "nothing"), "attempt": "a1"}) == ({"gone": True}, [])
     assert second.call({"op": "watch", "dir": str(d), "attempt": "a0"}) == ({"gone": True}, [])
     assert not _readable(fds[0], 0.2) and not _readable(fd, 0)

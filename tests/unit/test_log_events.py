@@ -40,6 +40,19 @@ def test_seq_continues_across_writers_and_rotation(tmp_path: Path, monkeypatch: 
     assert files.last_seq(d, events.EVENTS_NAME) == 3
 
 
+def test_an_event_is_stamped_with_its_time_but_never_before_the_one_written_before_it(tmp_path: Path) -> None:
+    d = tmp_path / "inst"
+    d.mkdir()
+    w = events.EventWriter()
+    w.append(d, "Starting", at=1_000.25)
+    w.append(d, "Started: pid 7", at=1_000.5)
+    w.append(d, "Ready", at=999.0)  # earlier than the last: stamped as the last
+    w.append(d, "Exited", at=4_000_000_000.0)  # a time to come: stamped now
+    stamps = [json.loads(line)["ts"] for line in (d / events.EVENTS_NAME).read_text().splitlines()]
+    assert stamps[:3] == [format_ns(1_000_250_000_000), format_ns(1_000_500_000_000), format_ns(1_000_500_000_000)]
+    assert format_ns(1_000_500_000_000) < stamps[3] < format_ns(4_000_000_000 * 10**9)
+
+
 def test_a_missing_directory_is_not_an_error(tmp_path: Path) -> None:
     events.EventWriter().append(tmp_path / "gone", "Exited: exit code 1")
     assert not (tmp_path / "gone").exists()
