@@ -85,7 +85,7 @@ def test_crash_loop_events_interleave_with_output(either_orch: Orch) -> None:
     # follows it (a Started event is stamped when the process started, not when runed saw it run).
     timeline = [x.content if x.stream == "event" else f"out:{x.content}" for x in mixed]
     runs = [i for i, line in enumerate(timeline) if line == "out:run"]
-    assert len(runs) >= 3, timeline
+    assert len(runs) >= 2, timeline  # two restarts: two runs ended, a third may not have printed yet
     for i in runs:
         assert timeline[i - 1].startswith("Started: pid "), timeline[i - 3 : i + 2]
         # The last run may still be going.
