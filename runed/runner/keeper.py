@@ -335,7 +335,7 @@ class Kept(Signalled):
     """A stop of an instance run by a keeper, which signals it."""
 
     keeper: Keeper
-    # Whether ``end`` is the process's pidfd (:meth:`KeeperRunner._process_end`), not the keeper's end pipe.
+    # Whether ``end`` is the process's pidfd (:func:`_process_end`), not the keeper's end pipe.
     by_process: bool = False
 
 
@@ -581,14 +581,14 @@ class KeeperRunner(ProcessRunner):
 
 
 def _process_end(pid: int, end: int) -> int:
-    """What a deleted instance's stop waits on: a pidfd of its process (``end``, the keeper's end
-    pipe, closed), else ``end``.
+    """What a deleted instance's stop waits on: a pidfd of its process, ``end`` (the keeper's end
+    pipe) closed; or ``end`` itself where a pidfd could name another process.
 
     Why: the keeper's end pipe closes once the keeper has reaped the process, one at a time after
-    its last signal (``wait4`` and eight ``close`` calls each): a deletion of a thousand learnt of its
-    ends 15-50 ms after the last process had exited, and that wait was a third of the deletion
-    (bench/README.md, "the deletion waits on the processes"). A deleted instance's end needs no
-    exit record (none is written), only its process gone, which its pidfd tells at once. The
+    its last signal (``wait4`` and eight ``close`` calls each): a deletion of a thousand learnt of
+    its ends 15-50 ms after the last process had exited, and without that wait it is over 10-15 ms
+    sooner (bench/README.md, "the deletion waits on the processes"). A deleted instance's end needs
+    no exit record (none is written), only its process gone, which its pidfd tells at once. The
     keeper reaps it meanwhile; what is left of its group goes with the stop (``KeeperRunner._after``).
 
     The pidfd is taken only while the end pipe is still open: the keeper has not finished the
