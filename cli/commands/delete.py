@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 from rune.cli.client import Session, pb2
 from rune.cli.commands.common import pass_session
 from rune.cli.complete import delete_args
-from rune.cli.errors import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, CliError
+from rune.cli.errors import EXIT_ERROR, EXIT_TIMEOUT, CliError, render_rpc_error
 from rune.cli.output import age, dump, table, to_dict
 
 _KINDS = {
@@ -59,7 +60,7 @@ class _DeleteGroup(click.Group):
         return [*super().shell_complete(ctx, incomplete), *delete_args(ctx, self, incomplete)]
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_usage(ctx.command_path, "[OPTIONS] [TYPE] NAME")
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [TYPE] NAME [NAME...]")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The flags that matter are the hidden ``object`` command's: list them as delete's own.
@@ -73,7 +74,7 @@ class _DeleteGroup(click.Group):
 
 @click.group(cls=_DeleteGroup)
 def delete() -> None:
-    """Delete [TYPE] NAME (TYPE: service (default), secret, configmap, namespace, node); `list`, `status ID`."""
+    """Delete [TYPE] NAME... (TYPE: service (default), secret, configmap, namespace, node); `list`, `status ID`."""
 
 
 @delete.command("object", hidden=True)
@@ -97,20 +98,74 @@ def delete_object(
     detach: bool, dry_run: bool, grace_period: int, now: bool, ignore_not_found: bool, finalizers: tuple[str, ...],
     fmt: str,
 ) -> None:  # fmt: skip
-    if len(args) == 1:
-        kind, name = "service", args[0]
-    elif len(args) == 2 and args[0].lower() in _KINDS:
-        kind, name = _KINDS[args[0].lower()], args[1]
+    if len(args) > 1 and args[0].lower() in _KINDS:
+        kind, names = _KINDS[args[0].lower()], list(args[1:])
     else:
-        raise CliError("usage: rune delete [service|secret|configmap|namespace|node] NAME", EXIT_USAGE)
+        kind, names = "service", list(args)
     ns = s.namespace(namespace)
+    flags = _Flags(force, no_dependencies, timeout, detach, dry_run, grace_period, now, ignore_not_found, finalizers)
+    if len(names) == 1:
+        # One name: its failure is the command's, with its own exit code.
+        _delete_one(s, kind, names[0], ns, fmt, flags)
+        return
+    # Several: each is deleted, a failure said and the rest still done; the command fails with the
+    # first failure's exit code. The services' deletions are all started, then waited for.
+    import grpc
+
+    started: list[tuple[str, str]] = []
+    failures: list[int] = []
+    for name in names:
+        try:
+            if detach:
+                _delete_one(s, kind, name, ns, fmt, flags)
+            else:
+                _delete_one(s, kind, name, ns, fmt, dataclasses.replace(flags, detach=True), started=started)
+        except (CliError, grpc.RpcError) as e:
+            failures.append(_say_failure(s, kind, name, e))
+    for name, deletion_id in started:
+        try:
+            _finish(s, ns, name, deletion_id, float(timeout), fmt)
+        except CliError as e:
+            failures.append(_say_failure(s, kind, name, e))
+    if failures:
+        raise CliError(f"{len(failures)} of {len(names)} deletions failed", failures[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flags:
+    force: bool
+    no_dependencies: bool
+    timeout: int
+    detach: bool
+    dry_run: bool
+    grace_period: int
+    now: bool
+    ignore_not_found: bool
+    finalizers: tuple[str, ...]
+
+
+def _say_failure(s: Session, kind: str, name: str, e: Exception) -> int:
+    """Print one name's failure as the command's own would be printed; its exit code."""
+    if isinstance(e, CliError):
+        message, code = str(e), e.code
+    else:
+        message, code = render_rpc_error(e, str(s.target))
+    click.echo(f"error: {kind}/{name}: {message}", err=True)
+    return code
+
+
+def _delete_one(
+    s: Session, kind: str, name: str, ns: str, fmt: str, f: _Flags, *, started: list[tuple[str, str]] | None = None
+) -> None:
+    """Delete one object. With ``f.detach`` a service's deletion is only started: said, or, with
+    ``started``, added to it as (name, deletion id) for the caller to wait for."""
     if kind != "service":
-        _delete_other(s, kind, name, ns, ignore_not_found, force)
+        _delete_other(s, kind, name, ns, f.ignore_not_found, f.force)
         return
     req = pb2("service").DeleteServiceRequest(
-        name=name, namespace=ns, force=force or no_dependencies, timeout_seconds=timeout, detach=detach,
-        dry_run=dry_run, grace_period=grace_period, now=now, ignore_not_found=ignore_not_found,
-        finalizers=list(finalizers), no_dependencies=no_dependencies,
+        name=name, namespace=ns, force=f.force or f.no_dependencies, timeout_seconds=f.timeout, detach=f.detach,
+        dry_run=f.dry_run, grace_period=f.grace_period, now=f.now, ignore_not_found=f.ignore_not_found,
+        finalizers=list(f.finalizers), no_dependencies=f.no_dependencies,
     )  # fmt: skip
     resp = s.call("ServiceService", "DeleteService", req)
     for w in resp.warnings:
@@ -119,7 +174,7 @@ def delete_object(
         dump(to_dict(resp), fmt)
     if resp.errors:
         raise CliError("; ".join(resp.errors), EXIT_ERROR)
-    if dry_run:
+    if f.dry_run:
         if fmt == "text":
             click.echo(f"service/{name} would be deleted (dry run)")
         return
@@ -127,13 +182,20 @@ def delete_object(
         if fmt == "text":
             click.echo(f"service/{name} not found (ignored)")
         return
-    if detach:
+    if f.detach and started is not None:
+        started.append((name, resp.deletion_id))
+    elif f.detach:
         if fmt == "text":
             click.echo(
                 f"service/{name} deletion started: {resp.deletion_id} (see `rune delete status {resp.deletion_id}`)"
             )
-        return
-    op = _wait_deletion(s, ns, resp.deletion_id, float(timeout))
+    else:
+        _finish(s, ns, name, resp.deletion_id, float(f.timeout), fmt)
+
+
+def _finish(s: Session, ns: str, name: str, deletion_id: str, timeout: float, fmt: str) -> None:
+    """Wait for a service's deletion, and say how it ended."""
+    op = _wait_deletion(s, ns, deletion_id, timeout)
     if op.status == "failed":
         raise CliError(f"deletion of service/{name} failed: {op.failure_reason}")
     if fmt == "text":

@@ -289,3 +289,24 @@ def test_cast_release(rune: Rune, tmp_path: Path) -> None:
     history = rune("history", "blue-api").stdout
     assert "release blue" in history, history
     assert rune("delete", "blue-api", timeout=90).returncode == 0
+
+
+def test_delete_takes_several_names_and_deletes_every_one_it_can(rune: Rune, tmp_path: Path) -> None:
+    """`rune delete a b` (as `kubectl delete svc a b`): both go; a missing one among them is said,
+    the others are still deleted, and the exit code is the missing one's."""
+    for name in ("pair-a", "pair-b"):
+        _cast_sleeper(rune, tmp_path, name)
+    r = rune("delete", "pair-a", "pair-missing", "pair-b", timeout=90)
+    assert r.returncode == 3, r.stdout + r.stderr  # not found
+    assert "service/pair-a deleted" in r.stdout and "service/pair-b deleted" in r.stdout, r.stdout
+    assert "error: service/pair-missing: not found" in r.stderr, r.stderr
+    assert "1 of 3 deletions failed" in r.stderr, r.stderr
+    listed = rune("get", "services", "-o", "json").stdout
+    assert "pair-a" not in listed and "pair-b" not in listed, listed
+    # Another kind, named first: every name after it is of that kind.
+    for name in ("pair-s1", "pair-s2"):
+        assert rune("create", "secret", name, "--data", "k=v").returncode == 0
+    r = rune("delete", "secret", "pair-s1", "pair-s2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["secret/pair-s1 deleted", "secret/pair-s2 deleted"], r.stdout
+    assert rune("get", "secret", "pair-s1").returncode == 3
