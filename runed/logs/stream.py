@@ -168,6 +168,9 @@ class LogStream:
     positions: dict[str, int] | None = None
     pos: dict[str, int] = field(default_factory=dict)
     _followers: dict[str, Follower] = field(default_factory=dict)
+    # Series :meth:`poll` passes over (nothing of them is asked for now), not read: their positions
+    # are moved to their ends only when a cursor is made, or when they are read again.
+    _passed: set[str] = field(default_factory=set)
 
     def history(self, tail: int) -> Iterator[Emitted]:
         """The lines already written that the request asks for, merged, with cursors.
@@ -274,15 +277,30 @@ class LogStream:
                 f.close()
             del self.sources[key]
             self.pos.pop(key, None)
+            self._passed.discard(key)
         return out
 
     def poll(self, limit: int = files.POLL_LINES) -> Batch:
         """Lines written since the last poll (about ``limit`` per series at most), merged by time;
-        rejected lines still advance cursors."""
+        rejected lines still advance cursors.
+
+        A series nothing of which can pass (an instance's output, while only its events are asked
+        for: ``rune events -f``) is not read: a chatty instance's every line was read and parsed
+        here, only to be dropped (bench/README.md, "an events-only follower"). Its cursor position
+        moves to its end when a cursor is made, as if its lines had been read and rejected; a
+        parameter update that asks for its lines again reads those written from then on.
+        """
         got: list[tuple[Source, LogLine]] = []
+        sel = self.selection
         for iid, src in self.sources.items():
+            if not sel.reads(src):
+                self._pass_over(iid)
+                continue
             f = self._followers.get(iid)
             if f is None:
+                if iid in self._passed:
+                    self._passed.discard(iid)
+                    self.pos[iid] = files.last_seq(src.log_dir, src.file)
                 f = self._followers[iid] = Follower(src.log_dir, self.pos.get(iid, -1), src.file)
             lines = f.poll(limit)
             if lines and len(self.sources) == 1:
@@ -290,6 +308,9 @@ class LogStream:
             got.extend((src, ln) for ln in lines)
         if not got:
             return []
+        for iid in self._passed:
+            src = self.sources[iid]
+            self.pos[iid] = max(self.pos.get(iid, -1), files.last_seq(src.log_dir, src.file))
         if len(self.sources) > 1:
             got.sort(key=lambda p: (p[1].ns, p[1].seq))
         out = []
@@ -299,6 +320,14 @@ class LogStream:
             if accept(ln):
                 out.append(Emitted(src, ln, cursor.encode(self.pos)))
         return out
+
+    def _pass_over(self, iid: str) -> None:
+        """``iid``'s series is not read for now (see :meth:`poll`)."""
+        if iid not in self._passed:
+            self._passed.add(iid)
+            f = self._followers.pop(iid, None)
+            if f is not None:
+                f.close()
 
     def _single(self, src: Source, lines: list[LogLine]) -> Batch:
         """:meth:`poll` of a stream of one series (the common case, per line the hot path): no merge,

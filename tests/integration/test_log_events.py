@@ -279,3 +279,21 @@ def test_a_run_too_short_to_be_seen_running_still_has_its_started_event(orch: Or
         exits = [i for i, e in enumerate(runs) if e.startswith("Exited: ")]
         assert len(exits) >= 3, (name, runs)
         assert all(i > 0 and runs[i - 1].startswith("Started: pid ") for i in exits), (name, runs)
+
+
+def test_an_events_only_follow_makes_cursors_past_the_output_it_did_not_read(orch: Orch, tmp_path: Path) -> None:
+    """Following ``stream: "event"`` reads no output, but its cursors still stand after the output
+    written before each event: resumed for the output, a cursor gives what came after its event."""
+    o = orch
+    count = tmp_path / "runs"
+    o.cast_shell("evrun", f"n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count}; echo run $n; exit 3")
+    follow = _Follow(o, resource_target="evrun", stream="event")
+    try:
+        got = follow.until(lambda out: sum(x.content == "Exited: exit code 3" for x in out) >= 2)
+    finally:
+        follow.close()
+    assert {x.stream for x in got} == {"event"}, [(x.stream, x.content) for x in got]
+    first_exit = next(x for x in got if x.content == "Exited: exit code 3")
+    resumed = _history(o, "evrun", after_cursor=first_exit.cursor, stream="stdout")
+    assert resumed and resumed[0].content == "run 2", [x.content for x in resumed]
+    assert [x.content for x in resumed] == [f"run {i}" for i in range(2, len(resumed) + 2)]
