@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -201,6 +202,49 @@ def bare_grpc_stream(seconds: float) -> float:
         with_suppress_kill(proc)
 
 
+def follow_events(target: str, token: str, seconds: float) -> int:
+    """A follower of the lifecycle events alone (``stream: "event"``, as ``rune events -f``): how
+    many it got (none, unless the instance restarts meanwhile)."""
+
+    async def main() -> int:
+        async with grpc.aio.insecure_channel(target) as ch:
+            stub = logs_pb2_grpc.LogServiceStub(ch)
+            call = stub.StreamLogs(metadata=[("authorization", f"Bearer {token}")])
+            await call.write(logs_pb2.LogRequest(resource_target="service/chatty", follow=True, stream="event"))
+            n = 0
+
+            async def read() -> None:
+                nonlocal n
+                async for r in call:
+                    n += len(r.lines) or 1
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(read(), seconds)
+            call.cancel()
+            return n
+
+    return asyncio.run(main())
+
+
+def role_cpu(data_dir: Path, role: str) -> float:
+    """CPU seconds ``role``'s process has spent (its pid from the data dir's run marker)."""
+    pid = json.loads((data_dir / "run" / f"{role}.json").read_text())["pid"]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def events_follower_cost(addrs: dict[str, str], token: str, seconds: float) -> tuple[float, float]:
+    """The gRPC role's CPU (share of a core) over ``seconds`` beside the chatty writer: with no
+    follower (the baseline, same writer, same run), then with an events-only follower."""
+    data = Path(addrs["data_dir"])
+    t0, c0 = time.monotonic(), role_cpu(data, "grpc")
+    time.sleep(seconds)
+    idle = (role_cpu(data, "grpc") - c0) / (time.monotonic() - t0)
+    t0, c0 = time.monotonic(), role_cpu(data, "grpc")
+    follow_events(addrs["grpc"], token, seconds)
+    return idle, (role_cpu(data, "grpc") - c0) / (time.monotonic() - t0)
+
+
 def _cast(addrs: dict[str, str], token: str, script: Path, pause: float) -> Path:
     md = [("authorization", f"Bearer {token}")]
     with grpc.insecure_channel(addrs["grpc"]) as ch:
@@ -280,6 +324,13 @@ def run() -> None:
                         f"   {label:<28} {rate:9.0f} lines/s (x{rate / max(tail_rate, 1):4.2f} of the tail beside it)"
                         f"   write->receive p50 {_pct(lat, 50):7.2f} ms   p99 {_pct(lat, 99):7.2f} ms"
                         f"   (tail: {tail_rate:6.0f}/s, p50 {_pct(tlat, 50):6.2f} ms, p99 {_pct(tlat, 99):7.2f} ms)"
+                    )
+                if not pause:
+                    idle, events = events_follower_cost(addrs, token, SECONDS)
+                    print(
+                        f"   {'events-only follower':<28} the gRPC role's CPU {events * 100:5.1f}% of a core, "
+                        f"{idle * 100:5.1f}% with no follower ({(events - idle) * 100:+.1f} points; "
+                        "the output it is not sent should not be read)"
                     )
                 _delete(addrs, token)
     ceiling = bare_grpc_stream(SECONDS)
