@@ -287,8 +287,9 @@ class LogStream:
         A series nothing of which can pass (an instance's output, while only its events are asked
         for: ``rune events -f``) is not read: a chatty instance's every line was read and parsed
         here, only to be dropped (bench/README.md, "an events-only follower"). Its cursor position
-        moves to its end when a cursor is made, as if its lines had been read and rejected; a
-        parameter update that asks for its lines again reads those written from then on.
+        moves to its end when a cursor is made, as if its lines had been read and rejected (up to
+        the poll, where reading stopped at the line of each cursor); a parameter update that asks
+        for its lines again reads those written from then on.
         """
         got: list[tuple[Source, LogLine]] = []
         sel = self.selection

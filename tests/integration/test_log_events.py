@@ -282,11 +282,15 @@ def test_a_run_too_short_to_be_seen_running_still_has_its_started_event(orch: Or
 
 
 def test_an_events_only_follow_makes_cursors_past_the_output_it_did_not_read(orch: Orch, tmp_path: Path) -> None:
-    """Following ``stream: "event"`` reads no output, but its cursors still stand after the output
-    written before each event: resumed for the output, a cursor gives what came after its event."""
+    """Following ``stream: "event"`` reads no output, but the cursor of an event it follows (not one
+    of its history, whose output positions are those at its start) stands after the output written
+    before that event: resumed for the output, it gives what came after. Each run prints after a
+    second, so the first end comes while the stream follows."""
     o = orch
     count = tmp_path / "runs"
-    o.cast_shell("evrun", f"n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count}; echo run $n; exit 3")
+    o.cast_shell(
+        "evrun", f"n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count}; sleep 1; echo run $n; exit 3"
+    )
     follow = _Follow(o, resource_target="evrun", stream="event")
     try:
         got = follow.until(lambda out: sum(x.content == "Exited: exit code 3" for x in out) >= 2)
