@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from bench.common import bootstrap_token, running_runed, setting, with_suppress_kill
+from bench.common import CLK_TCK, bootstrap_token, cpu_ticks, running_runed, setting, with_suppress_kill
 from rune.api import common_pb2, logs_pb2, logs_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.store.sqlite import SQLiteStore
 
@@ -229,8 +229,7 @@ def follow_events(target: str, token: str, seconds: float) -> int:
 def role_cpu(data_dir: Path, role: str) -> float:
     """CPU seconds ``role``'s process has spent (its pid from the data dir's run marker)."""
     pid = json.loads((data_dir / "run" / f"{role}.json").read_text())["pid"]
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_ticks(int(pid)) / CLK_TCK
 
 
 def events_follower_cost(addrs: dict[str, str], token: str, seconds: float) -> tuple[float, float]:

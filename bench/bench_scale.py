@@ -46,7 +46,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import Load, bootstrap_token, drive, setting
+from bench.common import CLK_TCK, Load, bootstrap_token, cpu_ticks, drive, setting
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.runner import native
 from runed.runner.keeper import SIGNAL_BATCH, Keepers
@@ -68,7 +68,6 @@ REF_SCALE = 10
 PAGE = 100
 # A page that holds as many instances with N running as the page of 100 holds with 10.
 SMALL_PAGE = REF_SCALE
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT_SECONDS = 900.0
 # How often the benchmark's watch of a thousand ends looks (see Ends).
 ENDS_LOOK_SECONDS = 0.001
@@ -86,16 +85,6 @@ def _program(kind: str) -> list[str]:
 
 
 # -- /proc ---------------------------------------------------------------------------------------
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks (0 when gone)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def thread_cpu(pid: int) -> float:
     """CPU seconds of ``pid``'s threads alive now, from each one's schedstat (nanoseconds: a delete's
     tens of milliseconds are below the clock tick of /proc/<pid>/stat). A thread that ended before

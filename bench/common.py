@@ -23,6 +23,19 @@ from tests.harness import run_runed
 Number = TypeVar("Number", int, float)
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 when gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def setting(name: str, default: Number) -> Number:
     """The positive number the environment variable ``name`` sets (``default`` unset), of
     ``default``'s type; a value that is none ends the benchmark with a line naming the variable."""
