@@ -49,7 +49,7 @@ import grpc
 from bench.common import CLK_TCK, Load, bootstrap_token, cpu_ticks, drive, setting
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
 from runed.runner import native
-from runed.runner.keeper import SIGNAL_BATCH, Keepers
+from runed.runner.keeper import ALL, SIGNAL_BATCH, Keepers
 from runed.runner.process import is_keeper, shim_argv
 from runed.runner.shim import DISCARD_SIGNAL, proc_start_time
 from tests.harness import Runed, run_runed
@@ -240,7 +240,7 @@ def keeper_killed(argv: list[str], n: int, root: Path) -> float:
     assert program is not None, "no native shim: no keeper"
     keepers = Keepers(program)
     with _many_open_files(), contextlib.closing(keepers):
-        k = keepers.ours(root)
+        k = keepers.ours(root, ALL)
         dirs = []
         for i in range(n):
             d = root / f"i{i}"

@@ -1,4 +1,5 @@
-"""The keeper: one native process that supervises many instances (``controller.shim: shared``).
+"""The keeper: one native process that supervises many instances: those of one service
+(``controller.shim: service``) or all of a controller's (``shared``).
 
 Why: under a shim per instance every instance is two processes, so ending N instances ends 2N of
 them, and a delete of a thousand cannot come within twice a bare kill of the same programs however
@@ -6,7 +7,12 @@ little each shim does (bench/README.md, "one keeper for many instances"). The ke
 (``rune-shim --keeper``, runed/runner/shim.c) does for every instance of a controller what a shim
 does for one, file for file (claim, launch.json, pid.json, log.jsonl, exit.json), so an instance is
 its own process only. The trade: a keeper's death ends the supervision of every instance it runs
-(each is then ended and restarted by its policy, as under a dead shim), where a shim's ends one.
+(each is then ended and restarted by its policy, as under a dead shim), where a shim's ends one; a
+keeper per service keeps that within one service, as a deletion or a scale is.
+
+Each keeper's socket names its group (which instances it takes: a service's hash, or ``all``), so
+a controller started anew sends a service's starts to the keeper it left. A keeper that supervises
+nothing any more is let go of (:meth:`Keepers.let_go_of_emptied`) and leaves.
 
 The keeper outlives runed (its own session), like a shim. It listens on a socket in the
 instances' directory; a controller started anew finds it there and asks it again for each running
@@ -22,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +59,12 @@ log = logging.getLogger("runed.runner")
 
 SOCKET_PREFIX = ".keeper-"
 SOCKET_SUFFIX = ".sock"
+# The group of the one keeper for all instances (``controller.shim: shared``).
+ALL = "all"
+# How soon after an instance's end its keeper is asked whether it supervises anything still (and
+# its answer looked for again), and the key of that question.
+EMPTIED_CHECK_SECONDS = 0.5
+EMPTY_KEY = "\0empty"
 ERR_NAME = "keeper.err"
 # A keeper answers a start once its process runs: a fork, an exec and a few small files.
 REPLY_TIMEOUT_SECONDS = 10.0
@@ -80,6 +93,7 @@ class Keeper:
     def __init__(self, sock: socket.socket, path: Path) -> None:
         self.sock = sock
         self.path = path
+        self.group = group_of(path.name)
         self.pid = 0
         self.start: int | None = None
         # Replies by the key they were asked under, until taken; keys whose replies nobody takes.
@@ -149,6 +163,14 @@ class Keeper:
         """Send ``request``; its reply goes to :attr:`answers` under ``key`` (see :meth:`collect`)."""
         self.send(request)
         self._awaiting.append(key)
+
+    def quiet(self) -> bool:
+        """Whether every request sent has been answered and every reply taken."""
+        return not self.answers and not self._awaiting
+
+    def awaiting(self) -> Sequence[str]:
+        """The keys of the requests not answered yet, in the order they were asked."""
+        return self._awaiting
 
     def forget(self, key: str) -> None:
         """Nobody takes the reply to ``key``: dropped as it comes (its descriptor closed)."""
@@ -226,30 +248,50 @@ def _close(fd: int | None) -> None:
         os.close(fd)
 
 
+def socket_name(group: str) -> str:
+    """A new keeper's socket name: its group (which instances it takes) and a token of its own."""
+    return f"{SOCKET_PREFIX}{group}.{secrets.token_hex(6)}{SOCKET_SUFFIX}"
+
+
+def group_of(name: str) -> str:
+    """The group of the keeper listening at socket ``name``; a name without one (a keeper started
+    before keepers had groups) is the one keeper for all instances."""
+    middle = name.removeprefix(SOCKET_PREFIX).removesuffix(SOCKET_SUFFIX)
+    return middle.rpartition(".")[0] or ALL
+
+
 class Keepers:
-    """The keepers of one instances' directory: the one new starts go to, and those found there."""
+    """The keepers of one instances' directory: the one of each group new starts go to, and those
+    found there."""
 
     def __init__(self, program: str) -> None:
         self.program = program
         self._by_pid: dict[int, Keeper] = {}
-        self._ours: Keeper | None = None
+        # The keeper new starts of each group go to.
+        self._ours: dict[str, Keeper] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._looked = False
+        # Keepers that may supervise nothing now (an instance of theirs ended), by pid.
+        self.emptied: set[int] = set()
 
-    def ours(self, workdir: Path) -> Keeper:
-        """The keeper new starts go to: this runner's, one of this program found running, or a new one."""
-        k = self._ours
+    def ours(self, workdir: Path, group: str) -> Keeper:
+        """The keeper new starts of ``group`` go to: this runner's, one of this program found running
+        (the directory is looked through once: a keeper started later is this runner's), or a new one."""
+        k = self._ours.get(group)
         if k is not None and k.connected():
             return k
-        self._ours = None
-        self.find(workdir)
+        self._ours.pop(group, None)
+        if not self._looked:
+            self._looked = True
+            self.find(workdir)
         want = os.path.realpath(self.program)
         for k in self._by_pid.values():
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{k.pid}/exe") == want:
-                    self._ours = k
+                if k.group == group and k.connected() and os.readlink(f"/proc/{k.pid}/exe") == want:
+                    self._ours[group] = k
                     return k
-        self._ours = self._launch(workdir)
-        return self._ours
+        k = self._ours[group] = self._launch(workdir, group)
+        return k
 
     def known(self, pid: int) -> Keeper | None:
         return self._by_pid.get(pid)
@@ -284,10 +326,12 @@ class Keepers:
                     log.warning("keeper socket %s: %s", path, e)
                     continue
                 self._by_pid[k.pid] = k
+                # Its instances may have ended while no controller was connected.
+                self.emptied.add(k.pid)
 
-    def _launch(self, workdir: Path) -> Keeper:
+    def _launch(self, workdir: Path, group: str) -> Keeper:
         workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / f"{SOCKET_PREFIX}{secrets.token_hex(6)}{SOCKET_SUFFIX}"
+        path = workdir / socket_name(group)
         try:
             with (workdir / ERR_NAME).open("ab") as err:
                 proc = subprocess.Popen(
@@ -319,6 +363,53 @@ class Keepers:
         log.info("keeper started (pid %d)", k.pid)
         return k
 
+    def let_go_of_emptied(self) -> bool:
+        """Close the connection to each keeper of :attr:`emptied` that supervises nothing now: a
+        keeper without instances and clients exits (its socket with it), so a deleted or scaled-down
+        service leaves no process behind. Returns whether to look again a little later: a keeper has
+        not answered yet, has only instances being deleted or finished, or was let go of and has not
+        been reaped yet.
+
+        Asked, not waited for: the question goes now and its answer is taken by a later look, so a
+        slow or stopped keeper holds up nothing. A keeper that answers that it has no instance, with
+        no request sent after the question, has none this runner started (starts come from this
+        thread only, answered in order; one sent later goes to a new keeper). Its instances' end
+        pipes are descriptors of their own, not the connection.
+        """
+        self.reap()
+        emptied, self.emptied = self.emptied, set()
+        for pid in sorted(emptied):
+            k = self._by_pid.get(pid)
+            if k is None:
+                continue
+            try:
+                k.collect()
+                answer = k.answers.pop(EMPTY_KEY, None)
+                if answer is None:
+                    if EMPTY_KEY not in k.awaiting():
+                        k.ask(EMPTY_KEY, {"op": "ping"})
+                    self.emptied.add(pid)
+                    continue
+            except KeeperError:
+                self._drop(k)
+                continue
+            reply = answer[0]
+            if not reply.get("instances") and k.quiet():
+                self._drop(k)
+            elif not reply.get("live", 1) or not k.quiet():
+                # Only instances being deleted or finished: gone soon (or killed after their grace,
+                # which needs the connection); or a start sent since. Asked again. Instances that
+                # run on mark it again as they end.
+                self.emptied.add(pid)
+        # A keeper let go of is this process's child until reaped: looked at again until it is.
+        return bool(self.emptied) or any(p.pid not in self._by_pid for p in self._procs)
+
+    def _drop(self, k: Keeper) -> None:
+        k.close()
+        self._by_pid.pop(k.pid, None)
+        if self._ours.get(k.group) is k:
+            del self._ours[k.group]
+
     def reap(self) -> None:
         self._procs = [p for p in self._procs if p.poll() is None]
 
@@ -327,7 +418,7 @@ class Keepers:
         for k in self._by_pid.values():
             k.close()
         self._by_pid.clear()
-        self._ours = None
+        self._ours.clear()
 
 
 @dataclasses.dataclass
@@ -340,17 +431,25 @@ class Kept(Signalled):
 
 
 class KeeperRunner(ProcessRunner):
-    """The process runner with a keeper for all instances instead of a shim for each.
+    """The process runner with a keeper for many instances instead of a shim for each: one per
+    service (``per_service``, ``controller.shim: service``), or one for all (``shared``).
 
     Instances a shim of their own runs (started before, or while no keeper could be) are run as
     :class:`ProcessRunner` runs them.
     """
 
     def __init__(
-        self, nofile: int | None = None, *, spawn_timeout: float = SPAWN_TIMEOUT_SECONDS, program: str
+        self,
+        nofile: int | None = None,
+        *,
+        spawn_timeout: float = SPAWN_TIMEOUT_SECONDS,
+        program: str,
+        per_service: bool = False,
     ) -> None:
         super().__init__(nofile, fork=False, spawn_timeout=spawn_timeout)
         self.keepers = Keepers(program)
+        self.per_service = per_service
+        self._emptied_check: asyncio.TimerHandle | None = None
         # The end descriptors of the starts' replies, by instance directory, until the controller takes them.
         self._ends: dict[str, int] = {}
         # Starts asked of a keeper and not answered yet, by instance directory: (keeper, attempt, since when).
@@ -366,7 +465,7 @@ class KeeperRunner(ProcessRunner):
         """Ask the keeper to start the instance; its reply is taken by :meth:`observe` (pipelined)."""
         d, attempt, env = self._prepare(spec)
         try:
-            keeper = self.keepers.ours(d.parent)
+            keeper = self.keepers.ours(d.parent, self._group(spec))
             keeper.ask(attempt, {"op": "start", "dir": str(d), "attempt": attempt, "env": env})
         except KeeperError as e:
             log.warning("%s; starting the instance under a shim of its own", e)
@@ -377,6 +476,12 @@ class KeeperRunner(ProcessRunner):
         self._drop_start(d)
         self._starting[str(d)] = (keeper, attempt, time.monotonic())
         return Handle(attempt=attempt)
+
+    def _group(self, spec: LaunchSpec) -> str:
+        """The keeper group an instance's start goes to: its service's, or the one for all."""
+        if not self.per_service:
+            return ALL
+        return hashlib.sha256(f"{spec.namespace}/{spec.service}".encode()).hexdigest()[:16]
 
     def observe(self, directory: Path, handle: Handle) -> Observation:
         if handle.pid == 0 and not handle.shim_pid and str(directory) in self._starting:
@@ -389,7 +494,26 @@ class KeeperRunner(ProcessRunner):
                 # comes through the start's end pipe (the controller's exit watch).
                 self._start_over(directory, handle)
                 return Observation("running", handle, started_at=started_at)
-        return super().observe(directory, handle)
+        seen = super().observe(directory, handle)
+        if seen.state == "exited":
+            self._emptied(seen.handle.shim_pid or handle.shim_pid)
+        return seen
+
+    def _emptied(self, pid: int) -> None:
+        """An instance of the keeper ``pid`` (if it is one this runner knows) ended: whether the
+        keeper supervises anything still is asked soon, once for all the ends until then."""
+        if self.keepers.known(pid) is None:
+            return
+        self.keepers.emptied.add(pid)
+        if self._emptied_check is None:
+            with contextlib.suppress(RuntimeError):  # no loop (a runner used on its own): not asked
+                loop = asyncio.get_running_loop()
+                self._emptied_check = loop.call_later(EMPTIED_CHECK_SECONDS, self._let_go_of_emptied)
+
+    def _let_go_of_emptied(self) -> None:
+        self._emptied_check = None
+        if self.keepers.let_go_of_emptied():
+            self._emptied_check = asyncio.get_running_loop().call_later(EMPTIED_CHECK_SECONDS, self._let_go_of_emptied)
 
     def _answer(self, directory: Path, handle: Handle) -> tuple[Handle, float | None] | Observation:
         """The handle of a start asked of a keeper, once it answered, and when its process started
@@ -407,6 +531,7 @@ class KeeperRunner(ProcessRunner):
             keeper.forget(attempt)
             if fence(directory, attempt):
                 why = keeper.broken or f"the keeper did not answer within {self.spawn_timeout:g}s"
+                self._emptied(keeper.pid)
                 return Observation("exited", handle, None, None, f"cannot start: {why}")
             return handle, None  # the keeper claimed it: its claim and records tell
         del self._starting[str(directory)]
@@ -414,6 +539,7 @@ class KeeperRunner(ProcessRunner):
         if "error" in reply or reply.get("claimed") is False:
             _close(end)
             why = reply.get("error") or "its start was claimed by another"
+            self._emptied(keeper.pid)
             return Observation("exited", handle, None, None, f"keeper could not start the instance: {why}")
         if end is not None:
             _close(self._ends.pop(str(directory), None))
@@ -531,9 +657,11 @@ class KeeperRunner(ProcessRunner):
         (:func:`_process_end`) may have stragglers the keeper has not killed yet: killed now."""
         if not isinstance(s, Kept):
             super()._after(s)
-        elif s.by_process:
+            return
+        if s.by_process:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(s.handle.pid, signal.SIGKILL)
+        self._emptied(s.keeper.pid)
 
     def _signal_soon(self, keeper: Keeper, directory: Path, signum: int, discard: bool) -> None:
         """Have ``keeper`` send ``signum`` to the instance in ``directory`` once the pass yields,
@@ -573,6 +701,9 @@ class KeeperRunner(ProcessRunner):
 
     def close(self, wait: float = 0.0) -> None:
         super().close(wait)
+        if self._emptied_check is not None:
+            self._emptied_check.cancel()
+            self._emptied_check = None
         for fd in self._ends.values():
             os.close(fd)
         self._ends.clear()
@@ -607,12 +738,13 @@ def _process_end(pid: int, end: int) -> int:
 
 
 def process_runner(nofile: int | None, *, spawn_timeout: float, shim: str) -> ProcessRunner:
-    """The process runner ``controller.shim`` asks for: a keeper for all instances ("shared"; a
-    shim per instance when no native shim can be built), else a shim per instance."""
-    if shim == "shared":
+    """The process runner ``controller.shim`` asks for: a keeper per service ("service") or for
+    all instances ("shared"), a shim per instance when no native shim can be built; else a shim
+    per instance."""
+    if shim in ("service", "shared"):
         program = native.shim_path()
         if program is not None:
-            return KeeperRunner(nofile, spawn_timeout=spawn_timeout, program=program)
-        log.warning("controller.shim is shared, but no native shim could be built: a shim per instance instead")
+            return KeeperRunner(nofile, spawn_timeout=spawn_timeout, program=program, per_service=shim == "service")
+        log.warning("controller.shim is %s, but no native shim could be built: a shim per instance instead", shim)
         shim = "auto"
     return ProcessRunner(nofile, spawn_timeout=spawn_timeout, shim=shim)

@@ -45,7 +45,8 @@
  *     group of each instance whose process is not reaped yet (so neither its pid nor its group can
  *     have been reused: no check of /proc needed); with discard, as "discard" for each. A deletion
  *     of a thousand is one message, and the kills run here, beside the controller.
- *   {"op": "ping"} -> {"pid": keeper pid, "start": its start ticks, "instances": count}.
+ *   {"op": "ping"} -> {"pid": keeper pid, "start": its start ticks, "instances": count, "live": how
+ *     many of them run on (not reaped yet, not discarded); the others are being deleted or finished}.
  * Anything else -> {"error": why}, and the keeper serves on.
  */
 #define _GNU_SOURCE
@@ -1836,7 +1837,10 @@ static void handle(conn_t *c, const char *body, size_t n) {
         }
     } else if (!strcmp(q.op, "ping")) {
         buf_t b = {0};
-        buf_fmt(&b, "{\"pid\": %d, \"start\": %lld, \"instances\": %zu}", (int)K.me, K.start, K.ninst);
+        size_t live = 0;
+        for (inst_t *in = K.insts; in; in = in->next) live += !in->run.ended && !in->discard;
+        buf_fmt(&b, "{\"pid\": %d, \"start\": %lld, \"instances\": %zu, \"live\": %zu}", (int)K.me, K.start,
+                K.ninst, live);
         conn_reply(c, &b, -1);
         free(b.p);
     } else {

@@ -26,6 +26,7 @@ from tests.support import GRACEFUL, alive, eventually
 pytestmark = pytest.mark.skipif(native.shim_path() is None, reason="no C compiler: no keeper")
 
 SHARED = {"RUNE_CONTROLLER_SHIM": "shared"}
+PER_SERVICE = {"RUNE_CONTROLLER_SHIM": "service"}
 
 
 @pytest.fixture
@@ -61,6 +62,19 @@ def _children(pid: int) -> set[int]:
     return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+def _socket_of(keeper: int, o: Orch) -> Path:
+    """The socket ``keeper`` listens on (named by its command line, relative to the instances' directory)."""
+    path = o.runed.data_dir / "instances" / Path(f"/proc/{keeper}/cmdline").read_bytes().split(b"\0")[2].decode()
+    assert path.exists(), path
+    return path
+
+
+def _leaves(keeper: int, socket: Path) -> None:
+    """``keeper``, supervising nothing, leaves: gone and reaped by runed (which started it), its socket with it."""
+    eventually(lambda: not Path(f"/proc/{keeper}").exists(), timeout=10, what=f"keeper {keeper} gone and reaped")
+    assert not socket.exists(), socket
+
+
 def test_every_instance_runs_under_one_keeper_and_no_shim(korch: Orch) -> None:
     ports = [common_pb2.ServicePort(name="http", port=80)]
     korch.cast("web", korch.program("server", SERVER), scale=3, ports=ports, env={"GREETING": "hello"})
@@ -77,12 +91,13 @@ def test_every_instance_runs_under_one_keeper_and_no_shim(korch: Orch) -> None:
     env_line = next(line for line in korch.log_lines(insts[0]) if line.startswith("env "))
     assert json.loads(env_line[4:])["GREETING"] == "hello"
     assert Path(f"/proc/{keeper}/environ").read_bytes() == b""
-    # A delete ends every process and the service; the keeper stays for the instances to come.
+    socket = _socket_of(keeper, korch)
+    # A delete ends every process and the service, and the keeper, supervising nothing, leaves.
     korch.services.DeleteService(service_pb2.DeleteServiceRequest(name="web", namespace="default"), metadata=korch.auth)
     eventually(lambda: korch.instances("web") == [], timeout=30, what="the instances deleted")
     for inst in insts:
         eventually(_gone(inst), what="the instance's process gone")
-    assert alive(keeper)
+    _leaves(keeper, socket)
 
 
 @pytest.mark.parametrize("policy", [common_pb2.RESTART_POLICY_ON_FAILURE, common_pb2.RESTART_POLICY_NEVER])
@@ -143,8 +158,11 @@ def test_a_killed_keeper_is_noticed_and_its_instances_restarted(korch: Orch) -> 
         assert any(e.startswith("Exited: shim died") for e in _events(inst)), _events(inst)
 
 
-def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path, runed_factory: RunedFactory) -> None:
-    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=SHARED), tmp_path)
+@pytest.mark.parametrize("env", [SHARED, PER_SERVICE], ids=["shared", "service"])
+def test_instances_outlive_runed_and_are_adopted_from_the_keeper(
+    tmp_path: Path, runed_factory: RunedFactory, env: dict[str, str]
+) -> None:
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=env), tmp_path)
     o.cast("kept", o.program("server", SERVER), scale=2, ports=[common_pb2.ServicePort(name="http", port=80)])
     before = eventually(lambda: o.running("kept", 2), timeout=30, what="two instances running")
     keeper = _shim_of(before[0])
@@ -154,7 +172,7 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
     first.proc.wait(10)
     # Nothing ends with runed: the keeper and its instances run on.
     assert alive(keeper) and all(alive(int(i["pid"])) for i in before)
-    o.runed = runed_factory(first.data_dir, args=first.args, env=SHARED)
+    o.runed = runed_factory(first.data_dir, args=first.args, env=env)
 
     def adopted() -> list[dict[str, Any]]:
         now = o.running("kept", 2)
@@ -170,13 +188,15 @@ def test_instances_outlive_runed_and_are_adopted_from_the_keeper(tmp_path: Path,
         assert inst["restart_count"] == 1 and inst["last_signal"] == 9, (inst["restart_count"], inst["last_signal"])
         return inst
 
-    eventually(replaced, timeout=30, what="the killed instance restarted")
+    again = eventually(replaced, timeout=30, what="the killed instance restarted")
+    # The new controller found the keeper by its socket: the restart went to it, not to a new one.
+    assert _shim_of(again) == keeper
     o.clear()
     for inst in before:
         eventually(_gone(inst), what="every process gone")
 
 
-@pytest.mark.parametrize("shim", ["auto", "python", "shared"])
+@pytest.mark.parametrize("shim", ["auto", "python", "shared", "service"])
 def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_down_and_records_it(
     tmp_path: Path, runed_factory: RunedFactory, shim: str
 ) -> None:
@@ -192,7 +212,7 @@ def test_a_sigterm_to_every_process_as_systemctl_stop_sends_lets_instances_shut_
     for inst in insts:
         eventually(_said(o, inst, "up"), what="the trap set")
     supervisors = {_shim_of(inst) for inst in insts}
-    assert len(supervisors) == (1 if shim == "shared" else 2)
+    assert len(supervisors) == (1 if shim in ("shared", "service") else 2)
     runed = o.runed.proc
     assert runed is not None
     os.killpg(runed.pid, signal.SIGTERM)
@@ -231,7 +251,8 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
 def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch: Orch, tmp_path: Path) -> None:
     """A deleted instance's end is its process's end: the service goes while its keeper, stopped
     (SIGSTOP), has reaped nothing, and what the instance left in its group goes with the stop, not
-    with the keeper's finishing. The keeper, continued, reaps, and serves the next cast."""
+    with the keeper's finishing. The keeper, continued, reaps, and leaves (it supervises nothing);
+    the next cast runs under a keeper anew."""
     release, kids = tmp_path / "release", tmp_path / "children"
     kids.mkdir()
     # Deaf to SIGTERM (its background sleep too: an ignored signal stays ignored), it ends once released.
@@ -242,6 +263,7 @@ def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch:
         eventually(_said(korch, inst, "up"), what="the trap set")
     children = [int((kids / str(i["pid"])).read_text()) for i in insts]
     keeper = _shim_of(insts[0])
+    socket = _socket_of(keeper, korch)
     req = service_pb2.DeleteServiceRequest(name="held", namespace="default", grace_period=600)
     korch.services.DeleteService(req, metadata=korch.auth)
     eventually(lambda: all(i["state"] == "STOPPING" for i in korch.instances("held")), what="stopping")
@@ -258,6 +280,50 @@ def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch:
         os.kill(keeper, signal.SIGCONT)
     pids = [int(i["pid"]) for i in insts]
     eventually(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), what="reaped by the keeper")
+    _leaves(keeper, socket)
     korch.cast_shell("next", "echo up; exec sleep 3600")
     (inst,) = eventually(lambda: korch.running("next", 1), timeout=30, what="the next cast running")
-    assert _shim_of(inst) == keeper
+    assert _comm(_shim_of(inst)) == "rune-keeper"
+
+
+def test_each_service_runs_under_a_keeper_of_its_own_which_ends_with_it(
+    tmp_path: Path, runed_factory: RunedFactory
+) -> None:
+    """``controller.shim: service``: a service's instances share a keeper, another service's run
+    under another. A keeper killed ends and restarts its service's instances only; a service
+    deleted or scaled to zero leaves no keeper behind, and one scaled up again gets a keeper anew."""
+    o = Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=PER_SERVICE), tmp_path)
+    o.cast_shell("a", "echo up; exec sleep 3600", scale=3)
+    o.cast_shell("b", "echo up; exec sleep 3600", scale=2)
+    a = eventually(lambda: o.running("a", 3), timeout=30, what="a's three instances running")
+    b = eventually(lambda: o.running("b", 2), timeout=30, what="b's two instances running")
+    (ka,), (kb,) = {_shim_of(i) for i in a}, {_shim_of(i) for i in b}
+    assert ka != kb and _comm(ka) == _comm(kb) == "rune-keeper"
+    assert {int(i["pid"]) for i in a} == _children(ka) and {int(i["pid"]) for i in b} == _children(kb)
+    sock_a, sock_b = _socket_of(ka, o), _socket_of(kb, o)
+
+    os.kill(kb, signal.SIGKILL)
+
+    def restarted() -> list[dict[str, Any]]:
+        now = o.running("b", 2)
+        assert all(i["restart_count"] == 1 for i in now), [(i["restart_count"], i["pid"]) for i in now]
+        return now
+
+    b = eventually(restarted, timeout=30, what="b's instances restarted under a new keeper")
+    (kb2,) = {_shim_of(i) for i in b}
+    assert kb2 not in (ka, kb) and _comm(kb2) == "rune-keeper"
+    assert [(i["pid"], i["restart_count"]) for i in o.running("a", 3)] == [(i["pid"], 0) for i in a], "a untouched"
+
+    o.services.DeleteService(service_pb2.DeleteServiceRequest(name="a", namespace="default"), metadata=o.auth)
+    eventually(lambda: o.service_gone("a"), timeout=30, what="a deleted")
+    _leaves(ka, sock_a)
+    assert alive(kb2) and [i["pid"] for i in o.running("b", 2)] == [i["pid"] for i in b], "b untouched"
+    sock_b = _socket_of(kb2, o)
+
+    o.services.ScaleService(service_pb2.ScaleServiceRequest(name="b", scale=0), metadata=o.auth)
+    eventually(lambda: o.instances("b") == [], timeout=30, what="b scaled to zero")
+    _leaves(kb2, sock_b)
+    o.services.ScaleService(service_pb2.ScaleServiceRequest(name="b", scale=1), metadata=o.auth)
+    (inst,) = eventually(lambda: o.running("b", 1), timeout=30, what="b scaled to one")
+    assert _shim_of(inst) not in (ka, kb, kb2) and _comm(_shim_of(inst)) == "rune-keeper"
+    o.clear()

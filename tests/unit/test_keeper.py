@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from runed.runner import native
+from runed.runner.keeper import ALL, Keepers
 from tests.support import GRACEFUL
 
 T = TypeVar("T")
@@ -259,7 +260,8 @@ def _sleepers(keeper: Keeper, c: Client, root: Path, prefix: str, n: int) -> lis
 def test_fifty_instances_on_one_connection_end_by_sigterm_and_leave_no_zombie(keeper: Keeper, tmp_path: Path) -> None:
     c = keeper.connect()
     started = _sleepers(keeper, c, tmp_path, "i", 50)
-    assert c.call({"op": "ping"})[0]["instances"] == 50
+    hello = c.call({"op": "ping"})[0]
+    assert (hello["instances"], hello["live"]) == (50, 50)
     assert not any(_readable(fd, 0) for _, _, fd in started)
     for _, pid, _ in started:
         os.killpg(pid, signal.SIGTERM)
@@ -339,9 +341,14 @@ def test_watch_from_another_connection_and_discard(keeper: Keeper, tmp_path: Pat
     assert second.call({"op": "watch", "dir": str(tmp_path / "nothing"), "attempt": "a1"}) == ({"gone": True}, [])
     assert second.call({"op": "watch", "dir": str(d), "attempt": "a0"}) == ({"gone": True}, [])
     assert not _readable(fds[0], 0.2) and not _readable(fd, 0)
-    # A discard has no reply: the next reply on that connection is the ping's.
+    assert second.call({"op": "ping"})[0] | {"pid": 0, "start": 0} == {"pid": 0, "start": 0, "instances": 1, "live": 1}
+    # A discard has no reply: the next reply on that connection is the ping's. A discarded
+    # instance (being deleted) is no longer live, though the keeper has it until it ends.
     second.send({"op": "discard", "dir": str(d)})
-    assert "instances" in second.call({"op": "ping"})[0]
+    assert {k: v for k, v in second.call({"op": "ping"})[0].items() if k in ("instances", "live")} == {
+        "instances": 1,
+        "live": 0,
+    }
     os.killpg(int(reply["pid"]), signal.SIGTERM)
     assert _readable(fds[0], 10) and _readable(fd, 10)
     # Discarded (its directory goes next): its end comes without an exit record.
@@ -503,3 +510,35 @@ def test_out_of_descriptors_the_keeper_waits_instead_of_spinning_and_serves_agai
         assert said.count("cannot accept a connection: Too many open files") == 1, said
     finally:
         k.close()
+
+
+def test_a_keeper_is_found_for_its_own_group_and_one_named_without_a_group_is_the_one_for_all(sockdir: Path) -> None:
+    """A runed started anew sends a service's starts to that service's keeper, found by its
+    socket's name, and never to another's. A keeper of an earlier runed (its socket named without a
+    group) was the one keeper for all instances: it takes the starts of ``shared`` again."""
+    earlier = Keeper(sockdir, sock=".keeper-0123456789ab.sock")
+    earlier.path = str(sockdir / ".keeper-0123456789ab.sock")
+    earlier.connect()
+    keepers = Keepers(str(SHIM))
+    try:
+        assert keepers.ours(sockdir, ALL).pid == earlier.proc.pid
+        web = keepers.ours(sockdir, "0f" * 8)
+        assert web.pid != earlier.proc.pid and web.group == "0f" * 8
+        assert web.path.name.startswith(f".keeper-{'0f' * 8}.")
+        db = keepers.ours(sockdir, "1e" * 8)
+        assert db.pid not in (earlier.proc.pid, web.pid)
+        # Another runner of the same directory (a runed started anew) finds each of them again.
+        again = Keepers(str(SHIM))
+        try:
+            assert [again.ours(sockdir, g).pid for g in (ALL, "0f" * 8, "1e" * 8)] == [
+                earlier.proc.pid,
+                web.pid,
+                db.pid,
+            ]
+        finally:
+            again.close()
+    finally:
+        keepers.close()
+        earlier.close()
+        for proc in keepers._procs:  # with nothing running and nobody connected, they leave
+            proc.wait(15)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runed.runner import native
-from runed.runner.keeper import Keepers
+from runed.runner.keeper import ALL, Keepers
 from runed.store.postgres.pool import Pool
 from tests.pgsupport import pg_database, pg_url  # noqa: F401  (fixtures)
 
@@ -46,7 +46,7 @@ def test_a_keeper_is_reached_on_a_descriptor_over_1023(tmp_path: Path) -> None:
     assert program is not None
     keepers = Keepers(program)
     with _crowded():
-        keeper = keepers.ours(tmp_path / "instances")  # started, connected and asked once (a ping)
+        keeper = keepers.ours(tmp_path / "instances", ALL)  # started, connected and asked once (a ping)
         try:
             assert keeper.sock.fileno() > 1023
             reply, _ = keeper.call({"op": "ping"})

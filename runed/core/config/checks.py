@@ -28,9 +28,10 @@ LOG_FORMATS = ("text", "json")
 INT32_MAX = 2**31 - 1
 # What the registry admin API accepts (runed/api/registries/checks.py says the same).
 REGISTRY_AUTH_TYPES = ("", "basic", "token", "ecr", "dockerconfigjson")
-# controller.shim: the native shim when it can be built, else the Python one ("auto"), always Python,
-# or one native keeper for all instances ("shared", runed/runner/keeper.py).
-SHIMS = ("auto", "python", "shared")
+# controller.shim: a native keeper per service ("service") or one for all instances ("shared",
+# runed/runner/keeper.py); a shim per instance: the native one when it can be built, else the Python
+# one ("auto"), or always Python.
+SHIMS = ("service", "shared", "auto", "python")
 # store.sqlite_synchronous: SQLite's own names for its synchronous settings, lower-cased.
 SQLITE_SYNCHRONOUS = ("normal", "full")
 REGISTRY_MANAGE_MODES = ("", "create", "update", "ignore")
