@@ -6,7 +6,7 @@ For each N (100 and 1,000; ``python -m bench scale --n 100`` for one quick size)
    then again with 2N bare ``sleep`` processes beside it (as many processes as N instances and their shims): what a
    machine that crowded does to every call's tail, runed or not.
 2. bare: spawn the same N programs directly (own sessions, as runed does), then SIGTERM them and reap; then the
-   same N each under the shim runed runs them under (or, with ``controller.shim: shared``, all under one keeper),
+   same N all under one keeper (the default: a keeper per service), or each under a shim (``controller.shim: auto``),
    without runed, ended as a delete ends them (the floor that the supervision itself sets).
 3. cast: CreateService of scale N until the service reports Running (every instance running).
 4. idle: CPU of the controller role (and the other runed processes, and all shims) over 30 s.
@@ -55,9 +55,15 @@ from runed.runner.shim import DISCARD_SIGNAL, proc_start_time
 from tests.harness import Runed, run_runed
 
 SIZES = (100, 1000)
-# controller.shim: a shim per instance (the default), and one keeper for all.
-SHIMS = ("auto", "shared")
-SHIM_WORDS = {"auto": "a shim per instance", "shared": "one keeper for all instances (controller.shim: shared)"}
+# controller.shim: a keeper per service (the default; one service here, so one keeper), and a shim
+# per instance; "shared" (one keeper for all) on request, the same as "service" for one service.
+SHIMS = ("service", "auto")
+KEEPERS = ("service", "shared")
+SHIM_WORDS = {
+    "service": "a keeper per service (the default): one keeper for the service's instances",
+    "shared": "one keeper for all instances (controller.shim: shared)",
+    "auto": "a shim per instance (controller.shim: auto)",
+}
 IDLE_SECONDS = setting("BENCH_SCALE_IDLE_SECONDS", 30.0)
 API_SECONDS = setting("BENCH_SECONDS", 5.0)
 # Each call's API_SECONDS are split into this many rounds, taken in turn with every other call's: a
@@ -135,7 +141,7 @@ def runed_pids(r: Runed) -> dict[str, int]:
 
 def instance_pids(data_dir: Path) -> tuple[list[tuple[int, int | None]], list[tuple[int, int | None]]]:
     """(shims, instances) as (pid, start time) from every pid.json under the data dir; a keeper
-    (the shim of every instance, ``controller.shim: shared``) is among the shims once."""
+    (the shim of each of its instances) is among the shims once."""
     shims, insts = {}, []
     for pid_file in (data_dir / "instances").glob("*/pid.json"):
         try:
@@ -361,7 +367,8 @@ def delete_gone(api: Api, name: str, data_dir: Path, runed: dict[str, int] | Non
     watched = dict(runed or {})
     watched.update(("keeper", p) for p, _ in shims if is_keeper(p))
     pidfds = []
-    # A keeper outlives the instances it ran (it waits for the next): only shims of their own end.
+    # A keeper's end is not waited for (it leaves once runed lets go of it, a little after its last
+    # instance): only shims of their own end with their instances.
     for pid, start in insts + [(p, s) for p, s in shims if not is_keeper(p)]:
         with contextlib.suppress(ProcessLookupError):
             fd = os.pidfd_open(pid)
@@ -494,7 +501,7 @@ def idle_cpu(pids: dict[str, int], shims: list[tuple[int, int | None]], seconds:
 @dataclass
 class Result:
     n: int
-    shim: str = "auto"
+    shim: str = SHIMS[0]
     bare_spawn: float = 0.0
     bare_kill: float = 0.0
     bare_kill_cpu: float = 0.0
@@ -512,7 +519,7 @@ class Result:
     loaded: Phase = field(default_factory=lambda: Phase({}, None))
 
 
-def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
+def measure(n: int, argv: list[str], shim: str = SHIMS[0]) -> Result:
     """Every figure for ``n`` instances, on a runed of its own (``controller.shim`` = ``shim``)."""
     res = Result(n, shim)
     with tempfile.TemporaryDirectory() as tmp:
@@ -535,7 +542,7 @@ def measure(n: int, argv: list[str], shim: str = "auto") -> Result:
             delete_gone(api, "ref", data)
             # 2. Bare processes, while runed supervises nothing.
             res.bare_spawn, res.bare_kill, res.bare_kill_cpu = bare(argv, n)
-            if shim != "shared":
+            if shim not in KEEPERS:
                 res.shims_kill = shims_killed(argv, n, Path(tmp) / "shims")
             else:
                 res.keeper_kill = keeper_killed(argv, n, Path(tmp) / "kept")
@@ -600,7 +607,7 @@ def report(res: Result) -> Iterator[str]:
         yield (
             f"       of which runed's processes {ours * 1000:.0f} ms ({each} ms), this benchmark's watch "
             f"{delete.observer * 1000:.0f} ms; the rest {rest * 1000:.0f} ms "
-            f"(the instances' own ends, {'their shims, ' if res.shim != 'shared' else ''}the kernel)"
+            f"(the instances' own ends, {'their shims, ' if res.shim not in KEEPERS else ''}the kernel)"
         )
     if res.shims_kill:
         yield (
@@ -618,14 +625,14 @@ def report(res: Result) -> Iterator[str]:
     others = ", ".join(f"{k} {v:.2f}%" for k, v in cpu.items() if k not in ("controller", "shims"))
     yield (
         f"     idle CPU ({IDLE_SECONDS:g} s)      controller {cpu.get('controller', 0):.2f}% of a core; "
-        f"{'the keeper' if res.shim == 'shared' else f'all {n} shims'} {cpu.get('shims', 0):.2f}%; {others}"
+        f"{'the keeper' if res.shim in KEEPERS else f'all {n} shims'} {cpu.get('shims', 0):.2f}%; {others}"
     )
     total_pss = sum(p for _, p in res.runed_mem.values())
     roles = ", ".join(f"{k} {p / 1024:.0f}" for k, (_, p) in res.runed_mem.items())
     yield f"     runed PSS              {total_pss / 1024:7.1f} MB ({roles} MB)"
     per = res.shim_pss + total_pss / n
     yield (
-        f"     per instance           {'keeper' if res.shim == 'shared' else 'shim'} PSS {res.shim_pss:.1f} kB "
+        f"     per instance           {'keeper' if res.shim in KEEPERS else 'shim'} PSS {res.shim_pss:.1f} kB "
         f"(RSS {res.shim_rss:.1f} kB); "
         f"with runed's share {per / 1024:.2f} MB"
     )
@@ -655,12 +662,17 @@ def run(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench scale")
     parser.add_argument("--n", type=int, action="append", help="instances (repeatable; default 100 and 1000)")
     parser.add_argument("--program", choices=("sleep", "sh"), default="sleep", help="the tiny program")
-    parser.add_argument("--shim", choices=SHIMS, action="append", help="controller.shim (repeatable; default both)")
+    parser.add_argument(
+        "--shim",
+        choices=(*SHIMS, "shared"),
+        action="append",
+        help="controller.shim (repeatable; default: service, auto)",
+    )
     args = parser.parse_args(argv or [])
     program = _program(args.program)
     print(f"   program: {' '.join(program)}; idle window {IDLE_SECONDS:g} s; API load {API_SECONDS:g} s per call")
     for shim in args.shim or SHIMS:
         # The keeper at the size of the targets only, unless sizes are given.
-        for n in args.n or (SIZES if shim == "auto" else SIZES[-1:]):
+        for n in args.n or (SIZES if shim == SHIMS[0] else SIZES[-1:]):
             for line in report(measure(n, program, shim)):
                 print(line, flush=True)

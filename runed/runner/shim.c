@@ -21,14 +21,15 @@
  * escaped as its json.dumps(ensure_ascii=False) does, so a record reads the same whichever shim
  * wrote it.
  *
- * The keeper, `rune-shim --keeper <socket_path>`: the same per-instance work (the same functions:
+ * The keeper, `rune-shim --keeper <socket_path> [<listening_fd>]`: the same per-instance work (the same functions:
  * prepare, run_begin, the drain and group end, run_end), for many instances in one process. Why: a
  * shim per instance makes every instance two processes, so deleting N instances is 2N process exits;
  * under a keeper it is N. The trade is isolation: a keeper's death ends the supervision of all its
  * instances (they run on, their ends unrecorded), where a shim's death ends one's. Single-threaded,
  * one epoll for everything; each instance has its own deadlines and a directory fd to fchdir() to
  * before its file work; a failure of one instance goes to its shim.err and never ends the keeper.
- * It listens on socket_path (mode 0600, a stale file there removed) and exits once it supervises
+ * It listens on socket_path (mode 0600, a stale file there removed; or on listening_fd, a socket
+ * already bound there and listening, so its starter need not wait for it) and exits once it supervises
  * nothing and has no client, not before its first client (or 10 s without one), unlinking the socket.
  * Messages both ways: a 4-byte big-endian length, then that many bytes of a JSON object (as the
  * zygote's; at most 64 MiB). Requests, answered in order on the connection they came on:
@@ -1174,12 +1175,12 @@ static void run_end(run_t *r, const char *attempt, int discard) {
     free(rec.p);
 }
 
-static int keeper(const char *sock_path);
+static int keeper(const char *sock_path, const char *listen_fd);
 
 int main(int argc, char **argv) {
-    if (argc == 3 && !strcmp(argv[1], "--keeper")) return keeper(argv[2]);
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "--keeper")) return keeper(argv[2], argc == 4 ? argv[3] : NULL);
     if (argc != 2) {
-        fprintf(stderr, "usage: rune-shim <instance_dir>\n       rune-shim --keeper <socket_path>\n");
+        fprintf(stderr, "usage: rune-shim <instance_dir>\n       rune-shim --keeper <socket_path> [<listening_fd>]\n");
         return 2;
     }
     /* The shim outlives runed; a hang-up or ^C aimed at runed is not for it, nor a SIGTERM sent to
@@ -1912,7 +1913,7 @@ static void reap_dead(void) {
     }
 }
 
-static int keeper(const char *sock_path) {
+static int keeper(const char *sock_path, const char *listen_fd) {
     in_keeper = 1;
     spawner = getpid();
     /* As a shim: a SIGTERM meant for runed's unit is not for the keeper, whose death would end every
@@ -1942,15 +1943,30 @@ static int keeper(const char *sock_path) {
         return 2;
     }
     strcpy(addr.sun_path, sock_path);
-    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    unlink(sock_path);
-    mode_t mask = umask(0177);
-    int bound = lfd >= 0 ? bind(lfd, (struct sockaddr *)&addr, sizeof addr) : -1;
-    umask(mask);
     struct stat mine;
-    if (bound < 0 || chmod(sock_path, 0600) < 0 || stat(sock_path, &mine) < 0 || listen(lfd, SOMAXCONN) < 0) {
-        fprintf(stderr, "rune-keeper: cannot listen on %s: %s\n", sock_path, strerror(errno));
-        return 1;
+    int lfd;
+    if (listen_fd) {
+        /* Bound and listening already (its starter connects at once, without waiting for this
+         * process to listen): taken as it is, made close-on-exec and non-blocking here. */
+        char *end;
+        long n = strtol(listen_fd, &end, 10);
+        lfd = !*listen_fd || *end || n < 0 || n > INT32_MAX ? -1 : (int)n;
+        if (lfd < 0 || fcntl(lfd, F_SETFD, FD_CLOEXEC) < 0 || fcntl(lfd, F_SETFL, O_NONBLOCK) < 0 ||
+            stat(sock_path, &mine) < 0) {
+            fprintf(stderr, "rune-keeper: cannot listen on %s (descriptor %s): %s\n", sock_path, listen_fd,
+                    lfd < 0 ? "not a descriptor" : strerror(errno));
+            return 1;
+        }
+    } else {
+        lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        unlink(sock_path);
+        mode_t mask = umask(0177);
+        int bound = lfd >= 0 ? bind(lfd, (struct sockaddr *)&addr, sizeof addr) : -1;
+        umask(mask);
+        if (bound < 0 || chmod(sock_path, 0600) < 0 || stat(sock_path, &mine) < 0 || listen(lfd, SOMAXCONN) < 0) {
+            fprintf(stderr, "rune-keeper: cannot listen on %s: %s\n", sock_path, strerror(errno));
+            return 1;
+        }
     }
     K.ep = epoll_create1(EPOLL_CLOEXEC);
     if (K.ep < 0) {

@@ -24,6 +24,8 @@ from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
 from tests.support import alive, eventually
 
+# A shim per instance, forked by the controller's zygote (the default, a keeper per service, has no zygote).
+ZYGOTE = {"RUNE_CONTROLLER_SHIM": "auto"}
 # Runs until killed; with a file named by argv[2], exits 3 once that file appears (and removes it).
 SLEEPER = (
     "import os, sys, time\n"
@@ -106,8 +108,9 @@ def _stopped(pid: int) -> Iterator[None]:
 
 
 def _orch(runed_factory: RunedFactory, tmp: Path, spawn_timeout: float) -> Orch:
-    """A runed of the test's own whose controller gives a start ``spawn_timeout`` seconds to be claimed."""
-    env = {"RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": str(spawn_timeout)}
+    """A runed of the test's own whose controller gives a start ``spawn_timeout`` seconds to be claimed
+    (a shim per instance, forked by the zygote the tests hold up)."""
+    env = {"RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": str(spawn_timeout), **ZYGOTE}
     return Orch.on(runed_factory(tmp / "data", args=runefile_args(tmp), env=env), tmp)
 
 
@@ -207,10 +210,10 @@ def _controller_pid(o: Orch) -> int:
     return int(json.loads((o.runed.data_dir / "run" / "controller.json").read_text())["pid"])
 
 
-def _slow_lease(runed_factory: RunedFactory, tmp: Path) -> Orch:
+def _slow_lease(runed_factory: RunedFactory, tmp: Path, extra: dict[str, str] | None = None) -> Orch:
     """A runed whose controller keeps its lease while its store writes wait on the test's lock."""
     env = {"RUNE_CONTROLLER_LEASE_SECONDS": "120", "RUNE_STORE_SQLITE_BUSY_TIMEOUT_SECONDS": str(BUSY_TIMEOUT)}
-    r = runed_factory(tmp / "data", args=runefile_args(tmp), env=env)
+    r = runed_factory(tmp / "data", args=runefile_args(tmp), env={**env, **(extra or {})})
     return Orch.on(r, tmp)
 
 
@@ -250,7 +253,7 @@ def test_a_new_instance_whose_record_was_never_saved_runs_once(runed_factory: Ru
 def test_a_new_instance_never_saved_nor_forked_yet_never_runs(runed_factory: RunedFactory, tmp_path: Path) -> None:
     """As above, with its shim still to be forked by a zygote held up: forked after the next controller
     ended that start, the shim finds nothing to run."""
-    o = _slow_lease(runed_factory, tmp_path)
+    o = _slow_lease(runed_factory, tmp_path, ZYGOTE)
     tag = f"unforked-{uuid.uuid4().hex}"
     o.cast("unforked", o.program("sleeper", SLEEPER), tag)
     (old,) = eventually(lambda: o.running("unforked", 1), timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from rune.api import common_pb2, service_pb2
 from runed.core.errors import Conflict
 from runed.model.lease import CONTROLLER, KIND, NAMESPACE
 from runed.store.sqlite import SQLiteStore
-from tests.harness import RunedFactory
+from tests.harness import RunedFactory, run_runed
 from tests.integration.orch import Orch, runefile_args
 from tests.support import alive, eventually, wakeups
 
+ZYGOTE = {"RUNE_CONTROLLER_SHIM": "auto"}
 # Runs until the file named by argv[1] appears, then exits 7.
 WAITER = (
     "import os, sys, time\n"
@@ -26,6 +28,20 @@ WAITER = (
     "    time.sleep(0.05)\n"
     "sys.exit(7)\n"
 )
+
+
+@pytest.fixture(scope="module")
+def shared_orch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orch]:
+    """The module's runed, with a shim per instance (forked by the zygote; the default, a keeper per
+    service, has no zygote)."""
+    tmp = tmp_path_factory.mktemp("orch")
+    with run_runed(tmp / "data", args=runefile_args(tmp), env=ZYGOTE) as r:
+        yield Orch.on(r, tmp)
+
+
+@pytest.fixture
+def own_orch(runed_factory: RunedFactory, tmp_path: Path) -> Orch:
+    return Orch.on(runed_factory(tmp_path / "data", args=runefile_args(tmp_path), env=ZYGOTE), tmp_path)
 
 
 def _pid_info(inst: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +119,7 @@ def test_forked_shims_survive_kill9_and_are_readopted(own_orch: Orch, runed_fact
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
     assert all(alive(p) for p in shims) and all(alive(int(i["pid"])) for i in before)
-    second = runed_factory(first.data_dir, args=first.args)
+    second = runed_factory(first.data_dir, args=first.args, env=ZYGOTE)
     own_orch.runed = second
 
     def readopted() -> list[dict[str, Any]]:

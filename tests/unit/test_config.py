@@ -66,7 +66,7 @@ def test_config_is_frozen() -> None:
 def test_the_controller_s_shim_and_spawn_timeout_are_set_from_the_environment() -> None:
     cfg = load({}, env={"RUNE_CONTROLLER_SHIM": "python", "RUNE_CONTROLLER_SPAWN_TIMEOUT_SECONDS": "300"})
     assert (cfg.controller.shim, cfg.controller.spawn_timeout_seconds) == ("python", 300.0)
-    assert (load({}, env={}).controller.shim, load({}, env={}).controller.spawn_timeout_seconds) == ("auto", 15.0)
+    assert (load({}, env={}).controller.shim, load({}, env={}).controller.spawn_timeout_seconds) == ("service", 15.0)
 
 
 def test_a_rune_variable_that_sets_nothing_is_named_with_what_it_may_have_meant() -> None:

@@ -47,7 +47,7 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
         ("server:\n  grpc_address: '127.0.0.1:70000'\n", "server.grpc_address: port out of range"),
         ("docker:\n  fallback_api_version: latest\n", "docker.fallback_api_version: must look like 1.43"),
         # Enumerations
-        ("controller:\n  shim: rust\n", "controller.shim: must be one of auto, python, shared, got 'rust'"),
+        ("controller:\n  shim: rust\n", "controller.shim: must be one of service, shared, auto, python, got 'rust'"),
         (
             "store:\n  sqlite_synchronous: always\n",
             "store.sqlite_synchronous: must be one of normal, full, got 'always'",

@@ -542,3 +542,28 @@ def test_a_keeper_is_found_for_its_own_group_and_one_named_without_a_group_is_th
         earlier.close()
         for proc in keepers._procs:  # with nothing running and nobody connected, they leave
             proc.wait(15)
+
+
+def test_a_keeper_handed_a_listening_socket_serves_on_it_and_one_handed_no_socket_says_so(sockdir: Path) -> None:
+    """``rune-shim --keeper <path> <fd>``: the socket bound at ``path`` and listening, handed over
+    as ``fd``, is served at once (its starter connected before it ran); anything else that is not
+    such a socket is refused with a message, not served as one."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sockdir / "h.sock"))
+    listener.listen()
+    early = Client(str(sockdir / "h.sock"))  # queued: nothing has accepted it yet
+    proc = subprocess.Popen(
+        [str(SHIM), "--keeper", "h.sock", str(listener.fileno())], cwd=sockdir, pass_fds=(listener.fileno(),)
+    )
+    listener.close()
+    try:
+        assert early.call({"op": "ping"})[0]["pid"] == proc.pid
+    finally:
+        early.close()
+    assert proc.wait(10) == 0, "it leaves once nothing runs and its client is gone"
+    assert not (sockdir / "h.sock").exists()
+    for bad in ("", "x", "-1", "99999999999"):
+        run = subprocess.run(
+            [str(SHIM), "--keeper", "bad.sock", bad], cwd=sockdir, capture_output=True, text=True, timeout=10
+        )
+        assert run.returncode == 1 and "cannot listen on bad.sock" in run.stderr, (bad, run)

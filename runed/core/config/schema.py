@@ -212,11 +212,13 @@ class ControllerConfig:
     # A start whose shim has not claimed it this long after it was asked for (the zygote held up,
     # the machine overloaded) is given up and fenced, so its shim runs nothing if it comes later.
     spawn_timeout_seconds: float = 15.0
-    # The per-instance supervisor: "auto" runs the native shim (built from runed/runner/shim.c with
-    # the machine's C compiler on first use) and falls back to the Python shim without a compiler;
-    # "python" always runs the Python shim; "shared" runs one native keeper for all instances (one
-    # process fewer per instance; a keeper's death ends the supervision of all of them).
-    shim: str = "auto"
+    # What supervises the instances: "service" runs one native keeper per service (built from
+    # runed/runner/shim.c with the machine's C compiler on first use): no process but its own per
+    # instance, a keeper's death ends one service's instances (restarted by their policy). "shared"
+    # runs one keeper for all instances. "auto" runs a native shim per instance (a keeper's death,
+    # or a shim's, ends one instance; every instance is two processes); "python" the Python shim.
+    # Without a compiler, each runs the Python shim per instance.
+    shim: str = "service"
     # Finished scaling and deletion operations are kept this long after they ended (GetDeletionStatus
     # and ListDeletionOperations show them), then removed by the leading controller; 0 keeps them.
     finished_operations_seconds: float = 86400.0
