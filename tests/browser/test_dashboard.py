@@ -256,7 +256,7 @@ def test_rollback_shows_the_history_with_a_diff(browser: Browser, ui_runed: tupl
     diff = browser.wait_text("#revision-diff pre", '"MODE": "one"')
     assert '"MODE": "two"' in diff
     browser.screenshot("history")
-    browser.find(f"#revisions button[data-rollback='{revision}']").click()
+    browser.click(f"#revisions button[data-rollback='{revision}']")
     browser.wait_for("dialog[open] button[type=submit]").click()
     # The server's own word on what the rollback did.
     browser.wait_text("#toast", f"Rolled back to revision {revision}")
@@ -279,7 +279,7 @@ def test_a_rollback_that_changes_nothing_says_so(browser: Browser, ui_runed: tup
         assert c.post("/v1/namespaces/default/services", json=dict(body, scale=1)).status_code == 200
     browser.go("#/ns/default/services/scaled")
     eventually(lambda: len(browser.find_all("#revisions tr[data-revision]")) == 2, WAIT, what="two revisions")
-    browser.find("#revisions button[data-rollback='1']").click()
+    browser.click("#revisions button[data-rollback='1']")
     browser.wait_for("dialog[open] button[type=submit]").click()
     said = browser.wait_text("#toast", "already at the spec of revision 1")
     assert "keeps the current scale 1" in said and "Rolled back" not in said
