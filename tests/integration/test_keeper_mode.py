@@ -62,6 +62,17 @@ def _children(pid: int) -> set[int]:
     return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+def _restarted_once(o: Orch, service: str, n: int) -> Callable[[], list[dict[str, Any]]]:
+    """The service's ``n`` instances, once all run again after one restart each (for eventually())."""
+
+    def restarted() -> list[dict[str, Any]]:
+        now = o.running(service, n)
+        assert all(i["restart_count"] == 1 for i in now), [(i["restart_count"], i["pid"]) for i in now]
+        return now
+
+    return restarted
+
+
 def _socket_of(keeper: int, o: Orch) -> Path:
     """The socket ``keeper`` listens on (named by its command line, relative to the instances' directory)."""
     path = o.runed.data_dir / "instances" / Path(f"/proc/{keeper}/cmdline").read_bytes().split(b"\0")[2].decode()
@@ -143,12 +154,7 @@ def test_a_killed_keeper_is_noticed_and_its_instances_restarted(korch: Orch) -> 
     keeper = _shim_of(before[0])
     os.kill(keeper, signal.SIGKILL)
 
-    def restarted() -> list[dict[str, Any]]:
-        now = korch.running("orphans", 2)
-        assert all(i["restart_count"] == 1 for i in now), [(i["restart_count"], i["pid"]) for i in now]
-        return now
-
-    after = eventually(restarted, timeout=30, what="both restarted under a new keeper")
+    after = eventually(_restarted_once(korch, "orphans", 2), timeout=30, what="both restarted under a new keeper")
     (new_keeper,) = {_shim_of(i) for i in after}
     assert new_keeper != keeper and _comm(new_keeper) == "rune-keeper"
     for old in before:
@@ -304,12 +310,7 @@ def test_each_service_runs_under_a_keeper_of_its_own_which_ends_with_it(
 
     os.kill(kb, signal.SIGKILL)
 
-    def restarted() -> list[dict[str, Any]]:
-        now = o.running("b", 2)
-        assert all(i["restart_count"] == 1 for i in now), [(i["restart_count"], i["pid"]) for i in now]
-        return now
-
-    b = eventually(restarted, timeout=30, what="b's instances restarted under a new keeper")
+    b = eventually(_restarted_once(o, "b", 2), timeout=30, what="b's instances restarted under a new keeper")
     (kb2,) = {_shim_of(i) for i in b}
     assert kb2 not in (ka, kb) and _comm(kb2) == "rune-keeper"
     assert [(i["pid"], i["restart_count"]) for i in o.running("a", 3)] == [(i["pid"], 0) for i in a], "a untouched"
