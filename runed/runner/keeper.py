@@ -276,6 +276,8 @@ class Keepers:
         self._looked = False
         # Keepers that may supervise nothing now (an instance of theirs ended), by pid.
         self.emptied: set[int] = set()
+        # Keepers let go of, by pid, until reaped (those this runner started are its children).
+        self._leaving: set[int] = set()
 
     def ours(self, workdir: Path, group: str) -> Keeper:
         """The keeper new starts of ``group`` go to: this runner's, one of this program found running
@@ -416,16 +418,18 @@ class Keepers:
                 # run on mark it again as they end.
                 self.emptied.add(pid)
         # A keeper let go of is this process's child until reaped: looked at again until it is.
-        return bool(self.emptied) or any(p.pid not in self._by_pid for p in self._procs)
+        return bool(self.emptied or self._leaving)
 
     def _drop(self, k: Keeper) -> None:
         k.close()
+        self._leaving.add(k.pid)
         self._by_pid.pop(k.pid, None)
         if self._ours.get(k.group) is k:
             del self._ours[k.group]
 
     def reap(self) -> None:
         self._procs = [p for p in self._procs if p.poll() is None]
+        self._leaving.intersection_update(p.pid for p in self._procs)
 
     def close(self) -> None:
         """Let go of every keeper (they run on, with their instances)."""
@@ -756,8 +760,9 @@ class KeeperRunner(ProcessRunner):
         self._ends.clear()
         self._starting.clear()
         self.keepers.close()
+        # The set stays (emptied: closing the connections took them out), for a controller that
+        # leads again with this runner; the loop's reader of it went with the controller.
         self._answerers.clear()
-        self._answering.close()
 
 
 def _process_end(pid: int, end: int) -> int:
