@@ -38,7 +38,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -118,20 +118,13 @@ class Keeper:
     @classmethod
     def connect(cls, path: Path) -> Keeper:
         """Connect to the keeper listening at ``path`` (raises OSError when none does)."""
-        # Through the directory's descriptor: a socket's address is limited to 108 bytes, a data
-        # directory's path is not.
-        dfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        with _address(path) as address:
+            sock = _connect(address)
         try:
-            sock.connect(f"/proc/self/fd/{dfd}/{path.name}")
-            # Never blocking: waits are bounded by select (see :meth:`send`, :meth:`collect`).
-            sock.setblocking(False)
             return cls(sock, path)
-        except (OSError, KeeperError, ValueError, KeyError, TypeError):
+        except (KeeperError, ValueError, KeyError, TypeError):
             sock.close()
             raise
-        finally:
-            os.close(dfd)
 
     def alive(self) -> bool:
         return self.broken is None and alive(self.pid, self.start)
@@ -251,6 +244,30 @@ def _close(fd: int | None) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """The address of the socket at ``path`` through its directory's descriptor, open meanwhile: a
+    socket's address is limited to 108 bytes, a data directory's path is not."""
+    dfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dfd}/{path.name}"
+    finally:
+        os.close(dfd)
+
+
+def _connect(address: str) -> socket.socket:
+    """A connection to ``address``, never blocking: waits are bounded (see :meth:`Keeper.send`,
+    :meth:`Keeper.collect`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def socket_name(group: str) -> str:
     """A new keeper's socket name: its group (which instances it takes) and a token of its own."""
     return f"{SOCKET_PREFIX}{group}.{secrets.token_hex(6)}{SOCKET_SUFFIX}"
@@ -341,39 +358,32 @@ class Keepers:
         loop for each new keeper, a service's first start)."""
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / socket_name(group)
-        # Through the directory's descriptor, as :meth:`Keeper.connect`.
-        dfd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        address = f"/proc/self/fd/{dfd}/{path.name}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            listener.bind(address)
-            os.chmod(path, 0o600)  # before listen(): nobody could connect until now
-            listener.listen(socket.SOMAXCONN)
-            with (workdir / ERR_NAME).open("ab") as err:
-                proc = subprocess.Popen(
-                    [self.program, "--keeper", path.name, str(listener.fileno())],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    env={},
-                    cwd=str(workdir),
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(listener.fileno(),),
-                )
-            self._procs.append(proc)
-            sock.connect(address)
-            # Never blocking: waits are bounded (see :meth:`Keeper.send`, :meth:`Keeper.collect`).
-            sock.setblocking(False)
+            with _address(path) as address:
+                listener.bind(address)
+                os.chmod(path, 0o600)  # before listen(): nobody could connect until now
+                listener.listen(socket.SOMAXCONN)
+                with (workdir / ERR_NAME).open("ab") as err:
+                    proc = subprocess.Popen(
+                        [self.program, "--keeper", path.name, str(listener.fileno())],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        env={},
+                        cwd=str(workdir),
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(listener.fileno(),),
+                    )
+                self._procs.append(proc)
+                sock = _connect(address)
         except OSError as e:
-            sock.close()
             with contextlib.suppress(OSError):
                 path.unlink()
             raise KeeperError(f"cannot start a keeper: {e}") from None
         finally:
             listener.close()
-            os.close(dfd)
         k = Keeper(sock, path, (proc.pid, proc_start_time(proc.pid)))
         self._by_pid[k.pid] = k
         log.info("keeper started (pid %d)", k.pid)
