@@ -6,6 +6,7 @@ keeper's connection and the PostgreSQL store's pool must still serve on it (real
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 from collections.abc import Iterator
@@ -24,17 +25,24 @@ ABOVE = 1100
 
 @contextlib.contextmanager
 def _crowded() -> Iterator[None]:
-    """Descriptors 0..ABOVE taken (of /dev/null), so the next one opened is numbered above them."""
+    """Descriptors 0..ABOVE taken (of /dev/null), so the next one opened is numbered above them.
+
+    Garbage is collected first and not meanwhile: an earlier test's socket closed by a collection
+    in between would free a low number for the connection to take (a run once failed with the
+    pool's connection on descriptor 13)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2 * ABOVE:
         pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} is below {2 * ABOVE}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * ABOVE), hard))
+    gc.collect()
+    gc.disable()
     fds: list[int] = []
     try:
         while not fds or fds[-1] < ABOVE:
             fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
         yield
     finally:
+        gc.enable()
         for fd in fds:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
