@@ -104,27 +104,40 @@ def delete_object(
         kind, names = "service", list(args)
     ns = s.namespace(namespace)
     flags = _Flags(force, no_dependencies, timeout, detach, dry_run, grace_period, now, ignore_not_found, finalizers)
+    # -o json|yaml: one document for the command, printed once every name is done (the failures
+    # said on stderr meanwhile): a name's own, or {"items": [...]} for several.
+    docs: list[dict[str, Any]] = []
+    try:
+        _delete_names(s, kind, names, ns, fmt, flags, docs)
+    finally:
+        if fmt != "text" and docs:
+            dump(docs[0] if len(names) == 1 else {"items": docs}, fmt)
+
+
+def _delete_names(
+    s: Session, kind: str, names: list[str], ns: str, fmt: str, flags: _Flags, docs: list[dict[str, Any]]
+) -> None:
     if len(names) == 1:
         # One name: its failure is the command's, with its own exit code.
-        _delete_one(s, kind, names[0], ns, fmt, flags)
+        _delete_one(s, kind, names[0], ns, fmt, flags, docs)
         return
     # Several: each is deleted, a failure said and the rest still done; the command fails with the
     # first failure's exit code. The services' deletions are all started, then waited for.
     import grpc
 
-    started: list[tuple[str, str]] = []
+    started: list[tuple[str, str, dict[str, Any] | None]] = []
     failures: list[int] = []
     for name in names:
         try:
-            if detach:
-                _delete_one(s, kind, name, ns, fmt, flags)
+            if flags.detach:
+                _delete_one(s, kind, name, ns, fmt, flags, docs)
             else:
-                _delete_one(s, kind, name, ns, fmt, dataclasses.replace(flags, detach=True), started=started)
+                _delete_one(s, kind, name, ns, fmt, dataclasses.replace(flags, detach=True), docs, started=started)
         except (CliError, grpc.RpcError) as e:
             failures.append(_say_failure(s, kind, name, e))
-    for name, deletion_id in started:
+    for name, deletion_id, doc in started:
         try:
-            _finish(s, ns, name, deletion_id, float(timeout), fmt)
+            _finish(s, ns, name, deletion_id, float(flags.timeout), fmt, doc)
         except CliError as e:
             failures.append(_say_failure(s, kind, name, e))
     if failures:
@@ -154,13 +167,34 @@ def _say_failure(s: Session, kind: str, name: str, e: Exception) -> int:
     return code
 
 
+def _doc(kind: str, name: str, ns: str, resp: Any = None, **more: Any) -> dict[str, Any]:
+    """A name's -o json|yaml document: which object, then the server's answer (its fields as the
+    API names them) and what more the command learnt."""
+    out: dict[str, Any] = {"kind": kind, "name": name}
+    if kind not in ("namespace", "node"):
+        out["namespace"] = ns
+    if resp is not None:
+        out.update(to_dict(resp))
+    out.update(more)
+    return out
+
+
 def _delete_one(
-    s: Session, kind: str, name: str, ns: str, fmt: str, f: _Flags, *, started: list[tuple[str, str]] | None = None
+    s: Session,
+    kind: str,
+    name: str,
+    ns: str,
+    fmt: str,
+    f: _Flags,
+    docs: list[dict[str, Any]],
+    *,
+    started: list[tuple[str, str, dict[str, Any] | None]] | None = None,
 ) -> None:
-    """Delete one object. With ``f.detach`` a service's deletion is only started: said, or, with
-    ``started``, added to it as (name, deletion id) for the caller to wait for."""
+    """Delete one object, its document (-o json|yaml) added to ``docs``. With ``f.detach`` a
+    service's deletion is only started: said, or, with ``started``, added to it as (name, deletion
+    id, document) for the caller to wait for."""
     if kind != "service":
-        _delete_other(s, kind, name, ns, f.ignore_not_found, f.force)
+        _delete_other(s, kind, name, ns, f.ignore_not_found, f.force, fmt, docs)
         return
     req = pb2("service").DeleteServiceRequest(
         name=name, namespace=ns, force=f.force or f.no_dependencies, timeout_seconds=f.timeout, detach=f.detach,
@@ -170,8 +204,10 @@ def _delete_one(
     resp = s.call("ServiceService", "DeleteService", req)
     for w in resp.warnings:
         click.echo(f"warning: {w}", err=True)
+    doc = None
     if fmt != "text":
-        dump(to_dict(resp), fmt)
+        doc = _doc(kind, name, ns, resp)
+        docs.append(doc)
     if resp.errors:
         raise CliError("; ".join(resp.errors), EXIT_ERROR)
     if f.dry_run:
@@ -183,48 +219,60 @@ def _delete_one(
             click.echo(f"service/{name} not found (ignored)")
         return
     if f.detach and started is not None:
-        started.append((name, resp.deletion_id))
+        started.append((name, resp.deletion_id, doc))
     elif f.detach:
         if fmt == "text":
             click.echo(
                 f"service/{name} deletion started: {resp.deletion_id} (see `rune delete status {resp.deletion_id}`)"
             )
     else:
-        _finish(s, ns, name, resp.deletion_id, float(f.timeout), fmt)
+        _finish(s, ns, name, resp.deletion_id, float(f.timeout), fmt, doc)
 
 
-def _finish(s: Session, ns: str, name: str, deletion_id: str, timeout: float, fmt: str) -> None:
-    """Wait for a service's deletion, and say how it ended."""
+def _finish(
+    s: Session, ns: str, name: str, deletion_id: str, timeout: float, fmt: str, doc: dict[str, Any] | None
+) -> None:
+    """Wait for a service's deletion, and say how it ended (in ``doc``, as its ``operation``, for -o json|yaml)."""
     op = _wait_deletion(s, ns, deletion_id, timeout)
+    if doc is not None:
+        doc["operation"] = to_dict(op)
     if op.status == "failed":
         raise CliError(f"deletion of service/{name} failed: {op.failure_reason}")
     if fmt == "text":
         click.echo(f"service/{name} deleted ({op.deleted_instances} instance(s) removed)")
 
 
-def _delete_other(s: Session, kind: str, name: str, ns: str, ignore_not_found: bool, force: bool) -> None:
+def _delete_other(
+    s: Session, kind: str, name: str, ns: str, ignore_not_found: bool, force: bool, fmt: str, docs: list[dict[str, Any]]
+) -> None:
     import grpc
 
     try:
         if kind == "secret":
-            s.call("SecretService", "DeleteSecret", pb2("secret").DeleteSecretRequest(name=name, namespace=ns))
+            resp = s.call("SecretService", "DeleteSecret", pb2("secret").DeleteSecretRequest(name=name, namespace=ns))
         elif kind == "configmap":
-            s.call(
+            resp = s.call(
                 "ConfigmapService", "DeleteConfigmap", pb2("configmap").DeleteConfigmapRequest(name=name, namespace=ns)
             )
         elif kind == "node":
             resp = s.call("NodeService", "DeleteNode", pb2("node").NodeActionRequest(id=name))
-            click.echo(f"node/{name} deleted ({resp.status.message})")
-            return
         else:
             req = pb2("namespace").DeleteNamespaceRequest(name=name, ignore_not_found=ignore_not_found, force=force)
-            s.call("NamespaceService", "DeleteNamespace", req)
+            resp = s.call("NamespaceService", "DeleteNamespace", req)
     except grpc.RpcError as e:
         if ignore_not_found and e.code() == grpc.StatusCode.NOT_FOUND:
-            click.echo(f"{kind}/{name} not found (ignored)")
+            if fmt == "text":
+                click.echo(f"{kind}/{name} not found (ignored)")
+            else:
+                docs.append(_doc(kind, name, ns, notFound=True))
             return
         raise
-    click.echo(f"{kind}/{name} deleted")
+    if fmt != "text":
+        docs.append(_doc(kind, name, ns, resp))
+    elif kind == "node":
+        click.echo(f"node/{name} deleted ({resp.status.message})")
+    else:
+        click.echo(f"{kind}/{name} deleted")
 
 
 @delete.command("list")

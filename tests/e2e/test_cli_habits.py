@@ -310,3 +310,43 @@ def test_delete_takes_several_names_and_deletes_every_one_it_can(rune: Rune, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["secret/pair-s1 deleted", "secret/pair-s2 deleted"], r.stdout
     assert rune("get", "secret", "pair-s1").returncode == 3
+
+
+def test_delete_output_is_one_document_naming_each_object(rune: Rune, tmp_path: Path) -> None:
+    """`rune delete ... -o json|yaml` prints one document a pipeline can parse: a name's own, or
+    {"items": [...]} for several, each naming its object; a waited deletion carries how it ended,
+    and kinds other than service answer in the format asked for, not in text."""
+    for name in ("doc-a", "doc-b"):
+        _cast_sleeper(rune, tmp_path, name)
+    r = rune("delete", "doc-a", "doc-missing", "doc-b", "-o", "json", timeout=90)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "error: service/doc-missing: not found" in r.stderr, r.stderr
+    items = json.loads(r.stdout)["items"]
+    assert [(d["kind"], d["name"], d["namespace"]) for d in items] == [
+        ("service", "doc-a", "default"),
+        ("service", "doc-b", "default"),
+    ], items
+    for d in items:
+        assert d["deletionId"] and d["operation"]["id"] == d["deletionId"], d
+        assert d["operation"]["status"] == "completed" and d["operation"]["serviceName"] == d["name"], d
+    # One name: its document alone, in YAML too.
+    _cast_sleeper(rune, tmp_path, "doc-c")
+    one = rune("delete", "doc-c", "-o", "yaml", timeout=90)
+    assert one.returncode == 0, one.stdout + one.stderr
+    doc = yaml.safe_load(one.stdout)
+    assert doc["name"] == "doc-c" and doc["operation"]["status"] == "completed", doc
+    # Another kind, and one not found with --ignore-not-found.
+    for name in ("doc-s1", "doc-s2"):
+        assert rune("create", "secret", name, "--data", "k=v").returncode == 0
+    r = rune("delete", "secret", "doc-s1", "doc-s2", "doc-s3", "--ignore-not-found", "-o", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    items = json.loads(r.stdout)["items"]
+    assert [(d["kind"], d["name"]) for d in items] == [("secret", "doc-s1"), ("secret", "doc-s2"), ("secret", "doc-s3")]
+    assert items[2]["notFound"] is True and "notFound" not in items[0], items
+    single = rune("delete", "configmap", "doc-none", "--ignore-not-found", "-o", "json")
+    assert json.loads(single.stdout) == {
+        "kind": "configmap",
+        "name": "doc-none",
+        "namespace": "default",
+        "notFound": True,
+    }
