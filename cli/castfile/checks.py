@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any
 
@@ -9,6 +10,14 @@ from rune.cli.castfile.lines import LineDict
 from rune.cli.errors import EXIT_INVALID, CliError
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _meant(word: str, known: set[str]) -> str:
+    """`` (did you mean "x"?)`` for the known field closest to ``word``, else nothing: worded and
+    matched as runed's own suggestions are (difflib's ratio at least 0.6), which this client
+    cannot import."""
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 class CastErrors(CliError):
@@ -34,7 +43,7 @@ class Problems:
             return
         for k in d:
             if k not in allowed:
-                self.err(d.key_lines.get(k, d.line), f"unknown field '{k}' in {what}")
+                self.err(d.key_lines.get(k, d.line), f"unknown field '{k}' in {what}{_meant(str(k), allowed)}")
 
     def line(self, d: Any, key: str) -> int:
         if isinstance(d, LineDict):

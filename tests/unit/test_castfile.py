@@ -145,7 +145,8 @@ extras: true
 """
     )
     assert "app.yaml:4: unknown field 'replicas' in service" in found
-    assert "app.yaml:6: unknown field 'proto' in port" in found
+    # A close known field is suggested (as runed's own errors do), none for a word like no field.
+    assert "app.yaml:6: unknown field 'proto' in port (did you mean \"protocol\"?)" in found, found
     assert "app.yaml:8: unknown field 'every' in health.liveness" in found
     assert any(p.startswith("app.yaml:9: unknown top-level key 'extras'") for p in found)
 
@@ -159,7 +160,7 @@ def test_a_misspelt_process_command_is_named_beside_the_missing_one() -> None:
     comand: sleep
 """
     )
-    assert "app.yaml:5: unknown field 'comand' in process" in found, found
+    assert "app.yaml:5: unknown field 'comand' in process (did you mean \"command\"?)" in found, found
     assert "app.yaml:4: service 'job': runtime process needs 'process.command'" in found, found
 
 
