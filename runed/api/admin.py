@@ -37,9 +37,12 @@ def is_local(peer: str) -> bool:
     if not peer or peer == "localhost":
         return True
     try:
-        return ipaddress.ip_address(peer).is_loopback
+        ip = ipaddress.ip_address(peer)
     except ValueError:
         return False
+    # An IPv4 client of a dual-stack socket is named ::ffff:127.0.0.1 (not loopback to ipaddress).
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 # -- conversions --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,12 +30,15 @@ log = logging.getLogger("runed.grpc")
 
 
 def peer_host(peer: str) -> str:
-    """``ipv4:127.0.0.1:5555`` / ``ipv6:[::1]:5555`` -> the address; "" for unix sockets."""
+    """``ipv4:127.0.0.1:5555`` / ``ipv6:[::1]:5555`` -> the address; "" for unix sockets.
+
+    gRPC writes a peer as a URI, so an IPv6 one comes percent-encoded (``ipv6:%5B::1%5D:5555``, a
+    zone ``%25eth0``): decoded first, or ``localhost`` (::1 first) would not be the server host."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+        return unquote(rest).rpartition(":")[0].strip("[]")
     return ""
 
 

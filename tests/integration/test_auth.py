@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import grpc
@@ -138,6 +139,27 @@ def test_bootstrap_from_a_remote_peer_needs_allow_remote_admin(
         assert code == grpc.StatusCode.OK
     else:
         assert code == grpc.StatusCode.PERMISSION_DENIED and "allow_remote_admin" in details
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_bootstrap_over_the_ipv6_loopback_is_from_the_server_host(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    """`rune admin bootstrap` on the server host, where `localhost` is ::1 first: gRPC names that
+    peer ``ipv6:%5B::1%5D:port`` (percent-encoded), which was taken for a remote one and refused."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this host")
+    r = runed_factory(tmp_path / "data", args=["--grpc-addr", "[::1]:0"])
+    port = r.grpc_target.rpartition(":")[2]
+    with grpc.insecure_channel(f"[::1]:{port}") as ch:
+        first = admin_pb2_grpc.AdminServiceStub(ch).AdminBootstrap(admin_pb2.AdminBootstrapRequest())
+    assert first.token_secret.startswith("rune_")
 
 
 def test_tokens_for_others_need_admin(module_runed: tuple[Runed, Metadata]) -> None:
