@@ -13,7 +13,14 @@ import click
 
 from rune.cli.castfile import Cast, CastErrors, collect_files, dependency_cycles, parse_files, parse_text
 from rune.cli.client import Session, pb2
-from rune.cli.commands.common import list_instances, pass_session, seconds, svc_status
+from rune.cli.commands.common import (
+    instance_health,
+    list_instances,
+    not_ready_reason,
+    pass_session,
+    seconds,
+    svc_status,
+)
 from rune.cli.errors import EXIT_INVALID, EXIT_PRECONDITION, EXIT_TIMEOUT, CliError, field_violations
 from rune.cli.runeset import extract, is_archive, is_runeset, render
 
@@ -220,15 +227,25 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
     def poll() -> bool:
         done = True
         by_ns: dict[str, list[Any]] = {}
+        health: dict[str, dict[str, Any] | None] = {}
         for ns, _, _ in services:
             if ns not in by_ns:
                 by_ns[ns] = list_instances(s, ns)
+                health[ns] = instance_health(s, ns, checks=True)
+        healthy = pb2("health").HEALTH_STATUS_HEALTHY
         for ns, name, _ in services:
             svc = s.call("ServiceService", "GetService", svpb.GetServiceRequest(name=name, namespace=ns)).service
             insts = [i for i in by_ns[ns] if i.service_name == name]
             running = sum(1 for i in insts if i.status == running_status)
-            msgs = [i.status_message for i in insts if i.status_message and i.status != running_status]
-            state[(ns, name)] = (svc_status(svc.status), running, svc.scale, msgs[0] if msgs else "")
+            # READY counts the instances that pass their readiness probe, when runed tells; a
+            # running one that does not says why (its probe's latest failure).
+            ready, msgs = running, [i.status_message for i in insts if i.status_message and i.status != running_status]
+            comps = health[ns]
+            if comps is not None:
+                up = [comps.get(i.id) for i in insts if i.status == running_status]
+                ready = sum(1 for c in up if c is not None and c.status == healthy)
+                msgs += [not_ready_reason(c) for c in up if c is not None and c.status != healthy]
+            state[(ns, name)] = (svc_status(svc.status), ready, svc.scale, msgs[0] if msgs else "")
             if svc.status_final:
                 # Nothing will start again by itself: waiting longer cannot change the outcome.
                 if svc.status != svpb.SERVICE_STATUS_COMPLETED:
@@ -242,10 +259,10 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
         t = Table(box=None, show_edge=False)
         for col in ("SERVICE", "NAMESPACE", "STATUS", "READY", "MESSAGE"):
             t.add_column(col)
-        for (ns, name), (st, running, scale, msg) in state.items():
-            ok = (running >= scale and st in ("Running", "-")) or st == "Completed"
+        for (ns, name), (st, ready, scale, msg) in state.items():
+            ok = (ready >= scale and st in ("Running", "-")) or st == "Completed"
             mark = "[red]✗[/]" if name in failed else ("[green]✓[/]" if ok else "[yellow]…[/]")
-            t.add_row(f"{mark} {name}", ns, st, f"{running}/{scale}", msg[:60])
+            t.add_row(f"{mark} {name}", ns, st, f"{ready}/{scale}", msg[:100])
         return t
 
     with Live(view(), console=console, refresh_per_second=8, transient=not console.is_terminal) as live:
@@ -261,9 +278,9 @@ def wait_ready(s: Session, services: list[tuple[str, str, int]], timeout: float)
             if time.monotonic() > deadline:
                 live.stop()
                 waiting = [
-                    f"{name} {running}/{scale} {st}" + (f" ({msg})" if msg else "")
-                    for (_, name), (st, running, scale, msg) in state.items()
-                    if running < scale or (scale > 0 and st != "Running")
+                    f"{name} {ready}/{scale} ready, {st}" + (f" ({msg})" if msg else "")
+                    for (_, name), (st, ready, scale, msg) in state.items()
+                    if ready < scale or (scale > 0 and st != "Running")
                 ]
                 raise CliError(
                     f"timed out after {timeout:g}s waiting for services to be ready: {'; '.join(waiting)}; "

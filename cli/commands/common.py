@@ -72,3 +72,24 @@ def list_instances(s: Session, namespace: str, service: str = "") -> list[Any]:
         token = resp.next_page_token
         if not token:
             return out
+
+
+def instance_health(s: Session, ns: str, name: str = "", *, checks: bool = False) -> dict[str, Any] | None:
+    """The health of the instances in ``ns`` (one, by ``name``), by instance id; with ``checks`` their
+    probes' latest results too. None when runed does not tell (no health access, an older server)."""
+    import grpc
+
+    req = pb2("health").GetHealthRequest(component_type="instance", namespace=ns, name=name, include_checks=checks)
+    try:
+        resp = s.call("HealthService", "GetHealth", req)
+    except grpc.RpcError:
+        return None
+    return {c.id: c for c in resp.components}
+
+
+def not_ready_reason(component: Any) -> str:
+    """Why an instance's health (with checks) is not healthy: its failing probe's latest message."""
+    hpb = pb2("health")
+    failing = [r.message for r in component.check_results if r.status != hpb.HEALTH_STATUS_HEALTHY and r.message]
+    why: str = failing[0] if failing else component.message
+    return "not ready: " + why

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rune.cli.client import Session, pb2
-from rune.cli.commands.common import inst_status, list_instances, svc_status
+from rune.cli.commands.common import inst_status, instance_health, list_instances, svc_status
 from rune.cli.errors import EXIT_USAGE, CliError
 from rune.cli.output import Column, age
 
@@ -72,15 +72,11 @@ def ready_instances(s: Session, ns: str, name: str = "") -> set[str] | None:
 
     None when runed does not tell (no health access, an older server): READY then prints ``-``.
     """
-    import grpc
-
-    hpb = pb2("health")
-    req = hpb.GetHealthRequest(component_type="instance", namespace=ns, name=name)
-    try:
-        resp = s.call("HealthService", "GetHealth", req)
-    except grpc.RpcError:
+    health = instance_health(s, ns, name)
+    if health is None:
         return None
-    return {c.id for c in resp.components if c.status == hpb.HEALTH_STATUS_HEALTHY}
+    healthy = pb2("health").HEALTH_STATUS_HEALTHY
+    return {i for i, c in health.items() if c.status == healthy}
 
 
 def with_ready(s: Session, kind_name: str, ns: str, columns: list[Column], items: list[Any]) -> list[Column]:

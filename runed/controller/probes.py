@@ -13,6 +13,7 @@ import httpx
 
 from rune.api import common_pb2, service_pb2
 from runed.exec import become
+from runed.secrets.envresolve import port_env
 
 DEFAULT_PERIOD = 10
 DEFAULT_TIMEOUT = 1
@@ -33,6 +34,8 @@ class ProbeSpec:
     timeout: float
     success_threshold: int
     failure_threshold: int
+    # Said beside a refused connection: where the instance should listen (see :func:`listen_hint`).
+    hint: str = ""
 
 
 def host_port(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> int:
@@ -43,6 +46,26 @@ def host_port(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> int
             if mapped:
                 return mapped
     return port
+
+
+def listen_hint(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> str:
+    """Where a process instance listens for the declared port a probe names, when that is not the
+    port declared: it shares the host's network, so each instance gets a host port of its own and
+    is told it in ``$PORT`` (the first port) and ``$RUNE_PORT_<NAME>``. A program that listens on
+    the declared number (``http.server 8080``) refuses every probe, and this says why."""
+    if svc.runtime != "process":
+        return ""
+    for p in svc.ports:
+        if port in (p.port, p.target_port) or (port == 0 and p is svc.ports[0]):
+            key = p.name or str(p.port)
+            mapped = ports.get(key)
+            if not mapped or mapped == p.port:
+                return ""
+            told = ("$PORT and " if p is svc.ports[0] else "") + "$" + port_env(key)
+            return (
+                f"a process instance listens for port {key} on its host port {mapped}, given in {told}, not on {p.port}"
+            )
+    return ""
 
 
 def probe_spec(p: common_pb2.Probe, svc: service_pb2.Service, ports: dict[str, int]) -> ProbeSpec | None:
@@ -65,7 +88,24 @@ def probe_spec(p: common_pb2.Probe, svc: service_pb2.Service, ports: dict[str, i
         timeout=p.timeout_seconds if p.timeout_seconds > 0 else DEFAULT_TIMEOUT,
         success_threshold=p.success_threshold if p.success_threshold > 0 else DEFAULT_SUCCESS,
         failure_threshold=p.failure_threshold if p.failure_threshold > 0 else DEFAULT_FAILURE,
+        hint=listen_hint(p.port, svc, ports),
     )
+
+
+def _refused(spec: ProbeSpec, e: BaseException) -> str:
+    """Why a connection failed, in words (httpx's errors print as nothing), with the spec's hint when refused."""
+    refused = False
+    cur: BaseException | None = e
+    while cur is not None:
+        if isinstance(cur, ConnectionRefusedError):
+            refused = True
+            break
+        cur = cur.__cause__ or cur.__context__
+    if refused:
+        return "connection refused" + (f" ({spec.hint})" if spec.hint else "")
+    if isinstance(e, TimeoutError | httpx.TimeoutException):
+        return f"timed out after {spec.timeout:g}s"
+    return str(e) or type(e).__name__
 
 
 async def _http(spec: ProbeSpec) -> tuple[bool, str]:
@@ -74,7 +114,7 @@ async def _http(spec: ProbeSpec) -> tuple[bool, str]:
         async with httpx.AsyncClient(timeout=spec.timeout) as c:
             r = await c.get(url)
     except httpx.HTTPError as e:
-        return False, f"GET {url}: {type(e).__name__}"
+        return False, f"GET {url}: {_refused(spec, e)}"
     ok = 200 <= r.status_code < 400
     return ok, f"GET {url}: HTTP {r.status_code}"
 
@@ -86,7 +126,7 @@ async def _tcp(spec: ProbeSpec) -> tuple[bool, str]:
         async with asyncio.timeout(spec.timeout):
             _, w = await asyncio.open_connection("127.0.0.1", spec.port)
     except (OSError, TimeoutError) as e:
-        return False, f"tcp 127.0.0.1:{spec.port}: {type(e).__name__}"
+        return False, f"tcp 127.0.0.1:{spec.port}: {_refused(spec, e)}"
     w.close()
     with contextlib.suppress(OSError):
         await w.wait_closed()

@@ -41,6 +41,12 @@ def _upper(name: str) -> str:
     return re.sub(r"[^A-Z0-9_]", "_", name.upper().replace("-", "_"))
 
 
+def port_env(key: str) -> str:
+    """The variable that tells an instance the host port of its declared port ``key`` (its name,
+    else its number): ``RUNE_PORT_<KEY>``."""
+    return f"RUNE_PORT_{_upper(key)}"
+
+
 # Decoded secret and configmap data by (kind, namespace, name): shareable by the resolutions of one
 # pass, so a secret that a thousand starting instances refer to is decrypted once, not a thousand times.
 Decoded = dict[tuple[str, str, str], dict[str, str]]
@@ -205,7 +211,7 @@ def compute_env(
         key = p.name or str(p.port)
         if key in ports:
             own.append((key, ports[key]))
-            env[f"RUNE_PORT_{_upper(key)}"] = str(ports[key])
+            env[port_env(key)] = str(ports[key])
     if own:
         env["PORT"] = str(own[0][1])
     env.update(endpoint_env(Endpoint(svc.name, NODE_ADDRESS, own)))

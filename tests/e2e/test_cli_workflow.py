@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import yaml
@@ -160,6 +161,38 @@ def test_cast_timeout_names_what_is_not_ready(rune: Rune, tmp_path: Path) -> Non
     assert r.returncode == 10
     assert "timed out after 3s" in r.stderr and "broken 0/1" in r.stderr
     assert rune("delete", "broken", "--timeout", "30").returncode == 0
+
+
+def test_cast_timeout_says_a_process_listens_on_its_declared_port_instead_of_its_host_port(
+    rune: Rune, tmp_path: Path
+) -> None:
+    """The first thing a new user casts: a server on the port its runefile declares. A process
+    instance is served on a host port of its own ($PORT), so the probe is refused; the wait counts
+    it as not ready (not "1/1") and says why, naming the host port and where it is given."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = tmp_path / "literal.yaml"
+    f.write_text(
+        f"""service:
+  name: literal
+  runtime: process
+  process: {{command: {PY}, args: ["-m", "http.server", "{port}", "--bind", "127.0.0.1"]}}
+  ports: [{{name: http, port: {port}}}]
+  health:
+    readiness: {{type: http, path: /, port: {port}, periodSeconds: 1}}
+"""
+    )
+    r = rune("cast", str(f), "--timeout", "4s")
+    assert r.returncode == 10, r.stdout + r.stderr
+    host = json.loads(rune("get", "instances", "-o", "json").stdout)
+    hp = next(i for i in host["instances"] if i["name"] == "literal-0")["environment"]["RUNE_PORT_HTTP"]
+    assert "literal 0/1 ready, Pending" in r.stderr, r.stderr
+    assert (
+        f"not ready: GET http://127.0.0.1:{hp}/: connection refused (a process instance listens for port http "
+        f"on its host port {hp}, given in $PORT and $RUNE_PORT_HTTP, not on {port})"
+    ) in r.stderr, r.stderr
+    assert rune("delete", "literal", "--timeout", "30").returncode == 0
 
 
 def test_scale_shows_progress_and_converges(rune: Rune, cast_app: Path) -> None:

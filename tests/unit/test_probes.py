@@ -46,6 +46,28 @@ def test_probe_port_maps_declared_port_to_host_port() -> None:
     assert probes.probe_spec(common_pb2.Probe(), svc, {}) is None
 
 
+def test_a_process_probe_names_where_its_instance_listens_when_that_is_not_the_declared_port() -> None:
+    ports = [common_pb2.ServicePort(name="http", port=8080), common_pb2.ServicePort(name="admin-api", port=9090)]
+    svc = service_pb2.Service(runtime="process", ports=ports)
+    host = {"http": 41000, "admin-api": 41001}
+
+    def hint(port: int, s: service_pb2.Service = svc, h: dict[str, int] = host) -> str:
+        spec = probes.probe_spec(common_pb2.Probe(type=common_pb2.PROBE_TYPE_TCP, port=port), s, h)
+        assert spec is not None
+        return spec.hint
+
+    assert hint(8080) == (
+        "a process instance listens for port http on its host port 41000, "
+        "given in $PORT and $RUNE_PORT_HTTP, not on 8080"
+    )
+    # Only the first port is $PORT.
+    assert hint(9090).endswith("on its host port 41001, given in $RUNE_PORT_ADMIN_API, not on 9090")
+    # A container is reached through its published port; a host port equal to the declared one is no news.
+    assert hint(8080, service_pb2.Service(runtime="container", ports=ports)) == ""
+    assert hint(8080, h={"http": 8080}) == ""
+    assert hint(7777) == ""
+
+
 def test_tcp_http_and_exec_checks(tmp_path: Path) -> None:
     async def main() -> None:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -63,7 +85,10 @@ def test_tcp_http_and_exec_checks(tmp_path: Path) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             closed = s.getsockname()[1]
-        assert not (await probes.check(_spec("tcp", port=closed), {}, None))[0]
+        refused = await probes.check(_spec("tcp", port=closed, hint="listen elsewhere"), {}, None)
+        assert refused == (False, f"tcp 127.0.0.1:{closed}: connection refused (listen elsewhere)")
+        ok, msg = await probes.check(_spec("http", port=closed), {}, None)
+        assert (ok, msg) == (False, f"GET http://127.0.0.1:{closed}/: connection refused")
         (tmp_path / "flag").write_text("1")
         code = "import os, sys; sys.exit(0 if os.environ['K'] == 'v' and os.path.exists('flag') else 1)"
         exe = _spec("exec", command=(sys.executable, "-c", code))
