@@ -116,7 +116,7 @@ class Gateway:
                     raise MethodNotAllowed(
                         f"{request.method} is not allowed on {path} (use {', '.join(allowed)})", allowed
                     )
-                raise errors.NotFound(f"no route for {request.method} {path}")
+                raise errors.NotFound(_no_route(verb, path))
             rule, path_vars = found
             label = rule.method.full_name
             body: Any = None
@@ -253,7 +253,19 @@ async def _upgrade_required(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(errors.NotFound(f"no route for {request.method} {request.url.path}"), request_id_of(request))
+    verb = "GET" if request.method == "HEAD" else request.method
+    return error_response(errors.NotFound(_no_route(verb, request.url.path)), request_id_of(request))
+
+
+def _no_route(verb: str, path: str) -> str:
+    """The 404 of a path no route matches, naming the routes of its verb that share its words."""
+    close = routes.nearest(verb, path)
+    hint = (
+        f" (routes of {verb} like it: {', '.join(close)}; all in /openapi.json)"
+        if close
+        else " (routes: /openapi.json)"
+    )
+    return f"no route for {verb} {path}{hint}"
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

@@ -116,6 +116,27 @@ def path_allows(path: str) -> list[str]:
     return sorted({r.verb for r in http_rules() if r.match(path) is not None})
 
 
+# Most routes a path that matches none is told of.
+NEAREST = 3
+
+
+def nearest(verb: str, path: str) -> list[str]:
+    """The routes of ``verb`` sharing the most words with ``path`` (a path no route matches), best
+    first: ``GET /v1/services`` is told of ``/v1/namespaces/{namespace}/services``, which a spelling
+    distance would not find (namespaces are in the path here, not in a query)."""
+    words = {w for w in path.strip("/").split("/") if w and w != "v1"}
+    segments = len(path.strip("/").split("/"))
+    scored = []
+    for r in http_rules():
+        if r.verb != verb:
+            continue
+        parts = r.template.strip("/").split("/")
+        shared = len(words & {w for w in parts if "{" not in w})
+        if shared:
+            scored.append((-shared, abs(len(parts) - segments), r.template))
+    return [t for _, _, t in sorted(set(scored))[:NEAREST]]
+
+
 @functools.cache
 def rpc_methods() -> dict[str, Method]:
     """``/rune.api.Service/Method`` -> method, for the RPC-style (and Connect) routes."""

@@ -193,6 +193,13 @@ def test_error_table_401_403_404_405(client: httpx.Client, anon: httpx.Client) -
     assert r.status_code == 404
     r = client.get("/v1/no/such/route")
     assert r.status_code == 404
+    assert r.json()["message"] == "no route for GET /v1/no/such/route (routes: /openapi.json)"
+    # A path like a route's is told of the routes of its verb that share its words.
+    r = client.get("/v1/services")
+    assert r.status_code == 404
+    assert r.json()["message"].startswith(
+        "no route for GET /v1/services (routes of GET like it: /v1/namespaces/{namespace}/services, "
+    ), r.json()
     r = client.patch("/v1/namespaces/default")
     assert r.status_code == 405
     assert "GET" in r.headers["allow"]
