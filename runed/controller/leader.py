@@ -52,6 +52,20 @@ def holder_id(data_dir: Path) -> str:
     return f"{socket.gethostname()}:{data_dir}:{os.getpid()}"
 
 
+def runs_here(holder: str) -> bool:
+    """Whether ``holder`` (a :func:`holder_id`) names a runed process running on this host now,
+    other than this one: a predecessor that is alive, not a dead one a restart takes over from."""
+    host, _, rest = holder.partition(":")
+    pid = rest.rpartition(":")[2]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"runed" in f.read()
+    except OSError:
+        return False
+
+
 class Lease:
     """One named lease in the store, contended for by this process as ``holder``.
 
@@ -60,9 +74,12 @@ class Lease:
         name: the lease's name ("controller"); each name elects its own leader.
         holder: this process's id (:func:`holder_id`); unique per incarnation.
         ttl: seconds; this process renews within a third of it and standbys wait a full one.
-        claim_at_start: take the lease at the first attempt whoever holds it. Only right where no
-            other host can share the store (SQLite): the earlier holder is then a dead process of
-            this host, and waiting a ttl would only delay the restart.
+        claim_at_start: take the lease at the first attempt from a holder that no longer runs.
+            Only right where no other host can share the store (SQLite): the earlier holder is
+            then a dead process of this host, and waiting a ttl would only delay the restart. One
+            that still runs (a second runed started on the same data dir) is waited for as on any
+            store: taken from it, it stepped down and re-adopted everything when the newcomer
+            stopped (on ports already in use, at once).
         clock: monotonic seconds (for tests of the timing).
     """
 
@@ -133,7 +150,7 @@ class Lease:
                 self._revision = 0
         if mine:
             return self._write(cur.revision)
-        if self.claim_at_start and self._attempts == 1:
+        if self.claim_at_start and self._attempts == 1 and not runs_here(cur.holder):
             return self._write(cur.revision)
         if self._seen is None or self._seen[0] != cur.revision:
             self._seen = (cur.revision, seen_at)

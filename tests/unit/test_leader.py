@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runed.controller.leader import RENEW_DEADLINE, Lease
+from runed.controller.leader import RENEW_DEADLINE, Lease, holder_id, runs_here
 from runed.model.lease import KIND, NAMESPACE
 from runed.store.sqlite import SQLiteStore
 from tests.support import Clock
@@ -78,6 +82,32 @@ def test_claim_at_start_takes_a_dead_predecessors_lease_at_the_first_attempt_onl
     ca.now += TTL
     assert other.claim()
     assert not restarted.claim() and not restarted.is_leader
+
+
+def test_claim_at_start_waits_for_a_predecessor_that_still_runs(store: SQLiteStore, tmp_path: Path) -> None:
+    """A second runed started on the data dir of one that runs: its controller stands by, it does
+    not take the lease from the live one (a dead one's it takes at once, above)."""
+    host = socket.gethostname()
+    # A live runed's stand-in (its command line names runed), and a live process that is not runed.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "runed"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert runs_here(f"{host}:{tmp_path}:{live.pid}")
+        assert not runs_here(f"{host}:{tmp_path}:{other.pid}")  # a pid reused since by another program
+        assert not runs_here(f"elsewhere:{tmp_path}:{live.pid}")
+        assert not runs_here(holder_id(tmp_path))  # this process itself
+        assert contender(store, f"{host}:{tmp_path}:{live.pid}", Clock()).claim()
+        second = contender(store, holder_id(tmp_path), Clock(), claim_at_start=True)
+        assert not second.claim() and not second.is_leader
+        live.kill()
+        live.wait()
+        # Once it is gone, a start takes its lease at once.
+        third = contender(store, f"{host}:{tmp_path}:1{os.getpid()}", Clock(), claim_at_start=True)
+        assert third.claim()
+    finally:
+        for p in (live, other):
+            p.kill()
+            p.wait()
 
 
 def test_held_yields_while_leading_and_ends_on_stop_releasing_the_lease(store: SQLiteStore) -> None:
