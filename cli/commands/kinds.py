@@ -32,7 +32,10 @@ def _keys(m: Any) -> str:
 
 
 def host_ports(inst: Any) -> dict[str, int]:
-    """An instance's host ports by port name, read from the ``RUNE_PORT_<NAME>`` of its environment."""
+    """An instance's host ports by port name: its ``host_ports``, else (a runed before them) the
+    ``RUNE_PORT_<NAME>`` of its environment."""
+    if inst.host_ports:
+        return dict(sorted(inst.host_ports.items()))
     out: dict[str, int] = {}
     for key, value in inst.environment.items():
         if key.startswith("RUNE_PORT_") and value.isdigit():

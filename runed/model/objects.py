@@ -241,6 +241,9 @@ def instance_to_pb(rec: Record) -> instance_pb2.Instance:
         # Stored env keeps secret references unresolved: exposing it leaks no secret values.
         inst.environment.clear()
         inst.environment.update({str(k): str(v) for k, v in env.items()})
+    ports = data.get("ports")
+    if isinstance(ports, dict):
+        inst.host_ports.update({str(k): int(v) for k, v in ports.items() if isinstance(v, int) and v > 0})
     return inst
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
-from rune.api import common_pb2, service_pb2
+from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
 from tests.e2e.rune import Rune, kill_all
 from tests.integration.orch import SERVER, Orch
 from tests.support import eventually
@@ -110,6 +111,17 @@ def test_expose_host_port_is_the_instance_port_across_updates(orch: Orch, rune: 
     assert inst["env"]["RUNE_PORT_HTTP"] == str(port) == inst["env"]["EDGE_SERVICE_PORT_HTTP"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
         assert r.status == 200
+    # The API says where each port is reached, by name, on gRPC and REST alike.
+    stub = instance_pb2_grpc.InstanceServiceStub(orch.runed.channel())
+    got = stub.GetInstance(instance_pb2.GetInstanceRequest(id=inst["instance"]["id"]), metadata=orch.auth).instance
+    assert dict(got.host_ports) == {"http": port, "metrics": inst["ports"]["metrics"]}
+    auth = dict(orch.auth)["authorization"]
+    with httpx.Client(base_url=orch.runed.http_base, headers={"authorization": auth}) as c:
+        listed = c.get("/v1/namespaces/default/instances").json()["instances"]
+    assert next(i for i in listed if i["name"] == "edge-0")["hostPorts"] == {
+        "http": port,
+        "metrics": inst["ports"]["metrics"],
+    }
 
     wide = rune("get", "instances", "-o", "wide")
     assert wide.returncode == 0, wide.stderr

@@ -34,7 +34,7 @@ INSTANCE_STATUS_EXITED: InstanceStatus
 INSTANCE_STATUS_DELETED: InstanceStatus
 
 class Instance(_message.Message):
-    __slots__ = ("id", "runner", "namespace", "name", "service_id", "service_name", "node_id", "ip", "status", "status_message", "container_id", "pid", "created_at", "updated_at", "resources", "environment", "metadata")
+    __slots__ = ("id", "runner", "namespace", "name", "service_id", "service_name", "node_id", "ip", "status", "status_message", "container_id", "pid", "created_at", "updated_at", "resources", "environment", "metadata", "host_ports")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,13 @@ class Instance(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HostPortsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +66,7 @@ class Instance(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     runner: str
     namespace: str
@@ -76,7 +84,8 @@ class Instance(_message.Message):
     resources: _common_pb2.Resources
     environment: _containers.ScalarMap[str, str]
     metadata: InstanceMetadata
-    def __init__(self, id: _Optional[str] = ..., runner: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., node_id: _Optional[str] = ..., ip: _Optional[str] = ..., status: _Optional[_Union[InstanceStatus, str]] = ..., status_message: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[InstanceMetadata, _Mapping]] = ...) -> None: ...
+    host_ports: _containers.ScalarMap[str, int]
+    def __init__(self, id: _Optional[str] = ..., runner: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., node_id: _Optional[str] = ..., ip: _Optional[str] = ..., status: _Optional[_Union[InstanceStatus, str]] = ..., status_message: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[InstanceMetadata, _Mapping]] = ..., host_ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class InstanceMetadata(_message.Message):
     __slots__ = ("generation", "deletion_timestamp", "restart_count", "secret_mounts", "config_mounts")
