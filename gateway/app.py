@@ -116,7 +116,7 @@ class Gateway:
                     raise MethodNotAllowed(
                         f"{request.method} is not allowed on {path} (use {', '.join(allowed)})", allowed
                     )
-                raise errors.NotFound(_no_route(verb, path))
+                raise errors.NotFound(_no_route(request.method, verb, path))
             rule, path_vars = found
             label = rule.method.full_name
             body: Any = None
@@ -254,18 +254,19 @@ async def _upgrade_required(request: Request) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     verb = "GET" if request.method == "HEAD" else request.method
-    return error_response(errors.NotFound(_no_route(verb, request.url.path)), request_id_of(request))
+    return error_response(errors.NotFound(_no_route(request.method, verb, request.url.path)), request_id_of(request))
 
 
-def _no_route(verb: str, path: str) -> str:
-    """The 404 of a path no route matches, naming the routes of its verb that share its words."""
+def _no_route(method: str, verb: str, path: str) -> str:
+    """The 404 of a ``method`` request on a path no route matches, naming the routes of its verb
+    (GET for a HEAD) that share its words."""
     close = routes.nearest(verb, path)
     hint = (
         f" (routes of {verb} like it: {', '.join(close)}; all in /openapi.json)"
         if close
         else " (routes: /openapi.json)"
     )
-    return f"no route for {verb} {path}{hint}"
+    return f"no route for {method} {path}{hint}"
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

@@ -38,14 +38,19 @@ class ProbeSpec:
     hint: str = ""
 
 
+def _named(port: int, svc: service_pb2.Service) -> common_pb2.ServicePort | None:
+    """The declared port a probe's ``port`` names (its port or target_port; 0: the first), or None."""
+    for p in svc.ports:
+        if port in (p.port, p.target_port) or (port == 0 and p == svc.ports[0]):
+            return p
+    return None
+
+
 def host_port(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> int:
     """A probe names the declared port (port or target_port); the instance listens on its host port."""
-    for p in svc.ports:
-        if port in (p.port, p.target_port) or (port == 0 and p is svc.ports[0]):
-            mapped = ports.get(p.name or str(p.port))
-            if mapped:
-                return mapped
-    return port
+    p = _named(port, svc)
+    mapped = ports.get(p.name or str(p.port)) if p is not None else None
+    return mapped or port
 
 
 def listen_hint(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> str:
@@ -53,19 +58,15 @@ def listen_hint(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> s
     port declared: it shares the host's network, so each instance gets a host port of its own and
     is told it in ``$PORT`` (the first port) and ``$RUNE_PORT_<NAME>``. A program that listens on
     the declared number (``http.server 8080``) refuses every probe, and this says why."""
-    if svc.runtime != "process":
+    p = _named(port, svc)
+    if svc.runtime != "process" or p is None:
         return ""
-    for p in svc.ports:
-        if port in (p.port, p.target_port) or (port == 0 and p is svc.ports[0]):
-            key = p.name or str(p.port)
-            mapped = ports.get(key)
-            if not mapped or mapped == p.port:
-                return ""
-            told = ("$PORT and " if p is svc.ports[0] else "") + "$" + port_env(key)
-            return (
-                f"a process instance listens for port {key} on its host port {mapped}, given in {told}, not on {p.port}"
-            )
-    return ""
+    key = p.name or str(p.port)
+    mapped = ports.get(key)
+    if not mapped or mapped == p.port:
+        return ""
+    told = ("$PORT and " if p == svc.ports[0] else "") + "$" + port_env(key)
+    return f"a process instance listens for port {key} on its host port {mapped}, given in {told}, not on {p.port}"
 
 
 def probe_spec(p: common_pb2.Probe, svc: service_pb2.Service, ports: dict[str, int]) -> ProbeSpec | None:
