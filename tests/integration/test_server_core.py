@@ -13,6 +13,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from rune.api import admin_pb2 as rune_admin_pb2
+from rune.api import admin_pb2_grpc as rune_admin_grpc
 from rune.api import health_pb2 as rune_health_pb2
 from rune.api import health_pb2_grpc as rune_health_grpc
 from tests.harness import Runed, RunedFactory, run_cli
@@ -169,3 +171,32 @@ def test_a_stream_the_client_cancels_is_recorded_as_cancelled(runed: Runed, auth
         what="the cancelled watch logged as CANCELLED",
     )
     assert "/rune.api.NamespaceService/WatchNamespaces OK" not in runed.output()
+
+
+def test_a_second_runed_on_the_data_dir_of_one_that_runs_stands_by(runed_factory: RunedFactory, tmp_path: Path) -> None:
+    """Started by mistake on the data dir of a running runed (another port), a second runed's
+    controller stands by: it used to take the lease at once, as from a dead predecessor, and the
+    running one stepped down and re-adopted everything when the second stopped."""
+    first = runed_factory(tmp_path / "data")
+    leader = first.role_pid("controller")
+    holder = f"{socket.gethostname()}:{first.data_dir}:{leader}"
+    admin = rune_admin_grpc.AdminServiceStub(first.channel())
+    md = [("authorization", f"Bearer {admin.AdminBootstrap(rune_admin_pb2.AdminBootstrapRequest()).token_secret}")]
+    health = rune_health_grpc.HealthServiceStub(first.channel())
+
+    def led_by() -> str:
+        req = rune_health_pb2.GetHealthRequest(component_type="controller")
+        leading: str = health.GetHealth(req, metadata=md).components[0].id
+        return leading
+
+    assert led_by() == holder
+    second = runed_factory(tmp_path / "data")
+    assert second.proc is not None and second.role_pid("controller") != leader
+    assert f"controller standing by: {holder} holds the lease" in second.output()
+    # Well past a renewal: the first still leads, and never stepped down.
+    time.sleep(2)
+    assert led_by() == holder
+    second.signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+    assert led_by() == holder
+    assert "another holder took the lease" not in first.output()
