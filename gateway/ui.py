@@ -66,10 +66,17 @@ async def _to_index(request: Request) -> Response:
     return RedirectResponse(PREFIX + "/", status_code=308)
 
 
+async def _home(request: Request) -> Response:
+    """The REST port's root: where a browser pointed at ``http://host:7861`` finds something (temporary:
+    nothing stops ``/`` from serving more one day)."""
+    return RedirectResponse(PREFIX + "/", status_code=307)
+
+
 def routes(directory: Path = DASHBOARD_DIR) -> list[BaseRoute]:
-    """``/ui`` (redirect) and ``/ui/...`` (the files, ``index.html`` for the directory itself)."""
+    """``/`` and ``/ui`` (redirects) and ``/ui/...`` (the files, ``index.html`` for the directory itself)."""
     files = StaticFiles(directory=directory, html=True)
     return [
+        Route("/", _home, methods=["GET", "HEAD"]),
         Route(PREFIX, _to_index, methods=["GET", "HEAD"]),
         Mount(PREFIX, app=SecureHeaders(files), name="dashboard"),
     ]

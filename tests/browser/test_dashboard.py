@@ -89,6 +89,9 @@ def test_served_under_ui_with_a_strict_csp(ui_runed: tuple[Runed, str]) -> None:
         assert '<script type="module" src="app.js"></script>' in index.text and "<script>" not in index.text
         assert c.get("/ui/app.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))
         assert c.get("/ui").status_code == 308
+        # A browser pointed at the REST port itself lands on the dashboard.
+        home = c.get("/")
+        assert (home.status_code, home.headers["location"]) == (307, "/ui/")
         missing = c.get("/ui/nope.js")
         assert missing.status_code == 404 and missing.json()["code"] == 5
         # The API beside it is untouched.
