@@ -11,6 +11,12 @@ function ports(svc) {
   return (svc.ports || []).map((p) => `${p.name}:${p.port}${p.targetPort ? `→${p.targetPort}` : ""}/${p.protocol || "TCP"}`).join(", ");
 }
 
+// Where an instance's ports are reached: its address and host port for each declared port, by name.
+function reached(i) {
+  const hp = i.hostPorts || {};
+  return Object.keys(hp).sort().map((k) => `${i.ip || "127.0.0.1"}:${hp[k]}→${k}`).join(", ");
+}
+
 /** Run an action, report it (label: the toast, or a function of the action's result that makes
  * it), and keep the button disabled while it runs. */
 async function act(button, label, fn) {
@@ -121,7 +127,7 @@ export async function serviceView(app, name) {
       h("td", {}, h("span", { class: `badge s-${state.toLowerCase()}` }, state)),
       h("td", { class: "num" }, String((i.metadata && i.metadata.restartCount) || 0)),
       h("td", {}, i.nodeId || "local"),
-      h("td", {}, ports(svc) || "—"),
+      h("td", {}, reached(i) || "—"),
       h("td", { class: "message" }, i.statusMessage || "—"),
       h("td", {}, age(i.createdAt)),
       h(

@@ -126,11 +126,17 @@ def test_a_long_list_shows_one_page_and_pages_on(ui: Browser) -> None:
     ui.find("#svc-filter").send_keys(Keys.BACKSPACE)
 
 
-def test_instances_show_ports_node_restarts_last_exit_and_probe_results(ui: Browser) -> None:
+def test_instances_show_ports_node_restarts_last_exit_and_probe_results(
+    ui: Browser, ui_runed: tuple[Runed, str]
+) -> None:
     ui.go("#/ns/default/services/probed")
     ui.wait_for("#instance-rows tr[data-instance=probed-0][data-state=running]")
     cells = ui.cells("#instance-rows tr[data-instance=probed-0]")
-    assert cells[2] and cells[3] == "http:18080→8080/TCP", cells  # node, ports
+    # The node, and where the instance is reached: its host port for the declared port "http".
+    with api(*ui_runed) as c:
+        listed = c.get("/v1/namespaces/default/instances").json()["instances"]
+    port = next(i for i in listed if i["name"] == "probed-0")["hostPorts"]["http"]
+    assert cells[2] and cells[3] == f"127.0.0.1:{port}→http", cells
     ui.wait_text("#health table", "Liveness")
     eventually(lambda: "Healthy" in ui.text("#health tbody tr"), WAIT, what="the probe's result")
     ui.screenshot("service-probes")
