@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import socket
@@ -93,6 +94,24 @@ def argv(svc: service_pb2.Service) -> list[str]:
     if svc.command:
         return [*shlex.split(svc.command), *svc.args]
     return list(svc.args)
+
+
+# ``$(NAME)`` in a command or its arguments, or its escape ``$$(``.
+_VAR_REF = re.compile(r"\$\$\(|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """Kubernetes' ``$(NAME)`` in a command and its arguments: the variable's value from ``env``
+    (``args: ["-m", "http.server", "$(PORT)"]`` listens where the instance is told to, without a
+    shell). A name ``env`` does not have stays as written, and ``$$(`` is a literal ``$(``; any
+    other ``$`` is left alone, so a shell script's ``$$`` or ``$VAR`` means what it meant."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "$("
+        return env.get(m.group(1), m.group(0))
+
+    return [_VAR_REF.sub(one, a) for a in args]
 
 
 def user_ids(sc: common_pb2.ProcessSecurityContext) -> tuple[int | None, int | None]:
@@ -191,7 +210,9 @@ class Launcher:
             name=inst.name,
             service=svc.name,
             directory=d,
-            argv=argv(svc),
+            # Variables whose values come from secrets are not expanded: a command line is visible
+            # to every user of the host, and launch.json keeps it on disk.
+            argv=expand(argv(svc), {k: v for k, v in stored.items() if env.get(k) == v}),
             env={**inherited_env(), **env},
             cwd=str(workdir),
             image=svc.image,

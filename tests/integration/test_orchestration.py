@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import stat
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -109,6 +110,35 @@ def test_instance_runs_with_env_mounts_ports_and_logs(orch: Orch) -> None:
     health = health_pb2_grpc.HealthServiceStub(orch.runed.channel())
     resp = health.GetHealth(health_pb2.GetHealthRequest(component_type="service", name="web"), metadata=orch.auth)
     assert resp.components[0].status == health_pb2.HEALTH_STATUS_HEALTHY
+
+
+def test_a_command_and_its_args_read_variables_as_kubernetes_writes_them(orch: Orch) -> None:
+    """``$(PORT)`` in process args is the instance's host port: a server listens where it is told
+    without a shell. Unknown names and ``$$(`` stay as written, other ``$`` is left alone, and a
+    variable from a secret is not expanded (a command line is visible to every user of the host)."""
+    secret_pb2_grpc.SecretServiceStub(orch.runed.channel()).CreateSecret(
+        secret_pb2.CreateSecretRequest(secret=secret_pb2.Secret(name="argv-db", data={"password": "hunter2"})),
+        metadata=orch.auth,
+    )
+    show = "import json, sys; print('argv ' + json.dumps(sys.argv[1:]), flush=True); import time; time.sleep(600)"
+    orch.cast_command(
+        "argv",
+        [sys.executable, "-c", show, "$(PORT)", "x$(GREETING)y", "$(NOPE)", "$$(PORT)", "$$ $HOME", "$(DB_PASS)"],
+        ports=HTTP_PORT,
+        env={"GREETING": "hi", "DB_PASS": "{{secret:argv-db/password}}"},
+    )
+    inst = eventually(lambda: orch.running("argv", 1), timeout=15)[0]
+
+    def shown() -> list[str]:
+        lines = [ln for ln in orch.log_lines(inst) if ln.startswith("argv ")]
+        assert lines, "no argv line yet"
+        out: list[str] = json.loads(lines[-1][5:])
+        return out
+
+    port = str(inst["ports"]["http"])
+    assert eventually(shown) == [port, "xhiy", "$(NOPE)", "$(PORT)", "$$ $HOME", "$(DB_PASS)"]
+    launch = (Path(inst["log_dir"]) / "launch.json").read_text()
+    assert port in launch and "hunter2" not in launch
 
 
 def test_scale_up_and_down_and_zero(orch: Orch) -> None:
