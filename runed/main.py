@@ -86,11 +86,15 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 
 
 def _run_supervisor(cfg: Config) -> int:
-    from runed.server.supervisor import DEFAULT_ROLES, Supervisor, check_data_dir
+    from runed.server.supervisor import DEFAULT_ROLES, Supervisor, check_data_dir, hold_data_dir
     from runed.store.open import open_configured
     from runed.store.sqlite import StoreError
 
     problem = check_data_dir(cfg.data_path)
+    if problem:
+        raise click.ClickException(problem)
+    # Held (open) until this process exits.
+    _held, problem = hold_data_dir(cfg.data_path)
     if problem:
         raise click.ClickException(problem)
     try:

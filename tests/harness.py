@@ -73,6 +73,15 @@ def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie (tests.support.alive, which imports this module)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1][:3]
+    except OSError:
+        return False
+    return "Z" not in state
+
+
 @dataclass
 class Runed:
     """One runed process (the supervisor, or ``role`` alone) in its own process group and session."""
@@ -101,7 +110,10 @@ class Runed:
         _DATA_DIRS.add(self.data_dir.resolve())
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-runed.log"
         for stale in (self.data_dir / "run").glob("*.json"):
-            stale.unlink()
+            # A marker of a runed still running on this data dir is its own, not stale.
+            with contextlib.suppress(OSError, ValueError):
+                if not _running(int(json.loads(stale.read_text())["pid"])):
+                    stale.unlink()
         with open(self.log_path, "ab") as log:
             self._log_start = log.tell()
             self.proc = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -175,6 +176,33 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def hold_data_dir(path: Path) -> tuple[int | None, str | None]:
+    """Hold the data dir for this runed: ``(descriptor, None)``, kept open while it runs, or
+    ``(None, why not)`` when another runed holds it.
+
+    An exclusive ``flock`` on ``<data dir>/run/runed.lock``, which the kernel lets go of with the
+    process (``kill -9`` included, so nothing stale is left to clean up); the file names the holder's
+    pid for the message. Why: a second runed started on the same data dir (a second service
+    manager, a forgotten terminal) removed the first one's readiness markers as it started its
+    roles, so the first one's ``/readyz`` said it was down, and its controller took the lease.
+    """
+    run = path / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / "runed.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return None, (
+            f"data dir {path} is in use by another runed (pid {holder}): stop it first, "
+            "or give this one a --data-dir of its own"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, None
 
 
 def check_data_dir(path: Path) -> str | None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -173,16 +174,20 @@ def test_a_stream_the_client_cancels_is_recorded_as_cancelled(runed: Runed, auth
     assert "/rune.api.NamespaceService/WatchNamespaces OK" not in runed.output()
 
 
-def test_a_second_runed_on_the_data_dir_of_one_that_runs_stands_by(runed_factory: RunedFactory, tmp_path: Path) -> None:
-    """Started by mistake on the data dir of a running runed (another port), a second runed's
-    controller stands by: it used to take the lease at once, as from a dead predecessor, and the
-    running one stepped down and re-adopted everything when the second stopped."""
+def test_a_second_runed_on_the_data_dir_of_one_that_runs_is_refused_and_leaves_it_alone(
+    runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """Started by mistake on the data dir of a running runed (another port), a second runed says so
+    and exits. It used to remove the first one's readiness markers as it started its roles (the
+    first one's /readyz then said it was down) and take its controller's lease."""
     first = runed_factory(tmp_path / "data")
+    assert first.proc is not None
     leader = first.role_pid("controller")
     holder = f"{socket.gethostname()}:{first.data_dir}:{leader}"
     admin = rune_admin_grpc.AdminServiceStub(first.channel())
     md = [("authorization", f"Bearer {admin.AdminBootstrap(rune_admin_pb2.AdminBootstrapRequest()).token_secret}")]
     health = rune_health_grpc.HealthServiceStub(first.channel())
+    rest = first.http_base
 
     def led_by() -> str:
         req = rune_health_pb2.GetHealthRequest(component_type="controller")
@@ -190,13 +195,11 @@ def test_a_second_runed_on_the_data_dir_of_one_that_runs_stands_by(runed_factory
         return leading
 
     assert led_by() == holder
-    second = runed_factory(tmp_path / "data")
-    assert second.proc is not None and second.role_pid("controller") != leader
-    assert f"controller standing by: {holder} holds the lease" in second.output()
-    # Well past a renewal: the first still leads, and never stepped down.
-    time.sleep(2)
-    assert led_by() == holder
-    second.signal(signal.SIGTERM)
-    assert second.wait(30) == 0
-    assert led_by() == holder
+    second = runed_factory(tmp_path / "data", ready=False)
+    assert second.wait(60) != 0
+    assert f"is in use by another runed (pid {first.proc.pid})" in second.output(), second.output()
+    assert "Traceback" not in second.output()
+    # The first is untouched: ready, leading, its markers in place.
+    assert httpx.get(f"{rest}/readyz", timeout=10).status_code == 200
+    assert led_by() == holder and first.role_pid("controller") == leader
     assert "another holder took the lease" not in first.output()
