@@ -65,8 +65,13 @@ def listen_hint(port: int, svc: service_pb2.Service, ports: dict[str, int]) -> s
     mapped = ports.get(key)
     if not mapped or mapped == p.port:
         return ""
-    told = ("$PORT and " if p == svc.ports[0] else "") + "$" + port_env(key)
-    return f"a process instance listens for port {key} on its host port {mapped}, given in {told}, not on {p.port}"
+    first = p == svc.ports[0]
+    told = ("$PORT and " if first else "") + "$" + port_env(key)
+    arg = "$(PORT)" if first else f"$({port_env(key)})"
+    return (
+        f"a process instance listens for port {key} on its host port {mapped}, given in {told} "
+        f"(args may say {arg}), not on {p.port}"
+    )
 
 
 def probe_spec(p: common_pb2.Probe, svc: service_pb2.Service, ports: dict[str, int]) -> ProbeSpec | None:

@@ -190,7 +190,7 @@ def test_cast_timeout_says_a_process_listens_on_its_declared_port_instead_of_its
     assert "literal 0/1 ready, Pending" in r.stderr, r.stderr
     assert (
         f"not ready: GET http://127.0.0.1:{hp}/: connection refused (a process instance listens for port http "
-        f"on its host port {hp}, given in $PORT and $RUNE_PORT_HTTP, not on {port})"
+        f"on its host port {hp}, given in $PORT and $RUNE_PORT_HTTP (args may say $(PORT)), not on {port})"
     ) in r.stderr, r.stderr
     assert rune("delete", "literal", "--timeout", "30").returncode == 0
 

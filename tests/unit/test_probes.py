@@ -58,10 +58,12 @@ def test_a_process_probe_names_where_its_instance_listens_when_that_is_not_the_d
 
     assert hint(8080) == (
         "a process instance listens for port http on its host port 41000, "
-        "given in $PORT and $RUNE_PORT_HTTP, not on 8080"
+        "given in $PORT and $RUNE_PORT_HTTP (args may say $(PORT)), not on 8080"
     )
     # Only the first port is $PORT.
-    assert hint(9090).endswith("on its host port 41001, given in $RUNE_PORT_ADMIN_API, not on 9090")
+    assert hint(9090).endswith(
+        "on its host port 41001, given in $RUNE_PORT_ADMIN_API (args may say $(RUNE_PORT_ADMIN_API)), not on 9090"
+    )
     # A container is reached through its published port; a host port equal to the declared one is no news.
     assert hint(8080, service_pb2.Service(runtime="container", ports=ports)) == ""
     assert hint(8080, h={"http": 8080}) == ""
