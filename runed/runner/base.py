@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,33 @@ class RunnerError(Exception):
         super().__init__(message)
         self.message = message
         self.fatal = fatal
+
+
+def helper(
+    argv: list[str],
+    workdir: Path,
+    err_name: str,
+    *,
+    stdin: int = subprocess.DEVNULL,
+    stdout: int = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a runner's helper process (the zygote, a keeper) in the instances' directory: without
+    runed's environment, in a session of its own (runed's signals and end do not reach it, so the
+    instances it supervises outlive runed), its errors appended to ``err_name`` there.
+    Raises OSError."""
+    with (workdir / err_name).open("ab") as err:
+        return subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=err,
+            env={},
+            cwd=str(workdir),
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=tuple(pass_fds),
+        )
 
 
 @dataclass

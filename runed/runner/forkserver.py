@@ -21,6 +21,7 @@ from pathlib import Path
 
 from runed.core import fdwait
 from runed.runner import zygote
+from runed.runner.base import helper
 
 log = logging.getLogger("runed.runner")
 
@@ -87,18 +88,14 @@ class ForkServer:
         self.stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with (workdir / ERR_NAME).open("ab") as err:
-                self.proc = subprocess.Popen(
-                    # The directory is the last argument, as for a shim: tools see which data dir it serves.
-                    [sys.executable, "-I", "-S", "-c", BOOT, str(workdir)],
-                    stdin=theirs.fileno(),
-                    stdout=self._report_w,
-                    stderr=err,
-                    env={},
-                    cwd=str(workdir),
-                    start_new_session=True,
-                    close_fds=True,
-                )
+            self.proc = helper(
+                # The directory is the last argument, as for a shim: tools see which data dir it serves.
+                [sys.executable, "-I", "-S", "-c", BOOT, str(workdir)],
+                workdir,
+                ERR_NAME,
+                stdin=theirs.fileno(),
+                stdout=self._report_w,
+            )
         except OSError as e:
             ours.close()
             raise ForkServerError(f"cannot start the zygote: {e}") from None

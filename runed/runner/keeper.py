@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 
 from runed.core import fdwait
 from runed.runner import native, zygote
-from runed.runner.base import Handle, LaunchSpec, Observation
+from runed.runner.base import Handle, LaunchSpec, Observation, helper
 from runed.runner.process import (
     SPAWN_TIMEOUT_SECONDS,
     ProcessRunner,
@@ -364,18 +364,12 @@ class Keepers:
                 listener.bind(address)
                 os.chmod(path, 0o600)  # before listen(): nobody could connect until now
                 listener.listen(socket.SOMAXCONN)
-                with (workdir / ERR_NAME).open("ab") as err:
-                    proc = subprocess.Popen(
-                        [self.program, "--keeper", path.name, str(listener.fileno())],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        env={},
-                        cwd=str(workdir),
-                        start_new_session=True,
-                        close_fds=True,
-                        pass_fds=(listener.fileno(),),
-                    )
+                proc = helper(
+                    [self.program, "--keeper", path.name, str(listener.fileno())],
+                    workdir,
+                    ERR_NAME,
+                    pass_fds=(listener.fileno(),),
+                )
                 self._procs.append(proc)
                 sock = _connect(address)
         except OSError as e:
