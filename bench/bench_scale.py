@@ -212,30 +212,31 @@ class Ends:
     """Descriptors (a pidfd: its process ended; an end pipe: its instance's record written) watched
     until each is readable, with as little CPU as the watch can take from the ends it times (it took
     12-41 ms of a delete of 1,000, both cores busy): they are registered before the timing starts,
+    each reported once (``EPOLLONESHOT``: no system call per end while the ends come; closed after),
     and the watch looks at most every :data:`ENDS_LOOK_SECONDS` (the ends of a thousand processes
     woke it hundreds of times), which is as late as a time it reports can be."""
 
     def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
         self.total = self.left = len(fds)
         self.poller = select.epoll()
         for fd in fds:
-            self.poller.register(fd, select.EPOLLIN)
+            self.poller.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
 
     def wait(self, what: str) -> None:
-        """Until every one is readable; the poller is closed after."""
+        """Until every one is readable; the poller and the descriptors are closed after."""
         try:
             while self.left:
-                events = self.poller.poll(WAIT_SECONDS)
+                events = self.poller.poll(WAIT_SECONDS, self.total)
                 if not events:
                     raise RuntimeError(f"{what}: {self.left} of {self.total} not within {WAIT_SECONDS:g}s")
-                for fd, _ in events:
-                    self.poller.unregister(fd)
-                    os.close(fd)
                 self.left -= len(events)
                 if self.left:
                     time.sleep(ENDS_LOOK_SECONDS)
         finally:
             self.poller.close()
+            for fd in self.fds:
+                os.close(fd)
 
 
 def keeper_killed(argv: list[str], n: int, root: Path) -> float:

@@ -25,9 +25,12 @@ log = logging.getLogger("runed.controller")
 
 # While members are still ending, the record deletions of those that ended are committed at most
 # this often: the first ends of a deletion trickle in one or two at a time, each its own commit and
-# wake-up of every watcher, before the rest come at once (bench/README.md). The last end commits
-# at once, with the deletion of the service.
+# wake-up of every watcher, before the rest come at once (bench/README.md).
 ENDS_LINGER_SECONDS = 0.01
+# The last end rushes a pass, which commits the last deletions with its own writes (the deletion of
+# the service: one commit, not two in a row, 3-5 ms apart at the end of a deletion of a thousand);
+# this only bounds the wait should no pass come.
+LAST_LINGER_SECONDS = 0.1
 
 
 class StopGroup:
@@ -89,4 +92,4 @@ class StopGroup:
 
     def _finish(self) -> None:
         keys, self._ended = self._ended or [], None
-        self.finish(keys, ENDS_LINGER_SECONDS if self.left else 0.0)
+        self.finish(keys, ENDS_LINGER_SECONDS if self.left else LAST_LINGER_SECONDS)

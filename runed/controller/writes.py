@@ -95,6 +95,8 @@ class Writes:
         # The writes of the commit in flight: not in the store yet either.
         self._committing: dict[RecordKey, Write] = {}
         self._scheduled = False
+        # The flush scheduled for what is queued, until it starts (one that took it all makes it moot).
+        self._soon: asyncio.Handle | None = None
         # A commit held back for more of its kind to join it (:meth:`delete_all` with ``linger``).
         self._later: asyncio.TimerHandle | None = None
         self._lock: asyncio.Lock | None = None
@@ -153,9 +155,10 @@ class Writes:
             self.commit(self._take())
             return
         self._scheduled = True
-        loop.call_soon(self._flush_soon)
+        self._soon = loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
+        self._soon = None
         task = asyncio.get_running_loop().create_task(self.flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -163,6 +166,11 @@ class Writes:
     def _take(self) -> dict[RecordKey, Write]:
         self._scheduled = False
         self._cancel_later()
+        if self._soon is not None:
+            # Its flush would take what is queued after this one: a deletion's last ends, held back
+            # for the pass they rush (``StopGroup``), were committed on their own, 3-5 ms before it.
+            self._soon.cancel()
+            self._soon = None
         pending, self._pending = self._pending, {}
         return pending
 

@@ -884,7 +884,9 @@ async def readable_together(fds: list[int], timeout: float, came: Callable[[list
         return left
     loop = asyncio.get_running_loop()
     every = loop.create_future()
-    ready = ReadySet()
+    # Each is reported once: one that came is closed by its stop (or waited on by itself: no
+    # longer this set's), the rest with the set.
+    ready = ReadySet(oneshot=True)
     for fd in left:
         ready.add(fd)
 

@@ -172,3 +172,35 @@ def test_lingering_deletions_wait_for_each_other_unless_another_write_wants_a_co
         assert deleted[4].ts > deleted[0].ts
     finally:
         store.close()
+
+
+def test_a_flush_that_took_everything_leaves_no_scheduled_flush_to_end_a_linger_early(tmp_path: Path) -> None:
+    """A write schedules a flush for the loop's next turn; a flush awaited before it (the end of a
+    pass) takes the write. The scheduled one must not then take the lingering deletions queued
+    next (a deletion's last ends held back for the pass they rush)."""
+    store = open_store(tmp_path)
+    writes = Writes(store)
+    names = [f"i{i}" for i in range(3)]
+    for n in names:
+        store.put("instance", "default", n, {"n": n})
+
+    def stored() -> set[str]:
+        return {n for n in names if store.get("instance", "default", n) is not None}
+
+    async def scenario() -> None:
+        writes.put("service", "default", "web", {"n": 1})
+        await writes.flush()
+        assert store.get("service", "default", "web") is not None
+        writes.delete_all([("instance", "default", n) for n in names], linger=60)
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert stored() == set(names), "the lingering deletions were committed by a flush nobody needed"
+        # The next write that wants a commit takes them with it.
+        writes.put("service", "default", "web", {"n": 2})
+        await writes.flush()
+        assert stored() == set()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
