@@ -375,3 +375,36 @@ def test_a_listed_page_follows_what_the_controller_changes(gw: tuple[Runed, str]
     )
     assert client.delete(f"/v1/namespaces/{ns}/services/web").status_code == 200
     eventually(lambda: service_status() == -1, what="the service gone from the page")
+
+
+def test_a_process_block_without_a_runtime_runs_as_a_process(gw: tuple[Runed, str], client: httpx.Client) -> None:
+    """A client that sends a ``process`` block and no ``runtime`` (the cast format infers it) meant
+    the process runtime, on REST and on gRPC: it runs, and reads back with ``runtime: process``. A
+    container spec (an image) and an empty process block keep their own errors."""
+    from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+
+    runed, token = gw
+    ns = "inferred-runtime"
+    assert client.post("/v1/namespaces", json={"name": ns}).status_code == 200
+    body = {"name": "web", "scale": 1, "process": {"command": "sleep", "args": ["60"]}}
+    got = client.post(f"/v1/namespaces/{ns}/services", json=body)
+    assert got.status_code == 200, got.text
+    assert client.get(f"/v1/namespaces/{ns}/services/web").json()["service"]["runtime"] == "process"
+    md = [("authorization", f"Bearer {token}")]
+    services = service_pb2_grpc.ServiceServiceStub(runed.channel())
+    svc = service_pb2.Service(
+        name="api", namespace=ns, scale=1, process=common_pb2.ProcessSpec(command="sleep", args=["60"])
+    )
+    services.CreateService(service_pb2.CreateServiceRequest(service=svc), metadata=md)
+    instances = instance_pb2_grpc.InstanceServiceStub(runed.channel())
+
+    def running() -> int:
+        got = instances.ListInstances(instance_pb2.ListInstancesRequest(namespace=ns), metadata=md).instances
+        return sum(i.status == instance_pb2.INSTANCE_STATUS_RUNNING for i in got)
+
+    eventually(lambda: running() == 2, what="both instances Running")
+    empty = client.post(f"/v1/namespaces/{ns}/services", json={"name": "empty", "process": {}})
+    assert empty.status_code == 400
+    assert [v["field"] for v in _violations(empty.json())] == ["service.process.command"]
+    for name in ("web", "api"):
+        assert client.delete(f"/v1/namespaces/{ns}/services/{name}").status_code == 200

@@ -14,6 +14,19 @@ from runed.core import quantity, validation
 from runed.core.errors import FieldViolation
 
 RUNTIMES = ("", "container", "process")
+
+
+def runtime_of(svc: service_pb2.Service) -> str:
+    """The runtime a spec asks for: as given, else ``process`` for a spec with a ``process`` block
+    and no image (what the cast format infers too), else the container runtime (upstream's default).
+
+    Why: a REST or gRPC client that sends a process block without a runtime meant the process
+    runtime; it was refused with "service.image: is required for the container runtime"."""
+    if svc.runtime:
+        return svc.runtime
+    return "process" if svc.HasField("process") and not svc.image else ""
+
+
 PROTOCOLS = ("", "tcp", "udp", "http", "grpc")
 
 
@@ -75,9 +88,10 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
     out += validation.labels(svc.labels, f"{path}.labels")
     if svc.scale < 0:
         out.append(FieldViolation(f"{path}.scale", "must not be negative"))
-    if svc.runtime not in RUNTIMES:
+    runtime = runtime_of(svc)
+    if runtime not in RUNTIMES:
         out.append(FieldViolation(f"{path}.runtime", "must be 'process' or 'container'"))
-    elif svc.runtime == "process":
+    elif runtime == "process":
         if not (svc.process.command or svc.command):
             out.append(FieldViolation(f"{path}.process.command", "is required for the process runtime"))
     elif not svc.image:
@@ -164,7 +178,7 @@ def validate_service(svc: service_pb2.Service, path: str = "service") -> list[Fi
         elif e.host_port and not svc.ports:
             # The host port is where the exposed declared port listens: without one there is nothing to bind.
             out.append(FieldViolation(f"{path}.expose.host_port", "needs a declared port to expose (service.ports)"))
-        elif e.host_port and svc.runtime == "process" and svc.scale > 1:
+        elif e.host_port and runtime_of(svc) == "process" and svc.scale > 1:
             out.append(FieldViolation(f"{path}.expose.host_port", host_port_scale_why(svc.scale)))
     return out
 

@@ -18,6 +18,7 @@ from runed.api.offload import offloaded
 from runed.api.service.common import check_scale, get_service, status_pb, v_name, with_status
 from runed.api.service.refs import check_references
 from runed.api.service.runtime import check_runtime
+from runed.api.service.spec import runtime_of
 from runed.core import errors
 from runed.core.errors import FieldViolation
 from runed.model import history, objects
@@ -26,11 +27,13 @@ from runed.store.base import Record
 
 
 def _normalise(svc: service_pb2.Service) -> service_pb2.Service:
-    """A copy without the status fields (the controller's to write); the pipeline defaulted the namespace."""
+    """A copy without the status fields (the controller's to write), its runtime as it will run
+    (:func:`runtime_of`); the pipeline defaulted the namespace."""
     out = service_pb2.Service()
     out.CopyFrom(svc)
     for f in objects.OUTPUT_ONLY:
         out.ClearField(f)  # type: ignore[arg-type]
+    out.runtime = runtime_of(out)
     return out
 
 
