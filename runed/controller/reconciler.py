@@ -379,11 +379,14 @@ class Controller:
             raise
         if self.leads:
             self.ops.read(got)
+        # Deletions first, before what the pass's starts will read is worked out: their signals go
+        # out now, while the other core is idle (a deletion of a thousand: 1-1.5 ms sooner).
+        deleting = self.operations.run_deletions(got.deletions) if self.leads else set()
         given = StartInput(got)
         more = got.missing(self._start_reads(got, given))
         if more:
             got.add(await self.store.run(read_records, self.store, more))
-        self._pass(only, got, given, refs_changed)
+        self._pass(only, got, given, refs_changed, deleting)
 
     def _start_reads(self, got: PassInput, given: StartInput) -> set[RecordKey]:
         """What the pass's dependency checks and starts will read: the dependencies of every service
@@ -424,11 +427,13 @@ class Controller:
                 want |= references(svc)
         return want
 
-    def _pass(self, only: set[Key] | None, got: PassInput, given: StartInput, refs_changed: bool) -> None:
-        """Deletions, instance actions, then each service of ``only`` (None: all), then scaling."""
+    def _pass(
+        self, only: set[Key] | None, got: PassInput, given: StartInput, refs_changed: bool, deleting: set[Key]
+    ) -> None:
+        """Instance actions, then each service of ``only`` (None: all), then scaling; ``deleting``:
+        the services whose deletions the pass advanced (:meth:`Operations.run_deletions`)."""
         services = got.services
         actions = {k: Action.from_record(r.data) for k, r in got.actions.items()}
-        deleting = self.operations.run_deletions(got.deletions) if self.leads else set()
         vanished, self.vanished = self.vanished, set()
         for key in vanished:
             inst = self.book.get(key)
