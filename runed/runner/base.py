@@ -82,6 +82,20 @@ class Handle:
     attempt: str = ""
 
 
+class Target(Protocol):
+    """What :meth:`Runner.signal_now` reads of a target to find its process: a :class:`Handle`, or
+    the fields of the same names of whatever holds one (a controller's instance)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def shim_pid(self) -> int: ...
+
+    @property
+    def shim_start(self) -> int | None: ...
+
+
 @dataclass
 class Observation:
     """What the runner sees now: still starting, running, ending, or gone (with how it ended).
@@ -157,8 +171,8 @@ class Runner(Protocol):
         told of ``stops[i]``'s end as it comes (see :func:`stop_each`)."""
         ...
 
-    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
-        """Send now the first signal of a stop of each of ``targets`` (directory, handle) that the
+    def signal_now(self, targets: Sequence[tuple[str, Target]], *, discard: bool) -> None:
+        """Send now the first signal of a stop of each of ``targets`` (directory, target) that the
         runtime can signal in bulk, before those stops are set up: :meth:`stop_many` of the same
         targets then sends none of them again. Nothing for a runtime that signals each stop itself."""
         ...

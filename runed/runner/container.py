@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError, stop_each
+from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError, Target, stop_each
 
 
 class ContainerRunner:
@@ -134,7 +134,7 @@ class ContainerRunner:
     def drain_reports(self) -> None:
         return None
 
-    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+    def signal_now(self, targets: Sequence[tuple[str, Target]], *, discard: bool) -> None:
         return None  # a container's stop is one request of its own
 
     def send_signals(self) -> None:

@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 
 from runed.core import fdwait
 from runed.runner import native, zygote
-from runed.runner.base import Handle, LaunchSpec, Observation, helper
+from runed.runner.base import Handle, LaunchSpec, Observation, Target, helper
 from runed.runner.process import (
     SPAWN_TIMEOUT_SECONDS,
     ProcessRunner,
@@ -650,7 +650,7 @@ class KeeperRunner(ProcessRunner):
             return None  # ended (or never the keeper's): observed at once
         return end
 
-    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+    def signal_now(self, targets: Sequence[tuple[str, Target]], *, discard: bool) -> None:
         """The SIGTERMs of the targets run by a keeper this runner is connected to, one message per
         keeper, before anything of their stops is set up.
 

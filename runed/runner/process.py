@@ -21,7 +21,7 @@ from typing import Any
 from runed.core import filemodes
 from runed.core.readyset import ReadySet
 from runed.runner import native
-from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError
+from runed.runner.base import Handle, LaunchSpec, Observation, RunnerError, Target
 from runed.runner.forkserver import ForkServer, ForkServerError, answer_key, serving
 from runed.runner.shim import (
     ATTEMPT_ENV,
@@ -321,7 +321,7 @@ class ProcessRunner:
         self._spawned_at[p.pid] = time.monotonic()
         return Handle(shim_pid=p.pid, shim_start=proc_start_time(p.pid), attempt=attempt)
 
-    def signal_now(self, targets: Sequence[tuple[str, Handle]], *, discard: bool) -> None:
+    def signal_now(self, targets: Sequence[tuple[str, Target]], *, discard: bool) -> None:
         return None  # a shim of its own is signalled through its pidfd, which its stop takes
 
     def send_signals(self) -> None:
