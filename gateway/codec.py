@@ -204,6 +204,7 @@ def build_request(
             f = fromjson.field_named(desc, body_field)
             if f is None:  # pragma: no cover - the rule names a field of this message
                 raise _bad("body", f"unknown body field {body_field}")
+            _not_wrapped(f, body)
             data[f.name] = body
     grouped: dict[str, list[str]] = {}
     for k, v in query:
@@ -219,6 +220,20 @@ def build_request(
         return msg
     # Every problem at once, each named by its path (``service.scale``), in the one JSON decoder.
     return fromjson.parse(data, msg)
+
+
+def _not_wrapped(f: Any, body: Any) -> None:
+    """Refuse a body that wraps the message it should be, as the gRPC request holds it
+    (``{"service": {...}}`` where the body is the service): said in one sentence, not as an unknown
+    field followed by the list of the service's fields."""
+    if f.message_type is None or not isinstance(body, dict):
+        return
+    for key in (f.name, f.json_name):
+        if key in body and fromjson.field_named(f.message_type, key) is None:
+            raise _bad(
+                f"{f.name}.{key}",
+                f'the body is the {f.name} itself: send its fields at the top level, not inside "{key}"',
+            )
 
 
 # -- responses ---------------------------------------------------------------------------------

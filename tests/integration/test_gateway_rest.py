@@ -164,6 +164,25 @@ def test_unknown_fields_wrong_types_and_malformed_json_are_400(client: httpx.Cli
     assert "NOT_A_STATE" in r.json()["message"]
 
 
+def test_a_body_wrapped_as_in_the_grpc_request_says_the_body_is_the_object_itself(client: httpx.Client) -> None:
+    """POST /v1/namespaces/{ns}/services takes the Service as its body; a client that sends it as the
+    gRPC request holds it (``{"service": {...}}``) is told so, naming the field, and nothing is made."""
+    svc = {"name": "wrapped", "runtime": "process", "process": {"command": "sleep", "args": ["30"]}, "scale": 0}
+    r = client.post("/v1/namespaces/default/services", json={"service": svc})
+    assert r.status_code == 400
+    assert _violations(r.json()) == [
+        {
+            "field": "service.service",
+            "description": 'the body is the service itself: send its fields at the top level, not inside "service"',
+        }
+    ]
+    assert client.get("/v1/namespaces/default/services/wrapped").status_code == 404
+    # A field of that name in the object itself is not a wrapping: the RPC-style route's body is the request.
+    r = client.post("/rune.api.ServiceService/CreateService", json={"service": svc})
+    assert r.status_code == 200, r.text
+    assert client.delete("/v1/namespaces/default/services/wrapped").status_code == 200
+
+
 def test_enum_query_params_by_name_short_name_or_number(client: httpx.Client) -> None:
     for value in ("INSTANCE_STATUS_RUNNING", "RUNNING", "4"):
         r = client.get("/v1/namespaces/default/instances", params={"status": value})
