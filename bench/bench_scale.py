@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import resource
-import select
 import shutil
 import signal
 import subprocess
@@ -48,6 +47,8 @@ import grpc
 
 from bench.common import CLK_TCK, Load, bootstrap_token, cpu_ticks, drive, setting
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2, service_pb2_grpc
+from runed.core import fdwait
+from runed.core.readyset import ReadySet
 from runed.runner import native
 from runed.runner.keeper import ALL, SIGNAL_BATCH, Keepers
 from runed.runner.process import is_keeper, shim_argv
@@ -219,22 +220,21 @@ class Ends:
     def __init__(self, fds: list[int]) -> None:
         self.fds = fds
         self.total = self.left = len(fds)
-        self.poller = select.epoll()
+        self.ready = ReadySet(oneshot=True)
         for fd in fds:
-            self.poller.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+            self.ready.add(fd)
 
     def wait(self, what: str) -> None:
-        """Until every one is readable; the poller and the descriptors are closed after."""
+        """Until every one is readable; the set and the descriptors are closed after."""
         try:
             while self.left:
-                events = self.poller.poll(WAIT_SECONDS, self.total)
-                if not events:
+                if not fdwait.ready(self.ready.fileno(), WAIT_SECONDS)[0]:
                     raise RuntimeError(f"{what}: {self.left} of {self.total} not within {WAIT_SECONDS:g}s")
-                self.left -= len(events)
+                self.left -= len(self.ready.take_ready())
                 if self.left:
                     time.sleep(ENDS_LOOK_SECONDS)
         finally:
-            self.poller.close()
+            self.ready.close()
             for fd in self.fds:
                 os.close(fd)
 
@@ -576,6 +576,12 @@ def measure(n: int, argv: list[str], shim: str = SHIMS[0]) -> Result:
     return res
 
 
+def _times(cpu: float, baseline: float) -> str:
+    """``cpu`` as a multiple of ``baseline``, machine CPU read in clock ticks: a baseline under one
+    tick (a bare kill of 100) has no ratio to give."""
+    return f"{cpu / baseline:.1f}x" if baseline >= 1 / CLK_TCK else "under a clock tick: no ratio"
+
+
 def report(res: Result) -> Iterator[str]:
     n = res.n
     yield f"   N = {n}, {SHIM_WORDS.get(res.shim, res.shim)}"
@@ -597,7 +603,7 @@ def report(res: Result) -> Iterator[str]:
     cores = os.cpu_count() or 1
     yield (
         f"       the machine's CPU meanwhile: delete {delete.cpu * 1000:.0f} ms, bare kill "
-        f"{kill_cpu * 1000:.0f} ms ({delete.cpu / max(kill_cpu, 1e-9):.1f}x); on {cores} cores "
+        f"{kill_cpu * 1000:.0f} ms ({_times(delete.cpu, kill_cpu)}); on {cores} cores "
         f"that is {delete.cpu / cores * 1000:.0f} ms of every core "
         f"({delete.cpu / cores / kill:.1f}x bare kill)"
     )
