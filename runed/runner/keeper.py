@@ -18,8 +18,9 @@ The keeper outlives runed (its own session), like a shim. It listens on a socket
 instances' directory; a controller started anew finds it there and asks it again for each running
 instance's end. Requests and replies are length-prefixed JSON (as the zygote's); a start's reply and
 a watch's carry a pipe's read end, which reaches end of file once the instance's exit record is
-written, or the keeper is gone: the controller waits on it as on a shim's pidfd. The instance's
-environment, secrets included, travels only over the socket.
+written (a discarded one's, being deleted: once its process has ended), or the keeper is gone: the
+controller waits on it as on a shim's pidfd. The instance's environment, secrets included, travels
+only over the socket.
 """
 
 from __future__ import annotations
@@ -448,8 +449,6 @@ class Kept(Signalled):
     """A stop of an instance run by a keeper, which signals it."""
 
     keeper: Keeper
-    # Whether ``end`` is the process's pidfd (:func:`_process_end`), not the keeper's end pipe.
-    by_process: bool = False
 
 
 class KeeperRunner(ProcessRunner):
@@ -687,9 +686,6 @@ class KeeperRunner(ProcessRunner):
             return super()._signal(directory, handle, discard, shim_end)
         if sent != keeper.pid:
             self._signal_soon(keeper, directory, signal.SIGTERM, discard)
-        if discard:
-            end = _process_end(handle.pid, shim_end)
-            return Kept(directory, handle, end, discard, True, keeper, end != shim_end)
         return Kept(directory, handle, shim_end, discard, True, keeper)
 
     def _kill(self, s: Signalled) -> None:
@@ -708,12 +704,15 @@ class KeeperRunner(ProcessRunner):
 
     def _after(self, s: Signalled) -> None:
         """Nothing for a keeper's instance its keeper has finished: what was left in its group the
-        keeper killed before it closed the end pipe. One whose end was its process's own end
-        (:func:`_process_end`) may have stragglers the keeper has not killed yet: killed now."""
+        keeper killed before it closed the end pipe. A discarded one's end pipe closes once its
+        process is reaped (the keeper's ``inst_ended_discarded``): what its group left may run on
+        until the keeper's drain is over, and is killed now. Its group id is not another's: a group
+        keeps its id while any member lives, and a free one comes back only after the kernel has
+        cycled through ``pid_max`` others."""
         if not isinstance(s, Kept):
             super()._after(s)
             return
-        if s.by_process:
+        if s.discard:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(s.handle.pid, signal.SIGKILL)
         self._emptied(s.keeper.pid)
@@ -767,32 +766,6 @@ class KeeperRunner(ProcessRunner):
         # The set stays (emptied: closing the connections took them out), for a controller that
         # leads again with this runner; the loop's reader of it went with the controller.
         self._answerers.clear()
-
-
-def _process_end(pid: int, end: int) -> int:
-    """What a deleted instance's stop waits on: a pidfd of its process, ``end`` (the keeper's end
-    pipe) closed; or ``end`` itself where a pidfd could name another process.
-
-    Why: the keeper's end pipe closes once the keeper has reaped the process, one at a time after
-    its last signal (``wait4`` and eight ``close`` calls each): a deletion of a thousand learnt of
-    its ends 15-50 ms after the last process had exited, and without that wait it is over 10-15 ms
-    sooner (bench/README.md, "the deletion waits on the processes"). A deleted instance's end needs
-    no exit record (none is written), only its process gone, which its pidfd tells at once. The
-    keeper reaps it meanwhile; what is left of its group goes with the stop (``KeeperRunner._after``).
-
-    The pidfd is taken only while the end pipe is still open: the keeper has not finished the
-    instance, so it has not reaped it, or has just now (its last output being drained), and the pid
-    is not another process's (its reuse takes the kernel's cycling through ``pid_max`` others).
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return end  # reaped already (or no pidfds): the keeper's word
-    if fdwait.ready(end, 0)[0]:
-        os.close(pidfd)
-        return end
-    os.close(end)
-    return pidfd
 
 
 def process_runner(nofile: int | None, *, spawn_timeout: float, shim: str) -> ProcessRunner:

@@ -37,11 +37,13 @@
  *     -> {"claimed": false} (claimed before, or launch.json names another attempt) | {"error": why}
  *        (also in the dir's shim.err) | {"pid": 0, "ended": true} (could not start: exit record 127)
  *        | {"pid": N, "pid_start": ticks|null, "ts": wall seconds of its start} with a pipe's read
- *        end (SCM_RIGHTS) that reaches end of file once the exit record is committed, or the keeper
- *        is gone. Claim and pid.json name the keeper as the shim (shim_pid, shim_start).
+ *        end (SCM_RIGHTS) that reaches end of file once the exit record is committed (a discarded
+ *        instance's: once its process has ended), or the keeper is gone. Claim and pid.json name
+ *        the keeper as the shim (shim_pid, shim_start).
  *   {"op": "watch", "dir", "attempt"} -> the same reply and pipe for an instance still running (a
  *     controller started anew), else {"gone": true}.
- *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not written (SIGURG's meaning).
+ *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not written (SIGURG's meaning),
+ *     and its end pipe reaches end of file once its process has ended (its directory goes next).
  *   {"op": "signal", "dirs": [...], "signal": N, "discard": bool} -> no reply: signal N to the
  *     group of each instance whose process is not reaped yet (so neither its pid nor its group can
  *     have been reused: no check of /proc needed); with discard, as "discard" for each. A deletion
@@ -1335,6 +1337,7 @@ typedef struct conn {
 
 static struct {
     int ep, home;
+    int exits; /* the pidfds of discarded instances still running, each reported once (discarded_ended) */
     pid_t me;
     long long start;
     inst_t *insts, *dead_insts;
@@ -1498,6 +1501,47 @@ static void inst_stream_closed(inst_t *in, int i) {
     ep_set(EPOLL_CTL_DEL, in->run.streams[i].fd, 0, 0);
 }
 
+/* A discarded instance's end pipe closes once its process has ended, not once it is finished: no
+ * exit record is written for it and its directory goes next, so its stop waits for nothing more than
+ * the process. What its group left (holding its output open, say) is still killed after the drain,
+ * here, and by the stop (KeeperRunner._after). Why: a deletion's stops waited on a pidfd of each
+ * process instead, opened, checked and closed by the controller while its processes were ending
+ * (bench/README.md, "a deleted instance's end from its keeper"). */
+static void inst_ended_discarded(inst_t *in) {
+    if (in->discard && in->run.ended && in->done_w >= 0) {
+        close(in->done_w);
+        in->done_w = -1;
+    }
+}
+
+/* Discard ``in``: its end pipe closes once its process has ended, told by its pidfd in K.exits
+ * (looked at between the other work: discarded_ended), or now if it has ended already. */
+static void inst_discard(inst_t *in) {
+    in->discard = 1;
+    if (in->run.ended || in->run.pidfd < 0) {
+        inst_ended_discarded(in); /* without a pidfd: once it is reaped (inst_step) */
+        return;
+    }
+    /* Should this fail, its end pipe closes when it is reaped (inst_exited). */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = (uint64_t)(uintptr_t)in};
+    if (in->done_w >= 0) (void)epoll_ctl(K.exits, EPOLL_CTL_ADD, in->run.pidfd, &ev);
+}
+
+/* Close the end pipe of every discarded instance whose process has ended since the last look: a
+ * deletion's stops wait for nothing more, and reaping a thousand (wait4, the drain, the group's end,
+ * as long again as their kill) would otherwise come first, their ends waiting behind it. */
+static void discarded_ended(void) {
+    struct epoll_event ev[1024];
+    int n;
+    do {
+        n = epoll_wait(K.exits, ev, 1024, 0);
+        for (int i = 0; i < n; i++) {
+            inst_t *in = (inst_t *)(uintptr_t)ev[i].data.u64;
+            if (!in->gone && in->done_w >= 0) close(in->done_w), in->done_w = -1;
+        }
+    } while (n == 1024);
+}
+
 /* The exit record committed: only then the end of the pipe the clients wait on closes. */
 static void inst_finish(inst_t *in) {
     run_t *r = &in->run;
@@ -1509,7 +1553,7 @@ static void inst_finish(inst_t *in) {
         r->pidfd = -2;
     }
     run_end(r, in->attempt, in->discard);
-    close(in->done_w);
+    if (in->done_w >= 0) close(in->done_w);
     close(in->done_r);
     close(in->dirfd);
     if (in->prev) in->prev->next = in->next;
@@ -1528,7 +1572,10 @@ static void inst_step(inst_t *in, int64_t now) {
     int open = r->streams[0].open || r->streams[1].open;
     in->due = 0;
     if (!in->grouping) {
-        if (!r->ended && r->pidfd < 0 && waitpid(r->pid, &r->status, WNOHANG) == r->pid) r->ended = 1, r->exited_at = now;
+        if (!r->ended && r->pidfd < 0 && waitpid(r->pid, &r->status, WNOHANG) == r->pid) {
+            r->ended = 1, r->exited_at = now;
+            inst_ended_discarded(in);
+        }
         if (!r->ended) {
             if (r->pidfd < 0) in->due = now + POLL_MS * 1000000LL;
             return;
@@ -1574,6 +1621,7 @@ static void inst_exited(inst_t *in) {
     }
     r->ended = 1;
     r->exited_at = mono_ns();
+    inst_ended_discarded(in);
     ep_set(EPOLL_CTL_DEL, r->pidfd, 0, 0);
     close(r->pidfd);
     r->pidfd = -2;
@@ -1825,14 +1873,14 @@ static void handle(conn_t *c, const char *body, size_t n) {
         else reply_text(c, "{\"gone\": true}");
     } else if (!strcmp(q.op, "discard")) {
         inst_t *in = q.dir ? find(q.dir, NULL) : NULL;
-        if (in) in->discard = 1;
+        if (in) inst_discard(in);
     } else if (!strcmp(q.op, "signal")) {
         /* A stop of many at once (a deletion): one message, not one per instance. Only a process
          * not reaped yet is signalled: its pid (and group) cannot have been reused. */
         for (size_t i = 0; i < q.ndirs; i++) {
             inst_t *in = find(q.dirs[i], NULL);
             if (!in) continue;
-            if (q.discard) in->discard = 1;
+            if (q.discard && !in->discard) inst_discard(in);
             if (!in->run.ended && q.signal && kill(-in->run.pid, (int)q.signal) < 0 && errno == ESRCH)
                 kill(in->run.pid, (int)q.signal);
         }
@@ -1969,7 +2017,8 @@ static int keeper(const char *sock_path, const char *listen_fd) {
         }
     }
     K.ep = epoll_create1(EPOLL_CLOEXEC);
-    if (K.ep < 0) {
+    K.exits = epoll_create1(EPOLL_CLOEXEC);
+    if (K.ep < 0 || K.exits < 0) {
         fprintf(stderr, "rune-keeper: epoll: %s\n", strerror(errno));
         return 1;
     }
@@ -1993,6 +2042,7 @@ static int keeper(const char *sock_path, const char *listen_fd) {
             break;
         }
         for (int e = 0; e < n; e++) {
+            if (e % 32 == 0) discarded_ended();
             uint64_t data = events[e].data.u64;
             if (!data) { /* the listening socket */
                 int fd;
