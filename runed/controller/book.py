@@ -78,6 +78,8 @@ class Book:
         # go together once the pass yields, off the event loop (see ``writes``).
         # Their own writes of ``echo_kinds`` are told apart when the watch brings them back.
         self.writes = Writes(store, echo_kinds)
+        # A liveness probe of an instance failed (``Live.liveness_failed``) since observe last looked.
+        self.liveness_failed = False
         # Deleted instances' directories go here first (see ``trash``).
         self.trash = Trash(data_dir)
         # Records cached but not written yet (see :meth:`hold`): when they are due, with their event.

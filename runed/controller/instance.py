@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -124,8 +125,10 @@ class Instance:
     node_id: str = "local"
     ip: str = "127.0.0.1"
 
-    @property
+    @functools.cached_property
     def key(self) -> Key:
+        """(namespace, id), which never change: made once (a deletion of a thousand asked nine times
+        each), and taken over by :meth:`copy` with the other attributes."""
         return (self.namespace, self.id)
 
     @property
@@ -154,7 +157,9 @@ class Instance:
         """The one place an instance changes state: checked against the table, returns the edge's why."""
         frm = self.state
         why = states.check(frm, to)
-        log.debug("instance %s/%s: %s -> %s (%s)", self.namespace, self.name, self.state.value, to.value, reason)
+        # The states as they are (a StrEnum prints its value): no attribute looked up for a message
+        # that is not logged (a deletion of a thousand makes a thousand transitions in one pass).
+        log.debug("instance %s/%s: %s -> %s (%s)", self.namespace, self.name, frm, to, reason)
         self.state = to
         self.reason = reason
         self.config_error = config_error

@@ -109,6 +109,7 @@ class Prober:
                 self.alarm.wake()
             if which == LIVENESS and not st.verdict:
                 self.book.live(key).liveness_failed = True
+                self.book.liveness_failed = True
                 self.alarm.wake()
                 return
             await asyncio.sleep(max(0.0, spec.period - (time.monotonic() - started)))

@@ -190,8 +190,20 @@ class Supervisor:
             self.exits.fired = False
             for r in self.runners.values():
                 r.reap()
+        # Whether a liveness probe has failed since the last look (Book.liveness_failed): if not, a
+        # running instance whose end is watched needs no look at all. With 1,000 running, the wake-up
+        # before a deletion's signals took 1.9-2.6 ms to reach its pass, now 1.4 (bench/README.md).
+        liveness, self.book.liveness_failed = self.book.liveness_failed, False
+        exits, slice_ = self.exits, self._slice if sweep else -1
         for cached in self.book.all():
             state = cached.state
+            if (
+                state is RUNNING
+                and not liveness
+                and cached.key in exits
+                and (slice_ < 0 or hash(cached.id) % SWEEP_SLICES != slice_)
+            ):
+                continue
             lv = self.book.peek_live(cached.key)
             if state is STOPPING:
                 if lv is not None and lv.stop_task is not None and lv.stop_task.done():
