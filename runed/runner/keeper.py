@@ -702,6 +702,21 @@ class KeeperRunner(ProcessRunner):
             return super()._discarded(s)
         return Observation("exited", s.handle) if s.discard and s.keeper.connected() else None
 
+    def _late_end(self, s: Signalled) -> int | None:
+        """A discarded instance's end that is late: its process's pidfd too, so a keeper that cannot
+        close the end pipe (stopped, or stuck on a disk that hangs) holds up no deletion. Taken only
+        while the end pipe is still open: the keeper has not reaped the process, so the pid is its."""
+        if not isinstance(s, Kept) or not s.discard:
+            return super()._late_end(s)
+        try:
+            pidfd = os.pidfd_open(s.handle.pid)
+        except OSError:
+            return None  # reaped already (or no pidfds): the keeper's word
+        if fdwait.ready(s.end, 0)[0]:
+            os.close(pidfd)
+            return None
+        return pidfd
+
     def _after(self, s: Signalled) -> None:
         """Nothing for a keeper's instance its keeper has finished: what was left in its group the
         keeper killed before it closed the end pipe. A discarded one's end pipe closes once its

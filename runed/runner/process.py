@@ -57,6 +57,9 @@ DRAIN_EVERY_SECONDS = 0.01
 KEEPER_NAME = b"rune-keeper"
 # How long a shim may take, once its process is gone, to write the rest of the output and the exit record.
 EXIT_RECORD_TIMEOUT_SECONDS = 10.0
+# A stop whose end has not come this long after its signals is also waited for through another
+# descriptor, if its runner offers one (:meth:`ProcessRunner._late_end`).
+LATE_END_SECONDS = 0.5
 
 
 @dataclasses.dataclass
@@ -723,7 +726,10 @@ class ProcessRunner:
                 else:
                     ended(i, obs)
 
-        await readable_together(list(by_end), max(0.0, grace), came)
+        def late(fds: list[int]) -> dict[int, int]:
+            return {fd: other for fd in fds if (other := self._late_end(by_end[fd][1])) is not None}
+
+        await readable_together(list(by_end), max(0.0, grace), came, late=(LATE_END_SECONDS, late))
         # What outlived its grace period: killed, and waited for on its own.
         rests.extend(loop.create_task(told(i, self._rest(s, 0.0))) for i, s in by_end.values())
         await asyncio.gather(*rests)
@@ -782,15 +788,35 @@ class ProcessRunner:
             del self._shims[s.handle.shim_pid]
             self._spawned_at.pop(s.handle.shim_pid, None)
 
+    def _late_end(self, s: Signalled) -> int | None:
+        """Another descriptor that says ``s``'s end, taken once it is late (:data:`LATE_END_SECONDS`),
+        or None; owned by the caller. None here: a shim's pidfd is the end itself."""
+        return None
+
+    async def _end(self, s: Signalled, timeout: float) -> bool:
+        """Whether ``s``'s end came within ``timeout`` seconds: its ``end``, or once late, the
+        descriptor its runner offers beside it (:meth:`_late_end`)."""
+        if timeout <= LATE_END_SECONDS:
+            return await readable(s.end, timeout)
+        if await readable(s.end, LATE_END_SECONDS):
+            return True
+        other = self._late_end(s)
+        if other is None:
+            return await readable(s.end, timeout - LATE_END_SECONDS)
+        try:
+            return bool(await readable_together([s.end, other], timeout - LATE_END_SECONDS, lambda _: None, first=True))
+        finally:
+            os.close(other)
+
     async def _rest(self, s: Signalled, grace: float) -> Observation:
         """The rest of a stop whose signals went out (:meth:`_signal`): grace, SIGKILL, the end."""
         try:
-            ended = await readable(s.end, grace) if s.running and grace > 0 else False
+            ended = await self._end(s, grace) if s.running and grace > 0 else False
             if not ended:
                 if s.running:
                     self._kill(s)
                 # How it ended is known once the shim has written its last output and the exit record.
-                ended = await readable(s.end, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
+                ended = await self._end(s, EXIT_RECORD_TIMEOUT_SECONDS + 1.0)
             obs = self._discarded(s) if ended else None
             if obs is None:
                 obs = self.observe(s.directory, s.handle)
@@ -873,15 +899,27 @@ class ProcessRunner:
         return obs
 
 
-async def readable_together(fds: list[int], timeout: float, came: Callable[[list[int]], None]) -> set[int]:
+async def readable_together(
+    fds: list[int],
+    timeout: float,
+    came: Callable[[list[int]], None],
+    *,
+    late: tuple[float, Callable[[list[int]], dict[int, int]]] | None = None,
+    first: bool = False,
+) -> list[int]:
     """Wait until each of ``fds`` is readable (see :func:`readable`), at most ``timeout`` seconds:
-    ``came`` is given those that became readable, a batch at a time; returns those that did not.
+    ``came`` is given those that became readable, a batch at a time; returns those that did not
+    (with ``first``: those that did, once one did).
+
+    ``late``: (seconds, stand-ins): after that long, ``stand-ins`` is asked for descriptors that
+    say the end of those still waited for (fd -> its stand-in, owned here from then on); a stand-in
+    readable counts as its fd.
 
     One :class:`ReadySet`, which the event loop watches, for all of them: one reader and one
     timer instead of one each, and a batch of ends in one wake-up."""
-    left = set(fds)
+    left = dict.fromkeys(fds)
     if not left:
-        return left
+        return []
     loop = asyncio.get_running_loop()
     every = loop.create_future()
     # Each is reported once: one that came is closed by its stop (or waited on by itself: no
@@ -889,16 +927,31 @@ async def readable_together(fds: list[int], timeout: float, came: Callable[[list
     ready = ReadySet(oneshot=True)
     for fd in left:
         ready.add(fd)
+    stand_in: dict[int, int] = {}
+    got: list[int] = []
 
     def drain() -> None:
-        batch = ready.take_ready()
-        left.difference_update(batch)
+        batch = []
+        for fd in ready.take_ready():
+            fd = stand_in.get(fd, fd)
+            if fd in left:
+                del left[fd]
+                batch.append(fd)
         if batch:
+            got.extend(batch)
             came(batch)
-        if not left and not every.done():
+        if (not left or (first and got)) and not every.done():
             every.set_result(None)
 
+    def lateness() -> None:
+        assert late is not None
+        for fd, other in late[1](list(left)).items():
+            stand_in[other] = fd
+            ready.add(other)
+        drain()
+
     loop.add_reader(ready.fileno(), drain)
+    timer = loop.call_later(late[0], lateness) if late is not None else None
     try:
         drain()  # those readable already
         async with asyncio.timeout(timeout):
@@ -906,9 +959,13 @@ async def readable_together(fds: list[int], timeout: float, came: Callable[[list
     except TimeoutError:
         pass
     finally:
+        if timer is not None:
+            timer.cancel()
         loop.remove_reader(ready.fileno())
         ready.close()
-    return left
+        for other in stand_in:
+            os.close(other)
+    return got if first else list(left)
 
 
 async def readable(fd: int, timeout: float) -> bool:

@@ -254,17 +254,21 @@ def test_a_delete_under_the_keeper_waits_the_grace_then_kills_what_ignores_sigte
     eventually(lambda: korch.service_gone("stubborn"), what="the service deleted")
 
 
-def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch: Orch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", [2, 1], ids=["stopped together", "stopped alone"])
+def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(
+    korch: Orch, tmp_path: Path, scale: int
+) -> None:
     """A deleted instance's end is its process's end: the service goes while its keeper, stopped
     (SIGSTOP), has reaped nothing, and what the instance left in its group goes with the stop, not
     with the keeper's finishing. The keeper, continued, reaps, and leaves (it supervises nothing);
-    the next cast runs under a keeper anew."""
+    the next cast runs under a keeper anew. The stops of a deletion of many wait together, the stop
+    of one alone: both."""
     release, kids = tmp_path / "release", tmp_path / "children"
     kids.mkdir()
     # Deaf to SIGTERM (its background sleep too: an ignored signal stays ignored), it ends once released.
     script = f"trap '' TERM; sleep 3600 & echo $! > {kids}/$$; echo up; while [ ! -e {release} ]; do sleep 0.05; done"
-    korch.cast_shell("held", script, scale=2)
-    insts = eventually(lambda: korch.running("held", 2), timeout=30, what="two instances running")
+    korch.cast_shell("held", script, scale=scale)
+    insts = eventually(lambda: korch.running("held", scale), timeout=30, what="the instances running")
     for inst in insts:
         eventually(_said(korch, inst, "up"), what="the trap set")
     children = [int((kids / str(i["pid"])).read_text()) for i in insts]
@@ -281,7 +285,7 @@ def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(korch:
         assert korch.instances("held") == []
         eventually(lambda: not any(alive(p) for p in children), what="the instances' children, deaf to SIGTERM, killed")
         # Not reaped yet: the deletion did not wait for the keeper.
-        assert [_state(int(i["pid"])) for i in insts] == ["Z", "Z"]
+        assert [_state(int(i["pid"])) for i in insts] == ["Z"] * scale
     finally:
         os.kill(keeper, signal.SIGCONT)
     pids = [int(i["pid"]) for i in insts]
