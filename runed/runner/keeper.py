@@ -720,7 +720,7 @@ class KeeperRunner(ProcessRunner):
     def _after(self, s: Signalled) -> None:
         """Nothing for a keeper's instance its keeper has finished: what was left in its group the
         keeper killed before it closed the end pipe. A discarded one's end pipe closes once its
-        process is reaped (the keeper's ``inst_ended_discarded``): what its group left may run on
+        process has ended (the keeper's ``inst_ended_discarded``): what its group left may run on
         until the keeper's drain is over, and is killed now. Its group id is not another's: a group
         keeps its id while any member lives, and a free one comes back only after the kernel has
         cycled through ``pid_max`` others."""

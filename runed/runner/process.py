@@ -804,7 +804,7 @@ class ProcessRunner:
         if other is None:
             return await readable(s.end, timeout - LATE_END_SECONDS)
         try:
-            return bool(await readable_together([s.end, other], timeout - LATE_END_SECONDS, lambda _: None, first=True))
+            return await readable(s.end, timeout - LATE_END_SECONDS, other)
         finally:
             os.close(other)
 
@@ -905,11 +905,9 @@ async def readable_together(
     came: Callable[[list[int]], None],
     *,
     late: tuple[float, Callable[[list[int]], dict[int, int]]] | None = None,
-    first: bool = False,
 ) -> list[int]:
     """Wait until each of ``fds`` is readable (see :func:`readable`), at most ``timeout`` seconds:
-    ``came`` is given those that became readable, a batch at a time; returns those that did not
-    (with ``first``: those that did, once one did).
+    ``came`` is given those that became readable, a batch at a time; returns those that did not.
 
     ``late``: (seconds, stand-ins): after that long, ``stand-ins`` is asked for descriptors that
     say the end of those still waited for (fd -> its stand-in, owned here from then on); a stand-in
@@ -928,7 +926,6 @@ async def readable_together(
     for fd in left:
         ready.add(fd)
     stand_in: dict[int, int] = {}
-    got: list[int] = []
 
     def drain() -> None:
         batch = []
@@ -938,9 +935,8 @@ async def readable_together(
                 del left[fd]
                 batch.append(fd)
         if batch:
-            got.extend(batch)
             came(batch)
-        if (not left or (first and got)) and not every.done():
+        if not left and not every.done():
             every.set_result(None)
 
     def lateness() -> None:
@@ -965,12 +961,12 @@ async def readable_together(
         ready.close()
         for other in stand_in:
             os.close(other)
-    return got if first else list(left)
+    return list(left)
 
 
-async def readable(fd: int, timeout: float) -> bool:
-    """Wait until ``fd`` (a shim's pidfd, a keeper's end pipe) is readable, i.e. the end is recorded;
-    False after ``timeout`` seconds."""
+async def readable(fd: int, timeout: float, *more: int) -> bool:
+    """Wait until ``fd`` (a shim's pidfd, a keeper's end pipe) or one of ``more`` is readable, i.e.
+    the end is recorded; False after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     ended = loop.create_future()
 
@@ -978,7 +974,9 @@ async def readable(fd: int, timeout: float) -> bool:
         if not ended.done():
             ended.set_result(None)
 
-    loop.add_reader(fd, fire)
+    fds = (fd, *more)
+    for each in fds:
+        loop.add_reader(each, fire)
     try:
         async with asyncio.timeout(timeout):
             await ended
@@ -986,4 +984,5 @@ async def readable(fd: int, timeout: float) -> bool:
     except TimeoutError:
         return False
     finally:
-        loop.remove_reader(fd)
+        for each in fds:
+            loop.remove_reader(each)

@@ -287,33 +287,36 @@ def test_the_record_comes_after_what_the_instance_left_in_its_group_has_ended(ke
     assert _json(d / "exit.json")["code"] == 0
 
 
+def _held_open(keeper: Keeper, c: Client, d: Path) -> tuple[int, int, int]:
+    """An instance whose grandchild ignores SIGTERM and holds the output open (the drain waits for
+    it), started in ``d``: its pid, its end descriptor and the grandchild's pid."""
+    _launch(d, "a1", ["sh", "-c", "(trap '' TERM; exec sleep 100) & echo $!; exec sleep 100"])
+    reply, fd = keeper.start(c, d, "a1")
+    logged = _wait(lambda: _records(d) if (d / "log.jsonl").exists() else [], what="the pid logged")
+    grandchild = int(logged[0]["line"])
+    keeper.pids.append(grandchild)
+    return int(reply["pid"]), fd, grandchild
+
+
 def test_a_discarded_instance_ends_when_its_process_does_and_what_its_group_left_goes_after(
     keeper: Keeper, tmp_path: Path
 ) -> None:
-    """Its end pipe closes once the process is reaped, not after the drain of what its group left
+    """Its end pipe closes once the process has ended, not after the drain of what its group left
     (no exit record is written, its directory goes next); what is left is still killed, after it."""
     c = keeper.connect()
-    # The grandchild ignores SIGTERM and holds the output open: the drain waits for it.
-    script = "(trap '' TERM; exec sleep 100) & echo $!; exec sleep 100"
-    d = _launch(tmp_path / "d", "a1", ["sh", "-c", script])
-    reply, fd = keeper.start(c, d, "a1")
-    grandchild = int(_wait(lambda: (d / "log.jsonl").exists() and _records(d), what="the pid logged")[0]["line"])
-    keeper.pids.append(grandchild)
-    c.send({"op": "signal", "dirs": [str(d)], "signal": int(signal.SIGTERM), "discard": True})
+    pid, fd, grandchild = _held_open(keeper, c, tmp_path / "d")
+    c.send({"op": "signal", "dirs": [str(tmp_path / "d")], "signal": int(signal.SIGTERM), "discard": True})
     assert _readable(fd, 10)
     assert _alive(grandchild), "the end waited for the drain of what the group left"
-    assert not _alive(int(reply["pid"]))
+    assert not _alive(pid)
     _wait(lambda: not _alive(grandchild), what="the grandchild killed after the drain")
-    assert not (d / "exit.json").exists()
+    assert not (tmp_path / "d" / "exit.json").exists()
     assert c.call({"op": "ping"})[0]["instances"] == 0
     # Not discarded: the end comes with the exit record, after the group has ended.
-    e = _launch(tmp_path / "e", "a1", ["sh", "-c", script])
-    _, end = keeper.start(c, e, "a1")
-    left = int(_wait(lambda: (e / "log.jsonl").exists() and _records(e), what="the pid logged")[0]["line"])
-    keeper.pids.append(left)
-    c.send({"op": "signal", "dirs": [str(e)], "signal": int(signal.SIGTERM), "discard": False})
+    _, end, left = _held_open(keeper, c, tmp_path / "e")
+    c.send({"op": "signal", "dirs": [str(tmp_path / "e")], "signal": int(signal.SIGTERM), "discard": False})
     assert _readable(end, 10)
-    assert not _alive(left) and _json(e / "exit.json")["signal"] == signal.SIGTERM
+    assert not _alive(left) and _json(tmp_path / "e" / "exit.json")["signal"] == signal.SIGTERM
 
 
 def test_a_start_that_fails_is_recorded_and_the_keeper_serves_on(keeper: Keeper, tmp_path: Path) -> None:
