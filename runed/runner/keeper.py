@@ -689,9 +689,16 @@ class KeeperRunner(ProcessRunner):
         return Kept(directory, handle, shim_end, discard, True, keeper)
 
     def _kill(self, s: Signalled) -> None:
+        """SIGKILL to what outlived the grace period: asked of its keeper, and sent from here too
+        while the end pipe is open (the keeper has not reaped the process, so its group is its
+        own): a keeper that cannot (stopped, stuck) does not hold the stop up until the wait for
+        an exit record runs out (11 s more)."""
         if not isinstance(s, Kept):
             return super()._kill(s)
         self._signal_soon(s.keeper, s.directory, signal.SIGKILL, s.discard)
+        if not fdwait.ready(s.end, 0)[0]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(s.handle.pid, signal.SIGKILL)
 
     def _discarded(self, s: Signalled) -> Observation | None:
         """As :meth:`ProcessRunner._discarded`, but not for an instance whose keeper died (its end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,25 @@ def test_a_deletion_ends_with_its_processes_not_with_the_keeper_s_reaping(
     korch.cast_shell("next", "echo up; exec sleep 3600")
     (inst,) = eventually(lambda: korch.running("next", 1), timeout=30, what="the next cast running")
     assert _comm(_shim_of(inst)) == "rune-keeper"
+
+
+def test_a_deletion_whose_keeper_is_stopped_before_it_ends_when_its_grace_period_does(korch: Orch) -> None:
+    """The keeper cannot send the SIGTERM nor, once the grace period is over, the SIGKILL: the
+    controller kills what outlived it (its group, not reaped yet) and the service goes, instead of
+    after the 11 s more that an exit record is waited for."""
+    korch.cast_shell("frozen", "echo up; exec sleep 3600", scale=2)
+    insts = eventually(lambda: korch.running("frozen", 2), timeout=30, what="two instances running")
+    keeper = _shim_of(insts[0])
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        req = service_pb2.DeleteServiceRequest(name="frozen", namespace="default", grace_period=1)
+        korch.services.DeleteService(req, metadata=korch.auth)
+        eventually(lambda: korch.service_gone("frozen"), timeout=30, what="the service deleted, its keeper stopped")
+        assert time.monotonic() - began < 8, "the stop waited for an exit record after the grace period"
+        assert [_state(int(i["pid"])) for i in insts] == ["Z", "Z"]
+    finally:
+        os.kill(keeper, signal.SIGCONT)
 
 
 def test_each_service_runs_under_a_keeper_of_its_own_which_ends_with_it(
