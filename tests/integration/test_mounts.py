@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 import textwrap
 import uuid
@@ -66,15 +67,19 @@ def _cast_reader(orch: Orch, name: str, secret_value: str, config_value: str, se
 
 
 def _plaintext_under(root: Path, value: str) -> list[Path]:
-    """Every file under ``root`` holding ``value`` as it is."""
+    """Every file under ``root`` holding ``value`` as it is. A directory that goes while it is
+    walked (a deleted instance's, moved out once its record is gone) holds nothing: ``os.walk``
+    passes over it, where ``Path.rglob`` raised."""
     needle = value.encode()
     found = []
-    for path in root.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
-                found.append(path)
-        except OSError:
-            continue
+    for top, _, files in os.walk(root):
+        for name in files:
+            path = Path(top, name)
+            try:
+                if not path.is_symlink() and needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue
     return found
 
 
