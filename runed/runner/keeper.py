@@ -690,13 +690,12 @@ class KeeperRunner(ProcessRunner):
 
     def _kill(self, s: Signalled) -> None:
         """SIGKILL to what outlived the grace period: asked of its keeper, and sent from here too
-        while the end pipe is open (the keeper has not reaped the process, so its group is its
-        own): a keeper that cannot (stopped, stuck) does not hold the stop up until the wait for
-        an exit record runs out (11 s more)."""
+        while its pid is its own (:func:`_unfinished`): a keeper that cannot (stopped, stuck) does
+        not hold the stop up until the wait for an exit record runs out (11 s more)."""
         if not isinstance(s, Kept):
             return super()._kill(s)
         self._signal_soon(s.keeper, s.directory, signal.SIGKILL, s.discard)
-        if not fdwait.ready(s.end, 0)[0]:
+        if _unfinished(s):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(s.handle.pid, signal.SIGKILL)
 
@@ -712,14 +711,14 @@ class KeeperRunner(ProcessRunner):
     def _late_end(self, s: Signalled) -> int | None:
         """A discarded instance's end that is late: its process's pidfd too, so a keeper that cannot
         close the end pipe (stopped, or stuck on a disk that hangs) holds up no deletion. Taken only
-        while the end pipe is still open: the keeper has not reaped the process, so the pid is its."""
+        while its pid is its own (:func:`_unfinished`)."""
         if not isinstance(s, Kept) or not s.discard:
             return super()._late_end(s)
         try:
             pidfd = os.pidfd_open(s.handle.pid)
         except OSError:
             return None  # reaped already (or no pidfds): the keeper's word
-        if fdwait.ready(s.end, 0)[0]:
+        if not _unfinished(s):
             os.close(pidfd)
             return None
         return pidfd
@@ -788,6 +787,14 @@ class KeeperRunner(ProcessRunner):
         # The set stays (emptied: closing the connections took them out), for a controller that
         # leads again with this runner; the loop's reader of it went with the controller.
         self._answerers.clear()
+
+
+def _unfinished(s: Kept) -> bool:
+    """Whether the keeper has not finished ``s``'s instance (its end pipe is open), so that its pid
+    and group are still its own: the keeper has not reaped the process, or has only just now (a kept
+    instance's output being drained), and a pid comes back only after the kernel has cycled through
+    ``pid_max`` others. What runed signals or waits on itself, not through the keeper, is checked so."""
+    return not fdwait.ready(s.end, 0)[0]
 
 
 def process_runner(nofile: int | None, *, spawn_timeout: float, shim: str) -> ProcessRunner:
