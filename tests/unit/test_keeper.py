@@ -289,8 +289,9 @@ def test_the_record_comes_after_what_the_instance_left_in_its_group_has_ended(ke
 
 def _held_open(keeper: Keeper, c: Client, d: Path) -> tuple[int, int, int]:
     """An instance whose grandchild ignores SIGTERM and holds the output open (the drain waits for
-    it), started in ``d``: its pid, its end descriptor and the grandchild's pid."""
-    _launch(d, "a1", ["sh", "-c", "(trap '' TERM; exec sleep 100) & echo $!; exec sleep 100"])
+    it), started in ``d``: its pid, its end descriptor and the grandchild's pid. The grandchild logs
+    its pid once it ignores SIGTERM, so a signal sent after that line cannot end it first."""
+    _launch(d, "a1", ["sh", "-c", "sh -c 'trap \"\" TERM; echo $$; exec sleep 100' & exec sleep 100"])
     reply, fd = keeper.start(c, d, "a1")
     logged = _wait(lambda: _records(d) if (d / "log.jsonl").exists() else [], what="the pid logged")
     grandchild = int(logged[0]["line"])
