@@ -127,9 +127,15 @@ class SQLCore:
 
     def _log_deletions(self, deleted: Sequence[tuple[str, str, str, str]]) -> None:
         """Append a DELETED change for each (kind, namespace, name, data), in their order: as
-        :meth:`_log_change` one by one, which a store may do in one statement."""
+        :meth:`_log_change` one by one."""
         for kind, namespace, name, data in deleted:
             self._log_change(kind, namespace, name, DELETED, data)
+
+    def _log_deleting(self, keys: Sequence[tuple[str, str, str]]) -> bool:
+        """Append a DELETED change for each of ``keys`` that exists (the record as stored), in their
+        order, before :meth:`delete_many` deletes them, if the database can copy them itself: True.
+        False (the default): :meth:`delete_many` logs what its deletions return (:meth:`_log_deletions`)."""
+        return False
 
     def _current_revision(self) -> int:
         """The last committed revision (inside a write transaction: including its own)."""
@@ -442,16 +448,21 @@ class SQLCore:
         for kind, namespace, name in keys:
             groups.setdefault((kind, namespace), []).append(name)
         with self._writing():
+            logged = self._log_deleting(keys)
             found: dict[tuple[str, str, str], str] = {}
             for (kind, namespace), names in groups.items():
                 for i in range(0, len(names), DELETE_CHUNK):
                     chunk = names[i : i + DELETE_CHUNK]
                     where = f"WHERE kind = ? AND namespace = ? AND name IN ({', '.join(['?'] * len(chunk))})"
+                    if logged:
+                        self._execute(f"DELETE FROM objects {where}", [kind, namespace, *chunk])
+                        continue
                     rows = self._fetchall(
                         f"DELETE FROM objects {where} RETURNING name, data", [kind, namespace, *chunk]
                     )
                     found.update(((kind, namespace, str(r[0])), r[1]) for r in rows)
-            self._log_deletions([(*key, data) for key in keys if (data := found.pop(key, None)) is not None])
+            if not logged:
+                self._log_deletions([(*key, data) for key in keys if (data := found.pop(key, None)) is not None])
 
     def _write(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runed.store.base import DELETED
-from runed.store.core import SQLCore
+from runed.store.core import DELETE_CHUNK, SQLCore
 from runed.store.offload import Offload
 from runed.store.sqlite.connection import BUSY_TIMEOUT_SECONDS, SYNCHRONOUS, Database
 
@@ -70,17 +71,26 @@ class SQLiteStore(Database, SQLCore):
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def _log_deletions(self, deleted: Sequence[tuple[str, str, str, str]]) -> None:
-        """One statement for all: one call into SQLite per row was 4.7 ms of the 28 ms a transaction
-        deleting 800 instance records took."""
-        if not deleted:
-            return
+    def _log_deleting(self, keys: Sequence[tuple[str, str, str]]) -> bool:
+        """The change log's rows are copied from the records inside SQLite, one statement per
+        :data:`DELETE_CHUNK` keys; their order is kept by a ``CROSS JOIN`` over the keys' ``VALUES``
+        (SQLite makes its left table the outer loop, each record then found by its primary key).
+        Before, each record's data came into Python (``DELETE ... RETURNING``) and went back in an
+        ``INSERT``: a deletion of 1,000 instances and their actions took 7.8 ms of SQLite's CPU and
+        3 ms of Python's, against 6.8 ms and none now (bench/README.md, "the change log copied in SQLite")."""
         now = time.time()
-        self.conn.executemany(
-            _INSERT_CHANGE,
-            [(kind, namespace, name, DELETED, data, now) for kind, namespace, name, data in deleted],
-        )
-        self._pending_notify = True
+        for i in range(0, len(keys), DELETE_CHUNK):
+            chunk = keys[i : i + DELETE_CHUNK]
+            cur = self.conn.execute(
+                f"WITH k (kind, namespace, name) AS (VALUES {', '.join(['(?, ?, ?)'] * len(chunk))}) "
+                "INSERT INTO changes (kind, namespace, name, op, data, ts) "
+                "SELECT o.kind, o.namespace, o.name, ?, o.data, ? FROM k CROSS JOIN objects AS o "
+                "ON o.kind = k.kind AND o.namespace = k.namespace AND o.name = k.name",
+                [*itertools.chain.from_iterable(chunk), DELETED, now],
+            )
+            if cur.rowcount > 0:
+                self._pending_notify = True
+        return True
 
     def _current_revision(self) -> int:
         row = self._fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
