@@ -449,6 +449,8 @@ class Kept(Signalled):
     """A stop of an instance run by a keeper, which signals it."""
 
     keeper: Keeper
+    # Whether its end was late, so that its process's pidfd was waited on too (:meth:`KeeperRunner._late_end`).
+    late: bool = False
 
 
 class KeeperRunner(ProcessRunner):
@@ -721,19 +723,20 @@ class KeeperRunner(ProcessRunner):
         if not _unfinished(s):
             os.close(pidfd)
             return None
+        s.late = True
         return pidfd
 
     def _after(self, s: Signalled) -> None:
-        """Nothing for a keeper's instance its keeper has finished: what was left in its group the
-        keeper killed before it closed the end pipe. A discarded one's end pipe closes once its
-        process has ended (the keeper's ``inst_ended_discarded``): what its group left may run on
-        until the keeper's drain is over, and is killed now. Its group id is not another's: a group
+        """Nothing for a keeper's instance whose end pipe its keeper closed: what was left in its
+        group the keeper killed first (after the drain; a discarded one's once its process ended:
+        the keeper's ``inst_end_discarded``). What a late end's group left (a keeper that could not
+        close the pipe, :meth:`_late_end`) is killed here. Its group id is not another's: a group
         keeps its id while any member lives, and a free one comes back only after the kernel has
         cycled through ``pid_max`` others."""
         if not isinstance(s, Kept):
             super()._after(s)
             return
-        if s.discard:
+        if s.discard and s.late:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(s.handle.pid, signal.SIGKILL)
         self._emptied(s.keeper.pid)

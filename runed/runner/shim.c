@@ -1503,15 +1503,21 @@ static void inst_stream_closed(inst_t *in, int i) {
 
 /* A discarded instance's end pipe closes once its process has ended, not once it is finished: no
  * exit record is written for it and its directory goes next, so its stop waits for nothing more than
- * the process. What its group left (holding its output open, say) is still killed after the drain,
- * here, and by the stop (KeeperRunner._after). Why: a deletion's stops waited on a pidfd of each
- * process instead, opened, checked and closed by the controller while its processes were ending
- * (bench/README.md, "a deleted instance's end from its keeper"). */
+ * the process. What its group left (holding its output open, say) is killed first: the deletion is
+ * over for them too, and the drain then ends at once. Why: a deletion's stops waited on a pidfd of
+ * each process instead, opened, checked and closed by the controller while its processes were ending
+ * (bench/README.md, "a deleted instance's end from its keeper"); the group's kill was the
+ * controller's, one system call per instance after the last process had ended (bench/README.md, "the
+ * change log copied in SQLite"). The group's id is the instance's: not reaped (discarded_ended), or
+ * reaped just now (inst_exited), and a group keeps its id while any member lives. */
+static void inst_end_discarded(inst_t *in) {
+    kill(-in->run.pid, SIGKILL);
+    close(in->done_w);
+    in->done_w = -1;
+}
+
 static void inst_ended_discarded(inst_t *in) {
-    if (in->discard && in->run.ended && in->done_w >= 0) {
-        close(in->done_w);
-        in->done_w = -1;
-    }
+    if (in->discard && in->run.ended && in->done_w >= 0) inst_end_discarded(in);
 }
 
 /* Discard ``in``: its end pipe closes once its process has ended, told by its pidfd in K.exits
@@ -1537,7 +1543,7 @@ static void discarded_ended(void) {
         n = epoll_wait(K.exits, ev, 1024, 0);
         for (int i = 0; i < n; i++) {
             inst_t *in = (inst_t *)(uintptr_t)ev[i].data.u64;
-            if (!in->gone && in->done_w >= 0) close(in->done_w), in->done_w = -1;
+            if (!in->gone && in->done_w >= 0) inst_end_discarded(in);
         }
     } while (n == 1024);
 }
