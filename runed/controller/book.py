@@ -68,6 +68,12 @@ class Book:
         # The ids of every instance record in the store at start-up (this controller's or not): an
         # instance directory named by none of them is a start whose record was never saved.
         self.recorded: set[str] = set()
+        # Instances (namespace, id) with an action record (a stop, start or restart asked for):
+        # read at start-up, then followed by the controller's watch. An instance that leaves takes
+        # its action record with it only if it has one: a deletion of a thousand deleted a thousand
+        # records that were not there (bench/README.md, "the tail of a deletion"). One written while
+        # the instance leaves is an action of no instance, which the pass that reads it deletes.
+        self.acted: set[Key] = set()
         self._live: dict[Key, Live] = {}
         # Services (namespace, name) one of whose instances changed since the reconciler last took
         # this set: the next pass looks at them (and not at every service).
@@ -94,6 +100,7 @@ class Book:
         """Read every instance record (once, at start-up); make the instances' root if it is missing."""
         self.root.mkdir(parents=True, exist_ok=True)
         dirspread.spread_subdirectories(self.root)
+        self.acted = {(rec.namespace, rec.name) for rec in iter_all(self.store, objects.INSTANCE_ACTION)}
         for rec in iter_all(self.store, objects.INSTANCE):
             self.recorded.add(rec.name)
             if self.owns is not None and not self.owns(rec):
@@ -209,7 +216,14 @@ class Book:
         """
         if not keys:
             return
-        live, held, cache, paths, leaving = self._live, self._held, self._cache, self._paths, self._leaving
+        live, held, cache, paths, leaving, acted = (
+            self._live,
+            self._held,
+            self._cache,
+            self._paths,
+            self._leaving,
+            self.acted,
+        )
         deletions: list[tuple[str, str, str]] = []
         for key in keys:
             lv = live.pop(key, None)
@@ -222,7 +236,10 @@ class Book:
                 d = self.directory(key[1])
             self.events.forget(d)
             record = (objects.INSTANCE, key[0], key[1])
-            deletions += (record, (objects.INSTANCE_ACTION, key[0], key[1]))
+            deletions.append(record)
+            if key in acted:
+                acted.discard(key)
+                deletions.append((objects.INSTANCE_ACTION, key[0], key[1]))
             leaving.append((record, d))
             if gone is not None:
                 self.touched.add((gone.namespace, gone.service))

@@ -325,8 +325,13 @@ class Controller:
             elif change.kind == objects.SERVICE:
                 self.alarm.touch((change.namespace, change.name))
             elif change.kind == objects.INSTANCE_ACTION:
-                inst = self.book.get((change.namespace, change.name))
-                self.actions_changed.add((change.namespace, change.name))
+                key = (change.namespace, change.name)
+                if change.op == DELETED:
+                    self.book.acted.discard(key)
+                else:
+                    self.book.acted.add(key)
+                inst = self.book.get(key)
+                self.actions_changed.add(key)
                 self.alarm.touch(None if inst is None else (inst.namespace, inst.service))
             elif change.kind in OpenOperations.KINDS:
                 if self.book.writes.echo((change.kind, change.namespace, change.name), change.revision):

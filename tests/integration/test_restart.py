@@ -15,6 +15,8 @@ import pytest
 
 from rune.api import common_pb2, instance_pb2, instance_pb2_grpc, service_pb2
 from runed.model import objects
+from runed.store.base import DELETED
+from tests.harness import RunedFactory
 from tests.integration.orch import EXITER, SERVER, STUBBORN, Orch
 from tests.support import alive, eventually
 
@@ -163,3 +165,40 @@ def test_start_request_runs_a_never_instance_once(orch: Orch) -> None:
     eventually(lambda: orch.running("marker", 1), timeout=15)
     again = ran_again()
     assert len(_starts(orch, again)) == 2
+
+
+def test_an_instance_s_action_record_leaves_with_it(own_orch: Orch, runed_factory: RunedFactory) -> None:
+    """A deleted instance's action record is deleted with its record (the revision after it), whether
+    the controller read it at start-up or from its watch; an action of no instance is deleted by a pass."""
+    o = own_orch
+    o.cast("acted", o.program("stubborn", STUBBORN), scale=3)
+    read, watched, plain = (i["id"] for i in eventually(lambda: o.running("acted", 3), timeout=15))
+
+    def restart(iid: str) -> None:
+        stub = instance_pb2_grpc.InstanceServiceStub(o.runed.channel())
+        req = instance_pb2.InstanceActionRequest(id=iid, namespace="default", timeout_seconds=1)
+        stub.RestartInstance(req, metadata=o.auth)
+        eventually(lambda: {i["id"]: i for i in o.running("acted", 3)}[iid]["restart_count"] >= 1, timeout=10)
+
+    restart(read)
+    # A runed started anew reads that action at start-up.
+    first = o.runed
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    o.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
+    eventually(lambda: o.running("acted", 3), timeout=15)
+    restart(watched)
+    st = o.store()
+    try:
+        since = st.current_revision()
+        o.services.DeleteService(service_pb2.DeleteServiceRequest(name="acted"), metadata=o.auth)
+        eventually(lambda: o.service_gone("acted"), timeout=15)
+        deleted = {(c.kind, c.name): c.revision for c in st.changes_since(since) if c.op == DELETED}
+        for iid in (read, watched):
+            assert deleted.get((objects.INSTANCE_ACTION, iid)) == deleted[(objects.INSTANCE, iid)] + 1
+        assert (objects.INSTANCE, plain) in deleted and (objects.INSTANCE_ACTION, plain) not in deleted
+        st.put(objects.INSTANCE_ACTION, "default", "no-such-instance", {"desired": "running", "restart_seq": 1})
+        eventually(lambda: st.get(objects.INSTANCE_ACTION, "default", "no-such-instance") is None, timeout=10)
+    finally:
+        st.close()
