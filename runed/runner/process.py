@@ -718,13 +718,14 @@ class ProcessRunner:
         by_end = {s.end: (i, s) for i, s in sent}
 
         def came(fds: list[int]) -> None:
-            for fd in fds:
-                i, s = by_end.pop(fd)
-                obs = self._over(s)
-                if obs is None:
-                    rests.append(loop.create_task(told(i, self._rest(s, grace))))
-                else:
-                    ended(i, obs)
+            batch = [by_end.pop(fd) for fd in fds]
+            with self._ends_together([s for _, s in batch]):
+                for i, s in batch:
+                    obs = self._over(s)
+                    if obs is None:
+                        rests.append(loop.create_task(told(i, self._rest(s, grace))))
+                    else:
+                        ended(i, obs)
 
         def late(fds: list[int]) -> dict[int, int]:
             return {fd: other for fd in fds if (other := self._late_end(by_end[fd][1])) is not None}
@@ -759,6 +760,11 @@ class ProcessRunner:
         """SIGKILL to what outlived the grace period."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(s.handle.pid, signal.SIGKILL)
+
+    def _ends_together(self, stops: list[Signalled]) -> contextlib.AbstractContextManager[None]:
+        """Around the finishing of a batch of ends (:meth:`_over` of each of ``stops``): what a
+        runner looks at once for all of them. Nothing here."""
+        return contextlib.nullcontext()
 
     def _over(self, s: Signalled) -> Observation | None:
         """Once ``s.end`` is readable: the stop over (``s.end`` closed) with how the instance
