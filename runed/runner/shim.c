@@ -1508,7 +1508,7 @@ static void inst_stream_closed(inst_t *in, int i) {
  * each process instead, opened, checked and closed by the controller while its processes were ending
  * (bench/README.md, "a deleted instance's end from its keeper"); the group's kill was the
  * controller's, one system call per instance after the last process had ended (bench/README.md, "the
- * change log copied in SQLite"). The group's id is the instance's: not reaped (discarded_ended), or
+ * tail of a deletion"). The group's id is the instance's: not reaped (discarded_ended), or
  * reaped just now (inst_exited), and a group keeps its id while any member lives. */
 static void inst_end_discarded(inst_t *in) {
     kill(-in->run.pid, SIGKILL);
