@@ -183,6 +183,7 @@ def test_delete_many_deletes_what_exists_in_order_as_deletes_do(store: Store) ->
         ("instance_action", "default", f"i{i}") for i in range(5)
     ]
     keys += [("instance", "default", f"nothing{i}") for i in range(700)] + [("instance", "default", "i1")]
+    keys += [("instance", "default", "i0")]  # named twice: deleted, and logged, once
     with store.transaction():
         store.delete_many(keys)
     changes = store.changes_since(since)
