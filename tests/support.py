@@ -64,6 +64,22 @@ class Clock:
         return self.now
 
 
+def file_contents(root: Path) -> Iterator[tuple[Path, bytes]]:
+    """Every regular file under ``root`` (no symlink, socket or pipe) with its bytes, while runed
+    goes on. A directory or file that goes while it is walked (a deleted instance's directory,
+    moved out once its record is gone; a run file replaced) holds nothing: ``os.walk`` passes over
+    it, where ``Path.rglob`` raised FileNotFoundError."""
+    for top, _, files in os.walk(root):
+        for name in sorted(files):
+            path = Path(top, name)
+            try:
+                if path.is_symlink() or not path.is_file():
+                    continue
+                yield path, path.read_bytes()
+            except OSError:
+                continue
+
+
 def bootstrap_metadata(channel: grpc.Channel) -> Metadata:
     """AdminBootstrap over ``channel`` (loopback) and the root token as gRPC call metadata."""
     token = admin_pb2_grpc.AdminServiceStub(channel).AdminBootstrap(admin_pb2.AdminBootstrapRequest()).token_secret

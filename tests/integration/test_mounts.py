@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import textwrap
 import uuid
@@ -22,7 +21,7 @@ from rune.api import (
 )
 from tests.harness import RunedFactory
 from tests.integration.orch import Orch, runefile_args
-from tests.support import eventually
+from tests.support import eventually, file_contents
 
 # Finds its mounts where RUNE_MOUNTS_DIR says; prints a digest of the secret (never the secret itself).
 READER = textwrap.dedent(
@@ -67,20 +66,8 @@ def _cast_reader(orch: Orch, name: str, secret_value: str, config_value: str, se
 
 
 def _plaintext_under(root: Path, value: str) -> list[Path]:
-    """Every file under ``root`` holding ``value`` as it is. A directory that goes while it is
-    walked (a deleted instance's, moved out once its record is gone) holds nothing: ``os.walk``
-    passes over it, where ``Path.rglob`` raised."""
-    needle = value.encode()
-    found = []
-    for top, _, files in os.walk(root):
-        for name in files:
-            path = Path(top, name)
-            try:
-                if not path.is_symlink() and needle in path.read_bytes():
-                    found.append(path)
-            except OSError:
-                continue
-    return found
+    """Every file under ``root`` holding ``value`` as it is."""
+    return [path for path, data in file_contents(root) if value.encode() in data]
 
 
 def _one(orch: Orch, service: str, state: str) -> dict[str, Any]:
@@ -99,6 +86,7 @@ def test_mounts_live_in_the_instance_dir_and_leave_with_it(orch: Orch) -> None:
     # The mount path is the path the instance sees: placed under its RUNE_MOUNTS_DIR.
     token = root / str(host).lstrip("/") / "secret" / "token"
     assert token.read_text() == secret_value and stat.S_IMODE(token.stat().st_mode) == 0o400
+    assert _plaintext_under(orch.tmp, secret_value) == [token], "sanity: the walk sees the mounted file"
     assert (root / str(host).lstrip("/") / "conf" / "mode").read_text() == "fast"
     # The process found both through RUNE_MOUNTS_DIR.
     digest = hashlib.sha256(secret_value.encode()).hexdigest()

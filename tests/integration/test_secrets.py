@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from rune.api import secret_pb2, secret_pb2_grpc
 from runed.secrets.crypto import key_id
 from tests.harness import Runed, RunedFactory, run_cli
-from tests.support import bad_request_fields
+from tests.support import bad_request_fields, file_contents
 
 Metadata = list[tuple[str, str]]
 
@@ -38,7 +38,7 @@ def _create(
 
 def _on_disk(data_dir: Path) -> bytes:
     """Every byte runed keeps in its data dir (database, WAL, keys, run files)."""
-    return b"".join(p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file() and not p.is_socket())
+    return b"".join(data for _, data in file_contents(data_dir))
 
 
 def _kids_in_db(data_dir: Path) -> set[str]:
