@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from rune.api import common_pb2, service_pb2, service_pb2_grpc
 from runed.store.base import Store
 from runed.store.open import open_url
 from runed.store.sqlite import SQLiteStore
-from tests.harness import Runed
+from tests.harness import Runed, RunedFactory
 from tests.support import Metadata, bootstrap_metadata, eventually
 
 # Short periods and back-offs keep every test a few seconds long.
@@ -100,6 +102,19 @@ class Orch:
     @property
     def services(self) -> service_pb2_grpc.ServiceServiceStub:
         return service_pb2_grpc.ServiceServiceStub(self.runed.channel())
+
+    def kill_runed(self) -> None:
+        """kill -9 of runed's whole process group (the zygote, the shims and keepers are in sessions of
+        their own: the instances run on)."""
+        first = self.runed
+        assert first.proc is not None
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+
+    def restart_runed(self, runed_factory: RunedFactory) -> None:
+        """A runed started anew on the same data dir, arguments and environment."""
+        first = self.runed
+        self.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
 
     def store(self) -> Store:
         """The runed's store, read directly: its SQLite file, or the database ``RUNE_STORE_URL`` names."""

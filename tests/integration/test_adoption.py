@@ -110,12 +110,9 @@ def test_an_adopted_instance_s_exec_probe_runs_with_its_environment(
     go = Path(str(inst["workdir"])) / "go"
     go.write_text("1")
     eventually(lambda: ready(True), timeout=20)
-    first = own_orch.runed
-    assert first.proc is not None
-    os.killpg(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
+    own_orch.kill_runed()
     go.unlink()
-    own_orch.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
+    own_orch.restart_runed(runed_factory)
     # Re-adopted, its probe runs again (not ready without the file), with the resolved environment
     # (ready again with it): the environment was resolved anew for the probe after the restart.
     eventually(lambda: ready(False), timeout=20)

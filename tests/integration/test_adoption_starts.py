@@ -84,19 +84,6 @@ def _zygote(o: Orch, inst: dict[str, Any]) -> int:
     return parent
 
 
-def _kill_runed(o: Orch) -> None:
-    """kill -9 of runed's whole process group (the zygote and the shims are in sessions of their own)."""
-    first = o.runed
-    assert first.proc is not None
-    os.killpg(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
-
-
-def _restart(o: Orch, runed_factory: RunedFactory) -> None:
-    first = o.runed
-    o.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
-
-
 @contextmanager
 def _stopped(pid: int) -> Iterator[None]:
     os.kill(pid, signal.SIGSTOP)
@@ -136,8 +123,8 @@ def test_a_start_the_zygote_held_up_is_adopted_not_repeated(runed_factory: Runed
     with _stopped(zygote):
         o.cast("held", o.program("sleeper", SLEEPER), tag)
         eventually(lambda: _starting(o, "held"), timeout=30, what="the start saved, its shim not forked")
-        _kill_runed(o)
-        _restart(o, runed_factory)
+        o.kill_runed()
+        o.restart_runed(runed_factory)
         # The new controller has looked at it by now; a restart would be under way after the 0.3 s back-off.
         time.sleep(2)
         inst = o.one("held")
@@ -157,8 +144,8 @@ def test_a_start_that_never_comes_is_given_up_once(runed_factory: RunedFactory, 
         o.cast("late", o.program("sleeper", SLEEPER), tag)
         held = eventually(lambda: _starting(o, "late"), timeout=30, what="the start saved, its shim not forked")
         asked = (Path(str(held["log_dir"])) / "launch.json").stat().st_mtime
-        _kill_runed(o)
-        _restart(o, runed_factory)
+        o.kill_runed()
+        o.restart_runed(runed_factory)
         time.sleep(2)
         count = o.one("late")["restart_count"]
         # Checked only while the timeout, counted from the request, has not run out (a slow restart may take it).
@@ -180,9 +167,9 @@ def test_a_start_whose_zygote_died_is_given_up_without_waiting(runed_factory: Ru
     with _stopped(zygote):
         o.cast("orphan", o.program("sleeper", SLEEPER), tag)
         eventually(lambda: _starting(o, "orphan"), timeout=30, what="the start saved, its shim not forked")
-        _kill_runed(o)
+        o.kill_runed()
         os.kill(zygote, signal.SIGKILL)
-    _restart(o, runed_factory)
+    o.restart_runed(runed_factory)
     inst = eventually(lambda: _one_copy(o, "orphan", tag), timeout=60, what="started again well within the timeout")
     assert inst["restart_count"] == 1
     assert _stays_one_copy(o, "orphan", tag)["restart_count"] == 1
@@ -243,9 +230,9 @@ def test_a_new_instance_whose_record_was_never_saved_runs_once(runed_factory: Ru
     with ExitStack() as lock:
         _update_unsaved(o, old, lock)
         orphan = eventually(lambda: _started(tag, old["pid"]), timeout=LOCKED_WAIT, what="the new instance started")
-        _kill_runed(o)
+        o.kill_runed()
     assert [i["id"] for i in o.instances("unsaved")] == [old["id"]], "the new instance's record was not saved"
-    _restart(o, runed_factory)
+    o.restart_runed(runed_factory)
     _replaced(o, old, tag)
     assert not alive(orphan)
 
@@ -268,9 +255,9 @@ def test_a_new_instance_never_saved_nor_forked_yet_never_runs(runed_factory: Run
                 return found[0]
 
             orphan = eventually(asked, timeout=LOCKED_WAIT, what="the new instance's start asked for")
-            _kill_runed(o)
+            o.kill_runed()
         # Ready means adopted: the zygote forks the shim only after the new controller looked.
-        _restart(o, runed_factory)
+        o.restart_runed(runed_factory)
     _replaced(o, old, tag)
     assert not orphan.exists(), "the unsaved start's directory is removed"
 
@@ -287,9 +274,9 @@ def test_a_restart_whose_record_was_never_saved_is_taken_over(runed_factory: Run
         eventually(lambda: not alive(first["pid"]), what="the first run exited")
         # Restarted after the back-off; neither the exit nor the restart reaches the store.
         second = eventually(lambda: _started(tag, first["pid"]), timeout=LOCKED_WAIT, what="the program started again")
-        _kill_runed(o)
+        o.kill_runed()
     rec = o.one("again")
     assert (rec["state"], rec["pid"]) == ("RUNNING", first["pid"]), "the record shows the first run"
-    _restart(o, runed_factory)
+    o.restart_runed(runed_factory)
     inst = _stays_one_copy(o, "again", tag)
     assert inst["pid"] == second and inst["restart_count"] == 1

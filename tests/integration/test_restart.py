@@ -182,11 +182,8 @@ def test_an_instance_s_action_record_leaves_with_it(own_orch: Orch, runed_factor
 
     restart(read)
     # A runed started anew reads that action at start-up.
-    first = o.runed
-    assert first.proc is not None
-    os.killpg(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
-    o.runed = runed_factory(first.data_dir, args=first.args, env=first.env)
+    o.kill_runed()
+    o.restart_runed(runed_factory)
     eventually(lambda: o.running("acted", 3), timeout=15)
     restart(watched)
     st = o.store()
