@@ -6,6 +6,22 @@ import asyncio
 
 from runed.controller.instance import Key
 
+# The safety net's share of a core, at most: a full pass that costs more than this share of
+# ``controller.resync_seconds`` runs that much less often (a pass over 1,000 instances took 4-6 ms of
+# CPU on a quiet machine, 19-32 ms on a slow one: 0.4-0.6 % of a core every 5 s, most of what the
+# idle controller spent; bench/README.md, "the safety net's share").
+RESYNC_SHARE = 0.002
+# ... but at least this often, whatever a pass costs.
+RESYNC_MOST_SECONDS = 60.0
+
+
+def resync_interval(configured: float, cost: float) -> float:
+    """Seconds between the safety net's full passes, one having cost ``cost`` seconds of CPU: every
+    ``configured`` seconds (``controller.resync_seconds``) while that is within
+    :data:`RESYNC_SHARE` of a core, else as often as the share allows, never less often than every
+    :data:`RESYNC_MOST_SECONDS` (or ``configured``, if longer)."""
+    return max(configured, min(cost / RESYNC_SHARE, RESYNC_MOST_SECONDS))
+
 
 class Alarm:
     """Shared by the controller's collaborators to ask the loop for another reconcile pass."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, service_pb2
-from runed.controller.alarm import Alarm
+from runed.controller.alarm import Alarm, resync_interval
 from runed.controller.book import Book
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.launch import Launcher, StartInput, new_ports, references
@@ -132,6 +132,9 @@ class Controller:
         self.collector = QuietCollector()
         # When the last full pass began (monotonic: a stepped wall clock neither stops nor floods them).
         self.last_full = -math.inf
+        # Seconds from one full pass to the next: ``resync_seconds``, longer while one costs more
+        # than the safety net's share of a core (:func:`resync_interval`).
+        self.resync_every = cfg.resync_seconds
         # Instance actions (namespace, instance id) changed since the last pass.
         self.actions_changed: set[Key] = set()
         # The scaling and deletion operations to advance (the leader's: it reads no finished one).
@@ -149,7 +152,8 @@ class Controller:
         What wakes it: a store change (the change log), a shim's exit (its pidfd), a probe verdict,
         a finished stop, a due timer (back-off, gradual scaling); and, while an instance is starting
         or its runner cannot report its end, a short tick. A pass reconciles the services whose
-        inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net).
+        inputs changed; every ``resync_seconds`` one pass looks at all of them (the safety net; less
+        often while one costs more than its share of a core, :func:`~runed.controller.alarm.resync_interval`).
         """
         since, specs = await self.store.run(self._load)
         # What a crash left of deleted instances' directories.
@@ -190,7 +194,7 @@ class Controller:
                 except Exception:
                     log.exception("observing instances failed")
                     changed = True
-                full = time.monotonic() - self.last_full >= self.cfg.resync_seconds
+                full = time.monotonic() - self.last_full >= self.resync_every
                 if woke or changed or due or full:
                     try:
                         await (self.reconcile_all() if full else self.reconcile_changed())
@@ -199,6 +203,9 @@ class Controller:
                 # The pass's record writes, in one transaction (also retries a failed one).
                 await self.book.flush()
                 spent = time.thread_time() - began
+                if full and not (woke or changed or due):
+                    # The safety net's own pass (nothing else asked for it): what one costs idle.
+                    self.resync_every = resync_interval(self.cfg.resync_seconds, spent)
                 self.collector.worked()
                 pause = (
                     min(PASS_PAUSE_MAX_SECONDS, spent * PASS_PAUSE_RATIO) if spent >= PASS_PAUSE_MIN_SECONDS else 0.0
@@ -283,7 +290,7 @@ class Controller:
     def _wait_seconds(self) -> float:
         """How long the loop may sleep without a wake-up: until the resync, a due timer or the next tick."""
         now = time.time()
-        wait = self.last_full + self.cfg.resync_seconds - time.monotonic()
+        wait = self.last_full + self.resync_every - time.monotonic()
         if self.alarm.next_due:
             wait = min(wait, self.alarm.next_due - now)
         if self.supervisor.tick is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import RunedFactory
-from tests.integration.orch import Orch, runefile_args
+from tests.integration.orch import RUNEFILE, Orch, runefile_args
 from tests.support import eventually, wakeups
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(3600)\n"
@@ -34,6 +34,26 @@ def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
         time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
         counts.append(wakeups(pid) - before)
     assert min(counts) <= 5 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
+
+
+def test_the_safety_net_s_full_passes_keep_to_their_share_of_a_core(
+    runed_factory: RunedFactory, tmp_path: Path
+) -> None:
+    """With ``resync_seconds`` far below what a full pass costs to run that often (10 ms), the full
+    passes come only as often as their share of a core allows: a few times a second, not a hundred."""
+    cfg = tmp_path / "runefile.yaml"
+    cfg.write_text(RUNEFILE.replace("resync_seconds: 1\n", "resync_seconds: 0.01\n"))
+    orch = Orch.on(runed_factory(tmp_path / "data", args=["--config", str(cfg)]), tmp_path)
+    orch.cast("many", orch.program("sleeper", SLEEPER), scale=30)
+    eventually(lambda: orch.running("many", 30), timeout=60)
+    pid = int(json.loads((orch.runed.data_dir / "run" / "controller.json").read_text())["pid"])
+    counts = []
+    for _ in range(3):
+        before = wakeups(pid)
+        time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
+        counts.append(wakeups(pid) - before)
+    # Every 10 ms, as configured, is 100 passes a second, each a wake-up or more.
+    assert min(counts) <= 30 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
 
 
 LIMITS = (
