@@ -7,9 +7,9 @@ import asyncio
 from runed.controller.instance import Key
 
 # The safety net's share of a core, at most: a full pass that costs more than this share of
-# ``controller.resync_seconds`` runs that much less often (a pass over 1,000 instances took 4-6 ms of
-# CPU on a quiet machine, 19-32 ms on a slow one: 0.4-0.6 % of a core every 5 s, most of what the
-# idle controller spent; bench/README.md, "the safety net's share").
+# ``controller.resync_seconds`` runs that much less often. A pass over 1,000 instances took about
+# 4 ms of CPU on a quiet machine and 19-32 ms on a slow one, where that was 0.4-0.6 % of a core
+# every 5 s, most of what the idle controller spent (bench/README.md, "the safety net's share").
 RESYNC_SHARE = 0.002
 # ... but at least this often, whatever a pass costs.
 RESYNC_MOST_SECONDS = 60.0

@@ -41,8 +41,10 @@ def test_the_safety_net_s_full_passes_keep_to_their_share_of_a_core(
 ) -> None:
     """With ``resync_seconds`` far below what a full pass costs to run that often (10 ms), the full
     passes come only as often as their share of a core allows: a few times a second, not a hundred."""
+    text = RUNEFILE.replace("resync_seconds: 1\n", "resync_seconds: 0.01\n")
+    assert "resync_seconds: 0.01\n" in text
     cfg = tmp_path / "runefile.yaml"
-    cfg.write_text(RUNEFILE.replace("resync_seconds: 1\n", "resync_seconds: 0.01\n"))
+    cfg.write_text(text)
     orch = Orch.on(runed_factory(tmp_path / "data", args=["--config", str(cfg)]), tmp_path)
     orch.cast("many", orch.program("sleeper", SLEEPER), scale=30)
     eventually(lambda: orch.running("many", 30), timeout=60)
