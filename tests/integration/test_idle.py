@@ -17,6 +17,18 @@ SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(3600)\n"
 WINDOW = 2.0
 
 
+def _controller_wakeups(orch: Orch) -> list[int]:
+    """The controller role's wake-ups in each of three windows of :data:`WINDOW` seconds: a test
+    takes the quietest (the last status writes of a cast may still wake it in the first)."""
+    pid = int(json.loads((orch.runed.data_dir / "run" / "controller.json").read_text())["pid"])
+    counts = []
+    for _ in range(3):
+        before = wakeups(pid)
+        time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
+        counts.append(wakeups(pid) - before)
+    return counts
+
+
 def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
     """Ten running instances, nothing changing: the controller role wakes about twice a second at most.
 
@@ -26,13 +38,7 @@ def test_an_idle_controller_does_not_poll_its_instances(orch: Orch) -> None:
     orch.cast("quiet", orch.program("sleeper", SLEEPER), scale=10)
     insts = eventually(lambda: orch.running("quiet", 10), timeout=30)
     eventually(lambda: all("started" in orch.log_lines(i) for i in insts), timeout=30)
-    pid = int(json.loads((orch.runed.data_dir / "run" / "controller.json").read_text())["pid"])
-    # The quietest of a few windows: the last status writes of the cast may still wake it in the first.
-    counts = []
-    for _ in range(3):
-        before = wakeups(pid)
-        time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
-        counts.append(wakeups(pid) - before)
+    counts = _controller_wakeups(orch)
     assert min(counts) <= 5 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
 
 
@@ -48,12 +54,7 @@ def test_the_safety_net_s_full_passes_keep_to_their_share_of_a_core(
     orch = Orch.on(runed_factory(tmp_path / "data", args=["--config", str(cfg)]), tmp_path)
     orch.cast("many", orch.program("sleeper", SLEEPER), scale=30)
     eventually(lambda: orch.running("many", 30), timeout=60)
-    pid = int(json.loads((orch.runed.data_dir / "run" / "controller.json").read_text())["pid"])
-    counts = []
-    for _ in range(3):
-        before = wakeups(pid)
-        time.sleep(WINDOW)  # a measuring window, not a wait for something to happen
-        counts.append(wakeups(pid) - before)
+    counts = _controller_wakeups(orch)
     # Every 10 ms, as configured, is 100 passes a second, each a wake-up or more.
     assert min(counts) <= 30 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
 
