@@ -125,16 +125,10 @@ class SQLCore:
         """Append one change inside the current transaction; returns its revision, the write's."""
         raise NotImplementedError
 
-    def _log_deletions(self, deleted: Sequence[tuple[str, str, str, str]]) -> None:
-        """Append a DELETED change for each (kind, namespace, name, data), in their order: as
-        :meth:`_log_change` one by one."""
-        for kind, namespace, name, data in deleted:
-            self._log_change(kind, namespace, name, DELETED, data)
-
     def _log_deleting(self, keys: Sequence[tuple[str, str, str]]) -> bool:
         """Append a DELETED change for each of ``keys`` that exists (the record as stored), in their
         order, before :meth:`delete_many` deletes them, if the database can copy them itself: True.
-        False (the default): :meth:`delete_many` logs what its deletions return (:meth:`_log_deletions`)."""
+        False (the default): :meth:`delete_many` logs what its deletions return, one change at a time."""
         return False
 
     def _current_revision(self) -> int:
@@ -463,7 +457,10 @@ class SQLCore:
                     )
                     found.update(((kind, namespace, str(r[0])), r[1]) for r in rows)
             if not logged:
-                self._log_deletions([(*key, data) for key in keys if (data := found.pop(key, None)) is not None])
+                for key in keys:
+                    data = found.pop(key, None)  # a key named twice is logged once
+                    if data is not None:
+                        self._log_change(*key, DELETED, data)
 
     def _write(
         self,
