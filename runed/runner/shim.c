@@ -1593,7 +1593,8 @@ static void inst_step(inst_t *in, int64_t now) {
                 return;
             }
         }
-        kill(-r->pid, SIGKILL);
+        /* A discarded instance's group was killed with its end (inst_end_discarded). */
+        if (!in->discard || in->done_w >= 0) kill(-r->pid, SIGKILL);
         in->grouping = 1;
         in->until = now + GROUP_END_MS * 1000000LL;
     }
