@@ -41,7 +41,7 @@
  *        instance's: once its process has ended), or the keeper is gone. Claim and pid.json name
  *        the keeper as the shim (shim_pid, shim_start).
  *   {"op": "watch", "dir", "attempt"} -> the same reply and pipe for an instance still running (a
- *     controller started anew), else {"gone": true}.
+ *     controller started anew), else {"gone": true} (also for a discarded one whose end was told).
  *   {"op": "discard", "dir"} -> no reply: that instance's exit record is not written (SIGURG's meaning),
  *     and its end pipe reaches end of file once its process has ended (its directory goes next).
  *   {"op": "signal", "dirs": [...], "signal": N, "discard": bool} -> no reply: signal N to the
@@ -49,7 +49,8 @@
  *     have been reused: no check of /proc needed); with discard, as "discard" for each. A deletion
  *     of a thousand is one message, and the kills run here, beside the controller.
  *   {"op": "ping"} -> {"pid": keeper pid, "start": its start ticks, "instances": count, "live": how
- *     many of them run on (not reaped yet, not discarded); the others are being deleted or finished}.
+ *     many of them run on (not reaped yet, not discarded); the others are being deleted or finished,
+ *     a discarded one until it is reaped, DISCARD_REAP_DELAY_MS after its end}.
  * Anything else -> {"error": why}, and the keeper serves on.
  */
 #define _GNU_SOURCE
@@ -1307,6 +1308,12 @@ int main(int argc, char **argv) {
 /* -- the keeper: many instances in one process ----------------------------------------------------- */
 #define KEEPER_WAIT_NS (10LL * 1000000000LL) /* how long a keeper nobody connected to stays */
 #define ACCEPT_PAUSE_MS 100 /* how long a keeper out of descriptors stops accepting */
+/* How long after its end a discarded instance is reaped and its files closed: its end pipe closed
+ * at once (the controller goes on), the rest of its work waits until the deletion's own is done.
+ * Why: reaping a thousand processes and closing their six thousand descriptors took 20-25 ms of the
+ * keeper's CPU right when the controller finished the deletion and committed it, each slowing the
+ * other on two cores (traced; bench/README.md, "a deletion's remains, collected later"). */
+#define DISCARD_REAP_DELAY_MS 250
 #define MAX_MESSAGE (64u << 20)
 #define TAG_CONN 3 /* epoll data: a pointer | tag; tags 0, 1 (the streams) and 2 (pidfd) are an instance's */
 
@@ -1317,7 +1324,7 @@ typedef struct inst {
     long long pid_start;
     int64_t due, until; /* when to look again (0: on an event only); the end of the group's wait */
     int dirfd, done_r, done_w;
-    unsigned char grouping, discard, gone;
+    unsigned char grouping, discard, gone, deferred; /* deferred: 1 waiting (DISCARD_REAP_DELAY_MS), 2 over */
 } inst_t;
 
 typedef struct reply {
@@ -1576,6 +1583,7 @@ static void inst_finish(inst_t *in) {
 static void inst_step(inst_t *in, int64_t now) {
     run_t *r = &in->run;
     int open = r->streams[0].open || r->streams[1].open;
+    if (in->deferred == 1) return; /* reaped at its time (inst_exited), whatever its streams do meanwhile */
     in->due = 0;
     if (!in->grouping) {
         if (!r->ended && r->pidfd < 0 && waitpid(r->pid, &r->status, WNOHANG) == r->pid) {
@@ -1624,6 +1632,13 @@ static void inst_stream_ready(inst_t *in, int i) {
 static void inst_exited(inst_t *in) {
     run_t *r = &in->run;
     if (in->gone || r->pidfd < 0) return;
+    if (in->discard && in->done_w < 0 && !in->deferred) {
+        /* Its end is told already (inst_end_discarded): reaped later, off the deletion's path. */
+        in->deferred = 1;
+        ep_set(EPOLL_CTL_DEL, r->pidfd, 0, 0);
+        in->due = mono_ns() + DISCARD_REAP_DELAY_MS * 1000000LL;
+        return;
+    }
     while (waitpid(r->pid, &r->status, 0) < 0 && errno == EINTR) {
     }
     r->ended = 1;
@@ -1876,7 +1891,8 @@ static void handle(conn_t *c, const char *body, size_t n) {
         op_start(c, &q);
     } else if (!strcmp(q.op, "watch")) {
         inst_t *in = q.dir && q.attempt ? find(q.dir, q.attempt) : NULL;
-        if (in) reply_pid(c, in);
+        /* A discarded instance whose end was told is gone to a watcher: only its reaping is left. */
+        if (in && !(in->discard && in->done_w < 0)) reply_pid(c, in);
         else reply_text(c, "{\"gone\": true}");
     } else if (!strcmp(q.op, "discard")) {
         inst_t *in = q.dir ? find(q.dir, NULL) : NULL;
@@ -2085,7 +2101,13 @@ static int keeper(const char *sock_path, const char *listen_fd) {
         now = mono_ns();
         for (inst_t *in = K.insts, *next_in; in; in = next_in) {
             next_in = in->next; /* a step may end it */
-            if (in->due && in->due <= now && fchdir(in->dirfd) == 0) inst_step(in, now);
+            if (in->due && in->due <= now && in->deferred == 1) {
+                in->deferred = 2;
+                in->due = 0;
+                inst_exited(in);
+            } else if (in->due && in->due <= now && fchdir(in->dirfd) == 0) {
+                inst_step(in, now);
+            }
         }
         if (K.listen_at && K.listen_at <= now) {
             K.listen_at = 0;

@@ -319,11 +319,19 @@ def test_a_discarded_instance_ends_when_its_process_does_and_what_its_group_left
     pid, fd, grandchild = _held_open(keeper, c, tmp_path / "d")
     c.send({"op": "signal", "dirs": [str(tmp_path / "d")], "signal": int(signal.SIGTERM), "discard": True})
     assert _readable(fd, 10)
+    ended = time.monotonic()
     assert not _alive(pid)
     assert _killed(grandchild), "what the group left was not killed with the end"
-    _wait(lambda: not _alive(grandchild), what="the grandchild gone")
+    # Reaped later (DISCARD_REAP_DELAY_MS), off the deletion's path: counted until then, a zombie
+    # meanwhile, and gone after, with no zombie left.
+    counted = c.call({"op": "ping"})[0]["instances"]
+    if time.monotonic() - ended < 0.2:
+        assert counted == 1, "the discarded instance was reaped with its end, not after it"
+    _wait(lambda: c.call({"op": "ping"})[0]["instances"] == 0, what="the discarded instance reaped")
     assert not (tmp_path / "d" / "exit.json").exists()
-    assert c.call({"op": "ping"})[0]["instances"] == 0
+    children = Path(f"/proc/{keeper.proc.pid}/task/{keeper.proc.pid}/children")
+    assert pid not in map(int, children.read_text().split()), "the discarded instance left a zombie"
+    _wait(lambda: not _alive(grandchild), what="the grandchild gone")
     # Not discarded: the end comes with the exit record, after the group has ended.
     _, end, left = _held_open(keeper, c, tmp_path / "e")
     c.send({"op": "signal", "dirs": [str(tmp_path / "e")], "signal": int(signal.SIGTERM), "discard": False})
