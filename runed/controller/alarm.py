@@ -23,6 +23,12 @@ def resync_interval(configured: float, cost: float) -> float:
     return max(configured, min(cost / RESYNC_SHARE, RESYNC_MOST_SECONDS))
 
 
+def worth_telling(told: float, interval: float) -> bool:
+    """Whether the safety net's interval moved far enough from the one last logged (``told``) to be
+    logged again: by half or double, so a pass whose cost wavers does not log every time."""
+    return interval >= 2 * told or interval <= told / 2
+
+
 class Alarm:
     """Shared by the controller's collaborators to ask the loop for another reconcile pass."""
 

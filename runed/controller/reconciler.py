@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rune.api import common_pb2, service_pb2
-from runed.controller.alarm import Alarm, resync_interval
+from runed.controller.alarm import Alarm, resync_interval, worth_telling
 from runed.controller.book import Book
 from runed.controller.instance import AfterStop, Instance, Key
 from runed.controller.launch import Launcher, StartInput, new_ports, references
@@ -135,6 +135,8 @@ class Controller:
         # Seconds from one full pass to the next: ``resync_seconds``, longer while one costs more
         # than the safety net's share of a core (:func:`resync_interval`).
         self.resync_every = cfg.resync_seconds
+        # The interval last logged (:meth:`_resync_after`).
+        self._resync_told = cfg.resync_seconds
         # Instance actions (namespace, instance id) changed since the last pass.
         self.actions_changed: set[Key] = set()
         # The scaling and deletion operations to advance (the leader's: it reads no finished one).
@@ -205,7 +207,7 @@ class Controller:
                 spent = time.thread_time() - began
                 if full and not (woke or changed or due):
                     # The safety net's own pass (nothing else asked for it): what one costs idle.
-                    self.resync_every = resync_interval(self.cfg.resync_seconds, spent)
+                    self._resync_after(spent)
                 self.collector.worked()
                 pause = (
                     min(PASS_PAUSE_MAX_SECONDS, spent * PASS_PAUSE_RATIO) if spent >= PASS_PAUSE_MIN_SECONDS else 0.0
@@ -246,6 +248,20 @@ class Controller:
             self.book.release(math.inf)
             await self.book.flush()
             await self.book.removals_done()
+
+    def _resync_after(self, spent: float) -> None:
+        """Space the full passes by what the last idle one cost (``spent`` seconds of CPU); an
+        operator learns from the log when they come much less (or again more) often than
+        ``controller.resync_seconds`` says."""
+        self.resync_every = resync_interval(self.cfg.resync_seconds, spent)
+        if worth_telling(self._resync_told, self.resync_every):
+            self._resync_told = self.resync_every
+            log.info(
+                "full passes (the safety net) every %.3g s: one takes %.3g ms of CPU (controller.resync_seconds: %g)",
+                self.resync_every,
+                spent * 1000,
+                self.cfg.resync_seconds,
+            )
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         """Wait ``seconds``, or until ``stop`` or a rush (:meth:`Alarm.rush`)."""

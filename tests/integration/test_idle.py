@@ -57,6 +57,9 @@ def test_the_safety_net_s_full_passes_keep_to_their_share_of_a_core(
     counts = _controller_wakeups(orch)
     # Every 10 ms, as configured, is 100 passes a second, each a wake-up or more.
     assert min(counts) <= 30 * WINDOW, f"the controller woke {counts} times per {WINDOW:g} s while nothing changed"
+    # The operator is told, once, how far apart they come instead.
+    told = [ln for ln in orch.runed.output().splitlines() if "full passes (the safety net) every" in ln]
+    assert told and "controller.resync_seconds: 0.01" in told[0], told
 
 
 LIMITS = (
