@@ -187,19 +187,25 @@ class Operations:
 
         self.book.writes.update(objects.DELETION_OPERATION, op.namespace, op.name, mutate)
 
+    def deletion_asked(self, namespace: str, data: dict[str, Any]) -> None:
+        """A deletion operation the controller's watch brought (``data``, as written): its service's
+        instances on this node are stopped, as :meth:`run_deletions` stops them, with the same grace
+        period; the controller calls this first in its next pass (``Controller._stop_deleted``),
+        before that pass reads the operation again."""
+        if data.get("status") in objects.DELETION_DONE:
+            return
+        (ns, name), grace = _deletion_of(namespace, data)
+        self.retire(self.book.of_service(ns, name), "service deleted", grace=grace)
+
     def _advance_deletion(self, op: Record) -> Key | None:
-        ns = op.data.get("namespace") or op.namespace
-        name = str(op.data.get("service_name", ""))
-        skey = (ns, name)
+        skey, grace_s = _deletion_of(op.namespace, op.data)
+        ns, name = skey
         now = int(time.time())
         fins: list[dict[str, Any]] = [dict(f) for f in op.data.get("finalizers") or []]
         if not fins:
             fins = [{"id": t, "type": t, "status": "pending", "error": ""} for t in objects.DELETION_FINALIZERS]
         insts = self.book.of_service(ns, name)
         total = int(op.data.get("total_instances") or 0) or len(self.copies(ns, name))
-        grace = op.data.get("grace_period")
-        # 0 is "now" (SIGKILL without waiting); absent means the configured default.
-        grace_s = float(grace) if grace is not None else None
         self.retire(insts, "service deleted", grace=grace_s)
         remaining = len(self.copies(ns, name))
         if not remaining and self.known is not None and not self.known(op.created_revision):
@@ -263,3 +269,12 @@ def _complete(f: dict[str, Any], now: int) -> None:
     f["error"] = ""
     f["updated_at"] = now
     f["completed_at"] = now
+
+
+def _deletion_of(namespace: str, data: dict[str, Any]) -> tuple[Key, float | None]:
+    """The service a deletion operation deletes, and the grace period of its instances' stops (0 is
+    "now": SIGKILL without waiting; None, absent: the configured default)."""
+    grace = data.get("grace_period")
+    return (data.get("namespace") or namespace, str(data.get("service_name", ""))), (
+        float(grace) if grace is not None else None
+    )
