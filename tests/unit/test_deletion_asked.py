@@ -1,5 +1,6 @@
-"""A deletion's instances are stopped as soon as the controller's watch brings its operation, with
-the grace period the pass that advances it would use; on a real SQLite store and book."""
+"""A deletion's instances are stopped first in the pass after the controller's watch brings its
+operation (``Controller._stop_deleted``), with the grace period the deletion's advance uses; on a
+real SQLite store and book."""
 
 from __future__ import annotations
 
