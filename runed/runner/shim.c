@@ -1523,6 +1523,10 @@ static void inst_end_discarded(inst_t *in) {
     in->done_w = -1;
 }
 
+/* Whether a discarded instance's end is told (its end pipe closed by inst_end_discarded): what is
+ * left of it is its keeper's alone (its group's kill done, its reaping due or done). */
+static int end_told(const inst_t *in) { return in->discard && in->done_w < 0; }
+
 static void inst_ended_discarded(inst_t *in) {
     if (in->discard && in->run.ended && in->done_w >= 0) inst_end_discarded(in);
 }
@@ -1602,7 +1606,7 @@ static void inst_step(inst_t *in, int64_t now) {
             }
         }
         /* A discarded instance's group was killed with its end (inst_end_discarded). */
-        if (!in->discard || in->done_w >= 0) kill(-r->pid, SIGKILL);
+        if (!end_told(in)) kill(-r->pid, SIGKILL);
         in->grouping = 1;
         in->until = now + GROUP_END_MS * 1000000LL;
     }
@@ -1632,7 +1636,7 @@ static void inst_stream_ready(inst_t *in, int i) {
 static void inst_exited(inst_t *in) {
     run_t *r = &in->run;
     if (in->gone || r->pidfd < 0) return;
-    if (in->discard && in->done_w < 0 && !in->deferred) {
+    if (end_told(in) && !in->deferred) {
         /* Its end is told already (inst_end_discarded): reaped later, off the deletion's path. */
         in->deferred = 1;
         ep_set(EPOLL_CTL_DEL, r->pidfd, 0, 0);
@@ -1892,7 +1896,7 @@ static void handle(conn_t *c, const char *body, size_t n) {
     } else if (!strcmp(q.op, "watch")) {
         inst_t *in = q.dir && q.attempt ? find(q.dir, q.attempt) : NULL;
         /* A discarded instance whose end was told is gone to a watcher: only its reaping is left. */
-        if (in && !(in->discard && in->done_w < 0)) reply_pid(c, in);
+        if (in && !end_told(in)) reply_pid(c, in);
         else reply_text(c, "{\"gone\": true}");
     } else if (!strcmp(q.op, "discard")) {
         inst_t *in = q.dir ? find(q.dir, NULL) : NULL;
@@ -2101,11 +2105,12 @@ static int keeper(const char *sock_path, const char *listen_fd) {
         now = mono_ns();
         for (inst_t *in = K.insts, *next_in; in; in = next_in) {
             next_in = in->next; /* a step may end it */
-            if (in->due && in->due <= now && in->deferred == 1) {
+            if (!in->due || in->due > now) continue;
+            if (in->deferred == 1) {
                 in->deferred = 2;
                 in->due = 0;
                 inst_exited(in);
-            } else if (in->due && in->due <= now && fchdir(in->dirfd) == 0) {
+            } else if (fchdir(in->dirfd) == 0) {
                 inst_step(in, now);
             }
         }
