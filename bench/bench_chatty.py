@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.bench_scale import Api, cast_running, delete_gone, instance_pids, runed_pids, thread_cpu
-from bench.common import bootstrap_token, setting
+from bench.common import bootstrap_token, count, setting
 from runed.logs import files
 from tests.harness import run_runed
 
@@ -52,16 +52,9 @@ def measure(n: int) -> dict[str, float]:
     return out
 
 
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
-    return n
-
-
 def run(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench chatty")
-    parser.add_argument("--n", type=_count, default=1000, help="instances (default 1,000)")
+    parser.add_argument("--n", type=count, default=1000, help="instances (default 1,000)")
     n = parser.parse_args(argv or []).n
     got = measure(n)
     rest = ", ".join(f"{k} {v * 100:.1f} %" for k, v in got.items() if k not in ("keeper", "instances", "lines/s"))

@@ -6,6 +6,7 @@ imports here as it does in the tests: one way to start and reap a runed for both
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -42,14 +43,31 @@ def setting(name: str, default: Number) -> Number:
     raw = os.environ.get(name)
     if raw is None:
         return default
-    try:
-        value = type(default)(raw)
-    except ValueError:
-        value = None
-    if value is None or not value > 0:
-        what = "a whole number" if isinstance(default, int) else "a number"
-        raise SystemExit(f"{name}: expected {what} above 0, got {raw!r}")
+    value = _positive(raw, default)
+    if value is None:
+        raise SystemExit(f"{name}: {_expected(default, raw)}")
     return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number above 0, as :func:`setting` takes one."""
+    value = _positive(text, 1)
+    if value is None:
+        raise argparse.ArgumentTypeError(_expected(1, text))
+    return value
+
+
+def _positive(raw: str, like: Number) -> Number | None:
+    """``raw`` as a number of ``like``'s type, if it is one above 0."""
+    try:
+        value = type(like)(raw)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _expected(like: Number, raw: str) -> str:
+    return f"expected {'a whole number' if isinstance(like, int) else 'a number'} above 0, got {raw!r}"
 
 
 @dataclass
